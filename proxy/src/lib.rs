@@ -1,0 +1,1 @@
+//! dualwrite proxy library
