@@ -1,1 +1,2 @@
 //! dualwrite proxy library
+pub mod jobs;
