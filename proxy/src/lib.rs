@@ -1,1 +1,3 @@
 //! dualwrite proxy library
+
+pub mod pgcluster;
