@@ -1,1 +1,3 @@
 //! dualwrite proxy library
+pub mod control;
+pub mod state;
