@@ -1,1 +1,5 @@
 //! dualwrite proxy library
+
+pub mod control;
+pub mod pgcluster;
+pub mod state;
