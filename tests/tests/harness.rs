@@ -236,3 +236,54 @@ async fn dropping_a_cluster_stops_it_and_removes_its_directory() {
         "postmaster {pid} survived drop: {stat}"
     );
 }
+
+/// A cluster whose owner dies without dropping it (a `static`, a killed test) is still removed: this
+/// test re-runs itself as a child process that starts a cluster and exits at once.
+#[test]
+fn guardian_removes_the_cluster_when_its_process_exits() {
+    const CHILD_MARKER: &str = "DUALWRITE_GUARDIAN_CHILD";
+    if std::env::var_os(CHILD_MARKER).is_some() {
+        let cluster = PgCluster::start_new(ClusterOptions::default()).unwrap();
+        println!(
+            "cluster {} {}",
+            cluster.pid().unwrap(),
+            cluster.socket_dir().display()
+        );
+        std::process::exit(0); // no destructors run
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "guardian_removes_the_cluster_when_its_process_exits",
+            "--nocapture",
+        ])
+        .env(CHILD_MARKER, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("cluster "))
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no cluster: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    let (pid, dir) = line.split_once(' ').unwrap();
+    let dir = std::path::Path::new(dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let postmaster_gone = stat.is_empty() || stat.contains(") Z");
+        if postmaster_gone && !dir.exists() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster left behind: pid {pid} ({stat}), dir {}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
