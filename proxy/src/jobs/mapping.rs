@@ -2,6 +2,7 @@
 //! `shadow column = expression over old columns`. Expressions are parsed with sqlparser and identifiers are
 //! kept as quoted AST idents, so the SQL built from them (see `sql`) never splices raw rule text.
 
+use dualwrite_rules::{Migration, RuleSet, TableName};
 use sqlparser::ast::{DataType, Expr, Ident, ObjectName, ObjectNamePart};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -10,24 +11,29 @@ use tokio_postgres::Client;
 
 use super::{JobError, JobResult};
 
-/// `schema.name` of a table, as Postgres stores them (already case-folded, unquoted).
+/// `[schema.]name` of a table, as Postgres stores them (already case-folded, unquoted). Without a schema
+/// the name resolves through the job connection's `search_path`, as the application's does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QualifiedName {
-    pub schema: String,
+    pub schema: Option<String>,
     pub name: String,
 }
 
 impl QualifiedName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        QualifiedName { schema: schema.into(), name: name.into() }
+        QualifiedName { schema: Some(schema.into()), name: name.into() }
     }
 
     /// The name as a quoted AST object name, e.g. `"public"."users"`.
     pub fn object_name(&self) -> ObjectName {
-        ObjectName(vec![
-            ObjectNamePart::Identifier(quoted(&self.schema)),
-            ObjectNamePart::Identifier(quoted(&self.name)),
-        ])
+        let parts = self.schema.iter().chain(std::iter::once(&self.name));
+        ObjectName(parts.map(|part| ObjectNamePart::Identifier(quoted(part))).collect())
+    }
+}
+
+impl From<&TableName> for QualifiedName {
+    fn from(table: &TableName) -> Self {
+        QualifiedName { schema: table.schema.clone(), name: table.name.clone() }
     }
 }
 
@@ -40,6 +46,26 @@ pub struct TableMapping {
     pub key: Vec<String>,
     /// `(shadow column, SQL expression over the old table's columns)`, in rules order.
     pub forward: Vec<(String, String)>,
+}
+
+impl From<&Migration> for TableMapping {
+    fn from(migration: &Migration) -> Self {
+        TableMapping {
+            migration: migration.name.clone(),
+            old: (&migration.table).into(),
+            shadow: (&migration.shadow).into(),
+            key: migration.key.clone(),
+            forward: migration.forward.clone(),
+        }
+    }
+}
+
+impl TableMapping {
+    /// The mapping of migration `name` in `rules`.
+    pub fn from_rules(rules: &RuleSet, name: &str) -> JobResult<Self> {
+        let (_, migration) = rules.find(name).ok_or_else(|| JobError::UnknownMigration(name.to_string()))?;
+        Ok(migration.into())
+    }
 }
 
 /// A quoted identifier: always quoting keeps names exactly as stored in the catalog.

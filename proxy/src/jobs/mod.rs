@@ -4,6 +4,7 @@
 //! migration and kind, held by `pg_try_advisory_lock(hashtext('dualwrite:<kind>:<migration>'))`.
 
 pub mod backfill;
+pub mod cli;
 pub mod mapping;
 pub mod metrics;
 pub mod runner;
