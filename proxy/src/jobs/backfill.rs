@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Config};
 
 use super::mapping::{CompiledMapping, TableMapping};
+use super::sweep::{current_xid, Sweep, Sweeps};
 use super::throttle::{self, Hold, Limits};
 use super::{connect, is_retryable, notify_state, try_lock, JobKind, JobResult};
 
@@ -90,18 +91,27 @@ pub async fn run_backfill_locked(
         .await?;
     let compiled = CompiledMapping::load(&client, mapping).await?;
     let name = mapping.migration.as_str();
-    if let Some(rows_done) = begin(&client, &compiled, options).await? {
-        progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
-        return Ok(BackfillOutcome::Done { rows_done });
-    }
+    let resumed_from = match begin(&client, &compiled, options).await? {
+        Begun::AlreadyDone { rows_done } => {
+            progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
+            return Ok(BackfillOutcome::Done { rows_done });
+        }
+        Begun::Running { resumed_from } => resumed_from,
+    };
     notify_state(&client, name).await?;
 
     let first_batch = client.prepare(&compiled.backfill_batch(false)).await?;
     let next_batch = client.prepare(&compiled.backfill_batch(true)).await?;
     let batch = throttle::effective_batch(options.batch_size, options.limits.rate);
+    let mut sweeps = Sweeps::default();
+    if let Some(done_up_to) = resumed_from {
+        // Sweeps of the previous run may not have happened; one sweep covers all it copied.
+        sweeps.push(Sweep { lower: None, upper: Some(done_up_to), xid: current_xid(&client).await? });
+    }
     let mut window = (Instant::now(), 0u64);
     let mut known: (i64, Option<i64>) = (0, None);
     loop {
+        sweeps.run_ready(&mut client, &compiled, false).await?;
         let delay = throttle::rate_delay(window.1, window.0.elapsed(), options.limits.rate);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -123,7 +133,8 @@ pub async fn run_backfill_locked(
             Err(error) => return Err(error.into()),
         };
         match step {
-            Step::Copied { rows, rows_done, rows_total } => {
+            Step::Copied { rows, rows_done, rows_total, swept } => {
+                sweeps.push(swept);
                 window.1 += rows as u64;
                 known = (rows_done, rows_total);
                 progress(&BackfillProgress { rows_done, rows_total, activity: Activity::Copying });
@@ -134,15 +145,34 @@ pub async fn run_backfill_locked(
                 tokio::time::sleep(POLL_PAUSE).await;
                 window = (Instant::now(), 0);
             }
-            Step::Finished { rows_done } => {
+            Step::Exhausted { rows_done, swept } => {
+                if let Some(swept) = swept {
+                    sweeps.push(swept);
+                }
+                sweeps.run_ready(&mut client, &compiled, true).await?;
+                if !finish(&client, name, rows_done).await? {
+                    continue;
+                }
                 notify_state(&client, name).await?;
-                tracing::info!(migration = name, rows_done, "backfill done");
+                tracing::info!(migration = name, rows_done, swept = sweeps.deleted, "backfill done");
                 progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
                 return Ok(BackfillOutcome::Done { rows_done });
             }
             Step::Stopped { rows_done } => return Ok(BackfillOutcome::Stopped { rows_done }),
         }
     }
+}
+
+/// Marks the backfill done unless its state changed meanwhile (e.g. paused during the last sweeps).
+async fn finish(client: &Client, name: &str, rows_done: i64) -> JobResult<bool> {
+    let updated = client
+        .execute(
+            "UPDATE dualwrite.backfill SET state = 'done', rows_done = $2, rows_total = $2, updated_at = now(), \
+                 finished_at = now() WHERE migration = $1 AND state = 'running'",
+            &[&name, &rows_done],
+        )
+        .await?;
+    Ok(updated == 1)
 }
 
 /// Opens a connection holding the backfill lock of `migration`, or fails with `JobError::Busy`.
@@ -152,9 +182,15 @@ pub async fn lock_backfill(config: &Config, migration: &str) -> JobResult<Client
     Ok(client)
 }
 
-/// Marks the backfill running and records the exact remaining work. Returns `Some(rows_done)` when there
-/// is nothing to do because an earlier run finished (and no restart was asked for).
-async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOptions) -> JobResult<Option<i64>> {
+enum Begun {
+    /// An earlier run finished and no restart was asked for.
+    AlreadyDone { rows_done: i64 },
+    /// Running now, continuing after this key if an earlier run got that far.
+    Running { resumed_from: Option<String> },
+}
+
+/// Marks the backfill running and records the exact remaining work.
+async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOptions) -> JobResult<Begun> {
     let name = compiled.migration.as_str();
     let existing = client
         .query_opt(
@@ -164,7 +200,7 @@ async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOp
         .await?;
     let (last_key, rows_done) = match existing {
         Some(row) if row.get::<_, String>(0) == "done" && !options.restart => {
-            return Ok(Some(row.get::<_, i64>(2)));
+            return Ok(Begun::AlreadyDone { rows_done: row.get::<_, i64>(2) });
         }
         Some(row) if !options.restart => (row.get::<_, Option<String>>(1), row.get::<_, i64>(2)),
         _ => (None, 0),
@@ -188,13 +224,14 @@ async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOp
         )
         .await?;
     tracing::info!(migration = name, rows_done, remaining, "backfill running");
-    Ok(None)
+    Ok(Begun::Running { resumed_from: last_key })
 }
 
 enum Step {
-    Copied { rows: i64, rows_done: i64, rows_total: Option<i64> },
+    Copied { rows: i64, rows_done: i64, rows_total: Option<i64>, swept: Sweep },
     Paused { rows_done: i64, rows_total: Option<i64> },
-    Finished { rows_done: i64 },
+    /// The old table has no rows after the last batch; later inserts are dual-written.
+    Exhausted { rows_done: i64, swept: Option<Sweep> },
     Stopped { rows_done: i64 },
 }
 
@@ -230,27 +267,22 @@ async fn copy_batch(
         Some(key) => tx.query_one(next_batch, &[&limit, key]).await?,
         None => tx.query_one(first_batch, &[&limit]).await?,
     };
-    let (scanned, new_last_key): (i64, Option<String>) = (row.get(0), row.get(2));
+    let (scanned, new_last_key, xid): (i64, Option<String>, String) = (row.get(0), row.get(2), row.get(3));
     let rows_done = rows_done + scanned;
-    if scanned < limit {
-        // The old table has no rows after this batch; later inserts are dual-written.
+    if scanned > 0 {
         tx.execute(
-            "UPDATE dualwrite.backfill SET state = 'done', last_key = coalesce($2::text::jsonb, last_key), \
-                 rows_done = $3, rows_total = $3, updated_at = now(), finished_at = now() WHERE migration = $1",
+            "UPDATE dualwrite.backfill SET last_key = $2::text::jsonb, rows_done = $3, \
+                 rows_total = greatest(rows_total, $3), updated_at = now() WHERE migration = $1",
             &[&name, &new_last_key, &rows_done],
         )
         .await?;
-        tx.commit().await?;
-        return Ok(Step::Finished { rows_done });
     }
-    tx.execute(
-        "UPDATE dualwrite.backfill SET last_key = $2::text::jsonb, rows_done = $3, \
-             rows_total = greatest(rows_total, $3), updated_at = now() WHERE migration = $1",
-        &[&name, &new_last_key, &rows_done],
-    )
-    .await?;
     tx.commit().await?;
-    Ok(Step::Copied { rows: scanned, rows_done, rows_total: rows_total.map(|t: i64| t.max(rows_done)) })
+    let swept = Sweep { lower: last_key, upper: new_last_key, xid };
+    if scanned < limit {
+        return Ok(Step::Exhausted { rows_done, swept: (scanned > 0).then_some(swept) });
+    }
+    Ok(Step::Copied { rows: scanned, rows_done, rows_total: rows_total.map(|t: i64| t.max(rows_done)), swept })
 }
 
 /// Measures replication lag and the latency signal, only when a limit for them is set.

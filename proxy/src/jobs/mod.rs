@@ -8,6 +8,7 @@ pub mod cli;
 pub mod mapping;
 pub mod metrics;
 pub mod runner;
+mod sweep;
 mod sql;
 pub mod throttle;
 pub mod verify;

@@ -128,7 +128,7 @@ impl CompiledMapping {
     /// One backfill batch: locks the next `$1` old rows after key `$2` (FOR SHARE, so a concurrent UPDATE
     /// or DELETE either committed before and is seen, or waits and then dual-writes over the copy), inserts
     /// them mapped into the shadow unless a dual write already put the key there, and returns
-    /// (rows scanned, rows inserted, last key as jsonb text).
+    /// (rows scanned, rows inserted, last key as jsonb text, the batch's transaction id).
     pub fn backfill_batch(&self, has_lower: bool) -> String {
         let src = ident("__dw_src");
         let ins = ident("__dw_ins");
@@ -143,7 +143,7 @@ impl CompiledMapping {
              {ins} AS (INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {src} AS {alias} \
                        ON CONFLICT ({keys}) DO NOTHING RETURNING 1) \
              SELECT (SELECT count(*) FROM {src}), (SELECT count(*) FROM {ins}), \
-                    (SELECT {last} FROM {src} ORDER BY {descending} LIMIT 1)",
+                    (SELECT {last} FROM {src} ORDER BY {descending} LIMIT 1), pg_current_xact_id()::xid::text",
             old = self.old,
             shadow = self.shadow,
             keys = self.key_list(None),
@@ -205,6 +205,21 @@ impl CompiledMapping {
              WHERE {o}.{t} IS DISTINCT FROM {s}.{t}",
             old = side(self.side_rows(Side::Old, bounds)),
             shadow = side(self.side_rows(Side::Shadow, bounds)),
+        ))
+    }
+
+    /// Deletes shadow rows in a key range whose old row is gone. A dual-write DELETE finds the shadow row
+    /// with its statement's snapshot, so it misses a row the backfill committed after that snapshot was
+    /// taken (e.g. while the DELETE waited for the batch's FOR SHARE lock); this sweep, run once every
+    /// such snapshot is gone, removes what it missed. Run under REPEATABLE READ (see `repair`).
+    pub fn sweep(&self, bounds: Bounds) -> String {
+        let (o, s) = (ident("__dw_o"), ident("__dw_s"));
+        let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
+        statement(format!(
+            "DELETE FROM {shadow} AS {s} WHERE {range} AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join})",
+            shadow = self.shadow,
+            old = self.old,
+            range = self.range_predicate(Side::Shadow, bounds),
         ))
     }
 
@@ -283,6 +298,7 @@ mod tests {
                 parses(&m.checksum(Side::Old, bounds));
                 parses(&m.checksum(Side::Shadow, bounds));
                 parses(&m.leaf_diff(bounds));
+                parses(&m.sweep(bounds));
             }
             parses(&m.repair());
         }
