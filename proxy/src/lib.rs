@@ -1,3 +1,4 @@
 //! dualwrite proxy library
 pub mod control;
 pub mod state;
+pub mod version;
