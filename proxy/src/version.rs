@@ -24,53 +24,37 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 
 use crate::control::error::{codes, SqlError};
-use crate::state::{Phase, StateSnapshot};
+use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side};
+
+use crate::state::StateSnapshot;
 pub use startup::{startup_version, VERSION_GUC};
 pub use statement::{classify_query, classify_statement, SessionStatement, Setting};
 use txstack::TxStack;
 
-/// The two version names of one migration, as the rules define them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationVersions {
-    pub name: String,
-    /// Version of the old table (the migration's default).
-    pub old: String,
-    /// Version of the shadow table.
-    pub new: String,
-    /// Phase the migration is created in when the state has no row for it yet.
-    pub initial_phase: Phase,
+/// Is `version` one of the version names in the rules?
+pub fn knows_version(rules: &RuleSet, version: &str) -> bool {
+    rules.migrations.iter().any(|m| m.versions.old == version || m.versions.new == version)
 }
 
-/// The versions known in the rules: what a SET may name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VersionCatalog {
-    pub migrations: Vec<MigrationVersions>,
+/// Every version name in the rules, sorted, without duplicates (for error details).
+pub fn version_names(rules: &RuleSet) -> Vec<&str> {
+    let mut names: Vec<&str> =
+        rules.migrations.iter().flat_map(|m| [m.versions.old.as_str(), m.versions.new.as_str()]).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
-impl VersionCatalog {
-    pub fn knows(&self, version: &str) -> bool {
-        self.migrations.iter().any(|m| m.old == version || m.new == version)
+/// 22023 unless `version` is a version in the rules.
+pub fn validate_version(rules: &RuleSet, version: &str) -> Result<(), SqlError> {
+    if knows_version(rules, version) {
+        return Ok(());
     }
-
-    /// Every version name, sorted, without duplicates (for error details).
-    pub fn version_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.migrations.iter().flat_map(|m| [m.old.as_str(), m.new.as_str()]).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-    }
-
-    /// 22023 unless `version` is known.
-    pub fn validate(&self, version: &str) -> Result<(), SqlError> {
-        if self.knows(version) {
-            return Ok(());
-        }
-        Err(SqlError::new(
-            codes::INVALID_PARAMETER_VALUE,
-            format!("invalid value for parameter \"{VERSION_GUC}\": \"{version}\""),
-        )
-        .with_detail(format!("Known versions: {}.", self.version_names().join(", "))))
-    }
+    Err(SqlError::new(
+        codes::INVALID_PARAMETER_VALUE,
+        format!("invalid value for parameter \"{VERSION_GUC}\": \"{version}\""),
+    )
+    .with_detail(format!("Known versions: {}.", version_names(rules).join(", "))))
 }
 
 /// Per-role and per-application_name default versions from the config (`[versions]` section).
@@ -85,13 +69,13 @@ pub struct VersionDefaults {
 
 impl VersionDefaults {
     /// Every configured default must name a known version.
-    pub fn validate(&self, catalog: &VersionCatalog) -> Result<(), String> {
+    pub fn validate(&self, rules: &RuleSet) -> Result<(), String> {
         for (kind, map) in [("role", &self.roles), ("application_name", &self.applications)] {
             for (key, version) in map {
-                if !catalog.knows(version) {
+                if !knows_version(rules, version) {
                     return Err(format!(
                         "default version \"{version}\" for {kind} \"{key}\" is not a version in the rules ({})",
-                        catalog.version_names().join(", ")
+                        version_names(rules).join(", ")
                     ));
                 }
             }
@@ -109,30 +93,6 @@ pub enum VersionSource {
     Application,
     /// No version anywhere: each migration uses its old version.
     MigrationDefault,
-}
-
-/// Which table of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Old,
-    New,
-}
-
-/// How one migration treats one session's statements.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationRouting {
-    pub migration: String,
-    pub phase: Phase,
-    /// The shape the session's SQL is written in.
-    pub shape: Side,
-    /// The table that answers the session's reads.
-    pub reads: Side,
-}
-
-/// The route of one session at one moment, one entry per migration in the rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRoute {
-    pub migrations: Vec<MigrationRouting>,
 }
 
 enum Pending {
@@ -158,13 +118,13 @@ impl SessionVersion {
     pub fn new<'a>(
         startup_params: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
         defaults: &VersionDefaults,
-        catalog: &VersionCatalog,
+        rules: &RuleSet,
     ) -> Result<Self, SqlError> {
         let lookup = |name: &str| {
             startup_params.clone().into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
         };
         let fallback = if let Some(v) = startup_version(startup_params.clone()) {
-            catalog.validate(&v)?;
+            validate_version(rules, &v)?;
             Some((v, VersionSource::Startup))
         } else if let Some(v) = lookup("user").and_then(|role| defaults.roles.get(role)) {
             Some((v.clone(), VersionSource::Role))
@@ -183,9 +143,9 @@ impl SessionVersion {
 
     /// Check a statement before it is sent: a SET naming an unknown version is a 22023 and must not be sent
     /// (nothing changes).
-    pub fn check(statement: &SessionStatement, catalog: &VersionCatalog) -> Result<(), SqlError> {
+    pub fn check(statement: &SessionStatement, rules: &RuleSet) -> Result<(), SqlError> {
         match statement {
-            SessionStatement::Set { setting: Setting::Value(v), .. } => catalog.validate(v),
+            SessionStatement::Set { setting: Setting::Value(v), .. } => validate_version(rules, v),
             _ => Ok(()),
         }
     }
@@ -264,11 +224,11 @@ impl SessionVersion {
 
     /// What `SHOW dualwrite.version` answers: the version, else the old version every migration shares,
     /// else an empty string.
-    pub fn show_value(&self, catalog: &VersionCatalog) -> String {
+    pub fn show_value(&self, rules: &RuleSet) -> String {
         if let Some(v) = self.version() {
             return v.to_string();
         }
-        let mut olds = catalog.migrations.iter().map(|m| m.old.as_str());
+        let mut olds = rules.migrations.iter().map(|m| m.versions.old.as_str());
         match olds.next() {
             Some(first) if olds.all(|o| o == first) => first.to_string(),
             _ => String::new(),
@@ -278,17 +238,17 @@ impl SessionVersion {
     /// The route for the next statement: the session's shape per migration, with reads following the admin
     /// routing (read_source for `read_percent`% of sessions, chosen by a stable hash of `session_id` so a
     /// session stays on one side while the percentage holds) and each migration's phase.
-    pub fn route(&self, catalog: &VersionCatalog, state: &StateSnapshot, session_id: u64) -> SessionRoute {
+    pub fn route(&self, rules: &RuleSet, state: &StateSnapshot, session_id: u64) -> Route {
         let version = self.version();
         let bucket = session_bucket(session_id);
-        let migrations = catalog
+        let per_migration = rules
             .migrations
             .iter()
             .map(|m| {
                 let side_of = |v: &str| {
-                    if v == m.new {
+                    if v == m.versions.new {
                         Some(Side::New)
-                    } else if v == m.old {
+                    } else if v == m.versions.old {
                         Some(Side::Old)
                     } else {
                         None
@@ -301,14 +261,14 @@ impl SessionVersion {
                     .filter(|r| u32::from(bucket) < u32::from(r.read_percent))
                     .and_then(|r| r.read_source.as_deref())
                     .and_then(side_of);
-                let reads = match phase {
+                let read_source = match phase {
                     Phase::Complete => Side::New,
                     _ => routed.unwrap_or(shape),
                 };
-                MigrationRouting { migration: m.name.clone(), phase, shape, reads }
+                MigrationRoute { phase, version: shape, read_source }
             })
             .collect();
-        SessionRoute { migrations }
+        Route { per_migration }
     }
 }
 

@@ -4,13 +4,36 @@ use super::*;
 use crate::state::MigrationState;
 use SessionStatement::*;
 
-fn catalog() -> VersionCatalog {
-    VersionCatalog {
-        migrations: vec![
-            MigrationVersions { name: "users".into(), old: "v1".into(), new: "v2".into(), initial_phase: Phase::DualWrite },
-            MigrationVersions { name: "orders".into(), old: "v1".into(), new: "v3".into(), initial_phase: Phase::Off },
-        ],
-    }
+const RULES: &str = r#"
+[[migration]]
+name = "users"
+table = "users"
+shadow = "users_v2"
+key = ["id"]
+versions = { old = "v1", new = "v2" }
+[migration.forward]
+id = "id"
+first_name = "split_part(name, ' ', 1)"
+[migration.backward]
+id = "id"
+name = "first_name"
+
+[[migration]]
+name = "orders"
+table = "orders"
+shadow = "orders_v3"
+key = ["id"]
+versions = { old = "v1", new = "v3" }
+initial_phase = "off"
+[migration.forward]
+id = "id"
+[migration.backward]
+id = "id"
+"#;
+
+fn catalog() -> &'static RuleSet {
+    static RULE_SET: std::sync::OnceLock<RuleSet> = std::sync::OnceLock::new();
+    RULE_SET.get_or_init(|| RuleSet::from_toml(RULES, "test").unwrap())
 }
 
 fn defaults() -> VersionDefaults {
@@ -190,12 +213,11 @@ fn show_value() {
     assert_eq!(s.show_value(&catalog()), "v1");
     let s = session(&[("user", "reporter")]);
     assert_eq!(s.show_value(&catalog()), "v2");
-    let mixed = VersionCatalog {
-        migrations: vec![
-            MigrationVersions { name: "a".into(), old: "a1".into(), new: "a2".into(), initial_phase: Phase::DualWrite },
-            MigrationVersions { name: "b".into(), old: "b1".into(), new: "b2".into(), initial_phase: Phase::DualWrite },
-        ],
-    };
+    let mixed = RuleSet::from_toml(
+        &RULES.replacen("old = \"v1\", new = \"v3\"", "old = \"b1\", new = \"b2\"", 1),
+        "mixed",
+    )
+    .unwrap();
     let s = SessionVersion::new([], &VersionDefaults::default(), &mixed).unwrap();
     assert_eq!(s.show_value(&mixed), "");
 }
@@ -204,8 +226,8 @@ fn snapshot(rows: &[MigrationState]) -> StateSnapshot {
     StateSnapshot { migrations: rows.iter().map(|r| (r.name.clone(), r.clone())).collect() }
 }
 
-fn users_route(s: &SessionVersion, state: &StateSnapshot, id: u64) -> MigrationRouting {
-    s.route(&catalog(), state, id).migrations.into_iter().find(|m| m.migration == "users").unwrap()
+fn users_route(s: &SessionVersion, state: &StateSnapshot, id: u64) -> MigrationRoute {
+    s.route(&catalog(), state, id).per_migration[0]
 }
 
 #[test]
@@ -213,16 +235,13 @@ fn route_follows_version_by_default() {
     let state = snapshot(&[MigrationState::new("users", Phase::DualWrite)]);
     let mut s = session(&[]);
     let r = users_route(&s, &state, 1);
-    assert_eq!((r.phase, r.shape, r.reads), (Phase::DualWrite, Side::Old, Side::Old));
+    assert_eq!(r, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old });
     run_ok(&mut s, &[set("v2")], b'I');
     let all = s.route(&catalog(), &state, 1);
-    assert_eq!(all.migrations.len(), 2);
-    assert_eq!((all.migrations[0].shape, all.migrations[0].reads), (Side::New, Side::New));
+    assert_eq!(all.per_migration.len(), 2);
+    assert_eq!(all.per_migration[0], MigrationRoute::own(Phase::DualWrite, Side::New));
     // v2 is not a version of "orders": it keeps its default shape, and its initial phase when absent
-    assert_eq!(
-        all.migrations[1],
-        MigrationRouting { migration: "orders".into(), phase: Phase::Off, shape: Side::Old, reads: Side::Old }
-    );
+    assert_eq!(all.per_migration[1], MigrationRoute::own(Phase::Off, Side::Old));
 }
 
 #[test]
@@ -232,7 +251,7 @@ fn admin_read_source_overrides_reads_not_shape() {
     let state = snapshot(&[row]);
     let s = session(&[]);
     let r = users_route(&s, &state, 7);
-    assert_eq!((r.shape, r.reads), (Side::Old, Side::New));
+    assert_eq!((r.version, r.read_source), (Side::Old, Side::New));
 }
 
 #[test]
@@ -242,15 +261,15 @@ fn percentage_routing_is_sticky_and_proportional() {
     row.read_percent = 30;
     let state = snapshot(&[row.clone()]);
     let s = session(&[]);
-    let routed: Vec<u64> = (0..10_000u64).filter(|id| users_route(&s, &state, *id).reads == Side::New).collect();
+    let routed: Vec<u64> = (0..10_000u64).filter(|id| users_route(&s, &state, *id).read_source == Side::New).collect();
     assert!((2_700..3_300).contains(&routed.len()), "{} of 10000", routed.len());
     for id in routed.iter().take(50) {
-        assert_eq!(users_route(&s, &state, *id).reads, Side::New, "same session, same answer");
+        assert_eq!(users_route(&s, &state, *id).read_source, Side::New, "same session, same answer");
     }
     // raising the percentage keeps every session already routed
     row.read_percent = 60;
     let wider = snapshot(&[row]);
-    assert!(routed.iter().all(|id| users_route(&s, &wider, *id).reads == Side::New));
+    assert!(routed.iter().all(|id| users_route(&s, &wider, *id).read_source == Side::New));
 }
 
 #[test]
@@ -259,9 +278,9 @@ fn zero_percent_routes_nobody_and_complete_reads_new() {
     row.read_source = Some("v2".into());
     row.read_percent = 0;
     let s = session(&[]);
-    assert!((0..500).all(|id| users_route(&s, &snapshot(&[row.clone()]), id).reads == Side::Old));
+    assert!((0..500).all(|id| users_route(&s, &snapshot(&[row.clone()]), id).read_source == Side::Old));
     let complete = MigrationState::new("users", Phase::Complete);
-    assert_eq!(users_route(&s, &snapshot(&[complete]), 3).reads, Side::New);
+    assert_eq!(users_route(&s, &snapshot(&[complete]), 3).read_source, Side::New);
 }
 
 #[test]
