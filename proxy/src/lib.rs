@@ -8,13 +8,17 @@
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod metrics;
+pub mod pgcluster;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod version;
 
 pub use config::Config;
 pub use server::Server;

@@ -1,0 +1,392 @@
+//! The rules model: migrations read from a TOML rules file (DESIGN section 2), validated so that every error
+//! names the file, the migration and the field at fault. Pure data; the rewriter compiles it separately.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use sqlparser::ast::{Expr, Visit, Visitor as AstVisitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use crate::names::{normalize_ident, TableName};
+
+/// All migrations of one rules file, in file order. Indexes into `migrations` are the migration ids used by
+/// [`crate::Route`] and [`crate::Plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    pub migrations: Vec<Migration>,
+}
+
+/// One table under migration: the old table (version `versions.old`), its shadow (version `versions.new`)
+/// and the column mappings between their shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub name: String,
+    /// The old table; its name is also the logical name that sessions of both versions write.
+    pub table: TableName,
+    pub shadow: TableName,
+    /// Key columns, named the same in both tables.
+    pub key: Vec<String>,
+    pub versions: Versions,
+    /// Shadow column -> SQL expression over old columns, in file order (which should be the shadow's column
+    /// order: a v2 session's `SELECT *` on a derived table lists columns in this order).
+    pub forward: Vec<(String, String)>,
+    /// Old column -> SQL expression over shadow columns, in file order (the old table's column order).
+    pub backward: Vec<(String, String)>,
+    /// The phase a migration starts in when the proxy first sees it: `dual_write` unless the file says `off`.
+    pub initial_phase: Phase,
+}
+
+impl Migration {
+    /// The shadow's column names, in mapping order.
+    pub fn shadow_columns(&self) -> impl Iterator<Item = &str> {
+        self.forward.iter().map(|(c, _)| c.as_str())
+    }
+
+    /// The old table's column names, in mapping order.
+    pub fn old_columns(&self) -> impl Iterator<Item = &str> {
+        self.backward.iter().map(|(c, _)| c.as_str())
+    }
+}
+
+/// The names of the two versions (shapes) of a migration, e.g. `v1` and `v2`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versions {
+    pub old: String,
+    pub new: String,
+}
+
+/// Where a migration is in its life (DESIGN section 3). Stored by the proxy, changed by control commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// The proxy leaves the table alone: statements pass through untouched.
+    Off,
+    /// The old table is the primary; every write also lands in the shadow.
+    DualWrite,
+    /// The shadow is the primary; the old table is still kept in sync through the backward mapping.
+    Cutover,
+    /// Only the shadow is written; the old table is retired.
+    Complete,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Off, Phase::DualWrite, Phase::Cutover, Phase::Complete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Off => "off",
+            Phase::DualWrite => "dual_write",
+            Phase::Cutover => "cutover",
+            Phase::Complete => "complete",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Phase, String> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown phase `{s}` (expected off, dual_write, cutover or complete)"))
+    }
+}
+
+/// A rules file that cannot be used, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {}{}{message}",
+    migration.as_ref().map(|m| format!("migration `{m}`: ")).unwrap_or_default(),
+    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+pub struct RulesError {
+    /// The file (or other source) the rules came from.
+    pub origin: String,
+    pub migration: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl RuleSet {
+    /// Reads and validates a rules file. `origin` (usually the file path) is named in every error.
+    pub fn from_toml(text: &str, origin: &str) -> Result<RuleSet, RulesError> {
+        let file: RawFile = toml::from_str(text).map_err(|e| RulesError {
+            origin: origin.to_string(),
+            migration: None,
+            field: None,
+            message: match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {}", e.message())
+                }
+                None => e.message().to_string(),
+            },
+        })?;
+        let mut migrations = Vec::with_capacity(file.migration.len());
+        for (index, raw) in file.migration.into_iter().enumerate() {
+            migrations.push(raw.validate(origin, index)?);
+        }
+        RuleSet::new(migrations, origin)
+    }
+
+    /// Checks rules built in code (or after edits) against each other: unique names, no table in two
+    /// migrations, and each migration valid on its own.
+    pub fn new(migrations: Vec<Migration>, origin: &str) -> Result<RuleSet, RulesError> {
+        let err = |m: &Migration, field: &str, message: String| RulesError {
+            origin: origin.to_string(),
+            migration: Some(m.name.clone()),
+            field: Some(field.to_string()),
+            message,
+        };
+        let mut names = HashSet::new();
+        for (i, m) in migrations.iter().enumerate() {
+            m.check(origin)?;
+            if !names.insert(m.name.as_str()) {
+                return Err(err(m, "name", "another migration has the same name".into()));
+            }
+            for other in &migrations[..i] {
+                for (field, mine) in [("table", &m.table), ("shadow", &m.shadow)] {
+                    for theirs in [&other.table, &other.shadow] {
+                        if tables_may_clash(mine, theirs) {
+                            return Err(err(
+                                m,
+                                field,
+                                format!("`{mine}` is already used by migration `{}`", other.name),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if migrations.is_empty() {
+            return Err(RulesError {
+                origin: origin.to_string(),
+                migration: None,
+                field: Some("migration".into()),
+                message: "the file defines no [[migration]]".into(),
+            });
+        }
+        Ok(RuleSet { migrations })
+    }
+
+    /// The migration with this name and its index.
+    pub fn find(&self, name: &str) -> Option<(usize, &Migration)> {
+        self.migrations.iter().enumerate().find(|(_, m)| m.name == name)
+    }
+}
+
+fn tables_may_clash(a: &TableName, b: &TableName) -> bool {
+    a.denotes(b) || b.denotes(a)
+}
+
+impl Migration {
+    /// Validates one migration on its own: names, key, and that every mapping expression parses and only
+    /// refers to columns of the table it maps from.
+    pub fn check(&self, origin: &str) -> Result<(), RulesError> {
+        let err = |field: &str, message: String| RulesError {
+            origin: origin.to_string(),
+            migration: Some(self.name.clone()),
+            field: Some(field.to_string()),
+            message,
+        };
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(err("name", "must be non-empty letters, digits, `_` or `-`".into()));
+        }
+        if tables_may_clash(&self.table, &self.shadow) {
+            return Err(err("shadow", "must differ from `table`".into()));
+        }
+        if self.versions.old.is_empty() || self.versions.new.is_empty() {
+            return Err(err("versions", "`old` and `new` must be non-empty".into()));
+        }
+        if self.versions.old == self.versions.new {
+            return Err(err("versions", "`old` and `new` must differ".into()));
+        }
+        if self.forward.is_empty() {
+            return Err(err("forward", "maps no column".into()));
+        }
+        if self.backward.is_empty() {
+            return Err(err("backward", "maps no column (needed for cutover and rollback)".into()));
+        }
+        if self.key.is_empty() {
+            return Err(err("key", "names no column".into()));
+        }
+        let mut seen = HashSet::new();
+        for k in &self.key {
+            if !seen.insert(k) {
+                return Err(err("key", format!("column `{k}` is listed twice")));
+            }
+            for (side, map) in [("forward", &self.forward), ("backward", &self.backward)] {
+                if !map.iter().any(|(c, _)| c == k) {
+                    return Err(err(side, format!("must map key column `{k}`")));
+                }
+            }
+        }
+        let old_cols: HashSet<&str> = self.old_columns().collect();
+        let new_cols: HashSet<&str> = self.shadow_columns().collect();
+        for (side, map, from_cols, from_what) in [
+            ("forward", &self.forward, &old_cols, "old-table columns (the keys of [migration.backward])"),
+            ("backward", &self.backward, &new_cols, "shadow columns (the keys of [migration.forward])"),
+        ] {
+            let mut seen = HashSet::new();
+            for (column, text) in map.iter() {
+                let field = format!("{side}.{column}");
+                if !seen.insert(column) {
+                    return Err(err(&field, "column is mapped twice".into()));
+                }
+                let expr = parse_mapping_expr(text).map_err(|m| err(&field, m))?;
+                for used in referenced_columns(&expr) {
+                    if !from_cols.contains(used.as_str()) {
+                        return Err(err(
+                            &field,
+                            format!("refers to `{used}`, which is not one of the {from_what}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses one mapping expression, requiring that nothing follows it.
+pub(crate) fn parse_mapping_expr(text: &str) -> Result<Expr, String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
+    let expr = parser.parse_expr().map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(format!("`{text}` is not a single SQL expression: unexpected text after `{expr}`"));
+    }
+    Ok(expr)
+}
+
+/// Column names an expression reads: bare identifiers and the last part of qualified ones, skipping the
+/// insides of subqueries (which read other relations).
+pub(crate) fn referenced_columns(expr: &Expr) -> Vec<String> {
+    struct Collect(Vec<String>, usize);
+    impl AstVisitor for Collect {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &sqlparser::ast::Query) -> std::ops::ControlFlow<()> {
+            self.1 += 1;
+            std::ops::ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &sqlparser::ast::Query) -> std::ops::ControlFlow<()> {
+            self.1 -= 1;
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> std::ops::ControlFlow<()> {
+            if self.1 == 0 {
+                match expr {
+                    Expr::Identifier(id) => self.0.push(normalize_ident(id)),
+                    Expr::CompoundIdentifier(ids) => {
+                        if let Some(last) = ids.last() {
+                            self.0.push(normalize_ident(last))
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut c = Collect(Vec::new(), 0);
+    let _ = expr.visit(&mut c);
+    c.0.sort();
+    c.0.dedup();
+    c.0
+}
+
+// ---- TOML shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    migration: Vec<RawMigration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    name: String,
+    table: String,
+    shadow: String,
+    key: Vec<String>,
+    versions: Versions,
+    forward: OrderedMap,
+    backward: OrderedMap,
+    #[serde(default, alias = "phase")]
+    initial_phase: Option<String>,
+}
+
+impl RawMigration {
+    fn validate(self, origin: &str, index: usize) -> Result<Migration, RulesError> {
+        let label = if self.name.is_empty() { format!("#{}", index + 1) } else { self.name.clone() };
+        let err = |field: &str, message: String| RulesError {
+            origin: origin.to_string(),
+            migration: Some(label.clone()),
+            field: Some(field.to_string()),
+            message,
+        };
+        if self.name.is_empty() {
+            return Err(err("name", "must not be empty".into()));
+        }
+        let table = TableName::parse(&self.table).map_err(|m| err("table", m))?;
+        let shadow = TableName::parse(&self.shadow).map_err(|m| err("shadow", m))?;
+        let initial_phase = match self.initial_phase.as_deref() {
+            None => Phase::DualWrite,
+            Some(text) => match text.parse::<Phase>().map_err(|m| err("initial_phase", m))? {
+                p @ (Phase::Off | Phase::DualWrite) => p,
+                p => return Err(err("initial_phase", format!("a migration cannot start in `{p}`"))),
+            },
+        };
+        Ok(Migration {
+            name: self.name,
+            table,
+            shadow,
+            key: self.key,
+            versions: self.versions,
+            forward: self.forward.0,
+            backward: self.backward.0,
+            initial_phase,
+        })
+    }
+}
+
+/// A TOML table of `column = "expression"` kept in document order.
+struct OrderedMap(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for OrderedMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrderedMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of column = \"SQL expression\"")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.iter().any(|(c, _): &(String, String)| *c == k) {
+                        return Err(de::Error::custom(format!("column `{k}` is mapped twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

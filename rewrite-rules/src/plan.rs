@@ -1,0 +1,197 @@
+//! What the rewriter decided for one SQL string, and what the proxy must do to the server's answer so the
+//! client sees what it would have seen without the rewrite.
+
+use std::fmt;
+
+/// The rewriter's decision for one SQL string (one simple-protocol Query or one Parse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Send the original bytes unchanged.
+    PassThrough,
+    /// Send `sql` instead, and apply `statements[i]` to the answer of the i-th statement.
+    Rewritten {
+        sql: String,
+        /// One per statement of the (possibly multi-statement) string, in order.
+        statements: Vec<StatementTransform>,
+        /// Indexes (into `RuleSet::migrations`) of the migrations the rewrite involved, ascending.
+        migrations: Vec<usize>,
+        /// True if any statement writes a migrated table (a dual write, for metrics).
+        writes: bool,
+    },
+    /// Answer with an error and send nothing upstream.
+    Rejected(Rejection),
+}
+
+impl Plan {
+    /// Migrations (indexes) the plan rewrote or refused for; empty for a pass-through.
+    pub fn migrations(&self) -> &[usize] {
+        match self {
+            Plan::PassThrough => &[],
+            Plan::Rewritten { migrations, .. } => migrations,
+            Plan::Rejected(r) => std::slice::from_ref(&r.migration_index),
+        }
+    }
+
+    /// True if the plan dual-writes (or, for a rejection, refused a write).
+    pub fn is_write(&self) -> bool {
+        match self {
+            Plan::PassThrough => false,
+            Plan::Rewritten { writes, .. } => *writes,
+            Plan::Rejected(r) => r.reason.is_write(),
+        }
+    }
+
+    /// `passthrough`, `rewritten` or `rejected`: the `route` label of `dualwrite_queries_total`.
+    pub fn route_label(&self) -> &'static str {
+        match self {
+            Plan::PassThrough => "passthrough",
+            Plan::Rewritten { .. } => "rewritten",
+            Plan::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// How the proxy reshapes the server's answer to one rewritten statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatementTransform {
+    /// Replace the server's command tag (`SELECT n`) by this one, keeping the row count `n`.
+    pub command_tag: Option<TagRewrite>,
+    pub rows: RowsDisposition,
+}
+
+impl StatementTransform {
+    /// The server's answer is already what the client expects.
+    pub const UNCHANGED: StatementTransform =
+        StatementTransform { command_tag: None, rows: RowsDisposition::Keep };
+}
+
+/// The command tag a client expects for a write that was sent as a `WITH ... SELECT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TagRewrite {
+    /// `INSERT 0 n`
+    Insert,
+    /// `UPDATE n`
+    Update,
+    /// `DELETE n`
+    Delete,
+}
+
+impl TagRewrite {
+    /// The tag for `rows` affected rows.
+    pub fn tag(self, rows: u64) -> String {
+        match self {
+            TagRewrite::Insert => format!("INSERT 0 {rows}"),
+            TagRewrite::Update => format!("UPDATE {rows}"),
+            TagRewrite::Delete => format!("DELETE {rows}"),
+        }
+    }
+}
+
+/// Whether the client asked for rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowsDisposition {
+    /// Relay RowDescription and DataRows as the server sends them.
+    Keep,
+    /// The client's statement returns no rows: drop RowDescription and DataRows, and answer NoData to a
+    /// Describe of the statement or portal.
+    Suppress,
+}
+
+/// A statement the proxy must refuse (SQLSTATE 0A000, feature_not_supported) rather than let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub sqlstate: &'static str,
+    /// The migration's name.
+    pub migration: String,
+    /// The migration's index in `RuleSet::migrations`.
+    pub migration_index: usize,
+    pub reason: RejectReason,
+    /// Human-readable, names the migration and the reason.
+    pub message: String,
+}
+
+impl Rejection {
+    pub(crate) fn new(migration: &str, migration_index: usize, reason: RejectReason, detail: &str) -> Self {
+        let mut message = format!(
+            "dualwrite: statement refused: table of migration \"{migration}\" is under migration and {}",
+            reason.describe()
+        );
+        if !detail.is_empty() {
+            message.push_str(" (");
+            message.push_str(detail);
+            message.push(')');
+        }
+        Rejection {
+            sqlstate: "0A000",
+            migration: migration.to_string(),
+            migration_index,
+            reason,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a statement was refused. `as_str` is the `reason` label of `dualwrite_rejected_statements_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// An UPDATE assigns a key column (or a column a key is computed from).
+    KeyChangingUpdate,
+    Merge,
+    CopyFrom,
+    /// DDL (or another statement kind with no dual-write form) naming a migrated table.
+    Ddl,
+    /// The parser could not read a statement that names a migrated table and needs a rewrite.
+    Unparseable,
+    /// A data-modifying CTE (`WITH x AS (DELETE ...)`) on a migrated table.
+    DataModifyingCte,
+    /// A RETURNING list that reads a FROM/USING table of an UPDATE/DELETE.
+    UnsupportedReturning,
+    /// A write in the old shape after `complete`: the old table is retired and the shadow cannot take it.
+    RetiredVersionWrite,
+    /// Another write form the rewriter cannot make safe (described in the message).
+    UnsupportedWrite,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::KeyChangingUpdate => "key_changing_update",
+            RejectReason::Merge => "merge",
+            RejectReason::CopyFrom => "copy_from",
+            RejectReason::Ddl => "ddl",
+            RejectReason::Unparseable => "unparseable",
+            RejectReason::DataModifyingCte => "data_modifying_cte",
+            RejectReason::UnsupportedReturning => "unsupported_returning",
+            RejectReason::RetiredVersionWrite => "retired_version_write",
+            RejectReason::UnsupportedWrite => "unsupported_write",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RejectReason::KeyChangingUpdate => "an UPDATE that changes a key column is not supported",
+            RejectReason::Merge => "MERGE is not supported",
+            RejectReason::CopyFrom => "COPY FROM into it is not supported (use INSERT)",
+            RejectReason::Ddl => "DDL on it is not allowed while the migration runs",
+            RejectReason::Unparseable => "the statement could not be parsed, so it cannot be rewritten safely",
+            RejectReason::DataModifyingCte => "a data-modifying WITH clause on it is not supported",
+            RejectReason::UnsupportedReturning => {
+                "a RETURNING list that reads the FROM/USING tables of the statement is not supported"
+            }
+            RejectReason::RetiredVersionWrite => {
+                "the migration is complete, so writes in the old version's shape are no longer accepted"
+            }
+            RejectReason::UnsupportedWrite => "this write form is not supported",
+        }
+    }
+
+    fn is_write(self) -> bool {
+        !matches!(self, RejectReason::Unparseable)
+    }
+}

@@ -1,0 +1,73 @@
+//! What a session's statements are rewritten for: per migration, its phase, the shape (version) the
+//! session's SQL is written in and the physical table that answers its reads. A `Route` is part of the plan
+//! cache key, so it is small, `Hash` and `Eq`.
+
+use crate::model::{Phase, RuleSet};
+
+/// One of the two tables (and shapes) of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// The old table and its shape (`versions.old`).
+    Old,
+    /// The shadow table and its shape (`versions.new`).
+    New,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Old => Side::New,
+            Side::New => Side::Old,
+        }
+    }
+}
+
+/// How one session sees one migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MigrationRoute {
+    pub phase: Phase,
+    /// The shape the session's SQL is written in, always under the old table's (logical) name.
+    pub version: Side,
+    /// Which physical table answers the session's reads.
+    pub read_source: Side,
+}
+
+impl MigrationRoute {
+    /// A session on `version` reading its own version's table.
+    pub fn own(phase: Phase, version: Side) -> MigrationRoute {
+        MigrationRoute { phase, version, read_source: version }
+    }
+}
+
+/// The routes of one session, indexed like [`RuleSet::migrations`]. A migration without an entry (a route
+/// shorter than the rule set) is treated as `off`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Route {
+    pub per_migration: Vec<MigrationRoute>,
+}
+
+impl Route {
+    /// Every migration in its initial phase, sessions on the old version reading the old table.
+    pub fn initial(rules: &RuleSet) -> Route {
+        Route {
+            per_migration: rules
+                .migrations
+                .iter()
+                .map(|m| MigrationRoute::own(m.initial_phase, Side::Old))
+                .collect(),
+        }
+    }
+
+    /// The same route for every migration.
+    pub fn uniform(rules: &RuleSet, route: MigrationRoute) -> Route {
+        Route { per_migration: vec![route; rules.migrations.len()] }
+    }
+
+    pub(crate) fn get(&self, migration: usize) -> MigrationRoute {
+        self.per_migration.get(migration).copied().unwrap_or(MigrationRoute {
+            phase: Phase::Off,
+            version: Side::Old,
+            read_source: Side::Old,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! The rules model: the example files load, and each kind of mistake is reported with file, migration and
+//! field.
+
+use dualwrite_rules::{Phase, RuleSet, TableName};
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn users_split_name_example_loads_in_file_order() {
+    let rules = RuleSet::from_toml(&example("users_split_name.toml"), "users_split_name.toml").unwrap();
+    assert_eq!(rules.migrations.len(), 1);
+    let m = &rules.migrations[0];
+    assert_eq!(m.name, "users_split_name");
+    assert_eq!(m.table, TableName { schema: Some("public".into()), name: "users".into() });
+    assert_eq!(m.shadow.to_string(), "public.users_v2");
+    assert_eq!(m.key, vec!["id"]);
+    assert_eq!((m.versions.old.as_str(), m.versions.new.as_str()), ("v1", "v2"));
+    assert_eq!(m.shadow_columns().collect::<Vec<_>>(), ["id", "first_name", "last_name", "email"]);
+    assert_eq!(m.old_columns().collect::<Vec<_>>(), ["id", "name", "email"]);
+    assert_eq!(m.forward[1], ("first_name".to_string(), "split_part(name, ' ', 1)".to_string()));
+    assert_eq!(m.initial_phase, Phase::DualWrite);
+}
+
+#[test]
+fn orders_example_has_a_composite_key() {
+    let rules = RuleSet::from_toml(&example("orders_amount_numeric.toml"), "orders.toml").unwrap();
+    let m = &rules.migrations[0];
+    assert_eq!(m.key, vec!["shop_id", "id"]);
+    assert_eq!(m.table, TableName { schema: None, name: "orders".into() });
+}
+
+#[test]
+fn phase_round_trips_through_text() {
+    for p in Phase::ALL {
+        assert_eq!(p.to_string().parse::<Phase>().unwrap(), p);
+    }
+    assert_eq!("DUAL_WRITE".parse::<Phase>().unwrap(), Phase::DualWrite);
+    assert!("cutover!".parse::<Phase>().is_err());
+}
+
+const BASE: &str = r#"
+[[migration]]
+name = "m1"
+table = "a"
+shadow = "a_v2"
+key = ["id"]
+versions = { old = "v1", new = "v2" }
+forward = { id = "id", x = "y + 1" }
+backward = { id = "id", y = "x - 1" }
+"#;
+
+fn error_of(text: &str) -> String {
+    RuleSet::from_toml(text, "rules.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn base_is_valid_and_can_start_off() {
+    RuleSet::from_toml(BASE, "rules.toml").unwrap();
+    let off = BASE.replace("key = [\"id\"]", "key = [\"id\"]\ninitial_phase = \"off\"");
+    assert_eq!(RuleSet::from_toml(&off, "x").unwrap().migrations[0].initial_phase, Phase::Off);
+}
+
+#[test]
+fn errors_name_file_migration_and_field() {
+    let cases = [
+        (BASE.replace("y + 1", "y +"), "rules.toml: migration `m1`: field `forward.x`: `y +` is not a SQL expression"),
+        (BASE.replace("y + 1", "z + 1"), "rules.toml: migration `m1`: field `forward.x`: refers to `z`"),
+        (BASE.replace("x - 1", "y - 1"), "rules.toml: migration `m1`: field `backward.y`: refers to `y`"),
+        (BASE.replace("[\"id\"]", "[\"nope\"]"), "field `forward`: must map key column `nope`"),
+        (BASE.replace("[\"id\"]", "[]"), "field `key`: names no column"),
+        (BASE.replace("\"a_v2\"", "\"a\""), "field `shadow`: must differ from `table`"),
+        (BASE.replace("\"a_v2\"", "\"a b\""), "field `shadow`: `a b` is not a table name"),
+        (BASE.replace("new = \"v2\"", "new = \"v1\""), "field `versions`: `old` and `new` must differ"),
+        (BASE.replace("key = [\"id\"]", "key = [\"id\"]\nphase = \"complete\""), "field `initial_phase`: a migration cannot start in `complete`"),
+        (BASE.replace("name = \"m1\"", "name = \"\""), "migration `#1`: field `name`"),
+        (format!("{BASE}{}", BASE.replace("a_v2", "a_v3")), "migration `m1`: field `name`: another migration has the same name"),
+        (format!("{BASE}{}", BASE.replace("m1", "m2").replace("\"a\"", "\"public.a\"").replace("a_v2", "a_v3")), "migration `m2`: field `table`: `public.a` is already used by migration `m1`"),
+        (BASE.replace("key = ", "kee = "), "rules.toml: line 6: unknown field `kee`"),
+        (String::new(), "rules.toml: field `migration`: the file defines no [[migration]]"),
+    ];
+    for (text, expected) in cases {
+        let got = error_of(&text);
+        assert!(got.contains(expected), "expected `{expected}` in `{got}`");
+    }
+}
