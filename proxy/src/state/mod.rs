@@ -4,3 +4,6 @@
 pub mod phase;
 
 pub use phase::Phase;
+pub mod snapshot;
+
+pub use snapshot::{MigrationState, StateSnapshot};
