@@ -1,8 +1,8 @@
 //! Running a parsed control command for one client: the admin check (42501 for everyone else), the state
 //! change through `StateHandle`, and the answer as a `ControlResponse` the session sends as RowDescription
-//! + DataRows + CommandComplete (every column is `text`, so the text and binary formats carry the same
+//! and DataRows and CommandComplete (every column is `text`, so the text and binary formats carry the same
 //! bytes). BACKFILL and VERIFY are dispatched to a `JobRunner` (helper "jobs"); without one they answer
-//! 0A000.
+//! with 0A000.
 
 use std::sync::Arc;
 
