@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Serve(ConfigArgs),
+    /// Try it out: without --upstream, a throwaway PostgreSQL with the example migration behind the proxy.
+    Quickstart(ConfigArgs),
 }
 
 /// Every setting of [`Config`] as a flag and environment variable.

@@ -12,6 +12,7 @@ pub mod control;
 pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
+pub mod quickstart;
 pub mod server;
 pub mod session;
 pub mod shutdown;

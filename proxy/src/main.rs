@@ -35,5 +35,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = Server::bind(config).await?;
             server.run(shutdown::signal()).await
         }
+        Command::Quickstart(args) => dualwrite_proxy::quickstart::main(args.load()?).await,
     }
 }
