@@ -31,7 +31,7 @@ impl SqlError {
     }
 
     pub fn at(mut self, position: usize) -> Self {
-        self.position = Some(position);
+        self.position = u32::try_from(position).ok();
         self
     }
 

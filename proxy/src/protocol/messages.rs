@@ -282,7 +282,7 @@ pub struct SqlError {
     pub detail: Option<String>,
     pub hint: Option<String>,
     /// 1-based character position in the statement text (field `P`).
-    pub position: Option<usize>,
+    pub position: Option<u32>,
 }
 
 impl SqlError {
