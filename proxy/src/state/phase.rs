@@ -12,50 +12,7 @@
 //! own version (read_source NULL, percent 100). Entering `complete` routes every read to the new version,
 //! because the old table is no longer written. Read routing (`ROUTE`) is allowed in dual_write and cutover.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// Where a migration is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// The proxy does not touch the migration's tables.
-    Off,
-    /// Writes go to the old table and, through the forward mapping, to the shadow.
-    DualWrite,
-    /// The shadow is the primary for writes; the old table is kept in sync through the backward mapping.
-    Cutover,
-    /// Only the shadow is written; the old table is left behind.
-    Complete,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Off, Phase::DualWrite, Phase::Cutover, Phase::Complete];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Off => "off",
-            Phase::DualWrite => "dual_write",
-            Phase::Cutover => "cutover",
-            Phase::Complete => "complete",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown phase \"{s}\" (expected off, dual_write, cutover or complete)"))
-    }
-}
+pub use dualwrite_rules::Phase;
 
 /// What the transition check needs to know about the migration besides its phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,15 +107,6 @@ mod tests {
 
     fn allowed(t: Transition) -> bool {
         t == Transition::Allowed
-    }
-
-    #[test]
-    fn phase_names_round_trip() {
-        for p in Phase::ALL {
-            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
-        }
-        assert_eq!("DUAL_WRITE".parse::<Phase>().unwrap(), DualWrite);
-        assert!("dual-write".parse::<Phase>().is_err());
     }
 
     #[test]
