@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
+pub mod quickstart;
 pub mod server;
 pub mod session;
 pub mod shutdown;
