@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod jobs;
 pub mod live;
 pub mod metrics;
 pub mod pgcluster;
