@@ -14,6 +14,7 @@ pub mod live;
 pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
+pub mod quickstart;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -36,6 +36,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             server.run(shutdown::signal()).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Quickstart(args) => {
+            dualwrite_proxy::quickstart::main(args.load()?).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Backfill(args) => Ok(dualwrite_proxy::jobs::cli::backfill(args).await),
         Command::Verify(args) => Ok(dualwrite_proxy::jobs::cli::verify(args).await),
     }
