@@ -308,11 +308,20 @@ pub struct SqlError {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// 1-based character position in the statement text (field `P`).
+    pub position: Option<u32>,
 }
 
 impl SqlError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        SqlError { severity: "ERROR", code: code.into(), message: message.into(), detail: None, hint: None }
+        SqlError {
+            severity: "ERROR",
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+            position: None,
+        }
     }
 
     pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -342,6 +351,9 @@ pub fn error_response(err: &SqlError) -> Bytes {
     }
     if let Some(h) = &err.hint {
         fields.push((b'H', h.clone()));
+    }
+    if let Some(p) = err.position {
+        fields.push((b'P', p.to_string()));
     }
     let mut buf = BytesMut::new();
     // ErrorResponse has no practical size limit in pgwire; encoding cannot fail.
