@@ -1,6 +1,24 @@
-//! dualwrite proxy library
+//! dualwrite proxy library: a transparent PostgreSQL wire relay (session mode) with a hook for rewriting
+//! statements of tables under migration.
+//!
+//! Embedding (what the test harness and `quickstart` use):
+//! [`Server::bind`]`(config) -> Server`, [`Server::local_addr`], [`Server::run`]`(shutdown_future)`;
+//! [`Server::with_interceptor`] plugs in statement interception (see [`session::interceptor`]).
 
+pub mod cancel;
+pub mod cli;
+pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod pgcluster;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
 pub mod state;
+pub mod tls;
+pub mod upstream;
 pub mod version;
+
+pub use config::Config;
+pub use server::Server;

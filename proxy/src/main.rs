@@ -1,1 +1,39 @@
-fn main() {}
+//! The `dualwrite` binary: parses the command line, sets up logging (RUST_LOG, default `info`) and runs
+//! the chosen command. `serve` stops gracefully on SIGTERM/SIGINT and exits 0.
+
+use clap::Parser;
+use dualwrite_proxy::cli::{Cli, Command};
+use dualwrite_proxy::{shutdown, Server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dualwrite: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dualwrite: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            let server = Server::bind(config).await?;
+            server.run(shutdown::signal()).await
+        }
+    }
+}

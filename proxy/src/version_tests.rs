@@ -44,7 +44,7 @@ fn defaults() -> VersionDefaults {
 }
 
 fn session(params: &[(&str, &str)]) -> SessionVersion {
-    SessionVersion::new(params.iter().copied(), &defaults(), &catalog()).unwrap()
+    SessionVersion::new(params.iter().copied(), &defaults(), catalog()).unwrap()
 }
 
 fn set(v: &str) -> SessionStatement {
@@ -81,7 +81,7 @@ fn resolution_order() {
 
 #[test]
 fn unknown_startup_version_is_refused() {
-    let err = SessionVersion::new([("options", "--dualwrite.version=v9")], &defaults(), &catalog()).err().unwrap();
+    let err = SessionVersion::new([("options", "--dualwrite.version=v9")], &defaults(), catalog()).err().unwrap();
     assert_eq!(err.code, "22023");
     assert!(err.message.contains("v9") && err.detail.as_deref().unwrap().contains("v1, v2, v3"), "{err:?}");
 }
@@ -90,18 +90,18 @@ fn unknown_startup_version_is_refused() {
 fn unknown_set_is_refused_and_changes_nothing() {
     let mut s = session(&[]);
     run_ok(&mut s, &[set("v2")], b'I');
-    let err = SessionVersion::check(&set("nope"), &catalog()).unwrap_err();
+    let err = SessionVersion::check(&set("nope"), catalog()).unwrap_err();
     assert_eq!(err.code, "22023");
-    assert!(SessionVersion::check(&set("v3"), &catalog()).is_ok());
-    assert!(SessionVersion::check(&Other, &catalog()).is_ok());
+    assert!(SessionVersion::check(&set("v3"), catalog()).is_ok());
+    assert!(SessionVersion::check(&Other, catalog()).is_ok());
     assert_eq!(s.version(), Some("v2"));
 }
 
 #[test]
 fn defaults_are_validated() {
-    assert!(defaults().validate(&catalog()).is_ok());
+    assert!(defaults().validate(catalog()).is_ok());
     let bad = VersionDefaults { roles: [("r".to_string(), "v7".to_string())].into(), applications: BTreeMap::new() };
-    assert!(bad.validate(&catalog()).unwrap_err().contains("v7"));
+    assert!(bad.validate(catalog()).unwrap_err().contains("v7"));
 }
 
 #[test]
@@ -210,9 +210,9 @@ fn reset_all_and_discard() {
 #[test]
 fn show_value() {
     let s = session(&[]);
-    assert_eq!(s.show_value(&catalog()), "v1");
+    assert_eq!(s.show_value(catalog()), "v1");
     let s = session(&[("user", "reporter")]);
-    assert_eq!(s.show_value(&catalog()), "v2");
+    assert_eq!(s.show_value(catalog()), "v2");
     let mixed = RuleSet::from_toml(
         &RULES.replacen("old = \"v1\", new = \"v3\"", "old = \"b1\", new = \"b2\"", 1),
         "mixed",
@@ -227,7 +227,7 @@ fn snapshot(rows: &[MigrationState]) -> StateSnapshot {
 }
 
 fn users_route(s: &SessionVersion, state: &StateSnapshot, id: u64) -> MigrationRoute {
-    s.route(&catalog(), state, id).per_migration[0]
+    s.route(catalog(), state, id).per_migration[0]
 }
 
 #[test]
@@ -237,7 +237,7 @@ fn route_follows_version_by_default() {
     let r = users_route(&s, &state, 1);
     assert_eq!(r, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old });
     run_ok(&mut s, &[set("v2")], b'I');
-    let all = s.route(&catalog(), &state, 1);
+    let all = s.route(catalog(), &state, 1);
     assert_eq!(all.per_migration.len(), 2);
     assert_eq!(all.per_migration[0], MigrationRoute::own(Phase::DualWrite, Side::New));
     // v2 is not a version of "orders": it keeps its default shape, and its initial phase when absent

@@ -1,13 +1,14 @@
 //! `SqlError`: an error the proxy answers itself (SQLSTATE, message, optional position), turned into an
 //! ErrorResponse by the session. Shared by the control grammar, control execution and the version machine.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// An error reported to the client as an ErrorResponse with severity ERROR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlError {
-    /// Five-character SQLSTATE, e.g. "42601".
-    pub code: &'static str,
+    /// Five-character SQLSTATE, e.g. "42601" (owned when relayed from the control-plane database).
+    pub code: Cow<'static, str>,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
@@ -16,8 +17,8 @@ pub struct SqlError {
 }
 
 impl SqlError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        SqlError { code, message: message.into(), detail: None, hint: None, position: None }
+    pub fn new(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        SqlError { code: code.into(), message: message.into(), detail: None, hint: None, position: None }
     }
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());

@@ -2,8 +2,10 @@
 //! (pure), `exec` runs a parsed command against the shared state and answers with a result set.
 
 pub mod error;
+pub mod exec;
 pub mod grammar;
 pub mod lex;
 
 pub use error::SqlError;
+pub use exec::{execute, ControlContext, ControlResponse, JobRunner};
 pub use grammar::{is_control_command, parse_control, BackfillAction, ControlCommand, ReadTarget};

@@ -1,9 +1,49 @@
-//! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL, phases and read
-//! routes, the audit log, and the LISTEN/NOTIFY watcher that publishes an immutable snapshot to sessions.
+//! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL (`schema`),
+//! loading and changing it with an audit row per change (`store`), phase rules (`phase`), the immutable
+//! snapshot sessions read (`snapshot`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
+//! polling fallback (`watcher`).
 
 pub mod phase;
+pub mod schema;
+pub mod snapshot;
+pub mod store;
+pub mod watcher;
 
 pub use phase::Phase;
-pub mod snapshot;
+pub use snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummary};
+pub use store::Actor;
+pub use watcher::{StateHandle, StateOptions};
 
-pub use snapshot::{MigrationState, StateSnapshot};
+use crate::control::error::{codes, SqlError};
+
+/// The channel every state change is announced on (payload: the migration's name).
+pub const NOTIFY_CHANNEL: &str = "dualwrite_state";
+
+/// A failure of the control plane: the database, or a change refused by the rules of phases and routes.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("control-plane database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// A refused or invalid change, answered to the client as it is.
+    #[error("{0}")]
+    Refused(#[from] SqlError),
+    #[error("control-plane state: {0}")]
+    Corrupt(String),
+}
+
+impl StateError {
+    /// The error the client sees for a control command that failed here.
+    pub fn to_sql_error(&self) -> SqlError {
+        match self {
+            StateError::Refused(e) => e.clone(),
+            StateError::Db(e) => match e.as_db_error() {
+                Some(db) => SqlError::new(db.code().code().to_string(), format!("dualwrite control plane: {}", db.message())),
+                None => SqlError::new(
+                    codes::CONNECTION_EXCEPTION,
+                    format!("dualwrite control plane is unavailable: {e}"),
+                ),
+            },
+            StateError::Corrupt(m) => SqlError::new(codes::INTERNAL_ERROR, format!("dualwrite control plane: {m}")),
+        }
+    }
+}

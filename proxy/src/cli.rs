@@ -1,0 +1,175 @@
+//! Command line: `dualwrite serve` and the flags that override the TOML config. Precedence: flag or
+//! `DUALWRITE_*` environment variable, then the `--config` file, then the defaults in `config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_optional_addr, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "dualwrite", version, about = "A dual-write SQL proxy on the PostgreSQL wire protocol")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ConfigArgs),
+}
+
+/// Every setting of [`Config`] as a flag and environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML config file; flags and environment variables override its values.
+    #[arg(long, env = "DUALWRITE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:6432].
+    #[arg(long, env = "DUALWRITE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream PostgreSQL: postgres://user@host:port/db[?sslmode=prefer|require].
+    #[arg(long, env = "DUALWRITE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Migration rules file (TOML).
+    #[arg(long, env = "DUALWRITE_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Prometheus /metrics address, or "off" [default: 127.0.0.1:9187].
+    #[arg(long, env = "DUALWRITE_METRICS_LISTEN", value_parser = parse_metrics_addr)]
+    pub metrics_listen: Option<MetricsAddr>,
+    /// Role allowed to run control SQL (repeatable; the variable takes a comma-separated list).
+    #[arg(long = "admin-role", env = "DUALWRITE_ADMIN_ROLES", value_delimiter = ',')]
+    pub admin_roles: Vec<String>,
+    /// PEM certificate chain for TLS between clients and the proxy.
+    #[arg(long, env = "DUALWRITE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DUALWRITE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest client message in bytes [default: 67108864].
+    #[arg(long, env = "DUALWRITE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Client connections served at once [default: 10000].
+    #[arg(long, env = "DUALWRITE_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<usize>,
+    /// Seconds a client has to send its startup packet [default: 30].
+    #[arg(long, env = "DUALWRITE_STARTUP_TIMEOUT")]
+    pub startup_timeout_secs: Option<u64>,
+    /// Seconds to wait for the upstream connection [default: 10].
+    #[arg(long, env = "DUALWRITE_CONNECT_TIMEOUT")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds sessions get to finish after SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "DUALWRITE_SHUTDOWN_GRACE")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Control-plane connection URL [default: the upstream URL].
+    #[arg(long, env = "DUALWRITE_CONTROL_URL")]
+    pub control_url: Option<String>,
+    /// Control-plane user [default: the control URL's].
+    #[arg(long, env = "DUALWRITE_CONTROL_USER")]
+    pub control_user: Option<String>,
+    /// Control-plane password [default: the control URL's].
+    #[arg(long, env = "DUALWRITE_CONTROL_PASSWORD", hide_env_values = true)]
+    pub control_password: Option<String>,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    parse_optional_addr(s).map(MetricsAddr)
+}
+
+impl ConfigArgs {
+    /// The effective config: file (if any), then every flag or variable that was given.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut cfg);
+        Ok(cfg)
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        set(&mut cfg.listen, &self.listen);
+        set(&mut cfg.upstream, &self.upstream);
+        if self.rules.is_some() {
+            cfg.rules = self.rules.clone();
+        }
+        if let Some(MetricsAddr(addr)) = self.metrics_listen {
+            cfg.metrics_listen = addr;
+        }
+        if !self.admin_roles.is_empty() {
+            cfg.admin_roles = self.admin_roles.clone();
+        }
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+            cfg.tls_key = self.tls_key.clone();
+        }
+        set(&mut cfg.limits.max_message_size, &self.max_message_size);
+        set(&mut cfg.limits.max_client_connections, &self.max_client_connections);
+        set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);
+        set(&mut cfg.limits.connect_timeout_secs, &self.connect_timeout_secs);
+        set(&mut cfg.limits.shutdown_grace_secs, &self.shutdown_grace_secs);
+        if self.control_url.is_some() {
+            cfg.control.url = self.control_url.clone();
+        }
+        if self.control_user.is_some() {
+            cfg.control.user = self.control_user.clone();
+        }
+        if self.control_password.is_some() {
+            cfg.control.password = self.control_password.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile_dir();
+        let path = dir.join("dw.toml");
+        std::fs::write(&path, "upstream = \"postgres://a@h:1/d\"\nadmin_roles = [\"x\"]\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "dualwrite",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7777",
+            "--admin-role",
+            "ops",
+            "--admin-role",
+            "dba",
+            "--metrics-listen",
+            "off",
+            "--max-message-size",
+            "4096",
+        ])
+        .unwrap();
+        #[allow(irrefutable_let_patterns)]
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let cfg = args.load().unwrap();
+        assert_eq!(cfg.upstream, "postgres://a@h:1/d");
+        assert_eq!(cfg.listen, "127.0.0.1:7777".parse().unwrap());
+        assert_eq!(cfg.admin_roles, vec!["ops", "dba"]);
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.limits.max_message_size, 4096);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dw-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

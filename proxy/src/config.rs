@@ -1,0 +1,186 @@
+//! The proxy's settings: a plain serde struct read from a TOML file (`--config`), with every setting also
+//! a CLI flag and a `DUALWRITE_*` environment variable (see `cli`). Other modules read it as it is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
+
+/// Everything `dualwrite serve` needs. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// `postgres://user@host:port/db?sslmode=prefer|require|disable`. The data plane uses its host, port
+    /// and sslmode (clients' own user, database and startup parameters are relayed as given); its user,
+    /// password and database are the control plane's defaults.
+    pub upstream: String,
+    /// The migration rules file (TOML, see rewrite-rules/).
+    pub rules: Option<PathBuf>,
+    /// Where /metrics is served; `"off"` (or absent in TOML when set so) disables the exporter.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Roles allowed to run control SQL (`DUALWRITE ...`).
+    pub admin_roles: Vec<String>,
+    /// PEM certificate chain and key: when both are set, clients' SSLRequest is accepted and TLS ends at
+    /// the proxy.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub limits: Limits,
+    pub control: ControlConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            upstream: String::new(),
+            rules: None,
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            admin_roles: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            limits: Limits::default(),
+            control: ControlConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A config relaying `listen` to `upstream`, other settings at their defaults but metrics off
+    /// (convenient for tests and embedding: one process may run several proxies).
+    pub fn relay(listen: SocketAddr, upstream: impl Into<String>) -> Self {
+        Config { listen, upstream: upstream.into(), metrics_listen: None, ..Config::default() }
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_toml_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The control plane's connection string: `control.url`, else the upstream URL, with `control.user`
+    /// and `control.password` applied on top.
+    pub fn control_connection(&self) -> anyhow::Result<tokio_postgres::Config> {
+        let url = self.control.url.as_deref().unwrap_or(&self.upstream);
+        let mut cfg: tokio_postgres::Config =
+            url.parse().map_err(|e| anyhow::anyhow!("invalid control/upstream URL: {e}"))?;
+        if let Some(user) = &self.control.user {
+            cfg.user(user);
+        }
+        if let Some(password) = &self.control.password {
+            cfg.password(password);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Protective limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest client message accepted (bytes, header included); larger ones get 54000 and a close.
+    pub max_message_size: usize,
+    /// Client connections served at once; more get 53300.
+    pub max_client_connections: usize,
+    /// Seconds a new connection has to send its startup packet (after TLS negotiation).
+    pub startup_timeout_secs: u64,
+    /// Seconds to wait for the upstream's TCP (and TLS) connection.
+    pub connect_timeout_secs: u64,
+    /// Seconds sessions get to finish after a shutdown signal before they are closed.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 64 * 1024 * 1024,
+            max_client_connections: 10_000,
+            startup_timeout_secs: 30,
+            connect_timeout_secs: 10,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Limits {
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_secs)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Credentials of the control plane's own connections (state schema, jobs). Defaults come from the
+/// upstream URL.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Parses `"off"`/`""` as `None`, otherwise a socket address.
+pub fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s.trim() {
+        "" | "off" | "none" | "disabled" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| format!("invalid address {addr:?}: {e}")),
+    }
+}
+
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_optional_addr(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let cfg = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:7000"
+            upstream = "postgres://app@db:5432/app?sslmode=require"
+            metrics_listen = "off"
+            admin_roles = ["ops"]
+            [limits]
+            max_message_size = 1024
+            [control]
+            user = "dw"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.admin_roles, vec!["ops"]);
+        assert_eq!(cfg.limits.max_message_size, 1024);
+        assert_eq!(cfg.limits.shutdown_grace_secs, 30);
+        let control = cfg.control_connection().unwrap();
+        assert_eq!(control.get_user(), Some("dw"));
+        assert_eq!(control.get_dbname(), Some("app"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("listne = \"1.2.3.4:5\"").is_err());
+    }
+}

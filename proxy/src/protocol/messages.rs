@@ -1,0 +1,367 @@
+//! The few messages the relay decodes or synthesizes, and in-place views of the fields it reads on the hot
+//! path. Whole-message decoding and all encoding go through pgwire's codec; the views below only locate
+//! fields inside an already length-checked frame body (no allocation, no lossy UTF-8), so SQL that is
+//! passed through is forwarded as the original bytes.
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{BindComplete, CloseComplete, Parse, ParseComplete};
+use pgwire::messages::response::{CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+
+use super::frame::{BodyReader, HEADER_LEN};
+
+/// Frontend message tags the relay acts on.
+pub mod tag {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const TERMINATE: u8 = b'X';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+}
+
+/// Backend message tags the relay acts on.
+pub mod btag {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const DATA_ROW: u8 = b'D';
+    pub const NO_DATA: u8 = b'n';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+}
+
+/// The body of a whole frame (header stripped).
+#[inline]
+pub fn body(frame: &[u8]) -> &[u8] {
+    &frame[HEADER_LEN..]
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// In-place views of frontend messages.
+
+/// The SQL of a Query body, without its terminator.
+pub fn query_sql(body: &[u8]) -> Option<&[u8]> {
+    BodyReader::new(body).cstr()
+}
+
+/// Statement name and SQL of a Parse body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseView<'a> {
+    pub statement: &'a [u8],
+    pub sql: &'a [u8],
+}
+
+pub fn parse_view(body: &[u8]) -> Option<ParseView<'_>> {
+    let mut r = BodyReader::new(body);
+    let statement = r.cstr()?;
+    let sql = r.cstr()?;
+    let count = r.i16()?;
+    r.take(usize::try_from(count).ok()? * 4)?;
+    Some(ParseView { statement, sql })
+}
+
+/// Portal and statement names of a Bind body.
+pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut r = BodyReader::new(body);
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    Some((portal, statement))
+}
+
+/// Target kind (`b'S'` statement or `b'P'` portal) and name of a Describe or Close body.
+pub fn target_of(body: &[u8]) -> Option<(u8, &[u8])> {
+    let mut r = BodyReader::new(body);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return None;
+    }
+    Some((kind, r.cstr()?))
+}
+
+/// The portal of an Execute body.
+pub fn execute_portal(body: &[u8]) -> Option<&[u8]> {
+    BodyReader::new(body).cstr()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// In-place views of backend messages.
+
+/// The SQLSTATE ('C' field) of an ErrorResponse or NoticeResponse body.
+pub fn sqlstate(body: &[u8]) -> Option<&[u8]> {
+    field(body, b'C')
+}
+
+/// One field of an ErrorResponse or NoticeResponse body.
+pub fn field(body: &[u8], code: u8) -> Option<&[u8]> {
+    let mut r = BodyReader::new(body);
+    loop {
+        let c = r.u8()?;
+        if c == 0 {
+            return None;
+        }
+        let value = r.cstr()?;
+        if c == code {
+            return Some(value);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Decoding with pgwire: only on the paths that change a message.
+
+fn backend_context() -> DecodeContext {
+    // 3.2 so that BackendKeyData keys of any length are read as bytes (3.0 servers send 4 of them).
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_2);
+    ctx.awaiting_frontend_ssl = false;
+    ctx.awaiting_frontend_startup = false;
+    ctx
+}
+
+fn decode_whole<M: Message>(frame: &[u8]) -> Option<M> {
+    let mut buf = BytesMut::from(frame);
+    let msg = M::decode(&mut buf, &backend_context()).ok()??;
+    // Anything left over means the frame did not have the layout we decoded.
+    buf.is_empty().then_some(msg)
+}
+
+/// The (pid, secret key) of a BackendKeyData frame.
+pub fn decode_backend_key(frame: &[u8]) -> Option<(i32, Bytes)> {
+    let msg: BackendKeyData = decode_whole(frame)?;
+    Some((msg.pid, msg.secret_key.to_bytes()))
+}
+
+/// An Authentication frame; `None` for the kinds pgwire does not model (GSS, SSPI), which are relayed.
+pub fn decode_authentication(frame: &[u8]) -> Option<Authentication> {
+    decode_whole(frame)
+}
+
+/// The tag of a CommandComplete frame.
+pub fn decode_command_tag(frame: &[u8]) -> Option<String> {
+    let msg: CommandComplete = decode_whole(frame)?;
+    Some(msg.tag)
+}
+
+/// Decodes a Parse frame (statement name, SQL, parameter types), for the paths that re-encode it.
+pub fn decode_parse(frame: &[u8]) -> Option<Parse> {
+    // Parse bodies are checked by `parse_view` first: pgwire's decoder assumes a well-formed body.
+    parse_view(body(frame))?;
+    let mut buf = BytesMut::from(frame);
+    let mut ctx = backend_context();
+    ctx.protocol_version = ProtocolVersion::PROTOCOL3_0;
+    Parse::decode(&mut buf, &ctx).ok()?
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Encoding with pgwire.
+
+fn encode<M: Message>(msg: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(msg.message_length() + 1);
+    match msg.encode(&mut buf) {
+        Ok(()) => buf.freeze(),
+        // Only size limits can fail; a synthesized message over them is a bug we must not send half of.
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a synthesized message");
+            error_response(&SqlError::new("XX000", "dualwrite could not encode a response"))
+        }
+    }
+}
+
+pub fn encode_backend_key(pid: i32, secret: Bytes) -> Bytes {
+    encode(&BackendKeyData::new(pid, SecretKey::Bytes(secret)))
+}
+
+pub fn encode_authentication(auth: &Authentication) -> Bytes {
+    encode(auth)
+}
+
+pub fn command_complete(tag: &str) -> Bytes {
+    encode(&CommandComplete::new(tag.to_owned()))
+}
+
+pub fn ready_for_query(status: u8) -> Bytes {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(&ReadyForQuery::new(status))
+}
+
+pub fn parse_complete() -> Bytes {
+    encode(&ParseComplete::new())
+}
+
+pub fn bind_complete() -> Bytes {
+    encode(&BindComplete::new())
+}
+
+pub fn close_complete() -> Bytes {
+    encode(&CloseComplete::new())
+}
+
+pub fn no_data() -> Bytes {
+    encode(&NoData::new())
+}
+
+pub fn parameter_description(types: Vec<u32>) -> Bytes {
+    encode(&ParameterDescription::new(types))
+}
+
+/// Encodes a Query frame carrying `sql`.
+pub fn query(sql: &str) -> Bytes {
+    encode(&Query::new(sql.to_owned()))
+}
+
+/// Encodes a Parse frame.
+pub fn parse(statement: Option<String>, sql: &str, type_oids: Vec<u32>) -> Bytes {
+    encode(&Parse::new(statement, sql.to_owned(), type_oids))
+}
+
+/// OID of `text`: synthesized result columns are text, whose binary and text forms are the same bytes.
+pub const TEXT_OID: u32 = 25;
+
+/// A RowDescription of text columns.
+pub fn row_description(columns: &[String]) -> Bytes {
+    let fields = columns
+        .iter()
+        .map(|name| FieldDescription::new(name.clone(), 0, 0, TEXT_OID, -1, -1, 0))
+        .collect();
+    encode(&RowDescription::new(fields))
+}
+
+/// A DataRow of text values.
+pub fn data_row(values: &[Option<String>]) -> Bytes {
+    let mut data = BytesMut::new();
+    for v in values {
+        match v {
+            Some(s) => {
+                data.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                data.extend_from_slice(s.as_bytes());
+            }
+            None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    encode(&DataRow::new(data, values.len() as i16))
+}
+
+/// An error the proxy reports itself, with the fields Postgres would fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    /// "ERROR" or "FATAL".
+    pub severity: &'static str,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl SqlError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        SqlError { severity: "ERROR", code: code.into(), message: message.into(), detail: None, hint: None }
+    }
+
+    pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> Self {
+        SqlError { severity: "FATAL", ..SqlError::new(code, message) }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+pub fn error_response(err: &SqlError) -> Bytes {
+    let mut fields = vec![
+        (b'S', err.severity.to_owned()),
+        (b'V', err.severity.to_owned()),
+        (b'C', err.code.clone()),
+        (b'M', err.message.clone()),
+    ];
+    if let Some(d) = &err.detail {
+        fields.push((b'D', d.clone()));
+    }
+    if let Some(h) = &err.hint {
+        fields.push((b'H', h.clone()));
+    }
+    let mut buf = BytesMut::new();
+    // ErrorResponse has no practical size limit in pgwire; encoding cannot fail.
+    let _ = ErrorResponse::new(fields).encode(&mut buf);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_find_fields_in_place() {
+        let frame = parse(Some("s1".into()), "select $1", vec![23]);
+        assert_eq!(frame[0], tag::PARSE);
+        let v = parse_view(body(&frame)).unwrap();
+        assert_eq!(v.statement, b"s1");
+        assert_eq!(v.sql, b"select $1");
+        let p = decode_parse(&frame).unwrap();
+        assert_eq!(p.type_oids, vec![23]);
+        assert!(parse_view(b"s1\0select\0\0\x05").is_none(), "lying parameter count");
+        assert_eq!(bind_names(b"p\0s\0\0\0"), Some((&b"p"[..], &b"s"[..])));
+        assert_eq!(target_of(b"S\0"), Some((b'S', &b""[..])));
+        assert_eq!(target_of(b"X\0"), None);
+        assert_eq!(query_sql(body(&query("select 1"))), Some(&b"select 1"[..]));
+    }
+
+    #[test]
+    fn sqlstate_is_read_from_errors() {
+        let frame = error_response(&SqlError::fatal("57P01", "bye").with_hint("h"));
+        assert_eq!(sqlstate(body(&frame)), Some(&b"57P01"[..]));
+        assert_eq!(field(body(&frame), b'S'), Some(&b"FATAL"[..]));
+        assert_eq!(field(body(&frame), b'H'), Some(&b"h"[..]));
+        assert_eq!(sqlstate(b"Mno code\0"), None, "truncated body");
+    }
+
+    #[test]
+    fn backend_key_round_trip() {
+        let frame = encode_backend_key(42, Bytes::from_static(b"wxyz"));
+        assert_eq!(&frame[..], b"K\0\0\0\x0c\0\0\0\x2awxyz");
+        assert_eq!(decode_backend_key(&frame), Some((42, Bytes::from_static(b"wxyz"))));
+        assert_eq!(decode_command_tag(&command_complete("UPDATE 3")).as_deref(), Some("UPDATE 3"));
+    }
+
+    #[test]
+    fn data_rows_encode_nulls() {
+        let row = data_row(&[Some("a".into()), None]);
+        assert_eq!(&row[..], b"D\0\0\0\x0f\0\x02\0\0\0\x01a\xff\xff\xff\xff");
+    }
+}

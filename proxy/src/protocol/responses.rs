@@ -1,0 +1,462 @@
+//! The pure response machinery: a queue of the responses each pipelined request still expects, and the
+//! transforms that make a rewritten statement's responses look like the client's original statement's
+//! (command tag, row suppression, NoData at Describe). No I/O: the relay pushes one [`Expect`] per request
+//! it forwards (or answers itself), asks [`ResponseQueue::on_message`] what to do with each backend message
+//! by its tag, and emits synthesized answers ([`ResponseQueue::take_local`]) once every response before
+//! them has been relayed, so the client sees answers in request order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::messages::{self, btag};
+
+/// The command tag the client must see for a statement whose upstream tag differs (a rewritten
+/// `UPDATE` runs upstream as `WITH ... SELECT` and completes as `SELECT n`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandTag {
+    /// `INSERT 0 n`
+    Insert,
+    /// `UPDATE n`
+    Update,
+    /// `DELETE n`
+    Delete,
+    /// `MERGE n`
+    Merge,
+    /// `SELECT n`
+    Select,
+    /// A fixed tag without a row count (`TRUNCATE TABLE`, `SET`).
+    Fixed(String),
+}
+
+impl CommandTag {
+    /// The client's tag, keeping the row count of the upstream tag (its last word).
+    pub fn rewrite(&self, upstream_tag: &str) -> String {
+        let rows = upstream_tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        match self {
+            CommandTag::Insert => format!("INSERT 0 {rows}"),
+            CommandTag::Update => format!("UPDATE {rows}"),
+            CommandTag::Delete => format!("DELETE {rows}"),
+            CommandTag::Merge => format!("MERGE {rows}"),
+            CommandTag::Select => format!("SELECT {rows}"),
+            CommandTag::Fixed(tag) => tag.clone(),
+        }
+    }
+}
+
+/// How the responses of one rewritten statement are changed on their way to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatementTransform {
+    /// Replace the command tag (row count kept).
+    pub command_tag: Option<CommandTag>,
+    /// The client's statement returns no rows: drop RowDescription and DataRows.
+    pub suppress_rows: bool,
+    /// Answer NoData where upstream answers a Describe with a RowDescription (implied by `suppress_rows`).
+    pub describe_no_data: bool,
+}
+
+impl StatementTransform {
+    fn no_data_at_describe(&self) -> bool {
+        self.describe_no_data || self.suppress_rows
+    }
+}
+
+/// Rewrites a whole CommandComplete frame to the client's tag. Returns `None` if the frame does not decode.
+pub fn rewrite_command_complete(frame: &[u8], tag: &CommandTag) -> Option<Bytes> {
+    let upstream = messages::decode_command_tag(frame)?;
+    Some(messages::command_complete(&tag.rewrite(&upstream)))
+}
+
+/// What one request forwarded upstream (or answered locally) still expects.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// A simple Query: results until ReadyForQuery. `transforms[i]` applies to the i-th statement's result
+    /// (each statement ends with CommandComplete or EmptyQueryResponse); absent ones pass unchanged.
+    SimpleQuery { transforms: Option<Arc<[StatementTransform]>>, started: Instant },
+    /// A FunctionCall: FunctionCallResponse (or an error), then ReadyForQuery.
+    FunctionCall { started: Instant },
+    Parse,
+    Bind,
+    Close,
+    /// Describe of a statement (ParameterDescription, then RowDescription or NoData) or of a portal.
+    Describe { statement: bool, transform: Option<Arc<StatementTransform>> },
+    /// Execute: DataRows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY traffic).
+    Execute { transform: Option<Arc<StatementTransform>> },
+    Sync { started: Instant },
+    /// An answer the proxy made itself, emitted once it reaches the head of the queue.
+    Local(LocalAnswer),
+}
+
+/// Bytes synthesized by the proxy for one request.
+#[derive(Debug, Clone)]
+pub struct LocalAnswer {
+    pub bytes: Bytes,
+    /// Follow the bytes with a ReadyForQuery carrying the session's transaction status at that moment
+    /// (a simple Query answered locally).
+    pub ready_for_query: bool,
+    /// Part of an extended-protocol batch: the server's error-skipping up to Sync applies to it.
+    pub extended: bool,
+}
+
+/// What the relay does with one backend message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Relay it unchanged.
+    Forward,
+    /// Relay it unchanged; it completed a request that started at `started` (ReadyForQuery).
+    Ready { started: Option<Instant> },
+    /// Do not relay it.
+    Drop,
+    /// Replace the CommandComplete by one with this tag (see [`rewrite_command_complete`]).
+    RewriteTag(CommandTag),
+    /// Replace the RowDescription by NoData.
+    NoDataInstead,
+}
+
+/// The queue of expected responses of one session.
+#[derive(Debug, Default)]
+pub struct ResponseQueue {
+    entries: VecDeque<Expect>,
+    /// Index of the current statement inside the head SimpleQuery.
+    statement: usize,
+    /// The server reported an error in an extended-protocol batch and skips everything up to Sync.
+    skipping_to_sync: bool,
+}
+
+impl ResponseQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, expect: Expect) {
+        self.entries.push_back(expect);
+    }
+
+    /// True while any request still waits for a response.
+    pub fn is_busy(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The next local answer that is due (every response before it has been relayed).
+    pub fn take_local(&mut self) -> Option<LocalAnswer> {
+        loop {
+            match self.entries.front() {
+                Some(Expect::Local(local)) => {
+                    let skip = self.skipping_to_sync && local.extended;
+                    let Some(Expect::Local(local)) = self.entries.pop_front() else { unreachable!() };
+                    if skip {
+                        continue;
+                    }
+                    return Some(local);
+                }
+                // Requests the server skips after an error answer nothing: drop them so that a local
+                // answer behind them is not held back.
+                Some(Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe { .. } | Expect::Execute { .. })
+                    if self.skipping_to_sync =>
+                {
+                    self.entries.pop_front();
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn pop(&mut self) {
+        self.entries.pop_front();
+        self.statement = 0;
+    }
+
+    fn head_transform(&self) -> Option<&StatementTransform> {
+        match self.entries.front()? {
+            Expect::SimpleQuery { transforms: Some(t), .. } => t.get(self.statement),
+            Expect::Execute { transform: Some(t) } | Expect::Describe { transform: Some(t), .. } => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Decides what to do with one backend message, by its tag, and advances the queue.
+    pub fn on_message(&mut self, tag: u8) -> Action {
+        match tag {
+            // Asynchronous messages can arrive at any time and answer no request.
+            btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS => Action::Forward,
+            btag::READY_FOR_QUERY => self.on_ready(),
+            btag::ERROR_RESPONSE => {
+                match self.entries.front() {
+                    Some(Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe { .. } | Expect::Execute { .. }) => {
+                        self.pop();
+                        self.skipping_to_sync = true;
+                    }
+                    // Inside a simple Query the error ends the statement list; ReadyForQuery follows.
+                    _ => {}
+                }
+                Action::Forward
+            }
+            _ => self.on_result_message(tag),
+        }
+    }
+
+    fn on_ready(&mut self) -> Action {
+        self.skipping_to_sync = false;
+        // Pop through the first request that ends with ReadyForQuery; anything before it was skipped by the
+        // server (after an error) or never answered.
+        while let Some(entry) = self.entries.pop_front() {
+            match entry {
+                Expect::SimpleQuery { started, .. }
+                | Expect::Sync { started }
+                | Expect::FunctionCall { started } => {
+                    self.statement = 0;
+                    return Action::Ready { started: Some(started) };
+                }
+                Expect::Local(local) if local.ready_for_query => {
+                    // Cannot happen while locals are taken before each message; keep it for the next turn.
+                    self.entries.push_front(Expect::Local(local));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.statement = 0;
+        Action::Ready { started: None }
+    }
+
+    fn on_result_message(&mut self, tag: u8) -> Action {
+        let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
+        let Some(head) = self.entries.front() else { return Action::Forward };
+        match head {
+            Expect::SimpleQuery { .. } => match tag {
+                btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress => Action::Drop,
+                btag::COMMAND_COMPLETE => {
+                    let action = self.tag_action();
+                    self.statement += 1;
+                    action
+                }
+                btag::EMPTY_QUERY_RESPONSE => {
+                    self.statement += 1;
+                    Action::Forward
+                }
+                _ => Action::Forward,
+            },
+            Expect::Parse if tag == btag::PARSE_COMPLETE => self.pop_forward(),
+            Expect::Bind if tag == btag::BIND_COMPLETE => self.pop_forward(),
+            Expect::Close if tag == btag::CLOSE_COMPLETE => self.pop_forward(),
+            Expect::Describe { statement, transform } => match tag {
+                btag::PARAMETER_DESCRIPTION if *statement => Action::Forward,
+                btag::ROW_DESCRIPTION => {
+                    let no_data = transform.as_ref().is_some_and(|t| t.no_data_at_describe());
+                    self.pop();
+                    if no_data { Action::NoDataInstead } else { Action::Forward }
+                }
+                btag::NO_DATA => self.pop_forward(),
+                _ => Action::Forward,
+            },
+            Expect::Execute { .. } => match tag {
+                btag::DATA_ROW if suppress => Action::Drop,
+                btag::COMMAND_COMPLETE => {
+                    let action = self.tag_action();
+                    self.pop();
+                    action
+                }
+                btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED => self.pop_forward(),
+                _ => Action::Forward,
+            },
+            // FunctionCallResponse, COPY traffic, and anything unexpected are relayed as they are.
+            _ => Action::Forward,
+        }
+    }
+
+    fn tag_action(&self) -> Action {
+        match self.head_transform().and_then(|t| t.command_tag.clone()) {
+            Some(tag) => Action::RewriteTag(tag),
+            None => Action::Forward,
+        }
+    }
+
+    fn pop_forward(&mut self) -> Action {
+        self.pop();
+        Action::Forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn rewritten_update() -> Arc<StatementTransform> {
+        Arc::new(StatementTransform {
+            command_tag: Some(CommandTag::Update),
+            suppress_rows: true,
+            describe_no_data: true,
+        })
+    }
+
+    fn feed(q: &mut ResponseQueue, tags: &[u8]) -> Vec<Action> {
+        tags.iter().map(|&t| q.on_message(t)).collect()
+    }
+
+    fn is_ready(a: &Action) -> bool {
+        matches!(a, Action::Ready { .. })
+    }
+
+    #[test]
+    fn command_tags_keep_the_row_count() {
+        assert_eq!(CommandTag::Update.rewrite("SELECT 3"), "UPDATE 3");
+        assert_eq!(CommandTag::Insert.rewrite("SELECT 3"), "INSERT 0 3");
+        assert_eq!(CommandTag::Delete.rewrite("SELECT 0"), "DELETE 0");
+        assert_eq!(CommandTag::Select.rewrite("INSERT 0 7"), "SELECT 7");
+        assert_eq!(CommandTag::Fixed("TRUNCATE TABLE".into()).rewrite("SELECT 1"), "TRUNCATE TABLE");
+        let frame = messages::command_complete("SELECT 3");
+        let out = rewrite_command_complete(&frame, &CommandTag::Insert).unwrap();
+        assert_eq!(messages::decode_command_tag(&out).as_deref(), Some("INSERT 0 3"));
+    }
+
+    #[test]
+    fn passthrough_simple_query_with_several_statements() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        let actions = feed(&mut q, b"TDDCCITDC");
+        assert!(actions.iter().all(|a| *a == Action::Forward));
+        assert!(q.is_busy());
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(!q.is_busy());
+    }
+
+    #[test]
+    fn simple_query_transform_applies_to_its_statement_only() {
+        let mut q = ResponseQueue::new();
+        let transforms: Arc<[StatementTransform]> =
+            Arc::from(vec![StatementTransform::default(), (*rewritten_update()).clone()]);
+        q.push(Expect::SimpleQuery { transforms: Some(transforms), started: now() });
+        // statement 0: SELECT with rows, untouched; statement 1: rewritten UPDATE, rows dropped, tag rewritten
+        assert_eq!(feed(&mut q, b"TDC"), vec![Action::Forward; 3]);
+        assert_eq!(
+            feed(&mut q, b"TDDC"),
+            vec![Action::Drop, Action::Drop, Action::Drop, Action::RewriteTag(CommandTag::Update)]
+        );
+        // a notice in between changes nothing
+        assert_eq!(q.on_message(b'N'), Action::Forward);
+        assert!(is_ready(&q.on_message(b'Z')));
+    }
+
+    #[test]
+    fn extended_batch_with_named_and_unnamed_statements() {
+        let mut q = ResponseQueue::new();
+        let t = rewritten_update();
+        // Parse s1 (rewritten); Bind p1; Describe S s1; Describe P p1; Execute p1; Close S s1;
+        // Parse unnamed (passthrough); Bind; Execute; Sync
+        q.push(Expect::Parse);
+        q.push(Expect::Bind);
+        q.push(Expect::Describe { statement: true, transform: Some(t.clone()) });
+        q.push(Expect::Describe { statement: false, transform: Some(t.clone()) });
+        q.push(Expect::Execute { transform: Some(t.clone()) });
+        q.push(Expect::Close);
+        q.push(Expect::Parse);
+        q.push(Expect::Bind);
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Sync { started: now() });
+        let actions = feed(&mut q, b"12tTTDDC312DDC");
+        assert_eq!(
+            actions,
+            vec![
+                Action::Forward,       // 1
+                Action::Forward,       // 2
+                Action::Forward,       // t
+                Action::NoDataInstead, // T at Describe S
+                Action::NoDataInstead, // T at Describe P
+                Action::Drop,          // D
+                Action::Drop,          // D
+                Action::RewriteTag(CommandTag::Update),
+                Action::Forward, // 3
+                Action::Forward, // 1
+                Action::Forward, // 2
+                Action::Forward, // D
+                Action::Forward, // D
+                Action::Forward, // C
+            ]
+        );
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn describe_with_nodata_and_portal_suspended() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::Describe { statement: true, transform: None });
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Sync { started: now() });
+        assert_eq!(feed(&mut q, b"tn"), vec![Action::Forward; 2]);
+        assert_eq!(feed(&mut q, b"DDs"), vec![Action::Forward; 3]);
+        assert_eq!(q.len(), 2);
+        assert_eq!(feed(&mut q, b"DC"), vec![Action::Forward; 2]);
+        assert!(is_ready(&q.on_message(b'Z')));
+    }
+
+    #[test]
+    fn error_in_extended_batch_skips_to_sync_including_local_answers() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::Parse);
+        q.push(Expect::Bind);
+        q.push(Expect::Local(LocalAnswer { bytes: messages::parse_complete(), ready_for_query: false, extended: true }));
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Sync { started: now() });
+        q.push(Expect::Local(LocalAnswer { bytes: messages::command_complete("SET"), ready_for_query: true, extended: false }));
+        assert_eq!(q.on_message(b'E'), Action::Forward);
+        // the server answers nothing until Sync, so the local ParseComplete is never sent
+        assert!(q.take_local().is_none());
+        assert!(is_ready(&q.on_message(b'Z')));
+        // the simple-query answer after the Sync is due now
+        let local = q.take_local().unwrap();
+        assert!(local.ready_for_query);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn local_answers_wait_for_earlier_responses() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        q.push(Expect::Local(LocalAnswer { bytes: Bytes::from_static(b"x"), ready_for_query: true, extended: false }));
+        assert!(q.take_local().is_none());
+        assert_eq!(feed(&mut q, b"TDC"), vec![Action::Forward; 3]);
+        assert!(q.take_local().is_none());
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert_eq!(&q.take_local().unwrap().bytes[..], b"x");
+    }
+
+    #[test]
+    fn error_in_simple_query_waits_for_ready() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        assert_eq!(feed(&mut q, b"E"), vec![Action::Forward]);
+        assert_eq!(q.len(), 2);
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn copy_traffic_and_function_calls_are_relayed() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        q.push(Expect::FunctionCall { started: now() });
+        assert_eq!(feed(&mut q, b"HddcC"), vec![Action::Forward; 5]);
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert_eq!(q.on_message(b'V'), Action::Forward);
+        assert!(is_ready(&q.on_message(b'Z')));
+        // a ReadyForQuery nobody asked for (e.g. after a lost request) leaves the queue empty, not broken
+        assert_eq!(q.on_message(b'Z'), Action::Ready { started: None });
+    }
+}

@@ -1,0 +1,283 @@
+//! Upstream -> client direction. During startup it relays authentication (taking SCRAM-SHA-256-PLUS off
+//! the offered mechanisms, since channel binding cannot cross the proxy) and swaps the upstream's cancel
+//! key for the proxy's own. Afterwards each message is classified by its tag through the response queue;
+//! runs of unchanged messages are forwarded as slices of the read buffer, written once per upstream read
+//! (that is, at the upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous
+//! messages), never once per message.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgwire::messages::startup::Authentication;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use super::stream::{ReadHalf, WriteHalf};
+use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
+use crate::cancel::CancelRegistration;
+use crate::metrics::{self, SessionMetrics};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::{self, body, btag, SqlError};
+use crate::protocol::responses::{rewrite_command_complete, Action, ResponseQueue};
+use crate::protocol::startup::CancelKey;
+use crate::server::ServerContext;
+
+/// Upstream frames may be as large as Postgres makes them (1 GB); they are streamed, not buffered.
+const MAX_UPSTREAM_FRAME: usize = 1 << 30;
+
+#[derive(Debug)]
+pub enum BackendEnd {
+    /// The upstream closed (its error, or ours, was relayed first).
+    UpstreamClosed,
+    /// Writing to the client failed.
+    ClientGone,
+    /// Shutdown while the session was idle; the client was told.
+    ShutdownIdle,
+}
+
+pub struct Backend<'s> {
+    shared: &'s SessionShared,
+    ctx: &'s ServerContext,
+    metrics: &'s SessionMetrics,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
+    /// Keeps the client's cancel key mapped while the session lives.
+    registration: Option<CancelRegistration>,
+    /// The last message relayed was an ErrorResponse (so an upstream close needs no error of ours).
+    last_was_error: bool,
+    stream_left: usize,
+    stream_drop: bool,
+}
+
+enum Step {
+    Forward,
+    Drop,
+    Replace(Bytes),
+}
+
+impl<'s> Backend<'s> {
+    pub fn new(
+        shared: &'s SessionShared,
+        ctx: &'s ServerContext,
+        metrics: &'s SessionMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let shutting_down = *shutdown.borrow();
+        Backend {
+            shared,
+            ctx,
+            metrics,
+            shutting_down,
+            shutdown,
+            registration: None,
+            last_was_error: false,
+            stream_left: 0,
+            stream_drop: false,
+        }
+    }
+
+    pub async fn run(mut self, mut upstream: ReadHalf, client: &mut WriteHalf) -> BackendEnd {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        loop {
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                read = upstream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return self.upstream_closed(&mut out, client).await,
+                    Ok(n) => {
+                        self.metrics.to_client.increment(n as u64);
+                        if let Err(e) = self.process(&mut buf, &mut out) {
+                            tracing::warn!(error = %e, "upstream broke the protocol; closing the session");
+                            out.push(messages::error_response(&SqlError::fatal("08P01", e)));
+                            let _ = write_chunks(client, &mut out).await;
+                            return BackendEnd::UpstreamClosed;
+                        }
+                    }
+                },
+                _ = self.shared.local_ready.notified() => {
+                    let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    self.take_locals(&mut queue, &mut out);
+                }
+                _ = self.shutdown.changed(), if !self.shutting_down => self.shutting_down = true,
+            }
+            if write_chunks(client, &mut out).await.is_err() {
+                return BackendEnd::ClientGone;
+            }
+            if self.shutting_down && self.is_idle() {
+                let err = SqlError::fatal("57P01", "terminating connection because the proxy is shutting down");
+                out.push(messages::error_response(&err));
+                let _ = write_chunks(client, &mut out).await;
+                return BackendEnd::ShutdownIdle;
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        let status = self.shared.tx_status.load(Ordering::Relaxed);
+        // Before authentication completes there is nothing to finish either.
+        (status == b'I' || status == 0) && !self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).is_busy()
+    }
+
+    async fn upstream_closed(&mut self, out: &mut Vec<Bytes>, client: &mut WriteHalf) -> BackendEnd {
+        if !self.last_was_error {
+            metrics::count_error("08006");
+            out.push(messages::error_response(&SqlError::fatal(
+                "08006",
+                "server closed the connection unexpectedly (the upstream connection behind the proxy was lost)",
+            )));
+        }
+        let _ = write_chunks(client, out).await;
+        BackendEnd::UpstreamClosed
+    }
+
+    fn take_locals(&self, queue: &mut ResponseQueue, out: &mut Vec<Bytes>) {
+        while let Some(local) = queue.take_local() {
+            out.push(local.bytes);
+            if local.ready_for_query {
+                out.push(messages::ready_for_query(self.shared.tx_status.load(Ordering::Relaxed)));
+            }
+        }
+    }
+
+    fn process(&mut self, buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), String> {
+        if self.stream_left > 0 {
+            let k = self.stream_left.min(buf.len());
+            let chunk = buf.split_to(k);
+            if !self.stream_drop {
+                out.push(chunk.freeze());
+            }
+            self.stream_left -= k;
+            if self.stream_left > 0 {
+                return Ok(());
+            }
+        }
+        let shared = self.shared;
+        let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut run = 0;
+        loop {
+            let header = match peek_header(&buf[run..], MAX_UPSTREAM_FRAME) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            let total = header.total_len();
+            let available = buf.len() - run;
+            let ready = shared.is_ready();
+            if available < total {
+                let large_rows = matches!(header.tag, btag::DATA_ROW | btag::COPY_DATA);
+                if ready && total > STREAM_THRESHOLD && large_rows {
+                    self.flush_locals(&mut queue, buf, &mut run, out);
+                    let forward = matches!(queue.on_message(header.tag), Action::Forward);
+                    self.last_was_error = false;
+                    if forward {
+                        run += available;
+                    } else {
+                        flush_run(buf, &mut run, out);
+                        buf.advance(available);
+                    }
+                    self.stream_left = total - available;
+                    self.stream_drop = !forward;
+                }
+                break;
+            }
+            let frame = &buf[run..run + total];
+            self.last_was_error = header.tag == btag::ERROR_RESPONSE;
+            if self.last_was_error {
+                let code = messages::sqlstate(body(frame)).map(String::from_utf8_lossy);
+                metrics::count_error(code.as_deref().unwrap_or(""));
+            }
+            let step = if ready {
+                self.flush_locals(&mut queue, buf, &mut run, out);
+                let frame = &buf[run..run + total];
+                self.on_message(&mut queue, frame)
+            } else {
+                self.on_startup_message(frame)
+            };
+            match step {
+                Step::Forward => run += total,
+                Step::Drop | Step::Replace(_) => {
+                    flush_run(buf, &mut run, out);
+                    buf.advance(total);
+                    if let Step::Replace(bytes) = step {
+                        out.push(bytes);
+                    }
+                }
+            }
+        }
+        flush_run(buf, &mut run, out);
+        self.take_locals(&mut queue, out);
+        Ok(())
+    }
+
+    /// Local answers due before the next upstream message go out first.
+    fn flush_locals(&self, queue: &mut ResponseQueue, buf: &mut BytesMut, run: &mut usize, out: &mut Vec<Bytes>) {
+        let before = out.len();
+        let mut pending = Vec::new();
+        self.take_locals(queue, &mut pending);
+        if pending.is_empty() {
+            return;
+        }
+        flush_run(buf, run, out);
+        debug_assert!(out.len() >= before);
+        out.extend(pending);
+    }
+
+    fn on_message(&mut self, queue: &mut ResponseQueue, frame: &[u8]) -> Step {
+        match queue.on_message(frame[0]) {
+            Action::Forward => Step::Forward,
+            Action::Ready { started } => {
+                if let Some(&status) = frame.get(5) {
+                    self.shared.tx_status.store(status, Ordering::Relaxed);
+                }
+                if let Some(started) = started {
+                    self.metrics.duration.record(started.elapsed().as_secs_f64());
+                }
+                Step::Forward
+            }
+            Action::Drop => Step::Drop,
+            Action::RewriteTag(tag) => match rewrite_command_complete(frame, &tag) {
+                Some(bytes) => Step::Replace(bytes),
+                None => Step::Forward,
+            },
+            Action::NoDataInstead => Step::Replace(messages::no_data()),
+        }
+    }
+
+    fn on_startup_message(&mut self, frame: &[u8]) -> Step {
+        match frame[0] {
+            btag::AUTHENTICATION => match messages::decode_authentication(frame) {
+                Some(Authentication::SASL(mechanisms)) if mechanisms.iter().any(|m| m.ends_with("-PLUS")) => {
+                    let offered = mechanisms.into_iter().filter(|m| !m.ends_with("-PLUS")).collect();
+                    Step::Replace(messages::encode_authentication(&Authentication::SASL(offered)))
+                }
+                _ => Step::Forward,
+            },
+            btag::BACKEND_KEY_DATA => {
+                let Some((pid, secret)) = messages::decode_backend_key(frame) else { return Step::Forward };
+                let upstream_key = CancelKey { pid, secret };
+                let registration = self.ctx.cancel.register(upstream_key.clone());
+                let client_secret = registration.client_key().secret.clone();
+                self.shared.backend_pid.store(pid, Ordering::Relaxed);
+                *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream_key);
+                self.registration = Some(registration);
+                Step::Replace(messages::encode_backend_key(pid, client_secret))
+            }
+            btag::READY_FOR_QUERY => {
+                let status = frame.get(5).copied().unwrap_or(b'I');
+                self.shared.tx_status.store(status, Ordering::Relaxed);
+                Step::Forward
+            }
+            _ => Step::Forward,
+        }
+    }
+}
+
+fn flush_run(buf: &mut BytesMut, run: &mut usize, out: &mut Vec<Bytes>) {
+    if *run > 0 {
+        out.push(buf.split_to(*run).freeze());
+        *run = 0;
+    }
+}

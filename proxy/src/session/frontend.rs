@@ -1,0 +1,453 @@
+//! Client -> upstream direction. Scans frames in place; runs of frames that pass unchanged are forwarded
+//! as one slice of the read buffer (no per-message allocation or copy). Only Query and Parse SQL (when an
+//! interceptor is active), Describe, and Bind/Execute/Close of statements the proxy rewrote or answers are
+//! looked into. Every request is recorded on the response queue before it is written upstream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+
+use super::interceptor::{LocalReply, LocalResult, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest, Verdict};
+use super::local::{self, LocalStatement};
+use super::stream::{ReadHalf, WriteHalf};
+use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
+use crate::metrics::{Route, SessionMetrics};
+use crate::protocol::frame::{peek_header, FrameError};
+use crate::protocol::messages::{self, body, tag, SqlError};
+use crate::protocol::responses::{Expect, LocalAnswer, StatementTransform};
+use crate::server::ServerContext;
+
+/// Why the client direction stopped.
+#[derive(Debug)]
+pub enum FrontendEnd {
+    /// The client sent Terminate (forwarded).
+    Terminated,
+    /// The client closed its socket or it failed.
+    ClientGone,
+    /// The client broke the protocol; it gets this error and the session closes.
+    Violation(SqlError),
+    /// Writing to the upstream failed; the other direction reports why.
+    UpstreamBroken,
+}
+
+/// What the proxy knows about a prepared statement or portal it does not simply pass through.
+#[derive(Clone)]
+enum Prepared {
+    Rewritten(Arc<StatementTransform>),
+    Local(Arc<LocalStatement>),
+}
+
+enum InterceptorSlot {
+    /// Not created yet: the client is not authenticated.
+    Pending,
+    Active(Box<dyn SessionInterceptor>),
+    Off,
+}
+
+type DeferredReply = Pin<Box<dyn Future<Output = LocalReply> + Send>>;
+
+/// What to do with one client frame.
+enum Step {
+    Forward,
+    Drop,
+    Replace(Bytes),
+    Terminate,
+    Violation(SqlError),
+    Defer(DeferredReply, Pending),
+}
+
+/// Where a deferred local reply goes once it is ready.
+enum Pending {
+    Simple,
+    Parse { name: Vec<u8>, param_types: Vec<u32> },
+}
+
+enum Outcome {
+    NeedInput,
+    End(FrontendEnd),
+    Defer(DeferredReply, Pending),
+}
+
+pub struct Frontend<'s> {
+    shared: &'s SessionShared,
+    ctx: &'s ServerContext,
+    metrics: &'s SessionMetrics,
+    info: SessionInfo,
+    interceptor: InterceptorSlot,
+    statements: HashMap<Vec<u8>, Prepared>,
+    portals: HashMap<Vec<u8>, Prepared>,
+    /// A local error in an extended batch: drop client messages up to Sync, as Postgres would.
+    discard_until_sync: bool,
+    /// Bytes of a large passthrough frame still to forward as they arrive.
+    stream_left: usize,
+}
+
+impl<'s> Frontend<'s> {
+    pub fn new(shared: &'s SessionShared, ctx: &'s ServerContext, metrics: &'s SessionMetrics, info: SessionInfo) -> Self {
+        Frontend {
+            shared,
+            ctx,
+            metrics,
+            info,
+            interceptor: InterceptorSlot::Pending,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            discard_until_sync: false,
+            stream_left: 0,
+        }
+    }
+
+    pub async fn run(mut self, mut client: ReadHalf, upstream: &mut WriteHalf) -> FrontendEnd {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        loop {
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return FrontendEnd::ClientGone,
+                Ok(n) => self.metrics.to_upstream.increment(n as u64),
+            }
+            loop {
+                let outcome = self.process(&mut buf, &mut out);
+                if write_chunks(upstream, &mut out).await.is_err() {
+                    return FrontendEnd::UpstreamBroken;
+                }
+                match outcome {
+                    Outcome::NeedInput => break,
+                    Outcome::End(end) => return end,
+                    Outcome::Defer(reply, pending) => {
+                        let reply = reply.await;
+                        self.finish_deferred(pending, reply);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every whole frame in `buf`, moving what goes upstream to `out`.
+    fn process(&mut self, buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Outcome {
+        if self.stream_left > 0 {
+            let k = self.stream_left.min(buf.len());
+            out.push(buf.split_to(k).freeze());
+            self.stream_left -= k;
+            if self.stream_left > 0 {
+                return Outcome::NeedInput;
+            }
+        }
+        // `buf[..run]` holds frames to forward unchanged.
+        let mut run = 0;
+        let outcome = loop {
+            let header = match peek_header(&buf[run..], self.ctx.config.limits.max_message_size) {
+                Ok(Some(h)) => h,
+                Ok(None) => break Outcome::NeedInput,
+                Err(e) => break Outcome::End(FrontendEnd::Violation(frame_error(e))),
+            };
+            let total = header.total_len();
+            let available = buf.len() - run;
+            if available < total {
+                // A large frame that passes unchanged is forwarded as it arrives instead of buffered whole.
+                if total > STREAM_THRESHOLD
+                    && header.tag != tag::TERMINATE
+                    && !self.discard_until_sync
+                    && !self.needs_body(header.tag)
+                {
+                    if let Step::Forward = self.on_tag(header.tag) {
+                        run += available;
+                        self.stream_left = total - available;
+                    }
+                }
+                break Outcome::NeedInput;
+            }
+            let step = if self.discard_until_sync || !self.needs_body(header.tag) {
+                self.on_tag(header.tag)
+            } else {
+                self.on_frame(&buf[run..run + total])
+            };
+            match step {
+                Step::Forward => run += total,
+                Step::Terminate => {
+                    run += total;
+                    break Outcome::End(FrontendEnd::Terminated);
+                }
+                Step::Violation(e) => break Outcome::End(FrontendEnd::Violation(e)),
+                Step::Drop | Step::Replace(_) | Step::Defer(..) => {
+                    if run > 0 {
+                        out.push(buf.split_to(run).freeze());
+                        run = 0;
+                    }
+                    buf.advance(total);
+                    match step {
+                        Step::Replace(bytes) => out.push(bytes),
+                        Step::Defer(reply, pending) => break Outcome::Defer(reply, pending),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        if run > 0 {
+            out.push(buf.split_to(run).freeze());
+        }
+        outcome
+    }
+
+    fn expect(&self, expect: Expect) {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).push(expect);
+    }
+
+    fn answer(&self, bytes: Bytes, ready_for_query: bool, extended: bool) {
+        self.expect(Expect::Local(LocalAnswer { bytes, ready_for_query, extended }));
+        self.shared.local_ready.notify_one();
+    }
+
+    fn intercepting(&mut self) -> bool {
+        match &self.interceptor {
+            InterceptorSlot::Active(_) => true,
+            InterceptorSlot::Off => false,
+            InterceptorSlot::Pending => {
+                // Only an authenticated session's SQL is judged; before that it goes to the upstream, which
+                // refuses it.
+                if !self.shared.is_ready() {
+                    return false;
+                }
+                self.info.backend_pid = self.shared.backend_pid.load(Ordering::Relaxed);
+                self.interceptor = match self.ctx.interceptor.start_session(&self.info) {
+                    Some(i) => InterceptorSlot::Active(i),
+                    None => InterceptorSlot::Off,
+                };
+                matches!(self.interceptor, InterceptorSlot::Active(_))
+            }
+        }
+    }
+
+    fn needs_body(&mut self, tag: u8) -> bool {
+        match tag {
+            tag::DESCRIBE => true,
+            tag::QUERY => self.intercepting(),
+            tag::PARSE => self.intercepting() || !self.statements.is_empty(),
+            tag::BIND | tag::EXECUTE | tag::CLOSE => !self.statements.is_empty() || !self.portals.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Frames decided by their tag alone.
+    fn on_tag(&mut self, t: u8) -> Step {
+        if self.discard_until_sync {
+            return match t {
+                tag::SYNC => {
+                    self.discard_until_sync = false;
+                    self.expect(Expect::Sync { started: Instant::now() });
+                    Step::Forward
+                }
+                tag::TERMINATE => Step::Terminate,
+                _ => Step::Drop,
+            };
+        }
+        match t {
+            tag::QUERY => {
+                self.metrics.query(Route::Passthrough);
+                self.expect(Expect::SimpleQuery { transforms: None, started: Instant::now() });
+            }
+            tag::PARSE => self.expect(Expect::Parse),
+            tag::BIND => self.expect(Expect::Bind),
+            tag::EXECUTE => {
+                self.metrics.query(Route::Passthrough);
+                self.expect(Expect::Execute { transform: None });
+            }
+            tag::CLOSE => self.expect(Expect::Close),
+            tag::SYNC => self.expect(Expect::Sync { started: Instant::now() }),
+            tag::FUNCTION_CALL => self.expect(Expect::FunctionCall { started: Instant::now() }),
+            tag::TERMINATE => return Step::Terminate,
+            // Flush, COPY traffic, password messages, and types we do not know pass as they are.
+            _ => {}
+        }
+        Step::Forward
+    }
+
+    /// Frames whose body matters (see `needs_body`).
+    fn on_frame(&mut self, frame: &[u8]) -> Step {
+        let b = body(frame);
+        match frame[0] {
+            tag::QUERY => self.on_query(b),
+            tag::PARSE => self.on_parse(frame),
+            tag::BIND => {
+                let Some((portal, statement)) = messages::bind_names(b) else { return malformed("Bind") };
+                match self.statements.get(statement).cloned() {
+                    Some(Prepared::Local(l)) => {
+                        self.portals.insert(portal.to_vec(), Prepared::Local(l));
+                        self.answer(messages::bind_complete(), false, true);
+                        Step::Drop
+                    }
+                    Some(p) => {
+                        self.portals.insert(portal.to_vec(), p);
+                        self.expect(Expect::Bind);
+                        Step::Forward
+                    }
+                    None => {
+                        self.portals.remove(portal);
+                        self.expect(Expect::Bind);
+                        Step::Forward
+                    }
+                }
+            }
+            tag::DESCRIBE => {
+                let Some((kind, name)) = messages::target_of(b) else { return malformed("Describe") };
+                let statement = kind == b'S';
+                match self.lookup(statement, name) {
+                    Some(Prepared::Local(l)) => {
+                        self.answer(l.describe(statement), false, true);
+                        Step::Drop
+                    }
+                    Some(Prepared::Rewritten(t)) => {
+                        self.expect(Expect::Describe { statement, transform: Some(t) });
+                        Step::Forward
+                    }
+                    None => {
+                        self.expect(Expect::Describe { statement, transform: None });
+                        Step::Forward
+                    }
+                }
+            }
+            tag::EXECUTE => {
+                let Some(portal) = messages::execute_portal(b) else { return malformed("Execute") };
+                match self.portals.get(portal).cloned() {
+                    Some(Prepared::Local(l)) => {
+                        self.metrics.query(Route::Control);
+                        self.answer(l.execute(), false, true);
+                        Step::Drop
+                    }
+                    Some(Prepared::Rewritten(t)) => {
+                        self.metrics.query(Route::Rewritten);
+                        self.expect(Expect::Execute { transform: Some(t) });
+                        Step::Forward
+                    }
+                    None => {
+                        self.metrics.query(Route::Passthrough);
+                        self.expect(Expect::Execute { transform: None });
+                        Step::Forward
+                    }
+                }
+            }
+            tag::CLOSE => {
+                let Some((kind, name)) = messages::target_of(b) else { return malformed("Close") };
+                let removed = if kind == b'S' { self.statements.remove(name) } else { self.portals.remove(name) };
+                if let Some(Prepared::Local(_)) = removed {
+                    self.answer(messages::close_complete(), false, true);
+                    Step::Drop
+                } else {
+                    self.expect(Expect::Close);
+                    Step::Forward
+                }
+            }
+            other => self.on_tag(other),
+        }
+    }
+
+    fn lookup(&self, statement: bool, name: &[u8]) -> Option<Prepared> {
+        if statement { self.statements.get(name).cloned() } else { self.portals.get(name).cloned() }
+    }
+
+    fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>) -> Verdict {
+        let transaction_status = self.shared.tx_status.load(Ordering::Relaxed);
+        let InterceptorSlot::Active(interceptor) = &mut self.interceptor else { return Verdict::Forward };
+        let text = String::from_utf8_lossy(sql);
+        interceptor.on_sql(SqlRequest { sql: &text, origin, transaction_status })
+    }
+
+    fn on_query(&mut self, b: &[u8]) -> Step {
+        let Some(sql) = messages::query_sql(b) else { return malformed("Query") };
+        match self.verdict(sql, SqlOrigin::SimpleQuery) {
+            Verdict::Forward => self.on_tag(tag::QUERY),
+            Verdict::Rewrite(rewrite) => {
+                self.metrics.query(if rewrite.control { Route::Control } else { Route::Rewritten });
+                let transforms = (!rewrite.statements.is_empty()).then(|| Arc::from(rewrite.statements));
+                self.expect(Expect::SimpleQuery { transforms, started: Instant::now() });
+                Step::Replace(messages::query(&rewrite.sql))
+            }
+            Verdict::Respond(reply) => {
+                self.answer_simple(reply);
+                Step::Drop
+            }
+            Verdict::Defer(reply) => Step::Defer(reply, Pending::Simple),
+        }
+    }
+
+    fn on_parse(&mut self, frame: &[u8]) -> Step {
+        let Some(view) = messages::parse_view(body(frame)) else { return malformed("Parse") };
+        let name = view.statement.to_vec();
+        let statement = String::from_utf8_lossy(view.statement).into_owned();
+        let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement });
+        if matches!(verdict, Verdict::Forward) {
+            self.statements.remove(&name);
+            self.expect(Expect::Parse);
+            return Step::Forward;
+        }
+        let Some(parse) = messages::decode_parse(frame) else { return malformed("Parse") };
+        match verdict {
+            Verdict::Forward => unreachable!("handled above"),
+            Verdict::Rewrite(rewrite) => {
+                let transform = rewrite.statements.into_iter().next().unwrap_or_default();
+                self.statements.insert(name, Prepared::Rewritten(Arc::new(transform)));
+                self.expect(Expect::Parse);
+                Step::Replace(messages::parse(parse.name, &rewrite.sql, parse.type_oids))
+            }
+            Verdict::Respond(reply) => {
+                self.answer_parse(name, parse.type_oids, reply);
+                Step::Drop
+            }
+            Verdict::Defer(reply) => Step::Defer(reply, Pending::Parse { name, param_types: parse.type_oids }),
+        }
+    }
+
+    fn finish_deferred(&mut self, pending: Pending, reply: LocalReply) {
+        match pending {
+            Pending::Simple => self.answer_simple(reply),
+            Pending::Parse { name, param_types } => self.answer_parse(name, param_types, reply),
+        }
+    }
+
+    fn answer_simple(&mut self, reply: LocalReply) {
+        self.count_local(&reply);
+        self.answer(local::simple_query(&reply), true, false);
+    }
+
+    fn answer_parse(&mut self, name: Vec<u8>, param_types: Vec<u32>, reply: LocalReply) {
+        self.count_local(&reply);
+        if let Some(err) = &reply.error {
+            self.statements.remove(&name);
+            self.answer(local::error(err), false, true);
+            self.discard_until_sync = true;
+            return;
+        }
+        let result = reply.results.into_iter().next().unwrap_or_else(|| LocalResult {
+            tag: "SELECT 0".to_owned(),
+            ..LocalResult::default()
+        });
+        self.statements.insert(name, Prepared::Local(Arc::new(LocalStatement { param_types, result })));
+        self.answer(messages::parse_complete(), false, true);
+    }
+
+    fn count_local(&self, reply: &LocalReply) {
+        if let Some(err) = &reply.error {
+            crate::metrics::count_error(&err.code);
+        }
+        self.metrics.query(if reply.control { Route::Control } else { Route::Rejected });
+    }
+}
+
+fn malformed(what: &str) -> Step {
+    Step::Violation(SqlError::fatal("08P01", format!("invalid {what} message format")))
+}
+
+fn frame_error(e: FrameError) -> SqlError {
+    match e {
+        FrameError::TooLarge { .. } => SqlError::fatal("54000", format!("{e}")),
+        FrameError::InvalidLength { .. } => SqlError::fatal("08P01", format!("{e}")),
+    }
+}

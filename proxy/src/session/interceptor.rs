@@ -1,0 +1,138 @@
+//! The hook through which every Query and Parse SQL passes, so migrations (rewrites), control commands and
+//! `SET/SHOW dualwrite.version` can act on a session without the relay knowing about them.
+//!
+//! An [`Interceptor`] is shared by the whole server; per session it makes a [`SessionInterceptor`], or
+//! `None` when it has nothing to do for that session — the relay then never looks at SQL (the fast path).
+//! For each SQL string the session interceptor returns a [`Verdict`]:
+//! - [`Verdict::Forward`]: the original frame goes upstream untouched (byte for byte);
+//! - [`Verdict::Rewrite`]: other SQL goes upstream, and [`StatementTransform`]s make its responses look
+//!   like the original statement's (command tag, no rows, NoData at Describe);
+//! - [`Verdict::Respond`]: the proxy answers itself (rows, a command tag or an error), nothing is sent
+//!   upstream; [`Verdict::Defer`] does the same with an answer computed asynchronously (a long control
+//!   command), during which the session reads no further client messages.
+//!
+//! In the extended protocol the verdict is given at Parse and applies to every Bind/Describe/Execute of
+//! that statement; a local answer to a Parse is computed once, at Parse time. An error answered at Parse
+//! makes the session skip the client's messages up to Sync, as Postgres does.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use crate::protocol::messages::SqlError;
+pub use crate::protocol::responses::{CommandTag, StatementTransform};
+
+/// Creates per-session interceptors. Shared by all sessions of a server.
+pub trait Interceptor: Send + Sync + 'static {
+    /// Called once the client is authenticated (the upstream said ReadyForQuery the first time).
+    /// `None` means "pass every statement of this session through without looking at it".
+    fn start_session(&self, session: &SessionInfo) -> Option<Box<dyn SessionInterceptor>>;
+}
+
+/// Judges the SQL of one session, in the order the client sent it.
+pub trait SessionInterceptor: Send {
+    fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict;
+}
+
+/// Who the session is.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub client_addr: SocketAddr,
+    /// Startup parameters as the client sent them (`user`, `database`, `options`, `application_name`...).
+    pub parameters: BTreeMap<String, String>,
+    /// The upstream backend's process id.
+    pub backend_pid: i32,
+    /// TLS between the client and the proxy.
+    pub tls: bool,
+}
+
+impl SessionInfo {
+    pub fn user(&self) -> &str {
+        self.parameters.get("user").map(String::as_str).unwrap_or("")
+    }
+}
+
+/// One SQL string to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlRequest<'a> {
+    /// The SQL text. Invalid UTF-8 is replaced here, but a forwarded statement keeps its original bytes.
+    pub sql: &'a str,
+    pub origin: SqlOrigin<'a>,
+    /// Transaction status at the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction, `b'E'` failed.
+    pub transaction_status: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlOrigin<'a> {
+    /// A simple-protocol Query (may hold several statements).
+    SimpleQuery,
+    /// An extended-protocol Parse of this statement name (empty: the unnamed statement).
+    Parse { statement: &'a str },
+}
+
+/// What to do with one SQL string.
+pub enum Verdict {
+    Forward,
+    Rewrite(Rewrite),
+    Respond(LocalReply),
+    Defer(Pin<Box<dyn Future<Output = LocalReply> + Send>>),
+}
+
+/// SQL to send instead, and how to present its results.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    pub sql: String,
+    /// One per statement of `sql`, in order (a Parse has one); missing entries mean "unchanged".
+    pub statements: Vec<StatementTransform>,
+    /// True for control-plane statements, so metrics count them as such.
+    pub control: bool,
+}
+
+/// An answer the proxy gives itself.
+#[derive(Debug, Clone, Default)]
+pub struct LocalReply {
+    /// Result of each statement, in order.
+    pub results: Vec<LocalResult>,
+    /// An error after the results (for a Parse: instead of them).
+    pub error: Option<SqlError>,
+    /// True for control-plane statements (metrics route `control`, else `rejected` for errors).
+    pub control: bool,
+}
+
+impl LocalReply {
+    /// A result set of text columns.
+    pub fn rows(columns: Vec<String>, rows: Vec<Vec<Option<String>>>, tag: impl Into<String>) -> Self {
+        LocalReply { results: vec![LocalResult { columns, rows, tag: tag.into() }], error: None, control: true }
+    }
+
+    /// A command without rows (`SET`).
+    pub fn command(tag: impl Into<String>) -> Self {
+        Self::rows(Vec::new(), Vec::new(), tag)
+    }
+
+    pub fn error(error: SqlError) -> Self {
+        LocalReply { results: Vec::new(), error: Some(error), control: false }
+    }
+}
+
+/// One statement's result. No columns means no RowDescription (a command).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    pub tag: String,
+}
+
+/// The default: every statement passes through untouched, and the relay never inspects SQL.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Passthrough;
+
+impl Interceptor for Passthrough {
+    fn start_session(&self, _session: &SessionInfo) -> Option<Box<dyn SessionInterceptor>> {
+        None
+    }
+}
+
+pub type SharedInterceptor = Arc<dyn Interceptor>;

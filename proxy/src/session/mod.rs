@@ -1,0 +1,244 @@
+//! One client session in session mode: TLS/startup negotiation with the client, one upstream connection,
+//! then the two relay directions running concurrently in one task ([`frontend`]: client -> upstream,
+//! [`backend`]: upstream -> client), sharing only the response queue and a few atomics. Lifetimes follow
+//! the design's transparency rules: a client that goes away ends the upstream session at once (with a
+//! cancel if a query runs), an upstream that goes away closes the client right after its error.
+
+mod backend;
+mod frontend;
+pub mod interceptor;
+mod local;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+use self::backend::{Backend, BackendEnd};
+use self::frontend::{Frontend, FrontendEnd};
+use self::interceptor::SessionInfo;
+use self::stream::{Stream, WriteHalf};
+use crate::cancel;
+use crate::metrics::{self, GaugeGuard, SessionMetrics};
+use crate::protocol::messages::{self, SqlError};
+use crate::protocol::responses::ResponseQueue;
+use crate::protocol::startup::{self, CancelKey, InitialPacket, StartupError, StartupPacket};
+use crate::server::ServerContext;
+use crate::upstream;
+
+/// Read buffer growth step; also the initial capacity (an idle session holds two of these).
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
+/// Frames larger than this that pass unchanged are streamed instead of buffered whole.
+pub(crate) const STREAM_THRESHOLD: usize = 64 * 1024;
+
+/// State both directions of a session see.
+pub(crate) struct SessionShared {
+    pub queue: Mutex<ResponseQueue>,
+    /// Signals the upstream direction that a local answer was queued.
+    pub local_ready: Notify,
+    /// Transaction status of the last ReadyForQuery; 0 until the first one (startup not finished).
+    pub tx_status: AtomicU8,
+    pub backend_pid: AtomicI32,
+    pub upstream_key: Mutex<Option<CancelKey>>,
+}
+
+impl SessionShared {
+    fn new() -> Self {
+        SessionShared {
+            queue: Mutex::new(ResponseQueue::new()),
+            local_ready: Notify::new(),
+            tx_status: AtomicU8::new(0),
+            backend_pid: AtomicI32::new(0),
+            upstream_key: Mutex::new(None),
+        }
+    }
+
+    /// Authentication finished and the upstream said ReadyForQuery.
+    pub fn is_ready(&self) -> bool {
+        self.tx_status.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_busy(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_busy()
+    }
+}
+
+/// Writes and flushes every chunk, leaving `out` empty.
+pub(crate) async fn write_chunks(w: &mut WriteHalf, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    for chunk in out.drain(..) {
+        w.write_all(&chunk).await?;
+    }
+    w.flush().await
+}
+
+async fn send_error(stream: &mut (impl AsyncWriteExt + Unpin), err: &SqlError) {
+    metrics::count_error(&err.code);
+    let _ = stream.write_all(&messages::error_response(err)).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one accepted client connection to its end.
+pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, shutdown: watch::Receiver<bool>) {
+    let _client_gauge = GaugeGuard::client();
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(ctx.config.limits.startup_timeout(), negotiate(tcp, &ctx)).await;
+    let (mut client, startup) = match handshake {
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "client handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "client did not complete its startup in time");
+            return;
+        }
+    };
+
+    let upstream = match upstream::connect(&ctx.upstream, ctx.upstream_tls.as_ref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "upstream connection failed");
+            send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
+            return;
+        }
+    };
+    let _upstream_gauge = GaugeGuard::upstream();
+    let info = SessionInfo {
+        client_addr: peer,
+        parameters: startup.parameters.clone(),
+        backend_pid: 0,
+        tls: client.is_tls(),
+    };
+    let (up_read, mut up_write) = upstream.split();
+    let (client_read, mut client_write) = client.split();
+    if up_write.write_all(&startup.raw).await.is_err() || up_write.flush().await.is_err() {
+        let err = SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
+        send_error(&mut client_write, &err).await;
+        return;
+    }
+    tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
+
+    let shared = SessionShared::new();
+    let session_metrics = SessionMetrics::new();
+    let ended = {
+        let front = Frontend::new(&shared, &ctx, &session_metrics, info).run(client_read, &mut up_write);
+        let back = Backend::new(&shared, &ctx, &session_metrics, shutdown).run(up_read, &mut client_write);
+        tokio::pin!(front, back);
+        tokio::select! {
+            end = &mut front => match end {
+                // The upstream direction sees why writing failed and tells the client.
+                FrontendEnd::UpstreamBroken => Ended::Backend(back.await),
+                other => Ended::Frontend(other),
+            },
+            end = &mut back => Ended::Backend(end),
+        }
+    };
+    match ended {
+        Ended::Frontend(FrontendEnd::Terminated) | Ended::Backend(BackendEnd::UpstreamClosed | BackendEnd::ShutdownIdle) => {
+            let _ = client_write.shutdown().await;
+            let _ = up_write.shutdown().await;
+        }
+        Ended::Frontend(FrontendEnd::ClientGone | FrontendEnd::UpstreamBroken) | Ended::Backend(BackendEnd::ClientGone) => {
+            abandon_upstream(&shared, &ctx);
+        }
+        Ended::Frontend(FrontendEnd::Violation(err)) => {
+            tracing::info!(%peer, error = %err.message, "client broke the protocol; closing its session");
+            send_error(&mut client_write, &err).await;
+            abandon_upstream(&shared, &ctx);
+        }
+    }
+    tracing::debug!(%peer, "session ended");
+}
+
+enum Ended {
+    Frontend(FrontendEnd),
+    Backend(BackendEnd),
+}
+
+/// The client is gone: if the upstream is still working for it, cancel that work; dropping the upstream
+/// socket (when the session returns) makes Postgres roll back and end the backend.
+fn abandon_upstream(shared: &SessionShared, ctx: &Arc<ServerContext>) {
+    if !shared.is_busy() {
+        return;
+    }
+    let Some(key) = shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        if let Err(e) = cancel::forward_cancel(&ctx.upstream, ctx.upstream_tls.as_ref(), &key).await {
+            tracing::debug!(error = %e, "could not cancel the abandoned query");
+        }
+    });
+}
+
+/// SSL/GSS negotiation and the startup packet. `None` when the connection was a CancelRequest (handled)
+/// or was refused (the client was told why).
+async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Option<(Stream, StartupPacket)>> {
+    let mut stream = Stream::Tcp(tcp);
+    loop {
+        let packet = match read_initial_packet(&mut stream).await? {
+            Ok(p) => p,
+            Err(e) => {
+                send_error(&mut stream, &SqlError::fatal(e.sqlstate, e.message)).await;
+                return Ok(None);
+            }
+        };
+        match startup::parse_initial_packet(packet) {
+            Ok(InitialPacket::SslRequest) => match (&ctx.client_tls, stream) {
+                (Some(acceptor), Stream::Tcp(mut tcp)) => {
+                    tcp.write_all(b"S").await?;
+                    let tls = acceptor.accept(tcp).await?;
+                    stream = Stream::ClientTls(Box::new(tls));
+                }
+                (_, mut other) => {
+                    other.write_all(b"N").await?;
+                    stream = other;
+                }
+            },
+            Ok(InitialPacket::GssEncRequest) => stream.write_all(b"N").await?,
+            Ok(InitialPacket::Cancel(key)) => {
+                handle_cancel(ctx, &key).await;
+                return Ok(None);
+            }
+            Ok(InitialPacket::Startup(startup)) => return Ok(Some((stream, startup))),
+            Err(e) => {
+                send_error(&mut stream, &SqlError::fatal(e.sqlstate, e.message)).await;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Reads one untagged packet exactly (nothing beyond it, so a TLS handshake can follow).
+async fn read_initial_packet(stream: &mut Stream) -> std::io::Result<Result<Bytes, StartupError>> {
+    let len = stream.read_i32().await?;
+    let len = match startup::check_packet_len(len) {
+        Ok(len) => len,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut packet = BytesMut::zeroed(len);
+    packet[..4].copy_from_slice(&(len as i32).to_be_bytes());
+    stream.read_exact(&mut packet[4..]).await?;
+    Ok(Ok(packet.freeze()))
+}
+
+async fn handle_cancel(ctx: &ServerContext, key: &CancelKey) {
+    // Postgres answers a CancelRequest with nothing but the close, whether the key matched or not.
+    match ctx.cancel.lookup(key) {
+        Some(upstream_key) => {
+            if let Err(e) = cancel::forward_cancel(&ctx.upstream, ctx.upstream_tls.as_ref(), &upstream_key).await {
+                tracing::warn!(error = %e, "could not forward a cancel request");
+            }
+        }
+        None => tracing::debug!(pid = key.pid, "cancel request with an unknown key ignored"),
+    }
+}

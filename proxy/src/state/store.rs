@@ -1,0 +1,402 @@
+//! Reading and changing the shared state. Every change runs in one transaction that locks the migration's
+//! row, checks the phase rules, writes the new row, appends an `audit_log` row (time, role, client address,
+//! before and after as jsonb) and sends `NOTIFY dualwrite_state, '<migration>'`, delivered at commit.
+
+use dualwrite_rules::{quote_ident, Migration, Phase, RuleSet};
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+use super::phase::{check_rollback, check_route, check_transition, Readiness, Transition};
+use super::snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummary};
+use super::{StateError, NOTIFY_CHANNEL};
+use crate::control::error::{codes, SqlError};
+
+/// Who asked for a change, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub role: String,
+    pub client_addr: Option<String>,
+}
+
+/// The result of a PHASE or ROLLBACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseChange {
+    pub migration: String,
+    pub before: Phase,
+    pub after: Phase,
+    /// False when the migration already was in the requested phase (nothing written, nothing audited).
+    pub changed: bool,
+    /// Sequences moved at cutover, with the value they were set to.
+    pub sequences: Vec<(String, i64)>,
+}
+
+/// The result of a ROUTE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChange {
+    pub migration: String,
+    pub read_source: Option<String>,
+    pub read_percent: u8,
+}
+
+/// One `audit_log` row, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub migration: Option<String>,
+    pub action: String,
+    pub role: Option<String>,
+    pub client_addr: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// The whole state as one snapshot.
+pub async fn load(client: &impl GenericClient) -> Result<StateSnapshot, StateError> {
+    let rows = client
+        .query(
+            "SELECT m.name, m.phase, m.read_source, m.read_percent,
+                    b.state, b.rows_done, b.rows_total,
+                    v.id, v.finished_at IS NOT NULL, v.clean, v.rows_checked, v.missing, v.extra, v.different
+             FROM dualwrite.migrations m
+             LEFT JOIN dualwrite.backfill b ON b.migration = m.name
+             LEFT JOIN LATERAL (SELECT * FROM dualwrite.verify_runs r WHERE r.migration = m.name
+                                ORDER BY r.id DESC LIMIT 1) v ON true
+             ORDER BY m.name",
+            &[],
+        )
+        .await?;
+    let mut snapshot = StateSnapshot::default();
+    for row in rows {
+        let name: String = row.get(0);
+        let phase_text: String = row.get(1);
+        let phase = phase_text
+            .parse::<Phase>()
+            .map_err(|e| StateError::Corrupt(format!("migration {name}: {e}")))?;
+        let percent: i32 = row.get(3);
+        let backfill = row.get::<_, Option<String>>(4).map(|state| BackfillProgress {
+            state,
+            rows_done: row.get(5),
+            rows_total: row.get(6),
+        });
+        let last_verify = row.get::<_, Option<i64>>(7).map(|id| VerifySummary {
+            id,
+            finished: row.get(8),
+            clean: row.get(9),
+            rows_checked: row.get(10),
+            missing: row.get(11),
+            extra: row.get(12),
+            different: row.get(13),
+        });
+        let state = MigrationState {
+            name: name.clone(),
+            phase,
+            read_source: row.get(2),
+            read_percent: percent.clamp(0, 100) as u8,
+            backfill,
+            last_verify,
+        };
+        snapshot.migrations.insert(name, state);
+    }
+    Ok(snapshot)
+}
+
+/// Insert every migration of the rules that the state does not hold yet, in its initial phase (audited as
+/// `register` by `actor`).
+pub async fn register_migrations(client: &mut Client, rules: &RuleSet, actor: &Actor) -> Result<(), StateError> {
+    let tx = client.transaction().await?;
+    for m in &rules.migrations {
+        if let Some(after) = insert_if_absent(&tx, &m.name, m.initial_phase).await? {
+            tracing::info!(migration = %m.name, phase = %m.initial_phase, "registered migration");
+            audit(&tx, &m.name, "register", actor, None, Some(&after)).await?;
+            notify(&tx, &m.name).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The inserted row as jsonb text, or `None` when it was already there.
+async fn insert_if_absent(tx: &Transaction<'_>, name: &str, phase: Phase) -> Result<Option<String>, StateError> {
+    let row = tx
+        .query_opt(
+            "INSERT INTO dualwrite.migrations AS m (name, phase) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING to_jsonb(m)::text",
+            &[&name, &phase.as_str()],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The migration of the rules named `name`, or 42704.
+fn rule<'r>(rules: &'r RuleSet, name: &str) -> Result<&'r Migration, StateError> {
+    rules.find(name).map(|(_, m)| m).ok_or_else(|| {
+        let known: Vec<&str> = rules.migrations.iter().map(|m| m.name.as_str()).collect();
+        StateError::Refused(
+            SqlError::new(codes::UNDEFINED_OBJECT, format!("migration \"{name}\" does not exist"))
+                .with_detail(format!("Migrations in the rules: {}.", known.join(", "))),
+        )
+    })
+}
+
+/// The migration's row, locked for the rest of the transaction.
+struct LockedRow {
+    phase: Phase,
+    read_source: Option<String>,
+    read_percent: i32,
+    json: String,
+}
+
+async fn lock_row(tx: &Transaction<'_>, m: &Migration) -> Result<LockedRow, StateError> {
+    insert_if_absent(tx, &m.name, m.initial_phase).await?;
+    let row = tx
+        .query_one(
+            "SELECT phase, read_source, read_percent, to_jsonb(m)::text
+             FROM dualwrite.migrations m WHERE name = $1 FOR UPDATE",
+            &[&m.name],
+        )
+        .await?;
+    let phase_text: String = row.get(0);
+    Ok(LockedRow {
+        phase: phase_text.parse().map_err(|e: String| StateError::Corrupt(e))?,
+        read_source: row.get(1),
+        read_percent: row.get(2),
+        json: row.get(3),
+    })
+}
+
+/// Write the row's new values and return it as jsonb text.
+async fn write_row(
+    tx: &Transaction<'_>,
+    name: &str,
+    phase: Phase,
+    read_source: Option<&str>,
+    read_percent: i32,
+) -> Result<String, StateError> {
+    let row = tx
+        .query_one(
+            "UPDATE dualwrite.migrations m SET phase = $2, read_source = $3, read_percent = $4, updated_at = now()
+             WHERE name = $1 RETURNING to_jsonb(m)::text",
+            &[&name, &phase.as_str(), &read_source, &read_percent],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn audit(
+    tx: &Transaction<'_>,
+    migration: &str,
+    action: &str,
+    actor: &Actor,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO dualwrite.audit_log (migration, action, role, client_addr, before, after)
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb)",
+        &[&migration, &action, &actor.role, &actor.client_addr, &before, &after],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn notify(tx: &Transaction<'_>, migration: &str) -> Result<(), StateError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &migration]).await?;
+    Ok(())
+}
+
+async fn readiness(tx: &Transaction<'_>, migration: &str) -> Result<Readiness, StateError> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce((SELECT state = 'done' FROM dualwrite.backfill WHERE migration = $1), false),
+                    coalesce((SELECT finished_at IS NOT NULL AND clean FROM dualwrite.verify_runs
+                              WHERE migration = $1 ORDER BY id DESC LIMIT 1), false)",
+            &[&migration],
+        )
+        .await?;
+    Ok(Readiness { backfill_done: row.get(0), last_verify_clean: row.get(1) })
+}
+
+fn refused(migration: &str, what: &str, reason: String) -> StateError {
+    StateError::Refused(SqlError::new(
+        codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("cannot {what} migration \"{migration}\": {reason}"),
+    ))
+}
+
+/// `DUALWRITE PHASE <migration> <phase> [FORCE]`.
+pub async fn change_phase(
+    client: &mut Client,
+    rules: &RuleSet,
+    migration: &str,
+    to: Phase,
+    force: bool,
+    actor: &Actor,
+) -> Result<PhaseChange, StateError> {
+    let m = rule(rules, migration)?;
+    let tx = client.transaction().await?;
+    let row = lock_row(&tx, m).await?;
+    let ready = readiness(&tx, &m.name).await?;
+    let mut change = PhaseChange {
+        migration: m.name.clone(),
+        before: row.phase,
+        after: to,
+        changed: false,
+        sequences: Vec::new(),
+    };
+    match check_transition(row.phase, to, force, ready) {
+        Transition::Unchanged => {
+            tx.commit().await?;
+            return Ok(change);
+        }
+        Transition::Refused(reason) => return Err(refused(&m.name, &format!("move to {to}"), reason)),
+        Transition::Allowed => {}
+    }
+    let (read_source, read_percent) = match to {
+        // the old table stops being written: every read must come from the new one
+        Phase::Complete => (Some(m.versions.new.clone()), 100),
+        Phase::Cutover => (row.read_source.clone(), row.read_percent),
+        Phase::DualWrite | Phase::Off => (None, 100),
+    };
+    if to == Phase::Cutover {
+        change.sequences = bump_sequences(&tx, m).await?;
+    }
+    let after = write_row(&tx, &m.name, to, read_source.as_deref(), read_percent).await?;
+    let action = if force { "phase force" } else { "phase" };
+    audit(&tx, &m.name, action, actor, Some(&row.json), Some(&after)).await?;
+    notify(&tx, &m.name).await?;
+    tx.commit().await?;
+    change.changed = true;
+    tracing::info!(migration = %m.name, from = %row.phase, to = %to, role = %actor.role, "phase changed");
+    Ok(change)
+}
+
+/// `DUALWRITE ROLLBACK <migration>`: back to dual_write, reads on each session's own version.
+pub async fn rollback(client: &mut Client, rules: &RuleSet, migration: &str, actor: &Actor) -> Result<PhaseChange, StateError> {
+    let m = rule(rules, migration)?;
+    let tx = client.transaction().await?;
+    let row = lock_row(&tx, m).await?;
+    if let Transition::Refused(reason) = check_rollback(row.phase) {
+        return Err(refused(&m.name, "roll back", reason));
+    }
+    let after = write_row(&tx, &m.name, Phase::DualWrite, None, 100).await?;
+    audit(&tx, &m.name, "rollback", actor, Some(&row.json), Some(&after)).await?;
+    notify(&tx, &m.name).await?;
+    tx.commit().await?;
+    tracing::info!(migration = %m.name, from = %row.phase, role = %actor.role, "rolled back");
+    Ok(PhaseChange {
+        migration: m.name.clone(),
+        before: row.phase,
+        after: Phase::DualWrite,
+        changed: true,
+        sequences: Vec::new(),
+    })
+}
+
+/// `DUALWRITE ROUTE <migration> READS TO <version|DEFAULT> [PERCENT n]`. `version` None = each session's
+/// own version.
+pub async fn route_reads(
+    client: &mut Client,
+    rules: &RuleSet,
+    migration: &str,
+    version: Option<&str>,
+    percent: u8,
+    actor: &Actor,
+) -> Result<RouteChange, StateError> {
+    let m = rule(rules, migration)?;
+    if let Some(v) = version {
+        if v != m.versions.old && v != m.versions.new {
+            return Err(StateError::Refused(
+                SqlError::new(
+                    codes::INVALID_PARAMETER_VALUE,
+                    format!("migration \"{}\" has no version \"{v}\"", m.name),
+                )
+                .with_detail(format!("Its versions are {} and {}.", m.versions.old, m.versions.new)),
+            ));
+        }
+    }
+    let tx = client.transaction().await?;
+    let row = lock_row(&tx, m).await?;
+    if let Transition::Refused(reason) = check_route(row.phase) {
+        return Err(refused(&m.name, "route reads of", reason));
+    }
+    let percent = if version.is_some() { percent } else { 100 };
+    let after = write_row(&tx, &m.name, row.phase, version, i32::from(percent)).await?;
+    audit(&tx, &m.name, "route", actor, Some(&row.json), Some(&after)).await?;
+    notify(&tx, &m.name).await?;
+    tx.commit().await?;
+    tracing::info!(migration = %m.name, ?version, percent, role = %actor.role, "reads routed");
+    Ok(RouteChange { migration: m.name.clone(), read_source: version.map(str::to_string), read_percent: percent })
+}
+
+/// Audit rows, oldest first: the last `limit` (all when `None`), of one migration or all.
+pub async fn audit_entries(
+    client: &impl GenericClient,
+    migration: Option<&str>,
+    limit: Option<u32>,
+) -> Result<Vec<AuditEntry>, StateError> {
+    let limit = limit.map(i64::from);
+    let rows = client
+        .query(
+            "SELECT id, at::text, migration, action, role, client_addr, before::text, after::text FROM (
+                 SELECT * FROM dualwrite.audit_log WHERE $1::text IS NULL OR migration = $1
+                 ORDER BY id DESC LIMIT $2) newest
+             ORDER BY id",
+            &[&migration, &limit],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AuditEntry {
+            id: r.get(0),
+            at: r.get(1),
+            migration: r.get(2),
+            action: r.get(3),
+            role: r.get(4),
+            client_addr: r.get(5),
+            before: r.get(6),
+            after: r.get(7),
+        })
+        .collect())
+}
+
+/// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column (serial
+/// or identity, in either table) past the largest key of both tables, so new keys cannot collide with rows
+/// copied from the other table. Sequences only move forward.
+async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
+    let tables = [m.table.to_string(), m.shadow.to_string()];
+    let mut moved = Vec::new();
+    for column in &m.key {
+        let mut sequences = Vec::new();
+        for table in &tables {
+            let seq: Option<String> = tx
+                .query_one("SELECT pg_get_serial_sequence($1, $2)", &[table, column])
+                .await?
+                .get(0);
+            sequences.extend(seq);
+        }
+        if sequences.is_empty() {
+            continue;
+        }
+        // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.
+        let col = quote_ident(column);
+        let max_sql = format!(
+            "SELECT greatest((SELECT max({col})::bigint FROM {}), (SELECT max({col})::bigint FROM {}))",
+            tables[0], tables[1]
+        );
+        let max: Option<i64> = tx.query_one(&max_sql, &[]).await?.get(0);
+        let Some(max) = max else { continue };
+        for seq in sequences {
+            let value: i64 = tx
+                .query_one(
+                    "SELECT setval($1::text::regclass,
+                            greatest($2::bigint, coalesce(pg_sequence_last_value($1::text::regclass), 0), 1))",
+                    &[&seq, &max],
+                )
+                .await?
+                .get(0);
+            tracing::info!(migration = %m.name, sequence = %seq, value, "sequence moved past the largest key");
+            moved.push((seq, value));
+        }
+    }
+    Ok(moved)
+}

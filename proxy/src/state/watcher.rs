@@ -1,0 +1,278 @@
+//! `StateHandle`: the proxy's view of the shared state. `connect` creates/migrates the schema, registers the
+//! rules' migrations and loads the state before returning, so an instance never serves a client on a state
+//! it has not read. A watcher task then keeps the snapshot fresh: it LISTENs on `dualwrite_state` (reloading
+//! on every notification), polls as a fallback so a missed notification is picked up within
+//! `poll_interval`, and reconnects with backoff (reloading first thing) when its connection drops. The
+//! query path reads the snapshot through `arc-swap`: no lock, one reference-count increment.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dualwrite_rules::{Phase, RuleSet};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::snapshot::StateSnapshot;
+use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
+use super::{schema, StateError, NOTIFY_CHANNEL};
+
+/// `application_name` of the LISTEN connection, so operators can tell it apart in pg_stat_activity.
+pub const LISTENER_APPLICATION_NAME: &str = "dualwrite state listener";
+
+/// Timing of the watcher.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// How often the state is re-read even without a notification.
+    pub poll_interval: Duration,
+    /// First wait before reconnecting; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            poll_interval: Duration::from_millis(500),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Cheap to clone; the watcher stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct StateHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pg: tokio_postgres::Config,
+    rules: Arc<RuleSet>,
+    snapshot: ArcSwap<StateSnapshot>,
+    /// Bumped each time a different snapshot is published.
+    generation: watch::Sender<u64>,
+    /// The connection used for changes and on-demand reads (admin commands are rare: one at a time).
+    control: Mutex<Option<Client>>,
+}
+
+impl StateHandle {
+    /// Connect with the control plane's own credentials, bring the schema up to date, register the rules'
+    /// migrations, load the state, and start the watcher. Returns only after the first load.
+    pub async fn connect(
+        pg: tokio_postgres::Config,
+        rules: Arc<RuleSet>,
+        options: StateOptions,
+    ) -> Result<StateHandle, StateError> {
+        let mut client = open(&pg).await?;
+        let version = schema::ensure_schema(&mut client).await?;
+        let actor = Actor { role: pg.get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
+        store::register_migrations(&mut client, &rules, &actor).await?;
+        let first = store::load(&client).await?;
+        tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
+        let (generation, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            pg: pg.clone(),
+            rules,
+            snapshot: ArcSwap::from_pointee(first),
+            generation,
+            control: Mutex::new(Some(client)),
+        });
+        tokio::spawn(watch_loop(Arc::downgrade(&inner), pg, options));
+        Ok(StateHandle { inner })
+    }
+
+    /// The current state, for the query path (lock-free).
+    pub fn snapshot(&self) -> Arc<StateSnapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Changes whenever a different snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.inner.rules
+    }
+
+    /// The control plane's connection settings (for the jobs, which open their own connections).
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.inner.pg
+    }
+
+    /// Re-read the state now and publish it (e.g. right after a change, so the changing session sees it).
+    pub async fn refresh(&self) -> Result<Arc<StateSnapshot>, StateError> {
+        let client = self.control().await?;
+        let fresh = store::load(&*client).await;
+        drop(client);
+        let fresh = self.fail_closed(fresh)?;
+        self.inner.publish(fresh);
+        Ok(self.snapshot())
+    }
+
+    pub async fn change_phase(&self, migration: &str, phase: Phase, force: bool, actor: &Actor) -> Result<PhaseChange, StateError> {
+        let mut client = self.control().await?;
+        let result = store::change_phase(&mut client, &self.inner.rules, migration, phase, force, actor).await;
+        drop(client);
+        let change = self.fail_closed(result)?;
+        self.refresh().await?;
+        Ok(change)
+    }
+
+    pub async fn rollback(&self, migration: &str, actor: &Actor) -> Result<PhaseChange, StateError> {
+        let mut client = self.control().await?;
+        let result = store::rollback(&mut client, &self.inner.rules, migration, actor).await;
+        drop(client);
+        let change = self.fail_closed(result)?;
+        self.refresh().await?;
+        Ok(change)
+    }
+
+    /// `version` None: each session reads its own version.
+    pub async fn route_reads(
+        &self,
+        migration: &str,
+        version: Option<&str>,
+        percent: u8,
+        actor: &Actor,
+    ) -> Result<RouteChange, StateError> {
+        let mut client = self.control().await?;
+        let result = store::route_reads(&mut client, &self.inner.rules, migration, version, percent, actor).await;
+        drop(client);
+        let change = self.fail_closed(result)?;
+        self.refresh().await?;
+        Ok(change)
+    }
+
+    pub async fn audit(&self, migration: Option<&str>, limit: Option<u32>) -> Result<Vec<AuditEntry>, StateError> {
+        let client = self.control().await?;
+        let result = store::audit_entries(&*client, migration, limit).await;
+        drop(client);
+        self.fail_closed(result)
+    }
+
+    /// The control connection, reopened if it was lost.
+    async fn control(&self) -> Result<MappedMutexGuard<'_, Client>, StateError> {
+        let mut guard = self.inner.control.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(open(&self.inner.pg).await?);
+        }
+        MutexGuard::try_map(guard, |c| c.as_mut())
+            .map_err(|_| StateError::Corrupt("control connection missing after reconnect".into()))
+    }
+
+    /// Pass a result through, forgetting the control connection if the error says it is gone.
+    fn fail_closed<T>(&self, result: Result<T, StateError>) -> Result<T, StateError> {
+        if let Err(StateError::Db(e)) = &result {
+            if e.is_closed() {
+                if let Ok(mut guard) = self.inner.control.try_lock() {
+                    *guard = None;
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Inner {
+    fn publish(&self, fresh: StateSnapshot) {
+        if **self.snapshot.load() != fresh {
+            self.snapshot.store(Arc::new(fresh));
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+async fn open(pg: &tokio_postgres::Config) -> Result<Client, StateError> {
+    let (client, connection) = pg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "dualwrite control connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A connection that LISTENs, and the channel its notifications arrive on (closed when it drops).
+async fn open_listener(pg: &tokio_postgres::Config) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
+    let mut pg = pg.clone();
+    pg.application_name(LISTENER_APPLICATION_NAME);
+    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dualwrite state listener connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
+    Ok((client, rx))
+}
+
+async fn watch_loop(inner: Weak<Inner>, pg: tokio_postgres::Config, options: StateOptions) {
+    let mut backoff = options.reconnect_min;
+    loop {
+        if inner.strong_count() == 0 {
+            return;
+        }
+        match open_listener(&pg).await {
+            Ok((client, notifications)) => {
+                backoff = options.reconnect_min;
+                if !listen(&inner, &client, notifications, &options).await {
+                    return;
+                }
+                tracing::warn!("dualwrite state listener lost; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect the dualwrite state listener");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(options.reconnect_max);
+            }
+        }
+    }
+}
+
+/// Reload on each notification and each poll tick until the connection fails (returns true: reconnect)
+/// or the handle is gone (returns false: stop).
+async fn listen(
+    inner: &Weak<Inner>,
+    client: &Client,
+    mut notifications: mpsc::UnboundedReceiver<String>,
+    options: &StateOptions,
+) -> bool {
+    let mut tick = tokio::time::interval(options.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The first tick fires at once: reload right after (re)connecting, catching up on what was missed.
+        tokio::select! {
+            n = notifications.recv() => {
+                if n.is_none() {
+                    return true;
+                }
+                while notifications.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(strong) = inner.upgrade() else { return false };
+        match store::load(client).await {
+            Ok(fresh) => strong.publish(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "reloading the dualwrite state failed");
+                return true;
+            }
+        }
+    }
+}

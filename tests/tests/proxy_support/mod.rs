@@ -1,0 +1,143 @@
+//! In-process proxy for the proxy_* integration tests, and a raw wire client for the tests that must send
+//! what no well-behaved driver sends (malformed frames).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use dualwrite_proxy::{Config, Server};
+use dualwrite_tests::TestCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningProxy {
+    /// Signals shutdown and waits for `Server::run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+/// A relay to `cluster` on a free port, metrics off.
+pub fn config_for(cluster: &TestCluster) -> Config {
+    Config::relay("127.0.0.1:0".parse().unwrap(), cluster.connection_string())
+}
+
+pub async fn start_proxy(cluster: &TestCluster) -> RunningProxy {
+    start_proxy_with(config_for(cluster)).await
+}
+
+pub async fn start_proxy_with(config: Config) -> RunningProxy {
+    let server = Server::bind(config).await.expect("proxy binds");
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    RunningProxy { addr, stop: Some(stop), task }
+}
+
+/// A hand-driven protocol 3.0 connection (trust auth).
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, user: &str, database: &str) -> RawClient {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", user), ("database", database)] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).await.unwrap();
+        let mut client = RawClient { stream };
+        // Until ReadyForQuery.
+        loop {
+            let (tag, _) = client.read_message().await.expect("startup answer");
+            assert_ne!(tag, b'E', "startup failed");
+            if tag == b'Z' {
+                break;
+            }
+        }
+        client
+    }
+
+    /// One backend message, or `None` once the server closed the connection.
+    pub async fn read_message(&mut self) -> Option<(u8, Vec<u8>)> {
+        let tag = self.stream.read_u8().await.ok()?;
+        let len = self.stream.read_i32().await.ok()?;
+        let mut body = vec![0u8; (len - 4) as usize];
+        self.stream.read_exact(&mut body).await.ok()?;
+        Some((tag, body))
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.send(&msg).await;
+        let mut out = Vec::new();
+        while let Some((tag, body)) = self.read_message().await {
+            out.push((tag, body.clone()));
+            if tag == b'Z' {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Reads until the connection closes; returns the SQLSTATE of the first ErrorResponse seen.
+    pub async fn error_then_close(&mut self) -> Option<String> {
+        let mut code = None;
+        while let Some((tag, body)) = self.read_message().await {
+            if tag == b'E' && code.is_none() {
+                code = Some(error_field(&body, b'C'));
+            }
+        }
+        code
+    }
+}
+
+/// One field of an ErrorResponse body.
+pub fn error_field(body: &[u8], field: u8) -> String {
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let code = body[i];
+        let end = body[i + 1..].iter().position(|&b| b == 0).map(|p| i + 1 + p).unwrap_or(body.len());
+        if code == field {
+            return String::from_utf8_lossy(&body[i + 1..end]).into_owned();
+        }
+        i = end + 1;
+    }
+    String::new()
+}
