@@ -141,3 +141,13 @@ pub fn error_field(body: &[u8], field: u8) -> String {
     }
     String::new()
 }
+
+/// Runs an already bound (and possibly customised) server.
+pub fn run_server(server: Server) -> RunningProxy {
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    RunningProxy { addr, stop: Some(stop), task }
+}
