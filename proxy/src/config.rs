@@ -33,6 +33,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     pub limits: Limits,
     pub control: ControlConfig,
+    /// Default `dualwrite.version` per role / application_name (`[versions.roles]`, `[versions.applications]`).
+    pub versions: crate::version::VersionDefaults,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             tls_key: None,
             limits: Limits::default(),
             control: ControlConfig::default(),
+            versions: Default::default(),
         }
     }
 }

@@ -21,9 +21,10 @@ pub mod txstack;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::control::error::{codes, SqlError};
+use crate::control::exec::ControlResponse;
 use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side};
 
 use crate::state::StateSnapshot;
@@ -58,7 +59,7 @@ pub fn validate_version(rules: &RuleSet, version: &str) -> Result<(), SqlError> 
 }
 
 /// Per-role and per-application_name default versions from the config (`[versions]` section).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionDefaults {
     #[serde(default)]
@@ -233,6 +234,23 @@ impl SessionVersion {
             Some(first) if olds.all(|o| o == first) => first.to_string(),
             _ => String::new(),
         }
+    }
+
+    /// The answer to `SHOW dualwrite.version` when the proxy answers it itself (Postgres would not know a
+    /// version that comes from the config's defaults, and errors for a setting never SET): one `text`
+    /// column named `dualwrite.version`, tag `SHOW`; 25P02 inside an aborted transaction, like Postgres.
+    pub fn show_response(&self, rules: &RuleSet) -> Result<ControlResponse, SqlError> {
+        if self.transaction_aborted() {
+            return Err(SqlError::new(
+                codes::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        Ok(ControlResponse {
+            columns: vec![VERSION_GUC.to_string()],
+            rows: vec![vec![Some(self.show_value(rules))]],
+            tag: "SHOW".to_string(),
+        })
     }
 
     /// The route for the next statement: the session's shape per migration, with reads following the admin

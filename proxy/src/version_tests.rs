@@ -289,3 +289,25 @@ fn buckets_are_stable() {
     let distinct: std::collections::BTreeSet<u8> = (0..1000).map(session_bucket).collect();
     assert!(distinct.len() > 95);
 }
+
+#[test]
+fn show_response_and_aborted_transaction() {
+    let mut s = session(&[("user", "reporter")]);
+    let r = s.show_response(catalog()).unwrap();
+    assert_eq!((r.columns.as_slice(), r.tag.as_str()), (&["dualwrite.version".to_string()][..], "SHOW"));
+    assert_eq!(r.rows, vec![vec![Some("v2".to_string())]]);
+    run_ok(&mut s, &[Begin], b'T');
+    s.sent(Other);
+    s.sent_sync();
+    s.failed();
+    s.ready_for_query(b'E');
+    assert_eq!(s.show_response(catalog()).unwrap_err().code, "25P02");
+}
+
+#[test]
+fn config_carries_version_defaults() {
+    let cfg = crate::config::Config::from_toml("[versions.roles]\nreporter = \"v2\"\n[versions.applications]\nbilling = \"v3\"\n")
+        .unwrap();
+    assert_eq!(cfg.versions, defaults());
+    assert_eq!(crate::config::Config::default().versions, VersionDefaults::default());
+}

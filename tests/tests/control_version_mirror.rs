@@ -38,6 +38,8 @@ struct Mirror {
     stream: TcpStream,
     machine: SessionVersion,
     status: u8,
+    /// (SQLSTATE, message) of the last ErrorResponse.
+    last_error: Option<(String, String)>,
 }
 
 impl Mirror {
@@ -59,7 +61,7 @@ impl Mirror {
         let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         stream.write_all(&packet).await.unwrap();
-        let mut mirror = Mirror { stream, machine, status: b'I' };
+        let mut mirror = Mirror { stream, machine, status: b'I', last_error: None };
         loop {
             let (tag, _) = mirror.read().await;
             assert_ne!(tag, b'E', "startup failed");
@@ -94,7 +96,10 @@ impl Mirror {
             let (tag, body) = self.read().await;
             match tag {
                 b'C' | b'I' => self.machine.completed(),
-                b'E' => self.machine.failed(),
+                b'E' => {
+                    self.machine.failed();
+                    self.last_error = Some((error_field(&body, b'C'), error_field(&body, b'M')));
+                }
                 b'D' if first_value.is_none() => {
                     let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
                     first_value = Some((len >= 0).then(|| String::from_utf8(body[6..6 + len as usize].to_vec()).unwrap()));
@@ -119,6 +124,13 @@ impl Mirror {
     }
 }
 
+fn error_field(body: &[u8], field: u8) -> String {
+    body.split(|b| *b == 0)
+        .find(|f| f.first() == Some(&field))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default()
+}
+
 async fn check(db: &TestDb, params: &[(&str, &str)], script: &[&str]) {
     let mut m = Mirror::connect(db, params).await;
     for (step, sql) in script.iter().enumerate() {
@@ -131,6 +143,29 @@ async fn check(db: &TestDb, params: &[(&str, &str)], script: &[&str]) {
             );
         }
     }
+}
+
+/// A SET of an unknown version is refused; sent upstream as `raise_statement`, the refusal aborts the
+/// client's transaction exactly as a failing SET would, and the machine follows.
+#[tokio::test]
+async fn refused_set_inside_a_transaction_aborts_it_like_postgres() -> anyhow::Result<()> {
+    let db = TestCluster::shared().create_database().await?;
+    let rules = RuleSet::from_toml(RULES, "test")?;
+    let mut m = Mirror::connect(&db, &[]).await;
+    m.query("BEGIN").await;
+    m.query("SET dualwrite.version = 'v2'").await;
+    let refused = classify_query("SET dualwrite.version = 'v9'")?;
+    let err = SessionVersion::check(&refused[0], &rules).unwrap_err();
+    assert_eq!(err.code, "22023");
+    m.query(&err.raise_statement()).await;
+    assert_eq!(m.last_error, Some((err.code.to_string(), err.message.clone())));
+    assert_eq!(m.status, b'E');
+    assert!(m.machine.transaction_aborted());
+    m.query("COMMIT").await;
+    assert_eq!(m.status, b'I');
+    assert_eq!(m.machine.version(), None);
+    assert_eq!(m.server_version().await, Some(None));
+    Ok(())
 }
 
 #[tokio::test]

@@ -13,22 +13,14 @@ use super::grammar::{BackfillAction, ControlCommand, ReadTarget};
 use crate::state::store::{AuditEntry, PhaseChange};
 use crate::state::{Actor, MigrationState, StateHandle};
 
-/// A result set answered by the proxy itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlResponse {
-    /// Column names; every column has type `text` (OID 25).
-    pub columns: Vec<String>,
-    /// Text values, `None` = SQL NULL.
-    pub rows: Vec<Vec<Option<String>>>,
-    /// The CommandComplete tag (`SELECT <rows>`, like any query that returns rows).
-    pub tag: String,
-}
+/// A result set answered by the proxy itself: text columns (OID 25), `None` = NULL, and a tag. The session's
+/// own local-answer type, so a control answer goes out as `LocalReply { results: vec![response], .. }`.
+pub type ControlResponse = crate::session::interceptor::LocalResult;
 
-impl ControlResponse {
-    pub fn new(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
-        let tag = format!("SELECT {}", rows.len());
-        ControlResponse { columns: columns.iter().map(|c| c.to_string()).collect(), rows, tag }
-    }
+/// A result set of text columns tagged `SELECT <rows>`, like any query that returns rows.
+pub fn result_set(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> ControlResponse {
+    let tag = format!("SELECT {}", rows.len());
+    ControlResponse { columns: columns.iter().map(|c| c.to_string()).collect(), rows, tag }
 }
 
 /// The backfill/verify jobs as seen by control SQL (implemented in `jobs`).
@@ -83,7 +75,7 @@ pub async fn execute(ctx: &ControlContext, command: &ControlCommand, actor: &Act
                 ReadTarget::SessionVersion => None,
             };
             let change = ctx.state.route_reads(migration, version, *percent, actor).await.map_err(state_err)?;
-            Ok(ControlResponse::new(
+            Ok(result_set(
                 &["migration", "read_source", "read_percent"],
                 vec![vec![
                     Some(change.migration),
@@ -180,7 +172,7 @@ pub fn status_response<'a>(migrations: impl Iterator<Item = &'a MigrationState>)
             ]
         })
         .collect();
-    ControlResponse::new(STATUS_COLUMNS, rows)
+    result_set(STATUS_COLUMNS, rows)
 }
 
 fn phase_response(change: PhaseChange) -> ControlResponse {
@@ -190,7 +182,7 @@ fn phase_response(change: PhaseChange) -> ControlResponse {
         .map(|(seq, value)| format!("{seq}={value}"))
         .collect::<Vec<_>>()
         .join(", ");
-    ControlResponse::new(
+    result_set(
         &["migration", "phase_before", "phase", "changed", "sequences_moved"],
         vec![vec![
             Some(change.migration),
@@ -218,7 +210,7 @@ fn audit_response(entries: Vec<AuditEntry>) -> ControlResponse {
             ]
         })
         .collect();
-    ControlResponse::new(&["id", "at", "migration", "action", "role", "client_addr", "before", "after"], rows)
+    result_set(&["id", "at", "migration", "action", "role", "client_addr", "before", "after"], rows)
 }
 
 #[cfg(test)]

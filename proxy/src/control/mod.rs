@@ -7,5 +7,5 @@ pub mod grammar;
 pub mod lex;
 
 pub use error::SqlError;
-pub use exec::{execute, ControlContext, ControlResponse, JobRunner};
+pub use exec::{execute, result_set, ControlContext, ControlResponse, JobRunner};
 pub use grammar::{is_control_command, parse_control, BackfillAction, ControlCommand, ReadTarget};

@@ -12,7 +12,10 @@ use arc_swap::ArcSwap;
 use dualwrite_rules::{Phase, RuleSet};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::pg_tls::MakeRustls;
 
 use super::snapshot::StateSnapshot;
 use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
@@ -186,23 +189,39 @@ impl Inner {
 }
 
 async fn open(pg: &tokio_postgres::Config) -> Result<Client, StateError> {
-    let (client, connection) = pg.connect(NoTls).await?;
+    let (client, mut messages) = connect(pg).await?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "dualwrite control connection ended");
+        while let Some(message) = messages.next().await {
+            if let Err(e) = message {
+                tracing::warn!(error = %e, "dualwrite control connection ended");
+                break;
+            }
         }
     });
     Ok(client)
+}
+
+/// The messages of a connection; polling the stream drives the connection.
+type Messages = futures::stream::BoxStream<'static, Result<AsyncMessage, tokio_postgres::Error>>;
+
+/// Connect with TLS when the settings ask for it (`sslmode=prefer|require`), in the clear otherwise.
+async fn connect(pg: &tokio_postgres::Config) -> Result<(Client, Messages), StateError> {
+    if pg.get_ssl_mode() == SslMode::Disable {
+        let (client, mut connection) = pg.connect(NoTls).await?;
+        return Ok((client, futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()));
+    }
+    let tls = MakeRustls::new().map_err(|e| StateError::Corrupt(format!("TLS setup: {e}")))?;
+    let (client, mut connection) = pg.connect(tls).await?;
+    Ok((client, futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()))
 }
 
 /// A connection that LISTENs, and the channel its notifications arrive on (closed when it drops).
 async fn open_listener(pg: &tokio_postgres::Config) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
     let mut pg = pg.clone();
     pg.application_name(LISTENER_APPLICATION_NAME);
-    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (client, mut messages) = connect(&pg).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {

@@ -1,0 +1,95 @@
+//! `dualwrite-bench`: one command that starts a throwaway Postgres, pgbouncer and the dualwrite arms on
+//! loopback TCP, runs pgbench and the bulk dual write side by side, and writes REPORT.md, a PNG plot and
+//! results.json. Usually started through `bench/run`, which builds the release binaries first.
+
+mod arms;
+mod bulk;
+mod db;
+mod idle;
+mod pgbench;
+mod pgbouncer;
+mod plot;
+mod procfs;
+mod proxy;
+mod report;
+mod results;
+mod runner;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "dualwrite benchmark: direct vs pgbouncer vs dualwrite vs trigger dual write")]
+pub struct Args {
+    /// Short smoke run: small data set, 1 and 4 clients, one repetition, 100 idle clients.
+    #[arg(long)]
+    pub quick: bool,
+    /// The `dualwrite` binary under test.
+    #[arg(long, env = "DUALWRITE_BIN")]
+    pub proxy_bin: Option<PathBuf>,
+    /// Where REPORT.md, tps.png and results.json go (default: bench/ for a full run, bench/quick/ for --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Repetitions of every cell (arms alternate within each repetition).
+    #[arg(long)]
+    pub reps: Option<u32>,
+    /// Seconds of each pgbench run that are discarded.
+    #[arg(long)]
+    pub warmup: Option<u32>,
+    /// Seconds of each pgbench run that are measured.
+    #[arg(long)]
+    pub duration: Option<u32>,
+    /// pgbench scale (100,000 accounts per unit; 10 gives the 1,000,000-row bulk UPDATE).
+    #[arg(long)]
+    pub scale: Option<u32>,
+    /// Nice value for every benchmark process (Postgres, pgbouncer, proxy, pgbench inherit it); negative
+    /// values need root and keep other work on a shared machine from dominating the figures.
+    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
+    pub nice: i32,
+    /// Parent directory for the cluster, pgbouncer and pgbench logs.
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
+    /// The command line to print in the report (bench/run passes its own).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Regenerate REPORT.md and the plot from a results.json instead of running.
+    #[arg(long)]
+    pub report_from: Option<PathBuf>,
+    /// Hand-written profile notes included in the report.
+    #[arg(long)]
+    pub profile_notes: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        if args.quick { bench_dir.join("quick") } else { bench_dir }
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let results = match &args.report_from {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => {
+            let results = runner::run(&args)?;
+            std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
+            results
+        }
+    };
+    let notes_path = args
+        .profile_notes
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROFILE.md"));
+    let notes = std::fs::read_to_string(&notes_path).ok();
+    let plot_name = "tps.png";
+    let plot_error = plot::draw(&results, &out.join(plot_name)).err();
+    if let Some(err) = &plot_error {
+        eprintln!("plot not drawn: {err:#}");
+    }
+    let text = report::render(&results, notes.as_deref(), plot_error.is_none().then_some(plot_name));
+    std::fs::write(out.join("REPORT.md"), text)?;
+    eprintln!("wrote {}", out.join("REPORT.md").display());
+    Ok(())
+}

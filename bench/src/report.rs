@@ -1,0 +1,560 @@
+//! REPORT.md from a run's results: machine and command, arms and their availability in this build, the
+//! targets of issues 8 and 2 (met or missed, by how much), TPS / ratio / latency / CPU tables, idle memory,
+//! the bulk dual write, the rewrite cache, and the hand-written profile notes.
+
+use std::fmt::Write as _;
+
+use crate::arms::{Arm, ProxyKind};
+use crate::bulk::BulkArm;
+use crate::pgbench::{Mode, Workload};
+use crate::results::{Results, Stat};
+
+const NA: &str = "n/a";
+
+pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> String {
+    let mut out = String::new();
+    header(&mut out, r);
+    arms(&mut out, r);
+    targets(&mut out, r);
+    if let Some(plot) = plot {
+        let _ = writeln!(out, "## TPS by client count\n\n![TPS by client count per arm]({plot})\n");
+    }
+    tps_tables(&mut out, r);
+    ratio_tables(&mut out, r);
+    latency_tables(&mut out, r);
+    cpu_table(&mut out, r);
+    idle_section(&mut out, r);
+    bulk_section(&mut out, r);
+    cache_section(&mut out, r);
+    if let Some(notes) = profile_notes {
+        let _ = writeln!(out, "{}\n", notes.trim());
+    }
+    errors_section(&mut out, r);
+    out
+}
+
+fn header(out: &mut String, r: &Results) {
+    let m = &r.machine;
+    let p = &r.plan;
+    let _ = writeln!(out, "# dualwrite benchmark report\n");
+    let _ = writeln!(
+        out,
+        "Produced by a real {} run on this machine, {} (dualwrite commit {}), in {:.1} minutes.\n",
+        if p.quick { "**quick (smoke)**" } else { "full" },
+        r.started_utc,
+        r.git_commit,
+        r.wall_seconds / 60.0
+    );
+    let _ = writeln!(out, "Reproduce (builds the release binaries, then runs everything; ~25 min on 2 cores):\n");
+    let _ = writeln!(out, "    bench/run            # full run, writes bench/REPORT.md, bench/tps.png, bench/results.json");
+    let _ = writeln!(out, "    bench/run --quick    # smoke run (~3 min), writes bench/quick/\n");
+    let _ = writeln!(out, "Command that produced this report: `{}`\n", r.command);
+    let _ = writeln!(out, "## Machine\n");
+    let _ = writeln!(out, "- CPU: {} ({} MHz), nproc = {}", m.cpu_model, m.cpu_mhz, m.nproc);
+    let _ = writeln!(out, "- Memory: {}; kernel {}", m.mem_total, m.kernel);
+    let _ = writeln!(out, "- {}; {}; {}", m.postgres, m.pgbench, m.pgbouncer);
+    let _ = writeln!(
+        out,
+        "- Load average (1/5/15 min) before the run: {}, after: {}. The machine is shared with other \
+         sessions compiling Rust, so every figure carries noise; arms alternate within each repetition so \
+         the noise spreads evenly, and ranges are shown.\n",
+        r.load_before, r.load_after
+    );
+    let _ = writeln!(out, "## Setup\n");
+    let settings: Vec<String> = r.pg_settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        out,
+        "- Throwaway Postgres (initdb + pg_ctl via `dualwrite_proxy::pgcluster`), tuned CPU-bound: {}. \
+         fsync is off (throwaway data; the run measures CPU, not the disk).",
+        settings.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {}, so that other \
+         sessions' compile jobs on this shared machine take less of the CPU from the measurement.",
+        p.nice
+    );
+    let _ = writeln!(
+        out,
+        "- Every arm on loopback TCP (127.0.0.1), never a Unix socket; pgbench and tokio-postgres with sslmode=disable."
+    );
+    let _ = writeln!(
+        out,
+        "- pgbench scale {} ({} accounts), builtin select-only and tpcb-like scripts, `-n`, -M {}; \
+         clients {:?}{}; `-j` = min(clients, 2).",
+        p.scale,
+        p.scale as u64 * 100_000,
+        p.modes.iter().map(|m| m.arg()).collect::<Vec<_>>().join("/"),
+        p.clients,
+        if p.extra_select_clients.is_empty() {
+            String::new()
+        } else {
+            format!(" (select-only also {:?} for direct, pgbouncer and dw-norules)", p.extra_select_clients)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- Each pgbench run lasts {} s; the first {} s are discarded and TPS, p50 and p99 come from the \
+         per-transaction log (`-l`) over the remaining {} s. {} repetition(s) per cell, arms in rotating order; \
+         tables show the median and (min–max).",
+        p.warmup_s + p.measure_s,
+        p.warmup_s,
+        p.measure_s,
+        p.reps
+    );
+    let _ = writeln!(
+        out,
+        "- Hop CPU per statement = (utime+stime of the proxy or pgbouncer process over the whole pgbench run, \
+         from /proc/<pid>/stat) / (transactions × statements per transaction: 1 for select-only, 7 for TPC-B).\n"
+    );
+}
+
+fn arms(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Arms\n\n| arm | what | in this build |\n|---|---|---|");
+    for (arm, reason) in &r.availability {
+        let status = match reason {
+            None => "measured".to_owned(),
+            Some(reason) => format!("**not available in this build**: {}", one_line(reason)),
+        };
+        let _ = writeln!(out, "| {} | {} | {} |", arm.key(), arm.description(), status);
+    }
+    let _ = writeln!(out);
+}
+
+/// Every (workload, mode, clients) cell of the plan, in table order.
+fn cells(r: &Results, workload: Workload) -> Vec<(Mode, u32)> {
+    let mut cells = Vec::new();
+    for &mode in &r.plan.modes {
+        for clients in r.plan.clients_for(workload) {
+            cells.push((mode, clients));
+        }
+    }
+    cells
+}
+
+struct Verdict {
+    target: String,
+    measured: String,
+    verdict: String,
+}
+
+fn ratio_verdict(
+    r: &Results,
+    target: &str,
+    ratios: Vec<(String, Option<f64>)>,
+    threshold: f64,
+    missing: Option<&str>,
+) -> Verdict {
+    let known: Vec<(String, f64)> = ratios.into_iter().filter_map(|(c, v)| v.map(|v| (c, v))).collect();
+    if known.is_empty() {
+        return Verdict {
+            target: target.into(),
+            measured: NA.into(),
+            verdict: format!("not measured: {}", missing.map(one_line).unwrap_or_else(|| "no data".into())),
+        };
+    }
+    let _ = r;
+    let worst = known.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("non-empty");
+    let met = known.iter().filter(|(_, v)| *v >= threshold).count();
+    let median = crate::results::median(&known.iter().map(|(_, v)| *v).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    Verdict {
+        target: target.into(),
+        measured: format!(
+            "{met}/{} cells met; median {median:.2}x; worst {:.2}x ({})",
+            known.len(),
+            worst.1,
+            worst.0
+        ),
+        verdict: if met == known.len() {
+            "**met**".into()
+        } else {
+            format!("**missed** in {} cell(s), worst by {:.0}%", known.len() - met, (threshold - worst.1) / threshold * 100.0)
+        },
+    }
+}
+
+fn targets(out: &mut String, r: &Results) {
+    let mut verdicts = Vec::new();
+    let label = |w: Workload, m: Mode, c: u32| format!("{} -M {} -c {c}", w.label(), m.arg());
+
+    let vs_bouncer: Vec<(String, Option<f64>)> = Workload::ALL
+        .iter()
+        .flat_map(|&w| cells(r, w).into_iter().map(move |(m, c)| (w, m, c)))
+        .map(|(w, m, c)| (label(w, m, c), r.ratio(Arm::DwNoRules, Arm::Pgbouncer, w, m, c)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "select-only and TPC-B TPS through dualwrite (no rules) >= pgbouncer, every cell",
+        vs_bouncer,
+        1.0,
+        r.unavailable(Arm::DwNoRules),
+    ));
+    let one_client: Vec<(String, Option<f64>)> = r
+        .plan
+        .modes
+        .iter()
+        .map(|&m| (label(Workload::SelectOnly, m, 1), r.ratio(Arm::DwNoRules, Arm::Direct, Workload::SelectOnly, m, 1)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "select-only at 1 client through dualwrite >= 0.8x direct",
+        one_client,
+        0.8,
+        r.unavailable(Arm::DwNoRules),
+    ));
+    let elsewhere: Vec<(String, Option<f64>)> = Workload::ALL
+        .iter()
+        .flat_map(|&w| cells(r, w).into_iter().map(move |(m, c)| (w, m, c)))
+        .filter(|&(_, _, c)| r.plan.clients.contains(&c))
+        .map(|(w, m, c)| (label(w, m, c), r.ratio(Arm::DwElsewhere, Arm::DwNoRules, w, m, c)))
+        .collect();
+    let mut v = ratio_verdict(
+        r,
+        "a migration active elsewhere costs < 3% vs no rules (ratio >= 0.97)",
+        elsewhere.clone(),
+        0.97,
+        r.unavailable(Arm::DwElsewhere),
+    );
+    if let Some(median) = crate::results::median(&elsewhere.iter().filter_map(|(_, v)| *v).collect::<Vec<_>>()) {
+        v.verdict = format!(
+            "{} (median cost {:.1}%; single cells move by more than 3% from run noise alone)",
+            v.verdict,
+            (1.0 - median) * 100.0
+        );
+    }
+    verdicts.push(v);
+    let vs_trigger_bouncer: Vec<(String, Option<f64>)> = cells(r, Workload::TpcB)
+        .into_iter()
+        .map(|(m, c)| (label(Workload::TpcB, m, c), r.ratio(Arm::DwDualWrite, Arm::TriggerPgbouncer, Workload::TpcB, m, c)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "dual-write TPC-B through the proxy >= 1.0x trigger dual write through pgbouncer",
+        vs_trigger_bouncer,
+        1.0,
+        r.unavailable(Arm::DwDualWrite),
+    ));
+    let vs_trigger_direct: Vec<(String, Option<f64>)> = r
+        .plan
+        .modes
+        .iter()
+        .map(|&m| (label(Workload::TpcB, m, 1), r.ratio(Arm::DwDualWrite, Arm::TriggerDirect, Workload::TpcB, m, 1)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "dual-write TPC-B through the proxy >= 0.85x trigger dual write direct, 1 client",
+        vs_trigger_direct,
+        0.85,
+        r.unavailable(Arm::DwDualWrite),
+    ));
+    verdicts.push(match (r.bulk_median(BulkArm::Trigger), r.bulk_median(BulkArm::Proxy)) {
+        (Some(trigger), Some(proxy)) => {
+            let speedup = trigger / proxy;
+            Verdict {
+                target: "bulk dual-write UPDATE of every account: proxy >= 1.15x the trigger's speed".into(),
+                measured: format!("trigger {trigger:.2} s / proxy {proxy:.2} s = {speedup:.2}x"),
+                verdict: if speedup >= 1.15 {
+                    "**met**".into()
+                } else {
+                    format!("**missed** by {:.0}%", (1.15 - speedup) / 1.15 * 100.0)
+                },
+            }
+        }
+        _ => Verdict {
+            target: "bulk dual-write UPDATE of every account: proxy >= 1.15x the trigger's speed".into(),
+            measured: NA.into(),
+            verdict: format!(
+                "not measured: {}",
+                r.unavailable(Arm::DwDualWrite).map(one_line).unwrap_or_else(|| "see the bulk section".into())
+            ),
+        },
+    });
+    let cpu: Vec<(String, f64)> = Workload::ALL
+        .iter()
+        .flat_map(|&w| cells(r, w).into_iter().map(move |(m, c)| (w, m, c)))
+        .filter_map(|(w, m, c)| Some((label(w, m, c), r.cell(Arm::DwNoRules, w, m, c)?.hop_cpu_us?)))
+        .collect();
+    verdicts.push(if cpu.is_empty() {
+        Verdict {
+            target: "proxy CPU < 10 µs per passthrough statement".into(),
+            measured: NA.into(),
+            verdict: "not measured".into(),
+        }
+    } else {
+        let worst = cpu.iter().max_by(|a, b| a.1.total_cmp(&b.1)).expect("non-empty");
+        let median = crate::results::median(&cpu.iter().map(|(_, v)| *v).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+        let met = cpu.iter().filter(|(_, v)| *v < 10.0).count();
+        Verdict {
+            target: "proxy CPU < 10 µs per passthrough statement".into(),
+            measured: format!("{met}/{} cells met; median {median:.1} µs; worst {:.1} µs ({})", cpu.len(), worst.1, worst.0),
+            verdict: if met == cpu.len() {
+                "**met**".into()
+            } else {
+                format!("**missed** in {} cell(s), worst by {:.0}%", cpu.len() - met, (worst.1 - 10.0) / 10.0 * 100.0)
+            },
+        }
+    });
+    let per_client = r
+        .idle
+        .iter()
+        .find(|i| i.target.starts_with("dualwrite"))
+        .and_then(|i| i.kib_per_client());
+    verdicts.push(match per_client {
+        Some(kib) => Verdict {
+            target: "proxy RSS < 64 KiB per idle client".into(),
+            measured: format!("{kib:.1} KiB per idle client"),
+            verdict: if kib < 64.0 {
+                "**met**".into()
+            } else {
+                format!("**missed** by {:.0}%", (kib - 64.0) / 64.0 * 100.0)
+            },
+        },
+        None => Verdict {
+            target: "proxy RSS < 64 KiB per idle client".into(),
+            measured: NA.into(),
+            verdict: "not measured".into(),
+        },
+    });
+    let _ = writeln!(out, "## Targets (issue 8, and issue 2's)\n\n| target | measured | verdict |\n|---|---|---|");
+    for v in verdicts {
+        let _ = writeln!(out, "| {} | {} | {} |", v.target, v.measured, v.verdict);
+    }
+    let _ = writeln!(
+        out,
+        "\nOne extra loopback hop costs about 13 µs here, so about 0.8x direct at 1 client is the physical \
+         limit for any proxy; the ratio tables below show how far each figure is from it (pgbouncer/direct \
+         is the same hop taken by a C proxy).\n"
+    );
+}
+
+fn stat_cell(stat: Stat) -> String {
+    if !stat.median.is_finite() {
+        return "failed".into();
+    }
+    format!("{:.0} ({:.0}–{:.0})", stat.median, stat.min, stat.max)
+}
+
+fn arms_for(workload: Workload) -> Vec<Arm> {
+    Arm::ALL.iter().copied().filter(|a| a.runs(workload)).collect()
+}
+
+fn table_head(out: &mut String, first: &str, columns: &[String]) {
+    let _ = writeln!(out, "| {first} | {} |", columns.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(columns.len()));
+}
+
+fn tps_tables(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Throughput (TPS): median (min–max) over repetitions\n");
+    for workload in Workload::ALL {
+        let arms = arms_for(workload);
+        let _ = writeln!(out, "### {}\n", workload.label());
+        table_head(out, "mode, clients", &arms.iter().map(|a| a.key().to_owned()).collect::<Vec<_>>());
+        for (mode, clients) in cells(r, workload) {
+            let row: Vec<String> = arms
+                .iter()
+                .map(|&arm| match (r.unavailable(arm), r.cell(arm, workload, mode, clients)) {
+                    (_, Some(cell)) => stat_cell(cell.tps),
+                    (Some(_), None) => "not available in this build".into(),
+                    (None, None) => "–".into(),
+                })
+                .collect();
+            let _ = writeln!(out, "| {} c={clients} | {} |", mode.arg(), row.join(" | "));
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn ratio_str(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| NA.into())
+}
+
+fn ratio_tables(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Ratios of median TPS\n");
+    let pairs: [(&str, Arm, Arm, bool); 8] = [
+        ("dw-norules / direct", Arm::DwNoRules, Arm::Direct, false),
+        ("dw-norules / pgbouncer", Arm::DwNoRules, Arm::Pgbouncer, false),
+        ("pgbouncer / direct", Arm::Pgbouncer, Arm::Direct, false),
+        ("dw-elsewhere / dw-norules", Arm::DwElsewhere, Arm::DwNoRules, false),
+        ("dw-dualwrite / trigger-pgbouncer", Arm::DwDualWrite, Arm::TriggerPgbouncer, true),
+        ("dw-dualwrite / trigger-direct", Arm::DwDualWrite, Arm::TriggerDirect, true),
+        ("dw-dualwrite / cte-direct", Arm::DwDualWrite, Arm::CteDirect, true),
+        ("trigger-pgbouncer / trigger-direct", Arm::TriggerPgbouncer, Arm::TriggerDirect, true),
+    ];
+    for workload in Workload::ALL {
+        let columns: Vec<_> = pairs.iter().filter(|p| !p.3 || workload == Workload::TpcB).collect();
+        let _ = writeln!(out, "### {}\n", workload.label());
+        table_head(out, "mode, clients", &columns.iter().map(|p| p.0.to_owned()).collect::<Vec<_>>());
+        for (mode, clients) in cells(r, workload) {
+            let row: Vec<String> =
+                columns.iter().map(|p| ratio_str(r.ratio(p.1, p.2, workload, mode, clients))).collect();
+            let _ = writeln!(out, "| {} c={clients} | {} |", mode.arg(), row.join(" | "));
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn latency_tables(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Latency per transaction (µs): p50 / p99 from pgbench's per-transaction log, median over repetitions\n\n\
+         The last columns are the latency each hop adds to a transaction over direct (p50 / p99).\n"
+    );
+    for workload in Workload::ALL {
+        let arms = arms_for(workload);
+        let mut columns: Vec<String> = arms.iter().map(|a| a.key().to_owned()).collect();
+        columns.push("added by pgbouncer".into());
+        columns.push("added by dw-norules".into());
+        let _ = writeln!(out, "### {}\n", workload.label());
+        table_head(out, "mode, clients", &columns);
+        for (mode, clients) in cells(r, workload) {
+            let mut row: Vec<String> = arms
+                .iter()
+                .map(|&arm| match r.cell(arm, workload, mode, clients) {
+                    Some(c) if c.p50_us.is_finite() => format!("{:.0} / {:.0}", c.p50_us, c.p99_us),
+                    _ => NA.into(),
+                })
+                .collect();
+            let direct = r.cell(Arm::Direct, workload, mode, clients);
+            for arm in [Arm::Pgbouncer, Arm::DwNoRules] {
+                let added = match (&direct, r.cell(arm, workload, mode, clients)) {
+                    (Some(d), Some(c)) if c.p50_us.is_finite() && d.p50_us.is_finite() => {
+                        format!("{:+.0} / {:+.0}", c.p50_us - d.p50_us, c.p99_us - d.p99_us)
+                    }
+                    _ => NA.into(),
+                };
+                row.push(added);
+            }
+            let _ = writeln!(out, "| {} c={clients} | {} |", mode.arg(), row.join(" | "));
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn cpu_table(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## CPU of the hop per statement (µs, median over repetitions)\n");
+    let hops = [Arm::Pgbouncer, Arm::DwNoRules, Arm::DwElsewhere, Arm::DwDualWrite, Arm::TriggerPgbouncer];
+    table_head(out, "workload, mode, clients", &hops.iter().map(|a| a.key().to_owned()).collect::<Vec<_>>());
+    for workload in Workload::ALL {
+        for (mode, clients) in cells(r, workload) {
+            let row: Vec<String> = hops
+                .iter()
+                .map(|&arm| {
+                    r.cell(arm, workload, mode, clients)
+                        .and_then(|c| c.hop_cpu_us)
+                        .map(|v| format!("{v:.1}"))
+                        .unwrap_or_else(|| NA.into())
+                })
+                .collect();
+            let _ = writeln!(out, "| {} -M {} c={clients} | {} |", workload.label(), mode.arg(), row.join(" | "));
+        }
+    }
+    let _ = writeln!(out);
+}
+
+fn idle_section(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Memory with idle clients\n\nClients that completed startup (tokio-postgres) and then sit idle; RSS from /proc/<pid>/status.\n"
+    );
+    let counts: Vec<usize> = r.idle.first().map(|i| i.points.iter().map(|p| p.0).collect()).unwrap_or_default();
+    let mut columns: Vec<String> = counts.iter().map(|n| format!("RSS at {n} clients")).collect();
+    columns.push("KiB per idle client".into());
+    table_head(out, "process", &columns);
+    for record in &r.idle {
+        let mut row: Vec<String> = record.points.iter().map(|(_, kib)| format!("{:.1} MiB", *kib as f64 / 1024.0)).collect();
+        row.resize(counts.len(), NA.into());
+        row.push(record.kib_per_client().map(|k| format!("{k:.1}")).unwrap_or_else(|| NA.into()));
+        let _ = writeln!(out, "| {} | {} |", record.target, row.join(" | "));
+        if let Some(err) = &record.error {
+            let _ = writeln!(out, "\n{}: error: {}\n", record.target, one_line(err));
+        }
+    }
+    if !r.idle.iter().any(|i| i.target.starts_with("dualwrite")) {
+        let reason = format!(
+            "not available in this build: {}",
+            r.unavailable(Arm::DwNoRules).map(one_line).unwrap_or_default()
+        );
+        let _ = writeln!(out, "| dualwrite | {reason} |{}", " |".repeat(counts.len()));
+    }
+    let _ = writeln!(out);
+}
+
+fn bulk_section(out: &mut String, r: &Results) {
+    let rows = r.bulk.iter().map(|b| b.rows).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "## Bulk dual write: `UPDATE pgbench_accounts SET abalance = abalance + 1` over {rows} rows\n\n\
+         One statement, every row, from a vacuumed table; the shadow is checked to agree afterwards. \
+         Median and range over {} repetition(s).\n",
+        r.plan.bulk_reps
+    );
+    table_head(out, "how", &["seconds".to_owned(), "vs trigger".to_owned()]);
+    let trigger = r.bulk_median(BulkArm::Trigger);
+    for arm in BulkArm::ALL {
+        let secs: Vec<f64> = r.bulk.iter().filter(|b| b.arm == arm).filter_map(|b| b.seconds).collect();
+        let cell = match Stat::of(&secs) {
+            Some(s) => format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max),
+            None => r
+                .bulk
+                .iter()
+                .find(|b| b.arm == arm)
+                .and_then(|b| b.error.as_deref())
+                .map(one_line)
+                .unwrap_or_else(|| NA.into()),
+        };
+        let speed = match (trigger, Stat::of(&secs)) {
+            (Some(t), Some(s)) => format!("{:.2}x", t / s.median),
+            _ => NA.into(),
+        };
+        let _ = writeln!(out, "| {} | {} | {} |", arm.label(), cell, speed);
+    }
+    let _ = writeln!(out);
+}
+
+fn cache_section(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Rewrite cache\n\nFrom each proxy's /metrics at the end of the pgbench matrix \
+         (`dualwrite_rewrite_cache_hits_total`, `dualwrite_rewrite_cache_misses_total`).\n"
+    );
+    table_head(out, "proxy", &["hits".into(), "misses".into(), "hit rate".into(), "queries_total".into()]);
+    for kind in ProxyKind::ALL {
+        let Some(c) = r.cache.iter().find(|c| c.proxy == kind) else {
+            let _ = writeln!(out, "| {kind:?} | not available in this build | | | |");
+            continue;
+        };
+        let rate = match (c.hits, c.misses) {
+            (Some(h), Some(m)) if h + m > 0.0 => format!("{:.2}%", h / (h + m) * 100.0),
+            (Some(_), Some(_)) => "no lookups".into(),
+            _ => "metric not exported by this build".into(),
+        };
+        let num = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| NA.into());
+        let _ = writeln!(out, "| {kind:?} | {} | {} | {rate} | {} |", num(c.hits), num(c.misses), num(c.queries_total));
+    }
+    let _ = writeln!(out);
+}
+
+fn errors_section(out: &mut String, r: &Results) {
+    let failed: Vec<_> = r.runs.iter().filter(|run| run.error.is_some()).collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Failed runs\n");
+    for run in failed {
+        let _ = writeln!(
+            out,
+            "- {} {} -M {} -c {} rep {}: {}",
+            run.arm.key(),
+            run.workload.label(),
+            run.mode.arg(),
+            run.clients,
+            run.rep + 1,
+            one_line(run.error.as_deref().unwrap_or_default())
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '|'], " ").chars().take(300).collect()
+}

@@ -1,0 +1,198 @@
+//! Everything one run measured (saved as results.json so the report can be regenerated), and the
+//! per-cell aggregation the report and the plot share: median and range over the repetitions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arms::{Arm, ProxyKind};
+use crate::bulk::{BulkArm, BulkRecord};
+use crate::idle::IdleRecord;
+use crate::pgbench::{Mode, RunOutcome, Workload};
+use crate::procfs::Machine;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub scale: u32,
+    pub reps: u32,
+    pub warmup_s: u32,
+    pub measure_s: u32,
+    pub modes: Vec<Mode>,
+    /// Client counts every arm runs at.
+    pub clients: Vec<u32>,
+    /// Extra select-only client counts for the direct / pgbouncer / no-rules arms (issue 2's table).
+    pub extra_select_clients: Vec<u32>,
+    pub bulk_reps: u32,
+    pub idle_counts: Vec<usize>,
+    pub shared_buffers: String,
+    /// Nice value every benchmark process ran at (see `procfs::raise_priority`).
+    #[serde(default)]
+    pub nice: i32,
+}
+
+impl Plan {
+    pub fn clients_for(&self, workload: Workload) -> Vec<u32> {
+        let mut all = self.clients.clone();
+        if workload == Workload::SelectOnly {
+            all.extend(&self.extra_select_clients);
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    pub fn arm_runs_at(&self, arm: Arm, workload: Workload, clients: u32) -> bool {
+        arm.runs(workload) && (self.clients.contains(&clients) || arm.in_extra_select_counts())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub arm: Arm,
+    pub workload: Workload,
+    pub mode: Mode,
+    pub clients: u32,
+    pub rep: u32,
+    pub outcome: Option<RunOutcome>,
+    pub error: Option<String>,
+    /// CPU of the proxy or pgbouncer process (utime+stime over the whole pgbench run) per statement sent.
+    pub hop_cpu_us_per_statement: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub proxy: ProxyKind,
+    pub hits: Option<f64>,
+    pub misses: Option<f64>,
+    pub queries_total: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub command: String,
+    pub started_utc: String,
+    pub wall_seconds: f64,
+    pub load_before: String,
+    pub load_after: String,
+    pub git_commit: String,
+    pub machine: Machine,
+    pub plan: Plan,
+    pub pg_settings: Vec<(String, String)>,
+    /// `None`: available; `Some(reason)`: not available in this build, and why.
+    pub availability: Vec<(Arm, Option<String>)>,
+    pub runs: Vec<RunRecord>,
+    pub bulk: Vec<BulkRecord>,
+    pub idle: Vec<IdleRecord>,
+    pub cache: Vec<CacheRecord>,
+}
+
+/// Median and range of one cell (arm × workload × mode × clients) over its repetitions.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub tps: Stat,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub hop_cpu_us: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Option<Stat> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(Stat {
+            median: median_sorted(&sorted),
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+        })
+    }
+}
+
+pub fn median(values: &[f64]) -> Option<f64> {
+    Stat::of(values).map(|s| s.median)
+}
+
+fn median_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+impl Results {
+    pub fn unavailable(&self, arm: Arm) -> Option<&str> {
+        self.availability
+            .iter()
+            .find(|(a, _)| *a == arm)
+            .and_then(|(_, reason)| reason.as_deref())
+    }
+
+    /// `None` when the arm did not run in this cell at all; NaN figures when every repetition failed.
+    pub fn cell(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> Option<Cell> {
+        let runs: Vec<&RunRecord> = self
+            .runs
+            .iter()
+            .filter(|r| r.arm == arm && r.workload == workload && r.mode == mode && r.clients == clients)
+            .collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let outcomes: Vec<&RunOutcome> = runs.iter().filter_map(|r| r.outcome.as_ref()).collect();
+        let tps: Vec<f64> = outcomes.iter().map(|o| o.tps).collect();
+        let Some(tps) = Stat::of(&tps) else {
+            return Some(Cell {
+                tps: Stat { median: f64::NAN, min: f64::NAN, max: f64::NAN },
+                p50_us: f64::NAN,
+                p99_us: f64::NAN,
+                hop_cpu_us: None,
+            });
+        };
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r.hop_cpu_us_per_statement).collect();
+        Some(Cell {
+            tps,
+            p50_us: median(&outcomes.iter().map(|o| o.p50_us).collect::<Vec<_>>()).unwrap_or(f64::NAN),
+            p99_us: median(&outcomes.iter().map(|o| o.p99_us).collect::<Vec<_>>()).unwrap_or(f64::NAN),
+            hop_cpu_us: median(&cpu),
+        })
+    }
+
+    /// Median TPS of a cell, when it has at least one successful repetition.
+    pub fn tps(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> Option<f64> {
+        self.cell(arm, workload, mode, clients)
+            .map(|c| c.tps.median)
+            .filter(|t| t.is_finite())
+    }
+
+    /// Ratio of the median TPS of two arms in one cell.
+    pub fn ratio(&self, num: Arm, den: Arm, workload: Workload, mode: Mode, clients: u32) -> Option<f64> {
+        Some(self.tps(num, workload, mode, clients)? / self.tps(den, workload, mode, clients)?)
+    }
+
+    pub fn bulk_median(&self, arm: BulkArm) -> Option<f64> {
+        let secs: Vec<f64> = self.bulk.iter().filter(|b| b.arm == arm).filter_map(|b| b.seconds).collect();
+        median(&secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        let s = Stat::of(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert_eq!(median(&[5.0, 1.0, 9.0]), Some(5.0));
+        assert!(Stat::of(&[]).is_none());
+    }
+}

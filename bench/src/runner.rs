@@ -1,0 +1,394 @@
+//! One full benchmark run: start everything, probe which arms this build supports, run the bulk dual write,
+//! the pgbench matrix (arms alternating within each repetition) and the idle-client memory test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::runtime::Runtime;
+
+use crate::arms::{Arm, Endpoint, ProxyKind};
+use crate::bulk::{self, BulkArm};
+use crate::db::{self, Sql, DATABASE, USER};
+use crate::idle;
+use crate::pgbench::{self, Mode, RunSpec, Script, Workload};
+use crate::pgbouncer::Pgbouncer;
+use crate::procfs::{self, Machine};
+use crate::proxy::{metric_sum, ProxyInstance};
+use crate::results::{CacheRecord, Plan, Results, RunRecord};
+use crate::Args;
+
+fn plan(args: &Args) -> Plan {
+    let quick = args.quick;
+    Plan {
+        quick,
+        scale: args.scale.unwrap_or(if quick { 2 } else { 10 }),
+        reps: args.reps.unwrap_or(if quick { 1 } else { 3 }),
+        warmup_s: args.warmup.unwrap_or(1),
+        measure_s: args.duration.unwrap_or(2),
+        modes: Mode::ALL.to_vec(),
+        clients: if quick { vec![1, 4] } else { vec![1, 4, 16] },
+        extra_select_clients: if quick { vec![] } else { vec![8, 32] },
+        bulk_reps: if quick { 1 } else { 2 },
+        idle_counts: if quick { vec![10, 100] } else { vec![10, 1000] },
+        shared_buffers: if quick { "256MB" } else { "1GB" }.into(),
+        nice: 0,
+    }
+}
+
+fn default_proxy_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/dualwrite")
+}
+
+pub fn run(args: &Args) -> Result<Results> {
+    procfs::raise_open_files_limit();
+    let mut plan = plan(args);
+    plan.nice = procfs::raise_priority(args.nice);
+    let wall = Instant::now();
+    let started_utc = shell("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
+    let load_before = procfs::load_average();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let work = tempfile::Builder::new()
+        .prefix("dualwrite-bench-")
+        .tempdir_in(&args.work_dir)
+        .context("work directory")?;
+
+    eprintln!("[setup] Postgres (scale {}, shared_buffers {})", plan.scale, plan.shared_buffers);
+    let cluster = db::start_cluster(&plan.shared_buffers, &args.work_dir)?;
+    let admin = db::load(&rt, &cluster, plan.scale)?;
+    let machine = Machine::describe(cluster.bin_dir());
+    eprintln!("[setup] data loaded in {:.0} s; pgbouncer", wall.elapsed().as_secs_f64());
+    let bouncer = Pgbouncer::start(cluster.port(), USER, &args.work_dir)?;
+    Sql::connect(&rt, bouncer.port, DATABASE)
+        .and_then(|s| s.scalar_i64(&rt, "SELECT 1::bigint"))
+        .context("pgbouncer does not answer")?;
+
+    let upstream = format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", cluster.port());
+    let proxy_bin = args.proxy_bin.clone().unwrap_or_else(default_proxy_bin);
+    let mut proxies: HashMap<ProxyKind, ProxyInstance> = HashMap::new();
+    let mut proxy_missing: HashMap<ProxyKind, String> = HashMap::new();
+    for kind in ProxyKind::ALL {
+        match start_proxy(&rt, &admin, &proxy_bin, &upstream, kind, work.path()) {
+            Ok(proxy) => {
+                proxies.insert(kind, proxy);
+            }
+            Err(err) => {
+                eprintln!("[setup] proxy {kind:?}: not available in this build: {err:#}");
+                proxy_missing.insert(kind, format!("{err:#}"));
+            }
+        }
+    }
+    let availability: Vec<(Arm, Option<String>)> = Arm::ALL
+        .iter()
+        .map(|&arm| {
+            let reason = match arm.endpoint() {
+                Endpoint::Proxy(kind) => proxy_missing.get(&kind).cloned(),
+                _ => None,
+            };
+            (arm, reason)
+        })
+        .collect();
+
+    let mut results = Results {
+        command: args.command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        started_utc,
+        wall_seconds: 0.0,
+        load_before,
+        load_after: String::new(),
+        git_commit: git_commit(),
+        machine,
+        plan: plan.clone(),
+        pg_settings: db::settings(&plan.shared_buffers),
+        availability,
+        runs: Vec::new(),
+        bulk: Vec::new(),
+        idle: Vec::new(),
+        cache: Vec::new(),
+    };
+
+    run_bulk(&rt, &admin, &proxies, &mut results)?;
+    admin.batch(&rt, "VACUUM ANALYZE")?;
+    admin.batch(&rt, "CHECKPOINT")?;
+
+    let cte_script = db::write_cte_script(work.path(), plan.scale)?;
+    run_matrix(&rt, &admin, cluster.port(), &bouncer, &mut proxies, &cte_script, work.path(), &mut results)?;
+
+    for (&kind, proxy) in &proxies {
+        let metrics = proxy.scrape().unwrap_or_default();
+        results.cache.push(CacheRecord {
+            proxy: kind,
+            hits: metric_sum(&metrics, "dualwrite_rewrite_cache_hits_total"),
+            misses: metric_sum(&metrics, "dualwrite_rewrite_cache_misses_total"),
+            queries_total: metric_sum(&metrics, "dualwrite_queries_total"),
+        });
+    }
+    results.cache.sort_by_key(|c| c.proxy);
+
+    eprintln!("[idle] RSS with idle clients");
+    if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {
+        results.idle.push(idle::measure(&rt, "dualwrite (no rules)", proxy.port, proxy.pid(), &plan.idle_counts));
+    }
+    results.idle.push(idle::measure(&rt, "pgbouncer", bouncer.port, bouncer.pid(), &plan.idle_counts));
+
+    results.load_after = procfs::load_average();
+    results.wall_seconds = wall.elapsed().as_secs_f64();
+    drop(proxies);
+    drop(bouncer);
+    drop(admin);
+    drop(cluster);
+    Ok(results)
+}
+
+/// Starts one proxy arm and checks that it does what the arm claims; an error means "not available".
+fn start_proxy(
+    rt: &Runtime,
+    admin: &Sql,
+    binary: &Path,
+    upstream: &str,
+    kind: ProxyKind,
+    work: &Path,
+) -> Result<ProxyInstance> {
+    let rules = match kind {
+        ProxyKind::NoRules => None,
+        ProxyKind::Elsewhere => Some(("rules-elsewhere.toml", db::ELSEWHERE_RULES)),
+        ProxyKind::DualWrite => Some(("rules-dualwrite.toml", db::DUAL_WRITE_RULES)),
+    };
+    let rules_path = match rules {
+        Some((name, text)) => {
+            let path = work.join(name);
+            std::fs::write(&path, text)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let log = work.join(format!("proxy-{kind:?}.log"));
+    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), log)?;
+    let client = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the proxy")?;
+    client
+        .scalar_i64(rt, "SELECT 1::bigint")
+        .context("a query through the proxy")?;
+    match kind {
+        ProxyKind::NoRules => {}
+        ProxyKind::Elsewhere => {
+            let sql = "INSERT INTO bench_untouched (id, name, email) VALUES (1, 'Ada Lovelace', 'ADA@EXAMPLE.ORG')";
+            let sent = client.batch(rt, sql);
+            let landed = admin.scalar_i64(
+                rt,
+                "SELECT count(*) FROM bench_untouched_v2 WHERE id = 1 AND first_name = 'Ada'",
+            )?;
+            admin.batch(rt, "DELETE FROM bench_untouched; DELETE FROM bench_untouched_v2")?;
+            sent.context("INSERT into the migrated table through the proxy")?;
+            anyhow::ensure!(
+                landed == 1,
+                "the proxy starts with --rules but does not dual-write yet (an INSERT into bench_untouched did not reach bench_untouched_v2)"
+            );
+        }
+        ProxyKind::DualWrite => {
+            admin.batch(rt, "UPDATE pgbench_accounts_v2 SET balance = -999999 WHERE aid = 1")?;
+            let sent = client.batch(rt, "UPDATE pgbench_accounts SET abalance = abalance + 0 WHERE aid = 1");
+            let landed = admin.scalar_i64(
+                rt,
+                "SELECT count(*) FROM pgbench_accounts a JOIN pgbench_accounts_v2 s USING (aid) \
+                 WHERE aid = 1 AND s.balance = a.abalance",
+            )?;
+            admin.batch(
+                rt,
+                "UPDATE pgbench_accounts_v2 s SET balance = a.abalance FROM pgbench_accounts a WHERE a.aid = 1 AND s.aid = 1",
+            )?;
+            sent.context("UPDATE of pgbench_accounts through the proxy")?;
+            anyhow::ensure!(
+                landed == 1,
+                "the proxy starts with --rules but does not dual-write yet (an UPDATE of pgbench_accounts did not reach pgbench_accounts_v2)"
+            );
+        }
+    }
+    Ok(proxy)
+}
+
+fn run_bulk(
+    rt: &Runtime,
+    admin: &Sql,
+    proxies: &HashMap<ProxyKind, ProxyInstance>,
+    results: &mut Results,
+) -> Result<()> {
+    let proxy_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
+    for rep in 0..results.plan.bulk_reps {
+        let mut order = BulkArm::ALL.to_vec();
+        let len = order.len();
+        order.rotate_left(rep as usize % len);
+        for arm in order {
+            if arm == BulkArm::Proxy && proxy_port.is_none() && rep > 0 {
+                continue;
+            }
+            eprintln!("[bulk] rep {} {}", rep + 1, arm.label());
+            let record = bulk::run_once(rt, admin, arm, proxy_port);
+            match (&record.seconds, &record.error) {
+                (Some(s), _) => eprintln!("[bulk]   {} rows in {s:.2} s", record.rows),
+                (_, Some(e)) => eprintln!("[bulk]   {e}"),
+                _ => {}
+            }
+            results.bulk.push(record);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_matrix(
+    rt: &Runtime,
+    admin: &Sql,
+    pg_port: u16,
+    bouncer: &Pgbouncer,
+    proxies: &mut HashMap<ProxyKind, ProxyInstance>,
+    cte_script: &Path,
+    work: &Path,
+    results: &mut Results,
+) -> Result<()> {
+    let plan = results.plan.clone();
+    let mut available: Vec<Arm> = results
+        .availability
+        .iter()
+        .filter(|(_, reason)| reason.is_none())
+        .map(|(arm, _)| *arm)
+        .collect();
+    let total: usize = (0..plan.reps as usize)
+        .map(|_| {
+            Workload::ALL
+                .iter()
+                .flat_map(|&w| plan.clients_for(w).into_iter().map(move |c| (w, c)))
+                .map(|(w, c)| available.iter().filter(|&&a| plan.arm_runs_at(a, w, c)).count() * plan.modes.len())
+                .sum::<usize>()
+        })
+        .sum();
+    let per_run = f64::from(plan.warmup_s + plan.measure_s) + 0.5;
+    eprintln!("[pgbench] {total} runs, about {:.0} min", total as f64 * per_run / 60.0);
+    let log_dir = work.join("pgbench-log");
+    let mut trigger_on = false;
+    let mut done = 0;
+    for rep in 0..plan.reps {
+        for workload in Workload::ALL {
+            for &mode in &plan.modes {
+                for clients in plan.clients_for(workload) {
+                    let mut arms: Vec<Arm> =
+                        available.iter().copied().filter(|&a| plan.arm_runs_at(a, workload, clients)).collect();
+                    // Alternate which arm goes first, so slow drifts of the machine do not favour one arm.
+                    let len = arms.len().max(1);
+                    arms.rotate_left(rep as usize % len);
+                    for arm in arms {
+                        if arm.needs_trigger() != trigger_on {
+                            db::set_trigger(admin, rt, arm.needs_trigger())?;
+                            trigger_on = arm.needs_trigger();
+                        }
+                        let (port, hop_pid) = match arm.endpoint() {
+                            Endpoint::Postgres => (pg_port, None),
+                            Endpoint::Pgbouncer => (bouncer.port, Some(bouncer.pid())),
+                            Endpoint::Proxy(kind) => {
+                                let proxy = proxies.get(&kind).expect("available arms have a proxy");
+                                (proxy.port, Some(proxy.pid()))
+                            }
+                        };
+                        let script = match arm {
+                            Arm::CteDirect => Script::File(cte_script.to_owned()),
+                            _ => Script::Builtin(workload),
+                        };
+                        let spec = RunSpec {
+                            port,
+                            user: USER,
+                            database: DATABASE,
+                            script,
+                            mode,
+                            clients,
+                            warmup_s: plan.warmup_s,
+                            measure_s: plan.measure_s,
+                            log_dir: &log_dir,
+                        };
+                        let ticks_before = hop_pid.and_then(procfs::cpu_ticks);
+                        let outcome = pgbench::run(&spec);
+                        let ticks_after = hop_pid.and_then(procfs::cpu_ticks);
+                        done += 1;
+                        let mut record = RunRecord {
+                            arm,
+                            workload,
+                            mode,
+                            clients,
+                            rep,
+                            outcome: None,
+                            error: None,
+                            hop_cpu_us_per_statement: None,
+                        };
+                        match outcome {
+                            Ok(outcome) => {
+                                let statements = outcome.transactions_total * workload.statements_per_transaction();
+                                if let (Some(before), Some(after)) = (ticks_before, ticks_after) {
+                                    if statements > 0 {
+                                        record.hop_cpu_us_per_statement = Some(
+                                            (after - before) as f64 * procfs::micros_per_tick() / statements as f64,
+                                        );
+                                    }
+                                }
+                                eprintln!(
+                                    "[{done}/{total}] {} -M {} -c {clients} {}: {:.0} tps, p50 {:.0} µs, p99 {:.0} µs{}",
+                                    workload.label(),
+                                    mode.arg(),
+                                    arm.key(),
+                                    outcome.tps,
+                                    outcome.p50_us,
+                                    outcome.p99_us,
+                                    record
+                                        .hop_cpu_us_per_statement
+                                        .map(|c| format!(", hop CPU {c:.1} µs/stmt"))
+                                        .unwrap_or_default()
+                                );
+                                record.outcome = Some(outcome);
+                            }
+                            Err(err) => {
+                                eprintln!("[{done}/{total}] {} -M {} -c {clients} {}: FAILED {err:#}", workload.label(), mode.arg(), arm.key());
+                                record.error = Some(format!("{err:#}"));
+                            }
+                        }
+                        results.runs.push(record);
+                        if let Endpoint::Proxy(kind) = arm.endpoint() {
+                            let proxy = proxies.get_mut(&kind).expect("available arms have a proxy");
+                            if !proxy.alive() {
+                                let reason = format!("the proxy exited during the run: {}", proxy.log_tail(5));
+                                eprintln!("[pgbench] {}: {reason}", arm.key());
+                                for (a, r) in results.availability.iter_mut() {
+                                    if a.endpoint() == Endpoint::Proxy(kind) {
+                                        *r = Some(reason.clone());
+                                    }
+                                }
+                                available.retain(|a| a.endpoint() != Endpoint::Proxy(kind));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    db::set_trigger(admin, rt, false)?;
+    Ok(())
+}
+
+fn shell(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn git_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let rev = shell("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
+    let dirty = !shell("git", &["-C", dir, "status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty { format!("{rev} (with uncommitted changes)") } else { rev }
+}
