@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod jobs;
+pub mod live;
 pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;

@@ -231,6 +231,7 @@ impl<'s> Backend<'s> {
             Action::Ready { started } => {
                 if let Some(&status) = frame.get(5) {
                     self.shared.tx_status.store(status, Ordering::Relaxed);
+                    queue.ready_status(status);
                 }
                 if let Some(started) = started {
                     self.metrics.duration.record(started.elapsed().as_secs_f64());
