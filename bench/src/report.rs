@@ -70,8 +70,9 @@ fn header(out: &mut String, r: &Results) {
     );
     let _ = writeln!(
         out,
-        "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {}, so that other \
-         sessions' compile jobs on this shared machine take less of the CPU from the measurement.",
+        "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {} (process and \
+         autogroup), so that other sessions' compile jobs on this shared machine take less of the CPU from \
+         the measurement.",
         p.nice
     );
     let _ = writeln!(

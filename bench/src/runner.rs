@@ -37,7 +37,7 @@ fn plan(args: &Args) -> Plan {
     }
 }
 
-fn default_proxy_bin() -> PathBuf {
+pub fn default_proxy_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -62,6 +62,9 @@ pub fn run(args: &Args) -> Result<Results> {
 
     eprintln!("[setup] Postgres (scale {}, shared_buffers {})", plan.scale, plan.shared_buffers);
     let cluster = db::start_cluster(&plan.shared_buffers, &args.work_dir)?;
+    if let Some(postmaster) = cluster.pid() {
+        procfs::raise_autogroup_of(postmaster, plan.nice);
+    }
     let admin = db::load(&rt, &cluster, plan.scale)?;
     let machine = Machine::describe(cluster.bin_dir());
     eprintln!("[setup] data loaded in {:.0} s; pgbouncer", wall.elapsed().as_secs_f64());
