@@ -31,12 +31,12 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
     let upstream = format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", cluster.port());
     let work = tempfile::Builder::new().prefix("dualwrite-profile-").tempdir_in(work_dir)?;
 
-    // perf, attached to a normally running proxy.
+    // perf, attached to a normally running proxy; then strace counting its system calls.
     let proxy = ProxyInstance::start(proxy_bin, &upstream, None, work.path().join("proxy-perf.log"))?;
     for mode in ["simple", "prepared"] {
-        let data = dir.join(format!("perf-{mode}.data"));
+        let data = work.path().join(format!("perf-{mode}.data"));
         let mut perf = Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,32768", "-p"])
+            .args(["record", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,16384", "-p"])
             .arg(proxy.pid().to_string())
             .arg("-o")
             .arg(&data)
@@ -48,29 +48,52 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let transactions = pgbench(proxy.port, mode, &["-T", &PERF_SECONDS.to_string()])?;
         perf.wait()?;
-        let report = Command::new("perf")
-            .args(["report", "--no-children", "--stdio", "--percent-limit", "0.7", "-g", "none", "-i"])
-            .arg(&data)
-            .output()?;
-        let text = format!(
-            "# perf cpu-clock samples of the proxy, select-only -M {mode} -c 1, {PERF_SECONDS} s, {transactions} transactions\n{}",
-            String::from_utf8_lossy(&report.stdout)
-        );
-        std::fs::write(dir.join(format!("perf-{mode}-self.txt")), text)?;
-        let callers = Command::new("perf")
-            .args(["report", "--children", "--stdio", "--percent-limit", "3", "-g", "caller,0.5,callee,function,percent", "-i"])
-            .arg(&data)
-            .output()?;
-        std::fs::write(dir.join(format!("perf-{mode}-children.txt")), &callers.stdout)?;
+        let reports: [(&str, &[&str]); 2] = [
+            ("self", &["--no-children", "--sort", "dso,sym", "-g", "none", "--percent-limit", "0.4"]),
+            ("inclusive", &["--children", "--no-inline", "--sort", "dso,sym", "-g", "none", "--percent-limit", "1.5"]),
+        ];
+        for (name, args) in reports {
+            let report = Command::new("perf").arg("report").args(["--stdio", "-i"]).arg(&data).args(args).output()?;
+            let text = format!(
+                "# perf cpu-clock samples of the proxy (all threads), select-only -M {mode} -c 1, {PERF_SECONDS} s, {transactions} transactions\n{}",
+                String::from_utf8_lossy(&report.stdout)
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with("# ."))
+                    .map(|l| l.trim_end())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::fs::write(dir.join(format!("perf-{mode}-{name}.txt")), text)?;
+        }
         let _ = std::fs::remove_file(&data);
-        let _ = std::fs::remove_file(data.with_extension("data.old"));
+
+        let strace_out = work.path().join(format!("strace-{mode}.txt"));
+        let mut strace = Command::new("strace")
+            .args(["-f", "-c", "-o"])
+            .arg(&strace_out)
+            .arg("-p")
+            .arg(proxy.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("strace")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let transactions = pgbench(proxy.port, mode, &["-t", "5000"])?;
+        // SAFETY: signalling the strace child we started; it detaches and writes its summary.
+        unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+        strace.wait()?;
+        let summary = std::fs::read_to_string(&strace_out).unwrap_or_default();
+        std::fs::write(
+            dir.join(format!("strace-{mode}.txt")),
+            format!("# system calls of the proxy (all threads) over {transactions} transactions of select-only -M {mode} -c 1 (strace -f -c)\n{summary}"),
+        )?;
     }
     drop(proxy);
 
     // callgrind: exact instructions per statement.
     for mode in ["simple", "prepared"] {
         let port = dualwrite_proxy::pgcluster::free_port()?;
-        let out_file = dir.join(format!("callgrind-{mode}.out"));
+        let out_file = work.path().join(format!("callgrind-{mode}.out"));
         let mut valgrind = Command::new("valgrind")
             .args(["--tool=callgrind", "--dump-instr=no", "--collect-jumps=no"])
             .arg(format!("--callgrind-out-file={}", out_file.display()))
@@ -93,8 +116,14 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
         // SAFETY: signalling the valgrind child we started.
         unsafe { libc::kill(valgrind.id() as i32, libc::SIGTERM) };
         valgrind.wait()?;
-        let annotate = Command::new("callgrind_annotate").arg("--inclusive=no").arg(&out_file).output()?;
-        let inclusive = Command::new("callgrind_annotate").arg("--inclusive=yes").arg(&out_file).output()?;
+        let annotate = Command::new("callgrind_annotate")
+            .args(["--threshold=100", "--inclusive=no"])
+            .arg(&out_file)
+            .output()?;
+        let inclusive = Command::new("callgrind_annotate")
+            .args(["--threshold=100", "--inclusive=yes"])
+            .arg(&out_file)
+            .output()?;
         let text = String::from_utf8_lossy(&annotate.stdout);
         let total = total_ir(&text);
         let header = format!(
@@ -103,12 +132,11 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
             total.map(|t| t.to_string()).unwrap_or_default(),
             total.map(|t| t as f64 / transactions.max(1) as f64).unwrap_or(f64::NAN)
         );
-        std::fs::write(dir.join(format!("callgrind-{mode}-self.txt")), format!("{header}{}", text.lines().take(80).collect::<Vec<_>>().join("\n")))?;
+        std::fs::write(dir.join(format!("callgrind-{mode}-self.txt")), format!("{header}{}", text.lines().take(70).collect::<Vec<_>>().join("\n")))?;
         std::fs::write(
             dir.join(format!("callgrind-{mode}-inclusive.txt")),
             format!("{header}{}", String::from_utf8_lossy(&inclusive.stdout).lines().take(120).collect::<Vec<_>>().join("\n")),
         )?;
-        let _ = std::fs::remove_file(&out_file);
     }
     eprintln!("profile reports in {}", dir.display());
     drop(cluster);

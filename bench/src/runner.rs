@@ -261,15 +261,15 @@ fn run_matrix(
         .filter(|(_, reason)| reason.is_none())
         .map(|(arm, _)| *arm)
         .collect();
-    let total: usize = (0..plan.reps as usize)
-        .map(|_| {
-            Workload::ALL
-                .iter()
-                .flat_map(|&w| plan.clients_for(w).into_iter().map(move |c| (w, c)))
-                .map(|(w, c)| available.iter().filter(|&&a| plan.arm_runs_at(a, w, c)).count() * plan.modes.len())
-                .sum::<usize>()
-        })
-        .sum();
+    let mut per_rep = 0;
+    for workload in Workload::ALL {
+        for &mode in &plan.modes {
+            for clients in plan.clients_for(workload, mode) {
+                per_rep += available.iter().filter(|&&a| plan.arm_runs_at(a, workload, clients)).count();
+            }
+        }
+    }
+    let total = per_rep * plan.reps as usize;
     let per_run = f64::from(plan.warmup_s + plan.measure_s) + 0.5;
     eprintln!("[pgbench] {total} runs, about {:.0} min", total as f64 * per_run / 60.0);
     let log_dir = work.join("pgbench-log");
@@ -278,7 +278,7 @@ fn run_matrix(
     for rep in 0..plan.reps {
         for workload in Workload::ALL {
             for &mode in &plan.modes {
-                for clients in plan.clients_for(workload) {
+                for clients in plan.clients_for(workload, mode) {
                     let mut arms: Vec<Arm> =
                         available.iter().copied().filter(|&a| plan.arm_runs_at(a, workload, clients)).collect();
                     // Alternate which arm goes first, so slow drifts of the machine do not favour one arm.
