@@ -19,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Serve(ConfigArgs),
+    /// Try it out: without --upstream, a throwaway PostgreSQL with the example migration behind the proxy.
+    Quickstart(ConfigArgs),
+    /// Copy the rows that predate dual writes into the shadow table (exit 0 when done, 2 on failure).
+    Backfill(crate::jobs::cli::BackfillArgs),
+    /// Compare the old table, mapped forward, with the shadow (exit 0 clean, 1 divergence, 2 failure).
+    Verify(crate::jobs::cli::VerifyArgs),
 }
 
 /// Every setting of [`Config`] as a flag and environment variable.

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("dualwrite: {e:#}");
             std::process::ExitCode::FAILURE
@@ -28,12 +28,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.load()?;
             let server = Server::bind(config).await?;
-            server.run(shutdown::signal()).await
+            server.run(shutdown::signal()).await?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Quickstart(args) => {
+            dualwrite_proxy::quickstart::main(args.load()?).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Backfill(args) => Ok(dualwrite_proxy::jobs::cli::backfill(args).await),
+        Command::Verify(args) => Ok(dualwrite_proxy::jobs::cli::verify(args).await),
     }
 }

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::live::{Live, LiveInterceptor};
 use crate::protocol::messages::{self, SqlError};
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
@@ -67,6 +68,14 @@ impl Server {
         if let Some(addr) = config.metrics_listen {
             crate::metrics::install_exporter(addr)?;
         }
+        // With a rules file, the migration state is read before the first client is accepted.
+        let interceptor: SharedInterceptor = match Live::from_config(&config, None).await? {
+            Some(live) => {
+                live.export_cache_metrics(Duration::from_secs(1));
+                Arc::new(LiveInterceptor(live))
+            }
+            None => Arc::new(Passthrough),
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -81,7 +90,7 @@ impl Server {
                 upstream_tls,
                 client_tls,
                 cancel: CancelRegistry::new(),
-                interceptor: Arc::new(Passthrough),
+                interceptor,
             },
         })
     }

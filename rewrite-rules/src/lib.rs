@@ -2,13 +2,33 @@
 //! rewrite engine the proxy calls for every statement that names a table under migration.
 //!
 //! No I/O and no async: the proxy owns sockets, this crate owns SQL.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dualwrite_rules::{MigrationRoute, Phase, Plan, Route, RuleSet, Rewriter, Side};
+//!
+//! let rules = RuleSet::from_toml(include_str!("../examples/users_split_name.toml"), "users.toml").unwrap();
+//! let rewriter = Rewriter::new(Arc::new(rules), 10_000);
+//! let v1 = Route::uniform(rewriter.rules(), MigrationRoute::own(Phase::DualWrite, Side::Old));
+//! assert_eq!(*rewriter.rewrite("SELECT * FROM accounts", &v1), Plan::PassThrough);
+//! assert!(matches!(*rewriter.rewrite("DELETE FROM users WHERE id = $1", &v1), Plan::Rewritten { .. }));
+//! ```
 
+mod cache;
+mod compiled;
+mod fallback;
 pub mod model;
 pub mod names;
 pub mod plan;
+mod reads;
 pub mod route;
+mod rewriter;
+mod statement;
+mod writes;
 
+pub use cache::CacheStats;
 pub use model::{Migration, Phase, RuleSet, RulesError, Versions};
 pub use names::{quote_ident, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
+pub use rewriter::Rewriter;
 pub use route::{MigrationRoute, Route, Side};

@@ -112,10 +112,8 @@ pub struct Rejection {
 
 impl Rejection {
     pub(crate) fn new(migration: &str, migration_index: usize, reason: RejectReason, detail: &str) -> Self {
-        let mut message = format!(
-            "dualwrite: statement refused: table of migration \"{migration}\" is under migration and {}",
-            reason.describe()
-        );
+        let mut message =
+            format!("dualwrite: statement refused for migration \"{migration}\": {}", reason.describe());
         if !detail.is_empty() {
             message.push_str(" (");
             message.push_str(detail);
@@ -156,6 +154,8 @@ pub enum RejectReason {
     RetiredVersionWrite,
     /// Another write form the rewriter cannot make safe (described in the message).
     UnsupportedWrite,
+    /// The migration's rules could not be compiled (a rule set built in code without validation).
+    InvalidRules,
 }
 
 impl RejectReason {
@@ -170,17 +170,18 @@ impl RejectReason {
             RejectReason::UnsupportedReturning => "unsupported_returning",
             RejectReason::RetiredVersionWrite => "retired_version_write",
             RejectReason::UnsupportedWrite => "unsupported_write",
+            RejectReason::InvalidRules => "invalid_rules",
         }
     }
 
     fn describe(self) -> &'static str {
         match self {
-            RejectReason::KeyChangingUpdate => "an UPDATE that changes a key column is not supported",
+            RejectReason::KeyChangingUpdate => "an UPDATE that changes a key column of a migrated table is not supported",
             RejectReason::Merge => "MERGE is not supported",
-            RejectReason::CopyFrom => "COPY FROM into it is not supported (use INSERT)",
-            RejectReason::Ddl => "DDL on it is not allowed while the migration runs",
-            RejectReason::Unparseable => "the statement could not be parsed, so it cannot be rewritten safely",
-            RejectReason::DataModifyingCte => "a data-modifying WITH clause on it is not supported",
+            RejectReason::CopyFrom => "COPY FROM into a migrated table is not supported (use INSERT)",
+            RejectReason::Ddl => "DDL on a migrated table is not allowed while the migration runs",
+            RejectReason::Unparseable => "the statement names a migrated table but could not be parsed, so it cannot be rewritten safely",
+            RejectReason::DataModifyingCte => "a data-modifying WITH clause on a migrated table is not supported",
             RejectReason::UnsupportedReturning => {
                 "a RETURNING list that reads the FROM/USING tables of the statement is not supported"
             }
@@ -188,10 +189,11 @@ impl RejectReason {
                 "the migration is complete, so writes in the old version's shape are no longer accepted"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
+            RejectReason::InvalidRules => "its rules are invalid",
         }
     }
 
     fn is_write(self) -> bool {
-        !matches!(self, RejectReason::Unparseable)
+        !matches!(self, RejectReason::Unparseable | RejectReason::InvalidRules)
     }
 }

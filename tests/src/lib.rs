@@ -2,6 +2,8 @@
 //! `dualwrite_proxy::pgcluster`), a fresh database per test so tests run in parallel, tokio-postgres
 //! connections, and psql/pgbench run as subprocesses.
 //!
+//! [`TestProxy`] runs the proxy in-process on a free port in front of a test database.
+//!
 //! Most tests share one cluster per test binary ([`TestCluster::shared`]) and isolate themselves with
 //! [`TestCluster::create_database`]. A test that stops, restarts or kills the server takes its own
 //! cluster ([`TestCluster::start`]) so it does not disturb its neighbours.
@@ -12,6 +14,9 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+mod proxy;
+pub use proxy::TestProxy;
 
 use anyhow::{bail, Context};
 pub use dualwrite_proxy::pgcluster::{ClusterOptions, PasswordAuth, PgCluster, Role, StopMode};

@@ -287,3 +287,22 @@ fn guardian_removes_the_cluster_when_its_process_exits() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn test_proxy_relays_to_a_test_database() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let proxy = TestProxy::relay(&db).await.unwrap();
+    let client = proxy.connect(&db).await.unwrap();
+    let name: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, db.name);
+    let out = psql(&proxy.url(&db), &["-A", "-t", "-c", "SELECT 40 + 2"], None)
+        .await
+        .unwrap();
+    assert_eq!(out.assert_success().stdout.trim(), "42");
+    drop(client);
+    proxy.stop().await.unwrap();
+}

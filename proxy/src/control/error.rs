@@ -1,37 +1,12 @@
-//! `SqlError`: an error the proxy answers itself (SQLSTATE, message, optional position), turned into an
-//! ErrorResponse by the session. Shared by the control grammar, control execution and the version machine.
+//! The proxy's own errors as control SQL and the version machine report them: `SqlError` (the one type the
+//! session turns into an ErrorResponse, defined with the wire messages) plus the constructors and SQLSTATEs
+//! used here, and `raise_statement` to have Postgres itself raise an error inside the client's transaction.
 
-use std::borrow::Cow;
 use std::fmt;
 
-/// An error reported to the client as an ErrorResponse with severity ERROR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlError {
-    /// Five-character SQLSTATE, e.g. "42601" (owned when relayed from the control-plane database).
-    pub code: Cow<'static, str>,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-    /// 1-based character position in the statement text (ErrorResponse field `P`), as Postgres reports it.
-    pub position: Option<usize>,
-}
+pub use crate::protocol::messages::SqlError;
 
 impl SqlError {
-    pub fn new(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        SqlError { code: code.into(), message: message.into(), detail: None, hint: None, position: None }
-    }
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-    pub fn at(mut self, position: usize) -> Self {
-        self.position = Some(position);
-        self
-    }
     /// A statement that makes Postgres raise this same error (SQLSTATE, message, detail, hint). Sending it
     /// upstream in place of a refused statement lets the server abort the client's transaction exactly as it
     /// would have for the original (status `E`, later statements refused, ROLLBACK needed), instead of the
@@ -53,6 +28,11 @@ impl SqlError {
             tag.push('_');
         }
         format!("DO ${tag}${body}${tag}$")
+    }
+
+    pub fn at(mut self, position: usize) -> Self {
+        self.position = u32::try_from(position).ok();
+        self
     }
 
     /// 42601
@@ -92,6 +72,7 @@ pub mod codes {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const OBJECT_IN_USE: &str = "55006";
     pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
@@ -100,6 +81,14 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn position_reaches_the_error_response() {
+        let bytes = crate::protocol::messages::error_response(&SqlError::syntax("bad").at(17));
+        let body = &bytes[5..];
+        assert!(body.split(|b| *b == 0).any(|f| f == b"P17"), "{bytes:?}");
+        assert!(body.split(|b| *b == 0).any(|f| f == b"C42601"), "{bytes:?}");
+    }
 
     #[test]
     fn raise_statement_quotes_everything() {

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
-use pgwire::messages::extendedquery::{BindComplete, CloseComplete, Parse, ParseComplete};
+use pgwire::messages::extendedquery::{Bind, BindComplete, Close, CloseComplete, Execute, Parse, ParseComplete};
 use pgwire::messages::response::{CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
@@ -77,6 +77,14 @@ pub fn query_sql(body: &[u8]) -> Option<&[u8]> {
 pub struct ParseView<'a> {
     pub statement: &'a [u8],
     pub sql: &'a [u8],
+    /// The parameter type OIDs, 4 bytes each, big-endian.
+    pub param_types: &'a [u8],
+}
+
+impl ParseView<'_> {
+    pub fn param_type_oids(&self) -> Vec<u32> {
+        self.param_types.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
 }
 
 pub fn parse_view(body: &[u8]) -> Option<ParseView<'_>> {
@@ -84,8 +92,8 @@ pub fn parse_view(body: &[u8]) -> Option<ParseView<'_>> {
     let statement = r.cstr()?;
     let sql = r.cstr()?;
     let count = r.i16()?;
-    r.take(usize::try_from(count).ok()? * 4)?;
-    Some(ParseView { statement, sql })
+    let param_types = r.take(usize::try_from(count).ok()? * 4)?;
+    Some(ParseView { statement, sql, param_types })
 }
 
 /// Portal and statement names of a Bind body.
@@ -245,6 +253,25 @@ pub fn parse(statement: Option<String>, sql: &str, type_oids: Vec<u32>) -> Bytes
     encode(&Parse::new(statement, sql.to_owned(), type_oids))
 }
 
+/// Encodes a Bind of `statement` into `portal` without parameters, results in text.
+pub fn bind(portal: &str, statement: &str) -> Bytes {
+    encode(&Bind::new(non_empty(portal), non_empty(statement), Vec::new(), Vec::new(), Vec::new()))
+}
+
+/// Encodes an Execute of `portal`, all rows.
+pub fn execute(portal: &str) -> Bytes {
+    encode(&Execute::new(non_empty(portal), 0))
+}
+
+/// Encodes a Close of a prepared statement.
+pub fn close_statement(statement: &str) -> Bytes {
+    encode(&Close::new(b'S', non_empty(statement)))
+}
+
+fn non_empty(name: &str) -> Option<String> {
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// OID of `text`: synthesized result columns are text, whose binary and text forms are the same bytes.
 pub const TEXT_OID: u32 = 25;
 
@@ -281,11 +308,20 @@ pub struct SqlError {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// 1-based character position in the statement text (field `P`).
+    pub position: Option<u32>,
 }
 
 impl SqlError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        SqlError { severity: "ERROR", code: code.into(), message: message.into(), detail: None, hint: None }
+        SqlError {
+            severity: "ERROR",
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+            position: None,
+        }
     }
 
     pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -315,6 +351,9 @@ pub fn error_response(err: &SqlError) -> Bytes {
     }
     if let Some(h) = &err.hint {
         fields.push((b'H', h.clone()));
+    }
+    if let Some(p) = err.position {
+        fields.push((b'P', p.to_string()));
     }
     let mut buf = BytesMut::new();
     // ErrorResponse has no practical size limit in pgwire; encoding cannot fail.

@@ -85,6 +85,9 @@ pub enum Expect {
     /// Execute: DataRows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY traffic).
     Execute { transform: Option<Arc<StatementTransform>> },
     Sync { started: Instant },
+    /// A Parse, Bind or Close the proxy injected itself (re-preparing a statement, or the setup of a
+    /// refusal): its success answer is not relayed; an error is, and skips the batch like any error.
+    Hidden,
     /// An answer the proxy made itself, emitted once it reaches the head of the queue.
     Local(LocalAnswer),
 }
@@ -115,10 +118,23 @@ pub enum Action {
     NoDataInstead,
 }
 
+/// What the server answered, as far as session state is concerned (see [`ResponseQueue::record_events`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A statement finished (CommandComplete, EmptyQueryResponse or PortalSuspended).
+    Completed,
+    /// ErrorResponse: the rest of the batch is skipped.
+    Failed,
+    /// ReadyForQuery with this transaction status.
+    Ready(u8),
+}
+
 /// The queue of expected responses of one session.
 #[derive(Debug, Default)]
 pub struct ResponseQueue {
     entries: VecDeque<Expect>,
+    /// Session events since the last `take_events`, when recording is on.
+    events: Option<Vec<SessionEvent>>,
     /// Index of the current statement inside the head SimpleQuery.
     statement: usize,
     /// The server reported an error in an extended-protocol batch and skips everything up to Sync.
@@ -132,6 +148,29 @@ impl ResponseQueue {
 
     pub fn push(&mut self, expect: Expect) {
         self.entries.push_back(expect);
+    }
+
+    /// From now on, remember [`SessionEvent`]s for [`take_events`](Self::take_events).
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call (empty unless recording).
+    pub fn take_events(&mut self, into: &mut Vec<SessionEvent>) {
+        if let Some(events) = &mut self.events {
+            into.append(events);
+        }
+    }
+
+    /// The transaction status of the ReadyForQuery just handled by [`on_message`](Self::on_message).
+    pub fn ready_status(&mut self, status: u8) {
+        self.event(SessionEvent::Ready(status));
+    }
+
+    fn event(&mut self, event: SessionEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event);
+        }
     }
 
     /// True while any request still waits for a response.
@@ -161,8 +200,14 @@ impl ResponseQueue {
                 }
                 // Requests the server skips after an error answer nothing: drop them so that a local
                 // answer behind them is not held back.
-                Some(Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe { .. } | Expect::Execute { .. })
-                    if self.skipping_to_sync =>
+                Some(
+                    Expect::Parse
+                    | Expect::Bind
+                    | Expect::Close
+                    | Expect::Hidden
+                    | Expect::Describe { .. }
+                    | Expect::Execute { .. },
+                ) if self.skipping_to_sync =>
                 {
                     self.entries.pop_front();
                 }
@@ -191,8 +236,16 @@ impl ResponseQueue {
             btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS => Action::Forward,
             btag::READY_FOR_QUERY => self.on_ready(),
             btag::ERROR_RESPONSE => {
+                self.event(SessionEvent::Failed);
                 match self.entries.front() {
-                    Some(Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe { .. } | Expect::Execute { .. }) => {
+                    Some(
+                        Expect::Parse
+                        | Expect::Bind
+                        | Expect::Close
+                        | Expect::Hidden
+                        | Expect::Describe { .. }
+                        | Expect::Execute { .. },
+                    ) => {
                         self.pop();
                         self.skipping_to_sync = true;
                     }
@@ -201,7 +254,12 @@ impl ResponseQueue {
                 }
                 Action::Forward
             }
-            _ => self.on_result_message(tag),
+            _ => {
+                if matches!(tag, btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED) {
+                    self.event(SessionEvent::Completed);
+                }
+                self.on_result_message(tag)
+            }
         }
     }
 
@@ -249,6 +307,10 @@ impl ResponseQueue {
             Expect::Parse if tag == btag::PARSE_COMPLETE => self.pop_forward(),
             Expect::Bind if tag == btag::BIND_COMPLETE => self.pop_forward(),
             Expect::Close if tag == btag::CLOSE_COMPLETE => self.pop_forward(),
+            Expect::Hidden if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE | btag::CLOSE_COMPLETE) => {
+                self.pop();
+                Action::Drop
+            }
             Expect::Describe { statement, transform } => match tag {
                 btag::PARAMETER_DESCRIPTION if *statement => Action::Forward,
                 btag::ROW_DESCRIPTION => {

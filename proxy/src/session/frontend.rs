@@ -13,7 +13,9 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use super::interceptor::{LocalReply, LocalResult, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest, Verdict};
+use super::interceptor::{
+    LocalReply, LocalResult, Raise, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
+};
 use super::local::{self, LocalStatement};
 use super::stream::{ReadHalf, WriteHalf};
 use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
@@ -86,6 +88,8 @@ pub struct Frontend<'s> {
     discard_until_sync: bool,
     /// Bytes of a large passthrough frame still to forward as they arrive.
     stream_left: usize,
+    /// Reused buffer for the session events handed to the interceptor.
+    events: Vec<SessionEvent>,
 }
 
 impl<'s> Frontend<'s> {
@@ -100,6 +104,7 @@ impl<'s> Frontend<'s> {
             portals: HashMap::new(),
             discard_until_sync: false,
             stream_left: 0,
+            events: Vec::new(),
         }
     }
 
@@ -218,7 +223,10 @@ impl<'s> Frontend<'s> {
                 }
                 self.info.backend_pid = self.shared.backend_pid.load(Ordering::Relaxed);
                 self.interceptor = match self.ctx.interceptor.start_session(&self.info) {
-                    Some(i) => InterceptorSlot::Active(i),
+                    Some(i) => {
+                        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).record_events();
+                        InterceptorSlot::Active(i)
+                    }
                     None => InterceptorSlot::Off,
                 };
                 matches!(self.interceptor, InterceptorSlot::Active(_))
@@ -231,7 +239,10 @@ impl<'s> Frontend<'s> {
             tag::DESCRIBE => true,
             tag::QUERY => self.intercepting(),
             tag::PARSE => self.intercepting() || !self.statements.is_empty(),
-            tag::BIND | tag::EXECUTE | tag::CLOSE => !self.statements.is_empty() || !self.portals.is_empty(),
+            // An active interceptor follows which portal runs which statement (session-state mirroring).
+            tag::BIND | tag::EXECUTE | tag::CLOSE => {
+                self.intercepting() || !self.statements.is_empty() || !self.portals.is_empty()
+            }
             _ => false,
         }
     }
@@ -242,8 +253,7 @@ impl<'s> Frontend<'s> {
             return match t {
                 tag::SYNC => {
                     self.discard_until_sync = false;
-                    self.expect(Expect::Sync { started: Instant::now() });
-                    Step::Forward
+                    return self.on_tag(tag::SYNC);
                 }
                 tag::TERMINATE => Step::Terminate,
                 _ => Step::Drop,
@@ -261,7 +271,12 @@ impl<'s> Frontend<'s> {
                 self.expect(Expect::Execute { transform: None });
             }
             tag::CLOSE => self.expect(Expect::Close),
-            tag::SYNC => self.expect(Expect::Sync { started: Instant::now() }),
+            tag::SYNC => {
+                if let Some(interceptor) = self.active() {
+                    interceptor.on_sync();
+                }
+                self.expect(Expect::Sync { started: Instant::now() })
+            }
             tag::FUNCTION_CALL => self.expect(Expect::FunctionCall { started: Instant::now() }),
             tag::TERMINATE => return Step::Terminate,
             // Flush, COPY traffic, password messages, and types we do not know pass as they are.
@@ -278,7 +293,11 @@ impl<'s> Frontend<'s> {
             tag::PARSE => self.on_parse(frame),
             tag::BIND => {
                 let Some((portal, statement)) = messages::bind_names(b) else { return malformed("Bind") };
-                match self.statements.get(statement).cloned() {
+                let reprepared = self.reprepare(statement);
+                if let Some(interceptor) = self.active() {
+                    interceptor.on_bind(portal, statement);
+                }
+                let step = match self.statements.get(statement).cloned() {
                     Some(Prepared::Local(l)) => {
                         self.portals.insert(portal.to_vec(), Prepared::Local(l));
                         self.answer(messages::bind_complete(), false, true);
@@ -294,12 +313,14 @@ impl<'s> Frontend<'s> {
                         self.expect(Expect::Bind);
                         Step::Forward
                     }
-                }
+                };
+                with_injected(reprepared, step, frame)
             }
             tag::DESCRIBE => {
                 let Some((kind, name)) = messages::target_of(b) else { return malformed("Describe") };
                 let statement = kind == b'S';
-                match self.lookup(statement, name) {
+                let reprepared = if statement { self.reprepare(name) } else { None };
+                let step = match self.lookup(statement, name) {
                     Some(Prepared::Local(l)) => {
                         self.answer(l.describe(statement), false, true);
                         Step::Drop
@@ -312,10 +333,14 @@ impl<'s> Frontend<'s> {
                         self.expect(Expect::Describe { statement, transform: None });
                         Step::Forward
                     }
-                }
+                };
+                with_injected(reprepared, step, frame)
             }
             tag::EXECUTE => {
                 let Some(portal) = messages::execute_portal(b) else { return malformed("Execute") };
+                if let Some(interceptor) = self.active() {
+                    interceptor.on_execute(portal);
+                }
                 match self.portals.get(portal).cloned() {
                     Some(Prepared::Local(l)) => {
                         self.metrics.query(Route::Control);
@@ -353,17 +378,51 @@ impl<'s> Frontend<'s> {
         if statement { self.statements.get(name).cloned() } else { self.portals.get(name).cloned() }
     }
 
-    fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>) -> Verdict {
+    /// The active interceptor, after handing it the session events that arrived since its last call.
+    fn active(&mut self) -> Option<&mut Box<dyn SessionInterceptor>> {
+        let InterceptorSlot::Active(interceptor) = &mut self.interceptor else { return None };
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take_events(&mut self.events);
+        if !self.events.is_empty() {
+            interceptor.on_events(&self.events);
+            self.events.clear();
+        }
+        Some(interceptor)
+    }
+
+    fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>, param_types: &[u32]) -> Verdict {
         let transaction_status = self.shared.tx_status.load(Ordering::Relaxed);
-        let InterceptorSlot::Active(interceptor) = &mut self.interceptor else { return Verdict::Forward };
+        let Some(interceptor) = self.active() else { return Verdict::Forward };
         let text = String::from_utf8_lossy(sql);
-        interceptor.on_sql(SqlRequest { sql: &text, origin, transaction_status })
+        interceptor.on_sql(SqlRequest { sql: &text, origin, param_types, transaction_status })
+    }
+
+    /// Frames that prepare `statement` again upstream when the interceptor asks for it (its route changed
+    /// since it was prepared): Close and Parse under the same name, their answers hidden from the client.
+    fn reprepare(&mut self, statement: &[u8]) -> Option<BytesMut> {
+        let again = self.active()?.reprepare(statement)?;
+        let name = String::from_utf8_lossy(statement).into_owned();
+        let mut frames = BytesMut::new();
+        frames.extend_from_slice(&messages::close_statement(&name));
+        frames.extend_from_slice(&messages::parse((!name.is_empty()).then(|| name.clone()), &again.sql, again.param_types));
+        self.expect(Expect::Hidden);
+        self.expect(Expect::Hidden);
+        if again.transform == StatementTransform::default() {
+            self.statements.remove(statement);
+        } else {
+            self.statements.insert(statement.to_vec(), Prepared::Rewritten(Arc::new(again.transform)));
+        }
+        Some(frames)
     }
 
     fn on_query(&mut self, b: &[u8]) -> Step {
         let Some(sql) = messages::query_sql(b) else { return malformed("Query") };
-        match self.verdict(sql, SqlOrigin::SimpleQuery) {
+        match self.verdict(sql, SqlOrigin::SimpleQuery, &[]) {
             Verdict::Forward => self.on_tag(tag::QUERY),
+            Verdict::Raise(raise) => {
+                self.count_raise(&raise);
+                self.expect(Expect::SimpleQuery { transforms: None, started: Instant::now() });
+                Step::Replace(messages::query(&raise.sql))
+            }
             Verdict::Rewrite(rewrite) => {
                 self.metrics.query(if rewrite.control { Route::Control } else { Route::Rewritten });
                 let transforms = (!rewrite.statements.is_empty()).then(|| Arc::from(rewrite.statements));
@@ -382,7 +441,8 @@ impl<'s> Frontend<'s> {
         let Some(view) = messages::parse_view(body(frame)) else { return malformed("Parse") };
         let name = view.statement.to_vec();
         let statement = String::from_utf8_lossy(view.statement).into_owned();
-        let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement });
+        let param_types = if matches!(self.interceptor, InterceptorSlot::Active(_)) { view.param_type_oids() } else { Vec::new() };
+        let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement }, &param_types);
         if matches!(verdict, Verdict::Forward) {
             self.statements.remove(&name);
             self.expect(Expect::Parse);
@@ -391,6 +451,21 @@ impl<'s> Frontend<'s> {
         let Some(parse) = messages::decode_parse(frame) else { return malformed("Parse") };
         match verdict {
             Verdict::Forward => unreachable!("handled above"),
+            Verdict::Raise(raise) => {
+                // The server raises the refusal where the Parse stood: it then skips the batch up to Sync
+                // and aborts the (implicit) transaction, exactly as for a failing Parse. The client's
+                // statement does not exist afterwards, as after a failed Parse.
+                self.count_raise(&raise);
+                self.statements.remove(&name);
+                let mut frames = BytesMut::new();
+                frames.extend_from_slice(&messages::parse(None, &raise.sql, Vec::new()));
+                frames.extend_from_slice(&messages::bind("", ""));
+                frames.extend_from_slice(&messages::execute(""));
+                self.expect(Expect::Hidden);
+                self.expect(Expect::Hidden);
+                self.expect(Expect::Execute { transform: None });
+                Step::Replace(frames.freeze())
+            }
             Verdict::Rewrite(rewrite) => {
                 let transform = rewrite.statements.into_iter().next().unwrap_or_default();
                 self.statements.insert(name, Prepared::Rewritten(Arc::new(transform)));
@@ -433,11 +508,33 @@ impl<'s> Frontend<'s> {
         self.answer(messages::parse_complete(), false, true);
     }
 
+    fn count_raise(&self, raise: &Raise) {
+        self.metrics.query(if raise.control { Route::Control } else { Route::Rejected });
+    }
+
     fn count_local(&self, reply: &LocalReply) {
         if let Some(err) = &reply.error {
             crate::metrics::count_error(&err.code);
         }
         self.metrics.query(if reply.control { Route::Control } else { Route::Rejected });
+    }
+}
+
+/// `step`, preceded upstream by `injected` frames when there are any.
+fn with_injected(injected: Option<BytesMut>, step: Step, frame: &[u8]) -> Step {
+    match (injected, step) {
+        (None, step) => step,
+        (Some(mut frames), Step::Forward) => {
+            frames.extend_from_slice(frame);
+            Step::Replace(frames.freeze())
+        }
+        (Some(mut frames), Step::Replace(bytes)) => {
+            frames.extend_from_slice(&bytes);
+            Step::Replace(frames.freeze())
+        }
+        // The frame is answered locally; what was injected still goes upstream.
+        (Some(frames), Step::Drop) => Step::Replace(frames.freeze()),
+        (Some(_), other) => other,
     }
 }
 

@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use crate::protocol::messages::SqlError;
-pub use crate::protocol::responses::{CommandTag, StatementTransform};
+pub use crate::protocol::responses::{CommandTag, SessionEvent, StatementTransform};
 
 /// Creates per-session interceptors. Shared by all sessions of a server.
 pub trait Interceptor: Send + Sync + 'static {
@@ -32,9 +32,42 @@ pub trait Interceptor: Send + Sync + 'static {
 }
 
 /// Judges the SQL of one session, in the order the client sent it.
+///
+/// Besides `on_sql`, the relay reports what else the session does, for interceptors that mirror session
+/// state (the `dualwrite.version` setting follows Postgres's transaction semantics): which portal runs
+/// which statement, each Execute and Sync sent upstream, and the server's answers ([`SessionEvent`]s,
+/// delivered in order before the next call that follows them). All have no-op defaults.
 pub trait SessionInterceptor: Send {
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict;
+
+    /// A Bind of `statement` into `portal` goes upstream.
+    fn on_bind(&mut self, _portal: &[u8], _statement: &[u8]) {}
+
+    /// An Execute of `portal` goes upstream.
+    fn on_execute(&mut self, _portal: &[u8]) {}
+
+    /// A Sync goes upstream.
+    fn on_sync(&mut self) {}
+
+    /// The server's answers since the last call.
+    fn on_events(&mut self, _events: &[SessionEvent]) {}
+
+    /// Called before a Bind or Describe of a prepared statement the interceptor once judged: `Some` asks the
+    /// relay to prepare it again upstream, under the same name, with this SQL and transform (the route it
+    /// was rewritten for has changed since).
+    fn reprepare(&mut self, _statement: &[u8]) -> Option<Reprepare> {
+        None
+    }
 }
+
+/// A statement to prepare again upstream before it is used.
+#[derive(Debug, Clone)]
+pub struct Reprepare {
+    pub sql: String,
+    pub param_types: Vec<u32>,
+    pub transform: StatementTransform,
+}
+
 
 /// Who the session is.
 #[derive(Debug, Clone)]
@@ -60,6 +93,8 @@ pub struct SqlRequest<'a> {
     /// The SQL text. Invalid UTF-8 is replaced here, but a forwarded statement keeps its original bytes.
     pub sql: &'a str,
     pub origin: SqlOrigin<'a>,
+    /// Parameter type OIDs a Parse declared (empty for a simple Query).
+    pub param_types: &'a [u32],
     /// Transaction status at the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction, `b'E'` failed.
     pub transaction_status: u8,
 }
@@ -76,6 +111,10 @@ pub enum SqlOrigin<'a> {
 pub enum Verdict {
     Forward,
     Rewrite(Rewrite),
+    /// Refuse the statement by having the server raise `error`, so that Postgres itself aborts the
+    /// transaction (or the implicit transaction of a pipelined batch) exactly as for any failing
+    /// statement: a refused write inside a transaction must make a later COMMIT roll back.
+    Raise(Raise),
     Respond(LocalReply),
     Defer(Pin<Box<dyn Future<Output = LocalReply> + Send>>),
 }
@@ -87,6 +126,15 @@ pub struct Rewrite {
     /// One per statement of `sql`, in order (a Parse has one); missing entries mean "unchanged".
     pub statements: Vec<StatementTransform>,
     /// True for control-plane statements, so metrics count them as such.
+    pub control: bool,
+}
+
+/// A statement refused by having the server raise an error.
+#[derive(Debug, Clone)]
+pub struct Raise {
+    /// A statement that fails with the error (see `SqlError::raise_statement`).
+    pub sql: String,
+    /// True for control-plane errors, so metrics count them as such (else `rejected`).
     pub control: bool,
 }
 

@@ -1,0 +1,304 @@
+//! The backfill: copies the rows that existed before dual writes began from the old table into the shadow,
+//! through the forward mapping, in key-ordered batches (keyset pagination on the key). Each batch and its
+//! checkpoint (`dualwrite.backfill.last_key`, `rows_done`) commit in one transaction, so a backfill killed
+//! at any point resumes exactly after the last committed batch. See `sql::backfill_batch` for why a batch
+//! is race-safe with live dual writes.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config};
+
+use super::mapping::{CompiledMapping, TableMapping};
+use super::sweep::{current_xid, Sweep, Sweeps};
+use super::throttle::{self, Hold, Limits};
+use super::{connect, is_retryable, notify_state, try_lock, JobKind, JobResult};
+
+/// How a backfill runs.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub batch_size: u32,
+    pub limits: Limits,
+    /// Start over from the first key even if a previous backfill finished.
+    pub restart: bool,
+    /// Who runs it, recorded in `dualwrite.backfill.owner`.
+    pub owner: String,
+}
+
+impl Default for BackfillOptions {
+    fn default() -> Self {
+        BackfillOptions {
+            batch_size: 10_000,
+            limits: Limits::default(),
+            restart: false,
+            owner: format!("pid {}", std::process::id()),
+        }
+    }
+}
+
+/// What the backfill is doing right now, for progress bars and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Activity {
+    Copying,
+    Paused,
+    Holding(Hold),
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackfillProgress {
+    pub rows_done: i64,
+    pub rows_total: Option<i64>,
+    pub activity: Activity,
+}
+
+/// How a backfill run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackfillOutcome {
+    /// Every row was copied (now or by an earlier run).
+    Done { rows_done: i64 },
+    /// Someone set the state to something other than running/paused (e.g. idle) and the run stopped.
+    Stopped { rows_done: i64 },
+}
+
+/// Progress callback; called after every batch and while paused or holding.
+pub type ProgressFn<'a> = &'a (dyn Fn(&BackfillProgress) + Send + Sync);
+
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const POLL_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs (or resumes) the backfill of `mapping` until it is done or stopped. Fails with `JobError::Busy`
+/// if another instance holds the migration's backfill lock.
+pub async fn run_backfill(
+    config: &Config,
+    mapping: &TableMapping,
+    options: &BackfillOptions,
+    progress: ProgressFn<'_>,
+) -> JobResult<BackfillOutcome> {
+    let client = lock_backfill(config, &mapping.migration).await?;
+    run_backfill_locked(client, mapping, options, progress).await
+}
+
+/// Runs the backfill on `client`, which must already hold the migration's backfill lock (see
+/// `lock_backfill`); the lock goes with the connection when the run ends.
+pub async fn run_backfill_locked(
+    mut client: Client,
+    mapping: &TableMapping,
+    options: &BackfillOptions,
+    progress: ProgressFn<'_>,
+) -> JobResult<BackfillOutcome> {
+    client
+        .batch_execute("SET application_name = 'dualwrite backfill'; SET lock_timeout = '2s'")
+        .await?;
+    let compiled = CompiledMapping::load(&client, mapping).await?;
+    let name = mapping.migration.as_str();
+    let resumed_from = match begin(&client, &compiled, options).await? {
+        Begun::AlreadyDone { rows_done } => {
+            progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
+            return Ok(BackfillOutcome::Done { rows_done });
+        }
+        Begun::Running { resumed_from } => resumed_from,
+    };
+    notify_state(&client, name).await?;
+
+    let first_batch = client.prepare(&compiled.backfill_batch(false)).await?;
+    let next_batch = client.prepare(&compiled.backfill_batch(true)).await?;
+    let batch = throttle::effective_batch(options.batch_size, options.limits.rate);
+    let mut sweeps = Sweeps::default();
+    if let Some(done_up_to) = resumed_from {
+        // Sweeps of the previous run may not have happened; one sweep covers all it copied.
+        sweeps.push(Sweep { lower: None, upper: Some(done_up_to), xid: current_xid(&client).await? });
+    }
+    let mut window = (Instant::now(), 0u64);
+    let mut known: (i64, Option<i64>) = (0, None);
+    loop {
+        sweeps.run_ready(&mut client, &compiled, false).await?;
+        let delay = throttle::rate_delay(window.1, window.0.elapsed(), options.limits.rate);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(hold) = hold(&client, &options.limits).await? {
+            tracing::info!(migration = name, ?hold, "backfill holding off");
+            progress(&BackfillProgress { rows_done: known.0, rows_total: known.1, activity: Activity::Holding(hold) });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            window = (Instant::now(), 0);
+            continue;
+        }
+        let step = match copy_batch(&mut client, name, &first_batch, &next_batch, batch).await {
+            Ok(step) => step,
+            Err(error) if error.as_db_error().is_some() && is_retryable(&error) => {
+                tracing::debug!(migration = name, %error, "backfill batch retried");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        match step {
+            Step::Copied { rows, rows_done, rows_total, swept } => {
+                sweeps.push(swept);
+                window.1 += rows as u64;
+                known = (rows_done, rows_total);
+                progress(&BackfillProgress { rows_done, rows_total, activity: Activity::Copying });
+            }
+            Step::Paused { rows_done, rows_total } => {
+                known = (rows_done, rows_total);
+                progress(&BackfillProgress { rows_done, rows_total, activity: Activity::Paused });
+                tokio::time::sleep(POLL_PAUSE).await;
+                window = (Instant::now(), 0);
+            }
+            Step::Exhausted { rows_done, swept } => {
+                if let Some(swept) = swept {
+                    sweeps.push(swept);
+                }
+                sweeps.run_ready(&mut client, &compiled, true).await?;
+                if !finish(&client, name, rows_done).await? {
+                    continue;
+                }
+                notify_state(&client, name).await?;
+                tracing::info!(migration = name, rows_done, swept = sweeps.deleted, "backfill done");
+                progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
+                return Ok(BackfillOutcome::Done { rows_done });
+            }
+            Step::Stopped { rows_done } => return Ok(BackfillOutcome::Stopped { rows_done }),
+        }
+    }
+}
+
+/// Marks the backfill done unless its state changed meanwhile (e.g. paused during the last sweeps).
+async fn finish(client: &Client, name: &str, rows_done: i64) -> JobResult<bool> {
+    let updated = client
+        .execute(
+            "UPDATE dualwrite.backfill SET state = 'done', rows_done = $2, rows_total = $2, updated_at = now(), \
+                 finished_at = now() WHERE migration = $1 AND state = 'running'",
+            &[&name, &rows_done],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Opens a connection holding the backfill lock of `migration`, or fails with `JobError::Busy`.
+pub async fn lock_backfill(config: &Config, migration: &str) -> JobResult<Client> {
+    let client = connect(config).await?;
+    try_lock(&client, JobKind::Backfill, migration).await?;
+    Ok(client)
+}
+
+enum Begun {
+    /// An earlier run finished and no restart was asked for.
+    AlreadyDone { rows_done: i64 },
+    /// Running now, continuing after this key if an earlier run got that far.
+    Running { resumed_from: Option<String> },
+}
+
+/// Marks the backfill running and records the exact remaining work.
+async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOptions) -> JobResult<Begun> {
+    let name = compiled.migration.as_str();
+    let existing = client
+        .query_opt(
+            "SELECT state, last_key::text, rows_done FROM dualwrite.backfill WHERE migration = $1",
+            &[&name],
+        )
+        .await?;
+    let (last_key, rows_done) = match existing {
+        Some(row) if row.get::<_, String>(0) == "done" && !options.restart => {
+            return Ok(Begun::AlreadyDone { rows_done: row.get::<_, i64>(2) });
+        }
+        Some(row) if !options.restart => (row.get::<_, Option<String>>(1), row.get::<_, i64>(2)),
+        _ => (None, 0),
+    };
+    let remaining: i64 = match &last_key {
+        Some(key) => client.query_one(&compiled.count_old_after(true), &[key]).await?.get(0),
+        None => client.query_one(&compiled.count_old_after(false), &[]).await?.get(0),
+    };
+    let batch_size = options.batch_size as i32;
+    let rate = options.limits.rate.map(|r| r as i32);
+    client
+        .execute(
+            "INSERT INTO dualwrite.backfill AS b (migration, state, last_key, rows_done, rows_total, batch_size, \
+                 rate_limit, owner, started_at, updated_at, finished_at) \
+             VALUES ($1, 'running', $2::text::jsonb, $3, $4, $5, $6, $7, now(), now(), NULL) \
+             ON CONFLICT (migration) DO UPDATE SET state = 'running', last_key = EXCLUDED.last_key, \
+                 rows_done = EXCLUDED.rows_done, rows_total = EXCLUDED.rows_total, \
+                 batch_size = EXCLUDED.batch_size, rate_limit = EXCLUDED.rate_limit, owner = EXCLUDED.owner, \
+                 started_at = now(), updated_at = now(), finished_at = NULL",
+            &[&name, &last_key, &rows_done, &(rows_done + remaining), &batch_size, &rate, &options.owner],
+        )
+        .await?;
+    tracing::info!(migration = name, rows_done, remaining, "backfill running");
+    Ok(Begun::Running { resumed_from: last_key })
+}
+
+enum Step {
+    Copied { rows: i64, rows_done: i64, rows_total: Option<i64>, swept: Sweep },
+    Paused { rows_done: i64, rows_total: Option<i64> },
+    /// The old table has no rows after the last batch; later inserts are dual-written.
+    Exhausted { rows_done: i64, swept: Option<Sweep> },
+    Stopped { rows_done: i64 },
+}
+
+/// One batch and its checkpoint in one transaction. The state row is locked first, so a PAUSE issued by
+/// any instance takes effect between two batches.
+async fn copy_batch(
+    client: &mut Client,
+    name: &str,
+    first_batch: &tokio_postgres::Statement,
+    next_batch: &tokio_postgres::Statement,
+    batch: u32,
+) -> Result<Step, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let state = tx
+        .query_opt(
+            "SELECT state, last_key::text, rows_done, rows_total FROM dualwrite.backfill \
+             WHERE migration = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    let Some(state) = state else {
+        return Ok(Step::Stopped { rows_done: 0 });
+    };
+    let (phase, last_key, rows_done, rows_total) =
+        (state.get::<_, String>(0), state.get::<_, Option<String>>(1), state.get::<_, i64>(2), state.get(3));
+    match phase.as_str() {
+        "running" => {}
+        "paused" => return Ok(Step::Paused { rows_done, rows_total }),
+        _ => return Ok(Step::Stopped { rows_done }),
+    }
+    let limit = i64::from(batch);
+    let row = match &last_key {
+        Some(key) => tx.query_one(next_batch, &[&limit, key]).await?,
+        None => tx.query_one(first_batch, &[&limit]).await?,
+    };
+    let (scanned, new_last_key, xid): (i64, Option<String>, String) = (row.get(0), row.get(2), row.get(3));
+    let rows_done = rows_done + scanned;
+    if scanned > 0 {
+        tx.execute(
+            "UPDATE dualwrite.backfill SET last_key = $2::text::jsonb, rows_done = $3, \
+                 rows_total = greatest(rows_total, $3), updated_at = now() WHERE migration = $1",
+            &[&name, &new_last_key, &rows_done],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let swept = Sweep { lower: last_key, upper: new_last_key, xid };
+    if scanned < limit {
+        return Ok(Step::Exhausted { rows_done, swept: (scanned > 0).then_some(swept) });
+    }
+    Ok(Step::Copied { rows: scanned, rows_done, rows_total: rows_total.map(|t: i64| t.max(rows_done)), swept })
+}
+
+/// Measures replication lag and the latency signal, only when a limit for them is set.
+async fn hold(client: &Client, limits: &Limits) -> JobResult<Option<Hold>> {
+    let replication_lag = match limits.max_replication_lag {
+        Some(_) => {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication",
+                    &[],
+                )
+                .await?;
+            Some(Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)))
+        }
+        None => None,
+    };
+    let latency = limits.latency_signal.as_ref().and_then(|signal| signal());
+    Ok(throttle::hold(limits, replication_lag, latency))
+}

@@ -1,0 +1,213 @@
+//! The forward mapping of one migration as the jobs need it: old and shadow table names, the shared key and
+//! `shadow column = expression over old columns`. Expressions are parsed with sqlparser and identifiers are
+//! kept as quoted AST idents, so the SQL built from them (see `sql`) never splices raw rule text.
+
+use dualwrite_rules::{Migration, RuleSet, TableName};
+use sqlparser::ast::{DataType, Expr, Ident, ObjectName, ObjectNamePart};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+use tokio_postgres::Client;
+
+use super::{JobError, JobResult};
+
+/// `[schema.]name` of a table, as Postgres stores them (already case-folded, unquoted). Without a schema
+/// the name resolves through the job connection's `search_path`, as the application's does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QualifiedName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl QualifiedName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        QualifiedName { schema: Some(schema.into()), name: name.into() }
+    }
+
+    /// The name as a quoted AST object name, e.g. `"public"."users"`.
+    pub fn object_name(&self) -> ObjectName {
+        let parts = self.schema.iter().chain(std::iter::once(&self.name));
+        ObjectName(parts.map(|part| ObjectNamePart::Identifier(quoted(part))).collect())
+    }
+}
+
+impl From<&TableName> for QualifiedName {
+    fn from(table: &TableName) -> Self {
+        QualifiedName { schema: table.schema.clone(), name: table.name.clone() }
+    }
+}
+
+/// One migration's forward mapping, independent of how the rules file spelled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMapping {
+    pub migration: String,
+    pub old: QualifiedName,
+    pub shadow: QualifiedName,
+    pub key: Vec<String>,
+    /// `(shadow column, SQL expression over the old table's columns)`, in rules order.
+    pub forward: Vec<(String, String)>,
+}
+
+impl From<&Migration> for TableMapping {
+    fn from(migration: &Migration) -> Self {
+        TableMapping {
+            migration: migration.name.clone(),
+            old: (&migration.table).into(),
+            shadow: (&migration.shadow).into(),
+            key: migration.key.clone(),
+            forward: migration.forward.clone(),
+        }
+    }
+}
+
+impl TableMapping {
+    /// The mapping of migration `name` in `rules`.
+    pub fn from_rules(rules: &RuleSet, name: &str) -> JobResult<Self> {
+        let (_, migration) = rules.find(name).ok_or_else(|| JobError::UnknownMigration(name.to_string()))?;
+        Ok(migration.into())
+    }
+}
+
+/// A quoted identifier: always quoting keeps names exactly as stored in the catalog.
+pub fn quoted(name: &str) -> Ident {
+    Ident::with_quote('"', name)
+}
+
+/// Parses one mapping expression; the whole text must be a single expression.
+pub fn parse_expr(migration: &str, text: &str) -> JobResult<Expr> {
+    let bad = |reason: String| JobError::Mapping { migration: migration.to_string(), reason };
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| bad(format!("expression {text:?}: {e}")))?;
+    let expr = parser.parse_expr().map_err(|e| bad(format!("expression {text:?}: {e}")))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(bad(format!("expression {text:?} has trailing text")));
+    }
+    Ok(expr)
+}
+
+/// Parses a type name as `format_type()` prints it.
+fn parse_type(migration: &str, text: &str) -> JobResult<DataType> {
+    let bad = |e: String| JobError::Mapping {
+        migration: migration.to_string(),
+        reason: format!("shadow column type {text:?}: {e}"),
+    };
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(|e| bad(e.to_string()))?;
+    let data_type = parser.parse_data_type().map_err(|e| bad(e.to_string()))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(bad("trailing text".into()));
+    }
+    Ok(data_type)
+}
+
+/// A mapping checked against the catalog, holding the AST pieces the statement builders use.
+#[derive(Debug, Clone)]
+pub struct CompiledMapping {
+    pub migration: String,
+    pub old: ObjectName,
+    pub shadow: ObjectName,
+    /// Alias of the old table's rows, its bare name, so expressions qualified as `users.name` resolve.
+    pub old_alias: Ident,
+    pub key: Vec<Ident>,
+    pub shadow_columns: Vec<Ident>,
+    pub forward: Vec<Expr>,
+    /// The shadow column types, to compare mapped values exactly as the shadow would store them.
+    pub shadow_types: Vec<DataType>,
+}
+
+impl CompiledMapping {
+    /// Parses the expressions and checks the key: each key column must map to itself, because batches and
+    /// chunks are key ranges shared by both tables.
+    pub fn compile(mapping: &TableMapping, shadow_types: Vec<DataType>) -> JobResult<Self> {
+        let migration = mapping.migration.as_str();
+        let bad = |reason: String| JobError::Mapping { migration: migration.to_string(), reason };
+        if mapping.key.is_empty() {
+            return Err(bad("no key columns".into()));
+        }
+        for key in &mapping.key {
+            let expr = mapping
+                .forward
+                .iter()
+                .find(|(column, _)| column == key)
+                .map(|(_, expr)| parse_expr(migration, expr))
+                .transpose()?;
+            let identity = matches!(&expr, Some(Expr::Identifier(ident)) if ident.value.eq_ignore_ascii_case(key));
+            if !identity {
+                return Err(bad(format!("key column {key:?} must map to itself in the forward mapping")));
+            }
+        }
+        let forward = mapping
+            .forward
+            .iter()
+            .map(|(_, expr)| parse_expr(migration, expr))
+            .collect::<JobResult<Vec<_>>>()?;
+        if shadow_types.len() != forward.len() {
+            return Err(bad("shadow column types do not match the forward mapping".into()));
+        }
+        Ok(CompiledMapping {
+            migration: migration.to_string(),
+            old: mapping.old.object_name(),
+            shadow: mapping.shadow.object_name(),
+            old_alias: quoted(&mapping.old.name),
+            key: mapping.key.iter().map(|k| quoted(k)).collect(),
+            shadow_columns: mapping.forward.iter().map(|(column, _)| quoted(column)).collect(),
+            forward,
+            shadow_types,
+        })
+    }
+
+    /// Reads the shadow column types from the catalog and compiles the mapping.
+    pub async fn load(client: &Client, mapping: &TableMapping) -> JobResult<Self> {
+        let shadow = mapping.shadow.object_name().to_string();
+        let rows = client
+            .query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                &[&shadow],
+            )
+            .await?;
+        let mut types = Vec::with_capacity(mapping.forward.len());
+        for (column, _) in &mapping.forward {
+            let found = rows.iter().find(|row| row.get::<_, String>(0) == *column).ok_or_else(|| {
+                JobError::Mapping {
+                    migration: mapping.migration.clone(),
+                    reason: format!("shadow table {shadow} has no column {column:?}"),
+                }
+            })?;
+            types.push(parse_type(&mapping.migration, &found.get::<_, String>(1))?);
+        }
+        Self::compile(mapping, types)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> TableMapping {
+        TableMapping {
+            migration: "m".into(),
+            old: QualifiedName::new("public", "users"),
+            shadow: QualifiedName::new("public", "users_v2"),
+            key: vec!["id".into()],
+            forward: vec![("id".into(), "id".into()), ("first".into(), "split_part(name, ' ', 1)".into())],
+        }
+    }
+
+    #[test]
+    fn quoting_escapes_embedded_quotes() {
+        assert_eq!(QualifiedName::new("s", "we\"ird").object_name().to_string(), "\"s\".\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn rejects_trailing_text_and_non_identity_keys() {
+        assert!(parse_expr("m", "a + 1; DROP TABLE x").is_err());
+        let mut mapping = users();
+        mapping.forward[0].1 = "id + 1".into();
+        let types = vec![DataType::BigInt(None), DataType::Text];
+        assert!(CompiledMapping::compile(&mapping, types.clone()).is_err());
+        assert!(CompiledMapping::compile(&users(), types).is_ok());
+    }
+}

@@ -1,0 +1,257 @@
+//! Per-migration metrics of DESIGN section 6 that come from the `dualwrite` state tables (backfill
+//! progress, rate, lag, verify results, table inventory). Every proxy instance refreshes them periodically
+//! from the database, so whichever instance Prometheus scrapes reports the same figures, whoever runs the
+//! jobs. Gathering (I/O) and publishing (the `metrics` facade) are separate so tests can publish into a
+//! local recorder.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{describe_gauge, gauge};
+use tokio_postgres::{Client, Config};
+
+use super::mapping::TableMapping;
+use super::{connect, JobResult};
+
+/// The figures of one migration at one refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationFigures {
+    pub migration: String,
+    pub rows_done: f64,
+    pub rows_remaining: f64,
+    pub progress_ratio: f64,
+    pub rows_per_second: f64,
+    /// Estimated seconds until the shadow holds every row: 0 when done, +Inf while nothing moves.
+    pub lag_seconds: f64,
+    /// +Inf before the first clean verify.
+    pub seconds_since_clean_verify: f64,
+    /// (missing, extra, different) found by the last finished verify, if any.
+    pub divergent: Option<(f64, f64, f64)>,
+    pub old_rows: f64,
+    pub shadow_rows: f64,
+}
+
+/// Registers the help text of the migration gauges with the installed recorder.
+pub fn describe() {
+    describe_gauge!("dualwrite_backfill_rows_done", "Rows the backfill has copied (or found already copied)");
+    describe_gauge!("dualwrite_backfill_rows_remaining", "Rows the backfill still has to copy");
+    describe_gauge!("dualwrite_backfill_progress_ratio", "Backfill progress, 0 to 1");
+    describe_gauge!("dualwrite_backfill_rows_per_second", "Current backfill copy rate");
+    describe_gauge!("dualwrite_lag_seconds", "Estimated seconds until the shadow holds every row");
+    describe_gauge!("dualwrite_seconds_since_clean_verify", "Seconds since the last verify that found no divergence");
+    describe_gauge!("dualwrite_divergent_rows", "Divergent rows found by the last verify, by kind");
+    describe_gauge!("dualwrite_table_rows", "Rows in the old and shadow tables (exact after a verify, else estimated)");
+}
+
+/// Sets the gauges of every migration in `figures` on the current recorder.
+pub fn publish(figures: &[MigrationFigures]) {
+    describe();
+    for f in figures {
+        let m = f.migration.clone();
+        gauge!("dualwrite_backfill_rows_done", "migration" => m.clone()).set(f.rows_done);
+        gauge!("dualwrite_backfill_rows_remaining", "migration" => m.clone()).set(f.rows_remaining);
+        gauge!("dualwrite_backfill_progress_ratio", "migration" => m.clone()).set(f.progress_ratio);
+        gauge!("dualwrite_backfill_rows_per_second", "migration" => m.clone()).set(f.rows_per_second);
+        gauge!("dualwrite_lag_seconds", "migration" => m.clone()).set(f.lag_seconds);
+        gauge!("dualwrite_seconds_since_clean_verify", "migration" => m.clone()).set(f.seconds_since_clean_verify);
+        if let Some((missing, extra, different)) = f.divergent {
+            for (kind, value) in [("missing", missing), ("extra", extra), ("different", different)] {
+                gauge!("dualwrite_divergent_rows", "migration" => m.clone(), "kind" => kind).set(value);
+            }
+        }
+        gauge!("dualwrite_table_rows", "migration" => m.clone(), "table" => "old").set(f.old_rows);
+        gauge!("dualwrite_table_rows", "migration" => m, "table" => "shadow").set(f.shadow_rows);
+    }
+}
+
+/// The last observation of a backfill's checkpoint, to derive its rate across refreshes.
+#[derive(Debug, Clone, Copy)]
+struct RateSample {
+    rows_done: i64,
+    updated_at: f64,
+    rate: f64,
+}
+
+/// A running backfill whose checkpoint has not moved for this long counts as stalled (rate 0).
+const STALLED_AFTER_SECONDS: f64 = 30.0;
+
+/// Derives the migration figures from the state tables, remembering checkpoints between refreshes.
+#[derive(Debug, Default)]
+pub struct MetricsRefresher {
+    samples: HashMap<String, RateSample>,
+}
+
+/// Row count of a table: catalog estimate and when the catalog last counted.
+struct TableStats {
+    estimate: f64,
+    counted_at: Option<f64>,
+}
+
+impl MetricsRefresher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the current figures of each mapping's migration.
+    pub async fn gather(&mut self, client: &Client, mappings: &[TableMapping]) -> JobResult<Vec<MigrationFigures>> {
+        let mut all = Vec::with_capacity(mappings.len());
+        for mapping in mappings {
+            all.push(self.gather_one(client, mapping).await?);
+        }
+        Ok(all)
+    }
+
+    async fn gather_one(&mut self, client: &Client, mapping: &TableMapping) -> JobResult<MigrationFigures> {
+        let name = mapping.migration.as_str();
+        let now: f64 = client.query_one("SELECT extract(epoch FROM now())::float8", &[]).await?.get(0);
+        let old = table_stats(client, &mapping.old.object_name().to_string()).await?;
+        let shadow = table_stats(client, &mapping.shadow.object_name().to_string()).await?;
+        let backfill = client
+            .query_opt(
+                "SELECT state, rows_done, rows_total, extract(epoch FROM updated_at)::float8 \
+                 FROM dualwrite.backfill WHERE migration = $1",
+                &[&name],
+            )
+            .await?;
+        let last_verify = client
+            .query_opt(
+                "SELECT rows_checked, missing, extra, different, extract(epoch FROM finished_at)::float8 \
+                 FROM dualwrite.verify_runs WHERE migration = $1 AND finished_at IS NOT NULL \
+                 ORDER BY finished_at DESC, id DESC LIMIT 1",
+                &[&name],
+            )
+            .await?;
+        let since_clean: Option<f64> = client
+            .query_one(
+                "SELECT extract(epoch FROM now() - max(finished_at))::float8 FROM dualwrite.verify_runs \
+                 WHERE migration = $1 AND clean",
+                &[&name],
+            )
+            .await?
+            .get(0);
+
+        // Inventory: exact from the last verify unless the catalog counted the table since.
+        let exact = last_verify.as_ref().map(|row| {
+            let (checked, missing, extra): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            (checked as f64, (checked - missing + extra) as f64, row.get::<_, f64>(4))
+        });
+        let pick = |stats: &TableStats, exact: Option<(f64, f64)>| match exact {
+            Some((count, at)) if stats.counted_at.is_none_or(|counted| at >= counted) => count,
+            _ => stats.estimate,
+        };
+        let old_rows = pick(&old, exact.map(|(o, _, at)| (o, at)));
+        let shadow_rows = pick(&shadow, exact.map(|(_, s, at)| (s, at)));
+
+        let (state, rows_done, rows_total, updated_at) = match &backfill {
+            Some(row) => (row.get::<_, String>(0), row.get::<_, i64>(1), row.get::<_, Option<i64>>(2), row.get(3)),
+            None => ("idle".to_string(), 0, None, None::<f64>),
+        };
+        let done = state == "done";
+        let rows_remaining = if done {
+            0.0
+        } else {
+            match rows_total {
+                Some(total) => (total - rows_done).max(0) as f64,
+                None => (old_rows - rows_done as f64).max(0.0),
+            }
+        };
+        let progress_ratio = if done {
+            1.0
+        } else if rows_done as f64 + rows_remaining > 0.0 {
+            rows_done as f64 / (rows_done as f64 + rows_remaining)
+        } else {
+            0.0
+        };
+        let rows_per_second = self.rate(name, &state, rows_done, updated_at, now);
+        let lag_seconds = if done || rows_remaining == 0.0 {
+            0.0
+        } else if rows_per_second > 0.0 {
+            rows_remaining / rows_per_second
+        } else {
+            f64::INFINITY
+        };
+        Ok(MigrationFigures {
+            migration: name.to_string(),
+            rows_done: rows_done as f64,
+            rows_remaining,
+            progress_ratio,
+            rows_per_second,
+            lag_seconds,
+            seconds_since_clean_verify: since_clean.unwrap_or(f64::INFINITY).max(0.0),
+            divergent: last_verify
+                .as_ref()
+                .map(|row| (row.get::<_, i64>(1) as f64, row.get::<_, i64>(2) as f64, row.get::<_, i64>(3) as f64)),
+            old_rows,
+            shadow_rows,
+        })
+    }
+
+    /// Rows per second between the last two checkpoints seen, smoothed; 0 unless running and moving.
+    fn rate(&mut self, name: &str, state: &str, rows_done: i64, updated_at: Option<f64>, now: f64) -> f64 {
+        let Some(updated_at) = updated_at else { return 0.0 };
+        let previous = self.samples.get(name).copied();
+        let rate = match previous {
+            _ if state != "running" => 0.0,
+            Some(prev) if updated_at > prev.updated_at && rows_done >= prev.rows_done => {
+                let instant = (rows_done - prev.rows_done) as f64 / (updated_at - prev.updated_at);
+                if prev.rate > 0.0 {
+                    0.5 * prev.rate + 0.5 * instant
+                } else {
+                    instant
+                }
+            }
+            Some(_) if now - updated_at > STALLED_AFTER_SECONDS => 0.0,
+            Some(prev) => prev.rate,
+            None => 0.0,
+        };
+        self.samples.insert(name.to_string(), RateSample { rows_done, updated_at, rate });
+        rate
+    }
+}
+
+async fn table_stats(client: &Client, table: &str) -> JobResult<TableStats> {
+    let row = client
+        .query_one(
+            "SELECT c.reltuples::float8, coalesce(s.n_live_tup, 0)::float8, \
+                    extract(epoch FROM greatest(s.last_vacuum, s.last_autovacuum, s.last_analyze, \
+                                                s.last_autoanalyze))::float8 \
+             FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid \
+             WHERE c.oid = $1::text::regclass",
+            &[&table],
+        )
+        .await?;
+    let (reltuples, live): (f64, f64) = (row.get(0), row.get(1));
+    // reltuples is -1 until the table was first vacuumed or analyzed.
+    Ok(TableStats { estimate: if reltuples >= 0.0 { reltuples } else { live }, counted_at: row.get(2) })
+}
+
+/// The migrations whose figures to export; called at every refresh so rule reloads are picked up.
+pub type MappingsFn = Arc<dyn Fn() -> Vec<TableMapping> + Send + Sync>;
+
+/// Refreshes the migration gauges every `every` on the global recorder, reconnecting after errors.
+pub fn spawn_refresher(config: Config, mappings: MappingsFn, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut refresher = MetricsRefresher::new();
+        let mut client: Option<Client> = None;
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = match connect(&config).await {
+                    Ok(c) => Some(c),
+                    Err(error) => {
+                        tracing::warn!(%error, "metrics refresher cannot connect");
+                        continue;
+                    }
+                };
+            }
+            let Some(c) = client.as_ref() else { continue };
+            match refresher.gather(c, &mappings()).await {
+                Ok(figures) => publish(&figures),
+                Err(error) => tracing::warn!(%error, "metrics refresh failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,98 @@
+//! Background jobs of a migration: the backfill that copies pre-existing rows into the shadow table, the
+//! verifier that compares both tables (and repairs the shadow), and the per-migration metrics derived from
+//! the `dualwrite` state tables. Every job runs on its own upstream connection, one instance at a time per
+//! migration and kind, held by `pg_try_advisory_lock(hashtext('dualwrite:<kind>:<migration>'))`.
+
+pub mod backfill;
+pub mod cli;
+pub mod mapping;
+pub mod metrics;
+pub mod runner;
+mod sweep;
+mod sql;
+pub mod throttle;
+pub mod verify;
+
+pub use backfill::{run_backfill, BackfillOptions, BackfillOutcome, BackfillProgress};
+pub use mapping::{QualifiedName, TableMapping};
+pub use metrics::{spawn_refresher, MetricsRefresher, MigrationFigures};
+pub use runner::{BackfillStatus, JobRunner, Started};
+pub use verify::{run_verify, VerifyOptions, VerifyReport};
+
+use tokio_postgres::{Client, Config, NoTls};
+
+/// What can go wrong in a job; database errors keep their SQLSTATE so callers can relay them.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("migration {migration}: {reason}")]
+    Mapping { migration: String, reason: String },
+    #[error("{kind} of migration {migration} is already running on another instance")]
+    Busy { kind: &'static str, migration: String },
+    #[error("migration {0} is not in the rules")]
+    UnknownMigration(String),
+}
+
+pub type JobResult<T> = Result<T, JobError>;
+
+/// Opens a job connection and drives it on its own task; the connection closes (releasing session
+/// advisory locks) when the returned client is dropped.
+pub async fn connect(config: &Config) -> JobResult<Client> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "job connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The two kinds of job that take a per-migration advisory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Backfill,
+    Verify,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backfill => "backfill",
+            JobKind::Verify => "verify",
+        }
+    }
+}
+
+/// Takes the session-level advisory lock of `kind` for `migration` on `client`, or reports it busy.
+pub async fn try_lock(client: &Client, kind: JobKind, migration: &str) -> JobResult<()> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtext('dualwrite:' || $1::text || ':' || $2::text))",
+            &[&kind.as_str(), &migration],
+        )
+        .await?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(JobError::Busy { kind: kind.as_str(), migration: migration.to_string() })
+    }
+}
+
+/// Announces a state change to every proxy instance (they LISTEN on `dualwrite_state`).
+pub async fn notify_state(client: &Client, migration: &str) -> JobResult<()> {
+    client.execute("SELECT pg_notify('dualwrite_state', $1)", &[&migration]).await?;
+    Ok(())
+}
+
+/// SQLSTATEs after which a job simply retries its unit of work: serialization failure, deadlock,
+/// lock timeout.
+pub(crate) fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        error.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::LOCK_NOT_AVAILABLE
+    )
+}

@@ -1,0 +1,136 @@
+//! `JobRunner`: the entry points the control commands call (`DUALWRITE BACKFILL m START|PAUSE|RESUME`,
+//! `DUALWRITE VERIFY m [REPAIR]`). Backfills run as tasks of this process; PAUSE and RESUME act through
+//! the state table, so they work whichever proxy instance runs the backfill.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::Config;
+
+use super::backfill::{lock_backfill, run_backfill_locked, BackfillOptions, BackfillOutcome};
+use super::verify::{run_verify, VerifyOptions, VerifyReport};
+use super::{connect, notify_state, JobError, JobResult, TableMapping};
+
+/// A backfill's row in `dualwrite.backfill`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackfillStatus {
+    pub state: String,
+    pub rows_done: i64,
+    pub rows_total: Option<i64>,
+    /// jsonb text of the last copied key.
+    pub last_key: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// What START or RESUME did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    /// This instance now runs the backfill.
+    Here,
+    /// Another instance holds the backfill lock and picks up the state change.
+    Elsewhere,
+}
+
+pub struct JobRunner {
+    config: Config,
+    backfills: Mutex<HashMap<String, JoinHandle<JobResult<BackfillOutcome>>>>,
+}
+
+impl JobRunner {
+    /// `config` points at the upstream database (not at a proxy).
+    pub fn new(config: Config) -> Self {
+        JobRunner { config, backfills: Mutex::new(HashMap::new()) }
+    }
+
+    /// Starts the backfill (or continues it from its checkpoint) in a task of this process. Fails with
+    /// `JobError::Busy` if another instance runs it.
+    pub async fn start(&self, mapping: &TableMapping, options: BackfillOptions) -> JobResult<Started> {
+        if self.running_here(&mapping.migration) {
+            return Ok(Started::Here);
+        }
+        let client = lock_backfill(&self.config, &mapping.migration).await?;
+        let mapping = mapping.clone();
+        let name = mapping.migration.clone();
+        let task = tokio::spawn(async move {
+            let result = run_backfill_locked(client, &mapping, &options, &|_| {}).await;
+            if let Err(error) = &result {
+                tracing::error!(migration = %mapping.migration, %error, "backfill failed");
+            }
+            result
+        });
+        self.backfills.lock().unwrap_or_else(|e| e.into_inner()).insert(name, task);
+        Ok(Started::Here)
+    }
+
+    /// Pauses the backfill between two batches, on whichever instance runs it. Returns the new status.
+    pub async fn pause(&self, migration: &str) -> JobResult<BackfillStatus> {
+        self.set_state(migration, "paused", "running").await
+    }
+
+    /// Resumes a paused backfill; starts it here when no instance holds it (e.g. its runner died).
+    pub async fn resume(&self, mapping: &TableMapping, options: BackfillOptions) -> JobResult<Started> {
+        self.set_state(&mapping.migration, "running", "paused").await?;
+        match self.start(mapping, options).await {
+            Err(JobError::Busy { .. }) => Ok(Started::Elsewhere),
+            other => other,
+        }
+    }
+
+    /// Runs a verify (and repair) to the end and returns its counts.
+    pub async fn verify(&self, mapping: &TableMapping, repair: bool) -> JobResult<VerifyReport> {
+        let options = VerifyOptions { repair, ..VerifyOptions::default() };
+        run_verify(&self.config, mapping, &options, &|_, _| {}).await
+    }
+
+    /// The backfill's state row, if it ever started.
+    pub async fn status(&self, migration: &str) -> JobResult<Option<BackfillStatus>> {
+        let client = connect(&self.config).await?;
+        let row = client
+            .query_opt(
+                "SELECT state, rows_done, rows_total, last_key::text, owner FROM dualwrite.backfill \
+                 WHERE migration = $1",
+                &[&migration],
+            )
+            .await?;
+        Ok(row.map(|row| BackfillStatus {
+            state: row.get(0),
+            rows_done: row.get(1),
+            rows_total: row.get(2),
+            last_key: row.get(3),
+            owner: row.get(4),
+        }))
+    }
+
+    /// Whether a backfill task of this process is still running for `migration`.
+    pub fn running_here(&self, migration: &str) -> bool {
+        let mut tasks = self.backfills.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|_, task| !task.is_finished());
+        tasks.contains_key(migration)
+    }
+
+    async fn set_state(&self, migration: &str, to: &str, from: &str) -> JobResult<BackfillStatus> {
+        let client = connect(&self.config).await?;
+        client
+            .execute(
+                "UPDATE dualwrite.backfill SET state = $2, updated_at = now() WHERE migration = $1 AND state = $3",
+                &[&migration, &to, &from],
+            )
+            .await?;
+        notify_state(&client, migration).await?;
+        drop(client);
+        self.status(migration).await?.ok_or_else(|| JobError::Mapping {
+            migration: migration.to_string(),
+            reason: "no backfill was started".into(),
+        })
+    }
+}
+
+impl Drop for JobRunner {
+    fn drop(&mut self) {
+        // A runner going away stops its backfills; their checkpoints are committed per batch.
+        for (_, task) in self.backfills.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}

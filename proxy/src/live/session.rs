@@ -1,0 +1,286 @@
+//! One client session under live migrations: mirrors its `dualwrite.version` (fed by what the relay sends
+//! and what the server answers), computes its route, and judges each SQL string:
+//! control commands are run by the proxy; `SHOW dualwrite.version` is answered locally; a SET naming an
+//! unknown version is refused; everything else goes through the rewriter, whose refusals are raised by
+//! the server itself so transaction semantics stay Postgres's own.
+//!
+//! Prepared statements that name a migrated table remember the route they were rewritten for; when the
+//! route has changed by the time they are bound or described (an admin flipped reads, the session changed
+//! its version), the relay prepares them again under the same name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dualwrite_rules::{Plan, Rejection, RowsDisposition, Route, TagRewrite};
+
+use super::Live;
+use crate::control::{self, SqlError as ControlError};
+use crate::protocol::messages::SqlError;
+use crate::session::interceptor::{
+    CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
+    SqlRequest, StatementTransform, Verdict,
+};
+use crate::state::{Actor, StateSnapshot};
+use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
+
+/// A prepared statement that names a migrated table.
+struct PreparedSql {
+    sql: String,
+    param_types: Vec<u32>,
+    /// The route it was last prepared upstream for.
+    route: Route,
+}
+
+/// The route of the session, recomputed when the shared state or the session's version changes.
+struct RouteCache {
+    snapshot: Arc<StateSnapshot>,
+    version: Option<String>,
+    route: Route,
+}
+
+pub struct LiveSession {
+    live: Arc<Live>,
+    actor: Actor,
+    session_id: u64,
+    /// Err: the startup packet named an unknown version; every statement is refused with that error.
+    version: Result<SessionVersion, ControlError>,
+    route: Option<RouteCache>,
+    prepared: HashMap<Vec<u8>, PreparedSql>,
+    /// Statements and portals that change session state (SET, BEGIN, ...); others are `Other`.
+    statement_kinds: HashMap<Vec<u8>, SessionStatement>,
+    portal_kinds: HashMap<Vec<u8>, SessionStatement>,
+}
+
+impl LiveSession {
+    pub fn new(live: Arc<Live>, info: &SessionInfo, session_id: u64) -> LiveSession {
+        let params = info.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let version = SessionVersion::new(params, &live.defaults, &live.rules);
+        let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
+        LiveSession {
+            live,
+            actor,
+            session_id,
+            version,
+            route: None,
+            prepared: HashMap::new(),
+            statement_kinds: HashMap::new(),
+            portal_kinds: HashMap::new(),
+        }
+    }
+
+    /// The route the next statement is rewritten for.
+    fn current_route(&mut self) -> Route {
+        let snapshot = self.live.control.state.snapshot();
+        let Ok(version) = &self.version else { return Route::default() };
+        let fresh = match &self.route {
+            Some(c) => !Arc::ptr_eq(&c.snapshot, &snapshot) || c.version.as_deref() != version.version(),
+            None => true,
+        };
+        if fresh {
+            let route = version.route(&self.live.rules, &snapshot, self.session_id);
+            self.route = Some(RouteCache { snapshot, version: version.version().map(str::to_owned), route });
+        }
+        self.route.as_ref().map(|c| c.route.clone()).unwrap_or_default()
+    }
+
+    fn control_command(&self, sql: &str) -> Verdict {
+        let command = match control::parse_control(sql) {
+            Ok(c) => c,
+            Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(protocol_error(&e)) }),
+        };
+        let ctx = self.live.control.clone();
+        let actor = self.actor.clone();
+        Verdict::Defer(Box::pin(async move {
+            match control::execute(&ctx, &command, &actor).await {
+                Ok(r) => LocalReply::rows(r.columns, r.rows, r.tag),
+                Err(e) => LocalReply { control: true, ..LocalReply::error(protocol_error(&e)) },
+            }
+        }))
+    }
+
+    /// The verdict for SQL that is not a control command, given its session-state classification.
+    fn judge(&mut self, sql: &str, kinds: &[SessionStatement], prepared_as: Option<(&[u8], &[u32])>) -> Verdict {
+        let version = match &self.version {
+            Ok(v) => v,
+            Err(e) => return raise(e, false),
+        };
+        for kind in kinds {
+            if let Err(e) = SessionVersion::check(kind, &self.live.rules) {
+                return raise(&e, false);
+            }
+        }
+        if let [SessionStatement::Show] = kinds {
+            return match version.show_response(&self.live.rules) {
+                Ok(r) => Verdict::Respond(LocalReply { control: false, ..LocalReply::rows(r.columns, r.rows, r.tag) }),
+                Err(e) => raise(&e, false),
+            };
+        }
+        if !self.live.rewriter.mentions_migrated_table(sql) {
+            if let Some((name, _)) = prepared_as {
+                self.prepared.remove(name);
+            }
+            return Verdict::Forward;
+        }
+        let route = self.current_route();
+        let plan = self.live.rewriter.rewrite(sql, &route);
+        if let Some((name, param_types)) = prepared_as {
+            self.prepared.insert(name.to_vec(), PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route });
+        }
+        match &*plan {
+            Plan::PassThrough => Verdict::Forward,
+            Plan::Rewritten { sql, statements, .. } => Verdict::Rewrite(Rewrite {
+                sql: sql.clone(),
+                statements: statements.iter().map(relay_transform).collect(),
+                control: false,
+            }),
+            Plan::Rejected(rejection) => {
+                count_rejection(rejection);
+                raise(&rejection_error(rejection), false)
+            }
+        }
+    }
+
+    fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
+        if let Ok(version) = &mut self.version {
+            for kind in kinds {
+                version.sent(kind);
+            }
+            if sync {
+                version.sent_sync();
+            }
+        }
+    }
+}
+
+impl SessionInterceptor for LiveSession {
+    fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
+        let sql = request.sql;
+        if control::is_control_command(sql) {
+            return self.control_command(sql);
+        }
+        match request.origin {
+            SqlOrigin::SimpleQuery => {
+                // A string the tokenizer rejects is left to the server (which refuses it) and the rewriter.
+                let kinds = classify_query(sql).unwrap_or_else(|_| vec![SessionStatement::Other]);
+                let verdict = self.judge(sql, &kinds, None);
+                match &verdict {
+                    Verdict::Forward | Verdict::Rewrite(_) => self.sent(kinds, true),
+                    Verdict::Raise(_) => self.sent(vec![SessionStatement::Other], true),
+                    Verdict::Respond(_) | Verdict::Defer(_) => {}
+                }
+                verdict
+            }
+            SqlOrigin::Parse { statement } => {
+                let name = statement.as_bytes();
+                let kind = classify_statement(sql).unwrap_or(SessionStatement::Other);
+                let verdict = self.judge(sql, std::slice::from_ref(&kind), Some((name, request.param_types)));
+                let keeps = matches!(verdict, Verdict::Forward | Verdict::Rewrite(_));
+                if keeps && kind != SessionStatement::Other {
+                    self.statement_kinds.insert(name.to_vec(), kind);
+                } else {
+                    self.statement_kinds.remove(name);
+                }
+                if !keeps {
+                    self.prepared.remove(name);
+                }
+                verdict
+            }
+        }
+    }
+
+    fn on_bind(&mut self, portal: &[u8], statement: &[u8]) {
+        match self.statement_kinds.get(statement) {
+            Some(kind) => {
+                self.portal_kinds.insert(portal.to_vec(), kind.clone());
+            }
+            None => {
+                self.portal_kinds.remove(portal);
+            }
+        }
+    }
+
+    fn on_execute(&mut self, portal: &[u8]) {
+        let kind = self.portal_kinds.get(portal).cloned().unwrap_or(SessionStatement::Other);
+        self.sent(vec![kind], false);
+    }
+
+    fn on_sync(&mut self) {
+        if let Ok(version) = &mut self.version {
+            version.sent_sync();
+        }
+    }
+
+    fn on_events(&mut self, events: &[SessionEvent]) {
+        let Ok(version) = &mut self.version else { return };
+        for event in events {
+            match *event {
+                SessionEvent::Completed => version.completed(),
+                SessionEvent::Failed => version.failed(),
+                SessionEvent::Ready(status) => version.ready_for_query(status),
+            }
+        }
+    }
+
+    fn reprepare(&mut self, statement: &[u8]) -> Option<Reprepare> {
+        let route = self.current_route();
+        let prepared = self.prepared.get_mut(statement)?;
+        if prepared.route == route {
+            return None;
+        }
+        prepared.route = route.clone();
+        let (sql, transform) = match &*self.live.rewriter.rewrite(&prepared.sql, &route) {
+            Plan::PassThrough => (prepared.sql.clone(), StatementTransform::default()),
+            Plan::Rewritten { sql, statements, .. } => {
+                (sql.clone(), statements.first().map(relay_transform).unwrap_or_default())
+            }
+            Plan::Rejected(rejection) => {
+                // The statement cannot run under the new route: prepare the refusal in its place, so that
+                // running it fails with the reason (a Bind with parameters fails before that, also safely).
+                count_rejection(rejection);
+                (rejection_error(rejection).raise_statement(), StatementTransform::default())
+            }
+        };
+        Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
+    }
+}
+
+/// The relay's transform for the rewriter's.
+fn relay_transform(t: &dualwrite_rules::StatementTransform) -> StatementTransform {
+    let suppress = t.rows == RowsDisposition::Suppress;
+    StatementTransform {
+        command_tag: t.command_tag.map(|tag| match tag {
+            TagRewrite::Insert => CommandTag::Insert,
+            TagRewrite::Update => CommandTag::Update,
+            TagRewrite::Delete => CommandTag::Delete,
+        }),
+        suppress_rows: suppress,
+        describe_no_data: suppress,
+    }
+}
+
+fn rejection_error(rejection: &Rejection) -> ControlError {
+    ControlError::new(rejection.sqlstate, rejection.message.clone()).with_hint(
+        "dualwrite refuses statements on a table under migration that it cannot apply to both tables; \
+         see the migration's rules and DUALWRITE STATUS.",
+    )
+}
+
+fn count_rejection(rejection: &Rejection) {
+    metrics::counter!(
+        "dualwrite_rejected_statements_total",
+        "migration" => rejection.migration.clone(),
+        "reason" => rejection.reason.as_str(),
+    )
+    .increment(1);
+}
+
+fn raise(error: &ControlError, control: bool) -> Verdict {
+    Verdict::Raise(Raise { sql: error.raise_statement(), control })
+}
+
+fn protocol_error(e: &ControlError) -> SqlError {
+    let mut out = SqlError::new(e.code.to_string(), e.message.clone());
+    out.detail = e.detail.clone();
+    out.hint = e.hint.clone();
+    out
+}

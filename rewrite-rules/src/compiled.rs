@@ -1,0 +1,301 @@
+//! Rules compiled for rewriting: each migration's mappings parsed once into the AST pieces every rewrite
+//! clones (the shadow-sync upsert and delete, the derived-table views), and the text matcher behind the
+//! cheap "does this statement name a migrated table" check.
+//!
+//! The pieces are produced by parsing SQL generated from the rules alone (quoted identifiers and the
+//! already-parsed mapping expressions), never from client SQL; client statements are only ever edited as
+//! ASTs.
+
+use std::collections::HashSet;
+
+use aho_corasick::AhoCorasick;
+use sqlparser::ast::{Expr, Query, SetExpr, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::model::{parse_mapping_expr, referenced_columns, Migration, RuleSet};
+use crate::names::{quote_ident, TableName};
+use crate::route::Side;
+
+/// Name of the CTE holding the rows the client's own statement wrote (its RETURNING rows).
+pub(crate) const PRIMARY_CTE: &str = "__dw_primary";
+
+/// All migrations of a rule set, ready for rewriting.
+pub(crate) struct Compiled {
+    pub migrations: Vec<CompiledMigration>,
+    /// Case-insensitive matcher over every migrated table's bare name.
+    matcher: Option<AhoCorasick>,
+}
+
+pub(crate) struct CompiledMigration {
+    pub name: String,
+    pub table: TableName,
+    pub shadow: TableName,
+    pub key: Vec<String>,
+    /// Writes the shadow from old-shaped rows; presents the shadow's shape over the old table.
+    pub forward: Direction,
+    /// Writes the old table from shadow-shaped rows; presents the old shape over the shadow.
+    pub backward: Direction,
+    /// Set when the rules could not be compiled (only possible for a rule set built in code without
+    /// validation): every statement needing this migration is refused with this explanation.
+    pub broken: Option<String>,
+}
+
+impl CompiledMigration {
+    /// The mapping that produces `target`'s shape from the other side's rows.
+    pub fn producing(&self, target: Side) -> &Direction {
+        match target {
+            Side::New => &self.forward,
+            Side::Old => &self.backward,
+        }
+    }
+}
+
+/// One direction of a migration's mapping.
+pub(crate) struct Direction {
+    /// Name of the CTE that syncs the target table (`__dw_shadow` or `__dw_old`).
+    pub cte_name: &'static str,
+    /// Target columns, in mapping order.
+    pub columns: Vec<String>,
+    /// For each target column, the source columns its expression reads.
+    pub deps: Vec<Vec<String>>,
+    /// Source columns that feed a key column: assigning one of them changes a row's identity.
+    pub key_sources: HashSet<String>,
+    /// `INSERT INTO target (cols) SELECT exprs FROM __dw_primary ON CONFLICT (key) DO UPDATE SET ...`.
+    pub upsert: Statement,
+    /// Target column assigned by each `DO UPDATE SET` item of `upsert`, in order.
+    pub upsert_assigned: Vec<String>,
+    /// `DELETE FROM target AS __dw_t USING (SELECT key exprs FROM __dw_primary) AS __dw_k WHERE ...`.
+    pub delete: Statement,
+    /// `SELECT exprs AS cols FROM source`: the target's shape presented over the source table.
+    pub view: Query,
+}
+
+impl Compiled {
+    pub fn new(rules: &RuleSet) -> Compiled {
+        let migrations: Vec<CompiledMigration> = rules.migrations.iter().map(compile_migration).collect();
+        let patterns: Vec<&str> = migrations.iter().map(|m| m.table.name.as_str()).collect();
+        let matcher = AhoCorasick::builder().ascii_case_insensitive(true).build(&patterns).ok();
+        Compiled { migrations, matcher }
+    }
+
+    /// True if `sql` may name a migrated table: a substring test, so false positives (a column or a longer
+    /// table name containing the name) only cost a parse, and a statement it says no to cannot touch one.
+    pub fn may_mention(&self, sql: &str) -> bool {
+        match &self.matcher {
+            Some(m) => m.is_match(sql),
+            // Building the matcher only fails on absurd pattern sizes; stay safe and parse everything.
+            None => !self.migrations.is_empty(),
+        }
+    }
+
+    /// The migration whose old (logical) table a reference in client SQL denotes.
+    pub fn migration_of(&self, name: &TableName) -> Option<usize> {
+        self.migrations.iter().position(|m| name.denotes(&m.table))
+    }
+}
+
+fn compile_migration(m: &Migration) -> CompiledMigration {
+    let built = (|| -> Result<(Direction, Direction), String> {
+        let forward = compile_direction(m, &m.forward, &m.table, &m.shadow, "__dw_shadow")?;
+        let backward = compile_direction(m, &m.backward, &m.shadow, &m.table, "__dw_old")?;
+        Ok((forward, backward))
+    })();
+    let (forward, backward, broken) = match built {
+        Ok((f, b)) => (f, b, None),
+        Err(e) => (Direction::placeholder(), Direction::placeholder(), Some(e)),
+    };
+    CompiledMigration {
+        name: m.name.clone(),
+        table: m.table.clone(),
+        shadow: m.shadow.clone(),
+        key: m.key.clone(),
+        forward,
+        backward,
+        broken,
+    }
+}
+
+fn compile_direction(
+    m: &Migration,
+    mapping: &[(String, String)],
+    source: &TableName,
+    target: &TableName,
+    cte_name: &'static str,
+) -> Result<Direction, String> {
+    let mut columns = Vec::new();
+    let mut exprs: Vec<Expr> = Vec::new();
+    let mut deps = Vec::new();
+    let mut key_sources = HashSet::new();
+    for (column, text) in mapping {
+        let expr = parse_mapping_expr(text)?;
+        let used = referenced_columns(&expr);
+        if m.key.contains(column) {
+            key_sources.extend(used.iter().cloned());
+            key_sources.insert(column.clone());
+        }
+        columns.push(column.clone());
+        exprs.push(expr);
+        deps.push(used);
+    }
+    let quoted_cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
+    let expr_list = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+
+    let upsert_assigned: Vec<String> = columns.iter().filter(|c| !m.key.contains(c)).cloned().collect();
+    let action = if upsert_assigned.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let sets = upsert_assigned
+            .iter()
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("DO UPDATE SET {sets}")
+    };
+    let upsert = parse_statement(&format!(
+        "INSERT INTO {target} ({}) SELECT {expr_list} FROM {PRIMARY_CTE} ON CONFLICT ({}) {action}",
+        quoted_cols.join(", "),
+        key_cols.join(", "),
+    ))?;
+
+    let key_exprs = m
+        .key
+        .iter()
+        .map(|k| {
+            let i = columns.iter().position(|c| c == k).ok_or_else(|| format!("key `{k}` is not mapped"))?;
+            Ok(format!("{} AS {}", exprs[i], quote_ident(k)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let key_match = key_cols.iter().map(|k| format!("__dw_t.{k} = __dw_k.{k}")).collect::<Vec<_>>();
+    let delete = parse_statement(&format!(
+        "DELETE FROM {target} AS __dw_t USING (SELECT {} FROM {PRIMARY_CTE}) AS __dw_k WHERE {}",
+        key_exprs.join(", "),
+        key_match.join(" AND "),
+    ))?;
+
+    let view_items = columns
+        .iter()
+        .zip(&exprs)
+        .map(|(c, e)| match e {
+            Expr::Identifier(id) if crate::names::normalize_ident(id) == *c => quote_ident(c),
+            _ => format!("{e} AS {}", quote_ident(c)),
+        })
+        .collect::<Vec<_>>();
+    let view = match parse_statement(&format!("SELECT {} FROM {source}", view_items.join(", ")))? {
+        Statement::Query(q) => *q,
+        _ => return Err("view did not parse as a query".into()),
+    };
+
+    Ok(Direction { cte_name, columns, deps, key_sources, upsert, upsert_assigned, delete, view })
+}
+
+impl Direction {
+    fn placeholder() -> Direction {
+        Direction {
+            cte_name: "",
+            columns: Vec::new(),
+            deps: Vec::new(),
+            key_sources: HashSet::new(),
+            upsert: Statement::Commit { chain: false, end: false, modifier: None },
+            upsert_assigned: Vec::new(),
+            delete: Statement::Commit { chain: false, end: false, modifier: None },
+            view: template_query("SELECT 1"),
+        }
+    }
+
+    /// Target columns whose expression reads any of `assigned` source columns.
+    pub fn affected_by(&self, assigned: &HashSet<String>) -> HashSet<&str> {
+        self.columns
+            .iter()
+            .zip(&self.deps)
+            .filter(|(_, deps)| deps.iter().any(|d| assigned.contains(d)))
+            .map(|(c, _)| c.as_str())
+            .collect()
+    }
+}
+
+pub(crate) fn parse_statement(sql: &str) -> Result<Statement, String> {
+    let mut statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| format!("generated SQL `{sql}`: {e}"))?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(s), true) => Ok(s),
+        _ => Err(format!("generated SQL `{sql}` is not one statement")),
+    }
+}
+
+/// A query parsed from fixed text written in this crate.
+pub(crate) fn template_query(sql: &str) -> Query {
+    match parse_statement(sql) {
+        Ok(Statement::Query(q)) => *q,
+        // The callers pass literal SQL that sqlparser is tested to accept (see the tests below).
+        _ => Query {
+            with: None,
+            body: Box::new(SetExpr::Values(sqlparser::ast::Values {
+                explicit_row: false,
+                value_keyword: false,
+                rows: vec![],
+            })),
+            order_by: None,
+            limit_clause: None,
+            fetch: None,
+            locks: vec![],
+            for_clause: None,
+            settings: None,
+            format_clause: None,
+            pipe_operators: vec![],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> Compiled {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/users_split_name.toml"))
+            .unwrap();
+        Compiled::new(&RuleSet::from_toml(&text, "users").unwrap())
+    }
+
+    #[test]
+    fn compiles_sync_statements_and_views() {
+        let c = users();
+        let m = &c.migrations[0];
+        assert!(m.broken.is_none());
+        assert_eq!(
+            m.forward.upsert.to_string(),
+            "INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, split_part(name, ' ', 1), \
+             split_part(name, ' ', 2), lower(email) FROM __dw_primary ON CONFLICT(id) DO UPDATE SET \
+             first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = EXCLUDED.email"
+        );
+        assert_eq!(
+            m.backward.delete.to_string(),
+            "DELETE FROM public.users AS __dw_t USING (SELECT id AS id FROM __dw_primary) AS __dw_k \
+             WHERE __dw_t.id = __dw_k.id"
+        );
+        assert_eq!(
+            m.backward.view.to_string(),
+            "SELECT id, first_name || ' ' || last_name AS name, email FROM public.users_v2"
+        );
+        assert_eq!(m.forward.upsert_assigned, ["first_name", "last_name", "email"]);
+        let assigned: HashSet<String> = ["name".to_string()].into();
+        let mut affected: Vec<_> = m.forward.affected_by(&assigned).into_iter().collect();
+        affected.sort();
+        assert_eq!(affected, ["first_name", "last_name"]);
+        assert!(m.forward.key_sources.contains("id"));
+    }
+
+    #[test]
+    fn matcher_is_case_insensitive() {
+        let c = users();
+        assert!(c.may_mention("select * from USERS"));
+        assert!(c.may_mention("select * from \"users\""));
+        assert!(!c.may_mention("select * from accounts"));
+    }
+
+    #[test]
+    fn templates_parse() {
+        assert_eq!(template_query("SELECT * FROM t").to_string(), "SELECT * FROM t");
+    }
+}

@@ -1,0 +1,149 @@
+//! When sqlparser cannot parse a statement (it rejects valid Postgres such as `FOR NO KEY UPDATE`,
+//! `ON CONFLICT` on an expression, `WHERE CURRENT OF`, `ROWS FROM`), its tokenizer still tells which
+//! migrated tables the text names and whether each statement is a plain read. A read that needs no rewrite
+//! (an old-version session reading the old table) passes through untouched; anything else naming an active
+//! migrated table is refused rather than risk a write that misses the shadow.
+
+use std::collections::BTreeSet;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+use crate::compiled::Compiled;
+use crate::model::Phase;
+use crate::plan::{RejectReason, Rejection};
+use crate::route::{Route, Side};
+
+/// Active migrations (phase not `off`) whose table name appears as a word among `tokens`.
+pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &[Token]) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    for token in tokens {
+        let Token::Word(word) = token else { continue };
+        let name = match word.quote_style {
+            Some(_) => word.value.clone(),
+            None => word.value.to_lowercase(),
+        };
+        for (index, m) in compiled.migrations.iter().enumerate() {
+            if m.table.name == name && route.get(index).phase != Phase::Off {
+                found.insert(index);
+            }
+        }
+    }
+    found
+}
+
+/// Decides a SQL string the parser rejected: `Ok(())` to pass it through, or the rejection.
+pub(crate) fn decide_unparsed(compiled: &Compiled, route: &Route, sql: &str, parse_error: &str) -> Result<(), Rejection> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize();
+    let tokens = match tokens {
+        Ok(t) => t,
+        Err(_) => {
+            // Not even tokenizable (e.g. an unterminated string): Postgres will reject it too, unless a
+            // migrated table is named, in which case we cannot tell what it would do.
+            return match first_active_mentioned_by_text(compiled, route, sql) {
+                Some(index) => Err(unparseable(compiled, index, parse_error)),
+                None => Ok(()),
+            };
+        }
+    };
+    for statement in tokens.split(|t| *t == Token::SemiColon) {
+        let code: Vec<&Token> = statement.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+        let mentioned = mentioned_migrations(compiled, route, statement);
+        let Some(&first) = mentioned.iter().next() else { continue };
+        let needs_rewrite = |i: &usize| {
+            let r = route.get(*i);
+            !(r.version == Side::Old && r.read_source == Side::Old)
+        };
+        if !is_plain_read(&code) {
+            return Err(unparseable(compiled, first, parse_error));
+        }
+        if let Some(&index) = mentioned.iter().find(|i| needs_rewrite(i)) {
+            return Err(unparseable(compiled, index, parse_error));
+        }
+    }
+    Ok(())
+}
+
+fn unparseable(compiled: &Compiled, index: usize, parse_error: &str) -> Rejection {
+    Rejection::new(&compiled.migrations[index].name, index, RejectReason::Unparseable, parse_error)
+}
+
+fn first_active_mentioned_by_text(compiled: &Compiled, route: &Route, sql: &str) -> Option<usize> {
+    let lower = sql.to_lowercase();
+    compiled
+        .migrations
+        .iter()
+        .enumerate()
+        .find(|(i, m)| route.get(*i).phase != Phase::Off && lower.contains(&m.table.name.to_lowercase()))
+        .map(|(i, _)| i)
+}
+
+/// A statement that starts like a query and contains no keyword that writes or changes a table. `UPDATE`
+/// is allowed only as a row-lock strength (`FOR UPDATE`, `FOR NO KEY UPDATE`).
+fn is_plain_read(code: &[&Token]) -> bool {
+    let keyword = |t: &Token| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
+    };
+    let first = code.iter().find(|t| !matches!(t, Token::LParen)).and_then(|t| keyword(t));
+    if !matches!(first, Some(Keyword::SELECT | Keyword::VALUES | Keyword::TABLE | Keyword::WITH)) {
+        return false;
+    }
+    for (i, token) in code.iter().enumerate() {
+        match keyword(token) {
+            Some(
+                Keyword::INSERT
+                | Keyword::DELETE
+                | Keyword::MERGE
+                | Keyword::TRUNCATE
+                | Keyword::COPY
+                | Keyword::CREATE
+                | Keyword::ALTER
+                | Keyword::DROP
+                | Keyword::GRANT
+                | Keyword::REVOKE
+                | Keyword::INTO,
+            ) => return false,
+            Some(Keyword::UPDATE) => {
+                let previous = i.checked_sub(1).and_then(|p| keyword(code[p]));
+                if !matches!(previous, Some(Keyword::FOR | Keyword::KEY)) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The comments before the first and after the last code token of `sql`, as written (sqlcommenter tags and
+/// the like), so a rewritten statement can carry them.
+pub(crate) fn edge_comments(sql: &str) -> (String, String) {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return (String::new(), String::new());
+    };
+    let is_comment = |t: &Token| {
+        matches!(t, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)))
+    };
+    let is_code = |t: &Token| !matches!(t, Token::Whitespace(_) | Token::SemiColon | Token::EOF);
+    let Some(first_code) = tokens.iter().position(is_code) else { return (String::new(), String::new()) };
+    let last_code = tokens.iter().rposition(is_code).unwrap_or(first_code);
+    let collect = |slice: &[Token]| slice.iter().filter(|t| is_comment(t)).map(comment_text).collect::<String>();
+    (collect(&tokens[..first_code]), collect(&tokens[last_code + 1..]))
+}
+
+fn comment_text(token: &Token) -> String {
+    match token {
+        Token::Whitespace(Whitespace::SingleLineComment { comment, prefix }) => {
+            // A line comment must stay terminated by its newline.
+            let mut text = format!("{prefix}{comment}");
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text
+        }
+        Token::Whitespace(Whitespace::MultiLineComment(body)) => format!("/*{body}*/ "),
+        _ => String::new(),
+    }
+}

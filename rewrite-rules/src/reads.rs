@@ -1,0 +1,253 @@
+//! Read routing: every reference to a migrated table's logical name that reads rows (FROM, JOIN, subqueries,
+//! CTE bodies, EXISTS, IN (SELECT ...)) is sent to the physical table the session's route names, as a
+//! derived table presenting the session's shape when the two differ.
+//!
+//! This walks table factors itself instead of using `visit_relations_mut`, which would also rename CTE names
+//! and table functions: CTE names are tracked per query scope, function-like references are left alone,
+//! and the substitute keeps the exposed name as its alias so `users.id` and `FOR UPDATE OF users` still
+//! resolve.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableAlias, TableFactor, VisitMut,
+    VisitorMut, With,
+};
+
+use crate::compiled::{template_query, Compiled, CompiledMigration};
+use crate::model::Phase;
+use crate::names::{normalize_ident, TableName};
+use crate::plan::{RejectReason, Rejection};
+use crate::route::{MigrationRoute, Route, Side};
+
+/// Rewrites read references in whatever node it is run over (never a DML target: callers run it on the
+/// parts of a write that read).
+pub(crate) struct ReadRouter<'a> {
+    compiled: &'a Compiled,
+    route: &'a Route,
+    /// CTE names visible at the current point, innermost scope last.
+    scopes: Vec<Vec<String>>,
+    /// Migrations whose references were rewritten.
+    pub touched: BTreeSet<usize>,
+    /// WITH clauses taken out of the queries being visited (their CTE bodies are visited by hand, each in
+    /// its own scope), put back when the query's visit ends.
+    pending_with: Vec<Option<With>>,
+}
+
+impl<'a> ReadRouter<'a> {
+    /// A router that already sees `outer_ctes` (the WITH clause of the statement it runs inside).
+    pub fn new(compiled: &'a Compiled, route: &'a Route, outer_ctes: Vec<String>) -> Self {
+        ReadRouter { compiled, route, scopes: vec![outer_ctes], touched: BTreeSet::new(), pending_with: Vec::new() }
+    }
+
+    fn is_cte(&self, name: &TableName) -> bool {
+        name.schema.is_none() && self.scopes.iter().any(|s| s.iter().any(|c| *c == name.name))
+    }
+
+    /// The active migration (phase not `off`) a reference denotes, unless a CTE of that name hides it.
+    pub fn active_migration(&self, object: &ObjectName) -> Option<usize> {
+        let name = TableName::from_object_name(object)?;
+        if self.is_cte(&name) {
+            return None;
+        }
+        let index = self.compiled.migration_of(&name)?;
+        (self.route.get(index).phase != Phase::Off).then_some(index)
+    }
+
+    fn reject_if_broken(&self, index: usize) -> ControlFlow<Rejection> {
+        match &self.compiled.migrations[index].broken {
+            Some(why) => ControlFlow::Break(Rejection::new(
+                &self.compiled.migrations[index].name,
+                index,
+                RejectReason::InvalidRules,
+                why,
+            )),
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// The names a WITH clause defines.
+pub(crate) fn cte_names(query: &Query) -> Vec<String> {
+    query
+        .with
+        .as_ref()
+        .map(|w| w.cte_tables.iter().map(|c| normalize_ident(&c.alias.name)).collect())
+        .unwrap_or_default()
+}
+
+/// The name a reference exposes to the rest of the statement: its alias, else its last name part.
+pub(crate) fn exposed_name(object: &ObjectName, alias: Option<&Ident>) -> Ident {
+    if let Some(a) = alias {
+        return a.clone();
+    }
+    match object.0.last() {
+        Some(ObjectNamePart::Identifier(id)) => id.clone(),
+        _ => Ident::new(object.to_string()),
+    }
+}
+
+pub(crate) fn alias_of(name: Ident) -> TableAlias {
+    TableAlias { explicit: true, name, columns: vec![], at: None }
+}
+
+/// What a read of `migration` under `route` becomes: `None` when the session reads its own version's
+/// table under its logical name (the old table for an old-version session), else the substitute factor.
+pub(crate) fn routed_read(
+    m: &CompiledMigration,
+    route: MigrationRoute,
+    object: &ObjectName,
+    alias: Option<&TableAlias>,
+) -> Option<TableFactor> {
+    let alias = alias.cloned().unwrap_or_else(|| alias_of(exposed_name(object, None)));
+    match (route.version, route.read_source) {
+        (Side::Old, Side::Old) => None,
+        (Side::New, Side::New) => Some(TableFactor::Table {
+            name: m.shadow.to_object_name(),
+            alias: Some(alias),
+            args: None,
+            with_hints: vec![],
+            version: None,
+            with_ordinality: false,
+            partitions: vec![],
+            json_path: None,
+            sample: None,
+            index_directives: vec![],
+            inheritance: None,
+        }),
+        (version, _) => Some(TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(m.producing(version).view.clone()),
+            alias: Some(alias),
+            sample: None,
+        }),
+    }
+}
+
+impl VisitorMut for ReadRouter<'_> {
+    type Break = Rejection;
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
+        let names = cte_names(query);
+        let with = query.with.take();
+        if let Some(mut with) = with {
+            // A non-recursive CTE body sees only the CTEs before it (a same-named table otherwise); a
+            // recursive WITH makes every name visible everywhere.
+            for i in 0..with.cte_tables.len() {
+                let visible = if with.recursive { names.clone() } else { names[..i].to_vec() };
+                self.scopes.push(visible);
+                let flow = VisitMut::visit(&mut with.cte_tables[i].query, self);
+                self.scopes.pop();
+                if flow.is_break() {
+                    query.with = Some(with);
+                    return flow;
+                }
+            }
+            self.pending_with.push(Some(with));
+        } else {
+            self.pending_with.push(None);
+        }
+        self.scopes.push(names);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
+        self.scopes.pop();
+        query.with = self.pending_with.pop().flatten();
+        // `TABLE users` is a read that is not a table factor: spell it `SELECT * FROM users` and route that.
+        if let SetExpr::Table(table) = query.body.as_ref() {
+            if let Some(name) = &table.table_name {
+                let mut parts = Vec::new();
+                parts.extend(table.schema_name.clone());
+                parts.push(name.clone());
+                let object = ObjectName::from(parts);
+                if let Some(index) = self.active_migration(&object) {
+                    self.reject_if_broken(index)?;
+                    let m = &self.compiled.migrations[index];
+                    if let Some(factor) = routed_read(m, self.route.get(index), &object, None) {
+                        let mut select = template_query("SELECT * FROM __dw_table");
+                        if let SetExpr::Select(s) = select.body.as_mut() {
+                            s.from[0].relation = factor;
+                        }
+                        query.body = select.body;
+                        self.touched.insert(index);
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &mut Statement) -> ControlFlow<Rejection> {
+        // Only nested statements reach here (data-modifying CTEs): writing a migrated table from one has
+        // no dual-write form.
+        let target = match statement {
+            Statement::Insert(i) => match &i.table {
+                sqlparser::ast::TableObject::TableName(n) => Some(n.clone()),
+                _ => None,
+            },
+            Statement::Update(u) => match &u.table.relation {
+                TableFactor::Table { name, .. } => Some(name.clone()),
+                _ => None,
+            },
+            Statement::Delete(d) => match &d.from {
+                sqlparser::ast::FromTable::WithFromKeyword(t) | sqlparser::ast::FromTable::WithoutKeyword(t) => {
+                    t.first().and_then(|t| match &t.relation {
+                        TableFactor::Table { name, .. } => Some(name.clone()),
+                        _ => None,
+                    })
+                }
+            },
+            Statement::Merge(m) => match &m.table {
+                TableFactor::Table { name, .. } => Some(name.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(index) = target.as_ref().and_then(|t| self.active_migration(t)) {
+            let m = &self.compiled.migrations[index];
+            return ControlFlow::Break(Rejection::new(
+                &m.name,
+                index,
+                RejectReason::DataModifyingCte,
+                &format!("{} is written inside a WITH clause", m.table),
+            ));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Rejection> {
+        // `public.users.id`: once `public.users` is replaced by something aliased `users`, only the
+        // two-part spelling still resolves.
+        if let Expr::CompoundIdentifier(parts) = expr {
+            if parts.len() == 3 {
+                let table = ObjectName::from(vec![parts[0].clone(), parts[1].clone()]);
+                if let Some(index) = self.active_migration(&table) {
+                    let r = self.route.get(index);
+                    if !(r.version == Side::Old && r.read_source == Side::Old) {
+                        parts.remove(0);
+                        self.touched.insert(index);
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Rejection> {
+        let TableFactor::Table { name, alias, args: None, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let Some(index) = self.active_migration(name) else {
+            return ControlFlow::Continue(());
+        };
+        self.reject_if_broken(index)?;
+        let m = &self.compiled.migrations[index];
+        if let Some(routed) = routed_read(m, self.route.get(index), name, alias.as_ref()) {
+            *factor = routed;
+            self.touched.insert(index);
+        }
+        ControlFlow::Continue(())
+    }
+}

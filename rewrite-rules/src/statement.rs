@@ -1,0 +1,174 @@
+//! One parsed statement at a time: decides whether it is a read to route, a write to dual-write, a form
+//! to refuse, or something that does not concern any migration, and hands it to the module that owns it.
+
+use sqlparser::ast::{CopySource, SetExpr, Statement, VisitMut};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::Tokenizer;
+
+use crate::compiled::{template_query, Compiled};
+use crate::fallback::mentioned_migrations;
+use crate::model::Phase;
+use crate::plan::{RejectReason, Rejection, StatementTransform};
+use crate::reads::{routed_read, ReadRouter};
+use crate::route::{Route, Side};
+use crate::writes::{rewrite_dml, rewrite_truncate, Outcome};
+
+pub(crate) fn rewrite_statement(
+    compiled: &Compiled,
+    route: &Route,
+    statement: Statement,
+) -> Result<Outcome, Rejection> {
+    match statement {
+        Statement::Query(mut query) => match std::mem::replace(query.body.as_mut(), SetExpr::Values(empty_values())) {
+            body @ (SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)) => {
+                let dml = match body {
+                    SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => s,
+                    _ => unreachable!("matched above"),
+                };
+                rewrite_dml(compiled, route, Some(*query), dml)
+            }
+            body => {
+                *query.body = body;
+                route_reads(compiled, route, Statement::Query(query))
+            }
+        },
+        s @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) => {
+            rewrite_dml(compiled, route, None, s)
+        }
+        s @ Statement::Truncate(_) => rewrite_truncate(compiled, route, s),
+        Statement::Merge(merge) => {
+            let router = ReadRouter::new(compiled, route, vec![]);
+            if let sqlparser::ast::TableFactor::Table { name, .. } = &merge.table {
+                if let Some(index) = router.active_migration(name) {
+                    let m = &compiled.migrations[index];
+                    return Err(Rejection::new(&m.name, index, RejectReason::Merge, ""));
+                }
+            }
+            route_reads(compiled, route, Statement::Merge(merge))
+        }
+        s @ Statement::Copy { .. } => rewrite_copy(compiled, route, s),
+        Statement::Explain { describe_alias, analyze, verbose, query_plan, estimate, statement, format, options } => {
+            let inner = rewrite_statement(compiled, route, (*statement).clone())?;
+            Ok(Outcome {
+                statement: inner.statement.map(|s| Statement::Explain {
+                    describe_alias,
+                    analyze,
+                    verbose,
+                    query_plan,
+                    estimate,
+                    statement: Box::new(s),
+                    format,
+                    options,
+                }),
+                transform: StatementTransform::UNCHANGED,
+                migrations: inner.migrations,
+                write: inner.write && analyze,
+            })
+        }
+        Statement::Prepare { name, data_types, statement } => {
+            let inner = rewrite_statement(compiled, route, (*statement).clone())?;
+            if inner.write {
+                let index = inner.migrations.iter().next().copied().unwrap_or(0);
+                return Err(Rejection::new(
+                    &compiled.migrations[index].name,
+                    index,
+                    RejectReason::UnsupportedWrite,
+                    "SQL-level PREPARE of a write; prepare it through the extended protocol instead",
+                ));
+            }
+            Ok(Outcome {
+                statement: inner.statement.map(|s| Statement::Prepare { name, data_types, statement: Box::new(s) }),
+                transform: StatementTransform::UNCHANGED,
+                migrations: inner.migrations,
+                write: false,
+            })
+        }
+        s @ Statement::Declare { .. } => route_reads(compiled, route, s),
+        other => refuse_if_mentioned(compiled, route, other),
+    }
+}
+
+/// Routes every read reference in a statement with no write target of its own.
+fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
+    let mut router = ReadRouter::new(compiled, route, vec![]);
+    let flow = match &mut statement {
+        Statement::Query(q) => q.visit(&mut router),
+        Statement::Merge(m) => m.visit(&mut router),
+        other => other.visit(&mut router),
+    };
+    if let std::ops::ControlFlow::Break(rejection) = flow {
+        return Err(rejection);
+    }
+    if router.touched.is_empty() {
+        return Ok(Outcome::unchanged());
+    }
+    Ok(Outcome {
+        statement: Some(statement),
+        transform: StatementTransform::UNCHANGED,
+        migrations: router.touched,
+        write: false,
+    })
+}
+
+/// COPY: `COPY t TO` is a read (routed like one), `COPY t FROM` a write with no dual-write form.
+fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
+    let Statement::Copy { source, to, .. } = &mut statement else { return Ok(Outcome::unchanged()) };
+    let (table_name, columns) = match source {
+        CopySource::Query(_) => return route_reads(compiled, route, statement),
+        CopySource::Table { table_name, columns } => (table_name, columns),
+    };
+    let router = ReadRouter::new(compiled, route, vec![]);
+    let Some(index) = router.active_migration(table_name) else { return Ok(Outcome::unchanged()) };
+    let m = &compiled.migrations[index];
+    let mr = route.get(index);
+    let mut outcome = Outcome::unchanged();
+    outcome.migrations.insert(index);
+    if !*to {
+        outcome.write = true;
+        match (mr.phase, mr.version) {
+            (Phase::Complete, Side::New) => *table_name = m.shadow.to_object_name(),
+            (Phase::Complete, Side::Old) => {
+                return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""))
+            }
+            _ => return Err(Rejection::new(&m.name, index, RejectReason::CopyFrom, "")),
+        }
+    } else {
+        match routed_read(m, mr, table_name, None) {
+            None => return Ok(Outcome::unchanged()),
+            Some(sqlparser::ast::TableFactor::Table { name, .. }) => *table_name = name,
+            Some(derived) => {
+                // COPY (SELECT <columns or *> FROM (<view>) AS t) TO ...
+                let mut query = template_query("SELECT * FROM __dw_table");
+                if let SetExpr::Select(select) = query.body.as_mut() {
+                    select.from[0].relation = derived;
+                    if !columns.is_empty() {
+                        select.projection = columns
+                            .iter()
+                            .map(|c| sqlparser::ast::SelectItem::UnnamedExpr(sqlparser::ast::Expr::Identifier(c.clone())))
+                            .collect();
+                    }
+                }
+                *source = CopySource::Query(Box::new(query));
+            }
+        }
+    }
+    outcome.statement = Some(statement);
+    Ok(outcome)
+}
+
+/// Statements with no rewrite (DDL, GRANT, LOCK, ...): refused if they name an active migrated table.
+fn refuse_if_mentioned(compiled: &Compiled, route: &Route, statement: Statement) -> Result<Outcome, Rejection> {
+    let text = statement.to_string();
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, &text).tokenize() else {
+        return Ok(Outcome::unchanged());
+    };
+    if let Some(&index) = mentioned_migrations(compiled, route, &tokens).iter().next() {
+        let m = &compiled.migrations[index];
+        return Err(Rejection::new(&m.name, index, RejectReason::Ddl, ""));
+    }
+    Ok(Outcome::unchanged())
+}
+
+fn empty_values() -> sqlparser::ast::Values {
+    sqlparser::ast::Values { explicit_row: false, value_keyword: false, rows: vec![] }
+}

@@ -1,0 +1,464 @@
+//! Dual writes: an INSERT / UPDATE / DELETE on a migrated table becomes one statement whose
+//! data-modifying CTEs write the table of the session's shape (the client's own statement, `RETURNING` the
+//! whole row) and then the other table from those rows through the mapping (DESIGN section 5):
+//!
+//! ```sql
+//! WITH __dw_primary AS (<client statement> RETURNING users.*),
+//!      __dw_shadow  AS (INSERT INTO users_v2 (...) SELECT <forward> FROM __dw_primary
+//!                       ON CONFLICT (id) DO UPDATE SET ...)
+//! SELECT <client RETURNING list, or nothing> FROM __dw_primary AS users
+//! ```
+//!
+//! Which table is written first follows the session's version: an old-shaped statement runs on the old
+//! table and syncs the shadow through `forward`; a new-shaped one (written against the logical name) runs
+//! on the shadow and syncs the old table through `backward`. So in `cutover` every new-version write goes
+//! to the shadow first and back through the backward mapping, while old-version code keeps working until
+//! `complete`. An UPDATE only re-derives the mapped columns whose expressions read a column it assigns,
+//! so values that exist only on the other side (e.g. a shadow-only edit under a lossy mapping) are not
+//! overwritten by an unrelated change. In `complete` only the shadow is written: a new-shaped statement is
+//! renamed onto it; an old-shaped one is refused, since writing the retired table alone would lose it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ops::ControlFlow;
+use std::sync::OnceLock;
+
+use sqlparser::ast::{
+    Assignment, AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, OnConflictAction,
+    OnInsert, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAliasWithoutColumns,
+    TableFactor, TableObject, TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
+};
+
+use crate::compiled::{template_query, Compiled, CompiledMigration, Direction};
+use crate::model::Phase;
+use crate::names::normalize_ident;
+use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
+use crate::reads::{alias_of, cte_names, exposed_name, ReadRouter};
+use crate::route::{Route, Side};
+
+/// What became of one statement.
+pub(crate) struct Outcome {
+    /// The statement to send, or `None` to send it as the client wrote it.
+    pub statement: Option<Statement>,
+    pub transform: StatementTransform,
+    pub migrations: BTreeSet<usize>,
+    pub write: bool,
+}
+
+impl Outcome {
+    pub fn unchanged() -> Outcome {
+        Outcome { statement: None, transform: StatementTransform::UNCHANGED, migrations: BTreeSet::new(), write: false }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Rewrites an INSERT, UPDATE or DELETE. `shell` is the query it was the body of when the client wrote
+/// `WITH ... <dml>` (its body is ignored).
+pub(crate) fn rewrite_dml(
+    compiled: &Compiled,
+    route: &Route,
+    shell: Option<Query>,
+    mut dml: Statement,
+) -> Result<Outcome, Rejection> {
+    let mut shell = shell;
+    let outer_ctes = shell.as_ref().map(cte_names).unwrap_or_default();
+    let mut router = ReadRouter::new(compiled, route, outer_ctes);
+    if let Some(with) = shell.as_mut().and_then(|q| q.with.as_mut()) {
+        route_in(with, &mut router)?;
+    }
+    let (kind, target) = route_read_parts(&mut dml, &mut router)?;
+    let mut migrations = std::mem::take(&mut router.touched);
+    let target_index = target.as_ref().and_then(|(object, _)| router.active_migration(object));
+
+    let Some(index) = target_index else {
+        if migrations.is_empty() {
+            return Ok(Outcome::unchanged());
+        }
+        return Ok(Outcome {
+            statement: Some(reassemble(shell, kind, dml)),
+            transform: StatementTransform::UNCHANGED,
+            migrations,
+            write: false,
+        });
+    };
+    let (object, alias) = target.expect("target_index implies a target");
+    let m = &compiled.migrations[index];
+    let mr = route.get(index);
+    migrations.insert(index);
+    if let Some(why) = &m.broken {
+        return Err(Rejection::new(&m.name, index, RejectReason::InvalidRules, why));
+    }
+    let exposed = exposed_name(&object, alias.as_ref());
+
+    if mr.phase == Phase::Complete {
+        if mr.version == Side::Old {
+            return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""));
+        }
+        retarget(&mut dml, m, &exposed);
+        return Ok(Outcome {
+            statement: Some(reassemble(shell, kind, dml)),
+            transform: StatementTransform::UNCHANGED,
+            migrations,
+            write: true,
+        });
+    }
+
+    // dual_write or cutover: write the session's shape, then sync the other table.
+    let sync = m.producing(mr.version.other());
+    let sync_statement = match kind {
+        Kind::Insert => sync.upsert.clone(),
+        Kind::Delete => sync.delete.clone(),
+        Kind::Update => {
+            let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
+            let assigned = assigned_columns(&update.assignments);
+            if let Some(col) = assigned.iter().find(|c| sync.key_sources.contains(*c)) {
+                return Err(Rejection::new(
+                    &m.name,
+                    index,
+                    RejectReason::KeyChangingUpdate,
+                    &format!("column {col} feeds the key ({})", m.key.join(", ")),
+                ));
+            }
+            partial_upsert(sync, &assigned)
+        }
+    };
+    if mr.version == Side::New {
+        retarget(&mut dml, m, &exposed);
+    }
+    let client_returning = take_returning(&mut dml);
+    if let Some(items) = &client_returning {
+        if has_other_tables(&dml) && !reads_only(items, &exposed) {
+            return Err(Rejection::new(&m.name, index, RejectReason::UnsupportedReturning, ""));
+        }
+    }
+    set_returning(
+        &mut dml,
+        vec![SelectItem::QualifiedWildcard(
+            SelectItemQualifiedWildcardKind::ObjectName(ObjectName::from(vec![exposed.clone()])),
+            WildcardAdditionalOptions::default(),
+        )],
+    );
+    let rows = if client_returning.is_some() { RowsDisposition::Keep } else { RowsDisposition::Suppress };
+    let query = wrap(shell, kind, dml, sync, sync_statement, client_returning.unwrap_or_default(), exposed);
+    let tag = match kind {
+        Kind::Insert => TagRewrite::Insert,
+        Kind::Update => TagRewrite::Update,
+        Kind::Delete => TagRewrite::Delete,
+    };
+    Ok(Outcome {
+        statement: Some(Statement::Query(Box::new(query))),
+        transform: StatementTransform { command_tag: Some(tag), rows },
+        migrations,
+        write: true,
+    })
+}
+
+/// TRUNCATE: while both tables are kept, truncate both in the one statement.
+pub(crate) fn rewrite_truncate(
+    compiled: &Compiled,
+    route: &Route,
+    mut statement: Statement,
+) -> Result<Outcome, Rejection> {
+    let Statement::Truncate(truncate) = &mut statement else { return Ok(Outcome::unchanged()) };
+    let router = ReadRouter::new(compiled, route, vec![]);
+    let mut targets = Vec::with_capacity(truncate.table_names.len() + 1);
+    let mut migrations = BTreeSet::new();
+    for target in truncate.table_names.drain(..) {
+        let Some(index) = router.active_migration(&target.name) else {
+            targets.push(target);
+            continue;
+        };
+        let m = &compiled.migrations[index];
+        let mr = route.get(index);
+        migrations.insert(index);
+        let shadow = TruncateTableTarget { name: m.shadow.to_object_name(), ..target.clone() };
+        match (mr.phase, mr.version) {
+            (Phase::Complete, Side::Old) => {
+                return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""))
+            }
+            (Phase::Complete, Side::New) => targets.push(shadow),
+            _ => {
+                targets.push(target);
+                targets.push(shadow);
+            }
+        }
+    }
+    truncate.table_names = targets;
+    if migrations.is_empty() {
+        return Ok(Outcome::unchanged());
+    }
+    Ok(Outcome { statement: Some(statement), transform: StatementTransform::UNCHANGED, migrations, write: true })
+}
+
+fn route_in<T: VisitMut>(node: &mut T, router: &mut ReadRouter) -> Result<(), Rejection> {
+    match VisitMut::visit(node, router) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(r) => Err(r),
+    }
+}
+
+/// Routes the reads inside a DML statement (everything but its target) and returns its kind and target.
+fn route_read_parts(
+    dml: &mut Statement,
+    router: &mut ReadRouter,
+) -> Result<(Kind, Option<(ObjectName, Option<Ident>)>), Rejection> {
+    match dml {
+        Statement::Insert(insert) => {
+            route_in(&mut insert.source, router)?;
+            if let Some(on) = insert.on.as_mut() {
+                route_in(on, router)?;
+            }
+            route_in(&mut insert.returning, router)?;
+            let target = match &insert.table {
+                TableObject::TableName(name) => {
+                    Some((name.clone(), insert.table_alias.as_ref().map(|a| a.alias.clone())))
+                }
+                _ => None,
+            };
+            Ok((Kind::Insert, target))
+        }
+        Statement::Update(update) => {
+            route_in(&mut update.assignments, router)?;
+            route_in(&mut update.from, router)?;
+            route_in(&mut update.selection, router)?;
+            route_in(&mut update.returning, router)?;
+            route_in(&mut update.table.joins, router)?;
+            Ok((Kind::Update, factor_target(&update.table.relation)))
+        }
+        Statement::Delete(delete) => {
+            route_in(&mut delete.using, router)?;
+            route_in(&mut delete.selection, router)?;
+            route_in(&mut delete.returning, router)?;
+            let tables = match &mut delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let target = tables.first().and_then(|t| factor_target(&t.relation));
+            for t in tables.iter_mut().skip(1) {
+                route_in(t, router)?;
+            }
+            if let Some(first) = tables.first_mut() {
+                route_in(&mut first.joins, router)?;
+            }
+            Ok((Kind::Delete, target))
+        }
+        _ => unreachable!("rewrite_dml is only called for INSERT, UPDATE and DELETE"),
+    }
+}
+
+fn factor_target(factor: &TableFactor) -> Option<(ObjectName, Option<Ident>)> {
+    match factor {
+        TableFactor::Table { name, alias, args: None, .. } => {
+            Some((name.clone(), alias.as_ref().map(|a| a.name.clone())))
+        }
+        _ => None,
+    }
+}
+
+/// Points the statement's target at the shadow, aliased by the name the client's SQL uses for it.
+fn retarget(dml: &mut Statement, m: &CompiledMigration, exposed: &Ident) {
+    let shadow = m.shadow.to_object_name();
+    match dml {
+        Statement::Insert(insert) => {
+            insert.table = TableObject::TableName(shadow);
+            if insert.table_alias.is_none() {
+                insert.table_alias = Some(TableAliasWithoutColumns { explicit: true, alias: exposed.clone() });
+            }
+        }
+        Statement::Update(update) => set_factor_name(&mut update.table.relation, shadow, exposed),
+        Statement::Delete(delete) => {
+            let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &mut delete.from;
+            if let Some(first) = t.first_mut() {
+                set_factor_name(&mut first.relation, shadow, exposed);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set_factor_name(factor: &mut TableFactor, shadow: ObjectName, exposed: &Ident) {
+    if let TableFactor::Table { name, alias, .. } = factor {
+        *name = shadow;
+        if alias.is_none() {
+            *alias = Some(alias_of(exposed.clone()));
+        }
+    }
+}
+
+/// Columns an UPDATE assigns (the column of `SET col.field = ...` is `col`).
+fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
+    let first = |name: &ObjectName| match name.0.first() {
+        Some(ObjectNamePart::Identifier(id)) => Some(normalize_ident(id)),
+        _ => None,
+    };
+    assignments
+        .iter()
+        .flat_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) => vec![first(n)],
+            AssignmentTarget::Tuple(ns) => ns.iter().map(first).collect(),
+        })
+        .flatten()
+        .collect()
+}
+
+/// The sync upsert re-deriving only the target columns whose mapping reads an assigned column.
+fn partial_upsert(sync: &Direction, assigned: &HashSet<String>) -> Statement {
+    let affected = sync.affected_by(assigned);
+    let mut statement = sync.upsert.clone();
+    if let Statement::Insert(insert) = &mut statement {
+        if let Some(OnInsert::OnConflict(on_conflict)) = &mut insert.on {
+            if let OnConflictAction::DoUpdate(update) = &mut on_conflict.action {
+                let mut columns = sync.upsert_assigned.iter();
+                update.assignments.retain(|_| columns.next().is_some_and(|c| affected.contains(c.as_str())));
+                if update.assignments.is_empty() {
+                    on_conflict.action = OnConflictAction::DoNothing;
+                }
+            }
+        }
+    }
+    statement
+}
+
+fn take_returning(dml: &mut Statement) -> Option<Vec<SelectItem>> {
+    match dml {
+        Statement::Insert(i) => i.returning.take(),
+        Statement::Update(u) => u.returning.take(),
+        Statement::Delete(d) => d.returning.take(),
+        _ => None,
+    }
+}
+
+fn set_returning(dml: &mut Statement, items: Vec<SelectItem>) {
+    match dml {
+        Statement::Insert(i) => i.returning = Some(items),
+        Statement::Update(u) => u.returning = Some(items),
+        Statement::Delete(d) => d.returning = Some(items),
+        _ => {}
+    }
+}
+
+/// True if the statement reads tables besides its target (UPDATE ... FROM, DELETE ... USING), whose
+/// columns its RETURNING could name.
+fn has_other_tables(dml: &Statement) -> bool {
+    match dml {
+        Statement::Update(u) => u.from.is_some() || !u.table.joins.is_empty(),
+        Statement::Delete(d) => {
+            d.using.as_ref().is_some_and(|u| !u.is_empty())
+                || matches!(&d.from, FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)
+                    if t.len() > 1 || t.first().is_some_and(|t| !t.joins.is_empty()))
+        }
+        _ => false,
+    }
+}
+
+/// True if a RETURNING list names no table but `exposed` (outside its own subqueries).
+fn reads_only(items: &[SelectItem], exposed: &Ident) -> bool {
+    struct Qualifiers<'a> {
+        exposed: String,
+        depth: usize,
+        ok: bool,
+        _p: std::marker::PhantomData<&'a ()>,
+    }
+    impl Visitor for Qualifiers<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if self.depth == 0 {
+                if let Expr::CompoundIdentifier(ids) = expr {
+                    if ids.len() >= 2 && normalize_ident(&ids[ids.len() - 2]) != self.exposed {
+                        self.ok = false;
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let exposed_norm = normalize_ident(exposed);
+    let mut check = Qualifiers { exposed: exposed_norm.clone(), depth: 0, ok: true, _p: Default::default() };
+    for item in items {
+        match item {
+            SelectItem::Wildcard(_) => return false,
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                match n.0.last() {
+                    Some(ObjectNamePart::Identifier(id)) if normalize_ident(id) == exposed_norm => {}
+                    _ => return false,
+                }
+            }
+            other => {
+                let _ = other.visit(&mut check);
+            }
+        }
+    }
+    check.ok
+}
+
+fn dml_body(kind: Kind, dml: Statement) -> SetExpr {
+    match kind {
+        Kind::Insert => SetExpr::Insert(dml),
+        Kind::Update => SetExpr::Update(dml),
+        Kind::Delete => SetExpr::Delete(dml),
+    }
+}
+
+/// The client's statement put back together (inside its WITH clause if it had one).
+fn reassemble(shell: Option<Query>, kind: Kind, dml: Statement) -> Statement {
+    match shell {
+        Some(mut q) => {
+            q.body = Box::new(dml_body(kind, dml));
+            Statement::Query(Box::new(q))
+        }
+        None => dml,
+    }
+}
+
+/// `WITH <client CTEs>, __dw_primary AS (<dml>), <sync CTE> AS (<sync>) SELECT <returning> FROM
+/// __dw_primary AS <exposed>`.
+fn wrap(
+    shell: Option<Query>,
+    kind: Kind,
+    dml: Statement,
+    sync: &Direction,
+    sync_statement: Statement,
+    returning: Vec<SelectItem>,
+    exposed: Ident,
+) -> Query {
+    static TEMPLATE: OnceLock<Query> = OnceLock::new();
+    let mut query = TEMPLATE
+        .get_or_init(|| {
+            template_query(
+                "WITH __dw_primary AS (SELECT 1), __dw_sync AS (SELECT 1) SELECT FROM __dw_primary AS __dw_exposed",
+            )
+        })
+        .clone();
+    if let Some(with) = query.with.as_mut() {
+        with.cte_tables[0].query.body = Box::new(dml_body(kind, dml));
+        with.cte_tables[1].alias.name = Ident::new(sync.cte_name);
+        with.cte_tables[1].query.body = Box::new(match sync_statement {
+            s @ Statement::Delete(_) => SetExpr::Delete(s),
+            s => SetExpr::Insert(s),
+        });
+        if let Some(client_with) = shell.and_then(|q| q.with) {
+            with.recursive = client_with.recursive;
+            let ours = std::mem::replace(&mut with.cte_tables, client_with.cte_tables);
+            with.cte_tables.extend(ours);
+        }
+    }
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        select.projection = returning;
+        if let TableFactor::Table { alias: Some(alias), .. } = &mut select.from[0].relation {
+            alias.name = exposed;
+        }
+    }
+    query
+}
