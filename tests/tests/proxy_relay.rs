@@ -209,3 +209,27 @@ async fn listen_notify_is_relayed_while_idle() {
     assert_eq!(note.process_id(), sender_pid, "the sender pid matches what the sender's driver reports");
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn large_objects_use_function_calls_through_the_proxy() {
+    // libpq's lo_* functions (psql \lo_import / \lo_export) speak FunctionCall ('F' / 'V'), which the proxy
+    // relays raw by header.
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("blob.bin");
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&source, &blob).unwrap();
+    let target = dir.path().join("copy.bin");
+    let script = format!(
+        "\\lo_import '{}'\n\\set oid :LASTOID\n\\lo_export :oid '{}'\n\\lo_unlink :oid\nSELECT 'done';\n",
+        source.display(),
+        target.display()
+    );
+    let out = psql(&db.url_via(proxy.addr()), &["-A", "-t"], Some(&script)).await.unwrap();
+    out.assert_success();
+    assert!(out.stdout.contains("done"), "{}", out.stdout);
+    assert_eq!(std::fs::read(&target).unwrap(), blob);
+    proxy.stop().await.unwrap();
+}
