@@ -32,7 +32,7 @@ use crate::compiled::{template_query, Compiled, CompiledMigration, Direction};
 use crate::model::Phase;
 use crate::names::normalize_ident;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
-use crate::reads::{alias_of, cte_names, exposed_name, ReadRouter};
+use crate::reads::{alias_of, cte_names, exposed_name, unqualify_returning, ReadRouter};
 use crate::route::{Route, Side};
 
 /// What became of one statement.
@@ -130,7 +130,10 @@ pub(crate) fn rewrite_dml(
     if mr.version == Side::New {
         retarget(&mut dml, m, &exposed);
     }
-    let client_returning = take_returning(&mut dml);
+    let mut client_returning = take_returning(&mut dml);
+    if let Some(items) = client_returning.as_mut() {
+        unqualify_returning(&router, index, items);
+    }
     if let Some(items) = &client_returning {
         if has_other_tables(&dml) && !reads_only(items, &exposed) {
             return Err(Rejection::new(&m.name, index, RejectReason::UnsupportedReturning, ""));
