@@ -110,20 +110,32 @@ pub(crate) fn rewrite_dml(
 
     // dual_write or cutover: write the session's shape, then sync the other table.
     let sync = m.producing(mr.version.other());
+    let key_change = |assigned: &HashSet<String>| match assigned.iter().find(|c| sync.key_sources.contains(*c)) {
+        Some(col) => Err(Rejection::new(
+            &m.name,
+            index,
+            RejectReason::KeyChangingUpdate,
+            &format!("column {col} feeds the key ({})", m.key.join(", ")),
+        )),
+        None => Ok(()),
+    };
     let sync_statement = match kind {
-        Kind::Insert => sync.upsert.clone(),
+        Kind::Insert => {
+            // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
+            if let Statement::Insert(insert) = &dml {
+                if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
+                    if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
+                        key_change(&assigned_columns(&update.assignments))?;
+                    }
+                }
+            }
+            sync.upsert.clone()
+        }
         Kind::Delete => sync.delete.clone(),
         Kind::Update => {
             let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
             let assigned = assigned_columns(&update.assignments);
-            if let Some(col) = assigned.iter().find(|c| sync.key_sources.contains(*c)) {
-                return Err(Rejection::new(
-                    &m.name,
-                    index,
-                    RejectReason::KeyChangingUpdate,
-                    &format!("column {col} feeds the key ({})", m.key.join(", ")),
-                ));
-            }
+            key_change(&assigned)?;
             partial_upsert(sync, &assigned)
         }
     };

@@ -325,6 +325,7 @@ pass   | INSERT INTO accounts (user_id) SELECT id FROM users ON CONFLICT DO NOTH
 pass   | WITH moved AS (DELETE FROM staging RETURNING *) INSERT INTO audit (user_id, name) SELECT id, name FROM moved
 reject key_changing_update | UPDATE users SET id = id + 1
 reject key_changing_update | UPDATE users SET (id, name) = (2, 'x y') WHERE id = 1
+reject key_changing_update | INSERT INTO users (id, name) VALUES (1, 'a b') ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id + 1000
 reject merge | MERGE INTO users u USING staging s ON u.id = s.id WHEN MATCHED THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)
 reject copy_from | COPY users FROM STDIN
 reject copy_from | COPY users (id, name) FROM '/tmp/users.csv' WITH (FORMAT csv)
