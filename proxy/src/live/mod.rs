@@ -15,7 +15,7 @@ use anyhow::Context;
 use dualwrite_rules::{Rewriter, RuleSet};
 
 use crate::config::Config;
-use crate::control::{ControlContext, JobRunner};
+use crate::control::{ControlContext, JobDispatch};
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::state::{StateHandle, StateOptions};
 use crate::version::VersionDefaults;
@@ -36,7 +36,7 @@ impl Live {
     /// Loads the rules named by the config and connects the control plane (creating or upgrading the
     /// `dualwrite` schema, registering the migrations, reading the state). `None` without a rules file:
     /// the proxy then relays everything without looking at it.
-    pub async fn from_config(config: &Config, jobs: Option<Arc<dyn JobRunner>>) -> anyhow::Result<Option<Arc<Live>>> {
+    pub async fn from_config(config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> anyhow::Result<Option<Arc<Live>>> {
         let Some(path) = &config.rules else { return Ok(None) };
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
         let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
@@ -48,7 +48,7 @@ impl Live {
         Ok(Some(Arc::new(Live::new(rules, state, config, jobs))))
     }
 
-    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobRunner>>) -> Live {
+    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> Live {
         let rewriter = Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY);
         let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs };
         Live { rules, rewriter, control, defaults: config.versions.clone(), next_session: AtomicU64::new(1) }
