@@ -85,9 +85,7 @@ impl<'s> Backend<'s> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
+            super::prepare_read_buffer(&mut buf);
             tokio::select! {
                 biased;
                 read = upstream.read_buf(&mut buf) => match read {

@@ -89,9 +89,14 @@ impl RawClient {
     }
 
     pub async fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        self.query_bytes(sql.as_bytes()).await
+    }
+
+    /// A simple Query with SQL given as raw bytes (any client encoding); messages up to ReadyForQuery.
+    pub async fn query_bytes(&mut self, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut msg = vec![b'Q'];
         msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        msg.extend_from_slice(sql.as_bytes());
+        msg.extend_from_slice(sql);
         msg.push(0);
         self.send(&msg).await;
         let mut out = Vec::new();
