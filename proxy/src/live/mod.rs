@@ -5,7 +5,10 @@
 //! `Live` is built once per server from the config (rules file, control-plane connection) and shared by
 //! every session; [`session::LiveSession`] holds what one client session needs.
 
+mod jobs;
 mod session;
+
+pub use jobs::ControlJobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,15 +39,17 @@ impl Live {
     /// Loads the rules named by the config and connects the control plane (creating or upgrading the
     /// `dualwrite` schema, registering the migrations, reading the state). `None` without a rules file:
     /// the proxy then relays everything without looking at it.
-    pub async fn from_config(config: &Config, jobs: Option<Arc<dyn JobRunner>>) -> anyhow::Result<Option<Arc<Live>>> {
+    pub async fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Live>>> {
         let Some(path) = &config.rules else { return Ok(None) };
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
         let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
         config.versions.validate(&rules).map_err(anyhow::Error::msg)?;
         let pg = config.control_connection()?;
-        let state = StateHandle::connect(pg, Arc::clone(&rules), StateOptions::default())
+        let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
+        let jobs: Arc<dyn JobRunner> = Arc::new(ControlJobs::new(pg, Arc::clone(&rules)));
+        let jobs = Some(jobs);
         Ok(Some(Arc::new(Live::new(rules, state, config, jobs))))
     }
 
