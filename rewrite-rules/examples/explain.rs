@@ -31,7 +31,7 @@ fn main() {
         match rewriter.plan(&sql, &route) {
             Plan::PassThrough => println!("PASS     {sql}"),
             Plan::Rewritten { sql: out, statements, .. } => println!("REWRITE  {out}\n         {statements:?}"),
-            Plan::Rejected(r) => println!("REJECT   {sql}\n         {}", r.message),
+            Plan::Rejected(r) => println!("REJECT   {sql}\n         {}\n         {:?}", r.message, r.reason),
         }
     }
 }

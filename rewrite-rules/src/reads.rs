@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableAlias, TableFactor, VisitorMut,
+    Expr, Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableAlias, TableFactor, VisitMut,
+    VisitorMut, With,
 };
 
 use crate::compiled::{template_query, Compiled, CompiledMigration};
@@ -29,12 +30,15 @@ pub(crate) struct ReadRouter<'a> {
     scopes: Vec<Vec<String>>,
     /// Migrations whose references were rewritten.
     pub touched: BTreeSet<usize>,
+    /// WITH clauses taken out of the queries being visited (their CTE bodies are visited by hand, each in
+    /// its own scope), put back when the query's visit ends.
+    pending_with: Vec<Option<With>>,
 }
 
 impl<'a> ReadRouter<'a> {
     /// A router that already sees `outer_ctes` (the WITH clause of the statement it runs inside).
     pub fn new(compiled: &'a Compiled, route: &'a Route, outer_ctes: Vec<String>) -> Self {
-        ReadRouter { compiled, route, scopes: vec![outer_ctes], touched: BTreeSet::new() }
+        ReadRouter { compiled, route, scopes: vec![outer_ctes], touched: BTreeSet::new(), pending_with: Vec::new() }
     }
 
     fn is_cte(&self, name: &TableName) -> bool {
@@ -125,12 +129,32 @@ impl VisitorMut for ReadRouter<'_> {
     type Break = Rejection;
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
-        self.scopes.push(cte_names(query));
+        let names = cte_names(query);
+        let with = query.with.take();
+        if let Some(mut with) = with {
+            // A non-recursive CTE body sees only the CTEs before it (a same-named table otherwise); a
+            // recursive WITH makes every name visible everywhere.
+            for i in 0..with.cte_tables.len() {
+                let visible = if with.recursive { names.clone() } else { names[..i].to_vec() };
+                self.scopes.push(visible);
+                let flow = VisitMut::visit(&mut with.cte_tables[i].query, self);
+                self.scopes.pop();
+                if flow.is_break() {
+                    query.with = Some(with);
+                    return flow;
+                }
+            }
+            self.pending_with.push(Some(with));
+        } else {
+            self.pending_with.push(None);
+        }
+        self.scopes.push(names);
         ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
         self.scopes.pop();
+        query.with = self.pending_with.pop().flatten();
         // `TABLE users` is a read that is not a table factor: spell it `SELECT * FROM users` and route that.
         if let SetExpr::Table(table) = query.body.as_ref() {
             if let Some(name) = &table.table_name {
@@ -189,6 +213,24 @@ impl VisitorMut for ReadRouter<'_> {
                 RejectReason::DataModifyingCte,
                 &format!("{} is written inside a WITH clause", m.table),
             ));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Rejection> {
+        // `public.users.id`: once `public.users` is replaced by something aliased `users`, only the
+        // two-part spelling still resolves.
+        if let Expr::CompoundIdentifier(parts) = expr {
+            if parts.len() == 3 {
+                let table = ObjectName::from(vec![parts[0].clone(), parts[1].clone()]);
+                if let Some(index) = self.active_migration(&table) {
+                    let r = self.route.get(index);
+                    if !(r.version == Side::Old && r.read_source == Side::Old) {
+                        parts.remove(0);
+                        self.touched.insert(index);
+                    }
+                }
+            }
         }
         ControlFlow::Continue(())
     }

@@ -131,3 +131,72 @@ async fn gssenc_request_is_refused_and_the_session_goes_on() {
     assert_eq!(s.read_u8().await.unwrap(), b'N');
     proxy.stop().await.unwrap();
 }
+
+/// Turns TLS on in a running cluster with a fresh self-signed certificate (reloadable since PG 10).
+async fn enable_server_tls(cluster: &TestCluster) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = cluster.data_dir().to_path_buf();
+    let owner = std::fs::metadata(&data).unwrap();
+    let (cert, key) = write_self_signed(&data);
+    for path in [&cert, &key] {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let admin = connect(&cluster.connection_string()).await.unwrap();
+    // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
+    for statement in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.simple_query(&statement).await.unwrap();
+    }
+    // The reload is asynchronous: wait until a new backend sees it.
+    for _ in 0..50 {
+        let probe = connect(&cluster.connection_string()).await.unwrap();
+        let on: String = probe.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        if on == "on" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("ssl did not turn on");
+}
+
+#[tokio::test]
+async fn tls_to_the_upstream_and_scram_without_channel_binding() {
+    let cluster = TestCluster::start().await.unwrap();
+    enable_server_tls(&cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_self_signed(dir.path());
+    let mut config = config_for(&cluster);
+    config.upstream = format!("{}?sslmode=require", cluster.connection_string());
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let proxy = start_proxy_with(config).await;
+    let base = url_for(proxy.addr, SCRAM_USER, Some(SCRAM_PASSWORD), "postgres");
+    let probe = ["-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-c", "SELECT current_user"];
+    // Channel binding cannot cross the proxy: the upstream (on TLS) offers SCRAM-SHA-256-PLUS, the proxy
+    // takes it off the list, so a client on TLS that requires binding is refused by libpq itself...
+    let out = psql(&format!("{base}?sslmode=require&channel_binding=require"), &probe, None).await.unwrap();
+    assert!(!out.success());
+    assert!(out.stderr.contains("channel binding"), "{}", out.stderr);
+    // ...while a client on TLS without binding, and a plaintext client, log in; the upstream leg is TLS.
+    for params in ["sslmode=require&channel_binding=disable", "sslmode=disable"] {
+        let out = psql(&format!("{base}?{params}"), &probe, None).await.unwrap();
+        out.assert_success();
+        assert_eq!(out.stdout.trim(), format!("t\n{SCRAM_USER}"), "{params}");
+    }
+    // Cancel keys work over the TLS upstream as well.
+    let client = connect(&url_for(proxy.addr, MD5_USER, Some(MD5_PASSWORD), "postgres")).await.unwrap();
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    canceller.await.unwrap().unwrap();
+    proxy.stop().await.unwrap();
+}

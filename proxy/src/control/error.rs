@@ -72,6 +72,7 @@ pub mod codes {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const OBJECT_IN_USE: &str = "55006";
     pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";

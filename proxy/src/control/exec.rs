@@ -1,7 +1,7 @@
 //! Running a parsed control command for one client: the admin check (42501 for everyone else), the state
 //! change through `StateHandle`, and the answer as a `ControlResponse` the session sends as RowDescription
 //! and DataRows and CommandComplete (every column is `text`, so the text and binary formats carry the same
-//! bytes). BACKFILL and VERIFY are dispatched to a `JobRunner` (helper "jobs"); without one they answer
+//! bytes). BACKFILL and VERIFY are dispatched to a `JobDispatch` (helper "jobs"); without one they answer
 //! with 0A000.
 
 use std::sync::Arc;
@@ -23,8 +23,9 @@ pub fn result_set(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> ControlRe
     ControlResponse { columns: columns.iter().map(|c| c.to_string()).collect(), rows, tag }
 }
 
-/// The backfill/verify jobs as seen by control SQL (implemented in `jobs`).
-pub trait JobRunner: Send + Sync {
+/// The backfill/verify jobs as seen by control SQL (`control::jobs_bridge` implements it over
+/// `jobs::JobRunner`). Each successful command is audited by `execute`.
+pub trait JobDispatch: Send + Sync {
     /// START / PAUSE / RESUME a backfill; answers with the backfill's state.
     fn backfill<'a>(
         &'a self,
@@ -45,7 +46,7 @@ pub struct ControlContext {
     pub state: StateHandle,
     /// Roles allowed to run control SQL.
     pub admin_roles: Arc<Vec<String>>,
-    pub jobs: Option<Arc<dyn JobRunner>>,
+    pub jobs: Option<Arc<dyn JobDispatch>>,
 }
 
 impl ControlContext {
@@ -99,14 +100,30 @@ pub async fn execute(ctx: &ControlContext, command: &ControlCommand, actor: &Act
         ControlCommand::Backfill { migration, action, batch, rate } => {
             check_migration(ctx, migration)?;
             let jobs = ctx.jobs.as_ref().ok_or_else(|| not_available("backfill"))?;
-            jobs.backfill(migration, *action, *batch, *rate, actor).await
+            let response = jobs.backfill(migration, *action, *batch, *rate, actor).await?;
+            let details = serde_json::json!({ "batch": batch, "rate": rate, "result": row_json(&response) });
+            let action = format!("backfill {}", action.as_str());
+            ctx.state.record_action(migration, &action, actor, &details.to_string()).await.map_err(state_err)?;
+            Ok(response)
         }
         ControlCommand::Verify { migration, repair } => {
             check_migration(ctx, migration)?;
             let jobs = ctx.jobs.as_ref().ok_or_else(|| not_available("verify"))?;
-            jobs.verify(migration, *repair, actor).await
+            let response = jobs.verify(migration, *repair, actor).await?;
+            let action = if *repair { "verify repair" } else { "verify" };
+            let details = row_json(&response).to_string();
+            ctx.state.record_action(migration, action, actor, &details).await.map_err(state_err)?;
+            Ok(response)
         }
     }
+}
+
+/// The first row of a response as a JSON object (column -> text), for the audit log.
+fn row_json(response: &ControlResponse) -> serde_json::Value {
+    let row = response.rows.first().cloned().unwrap_or_default();
+    serde_json::Value::Object(
+        response.columns.iter().cloned().zip(row.into_iter().map(|v| v.map_or(serde_json::Value::Null, serde_json::Value::String))).collect(),
+    )
 }
 
 fn not_available(what: &str) -> SqlError {

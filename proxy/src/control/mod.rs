@@ -4,8 +4,9 @@
 pub mod error;
 pub mod exec;
 pub mod grammar;
+pub mod jobs_bridge;
 pub mod lex;
 
 pub use error::SqlError;
-pub use exec::{execute, result_set, ControlContext, ControlResponse, JobRunner};
+pub use exec::{execute, result_set, ControlContext, ControlResponse, JobDispatch};
 pub use grammar::{is_control_command, parse_control, BackfillAction, ControlCommand, ReadTarget};

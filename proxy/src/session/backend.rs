@@ -1,6 +1,9 @@
 //! Upstream -> client direction. During startup it relays authentication (taking SCRAM-SHA-256-PLUS off
 //! the offered mechanisms, since channel binding cannot cross the proxy) and swaps the upstream's cancel
-//! key for the proxy's own. Afterwards each message is classified by its tag through the response queue;
+//! key for the proxy's own. Known limit: when both legs use TLS, a client that would bind if it could
+//! (libpq's default `channel_binding=prefer`) announces that in its SCRAM header, and a TLS upstream then
+//! refuses the login as a downgrade; such clients need `channel_binding=disable` (the header is covered by
+//! the SCRAM proof, so the proxy cannot change it). Afterwards each message is classified by its tag through the response queue;
 //! runs of unchanged messages are forwarded as slices of the read buffer, written once per upstream read
 //! (that is, at the upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous
 //! messages), never once per message.

@@ -328,6 +328,22 @@ pub async fn route_reads(
     Ok(RouteChange { migration: m.name.clone(), read_source: version.map(str::to_string), read_percent: percent })
 }
 
+/// Append an audit row for an action that changed state elsewhere (a backfill command, a verify run):
+/// `details` is jsonb text stored as `after`. Announced like every change.
+pub async fn record_action(
+    client: &mut Client,
+    migration: &str,
+    action: &str,
+    actor: &Actor,
+    details: &str,
+) -> Result<(), StateError> {
+    let tx = client.transaction().await?;
+    audit(&tx, migration, action, actor, None, Some(details)).await?;
+    notify(&tx, migration).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Audit rows, oldest first: the last `limit` (all when `None`), of one migration or all.
 pub async fn audit_entries(
     client: &impl GenericClient,

@@ -149,6 +149,14 @@ impl StateHandle {
         Ok(change)
     }
 
+    /// Record an action done outside the state tables' own changes (backfill commands, verify runs).
+    pub async fn record_action(&self, migration: &str, action: &str, actor: &Actor, details: &str) -> Result<(), StateError> {
+        let mut client = self.control().await?;
+        let result = store::record_action(&mut client, migration, action, actor, details).await;
+        drop(client);
+        self.fail_closed(result)
+    }
+
     pub async fn audit(&self, migration: Option<&str>, limit: Option<u32>) -> Result<Vec<AuditEntry>, StateError> {
         let client = self.control().await?;
         let result = store::audit_entries(&*client, migration, limit).await;
