@@ -5,10 +5,7 @@
 //! `Live` is built once per server from the config (rules file, control-plane connection) and shared by
 //! every session; [`session::LiveSession`] holds what one client session needs.
 
-mod jobs;
 mod session;
-
-pub use jobs::ControlJobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +15,10 @@ use anyhow::Context;
 use dualwrite_rules::{Rewriter, RuleSet};
 
 use crate::config::Config;
-use crate::control::{ControlContext, JobRunner};
+use crate::control::exec::JobDispatch;
+use crate::control::jobs_bridge::JobsBridge;
+use crate::control::ControlContext;
+use crate::jobs::JobRunner;
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::state::{StateHandle, StateOptions};
 use crate::version::VersionDefaults;
@@ -48,12 +48,12 @@ impl Live {
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
-        let jobs: Arc<dyn JobRunner> = Arc::new(ControlJobs::new(pg, Arc::clone(&rules)));
+        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg)), Arc::clone(&rules)));
         let jobs = Some(jobs);
         Ok(Some(Arc::new(Live::new(rules, state, config, jobs))))
     }
 
-    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobRunner>>) -> Live {
+    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> Live {
         let rewriter = Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY);
         let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs };
         Live { rules, rewriter, control, defaults: config.versions.clone(), next_session: AtomicU64::new(1) }
