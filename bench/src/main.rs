@@ -10,6 +10,7 @@ mod pgbench;
 mod pgbouncer;
 mod plot;
 mod procfs;
+mod profile;
 mod proxy;
 mod report;
 mod results;
@@ -57,6 +58,9 @@ pub struct Args {
     /// Regenerate REPORT.md and the plot from a results.json instead of running.
     #[arg(long)]
     pub report_from: Option<PathBuf>,
+    /// Profile the proxy's passthrough hot path (perf + callgrind) into <out>/profile/ instead of benchmarking.
+    #[arg(long)]
+    pub profile: bool,
     /// Hand-written profile notes included in the report.
     #[arg(long)]
     pub profile_notes: Option<PathBuf>,
@@ -69,6 +73,11 @@ fn main() -> Result<()> {
         if args.quick { bench_dir.join("quick") } else { bench_dir }
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if args.profile {
+        procfs::raise_priority(args.nice);
+        let proxy_bin = args.proxy_bin.clone().unwrap_or_else(runner::default_proxy_bin);
+        return profile::run(&proxy_bin, &out, &args.work_dir);
+    }
     let results = match &args.report_from {
         Some(path) => serde_json::from_slice(&std::fs::read(path)?)
             .with_context(|| format!("reading {}", path.display()))?,

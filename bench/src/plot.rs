@@ -42,7 +42,7 @@ pub fn draw(r: &Results, path: &Path) -> Result<()> {
     for (index, panel) in panels.iter().enumerate() {
         let workload = Workload::ALL[index / modes.len()];
         let mode = modes[index % modes.len()];
-        let clients = r.plan.clients_for(workload);
+        let clients = r.plan.all_clients(workload);
         let series: Vec<(Arm, Vec<(f64, f64)>)> = Arm::ALL
             .iter()
             .filter(|a| a.runs(workload))

@@ -70,8 +70,9 @@ fn header(out: &mut String, r: &Results) {
     );
     let _ = writeln!(
         out,
-        "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {}, so that other \
-         sessions' compile jobs on this shared machine take less of the CPU from the measurement.",
+        "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {} (process and \
+         autogroup), so that other sessions' compile jobs on this shared machine take less of the CPU from \
+         the measurement.",
         p.nice
     );
     let _ = writeln!(
@@ -89,7 +90,10 @@ fn header(out: &mut String, r: &Results) {
         if p.extra_select_clients.is_empty() {
             String::new()
         } else {
-            format!(" (select-only also {:?} for direct, pgbouncer and dw-norules)", p.extra_select_clients)
+            format!(
+                " (select-only -M simple and prepared also {:?} for direct, pgbouncer and dw-norules, issue 2's table)",
+                p.extra_select_clients
+            )
         }
     );
     let _ = writeln!(
@@ -125,7 +129,7 @@ fn arms(out: &mut String, r: &Results) {
 fn cells(r: &Results, workload: Workload) -> Vec<(Mode, u32)> {
     let mut cells = Vec::new();
     for &mode in &r.plan.modes {
-        for clients in r.plan.clients_for(workload) {
+        for clients in r.plan.clients_for(workload, mode) {
             cells.push((mode, clients));
         }
     }

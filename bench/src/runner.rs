@@ -37,7 +37,7 @@ fn plan(args: &Args) -> Plan {
     }
 }
 
-fn default_proxy_bin() -> PathBuf {
+pub fn default_proxy_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -62,6 +62,9 @@ pub fn run(args: &Args) -> Result<Results> {
 
     eprintln!("[setup] Postgres (scale {}, shared_buffers {})", plan.scale, plan.shared_buffers);
     let cluster = db::start_cluster(&plan.shared_buffers, &args.work_dir)?;
+    if let Some(postmaster) = cluster.pid() {
+        procfs::raise_autogroup_of(postmaster, plan.nice);
+    }
     let admin = db::load(&rt, &cluster, plan.scale)?;
     let machine = Machine::describe(cluster.bin_dir());
     eprintln!("[setup] data loaded in {:.0} s; pgbouncer", wall.elapsed().as_secs_f64());
@@ -258,15 +261,15 @@ fn run_matrix(
         .filter(|(_, reason)| reason.is_none())
         .map(|(arm, _)| *arm)
         .collect();
-    let total: usize = (0..plan.reps as usize)
-        .map(|_| {
-            Workload::ALL
-                .iter()
-                .flat_map(|&w| plan.clients_for(w).into_iter().map(move |c| (w, c)))
-                .map(|(w, c)| available.iter().filter(|&&a| plan.arm_runs_at(a, w, c)).count() * plan.modes.len())
-                .sum::<usize>()
-        })
-        .sum();
+    let mut per_rep = 0;
+    for workload in Workload::ALL {
+        for &mode in &plan.modes {
+            for clients in plan.clients_for(workload, mode) {
+                per_rep += available.iter().filter(|&&a| plan.arm_runs_at(a, workload, clients)).count();
+            }
+        }
+    }
+    let total = per_rep * plan.reps as usize;
     let per_run = f64::from(plan.warmup_s + plan.measure_s) + 0.5;
     eprintln!("[pgbench] {total} runs, about {:.0} min", total as f64 * per_run / 60.0);
     let log_dir = work.join("pgbench-log");
@@ -275,7 +278,7 @@ fn run_matrix(
     for rep in 0..plan.reps {
         for workload in Workload::ALL {
             for &mode in &plan.modes {
-                for clients in plan.clients_for(workload) {
+                for clients in plan.clients_for(workload, mode) {
                     let mut arms: Vec<Arm> =
                         available.iter().copied().filter(|&a| plan.arm_runs_at(a, workload, clients)).collect();
                     // Alternate which arm goes first, so slow drifts of the machine do not favour one arm.

@@ -12,15 +12,15 @@ use tokio_postgres::error::SqlState;
 async fn password_roles_log_in_through_the_proxy() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     for (user, password) in [(SCRAM_USER, SCRAM_PASSWORD), (MD5_USER, MD5_PASSWORD), (CLEARTEXT_USER, CLEARTEXT_PASSWORD)] {
-        let client = connect(&db.url_via_as(proxy.addr, user, Some(password)))
+        let client = connect(&db.url_via_as(proxy.addr(), user, Some(password)))
             .await
             .unwrap_or_else(|e| panic!("{user} through the proxy: {e:#}"));
         let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
         // psql (libpq) too.
-        let out = psql(&db.url_via_as(proxy.addr, user, Some(password)), &["-A", "-t", "-c", "SELECT current_user"], None)
+        let out = psql(&db.url_via_as(proxy.addr(), user, Some(password)), &["-A", "-t", "-c", "SELECT current_user"], None)
             .await
             .unwrap();
         out.assert_success();
@@ -33,14 +33,14 @@ async fn password_roles_log_in_through_the_proxy() {
 async fn wrong_password_gets_the_servers_error() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     for user in [SCRAM_USER, MD5_USER] {
-        let err = connect(&db.url_via_as(proxy.addr, user, Some("not-the-password"))).await.unwrap_err();
+        let err = connect(&db.url_via_as(proxy.addr(), user, Some("not-the-password"))).await.unwrap_err();
         let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
         assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{user}: {err}");
     }
     // The proxy keeps serving.
-    let client = connect(&db.url_via_as(proxy.addr, SCRAM_USER, Some(SCRAM_PASSWORD))).await.unwrap();
+    let client = connect(&db.url_via_as(proxy.addr(), SCRAM_USER, Some(SCRAM_PASSWORD))).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     proxy.stop().await.unwrap();
 }
@@ -49,10 +49,10 @@ async fn wrong_password_gets_the_servers_error() {
 async fn startup_parameters_reach_the_upstream_as_given() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     let url = format!(
         "{}?application_name=dw_app&options=-c%20statement_timeout%3D1234%20-c%20dualwrite.version%3Dv2",
-        db.url_via(proxy.addr)
+        db.url_via(proxy.addr())
     );
     let client = connect(&url).await.unwrap();
     let row = client
@@ -86,9 +86,9 @@ async fn sslmode_require_against_the_proxys_tls() {
     let mut config = config_for(&cluster);
     config.tls_cert = Some(cert);
     config.tls_key = Some(key);
-    let proxy = start_proxy_with(config).await;
+    let proxy = TestProxy::start(config).await.unwrap();
     for (user, password) in [(cluster.superuser().to_owned(), None), (SCRAM_USER.to_owned(), Some(SCRAM_PASSWORD))] {
-        let url = format!("{}?sslmode=require", db.url_via_as(proxy.addr, &user, password));
+        let url = format!("{}?sslmode=require", db.url_via_as(proxy.addr(), &user, password));
         let out = psql(&url, &["-A", "-t", "-c", "\\conninfo", "-c", "SELECT current_user"], None).await.unwrap();
         out.assert_success();
         assert!(out.stdout.contains("SSL connection (protocol: TLSv1."), "{}", out.stdout);
@@ -101,11 +101,11 @@ async fn sslmode_require_against_the_proxys_tls() {
         assert_eq!(out.stdout.trim(), "2001000");
     }
     // Without a certificate the proxy answers SSLRequest with 'N': require fails, prefer falls back.
-    let plain = start_proxy(&cluster).await;
-    let out = psql(&format!("{}?sslmode=require", db.url_via(plain.addr)), &["-c", "SELECT 1"], None).await.unwrap();
+    let plain = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let out = psql(&format!("{}?sslmode=require", db.url_via(plain.addr())), &["-c", "SELECT 1"], None).await.unwrap();
     assert!(!out.success());
     assert!(out.stderr.contains("does not support SSL"), "{}", out.stderr);
-    let out = psql(&format!("{}?sslmode=prefer", db.url_via(plain.addr)), &["-A", "-t", "-c", "SELECT 1"], None)
+    let out = psql(&format!("{}?sslmode=prefer", db.url_via(plain.addr())), &["-A", "-t", "-c", "SELECT 1"], None)
         .await
         .unwrap();
     out.assert_success();
@@ -117,16 +117,16 @@ async fn sslmode_require_against_the_proxys_tls() {
 async fn gssenc_request_is_refused_and_the_session_goes_on() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     // gssencmode=prefer makes libpq send GSSENCRequest first when it has GSS support; either way it works.
-    let out = psql(&format!("{}?gssencmode=prefer", db.url_via(proxy.addr)), &["-A", "-t", "-c", "SELECT 7"], None)
+    let out = psql(&format!("{}?gssencmode=prefer", db.url_via(proxy.addr())), &["-A", "-t", "-c", "SELECT 7"], None)
         .await
         .unwrap();
     out.assert_success();
     assert_eq!(out.stdout.trim(), "7");
     // And by hand: GSSENCRequest gets exactly 'N'.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
     assert_eq!(s.read_u8().await.unwrap(), b'N');
     proxy.stop().await.unwrap();
@@ -174,8 +174,8 @@ async fn tls_to_the_upstream_and_scram_without_channel_binding() {
     config.upstream = format!("{}?sslmode=require", cluster.connection_string());
     config.tls_cert = Some(cert);
     config.tls_key = Some(key);
-    let proxy = start_proxy_with(config).await;
-    let base = url_for(proxy.addr, SCRAM_USER, Some(SCRAM_PASSWORD), "postgres");
+    let proxy = TestProxy::start(config).await.unwrap();
+    let base = url_for(proxy.addr(), SCRAM_USER, Some(SCRAM_PASSWORD), "postgres");
     let probe = ["-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-c", "SELECT current_user"];
     // Channel binding cannot cross the proxy: the upstream (on TLS) offers SCRAM-SHA-256-PLUS, the proxy
     // takes it off the list, so a client on TLS that requires binding is refused by libpq itself...
@@ -189,7 +189,7 @@ async fn tls_to_the_upstream_and_scram_without_channel_binding() {
         assert_eq!(out.stdout.trim(), format!("t\n{SCRAM_USER}"), "{params}");
     }
     // Cancel keys work over the TLS upstream as well.
-    let client = connect(&url_for(proxy.addr, MD5_USER, Some(MD5_PASSWORD), "postgres")).await.unwrap();
+    let client = connect(&url_for(proxy.addr(), MD5_USER, Some(MD5_PASSWORD), "postgres")).await.unwrap();
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -40,8 +40,8 @@ async fn wait_backend_gone(direct: &tokio_postgres::Client, pid: i32, within: Du
 #[tokio::test]
 async fn upstream_down_gives_08001_and_recovers() {
     let cluster = TestCluster::start().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let url = cluster.connection_string().replace(&cluster.port().to_string(), &proxy.addr.port().to_string());
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let url = cluster.connection_string().replace(&cluster.port().to_string(), &proxy.addr().port().to_string());
     cluster.stop(StopMode::Fast).await.unwrap();
     let err = connect(&url).await.unwrap_err();
     let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
@@ -60,8 +60,8 @@ async fn upstream_down_gives_08001_and_recovers() {
 #[tokio::test]
 async fn upstream_restart_while_connected() {
     let cluster = TestCluster::start().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let url = cluster.connection_string().replace(&cluster.port().to_string(), &proxy.addr.port().to_string());
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let url = cluster.connection_string().replace(&cluster.port().to_string(), &proxy.addr().port().to_string());
     let client = connect(&url).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     cluster.restart(StopMode::Fast).await.unwrap();
@@ -92,8 +92,8 @@ async fn upstream_restart_while_connected() {
 async fn pg_terminate_backend_error_reaches_the_client() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let client = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let client = connect(&db.url_via(proxy.addr())).await.unwrap();
     let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let direct = db.connect().await.unwrap();
     direct.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
@@ -108,10 +108,10 @@ async fn client_gone_mid_transaction_rolls_back_and_cancels() {
     let db = cluster.create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute("CREATE TABLE gone (id int)").await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
 
     // Open transaction, then the client vanishes: the upstream session ends and nothing is committed.
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     raw.query("BEGIN; INSERT INTO gone VALUES (1)").await;
     let pid_rows = raw.query("SELECT pg_backend_pid()").await;
     let pid: i32 = String::from_utf8_lossy(&pid_rows.iter().find(|(t, _)| *t == b'D').unwrap().1[6..]).parse().unwrap();
@@ -121,7 +121,7 @@ async fn client_gone_mid_transaction_rolls_back_and_cancels() {
     assert_eq!(n, 0);
 
     // A running query whose client vanishes is cancelled (pg_sleep would otherwise hold the backend).
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     let pid_rows = raw.query("SELECT pg_backend_pid()").await;
     let pid: i32 = String::from_utf8_lossy(&pid_rows.iter().find(|(t, _)| *t == b'D').unwrap().1[6..]).parse().unwrap();
     raw.send(&query_frame("SELECT pg_sleep(60)")).await;
@@ -138,40 +138,40 @@ async fn malformed_oversized_and_unknown_frames_end_only_their_session() {
     let db = cluster.create_database().await.unwrap();
     let mut config = config_for(&cluster);
     config.limits.max_message_size = 64 * 1024;
-    let proxy = start_proxy_with(config).await;
-    let bystander = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let proxy = TestProxy::start(config).await.unwrap();
+    let bystander = connect(&db.url_via(proxy.addr())).await.unwrap();
     bystander.batch_execute("BEGIN; CREATE TABLE bystander (id int)").await.unwrap();
 
     // A lying length (below the 4 bytes that count the length itself).
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     raw.send(&[b'Q', 0, 0, 0, 2]).await;
     assert_eq!(raw.error_then_close().await.as_deref(), Some("08P01"));
 
     // A negative length.
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     raw.send(&[b'P', 0xff, 0xff, 0xff, 0xf0]).await;
     assert_eq!(raw.error_then_close().await.as_deref(), Some("08P01"));
 
     // Above the configured limit: 54000 as soon as the header arrives.
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     raw.send(&query_frame(&format!("SELECT '{}'", "x".repeat(100_000)))).await;
     assert_eq!(raw.error_then_close().await.as_deref(), Some("54000"));
 
     // A message type nobody knows is relayed raw; the server rejects it with its own error.
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     raw.send(&[b'Y', 0, 0, 0, 4]).await;
     assert_eq!(raw.error_then_close().await.as_deref(), Some("08P01"));
 
     // Garbage instead of a startup packet.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(&[0, 0, 0, 2, 1, 2, 3, 4]).await.unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer).await;
     assert_eq!(answer.first(), Some(&b'E'));
 
     // Under the limit still works, and the bystander's transaction was never disturbed.
-    let mut raw = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     let answer = raw.query(&format!("SELECT length('{}')", "y".repeat(60_000))).await;
     assert!(answer.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"60000")));
     bystander.batch_execute("INSERT INTO bystander VALUES (1); COMMIT").await.unwrap();
@@ -187,16 +187,16 @@ async fn connection_limit_and_graceful_shutdown() {
     let mut config = config_for(&cluster);
     config.limits.max_client_connections = 2;
     config.limits.shutdown_grace_secs = 20;
-    let proxy = start_proxy_with(config).await;
-    let first = connect(&db.url_via(proxy.addr)).await.unwrap();
-    let second = connect(&db.url_via(proxy.addr)).await.unwrap();
-    let err = connect(&db.url_via(proxy.addr)).await.unwrap_err();
+    let proxy = TestProxy::start(config).await.unwrap();
+    let first = connect(&db.url_via(proxy.addr())).await.unwrap();
+    let second = connect(&db.url_via(proxy.addr())).await.unwrap();
+    let err = connect(&db.url_via(proxy.addr())).await.unwrap_err();
     let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
 
     // Shutdown: the idle session is closed at once, the busy one finishes its transaction first.
     second.batch_execute("BEGIN").await.unwrap();
-    let addr = proxy.addr;
+    let addr = proxy.addr();
     let stopping = tokio::spawn(proxy.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");

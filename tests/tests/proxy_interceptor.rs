@@ -172,3 +172,18 @@ async fn local_errors_leave_the_session_usable() {
     assert_eq!(n, 0);
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sql_in_another_client_encoding_is_forwarded_byte_for_byte() {
+    let (db, proxy, _) = setup().await;
+    let mut raw = RawClient::connect(proxy.addr, db.cluster.superuser(), &db.name).await;
+    raw.query("SET client_encoding TO 'LATIN1'").await;
+    // 'é' in LATIN1 is the single byte 0xE9, invalid as UTF-8: the interceptor sees a replacement
+    // character, but the upstream must get the original byte (and answer it in LATIN1).
+    let answer = raw.query_bytes(b"SELECT '\xe9' AS e, octet_length(convert_to('\xe9', 'UTF8'))").await;
+    let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    // DataRow: column count, then (length, bytes) per column.
+    assert_eq!(&row.1[2..7], &[0, 0, 0, 1, 0xe9]);
+    assert_eq!(&row.1[7..], &[0, 0, 0, 1, b'2']);
+    proxy.stop().await.unwrap();
+}

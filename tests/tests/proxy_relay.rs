@@ -14,8 +14,8 @@ use proxy_support::*;
 async fn psql_script_with_multi_statement_string_and_copy_both_ways() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let url = db.url_via(proxy.addr);
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let url = db.url_via(proxy.addr());
     let dir = tempfile::tempdir().unwrap();
     let csv_in = dir.path().join("in.csv");
     std::fs::write(&csv_in, "1,alpha\n2,beta\n3,\"gam,ma\"\n").unwrap();
@@ -46,8 +46,8 @@ async fn psql_script_with_multi_statement_string_and_copy_both_ways() {
 async fn pgbench_all_query_modes_without_failures() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let url = db.url_via(proxy.addr);
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let url = db.url_via(proxy.addr());
     pgbench(&url, &["-i", "-s", "1", "-q"]).await.unwrap().assert_success();
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(&url, &["-M", mode, "-c", "4", "-j", "2", "-t", "200"]).await.unwrap();
@@ -66,8 +66,8 @@ async fn pgbench_all_query_modes_without_failures() {
 async fn tokio_postgres_prepared_statements_with_binary_types() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let client = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let client = connect(&db.url_via(proxy.addr())).await.unwrap();
     client
         .batch_execute(
             "CREATE TABLE kinds (id int8 primary key, f float8, b bytea, t text, flag bool, ts timestamp, a int4[])",
@@ -116,8 +116,8 @@ async fn tokio_postgres_prepared_statements_with_binary_types() {
 async fn cancel_of_pg_sleep_through_the_proxy() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let client = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let client = connect(&db.url_via(proxy.addr())).await.unwrap();
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -137,10 +137,10 @@ async fn cancel_of_pg_sleep_through_the_proxy() {
 async fn backend_pid_is_the_upstream_pid_and_key_is_the_proxys() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     // Read BackendKeyData by hand: connect and keep the startup answer.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     let mut body = 196608i32.to_be_bytes().to_vec();
     for part in ["user", cluster.superuser(), "database", &db.name] {
         body.extend_from_slice(part.as_bytes());
@@ -169,7 +169,7 @@ async fn backend_pid_is_the_upstream_pid_and_key_is_the_proxys() {
     let _ = raw.stream.read_u8().await;
 
     // Same through tokio-postgres: NOTIFY's sender pid is the pid the session reports.
-    let listener = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let listener = connect(&db.url_via(proxy.addr())).await.unwrap();
     let pid: i32 = listener.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let direct = db.connect().await.unwrap();
     let seen: bool = direct
@@ -185,8 +185,8 @@ async fn backend_pid_is_the_upstream_pid_and_key_is_the_proxys() {
 async fn listen_notify_is_relayed_while_idle() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
-    let proxy = start_proxy(&cluster).await;
-    let (client, mut connection) = tokio_postgres::connect(&db.url_via(proxy.addr), tokio_postgres::NoTls).await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let (client, mut connection) = tokio_postgres::connect(&db.url_via(proxy.addr()), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
@@ -199,7 +199,7 @@ async fn listen_notify_is_relayed_while_idle() {
     });
     client.batch_execute("LISTEN dw_channel").await.unwrap();
     let listener_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let sender = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let sender = connect(&db.url_via(proxy.addr())).await.unwrap();
     let sender_pid: i32 = sender.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_ne!(listener_pid, sender_pid);
     sender.batch_execute("NOTIFY dw_channel, 'hello through the proxy'").await.unwrap();
@@ -207,5 +207,29 @@ async fn listen_notify_is_relayed_while_idle() {
     assert_eq!(note.channel(), "dw_channel");
     assert_eq!(note.payload(), "hello through the proxy");
     assert_eq!(note.process_id(), sender_pid, "the sender pid matches what the sender's driver reports");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn large_objects_use_function_calls_through_the_proxy() {
+    // libpq's lo_* functions (psql \lo_import / \lo_export) speak FunctionCall ('F' / 'V'), which the proxy
+    // relays raw by header.
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("blob.bin");
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&source, &blob).unwrap();
+    let target = dir.path().join("copy.bin");
+    let script = format!(
+        "\\lo_import '{}'\n\\set oid :LASTOID\n\\lo_export :oid '{}'\n\\lo_unlink :oid\nSELECT 'done';\n",
+        source.display(),
+        target.display()
+    );
+    let out = psql(&db.url_via(proxy.addr()), &["-A", "-t"], Some(&script)).await.unwrap();
+    out.assert_success();
+    assert!(out.stdout.contains("done"), "{}", out.stdout);
+    assert_eq!(std::fs::read(&target).unwrap(), blob);
     proxy.stop().await.unwrap();
 }

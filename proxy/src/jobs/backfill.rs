@@ -11,7 +11,7 @@ use tokio_postgres::{Client, Config};
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sweep::{current_xid, Sweep, Sweeps};
 use super::throttle::{self, Hold, Limits};
-use super::{connect, is_retryable, notify_state, try_lock, JobKind, JobResult};
+use super::{connect, is_retryable, notify_state, try_lock, unlock, JobKind, JobResult};
 
 /// How a backfill runs.
 #[derive(Debug, Clone)]
@@ -86,6 +86,17 @@ pub async fn run_backfill_locked(
     options: &BackfillOptions,
     progress: ProgressFn<'_>,
 ) -> JobResult<BackfillOutcome> {
+    let outcome = copy_all(&mut client, mapping, options, progress).await?;
+    unlock(&client, JobKind::Backfill, &mapping.migration).await?;
+    Ok(outcome)
+}
+
+async fn copy_all(
+    client: &mut Client,
+    mapping: &TableMapping,
+    options: &BackfillOptions,
+    progress: ProgressFn<'_>,
+) -> JobResult<BackfillOutcome> {
     client
         .batch_execute("SET application_name = 'dualwrite backfill'; SET lock_timeout = '2s'")
         .await?;
@@ -111,7 +122,7 @@ pub async fn run_backfill_locked(
     let mut window = (Instant::now(), 0u64);
     let mut known: (i64, Option<i64>) = (0, None);
     loop {
-        sweeps.run_ready(&mut client, &compiled, false).await?;
+        sweeps.run_ready(client, &compiled, false).await?;
         let delay = throttle::rate_delay(window.1, window.0.elapsed(), options.limits.rate);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -123,7 +134,7 @@ pub async fn run_backfill_locked(
             window = (Instant::now(), 0);
             continue;
         }
-        let step = match copy_batch(&mut client, name, &first_batch, &next_batch, batch).await {
+        let step = match copy_batch(client, name, &first_batch, &next_batch, batch).await {
             Ok(step) => step,
             Err(error) if error.as_db_error().is_some() && is_retryable(&error) => {
                 tracing::debug!(migration = name, %error, "backfill batch retried");
@@ -149,7 +160,7 @@ pub async fn run_backfill_locked(
                 if let Some(swept) = swept {
                     sweeps.push(swept);
                 }
-                sweeps.run_ready(&mut client, &compiled, true).await?;
+                sweeps.run_ready(client, &compiled, true).await?;
                 if !finish(&client, name, rows_done).await? {
                     continue;
                 }

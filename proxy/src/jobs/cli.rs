@@ -86,11 +86,16 @@ fn bar(total: u64) -> ProgressBar {
 
 /// Runs `dualwrite backfill`; returns the process exit code.
 pub async fn backfill(args: BackfillArgs) -> ExitCode {
+    ExitCode::from(backfill_status(args).await)
+}
+
+/// `dualwrite backfill` with its exit status as a number (0 done, 2 failed).
+pub async fn backfill_status(args: BackfillArgs) -> u8 {
     match backfill_inner(args).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("dualwrite backfill: {error:#}");
-            ExitCode::from(2)
+            2
         }
     }
 }
@@ -136,12 +141,17 @@ async fn backfill_inner(args: BackfillArgs) -> anyhow::Result<()> {
 
 /// Runs `dualwrite verify`; returns the process exit code (1 when divergence was found).
 pub async fn verify(args: VerifyArgs) -> ExitCode {
+    ExitCode::from(verify_status(args).await)
+}
+
+/// `dualwrite verify` with its exit status as a number (0 clean, 1 divergence, 2 failed).
+pub async fn verify_status(args: VerifyArgs) -> u8 {
     match verify_inner(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(true) => 0,
+        Ok(false) => 1,
         Err(error) => {
             eprintln!("dualwrite verify: {error:#}");
-            ExitCode::from(2)
+            2
         }
     }
 }

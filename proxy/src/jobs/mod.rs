@@ -79,6 +79,17 @@ pub async fn try_lock(client: &Client, kind: JobKind, migration: &str) -> JobRes
     }
 }
 
+/// Releases the lock taken by `try_lock` right away, so the next run does not race the closing connection.
+pub async fn unlock(client: &Client, kind: JobKind, migration: &str) -> JobResult<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext('dualwrite:' || $1::text || ':' || $2::text))",
+            &[&kind.as_str(), &migration],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Announces a state change to every proxy instance (they LISTEN on `dualwrite_state`).
 pub async fn notify_state(client: &Client, migration: &str) -> JobResult<()> {
     client.execute("SELECT pg_notify('dualwrite_state', $1)", &[&migration]).await?;

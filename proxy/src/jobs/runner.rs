@@ -83,6 +83,36 @@ impl JobRunner {
         run_verify(&self.config, mapping, &options, &|_, _| {}).await
     }
 
+    /// Verifies every migration `mappings()` returns once per `every`, on whichever instance gets the
+    /// verify lock first (the others skip that round). Reports land in `dualwrite.verify_runs`, where the
+    /// metrics refresher picks them up.
+    pub fn spawn_verify_schedule(
+        self: &std::sync::Arc<Self>,
+        mappings: super::metrics::MappingsFn,
+        every: std::time::Duration,
+    ) -> JoinHandle<()> {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                for mapping in mappings() {
+                    match runner.verify(&mapping, false).await {
+                        Ok(report) if !report.clean() => tracing::warn!(
+                            migration = %mapping.migration,
+                            divergent = report.divergent_rows(),
+                            "scheduled verify found divergence"
+                        ),
+                        Ok(_) | Err(JobError::Busy { .. }) => {}
+                        Err(error) => tracing::warn!(migration = %mapping.migration, %error, "scheduled verify failed"),
+                    }
+                }
+            }
+        })
+    }
+
     /// The backfill's state row, if it ever started.
     pub async fn status(&self, migration: &str) -> JobResult<Option<BackfillStatus>> {
         let client = connect(&self.config).await?;

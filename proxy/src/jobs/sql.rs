@@ -68,10 +68,11 @@ impl CompiledMapping {
         format!("ROW({})", self.key_list(qualifier))
     }
 
-    /// `ROW((jsonb_populate_record(NULL::t, $n::text::jsonb)).k1, ...)`: the typed key held in parameter n.
+    /// `ROW((SELECT k1 FROM jsonb_populate_record(NULL::t, $n::text::jsonb)), ...)`: the typed key held in
+    /// parameter n, as scalar subqueries so it is computed once per statement (an InitPlan), never per row.
     fn bound_row(&self, table: &ObjectName, param: usize) -> String {
         let record = format!("jsonb_populate_record(NULL::{table}, ${param}::text::jsonb)");
-        format!("ROW({})", list(self.key.iter().map(|k| format!("({record}).{k}"))))
+        format!("ROW({})", list(self.key.iter().map(|k| format!("(SELECT {k} FROM {record})"))))
     }
 
     /// `jsonb_build_object('k1', q.k1, ...)::text`: a key as the jsonb text stored in the state tables.

@@ -6,12 +6,13 @@
 //! rewritten from the old table.
 
 use futures::{pin_mut, TryStreamExt};
+use sqlparser::ast::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, IsolationLevel, Transaction};
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
-use super::{connect, is_retryable, notify_state, try_lock, JobKind, JobResult};
+use super::{connect, is_retryable, notify_state, try_lock, unlock, JobKind, JobResult};
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -126,21 +127,40 @@ pub async fn run_verify(
     let mut report = VerifyReport { run_id, ..VerifyReport::default() };
     let mut keys = Vec::new();
     {
-        let tx = client
+        // Two connections in one exported snapshot: the old and shadow sides are summed in parallel.
+        let mut shadow_client = connect(config.clone().application_name("dualwrite verify")).await?;
+        let old_tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
             .await?;
-        let mut scan = Scan { tx: &tx, compiled: &compiled, options, report: &mut report, keys: &mut keys };
+        let snapshot: String = old_tx.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+        let shadow_tx = shadow_client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        shadow_tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", Value::SingleQuotedString(snapshot))).await?;
+        let mut scan = Scan {
+            old_tx: &old_tx,
+            shadow_tx: &shadow_tx,
+            compiled: &compiled,
+            options,
+            report: &mut report,
+            keys: &mut keys,
+        };
         scan.all_chunks(estimate, progress).await?;
-        tx.commit().await?;
+        shadow_tx.commit().await?;
+        old_tx.commit().await?;
     }
     if options.repair && !keys.is_empty() {
         report.repaired = repair(&mut client, &compiled, &keys).await?;
     }
     record(&client, &report).await?;
     notify_state(&client, name).await?;
+    unlock(&client, JobKind::Verify, name).await?;
     tracing::info!(
         migration = name,
         rows = report.rows_checked,
@@ -175,7 +195,10 @@ struct Chunk {
 }
 
 struct Scan<'a> {
-    tx: &'a Transaction<'a>,
+    /// Reads the old side; boundaries and row comparisons run here too.
+    old_tx: &'a Transaction<'a>,
+    /// Reads the shadow side, in the same snapshot.
+    shadow_tx: &'a Transaction<'a>,
     compiled: &'a CompiledMapping,
     options: &'a VerifyOptions,
     report: &'a mut VerifyReport,
@@ -199,8 +222,7 @@ impl Scan<'_> {
         let mut lower: Option<String> = None;
         loop {
             let upper = self.boundary(Side::Old, &lower, self.options.chunk_rows.max(1) - 1).await?;
-            let old = self.checksum(Side::Old, &lower, &upper).await?;
-            let shadow = self.checksum(Side::Shadow, &lower, &upper).await?;
+            let (old, shadow) = self.checksums(&lower, &upper).await?;
             self.report.rows_checked += old.count;
             self.report.shadow_rows += shadow.count;
             self.bisect(Chunk { lower, upper: upper.clone(), old, shadow }).await?;
@@ -215,16 +237,28 @@ impl Scan<'_> {
     async fn boundary(&self, side: Side, lower: &Option<String>, offset: i64) -> JobResult<Option<String>> {
         let sql = self.compiled.boundary(side, lower.is_some());
         let row = match lower {
-            Some(lower) => self.tx.query_opt(&sql, &[&offset, lower]).await?,
-            None => self.tx.query_opt(&sql, &[&offset]).await?,
+            Some(lower) => self.tx(side).query_opt(&sql, &[&offset, lower]).await?,
+            None => self.tx(side).query_opt(&sql, &[&offset]).await?,
         };
         Ok(row.map(|row| row.get(0)))
     }
 
+    fn tx(&self, side: Side) -> &Transaction<'_> {
+        match side {
+            Side::Old => self.old_tx,
+            Side::Shadow => self.shadow_tx,
+        }
+    }
+
     async fn checksum(&self, side: Side, lower: &Option<String>, upper: &Option<String>) -> JobResult<Sum> {
         let (bounds, values) = params(lower, upper);
-        let row = self.tx.query_one(&self.compiled.checksum(side, bounds), &values).await?;
+        let row = self.tx(side).query_one(&self.compiled.checksum(side, bounds), &values).await?;
         Ok(Sum { count: row.get(0), xor: row.get(1) })
+    }
+
+    /// Both sides' sums of a range, computed concurrently.
+    async fn checksums(&self, lower: &Option<String>, upper: &Option<String>) -> JobResult<(Sum, Sum)> {
+        tokio::try_join!(self.checksum(Side::Old, lower, upper), self.checksum(Side::Shadow, lower, upper))
     }
 
     /// Narrows a differing chunk down to small ranges; checksums only the first half of each split, the
@@ -247,8 +281,7 @@ impl Scan<'_> {
                 self.leaf(&chunk.lower, &chunk.upper).await?;
                 continue;
             };
-            let first_old = self.checksum(Side::Old, &chunk.lower, &Some(middle.clone())).await?;
-            let first_shadow = self.checksum(Side::Shadow, &chunk.lower, &Some(middle.clone())).await?;
+            let (first_old, first_shadow) = self.checksums(&chunk.lower, &Some(middle.clone())).await?;
             pending.push(Chunk {
                 lower: Some(middle.clone()),
                 upper: chunk.upper,
@@ -264,7 +297,7 @@ impl Scan<'_> {
     /// samples.
     async fn leaf(&mut self, lower: &Option<String>, upper: &Option<String>) -> JobResult<()> {
         let (bounds, values) = params(lower, upper);
-        let rows = self.tx.query_raw(&self.compiled.leaf_diff(bounds), values).await?;
+        let rows = self.old_tx.query_raw(&self.compiled.leaf_diff(bounds), values).await?;
         pin_mut!(rows);
         while let Some(row) = rows.try_next().await? {
             let kind = DivergenceKind::parse(row.get(0));

@@ -61,7 +61,7 @@ pub mod btag {
 /// The body of a whole frame (header stripped).
 #[inline]
 pub fn body(frame: &[u8]) -> &[u8] {
-    &frame[HEADER_LEN..]
+    frame.get(HEADER_LEN..).unwrap_or(&[])
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -154,6 +154,11 @@ fn backend_context() -> DecodeContext {
 }
 
 fn decode_whole<M: Message>(frame: &[u8]) -> Option<M> {
+    // The length word must match the frame exactly: pgwire's decoders trust it.
+    let len = i32::from_be_bytes(frame.get(1..HEADER_LEN)?.try_into().ok()?);
+    if usize::try_from(len).ok()? + 1 != frame.len() {
+        return None;
+    }
     let mut buf = BytesMut::from(frame);
     let msg = M::decode(&mut buf, &backend_context()).ok()??;
     // Anything left over means the frame did not have the layout we decoded.
@@ -162,12 +167,22 @@ fn decode_whole<M: Message>(frame: &[u8]) -> Option<M> {
 
 /// The (pid, secret key) of a BackendKeyData frame.
 pub fn decode_backend_key(frame: &[u8]) -> Option<(i32, Bytes)> {
+    // pid (4 bytes) and a key of 4..=256 bytes; pgwire would underflow on less.
+    if !(HEADER_LEN + 8..=HEADER_LEN + 4 + 256).contains(&frame.len()) {
+        return None;
+    }
     let msg: BackendKeyData = decode_whole(frame)?;
     Some((msg.pid, msg.secret_key.to_bytes()))
 }
 
 /// An Authentication frame; `None` for the kinds pgwire does not model (GSS, SSPI), which are relayed.
 pub fn decode_authentication(frame: &[u8]) -> Option<Authentication> {
+    // The code word, and for MD5 its 4-byte salt, must be there: pgwire reads them unchecked.
+    let mut r = BodyReader::new(frame.get(HEADER_LEN..)?);
+    let code = r.i32()?;
+    if code == 5 && r.remaining().len() != 4 {
+        return None;
+    }
     decode_whole(frame)
 }
 
@@ -396,6 +411,43 @@ mod tests {
         assert_eq!(&frame[..], b"K\0\0\0\x0c\0\0\0\x2awxyz");
         assert_eq!(decode_backend_key(&frame), Some((42, Bytes::from_static(b"wxyz"))));
         assert_eq!(decode_command_tag(&command_complete("UPDATE 3")).as_deref(), Some("UPDATE 3"));
+    }
+
+    /// Every reader and decoder here sees bytes from the network: none may panic on any input.
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let tags = b"QPBDECSHFXdRKZETtnI123sVGHWvA";
+        for round in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 5 {
+                frame[0] = tags[(next() as usize) % tags.len()];
+                // Half of the time a length word that matches the frame.
+                if round % 2 == 0 {
+                    frame[1..5].copy_from_slice(&((len - 1) as i32).to_be_bytes());
+                }
+            }
+            let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+            let _ = query_sql(body);
+            let _ = parse_view(body);
+            let _ = bind_names(body);
+            let _ = target_of(body);
+            let _ = execute_portal(body);
+            let _ = sqlstate(body);
+            let _ = decode_parse(&frame);
+            let _ = decode_backend_key(&frame);
+            let _ = decode_authentication(&frame);
+            let _ = decode_command_tag(&frame);
+            let _ = super::super::frame::peek_header(&frame, 1 << 20);
+            let _ = super::super::startup::parse_initial_packet(Bytes::from(frame));
+        }
     }
 
     #[test]

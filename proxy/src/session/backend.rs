@@ -3,10 +3,12 @@
 //! key for the proxy's own. Known limit: when both legs use TLS, a client that would bind if it could
 //! (libpq's default `channel_binding=prefer`) announces that in its SCRAM header, and a TLS upstream then
 //! refuses the login as a downgrade; such clients need `channel_binding=disable` (the header is covered by
-//! the SCRAM proof, so the proxy cannot change it). Afterwards each message is classified by its tag through the response queue;
-//! runs of unchanged messages are forwarded as slices of the read buffer, written once per upstream read
-//! (that is, at the upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous
-//! messages), never once per message.
+//! the SCRAM proof, so the proxy cannot change it).
+//!
+//! Afterwards each message is classified by its tag through the response queue; runs of unchanged
+//! messages are forwarded as slices of the read buffer, written once per upstream read (that is, at the
+//! upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous messages), never
+//! once per message.
 
 use std::sync::atomic::Ordering;
 
@@ -83,9 +85,7 @@ impl<'s> Backend<'s> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
+            super::prepare_read_buffer(&mut buf);
             tokio::select! {
                 biased;
                 read = upstream.read_buf(&mut buf) => match read {

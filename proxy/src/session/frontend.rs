@@ -112,9 +112,7 @@ impl<'s> Frontend<'s> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
+            super::prepare_read_buffer(&mut buf);
             match client.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return FrontendEnd::ClientGone,
                 Ok(n) => self.metrics.to_upstream.increment(n as u64),

@@ -68,6 +68,17 @@ impl SessionShared {
     }
 }
 
+/// Makes room for the next read. Space is reclaimed in place once the frames split off the buffer have
+/// been written and dropped; a buffer that grew for one large message is given back when empty, so an
+/// idle session keeps only a small buffer per direction.
+pub(crate) fn prepare_read_buffer(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > STREAM_THRESHOLD {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Writes and flushes every chunk, leaving `out` empty.
 pub(crate) async fn write_chunks(w: &mut WriteHalf, out: &mut Vec<Bytes>) -> std::io::Result<()> {
     if out.is_empty() {

@@ -35,24 +35,6 @@ email = "email"
 score = "score"
 "#;
 
-/// The `dualwrite` state tables of STATE_SCHEMA.md, created here until the control module's versioned
-/// DDL (proxy/src/state/schema.rs) is on main; then this is replaced by a call to it.
-const STATE_DDL: &str = "
-CREATE SCHEMA IF NOT EXISTS dualwrite;
-CREATE TABLE dualwrite.schema_version(version int not null);
-CREATE TABLE dualwrite.migrations(name text primary key, phase text not null, read_source text,
-    read_percent int not null default 100, updated_at timestamptz not null default now());
-CREATE TABLE dualwrite.audit_log(id bigserial primary key, at timestamptz not null default now(), migration text,
-    action text not null, role text, client_addr text, before jsonb, after jsonb);
-CREATE TABLE dualwrite.backfill(migration text primary key, state text not null, last_key jsonb,
-    rows_done bigint not null default 0, rows_total bigint, batch_size int, rate_limit int, owner text,
-    started_at timestamptz, updated_at timestamptz, finished_at timestamptz);
-CREATE TABLE dualwrite.verify_runs(id bigserial primary key, migration text not null,
-    started_at timestamptz not null, finished_at timestamptz, rows_checked bigint, missing bigint,
-    extra bigint, different bigint, repaired bigint, clean boolean);
-CREATE TABLE dualwrite.divergent_keys(run_id bigint references dualwrite.verify_runs(id) on delete cascade,
-    migration text, kind text, key jsonb, sample jsonb);
-";
 
 /// A database holding `rows` users (ids 1..=rows) and an empty shadow.
 pub struct Fixture {
@@ -64,8 +46,8 @@ pub struct Fixture {
 
 pub async fn fixture(rows: i64) -> Fixture {
     let db = TestCluster::shared().create_database().await.expect("database");
-    let client = db.connect().await.expect("connect");
-    client.batch_execute(STATE_DDL).await.expect("state tables");
+    let mut client = db.connect().await.expect("connect");
+    dualwrite_proxy::state::schema::ensure_schema(&mut client).await.expect("state tables");
     client
         .batch_execute(
             "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, email text, score numeric(10,2));

@@ -1,5 +1,5 @@
-//! In-process proxy for the proxy_* integration tests, and a raw wire client for the tests that must send
-//! what no well-behaved driver sends (malformed frames).
+//! Helpers of the proxy_* integration tests beyond the harness: a server run with a custom interceptor,
+//! and a raw wire client for what no well-behaved driver sends (malformed frames, hand-read BackendKeyData).
 
 #![allow(dead_code)]
 
@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A server customised before it runs (e.g. with an interceptor), which the harness's `TestProxy` does
+/// not cover.
 pub struct RunningProxy {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -36,23 +38,9 @@ impl Drop for RunningProxy {
     }
 }
 
-/// A relay to `cluster` on a free port, metrics off.
+/// A relay to `cluster` (metrics off), for `TestProxy::start` or `Server::bind`.
 pub fn config_for(cluster: &TestCluster) -> Config {
     Config::relay("127.0.0.1:0".parse().unwrap(), cluster.connection_string())
-}
-
-pub async fn start_proxy(cluster: &TestCluster) -> RunningProxy {
-    start_proxy_with(config_for(cluster)).await
-}
-
-pub async fn start_proxy_with(config: Config) -> RunningProxy {
-    let server = Server::bind(config).await.expect("proxy binds");
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    RunningProxy { addr, stop: Some(stop), task }
 }
 
 /// A hand-driven protocol 3.0 connection (trust auth).
@@ -101,9 +89,14 @@ impl RawClient {
     }
 
     pub async fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        self.query_bytes(sql.as_bytes()).await
+    }
+
+    /// A simple Query with SQL given as raw bytes (any client encoding); messages up to ReadyForQuery.
+    pub async fn query_bytes(&mut self, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut msg = vec![b'Q'];
         msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        msg.extend_from_slice(sql.as_bytes());
+        msg.extend_from_slice(sql);
         msg.push(0);
         self.send(&msg).await;
         let mut out = Vec::new();

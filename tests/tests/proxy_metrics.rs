@@ -1,0 +1,68 @@
+//! /metrics serves the proxy figures of DESIGN section 6 (its own test binary: the Prometheus recorder
+//! is process-global).
+
+mod proxy_support;
+
+use std::time::Duration;
+
+use dualwrite_tests::*;
+use proxy_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.unwrap();
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("metrics endpoint never answered");
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_endpoint_reports_connections_queries_bytes_and_errors() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut config = config_for(&cluster);
+    config.metrics_listen = Some(metrics_addr);
+    let proxy = TestProxy::start(config).await.unwrap();
+    let client = connect(&db.url_via(proxy.addr())).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    for i in 0..5 {
+        client.query_one("SELECT $1::int4", &[&i]).await.unwrap();
+    }
+    assert!(client.simple_query("SELECT * FROM no_such_table").await.is_err());
+
+    let text = scrape(metrics_addr).await;
+    assert_eq!(sample(&text, "dualwrite_client_connections"), 1.0, "{text}");
+    assert_eq!(sample(&text, "dualwrite_upstream_connections"), 1.0);
+    assert!(sample(&text, "dualwrite_queries_total{route=\"passthrough\"}") >= 7.0);
+    assert!(sample(&text, "dualwrite_bytes_total{direction=\"to_upstream\"}") > 0.0);
+    assert!(sample(&text, "dualwrite_bytes_total{direction=\"to_client\"}") > 0.0);
+    assert!(sample(&text, "dualwrite_query_duration_seconds_count") >= 7.0);
+    assert!(text.contains("dualwrite_query_duration_seconds_bucket{le=\""), "a histogram, not a summary");
+    assert_eq!(sample(&text, "dualwrite_errors_total{sqlstate=\"42P01\"}"), 1.0);
+
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = scrape(metrics_addr).await;
+    assert_eq!(sample(&text, "dualwrite_client_connections"), 0.0);
+    assert_eq!(sample(&text, "dualwrite_upstream_connections"), 0.0);
+    proxy.stop().await.unwrap();
+}
