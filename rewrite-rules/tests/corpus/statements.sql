@@ -371,7 +371,7 @@ read   | PREPARE sel (int) AS SELECT * FROM users WHERE id = $1
 read   | INSERT INTO audit (user_id, name) SELECT id, name FROM users
 read   | UPDATE accounts SET balance = 0 WHERE user_id IN (SELECT id FROM users WHERE email IS NULL)
 read   | DELETE FROM accounts WHERE user_id NOT IN (SELECT id FROM users)
-read   | SELECT a.id, l.name FROM accounts a CROSS JOIN LATERAL (SELECT name FROM users WHERE users.id = a.user_id) l
+read   | SELECT a.user_id, l.name FROM accounts a CROSS JOIN LATERAL (SELECT name FROM users WHERE users.id = a.user_id) l
 read   | SELECT * FROM users u1 JOIN users u2 ON u1.id = u2.id
 read   | SELECT users.name, public.users.email FROM public.users
 pass   | SELECT * FROM users(1)
