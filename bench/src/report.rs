@@ -71,9 +71,12 @@ fn header(out: &mut String, r: &Results) {
     let _ = writeln!(
         out,
         "- Every process of the run (Postgres, pgbouncer, dualwrite, pgbench) at nice {} (process and \
-         autogroup), so that other sessions' compile jobs on this shared machine take less of the CPU from \
-         the measurement.",
-        p.nice
+         autogroup){}, so that other sessions' compile jobs on this shared machine take less of the CPU from \
+         the measurement and delay the request/response chain less.",
+        p.nice,
+        p.slice_us
+            .map(|us| format!(" with a {us} µs scheduler slice (EEVDF custom slice)"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         out,
@@ -489,7 +492,7 @@ fn bulk_section(out: &mut String, r: &Results) {
         out,
         "## Bulk dual write: `UPDATE pgbench_accounts SET abalance = abalance + 1` over {rows} rows\n\n\
          One statement, every row, from a vacuumed table; the shadow is checked to agree afterwards. \
-         Median and range over {} repetition(s).\n",
+         Median and range over {} repetition(s) of the proxy and the trigger; the two references run once.\n",
         r.plan.bulk_reps
     );
     table_head(out, "how", &["seconds".to_owned(), "vs trigger".to_owned()]);
@@ -534,6 +537,40 @@ fn cache_section(out: &mut String, r: &Results) {
         };
         let num = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| NA.into());
         let _ = writeln!(out, "| {kind:?} | {} | {} | {rate} | {} |", num(c.hits), num(c.misses), num(c.queries_total));
+    }
+    let _ = writeln!(
+        out,
+        "\nPer workload and mode (all client counts and repetitions; deltas of the counters around each run):\n"
+    );
+    table_head(out, "arm, workload, mode", &["hits".into(), "misses".into(), "hit rate".into()]);
+    for arm in [Arm::DwElsewhere, Arm::DwDualWrite] {
+        for workload in Workload::ALL {
+            for &mode in &r.plan.modes {
+                let runs: Vec<_> = r
+                    .runs
+                    .iter()
+                    .filter(|x| x.arm == arm && x.workload == workload && x.mode == mode)
+                    .filter_map(|x| Some((x.cache_hits?, x.cache_misses?)))
+                    .collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                let hits: f64 = runs.iter().map(|x| x.0).sum();
+                let misses: f64 = runs.iter().map(|x| x.1).sum();
+                let rate = if hits + misses > 0.0 {
+                    format!("{:.1}%", hits / (hits + misses) * 100.0)
+                } else {
+                    "no lookups (statements skip the rewriter)".into()
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} {} -M {} | {hits:.0} | {misses:.0} | {rate} |",
+                    arm.key(),
+                    workload.label(),
+                    mode.arg()
+                );
+            }
+        }
     }
     let _ = writeln!(out);
 }

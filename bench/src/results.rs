@@ -27,6 +27,9 @@ pub struct Plan {
     /// Nice value every benchmark process ran at (see `procfs::raise_priority`).
     #[serde(default)]
     pub nice: i32,
+    /// Scheduler time slice requested for every benchmark process (µs), when the kernel took it.
+    #[serde(default)]
+    pub slice_us: Option<u64>,
 }
 
 impl Plan {
@@ -63,6 +66,11 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// CPU of the proxy or pgbouncer process (utime+stime over the whole pgbench run) per statement sent.
     pub hop_cpu_us_per_statement: Option<f64>,
+    /// Rewrite-cache lookups during this run (deltas of the proxy's counters), proxy arms only.
+    #[serde(default)]
+    pub cache_hits: Option<f64>,
+    #[serde(default)]
+    pub cache_misses: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

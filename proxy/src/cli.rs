@@ -25,6 +25,9 @@ pub enum Command {
     Backfill(crate::jobs::cli::BackfillArgs),
     /// Compare the old table, mapped forward, with the shadow (exit 0 clean, 1 divergence, 2 failure).
     Verify(crate::jobs::cli::VerifyArgs),
+    /// Validate rules against the live schema and replay statements through the rewriter (exit 0 clean,
+    /// 1 problems or rejected statements, 2 failure).
+    Check(crate::check::CheckArgs),
 }
 
 /// Every setting of [`Config`] as a flag and environment variable.

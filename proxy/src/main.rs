@@ -42,5 +42,6 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Backfill(args) => Ok(dualwrite_proxy::jobs::cli::backfill(args).await),
         Command::Verify(args) => Ok(dualwrite_proxy::jobs::cli::verify(args).await),
+        Command::Check(args) => Ok(dualwrite_proxy::check::main(args).await),
     }
 }

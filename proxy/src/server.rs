@@ -69,7 +69,7 @@ impl Server {
             crate::metrics::install_exporter(addr)?;
         }
         // With a rules file, the migration state is read before the first client is accepted.
-        let interceptor: SharedInterceptor = match Live::from_config(&config, None).await? {
+        let interceptor: SharedInterceptor = match Live::from_config(&config).await? {
             Some(live) => {
                 live.export_cache_metrics(Duration::from_secs(1));
                 Arc::new(LiveInterceptor(live))

@@ -16,6 +16,7 @@
 
 mod cache;
 mod compiled;
+pub mod corpus;
 mod fallback;
 pub mod model;
 pub mod names;

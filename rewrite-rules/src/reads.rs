@@ -125,6 +125,45 @@ pub(crate) fn routed_read(
     }
 }
 
+/// The active migration a `schema.table.column` reference names, if any.
+fn schema_qualified_migration(router: &ReadRouter, expr: &Expr) -> Option<usize> {
+    match expr {
+        Expr::CompoundIdentifier(parts) if parts.len() == 3 => {
+            router.active_migration(&ObjectName::from(vec![parts[0].clone(), parts[1].clone()]))
+        }
+        _ => None,
+    }
+}
+
+/// Drops the schema from `schema.table.column` and `schema.table.*` references to migration `index` in a
+/// RETURNING list that moves to a SELECT over the written rows, where only `table` (the alias) exists.
+pub(crate) fn unqualify_returning(router: &ReadRouter, index: usize, items: &mut [sqlparser::ast::SelectItem]) {
+    struct Strip<'r, 'a>(&'r ReadRouter<'a>, usize);
+    impl VisitorMut for Strip<'_, '_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if schema_qualified_migration(self.0, expr) == Some(self.1) {
+                if let Expr::CompoundIdentifier(parts) = expr {
+                    parts.remove(0);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    for item in items.iter_mut() {
+        if let sqlparser::ast::SelectItem::QualifiedWildcard(
+            sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+            _,
+        ) = item
+        {
+            if name.0.len() == 2 && router.active_migration(name) == Some(index) {
+                name.0.remove(0);
+            }
+        }
+        let _ = VisitMut::visit(item, &mut Strip(router, index));
+    }
+}
+
 impl VisitorMut for ReadRouter<'_> {
     type Break = Rejection;
 
@@ -220,16 +259,13 @@ impl VisitorMut for ReadRouter<'_> {
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Rejection> {
         // `public.users.id`: once `public.users` is replaced by something aliased `users`, only the
         // two-part spelling still resolves.
-        if let Expr::CompoundIdentifier(parts) = expr {
-            if parts.len() == 3 {
-                let table = ObjectName::from(vec![parts[0].clone(), parts[1].clone()]);
-                if let Some(index) = self.active_migration(&table) {
-                    let r = self.route.get(index);
-                    if !(r.version == Side::Old && r.read_source == Side::Old) {
-                        parts.remove(0);
-                        self.touched.insert(index);
-                    }
+        if let Some(index) = schema_qualified_migration(self, expr) {
+            let r = self.route.get(index);
+            if !(r.version == Side::Old && r.read_source == Side::Old) {
+                if let Expr::CompoundIdentifier(parts) = expr {
+                    parts.remove(0);
                 }
+                self.touched.insert(index);
             }
         }
         ControlFlow::Continue(())

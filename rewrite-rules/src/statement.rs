@@ -84,6 +84,25 @@ pub(crate) fn rewrite_statement(
             })
         }
         s @ Statement::Declare { .. } => route_reads(compiled, route, s),
+        // Session and transaction control, channels and cursors never read or change a table, whatever
+        // words they contain (`LISTEN users` names a channel).
+        Statement::Set(_)
+        | Statement::Reset(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::LISTEN { .. }
+        | Statement::UNLISTEN { .. }
+        | Statement::NOTIFY { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Execute { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. } => Ok(Outcome::unchanged()),
         other => refuse_if_mentioned(compiled, route, other),
     }
 }

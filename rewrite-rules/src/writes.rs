@@ -32,7 +32,7 @@ use crate::compiled::{template_query, Compiled, CompiledMigration, Direction};
 use crate::model::Phase;
 use crate::names::normalize_ident;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
-use crate::reads::{alias_of, cte_names, exposed_name, ReadRouter};
+use crate::reads::{alias_of, cte_names, exposed_name, unqualify_returning, ReadRouter};
 use crate::route::{Route, Side};
 
 /// What became of one statement.
@@ -110,27 +110,42 @@ pub(crate) fn rewrite_dml(
 
     // dual_write or cutover: write the session's shape, then sync the other table.
     let sync = m.producing(mr.version.other());
+    let key_change = |assigned: &HashSet<String>| match assigned.iter().find(|c| sync.key_sources.contains(*c)) {
+        Some(col) => Err(Rejection::new(
+            &m.name,
+            index,
+            RejectReason::KeyChangingUpdate,
+            &format!("column {col} feeds the key ({})", m.key.join(", ")),
+        )),
+        None => Ok(()),
+    };
     let sync_statement = match kind {
-        Kind::Insert => sync.upsert.clone(),
+        Kind::Insert => {
+            // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
+            if let Statement::Insert(insert) = &dml {
+                if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
+                    if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
+                        key_change(&assigned_columns(&update.assignments))?;
+                    }
+                }
+            }
+            sync.upsert.clone()
+        }
         Kind::Delete => sync.delete.clone(),
         Kind::Update => {
             let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
             let assigned = assigned_columns(&update.assignments);
-            if let Some(col) = assigned.iter().find(|c| sync.key_sources.contains(*c)) {
-                return Err(Rejection::new(
-                    &m.name,
-                    index,
-                    RejectReason::KeyChangingUpdate,
-                    &format!("column {col} feeds the key ({})", m.key.join(", ")),
-                ));
-            }
+            key_change(&assigned)?;
             partial_upsert(sync, &assigned)
         }
     };
     if mr.version == Side::New {
         retarget(&mut dml, m, &exposed);
     }
-    let client_returning = take_returning(&mut dml);
+    let mut client_returning = take_returning(&mut dml);
+    if let Some(items) = client_returning.as_mut() {
+        unqualify_returning(&router, index, items);
+    }
     if let Some(items) = &client_returning {
         if has_other_tables(&dml) && !reads_only(items, &exposed) {
             return Err(Rejection::new(&m.name, index, RejectReason::UnsupportedReturning, ""));

@@ -278,3 +278,38 @@ async fn cutover_moves_sequences_past_the_largest_key_of_both_tables() -> anyhow
     assert_eq!((next_old, next_new), (41, 41));
     Ok(())
 }
+
+#[tokio::test]
+async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it() -> anyhow::Result<()> {
+    let db = database().await?;
+    let (control_role, app_role) = (format!("{}_control", db.name), format!("{}_app", db.name));
+    db.connect()
+        .await?
+        .batch_execute(&format!(
+            "CREATE ROLE \"{control_role}\" LOGIN; CREATE ROLE \"{app_role}\" LOGIN;
+             GRANT CREATE ON DATABASE \"{}\" TO \"{control_role}\";",
+            db.name
+        ))
+        .await?;
+    let mut pg: tokio_postgres::Config = db.url().parse()?;
+    pg.user(&control_role);
+    let h = StateHandle::connect(pg, rules(), StateOptions::default()).await?;
+    h.route_reads("users_split_name", Some("v2"), 10, &admin()).await?;
+    let owner: String = db
+        .connect()
+        .await?
+        .query_one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'dualwrite'", &[])
+        .await?
+        .get(0);
+    assert_eq!(owner.trim_matches('"'), control_role);
+    let app = dualwrite_tests::connect(&db.url_as(&app_role, None)).await?;
+    for sql in [
+        "UPDATE dualwrite.migrations SET read_percent = 0",
+        "INSERT INTO dualwrite.audit_log (action) VALUES ('forged')",
+        "SELECT * FROM dualwrite.migrations",
+    ] {
+        let err = app.batch_execute(sql).await.unwrap_err();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err}");
+    }
+    Ok(())
+}

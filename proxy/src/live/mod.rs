@@ -15,7 +15,10 @@ use anyhow::Context;
 use dualwrite_rules::{Rewriter, RuleSet};
 
 use crate::config::Config;
-use crate::control::{ControlContext, JobDispatch};
+use crate::control::exec::JobDispatch;
+use crate::control::jobs_bridge::JobsBridge;
+use crate::control::ControlContext;
+use crate::jobs::JobRunner;
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::state::{StateHandle, StateOptions};
 use crate::version::VersionDefaults;
@@ -36,15 +39,17 @@ impl Live {
     /// Loads the rules named by the config and connects the control plane (creating or upgrading the
     /// `dualwrite` schema, registering the migrations, reading the state). `None` without a rules file:
     /// the proxy then relays everything without looking at it.
-    pub async fn from_config(config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> anyhow::Result<Option<Arc<Live>>> {
+    pub async fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Live>>> {
         let Some(path) = &config.rules else { return Ok(None) };
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
         let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
         config.versions.validate(&rules).map_err(anyhow::Error::msg)?;
         let pg = config.control_connection()?;
-        let state = StateHandle::connect(pg, Arc::clone(&rules), StateOptions::default())
+        let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
+        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg)), Arc::clone(&rules)));
+        let jobs = Some(jobs);
         Ok(Some(Arc::new(Live::new(rules, state, config, jobs))))
     }
 

@@ -1,0 +1,433 @@
+//! The rules of one migration against the live schema: both tables exist, every mapped column exists in the
+//! table it maps to, the key is unique in both tables (dual writes upsert the shadow on it), every mapping
+//! expression prepares over its source table and its value is assignable to its target column (both found
+//! by preparing statements, never by executing them), and a sample of old rows mapped forward then
+//! backward comes back unchanged.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+
+use dualwrite_rules::{quote_ident, Migration, TableName};
+use tokio_postgres::Client;
+
+/// Problems and warnings found for one migration.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+/// A column as the catalog describes it.
+struct Column {
+    /// `format_type` spelling, valid SQL for a cast.
+    sql_type: String,
+    /// NOT NULL with neither a default, an identity nor a generation expression: an insert must give it.
+    required: bool,
+}
+
+/// A table found in the catalog.
+struct Table {
+    /// The name as the rules spell it (quoted where needed).
+    display: String,
+    oid: u32,
+    columns: HashMap<String, Column>,
+    /// Column names in table order.
+    order: Vec<String>,
+}
+
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    tally: Tally,
+}
+
+impl Report<'_> {
+    fn ok(&mut self, what: &str) -> std::io::Result<()> {
+        writeln!(self.out, "  ok       {what}")
+    }
+    fn error(&mut self, what: &str) -> std::io::Result<()> {
+        self.tally.errors += 1;
+        writeln!(self.out, "  ERROR    {}", one_line(what))
+    }
+    fn warning(&mut self, what: &str) -> std::io::Result<()> {
+        self.tally.warnings += 1;
+        writeln!(self.out, "  warning  {}", one_line(what))
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A database error with its SQLSTATE and message (tokio-postgres's Display omits them).
+fn db_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+/// Checks `migration` against the database behind `client`, writing one line per finding.
+pub async fn check_migration(
+    client: &Client,
+    migration: &Migration,
+    sample: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<Tally> {
+    writeln!(
+        out,
+        "migration {}: {} -> {}",
+        migration.name, migration.table, migration.shadow
+    )?;
+    let mut report = Report {
+        out,
+        tally: Tally::default(),
+    };
+    let old = find_table(client, &migration.table, &mut report).await?;
+    let new = find_table(client, &migration.shadow, &mut report).await?;
+    let (Some(old), Some(new)) = (old, new) else {
+        return Ok(report.tally);
+    };
+
+    let old_mapped_ok = check_columns(&old, migration.old_columns(), "backward", &mut report)?;
+    let new_mapped_ok = check_columns(&new, migration.shadow_columns(), "forward", &mut report)?;
+    for table in [&old, &new] {
+        check_key(client, table, &migration.key, &mut report).await?;
+    }
+    // Expressions are prepared only against columns that exist, or every error would repeat the above.
+    let forward_ok = new_mapped_ok
+        && check_mappings(
+            client,
+            "forward",
+            &migration.forward,
+            &old,
+            &new,
+            &mut report,
+        )
+        .await?;
+    let backward_ok = old_mapped_ok
+        && check_mappings(
+            client,
+            "backward",
+            &migration.backward,
+            &new,
+            &old,
+            &mut report,
+        )
+        .await?;
+    if forward_ok && backward_ok && old_mapped_ok {
+        check_round_trip(client, migration, &old, sample, &mut report).await?;
+    } else {
+        writeln!(
+            report.out,
+            "  skipped  round trip (the mappings have errors)"
+        )?;
+    }
+    Ok(report.tally)
+}
+
+async fn find_table(
+    client: &Client,
+    name: &TableName,
+    report: &mut Report<'_>,
+) -> anyhow::Result<Option<Table>> {
+    let display = name.to_string();
+    let oid: Option<u32> = client
+        .query_one("SELECT to_regclass($1)::oid", &[&display])
+        .await?
+        .get(0);
+    let Some(oid) = oid else {
+        report.error(&format!("table {display} does not exist"))?;
+        return Ok(None);
+    };
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod),
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
+               FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            &[&oid],
+        )
+        .await?;
+    let mut columns = HashMap::new();
+    let mut order = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        order.push(name.clone());
+        columns.insert(
+            name,
+            Column {
+                sql_type: row.get(1),
+                required: row.get(2),
+            },
+        );
+    }
+    report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
+    Ok(Some(Table {
+        display,
+        oid,
+        columns,
+        order,
+    }))
+}
+
+/// Every mapped column exists in `table`; columns the mapping leaves out are reported. Returns false when
+/// a mapped column is missing.
+fn check_columns<'m>(
+    table: &Table,
+    mapped: impl Iterator<Item = &'m str>,
+    side: &str,
+    report: &mut Report<'_>,
+) -> anyhow::Result<bool> {
+    let mapped: BTreeSet<&str> = mapped.collect();
+    let mut all_exist = true;
+    for column in &mapped {
+        if !table.columns.contains_key(*column) {
+            report.error(&format!(
+                "{side}.{column}: column \"{column}\" does not exist in {}",
+                table.display
+            ))?;
+            all_exist = false;
+        }
+    }
+    for column in &table.order {
+        if mapped.contains(column.as_str()) {
+            continue;
+        }
+        if table.columns[column].required {
+            report.error(&format!(
+                "{}.{column} is NOT NULL without a default and [migration.{side}] does not map it: writes to {} would fail",
+                table.display, table.display
+            ))?;
+        } else {
+            report.warning(&format!(
+                "{}.{column} is not mapped by [migration.{side}]: rows written through the mapping get its default",
+                table.display
+            ))?;
+        }
+    }
+    if all_exist {
+        report.ok(&format!(
+            "{}: the {} column(s) of [migration.{side}] exist",
+            table.display,
+            mapped.len()
+        ))?;
+    }
+    Ok(all_exist)
+}
+
+/// The key columns exist and some unique index without predicate or expressions covers exactly them.
+async fn check_key(
+    client: &Client,
+    table: &Table,
+    key: &[String],
+    report: &mut Report<'_>,
+) -> anyhow::Result<()> {
+    let key_list = key.join(", ");
+    let missing: Vec<&String> = key
+        .iter()
+        .filter(|k| !table.columns.contains_key(k.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        // Already reported as an unknown mapped column; name the key consequence once.
+        report.error(&format!(
+            "key ({key_list}): {} has no column {missing:?}",
+            table.display
+        ))?;
+        return Ok(());
+    }
+    let mut sorted: Vec<String> = key.to_vec();
+    sorted.sort();
+    let unique: bool = client
+        .query_one(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_index i
+                  WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+                    AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                           FROM pg_attribute a
+                          WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = $2::text[])",
+            &[&table.oid, &sorted],
+        )
+        .await?
+        .get(0);
+    if unique {
+        report.ok(&format!("key ({key_list}) is unique in {}", table.display))?;
+    } else {
+        report.error(&format!(
+            "key ({key_list}) has no unique index or primary key in {} (dual writes upsert on it)",
+            table.display
+        ))?;
+    }
+    Ok(())
+}
+
+/// Prepares each expression of `mapping` over `from`, then its assignment to the target column of `to`.
+/// Returns true when all prepared.
+async fn check_mappings(
+    client: &Client,
+    side: &str,
+    mapping: &[(String, String)],
+    from: &Table,
+    to: &Table,
+    report: &mut Report<'_>,
+) -> anyhow::Result<bool> {
+    let mut all_ok = true;
+    for (column, expression) in mapping {
+        let label = format!("{side}.{column} = {expression}");
+        let select = format!("SELECT ({expression}) FROM {}", from.display);
+        let statement = match client.prepare(&select).await {
+            Ok(statement) => statement,
+            Err(error) => {
+                report.error(&format!(
+                    "{label}: does not prepare over {}: {}",
+                    from.display,
+                    db_message(&error)
+                ))?;
+                all_ok = false;
+                continue;
+            }
+        };
+        let produced = statement.columns()[0].type_().name().to_owned();
+        let target = &to.columns[column.as_str()].sql_type;
+        // Preparing (not executing) the INSERT lets Postgres itself decide whether the value is assignable.
+        let insert = format!(
+            "INSERT INTO {} ({}) {select}",
+            to.display,
+            quote_ident(column)
+        );
+        match client.prepare(&insert).await {
+            Ok(_) => report.ok(&format!("{label} ({produced} -> {target})"))?,
+            Err(error) => {
+                report.error(&format!(
+                    "{label}: its {produced} value cannot be assigned to {}.{column} ({target}): {}",
+                    to.display,
+                    db_message(&error)
+                ))?;
+                all_ok = false;
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// Maps up to `sample` old rows forward then backward in one query and compares them with the originals.
+async fn check_round_trip(
+    client: &Client,
+    migration: &Migration,
+    old: &Table,
+    sample: i64,
+    report: &mut Report<'_>,
+) -> anyhow::Result<()> {
+    let forward: Vec<String> = migration
+        .forward
+        .iter()
+        .map(|(c, e)| format!("({e}) AS {}", quote_ident(c)))
+        .collect();
+    let backward: Vec<String> = migration
+        .backward
+        .iter()
+        .map(|(c, e)| {
+            format!(
+                "CAST(({e}) AS {}) AS {}",
+                old.columns[c.as_str()].sql_type,
+                quote_ident(c)
+            )
+        })
+        .collect();
+    let columns: Vec<String> = migration.old_columns().map(quote_ident).collect();
+    let originals: Vec<String> = columns.iter().map(|c| format!("s.{c}")).collect();
+    let returned: Vec<String> = columns.iter().map(|c| format!("b.{c}")).collect();
+    let as_text = |cols: &[String]| {
+        cols.iter()
+            .map(|c| format!("{c}::text"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Unqualified column names in the mappings resolve against the nearest FROM: the old row inside, the
+    // forward-mapped row one level up.
+    let sql = format!(
+        "SELECT ARRAY[{orig_text}], ARRAY[{back_text}]
+           FROM (SELECT * FROM {table} LIMIT $1) AS s
+          CROSS JOIN LATERAL (
+                SELECT {backward} FROM (SELECT {forward} FROM (SELECT s.*) AS __dw_old) AS __dw_new
+          ) AS b
+          WHERE ({orig}) IS DISTINCT FROM ({back})",
+        orig_text = as_text(&originals),
+        back_text = as_text(&returned),
+        table = old.display,
+        backward = backward.join(", "),
+        forward = forward.join(", "),
+        orig = originals.join(", "),
+        back = returned.join(", "),
+    );
+    let sampled: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS s",
+                old.display
+            ),
+            &[&sample],
+        )
+        .await?
+        .get(0);
+    if sampled == 0 {
+        report.warning(&format!(
+            "round trip not tried: {} has no rows to sample",
+            old.display
+        ))?;
+        return Ok(());
+    }
+    let differing = match client.query(&sql, &[&sample]).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            report.error(&format!("round trip failed to run: {}", db_message(&error)))?;
+            return Ok(());
+        }
+    };
+    if differing.is_empty() {
+        return Ok(report.ok(&format!(
+            "round trip (forward then backward) on {sampled} sampled row(s) of {}",
+            old.display
+        ))?);
+    }
+    let names: Vec<&str> = migration.old_columns().collect();
+    let examples: Vec<String> = differing
+        .iter()
+        .take(3)
+        .map(|row| {
+            let before: Vec<Option<String>> = row.get(0);
+            let after: Vec<Option<String>> = row.get(1);
+            let changes: Vec<String> = names
+                .iter()
+                .zip(before.iter().zip(after.iter()))
+                .filter(|(_, (b, a))| b != a)
+                .map(|(name, (b, a))| format!("{name} {} -> {}", show(b), show(a)))
+                .collect();
+            let key: Vec<String> = migration
+                .key
+                .iter()
+                .filter_map(|k| {
+                    names
+                        .iter()
+                        .position(|n| n == k)
+                        .map(|i| format!("{k}={}", show(&before[i])))
+                })
+                .collect();
+            format!("[{}] {}", key.join(", "), changes.join(", "))
+        })
+        .collect();
+    report.warning(&format!(
+        "round trip is lossy: {} of {sampled} sampled row(s) of {} do not come back the same through forward then backward (a rollback would change them), e.g. {}",
+        differing.len(),
+        old.display,
+        examples.join("; ")
+    ))?;
+    Ok(())
+}
+
+fn show(value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!("'{v}'"),
+        None => "NULL".to_owned(),
+    }
+}
