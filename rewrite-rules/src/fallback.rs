@@ -120,6 +120,9 @@ fn is_plain_read(code: &[&Token]) -> bool {
 /// The comments before the first and after the last code token of `sql`, as written (sqlcommenter tags and
 /// the like), so a rewritten statement can carry them.
 pub(crate) fn edge_comments(sql: &str) -> (String, String) {
+    if !sql.contains("--") && !sql.contains("/*") {
+        return (String::new(), String::new());
+    }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
         return (String::new(), String::new());
     };
