@@ -39,19 +39,25 @@ impl Sweeps {
         self.pending.push_back(sweep);
     }
 
-    /// Runs the sweeps whose older snapshots are gone; with `wait_all`, waits until every sweep ran.
+    /// Runs the sweeps whose older snapshots are gone, as one statement over their joined range (pending
+    /// ranges are consecutive batches, so they join); with `wait_all`, waits until every sweep ran.
     pub async fn run_ready(&mut self, client: &mut Client, compiled: &CompiledMapping, wait_all: bool) -> JobResult<()> {
-        while let Some(sweep) = self.pending.front() {
-            if !older_snapshots_gone(client, &sweep.xid).await? {
+        while !self.pending.is_empty() {
+            let ready = ready_prefix(client, &self.pending).await?;
+            if ready == 0 {
                 if !wait_all {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            let sweep = sweep.clone();
-            self.deleted += run(client, compiled, &sweep).await?;
-            self.pending.pop_front();
+            let joined = Sweep {
+                lower: self.pending[0].lower.clone(),
+                upper: self.pending[ready - 1].upper.clone(),
+                xid: self.pending[ready - 1].xid.clone(),
+            };
+            self.deleted += run(client, compiled, &joined).await?;
+            self.pending.drain(..ready);
         }
         Ok(())
     }
@@ -62,16 +68,19 @@ pub async fn current_xid(client: &Client) -> JobResult<String> {
     Ok(client.query_one("SELECT pg_current_xact_id()::xid::text", &[]).await?.get(0))
 }
 
-async fn older_snapshots_gone(client: &Client, xid: &str) -> JobResult<bool> {
-    let row = client
-        .query_one(
+/// How many of the oldest pending sweeps no longer have a client snapshot at or before their batch.
+async fn ready_prefix(client: &Client, pending: &VecDeque<Sweep>) -> JobResult<usize> {
+    let xids: Vec<&str> = pending.iter().map(|sweep| sweep.xid.as_str()).collect();
+    let rows = client
+        .query(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
                  AND backend_type = 'client backend' AND backend_xmin IS NOT NULL \
-                 AND age(backend_xmin) >= age($1::text::xid))",
-            &[&xid],
+                 AND age(backend_xmin) >= age(u.x::xid)) \
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(x, n) ORDER BY u.n",
+            &[&xids],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(rows.iter().take_while(|row| row.get::<_, bool>(0)).count())
 }
 
 /// One sweep under REPEATABLE READ, retried when a concurrent dual write touches one of its rows.

@@ -39,15 +39,18 @@ pub const ALL_CHECKS: &[&str] = &[
     "cancel",
 ];
 
-/// Checks that need the proxy's migration wiring (dual writes through the rewriter, per-session versions
-/// for reads, 0A000 for COPY into a migrated table), which is not on main yet. Their failures are printed
-/// but tolerated until then; when the wiring lands, empty this list so the whole matrix is enforced.
-pub const AWAITING_MIGRATION_WIRING: &[&str] = &[
-    "dual_write_insert",
+/// Known failures, as (driver, check, why): printed but tolerated so the rest of the matrix is enforced.
+/// Each one is a bug to fix; remove its entry with the fix.
+pub const KNOWN_FAILURES: &[(&str, &str, &str)] = &[(
+    "pgjdbc",
     "dual_write_update",
-    "read_v2",
-    "copy_into_migrated_rejected",
-];
+    "a rewritten UPDATE run through a named server-side statement (prepareThreshold=1) reports update \
+     count -1 to pgjdbc instead of 1: the command tag it receives is not `UPDATE 1`",
+)];
+
+fn is_known_failure(driver: &str, failure: &str) -> bool {
+    KNOWN_FAILURES.iter().any(|(d, check, _)| *d == driver && failure.starts_with(&format!("{check}: ")))
+}
 
 /// The repository root (the tests crate's parent).
 pub fn repo_root() -> PathBuf {
@@ -236,7 +239,7 @@ impl Report {
     }
 
     /// Panics unless exactly `expected` were checked (so a program that died half-way is caught) and all
-    /// passed, failures of [`AWAITING_MIGRATION_WIRING`] aside; the message lists every failed check.
+    /// passed, [`KNOWN_FAILURES`] aside; the message lists every failed check.
     #[track_caller]
     pub fn assert_all_ok(&self, driver: &str, expected: &[&str], context: &str) {
         let reported: Vec<&str> = self.checks.iter().map(|(n, _)| n.as_str()).collect();
@@ -244,15 +247,11 @@ impl Report {
         let failures = self.failures();
         let blocking: Vec<&String> = failures
             .iter()
-            .filter(|f| {
-                !AWAITING_MIGRATION_WIRING
-                    .iter()
-                    .any(|p| f.starts_with(&format!("{p}: ")))
-            })
+            .filter(|f| !is_known_failure(driver, f))
             .collect();
         if !failures.is_empty() {
             eprintln!(
-                "{driver}: failed checks (those of AWAITING_MIGRATION_WIRING are tolerated):\n  {}",
+                "{driver}: failed checks (those of KNOWN_FAILURES are tolerated):\n  {}",
                 failures.join("\n  ")
             );
         }
