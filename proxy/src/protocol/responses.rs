@@ -237,20 +237,21 @@ impl ResponseQueue {
             btag::READY_FOR_QUERY => self.on_ready(),
             btag::ERROR_RESPONSE => {
                 self.event(SessionEvent::Failed);
-                match self.entries.front() {
+                // In an extended batch the server skips everything up to Sync; inside a simple Query the
+                // error ends the statement list and ReadyForQuery follows, so the entry stays.
+                if matches!(
+                    self.entries.front(),
                     Some(
                         Expect::Parse
-                        | Expect::Bind
-                        | Expect::Close
-                        | Expect::Hidden
-                        | Expect::Describe { .. }
-                        | Expect::Execute { .. },
-                    ) => {
-                        self.pop();
-                        self.skipping_to_sync = true;
-                    }
-                    // Inside a simple Query the error ends the statement list; ReadyForQuery follows.
-                    _ => {}
+                            | Expect::Bind
+                            | Expect::Close
+                            | Expect::Hidden
+                            | Expect::Describe { .. }
+                            | Expect::Execute { .. }
+                    )
+                ) {
+                    self.pop();
+                    self.skipping_to_sync = true;
                 }
                 Action::Forward
             }

@@ -19,23 +19,27 @@
 //!
 //! All methods block (they wait for `pg_ctl`); async callers should use `spawn_blocking`.
 
+mod options;
+mod os;
+
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use options::{ClusterOptions, PasswordAuth, Role, StopMode};
+use os::{children_of, process_alive, service_account, signal, wait_until_gone, Account};
+pub use os::{find_bin_dir, free_port};
 
 /// Attempts at finding a port nobody grabs between our probe and the server's bind.
 const PORT_ATTEMPTS: usize = 5;
 /// How long `pg_ctl` may wait for start-up or shutdown.
 const PG_CTL_TIMEOUT_SECS: &str = "60";
-/// The OS account that owns the server processes when we are root.
-const SERVICE_ACCOUNT: &str = "postgres";
 
 /// Errors starting or controlling a throwaway cluster. Command failures carry the command's output and
 /// the tail of the server log so a failing test shows why.
@@ -60,126 +64,9 @@ pub enum ClusterError {
     Timeout(String),
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
     let context = context.into();
     move |source| ClusterError::Io { context, source }
-}
-
-/// How a named role authenticates over TCP (pg_hba method and the password hash stored for it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PasswordAuth {
-    ScramSha256,
-    Md5,
-    /// Cleartext password in the protocol (`password` in pg_hba), stored as SCRAM.
-    Cleartext,
-}
-
-impl PasswordAuth {
-    fn hba_method(self) -> &'static str {
-        match self {
-            PasswordAuth::ScramSha256 => "scram-sha-256",
-            PasswordAuth::Md5 => "md5",
-            PasswordAuth::Cleartext => "password",
-        }
-    }
-
-    fn password_encryption(self) -> &'static str {
-        match self {
-            PasswordAuth::Md5 => "md5",
-            PasswordAuth::ScramSha256 | PasswordAuth::Cleartext => "scram-sha-256",
-        }
-    }
-}
-
-/// A login role created after the first start, authenticated by password over TCP.
-#[derive(Clone, Debug)]
-pub struct Role {
-    pub name: String,
-    pub password: String,
-    pub auth: PasswordAuth,
-    pub superuser: bool,
-}
-
-impl Role {
-    pub fn new(name: impl Into<String>, password: impl Into<String>, auth: PasswordAuth) -> Self {
-        Role {
-            name: name.into(),
-            password: password.into(),
-            auth,
-            superuser: false,
-        }
-    }
-
-    pub fn superuser(mut self) -> Self {
-        self.superuser = true;
-        self
-    }
-}
-
-/// How to build a cluster. Everything not listed authenticates with `trust`.
-#[derive(Clone, Debug)]
-pub struct ClusterOptions {
-    /// Directory with `initdb`, `pg_ctl`, `postgres`, `psql`; found automatically when `None`.
-    pub bin_dir: Option<PathBuf>,
-    /// Parent of the temporary directory; the system temp dir when `None`.
-    pub base_dir: Option<PathBuf>,
-    /// Name of the bootstrap superuser (`initdb -U`).
-    pub superuser: String,
-    pub roles: Vec<Role>,
-    /// Extra `postgresql.conf` settings (name, value), applied after the defaults.
-    pub settings: Vec<(String, String)>,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions {
-            bin_dir: None,
-            base_dir: None,
-            superuser: "postgres".to_owned(),
-            roles: Vec::new(),
-            settings: Vec::new(),
-        }
-    }
-}
-
-impl ClusterOptions {
-    pub fn role(mut self, role: Role) -> Self {
-        self.roles.push(role);
-        self
-    }
-
-    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.settings.push((name.into(), value.into()));
-        self
-    }
-}
-
-/// `pg_ctl -m` shutdown modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopMode {
-    /// Wait for clients to disconnect.
-    Smart,
-    /// Terminate sessions, roll back their transactions, checkpoint.
-    Fast,
-    /// Quit at once; the next start runs crash recovery.
-    Immediate,
-}
-
-impl StopMode {
-    fn as_arg(self) -> &'static str {
-        match self {
-            StopMode::Smart => "smart",
-            StopMode::Fast => "fast",
-            StopMode::Immediate => "immediate",
-        }
-    }
-}
-
-/// The uid/gid server commands run as when we are root.
-#[derive(Clone, Copy, Debug)]
-struct Account {
-    uid: u32,
-    gid: u32,
 }
 
 /// A running (or stopped) throwaway cluster. See the module docs.
@@ -643,63 +530,6 @@ impl Drop for PgCluster {
     }
 }
 
-/// Server binaries: `$DUALWRITE_PG_BINDIR`, then `pg_config --bindir`, then the Debian path of 15.
-pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
-    let has_server = |dir: &Path| dir.join("pg_ctl").is_file() && dir.join("initdb").is_file();
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::var_os("DUALWRITE_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        if has_server(&dir) {
-            return Ok(dir);
-        }
-        tried.push(dir);
-    }
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if output.status.success() && has_server(&dir) {
-            return Ok(dir);
-        }
-        tried.push(dir);
-    }
-    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
-    if has_server(&debian) {
-        return Ok(debian);
-    }
-    tried.push(debian);
-    let tried: Vec<String> = tried.iter().map(|dir| dir.display().to_string()).collect();
-    Err(ClusterError::BinariesNotFound(format!(
-        "tried {}",
-        tried.join(", ")
-    )))
-}
-
-/// `None` when we may run the server ourselves; the postgres account when we are root.
-fn service_account() -> Result<Option<Account>, ClusterError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = std::ffi::CString::new(SERVICE_ACCOUNT).expect("no NUL in a constant");
-    // SAFETY: getpwnam returns NULL or a pointer to static storage that we read before any other
-    // getpw* call; account lookups happen once per cluster.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(ClusterError::NoServiceAccount(SERVICE_ACCOUNT.to_owned()));
-    }
-    // SAFETY: checked non-null above.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some(Account { uid, gid }))
-}
-
-/// A port that was free a moment ago on 127.0.0.1 (the caller retries if it is taken meanwhile).
-pub fn free_port() -> Result<u16, ClusterError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("probing for a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("probing for a free port"))?
-        .port())
-}
-
 fn path_str(path: &Path) -> Result<&str, ClusterError> {
     path.to_str().ok_or_else(|| ClusterError::Io {
         context: format!("path {} is not UTF-8", path.display()),
@@ -725,51 +555,6 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a vanished pid just yields ESRCH.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
-}
-
-/// `(state, ppid)` from /proc/<pid>/stat; the command name may contain spaces and parentheses.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Alive and not a zombie (zombies of killed servers linger where nothing reaps them).
-fn process_alive(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| matches!(proc_stat(pid), Some((_, ppid)) if ppid == parent))
-        .collect()
-}
-
-fn wait_until_gone(pids: &[u32], timeout: Duration) -> Result<(), ClusterError> {
-    let deadline = Instant::now() + timeout;
-    while pids.iter().any(|&pid| process_alive(pid)) {
-        if Instant::now() > deadline {
-            return Err(ClusterError::Timeout(format!(
-                "server processes {pids:?} survived SIGKILL"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,12 +569,5 @@ mod tests {
     fn hba_names_are_quoted() {
         assert_eq!(hba_quote("all"), "\"all\"");
         assert_eq!(hba_quote("a\"b"), "\"a\"\"b\"");
-    }
-
-    #[test]
-    fn proc_stat_reads_our_own_process() {
-        let (state, ppid) = proc_stat(std::process::id()).expect("own stat");
-        assert!(state == 'R' || state == 'S');
-        assert!(ppid > 0);
     }
 }
