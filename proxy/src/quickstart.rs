@@ -18,10 +18,10 @@ use crate::server::Server;
 const EXAMPLE_RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
 const EXAMPLE_DATABASE: &str = "app";
 /// The tables the example rules map (DESIGN section 2), with rows to play with. users_v2 starts empty
-/// so a backfill has something to do.
+/// so a backfill has something to do; it shares users' id sequence so v2 sessions can insert too.
 const EXAMPLE_SCHEMA: &str = "
 CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);
-CREATE TABLE public.users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text);
+CREATE TABLE public.users_v2 (id int PRIMARY KEY DEFAULT nextval('public.users_id_seq'), first_name text, last_name text, email text);
 INSERT INTO public.users (name, email) VALUES
     ('Ada Lovelace', 'Ada@Example.com'),
     ('Alan Turing', 'alan@example.com'),

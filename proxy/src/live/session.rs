@@ -15,7 +15,6 @@ use dualwrite_rules::{Plan, Rejection, RowsDisposition, Route, TagRewrite};
 
 use super::Live;
 use crate::control::{self, SqlError as ControlError};
-use crate::protocol::messages::SqlError;
 use crate::session::interceptor::{
     CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
     SqlRequest, StatementTransform, Verdict,
@@ -86,14 +85,14 @@ impl LiveSession {
     fn control_command(&self, sql: &str) -> Verdict {
         let command = match control::parse_control(sql) {
             Ok(c) => c,
-            Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(protocol_error(&e)) }),
+            Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) }),
         };
         let ctx = self.live.control.clone();
         let actor = self.actor.clone();
         Verdict::Defer(Box::pin(async move {
             match control::execute(&ctx, &command, &actor).await {
                 Ok(r) => LocalReply::rows(r.columns, r.rows, r.tag),
-                Err(e) => LocalReply { control: true, ..LocalReply::error(protocol_error(&e)) },
+                Err(e) => LocalReply { control: true, ..LocalReply::error(e) },
             }
         }))
     }
@@ -276,11 +275,4 @@ fn count_rejection(rejection: &Rejection) {
 
 fn raise(error: &ControlError, control: bool) -> Verdict {
     Verdict::Raise(Raise { sql: error.raise_statement(), control })
-}
-
-fn protocol_error(e: &ControlError) -> SqlError {
-    let mut out = SqlError::new(e.code.to_string(), e.message.clone());
-    out.detail = e.detail.clone();
-    out.hint = e.hint.clone();
-    out
 }
