@@ -18,13 +18,16 @@ use crate::config::Config;
 use crate::control::exec::JobDispatch;
 use crate::control::jobs_bridge::JobsBridge;
 use crate::control::ControlContext;
-use crate::jobs::JobRunner;
+use crate::jobs::{JobRunner, TableMapping};
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::state::{StateHandle, StateOptions};
 use crate::version::VersionDefaults;
 
 /// Plans kept by the rewriter's cache (statement text x route).
 const PLAN_CACHE_CAPACITY: usize = 16 * 1024;
+
+/// How often the per-migration figures are re-read from the state tables and the catalog.
+const FIGURES_EVERY: Duration = Duration::from_secs(5);
 
 /// What every session of a server shares for live migrations.
 pub struct Live {
@@ -33,6 +36,16 @@ pub struct Live {
     control: ControlContext,
     defaults: VersionDefaults,
     next_session: AtomicU64,
+    /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
+    figures: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(task) = self.figures.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Live {
@@ -48,15 +61,22 @@ impl Live {
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
-        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg)), Arc::clone(&rules)));
+        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg.clone())), Arc::clone(&rules)));
         let jobs = Some(jobs);
-        Ok(Some(Arc::new(Live::new(rules, state, config, jobs))))
+        let figures = config.metrics_listen.is_some().then(|| {
+            let mappings: Vec<TableMapping> =
+                rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();
+            crate::jobs::spawn_refresher(pg.clone(), Arc::new(move || mappings.clone()), FIGURES_EVERY)
+        });
+        let mut live = Live::new(rules, state, config, jobs);
+        live.figures = figures;
+        Ok(Some(Arc::new(live)))
     }
 
     pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> Live {
         let rewriter = Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY);
         let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs };
-        Live { rules, rewriter, control, defaults: config.versions.clone(), next_session: AtomicU64::new(1) }
+        Live { rules, rewriter, control, defaults: config.versions.clone(), next_session: AtomicU64::new(1), figures: None }
     }
 
     pub fn state(&self) -> &StateHandle {
