@@ -347,8 +347,17 @@ impl<'s> Frontend<'s> {
                     }
                     Some(Prepared::Rewritten(t)) => {
                         self.metrics.query(Route::Rewritten);
+                        let suppress = t.suppress_rows;
                         self.expect(Expect::Execute { transform: Some(t) });
-                        Step::Forward
+                        if suppress {
+                            // The client's statement returns no rows, so Postgres would run it to completion
+                            // whatever row limit the Execute asks for (pgjdbc's executeUpdate asks for 1).
+                            // Its rewrite is a query: without this it would stop at PortalSuspended and the
+                            // client would never see the command tag with its row count.
+                            Step::Replace(messages::execute(&String::from_utf8_lossy(portal)))
+                        } else {
+                            Step::Forward
+                        }
                     }
                     None => {
                         self.metrics.query(Route::Passthrough);

@@ -41,12 +41,7 @@ pub const ALL_CHECKS: &[&str] = &[
 
 /// Known failures, as (driver, check, why): printed but tolerated so the rest of the matrix is enforced.
 /// Each one is a bug to fix; remove its entry with the fix.
-pub const KNOWN_FAILURES: &[(&str, &str, &str)] = &[(
-    "pgjdbc",
-    "dual_write_update",
-    "a rewritten UPDATE run through a named server-side statement (prepareThreshold=1) reports update \
-     count -1 to pgjdbc instead of 1: the command tag it receives is not `UPDATE 1`",
-)];
+pub const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
 
 fn is_known_failure(driver: &str, failure: &str) -> bool {
     KNOWN_FAILURES.iter().any(|(d, check, _)| *d == driver && failure.starts_with(&format!("{check}: ")))
