@@ -20,6 +20,7 @@ pub use proxy::TestProxy;
 
 use anyhow::{bail, Context};
 pub use dualwrite_proxy::pgcluster::{ClusterOptions, PasswordAuth, PgCluster, Role, StopMode};
+use dualwrite_proxy::pgcluster::percent_encode;
 use tokio::io::AsyncWriteExt;
 
 /// Roles every harness cluster has, one per password method, all superusers.
@@ -337,17 +338,6 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
 
 /// Hides the password part of a URL in messages.
 fn redact(text: &str) -> String {
