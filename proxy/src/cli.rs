@@ -72,6 +72,10 @@ pub struct ConfigArgs {
     /// Seconds sessions get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "DUALWRITE_SHUTDOWN_GRACE")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds the migration state may go unconfirmed before statements on migrated tables are
+    /// refused [default: 10].
+    #[arg(long, env = "DUALWRITE_STATE_MAX_AGE")]
+    pub state_max_age_secs: Option<u64>,
     /// Control-plane connection URL [default: the upstream URL].
     #[arg(long, env = "DUALWRITE_CONTROL_URL")]
     pub control_url: Option<String>,
@@ -128,6 +132,7 @@ impl ConfigArgs {
         set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);
         set(&mut cfg.limits.connect_timeout_secs, &self.connect_timeout_secs);
         set(&mut cfg.limits.shutdown_grace_secs, &self.shutdown_grace_secs);
+        set(&mut cfg.limits.state_max_age_secs, &self.state_max_age_secs);
         if self.control_url.is_some() {
             cfg.control.url = self.control_url.clone();
         }

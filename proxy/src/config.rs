@@ -102,6 +102,9 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Seconds sessions get to finish after a shutdown signal before they are closed.
     pub shutdown_grace_secs: u64,
+    /// Seconds the migration state may go unconfirmed (state database unreachable) before statements
+    /// on tables under migration are refused with 57P03; other statements are unaffected.
+    pub state_max_age_secs: u64,
 }
 
 impl Default for Limits {
@@ -112,6 +115,7 @@ impl Default for Limits {
             startup_timeout_secs: 30,
             connect_timeout_secs: 10,
             shutdown_grace_secs: 30,
+            state_max_age_secs: 10,
         }
     }
 }
@@ -127,6 +131,11 @@ impl Limits {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// At least a second: the state is polled twice a second.
+    pub fn state_max_age(&self) -> Duration {
+        Duration::from_secs(self.state_max_age_secs.max(1))
     }
 }
 

@@ -57,6 +57,15 @@ impl TestProxy {
 
     /// A proxy for `db` with the migration rules given as TOML text, the superuser as admin role.
     pub async fn with_rules_toml(db: &TestDb, rules_toml: &str) -> anyhow::Result<TestProxy> {
+        Self::with_rules_toml_and(db, rules_toml, |_| {}).await
+    }
+
+    /// As [`with_rules_toml`](Self::with_rules_toml), with the config adjusted by `tweak` before start.
+    pub async fn with_rules_toml_and(
+        db: &TestDb,
+        rules_toml: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestProxy> {
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
@@ -65,6 +74,7 @@ impl TestProxy {
         let mut config = Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url());
         config.rules = Some(file.path().to_owned());
         config.admin_roles = vec![db.cluster.superuser().to_owned()];
+        tweak(&mut config);
         let mut proxy = Self::start(config).await?;
         proxy._rules_file = Some(file);
         Ok(proxy)

@@ -74,6 +74,7 @@ pub mod codes {
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const OBJECT_IN_USE: &str = "55006";
     pub const CONNECTION_EXCEPTION: &str = "08000";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }

@@ -58,7 +58,8 @@ impl Live {
         let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
         config.versions.validate(&rules).map_err(anyhow::Error::msg)?;
         let pg = config.control_connection()?;
-        let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
+        let options = StateOptions { max_age: config.limits.state_max_age(), ..StateOptions::default() };
+        let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), options)
             .await
             .context("cannot load the migration state from the upstream database")?;
         let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg.clone())), Arc::clone(&rules)));

@@ -7,6 +7,12 @@
 //! Prepared statements that name a migrated table remember the route they were rewritten for; when the
 //! route has changed by the time they are bound or described (an admin flipped reads, the session changed
 //! its version), the relay prepares them again under the same name.
+//!
+//! While the shared state is unknown (not confirmed for longer than `limits.state_max_age_secs`: the
+//! state database is unreachable), every statement that involves a migrated table is refused with 57P03,
+//! reads included: another instance may have moved the migration on (cutover, complete, a read flip)
+//! meanwhile, so a stale route could single-write or read a table that is no longer kept current.
+//! Prepared statements are re-prepared as that refusal and back once the state is confirmed again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +32,8 @@ use crate::version::{classify_query, classify_statement, SessionStatement, Sessi
 struct PreparedSql {
     sql: String,
     param_types: Vec<u32>,
-    /// The route it was last prepared upstream for.
-    route: Route,
+    /// The route it was last prepared upstream for; `None`: prepared as the unknown-state refusal.
+    route: Option<Route>,
 }
 
 /// The route of the session, recomputed when the shared state or the session's version changes.
@@ -120,9 +126,14 @@ impl LiveSession {
             }
             return Verdict::Forward;
         }
+        if let Some(refusal) = self.unknown_state_refusal(sql) {
+            // A refused Parse leaves no statement behind (on_sql forgets it), as a failed Parse would.
+            return raise(&refusal, false);
+        }
         let route = self.current_route();
         let plan = self.live.rewriter.rewrite(sql, &route);
         if let Some((name, param_types)) = prepared_as {
+            let route = Some(route);
             self.prepared.insert(name.to_vec(), PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route });
         }
         match &*plan {
@@ -137,6 +148,35 @@ impl LiveSession {
                 raise(&rejection_error(rejection), false)
             }
         }
+    }
+
+    /// The 57P03 refusal, while the shared state is unknown, of SQL that names a migrated table (the
+    /// rewriter's cheap check: a false positive only refuses during the outage, never single-writes).
+    fn unknown_state_refusal(&self, sql: &str) -> Option<ControlError> {
+        let state = &self.live.control.state;
+        let age = state.unknown_for()?;
+        let lower = sql.to_ascii_lowercase();
+        let mut names: Vec<&str> = self.live.rules.migrations.iter()
+            .filter(|m| lower.contains(&m.table.name.to_ascii_lowercase()))
+            .map(|m| m.name.as_str())
+            .collect();
+        if names.is_empty() {
+            names = self.live.rules.migrations.iter().map(|m| m.name.as_str()).collect();
+        }
+        metrics::counter!("dualwrite_state_unknown_refusals_total").increment(1);
+        Some(
+            ControlError::new(
+                crate::control::error::codes::CANNOT_CONNECT_NOW,
+                format!(
+                    "dualwrite: state unknown for migration {}: the state database has not answered for {}s \
+                     (limit {}s), so statements on its tables are refused rather than routed by stale state",
+                    names.join(", "),
+                    age.as_secs(),
+                    state.max_age().as_secs()
+                ),
+            )
+            .with_hint("Retry when the state database is reachable again; other tables are unaffected."),
+        )
     }
 
     fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
@@ -222,11 +262,22 @@ impl SessionInterceptor for LiveSession {
 
     fn reprepare(&mut self, statement: &[u8]) -> Option<Reprepare> {
         let route = self.current_route();
+        let prepared = self.prepared.get(statement)?;
+        if let Some(refusal) = self.unknown_state_refusal(&prepared.sql) {
+            let prepared = self.prepared.get_mut(statement)?;
+            // Already prepared as the refusal: nothing to do until the state is confirmed again.
+            prepared.route.take()?;
+            return Some(Reprepare {
+                sql: refusal.raise_statement(),
+                param_types: refusal_param_types(&prepared.sql, &prepared.param_types),
+                transform: StatementTransform::default(),
+            });
+        }
         let prepared = self.prepared.get_mut(statement)?;
-        if prepared.route == route {
+        if prepared.route.as_ref() == Some(&route) {
             return None;
         }
-        prepared.route = route.clone();
+        prepared.route = Some(route.clone());
         let (sql, transform) = match &*self.live.rewriter.rewrite(&prepared.sql, &route) {
             Plan::PassThrough => (prepared.sql.clone(), StatementTransform::default()),
             Plan::Rewritten { sql, statements, .. } => {
@@ -241,6 +292,29 @@ impl SessionInterceptor for LiveSession {
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
     }
+}
+
+/// Parameter types for a refusal prepared in place of `sql`, so that the client's Bind (which supplies
+/// `sql`'s parameters) succeeds and the Execute raises the refusal: as many as `sql` uses, undeclared ones
+/// as bytea, whose binary input accepts any bytes.
+fn refusal_param_types(sql: &str, declared: &[u32]) -> Vec<u32> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    const BYTEA: u32 = 17;
+    let used = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .filter_map(|t| match t {
+                    Token::Placeholder(p) => p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    (0..used.max(declared.len())).map(|i| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(BYTEA)).collect()
 }
 
 /// The relay's transform for the rewriter's.

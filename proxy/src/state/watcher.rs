@@ -4,9 +4,16 @@
 //! on every notification), polls as a fallback so a missed notification is picked up within
 //! `poll_interval`, and reconnects with backoff (reloading first thing) when its connection drops. The
 //! query path reads the snapshot through `arc-swap`: no lock, one reference-count increment.
+//!
+//! Every successful read of the state *confirms* it; [`StateHandle::unconfirmed_for`] says how long ago
+//! that was. The live path refuses statements on migrated tables once that exceeds `max_age` (the state
+//! database is unreachable, so the snapshot may be stale): a stale phase or route could single-write or
+//! read a table another instance has already moved away from. A read that hangs (stalled network) is
+//! abandoned after `max_age` and the connection reopened.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dualwrite_rules::{Phase, RuleSet};
@@ -32,6 +39,9 @@ pub struct StateOptions {
     /// First wait before reconnecting; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How long the state may go unconfirmed before statements on migrated tables are refused; also
+    /// the bound on one read of the state and on connecting to the state database.
+    pub max_age: Duration,
 }
 
 impl Default for StateOptions {
@@ -40,6 +50,7 @@ impl Default for StateOptions {
             poll_interval: Duration::from_millis(500),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            max_age: Duration::from_secs(10),
         }
     }
 }
@@ -58,6 +69,10 @@ struct Inner {
     generation: watch::Sender<u64>,
     /// The connection used for changes and on-demand reads (admin commands are rare: one at a time).
     control: Mutex<Option<Client>>,
+    /// Milliseconds after `epoch` of the last successful read of the state.
+    confirmed_ms: AtomicU64,
+    epoch: Instant,
+    max_age: Duration,
 }
 
 impl StateHandle {
@@ -68,6 +83,7 @@ impl StateHandle {
         rules: Arc<RuleSet>,
         options: StateOptions,
     ) -> Result<StateHandle, StateError> {
+        let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
         let actor = Actor { role: pg.get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
@@ -81,6 +97,9 @@ impl StateHandle {
             snapshot: ArcSwap::from_pointee(first),
             generation,
             control: Mutex::new(Some(client)),
+            confirmed_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            max_age: options.max_age,
         });
         tokio::spawn(watch_loop(Arc::downgrade(&inner), pg, options));
         Ok(StateHandle { inner })
@@ -89,6 +108,23 @@ impl StateHandle {
     /// The current state, for the query path (lock-free).
     pub fn snapshot(&self) -> Arc<StateSnapshot> {
         self.inner.snapshot.load_full()
+    }
+
+    /// How long ago the state was last read successfully.
+    pub fn unconfirmed_for(&self) -> Duration {
+        let confirmed = Duration::from_millis(self.inner.confirmed_ms.load(Ordering::Relaxed));
+        self.inner.epoch.elapsed().saturating_sub(confirmed)
+    }
+
+    /// The bound on [`unconfirmed_for`](Self::unconfirmed_for) past which the state counts as unknown.
+    pub fn max_age(&self) -> Duration {
+        self.inner.max_age
+    }
+
+    /// `Some(age)` when the state has gone unconfirmed for longer than `max_age`.
+    pub fn unknown_for(&self) -> Option<Duration> {
+        let age = self.unconfirmed_for();
+        (age > self.inner.max_age).then_some(age)
     }
 
     /// Changes whenever a different snapshot is published.
@@ -188,12 +224,23 @@ impl StateHandle {
 }
 
 impl Inner {
+    /// Publishes a snapshot just read from the database (which confirms the state).
     fn publish(&self, fresh: StateSnapshot) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.confirmed_ms.fetch_max(now, Ordering::Relaxed);
         if **self.snapshot.load() != fresh {
             self.snapshot.store(Arc::new(fresh));
             self.generation.send_modify(|g| *g += 1);
         }
     }
+}
+
+/// A connect timeout of `limit` unless the URL sets one: a stalled connect must not hold the watcher.
+fn with_connect_timeout(mut pg: tokio_postgres::Config, limit: Duration) -> tokio_postgres::Config {
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(limit);
+    }
+    pg
 }
 
 async fn open(pg: &tokio_postgres::Config) -> Result<Client, StateError> {
@@ -255,7 +302,10 @@ async fn watch_loop(inner: Weak<Inner>, pg: tokio_postgres::Config, options: Sta
         if inner.strong_count() == 0 {
             return;
         }
-        match open_listener(&pg).await {
+        let opened = tokio::time::timeout(options.max_age, open_listener(&pg))
+            .await
+            .unwrap_or_else(|_| Err(StateError::Corrupt(format!("no answer within {:?}", options.max_age))));
+        match opened {
             Ok((client, notifications)) => {
                 backoff = options.reconnect_min;
                 if !listen(&inner, &client, notifications, &options).await {
@@ -294,10 +344,14 @@ async fn listen(
             _ = tick.tick() => {}
         }
         let Some(strong) = inner.upgrade() else { return false };
-        match store::load(client).await {
-            Ok(fresh) => strong.publish(fresh),
-            Err(e) => {
+        match tokio::time::timeout(options.max_age, store::load(client)).await {
+            Ok(Ok(fresh)) => strong.publish(fresh),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reloading the dualwrite state failed");
+                return true;
+            }
+            Err(_) => {
+                tracing::warn!(limit = ?options.max_age, "reloading the dualwrite state timed out; reconnecting");
                 return true;
             }
         }
