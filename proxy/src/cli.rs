@@ -76,6 +76,12 @@ pub struct ConfigArgs {
     /// refused [default: 10].
     #[arg(long, env = "DUALWRITE_STATE_MAX_AGE")]
     pub state_max_age_secs: Option<u64>,
+    /// Seconds an upstream connection may idle before TCP keepalive probes; 0 = off [default: 60].
+    #[arg(long, env = "DUALWRITE_UPSTREAM_KEEPALIVE")]
+    pub upstream_keepalive_secs: Option<u64>,
+    /// TCP_USER_TIMEOUT seconds of upstream connections; 0 = system default [default: 0].
+    #[arg(long, env = "DUALWRITE_UPSTREAM_TCP_USER_TIMEOUT")]
+    pub upstream_tcp_user_timeout_secs: Option<u64>,
     /// Control-plane connection URL [default: the upstream URL].
     #[arg(long, env = "DUALWRITE_CONTROL_URL")]
     pub control_url: Option<String>,
@@ -133,6 +139,8 @@ impl ConfigArgs {
         set(&mut cfg.limits.connect_timeout_secs, &self.connect_timeout_secs);
         set(&mut cfg.limits.shutdown_grace_secs, &self.shutdown_grace_secs);
         set(&mut cfg.limits.state_max_age_secs, &self.state_max_age_secs);
+        set(&mut cfg.limits.upstream_keepalive_secs, &self.upstream_keepalive_secs);
+        set(&mut cfg.limits.upstream_tcp_user_timeout_secs, &self.upstream_tcp_user_timeout_secs);
         if self.control_url.is_some() {
             cfg.control.url = self.control_url.clone();
         }

@@ -105,6 +105,13 @@ pub struct Limits {
     /// Seconds the migration state may go unconfirmed (state database unreachable) before statements
     /// on tables under migration are refused with 57P03; other statements are unaffected.
     pub state_max_age_secs: u64,
+    /// Seconds an upstream connection may be idle before TCP keepalive probes start (then every quarter
+    /// of that, four probes): a dead upstream host or a broken network path ends the session with 08006
+    /// instead of leaving it hanging. 0 turns keepalive off.
+    pub upstream_keepalive_secs: u64,
+    /// TCP_USER_TIMEOUT of upstream connections: seconds sent data may stay unacknowledged before the
+    /// connection is dropped. 0 keeps the system's default.
+    pub upstream_tcp_user_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -116,6 +123,8 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             shutdown_grace_secs: 30,
             state_max_age_secs: 10,
+            upstream_keepalive_secs: 60,
+            upstream_tcp_user_timeout_secs: 0,
         }
     }
 }
@@ -131,6 +140,16 @@ impl Limits {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// `None` when off (0).
+    pub fn upstream_keepalive(&self) -> Option<Duration> {
+        (self.upstream_keepalive_secs > 0).then(|| Duration::from_secs(self.upstream_keepalive_secs))
+    }
+
+    /// `None` when the system default applies (0).
+    pub fn upstream_tcp_user_timeout(&self) -> Option<Duration> {
+        (self.upstream_tcp_user_timeout_secs > 0).then(|| Duration::from_secs(self.upstream_tcp_user_timeout_secs))
     }
 
     /// At least a second: the state is polled twice a second.

@@ -57,7 +57,8 @@ impl Server {
     /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
     /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let upstream = UpstreamTarget::from_url(&config.upstream, config.limits.connect_timeout())?;
+        let upstream = UpstreamTarget::from_url(&config.upstream, config.limits.connect_timeout())?
+            .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
         let upstream_tls = if upstream.wants_tls() { Some(tls::upstream_connector()?) } else { None };
         let client_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),

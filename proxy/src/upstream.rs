@@ -1,5 +1,8 @@
 //! Connecting to the upstream Postgres: TCP with TCP_NODELAY, then TLS when the upstream URL's sslmode
-//! asks for it (`prefer`: TLS if the server accepts, `require`: TLS or fail).
+//! asks for it (`prefer`: TLS if the server accepts, `require`: TLS or fail). TCP keepalive and
+//! TCP_USER_TIMEOUT are set on the socket so a dead peer or a broken path ends an established session;
+//! the connect, the TLS negotiation and the upstream's first answer to the startup packet are bounded by
+//! the connect timeout (a stalled handshake is an error naming the upstream and the timeout, 08001).
 
 use std::time::Duration;
 
@@ -19,6 +22,10 @@ pub struct UpstreamTarget {
     pub port: u16,
     pub ssl_mode: SslMode,
     pub connect_timeout: Duration,
+    /// Idle time before keepalive probes; `None`: keepalive off.
+    pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT; `None`: the system's default.
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 impl UpstreamTarget {
@@ -38,7 +45,15 @@ impl UpstreamTarget {
             port,
             ssl_mode: cfg.get_ssl_mode(),
             connect_timeout: cfg.get_connect_timeout().copied().unwrap_or(connect_timeout),
+            keepalive: None,
+            tcp_user_timeout: None,
         })
+    }
+
+    pub fn with_tcp_options(mut self, keepalive: Option<Duration>, tcp_user_timeout: Option<Duration>) -> Self {
+        self.keepalive = keepalive;
+        self.tcp_user_timeout = tcp_user_timeout;
+        self
     }
 
     pub fn wants_tls(&self) -> bool {
@@ -55,8 +70,10 @@ impl UpstreamTarget {
 pub enum ConnectError {
     #[error("could not connect to upstream server at {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
-    #[error("timed out connecting to upstream server at {addr}")]
-    Timeout { addr: String },
+    #[error("timed out connecting to upstream server at {addr} (connect timeout {}s)", .limit.as_secs())]
+    Timeout { addr: String, limit: Duration },
+    #[error("upstream server at {addr} did not answer the startup within the connect timeout ({}s)", .limit.as_secs())]
+    StartupTimeout { addr: String, limit: Duration },
     #[error("upstream server at {addr} does not support SSL, but sslmode=require")]
     TlsRefused { addr: String },
 }
@@ -68,6 +85,7 @@ pub async fn connect(target: &UpstreamTarget, tls: Option<&TlsConnector>) -> Res
     let work = async {
         let mut tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
+        set_tcp_options(&tcp, target).map_err(io_err)?;
         let Some(tls) = tls.filter(|_| target.wants_tls()) else { return Ok(Stream::Tcp(tcp)) };
         let mut request = [0u8; 8];
         request[..4].copy_from_slice(&8i32.to_be_bytes());
@@ -88,8 +106,33 @@ pub async fn connect(target: &UpstreamTarget, tls: Option<&TlsConnector>) -> Res
     };
     match tokio::time::timeout(target.connect_timeout, work).await {
         Ok(result) => result,
-        Err(_) => Err(ConnectError::Timeout { addr }),
+        Err(_) => Err(ConnectError::Timeout { addr, limit: target.connect_timeout }),
     }
+}
+
+/// Waits, within the connect timeout, until the upstream answers the startup packet just sent (its
+/// authentication request or first message): a server that accepted the connection but never answers
+/// (stopped, overloaded, a black hole in the path) is an error rather than a client left hanging.
+pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget) -> Result<(), ConnectError> {
+    let addr = target.describe();
+    match tokio::time::timeout(target.connect_timeout, stream.tcp().readable()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
+        Err(_) => Err(ConnectError::StartupTimeout { addr, limit: target.connect_timeout }),
+    }
+}
+
+fn set_tcp_options(tcp: &TcpStream, target: &UpstreamTarget) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    if let Some(idle) = target.keepalive {
+        let interval = (idle / 4).max(Duration::from_secs(1));
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(4);
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    if let Some(timeout) = target.tcp_user_timeout {
+        socket.set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -108,5 +151,25 @@ mod tests {
         assert_eq!(t.port, 5432);
         assert!(!t.wants_tls());
         assert!(UpstreamTarget::from_url("", Duration::from_secs(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn keepalive_and_user_timeout_are_set_on_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = UpstreamTarget::from_url(&format!("postgres://u@127.0.0.1:{port}/d?sslmode=disable"), Duration::from_secs(3))
+            .unwrap()
+            .with_tcp_options(Some(Duration::from_secs(40)), Some(Duration::from_secs(25)));
+        let Stream::Tcp(tcp) = connect(&target, None).await.unwrap() else { panic!("plain TCP expected") };
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(40));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(Duration::from_secs(25)));
+
+        let off = target.with_tcp_options(None, None);
+        let Stream::Tcp(tcp) = connect(&off, None).await.unwrap() else { panic!("plain TCP expected") };
+        assert!(!socket2::SockRef::from(&tcp).keepalive().unwrap());
     }
 }

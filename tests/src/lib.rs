@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod child;
 pub mod ledger;
 mod proxy;
 pub use proxy::TestProxy;
@@ -201,6 +202,24 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
+}
+
+/// Waits until `check` holds, polling every 50 ms; panics naming `what` once `limit` has passed (a bound
+/// against a hung test, not a timing assertion).
+#[track_caller]
+pub fn eventually<'a, F, Fut>(limit: Duration, what: &'a str, mut check: F) -> impl std::future::Future<Output = ()> + 'a
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: std::future::Future<Output = bool> + 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let start = std::time::Instant::now();
+        while !check().await {
+            assert!(start.elapsed() < limit, "not within {limit:?}: {what} ({caller})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// What a client subprocess did.

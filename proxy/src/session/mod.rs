@@ -115,7 +115,7 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
 
-    let upstream = match upstream::connect(&ctx.upstream, ctx.upstream_tls.as_ref()).await {
+    let mut upstream = match upstream::connect(&ctx.upstream, ctx.upstream_tls.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "upstream connection failed");
@@ -130,13 +130,18 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         backend_pid: 0,
         tls: client.is_tls(),
     };
-    let (up_read, mut up_write) = upstream.split();
-    let (client_read, mut client_write) = client.split();
-    if up_write.write_all(&startup.raw).await.is_err() || up_write.flush().await.is_err() {
+    if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
         let err = SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
-        send_error(&mut client_write, &err).await;
+        send_error(&mut client, &err).await;
         return;
     }
+    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream).await {
+        tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
+        send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
+        return;
+    }
+    let (up_read, mut up_write) = upstream.split();
+    let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
 
     let shared = SessionShared::new();

@@ -22,6 +22,15 @@ impl Stream {
         !matches!(self, Stream::Tcp(_))
     }
 
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(tcp) => tcp,
+            Stream::ClientTls(tls) => tls.get_ref().0,
+            Stream::UpstreamTls(tls) => tls.get_ref().0,
+        }
+    }
+
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(tcp) => {
