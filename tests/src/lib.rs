@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod ledger;
+mod process;
 mod proxy;
+pub use process::{dualwrite_binary, ProxyProcess};
 pub use proxy::TestProxy;
 
 use anyhow::{bail, Context};
