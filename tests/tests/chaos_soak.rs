@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use chaos_support::{partition, run_writer, Row, WriterConfig, WriterReport};
 use dualwrite_tests::ledger::Ledger;
 use dualwrite_tests::*;
-use tokio_postgres::SimpleQueryMessage;
 
 const MIGRATION: &str = "accounts_cents";
 const RULES: &str = r#"
@@ -61,7 +60,7 @@ async fn control(db: &TestDb, proxies: &[SocketAddr], sql: &str) -> anyhow::Resu
         let addr = proxies[round % proxies.len()];
         match connect(&db.url_via(addr)).await {
             Ok(client) => match client.simple_query(sql).await {
-                Ok(messages) => return Ok(rows(&messages)),
+                Ok(messages) => return Ok(simple_rows(&messages)),
                 Err(e) if e.code().is_some_and(|c| !c.code().starts_with("08") && !c.code().starts_with("57P")) => {
                     return Err(e.into())
                 }
@@ -72,16 +71,6 @@ async fn control(db: &TestDb, proxies: &[SocketAddr], sql: &str) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no proxy answered")).context(sql.to_owned()))
-}
-
-fn rows(messages: &[SimpleQueryMessage]) -> Rows {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// (Re)starts the backfill from its checkpoint; "another instance runs it" (55006) is fine too.
