@@ -1,255 +1,192 @@
-//! A write ledger for fault tests: concurrent writers run dual-written transactions through a proxy and
-//! record what each client *saw* (committed, failed, or in doubt because the connection broke during
-//! COMMIT); [`Ledger::check`] then proves the guarantees against the database directly:
+//! A ledger that test writers keep of a keyed table: the contents the table must have, built only from
+//! transactions whose outcome is known. A transaction whose COMMIT got no answer (the connection died)
+//! is *unknown* until the writer reads the table directly and [`Ledger::resolve`]s it: the rows it
+//! touched must then hold either everything it wrote or nothing of it — anything else is a torn
+//! transaction and an error. At the end the ledger is compared with the table row for row
+//! ([`Ledger::differences`]).
 //!
-//! - the old table and the shadow are equal under the mapping (no half-applied dual write);
-//! - every transaction the client saw commit is in both tables;
-//! - no transaction the client saw fail is in either;
-//! - a transaction in doubt is atomic: wholly present (in both) or wholly absent.
-//!
-//! Use: create [`LEDGER_SCHEMA`] in a test database, start a proxy with [`LEDGER_RULES`] (migration
-//! [`LEDGER_MIGRATION`] in `dual_write`), [`Writers::start`] against the proxy's URL, cause the fault,
-//! [`Ledger::wait_commits`] to see writes resume, [`Writers::stop`], then [`Ledger::check`].
-//!
-//! Each transaction `t` inserts rows `2t` and `2t+1`, updates `2t+1` and deletes `2t`, so a committed `t`
-//! leaves exactly row `2t+1` with note `u<t>` and a failed one leaves nothing. Writers alternate between
-//! the simple and the extended protocol.
+//! A ledger describes the keys one writer owns; writers on disjoint keys keep one each and
+//! [`Ledger::merge`] them for the final comparison.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
 
-use anyhow::{ensure, Context};
-use tokio::task::JoinHandle;
-use tokio_postgres::Client;
-
-/// The migration of [`LEDGER_RULES`].
-pub const LEDGER_MIGRATION: &str = "ledger_split";
-
-/// The old table `ledger` and its shadow `ledger_v2` (note becomes label `L:<note>`).
-pub const LEDGER_SCHEMA: &str = "
-    CREATE TABLE ledger (id bigint PRIMARY KEY, txn bigint NOT NULL, note text NOT NULL);
-    CREATE TABLE ledger_v2 (id bigint PRIMARY KEY, txn bigint NOT NULL, label text NOT NULL);
-";
-
-/// Rules for [`LEDGER_SCHEMA`].
-pub const LEDGER_RULES: &str = r#"
-[[migration]]
-name = "ledger_split"
-table = "public.ledger"
-shadow = "public.ledger_v2"
-key = ["id"]
-versions = { old = "v1", new = "v2" }
-[migration.forward]
-id = "id"
-txn = "txn"
-label = "'L:' || note"
-[migration.backward]
-id = "id"
-txn = "txn"
-note = "substr(label, 3)"
-"#;
-
-/// How long one transaction may take before the writer gives up on its connection (the outcome is then
-/// in doubt). Only a bound against a hung test; faults normally end a transaction much sooner.
-const TXN_LIMIT: Duration = Duration::from_secs(30);
-
-/// What a client saw of one transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Committed,
-    /// An error before COMMIT was sent, or COMMIT answered with an error by a live connection.
-    Failed,
-    /// The connection broke while COMMIT was in flight: the server may or may not have committed.
-    InDoubt,
+/// One change a transaction makes, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op<V> {
+    /// The row with this key holds this value afterwards (INSERT, UPDATE).
+    Put(i64, V),
+    Delete(i64),
 }
 
-/// The outcomes seen, by transaction number.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    next_txn: AtomicI64,
-    committed: Mutex<BTreeSet<i64>>,
-    failed: Mutex<BTreeSet<i64>>,
-    in_doubt: Mutex<BTreeSet<i64>>,
-}
-
-/// Counts of what [`Ledger::check`] verified.
-#[derive(Debug, Clone, Copy)]
-pub struct LedgerReport {
-    pub committed: usize,
-    pub failed: usize,
-    pub in_doubt: usize,
-    /// In-doubt transactions that turned out committed.
-    pub in_doubt_committed: usize,
-}
-
-impl Ledger {
-    pub fn new() -> Arc<Ledger> {
-        Arc::new(Ledger { next_txn: AtomicI64::new(1), ..Default::default() })
-    }
-
-    pub fn committed(&self) -> usize {
-        lock(&self.committed).len()
-    }
-
-    pub fn failed(&self) -> usize {
-        lock(&self.failed).len()
-    }
-
-    /// Runs one ledger transaction on `client` and records what the client saw.
-    pub async fn run_txn(&self, client: &Client, extended: bool) -> Outcome {
-        let t = self.next_txn.fetch_add(1, Ordering::Relaxed);
-        let commit_sent = AtomicBool::new(false);
-        let work = txn_statements(client, t, extended, &commit_sent);
-        let outcome = match tokio::time::timeout(TXN_LIMIT, work).await {
-            Ok(Ok(())) => Outcome::Committed,
-            Ok(Err(e)) if commit_sent.load(Ordering::Relaxed) && (e.is_closed() || e.as_db_error().is_none_or(|db| is_connection_end(db.code().code()))) => {
-                Outcome::InDoubt
-            }
-            Ok(Err(_)) => Outcome::Failed,
-            Err(_) if commit_sent.load(Ordering::Relaxed) => Outcome::InDoubt,
-            // Timed out before COMMIT: the transaction stays open on a connection the writer abandons;
-            // it can only end rolled back.
-            Err(_) => Outcome::Failed,
-        };
-        let set = match outcome {
-            Outcome::Committed => &self.committed,
-            Outcome::Failed => &self.failed,
-            Outcome::InDoubt => &self.in_doubt,
-        };
-        lock(set).insert(t);
-        outcome
-    }
-
-    /// Waits until at least `n` more transactions than `since` committed; false if `limit` passed first.
-    pub async fn wait_commits(&self, since: usize, n: usize, limit: Duration) -> bool {
-        let start = Instant::now();
-        while self.committed() < since + n {
-            if start.elapsed() > limit {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+impl<V> Op<V> {
+    pub fn key(&self) -> i64 {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => *key,
         }
-        true
-    }
-
-    /// Checks the ledger's guarantees on the database (`direct`: a connection not through the proxy).
-    pub async fn check(&self, direct: &Client) -> anyhow::Result<LedgerReport> {
-        let mapped = "SELECT id, txn, 'L:' || note AS label FROM ledger";
-        let shadow = "SELECT id, txn, label FROM ledger_v2";
-        let differ: i64 = direct
-            .query_one(&format!("SELECT (SELECT count(*) FROM (({mapped}) EXCEPT ({shadow})) a) + (SELECT count(*) FROM (({shadow}) EXCEPT ({mapped})) b)"), &[])
-            .await?
-            .get(0);
-        ensure!(differ == 0, "ledger and ledger_v2 differ under the mapping in {differ} rows");
-
-        let committed: Vec<i64> = lock(&self.committed).iter().copied().collect();
-        let failed: Vec<i64> = lock(&self.failed).iter().copied().collect();
-        let in_doubt: Vec<i64> = lock(&self.in_doubt).iter().copied().collect();
-        for (table, note) in [("ledger", "note"), ("ledger_v2", "substr(label, 3)")] {
-            let complete = format!("EXISTS (SELECT 1 FROM {table} WHERE id = 2 * t + 1 AND {note} = 'u' || t) AND (SELECT count(*) FROM {table} WHERE txn = t) = 1");
-            let any = format!("EXISTS (SELECT 1 FROM {table} WHERE txn = t)");
-            let lost: Vec<i64> = column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE NOT ({complete})"), &committed).await?;
-            ensure!(lost.is_empty(), "{table}: transactions seen committed but missing or partial: {lost:?}");
-            let ghosts: Vec<i64> = column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any}"), &failed).await?;
-            ensure!(ghosts.is_empty(), "{table}: transactions seen failed but present: {ghosts:?}");
-            let partial: Vec<i64> =
-                column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any} AND NOT ({complete})"), &in_doubt).await?;
-            ensure!(partial.is_empty(), "{table}: transactions in doubt applied partially: {partial:?}");
-        }
-        let in_doubt_committed: Vec<i64> =
-            column(direct, "SELECT t FROM unnest($1::bigint[]) t WHERE EXISTS (SELECT 1 FROM ledger WHERE txn = t)", &in_doubt).await?;
-        Ok(LedgerReport {
-            committed: committed.len(),
-            failed: failed.len(),
-            in_doubt: in_doubt.len(),
-            in_doubt_committed: in_doubt_committed.len(),
-        })
     }
 }
 
-/// BEGIN; insert 2t, 2t+1; update 2t+1; delete 2t; COMMIT.
-async fn txn_statements(client: &Client, t: i64, extended: bool, commit_sent: &AtomicBool) -> Result<(), tokio_postgres::Error> {
-    let (a, b) = (2 * t, 2 * t + 1);
-    let result = async {
-        client.batch_execute("BEGIN").await?;
-        if extended {
-            client.execute("INSERT INTO ledger (id, txn, note) VALUES ($1, $3, 'a'), ($2, $3, 'b')", &[&a, &b, &t]).await?;
-            client.execute("UPDATE ledger SET note = 'u' || $2::bigint WHERE id = $1", &[&b, &t]).await?;
-            client.execute("DELETE FROM ledger WHERE id = $1", &[&a]).await?;
+/// How transactions ended, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub committed: u64,
+    pub rolled_back: u64,
+    /// Unknown at COMMIT, found committed by reading the table.
+    pub unknown_then_committed: u64,
+    /// Unknown at COMMIT, found not committed.
+    pub unknown_then_rolled_back: u64,
+}
+
+impl Tally {
+    pub fn unknown(&self) -> u64 {
+        self.unknown_then_committed + self.unknown_then_rolled_back
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.committed += other.committed;
+        self.rolled_back += other.rolled_back;
+        self.unknown_then_committed += other.unknown_then_committed;
+        self.unknown_then_rolled_back += other.unknown_then_rolled_back;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Ledger<V> {
+    rows: BTreeMap<i64, V>,
+    tally: Tally,
+}
+
+impl<V: Clone + PartialEq + Debug> Ledger<V> {
+    /// A ledger of rows that exist before any writer runs.
+    pub fn new(initial: impl IntoIterator<Item = (i64, V)>) -> Self {
+        Ledger { rows: initial.into_iter().collect(), tally: Tally::default() }
+    }
+
+    pub fn rows(&self) -> &BTreeMap<i64, V> {
+        &self.rows
+    }
+
+    pub fn get(&self, key: i64) -> Option<&V> {
+        self.rows.get(&key)
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// The transaction's COMMIT succeeded.
+    pub fn committed(&mut self, ops: &[Op<V>]) {
+        apply(&mut self.rows, ops);
+        self.tally.committed += 1;
+    }
+
+    /// The transaction failed or was rolled back before COMMIT was sent: the table is unchanged.
+    pub fn rolled_back(&mut self) {
+        self.tally.rolled_back += 1;
+    }
+
+    /// Settles a transaction whose COMMIT outcome was unknown, from `actual`: the rows of every key it
+    /// touched as read from the table directly (absent key = no row), after the transaction's backend
+    /// has ended. Returns whether it committed; an error when the rows match neither outcome.
+    pub fn resolve(&mut self, ops: &[Op<V>], actual: &BTreeMap<i64, V>) -> Result<bool, String> {
+        let before: BTreeMap<i64, Option<V>> = ops.iter().map(|op| (op.key(), self.rows.get(&op.key()).cloned())).collect();
+        let mut after_rows = self.rows.clone();
+        apply(&mut after_rows, ops);
+        let after: BTreeMap<i64, Option<V>> = before.keys().map(|k| (*k, after_rows.get(k).cloned())).collect();
+        let seen: BTreeMap<i64, Option<V>> = before.keys().map(|k| (*k, actual.get(k).cloned())).collect();
+        if seen == after {
+            self.rows = after_rows;
+            self.tally.unknown_then_committed += 1;
+            Ok(true)
+        } else if seen == before {
+            self.tally.unknown_then_rolled_back += 1;
+            Ok(false)
         } else {
-            client.batch_execute(&format!("INSERT INTO ledger (id, txn, note) VALUES ({a}, {t}, 'a'), ({b}, {t}, 'b')")).await?;
-            client.batch_execute(&format!("UPDATE ledger SET note = 'u{t}' WHERE id = {b}")).await?;
-            client.batch_execute(&format!("DELETE FROM ledger WHERE id = {a}")).await?;
-        }
-        commit_sent.store(true, Ordering::Relaxed);
-        client.batch_execute("COMMIT").await
-    }
-    .await;
-    if result.is_err() && !client.is_closed() && !commit_sent.load(Ordering::Relaxed) {
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result
-}
-
-/// Class 08 (connection exception) and 57P0x (server shutting down / terminated): the session ended, so
-/// an error on COMMIT says nothing about whether it committed.
-fn is_connection_end(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P")
-}
-
-async fn column(direct: &Client, sql: &str, ids: &[i64]) -> anyhow::Result<Vec<i64>> {
-    let rows = direct.query(sql, &[&ids]).await.with_context(|| sql.to_owned())?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Writer tasks looping over ledger transactions, reconnecting whenever their connection breaks.
-pub struct Writers {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Writers {
-    /// `count` writers against `url` (through the proxy); writer `i` uses the extended protocol when odd.
-    pub fn start(ledger: &Arc<Ledger>, url: &str, count: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..count)
-            .map(|i| {
-                let (ledger, url, stop) = (Arc::clone(ledger), url.to_owned(), Arc::clone(&stop));
-                tokio::spawn(async move { write_loop(&ledger, &url, i % 2 == 1, &stop).await })
-            })
-            .collect();
-        Writers { stop, tasks }
-    }
-
-    /// Stops the writers after their current transaction and waits for them.
-    pub async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
+            Err(format!(
+                "transaction {ops:?} is torn: the table holds {seen:?}, neither {before:?} (not committed) nor {after:?} (committed)"
+            ))
         }
     }
-}
 
-async fn write_loop(ledger: &Ledger, url: &str, extended: bool, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let client = match tokio::time::timeout(Duration::from_secs(10), crate::connect(url)).await {
-            Ok(Ok(client)) => client,
-            _ => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    /// One ledger of several writers' ledgers over disjoint keys.
+    pub fn merge(ledgers: impl IntoIterator<Item = Ledger<V>>) -> Ledger<V> {
+        let mut merged = Ledger { rows: BTreeMap::new(), tally: Tally::default() };
+        for ledger in ledgers {
+            for (key, value) in ledger.rows {
+                assert!(merged.rows.insert(key, value).is_none(), "ledgers overlap at key {key}");
             }
-        };
-        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
-            if ledger.run_txn(&client, extended).await != Outcome::Committed {
-                // Refusals and broken sessions: back off a little instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            merged.tally.add(&ledger.tally);
+        }
+        merged
+    }
+
+    /// Every key where the table (`actual`) and the ledger disagree, described; empty when they match
+    /// exactly.
+    pub fn differences(&self, actual: &BTreeMap<i64, V>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, expected) in &self.rows {
+            match actual.get(key) {
+                None => out.push(format!("key {key}: missing, ledger has {expected:?}")),
+                Some(value) if value != expected => out.push(format!("key {key}: table has {value:?}, ledger {expected:?}")),
+                Some(_) => {}
             }
         }
+        for (key, value) in actual {
+            if !self.rows.contains_key(key) {
+                out.push(format!("key {key}: table has {value:?}, ledger has no row"));
+            }
+        }
+        out
+    }
+}
+
+fn apply<V: Clone>(rows: &mut BTreeMap<i64, V>, ops: &[Op<V>]) {
+    for op in ops {
+        match op {
+            Op::Put(key, value) => {
+                rows.insert(*key, value.clone());
+            }
+            Op::Delete(key) => {
+                rows.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: &[(i64, &str)]) -> BTreeMap<i64, String> {
+        rows.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    #[test]
+    fn unknown_commits_resolve_to_either_outcome_and_torn_ones_are_errors() {
+        let mut ledger = Ledger::new([(1, "a".to_string()), (2, "b".to_string())]);
+        let ops = vec![Op::Put(1, "a2".to_string()), Op::Delete(2), Op::Put(3, "c".to_string())];
+        // Nothing of it landed.
+        assert_eq!(ledger.resolve(&ops, &table(&[(1, "a"), (2, "b")])), Ok(false));
+        // Half of it landed: torn.
+        assert!(ledger.resolve(&ops, &table(&[(1, "a2"), (2, "b")])).is_err());
+        // All of it landed.
+        assert_eq!(ledger.resolve(&ops, &table(&[(1, "a2"), (3, "c")])), Ok(true));
+        assert_eq!(ledger.rows(), &table(&[(1, "a2"), (3, "c")]));
+        let tally = ledger.tally();
+        assert_eq!((tally.unknown_then_committed, tally.unknown_then_rolled_back), (1, 1));
+    }
+
+    #[test]
+    fn differences_name_missing_extra_and_changed_rows() {
+        let mut ledger = Ledger::new([(1, "a".to_string())]);
+        ledger.committed(&[Op::Put(2, "b".to_string())]);
+        ledger.rolled_back();
+        assert!(ledger.differences(&table(&[(1, "a"), (2, "b")])).is_empty());
+        let diff = ledger.differences(&table(&[(2, "x"), (9, "z")]));
+        assert_eq!(diff.len(), 3, "{diff:?}");
+        let merged = Ledger::merge([ledger, Ledger::new([(5, "e".to_string())])]);
+        assert_eq!(merged.rows().len(), 3);
+        assert_eq!(merged.tally().committed, 1);
     }
 }

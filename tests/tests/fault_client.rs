@@ -8,8 +8,7 @@ mod proxy_support;
 
 use std::time::Duration;
 
-use dualwrite_tests::child::{free_addr, ChildProxy};
-use dualwrite_tests::ledger::{LEDGER_RULES, LEDGER_SCHEMA};
+use dualwrite_tests::txn_ledger::{LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
 use proxy_support::{error_field, RawClient};
 use tokio_postgres::Client;
@@ -18,6 +17,14 @@ use tokio_postgres::Client;
 const LIMIT: Duration = Duration::from_secs(30);
 /// What the proxy may grow by while a client does not read a result of about a gigabyte.
 const RSS_GROWTH_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Resident memory of a process in bytes (VmRSS of /proc/<pid>/status).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB");
+    kb * 1024
+}
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut msg = vec![tag];
@@ -156,14 +163,18 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
     let db = cluster.create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(LEDGER_SCHEMA).await.unwrap();
-    let proxy = ChildProxy::with_rules(free_addr(), &db, LEDGER_RULES).await.unwrap();
+    let rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(rules.path(), LEDGER_RULES).unwrap();
+    let upstream = db.url();
+    let mut proxy = ProxyProcess::serve(&["--upstream", &upstream, "--rules", rules.path().to_str().unwrap()]).await.unwrap();
+    let pid_of_proxy = proxy.pid().unwrap();
 
-    let other = connect(&db.url_via(proxy.addr)).await.unwrap();
+    let other = connect(&db.url_via(proxy.addr())).await.unwrap();
     other.batch_execute("INSERT INTO ledger VALUES (1, 1, 'a')").await.unwrap();
-    let baseline = proxy.rss_bytes().unwrap();
+    let baseline = rss_bytes(pid_of_proxy);
 
     // About a gigabyte of rows, never read.
-    let mut slow = RawClient::connect(proxy.addr, cluster.superuser(), &db.name).await;
+    let mut slow = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     let pid = backend_pid(&mut slow).await;
     slow.send(&query("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)")).await;
 
@@ -182,7 +193,7 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
         other.execute("INSERT INTO ledger VALUES ($1, $1, 'b')", &[&i]).await.unwrap();
         let n: i64 = other.query_one("SELECT count(*) FROM ledger", &[]).await.unwrap().get(0);
         assert_eq!(n, i);
-        peak = peak.max(proxy.rss_bytes().unwrap());
+        peak = peak.max(rss_bytes(pid_of_proxy));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(

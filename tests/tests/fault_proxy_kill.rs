@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use dualwrite_tests::child::{free_addr, ChildProxy};
-use dualwrite_tests::ledger::{Ledger, Writers, LEDGER_RULES, LEDGER_SCHEMA};
+use dualwrite_tests::txn_ledger::{Ledger, Writers, LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
 
 const COMMITS: usize = 30;
@@ -20,11 +19,14 @@ async fn proxy_sigkilled_under_write_load_and_restarted() {
     let db = cluster.create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(LEDGER_SCHEMA).await.unwrap();
-    let addr = free_addr();
-
-    let proxy = ChildProxy::with_rules(addr, &db, LEDGER_RULES).await.unwrap();
+    let rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(rules.path(), LEDGER_RULES).unwrap();
+    let upstream = db.url();
+    let rules_path = rules.path().to_str().unwrap();
+    let args = ["--upstream", &upstream, "--rules", rules_path, "--admin-role", cluster.superuser()];
+    let mut proxy = ProxyProcess::serve(&args).await.unwrap();
     let ledger = Ledger::new();
-    let writers = Writers::start(&ledger, &db.url_via(addr), 4);
+    let writers = Writers::start(&ledger, &db.url_via(proxy.addr()), 4);
     assert!(ledger.wait_commits(0, COMMITS, PROGRESS_LIMIT).await, "no write load before the kill");
 
     proxy.kill().await.unwrap();
@@ -45,7 +47,7 @@ async fn proxy_sigkilled_under_write_load_and_restarted() {
     .await;
 
     let after_kill = ledger.committed();
-    let proxy = ChildProxy::with_rules(addr, &db, LEDGER_RULES).await.unwrap();
+    proxy.restart().await.unwrap();
     assert!(
         ledger.wait_commits(after_kill, COMMITS, PROGRESS_LIMIT).await,
         "writers did not resume through the restarted proxy"

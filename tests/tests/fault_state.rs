@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use dualwrite_tests::ledger::{Ledger, Writers, LEDGER_MIGRATION, LEDGER_RULES, LEDGER_SCHEMA};
+use dualwrite_tests::txn_ledger::{Ledger, Writers, LEDGER_MIGRATION, LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
 use tokio_postgres::Client;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use dualwrite_tests::ledger::{Ledger, Writers, LEDGER_RULES, LEDGER_SCHEMA};
+use dualwrite_tests::txn_ledger::{Ledger, Writers, LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
 
 /// Commits to see before the fault and again after it.
