@@ -93,6 +93,9 @@ pub struct ConfigArgs {
     /// statement_timeout of the shadow-read connections, in milliseconds [default: 5000].
     #[arg(long, env = "DUALWRITE_SHADOW_READ_STATEMENT_TIMEOUT_MS")]
     pub shadow_read_statement_timeout_ms: Option<u64>,
+    /// Verify every migration this often, in seconds (0: only on demand) [default: 0].
+    #[arg(long, env = "DUALWRITE_VERIFY_EVERY")]
+    pub verify_every_secs: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -152,6 +155,9 @@ impl ConfigArgs {
         }
         if self.control_password.is_some() {
             cfg.control.password = self.control_password.clone();
+        }
+        if self.verify_every_secs.is_some() {
+            cfg.control.verify_every_secs = self.verify_every_secs;
         }
     }
 }
