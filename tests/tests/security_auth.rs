@@ -226,3 +226,24 @@ async fn set_role_and_session_authorization_do_not_grant_control() {
     admin.simple_query("DUALWRITE STATUS").await.unwrap();
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn statements_pipelined_behind_the_startup_are_judged_like_any_other() {
+    let (db, proxy, _rules) = proxy_with_rules(&["nobody"]).await;
+    // Startup and a write in one packet, before the server has even answered (trust authentication):
+    // the write must still be dual-written, not slip through unjudged.
+    let mut raw = RawClient::open(proxy.addr(), db.cluster.superuser(), &db.name).await;
+    raw.send_message(b'Q', b"INSERT INTO users (id, name) VALUES (7, 'pipelined')\0").await;
+    let mut tags = Vec::new();
+    while let Some((tag, body)) = raw.read_message().await {
+        assert_ne!(tag, b'E', "{}", error_field(&body, b'M'));
+        tags.push(tag);
+        if tag == b'Z' && tags.contains(&b'C') {
+            break;
+        }
+    }
+    let shadow: Vec<String> =
+        db.connect().await.unwrap().query("SELECT first_name FROM users_v2", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(shadow, ["pipelined"]);
+    proxy.stop().await.unwrap();
+}

@@ -16,6 +16,8 @@ use super::frame::{BodyReader, HEADER_LEN};
 /// Frontend message tags the relay acts on.
 pub mod tag {
     pub const QUERY: u8 = b'Q';
+    /// PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse.
+    pub const PASSWORD: u8 = b'p';
     pub const PARSE: u8 = b'P';
     pub const BIND: u8 = b'B';
     pub const DESCRIBE: u8 = b'D';
@@ -173,6 +175,25 @@ pub fn decode_backend_key(frame: &[u8]) -> Option<(i32, Bytes)> {
     }
     let msg: BackendKeyData = decode_whole(frame)?;
     Some((msg.pid, msg.secret_key.to_bytes()))
+}
+
+/// Whether an Authentication message asks the client for an answer (cleartext or md5 password, GSS,
+/// SSPI, SASL start or continue) rather than reporting (ok, SASL final).
+pub fn auth_wants_answer(frame: &[u8]) -> bool {
+    const CLEARTEXT: i32 = 3;
+    const MD5: i32 = 5;
+    const GSS: i32 = 7;
+    const GSS_CONTINUE: i32 = 8;
+    const SSPI: i32 = 9;
+    const SASL: i32 = 10;
+    const SASL_CONTINUE: i32 = 11;
+    match frame.get(5..9) {
+        Some(code) => matches!(
+            i32::from_be_bytes([code[0], code[1], code[2], code[3]]),
+            CLEARTEXT | MD5 | GSS | GSS_CONTINUE | SSPI | SASL | SASL_CONTINUE
+        ),
+        None => false,
+    }
 }
 
 /// An Authentication frame; `None` for the kinds pgwire does not model (GSS, SSPI), which are relayed.
