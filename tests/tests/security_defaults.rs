@@ -5,28 +5,11 @@
 
 mod proxy_support;
 
-use std::io::Write;
-
 use clap::Parser;
 use dualwrite_proxy::cli::{Cli, Command};
 use dualwrite_proxy::config::{Config, DEFAULT_METRICS_LISTEN};
 use dualwrite_tests::*;
-use proxy_support::RawClient;
-
-const RULES: &str = r#"
-[[migration]]
-name   = "users_split_name"
-table  = "users"
-shadow = "users_v2"
-key    = ["id"]
-versions = { old = "v1", new = "v2" }
-[migration.forward]
-id = "id"
-first_name = "name"
-[migration.backward]
-id   = "id"
-name = "first_name"
-"#;
+use proxy_support::{split_database, RawClient};
 
 /// Strings that must never reach the log: each is sent by a client (or configured) exactly once below.
 const SECRETS: &[&str] = &[
@@ -48,15 +31,7 @@ const SECRETS: &[&str] = &[
 #[tokio::test]
 async fn default_log_level_shows_no_passwords_literals_or_parameters() {
     let cluster = TestCluster::shared();
-    let db = cluster.create_database().await.unwrap();
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text);")
-        .await
-        .unwrap();
-    let mut rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    rules.write_all(RULES.as_bytes()).unwrap();
+    let (db, rules) = split_database().await;
     // The upstream is trust-authenticated, so these passwords are configured but never checked.
     let upstream = db.url().replacen("postgres@", "postgres:UPSTREAM_PW_90e1@", 1);
     assert!(upstream.contains("UPSTREAM_PW_90e1"), "{upstream}");
