@@ -5,33 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dualwrite_tests::{StopMode, TestCluster, TestDb};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use dualwrite_tests::{ProxyProcess, StopMode, TestCluster, TestDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long any awaited state change may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-const USERS_RULES: &str = r#"
-[[migration]]
-name   = "users_split_name"
-table  = "public.users"
-shadow = "public.users_v2"
-key    = ["id"]
-versions = { old = "v1", new = "v2" }
-[migration.forward]
-id = "id"
-first_name = "split_part(name, ' ', 1)"
-last_name  = "split_part(name, ' ', 2)"
-email      = "lower(email)"
-[migration.backward]
-id    = "id"
-name  = "first_name || ' ' || last_name"
-email = "email"
-"#;
+const USERS_RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
 
 const ORDERS_RULES: &str = r#"
 [[migration]]
@@ -55,14 +37,6 @@ CREATE TABLE orders (id int PRIMARY KEY, amount int NOT NULL);
 CREATE TABLE orders_v2 (id int PRIMARY KEY, amount_cents bigint NOT NULL);
 ";
 
-/// The `dualwrite` binary next to this test's executable (built by `cargo build --workspace`).
-fn dualwrite_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join("dualwrite");
-    assert!(path.exists(), "{} missing: run `cargo build -p dualwrite-proxy` first (.ci/test does)", path.display());
-    path
-}
-
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], dualwrite_proxy::pgcluster::free_port().unwrap()))
 }
@@ -78,14 +52,13 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)
     Ok((status, body))
 }
 
-/// A `dualwrite serve --config FILE` process with its config and rules files, and its log.
+/// A `dualwrite serve --config FILE` process with its config and rules files.
 struct Serve {
-    child: tokio::process::Child,
+    process: ProxyProcess,
     listen: SocketAddr,
     metrics: SocketAddr,
     config_path: PathBuf,
     rules_path: PathBuf,
-    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -98,35 +71,10 @@ impl Serve {
         let (listen, metrics) = (free_addr(), free_addr());
         std::fs::write(&rules_path, rules).unwrap();
         std::fs::write(&config_path, config_text(listen, metrics, &rules_path, db, settings)).unwrap();
-        let mut child = tokio::process::Command::new(dualwrite_binary())
-            .args(["serve", "--config", config_path.to_str().unwrap()])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+        let process = ProxyProcess::start(&["serve", "--config", config_path.to_str().unwrap()], &[], listen)
+            .await
             .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut serve = Serve { child, listen, metrics, config_path, rules_path, log, _dir: dir };
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(listen).await.is_err() {
-            if let Some(status) = serve.child.try_wait().unwrap() {
-                panic!("dualwrite exited ({status}):\n{}", serve.log());
-            }
-            assert!(started.elapsed() < DEADLINE, "dualwrite did not listen on {listen}:\n{}", serve.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        serve
+        Serve { process, listen, metrics, config_path, rules_path, _dir: dir }
     }
 
     /// Rewrites the config file with other `settings`.
@@ -136,7 +84,7 @@ impl Serve {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.output()
     }
 
     fn url(&self, db: &TestDb) -> String {
@@ -144,9 +92,7 @@ impl Serve {
     }
 
     fn signal(&self, signal: i32) {
-        let pid = self.child.id().unwrap() as i32;
-        // SAFETY: kill(2) on the child this test spawned.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        self.process.signal(signal).unwrap();
     }
 
     async fn scrape(&self) -> String {
@@ -344,6 +290,6 @@ async fn health_and_ready_follow_the_upstream_and_shutdown() {
     direct.batch_execute(&format!("SELECT pg_cancel_backend(pid) FROM ({sleeping}) s")).await.unwrap();
     assert!(sleeper.await.unwrap().is_err(), "the query was cancelled");
     let mut serve = serve;
-    let status = tokio::time::timeout(DEADLINE, serve.child.wait()).await.expect("exits").unwrap();
+    let status = serve.process.wait().await.unwrap();
     assert!(status.success(), "{status}");
 }
