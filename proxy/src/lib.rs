@@ -20,6 +20,7 @@ pub mod quickstart;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod shutdown;
 pub mod state;
 pub mod tls;

@@ -21,6 +21,7 @@ use crate::control::jobs_bridge::JobsBridge;
 use crate::control::ControlContext;
 use crate::jobs::{JobRunner, TableMapping};
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
+use crate::shadow::{ShadowReads, ShadowReadsConfig};
 use crate::state::{Actor, StateHandle, StateOptions};
 use crate::version::VersionDefaults;
 
@@ -37,6 +38,8 @@ pub struct Live {
     state: StateHandle,
     runner: Option<Arc<JobRunner>>,
     next_session: AtomicU64,
+    /// The database shadow reads run on: only sessions on it are sampled.
+    shadow_database: String,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
 }
@@ -50,6 +53,10 @@ pub struct LiveRules {
     rewriter: Arc<Rewriter>,
     control: ControlContext,
     defaults: VersionDefaults,
+    /// The shadow-read sampler and workers, when some migration samples reads; restarted by a reload that
+    /// changes the rules or `[shadow_reads]`.
+    shadow: Option<Arc<ShadowReads>>,
+    shadow_config: ShadowReadsConfig,
     /// Plan-cache counts of the rewriters this one replaced, so the exported counters never go back.
     cache_base: CacheStats,
 }
@@ -99,7 +106,8 @@ impl Live {
     pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, runner: Option<Arc<JobRunner>>) -> Live {
         let current = LiveRules::new(rules, &state, config, runner.as_ref(), 1, CacheStats::default());
         let current = Arc::new(ArcSwap::from_pointee(current));
-        Live { current, state, runner, next_session: AtomicU64::new(1), figures: None }
+        let shadow_database = crate::shadow::workers_database(state.pg_config());
+        Live { current, state, runner, next_session: AtomicU64::new(1), shadow_database, figures: None }
     }
 
     pub fn state(&self) -> &StateHandle {
@@ -125,8 +133,15 @@ impl Live {
         let changes = rules_changes(&old.rules, &rules);
         let next = if *old.rules == *rules {
             // Same rules: same generation, rewriter and plan cache; only the settings around them change.
-            let control = control_context(&self.state, config, &old.rules, self.runner.as_ref());
-            LiveRules { control, defaults: config.versions.clone(), ..LiveRules::clone(&old) }
+            let shadow = if old.shadow_config == config.shadow_reads {
+                old.shadow.clone()
+            } else {
+                start_shadow(&rules, &self.state, config)
+            };
+            let mut control = control_context(&self.state, config, &old.rules, self.runner.as_ref());
+            control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
+            let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
+            LiveRules { control, defaults, shadow, shadow_config, ..LiveRules::clone(&old) }
         } else {
             let actor = Actor { role: "dualwrite (config reload)".into(), client_addr: None };
             self.state
@@ -178,13 +193,22 @@ impl LiveRules {
         cache_base: CacheStats,
     ) -> LiveRules {
         let rewriter = Arc::new(Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY));
-        let control = control_context(state, config, &rules, runner);
-        LiveRules { generation, rules, rewriter, control, defaults: config.versions.clone(), cache_base }
+        let shadow = start_shadow(&rules, state, config);
+        let mut control = control_context(state, config, &rules, runner);
+        control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
+        let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
+        LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base }
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }
+}
+
+/// The shadow-read workers for `rules`, on the control plane's connection settings (none when no
+/// migration samples reads).
+fn start_shadow(rules: &RuleSet, state: &StateHandle, config: &Config) -> Option<Arc<ShadowReads>> {
+    ShadowReads::start(rules, state.pg_config().clone(), &config.shadow_reads).map(Arc::new)
 }
 
 fn control_context(
@@ -194,7 +218,7 @@ fn control_context(
     runner: Option<&Arc<JobRunner>>,
 ) -> ControlContext {
     let jobs = runner.map(|r| Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules))) as Arc<dyn JobDispatch>);
-    ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs }
+    ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None }
 }
 
 /// Migrations added, removed or changed between two rule sets, as log lines.

@@ -22,6 +22,7 @@ use crate::session::interceptor::{
     CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
     SqlRequest, StatementTransform, Verdict,
 };
+use crate::protocol::messages::bind_params;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
 
@@ -33,6 +34,8 @@ struct PreparedSql {
     route: Option<Route>,
     /// The rules generation it was judged under.
     generation: u64,
+    /// Names a migrated table, neither a write nor refused: a candidate for shadow reads.
+    read: bool,
 }
 
 /// The route of the session, recomputed when the shared state, the rules or the session's version change.
@@ -54,6 +57,9 @@ pub struct LiveSession {
     /// Statements and portals that change session state (SET, BEGIN, ...); others are `Other`.
     statement_kinds: HashMap<Vec<u8>, SessionStatement>,
     portal_kinds: HashMap<Vec<u8>, SessionStatement>,
+    /// Reads of this session may be sampled for shadow reads (some migration samples, and the session is
+    /// on the database the workers read).
+    shadow_reads: bool,
 }
 
 impl LiveSession {
@@ -63,6 +69,9 @@ impl LiveSession {
         let version = SessionVersion::new(params, &current.defaults, &current.rules);
         drop(current);
         let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
+        let database = info.parameters.get("database").map(String::as_str).unwrap_or(info.user());
+        // Against the control plane's database, not today's sampler: a reload may start sampling.
+        let shadow_reads = database == live.shadow_database;
         LiveSession {
             live,
             actor,
@@ -72,6 +81,7 @@ impl LiveSession {
             prepared: HashMap::new(),
             statement_kinds: HashMap::new(),
             portal_kinds: HashMap::new(),
+            shadow_reads,
         }
     }
 
@@ -131,14 +141,20 @@ impl LiveSession {
         if !current.rewriter.mentions_migrated_table(sql) {
             // Kept even so: rules reloaded later may migrate a table it names.
             if let Some((name, param_types)) = prepared_as {
-                self.remember(name, sql, param_types, None, current.generation);
+                self.remember(name, sql, param_types, None, current.generation, false);
             }
             return Verdict::Forward;
         }
         let route = self.current_route(&current);
         let plan = current.rewriter.rewrite(sql, &route);
-        if let Some((name, param_types)) = prepared_as {
-            self.remember(name, sql, param_types, Some(route), current.generation);
+        let read = is_read(&plan);
+        match prepared_as {
+            Some((name, param_types)) => self.remember(name, sql, param_types, Some(route), current.generation, read),
+            None => {
+                if read && self.draw_sample(&current) {
+                    self.sample_read(&current, sql, &route, None);
+                }
+            }
         }
         match &*plan {
             Plan::PassThrough => Verdict::Forward,
@@ -156,21 +172,41 @@ impl LiveSession {
 
     /// Records a prepared statement, reusing the entry (and its buffers) of one prepared under that name
     /// before: the unnamed statement is prepared again for every extended-protocol query.
-    fn remember(&mut self, name: &[u8], sql: &str, param_types: &[u32], route: Option<Route>, generation: u64) {
+    fn remember(&mut self, name: &[u8], sql: &str, types: &[u32], route: Option<Route>, generation: u64, read: bool) {
         match self.prepared.get_mut(name) {
             Some(p) => {
                 p.sql.clear();
                 p.sql.push_str(sql);
                 p.param_types.clear();
-                p.param_types.extend_from_slice(param_types);
+                p.param_types.extend_from_slice(types);
                 p.route = route;
                 p.generation = generation;
+                p.read = read;
             }
             None => {
-                let p = PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route, generation };
+                let p = PreparedSql { sql: sql.to_owned(), param_types: types.to_vec(), route, generation, read };
                 self.prepared.insert(name.to_vec(), p);
             }
         }
+    }
+
+    /// Shadow reads, on the client's path: one cheap random draw, nothing more when it loses.
+    #[inline]
+    fn draw_sample(&self, current: &LiveRules) -> bool {
+        self.shadow_reads && current.shadow.as_ref().is_some_and(|s| s.draw())
+    }
+
+    /// A read that won the draw goes to the sampler (with the parameters of its Bind, if any).
+    fn sample_read(&self, current: &LiveRules, sql: &str, route: &Route, bind: Option<(&[u8], &[u32])>) {
+        let Some(shadow) = current.shadow.as_ref() else { return };
+        let (params, types) = match bind {
+            None => (Vec::new(), &[][..]),
+            Some((body, types)) => match bind_params(body) {
+                Some(params) => (params, types),
+                None => return,
+            },
+        };
+        shadow.offer(&current.rewriter, sql, route, params, types);
     }
 
     fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
@@ -221,7 +257,17 @@ impl SessionInterceptor for LiveSession {
         }
     }
 
-    fn on_bind(&mut self, portal: &[u8], statement: &[u8]) {
+    fn on_bind(&mut self, portal: &[u8], statement: &[u8], bind: &[u8]) {
+        if self.shadow_reads {
+            let current = self.live.load();
+            if self.draw_sample(&current) {
+                if let Some(p) = self.prepared.get(statement).filter(|p| p.read) {
+                    if let Some(route) = &p.route {
+                        self.sample_read(&current, &p.sql, route, Some((bind, &p.param_types)));
+                    }
+                }
+            }
+        }
         match self.statement_kinds.get(statement) {
             Some(kind) => {
                 self.portal_kinds.insert(portal.to_vec(), kind.clone());
@@ -270,14 +316,16 @@ impl SessionInterceptor for LiveSession {
                 _ => return None,
             }
         } else {
+            // Rules reloaded since it was judged: judge it again, even if it named no migrated table then.
             prepared.generation = current.generation;
-            let mentions = current.rewriter.mentions_migrated_table(&prepared.sql);
-            if !mentions && prepared.route.is_none() {
+            if prepared.route.is_none() && !current.rewriter.mentions_migrated_table(&prepared.sql) {
                 return None;
             }
         }
         prepared.route = Some(route.clone());
-        let (sql, transform) = match &*current.rewriter.rewrite(&prepared.sql, &route) {
+        let plan = current.rewriter.rewrite(&prepared.sql, &route);
+        prepared.read = is_read(&plan);
+        let (sql, transform) = match &*plan {
             Plan::PassThrough => (prepared.sql.clone(), StatementTransform::default()),
             Plan::Rewritten { sql, statements, .. } => {
                 (sql.clone(), statements.first().map(relay_transform).unwrap_or_default())
@@ -291,6 +339,11 @@ impl SessionInterceptor for LiveSession {
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
     }
+}
+
+/// Neither a write nor refused: a candidate for shadow reads.
+fn is_read(plan: &Plan) -> bool {
+    !plan.is_write() && !matches!(plan, Plan::Rejected(_))
 }
 
 /// The relay's transform for the rewriter's.
