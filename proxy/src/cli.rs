@@ -81,6 +81,9 @@ pub struct ConfigArgs {
     /// Control-plane password [default: the control URL's].
     #[arg(long, env = "DUALWRITE_CONTROL_PASSWORD", hide_env_values = true)]
     pub control_password: Option<String>,
+    /// Verify every migration this often, in seconds (0: only on demand) [default: 0].
+    #[arg(long, env = "DUALWRITE_VERIFY_EVERY")]
+    pub verify_every_secs: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -136,6 +139,9 @@ impl ConfigArgs {
         }
         if self.control_password.is_some() {
             cfg.control.password = self.control_password.clone();
+        }
+        if self.verify_every_secs.is_some() {
+            cfg.control.verify_every_secs = self.verify_every_secs;
         }
     }
 }

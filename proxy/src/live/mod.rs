@@ -42,6 +42,8 @@ pub struct Live {
     shadow_database: String,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
+    /// Verifies every migration on `control.verify_every_secs`.
+    verify_schedule: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One generation of rules and the settings around them: what a reload swaps. Sessions compare
@@ -63,7 +65,7 @@ pub struct LiveRules {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Some(task) = self.figures.take() {
+        for task in [self.figures.take(), self.verify_schedule.take()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -88,16 +90,19 @@ impl Live {
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
-        let runner = Some(Arc::new(JobRunner::new(pg.clone())));
-        let mut live = Live::new(rules, state, config, runner);
+        let runner = Arc::new(JobRunner::new(pg.clone()));
+        let mut live = Live::new(rules, state, config, Some(Arc::clone(&runner)));
+        // The mappings are read at every use, so a reload's migrations are picked up.
+        let rules_of = live.rules_source();
+        let mappings: crate::jobs::metrics::MappingsFn = Arc::new(move || {
+            let rules = rules_of();
+            rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect()
+        });
         if config.metrics_listen.is_some() {
-            // The mappings are read at every refresh, so a reload's migrations are picked up.
-            let rules_of = live.rules_source();
-            let mappings = move || {
-                let rules = rules_of();
-                rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect()
-            };
-            live.figures = Some(crate::jobs::spawn_refresher(pg.clone(), Arc::new(mappings), FIGURES_EVERY));
+            live.figures = Some(crate::jobs::spawn_refresher(pg.clone(), Arc::clone(&mappings), FIGURES_EVERY));
+        }
+        if let Some(secs) = config.control.verify_every_secs.filter(|s| *s > 0) {
+            live.verify_schedule = Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs)));
         }
         Ok(Some(Arc::new(live)))
     }
@@ -107,7 +112,8 @@ impl Live {
         let current = LiveRules::new(rules, &state, config, runner.as_ref(), 1, CacheStats::default());
         let current = Arc::new(ArcSwap::from_pointee(current));
         let shadow_database = crate::shadow::workers_database(state.pg_config());
-        Live { current, state, runner, next_session: AtomicU64::new(1), shadow_database, figures: None }
+        let next_session = AtomicU64::new(1);
+        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
     }
 
     pub fn state(&self) -> &StateHandle {
