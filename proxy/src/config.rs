@@ -175,6 +175,8 @@ mod tests {
             max_message_size = 1024
             [control]
             user = "dw"
+            [shadow_reads]
+            queue = 16
             "#,
         )
         .unwrap();
@@ -183,6 +185,7 @@ mod tests {
         assert_eq!(cfg.admin_roles, vec!["ops"]);
         assert_eq!(cfg.limits.max_message_size, 1024);
         assert_eq!(cfg.limits.shutdown_grace_secs, 30);
+        assert_eq!((cfg.shadow_reads.queue, cfg.shadow_reads.max_rows), (16, 10_000));
         let control = cfg.control_connection().unwrap();
         assert_eq!(control.get_user(), Some("dw"));
         assert_eq!(control.get_dbname(), Some("app"));

@@ -23,6 +23,7 @@ use crate::session::interceptor::{
     SqlRequest, StatementTransform, Verdict,
 };
 use crate::protocol::messages::bind_params;
+use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
 
@@ -206,7 +207,8 @@ impl LiveSession {
                 None => return,
             },
         };
-        shadow.offer(&current.rewriter, sql, route, params, types);
+        let sample = Sample { rewriter: &current.rewriter, role: &self.actor.role, sql, route, param_types: types };
+        shadow.offer(sample, params);
     }
 
     fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
