@@ -14,6 +14,8 @@ pub const QUERIES_TOTAL: &str = "dualwrite_queries_total";
 pub const QUERY_DURATION_SECONDS: &str = "dualwrite_query_duration_seconds";
 pub const BYTES_TOTAL: &str = "dualwrite_bytes_total";
 pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
+/// Connections closed before their session started, by `reason` (`too_many_clients`, `startup_timeout`).
+pub const REFUSED_CONNECTIONS_TOTAL: &str = "dualwrite_refused_connections_total";
 
 /// Route label values of `dualwrite_queries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,11 @@ pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
 /// Counts a proxy- or server-reported error by SQLSTATE.
 pub fn count_error(sqlstate: &str) {
     counter!(ERRORS_TOTAL, "sqlstate" => sqlstate.to_owned()).increment(1);
+}
+
+/// Counts a connection closed before its session started (`reason`: `too_many_clients`, `startup_timeout`).
+pub fn count_refused(reason: &'static str) {
+    counter!(REFUSED_CONNECTIONS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Handles one session uses, resolved once.

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cancel::CancelRegistry;
@@ -65,6 +65,7 @@ impl Server {
             _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
+        anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
         if let Some(addr) = config.metrics_listen {
             crate::metrics::install_exporter(addr)?;
         }
@@ -117,6 +118,7 @@ impl Server {
         let ctx = Arc::new(ctx);
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(ctx.config.limits.max_client_connections));
+        let refusals = Arc::new(Semaphore::new(ctx.config.limits.max_client_connections.max(MIN_DRAINING_REFUSALS)));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -133,7 +135,8 @@ impl Server {
                             });
                         }
                         Err(_) => {
-                            sessions.spawn(refuse_too_many(tcp));
+                            let drain = Arc::clone(&refusals).try_acquire_owned().ok();
+                            sessions.spawn(refuse_too_many(tcp, drain, ctx.config.limits.startup_timeout()));
                         }
                     },
                     Err(e) => {
@@ -160,9 +163,26 @@ impl Server {
     }
 }
 
-async fn refuse_too_many(mut tcp: TcpStream) {
+/// Refused connections whose input is read until they close (see `refuse_too_many`), at least.
+const MIN_DRAINING_REFUSALS: usize = 1024;
+
+/// Tells a client beyond `max_client_connections` so (53300) and closes. Closing with the client's
+/// startup packet unread would reset the connection, and the reset can overtake the error in the client's
+/// receive buffer, so while `drain` holds a permit the client's input is read until it closes, for at most
+/// the startup timeout (as Postgres reads the startup packet before it refuses); beyond that many
+/// refusals at once (a flood), the error is sent and the connection dropped.
+async fn refuse_too_many(mut tcp: TcpStream, drain: Option<OwnedSemaphorePermit>, timeout: Duration) {
     let err = SqlError::fatal("53300", "sorry, too many clients already");
     crate::metrics::count_error(&err.code);
+    crate::metrics::count_refused("too_many_clients");
     let _ = tcp.write_all(&messages::error_response(&err)).await;
     let _ = tcp.shutdown().await;
+    if drain.is_none() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(timeout, async {
+        while let Ok(1..) = tcp.read(&mut sink).await {}
+    })
+    .await;
 }

@@ -154,6 +154,10 @@ fn backend_context() -> DecodeContext {
 }
 
 fn decode_whole<M: Message>(frame: &[u8]) -> Option<M> {
+    // pgwire's decoders read any frame as their own type: the tag is checked here.
+    if frame.first().copied() != M::message_type() {
+        return None;
+    }
     // The length word must match the frame exactly: pgwire's decoders trust it.
     let len = i32::from_be_bytes(frame.get(1..HEADER_LEN)?.try_into().ok()?);
     if usize::try_from(len).ok()? + 1 != frame.len() {
@@ -186,16 +190,22 @@ pub fn decode_authentication(frame: &[u8]) -> Option<Authentication> {
     decode_whole(frame)
 }
 
-/// The tag of a CommandComplete frame.
+/// The tag of a CommandComplete frame (`None` unless it is valid UTF-8: pgwire would replace bytes).
 pub fn decode_command_tag(frame: &[u8]) -> Option<String> {
+    std::str::from_utf8(BodyReader::new(body(frame)).cstr()?).ok()?;
     let msg: CommandComplete = decode_whole(frame)?;
     Some(msg.tag)
 }
 
 /// Decodes a Parse frame (statement name, SQL, parameter types), for the paths that re-encode it.
+/// `None` unless the name and SQL are valid UTF-8: pgwire would replace the other bytes, and a re-encoded
+/// frame must carry the client's own name and text.
 pub fn decode_parse(frame: &[u8]) -> Option<Parse> {
     // Parse bodies are checked by `parse_view` first: pgwire's decoder assumes a well-formed body.
-    parse_view(body(frame))?;
+    let view = parse_view(body(frame))?;
+    if frame.first() != Some(&tag::PARSE) || std::str::from_utf8(view.statement).is_err() || std::str::from_utf8(view.sql).is_err() {
+        return None;
+    }
     let mut buf = BytesMut::from(frame);
     let mut ctx = backend_context();
     ctx.protocol_version = ProtocolVersion::PROTOCOL3_0;
