@@ -35,6 +35,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Default `dualwrite.version` per role / application_name (`[versions.roles]`, `[versions.applications]`).
     pub versions: crate::version::VersionDefaults,
+    /// Workers of shadow reads (`[shadow_reads]`); the sample rates are per migration in the rules file.
+    pub shadow_reads: crate::shadow::ShadowReadsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             limits: Limits::default(),
             control: ControlConfig::default(),
             versions: Default::default(),
+            shadow_reads: Default::default(),
         }
     }
 }
@@ -131,14 +134,17 @@ impl Limits {
     }
 }
 
-/// Credentials of the control plane's own connections (state schema, jobs). Defaults come from the
-/// upstream URL.
+/// Credentials of the control plane's own connections (state schema, jobs), defaulting to the upstream
+/// URL's, and the schedule of its jobs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
     pub url: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Verify every migration this often (seconds; absent or 0: only on demand). Every instance schedules
+    /// it; the one that gets the migration's verify lock runs it, the others skip that round.
+    pub verify_every_secs: Option<u64>,
 }
 
 /// Parses `"off"`/`""` as `None`, otherwise a socket address.
@@ -170,6 +176,8 @@ mod tests {
             max_message_size = 1024
             [control]
             user = "dw"
+            [shadow_reads]
+            queue = 16
             "#,
         )
         .unwrap();
@@ -178,6 +186,7 @@ mod tests {
         assert_eq!(cfg.admin_roles, vec!["ops"]);
         assert_eq!(cfg.limits.max_message_size, 1024);
         assert_eq!(cfg.limits.shutdown_grace_secs, 30);
+        assert_eq!((cfg.shadow_reads.queue, cfg.shadow_reads.max_rows), (16, 10_000));
         let control = cfg.control_connection().unwrap();
         assert_eq!(control.get_user(), Some("dw"));
         assert_eq!(control.get_dbname(), Some("app"));

@@ -16,6 +16,8 @@ pub const BYTES_TOTAL: &str = "dualwrite_bytes_total";
 pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
 /// Connections closed before their session started, by `reason` (`too_many_clients`, `startup_timeout`).
 pub const REFUSED_CONNECTIONS_TOTAL: &str = "dualwrite_refused_connections_total";
+/// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
+pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
 /// Route label values of `dualwrite_queries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
