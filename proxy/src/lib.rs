@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod jobs;
+pub mod latency;
 pub mod live;
 pub mod metrics;
 pub mod pgcluster;

@@ -67,7 +67,8 @@ impl Live {
             .await
             .context("cannot load the migration state from the upstream database")?;
         let runner = Arc::new(JobRunner::new(pg.clone()));
-        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::clone(&runner), Arc::clone(&rules)));
+        let jobs: Arc<dyn JobDispatch> =
+            Arc::new(JobsBridge::new(Arc::clone(&runner), Arc::clone(&rules)).with_hold_limits(&config.control));
         let jobs = Some(jobs);
         let mappings: Vec<TableMapping> =
             rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();

@@ -237,7 +237,9 @@ impl<'s> Backend<'s> {
                     queue.ready_status(status);
                 }
                 if let Some(started) = started {
-                    self.metrics.duration.record(started.elapsed().as_secs_f64());
+                    let latency = started.elapsed();
+                    self.metrics.duration.record(latency.as_secs_f64());
+                    crate::latency::RecentLatency::global().record(latency);
                 }
                 Step::Forward
             }
