@@ -18,6 +18,7 @@ mod cache;
 mod compiled;
 pub mod corpus;
 mod fallback;
+mod literals;
 pub mod model;
 pub mod names;
 pub mod plan;
