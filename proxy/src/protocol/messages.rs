@@ -119,6 +119,12 @@ pub fn execute_portal(body: &[u8]) -> Option<&[u8]> {
     BodyReader::new(body).cstr()
 }
 
+/// True if an Execute body asks for every row (row limit 0), i.e. runs its portal to completion.
+pub fn execute_runs_to_completion(body: &[u8]) -> bool {
+    let mut reader = BodyReader::new(body);
+    reader.cstr().is_some() && reader.i32() == Some(0) && reader.remaining().is_empty()
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // In-place views of backend messages.
 
@@ -392,6 +398,9 @@ mod tests {
         assert!(parse_view(b"s1\0select\0\0\x05").is_none(), "lying parameter count");
         assert_eq!(bind_names(b"p\0s\0\0\0"), Some((&b"p"[..], &b"s"[..])));
         assert_eq!(target_of(b"S\0"), Some((b'S', &b""[..])));
+        assert!(execute_runs_to_completion(body(&execute("p1"))));
+        assert!(!execute_runs_to_completion(b"p1\0\0\0\0\x01"), "a row limit of 1");
+        assert!(!execute_runs_to_completion(b"p1\0\0\0"), "truncated");
         assert_eq!(target_of(b"X\0"), None);
         assert_eq!(query_sql(body(&query("select 1"))), Some(&b"select 1"[..]));
     }
