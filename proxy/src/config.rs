@@ -35,6 +35,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Default `dualwrite.version` per role / application_name (`[versions.roles]`, `[versions.applications]`).
     pub versions: crate::version::VersionDefaults,
+    /// Workers of shadow reads (`[shadow_reads]`); the sample rates are per migration in the rules file.
+    pub shadow_reads: crate::shadow::ShadowReadsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             limits: Limits::default(),
             control: ControlConfig::default(),
             versions: Default::default(),
+            shadow_reads: Default::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod quickstart;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod shutdown;
 pub mod state;
 pub mod tls;

@@ -14,6 +14,8 @@ pub const QUERIES_TOTAL: &str = "dualwrite_queries_total";
 pub const QUERY_DURATION_SECONDS: &str = "dualwrite_query_duration_seconds";
 pub const BYTES_TOTAL: &str = "dualwrite_bytes_total";
 pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
+/// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
+pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
 /// Route label values of `dualwrite_queries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

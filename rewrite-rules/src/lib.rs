@@ -25,12 +25,14 @@ pub mod plan;
 mod reads;
 pub mod route;
 mod rewriter;
+mod shadow;
 mod statement;
 mod writes;
 
 pub use cache::CacheStats;
-pub use model::{Migration, Phase, RuleSet, RulesError, Versions};
+pub use model::{Migration, Phase, RuleSet, RulesError, SampleRate, Versions};
 pub use names::{quote_ident, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 pub use rewriter::Rewriter;
 pub use route::{MigrationRoute, Route, Side};
+pub use shadow::ShadowRead;

@@ -39,6 +39,39 @@ pub struct Migration {
     pub backward: Vec<(String, String)>,
     /// The phase a migration starts in when the proxy first sees it: `dual_write` unless the file says `off`.
     pub initial_phase: Phase,
+    /// The fraction of eligible reads the proxy also runs in both shapes and compares (shadow reads).
+    pub shadow_read_sample: SampleRate,
+}
+
+/// A sampling fraction in 0..=1, kept in parts per million so that rules stay `Eq` and `Hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SampleRate(u32);
+
+impl SampleRate {
+    pub const ZERO: SampleRate = SampleRate(0);
+    pub const ALL: SampleRate = SampleRate(1_000_000);
+
+    /// The rate for `fraction`, which must be a number in 0..=1 (rounded to millionths).
+    pub fn from_fraction(fraction: f64) -> Result<SampleRate, String> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(format!("must be a number from 0 to 1, not {fraction}"));
+        }
+        Ok(SampleRate((fraction * 1_000_000.0).round() as u32))
+    }
+
+    pub fn as_fraction(self) -> f64 {
+        f64::from(self.0) / 1_000_000.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for SampleRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_fraction())
+    }
 }
 
 impl Migration {
@@ -329,6 +362,8 @@ struct RawMigration {
     backward: OrderedMap,
     #[serde(default, alias = "phase")]
     initial_phase: Option<String>,
+    #[serde(default)]
+    shadow_read_sample: Option<f64>,
 }
 
 impl RawMigration {
@@ -352,6 +387,10 @@ impl RawMigration {
                 p => return Err(err("initial_phase", format!("a migration cannot start in `{p}`"))),
             },
         };
+        let shadow_read_sample = match self.shadow_read_sample {
+            None => SampleRate::ZERO,
+            Some(f) => SampleRate::from_fraction(f).map_err(|m| err("shadow_read_sample", m))?,
+        };
         Ok(Migration {
             name: self.name,
             table,
@@ -361,6 +400,7 @@ impl RawMigration {
             forward: self.forward.0,
             backward: self.backward.0,
             initial_phase,
+            shadow_read_sample,
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
 use crate::plan::{Plan, StatementTransform};
 use crate::route::Route;
+use crate::shadow::ShadowRead;
 use crate::statement::rewrite_statement;
 
 /// Rewrites SQL for sessions of one rule set. Shared by all sessions (`Send + Sync`); plans are cached by
@@ -170,6 +171,16 @@ impl Rewriter {
             migrations: migrations.into_iter().collect(),
             writes,
         })
+    }
+
+    /// For a sampled read: the statement in both shapes (reading the old table, reading the shadow), or
+    /// `None` when it is not a plain read of exactly one migration in `dual_write` or `cutover` (see
+    /// [`ShadowRead`]). Always parses: call it only for the reads actually sampled.
+    pub fn shadow_read(&self, sql: &str, route: &Route) -> Option<ShadowRead> {
+        if !self.compiled.may_mention(sql) {
+            return None;
+        }
+        crate::shadow::shadow_read(&self.compiled, route, sql)
     }
 
     /// Cache hit and miss counts (statements the cheap check passed are neither).

@@ -85,3 +85,18 @@ fn errors_name_file_migration_and_field() {
         assert!(got.contains(expected), "expected `{expected}` in `{got}`");
     }
 }
+
+#[test]
+fn shadow_read_sample_defaults_to_zero_and_must_be_a_fraction() {
+    use dualwrite_rules::SampleRate;
+    let rules = RuleSet::from_toml(BASE, "rules.toml").unwrap();
+    assert_eq!(rules.migrations[0].shadow_read_sample, SampleRate::ZERO);
+    let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\nshadow_read_sample = {v}"));
+    let rules = RuleSet::from_toml(&with("0.01"), "rules.toml").unwrap();
+    assert_eq!(rules.migrations[0].shadow_read_sample.as_fraction(), 0.01);
+    assert_eq!(RuleSet::from_toml(&with("1"), "rules.toml").unwrap().migrations[0].shadow_read_sample, SampleRate::ALL);
+    for bad in ["1.5", "-0.1", "nan"] {
+        let e = error_of(&with(bad));
+        assert!(e.contains("migration `m1`: field `shadow_read_sample`: must be a number from 0 to 1"), "{bad}: {e}");
+    }
+}

@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod ledger;
+mod process;
 mod proxy;
+pub use process::{dualwrite_binary, ProxyProcess};
 pub use proxy::TestProxy;
 
 use anyhow::{bail, Context};
@@ -200,6 +203,17 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
+}
+
+/// The rows of a simple-query answer as text (NULL = `None`), e.g. a control command's result set.
+pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a client subprocess did.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dualwrite_tests::TestCluster;
+use dualwrite_tests::{dualwrite_binary, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn repo_root() -> PathBuf {
@@ -33,22 +33,6 @@ fn compose_config() -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// The `dualwrite` binary next to this test's executable (built by `cargo build --workspace`).
-fn dualwrite_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("dualwrite");
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build -p dualwrite-proxy` first (.ci/test does)",
-        path.display()
-    );
-    path
 }
 
 fn free_addr() -> SocketAddr {

@@ -48,7 +48,7 @@ async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
     let pg: tokio_postgres::Config = db.url().parse()?;
     let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
     let bridge = JobsBridge::new(Arc::new(JobRunner::new(pg)), rules);
-    let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)) };
+    let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
     let actor = Actor { role: "ops".into(), client_addr: Some("127.0.0.1:1".into()) };
     let run = |sql: &'static str| {
         let (ctx, actor) = (ctx.clone(), actor.clone());

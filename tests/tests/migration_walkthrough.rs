@@ -51,16 +51,6 @@ async fn assert_in_sync(direct: &Client, step: &str) {
     assert_eq!(d, 0, "old and shadow differ under the mapping after: {step}");
 }
 
-fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn tag(messages: &[SimpleQueryMessage]) -> u64 {
     messages
         .iter()
@@ -72,11 +62,11 @@ fn tag(messages: &[SimpleQueryMessage]) -> u64 {
 }
 
 async fn control(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    rows(&client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
+    simple_rows(&client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
 }
 
 async fn one_value(client: &Client, sql: &str) -> Option<String> {
-    rows(&client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
+    simple_rows(&client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
         .into_iter()
         .next()
         .and_then(|r| r.into_iter().next().flatten())
@@ -129,8 +119,8 @@ async fn full_walkthrough_through_two_instances() {
     let out = w.simple_query("INSERT INTO users (name, email) VALUES ('Ada Lovelace', 'ADA@X.org'), ('Grace Hopper', 'Grace@X.org')").await.unwrap();
     assert_eq!(tag(&out), 2);
     let out = w.simple_query("INSERT INTO users (name, email) VALUES ('Alan Turing', 'AT@x.org') RETURNING id, name").await.unwrap();
-    let alan: i32 = rows(&out)[0][0].as_ref().unwrap().parse().unwrap();
-    assert_eq!(rows(&out)[0][1].as_deref(), Some("Alan Turing"));
+    let alan: i32 = simple_rows(&out)[0][0].as_ref().unwrap().parse().unwrap();
+    assert_eq!(simple_rows(&out)[0][1].as_deref(), Some("Alan Turing"));
     let out = w.simple_query(&format!("UPDATE users SET email = 'alan@turing.org' WHERE id = {alan}")).await.unwrap();
     assert_eq!(tag(&out), 1);
     w.simple_query("UPDATE users u SET name = 'Old Renamed' || s.g FROM (SELECT generate_series(1, 3) g) s WHERE u.id = s.g").await.unwrap();

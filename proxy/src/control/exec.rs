@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 
 use super::error::{codes, SqlError};
 use super::grammar::{BackfillAction, ControlCommand, ReadTarget};
+use crate::shadow::ShadowCounts;
 use crate::state::store::{AuditEntry, PhaseChange};
 use crate::state::{Actor, MigrationState, StateHandle};
 
@@ -47,6 +48,8 @@ pub struct ControlContext {
     /// Roles allowed to run control SQL.
     pub admin_roles: Arc<Vec<String>>,
     pub jobs: Option<Arc<dyn JobDispatch>>,
+    /// This instance's shadow-read counters (`None`: no migration samples reads), shown by STATUS.
+    pub shadow: Option<Arc<ShadowCounts>>,
 }
 
 impl ControlContext {
@@ -68,7 +71,7 @@ pub async fn execute(ctx: &ControlContext, command: &ControlCommand, actor: &Act
     match command {
         ControlCommand::Status => {
             let snapshot = ctx.state.refresh().await.map_err(state_err)?;
-            Ok(status_response(snapshot.migrations.values()))
+            Ok(status_response(snapshot.migrations.values(), ctx.shadow.as_deref()))
         }
         ControlCommand::Route { migration, target, percent } => {
             let version = match target {
@@ -151,10 +154,18 @@ pub const STATUS_COLUMNS: &[&str] = &[
     "last_verify",
     "verify_rows_checked",
     "divergent_rows",
+    "shadow_reads_compared",
+    "shadow_reads_mismatched",
+    "shadow_reads_errors",
+    "shadow_reads_skipped",
 ];
 
-/// One row per migration.
-pub fn status_response<'a>(migrations: impl Iterator<Item = &'a MigrationState>) -> ControlResponse {
+/// One row per migration. Shadow-read figures are this instance's since it started (NULL when no
+/// migration samples reads).
+pub fn status_response<'a>(
+    migrations: impl Iterator<Item = &'a MigrationState>,
+    shadow: Option<&ShadowCounts>,
+) -> ControlResponse {
     let rows = migrations
         .map(|m| {
             let progress = m.backfill.as_ref().and_then(|b| match (b.state.as_str(), b.rows_total) {
@@ -174,6 +185,8 @@ pub fn status_response<'a>(migrations: impl Iterator<Item = &'a MigrationState>)
                 let parts = [v.missing, v.extra, v.different];
                 parts.iter().any(Option::is_some).then(|| parts.iter().map(|p| p.unwrap_or(0)).sum::<i64>().to_string())
             });
+            let figures = shadow.map(|s| s.figures(&m.name));
+            let figure = |f: fn(&crate::shadow::ShadowFigures) -> u64| figures.as_ref().map(|x| f(x).to_string());
             vec![
                 Some(m.name.clone()),
                 Some(m.phase.to_string()),
@@ -186,6 +199,10 @@ pub fn status_response<'a>(migrations: impl Iterator<Item = &'a MigrationState>)
                 Some(verify.unwrap_or("never").to_string()),
                 m.last_verify.as_ref().and_then(|v| v.rows_checked).map(|r| r.to_string()),
                 divergent,
+                figure(|f| f.compared),
+                figure(|f| f.mismatched),
+                figure(|f| f.errors),
+                figure(|f| f.skipped),
             ]
         })
         .collect();
@@ -252,17 +269,17 @@ mod tests {
         let mut b = MigrationState::new("b", Phase::Cutover);
         b.read_source = Some("v2".into());
         b.read_percent = 40;
-        let r = status_response([a, b].iter());
+        let r = status_response([a, b].iter(), None);
         assert_eq!(r.columns.len(), STATUS_COLUMNS.len());
         assert_eq!(r.tag, "SELECT 2");
         let s = |v: &str| Some(v.to_string());
         assert_eq!(
             r.rows[0],
-            vec![s("a"), s("dual_write"), s("session version"), s("100"), s("running"), s("25"), s("100"), s("25.0%"), s("divergent"), s("100"), s("3")]
+            vec![s("a"), s("dual_write"), s("session version"), s("100"), s("running"), s("25"), s("100"), s("25.0%"), s("divergent"), s("100"), s("3"), None, None, None, None]
         );
         assert_eq!(
             r.rows[1],
-            vec![s("b"), s("cutover"), s("v2"), s("40"), s("idle"), s("0"), None, None, s("never"), None, None]
+            vec![s("b"), s("cutover"), s("v2"), s("40"), s("idle"), s("0"), None, None, s("never"), None, None, None, None, None, None]
         );
     }
 

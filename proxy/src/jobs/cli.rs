@@ -38,7 +38,7 @@ pub struct BackfillArgs {
     #[command(flatten)]
     pub target: JobTarget,
     /// Rows per batch (one transaction each).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     pub batch: u32,
     /// At most this many rows per second (default: unthrottled).
     #[arg(long)]

@@ -126,39 +126,42 @@ impl CompiledMapping {
         }
     }
 
-    /// One backfill batch: locks the next `$1` old rows after key `$2` (FOR SHARE, so a concurrent UPDATE
-    /// or DELETE either committed before and is seen, or waits and then dual-writes over the copy), inserts
-    /// them mapped into the shadow unless a dual write already put the key there, and returns
-    /// (rows scanned, rows inserted, last key as jsonb text, the batch's transaction id).
-    pub fn backfill_batch(&self, has_lower: bool) -> String {
-        let src = ident("__dw_src");
-        let ins = ident("__dw_ins");
-        let after = if has_lower {
-            format!("WHERE {} > {}", self.key_row(None), self.bound_row(&self.old, 2))
-        } else {
-            String::new()
-        };
-        let descending = list(self.key.iter().map(|k| format!("{k} DESC")));
+    /// One backfill batch: inserts the old rows of the key range `(lower, upper]` mapped into the shadow,
+    /// skipping keys the shadow already holds in the statement's snapshot (a range-scoped merge anti-join,
+    /// so a plain INSERT without speculative insertion). A key a concurrent dual write inserts after that
+    /// snapshot makes it fail with unique_violation; the batch is then redone `with_on_conflict`
+    /// (`ON CONFLICT DO NOTHING`), which waits for and skips such keys. Why no old row needs a lock: see
+    /// `backfill`. The row count is the number of rows inserted.
+    pub fn backfill_batch(&self, bounds: Bounds, with_on_conflict: bool) -> String {
+        let s = ident("__dw_s");
+        let join = joined(self.key.iter().map(|key| format!("{s}.{key} = {}.{key}", self.old_alias)), " AND ");
+        let on_conflict =
+            if with_on_conflict { format!("ON CONFLICT ({}) DO NOTHING", self.key_list(None)) } else { String::new() };
         statement(format!(
-            "WITH {src} AS MATERIALIZED (SELECT * FROM {old} {after} ORDER BY {keys} LIMIT $1 FOR SHARE), \
-             {ins} AS (INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {src} AS {alias} \
-                       ON CONFLICT ({keys}) DO NOTHING RETURNING 1) \
-             SELECT (SELECT count(*) FROM {src}), (SELECT count(*) FROM {ins}), \
-                    (SELECT {last} FROM {src} ORDER BY {descending} LIMIT 1), pg_current_xact_id()::xid::text",
+            "INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {old} AS {alias} WHERE {old_range} \
+             AND NOT EXISTS (SELECT 1 FROM {shadow} AS {s} WHERE {join} AND {shadow_range}) {on_conflict}",
             old = self.old,
             shadow = self.shadow,
-            keys = self.key_list(None),
             columns = list(&self.shadow_columns),
             exprs = list(&self.forward),
             alias = self.old_alias,
-            last = self.key_json(None),
+            old_range = self.range_predicate(Side::Old, bounds),
+            shadow_range = self.range_predicate(Side::Shadow, bounds),
         ))
     }
 
-    /// Old rows after key `$1` (or all of them): the exact remaining work when a backfill (re)starts.
-    pub fn count_old_after(&self, has_lower: bool) -> String {
+    /// (count, last key as jsonb text) of the old rows after key `$1` (or all of them): the exact remaining
+    /// work when a backfill (re)starts, and the last batch.
+    pub fn old_after(&self, has_lower: bool) -> String {
         let bounds = Bounds { lower: has_lower, upper: false };
-        statement(format!("SELECT count(*) FROM {} WHERE {}", self.old, self.range_predicate(Side::Old, bounds)))
+        let predicate = self.range_predicate(Side::Old, bounds);
+        let descending = list(self.key.iter().map(|k| format!("{k} DESC")));
+        statement(format!(
+            "SELECT count(*), (SELECT {last} FROM {old} WHERE {predicate} ORDER BY {descending} LIMIT 1) \
+             FROM {old} WHERE {predicate}",
+            last = self.key_json(None),
+            old = self.old,
+        ))
     }
 
     /// The key `$1` rows after key `$2` (or from the start) on one side: a chunk boundary.
@@ -209,18 +212,21 @@ impl CompiledMapping {
         ))
     }
 
-    /// Deletes shadow rows in a key range whose old row is gone. A dual-write DELETE finds the shadow row
-    /// with its statement's snapshot, so it misses a row the backfill committed after that snapshot was
-    /// taken (e.g. while the DELETE waited for the batch's FOR SHARE lock); this sweep, run once every
-    /// such snapshot is gone, removes what it missed. Run under REPEATABLE READ (see `repair`).
+    /// Deletes shadow rows in a key range whose old row is gone (both sides range-scoped, so a merge
+    /// anti-join over the range only). A dual-write DELETE finds the shadow row with its statement's
+    /// snapshot, so it misses a row a backfill batch committed after that snapshot was taken; this sweep,
+    /// run once every transaction open at the batch's commit has ended (see `sweep`), removes what it
+    /// missed. Run under REPEATABLE READ (see `repair`).
     pub fn sweep(&self, bounds: Bounds) -> String {
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
         statement(format!(
-            "DELETE FROM {shadow} AS {s} WHERE {range} AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join})",
+            "DELETE FROM {shadow} AS {s} WHERE {range} \
+             AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join} AND {old_range})",
             shadow = self.shadow,
             old = self.old,
             range = self.range_predicate(Side::Shadow, bounds),
+            old_range = self.range_predicate(Side::Old, bounds),
         ))
     }
 
@@ -289,8 +295,10 @@ mod tests {
     fn every_variant_is_one_parsable_statement() {
         for m in [compiled(&["id"]), compiled(&["region", "id"])] {
             for has in [false, true] {
-                parses(&m.backfill_batch(has));
-                parses(&m.count_old_after(has));
+                for on_conflict in [false, true] {
+                    parses(&m.backfill_batch(Bounds { lower: has, upper: true }, on_conflict));
+                }
+                parses(&m.old_after(has));
                 parses(&m.boundary(Side::Old, has));
                 parses(&m.boundary(Side::Shadow, has));
             }
@@ -307,10 +315,12 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_and_expressions_kept() {
-        let sql = compiled(&["region", "id"]).backfill_batch(true);
+        let bounds = Bounds { lower: true, upper: true };
+        let sql = compiled(&["region", "id"]).backfill_batch(bounds, true);
         assert!(sql.contains("FROM \"public\".\"Users\""), "{sql}");
         assert!(sql.contains("split_part(name, ' ', 1)"), "{sql}");
         assert!(sql.contains("ON CONFLICT(\"region\", \"id\") DO NOTHING"), "{sql}");
-        assert!(sql.contains("FOR SHARE"), "{sql}");
+        let plain = compiled(&["region", "id"]).backfill_batch(bounds, false);
+        assert!(!plain.contains("ON CONFLICT") && !plain.contains("FOR SHARE"), "{plain}");
     }
 }

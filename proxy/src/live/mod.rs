@@ -20,6 +20,7 @@ use crate::control::jobs_bridge::JobsBridge;
 use crate::control::ControlContext;
 use crate::jobs::{JobRunner, TableMapping};
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
+use crate::shadow::ShadowReads;
 use crate::state::{StateHandle, StateOptions};
 use crate::version::VersionDefaults;
 
@@ -38,6 +39,8 @@ pub struct Live {
     next_session: AtomicU64,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
+    /// The shadow-read sampler and workers, when some migration samples reads.
+    shadow: Option<ShadowReads>,
 }
 
 impl Drop for Live {
@@ -68,15 +71,26 @@ impl Live {
                 rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();
             crate::jobs::spawn_refresher(pg.clone(), Arc::new(move || mappings.clone()), FIGURES_EVERY)
         });
+        let shadow = ShadowReads::start(&rules, pg.clone(), &config.shadow_reads);
         let mut live = Live::new(rules, state, config, jobs);
         live.figures = figures;
+        live.control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
+        live.shadow = shadow;
         Ok(Some(Arc::new(live)))
     }
 
     pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> Live {
         let rewriter = Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY);
-        let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs };
-        Live { rules, rewriter, control, defaults: config.versions.clone(), next_session: AtomicU64::new(1), figures: None }
+        let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None };
+        Live {
+            rules,
+            rewriter,
+            control,
+            defaults: config.versions.clone(),
+            next_session: AtomicU64::new(1),
+            figures: None,
+            shadow: None,
+        }
     }
 
     pub fn state(&self) -> &StateHandle {

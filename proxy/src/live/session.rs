@@ -19,6 +19,7 @@ use crate::session::interceptor::{
     CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
     SqlRequest, StatementTransform, Verdict,
 };
+use crate::protocol::messages::bind_params;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
 
@@ -28,6 +29,8 @@ struct PreparedSql {
     param_types: Vec<u32>,
     /// The route it was last prepared upstream for.
     route: Route,
+    /// Neither a write nor refused: a candidate for shadow reads.
+    read: bool,
 }
 
 /// The route of the session, recomputed when the shared state or the session's version changes.
@@ -48,6 +51,9 @@ pub struct LiveSession {
     /// Statements and portals that change session state (SET, BEGIN, ...); others are `Other`.
     statement_kinds: HashMap<Vec<u8>, SessionStatement>,
     portal_kinds: HashMap<Vec<u8>, SessionStatement>,
+    /// Reads of this session may be sampled for shadow reads (some migration samples, and the session is
+    /// on the database the workers read).
+    shadow_reads: bool,
 }
 
 impl LiveSession {
@@ -55,6 +61,8 @@ impl LiveSession {
         let params = info.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let version = SessionVersion::new(params, &live.defaults, &live.rules);
         let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
+        let database = info.parameters.get("database").map(String::as_str).unwrap_or(info.user());
+        let shadow_reads = live.shadow.as_ref().is_some_and(|s| s.serves_database(database));
         LiveSession {
             live,
             actor,
@@ -64,6 +72,7 @@ impl LiveSession {
             prepared: HashMap::new(),
             statement_kinds: HashMap::new(),
             portal_kinds: HashMap::new(),
+            shadow_reads,
         }
     }
 
@@ -122,8 +131,17 @@ impl LiveSession {
         }
         let route = self.current_route();
         let plan = self.live.rewriter.rewrite(sql, &route);
-        if let Some((name, param_types)) = prepared_as {
-            self.prepared.insert(name.to_vec(), PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route });
+        let read = !plan.is_write() && !matches!(*plan, Plan::Rejected(_));
+        match prepared_as {
+            Some((name, param_types)) => {
+                let prepared = PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route, read };
+                self.prepared.insert(name.to_vec(), prepared);
+            }
+            None => {
+                if read && self.draw_sample() {
+                    self.sample_read(sql, &route, None);
+                }
+            }
         }
         match &*plan {
             Plan::PassThrough => Verdict::Forward,
@@ -137,6 +155,25 @@ impl LiveSession {
                 raise(&rejection_error(rejection), false)
             }
         }
+    }
+
+    /// Shadow reads, on the client's path: one cheap random draw, nothing more when it loses.
+    #[inline]
+    fn draw_sample(&self) -> bool {
+        self.shadow_reads && self.live.shadow.as_ref().is_some_and(|s| s.draw())
+    }
+
+    /// A read that won the draw goes to the sampler (with the parameters of its Bind, if any).
+    fn sample_read(&self, sql: &str, route: &Route, bind: Option<(&[u8], &[u32])>) {
+        let Some(shadow) = self.live.shadow.as_ref() else { return };
+        let (params, types) = match bind {
+            None => (Vec::new(), &[][..]),
+            Some((body, types)) => match bind_params(body) {
+                Some(params) => (params, types),
+                None => return,
+            },
+        };
+        shadow.offer(&self.live.rewriter, sql, route, params, types);
     }
 
     fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
@@ -187,7 +224,12 @@ impl SessionInterceptor for LiveSession {
         }
     }
 
-    fn on_bind(&mut self, portal: &[u8], statement: &[u8]) {
+    fn on_bind(&mut self, portal: &[u8], statement: &[u8], bind: &[u8]) {
+        if self.draw_sample() {
+            if let Some(p) = self.prepared.get(statement).filter(|p| p.read) {
+                self.sample_read(&p.sql, &p.route, Some((bind, &p.param_types)));
+            }
+        }
         match self.statement_kinds.get(statement) {
             Some(kind) => {
                 self.portal_kinds.insert(portal.to_vec(), kind.clone());

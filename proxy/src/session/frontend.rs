@@ -319,7 +319,7 @@ impl<'s> Frontend<'s> {
                 let Some((portal, statement)) = messages::bind_names(b) else { return malformed("Bind") };
                 let reprepared = self.reprepare(statement);
                 if let Some(interceptor) = self.active() {
-                    interceptor.on_bind(portal, statement);
+                    interceptor.on_bind(portal, statement, b);
                 }
                 let step = match self.statements.get(statement).cloned() {
                     Some(Prepared::Local(l)) => {

@@ -40,8 +40,9 @@ pub trait Interceptor: Send + Sync + 'static {
 pub trait SessionInterceptor: Send {
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict;
 
-    /// A Bind of `statement` into `portal` goes upstream.
-    fn on_bind(&mut self, _portal: &[u8], _statement: &[u8]) {}
+    /// A Bind of `statement` into `portal` goes upstream; `bind` is the message's body (parameter values:
+    /// `protocol::messages::bind_params`).
+    fn on_bind(&mut self, _portal: &[u8], _statement: &[u8], _bind: &[u8]) {}
 
     /// An Execute of `portal` goes upstream.
     fn on_execute(&mut self, _portal: &[u8]) {}

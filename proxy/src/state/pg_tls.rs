@@ -85,3 +85,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Rustl
         ChannelBinding::none()
     }
 }
+
+/// A client for `pg`, over TLS when its `sslmode` asks for it; a spawned task drives the connection until
+/// the client is dropped (asynchronous messages are discarded).
+pub async fn connect_client(pg: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+    fn drive<F>(connection: F)
+    where
+        F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "control-plane connection ended");
+            }
+        });
+    }
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+        drive(connection);
+        return Ok(client);
+    }
+    let (client, connection) = pg.connect(MakeRustls::new()?).await?;
+    drive(connection);
+    Ok(client)
+}

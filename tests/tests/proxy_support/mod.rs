@@ -50,6 +50,20 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, user: &str, database: &str) -> RawClient {
+        let mut client = RawClient::open(addr, user, database).await;
+        // Until ReadyForQuery.
+        loop {
+            let (tag, _) = client.read_message().await.expect("startup answer");
+            assert_ne!(tag, b'E', "startup failed");
+            if tag == b'Z' {
+                break;
+            }
+        }
+        client
+    }
+
+    /// Sends the startup packet and nothing else: authentication is the caller's to drive.
+    pub async fn open(addr: SocketAddr, user: &str, database: &str) -> RawClient {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut body = Vec::new();
         body.extend_from_slice(&196608i32.to_be_bytes());
@@ -63,16 +77,24 @@ impl RawClient {
         let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         stream.write_all(&packet).await.unwrap();
-        let mut client = RawClient { stream };
-        // Until ReadyForQuery.
-        loop {
-            let (tag, _) = client.read_message().await.expect("startup answer");
-            assert_ne!(tag, b'E', "startup failed");
-            if tag == b'Z' {
-                break;
-            }
+        RawClient { stream }
+    }
+
+    /// Sends one frontend message: `tag`, length, `body`.
+    pub async fn send_message(&mut self, tag: u8, body: &[u8]) {
+        let mut msg = vec![tag];
+        msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        msg.extend_from_slice(body);
+        self.send(&msg).await;
+    }
+
+    /// Every message until the server closes the connection.
+    pub async fn read_to_close(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(message) = self.read_message().await {
+            out.push(message);
         }
-        client
+        out
     }
 
     /// One backend message, or `None` once the server closed the connection.
