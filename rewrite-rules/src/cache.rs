@@ -75,9 +75,21 @@ impl<V> PlanCache<V> {
 
     /// The cached plan, or the one `build` makes (built without holding any lock, then cached).
     pub fn get_or_build(&self, sql: &str, route: &Route, build: impl FnOnce() -> V) -> Arc<V> {
+        let (value, hit) = self.get_or_build_uncounted(sql, route, build);
+        self.count(hit);
+        value
+    }
+
+    /// Counts one lookup as a hit or a miss.
+    pub fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`get_or_build`](Self::get_or_build) without counting; the flag says whether it was a hit.
+    pub fn get_or_build_uncounted(&self, sql: &str, route: &Route, build: impl FnOnce() -> V) -> (Arc<V>, bool) {
         if self.per_shard == 0 {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return Arc::new(build());
+            return (Arc::new(build()), false);
         }
         let hash = self.hash(sql, route);
         {
@@ -88,11 +100,9 @@ impl<V> PlanCache<V> {
                 .and_then(|v| v.iter_mut().find(|s| &*s.sql == sql && s.route == *route))
             {
                 slot.referenced = true;
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return slot.plan.clone();
+                return (slot.plan.clone(), true);
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let plan = Arc::new(build());
         let mut shard = self.shard(hash);
         let already = shard
@@ -101,7 +111,7 @@ impl<V> PlanCache<V> {
             .and_then(|v| v.iter().find(|s| &*s.sql == sql && s.route == *route))
             .map(|s| s.plan.clone());
         if let Some(existing) = already {
-            return existing;
+            return (existing, false);
         }
         while shard.len >= self.per_shard && shard.evict_one() {}
         shard.generation += 1;
@@ -115,7 +125,7 @@ impl<V> PlanCache<V> {
         });
         shard.order.push_back((hash, generation));
         shard.len += 1;
-        plan
+        (plan, false)
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -69,7 +69,11 @@ impl Rewriter {
         let Some(masked) = literals::mask(sql) else {
             return self.cache.get_or_build(sql, route, || self.plan(sql, route));
         };
-        let shape = self.shapes.get_or_build(&masked.shape, route, || self.shape(sql, &masked, route));
+        let (shape, hit) = self.shapes.get_or_build_uncounted(&masked.shape, route, || self.shape(sql, &masked, route));
+        // A statement is one hit or one miss: of the text cache when its shape is not shared.
+        if !matches!(*shape, Shape::ByText) {
+            self.shapes.count(hit);
+        }
         match &*shape {
             Shape::Fixed(plan) => plan.clone(),
             Shape::Template { template, statements, migrations, writes } => Arc::new(Plan::Rewritten {
