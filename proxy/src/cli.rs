@@ -81,6 +81,21 @@ pub struct ConfigArgs {
     /// Control-plane password [default: the control URL's].
     #[arg(long, env = "DUALWRITE_CONTROL_PASSWORD", hide_env_values = true)]
     pub control_password: Option<String>,
+    /// Upstream connections running shadow reads [default: 1].
+    #[arg(long, env = "DUALWRITE_SHADOW_READ_CONNECTIONS")]
+    pub shadow_read_connections: Option<usize>,
+    /// Sampled reads waiting for a shadow-read worker; beyond, samples are skipped [default: 256].
+    #[arg(long, env = "DUALWRITE_SHADOW_READ_QUEUE")]
+    pub shadow_read_queue: Option<usize>,
+    /// Rows per side beyond which a shadow read is skipped [default: 10000].
+    #[arg(long, env = "DUALWRITE_SHADOW_READ_MAX_ROWS")]
+    pub shadow_read_max_rows: Option<usize>,
+    /// statement_timeout of the shadow-read connections, in milliseconds [default: 5000].
+    #[arg(long, env = "DUALWRITE_SHADOW_READ_STATEMENT_TIMEOUT_MS")]
+    pub shadow_read_statement_timeout_ms: Option<u64>,
+    /// Verify every migration this often, in seconds (0: only on demand) [default: 0].
+    #[arg(long, env = "DUALWRITE_VERIFY_EVERY")]
+    pub verify_every_secs: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -128,6 +143,10 @@ impl ConfigArgs {
         set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);
         set(&mut cfg.limits.connect_timeout_secs, &self.connect_timeout_secs);
         set(&mut cfg.limits.shutdown_grace_secs, &self.shutdown_grace_secs);
+        set(&mut cfg.shadow_reads.connections, &self.shadow_read_connections);
+        set(&mut cfg.shadow_reads.queue, &self.shadow_read_queue);
+        set(&mut cfg.shadow_reads.max_rows, &self.shadow_read_max_rows);
+        set(&mut cfg.shadow_reads.statement_timeout_ms, &self.shadow_read_statement_timeout_ms);
         if self.control_url.is_some() {
             cfg.control.url = self.control_url.clone();
         }
@@ -136,6 +155,9 @@ impl ConfigArgs {
         }
         if self.control_password.is_some() {
             cfg.control.password = self.control_password.clone();
+        }
+        if self.verify_every_secs.is_some() {
+            cfg.control.verify_every_secs = self.verify_every_secs;
         }
     }
 }
@@ -164,6 +186,8 @@ mod tests {
             "off",
             "--max-message-size",
             "4096",
+            "--shadow-read-queue",
+            "8",
         ])
         .unwrap();
         #[allow(irrefutable_let_patterns)]
@@ -174,6 +198,8 @@ mod tests {
         assert_eq!(cfg.admin_roles, vec!["ops", "dba"]);
         assert_eq!(cfg.metrics_listen, None);
         assert_eq!(cfg.limits.max_message_size, 4096);
+        assert_eq!(cfg.shadow_reads.queue, 8);
+        assert_eq!(cfg.shadow_reads.connections, 1, "not given: the default");
     }
 
     fn tempfile_dir() -> PathBuf {

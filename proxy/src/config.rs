@@ -133,14 +133,17 @@ impl Limits {
     }
 }
 
-/// Credentials of the control plane's own connections (state schema, jobs). Defaults come from the
-/// upstream URL.
+/// Credentials of the control plane's own connections (state schema, jobs), defaulting to the upstream
+/// URL's, and the schedule of its jobs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
     pub url: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Verify every migration this often (seconds; absent or 0: only on demand). Every instance schedules
+    /// it; the one that gets the migration's verify lock runs it, the others skip that round.
+    pub verify_every_secs: Option<u64>,
 }
 
 /// Parses `"off"`/`""` as `None`, otherwise a socket address.
@@ -172,6 +175,8 @@ mod tests {
             max_message_size = 1024
             [control]
             user = "dw"
+            [shadow_reads]
+            queue = 16
             "#,
         )
         .unwrap();
@@ -180,6 +185,7 @@ mod tests {
         assert_eq!(cfg.admin_roles, vec!["ops"]);
         assert_eq!(cfg.limits.max_message_size, 1024);
         assert_eq!(cfg.limits.shutdown_grace_secs, 30);
+        assert_eq!((cfg.shadow_reads.queue, cfg.shadow_reads.max_rows), (16, 10_000));
         let control = cfg.control_connection().unwrap();
         assert_eq!(control.get_user(), Some("dw"));
         assert_eq!(control.get_dbname(), Some("app"));

@@ -31,7 +31,8 @@ pub const VOLATILE: &[&str] = &[
     "statement_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_*", "pg_sleep*", "txid_current*",
     "pg_current_xact_id*", "set_config", "pg_advisory_*", "pg_try_advisory_*", "pg_notify", "dblink*", "lo_*",
     "pg_read_file", "pg_read_binary_file", "pg_stat_*", "pg_backend_pid", "pg_cancel_backend",
-    "pg_terminate_backend",
+    "pg_terminate_backend", "pg_reload_conf", "pg_rotate_logfile*", "pg_switch_wal", "pg_promote",
+    "pg_create_restore_point", "pg_log_backend_memory_contexts",
 ];
 
 /// One sampled read in both shapes.

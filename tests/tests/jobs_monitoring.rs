@@ -50,6 +50,6 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("SUCCESS: 5 rules found"), "{stdout}");
+    assert!(stdout.contains("SUCCESS: 6 rules found"), "{stdout}");
     assert!(stdout.contains("monitoring: ok"), "{stdout}");
 }

@@ -1,12 +1,16 @@
 //! `JobRunner`, the entry points of `DUALWRITE BACKFILL ... START|PAUSE|RESUME` and `DUALWRITE VERIFY`:
 //! a backfill paused from another instance stops between batches and resumes where it stopped; a second
-//! instance cannot start a backfill that one already runs.
+//! instance cannot start a backfill that one already runs. `dualwrite serve` with
+//! `control.verify_every_secs` verifies on its own once the backfill is done.
 
 mod jobs_support;
 
 use std::time::Duration;
 
+use dualwrite_proxy::config::Config;
 use dualwrite_proxy::jobs::throttle::Limits;
+use dualwrite_proxy::jobs::{run_backfill, BackfillOutcome};
+use dualwrite_tests::TestProxy;
 use dualwrite_proxy::jobs::{BackfillOptions, JobError, JobRunner, Started};
 use jobs_support::*;
 
@@ -62,4 +66,37 @@ async fn backfill_pauses_and_resumes_across_instances() {
 
     let report = elsewhere.verify(&f.mapping, false).await.unwrap();
     assert!(report.clean() && report.rows_checked == ROWS, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_verifies_on_its_schedule_once_the_backfill_is_done() {
+    const ROWS: i64 = 5_000;
+    let f = fixture(ROWS).await;
+    let rules = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(rules.path(), RULES).unwrap();
+    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), f.db.url());
+    config.rules = Some(rules.path().to_owned());
+    config.control.verify_every_secs = Some(1);
+    let proxy = TestProxy::start(config).await.expect("proxy");
+
+    let outcome = run_backfill(&f.config, &f.mapping, &BackfillOptions::default(), &|_| {}).await.unwrap();
+    assert_eq!(outcome, BackfillOutcome::Done { rows_done: ROWS });
+    // No verify was asked for: a finished run can only come from the schedule.
+    let run = loop {
+        let row = f
+            .client
+            .query_opt(
+                "SELECT rows_checked, clean FROM dualwrite.verify_runs WHERE migration = $1 \
+                 AND finished_at IS NOT NULL ORDER BY id LIMIT 1",
+                &[&MIGRATION],
+            )
+            .await
+            .unwrap();
+        match row {
+            Some(row) => break (row.get::<_, i64>(0), row.get::<_, bool>(1)),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(run, (ROWS, true));
+    proxy.stop().await.unwrap();
 }

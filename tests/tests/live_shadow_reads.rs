@@ -208,3 +208,23 @@ async fn a_full_queue_drops_samples_as_skipped_and_the_client_is_unaffected() {
     let f = wait_for(&client, "users_split_name", |f| f[0] + f[2] + f[3] == READS).await;
     assert!(f[0] >= 1 && f[1] == 0 && f[2] == 0, "the queued samples ran once the lock went: {f:?}");
 }
+
+#[tokio::test]
+async fn samples_run_with_the_clients_privileges_not_the_control_roles() {
+    let (db, proxy, _rules, direct) = setup(&users_rules("1"), |_| {}).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE secret (x int); INSERT INTO secret VALUES (1);
+             CREATE ROLE shadow_app LOGIN PASSWORD 'pw'; GRANT SELECT ON users, users_v2 TO shadow_app",
+        )
+        .await
+        .unwrap();
+    let app = dualwrite_tests::connect(&proxy.url_as(&db, "shadow_app", Some("pw"))).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    // The client may not read `secret`, so neither may its sample (the control role, a superuser, could).
+    let err = app.simple_query("SELECT id FROM users WHERE id < (SELECT count(*) FROM secret)").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    app.simple_query("SELECT id FROM users").await.unwrap();
+    let f = wait_for(&admin, "users_split_name", |f| f[0] + f[2] >= 2).await;
+    assert_eq!(f, [1, 0, 1, 0], "the read of secret failed as the client, the plain one matched");
+}

@@ -5,28 +5,11 @@
 
 mod proxy_support;
 
-use std::io::Write;
-
 use dualwrite_proxy::Config;
 use dualwrite_tests::*;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use proxy_support::*;
 use tokio_postgres::error::SqlState;
-
-const RULES: &str = r#"
-[[migration]]
-name   = "users_split_name"
-table  = "users"
-shadow = "users_v2"
-key    = ["id"]
-versions = { old = "v1", new = "v2" }
-[migration.forward]
-id = "id"
-first_name = "name"
-[migration.backward]
-id   = "id"
-name = "first_name"
-"#;
 
 const AUTH_OK: i32 = 0;
 const AUTH_SASL: i32 = 10;
@@ -35,15 +18,7 @@ const AUTH_SASL_FINAL: i32 = 12;
 
 /// A proxy with the migration above on a fresh database, `admin_roles` as given.
 async fn proxy_with_rules(admin_roles: &[&str]) -> (TestDb, TestProxy, tempfile::NamedTempFile) {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text);")
-        .await
-        .unwrap();
-    let mut rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    rules.write_all(RULES.as_bytes()).unwrap();
+    let (db, rules) = split_database().await;
     let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), db.url());
     config.rules = Some(rules.path().to_owned());
     config.admin_roles = admin_roles.iter().map(|r| r.to_string()).collect();
@@ -224,5 +199,26 @@ async fn set_role_and_session_authorization_do_not_grant_control() {
     // The admin role itself, logged in, is served.
     let admin = connect(&proxy.url_as(&db, &ops, None)).await.unwrap();
     admin.simple_query("DUALWRITE STATUS").await.unwrap();
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn statements_pipelined_behind_the_startup_are_judged_like_any_other() {
+    let (db, proxy, _rules) = proxy_with_rules(&["nobody"]).await;
+    // Startup and a write in one packet, before the server has even answered (trust authentication):
+    // the write must still be dual-written, not slip through unjudged.
+    let mut raw = RawClient::open(proxy.addr(), db.cluster.superuser(), &db.name).await;
+    raw.send_message(b'Q', b"INSERT INTO users (id, name) VALUES (7, 'pipelined')\0").await;
+    let mut tags = Vec::new();
+    while let Some((tag, body)) = raw.read_message().await {
+        assert_ne!(tag, b'E', "{}", error_field(&body, b'M'));
+        tags.push(tag);
+        if tag == b'Z' && tags.contains(&b'C') {
+            break;
+        }
+    }
+    let shadow: Vec<String> =
+        db.connect().await.unwrap().query("SELECT first_name FROM users_v2", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(shadow, ["pipelined"]);
     proxy.stop().await.unwrap();
 }

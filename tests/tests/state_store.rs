@@ -293,23 +293,45 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
         .await?;
     let mut pg: tokio_postgres::Config = db.url().parse()?;
     pg.user(&control_role);
+    // Configured for the control role (trust-authenticated here, so never checked): it must not be stored.
+    pg.password("CONTROL_PW_c0ffee");
     let h = StateHandle::connect(pg, rules(), StateOptions::default()).await?;
     h.route_reads("users_split_name", Some("v2"), 10, &admin()).await?;
-    let owner: String = db
-        .connect()
-        .await?
+    let superuser = db.connect().await?;
+    let owner: String = superuser
         .query_one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'dualwrite'", &[])
         .await?
         .get(0);
     assert_eq!(owner.trim_matches('"'), control_role);
+    let tables: Vec<String> = superuser
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'dualwrite' ORDER BY 1", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() >= 6, "{tables:?}");
     let app = dualwrite_tests::connect(&db.url_as(&app_role, None)).await?;
-    for sql in [
-        "UPDATE dualwrite.migrations SET read_percent = 0",
-        "INSERT INTO dualwrite.audit_log (action) VALUES ('forged')",
-        "SELECT * FROM dualwrite.migrations",
-    ] {
+    let mut attempts = vec![
+        "INSERT INTO dualwrite.audit_log (action) VALUES ('forged')".to_owned(),
+        "CREATE TABLE dualwrite.forged (x int)".to_owned(),
+        "CREATE FUNCTION dualwrite.forged() RETURNS int LANGUAGE sql AS 'SELECT 1'".to_owned(),
+    ];
+    for table in &tables {
+        for sql in ["SELECT * FROM dualwrite.{t}", "UPDATE dualwrite.{t} SET {c} = {c}", "DELETE FROM dualwrite.{t}", "TRUNCATE dualwrite.{t}"] {
+            let column = if table == "schema_version" { "version" } else { "migration" };
+            let column = if table == "migrations" { "read_percent" } else { column };
+            attempts.push(sql.replace("{t}", table).replace("{c}", column));
+        }
+    }
+    for sql in &attempts {
         let err = app.batch_execute(sql).await.unwrap_err();
         assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err}");
+    }
+    // No credential is kept in the schema.
+    for table in &tables {
+        let sql = format!("SELECT count(*) FROM dualwrite.{table} t WHERE t::text LIKE '%CONTROL_PW_c0ffee%'");
+        let n: i64 = superuser.query_one(&sql, &[]).await?.get(0);
+        assert_eq!(n, 0, "{table}");
     }
     Ok(())
 }

@@ -83,9 +83,9 @@ impl JobRunner {
         run_verify(&self.config, mapping, &options, &|_, _| {}).await
     }
 
-    /// Verifies every migration `mappings()` returns once per `every`, on whichever instance gets the
-    /// verify lock first (the others skip that round). Reports land in `dualwrite.verify_runs`, where the
-    /// metrics refresher picks them up.
+    /// Verifies every migration `mappings()` returns whose backfill is done (before that the shadow is
+    /// incomplete by design) once per `every`, on whichever instance gets the verify lock first (the others
+    /// skip that round). Reports land in `dualwrite.verify_runs`, where the metrics refresher picks them up.
     pub fn spawn_verify_schedule(
         self: &std::sync::Arc<Self>,
         mappings: super::metrics::MappingsFn,
@@ -99,6 +99,14 @@ impl JobRunner {
             loop {
                 ticker.tick().await;
                 for mapping in mappings() {
+                    match runner.status(&mapping.migration).await {
+                        Ok(Some(status)) if status.state == "done" => {}
+                        Ok(_) => continue,
+                        Err(error) => {
+                            tracing::warn!(migration = %mapping.migration, %error, "scheduled verify skipped");
+                            continue;
+                        }
+                    }
                     match runner.verify(&mapping, false).await {
                         Ok(report) if !report.clean() => tracing::warn!(
                             migration = %mapping.migration,

@@ -39,13 +39,15 @@ pub struct Live {
     next_session: AtomicU64,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
+    /// Verifies every migration on `control.verify_every_secs`.
+    verify_schedule: Option<tokio::task::JoinHandle<()>>,
     /// The shadow-read sampler and workers, when some migration samples reads.
     shadow: Option<ShadowReads>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Some(task) = self.figures.take() {
+        for task in [self.figures.take(), self.verify_schedule.take()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -64,16 +66,24 @@ impl Live {
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
-        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::new(JobRunner::new(pg.clone())), Arc::clone(&rules)));
+        let runner = Arc::new(JobRunner::new(pg.clone()));
+        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::clone(&runner), Arc::clone(&rules)));
         let jobs = Some(jobs);
-        let figures = config.metrics_listen.is_some().then(|| {
-            let mappings: Vec<TableMapping> =
-                rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();
-            crate::jobs::spawn_refresher(pg.clone(), Arc::new(move || mappings.clone()), FIGURES_EVERY)
-        });
+        let mappings: Vec<TableMapping> =
+            rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();
+        let mappings: crate::jobs::metrics::MappingsFn = Arc::new(move || mappings.clone());
+        let figures = config
+            .metrics_listen
+            .is_some()
+            .then(|| crate::jobs::spawn_refresher(pg.clone(), Arc::clone(&mappings), FIGURES_EVERY));
+        let verify_schedule = match config.control.verify_every_secs {
+            Some(secs) if secs > 0 => Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs))),
+            _ => None,
+        };
         let shadow = ShadowReads::start(&rules, pg.clone(), &config.shadow_reads);
         let mut live = Live::new(rules, state, config, jobs);
         live.figures = figures;
+        live.verify_schedule = verify_schedule;
         live.control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
         live.shadow = shadow;
         Ok(Some(Arc::new(live)))
@@ -89,6 +99,7 @@ impl Live {
             defaults: config.versions.clone(),
             next_session: AtomicU64::new(1),
             figures: None,
+            verify_schedule: None,
             shadow: None,
         }
     }

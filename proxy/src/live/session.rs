@@ -20,6 +20,7 @@ use crate::session::interceptor::{
     SqlRequest, StatementTransform, Verdict,
 };
 use crate::protocol::messages::bind_params;
+use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
 
@@ -173,7 +174,8 @@ impl LiveSession {
                 None => return,
             },
         };
-        shadow.offer(&self.live.rewriter, sql, route, params, types);
+        let sample = Sample { rewriter: &self.live.rewriter, role: &self.actor.role, sql, route, param_types: types };
+        shadow.offer(sample, params);
     }
 
     fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {

@@ -265,15 +265,26 @@ impl<'s> Backend<'s> {
         }
     }
 
+    /// SCRAM-SHA-256-PLUS is taken off the upstream's list: channel binding cannot cross the proxy.
+    fn on_authentication(&mut self, frame: &[u8]) -> Step {
+        match messages::decode_authentication(frame) {
+            Some(Authentication::SASL(mechanisms)) if mechanisms.iter().any(|m| m.ends_with("-PLUS")) => {
+                let offered = mechanisms.into_iter().filter(|m| !m.ends_with("-PLUS")).collect();
+                Step::Replace(messages::encode_authentication(&Authentication::SASL(offered)))
+            }
+            _ => Step::Forward,
+        }
+    }
+
     fn on_startup_message(&mut self, frame: &[u8]) -> Step {
         match frame[0] {
-            btag::AUTHENTICATION => match messages::decode_authentication(frame) {
-                Some(Authentication::SASL(mechanisms)) if mechanisms.iter().any(|m| m.ends_with("-PLUS")) => {
-                    let offered = mechanisms.into_iter().filter(|m| !m.ends_with("-PLUS")).collect();
-                    Step::Replace(messages::encode_authentication(&Authentication::SASL(offered)))
+            btag::AUTHENTICATION => {
+                if messages::auth_wants_answer(frame) {
+                    self.shared.auth_requests.fetch_add(1, Ordering::Relaxed);
+                    self.shared.startup_done.notify_waiters();
                 }
-                _ => Step::Forward,
-            },
+                self.on_authentication(frame)
+            }
             btag::BACKEND_KEY_DATA => {
                 let Some((pid, secret)) = messages::decode_backend_key(frame) else { return Step::Forward };
                 let upstream_key = CancelKey { pid, secret };
@@ -287,6 +298,7 @@ impl<'s> Backend<'s> {
             btag::READY_FOR_QUERY => {
                 let status = frame.get(5).copied().unwrap_or(b'I');
                 self.shared.tx_status.store(status, Ordering::Relaxed);
+                self.shared.startup_done.notify_waiters();
                 Step::Forward
             }
             _ => Step::Forward,

@@ -72,6 +72,8 @@ enum Pending {
 
 enum Outcome {
     NeedInput,
+    /// A statement arrived before the upstream's first ReadyForQuery: wait for it, then go on.
+    AwaitStartup,
     End(FrontendEnd),
     Defer(DeferredReply, Pending),
 }
@@ -82,6 +84,8 @@ pub struct Frontend<'s> {
     metrics: &'s SessionMetrics,
     info: SessionInfo,
     interceptor: InterceptorSlot,
+    /// Authentication answers (PasswordMessage and the SASL/GSS responses) relayed so far.
+    auth_answers: u32,
     statements: HashMap<Vec<u8>, Prepared>,
     portals: HashMap<Vec<u8>, Prepared>,
     /// A local error in an extended batch: drop client messages up to Sync, as Postgres would.
@@ -104,6 +108,7 @@ impl<'s> Frontend<'s> {
             metrics,
             info,
             interceptor: InterceptorSlot::Pending,
+            auth_answers: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
             discard_until_sync: false,
@@ -131,6 +136,14 @@ impl<'s> Frontend<'s> {
                 }
                 match outcome {
                     Outcome::NeedInput => break,
+                    Outcome::AwaitStartup => {
+                        let ready = self.shared.startup_done.notified();
+                        tokio::pin!(ready);
+                        ready.as_mut().enable();
+                        if !self.shared.is_ready() && self.shared.auth_requests.load(Ordering::Relaxed) <= self.auth_answers {
+                            ready.await;
+                        }
+                    }
                     Outcome::End(end) => return end,
                     Outcome::Defer(reply, pending) => {
                         let reply = reply.await;
@@ -159,8 +172,22 @@ impl<'s> Frontend<'s> {
                 Ok(None) => break Outcome::NeedInput,
                 Err(e) => break Outcome::End(FrontendEnd::Violation(frame_error(e))),
             };
+            let ready = self.shared.is_ready();
+            // A statement pipelined behind the authentication waits for ReadyForQuery, so that the
+            // interceptor (which starts there) judges it like any other instead of it slipping through
+            // unjudged. While the upstream still waits for an authentication answer it goes on at once:
+            // the upstream refuses it.
+            if !ready
+                && !matches!(header.tag, tag::PASSWORD | tag::TERMINATE)
+                && self.shared.auth_requests.load(Ordering::Relaxed) <= self.auth_answers
+            {
+                break Outcome::AwaitStartup;
+            }
             let total = header.total_len();
             let available = buf.len() - run;
+            if !ready && header.tag == tag::PASSWORD && available >= total {
+                self.auth_answers += 1;
+            }
             if available < total {
                 // A large frame that passes unchanged is forwarded as it arrives instead of buffered whole.
                 if total > STREAM_THRESHOLD

@@ -12,7 +12,7 @@ pub mod stream;
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -47,6 +47,12 @@ pub(crate) struct SessionShared {
     pub events_ready: AtomicBool,
     /// Transaction status of the last ReadyForQuery; 0 until the first one (startup not finished).
     pub tx_status: AtomicU8,
+    /// Signalled at the first ReadyForQuery (which the frontend awaits before relaying a statement) and
+    /// at each authentication request.
+    pub startup_done: Notify,
+    /// Authentication requests the upstream sent that want an answer from the client (password, SASL,
+    /// GSS): while the client owes one, the upstream refuses anything else.
+    pub auth_requests: AtomicU32,
     pub backend_pid: AtomicI32,
     pub upstream_key: Mutex<Option<CancelKey>>,
 }
@@ -58,6 +64,8 @@ impl SessionShared {
             local_ready: Notify::new(),
             events_ready: AtomicBool::new(false),
             tx_status: AtomicU8::new(0),
+            startup_done: Notify::new(),
+            auth_requests: AtomicU32::new(0),
             backend_pid: AtomicI32::new(0),
             upstream_key: Mutex::new(None),
         }

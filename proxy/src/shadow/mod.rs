@@ -118,6 +118,17 @@ impl ShadowCounts {
     }
 }
 
+/// A read that won the draw, as the session judged it.
+pub struct Sample<'a> {
+    pub rewriter: &'a Rewriter,
+    /// The session's login role, which the sample runs as.
+    pub role: &'a str,
+    pub sql: &'a str,
+    pub route: &'a Route,
+    /// Parameter types the Parse declared (empty for a simple Query).
+    pub param_types: &'a [u32],
+}
+
 /// The sampler and the workers of one server. Exists only when some migration samples reads.
 pub struct ShadowReads {
     /// The highest rate of any migration: the first draw; a second draw thins it to the read's migration.
@@ -168,16 +179,22 @@ impl ShadowReads {
 
     /// A read that passed [`draw`](Self::draw): if it is a plain read of one migration, thins the sample to
     /// that migration's rate and queues it for a worker, or counts it `skipped` when the queue is full.
-    /// `params` and `param_types` are the Bind's values and the Parse's declared types (empty for a simple
-    /// Query).
-    pub fn offer(&self, rewriter: &Rewriter, sql: &str, route: &Route, params: Vec<BindParam>, param_types: &[u32]) {
+    /// `params` are the Bind's values (empty for a simple Query).
+    pub fn offer(&self, sample: Sample<'_>, params: Vec<BindParam>) {
+        let Sample { rewriter, role, sql, route, param_types } = sample;
         let Some(read) = rewriter.shadow_read(sql, route) else { return };
         let Some(migration) = rewriter.rules().migrations.get(read.migration) else { return };
         let rate = migration.shadow_read_sample.as_fraction();
         if rate < self.max_rate && fastrand::f64() * self.max_rate >= rate {
             return;
         }
-        let job = worker::Job { migration: migration.name.clone(), read, params, param_types: param_types.to_vec() };
+        let job = worker::Job {
+            migration: migration.name.clone(),
+            role: role.to_owned(),
+            read,
+            params,
+            param_types: param_types.to_vec(),
+        };
         if let Err(e) = self.queue.try_send(job) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,

@@ -3,6 +3,7 @@
 //! `REPEATABLE READ READ ONLY` transaction, compares, counts, and logs a mismatch at WARN with the migration
 //! and a fingerprint of the statement (never its parameter values or rows).
 //!
+//! Each transaction runs `SET LOCAL ROLE <the client's login role>`, so a sample has the client's privileges.
 //! Parameters are passed on as the client sent them (text or binary): the shape the client's own session
 //! reads is prepared first, so the server infers the parameter types the client's statement got, and the
 //! other shape is prepared with those same types.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dualwrite_rules::ShadowRead;
+use dualwrite_rules::{quote_ident, ShadowRead};
 use futures::{pin_mut, TryStreamExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -29,6 +30,8 @@ const APPLICATION_NAME: &str = "dualwrite shadow reads";
 /// One sampled read.
 pub(super) struct Job {
     pub migration: String,
+    /// The client's login role: the reads run as it, never with the control role's privileges.
+    pub role: String,
     pub read: ShadowRead,
     pub params: Vec<BindParam>,
     pub param_types: Vec<u32>,
@@ -127,6 +130,10 @@ impl Worker {
             .read_only(true)
             .start()
             .await?;
+        // The client's privileges (and row-level security), not the control role's: a client must not get
+        // the control role to run what it may not run itself. The control role must be a member of (or
+        // superuser over) the application's roles, else every sample counts `error`.
+        tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(&job.role))).await?;
         let own = job.read.own_side;
         let declared: Vec<Type> = job.param_types.iter().map(|&oid| declared_type(oid)).collect();
         let own_statement = tx.prepare_typed(job.read.sql(own), &declared).await?;

@@ -38,6 +38,35 @@ impl Drop for RunningProxy {
     }
 }
 
+/// A one-column split of `users` into `users_v2`, for tests about the proxy rather than the rewrite.
+pub const SPLIT_RULES: &str = r#"
+[[migration]]
+name   = "users_split_name"
+table  = "users"
+shadow = "users_v2"
+key    = ["id"]
+versions = { old = "v1", new = "v2" }
+[migration.forward]
+id = "id"
+first_name = "name"
+[migration.backward]
+id   = "id"
+name = "first_name"
+"#;
+
+/// The tables of [`SPLIT_RULES`].
+pub const SPLIT_TABLES: &str =
+    "CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text);";
+
+/// A fresh database of the shared cluster with the tables of [`SPLIT_RULES`], and those rules in a file.
+pub async fn split_database() -> (dualwrite_tests::TestDb, tempfile::NamedTempFile) {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    db.connect().await.unwrap().batch_execute(SPLIT_TABLES).await.unwrap();
+    let mut rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut rules, SPLIT_RULES.as_bytes()).unwrap();
+    (db, rules)
+}
+
 /// A relay to `cluster` (metrics off), for `TestProxy::start` or `Server::bind`.
 pub fn config_for(cluster: &TestCluster) -> Config {
     Config::relay("127.0.0.1:0".parse().unwrap(), cluster.connection_string())
