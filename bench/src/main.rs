@@ -6,6 +6,7 @@ mod arms;
 mod bulk;
 mod db;
 mod idle;
+mod jobs;
 mod pgbench;
 mod pgbouncer;
 mod plot;

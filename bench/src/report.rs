@@ -25,6 +25,7 @@ pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> S
     cpu_table(&mut out, r);
     idle_section(&mut out, r);
     bulk_section(&mut out, r);
+    crate::jobs::section(&mut out, r.jobs.as_ref());
     cache_section(&mut out, r);
     if let Some(notes) = profile_notes {
         let _ = writeln!(out, "{}\n", notes.trim());

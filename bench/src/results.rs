@@ -98,6 +98,9 @@ pub struct Results {
     pub bulk: Vec<BulkRecord>,
     pub idle: Vec<IdleRecord>,
     pub cache: Vec<CacheRecord>,
+    /// Backfill, verify and TPS during a backfill (absent in results of older runs).
+    #[serde(default)]
+    pub jobs: Option<crate::jobs::JobsRecord>,
 }
 
 /// Median and range of one cell (arm × workload × mode × clients) over its repetitions.

@@ -12,6 +12,7 @@ use crate::arms::{Arm, Endpoint, ProxyKind};
 use crate::bulk::{self, BulkArm};
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::idle;
+use crate::jobs;
 use crate::pgbench::{self, Mode, RunSpec, Script, Workload};
 use crate::pgbouncer::Pgbouncer;
 use crate::procfs::{self, Machine};
@@ -116,6 +117,7 @@ pub fn run(args: &Args) -> Result<Results> {
         bulk: Vec::new(),
         idle: Vec::new(),
         cache: Vec::new(),
+        jobs: None,
     };
 
     run_bulk(&rt, &admin, &proxies, &mut results)?;
@@ -135,6 +137,10 @@ pub fn run(args: &Args) -> Result<Results> {
         });
     }
     results.cache.sort_by_key(|c| c.proxy);
+
+    let dual_write_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
+    let jobs_reps = plan.bulk_reps + 1;
+    results.jobs = Some(jobs::run(&rt, &admin, cluster.port(), dual_write_port, jobs_reps, work.path()));
 
     eprintln!("[idle] RSS with idle clients");
     if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {

@@ -1,9 +1,9 @@
 //! The `dualwrite` binary: parses the command line, sets up logging (RUST_LOG, default `info`) and runs
-//! the chosen command. `serve` stops gracefully on SIGTERM/SIGINT and exits 0.
+//! the chosen command. `serve` stops gracefully on SIGTERM/SIGINT and exits 0, and reloads its config on SIGHUP.
 
 use clap::Parser;
 use dualwrite_proxy::cli::{Cli, Command};
-use dualwrite_proxy::{shutdown, Server};
+use dualwrite_proxy::{reload, shutdown, Server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -33,7 +33,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(args) => {
             let config = args.load()?;
             let server = Server::bind(config).await?;
+            let reloads = tokio::spawn(reload::on_sighup(server.reloader(), move || args.load()));
             server.run(shutdown::signal()).await?;
+            reloads.abort();
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Quickstart(args) => {

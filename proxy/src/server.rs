@@ -1,6 +1,7 @@
 //! The accept loop: binds the listener, enforces the client-connection limit, spawns one session task per
 //! client, and shuts down gracefully (stop accepting, idle sessions closed, busy ones given the grace
-//! period, the rest closed).
+//! period, the rest closed). Each session runs with the [`ServerContext`] in force when it was accepted; a
+//! reload (see `reload`) swaps in a new one for the sessions that follow.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -18,25 +19,30 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::health::Health;
 use crate::live::{Live, LiveInterceptor};
 use crate::protocol::messages::{self, SqlError};
+use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
 use crate::tls::{self, TlsAcceptor, TlsConnector};
 use crate::upstream::UpstreamTarget;
 
-/// What every session of a server shares.
+/// What every session of a server shares (one generation of it: a reload builds the next).
+#[derive(Clone)]
 pub struct ServerContext {
     pub config: Config,
     pub upstream: UpstreamTarget,
@@ -50,13 +56,15 @@ pub struct ServerContext {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
-    ctx: ServerContext,
+    context: Arc<ArcSwap<ServerContext>>,
+    live: Option<Arc<Live>>,
+    health: Arc<Health>,
 }
 
-impl Server {
-    /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
-    /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+impl ServerContext {
+    /// The parts of a context that follow from the config alone (validated), around the shared cancel
+    /// registry and interceptor. Used at start and by every reload.
+    pub fn build(config: Config, cancel: Arc<CancelRegistry>, interceptor: SharedInterceptor) -> anyhow::Result<Self> {
         let upstream = UpstreamTarget::from_url(&config.upstream, config.limits.connect_timeout())?;
         let upstream_tls = if upstream.wants_tls() { Some(tls::upstream_connector()?) } else { None };
         let client_tls = match (&config.tls_cert, &config.tls_key) {
@@ -65,39 +73,45 @@ impl Server {
             _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
-        if let Some(addr) = config.metrics_listen {
-            crate::metrics::install_exporter(addr)?;
+        Ok(ServerContext { config, upstream, upstream_tls, client_tls, cancel, interceptor })
+    }
+}
+
+impl Server {
+    /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
+    /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough))?;
+        let health = Health::new();
+        if let Some(addr) = ctx.config.metrics_listen {
+            crate::metrics::install_exporter(addr, Arc::clone(&health))?;
         }
         // With a rules file, the migration state is read before the first client is accepted.
-        let interceptor: SharedInterceptor = match Live::from_config(&config).await? {
+        let live = Live::from_config(&ctx.config).await?;
+        let interceptor: SharedInterceptor = match &live {
             Some(live) => {
                 live.export_cache_metrics(Duration::from_secs(1));
-                Arc::new(LiveInterceptor(live))
+                Arc::new(LiveInterceptor(Arc::clone(live)))
             }
             None => Arc::new(Passthrough),
         };
-        let listener = TcpListener::bind(config.listen)
+        let listener = TcpListener::bind(ctx.config.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
-        tracing::info!(listen = %local_addr, upstream = %upstream.describe(), tls = client_tls.is_some(), "proxy listening");
-        Ok(Server {
-            listener,
-            local_addr,
-            ctx: ServerContext {
-                config,
-                upstream,
-                upstream_tls,
-                client_tls,
-                cancel: CancelRegistry::new(),
-                interceptor,
-            },
-        })
+        let (upstream, tls) = (ctx.upstream.describe(), ctx.client_tls.is_some());
+        tracing::info!(listen = %local_addr, %upstream, tls, "proxy listening");
+        let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));
+        health.attach(Arc::clone(&context), live.as_ref().map(|l| l.state().clone()));
+        Ok(Server { listener, local_addr, context, live, health })
     }
 
-    /// Replaces the default pass-through interceptor (see `session::interceptor`).
+    /// Replaces the default pass-through interceptor (see `session::interceptor`). A server with its own
+    /// interceptor reloads limits but no rules.
     pub fn with_interceptor(mut self, interceptor: SharedInterceptor) -> Self {
-        self.ctx.interceptor = interceptor;
+        let ctx = ServerContext { interceptor, ..ServerContext::clone(&self.context.load()) };
+        self.context.store(Arc::new(ctx));
+        self.live = None;
         self
     }
 
@@ -106,36 +120,43 @@ impl Server {
         self.local_addr
     }
 
-    pub fn config(&self) -> &Config {
-        &self.ctx.config
+    /// The config in force.
+    pub fn config(&self) -> Config {
+        self.context.load().config.clone()
+    }
+
+    /// A handle that applies a new config to this server while it runs (see `reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(Arc::clone(&self.context), self.live.clone())
     }
 
     /// Serves clients until `shutdown` resolves, then stops accepting, closes idle sessions, lets busy
     /// ones finish for up to `limits.shutdown_grace_secs`, and closes whatever is left.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, ctx, .. } = self;
-        let ctx = Arc::new(ctx);
+        let Server { listener, context, health, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(ctx.config.limits.max_client_connections));
+        let open_sessions = Arc::new(AtomicUsize::new(0));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
+        health.serving();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                        Ok(slot) => {
-                            let ctx = Arc::clone(&ctx);
+                    Ok((tcp, peer)) => {
+                        let ctx = context.load_full();
+                        // Only this loop takes slots, so the limit in force (a reload may change it) holds.
+                        if open_sessions.load(Ordering::Relaxed) < ctx.config.limits.max_client_connections {
+                            let slot = Slot::take(&open_sessions);
                             let stop = stop_rx.clone();
                             sessions.spawn(async move {
                                 session::run(tcp, peer, ctx, stop).await;
                                 drop(slot);
                             });
-                        }
-                        Err(_) => {
+                        } else {
                             sessions.spawn(refuse_too_many(tcp));
                         }
-                    },
+                    }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -145,11 +166,12 @@ impl Server {
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
+        health.stopping();
         drop(listener);
         let open = sessions.len();
         tracing::info!(open, "shutting down: no longer accepting connections");
         let _ = stop_tx.send(true);
-        let grace = ctx.config.limits.shutdown_grace();
+        let grace = context.load().config.limits.shutdown_grace();
         let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(left = sessions.len(), "shutdown grace period over; closing remaining sessions");
@@ -157,6 +179,22 @@ impl Server {
         }
         tracing::info!("proxy stopped");
         Ok(())
+    }
+}
+
+/// One client session counted against `limits.max_client_connections` while alive.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(Arc::clone(open))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -101,12 +101,24 @@ impl ProxyProcess {
 
     /// SIGTERM and the exit status (graceful shutdown).
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
+        self.signal(libc::SIGTERM)?;
+        self.wait().await
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`: reload the config) without waiting for anything.
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("not running")?;
         let pid = child.id().context("no pid")? as i32;
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!("kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({signal}) failed: {}", std::io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// Waits (up to a minute) for it to exit, e.g. after a signal; its exit status.
+    pub async fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
         Ok(tokio::time::timeout(Duration::from_secs(60), child.wait()).await.context("dualwrite did not stop")??)
     }
 

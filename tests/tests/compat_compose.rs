@@ -1,7 +1,7 @@
 //! docker-compose.yml, tested outside containers (no Docker engine runs here): the file validates, and the
 //! dualwrite service's own command and environment, with only the addresses swapped for local ones, serve
 //! the example migration in front of a throwaway PostgreSQL initialised with the same docker/initdb.sql,
-//! with /metrics answering, and stop cleanly on SIGTERM.
+//! with /metrics and the service's healthcheck answering, and stop cleanly on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -191,6 +191,24 @@ async fn the_dualwrite_service_runs_outside_containers() {
     assert!(
         response.contains("dualwrite_client_connections"),
         "{response}"
+    );
+
+    // The service's healthcheck command, pointed at this run's metrics port, passes.
+    let healthcheck: Vec<String> = service["healthcheck"]["test"]
+        .as_array()
+        .expect("the dualwrite service has a healthcheck")
+        .iter()
+        .map(|v| v.as_str().unwrap().replace("9187", &metrics.port().to_string()))
+        .collect();
+    assert_eq!(healthcheck[0], "CMD");
+    let probe = std::process::Command::new(&healthcheck[1])
+        .args(&healthcheck[2..])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "healthcheck {healthcheck:?} failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
     );
 
     // SIGTERM: the container's stop signal; the proxy shuts down gracefully and exits 0.

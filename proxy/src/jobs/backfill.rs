@@ -128,23 +128,23 @@ async fn copy_all(
             "SET application_name = 'dualwrite backfill'; SET lock_timeout = '2s'; SET synchronous_commit = off",
         )
         .await?;
-    let compiled = CompiledMapping::load(&client, mapping).await?;
+    let compiled = CompiledMapping::load(client, mapping).await?;
     let name = mapping.migration.as_str();
-    if !sees_all_transactions(&client).await? {
+    if !sees_all_transactions(client).await? {
         tracing::warn!(
             migration = name,
             "the backfill's role is neither superuser nor pg_read_all_stats: it cannot see other roles' \
              transactions, so a DELETE racing a batch may leave a stale shadow row (verify REPAIR fixes it)"
         );
     }
-    let resumed_from = match begin(&client, &compiled, options).await? {
+    let resumed_from = match begin(client, &compiled, options).await? {
         Begun::AlreadyDone { rows_done } => {
             progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
             return Ok(BackfillOutcome::Done { rows_done });
         }
         Begun::Running { resumed_from } => resumed_from,
     };
-    notify_state(&client, name).await?;
+    notify_state(client, name).await?;
 
     let statements = Statements::prepare(client, &compiled).await?;
     let batch = throttle::effective_batch(options.batch_size, options.limits.rate);
@@ -162,7 +162,7 @@ async fn copy_all(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if let Some(hold) = hold(&client, &options.limits).await? {
+        if let Some(hold) = hold(client, &options.limits).await? {
             tracing::info!(migration = name, ?hold, "backfill holding off");
             progress(&BackfillProgress { rows_done: known.0, rows_total: known.1, activity: Activity::Holding(hold) });
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -206,10 +206,10 @@ async fn copy_all(
                     sweeps.push(swept);
                 }
                 sweeps.run_ready(client, &compiled, true).await?;
-                if !finish(&client, name, rows_done).await? {
+                if !finish(client, name, rows_done).await? {
                     continue;
                 }
-                notify_state(&client, name).await?;
+                notify_state(client, name).await?;
                 tracing::info!(migration = name, rows_done, swept = sweeps.deleted, "backfill done");
                 progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Done });
                 return Ok(BackfillOutcome::Done { rows_done });

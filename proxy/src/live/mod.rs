@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dualwrite_rules::{Rewriter, RuleSet};
+use arc_swap::ArcSwap;
+use dualwrite_rules::{CacheStats, Rewriter, RuleSet};
 
 use crate::config::Config;
 use crate::control::exec::JobDispatch;
@@ -20,8 +21,8 @@ use crate::control::jobs_bridge::JobsBridge;
 use crate::control::ControlContext;
 use crate::jobs::{JobRunner, TableMapping};
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
-use crate::shadow::ShadowReads;
-use crate::state::{StateHandle, StateOptions};
+use crate::shadow::{ShadowReads, ShadowReadsConfig};
+use crate::state::{Actor, StateHandle, StateOptions};
 use crate::version::VersionDefaults;
 
 /// Plans kept by the rewriter's cache (statement text x route).
@@ -32,17 +33,34 @@ const FIGURES_EVERY: Duration = Duration::from_secs(5);
 
 /// What every session of a server shares for live migrations.
 pub struct Live {
-    rules: Arc<RuleSet>,
-    rewriter: Rewriter,
-    control: ControlContext,
-    defaults: VersionDefaults,
+    /// The rules and settings in force; a reload replaces them whole, and each statement reads them afresh.
+    current: Arc<ArcSwap<LiveRules>>,
+    state: StateHandle,
+    runner: Option<Arc<JobRunner>>,
     next_session: AtomicU64,
+    /// The database shadow reads run on: only sessions on it are sampled.
+    shadow_database: String,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
     /// Verifies every migration on `control.verify_every_secs`.
     verify_schedule: Option<tokio::task::JoinHandle<()>>,
-    /// The shadow-read sampler and workers, when some migration samples reads.
-    shadow: Option<ShadowReads>,
+}
+
+/// One generation of rules and the settings around them: what a reload swaps. Sessions compare
+/// `generation` to notice a swap.
+#[derive(Clone)]
+pub struct LiveRules {
+    pub generation: u64,
+    rules: Arc<RuleSet>,
+    rewriter: Arc<Rewriter>,
+    control: ControlContext,
+    defaults: VersionDefaults,
+    /// The shadow-read sampler and workers, when some migration samples reads; restarted by a reload that
+    /// changes the rules or `[shadow_reads]`.
+    shadow: Option<Arc<ShadowReads>>,
+    shadow_config: ShadowReadsConfig,
+    /// Plan-cache counts of the rewriters this one replaced, so the exported counters never go back.
+    cache_base: CacheStats,
 }
 
 impl Drop for Live {
@@ -53,59 +71,102 @@ impl Drop for Live {
     }
 }
 
+/// Reads and validates the rules file a config names (parse, model validation, version defaults).
+pub fn load_rules(config: &Config) -> anyhow::Result<Option<Arc<RuleSet>>> {
+    let Some(path) = &config.rules else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
+    let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
+    config.versions.validate(&rules).map_err(|e| anyhow::anyhow!("config versions: {e}"))?;
+    Ok(Some(rules))
+}
+
 impl Live {
     /// Loads the rules named by the config and connects the control plane (creating or upgrading the
     /// `dualwrite` schema, registering the migrations, reading the state). `None` without a rules file:
     /// the proxy then relays everything without looking at it.
     pub async fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Live>>> {
-        let Some(path) = &config.rules else { return Ok(None) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
-        let rules = Arc::new(RuleSet::from_toml(&text, &path.display().to_string())?);
-        config.versions.validate(&rules).map_err(anyhow::Error::msg)?;
+        let Some(rules) = load_rules(config)? else { return Ok(None) };
         let pg = config.control_connection()?;
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), StateOptions::default())
             .await
             .context("cannot load the migration state from the upstream database")?;
         let runner = Arc::new(JobRunner::new(pg.clone()));
-        let jobs: Arc<dyn JobDispatch> = Arc::new(JobsBridge::new(Arc::clone(&runner), Arc::clone(&rules)));
-        let jobs = Some(jobs);
-        let mappings: Vec<TableMapping> =
-            rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect();
-        let mappings: crate::jobs::metrics::MappingsFn = Arc::new(move || mappings.clone());
-        let figures = config
-            .metrics_listen
-            .is_some()
-            .then(|| crate::jobs::spawn_refresher(pg.clone(), Arc::clone(&mappings), FIGURES_EVERY));
-        let verify_schedule = match config.control.verify_every_secs {
-            Some(secs) if secs > 0 => Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs))),
-            _ => None,
-        };
-        let shadow = ShadowReads::start(&rules, pg.clone(), &config.shadow_reads);
-        let mut live = Live::new(rules, state, config, jobs);
-        live.figures = figures;
-        live.verify_schedule = verify_schedule;
-        live.control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
-        live.shadow = shadow;
+        let mut live = Live::new(rules, state, config, Some(Arc::clone(&runner)));
+        // The mappings are read at every use, so a reload's migrations are picked up.
+        let rules_of = live.rules_source();
+        let mappings: crate::jobs::metrics::MappingsFn = Arc::new(move || {
+            let rules = rules_of();
+            rules.migrations.iter().filter_map(|m| TableMapping::from_rules(&rules, &m.name).ok()).collect()
+        });
+        if config.metrics_listen.is_some() {
+            live.figures = Some(crate::jobs::spawn_refresher(pg.clone(), Arc::clone(&mappings), FIGURES_EVERY));
+        }
+        if let Some(secs) = config.control.verify_every_secs.filter(|s| *s > 0) {
+            live.verify_schedule = Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs)));
+        }
         Ok(Some(Arc::new(live)))
     }
 
-    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, jobs: Option<Arc<dyn JobDispatch>>) -> Live {
-        let rewriter = Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY);
-        let control = ControlContext { state, admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None };
-        Live {
-            rules,
-            rewriter,
-            control,
-            defaults: config.versions.clone(),
-            next_session: AtomicU64::new(1),
-            figures: None,
-            verify_schedule: None,
-            shadow: None,
-        }
+    /// `runner`: the jobs control SQL dispatches BACKFILL/VERIFY to (none: those commands answer 0A000).
+    pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, runner: Option<Arc<JobRunner>>) -> Live {
+        let current = LiveRules::new(rules, &state, config, runner.as_ref(), 1, CacheStats::default());
+        let current = Arc::new(ArcSwap::from_pointee(current));
+        let shadow_database = crate::shadow::workers_database(state.pg_config());
+        let next_session = AtomicU64::new(1);
+        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
     }
 
     pub fn state(&self) -> &StateHandle {
-        &self.control.state
+        &self.state
+    }
+
+    /// The rules and settings in force now.
+    pub fn current(&self) -> Arc<LiveRules> {
+        self.current.load_full()
+    }
+
+    /// The same, cheaper, for the query path (a guard held for one statement).
+    fn load(&self) -> arc_swap::Guard<Arc<LiveRules>> {
+        self.current.load()
+    }
+
+    /// Replaces the rules (re-read from the config's rules file), the admin roles and the version defaults.
+    /// Migrations the new rules add are registered in the state first; on any error nothing changes.
+    /// Sessions pick the new generation up at their next statement. Returns what changed, for the log.
+    pub async fn reload(&self, config: &Config) -> anyhow::Result<Vec<String>> {
+        let rules = load_rules(config)?.context("the rules file cannot be removed by a reload (restart without rules)")?;
+        let old = self.current();
+        let changes = rules_changes(&old.rules, &rules);
+        let next = if *old.rules == *rules {
+            // Same rules: same generation, rewriter and plan cache; only the settings around them change.
+            let shadow = if old.shadow_config == config.shadow_reads {
+                old.shadow.clone()
+            } else {
+                start_shadow(&rules, &self.state, config)
+            };
+            let mut control = control_context(&self.state, config, &old.rules, self.runner.as_ref());
+            control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
+            let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
+            LiveRules { control, defaults, shadow, shadow_config, ..LiveRules::clone(&old) }
+        } else {
+            let actor = Actor { role: "dualwrite (config reload)".into(), client_addr: None };
+            self.state
+                .set_rules(Arc::clone(&rules), &actor)
+                .await
+                .context("cannot register the new rules in the dualwrite state (upstream database)")?;
+            let stats = old.rewriter.cache_stats();
+            let (hits, misses) = (old.cache_base.hits + stats.hits, old.cache_base.misses + stats.misses);
+            let base = CacheStats { hits, misses, entries: 0 };
+            LiveRules::new(rules, &self.state, config, self.runner.as_ref(), old.generation + 1, base)
+        };
+        self.current.store(Arc::new(next));
+        Ok(changes)
+    }
+
+    /// A function returning the rules in force, for tasks that outlive a reload.
+    fn rules_source(&self) -> impl Fn() -> Arc<RuleSet> + Send + Sync + 'static {
+        let current = Arc::clone(&self.current);
+        move || Arc::clone(&current.load().rules)
     }
 
     /// Exports the rewriter's plan-cache counters every `period` until the `Live` is dropped.
@@ -116,14 +177,72 @@ impl Live {
             let misses = metrics::counter!("dualwrite_rewrite_cache_misses_total");
             loop {
                 let Some(live) = weak.upgrade() else { return };
-                let stats = live.rewriter.cache_stats();
+                let current = live.current();
                 drop(live);
-                hits.absolute(stats.hits);
-                misses.absolute(stats.misses);
+                let stats = current.rewriter.cache_stats();
+                hits.absolute(current.cache_base.hits + stats.hits);
+                misses.absolute(current.cache_base.misses + stats.misses);
+                drop(current);
                 tokio::time::sleep(period).await;
             }
         });
     }
+}
+
+impl LiveRules {
+    fn new(
+        rules: Arc<RuleSet>,
+        state: &StateHandle,
+        config: &Config,
+        runner: Option<&Arc<JobRunner>>,
+        generation: u64,
+        cache_base: CacheStats,
+    ) -> LiveRules {
+        let rewriter = Arc::new(Rewriter::new(Arc::clone(&rules), PLAN_CACHE_CAPACITY));
+        let shadow = start_shadow(&rules, state, config);
+        let mut control = control_context(state, config, &rules, runner);
+        control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
+        let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
+        LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+}
+
+/// The shadow-read workers for `rules`, on the control plane's connection settings (none when no
+/// migration samples reads).
+fn start_shadow(rules: &RuleSet, state: &StateHandle, config: &Config) -> Option<Arc<ShadowReads>> {
+    ShadowReads::start(rules, state.pg_config().clone(), &config.shadow_reads).map(Arc::new)
+}
+
+fn control_context(
+    state: &StateHandle,
+    config: &Config,
+    rules: &Arc<RuleSet>,
+    runner: Option<&Arc<JobRunner>>,
+) -> ControlContext {
+    let jobs = runner.map(|r| Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules))) as Arc<dyn JobDispatch>);
+    ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None }
+}
+
+/// Migrations added, removed or changed between two rule sets, as log lines.
+fn rules_changes(old: &RuleSet, new: &RuleSet) -> Vec<String> {
+    let mut changes = Vec::new();
+    for m in &new.migrations {
+        match old.find(&m.name) {
+            None => changes.push(format!("migration {} added", m.name)),
+            Some((_, before)) if before != m => changes.push(format!("migration {} changed", m.name)),
+            Some(_) => {}
+        }
+    }
+    for m in &old.migrations {
+        if new.find(&m.name).is_none() {
+            changes.push(format!("migration {} removed", m.name));
+        }
+    }
+    changes
 }
 
 /// The interceptor of a server with migrations: `Arc<Live>` so each session holds the shared part.

@@ -6,14 +6,17 @@
 //!
 //! Prepared statements that name a migrated table remember the route they were rewritten for; when the
 //! route has changed by the time they are bound or described (an admin flipped reads, the session changed
-//! its version), the relay prepares them again under the same name.
+//! its version), the relay prepares them again under the same name. A config reload that replaces the rules
+//! counts as a route change for every prepared statement: each is judged again under the new rules (one
+//! that named no migrated table may name one now), so the rewrite a session runs always follows the rules
+//! in force.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use dualwrite_rules::{Plan, Rejection, RowsDisposition, Route, TagRewrite};
 
-use super::Live;
+use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::session::interceptor::{
     CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
@@ -24,18 +27,21 @@ use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
 
-/// A prepared statement that names a migrated table.
+/// A prepared statement, as the client sent it.
 struct PreparedSql {
     sql: String,
     param_types: Vec<u32>,
-    /// The route it was last prepared upstream for.
-    route: Route,
-    /// Neither a write nor refused: a candidate for shadow reads.
+    /// The route it was last prepared upstream for; `None`: it named no migrated table (sent untouched).
+    route: Option<Route>,
+    /// The rules generation it was judged under.
+    generation: u64,
+    /// Names a migrated table, neither a write nor refused: a candidate for shadow reads.
     read: bool,
 }
 
-/// The route of the session, recomputed when the shared state or the session's version changes.
+/// The route of the session, recomputed when the shared state, the rules or the session's version change.
 struct RouteCache {
+    generation: u64,
     snapshot: Arc<StateSnapshot>,
     version: Option<String>,
     route: Route,
@@ -60,10 +66,13 @@ pub struct LiveSession {
 impl LiveSession {
     pub fn new(live: Arc<Live>, info: &SessionInfo, session_id: u64) -> LiveSession {
         let params = info.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let version = SessionVersion::new(params, &live.defaults, &live.rules);
+        let current = live.load();
+        let version = SessionVersion::new(params, &current.defaults, &current.rules);
+        drop(current);
         let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
         let database = info.parameters.get("database").map(String::as_str).unwrap_or(info.user());
-        let shadow_reads = live.shadow.as_ref().is_some_and(|s| s.serves_database(database));
+        // Against the control plane's database, not today's sampler: a reload may start sampling.
+        let shadow_reads = database == live.shadow_database;
         LiveSession {
             live,
             actor,
@@ -77,17 +86,22 @@ impl LiveSession {
         }
     }
 
-    /// The route the next statement is rewritten for.
-    fn current_route(&mut self) -> Route {
-        let snapshot = self.live.control.state.snapshot();
+    /// The route the next statement is rewritten for, under the rules `current`.
+    fn current_route(&mut self, current: &LiveRules) -> Route {
+        let snapshot = self.live.state.snapshot();
         let Ok(version) = &self.version else { return Route::default() };
         let fresh = match &self.route {
-            Some(c) => !Arc::ptr_eq(&c.snapshot, &snapshot) || c.version.as_deref() != version.version(),
+            Some(c) => {
+                c.generation != current.generation
+                    || !Arc::ptr_eq(&c.snapshot, &snapshot)
+                    || c.version.as_deref() != version.version()
+            }
             None => true,
         };
         if fresh {
-            let route = version.route(&self.live.rules, &snapshot, self.session_id);
-            self.route = Some(RouteCache { snapshot, version: version.version().map(str::to_owned), route });
+            let route = version.route(&current.rules, &snapshot, self.session_id);
+            let version = version.version().map(str::to_owned);
+            self.route = Some(RouteCache { generation: current.generation, snapshot, version, route });
         }
         self.route.as_ref().map(|c| c.route.clone()).unwrap_or_default()
     }
@@ -97,7 +111,7 @@ impl LiveSession {
             Ok(c) => c,
             Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) }),
         };
-        let ctx = self.live.control.clone();
+        let ctx = self.live.load().control.clone();
         let actor = self.actor.clone();
         Verdict::Defer(Box::pin(async move {
             match control::execute(&ctx, &command, &actor).await {
@@ -109,38 +123,37 @@ impl LiveSession {
 
     /// The verdict for SQL that is not a control command, given its session-state classification.
     fn judge(&mut self, sql: &str, kinds: &[SessionStatement], prepared_as: Option<(&[u8], &[u32])>) -> Verdict {
+        let current = self.live.load();
         let version = match &self.version {
             Ok(v) => v,
             Err(e) => return raise(e, false),
         };
         for kind in kinds {
-            if let Err(e) = SessionVersion::check(kind, &self.live.rules) {
+            if let Err(e) = SessionVersion::check(kind, &current.rules) {
                 return raise(&e, false);
             }
         }
         if let [SessionStatement::Show] = kinds {
-            return match version.show_response(&self.live.rules) {
+            return match version.show_response(&current.rules) {
                 Ok(r) => Verdict::Respond(LocalReply { control: false, ..LocalReply::rows(r.columns, r.rows, r.tag) }),
                 Err(e) => raise(&e, false),
             };
         }
-        if !self.live.rewriter.mentions_migrated_table(sql) {
-            if let Some((name, _)) = prepared_as {
-                self.prepared.remove(name);
+        if !current.rewriter.mentions_migrated_table(sql) {
+            // Kept even so: rules reloaded later may migrate a table it names.
+            if let Some((name, param_types)) = prepared_as {
+                self.remember(name, sql, param_types, None, current.generation, false);
             }
             return Verdict::Forward;
         }
-        let route = self.current_route();
-        let plan = self.live.rewriter.rewrite(sql, &route);
-        let read = !plan.is_write() && !matches!(*plan, Plan::Rejected(_));
+        let route = self.current_route(&current);
+        let plan = current.rewriter.rewrite(sql, &route);
+        let read = is_read(&plan);
         match prepared_as {
-            Some((name, param_types)) => {
-                let prepared = PreparedSql { sql: sql.to_owned(), param_types: param_types.to_vec(), route, read };
-                self.prepared.insert(name.to_vec(), prepared);
-            }
+            Some((name, param_types)) => self.remember(name, sql, param_types, Some(route), current.generation, read),
             None => {
-                if read && self.draw_sample() {
-                    self.sample_read(sql, &route, None);
+                if read && self.draw_sample(&current) {
+                    self.sample_read(&current, sql, &route, None);
                 }
             }
         }
@@ -158,15 +171,35 @@ impl LiveSession {
         }
     }
 
+    /// Records a prepared statement, reusing the entry (and its buffers) of one prepared under that name
+    /// before: the unnamed statement is prepared again for every extended-protocol query.
+    fn remember(&mut self, name: &[u8], sql: &str, types: &[u32], route: Option<Route>, generation: u64, read: bool) {
+        match self.prepared.get_mut(name) {
+            Some(p) => {
+                p.sql.clear();
+                p.sql.push_str(sql);
+                p.param_types.clear();
+                p.param_types.extend_from_slice(types);
+                p.route = route;
+                p.generation = generation;
+                p.read = read;
+            }
+            None => {
+                let p = PreparedSql { sql: sql.to_owned(), param_types: types.to_vec(), route, generation, read };
+                self.prepared.insert(name.to_vec(), p);
+            }
+        }
+    }
+
     /// Shadow reads, on the client's path: one cheap random draw, nothing more when it loses.
     #[inline]
-    fn draw_sample(&self) -> bool {
-        self.shadow_reads && self.live.shadow.as_ref().is_some_and(|s| s.draw())
+    fn draw_sample(&self, current: &LiveRules) -> bool {
+        self.shadow_reads && current.shadow.as_ref().is_some_and(|s| s.draw())
     }
 
     /// A read that won the draw goes to the sampler (with the parameters of its Bind, if any).
-    fn sample_read(&self, sql: &str, route: &Route, bind: Option<(&[u8], &[u32])>) {
-        let Some(shadow) = self.live.shadow.as_ref() else { return };
+    fn sample_read(&self, current: &LiveRules, sql: &str, route: &Route, bind: Option<(&[u8], &[u32])>) {
+        let Some(shadow) = current.shadow.as_ref() else { return };
         let (params, types) = match bind {
             None => (Vec::new(), &[][..]),
             Some((body, types)) => match bind_params(body) {
@@ -174,7 +207,7 @@ impl LiveSession {
                 None => return,
             },
         };
-        let sample = Sample { rewriter: &self.live.rewriter, role: &self.actor.role, sql, route, param_types: types };
+        let sample = Sample { rewriter: &current.rewriter, role: &self.actor.role, sql, route, param_types: types };
         shadow.offer(sample, params);
     }
 
@@ -227,9 +260,14 @@ impl SessionInterceptor for LiveSession {
     }
 
     fn on_bind(&mut self, portal: &[u8], statement: &[u8], bind: &[u8]) {
-        if self.draw_sample() {
-            if let Some(p) = self.prepared.get(statement).filter(|p| p.read) {
-                self.sample_read(&p.sql, &p.route, Some((bind, &p.param_types)));
+        if self.shadow_reads {
+            let current = self.live.load();
+            if self.draw_sample(&current) {
+                if let Some(p) = self.prepared.get(statement).filter(|p| p.read) {
+                    if let Some(route) = &p.route {
+                        self.sample_read(&current, &p.sql, route, Some((bind, &p.param_types)));
+                    }
+                }
             }
         }
         match self.statement_kinds.get(statement) {
@@ -240,6 +278,11 @@ impl SessionInterceptor for LiveSession {
                 self.portal_kinds.remove(portal);
             }
         }
+    }
+
+    fn on_close_statement(&mut self, statement: &[u8]) {
+        self.prepared.remove(statement);
+        self.statement_kinds.remove(statement);
     }
 
     fn on_execute(&mut self, portal: &[u8]) {
@@ -265,13 +308,26 @@ impl SessionInterceptor for LiveSession {
     }
 
     fn reprepare(&mut self, statement: &[u8]) -> Option<Reprepare> {
-        let route = self.current_route();
+        let current = self.live.load();
+        let generation = self.prepared.get(statement)?.generation;
+        let route = self.current_route(&current);
         let prepared = self.prepared.get_mut(statement)?;
-        if prepared.route == route {
-            return None;
+        if generation == current.generation {
+            match &prepared.route {
+                Some(r) if *r != route => {}
+                _ => return None,
+            }
+        } else {
+            // Rules reloaded since it was judged: judge it again, even if it named no migrated table then.
+            prepared.generation = current.generation;
+            if prepared.route.is_none() && !current.rewriter.mentions_migrated_table(&prepared.sql) {
+                return None;
+            }
         }
-        prepared.route = route.clone();
-        let (sql, transform) = match &*self.live.rewriter.rewrite(&prepared.sql, &route) {
+        prepared.route = Some(route.clone());
+        let plan = current.rewriter.rewrite(&prepared.sql, &route);
+        prepared.read = is_read(&plan);
+        let (sql, transform) = match &*plan {
             Plan::PassThrough => (prepared.sql.clone(), StatementTransform::default()),
             Plan::Rewritten { sql, statements, .. } => {
                 (sql.clone(), statements.first().map(relay_transform).unwrap_or_default())
@@ -285,6 +341,11 @@ impl SessionInterceptor for LiveSession {
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
     }
+}
+
+/// Neither a write nor refused: a candidate for shadow reads.
+fn is_read(plan: &Plan) -> bool {
+    !plan.is_write() && !matches!(plan, Plan::Rejected(_))
 }
 
 /// The relay's transform for the rewriter's.

@@ -422,6 +422,11 @@ impl<'s> Frontend<'s> {
             }
             tag::CLOSE => {
                 let Some((kind, name)) = messages::target_of(b) else { return malformed("Close") };
+                if kind == b'S' {
+                    if let Some(interceptor) = self.active() {
+                        interceptor.on_close_statement(name);
+                    }
+                }
                 let removed = if kind == b'S' { self.statements.remove(name) } else { self.portals.remove(name) };
                 if let Some(Prepared::Local(_)) = removed {
                     self.answer(messages::close_complete(), false, true);

@@ -44,6 +44,9 @@ pub trait SessionInterceptor: Send {
     /// `protocol::messages::bind_params`).
     fn on_bind(&mut self, _portal: &[u8], _statement: &[u8], _bind: &[u8]) {}
 
+    /// A Close of prepared statement `statement` goes upstream (the interceptor may forget it).
+    fn on_close_statement(&mut self, _statement: &[u8]) {}
+
     /// An Execute of `portal` goes upstream.
     fn on_execute(&mut self, _portal: &[u8]) {}
 

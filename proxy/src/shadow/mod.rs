@@ -118,6 +118,12 @@ impl ShadowCounts {
     }
 }
 
+/// The database the workers read, given the control plane's connection settings: sessions on other
+/// databases are never sampled.
+pub fn workers_database(pg: &tokio_postgres::Config) -> String {
+    pg.get_dbname().or(pg.get_user()).unwrap_or_default().to_owned()
+}
+
 /// A read that won the draw, as the session judged it.
 pub struct Sample<'a> {
     pub rewriter: &'a Rewriter,
@@ -157,7 +163,7 @@ impl ShadowReads {
             return None;
         }
         let counts = Arc::new(ShadowCounts::new(rules));
-        let database = pg.get_dbname().or(pg.get_user()).unwrap_or_default().to_owned();
+        let database = workers_database(&pg);
         let (queue, workers) = worker::spawn(pg, config, Arc::clone(&counts));
         Some(ShadowReads { max_rate, queue, counts, database, workers })
     }

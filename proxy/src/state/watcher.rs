@@ -5,6 +5,7 @@
 //! `poll_interval`, and reconnects with backoff (reloading first thing) when its connection drops. The
 //! query path reads the snapshot through `arc-swap`: no lock, one reference-count increment.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,8 +53,11 @@ pub struct StateHandle {
 
 struct Inner {
     pg: tokio_postgres::Config,
-    rules: Arc<RuleSet>,
+    /// Replaced by a config reload (`set_rules`).
+    rules: ArcSwap<RuleSet>,
     snapshot: ArcSwap<StateSnapshot>,
+    /// The watcher's last reload succeeded and its LISTEN connection is up (readiness).
+    current: AtomicBool,
     /// Bumped each time a different snapshot is published.
     generation: watch::Sender<u64>,
     /// The connection used for changes and on-demand reads (admin commands are rare: one at a time).
@@ -77,8 +81,9 @@ impl StateHandle {
         let (generation, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             pg: pg.clone(),
-            rules,
+            rules: ArcSwap::new(rules),
             snapshot: ArcSwap::from_pointee(first),
+            current: AtomicBool::new(true),
             generation,
             control: Mutex::new(Some(client)),
         });
@@ -96,8 +101,26 @@ impl StateHandle {
         self.inner.generation.subscribe()
     }
 
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.inner.rules
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.inner.rules.load_full()
+    }
+
+    /// Switch to reloaded rules: registers the migrations they add (an audited change, as at start), then
+    /// validates later changes against them. On error nothing changes.
+    pub async fn set_rules(&self, rules: Arc<RuleSet>, actor: &Actor) -> Result<(), StateError> {
+        let mut client = self.control().await?;
+        let result = store::register_migrations(&mut client, &rules, actor).await;
+        drop(client);
+        self.fail_closed(result)?;
+        self.inner.rules.store(rules);
+        self.refresh().await?;
+        Ok(())
+    }
+
+    /// Whether the snapshot follows the database: the watcher's LISTEN connection is up and its last reload
+    /// succeeded. False while the upstream is unreachable.
+    pub fn is_current(&self) -> bool {
+        self.inner.current.load(Ordering::Relaxed)
     }
 
     /// The control plane's connection settings (for the jobs, which open their own connections).
@@ -117,7 +140,7 @@ impl StateHandle {
 
     pub async fn change_phase(&self, migration: &str, phase: Phase, force: bool, actor: &Actor) -> Result<PhaseChange, StateError> {
         let mut client = self.control().await?;
-        let result = store::change_phase(&mut client, &self.inner.rules, migration, phase, force, actor).await;
+        let result = store::change_phase(&mut client, &self.inner.rules.load(), migration, phase, force, actor).await;
         drop(client);
         let change = self.fail_closed(result)?;
         self.refresh().await?;
@@ -126,7 +149,7 @@ impl StateHandle {
 
     pub async fn rollback(&self, migration: &str, actor: &Actor) -> Result<PhaseChange, StateError> {
         let mut client = self.control().await?;
-        let result = store::rollback(&mut client, &self.inner.rules, migration, actor).await;
+        let result = store::rollback(&mut client, &self.inner.rules.load(), migration, actor).await;
         drop(client);
         let change = self.fail_closed(result)?;
         self.refresh().await?;
@@ -142,7 +165,7 @@ impl StateHandle {
         actor: &Actor,
     ) -> Result<RouteChange, StateError> {
         let mut client = self.control().await?;
-        let result = store::route_reads(&mut client, &self.inner.rules, migration, version, percent, actor).await;
+        let result = store::route_reads(&mut client, &self.inner.rules.load(), migration, version, percent, actor).await;
         drop(client);
         let change = self.fail_closed(result)?;
         self.refresh().await?;
@@ -261,14 +284,22 @@ async fn watch_loop(inner: Weak<Inner>, pg: tokio_postgres::Config, options: Sta
                 if !listen(&inner, &client, notifications, &options).await {
                     return;
                 }
+                set_current(&inner, false);
                 tracing::warn!("dualwrite state listener lost; reconnecting");
             }
             Err(e) => {
+                set_current(&inner, false);
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect the dualwrite state listener");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(options.reconnect_max);
             }
         }
+    }
+}
+
+fn set_current(inner: &Weak<Inner>, current: bool) {
+    if let Some(inner) = inner.upgrade() {
+        inner.current.store(current, Ordering::Relaxed);
     }
 }
 
@@ -295,7 +326,10 @@ async fn listen(
         }
         let Some(strong) = inner.upgrade() else { return false };
         match store::load(client).await {
-            Ok(fresh) => strong.publish(fresh),
+            Ok(fresh) => {
+                strong.publish(fresh);
+                strong.current.store(true, Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reloading the dualwrite state failed");
                 return true;

@@ -1,0 +1,234 @@
+//! Applying a new config to a running server (`dualwrite serve` does it on SIGHUP) without dropping a
+//! session. All or nothing: the new config and its rules file are read and validated first; if anything is
+//! wrong the running config stays in force, the error is logged naming the file and the reason, and
+//! `dualwrite_config_reloads_total{result="error"}` counts it.
+//!
+//! Reloaded: the rules file (new statements of every session use the new rules; prepared statements are
+//! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
+//! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
+//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`,
+//! `metrics_listen`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
+//! ignored, the rest of the reload applies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::live::Live;
+use crate::server::ServerContext;
+
+/// Settings a reload cannot change (the TOML keys, or their prefix for tables).
+const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "control"];
+
+/// Applies configs to one running server. Cheap to clone; reloads run one at a time.
+#[derive(Clone)]
+pub struct Reloader {
+    context: Arc<ArcSwap<ServerContext>>,
+    live: Option<Arc<Live>>,
+    busy: Arc<Mutex<()>>,
+}
+
+impl Reloader {
+    pub(crate) fn new(context: Arc<ArcSwap<ServerContext>>, live: Option<Arc<Live>>) -> Reloader {
+        Reloader { context, live, busy: Arc::new(Mutex::new(())) }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Config {
+        self.context.load().config.clone()
+    }
+
+    /// Applies `config` (restart-only settings excepted) or changes nothing. Returns what changed, one
+    /// line per setting, and the restart-only settings that differ (left as they are).
+    pub async fn reload(&self, config: Config) -> anyhow::Result<ReloadReport> {
+        let _one_at_a_time = self.busy.lock().await;
+        let old = self.context.load_full();
+        let (config, needs_restart) = keep_restart_only(&old.config, config, self.live.is_some());
+        let mut changed = setting_changes(&old.config, &config);
+        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor))?;
+        if let Some(live) = &self.live {
+            changed.extend(live.reload(&next.config).await?);
+        }
+        if next.client_tls.is_some() {
+            changed.push("TLS certificate and key re-read".into());
+        }
+        self.context.store(Arc::new(next));
+        Ok(ReloadReport { changed, needs_restart })
+    }
+
+    /// Loads and applies a config, logging and counting the outcome (`load` re-reads the config file and
+    /// whatever else sets it: flags and environment still win). Returns whether it applied.
+    pub async fn reload_with(&self, load: impl FnOnce() -> anyhow::Result<Config>) -> bool {
+        let result = match load() {
+            Ok(config) => self.reload(config).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+                for setting in &report.needs_restart {
+                    tracing::warn!(setting = %setting, "changed in the config, but takes effect only after a restart");
+                }
+                if report.changed.is_empty() {
+                    tracing::info!("configuration reloaded: nothing changed");
+                } else {
+                    tracing::info!(changes = %report.changed.join("; "), "configuration reloaded");
+                }
+                true
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                let error = format!("{e:#}");
+                tracing::error!(%error, "configuration reload refused; the running configuration stays in force");
+                false
+            }
+        }
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// One line per change applied ("limits.max_client_connections: 10000 -> 50", "migration m added").
+    pub changed: Vec<String>,
+    /// Settings that differ but need a restart (ignored).
+    pub needs_restart: Vec<String>,
+}
+
+/// Reloads `reloader` on each SIGHUP with a fresh `load()`, until the process ends.
+pub async fn on_sighup(reloader: Reloader, load: impl Fn() -> anyhow::Result<Config> + Send + 'static) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload disabled");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reloading the configuration");
+            reloader.reload_with(&load).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, load);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `new` with the restart-only settings of `old`, and the names of those that differed.
+fn keep_restart_only(old: &Config, mut new: Config, has_rules: bool) -> (Config, Vec<String>) {
+    let mut ignored = Vec::new();
+    let mut keep = |name: &str, differs: bool| {
+        if differs {
+            ignored.push(name.to_owned());
+        }
+        differs
+    };
+    if keep("listen", old.listen != new.listen) {
+        new.listen = old.listen;
+    }
+    if keep("upstream", old.upstream != new.upstream) {
+        new.upstream = old.upstream.clone();
+    }
+    if keep("metrics_listen", old.metrics_listen != new.metrics_listen) {
+        new.metrics_listen = old.metrics_listen;
+    }
+    if keep("control", old.control != new.control) {
+        new.control = old.control.clone();
+    }
+    if keep("rules (turning rules on or off)", has_rules != new.rules.is_some()) {
+        new.rules = old.rules.clone();
+    }
+    (new, ignored)
+}
+
+/// Reloadable settings that differ, as `key: old -> new` lines (dotted TOML keys).
+fn setting_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (old, new) = (flatten(old), flatten(new));
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let show = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "(unset)".into());
+    keys.into_iter()
+        .filter(|k| !RESTART_ONLY.iter().any(|r| *k == r || k.starts_with(&format!("{r}."))))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| format!("{k}: {} -> {}", show(old.get(k)), show(new.get(k))))
+        .collect()
+}
+
+/// The config as dotted keys -> values (tables flattened, arrays kept whole).
+fn flatten(config: &Config) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, value: Value, out: &mut BTreeMap<String, Value>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", serde_json::to_value(config).unwrap_or(Value::Null), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml(toml).unwrap()
+    }
+
+    #[test]
+    fn lists_reloadable_changes_with_values() {
+        let old = config("upstream = \"postgres://a@h/d\"\n[limits]\nmax_client_connections = 10\n");
+        let new = config(
+            "upstream = \"postgres://a@h/d\"\nadmin_roles = [\"ops\"]\n[limits]\nmax_client_connections = 2\n[versions.roles]\nr = \"v2\"\n",
+        );
+        let changes = setting_changes(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                "admin_roles: [] -> [\"ops\"]".to_owned(),
+                "limits.max_client_connections: 10 -> 2".to_owned(),
+                "versions.roles.r: (unset) -> \"v2\"".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_value_and_are_named() {
+        let old = config("listen = \"127.0.0.1:1\"\nupstream = \"postgres://a@h/d\"\nrules = \"r.toml\"\n");
+        let new = config(
+            "listen = \"127.0.0.1:2\"\nupstream = \"postgres://b@h/d\"\nrules = \"other.toml\"\n[control]\npassword = \"secret\"\n",
+        );
+        let (kept, ignored) = keep_restart_only(&old, new, true);
+        assert_eq!(kept.listen, old.listen);
+        assert_eq!(kept.upstream, old.upstream);
+        assert_eq!(kept.control, old.control);
+        assert_eq!(kept.rules.as_deref(), Some(std::path::Path::new("other.toml")), "another rules file is a reload");
+        assert_eq!(ignored, vec!["listen", "upstream", "control"]);
+        // Secrets of restart-only settings never reach the change lines.
+        assert!(setting_changes(&old, &kept).iter().all(|l| !l.contains("secret")));
+    }
+
+    #[test]
+    fn turning_rules_on_needs_a_restart() {
+        let old = config("upstream = \"postgres://a@h/d\"\n");
+        let new = config("upstream = \"postgres://a@h/d\"\nrules = \"r.toml\"\n");
+        let (kept, ignored) = keep_restart_only(&old, new, false);
+        assert_eq!(kept.rules, None);
+        assert_eq!(ignored.len(), 1);
+    }
+}
