@@ -63,7 +63,7 @@ pub struct ConfigArgs {
     /// Client connections served at once [default: 10000].
     #[arg(long, env = "DUALWRITE_MAX_CLIENT_CONNECTIONS")]
     pub max_client_connections: Option<usize>,
-    /// Seconds a client has to send its startup packet [default: 30].
+    /// Seconds a client has to send its startup packet [default: 10].
     #[arg(long, env = "DUALWRITE_STARTUP_TIMEOUT")]
     pub startup_timeout_secs: Option<u64>,
     /// Seconds to wait for the upstream connection [default: 10].

@@ -99,7 +99,8 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Client connections served at once; more get 53300.
     pub max_client_connections: usize,
-    /// Seconds a new connection has to send its startup packet (after TLS negotiation).
+    /// Seconds a new connection has to complete SSL/GSS negotiation and send its whole startup packet;
+    /// slower ones (slowloris) are closed, counted in `dualwrite_refused_connections_total`.
     pub startup_timeout_secs: u64,
     /// Seconds to wait for the upstream's TCP (and TLS) connection.
     pub connect_timeout_secs: u64,
@@ -112,7 +113,7 @@ impl Default for Limits {
         Limits {
             max_message_size: 64 * 1024 * 1024,
             max_client_connections: 10_000,
-            startup_timeout_secs: 30,
+            startup_timeout_secs: 10,
             connect_timeout_secs: 10,
             shutdown_grace_secs: 30,
         }

@@ -26,6 +26,8 @@ pub const QUERIES_TOTAL: &str = "dualwrite_queries_total";
 pub const QUERY_DURATION_SECONDS: &str = "dualwrite_query_duration_seconds";
 pub const BYTES_TOTAL: &str = "dualwrite_bytes_total";
 pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
+/// Connections closed before their session started, by `reason` (`too_many_clients`, `startup_timeout`).
+pub const REFUSED_CONNECTIONS_TOTAL: &str = "dualwrite_refused_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
 /// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
@@ -131,6 +133,11 @@ async fn answer(path: &str, handle: &PrometheusHandle, health: &Health) -> Respo
 /// Counts a proxy- or server-reported error by SQLSTATE.
 pub fn count_error(sqlstate: &str) {
     counter!(ERRORS_TOTAL, "sqlstate" => sqlstate.to_owned()).increment(1);
+}
+
+/// Counts a connection closed before its session started (`reason`: `too_many_clients`, `startup_timeout`).
+pub fn count_refused(reason: &'static str) {
+    counter!(REFUSED_CONNECTIONS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Handles one session uses, resolved once.

@@ -73,6 +73,7 @@ impl ServerContext {
             _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
+        anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
         Ok(ServerContext { config, upstream, upstream_tls, client_tls, cancel, interceptor })
     }
 }
@@ -198,9 +199,19 @@ impl Drop for Slot {
     }
 }
 
+/// Tells a client beyond `max_client_connections` so (53300) and closes. Closing with the client's
+/// startup packet unread would reset the connection, and the reset can overtake the error in the client's
+/// receive buffer, so the client's input is read until it closes, for a few seconds at most (Postgres
+/// too reads the startup packet before it refuses).
 async fn refuse_too_many(mut tcp: TcpStream) {
     let err = SqlError::fatal("53300", "sorry, too many clients already");
     crate::metrics::count_error(&err.code);
+    crate::metrics::count_refused("too_many_clients");
     let _ = tcp.write_all(&messages::error_response(&err)).await;
     let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await {}
+    })
+    .await;
 }

@@ -18,6 +18,7 @@ mod cache;
 mod compiled;
 pub mod corpus;
 mod fallback;
+pub mod fuzz_checks;
 mod literals;
 pub mod model;
 pub mod names;

@@ -298,6 +298,17 @@ impl<'s> Frontend<'s> {
         }
     }
 
+    /// A frame whose body the relay cannot read (a lying count, a missing terminator): forwarded as sent, so
+    /// Postgres refuses it with its own error (08P01, as ERROR or FATAL as it decides) and nothing runs.
+    /// Statements and portals stay as they were, as they do in Postgres.
+    fn unreadable(&mut self, t: u8) -> Step {
+        if t == tag::DESCRIBE && !self.discard_until_sync {
+            self.expect(Expect::Describe { statement: false, transform: None });
+            return Step::Forward;
+        }
+        self.on_tag(t)
+    }
+
     /// Frames decided by their tag alone.
     fn on_tag(&mut self, t: u8) -> Step {
         if self.discard_until_sync {
@@ -343,7 +354,7 @@ impl<'s> Frontend<'s> {
             tag::QUERY => self.on_query(b),
             tag::PARSE => self.on_parse(frame),
             tag::BIND => {
-                let Some((portal, statement)) = messages::bind_names(b) else { return malformed("Bind") };
+                let Some((portal, statement)) = messages::bind_names(b) else { return self.unreadable(tag::BIND) };
                 let reprepared = self.reprepare(statement);
                 if let Some(interceptor) = self.active() {
                     interceptor.on_bind(portal, statement, b);
@@ -368,7 +379,7 @@ impl<'s> Frontend<'s> {
                 with_injected(reprepared, step, frame)
             }
             tag::DESCRIBE => {
-                let Some((kind, name)) = messages::target_of(b) else { return malformed("Describe") };
+                let Some((kind, name)) = messages::target_of(b) else { return self.unreadable(tag::DESCRIBE) };
                 let statement = kind == b'S';
                 let reprepared = if statement { self.reprepare(name) } else { None };
                 let step = match self.lookup(statement, name) {
@@ -388,7 +399,7 @@ impl<'s> Frontend<'s> {
                 with_injected(reprepared, step, frame)
             }
             tag::EXECUTE => {
-                let Some(portal) = messages::execute_portal(b) else { return malformed("Execute") };
+                let Some(portal) = messages::execute_portal(b) else { return self.unreadable(tag::EXECUTE) };
                 if let Some(interceptor) = self.active() {
                     interceptor.on_execute(portal);
                 }
@@ -421,7 +432,7 @@ impl<'s> Frontend<'s> {
                 }
             }
             tag::CLOSE => {
-                let Some((kind, name)) = messages::target_of(b) else { return malformed("Close") };
+                let Some((kind, name)) = messages::target_of(b) else { return self.unreadable(tag::CLOSE) };
                 if kind == b'S' {
                     if let Some(interceptor) = self.active() {
                         interceptor.on_close_statement(name);
@@ -457,11 +468,20 @@ impl<'s> Frontend<'s> {
         Some(interceptor)
     }
 
-    fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>, param_types: &[u32]) -> Verdict {
+    /// The interceptor's verdict on `sql`; `name_utf8` says whether the statement name (if any) is UTF-8.
+    fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>, param_types: &[u32], name_utf8: bool) -> Verdict {
         let transaction_status = self.shared.tx_status.load(Ordering::Relaxed);
         let Some(interceptor) = self.active() else { return Verdict::Forward };
         let text = String::from_utf8_lossy(sql);
-        interceptor.on_sql(SqlRequest { sql: &text, origin, param_types, transaction_status })
+        let utf8 = name_utf8 && matches!(text, std::borrow::Cow::Borrowed(_));
+        let verdict = interceptor.on_sql(SqlRequest { sql: &text, origin, param_types, transaction_status });
+        match verdict {
+            // Bytes that are not UTF-8 are forwarded as sent (Postgres judges them in the client's
+            // encoding); anything the proxy would rewrite or answer itself it would have to re-encode.
+            Verdict::Forward => Verdict::Forward,
+            _ if !utf8 => Verdict::Raise(not_utf8()),
+            other => other,
+        }
     }
 
     /// Frames that prepare `statement` again upstream when the interceptor asks for it (its route changed
@@ -483,8 +503,8 @@ impl<'s> Frontend<'s> {
     }
 
     fn on_query(&mut self, b: &[u8]) -> Step {
-        let Some(sql) = messages::query_sql(b) else { return malformed("Query") };
-        match self.verdict(sql, SqlOrigin::SimpleQuery, &[]) {
+        let Some(sql) = messages::query_sql(b) else { return self.unreadable(tag::QUERY) };
+        match self.verdict(sql, SqlOrigin::SimpleQuery, &[], true) {
             Verdict::Forward => self.on_tag(tag::QUERY),
             Verdict::Raise(raise) => {
                 self.count_raise(&raise);
@@ -506,20 +526,27 @@ impl<'s> Frontend<'s> {
     }
 
     fn on_parse(&mut self, frame: &[u8]) -> Step {
-        let Some(view) = messages::parse_view(body(frame)) else { return malformed("Parse") };
+        let Some(view) = messages::parse_view(body(frame)) else { return self.unreadable(tag::PARSE) };
         let name = view.statement.to_vec();
         let statement = String::from_utf8_lossy(view.statement).into_owned();
         let param_types = if matches!(self.interceptor, InterceptorSlot::Active(_)) { view.param_type_oids() } else { Vec::new() };
-        let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement }, &param_types);
+        let name_utf8 = std::str::from_utf8(view.statement).is_ok();
+        let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement }, &param_types, name_utf8);
         if matches!(verdict, Verdict::Forward) {
             self.statements.remove(&name);
             self.expect(Expect::Parse);
             return Step::Forward;
         }
-        let Some(parse) = messages::decode_parse(frame) else { return malformed("Parse") };
-        match verdict {
-            Verdict::Forward => unreachable!("handled above"),
-            Verdict::Raise(raise) => {
+        let parse = match &verdict {
+            Verdict::Forward | Verdict::Raise(_) => None,
+            _ => match messages::decode_parse(frame) {
+                Some(parse) => Some(parse),
+                None => return malformed("Parse"),
+            },
+        };
+        match (verdict, parse) {
+            (Verdict::Forward, _) => unreachable!("handled above"),
+            (Verdict::Raise(raise), _) => {
                 // The server raises the refusal where the Parse stood: it then skips the batch up to Sync
                 // and aborts the (implicit) transaction, exactly as for a failing Parse. The client's
                 // statement does not exist afterwards, as after a failed Parse.
@@ -534,17 +561,18 @@ impl<'s> Frontend<'s> {
                 self.expect(Expect::Execute { transform: None });
                 Step::Replace(frames.freeze())
             }
-            Verdict::Rewrite(rewrite) => {
+            (_, None) => unreachable!("decoded above"),
+            (Verdict::Rewrite(rewrite), Some(parse)) => {
                 let transform = rewrite.statements.into_iter().next().unwrap_or_default();
                 self.statements.insert(name, Prepared::Rewritten(Arc::new(transform)));
                 self.expect(Expect::Parse);
                 Step::Replace(messages::parse(parse.name, &rewrite.sql, parse.type_oids))
             }
-            Verdict::Respond(reply) => {
+            (Verdict::Respond(reply), Some(parse)) => {
                 self.answer_parse(name, parse.type_oids, reply);
                 Step::Drop
             }
-            Verdict::Defer(reply) => Step::Defer(reply, Pending::Parse { name, param_types: parse.type_oids }),
+            (Verdict::Defer(reply), Some(parse)) => Step::Defer(reply, Pending::Parse { name, param_types: parse.type_oids }),
         }
     }
 
@@ -604,6 +632,15 @@ fn with_injected(injected: Option<BytesMut>, step: Step, frame: &[u8]) -> Step {
         (Some(frames), Step::Drop) => Step::Replace(frames.freeze()),
         (Some(_), other) => other,
     }
+}
+
+/// What replaces a statement the proxy would have to rewrite or answer but cannot read as UTF-8: the
+/// error Postgres gives for such bytes in a UTF-8 session, raised by the server in the client's place.
+fn not_utf8() -> Raise {
+    let err = SqlError::new("22021", "invalid byte sequence for encoding \"UTF8\"").with_detail(
+        "dualwrite rewrites statements on migrated tables and answers control commands only in UTF-8",
+    );
+    Raise { sql: err.raise_statement(), control: false }
 }
 
 fn malformed(what: &str) -> Step {

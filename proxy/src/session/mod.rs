@@ -144,7 +144,10 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "client did not complete its startup in time");
+            // Like Postgres's authentication_timeout: no message (the client may be mid-TLS), just the close.
+            let timeout_secs = ctx.config.limits.startup_timeout_secs;
+            tracing::info!(%peer, timeout_secs, "closing a client that did not send its startup packet in time");
+            metrics::count_refused("startup_timeout");
             return;
         }
     };

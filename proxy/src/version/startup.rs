@@ -40,9 +40,8 @@ pub fn split_options(options: &str) -> Vec<String> {
             }
             chars.next();
             if c == '\\' {
-                if let Some(escaped) = chars.next() {
-                    word.push(escaped);
-                }
+                // As pg_split_opts: a backslash escapes the next character; a trailing one is itself.
+                word.push(chars.next().unwrap_or('\\'));
             } else {
                 word.push(c);
             }

@@ -1,0 +1,5 @@
+//! Fuzz target `frame`: the invariants live in `dualwrite_proxy::fuzz_checks::check_frame`, shared with the
+//! stable regression test proxy/tests/fuzz_regressions.rs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dualwrite_proxy::fuzz_checks::check_frame(data));

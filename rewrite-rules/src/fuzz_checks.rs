@@ -1,0 +1,72 @@
+//! The invariants the `rewrite` fuzz target checks (fuzz/fuzz_targets/rewrite.rs), kept here so the
+//! regression test (tests/fuzz_regressions.rs) replays the fuzzers' corpus and findings through the very
+//! same code on stable Rust. A violated invariant panics: that is how libFuzzer and the test notice.
+
+use std::sync::{Arc, OnceLock};
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::{MigrationRoute, Phase, Plan, Route, RuleSet, Rewriter, Side};
+
+/// Both example migrations (`users` split by name, `orders` with a composite key) in one rule set.
+fn rewriter() -> &'static Rewriter {
+    static REWRITER: OnceLock<Rewriter> = OnceLock::new();
+    REWRITER.get_or_init(|| {
+        let text = [
+            include_str!("../examples/users_split_name.toml"),
+            include_str!("../examples/orders_amount_numeric.toml"),
+        ]
+        .join("\n");
+        let rules = RuleSet::from_toml(&text, "examples").expect("the example rules are valid");
+        Rewriter::new(Arc::new(rules), 1_000)
+    })
+}
+
+/// One migration's route from the low bits of a byte: phase, the session's version, its read source.
+fn migration_route(b: u8) -> MigrationRoute {
+    let side = |bit: u8| if b & bit == 0 { Side::Old } else { Side::New };
+    MigrationRoute { phase: Phase::ALL[(b & 3) as usize], version: side(4), read_source: side(8) }
+}
+
+/// Input layout: byte 0 = how many migrations the route covers (mod 3; missing ones count as `off`),
+/// bytes 1 and 2 = each migration's route, the rest = SQL text (invalid UTF-8 replaced, as the proxy does).
+///
+/// Invariants: the cached plan equals a fresh one; text the cheap check calls unrelated, or a route with
+/// every migration off, passes through; a rewritten statement parses again as PostgreSQL, has one answer
+/// transform per statement and names valid migrations in ascending order; a rejection names a migration
+/// and a reason.
+pub fn check_rewrite(data: &[u8]) {
+    if data.len() < 3 {
+        return;
+    }
+    let rewriter = rewriter();
+    let count = rewriter.rules().migrations.len();
+    let covered = (data[0] % 3) as usize;
+    let route = Route { per_migration: data[1..3].iter().take(covered).map(|&b| migration_route(b)).collect() };
+    let sql = String::from_utf8_lossy(&data[3..]);
+
+    let plan = rewriter.plan(&sql, &route);
+    assert_eq!(*rewriter.rewrite(&sql, &route), plan, "the plan cache must not change the decision");
+    assert_eq!(*rewriter.rewrite(&sql, &route), plan, "a cached plan must equal the first");
+    if !rewriter.mentions_migrated_table(&sql) || route.per_migration.iter().all(|r| r.phase == Phase::Off) {
+        assert_eq!(plan, Plan::PassThrough, "unrelated text or an all-off route must pass through");
+    }
+    match &plan {
+        Plan::PassThrough => {}
+        Plan::Rewritten { sql: out, statements, migrations, .. } => {
+            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, out)
+                .unwrap_or_else(|e| panic!("rewritten SQL does not parse ({e}): {out}"));
+            assert_eq!(reparsed.len(), statements.len(), "one transform per statement of {out}");
+            assert!(!migrations.is_empty(), "a rewrite involves a migration");
+            assert!(migrations.windows(2).all(|w| w[0] < w[1]), "migrations ascending: {migrations:?}");
+            assert!(migrations.iter().all(|&m| m < count), "migration index out of range: {migrations:?}");
+        }
+        Plan::Rejected(rejection) => {
+            assert!(rejection.migration_index < count, "rejection names a migration");
+            assert_eq!(rejection.migration, rewriter.rules().migrations[rejection.migration_index].name);
+            assert_eq!(rejection.sqlstate, "0A000", "refusals are feature_not_supported");
+            assert!(!rejection.message.is_empty(), "rejection says why");
+        }
+    }
+}
