@@ -106,6 +106,12 @@ pub struct ConfigArgs {
     /// Verify every migration this often, in seconds (0: only on demand) [default: 0].
     #[arg(long, env = "DUALWRITE_VERIFY_EVERY")]
     pub verify_every_secs: Option<u64>,
+    /// Backfills started by control SQL hold off while replication replay lag exceeds this (ms).
+    #[arg(long, env = "DUALWRITE_BACKFILL_MAX_REPLICATION_LAG_MS")]
+    pub backfill_max_replication_lag_ms: Option<u64>,
+    /// Backfills started by control SQL hold off while this instance's p99 query latency exceeds this (ms).
+    #[arg(long, env = "DUALWRITE_BACKFILL_MAX_P99_LATENCY_MS")]
+    pub backfill_max_p99_latency_ms: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -171,6 +177,12 @@ impl ConfigArgs {
         }
         if self.verify_every_secs.is_some() {
             cfg.control.verify_every_secs = self.verify_every_secs;
+        }
+        if self.backfill_max_replication_lag_ms.is_some() {
+            cfg.control.backfill_max_replication_lag_ms = self.backfill_max_replication_lag_ms;
+        }
+        if self.backfill_max_p99_latency_ms.is_some() {
+            cfg.control.backfill_max_p99_latency_ms = self.backfill_max_p99_latency_ms;
         }
     }
 }

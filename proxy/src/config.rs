@@ -173,6 +173,12 @@ pub struct ControlConfig {
     /// Verify every migration this often (seconds; absent or 0: only on demand). Every instance schedules
     /// it; the one that gets the migration's verify lock runs it, the others skip that round.
     pub verify_every_secs: Option<u64>,
+    /// Backfills started by control SQL hold off while the upstream's replication replay lag exceeds this
+    /// many milliseconds (absent: not checked).
+    pub backfill_max_replication_lag_ms: Option<u64>,
+    /// ... and while this instance's p99 query latency over the last seconds exceeds this many
+    /// milliseconds (absent: not checked).
+    pub backfill_max_p99_latency_ms: Option<u64>,
 }
 
 /// Parses `"off"`/`""` as `None`, otherwise a socket address.

@@ -13,6 +13,7 @@ pub mod control;
 pub mod fuzz_checks;
 pub mod health;
 pub mod jobs;
+pub mod latency;
 pub mod live;
 pub mod metrics;
 pub mod pgcluster;

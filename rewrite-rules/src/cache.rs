@@ -1,4 +1,5 @@
-//! The bounded plan cache, keyed by (statement text, route). Sharded by key hash so sessions on different
+//! The bounded plan cache, keyed by (statement text, route); the rewriter keeps one of plans by exact text
+//! and one of templates by statement shape (see `literals`). Sharded by key hash so sessions on different
 //! statements rarely meet on a lock, and a lock is only held for a map lookup or insert: plans are built
 //! outside it. Eviction is FIFO with a second chance (CLOCK), per shard.
 
@@ -7,7 +8,6 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::plan::Plan;
 use crate::route::Route;
 
 const SHARDS: usize = 16;
@@ -20,33 +20,38 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
-pub(crate) struct PlanCache {
-    shards: Vec<Mutex<Shard>>,
+pub(crate) struct PlanCache<V> {
+    shards: Vec<Mutex<Shard<V>>>,
     per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-#[derive(Default)]
-struct Shard {
-    slots: HashMap<u64, Vec<Slot>>,
+struct Shard<V> {
+    slots: HashMap<u64, Vec<Slot<V>>>,
     /// Insertion order of (hash, generation) for eviction.
     order: VecDeque<(u64, u64)>,
     generation: u64,
     len: usize,
 }
 
-struct Slot {
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard { slots: HashMap::new(), order: VecDeque::new(), generation: 0, len: 0 }
+    }
+}
+
+struct Slot<V> {
     sql: Box<str>,
     route: Route,
-    plan: Arc<Plan>,
+    plan: Arc<V>,
     generation: u64,
     referenced: bool,
 }
 
-impl PlanCache {
-    pub fn new(capacity: usize) -> PlanCache {
+impl<V> PlanCache<V> {
+    pub fn new(capacity: usize) -> PlanCache<V> {
         PlanCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
@@ -63,16 +68,28 @@ impl PlanCache {
         h.finish()
     }
 
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<V>> {
         // A panic while holding a shard lock leaves only a plain map behind: keep using it.
         self.shards[(hash >> 59) as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached plan, or the one `build` makes (built without holding any lock, then cached).
-    pub fn get_or_build(&self, sql: &str, route: &Route, build: impl FnOnce() -> Plan) -> Arc<Plan> {
+    pub fn get_or_build(&self, sql: &str, route: &Route, build: impl FnOnce() -> V) -> Arc<V> {
+        let (value, hit) = self.get_or_build_uncounted(sql, route, build);
+        self.count(hit);
+        value
+    }
+
+    /// Counts one lookup as a hit or a miss.
+    pub fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`get_or_build`](Self::get_or_build) without counting; the flag says whether it was a hit.
+    pub fn get_or_build_uncounted(&self, sql: &str, route: &Route, build: impl FnOnce() -> V) -> (Arc<V>, bool) {
         if self.per_shard == 0 {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return Arc::new(build());
+            return (Arc::new(build()), false);
         }
         let hash = self.hash(sql, route);
         {
@@ -83,11 +100,9 @@ impl PlanCache {
                 .and_then(|v| v.iter_mut().find(|s| &*s.sql == sql && s.route == *route))
             {
                 slot.referenced = true;
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return slot.plan.clone();
+                return (slot.plan.clone(), true);
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let plan = Arc::new(build());
         let mut shard = self.shard(hash);
         let already = shard
@@ -96,7 +111,7 @@ impl PlanCache {
             .and_then(|v| v.iter().find(|s| &*s.sql == sql && s.route == *route))
             .map(|s| s.plan.clone());
         if let Some(existing) = already {
-            return existing;
+            return (existing, false);
         }
         while shard.len >= self.per_shard && shard.evict_one() {}
         shard.generation += 1;
@@ -110,7 +125,7 @@ impl PlanCache {
         });
         shard.order.push_back((hash, generation));
         shard.len += 1;
-        plan
+        (plan, false)
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -122,7 +137,7 @@ impl PlanCache {
     }
 }
 
-impl Shard {
+impl<V> Shard<V> {
     /// Evicts the oldest entry not used since it was last looked at; returns false if empty.
     fn evict_one(&mut self) -> bool {
         while let Some((hash, generation)) = self.order.pop_front() {
@@ -147,10 +162,11 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Plan;
 
     #[test]
     fn caches_by_text_and_route_and_stays_bounded() {
-        let cache = PlanCache::new(32);
+        let cache = PlanCache::<Plan>::new(32);
         let route = Route::default();
         let mut builds = 0;
         for _ in 0..3 {
@@ -170,7 +186,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_caches_nothing() {
-        let cache = PlanCache::new(0);
+        let cache = PlanCache::<Plan>::new(0);
         cache.get_or_build("x", &Route::default(), || Plan::PassThrough);
         cache.get_or_build("x", &Route::default(), || Plan::PassThrough);
         assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 2, entries: 0 });

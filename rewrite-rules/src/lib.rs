@@ -19,6 +19,7 @@ mod compiled;
 pub mod corpus;
 mod fallback;
 pub mod fuzz_checks;
+mod literals;
 pub mod model;
 pub mod names;
 pub mod plan;

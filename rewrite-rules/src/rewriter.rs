@@ -1,4 +1,5 @@
-//! The entry point the proxy calls: a cheap text check, then the plan cache, then parse + rewrite.
+//! The entry point the proxy calls: a cheap text check, then the plan caches (by statement shape, with the
+//! statement's own literals spliced into the cached template, else by exact text), then parse + rewrite.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use sqlparser::parser::Parser;
 use crate::cache::{CacheStats, PlanCache};
 use crate::compiled::Compiled;
 use crate::fallback::{decide_unparsed, edge_comments};
+use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
 use crate::plan::{Plan, StatementTransform};
 use crate::route::Route;
@@ -16,19 +18,37 @@ use crate::shadow::ShadowRead;
 use crate::statement::rewrite_statement;
 
 /// Rewrites SQL for sessions of one rule set. Shared by all sessions (`Send + Sync`); plans are cached by
+/// (statement shape, route) and, for statements without literals or whose shape cannot be templated, by
 /// (statement text, route).
 pub struct Rewriter {
     rules: Arc<RuleSet>,
     compiled: Compiled,
-    cache: PlanCache,
+    cache: PlanCache<Plan>,
+    shapes: PlanCache<Shape>,
     pass_through: Arc<Plan>,
+}
+
+/// The cached plan of a statement shape.
+enum Shape {
+    /// The plan does not carry the statement's text: every statement of the shape gets it as it is.
+    Fixed(Arc<Plan>),
+    /// Rewritten SQL to splice each statement's literals into.
+    Template { template: Template, statements: Vec<StatementTransform>, migrations: Vec<usize>, writes: bool },
+    /// Splicing was not shown to reproduce the full rewrite: cache statements of this shape by exact text.
+    ByText,
 }
 
 impl Rewriter {
     /// A rewriter caching up to about `cache_capacity` plans (0 disables the cache).
     pub fn new(rules: Arc<RuleSet>, cache_capacity: usize) -> Rewriter {
         let compiled = Compiled::new(&rules);
-        Rewriter { rules, compiled, cache: PlanCache::new(cache_capacity), pass_through: Arc::new(Plan::PassThrough) }
+        Rewriter {
+            rules,
+            compiled,
+            cache: PlanCache::new(cache_capacity),
+            shapes: PlanCache::new(cache_capacity),
+            pass_through: Arc::new(Plan::PassThrough),
+        }
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -46,21 +66,72 @@ impl Rewriter {
         if !self.compiled.may_mention(sql) || route_is_off(route) {
             return self.pass_through.clone();
         }
-        self.cache.get_or_build(sql, route, || self.plan(sql, route))
+        let Some(masked) = literals::mask(sql) else {
+            return self.cache.get_or_build(sql, route, || self.plan(sql, route));
+        };
+        let (shape, hit) = self.shapes.get_or_build_uncounted(&masked.shape, route, || self.shape(sql, &masked, route));
+        // A statement is one hit or one miss: of the text cache when its shape is not shared.
+        if !matches!(*shape, Shape::ByText) {
+            self.shapes.count(hit);
+        }
+        match &*shape {
+            Shape::Fixed(plan) => plan.clone(),
+            Shape::Template { template, statements, migrations, writes } => Arc::new(Plan::Rewritten {
+                sql: template.fill(&masked.printed),
+                statements: statements.clone(),
+                migrations: migrations.clone(),
+                writes: *writes,
+            }),
+            Shape::ByText => self.cache.get_or_build(sql, route, || self.plan(sql, route)),
+        }
     }
 
     /// The plan for `sql` under `route`, always computed (no cache, no counters).
     pub fn plan(&self, sql: &str, route: &Route) -> Plan {
+        self.parsed_plan(sql, route).unwrap_or_else(|unparsed| unparsed)
+    }
+
+    /// How statements of `masked`'s shape are planned, judged on `sql`, the first one seen. Only plans
+    /// computed from a parsed statement are shared (a parse error's message depends on literal lengths).
+    fn shape(&self, sql: &str, masked: &Masked, route: &Route) -> Shape {
+        let (Ok(plan), Ok(shape_plan)) = (self.parsed_plan(sql, route), self.parsed_plan(&masked.shape, route)) else {
+            return Shape::ByText;
+        };
+        let (probe_sql, probe_literals) = masked.probe(sql);
+        let Ok(probe_plan) = self.parsed_plan(&probe_sql, route) else { return Shape::ByText };
+        match shape_plan {
+            Plan::PassThrough if plan == Plan::PassThrough && probe_plan == Plan::PassThrough => {
+                Shape::Fixed(self.pass_through.clone())
+            }
+            Plan::Rewritten { sql: rewritten, statements, migrations, writes } => {
+                let Some(template) = masked.template(&rewritten) else { return Shape::ByText };
+                let fill = |printed: &[String]| Plan::Rewritten {
+                    sql: template.fill(printed),
+                    statements: statements.clone(),
+                    migrations: migrations.clone(),
+                    writes,
+                };
+                if fill(&masked.printed) != plan || fill(&probe_literals) != probe_plan {
+                    return Shape::ByText;
+                }
+                Shape::Template { template, statements, migrations, writes }
+            }
+            _ => Shape::ByText,
+        }
+    }
+
+    /// The plan for `sql`; `Err` holds the plan of a string the parser refused.
+    fn parsed_plan(&self, sql: &str, route: &Route) -> Result<Plan, Plan> {
         if !self.compiled.may_mention(sql) || route_is_off(route) {
-            return Plan::PassThrough;
+            return Ok(Plan::PassThrough);
         }
         let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
             Ok(s) => s,
             Err(e) => {
-                return match decide_unparsed(&self.compiled, route, sql, &e.to_string()) {
+                return Err(match decide_unparsed(&self.compiled, route, sql, &e.to_string()) {
                     Ok(()) => Plan::PassThrough,
                     Err(rejection) => Plan::Rejected(rejection),
-                }
+                })
             }
         };
         let mut texts = Vec::with_capacity(statements.len());
@@ -73,7 +144,7 @@ impl Rewriter {
             // Only a multi-statement string needs the text of a statement left as it was.
             let original = several.then(|| statement.to_string());
             match rewrite_statement(&self.compiled, route, statement) {
-                Err(rejection) => return Plan::Rejected(rejection),
+                Err(rejection) => return Ok(Plan::Rejected(rejection)),
                 Ok(outcome) => {
                     migrations.extend(outcome.migrations);
                     writes |= outcome.write;
@@ -89,7 +160,7 @@ impl Rewriter {
             }
         }
         if !changed {
-            return Plan::PassThrough;
+            return Ok(Plan::PassThrough);
         }
         let (leading, trailing) = edge_comments(sql);
         let mut out = leading;
@@ -98,12 +169,12 @@ impl Rewriter {
             out.push(' ');
             out.push_str(trailing.trim_end_matches(' '));
         }
-        Plan::Rewritten {
+        Ok(Plan::Rewritten {
             sql: out,
             statements: transforms,
             migrations: migrations.into_iter().collect(),
             writes,
-        }
+        })
     }
 
     /// For a sampled read: the statement in both shapes (reading the old table, reading the shadow), or
@@ -118,7 +189,12 @@ impl Rewriter {
 
     /// Cache hit and miss counts (statements the cheap check passed are neither).
     pub fn cache_stats(&self) -> CacheStats {
-        self.cache.stats()
+        let (text, shapes) = (self.cache.stats(), self.shapes.stats());
+        CacheStats {
+            hits: text.hits + shapes.hits,
+            misses: text.misses + shapes.misses,
+            entries: text.entries + shapes.entries,
+        }
     }
 }
 

@@ -87,3 +87,66 @@ async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
     assert!(cell(&audit, 1, "after").unwrap().contains("\"batch\": 40"), "{audit:?}");
     Ok(())
 }
+
+/// A backfill started by control SQL on an instance with `control.backfill_max_p99_latency_ms` holds off
+/// while the instance's recent p99 (fed by the session layer into `RecentLatency`) is over the limit, and
+/// copies once the slow requests have aged out of the window.
+#[tokio::test]
+async fn backfill_holds_off_while_this_instances_p99_is_over_its_limit() -> anyhow::Result<()> {
+    use dualwrite_proxy::config::ControlConfig;
+    use dualwrite_proxy::jobs::throttle::Hold;
+    use dualwrite_proxy::latency::RecentLatency;
+
+    let db = TestCluster::shared().create_database().await?;
+    db.connect()
+        .await?
+        .batch_execute(
+            "CREATE TABLE users (id serial PRIMARY KEY, name text);
+             CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text, last_name text);
+             INSERT INTO users (name) SELECT 'first' || i || ' last' || i FROM generate_series(1, 100) i;",
+        )
+        .await?;
+    let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
+    let pg: tokio_postgres::Config = db.url().parse()?;
+    let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
+    let runner = Arc::new(JobRunner::new(pg));
+    let control = ControlConfig { backfill_max_p99_latency_ms: Some(50), ..ControlConfig::default() };
+    let bridge = JobsBridge::new(Arc::clone(&runner), rules).with_hold_limits(&control);
+    // Requests of 200 ms just completed on this instance: its p99 is over the 50 ms limit.
+    for _ in 0..100 {
+        RecentLatency::global().record(Duration::from_millis(200));
+    }
+    let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
+    let actor = Actor { role: "ops".into(), client_addr: None };
+    let run = |sql: &'static str| {
+        let (ctx, actor) = (ctx.clone(), actor.clone());
+        async move { execute(&ctx, &parse_control(sql)?, &actor).await }
+    };
+
+    run("DUALWRITE BACKFILL users_split_name START").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hold = loop {
+        if let Some(hold) = runner.holding("users_split_name") {
+            break hold;
+        }
+        assert!(Instant::now() < deadline, "the backfill never held off");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(matches!(hold, Hold::Latency(p99) if p99 >= Duration::from_millis(200)), "{hold:?}");
+    let status = run("DUALWRITE STATUS").await?;
+    assert_eq!(cell(&status, 0, "backfill_rows_done"), Some("0"), "copied while holding: {status:?}");
+
+    // No more slow requests: within two windows (10 s) the slow ones age out and the copy goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = run("DUALWRITE STATUS").await?;
+        if cell(&status, 0, "backfill_state") == Some("done") {
+            assert_eq!(cell(&status, 0, "backfill_rows_done"), Some("100"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "backfill did not resume: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runner.holding("users_split_name"), None);
+    Ok(())
+}

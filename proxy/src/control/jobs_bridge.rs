@@ -2,6 +2,7 @@
 //! into runner calls, their results into one-row result sets, and job errors into SQLSTATEs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dualwrite_rules::RuleSet;
 use futures::future::BoxFuture;
@@ -18,12 +19,26 @@ use crate::state::Actor;
 pub struct JobsBridge {
     runner: Arc<JobRunner>,
     rules: Arc<RuleSet>,
+    /// The hold-off limits every backfill started here gets (the rate comes with each command).
+    limits: Limits,
 }
 
 impl JobsBridge {
     /// `runner` must connect with the control plane's credentials (`Config::control_connection`).
     pub fn new(runner: Arc<JobRunner>, rules: Arc<RuleSet>) -> Self {
-        JobsBridge { runner, rules }
+        JobsBridge { runner, rules, limits: Limits::default() }
+    }
+
+    /// Backfills hold off while replication lag or this process's p99 latency
+    /// ([`crate::latency::RecentLatency`]) exceed the configured limits.
+    pub fn with_hold_limits(mut self, control: &crate::config::ControlConfig) -> Self {
+        self.limits.max_replication_lag = control.backfill_max_replication_lag_ms.map(Duration::from_millis);
+        if let Some(ms) = control.backfill_max_p99_latency_ms {
+            crate::latency::RecentLatency::global().enable();
+            self.limits.max_latency = Some(Duration::from_millis(ms));
+            self.limits.latency_signal = Some(Arc::new(|| crate::latency::RecentLatency::global().p99()));
+        }
+        self
     }
 
     async fn run_backfill(
@@ -38,7 +53,7 @@ impl JobsBridge {
         let defaults = BackfillOptions::default();
         let options = BackfillOptions {
             batch_size: batch.unwrap_or(defaults.batch_size),
-            limits: Limits { rate, ..Limits::default() },
+            limits: Limits { rate, ..self.limits.clone() },
             owner: format!("{} ({})", defaults.owner, actor.role),
             ..defaults
         };

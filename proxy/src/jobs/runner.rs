@@ -3,12 +3,13 @@
 //! the state table, so they work whichever proxy instance runs the backfill.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
-use super::backfill::{lock_backfill, run_backfill_locked, BackfillOptions, BackfillOutcome};
+use super::backfill::{lock_backfill, run_backfill_locked, Activity, BackfillOptions, BackfillOutcome, BackfillProgress};
+use super::throttle::Hold;
 use super::verify::{run_verify, VerifyOptions, VerifyReport};
 use super::{connect, notify_state, JobError, JobResult, TableMapping};
 
@@ -35,12 +36,14 @@ pub enum Started {
 pub struct JobRunner {
     config: Config,
     backfills: Mutex<HashMap<String, JoinHandle<JobResult<BackfillOutcome>>>>,
+    /// Why each backfill running here holds off right now (throttle limits), if it does.
+    holding: Arc<Mutex<HashMap<String, Hold>>>,
 }
 
 impl JobRunner {
     /// `config` points at the upstream database (not at a proxy).
     pub fn new(config: Config) -> Self {
-        JobRunner { config, backfills: Mutex::new(HashMap::new()) }
+        JobRunner { config, backfills: Mutex::new(HashMap::new()), holding: Arc::default() }
     }
 
     /// Starts the backfill (or continues it from its checkpoint) in a task of this process. Fails with
@@ -52,8 +55,20 @@ impl JobRunner {
         let client = lock_backfill(&self.config, &mapping.migration).await?;
         let mapping = mapping.clone();
         let name = mapping.migration.clone();
+        let holding = Arc::clone(&self.holding);
         let task = tokio::spawn(async move {
-            let result = run_backfill_locked(client, &mapping, &options, &|_| {}).await;
+            let migration = mapping.migration.clone();
+            let gauge = metrics::gauge!("dualwrite_backfill_holding", "migration" => migration.clone());
+            let record = |progress: &BackfillProgress| {
+                let mut holding = holding.lock().unwrap_or_else(|e| e.into_inner());
+                match progress.activity {
+                    Activity::Holding(hold) => holding.insert(migration.clone(), hold),
+                    _ => holding.remove(&migration),
+                };
+                gauge.set(if holding.contains_key(&migration) { 1.0 } else { 0.0 });
+            };
+            let result = run_backfill_locked(client, &mapping, &options, &record).await;
+            record(&BackfillProgress { rows_done: 0, rows_total: None, activity: Activity::Done });
             if let Err(error) = &result {
                 tracing::error!(migration = %mapping.migration, %error, "backfill failed");
             }
@@ -61,6 +76,12 @@ impl JobRunner {
         });
         self.backfills.lock().unwrap_or_else(|e| e.into_inner()).insert(name, task);
         Ok(Started::Here)
+    }
+
+    /// Why the backfill of `migration` running in this process holds off now (replication lag or latency
+    /// over its limit); `None` when it copies, or does not run here.
+    pub fn holding(&self, migration: &str) -> Option<Hold> {
+        self.holding.lock().unwrap_or_else(|e| e.into_inner()).get(migration).copied()
     }
 
     /// Pauses the backfill between two batches, on whichever instance runs it. Returns the new status.

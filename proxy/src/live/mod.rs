@@ -224,7 +224,9 @@ fn control_context(
     rules: &Arc<RuleSet>,
     runner: Option<&Arc<JobRunner>>,
 ) -> ControlContext {
-    let jobs = runner.map(|r| Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules))) as Arc<dyn JobDispatch>);
+    let jobs = runner.map(|r| {
+        Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules)).with_hold_limits(&config.control)) as Arc<dyn JobDispatch>
+    });
     ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None }
 }
 

@@ -139,6 +139,9 @@ pub struct ResponseQueue {
     statement: usize,
     /// The server reported an error in an extended-protocol batch and skips everything up to Sync.
     skipping_to_sync: bool,
+    /// `Expect::Local` entries in `entries`: the relay looks for due local answers before every backend
+    /// message, and almost never has one.
+    locals: usize,
 }
 
 impl ResponseQueue {
@@ -147,7 +150,24 @@ impl ResponseQueue {
     }
 
     pub fn push(&mut self, expect: Expect) {
+        if matches!(expect, Expect::Local(_)) {
+            self.locals += 1;
+        }
         self.entries.push_back(expect);
+    }
+
+    /// Removes the head entry, keeping the count of local answers.
+    fn pop_front(&mut self) -> Option<Expect> {
+        let entry = self.entries.pop_front();
+        if matches!(entry, Some(Expect::Local(_))) {
+            self.locals -= 1;
+        }
+        entry
+    }
+
+    /// True if any session event waits for [`take_events`](Self::take_events).
+    pub fn has_events(&self) -> bool {
+        self.events.as_ref().is_some_and(|e| !e.is_empty())
     }
 
     /// From now on, remember [`SessionEvent`]s for [`take_events`](Self::take_events).
@@ -188,11 +208,16 @@ impl ResponseQueue {
 
     /// The next local answer that is due (every response before it has been relayed).
     pub fn take_local(&mut self) -> Option<LocalAnswer> {
+        // Without a local answer queued there is nothing to find: the entries the server skips after an
+        // error are popped at ReadyForQuery anyway.
+        if self.locals == 0 {
+            return None;
+        }
         loop {
             match self.entries.front() {
                 Some(Expect::Local(local)) => {
                     let skip = self.skipping_to_sync && local.extended;
-                    let Some(Expect::Local(local)) = self.entries.pop_front() else { unreachable!() };
+                    let Some(Expect::Local(local)) = self.pop_front() else { unreachable!() };
                     if skip {
                         continue;
                     }
@@ -209,7 +234,7 @@ impl ResponseQueue {
                     | Expect::Execute { .. },
                 ) if self.skipping_to_sync =>
                 {
-                    self.entries.pop_front();
+                    self.pop_front();
                 }
                 _ => return None,
             }
@@ -217,7 +242,7 @@ impl ResponseQueue {
     }
 
     fn pop(&mut self) {
-        self.entries.pop_front();
+        self.pop_front();
         self.statement = 0;
     }
 
@@ -268,7 +293,7 @@ impl ResponseQueue {
         self.skipping_to_sync = false;
         // Pop through the first request that ends with ReadyForQuery; anything before it was skipped by the
         // server (after an error) or never answered.
-        while let Some(entry) = self.entries.pop_front() {
+        while let Some(entry) = self.pop_front() {
             match entry {
                 Expect::SimpleQuery { started, .. }
                 | Expect::Sync { started }
@@ -278,6 +303,7 @@ impl ResponseQueue {
                 }
                 Expect::Local(local) if local.ready_for_query => {
                     // Cannot happen while locals are taken before each message; keep it for the next turn.
+                    self.locals += 1;
                     self.entries.push_front(Expect::Local(local));
                     break;
                 }

@@ -84,6 +84,17 @@ impl<'s> Backend<'s> {
     pub async fn run(mut self, mut upstream: ReadHalf, client: &mut WriteHalf) -> BackendEnd {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        // Both wake-up futures live across iterations: re-creating them per loop registered and removed a
+        // waiter (a mutex and a list walk each) for every relayed response. `local_ready` is re-armed only
+        // after it fired; the shutdown future completes once and is not polled again.
+        let shared = self.shared;
+        let local_ready = shared.local_ready.notified();
+        tokio::pin!(local_ready);
+        let mut shutdown_rx = self.shutdown.clone();
+        let shutdown = async move {
+            let _ = shutdown_rx.changed().await;
+        };
+        tokio::pin!(shutdown);
         loop {
             super::prepare_read_buffer(&mut buf);
             tokio::select! {
@@ -100,11 +111,12 @@ impl<'s> Backend<'s> {
                         }
                     }
                 },
-                _ = self.shared.local_ready.notified() => {
-                    let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                _ = &mut local_ready => {
+                    local_ready.set(shared.local_ready.notified());
+                    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     self.take_locals(&mut queue, &mut out);
                 }
-                _ = self.shutdown.changed(), if !self.shutting_down => self.shutting_down = true,
+                _ = &mut shutdown, if !self.shutting_down => self.shutting_down = true,
             }
             if write_chunks(client, &mut out).await.is_err() {
                 return BackendEnd::ClientGone;
@@ -212,6 +224,9 @@ impl<'s> Backend<'s> {
         }
         flush_run(buf, &mut run, out);
         self.take_locals(&mut queue, out);
+        if queue.has_events() {
+            shared.events_ready.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -237,7 +252,9 @@ impl<'s> Backend<'s> {
                     queue.ready_status(status);
                 }
                 if let Some(started) = started {
-                    self.metrics.duration.record(started.elapsed().as_secs_f64());
+                    let latency = started.elapsed();
+                    self.metrics.duration.record(latency.as_secs_f64());
+                    crate::latency::RecentLatency::global().record(latency);
                 }
                 Step::Forward
             }

@@ -94,6 +94,10 @@ pub struct Frontend<'s> {
     stream_left: usize,
     /// Reused buffer for the session events handed to the interceptor.
     events: Vec<SessionEvent>,
+    /// Expectations of the requests handled in this read, not yet on the response queue.
+    expects: Vec<Expect>,
+    /// `expects` holds a local answer: the upstream direction must be woken once they are queued.
+    local_queued: bool,
 }
 
 impl<'s> Frontend<'s> {
@@ -110,6 +114,8 @@ impl<'s> Frontend<'s> {
             discard_until_sync: false,
             stream_left: 0,
             events: Vec::new(),
+            expects: Vec::with_capacity(8),
+            local_queued: false,
         }
     }
 
@@ -124,6 +130,7 @@ impl<'s> Frontend<'s> {
             }
             loop {
                 let outcome = self.process(&mut buf, &mut out);
+                self.publish_expects();
                 if write_chunks(upstream, &mut out).await.is_err() {
                     return FrontendEnd::UpstreamBroken;
                 }
@@ -227,13 +234,32 @@ impl<'s> Frontend<'s> {
         outcome
     }
 
-    fn expect(&self, expect: Expect) {
-        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).push(expect);
+    /// Records what a request expects; the batch reaches the response queue in `publish_expects`, before
+    /// anything of it is written upstream.
+    fn expect(&mut self, expect: Expect) {
+        self.expects.push(expect);
     }
 
-    fn answer(&self, bytes: Bytes, ready_for_query: bool, extended: bool) {
+    fn answer(&mut self, bytes: Bytes, ready_for_query: bool, extended: bool) {
         self.expect(Expect::Local(LocalAnswer { bytes, ready_for_query, extended }));
-        self.shared.local_ready.notify_one();
+        self.local_queued = true;
+    }
+
+    /// Moves the expectations of the frames handled since the last call to the response queue, under one
+    /// lock per client read instead of one per message.
+    fn publish_expects(&mut self) {
+        if self.expects.is_empty() {
+            return;
+        }
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            for expect in self.expects.drain(..) {
+                queue.push(expect);
+            }
+        }
+        if std::mem::take(&mut self.local_queued) {
+            self.shared.local_ready.notify_one();
+        }
     }
 
     fn intercepting(&mut self) -> bool {
@@ -387,11 +413,12 @@ impl<'s> Frontend<'s> {
                         self.metrics.query(Route::Rewritten);
                         let suppress = t.suppress_rows;
                         self.expect(Expect::Execute { transform: Some(t) });
-                        if suppress {
+                        if suppress && !messages::execute_runs_to_completion(b) {
                             // The client's statement returns no rows, so Postgres would run it to completion
                             // whatever row limit the Execute asks for (pgjdbc's executeUpdate asks for 1).
                             // Its rewrite is a query: without this it would stop at PortalSuspended and the
-                            // client would never see the command tag with its row count.
+                            // client would never see the command tag with its row count. An Execute that
+                            // already asks for every row is relayed as it is.
                             Step::Replace(messages::execute(&String::from_utf8_lossy(portal)))
                         } else {
                             Step::Forward
@@ -431,7 +458,9 @@ impl<'s> Frontend<'s> {
     /// The active interceptor, after handing it the session events that arrived since its last call.
     fn active(&mut self) -> Option<&mut Box<dyn SessionInterceptor>> {
         let InterceptorSlot::Active(interceptor) = &mut self.interceptor else { return None };
-        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take_events(&mut self.events);
+        if self.shared.events_ready.load(Ordering::Acquire) && self.shared.events_ready.swap(false, Ordering::Acquire) {
+            self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take_events(&mut self.events);
+        }
         if !self.events.is_empty() {
             interceptor.on_events(&self.events);
             self.events.clear();

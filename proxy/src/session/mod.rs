@@ -10,8 +10,9 @@ pub mod interceptor;
 mod local;
 pub mod stream;
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +42,9 @@ pub(crate) struct SessionShared {
     pub queue: Mutex<ResponseQueue>,
     /// Signals the upstream direction that a local answer was queued.
     pub local_ready: Notify,
+    /// The queue holds session events for the interceptor (set by the upstream direction under the queue
+    /// lock), so the client direction locks the queue for them only when there are some.
+    pub events_ready: AtomicBool,
     /// Transaction status of the last ReadyForQuery; 0 until the first one (startup not finished).
     pub tx_status: AtomicU8,
     /// Signalled at the first ReadyForQuery (which the frontend awaits before relaying a statement) and
@@ -58,6 +62,7 @@ impl SessionShared {
         SessionShared {
             queue: Mutex::new(ResponseQueue::new()),
             local_ready: Notify::new(),
+            events_ready: AtomicBool::new(false),
             tx_status: AtomicU8::new(0),
             startup_done: Notify::new(),
             auth_requests: AtomicU32::new(0),
@@ -87,15 +92,36 @@ pub(crate) fn prepare_read_buffer(buf: &mut BytesMut) {
     }
 }
 
-/// Writes and flushes every chunk, leaving `out` empty.
+/// Writes and flushes every chunk, leaving `out` empty. Several chunks (a rewritten statement between
+/// relayed frames, local answers) go out in one `writev`, so they cost one system call and, with
+/// TCP_NODELAY, one packet, like a single relayed run.
 pub(crate) async fn write_chunks(w: &mut WriteHalf, out: &mut Vec<Bytes>) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
+    match out.len() {
+        0 => return Ok(()),
+        1 => w.write_all(&out[0]).await?,
+        _ => write_all_vectored(w, out).await?,
     }
-    for chunk in out.drain(..) {
-        w.write_all(&chunk).await?;
-    }
+    out.clear();
     w.flush().await
+}
+
+async fn write_all_vectored(w: &mut WriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
+    const BATCH: usize = 16;
+    for group in chunks.chunks(BATCH) {
+        let mut storage = [IoSlice::new(&[]); BATCH];
+        for (slot, chunk) in storage.iter_mut().zip(group) {
+            *slot = IoSlice::new(chunk);
+        }
+        let mut slices = &mut storage[..group.len()];
+        while !slices.is_empty() {
+            let n = w.write_vectored(slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+    }
+    Ok(())
 }
 
 async fn send_error(stream: &mut (impl AsyncWriteExt + Unpin), err: &SqlError) {
