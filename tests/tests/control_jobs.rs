@@ -28,6 +28,25 @@ id   = "id"
 name = "first_name || ' ' || last_name"
 "#;
 
+/// A database with `users` holding `rows` rows and an empty `users_v2`, and the migration state on it.
+async fn users_database(
+    rows: i32,
+) -> anyhow::Result<(dualwrite_tests::TestDb, Arc<RuleSet>, tokio_postgres::Config, StateHandle)> {
+    let db = TestCluster::shared().create_database().await?;
+    db.connect()
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE users (id serial PRIMARY KEY, name text);
+             CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text, last_name text);
+             INSERT INTO users (name) SELECT 'first' || i || ' last' || i FROM generate_series(1, {rows}) i;"
+        ))
+        .await?;
+    let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
+    let pg: tokio_postgres::Config = db.url().parse()?;
+    let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
+    Ok((db, rules, pg, state))
+}
+
 fn cell<'a>(r: &'a ControlResponse, row: usize, column: &str) -> Option<&'a str> {
     let i = r.columns.iter().position(|c| c == column).unwrap_or_else(|| panic!("no column {column} in {r:?}"));
     r.rows[row][i].as_deref()
@@ -35,18 +54,7 @@ fn cell<'a>(r: &'a ControlResponse, row: usize, column: &str) -> Option<&'a str>
 
 #[tokio::test]
 async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
-    let db = TestCluster::shared().create_database().await?;
-    db.connect()
-        .await?
-        .batch_execute(
-            "CREATE TABLE users (id serial PRIMARY KEY, name text);
-             CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text, last_name text);
-             INSERT INTO users (name) SELECT 'first' || i || ' last' || i FROM generate_series(1, 250) i;",
-        )
-        .await?;
-    let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
-    let pg: tokio_postgres::Config = db.url().parse()?;
-    let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
+    let (_db, rules, pg, state) = users_database(250).await?;
     let bridge = JobsBridge::new(Arc::new(JobRunner::new(pg)), rules);
     let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
     let actor = Actor { role: "ops".into(), client_addr: Some("127.0.0.1:1".into()) };
@@ -97,18 +105,7 @@ async fn backfill_holds_off_while_this_instances_p99_is_over_its_limit() -> anyh
     use dualwrite_proxy::jobs::throttle::Hold;
     use dualwrite_proxy::latency::RecentLatency;
 
-    let db = TestCluster::shared().create_database().await?;
-    db.connect()
-        .await?
-        .batch_execute(
-            "CREATE TABLE users (id serial PRIMARY KEY, name text);
-             CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text, last_name text);
-             INSERT INTO users (name) SELECT 'first' || i || ' last' || i FROM generate_series(1, 100) i;",
-        )
-        .await?;
-    let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
-    let pg: tokio_postgres::Config = db.url().parse()?;
-    let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
+    let (_db, rules, pg, state) = users_database(100).await?;
     let runner = Arc::new(JobRunner::new(pg));
     let control = ControlConfig { backfill_max_p99_latency_ms: Some(50), ..ControlConfig::default() };
     let bridge = JobsBridge::new(Arc::clone(&runner), rules).with_hold_limits(&control);
