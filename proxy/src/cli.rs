@@ -57,6 +57,9 @@ pub struct ConfigArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "DUALWRITE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Threads client sessions run on, each session pinned to one; 0 = one per CPU [default: 0].
+    #[arg(long, env = "DUALWRITE_SESSION_THREADS")]
+    pub session_threads: Option<usize>,
     /// Largest client message in bytes [default: 67108864].
     #[arg(long, env = "DUALWRITE_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
@@ -154,6 +157,7 @@ impl ConfigArgs {
             cfg.tls_cert = self.tls_cert.clone();
             cfg.tls_key = self.tls_key.clone();
         }
+        set(&mut cfg.session_threads, &self.session_threads);
         set(&mut cfg.limits.max_message_size, &self.max_message_size);
         set(&mut cfg.limits.max_client_connections, &self.max_client_connections);
         set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);

@@ -31,6 +31,8 @@ pub struct Config {
     /// the proxy.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Threads client sessions run on, each session pinned to one (see `session_threads`); 0 = one per CPU.
+    pub session_threads: usize,
     pub limits: Limits,
     pub control: ControlConfig,
     /// Default `dualwrite.version` per role / application_name (`[versions.roles]`, `[versions.applications]`).
@@ -49,6 +51,7 @@ impl Default for Config {
             admin_roles: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            session_threads: 0,
             limits: Limits::default(),
             control: ControlConfig::default(),
             versions: Default::default(),

@@ -22,6 +22,7 @@ pub mod quickstart;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod session_threads;
 pub mod shadow;
 pub mod shutdown;
 pub mod state;

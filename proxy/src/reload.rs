@@ -7,7 +7,7 @@
 //! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
 //! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
 //! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`,
-//! `metrics_listen`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
+//! `metrics_listen`, `session_threads`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
 //! ignored, the rest of the reload applies.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use crate::live::Live;
 use crate::server::ServerContext;
 
 /// Settings a reload cannot change (the TOML keys, or their prefix for tables).
-const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "control"];
+const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session_threads", "control"];
 
 /// Applies configs to one running server. Cheap to clone; reloads run one at a time.
 #[derive(Clone)]
@@ -140,6 +140,9 @@ fn keep_restart_only(old: &Config, mut new: Config, has_rules: bool) -> (Config,
     }
     if keep("metrics_listen", old.metrics_listen != new.metrics_listen) {
         new.metrics_listen = old.metrics_listen;
+    }
+    if keep("session_threads", old.session_threads != new.session_threads) {
+        new.session_threads = old.session_threads;
     }
     if keep("control", old.control != new.control) {
         new.control = old.control.clone();

@@ -1,7 +1,8 @@
 //! The accept loop: binds the listener, enforces the client-connection limit, spawns one session task per
-//! client, and shuts down gracefully (stop accepting, idle sessions closed, busy ones given the grace
-//! period, the rest closed). Each session runs with the [`ServerContext`] in force when it was accepted; a
-//! reload (see `reload`) swaps in a new one for the sessions that follow.
+//! client on one of the session threads (round-robin, see `session_threads`), and shuts down gracefully
+//! (stop accepting, idle sessions closed, busy ones given the grace period, the rest closed). Each session
+//! runs with the [`ServerContext`] in force when it was accepted; a reload (see `reload`) swaps in a new
+//! one for the sessions that follow.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -38,6 +39,7 @@ use crate::protocol::messages::{self, SqlError};
 use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
+use crate::session_threads::SessionThreads;
 use crate::tls::{self, TlsAcceptor, TlsConnector};
 use crate::upstream::UpstreamTarget;
 
@@ -59,6 +61,7 @@ pub struct Server {
     context: Arc<ArcSwap<ServerContext>>,
     live: Option<Arc<Live>>,
     health: Arc<Health>,
+    threads: SessionThreads,
 }
 
 impl ServerContext {
@@ -101,11 +104,12 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
-        let (upstream, tls) = (ctx.upstream.describe(), ctx.client_tls.is_some());
-        tracing::info!(listen = %local_addr, %upstream, tls, "proxy listening");
+        let threads = SessionThreads::start(ctx.config.session_threads).context("cannot start the session threads")?;
+        let (upstream, tls, session_threads) = (ctx.upstream.describe(), ctx.client_tls.is_some(), threads.len());
+        tracing::info!(listen = %local_addr, %upstream, tls, session_threads, "proxy listening");
         let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));
         health.attach(Arc::clone(&context), live.as_ref().map(|l| l.state().clone()));
-        Ok(Server { listener, local_addr, context, live, health })
+        Ok(Server { listener, local_addr, context, live, health, threads })
     }
 
     /// Replaces the default pass-through interceptor (see `session::interceptor`). A server with its own
@@ -135,7 +139,7 @@ impl Server {
     /// Serves clients until `shutdown` resolves, then stops accepting, closes idle sessions, lets busy
     /// ones finish for up to `limits.shutdown_grace_secs`, and closes whatever is left.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, context, health, .. } = self;
+        let Server { listener, context, health, threads, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let open_sessions = Arc::new(AtomicUsize::new(0));
         let mut sessions = JoinSet::new();
@@ -151,10 +155,14 @@ impl Server {
                         if open_sessions.load(Ordering::Relaxed) < ctx.config.limits.max_client_connections {
                             let slot = Slot::take(&open_sessions);
                             let stop = stop_rx.clone();
-                            sessions.spawn(async move {
-                                session::run(tcp, peer, ctx, stop).await;
+                            // The socket leaves this runtime's reactor for the one of the thread it is pinned to.
+                            let Ok(tcp) = tcp.into_std() else { continue };
+                            sessions.spawn_on(async move {
+                                if let Ok(tcp) = TcpStream::from_std(tcp) {
+                                    session::run(tcp, peer, ctx, stop).await;
+                                }
                                 drop(slot);
-                            });
+                            }, threads.next_runtime());
                         } else {
                             sessions.spawn(refuse_too_many(tcp));
                         }
@@ -179,6 +187,7 @@ impl Server {
             tracing::warn!(left = sessions.len(), "shutdown grace period over; closing remaining sessions");
             sessions.shutdown().await;
         }
+        drop(threads);
         tracing::info!("proxy stopped");
         Ok(())
     }

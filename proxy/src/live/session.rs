@@ -17,6 +17,7 @@
 //! meanwhile, so a stale route could single-write or read a table that is no longer kept current.
 //! Prepared statements are re-prepared as that refusal and back once the state is confirmed again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -254,10 +255,10 @@ impl LiveSession {
         shadow.offer(sample, params);
     }
 
-    fn sent(&mut self, kinds: Vec<SessionStatement>, sync: bool) {
+    fn sent(&mut self, kinds: &[SessionStatement], sync: bool) {
         if let Ok(version) = &mut self.version {
             for kind in kinds {
-                version.sent(kind);
+                version.sent(kind.clone());
             }
             if sync {
                 version.sent_sync();
@@ -275,11 +276,11 @@ impl SessionInterceptor for LiveSession {
         match request.origin {
             SqlOrigin::SimpleQuery => {
                 // A string the tokenizer rejects is left to the server (which refuses it) and the rewriter.
-                let kinds = classify_query(sql).unwrap_or_else(|_| vec![SessionStatement::Other]);
+                let kinds = classify_query(sql).unwrap_or(Cow::Borrowed(&[SessionStatement::Other]));
                 let verdict = self.judge(sql, &kinds, None);
                 match &verdict {
-                    Verdict::Forward | Verdict::Rewrite(_) => self.sent(kinds, true),
-                    Verdict::Raise(_) => self.sent(vec![SessionStatement::Other], true),
+                    Verdict::Forward | Verdict::Rewrite(_) => self.sent(&kinds, true),
+                    Verdict::Raise(_) => self.sent(&[SessionStatement::Other], true),
                     Verdict::Respond(_) | Verdict::Defer(_) => {}
                 }
                 verdict
@@ -330,7 +331,7 @@ impl SessionInterceptor for LiveSession {
 
     fn on_execute(&mut self, portal: &[u8]) {
         let kind = self.portal_kinds.get(portal).cloned().unwrap_or(SessionStatement::Other);
-        self.sent(vec![kind], false);
+        self.sent(std::slice::from_ref(&kind), false);
     }
 
     fn on_sync(&mut self) {

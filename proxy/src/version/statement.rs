@@ -3,6 +3,8 @@
 //! `DISCARD ALL`, `SHOW dualwrite.version`, and BEGIN / COMMIT / ROLLBACK / SAVEPOINT / RELEASE /
 //! ROLLBACK TO / PREPARE TRANSACTION. Everything else is `Other`. Tokens come from sqlparser's tokenizer.
 
+use std::borrow::Cow;
+
 use sqlparser::tokenizer::Token;
 
 use crate::control::lex::{first_word, lex, split_statements, Lexeme};
@@ -42,19 +44,20 @@ const SESSION_KEYWORDS: &[&str] = &[
 ];
 
 /// Classify every statement of a simple-protocol Query string (one entry per non-empty statement, in order).
-/// A single statement whose first keyword cannot matter is classified without tokenizing.
-pub fn classify_query(sql: &str) -> Result<Vec<SessionStatement>, SqlError> {
+/// A single statement whose first keyword cannot matter is classified without tokenizing or allocating
+/// (the answer for almost every statement an application sends).
+pub fn classify_query(sql: &str) -> Result<Cow<'static, [SessionStatement]>, SqlError> {
     let single = !sql.trim_end().trim_end_matches(';').contains(';');
     if single {
         match first_word(sql) {
-            None if sql.trim().is_empty() => return Ok(Vec::new()),
+            None if sql.trim().is_empty() => return Ok(Cow::Borrowed(&[])),
             Some(w) if !SESSION_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) => {
-                return Ok(vec![SessionStatement::Other])
+                return Ok(Cow::Borrowed(&[SessionStatement::Other]))
             }
             _ => {}
         }
     }
-    Ok(split_statements(lex(sql)?).iter().map(|s| classify_tokens(s)).collect())
+    Ok(Cow::Owned(split_statements(lex(sql)?).iter().map(|s| classify_tokens(s)).collect()))
 }
 
 /// Classify one statement (e.g. the text of an extended-protocol Parse).
@@ -319,12 +322,12 @@ mod tests {
 
     #[test]
     fn query_strings_split_into_statements() {
-        assert_eq!(classify_query("SELECT 1").unwrap(), vec![Other]);
-        assert_eq!(classify_query("  ").unwrap(), Vec::<SessionStatement>::new());
+        assert_eq!(*classify_query("SELECT 1").unwrap(), [Other]);
+        assert!(classify_query("  ").unwrap().is_empty());
         assert_eq!(
-            classify_query("BEGIN; SET LOCAL dualwrite.version = 'v2'; select ';'; COMMIT;").unwrap(),
-            vec![Begin, Set { local: true, setting: Setting::Value("v2".into()) }, Other, Commit { chain: false }]
+            *classify_query("BEGIN; SET LOCAL dualwrite.version = 'v2'; select ';'; COMMIT;").unwrap(),
+            [Begin, Set { local: true, setting: Setting::Value("v2".into()) }, Other, Commit { chain: false }]
         );
-        assert_eq!(classify_query("select 'a;b'").unwrap(), vec![Other]);
+        assert_eq!(*classify_query("select 'a;b'").unwrap(), [Other]);
     }
 }
