@@ -6,7 +6,8 @@
 //! Reloaded: the rules file (new statements of every session use the new rules; prepared statements are
 //! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
 //! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
-//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`,
+//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`
+//! (with the certificate files its URL names, which a reload does not re-read),
 //! `metrics_listen`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
 //! ignored, the rest of the reload applies.
 
@@ -49,7 +50,8 @@ impl Reloader {
         let old = self.context.load_full();
         let (config, needs_restart) = keep_restart_only(&old.config, config, self.live.is_some());
         let mut changed = setting_changes(&old.config, &config);
-        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor))?;
+        let kept_tls = Some(old.upstream.tls.clone());
+        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor), kept_tls)?;
         if let Some(live) = &self.live {
             changed.extend(live.reload(&next.config).await?);
         }

@@ -38,7 +38,8 @@ use crate::protocol::messages::{self, SqlError};
 use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
-use crate::tls::{self, TlsAcceptor, TlsConnector};
+use crate::libpq_tls::UpstreamTls;
+use crate::tls::{self, TlsAcceptor};
 use crate::upstream::UpstreamTarget;
 
 /// What every session of a server shares (one generation of it: a reload builds the next).
@@ -46,7 +47,6 @@ use crate::upstream::UpstreamTarget;
 pub struct ServerContext {
     pub config: Config,
     pub upstream: UpstreamTarget,
-    pub upstream_tls: Option<TlsConnector>,
     pub client_tls: Option<TlsAcceptor>,
     pub cancel: Arc<CancelRegistry>,
     pub interceptor: SharedInterceptor,
@@ -63,11 +63,20 @@ pub struct Server {
 
 impl ServerContext {
     /// The parts of a context that follow from the config alone (validated), around the shared cancel
-    /// registry and interceptor. Used at start and by every reload.
-    pub fn build(config: Config, cancel: Arc<CancelRegistry>, interceptor: SharedInterceptor) -> anyhow::Result<Self> {
-        let upstream = UpstreamTarget::from_url(&config.upstream, config.limits.connect_timeout())?
-            .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
-        let upstream_tls = if upstream.wants_tls() { Some(tls::upstream_connector()?) } else { None };
+    /// registry and interceptor. Used at start and by every reload; a reload passes the upstream TLS
+    /// settings loaded at start (`kept_upstream_tls`), which it does not change.
+    pub fn build(
+        config: Config,
+        cancel: Arc<CancelRegistry>,
+        interceptor: SharedInterceptor,
+        kept_upstream_tls: Option<UpstreamTls>,
+    ) -> anyhow::Result<Self> {
+        let timeout = config.limits.connect_timeout();
+        let upstream = match kept_upstream_tls {
+            Some(tls) => UpstreamTarget::from_url_keeping_tls(&config.upstream, tls, timeout)?,
+            None => UpstreamTarget::from_url(&config.upstream, timeout)?,
+        }
+        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
         let client_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             (None, None) => None,
@@ -75,7 +84,7 @@ impl ServerContext {
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
         anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
-        Ok(ServerContext { config, upstream, upstream_tls, client_tls, cancel, interceptor })
+        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor })
     }
 }
 
@@ -83,7 +92,7 @@ impl Server {
     /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
     /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough))?;
+        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough), None)?;
         let health = Health::new();
         if let Some(addr) = ctx.config.metrics_listen {
             crate::metrics::install_exporter(addr, Arc::clone(&health))?;
@@ -102,7 +111,8 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
         let (upstream, tls) = (ctx.upstream.describe(), ctx.client_tls.is_some());
-        tracing::info!(listen = %local_addr, %upstream, tls, "proxy listening");
+        let upstream_sslmode = ctx.upstream.tls.mode().as_str();
+        tracing::info!(listen = %local_addr, %upstream, upstream_sslmode, tls, "proxy listening");
         let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));
         health.attach(Arc::clone(&context), live.as_ref().map(|l| l.state().clone()));
         Ok(Server { listener, local_addr, context, live, health })

@@ -139,6 +139,42 @@ impl TestCluster {
             cluster: self.clone(),
         })
     }
+
+    /// Turns TLS on in the running server with this certificate chain and key (PEM), written into the
+    /// data directory owned by the server's user (reloadable since PG 10). Returns once a new backend
+    /// sees `ssl = on`.
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = self.data_dir().to_path_buf();
+        let owner = std::fs::metadata(&data)?;
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        for (path, pem) in [(&cert, cert_pem), (&key, key_pem)] {
+            std::fs::write(path, pem)?;
+            std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+            // Postgres refuses a key others can read.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let admin = connect(&self.connection_string()).await?;
+        // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
+        for statement in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.simple_query(&statement).await?;
+        }
+        // The reload is asynchronous: wait until a new backend sees it.
+        for _ in 0..100 {
+            let probe = connect(&self.connection_string()).await?;
+            let on: String = probe.query_one("SHOW ssl", &[]).await?.get(0);
+            if on == "on" {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("ssl did not turn on after pg_reload_conf()")
+    }
 }
 
 /// A database of its own for one test, on a [`TestCluster`]. Left in place when dropped (the cluster
