@@ -19,9 +19,8 @@ use tokio_postgres::{Client, Connection, Socket};
 use crate::libpq_tls::UpstreamTls;
 use crate::tls::TlsConnector;
 
-/// Where a control-plane connection goes and which certificates it accepts. Parsed from a libpq URL
-/// (`sslmode=verify-full&sslrootcert=...` included), or made from a tokio-postgres config, whose
-/// `prefer`/`require` then encrypt without checking the certificate.
+/// Where a control-plane connection goes and which certificates it accepts, parsed from a libpq URL
+/// (`sslmode=verify-full&sslrootcert=...` included; the files it names are read by the parse).
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     config: tokio_postgres::Config,
@@ -38,16 +37,6 @@ impl FromStr for PgTarget {
 }
 
 impl PgTarget {
-    pub fn new(config: tokio_postgres::Config, tls: UpstreamTls) -> PgTarget {
-        PgTarget { config, tls }
-    }
-
-    /// `config` with libpq's meaning of its sslmode when no root certificate is given.
-    pub fn encrypt_only(config: tokio_postgres::Config) -> anyhow::Result<PgTarget> {
-        let tls = UpstreamTls::encrypt_only(config.get_ssl_mode())?;
-        Ok(PgTarget { config, tls })
-    }
-
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
@@ -57,15 +46,15 @@ impl PgTarget {
         &mut self.config
     }
 
-    pub fn tls(&self) -> &UpstreamTls {
-        &self.tls
-    }
-
     /// A connection; the caller drives the returned `Connection`.
     pub async fn connect(
         &self,
     ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
-        self.config.connect(MakeRustls { connector: self.tls.connector().cloned() }).await
+        self.config
+            .connect(MakeRustls {
+                connector: self.tls.connector().cloned(),
+            })
+            .await
     }
 
     /// A client whose connection a spawned task drives until the client is dropped (asynchronous
@@ -98,7 +87,10 @@ where
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
         // Called for every host even with sslmode=disable, so nothing can fail before `connect`.
-        Ok(RustlsConnect { connector: self.connector.clone(), host: domain.to_owned() })
+        Ok(RustlsConnect {
+            connector: self.connector.clone(),
+            host: domain.to_owned(),
+        })
     }
 }
 
@@ -118,13 +110,17 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let connector = self.connector.ok_or_else(|| io::Error::other("TLS is off (sslmode=disable)"))?;
+            let connector = self
+                .connector
+                .ok_or_else(|| io::Error::other("TLS is off (sslmode=disable)"))?;
             let name = ServerName::try_from(self.host.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             match connector.connect(name, stream).await {
                 Ok(stream) => Ok(RustlsStream(stream)),
                 Err(error) => Err(match crate::tls::rejected_certificate(&error) {
-                    Some(reason) => io::Error::other(crate::tls::describe_rejection(&self.host, reason)),
+                    Some(reason) => {
+                        io::Error::other(crate::tls::describe_rejection(&self.host, reason))
+                    }
                     None => error,
                 }),
             }
@@ -136,13 +132,21 @@ where
 pub struct RustlsStream<S>(TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -6,10 +6,11 @@
 //! Reloaded: the rules file (new statements of every session use the new rules; prepared statements are
 //! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
 //! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
-//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`
-//! (with the certificate files its URL names, which a reload does not re-read),
-//! `metrics_listen`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
-//! ignored, the rest of the reload applies.
+//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers
+//! restarted). Needing a restart: `listen`, `upstream` (with the certificate files its URL names, which a
+//! reload does not re-read: the control plane's connections keep what was read at start, and the data
+//! plane keeps the same), `metrics_listen`, `[control]`, and turning rules on or off; a change to those is
+//! logged as a warning and ignored, the rest of the reload applies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

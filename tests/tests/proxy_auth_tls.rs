@@ -135,7 +135,7 @@ async fn gssenc_request_is_refused_and_the_session_goes_on() {
 /// Turns TLS on in a running cluster with a fresh self-signed certificate.
 async fn enable_server_tls(cluster: &TestCluster) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    cluster.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem()).await.unwrap();
+    cluster.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem(), None).await.unwrap();
 }
 
 #[tokio::test]
