@@ -17,6 +17,7 @@ pub mod latency;
 pub mod libpq_tls;
 pub mod live;
 pub mod metrics;
+pub mod overload;
 pub mod pg_client;
 pub mod pgcluster;
 pub mod protocol;

@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -34,7 +33,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
 use crate::live::{Live, LiveInterceptor};
-use crate::protocol::messages::{self, SqlError};
+use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
@@ -106,8 +105,8 @@ impl Server {
             }
             None => Arc::new(Passthrough),
         };
-        let listener = TcpListener::bind(ctx.config.listen)
-            .await
+        crate::overload::ensure_fd_limit(ctx.config.limits.max_client_connections);
+        let listener = crate::overload::listen(ctx.config.listen)
             .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
         let (upstream, tls) = (ctx.upstream.describe(), ctx.client_tls.is_some());
@@ -149,6 +148,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let open_sessions = Arc::new(AtomicUsize::new(0));
         let mut sessions = JoinSet::new();
+        let refusals = Refusals::default();
+        let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
         health.serving();
         loop {
@@ -156,6 +157,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        accept_failures.accepted();
                         let ctx = context.load_full();
                         // Only this loop takes slots, so the limit in force (a reload may change it) holds.
                         if open_sessions.load(Ordering::Relaxed) < ctx.config.limits.max_client_connections {
@@ -166,12 +168,12 @@ impl Server {
                                 drop(slot);
                             });
                         } else {
-                            sessions.spawn(refuse_too_many(tcp));
+                            refusals.refuse(tcp, &mut sessions);
                         }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        accept_failures.failed(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -208,21 +210,4 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Tells a client beyond `max_client_connections` so (53300) and closes. Closing with the client's
-/// startup packet unread would reset the connection, and the reset can overtake the error in the client's
-/// receive buffer, so the client's input is read until it closes, for a few seconds at most (Postgres
-/// too reads the startup packet before it refuses).
-async fn refuse_too_many(mut tcp: TcpStream) {
-    let err = SqlError::fatal("53300", "sorry, too many clients already");
-    crate::metrics::count_error(&err.code);
-    crate::metrics::count_refused("too_many_clients");
-    let _ = tcp.write_all(&messages::error_response(&err)).await;
-    let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await {}
-    })
-    .await;
 }
