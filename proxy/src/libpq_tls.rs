@@ -333,6 +333,12 @@ mod tests {
             format!("{missing:#}").contains("/nonexistent/ca.pem"),
             "{missing:#}"
         );
+        // As libpq, a root file turns the default prefer into a chain check: the file is read.
+        let prefer = mode("postgres://u@h/db?sslrootcert=/nonexistent/root.pem").unwrap_err();
+        assert!(
+            format!("{prefer:#}").contains("/nonexistent/root.pem"),
+            "{prefer:#}"
+        );
         let weak = mode("postgres://u@h/db?sslmode=require&sslrootcert=system").unwrap_err();
         assert!(
             weak.to_string().contains("needs sslmode=verify-full"),
