@@ -10,7 +10,8 @@
 //! the next restart). As in libpq, a root certificate given with `require` or `prefer` makes those modes
 //! check the chain (`verify-ca`); unlike libpq, `~/.postgresql/root.crt` is only looked at by the verify
 //! modes when `sslrootcert` is absent, and `~/.postgresql/postgresql.{crt,key}` never (a service reading
-//! files from its home directory unasked would surprise more than help).
+//! files from its home directory unasked would surprise more than help). `sslrootcert=system` trusts the
+//! platform's roots (rustls-native-certs) and, as in libpq, means and requires `verify-full`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -157,19 +158,27 @@ impl TlsParams {
         let Some(mode) = self.mode else {
             return UpstreamTls::encrypt_only(parsed);
         };
-        let trust = match (mode, self.root_cert) {
+        let trust = match (mode, self.root_cert.as_deref()) {
             (SslMode::Disable, _) => {
                 return Ok(UpstreamTls {
                     mode,
                     connector: None,
                 })
             }
+            (SslMode::VerifyFull, Some(SYSTEM_ROOTS)) => {
+                UpstreamTrust::ChainAndName(system_roots()?)
+            }
+            // As libpq: the system's roots vouch for a name, so only a check of the name makes sense.
+            (mode, Some(SYSTEM_ROOTS)) => anyhow::bail!(
+                "upstream URL: sslrootcert=system needs sslmode=verify-full, not {}",
+                mode.as_str()
+            ),
             (SslMode::Prefer | SslMode::Require, None) => UpstreamTrust::EncryptOnly,
             (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(path)) => {
-                UpstreamTrust::Chain(roots(&path)?)
+                UpstreamTrust::Chain(roots(path)?)
             }
             (SslMode::VerifyCa, None) => UpstreamTrust::Chain(roots(&default_root_cert(mode)?)?),
-            (SslMode::VerifyFull, Some(path)) => UpstreamTrust::ChainAndName(roots(&path)?),
+            (SslMode::VerifyFull, Some(path)) => UpstreamTrust::ChainAndName(roots(path)?),
             (SslMode::VerifyFull, None) => {
                 UpstreamTrust::ChainAndName(roots(&default_root_cert(mode)?)?)
             }
@@ -218,21 +227,39 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, TlsParams)> {
             _ => params.key = Some(value),
         }
     }
-    let sslmode = format!(
-        "sslmode={}",
-        params.mode.unwrap_or(SslMode::Prefer).for_tokio_postgres()
-    );
+    // libpq's defaults: prefer, or verify-full with the system's roots.
+    let default_mode = match params.root_cert.as_deref() {
+        Some(SYSTEM_ROOTS) => SslMode::VerifyFull,
+        _ => SslMode::Prefer,
+    };
+    let mode = *params.mode.get_or_insert(default_mode);
+    let sslmode = format!("sslmode={}", mode.for_tokio_postgres());
     kept.push(&sslmode);
     Ok((format!("{base}?{}", kept.join("&")), params))
 }
 
+/// `sslrootcert`'s value naming the platform's trusted roots rather than a file.
+const SYSTEM_ROOTS: &str = "system";
+
 fn roots(path: &str) -> anyhow::Result<Arc<RootCertStore>> {
-    anyhow::ensure!(
-        path != "system",
-        "upstream URL: sslrootcert=system is not supported; give the path of a PEM file with the root \
-         certificates (the system's bundle is often /etc/ssl/certs/ca-certificates.crt)"
-    );
     Ok(Arc::new(tls::read_roots(Path::new(path))?))
+}
+
+/// The platform's trusted roots, as rustls-native-certs finds them (on Linux OpenSSL's locations, with
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured): libpq's `system` is OpenSSL's default store.
+fn system_roots() -> anyhow::Result<Arc<RootCertStore>> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "upstream URL: sslrootcert=system, but the system's certificate store has no usable root \
+             certificate{}",
+            if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) }
+        );
+    }
+    Ok(Arc::new(roots))
 }
 
 /// libpq's default root certificate file, `~/.postgresql/root.crt`, which must then exist.
@@ -266,7 +293,11 @@ mod tests {
         assert_eq!(params.root_cert.as_deref(), Some("/tmp/ca.crt"));
         let (rest, params) = split_tls_params("postgres://u@h/db").unwrap();
         assert_eq!(rest, "postgres://u@h/db?sslmode=prefer");
-        assert_eq!(params.mode, None);
+        assert_eq!(params.mode, Some(SslMode::Prefer));
+        // libpq: the system's roots make verify-full the default.
+        let (rest, params) = split_tls_params("postgres://u@h/db?sslrootcert=system").unwrap();
+        assert_eq!(rest, "postgres://u@h/db?sslmode=require");
+        assert_eq!(params.mode, Some(SslMode::VerifyFull));
         let (rest, _) = split_tls_params("host=h user=u sslmode=require").unwrap();
         assert_eq!(rest, "host=h user=u sslmode=require");
     }
@@ -302,10 +333,16 @@ mod tests {
             format!("{missing:#}").contains("/nonexistent/ca.pem"),
             "{missing:#}"
         );
-        let system = mode("postgres://u@h/db?sslmode=verify-full&sslrootcert=system").unwrap_err();
+        // As libpq, a root file turns the default prefer into a chain check: the file is read.
+        let prefer = mode("postgres://u@h/db?sslrootcert=/nonexistent/root.pem").unwrap_err();
         assert!(
-            system.to_string().contains("sslrootcert=system"),
-            "{system}"
+            format!("{prefer:#}").contains("/nonexistent/root.pem"),
+            "{prefer:#}"
+        );
+        let weak = mode("postgres://u@h/db?sslmode=require&sslrootcert=system").unwrap_err();
+        assert!(
+            weak.to_string().contains("needs sslmode=verify-full"),
+            "{weak}"
         );
         let lonely = mode("postgres://u@h/db?sslmode=require&sslcert=/a.crt").unwrap_err();
         assert!(lonely.to_string().contains("go together"), "{lonely}");

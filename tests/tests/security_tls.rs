@@ -543,3 +543,20 @@ async fn upstream_client_certificate_is_presented_by_sessions_and_the_control_pl
     drop(client);
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn upstream_system_roots_do_not_vouch_for_a_private_ca() {
+    upstream_pki().await;
+    let db = TestCluster::shared().create_database().await.unwrap();
+    // sslrootcert=system alone means verify-full against the platform's roots, which do not hold the
+    // test CA: the session is refused, not merely encrypted.
+    let proxy = relay_to(upstream_url(&db, "127.0.0.1", "sslrootcert=system")).await;
+    let (code, message) = refused(&proxy, &db).await;
+    assert_eq!(code, SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, "{message}");
+    assert!(message.contains("certificate is not trusted"), "{message}");
+    proxy.stop().await.unwrap();
+    // A weaker mode with the system's roots is refused at startup, as libpq refuses it.
+    let config = Config::relay("127.0.0.1:0".parse().unwrap(), upstream_url(&db, "127.0.0.1", "sslmode=require&sslrootcert=system"));
+    let error = format!("{:#}", Server::bind(config).await.err().expect("the proxy started"));
+    assert!(error.contains("sslrootcert=system needs sslmode=verify-full"), "{error}");
+}
