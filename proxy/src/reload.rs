@@ -59,6 +59,10 @@ impl Reloader {
         if next.client_tls.is_some() {
             changed.push("TLS certificate and key re-read".into());
         }
+        let max_clients = next.config.limits.max_client_connections;
+        if max_clients > old.config.limits.max_client_connections {
+            crate::overload::ensure_fd_limit(max_clients);
+        }
         self.context.store(Arc::new(next));
         Ok(ReloadReport { changed, needs_restart })
     }

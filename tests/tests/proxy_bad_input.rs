@@ -500,6 +500,27 @@ async fn the_soft_open_files_limit_is_raised_to_what_the_connection_limit_needs(
     assert!(!enough.output().contains("open-files limit"), "{}", enough.output());
 }
 
+/// A reload that raises `max_client_connections` raises the soft open-files limit too, if it must.
+#[tokio::test]
+async fn a_reload_raising_the_connection_limit_raises_the_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dualwrite.toml");
+    let write_config = |max: usize| {
+        let text = format!("upstream = \"postgres://app@127.0.0.1:9/app\"\n[limits]\nmax_client_connections = {max}\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    // 100 sessions fit in a soft limit of 4096; 3000 need about 7300.
+    write_config(100);
+    let proxy = ProxyProcess::serve_with_open_files_limit(Some((4096, 16384)), &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(open_files_limits(proxy.pid().unwrap()), (4096, 16384));
+    write_config(3000);
+    proxy.signal(libc::SIGHUP).unwrap();
+    wait_for_log(&proxy, "raised the soft open-files limit", 1, false).await;
+    assert_eq!(open_files_limits(proxy.pid().unwrap()), (16384, 16384));
+}
+
 /// Waits until the proxy's log contains `text` `times` times, meanwhile connecting (and closing) a
 /// client every 100 ms if `knock`; the log.
 async fn wait_for_log(proxy: &ProxyProcess, text: &str, times: usize, knock: bool) -> String {
