@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use dualwrite_proxy::jobs::{run_backfill, run_verify, BackfillOptions, BackfillOutcome, TableMapping, VerifyOptions};
+use dualwrite_proxy::pg_client::PgTarget;
 use dualwrite_rules::RuleSet;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
@@ -60,7 +61,7 @@ fn run_inner(
 ) -> Result<()> {
     let rules = RuleSet::from_toml(db::DUAL_WRITE_RULES, "bench rules")?;
     let mapping = TableMapping::from_rules(&rules, MIGRATION)?;
-    let config = tokio_postgres::Config::from_str(&format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}"))?;
+    let config = PgTarget::from_str(&format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}"))?;
     {
         let mut client = rt.block_on(db::connect(port, DATABASE))?;
         rt.block_on(dualwrite_proxy::state::schema::ensure_schema(&mut client))?;

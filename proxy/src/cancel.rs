@@ -11,7 +11,6 @@ use pgwire::tokio::tokio_rustls::rustls;
 use tokio::io::AsyncWriteExt;
 
 use crate::protocol::startup::CancelKey;
-use crate::tls::TlsConnector;
 use crate::upstream::{self, UpstreamTarget};
 
 /// Proxy key -> upstream key, for every live session.
@@ -85,12 +84,8 @@ fn random_secret(len: usize) -> Bytes {
 
 /// Sends a CancelRequest for `upstream_key` to the upstream, as libpq does: new connection, one packet,
 /// close.
-pub async fn forward_cancel(
-    target: &UpstreamTarget,
-    tls: Option<&TlsConnector>,
-    upstream_key: &CancelKey,
-) -> anyhow::Result<()> {
-    let mut stream = upstream::connect(target, tls).await?;
+pub async fn forward_cancel(target: &UpstreamTarget, upstream_key: &CancelKey) -> anyhow::Result<()> {
+    let mut stream = upstream::connect(target).await?;
     stream.write_all(&upstream_key.encode_request()).await?;
     stream.flush().await?;
     let _ = stream.shutdown().await;

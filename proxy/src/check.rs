@@ -171,17 +171,8 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
     Ok(findings)
 }
 
-/// A plain connection to the upstream, driven on a task (no TLS: `check` is run next to the database).
+/// A connection to the upstream with the TLS its URL asks for, driven on a task.
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let config = tokio_postgres::Config::from_str(url).context("parsing --upstream")?;
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to --upstream")?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "check: upstream connection ended");
-        }
-    });
-    Ok(client)
+    let target = crate::pg_client::PgTarget::from_str(url).context("parsing --upstream")?;
+    target.connect_client().await.context("connecting to --upstream")
 }

@@ -16,9 +16,11 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 pub struct Config {
     /// Address clients connect to.
     pub listen: SocketAddr,
-    /// `postgres://user@host:port/db?sslmode=prefer|require|disable`. The data plane uses its host, port
-    /// and sslmode (clients' own user, database and startup parameters are relayed as given); its user,
-    /// password and database are the control plane's defaults.
+    /// `postgres://user@host:port/db?sslmode=...`, with libpq's TLS parameters: sslmode
+    /// disable|prefer|require|verify-ca|verify-full, sslrootcert, sslcert, sslkey. The data plane uses its
+    /// host, port and TLS settings (clients' own user, database and startup parameters are relayed as
+    /// given); its user, password and database are the control plane's defaults, which also connects
+    /// with its TLS settings.
     pub upstream: String,
     /// The migration rules file (TOML, see rewrite-rules/).
     pub rules: Option<PathBuf>,
@@ -78,19 +80,19 @@ impl Config {
         Ok(toml::from_str(text)?)
     }
 
-    /// The control plane's connection string: `control.url`, else the upstream URL, with `control.user`
-    /// and `control.password` applied on top.
-    pub fn control_connection(&self) -> anyhow::Result<tokio_postgres::Config> {
+    /// The control plane's connection: `control.url`, else the upstream URL (its TLS settings included:
+    /// sslmode, sslrootcert, ...), with `control.user` and `control.password` applied on top.
+    pub fn control_connection(&self) -> anyhow::Result<crate::pg_client::PgTarget> {
         let url = self.control.url.as_deref().unwrap_or(&self.upstream);
-        let mut cfg: tokio_postgres::Config =
-            url.parse().map_err(|e| anyhow::anyhow!("invalid control/upstream URL: {e}"))?;
+        let mut target: crate::pg_client::PgTarget =
+            url.parse().map_err(|e: anyhow::Error| e.context("control plane connection (control.url or upstream)"))?;
         if let Some(user) = &self.control.user {
-            cfg.user(user);
+            target.config_mut().user(user);
         }
         if let Some(password) = &self.control.password {
-            cfg.password(password);
+            target.config_mut().password(password);
         }
-        Ok(cfg)
+        Ok(target)
     }
 }
 
@@ -225,8 +227,8 @@ mod tests {
         assert_eq!(cfg.limits.shutdown_grace_secs, 30);
         assert_eq!((cfg.shadow_reads.queue, cfg.shadow_reads.max_rows), (16, 10_000));
         let control = cfg.control_connection().unwrap();
-        assert_eq!(control.get_user(), Some("dw"));
-        assert_eq!(control.get_dbname(), Some("app"));
+        assert_eq!(control.config().get_user(), Some("dw"));
+        assert_eq!(control.config().get_dbname(), Some("app"));
     }
 
     #[test]

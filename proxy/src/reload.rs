@@ -6,9 +6,11 @@
 //! Reloaded: the rules file (new statements of every session use the new rules; prepared statements are
 //! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
 //! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
-//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers restarted). Needing a restart: `listen`, `upstream`,
-//! `metrics_listen`, `session_threads`, `[control]`, and turning rules on or off; a change to those is logged as a warning and
-//! ignored, the rest of the reload applies.
+//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers
+//! restarted). Needing a restart: `listen`, `upstream` (with the certificate files its URL names, which a
+//! reload does not re-read: the control plane's connections keep what was read at start, and the data
+//! plane keeps the same), `metrics_listen`, `session_threads`, `[control]`, and turning rules on or off;
+//! a change to those is logged as a warning and ignored, the rest of the reload applies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,12 +51,17 @@ impl Reloader {
         let old = self.context.load_full();
         let (config, needs_restart) = keep_restart_only(&old.config, config, self.live.is_some());
         let mut changed = setting_changes(&old.config, &config);
-        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor))?;
+        let kept_tls = Some(old.upstream.tls.clone());
+        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor), kept_tls)?;
         if let Some(live) = &self.live {
             changed.extend(live.reload(&next.config).await?);
         }
         if next.client_tls.is_some() {
             changed.push("TLS certificate and key re-read".into());
+        }
+        let max_clients = next.config.limits.max_client_connections;
+        if max_clients > old.config.limits.max_client_connections {
+            crate::overload::ensure_fd_limit(max_clients);
         }
         self.context.store(Arc::new(next));
         Ok(ReloadReport { changed, needs_restart })

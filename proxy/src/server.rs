@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -35,12 +34,13 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
 use crate::live::{Live, LiveInterceptor};
-use crate::protocol::messages::{self, SqlError};
+use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
 use crate::session_threads::SessionThreads;
-use crate::tls::{self, TlsAcceptor, TlsConnector};
+use crate::libpq_tls::UpstreamTls;
+use crate::tls::{self, TlsAcceptor};
 use crate::upstream::UpstreamTarget;
 
 /// What every session of a server shares (one generation of it: a reload builds the next).
@@ -48,7 +48,6 @@ use crate::upstream::UpstreamTarget;
 pub struct ServerContext {
     pub config: Config,
     pub upstream: UpstreamTarget,
-    pub upstream_tls: Option<TlsConnector>,
     pub client_tls: Option<TlsAcceptor>,
     pub cancel: Arc<CancelRegistry>,
     pub interceptor: SharedInterceptor,
@@ -66,11 +65,20 @@ pub struct Server {
 
 impl ServerContext {
     /// The parts of a context that follow from the config alone (validated), around the shared cancel
-    /// registry and interceptor. Used at start and by every reload.
-    pub fn build(config: Config, cancel: Arc<CancelRegistry>, interceptor: SharedInterceptor) -> anyhow::Result<Self> {
-        let upstream = UpstreamTarget::from_url(&config.upstream, config.limits.connect_timeout())?
-            .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
-        let upstream_tls = if upstream.wants_tls() { Some(tls::upstream_connector()?) } else { None };
+    /// registry and interceptor. Used at start and by every reload; a reload passes the upstream TLS
+    /// settings loaded at start (`kept_upstream_tls`), which it does not change.
+    pub fn build(
+        config: Config,
+        cancel: Arc<CancelRegistry>,
+        interceptor: SharedInterceptor,
+        kept_upstream_tls: Option<UpstreamTls>,
+    ) -> anyhow::Result<Self> {
+        let timeout = config.limits.connect_timeout();
+        let upstream = match kept_upstream_tls {
+            Some(tls) => UpstreamTarget::from_url_keeping_tls(&config.upstream, tls, timeout)?,
+            None => UpstreamTarget::from_url(&config.upstream, timeout)?,
+        }
+        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
         let client_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             (None, None) => None,
@@ -78,7 +86,7 @@ impl ServerContext {
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
         anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
-        Ok(ServerContext { config, upstream, upstream_tls, client_tls, cancel, interceptor })
+        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor })
     }
 }
 
@@ -86,7 +94,7 @@ impl Server {
     /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
     /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough))?;
+        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough), None)?;
         let health = Health::new();
         if let Some(addr) = ctx.config.metrics_listen {
             crate::metrics::install_exporter(addr, Arc::clone(&health))?;
@@ -100,13 +108,14 @@ impl Server {
             }
             None => Arc::new(Passthrough),
         };
-        let listener = TcpListener::bind(ctx.config.listen)
-            .await
+        crate::overload::ensure_fd_limit(ctx.config.limits.max_client_connections);
+        let listener = crate::overload::listen(ctx.config.listen)
             .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
         let threads = SessionThreads::start(ctx.config.session_threads).context("cannot start the session threads")?;
         let (upstream, tls, session_threads) = (ctx.upstream.describe(), ctx.client_tls.is_some(), threads.len());
-        tracing::info!(listen = %local_addr, %upstream, tls, session_threads, "proxy listening");
+        let upstream_sslmode = ctx.upstream.tls.mode().as_str();
+        tracing::info!(listen = %local_addr, %upstream, upstream_sslmode, tls, session_threads, "proxy listening");
         let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));
         health.attach(Arc::clone(&context), live.as_ref().map(|l| l.state().clone()));
         Ok(Server { listener, local_addr, context, live, health, threads })
@@ -143,6 +152,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let open_sessions = Arc::new(AtomicUsize::new(0));
         let mut sessions = JoinSet::new();
+        let refusals = Refusals::default();
+        let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
         health.serving();
         loop {
@@ -150,6 +161,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        accept_failures.accepted();
                         let ctx = context.load_full();
                         // Only this loop takes slots, so the limit in force (a reload may change it) holds.
                         if open_sessions.load(Ordering::Relaxed) < ctx.config.limits.max_client_connections {
@@ -164,12 +176,12 @@ impl Server {
                                 drop(slot);
                             }, threads.next_runtime());
                         } else {
-                            sessions.spawn(refuse_too_many(tcp));
+                            refusals.refuse(tcp, &mut sessions);
                         }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        accept_failures.failed(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -207,21 +219,4 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Tells a client beyond `max_client_connections` so (53300) and closes. Closing with the client's
-/// startup packet unread would reset the connection, and the reset can overtake the error in the client's
-/// receive buffer, so the client's input is read until it closes, for a few seconds at most (Postgres
-/// too reads the startup packet before it refuses).
-async fn refuse_too_many(mut tcp: TcpStream) {
-    let err = SqlError::fatal("53300", "sorry, too many clients already");
-    crate::metrics::count_error(&err.code);
-    crate::metrics::count_refused("too_many_clients");
-    let _ = tcp.write_all(&messages::error_response(&err)).await;
-    let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await {}
-    })
-    .await;
 }

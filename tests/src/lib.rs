@@ -139,6 +139,62 @@ impl TestCluster {
             cluster: self.clone(),
         })
     }
+
+    /// Turns TLS on in the running server with this certificate chain and key (PEM), written into the
+    /// data directory owned by the server's user (reloadable since PG 10). With `client_ca_pem`, the
+    /// server also asks clients for a certificate issued by that CA (optional for trust and password
+    /// authentication; `pg_stat_ssl.client_dn` shows what a client presented). Returns once a new backend
+    /// runs with these settings.
+    pub async fn enable_tls(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: Option<&str>,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = self.data_dir().to_path_buf();
+        let owner = std::fs::metadata(&data)?;
+        let (cert, key, ca) = (data.join("server.crt"), data.join("server.key"), data.join("client-ca.crt"));
+        let mut files = vec![(&cert, cert_pem), (&key, key_pem)];
+        files.extend(client_ca_pem.map(|pem| (&ca, pem)));
+        for (path, pem) in files {
+            std::fs::write(path, pem)?;
+            std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))?;
+            // Postgres refuses a key others can read.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let ca_setting = if client_ca_pem.is_some() {
+            ca.display().to_string()
+        } else {
+            String::new()
+        };
+        let admin = connect(&self.connection_string()).await?;
+        // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
+        for statement in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            format!("ALTER SYSTEM SET ssl_ca_file = '{ca_setting}'"),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.simple_query(&statement).await?;
+        }
+        // The reload is asynchronous: wait until a new backend sees it.
+        for _ in 0..100 {
+            let probe = connect(&self.connection_string()).await?;
+            let row = probe
+                .query_one(
+                    "SELECT current_setting('ssl'), current_setting('ssl_ca_file')",
+                    &[],
+                )
+                .await?;
+            if row.get::<_, String>(0) == "on" && row.get::<_, String>(1) == ca_setting {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the TLS settings did not take effect after pg_reload_conf()")
+    }
 }
 
 /// A database of its own for one test, on a [`TestCluster`]. Left in place when dropped (the cluster

@@ -25,6 +25,8 @@ pub struct ProxyProcess {
     args: Vec<String>,
     env: Vec<(String, String)>,
     listen: SocketAddr,
+    /// Soft and hard RLIMIT_NOFILE to start it with (through util-linux's `prlimit`), if not inherited.
+    open_files_limit: Option<(u64, u64)>,
     log: tempfile::NamedTempFile,
     child: Option<tokio::process::Child>,
 }
@@ -33,24 +35,42 @@ impl ProxyProcess {
     /// Runs `dualwrite <args>` with only PATH and `env` in its environment (so RUST_LOG is the
     /// binary's default unless `env` sets it) and waits until `listen` accepts connections.
     pub async fn start(args: &[&str], env: &[(&str, &str)], listen: SocketAddr) -> anyhow::Result<ProxyProcess> {
+        Self::launch(args, env, listen, None).await
+    }
+
+    /// `dualwrite serve --listen <free port> --metrics-listen off <args>`.
+    pub async fn serve(args: &[&str]) -> anyhow::Result<ProxyProcess> {
+        Self::serve_with_open_files_limit(None, args).await
+    }
+
+    /// [`serve`](Self::serve), started with `open_files_limit` (soft, hard) instead of this process's.
+    pub async fn serve_with_open_files_limit(
+        open_files_limit: Option<(u64, u64)>,
+        args: &[&str],
+    ) -> anyhow::Result<ProxyProcess> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], dualwrite_proxy::pgcluster::free_port()?));
+        let listen_arg = listen.to_string();
+        let mut full = vec!["serve", "--listen", &listen_arg, "--metrics-listen", "off"];
+        full.extend_from_slice(args);
+        Self::launch(&full, &[], listen, open_files_limit).await
+    }
+
+    async fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        listen: SocketAddr,
+        open_files_limit: Option<(u64, u64)>,
+    ) -> anyhow::Result<ProxyProcess> {
         let mut process = ProxyProcess {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             listen,
+            open_files_limit,
             log: tempfile::NamedTempFile::new().context("log file")?,
             child: None,
         };
         process.spawn().await?;
         Ok(process)
-    }
-
-    /// `dualwrite serve --listen <free port> --metrics-listen off <args>`.
-    pub async fn serve(args: &[&str]) -> anyhow::Result<ProxyProcess> {
-        let listen = SocketAddr::from(([127, 0, 0, 1], dualwrite_proxy::pgcluster::free_port()?));
-        let listen_arg = listen.to_string();
-        let mut full = vec!["serve", "--listen", &listen_arg, "--metrics-listen", "off"];
-        full.extend_from_slice(args);
-        Self::start(&full, &[], listen).await
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -65,7 +85,15 @@ impl ProxyProcess {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().append(true).open(self.log.path()).context("log file")?;
         let log_err = log.try_clone().context("log file")?;
-        let mut child = tokio::process::Command::new(dualwrite_binary())
+        let mut command = match self.open_files_limit {
+            Some((soft, hard)) => {
+                let mut prlimit = tokio::process::Command::new("prlimit");
+                prlimit.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(dualwrite_binary());
+                prlimit
+            }
+            None => tokio::process::Command::new(dualwrite_binary()),
+        };
+        let mut child = command
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dualwrite_proxy::control::jobs_bridge::JobsBridge;
 use dualwrite_proxy::control::{execute, parse_control, ControlContext, ControlResponse};
 use dualwrite_proxy::jobs::JobRunner;
+use dualwrite_proxy::pg_client::PgTarget;
 use dualwrite_proxy::state::{Actor, StateHandle, StateOptions};
 use dualwrite_rules::RuleSet;
 use dualwrite_tests::TestCluster;
@@ -31,7 +32,7 @@ name = "first_name || ' ' || last_name"
 /// A database with `users` holding `rows` rows and an empty `users_v2`, and the migration state on it.
 async fn users_database(
     rows: i32,
-) -> anyhow::Result<(dualwrite_tests::TestDb, Arc<RuleSet>, tokio_postgres::Config, StateHandle)> {
+) -> anyhow::Result<(dualwrite_tests::TestDb, Arc<RuleSet>, PgTarget, StateHandle)> {
     let db = TestCluster::shared().create_database().await?;
     db.connect()
         .await?
@@ -42,7 +43,7 @@ async fn users_database(
         ))
         .await?;
     let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
-    let pg: tokio_postgres::Config = db.url().parse()?;
+    let pg: PgTarget = db.url().parse()?;
     let state = StateHandle::connect(pg.clone(), rules.clone(), StateOptions::default()).await?;
     Ok((db, rules, pg, state))
 }

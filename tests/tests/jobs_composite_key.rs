@@ -6,6 +6,7 @@ mod jobs_support;
 use std::str::FromStr;
 
 use dualwrite_proxy::jobs::{run_backfill, run_verify, BackfillOptions, BackfillOutcome, TableMapping, VerifyOptions};
+use dualwrite_proxy::pg_client::PgTarget;
 use dualwrite_rules::RuleSet;
 use dualwrite_tests::TestCluster;
 
@@ -44,7 +45,7 @@ async fn composite_key_backfill_verify_and_repair() {
         .unwrap();
     let rules = RuleSet::from_toml(RULES, "composite").expect("rules");
     let mapping = TableMapping::from_rules(&rules, "orders_cents").unwrap();
-    let config = tokio_postgres::Config::from_str(&db.url()).unwrap();
+    let config = PgTarget::from_str(&db.url()).unwrap();
 
     let options = BackfillOptions { batch_size: 97, ..BackfillOptions::default() };
     let outcome = run_backfill(&config, &mapping, &options, &|_| {}).await.expect("backfill");

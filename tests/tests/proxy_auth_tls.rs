@@ -132,36 +132,10 @@ async fn gssenc_request_is_refused_and_the_session_goes_on() {
     proxy.stop().await.unwrap();
 }
 
-/// Turns TLS on in a running cluster with a fresh self-signed certificate (reloadable since PG 10).
+/// Turns TLS on in a running cluster with a fresh self-signed certificate.
 async fn enable_server_tls(cluster: &TestCluster) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let data = cluster.data_dir().to_path_buf();
-    let owner = std::fs::metadata(&data).unwrap();
-    let (cert, key) = write_self_signed(&data);
-    for path in [&cert, &key] {
-        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let admin = connect(&cluster.connection_string()).await.unwrap();
-    // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
-    for statement in [
-        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
-        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
-        "ALTER SYSTEM SET ssl = on".to_owned(),
-        "SELECT pg_reload_conf()".to_owned(),
-    ] {
-        admin.simple_query(&statement).await.unwrap();
-    }
-    // The reload is asynchronous: wait until a new backend sees it.
-    for _ in 0..50 {
-        let probe = connect(&cluster.connection_string()).await.unwrap();
-        let on: String = probe.query_one("SHOW ssl", &[]).await.unwrap().get(0);
-        if on == "on" {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("ssl did not turn on");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    cluster.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem(), None).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
 //! Bad input from clients (issue #6): slowloris startups, 1 GiB length headers, lengths that lie, invalid
-//! UTF-8 in startup parameters and statements, message types clients must not send, and a flood of
-//! connections. Each gets a clear error or a close, only the offending connection is affected, and where
+//! UTF-8 in startup parameters and statements, message types clients must not send, a flood of
+//! connections, and running out of file descriptors. Each gets a clear error or a close, only the offending connection is affected, and where
 //! Postgres itself has an answer the proxy gives the same one (the same bytes sent to Postgres directly
 //! and through the proxy are compared). Basic malformed/oversized/unknown frames and the connection limit
 //! are in proxy_failures.rs.
 
 mod proxy_support;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 
 /// A generous bound on how long any single answer may take; only a hang reaches it.
 const NO_HANG: Duration = Duration::from_secs(30);
+
+/// A startup packet's parameters, as raw bytes (they need not be UTF-8).
+type StartupParams<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 fn startup_packet(params: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut body = 196608i32.to_be_bytes().to_vec();
@@ -40,31 +44,54 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// What a connection answered: the tag of every message and the SQLSTATE of each ErrorResponse, up to
-/// the close (or up to `stop_at_ready` ReadyForQuery messages).
+/// the end of the answer (see [`Ending`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Answer {
     tags: Vec<u8>,
     errors: Vec<String>,
     rows: Vec<Vec<u8>>,
-    closed: bool,
+    ending: Ending,
+}
+
+/// How an answer ended. A reset and a silence are told apart from an orderly close, because each has
+/// another cause: a reset can discard an error already sent, and a silence is a hang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    /// The requested number of ReadyForQuery messages arrived; the connection stays open.
+    Ready,
+    /// The server closed the connection (end of stream).
+    Closed,
+    /// The connection was reset, or ended in the middle of a message.
+    Reset,
+    /// Nothing more arrived within `NO_HANG`.
+    Silent,
+}
+
+impl Answer {
+    /// The connection ended, orderly or not.
+    fn closed(&self) -> bool {
+        matches!(self.ending, Ending::Closed | Ending::Reset)
+    }
 }
 
 async fn read_answer(stream: &mut TcpStream, stop_at_ready: usize) -> Answer {
-    let mut answer = Answer { tags: Vec::new(), errors: Vec::new(), rows: Vec::new(), closed: false };
+    let mut answer = Answer { tags: Vec::new(), errors: Vec::new(), rows: Vec::new(), ending: Ending::Ready };
     let mut ready = 0;
     loop {
-        let Ok(Ok(tag)) = tokio::time::timeout(NO_HANG, stream.read_u8()).await else {
-            answer.closed = true;
-            return answer;
+        let tag = match tokio::time::timeout(NO_HANG, stream.read_u8()).await {
+            Err(_) => return Answer { ending: Ending::Silent, ..answer },
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Answer { ending: Ending::Closed, ..answer }
+            }
+            Ok(Err(_)) => return Answer { ending: Ending::Reset, ..answer },
+            Ok(Ok(tag)) => tag,
         };
         let Ok(len) = stream.read_i32().await else {
-            answer.closed = true;
-            return answer;
+            return Answer { ending: Ending::Reset, ..answer };
         };
         let mut body = vec![0u8; (len - 4).max(0) as usize];
         if stream.read_exact(&mut body).await.is_err() {
-            answer.closed = true;
-            return answer;
+            return Answer { ending: Ending::Reset, ..answer };
         }
         answer.tags.push(tag);
         match tag {
@@ -209,7 +236,7 @@ async fn one_gib_length_headers_are_refused_without_allocating() {
     header.extend_from_slice(b"SELECT 1");
     let answer = exchange(proxy.addr(), &db, &header, 1).await;
     assert_eq!(answer.errors, vec!["54000"]);
-    assert!(answer.closed);
+    assert!(answer.closed());
 
     // A startup packet claiming 1 GiB: Postgres's own answer, 08P01, and the close.
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -217,7 +244,7 @@ async fn one_gib_length_headers_are_refused_without_allocating() {
     s.write_all(&196608i32.to_be_bytes()).await.unwrap();
     let answer = read_answer(&mut s, 1).await;
     assert_eq!(answer.errors, vec!["08P01"]);
-    assert!(answer.closed);
+    assert!(answer.closed());
 
     // Neither was buffered: the peak memory of the process (proxy included) grew by far less than 1 GiB.
     let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
@@ -241,7 +268,10 @@ async fn lying_lengths_and_foreign_message_types_get_postgres_answers() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("Query without its terminator", frame(b'Q', b"SELECT 1")),
         ("Query length shorter than its text", [frame(b'Q', b"SELECT"), b" 1\0".to_vec()].concat()),
-        ("Parse claiming 5 parameter types and carrying none", [frame(b'P', &parse_lying_count), sync.clone()].concat()),
+        (
+            "Parse claiming 5 parameter types and carrying none",
+            [frame(b'P', &parse_lying_count), sync.clone()].concat(),
+        ),
         ("Bind without a statement name", [frame(b'B', b"p\0"), sync.clone()].concat()),
         ("Execute without a portal name", [frame(b'E', b""), sync.clone()].concat()),
         ("Sync with a body", [frame(b'S', b"junk"), sync.clone()].concat()),
@@ -255,7 +285,7 @@ async fn lying_lengths_and_foreign_message_types_get_postgres_answers() {
         let relayed = exchange(relay.addr(), &db, &bytes, 1).await;
         assert_eq!(relayed, direct, "{what}: the relay answers differently from Postgres");
         let ruled = exchange(rules.addr(), &db, &bytes, 1).await;
-        assert_eq!((&ruled.errors, ruled.closed), (&direct.errors, direct.closed), "{what}: with rules");
+        assert_eq!((&ruled.errors, ruled.closed()), (&direct.errors, direct.closed()), "{what}: with rules");
     }
     // A length word counting more than is ever sent: the session waits for the rest, as Postgres does,
     // and ends when the client does.
@@ -265,7 +295,7 @@ async fn lying_lengths_and_foreign_message_types_get_postgres_answers() {
         stream.write_all(b"Q\0\0\x01\0SELECT 1\0").await.unwrap();
         stream.shutdown().await.unwrap();
         let answer = read_answer(&mut stream, 1).await;
-        assert!(answer.closed && answer.tags.is_empty(), "{addr}: {answer:?}");
+        assert!(answer.closed() && answer.tags.is_empty(), "{addr}: {answer:?}");
     }
     // Each case ended only its own session.
     let client = connect(&db.url_via(rules.addr())).await.unwrap();
@@ -280,19 +310,25 @@ async fn invalid_utf8_in_startup_parameters_reaches_postgres_as_sent() {
     let db = users_db(&cluster).await;
     let rules = TestProxy::with_rules_toml(&db, USERS_RULES).await.unwrap();
     let user = cluster.superuser().as_bytes();
-    let cases: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
-        ("application_name", vec![(b"user", user), (b"database", db.name.as_bytes()), (b"application_name", b"caf\xe9\xff")]),
+    let cases: Vec<(&str, StartupParams)> = vec![
+        (
+            "application_name",
+            vec![(b"user", user), (b"database", db.name.as_bytes()), (b"application_name", b"caf\xe9\xff")],
+        ),
         ("database", vec![(b"user", user), (b"database", b"no\xffdb")]),
         ("user", vec![(b"user", b"\xfe\xffuser"), (b"database", db.name.as_bytes())]),
         ("parameter name", vec![(b"user", user), (b"database", db.name.as_bytes()), (b"x\xff.y", b"1")]),
-        ("options", vec![(b"user", user), (b"database", db.name.as_bytes()), (b"options", b"-c dualwrite.version=v\xff")]),
+        (
+            "options",
+            vec![(b"user", user), (b"database", db.name.as_bytes()), (b"options", b"-c dualwrite.version=v\xff")],
+        ),
     ];
     for (what, params) in cases {
         let (mut direct, direct_open) = open(direct_addr(&cluster), &params).await;
         let (mut proxied, proxied_open) = open(rules.addr(), &params).await;
         assert_eq!(proxied_open.errors, direct_open.errors, "{what}: startup answered differently");
-        assert_eq!(proxied_open.closed, direct_open.closed, "{what}");
-        if direct_open.closed {
+        assert_eq!(proxied_open.closed(), direct_open.closed(), "{what}");
+        if direct_open.closed() {
             continue;
         }
         let show = frame(b'Q', b"SHOW application_name\0");
@@ -340,7 +376,7 @@ async fn invalid_utf8_in_statements() {
     .concat();
     let answer = exchange(rules.addr(), &db, &writes, 3).await;
     assert_eq!(answer.errors, vec!["22021", "22021"], "{answer:?}");
-    assert!(!answer.closed);
+    assert!(!answer.closed());
 
     // A LATIN1 client's statement on another table is relayed as sent and means what it says; on the
     // migrated table the proxy still refuses (it rewrites only UTF-8), rather than corrupt the text.
@@ -357,7 +393,10 @@ async fn invalid_utf8_in_statements() {
 
     let direct = db.connect().await.unwrap();
     let counts: (i64, i64) = {
-        let row = direct.query_one("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM users_v2)", &[]).await.unwrap();
+        let row = direct
+            .query_one("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM users_v2)", &[])
+            .await
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(counts, (0, 0), "nothing was written");
@@ -382,7 +421,8 @@ async fn a_flood_of_connections_beyond_the_limit_is_refused_and_does_not_starve_
         holders.push(TcpStream::connect(proxy.addr()).await.unwrap());
     }
 
-    // 500 connections at once, half of them sending a startup packet: every one gets 53300 and the close.
+    // 500 connections at once, more than the 128 pending connections `TcpListener::bind` asks the kernel
+    // to queue; half of them send a startup packet, the other half wait for the server to speak first.
     let addr = proxy.addr();
     let packet = startup_packet(&[(b"user", cluster.superuser().as_bytes()), (b"database", db.name.as_bytes())]);
     let flood: Vec<_> = (0..500)
@@ -401,19 +441,16 @@ async fn a_flood_of_connections_beyond_the_limit_is_refused_and_does_not_starve_
     for n in 0..20 {
         existing.execute("INSERT INTO ticks VALUES ($1)", &[&n]).await.unwrap();
     }
-    let mut told = 0;
+    // None got a session, and none was left without an answer: each was told 53300 and the connection
+    // closed in order (a reset could have discarded the error; a silence is a connection the proxy never
+    // saw, as when the listen queue overflowed).
+    let mut outcomes = BTreeMap::new();
     for task in flood {
         let answer = task.await.unwrap();
-        // None got a session; each was told 53300, or saw no answer within NO_HANG (about a fifth of
-        // them on the loaded CI machine; not yet explained, see issue #6's report), never a session.
-        assert!(answer.closed && !answer.tags.contains(&b'Z'), "{answer:?}");
-        if answer.errors == vec!["53300"] {
-            told += 1;
-        } else {
-            assert!(answer.errors.is_empty(), "{answer:?}");
-        }
+        *outcomes.entry((answer.tags, answer.errors, answer.ending)).or_insert(0) += 1;
     }
-    assert!(told > 0, "no refused connection saw 53300");
+    let refused = (vec![b'E'], vec!["53300".to_owned()], Ending::Closed);
+    assert_eq!(outcomes, BTreeMap::from([(refused, 500)]));
     let n: i64 = existing.query_one("SELECT count(*) FROM ticks", &[]).await.unwrap().get(0);
     assert_eq!(n, 20);
     // Once the holders are gone their slots are free again.
@@ -430,4 +467,98 @@ async fn a_flood_of_connections_beyond_the_limit_is_refused_and_does_not_starve_
     }
     later.expect("a slot became free").simple_query("SELECT 1").await.unwrap();
     proxy.stop().await.unwrap();
+}
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files in limits");
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (numbers[0], numbers[1])
+}
+
+/// Out of file descriptors, accepts fail and connections wait unanswered in the listen queue: the proxy
+/// raises its soft limit to the hard one when `max_client_connections` needs more (two per session plus
+/// headroom), and warns when even the hard limit is too low.
+#[tokio::test]
+async fn the_soft_open_files_limit_is_raised_to_what_the_connection_limit_needs() {
+    async fn serve(soft: u64, hard: u64, max_client_connections: &str) -> anyhow::Result<ProxyProcess> {
+        // Nothing listens on the upstream's port: the proxy does not connect before a client comes.
+        let args = ["--upstream", "postgres://app@127.0.0.1:9/app", "--max-client-connections", max_client_connections];
+        ProxyProcess::serve_with_open_files_limit(Some((soft, hard)), &args).await
+    }
+    let raised = serve(256, 8192, "1000").await.unwrap();
+    assert_eq!(open_files_limits(raised.pid().unwrap()), (8192, 8192), "{}", raised.output());
+    assert!(raised.output().contains("raised the soft open-files limit"), "{}", raised.output());
+
+    let short = serve(256, 1024, "1000").await.unwrap();
+    assert_eq!(open_files_limits(short.pid().unwrap()), (1024, 1024));
+    assert!(short.output().contains("hard open-files limit is below"), "{}", short.output());
+
+    let enough = serve(4096, 8192, "100").await.unwrap();
+    assert_eq!(open_files_limits(enough.pid().unwrap()), (4096, 8192), "left alone when it is enough");
+    assert!(!enough.output().contains("open-files limit"), "{}", enough.output());
+}
+
+/// A reload that raises `max_client_connections` raises the soft open-files limit too, if it must.
+#[tokio::test]
+async fn a_reload_raising_the_connection_limit_raises_the_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dualwrite.toml");
+    let write_config = |max: usize| {
+        let text = format!("upstream = \"postgres://app@127.0.0.1:9/app\"\n[limits]\nmax_client_connections = {max}\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    // 100 sessions fit in a soft limit of 4096; 3000 need about 7300.
+    write_config(100);
+    let proxy = ProxyProcess::serve_with_open_files_limit(Some((4096, 16384)), &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(open_files_limits(proxy.pid().unwrap()), (4096, 16384));
+    write_config(3000);
+    proxy.signal(libc::SIGHUP).unwrap();
+    wait_for_log(&proxy, "raised the soft open-files limit", 1, false).await;
+    assert_eq!(open_files_limits(proxy.pid().unwrap()), (16384, 16384));
+}
+
+/// Waits until the proxy's log contains `text` `times` times, meanwhile connecting (and closing) a
+/// client every 100 ms if `knock`; the log.
+async fn wait_for_log(proxy: &ProxyProcess, text: &str, times: usize, knock: bool) -> String {
+    let waited = tokio::time::timeout(NO_HANG, async {
+        while proxy.output().matches(text).count() < times {
+            if knock {
+                drop(TcpStream::connect(proxy.addr()).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let output = proxy.output();
+    assert!(waited.is_ok(), "{text:?} not {times} times in:\n{output}");
+    output
+}
+
+/// With every file descriptor in use, accept fails (EMFILE) every time the proxy retries: it says so once
+/// per burst, with the limit in force, and once more when accepts have stopped failing.
+#[tokio::test]
+async fn running_out_of_file_descriptors_is_logged_once_per_burst() {
+    // 48 descriptors: what the runtime and listener use, and a few dozen sessions.
+    let args = ["--upstream", "postgres://app@127.0.0.1:9/app", "--max-client-connections", "1000"];
+    let proxy = ProxyProcess::serve_with_open_files_limit(Some((48, 48)), &args).await.unwrap();
+    const OUT_OF_FDS: &str = "accept failed: out of file descriptors";
+    const AGAIN: &str = "accepting connections again";
+    for burst in 1..=2 {
+        // Silent clients hold their sessions (until the startup timeout) and more wait in the listen queue.
+        let mut clients = Vec::new();
+        for _ in 0..80 {
+            clients.push(TcpStream::connect(proxy.addr()).await.unwrap());
+        }
+        let output = wait_for_log(&proxy, OUT_OF_FDS, burst, false).await;
+        assert!(output.contains("open_files_soft_limit"), "{output}");
+        drop(clients);
+        wait_for_log(&proxy, AGAIN, burst, true).await;
+    }
+    // However often the proxy retried during a burst, it logged the burst once.
+    let output = proxy.output();
+    assert_eq!((output.matches(OUT_OF_FDS).count(), output.matches(AGAIN).count()), (2, 2), "{output}");
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dualwrite_proxy::pg_client::PgTarget;
 use dualwrite_proxy::state::{schema, Actor, StateHandle, StateOptions, StateSnapshot};
 use dualwrite_rules::{Phase, RuleSet};
 use dualwrite_tests::{TestCluster, TestDb};
@@ -291,10 +292,10 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
             db.name
         ))
         .await?;
-    let mut pg: tokio_postgres::Config = db.url().parse()?;
-    pg.user(&control_role);
+    let mut pg: PgTarget = db.url().parse()?;
+    pg.config_mut().user(&control_role);
     // Configured for the control role (trust-authenticated here, so never checked): it must not be stored.
-    pg.password("CONTROL_PW_c0ffee");
+    pg.config_mut().password("CONTROL_PW_c0ffee");
     let h = StateHandle::connect(pg, rules(), StateOptions::default()).await?;
     h.route_reads("users_split_name", Some("v2"), 10, &admin()).await?;
     let superuser = db.connect().await?;

@@ -31,7 +31,9 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres::{Client, Statement};
+
+use crate::pg_client::PgTarget;
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
@@ -95,7 +97,7 @@ const POLL_PAUSE: Duration = Duration::from_millis(500);
 /// Runs (or resumes) the backfill of `mapping` until it is done or stopped. Fails with `JobError::Busy`
 /// if another instance holds the migration's backfill lock.
 pub async fn run_backfill(
-    config: &Config,
+    config: &PgTarget,
     mapping: &TableMapping,
     options: &BackfillOptions,
     progress: ProgressFn<'_>,
@@ -232,7 +234,7 @@ async fn finish(client: &Client, name: &str, rows_done: i64) -> JobResult<bool> 
 }
 
 /// Opens a connection holding the backfill lock of `migration`, or fails with `JobError::Busy`.
-pub async fn lock_backfill(config: &Config, migration: &str) -> JobResult<Client> {
+pub async fn lock_backfill(config: &PgTarget, migration: &str) -> JobResult<Client> {
     let client = connect(config).await?;
     try_lock(&client, JobKind::Backfill, migration).await?;
     Ok(client)

@@ -14,6 +14,8 @@ use anyhow::Context;
 use dualwrite_rules::RuleSet;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::pg_client::PgTarget;
+
 use super::backfill::{run_backfill, Activity, BackfillOptions, BackfillOutcome};
 use super::throttle::Limits;
 use super::verify::{run_verify, VerifyOptions};
@@ -64,12 +66,12 @@ pub struct VerifyArgs {
     pub chunk_rows: i64,
 }
 
-fn load(target: &JobTarget) -> anyhow::Result<(tokio_postgres::Config, TableMapping)> {
+fn load(target: &JobTarget) -> anyhow::Result<(PgTarget, TableMapping)> {
     let origin = target.rules.display().to_string();
     let text = std::fs::read_to_string(&target.rules).with_context(|| format!("reading {origin}"))?;
     let rules = RuleSet::from_toml(&text, &origin)?;
     let mapping = TableMapping::from_rules(&rules, &target.migration)?;
-    let config = tokio_postgres::Config::from_str(&target.upstream).context("parsing --upstream")?;
+    let config = PgTarget::from_str(&target.upstream).context("parsing --upstream")?;
     Ok((config, mapping))
 }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{describe_gauge, gauge};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
+
+use crate::pg_client::PgTarget;
 
 use super::mapping::TableMapping;
 use super::{connect, JobResult};
@@ -231,7 +233,7 @@ async fn table_stats(client: &Client, table: &str) -> JobResult<TableStats> {
 pub type MappingsFn = Arc<dyn Fn() -> Vec<TableMapping> + Send + Sync>;
 
 /// Refreshes the migration gauges every `every` on the global recorder, reconnecting after errors.
-pub fn spawn_refresher(config: Config, mappings: MappingsFn, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_refresher(config: PgTarget, mappings: MappingsFn, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut refresher = MetricsRefresher::new();
         let mut client: Option<Client> = None;

@@ -19,7 +19,9 @@ pub use metrics::{spawn_refresher, MetricsRefresher, MigrationFigures};
 pub use runner::{BackfillStatus, JobRunner, Started};
 pub use verify::{run_verify, VerifyOptions, VerifyReport};
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
+
+use crate::pg_client::PgTarget;
 
 /// What can go wrong in a job; database errors keep their SQLSTATE so callers can relay them.
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +38,10 @@ pub enum JobError {
 
 pub type JobResult<T> = Result<T, JobError>;
 
-/// Opens a job connection and drives it on its own task; the connection closes (releasing session
-/// advisory locks) when the returned client is dropped.
-pub async fn connect(config: &Config) -> JobResult<Client> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "job connection ended");
-        }
-    });
-    Ok(client)
+/// Opens a job connection (with the target's TLS) and drives it on its own task; the connection closes
+/// (releasing session advisory locks) when the returned client is dropped.
+pub async fn connect(target: &PgTarget) -> JobResult<Client> {
+    Ok(target.connect_client().await?)
 }
 
 /// The two kinds of job that take a per-migration advisory lock.

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
-use tokio_postgres::Config;
+
+use crate::pg_client::PgTarget;
 
 use super::backfill::{lock_backfill, run_backfill_locked, Activity, BackfillOptions, BackfillOutcome, BackfillProgress};
 use super::throttle::Hold;
@@ -34,7 +35,7 @@ pub enum Started {
 }
 
 pub struct JobRunner {
-    config: Config,
+    config: PgTarget,
     backfills: Mutex<HashMap<String, JoinHandle<JobResult<BackfillOutcome>>>>,
     /// Why each backfill running here holds off right now (throttle limits), if it does.
     holding: Arc<Mutex<HashMap<String, Hold>>>,
@@ -42,7 +43,7 @@ pub struct JobRunner {
 
 impl JobRunner {
     /// `config` points at the upstream database (not at a proxy).
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: PgTarget) -> Self {
         JobRunner { config, backfills: Mutex::new(HashMap::new()), holding: Arc::default() }
     }
 

@@ -8,7 +8,9 @@
 use futures::{pin_mut, TryStreamExt};
 use sqlparser::ast::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, IsolationLevel, Transaction};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
+
+use crate::pg_client::PgTarget;
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
@@ -99,7 +101,7 @@ pub type VerifyProgressFn<'a> = &'a (dyn Fn(i64, i64) + Send + Sync);
 /// Verifies `mapping` and, with `options.repair`, repairs the shadow. Fails with `JobError::Busy` if
 /// another verify of the migration runs.
 pub async fn run_verify(
-    config: &Config,
+    config: &PgTarget,
     mapping: &TableMapping,
     options: &VerifyOptions,
     progress: VerifyProgressFn<'_>,
@@ -128,7 +130,9 @@ pub async fn run_verify(
     let mut keys = Vec::new();
     {
         // Two connections in one exported snapshot: the old and shadow sides are summed in parallel.
-        let mut shadow_client = connect(config.clone().application_name("dualwrite verify")).await?;
+        let mut shadow_target = config.clone();
+        shadow_target.config_mut().application_name("dualwrite verify");
+        let mut shadow_client = connect(&shadow_target).await?;
         let old_tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)

@@ -112,7 +112,7 @@ impl Live {
     pub fn new(rules: Arc<RuleSet>, state: StateHandle, config: &Config, runner: Option<Arc<JobRunner>>) -> Live {
         let current = LiveRules::new(rules, &state, config, runner.as_ref(), 1, CacheStats::default());
         let current = Arc::new(ArcSwap::from_pointee(current));
-        let shadow_database = crate::shadow::workers_database(state.pg_config());
+        let shadow_database = crate::shadow::workers_database(state.pg_target());
         let next_session = AtomicU64::new(1);
         Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
     }
@@ -215,7 +215,7 @@ impl LiveRules {
 /// The shadow-read workers for `rules`, on the control plane's connection settings (none when no
 /// migration samples reads).
 fn start_shadow(rules: &RuleSet, state: &StateHandle, config: &Config) -> Option<Arc<ShadowReads>> {
-    ShadowReads::start(rules, state.pg_config().clone(), &config.shadow_reads).map(Arc::new)
+    ShadowReads::start(rules, state.pg_target().clone(), &config.shadow_reads).map(Arc::new)
 }
 
 fn control_context(

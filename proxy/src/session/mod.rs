@@ -152,7 +152,7 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
 
-    let mut upstream = match upstream::connect(&ctx.upstream, ctx.upstream_tls.as_ref()).await {
+    let mut upstream = match upstream::connect(&ctx.upstream).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "upstream connection failed");
@@ -227,7 +227,7 @@ fn abandon_upstream(shared: &SessionShared, ctx: &Arc<ServerContext>) {
     let Some(key) = shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
     let ctx = Arc::clone(ctx);
     tokio::spawn(async move {
-        if let Err(e) = cancel::forward_cancel(&ctx.upstream, ctx.upstream_tls.as_ref(), &key).await {
+        if let Err(e) = cancel::forward_cancel(&ctx.upstream, &key).await {
             tracing::debug!(error = %e, "could not cancel the abandoned query");
         }
     });
@@ -288,7 +288,7 @@ async fn handle_cancel(ctx: &ServerContext, key: &CancelKey) {
     // Postgres answers a CancelRequest with nothing but the close, whether the key matched or not.
     match ctx.cancel.lookup(key) {
         Some(upstream_key) => {
-            if let Err(e) = cancel::forward_cancel(&ctx.upstream, ctx.upstream_tls.as_ref(), &upstream_key).await {
+            if let Err(e) = cancel::forward_cancel(&ctx.upstream, &upstream_key).await {
                 tracing::warn!(error = %e, "could not forward a cancel request");
             }
         }

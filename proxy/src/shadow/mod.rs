@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::metrics::SHADOW_READS_TOTAL;
+use crate::pg_client::PgTarget;
 use crate::protocol::messages::BindParam;
 
 /// `[shadow_reads]` in the proxy's config: the resources of the workers. The sample rate itself is per
@@ -120,7 +121,8 @@ impl ShadowCounts {
 
 /// The database the workers read, given the control plane's connection settings: sessions on other
 /// databases are never sampled.
-pub fn workers_database(pg: &tokio_postgres::Config) -> String {
+pub fn workers_database(pg: &PgTarget) -> String {
+    let pg = pg.config();
     pg.get_dbname().or(pg.get_user()).unwrap_or_default().to_owned()
 }
 
@@ -157,7 +159,7 @@ impl Drop for ShadowReads {
 impl ShadowReads {
     /// Starts the workers on the control plane's connection settings; `None` (nothing started) when no
     /// migration samples reads.
-    pub fn start(rules: &RuleSet, pg: tokio_postgres::Config, config: &ShadowReadsConfig) -> Option<ShadowReads> {
+    pub fn start(rules: &RuleSet, pg: PgTarget, config: &ShadowReadsConfig) -> Option<ShadowReads> {
         let max_rate = rules.migrations.iter().map(|m| m.shadow_read_sample.as_fraction()).fold(0.0, f64::max);
         if max_rate <= 0.0 {
             return None;

@@ -23,7 +23,7 @@ use tokio_postgres::{Client, IsolationLevel};
 use super::compare::{compare, Comparison};
 use super::{Outcome, ShadowCounts, ShadowReadsConfig};
 use crate::protocol::messages::BindParam;
-use crate::state::pg_tls::connect_client;
+use crate::pg_client::PgTarget;
 
 const APPLICATION_NAME: &str = "dualwrite shadow reads";
 
@@ -39,11 +39,11 @@ pub(super) struct Job {
 
 /// Starts `config.connections` workers sharing one queue of `config.queue` jobs.
 pub(super) fn spawn(
-    mut pg: tokio_postgres::Config,
+    mut pg: PgTarget,
     config: &ShadowReadsConfig,
     counts: Arc<ShadowCounts>,
 ) -> (mpsc::Sender<Job>, Vec<JoinHandle<()>>) {
-    pg.application_name(APPLICATION_NAME);
+    pg.config_mut().application_name(APPLICATION_NAME);
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let rx = Arc::new(Mutex::new(rx));
     let workers = (0..config.connections.max(1))
@@ -56,7 +56,7 @@ pub(super) fn spawn(
 }
 
 struct Worker {
-    pg: tokio_postgres::Config,
+    pg: PgTarget,
     config: ShadowReadsConfig,
     counts: Arc<ShadowCounts>,
     client: Option<Client>,
@@ -112,7 +112,7 @@ impl Worker {
 
     async fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = connect_client(&self.pg).await?;
+            let client = self.pg.connect_client().await?;
             let timeout = Duration::from_millis(self.config.statement_timeout_ms).as_millis();
             client.batch_execute(&format!("SET statement_timeout = {timeout}")).await?;
             self.client = Some(client);

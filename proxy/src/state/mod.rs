@@ -3,7 +3,6 @@
 //! snapshot sessions read (`snapshot`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
 //! polling fallback (`watcher`).
 
-pub mod pg_tls;
 pub mod phase;
 pub mod schema;
 pub mod snapshot;

@@ -19,10 +19,9 @@ use arc_swap::ArcSwap;
 use dualwrite_rules::{Phase, RuleSet};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
-use super::pg_tls::MakeRustls;
+use crate::pg_client::PgTarget;
 
 use super::snapshot::StateSnapshot;
 use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
@@ -62,7 +61,7 @@ pub struct StateHandle {
 }
 
 struct Inner {
-    pg: tokio_postgres::Config,
+    pg: PgTarget,
     /// Replaced by a config reload (`set_rules`).
     rules: ArcSwap<RuleSet>,
     snapshot: ArcSwap<StateSnapshot>,
@@ -82,14 +81,14 @@ impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, register the rules'
     /// migrations, load the state, and start the watcher. Returns only after the first load.
     pub async fn connect(
-        pg: tokio_postgres::Config,
+        pg: PgTarget,
         rules: Arc<RuleSet>,
         options: StateOptions,
     ) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
-        let actor = Actor { role: pg.get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
+        let actor = Actor { role: pg.config().get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
         tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
@@ -159,7 +158,7 @@ impl StateHandle {
     }
 
     /// The control plane's connection settings (for the jobs, which open their own connections).
-    pub fn pg_config(&self) -> &tokio_postgres::Config {
+    pub fn pg_target(&self) -> &PgTarget {
         &self.inner.pg
     }
 
@@ -258,14 +257,14 @@ impl Inner {
 }
 
 /// A connect timeout of `limit` unless the URL sets one: a stalled connect must not hold the watcher.
-fn with_connect_timeout(mut pg: tokio_postgres::Config, limit: Duration) -> tokio_postgres::Config {
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(limit);
+fn with_connect_timeout(mut pg: PgTarget, limit: Duration) -> PgTarget {
+    if pg.config().get_connect_timeout().is_none() {
+        pg.config_mut().connect_timeout(limit);
     }
     pg
 }
 
-async fn open(pg: &tokio_postgres::Config) -> Result<Client, StateError> {
+async fn open(pg: &PgTarget) -> Result<Client, StateError> {
     let (client, mut messages) = connect(pg).await?;
     tokio::spawn(async move {
         while let Some(message) = messages.next().await {
@@ -281,21 +280,16 @@ async fn open(pg: &tokio_postgres::Config) -> Result<Client, StateError> {
 /// The messages of a connection; polling the stream drives the connection.
 type Messages = futures::stream::BoxStream<'static, Result<AsyncMessage, tokio_postgres::Error>>;
 
-/// Connect with TLS when the settings ask for it (`sslmode=prefer|require`), in the clear otherwise.
-async fn connect(pg: &tokio_postgres::Config) -> Result<(Client, Messages), StateError> {
-    if pg.get_ssl_mode() == SslMode::Disable {
-        let (client, mut connection) = pg.connect(NoTls).await?;
-        return Ok((client, futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()));
-    }
-    let tls = MakeRustls::new().map_err(|e| StateError::Corrupt(format!("TLS setup: {e}")))?;
-    let (client, mut connection) = pg.connect(tls).await?;
+/// Connect with the TLS the URL's sslmode asks for (see `pg_client`).
+async fn connect(pg: &PgTarget) -> Result<(Client, Messages), StateError> {
+    let (client, mut connection) = pg.connect().await?;
     Ok((client, futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()))
 }
 
 /// A connection that LISTENs, and the channel its notifications arrive on (closed when it drops).
-async fn open_listener(pg: &tokio_postgres::Config) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
+async fn open_listener(pg: &PgTarget) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
     let mut pg = pg.clone();
-    pg.application_name(LISTENER_APPLICATION_NAME);
+    pg.config_mut().application_name(LISTENER_APPLICATION_NAME);
     let (client, mut messages) = connect(&pg).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -318,7 +312,7 @@ async fn open_listener(pg: &tokio_postgres::Config) -> Result<(Client, mpsc::Unb
     Ok((client, rx))
 }
 
-async fn watch_loop(inner: Weak<Inner>, pg: tokio_postgres::Config, options: StateOptions) {
+async fn watch_loop(inner: Weak<Inner>, pg: PgTarget, options: StateOptions) {
     let mut backoff = options.reconnect_min;
     loop {
         if inner.strong_count() == 0 {

@@ -7,6 +7,7 @@
 use std::str::FromStr;
 
 use dualwrite_proxy::jobs::TableMapping;
+use dualwrite_proxy::pg_client::PgTarget;
 use dualwrite_rules::RuleSet;
 use dualwrite_tests::{TestCluster, TestDb};
 use tokio_postgres::Client;
@@ -40,7 +41,7 @@ score = "score"
 pub struct Fixture {
     pub db: TestDb,
     pub client: Client,
-    pub config: tokio_postgres::Config,
+    pub config: PgTarget,
     pub mapping: TableMapping,
 }
 
@@ -67,7 +68,7 @@ pub async fn fixture(rows: i64) -> Fixture {
     client.batch_execute("ANALYZE users").await.expect("analyze");
     let rules = RuleSet::from_toml(RULES, "jobs test rules").expect("rules");
     let mapping = TableMapping::from_rules(&rules, MIGRATION).expect("mapping");
-    let config = tokio_postgres::Config::from_str(&db.url()).expect("config");
+    let config = PgTarget::from_str(&db.url()).expect("config");
     Fixture { db, client, config, mapping }
 }
 
