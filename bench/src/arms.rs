@@ -102,10 +102,7 @@ impl Arm {
     /// Dual-write arms only differ from their plain counterparts when the workload writes.
     pub fn runs(self, workload: Workload) -> bool {
         match workload {
-            Workload::SelectOnly => !matches!(
-                self,
-                Arm::TriggerDirect | Arm::TriggerPgbouncer | Arm::CteDirect
-            ),
+            Workload::SelectOnly => !matches!(self, Arm::TriggerDirect | Arm::TriggerPgbouncer | Arm::CteDirect),
             Workload::TpcB => true,
         }
     }

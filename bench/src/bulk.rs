@@ -45,12 +45,7 @@ pub struct BulkRecord {
 
 /// Runs one bulk UPDATE. `proxy_port` is the dual-writing proxy (needed for [`BulkArm::Proxy`]).
 pub fn run_once(rt: &Runtime, admin: &Sql, arm: BulkArm, proxy_port: Option<u16>) -> BulkRecord {
-    let mut record = BulkRecord {
-        arm,
-        rows: 0,
-        seconds: None,
-        error: None,
-    };
+    let mut record = BulkRecord { arm, rows: 0, seconds: None, error: None };
     match run_inner(rt, admin, arm, proxy_port) {
         Ok((rows, seconds)) => {
             record.rows = rows;

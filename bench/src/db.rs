@@ -40,10 +40,7 @@ pub fn settings(shared_buffers: &str) -> Vec<(String, String)> {
 }
 
 pub fn start_cluster(shared_buffers: &str, base_dir: &Path) -> Result<PgCluster> {
-    let mut options = ClusterOptions {
-        base_dir: Some(base_dir.to_owned()),
-        ..ClusterOptions::default()
-    };
+    let mut options = ClusterOptions { base_dir: Some(base_dir.to_owned()), ..ClusterOptions::default() };
     for (name, value) in settings(shared_buffers) {
         options = options.setting(name, value);
     }
@@ -67,9 +64,7 @@ impl Sql {
     }
 
     pub fn scalar_i64(&self, rt: &Runtime, sql: &str) -> Result<i64> {
-        let row = rt
-            .block_on(self.client.query_one(sql, &[]))
-            .with_context(|| format!("running: {sql}"))?;
+        let row = rt.block_on(self.client.query_one(sql, &[])).with_context(|| format!("running: {sql}"))?;
         Ok(row.get(0))
     }
 }
@@ -143,10 +138,7 @@ CREATE TABLE bench_untouched_v2 (id int PRIMARY KEY, first_name text, last_name 
 
 pub fn set_trigger(sql: &Sql, rt: &Runtime, enabled: bool) -> Result<()> {
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    sql.batch(
-        rt,
-        &format!("ALTER TABLE pgbench_accounts {verb} TRIGGER pgbench_accounts_dual_write"),
-    )
+    sql.batch(rt, &format!("ALTER TABLE pgbench_accounts {verb} TRIGGER pgbench_accounts_dual_write"))
 }
 
 /// The rules of the dual-write arm: the same mapping as the trigger.

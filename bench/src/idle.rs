@@ -30,11 +30,7 @@ impl IdleRecord {
 
 /// RSS of `pid` with 0 and then each of `counts` idle clients connected to `port`.
 pub fn measure(rt: &Runtime, target: &str, port: u16, pid: u32, counts: &[usize]) -> IdleRecord {
-    let mut record = IdleRecord {
-        target: target.to_owned(),
-        points: Vec::new(),
-        error: None,
-    };
+    let mut record = IdleRecord { target: target.to_owned(), points: Vec::new(), error: None };
     let result: Result<()> = rt.block_on(async {
         let settle = Duration::from_millis(1500);
         tokio::time::sleep(settle).await;

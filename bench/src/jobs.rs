@@ -138,7 +138,10 @@ fn run_inner(
 
 /// An empty shadow and no backfill state, vacuumed and checkpointed so every timed copy starts alike.
 fn fresh_shadow(rt: &Runtime, admin: &Sql) -> Result<()> {
-    admin.batch(rt, &format!("TRUNCATE pgbench_accounts_v2; DELETE FROM dualwrite.backfill WHERE migration = '{MIGRATION}'"))?;
+    admin.batch(
+        rt,
+        &format!("TRUNCATE pgbench_accounts_v2; DELETE FROM dualwrite.backfill WHERE migration = '{MIGRATION}'"),
+    )?;
     // One statement per call: VACUUM refuses the implicit transaction of a multi-statement string.
     admin.batch(rt, "VACUUM pgbench_accounts")?;
     admin.batch(rt, "CHECKPOINT")
@@ -182,7 +185,8 @@ pub fn section(out: &mut String, r: Option<&JobsRecord>) {
         (Some(b), Some(p)) => format!("{:.2}x", b.median / p.median),
         _ => "n/a".into(),
     };
-    let verify_1m = Stat::of(&verify).map(|v| format!("{:.1} s", 1_000_000.0 / v.median)).unwrap_or_else(|| "n/a".into());
+    let verify_1m =
+        Stat::of(&verify).map(|v| format!("{:.1} s", 1_000_000.0 / v.median)).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(
         out,
         "\nBackfill speed relative to the plain copy: **{ratio}** (aim: >= 0.5x). Verify of 1,000,000 rows at that \
@@ -203,7 +207,11 @@ pub fn section(out: &mut String, r: Option<&JobsRecord>) {
         let _ = writeln!(out, "\nTPS during a backfill: {:.2}x of TPS without.", d.median / w.median);
     }
     if j.overlapped.iter().any(|o| !o) {
-        let _ = writeln!(out, "\nIn {} of the runs the backfill finished before pgbench did.", j.overlapped.iter().filter(|o| !**o).count());
+        let _ = writeln!(
+            out,
+            "\nIn {} of the runs the backfill finished before pgbench did.",
+            j.overlapped.iter().filter(|o| !**o).count()
+        );
     }
     if let Some(error) = &j.error {
         let _ = writeln!(out, "\nNot completed: {}", error.lines().next().unwrap_or(""));

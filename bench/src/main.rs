@@ -71,7 +71,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let out = args.out.clone().unwrap_or_else(|| {
         let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        if args.quick { bench_dir.join("quick") } else { bench_dir }
+        if args.quick {
+            bench_dir.join("quick")
+        } else {
+            bench_dir
+        }
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if args.profile {
@@ -80,18 +84,17 @@ fn main() -> Result<()> {
         return profile::run(&proxy_bin, &out, &args.work_dir);
     }
     let results = match &args.report_from {
-        Some(path) => serde_json::from_slice(&std::fs::read(path)?)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("reading {}", path.display()))?
+        }
         None => {
             let results = runner::run(&args)?;
             std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
             results
         }
     };
-    let notes_path = args
-        .profile_notes
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROFILE.md"));
+    let notes_path =
+        args.profile_notes.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROFILE.md"));
     let notes = std::fs::read_to_string(&notes_path).ok();
     let plot_name = "tps.png";
     let plot_error = plot::draw(&results, &out.join(plot_name)).err();

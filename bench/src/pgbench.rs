@@ -160,22 +160,14 @@ fn parse_log_line(line: &str) -> Option<Transaction> {
     Some((epoch * 1_000_000 + micros, latency))
 }
 
-fn measure(
-    transactions: &[Transaction],
-    warmup_s: u32,
-    measure_s: u32,
-    transactions_total: u64,
-) -> Result<RunOutcome> {
+fn measure(transactions: &[Transaction], warmup_s: u32, measure_s: u32, transactions_total: u64) -> Result<RunOutcome> {
     let Some(start) = transactions.iter().map(|(end, lat)| end - lat).min() else {
         bail!("pgbench logged no transactions");
     };
     let from = start + u64::from(warmup_s) * 1_000_000;
     let to = from + u64::from(measure_s) * 1_000_000;
-    let mut latencies: Vec<u64> = transactions
-        .iter()
-        .filter(|(end, _)| (from..to).contains(end))
-        .map(|&(_, lat)| lat)
-        .collect();
+    let mut latencies: Vec<u64> =
+        transactions.iter().filter(|(end, _)| (from..to).contains(end)).map(|&(_, lat)| lat).collect();
     if latencies.is_empty() {
         bail!("no transaction completed in the measured window");
     }

@@ -56,11 +56,7 @@ pub fn draw(r: &Results, path: &Path) -> Result<()> {
             })
             .filter(|(_, p)| !p.is_empty())
             .collect();
-        let max_tps = series
-            .iter()
-            .flat_map(|(_, p)| p.iter().map(|(_, t)| *t))
-            .fold(0.0f64, f64::max)
-            .max(1.0);
+        let max_tps = series.iter().flat_map(|(_, p)| p.iter().map(|(_, t)| *t)).fold(0.0f64, f64::max).max(1.0);
         // Client counts sit at even spacing (index on the axis, labelled with the count).
         let last = clients.len().saturating_sub(1) as f64;
         let label_of = |x: &f64| {

@@ -97,10 +97,7 @@ impl Machine {
 /// Raises the open-files soft limit to the hard limit: 1,000 idle clients need 1,000 sockets here and
 /// 2,000 in the proxy (which inherits the limit).
 pub fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit write/read the struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
@@ -167,14 +164,8 @@ pub fn request_short_slice(nice: i32, slice_us: u64) -> Option<u64> {
         return None;
     }
     let sched = fs::read_to_string(format!("/proc/{}/sched", std::process::id())).ok()?;
-    let slice_ns: f64 = sched
-        .lines()
-        .find(|l| l.trim_start().starts_with("se.slice"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
+    let slice_ns: f64 =
+        sched.lines().find(|l| l.trim_start().starts_with("se.slice"))?.split(':').nth(1)?.trim().parse().ok()?;
     Some((slice_ns / 1000.0) as u64)
 }
 

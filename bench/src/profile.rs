@@ -116,14 +116,10 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
         // SAFETY: signalling the valgrind child we started.
         unsafe { libc::kill(valgrind.id() as i32, libc::SIGTERM) };
         valgrind.wait()?;
-        let annotate = Command::new("callgrind_annotate")
-            .args(["--threshold=100", "--inclusive=no"])
-            .arg(&out_file)
-            .output()?;
-        let inclusive = Command::new("callgrind_annotate")
-            .args(["--threshold=100", "--inclusive=yes"])
-            .arg(&out_file)
-            .output()?;
+        let annotate =
+            Command::new("callgrind_annotate").args(["--threshold=100", "--inclusive=no"]).arg(&out_file).output()?;
+        let inclusive =
+            Command::new("callgrind_annotate").args(["--threshold=100", "--inclusive=yes"]).arg(&out_file).output()?;
         let text = String::from_utf8_lossy(&annotate.stdout);
         let total = total_ir(&text);
         let header = format!(
@@ -132,10 +128,16 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
             total.map(|t| t.to_string()).unwrap_or_default(),
             total.map(|t| t as f64 / transactions.max(1) as f64).unwrap_or(f64::NAN)
         );
-        std::fs::write(dir.join(format!("callgrind-{mode}-self.txt")), format!("{header}{}", text.lines().take(70).collect::<Vec<_>>().join("\n")))?;
+        std::fs::write(
+            dir.join(format!("callgrind-{mode}-self.txt")),
+            format!("{header}{}", text.lines().take(70).collect::<Vec<_>>().join("\n")),
+        )?;
         std::fs::write(
             dir.join(format!("callgrind-{mode}-inclusive.txt")),
-            format!("{header}{}", String::from_utf8_lossy(&inclusive.stdout).lines().take(120).collect::<Vec<_>>().join("\n")),
+            format!(
+                "{header}{}",
+                String::from_utf8_lossy(&inclusive.stdout).lines().take(120).collect::<Vec<_>>().join("\n")
+            ),
         )?;
     }
     eprintln!("profile reports in {}", dir.display());

@@ -20,12 +20,7 @@ pub struct ProxyInstance {
 impl ProxyInstance {
     /// Starts `dualwrite serve` and waits until it accepts TCP connections. A failure (binary missing, an
     /// option it does not know yet, an exit) is returned with the proxy's own words, for the report.
-    pub fn start(
-        binary: &Path,
-        upstream_url: &str,
-        rules: Option<&Path>,
-        log_path: PathBuf,
-    ) -> Result<ProxyInstance> {
+    pub fn start(binary: &Path, upstream_url: &str, rules: Option<&Path>, log_path: PathBuf) -> Result<ProxyInstance> {
         if !binary.is_file() {
             bail!("proxy binary {} not found", binary.display());
         }
@@ -41,20 +36,9 @@ impl ProxyInstance {
         if let Some(rules) = rules {
             command.arg("--rules").arg(rules);
         }
-        command
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut proxy = ProxyInstance {
-            child,
-            port,
-            metrics_port,
-            log_path,
-        };
+        command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let mut proxy = ProxyInstance { child, port, metrics_port, log_path };
         proxy.wait_listening()?;
         Ok(proxy)
     }
@@ -100,9 +84,7 @@ impl ProxyInstance {
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let (_, body) = response
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("no HTTP body from /metrics"))?;
+        let (_, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP body from /metrics"))?;
         Ok(body.to_owned())
     }
 }

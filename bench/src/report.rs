@@ -47,7 +47,8 @@ fn header(out: &mut String, r: &Results) {
         r.wall_seconds / 60.0
     );
     let _ = writeln!(out, "Reproduce (builds the release binaries, then runs everything; ~25 min on 2 cores):\n");
-    let _ = writeln!(out, "    bench/run            # full run, writes bench/REPORT.md, bench/tps.png, bench/results.json");
+    let _ =
+        writeln!(out, "    bench/run            # full run, writes bench/REPORT.md, bench/tps.png, bench/results.json");
     let _ = writeln!(out, "    bench/run --quick    # smoke run (~3 min), writes bench/quick/\n");
     let _ = writeln!(out, "Command that produced this report: `{}`\n", r.command);
     let _ = writeln!(out, "## Machine\n");
@@ -75,9 +76,7 @@ fn header(out: &mut String, r: &Results) {
          autogroup){}, so that other sessions' compile jobs on this shared machine take less of the CPU from \
          the measurement and delay the request/response chain less.",
         p.nice,
-        p.slice_us
-            .map(|us| format!(" with a {us} µs scheduler slice (EEVDF custom slice)"))
-            .unwrap_or_default()
+        p.slice_us.map(|us| format!(" with a {us} µs scheduler slice (EEVDF custom slice)")).unwrap_or_default()
     );
     let _ = writeln!(
         out,
@@ -167,16 +166,15 @@ fn ratio_verdict(
     let median = crate::results::median(&known.iter().map(|(_, v)| *v).collect::<Vec<_>>()).unwrap_or(f64::NAN);
     Verdict {
         target: target.into(),
-        measured: format!(
-            "{met}/{} cells met; median {median:.2}x; worst {:.2}x ({})",
-            known.len(),
-            worst.1,
-            worst.0
-        ),
+        measured: format!("{met}/{} cells met; median {median:.2}x; worst {:.2}x ({})", known.len(), worst.1, worst.0),
         verdict: if met == known.len() {
             "**met**".into()
         } else {
-            format!("**missed** in {} cell(s), worst by {:.0}%", known.len() - met, (threshold - worst.1) / threshold * 100.0)
+            format!(
+                "**missed** in {} cell(s), worst by {:.0}%",
+                known.len() - met,
+                (threshold - worst.1) / threshold * 100.0
+            )
         },
     }
 }
@@ -233,7 +231,9 @@ fn targets(out: &mut String, r: &Results) {
     verdicts.push(v);
     let vs_trigger_bouncer: Vec<(String, Option<f64>)> = cells(r, Workload::TpcB)
         .into_iter()
-        .map(|(m, c)| (label(Workload::TpcB, m, c), r.ratio(Arm::DwDualWrite, Arm::TriggerPgbouncer, Workload::TpcB, m, c)))
+        .map(|(m, c)| {
+            (label(Workload::TpcB, m, c), r.ratio(Arm::DwDualWrite, Arm::TriggerPgbouncer, Workload::TpcB, m, c))
+        })
         .collect();
     verdicts.push(ratio_verdict(
         r,
@@ -294,7 +294,12 @@ fn targets(out: &mut String, r: &Results) {
         let met = cpu.iter().filter(|(_, v)| *v < 10.0).count();
         Verdict {
             target: "proxy CPU < 10 µs per passthrough statement".into(),
-            measured: format!("{met}/{} cells met; median {median:.1} µs; worst {:.1} µs ({})", cpu.len(), worst.1, worst.0),
+            measured: format!(
+                "{met}/{} cells met; median {median:.1} µs; worst {:.1} µs ({})",
+                cpu.len(),
+                worst.1,
+                worst.0
+            ),
             verdict: if met == cpu.len() {
                 "**met**".into()
             } else {
@@ -302,11 +307,7 @@ fn targets(out: &mut String, r: &Results) {
             },
         }
     });
-    let per_client = r
-        .idle
-        .iter()
-        .find(|i| i.target.starts_with("dualwrite"))
-        .and_then(|i| i.kib_per_client());
+    let per_client = r.idle.iter().find(|i| i.target.starts_with("dualwrite")).and_then(|i| i.kib_per_client());
     verdicts.push(match per_client {
         Some(kib) => Verdict {
             target: "proxy RSS < 64 KiB per idle client".into(),
@@ -469,7 +470,8 @@ fn idle_section(out: &mut String, r: &Results) {
     columns.push("KiB per idle client".into());
     table_head(out, "process", &columns);
     for record in &r.idle {
-        let mut row: Vec<String> = record.points.iter().map(|(_, kib)| format!("{:.1} MiB", *kib as f64 / 1024.0)).collect();
+        let mut row: Vec<String> =
+            record.points.iter().map(|(_, kib)| format!("{:.1} MiB", *kib as f64 / 1024.0)).collect();
         row.resize(counts.len(), NA.into());
         row.push(record.kib_per_client().map(|k| format!("{k:.1}")).unwrap_or_else(|| NA.into()));
         let _ = writeln!(out, "| {} | {} |", record.target, row.join(" | "));
@@ -478,10 +480,8 @@ fn idle_section(out: &mut String, r: &Results) {
         }
     }
     if !r.idle.iter().any(|i| i.target.starts_with("dualwrite")) {
-        let reason = format!(
-            "not available in this build: {}",
-            r.unavailable(Arm::DwNoRules).map(one_line).unwrap_or_default()
-        );
+        let reason =
+            format!("not available in this build: {}", r.unavailable(Arm::DwNoRules).map(one_line).unwrap_or_default());
         let _ = writeln!(out, "| dualwrite | {reason} |{}", " |".repeat(counts.len()));
     }
     let _ = writeln!(out);

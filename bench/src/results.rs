@@ -126,11 +126,7 @@ impl Stat {
         }
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        Some(Stat {
-            median: median_sorted(&sorted),
-            min: sorted[0],
-            max: sorted[sorted.len() - 1],
-        })
+        Some(Stat { median: median_sorted(&sorted), min: sorted[0], max: sorted[sorted.len() - 1] })
     }
 }
 
@@ -149,10 +145,7 @@ fn median_sorted(sorted: &[f64]) -> f64 {
 
 impl Results {
     pub fn unavailable(&self, arm: Arm) -> Option<&str> {
-        self.availability
-            .iter()
-            .find(|(a, _)| *a == arm)
-            .and_then(|(_, reason)| reason.as_deref())
+        self.availability.iter().find(|(a, _)| *a == arm).and_then(|(_, reason)| reason.as_deref())
     }
 
     /// `None` when the arm did not run in this cell at all; NaN figures when every repetition failed.
@@ -186,9 +179,7 @@ impl Results {
 
     /// Median TPS of a cell, when it has at least one successful repetition.
     pub fn tps(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> Option<f64> {
-        self.cell(arm, workload, mode, clients)
-            .map(|c| c.tps.median)
-            .filter(|t| t.is_finite())
+        self.cell(arm, workload, mode, clients).map(|c| c.tps.median).filter(|t| t.is_finite())
     }
 
     /// Ratio of the median TPS of two arms in one cell.

@@ -54,14 +54,9 @@ pub fn run(args: &Args) -> Result<Results> {
     let wall = Instant::now();
     let started_utc = shell("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     let load_before = procfs::load_average();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let work = tempfile::Builder::new()
-        .prefix("dualwrite-bench-")
-        .tempdir_in(&args.work_dir)
-        .context("work directory")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let work =
+        tempfile::Builder::new().prefix("dualwrite-bench-").tempdir_in(&args.work_dir).context("work directory")?;
 
     eprintln!("[setup] Postgres (scale {}, shared_buffers {})", plan.scale, plan.shared_buffers);
     let cluster = db::start_cluster(&plan.shared_buffers, &args.work_dir)?;
@@ -182,18 +177,14 @@ fn start_proxy(
     let log = work.join(format!("proxy-{kind:?}.log"));
     let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), log)?;
     let client = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the proxy")?;
-    client
-        .scalar_i64(rt, "SELECT 1::bigint")
-        .context("a query through the proxy")?;
+    client.scalar_i64(rt, "SELECT 1::bigint").context("a query through the proxy")?;
     match kind {
         ProxyKind::NoRules => {}
         ProxyKind::Elsewhere => {
             let sql = "INSERT INTO bench_untouched (id, name, email) VALUES (1, 'Ada Lovelace', 'ADA@EXAMPLE.ORG')";
             let sent = client.batch(rt, sql);
-            let landed = admin.scalar_i64(
-                rt,
-                "SELECT count(*) FROM bench_untouched_v2 WHERE id = 1 AND first_name = 'Ada'",
-            )?;
+            let landed =
+                admin.scalar_i64(rt, "SELECT count(*) FROM bench_untouched_v2 WHERE id = 1 AND first_name = 'Ada'")?;
             admin.batch(rt, "DELETE FROM bench_untouched; DELETE FROM bench_untouched_v2")?;
             sent.context("INSERT into the migrated table through the proxy")?;
             anyhow::ensure!(
@@ -265,12 +256,8 @@ fn run_matrix(
     results: &mut Results,
 ) -> Result<()> {
     let plan = results.plan.clone();
-    let mut available: Vec<Arm> = results
-        .availability
-        .iter()
-        .filter(|(_, reason)| reason.is_none())
-        .map(|(arm, _)| *arm)
-        .collect();
+    let mut available: Vec<Arm> =
+        results.availability.iter().filter(|(_, reason)| reason.is_none()).map(|(arm, _)| *arm).collect();
     let mut per_rep = 0;
     for workload in Workload::ALL {
         for &mode in &plan.modes {
@@ -370,7 +357,12 @@ fn run_matrix(
                                 record.outcome = Some(outcome);
                             }
                             Err(err) => {
-                                eprintln!("[{done}/{total}] {} -M {} -c {clients} {}: FAILED {err:#}", workload.label(), mode.arg(), arm.key());
+                                eprintln!(
+                                    "[{done}/{total}] {} -M {} -c {clients} {}: FAILED {err:#}",
+                                    workload.label(),
+                                    mode.arg(),
+                                    arm.key()
+                                );
                                 record.error = Some(format!("{err:#}"));
                             }
                         }
@@ -423,5 +415,9 @@ fn git_commit() -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
     let rev = shell("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
     let dirty = !shell("git", &["-C", dir, "status", "--porcelain", "--untracked-files=no"]).is_empty();
-    if dirty { format!("{rev} (with uncommitted changes)") } else { rev }
+    if dirty {
+        format!("{rev} (with uncommitted changes)")
+    } else {
+        rev
+    }
 }

@@ -105,10 +105,7 @@ pub async fn main(args: CheckArgs) -> ExitCode {
 
 /// Runs every check, writing the report to `out`. An `Err` means the check could not run at all.
 pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findings> {
-    let mut findings = Findings {
-        strict: args.strict,
-        ..Findings::default()
-    };
+    let mut findings = Findings { strict: args.strict, ..Findings::default() };
     let origin = args.rules.display().to_string();
     let text = std::fs::read_to_string(&args.rules).with_context(|| format!("reading {origin}"))?;
     // Read the replay file up front so a bad path fails before any database work.
@@ -125,11 +122,7 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
             return Ok(findings);
         }
     };
-    writeln!(
-        out,
-        "rules: {origin} ({} migration(s))",
-        rules.migrations.len()
-    )?;
+    writeln!(out, "rules: {origin} ({} migration(s))", rules.migrations.len())?;
 
     let client = connect(&args.upstream).await?;
     for migration in &rules.migrations {
@@ -140,25 +133,12 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
 
     if let Some((path, statements)) = statements {
         let route = replay::route_for(&rules, args.as_version.as_deref(), args.phase)?;
-        writeln!(
-            out,
-            "replay: {} ({} statement(s))",
-            path.display(),
-            statements.len()
-        )?;
+        writeln!(out, "replay: {} ({} statement(s))", path.display(), statements.len())?;
         findings.replay = replay::replay(&rules, &route, &statements, out)?;
     }
 
-    let verdict = if findings.errors == 0 {
-        "rules valid"
-    } else {
-        "rules INVALID"
-    };
-    write!(
-        out,
-        "summary: {verdict} ({} error(s), {} warning(s))",
-        findings.errors, findings.warnings
-    )?;
+    let verdict = if findings.errors == 0 { "rules valid" } else { "rules INVALID" };
+    write!(out, "summary: {verdict} ({} error(s), {} warning(s))", findings.errors, findings.warnings)?;
     if args.replay.is_some() {
         let r = &findings.replay;
         write!(

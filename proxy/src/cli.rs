@@ -220,7 +220,10 @@ mod tests {
         ])
         .unwrap();
         #[allow(irrefutable_let_patterns)]
-        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let Command::Serve(args) = cli.command
+        else {
+            panic!("not serve")
+        };
         let cfg = args.load().unwrap();
         assert_eq!(cfg.upstream, "postgres://a@h:1/d");
         assert_eq!(cfg.listen, "127.0.0.1:7777".parse().unwrap());

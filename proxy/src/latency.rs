@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 /// Upper bounds of the buckets, in microseconds; the last bucket is open-ended. The p99 reported is the
 /// bound of the bucket it falls in (a conservative figure, at most 2x the true value).
 const BOUNDS_US: [u64; 20] = [
-    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800, 409_600, 819_200,
-    1_638_400, 3_276_800, 6_553_600, 13_107_200, 26_214_400,
+    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800, 409_600, 819_200, 1_638_400,
+    3_276_800, 6_553_600, 13_107_200, 26_214_400,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
 

@@ -83,9 +83,7 @@ pub struct UpstreamTls {
 
 impl fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamTls")
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
+        f.debug_struct("UpstreamTls").field("mode", &self.mode).finish_non_exhaustive()
     }
 }
 
@@ -159,42 +157,25 @@ impl TlsParams {
             return UpstreamTls::encrypt_only(parsed);
         };
         let trust = match (mode, self.root_cert.as_deref()) {
-            (SslMode::Disable, _) => {
-                return Ok(UpstreamTls {
-                    mode,
-                    connector: None,
-                })
-            }
-            (SslMode::VerifyFull, Some(SYSTEM_ROOTS)) => {
-                UpstreamTrust::ChainAndName(system_roots()?)
-            }
+            (SslMode::Disable, _) => return Ok(UpstreamTls { mode, connector: None }),
+            (SslMode::VerifyFull, Some(SYSTEM_ROOTS)) => UpstreamTrust::ChainAndName(system_roots()?),
             // As libpq: the system's roots vouch for a name, so only a check of the name makes sense.
-            (mode, Some(SYSTEM_ROOTS)) => anyhow::bail!(
-                "upstream URL: sslrootcert=system needs sslmode=verify-full, not {}",
-                mode.as_str()
-            ),
-            (SslMode::Prefer | SslMode::Require, None) => UpstreamTrust::EncryptOnly,
-            (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(path)) => {
-                UpstreamTrust::Chain(roots(path)?)
+            (mode, Some(SYSTEM_ROOTS)) => {
+                anyhow::bail!("upstream URL: sslrootcert=system needs sslmode=verify-full, not {}", mode.as_str())
             }
+            (SslMode::Prefer | SslMode::Require, None) => UpstreamTrust::EncryptOnly,
+            (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(path)) => UpstreamTrust::Chain(roots(path)?),
             (SslMode::VerifyCa, None) => UpstreamTrust::Chain(roots(&default_root_cert(mode)?)?),
             (SslMode::VerifyFull, Some(path)) => UpstreamTrust::ChainAndName(roots(path)?),
-            (SslMode::VerifyFull, None) => {
-                UpstreamTrust::ChainAndName(roots(&default_root_cert(mode)?)?)
-            }
+            (SslMode::VerifyFull, None) => UpstreamTrust::ChainAndName(roots(&default_root_cert(mode)?)?),
         };
         let identity = match (self.cert, self.key) {
             (Some(cert), Some(key)) => Some(tls::read_identity(Path::new(&cert), Path::new(&key))?),
             (None, None) => None,
-            _ => anyhow::bail!(
-                "upstream URL: sslcert and sslkey go together (a client certificate and its key)"
-            ),
+            _ => anyhow::bail!("upstream URL: sslcert and sslkey go together (a client certificate and its key)"),
         };
         let connector = tls::upstream_connector(&trust, identity)?;
-        Ok(UpstreamTls {
-            mode,
-            connector: Some(connector),
-        })
+        Ok(UpstreamTls { mode, connector: Some(connector) })
     }
 }
 
@@ -265,10 +246,7 @@ fn system_roots() -> anyhow::Result<Arc<RootCertStore>> {
 /// libpq's default root certificate file, `~/.postgresql/root.crt`, which must then exist.
 fn default_root_cert(mode: SslMode) -> anyhow::Result<String> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let Some(path) = home
-        .map(|home| home.join(".postgresql").join("root.crt"))
-        .filter(|path| path.exists())
-    else {
+    let Some(path) = home.map(|home| home.join(".postgresql").join("root.crt")).filter(|path| path.exists()) else {
         anyhow::bail!(
             "upstream URL: sslmode={} needs root certificates: set sslrootcert=<PEM file> (libpq's default \
              ~/.postgresql/root.crt does not exist)",
@@ -306,65 +284,30 @@ mod tests {
     fn modes_and_their_errors() {
         let mode = |url: &str| parse(url).map(|(_, tls)| tls.mode());
         assert_eq!(mode("postgres://u@h/db").unwrap(), SslMode::Prefer);
-        assert_eq!(
-            mode("postgres://u@h/db?sslmode=disable").unwrap(),
-            SslMode::Disable
-        );
-        assert!(parse("postgres://u@h/db?sslmode=disable")
-            .unwrap()
-            .1
-            .connector()
-            .is_none());
-        assert_eq!(
-            mode("host=h user=u sslmode=require").unwrap(),
-            SslMode::Require
-        );
-        assert!(mode("postgres://u@h/db?sslmode=allow")
-            .unwrap_err()
-            .to_string()
-            .contains("not supported"));
-        assert!(mode("postgres://u@h/db?sslmode=bogus")
-            .unwrap_err()
-            .to_string()
-            .contains("invalid sslmode"));
-        let missing = mode("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
-            .unwrap_err();
-        assert!(
-            format!("{missing:#}").contains("/nonexistent/ca.pem"),
-            "{missing:#}"
-        );
+        assert_eq!(mode("postgres://u@h/db?sslmode=disable").unwrap(), SslMode::Disable);
+        assert!(parse("postgres://u@h/db?sslmode=disable").unwrap().1.connector().is_none());
+        assert_eq!(mode("host=h user=u sslmode=require").unwrap(), SslMode::Require);
+        assert!(mode("postgres://u@h/db?sslmode=allow").unwrap_err().to_string().contains("not supported"));
+        assert!(mode("postgres://u@h/db?sslmode=bogus").unwrap_err().to_string().contains("invalid sslmode"));
+        let missing = mode("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/ca.pem"), "{missing:#}");
         // As libpq, a root file turns the default prefer into a chain check: the file is read.
         let prefer = mode("postgres://u@h/db?sslrootcert=/nonexistent/root.pem").unwrap_err();
-        assert!(
-            format!("{prefer:#}").contains("/nonexistent/root.pem"),
-            "{prefer:#}"
-        );
+        assert!(format!("{prefer:#}").contains("/nonexistent/root.pem"), "{prefer:#}");
         let weak = mode("postgres://u@h/db?sslmode=require&sslrootcert=system").unwrap_err();
-        assert!(
-            weak.to_string().contains("needs sslmode=verify-full"),
-            "{weak}"
-        );
+        assert!(weak.to_string().contains("needs sslmode=verify-full"), "{weak}");
         let lonely = mode("postgres://u@h/db?sslmode=require&sslcert=/a.crt").unwrap_err();
         assert!(lonely.to_string().contains("go together"), "{lonely}");
         let key_value = mode("host=h sslmode=verify-full").unwrap_err();
-        assert!(
-            key_value.to_string().contains("postgres:// URLs"),
-            "{key_value}"
-        );
+        assert!(key_value.to_string().contains("postgres:// URLs"), "{key_value}");
     }
 
     #[test]
     fn a_file_without_certificates_is_refused_by_name() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, b"not a certificate\n").unwrap();
-        let url = format!(
-            "postgres://u@h/db?sslmode=verify-ca&sslrootcert={}",
-            file.path().display()
-        );
+        let url = format!("postgres://u@h/db?sslmode=verify-ca&sslrootcert={}", file.path().display());
         let error = format!("{:#}", parse(&url).unwrap_err());
-        assert!(
-            error.contains(&file.path().display().to_string()) && error.contains("no certificate"),
-            "{error}"
-        );
+        assert!(error.contains(&file.path().display().to_string()) && error.contains("no certificate"), "{error}");
     }
 }

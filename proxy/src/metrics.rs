@@ -56,7 +56,10 @@ pub fn install_exporter(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(QUERY_DURATION_SECONDS.to_owned()),
-                &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
             )
             .map_err(|e| e.to_string())?
             .install_recorder()

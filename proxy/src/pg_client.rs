@@ -47,14 +47,8 @@ impl PgTarget {
     }
 
     /// A connection; the caller drives the returned `Connection`.
-    pub async fn connect(
-        &self,
-    ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
-        self.config
-            .connect(MakeRustls {
-                connector: self.tls.connector().cloned(),
-            })
-            .await
+    pub async fn connect(&self) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
+        self.config.connect(MakeRustls { connector: self.tls.connector().cloned() }).await
     }
 
     /// A client whose connection a spawned task drives until the client is dropped (asynchronous
@@ -87,10 +81,7 @@ where
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
         // Called for every host even with sslmode=disable, so nothing can fail before `connect`.
-        Ok(RustlsConnect {
-            connector: self.connector.clone(),
-            host: domain.to_owned(),
-        })
+        Ok(RustlsConnect { connector: self.connector.clone(), host: domain.to_owned() })
     }
 }
 
@@ -110,17 +101,13 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let connector = self
-                .connector
-                .ok_or_else(|| io::Error::other("TLS is off (sslmode=disable)"))?;
-            let name = ServerName::try_from(self.host.clone())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let connector = self.connector.ok_or_else(|| io::Error::other("TLS is off (sslmode=disable)"))?;
+            let name =
+                ServerName::try_from(self.host.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             match connector.connect(name, stream).await {
                 Ok(stream) => Ok(RustlsStream(stream)),
                 Err(error) => Err(match crate::tls::rejected_certificate(&error) {
-                    Some(reason) => {
-                        io::Error::other(crate::tls::describe_rejection(&self.host, reason))
-                    }
+                    Some(reason) => io::Error::other(crate::tls::describe_rejection(&self.host, reason)),
                     None => error,
                 }),
             }
@@ -132,21 +119,13 @@ where
 pub struct RustlsStream<S>(TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

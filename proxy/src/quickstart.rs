@@ -57,8 +57,7 @@ pub async fn run(
             std::fs::write(&path, EXAMPLE_RULES).context("writing the example rules")?;
             config.rules = Some(path);
         }
-        config.upstream =
-            cluster.connection_string_for(cluster.superuser(), None, EXAMPLE_DATABASE);
+        config.upstream = cluster.connection_string_for(cluster.superuser(), None, EXAMPLE_DATABASE);
         if config.admin_roles.is_empty() {
             // The user the printed URL connects as may run DUALWRITE commands.
             config.admin_roles = vec![cluster.superuser().to_owned()];
@@ -71,9 +70,7 @@ pub async fn run(
     let served = serve(config, shutdown, on_ready, cluster.as_ref()).await;
     if let Some(cluster) = cluster {
         // Stopping waits for pg_ctl; keep it off the async workers.
-        tokio::task::spawn_blocking(move || drop(cluster))
-            .await
-            .context("removing the throwaway cluster")?;
+        tokio::task::spawn_blocking(move || drop(cluster)).await.context("removing the throwaway cluster")?;
     }
     served
 }
@@ -89,19 +86,13 @@ async fn serve(
     let metrics = config.metrics_listen;
     let server = Server::bind(config).await.context("starting the proxy")?;
     let proxy_addr = server.local_addr();
-    let user = cluster
-        .map(|c| c.superuser().to_owned())
-        .unwrap_or_else(|| upstream_user(&upstream_url));
+    let user = cluster.map(|c| c.superuser().to_owned()).unwrap_or_else(|| upstream_user(&upstream_url));
     let database = match cluster {
         Some(_) => EXAMPLE_DATABASE.to_owned(),
         None => upstream_database(&upstream_url),
     };
     let endpoints = Endpoints {
-        proxy_url: format!(
-            "postgres://{user}@{}:{}/{database}",
-            proxy_addr.ip(),
-            proxy_addr.port()
-        ),
+        proxy_url: format!("postgres://{user}@{}:{}/{database}", proxy_addr.ip(), proxy_addr.port()),
         upstream_url,
         proxy_addr,
         throwaway: cluster.is_some(),
@@ -143,10 +134,7 @@ async fn start_example_cluster() -> anyhow::Result<PgCluster> {
 pub fn banner(endpoints: &Endpoints) -> String {
     let mut text = String::from("dualwrite quickstart is running\n\n");
     if endpoints.throwaway {
-        text.push_str(&format!(
-            "  PostgreSQL 15 (throwaway): {}\n",
-            endpoints.upstream_url
-        ));
+        text.push_str(&format!("  PostgreSQL 15 (throwaway): {}\n", endpoints.upstream_url));
     }
     text.push_str(&format!("  proxy:   {}\n", endpoints.proxy_addr));
     if let Some(rules) = &endpoints.rules {
@@ -155,10 +143,7 @@ pub fn banner(endpoints: &Endpoints) -> String {
     if let Some(metrics) = endpoints.metrics {
         text.push_str(&format!("  metrics: http://{metrics}/metrics\n"));
     }
-    text.push_str(&format!(
-        "\nConnect with:\n\n  psql \"{}\"\n\n",
-        endpoints.proxy_url
-    ));
+    text.push_str(&format!("\nConnect with:\n\n  psql \"{}\"\n\n", endpoints.proxy_url));
     if endpoints.throwaway {
         text.push_str(
             "Then try (users is being split into users_v2 by the example migration users_split_name):\n\n  \
@@ -175,10 +160,7 @@ pub fn banner(endpoints: &Endpoints) -> String {
 /// `dualwrite quickstart` from the CLI: runs until SIGINT (Ctrl-C) or SIGTERM, printing the banner when
 /// ready.
 pub async fn main(config: Config) -> anyhow::Result<()> {
-    run(config, crate::shutdown::signal(), |endpoints| {
-        println!("{}", banner(endpoints))
-    })
-    .await?;
+    run(config, crate::shutdown::signal(), |endpoints| println!("{}", banner(endpoints))).await?;
     println!("dualwrite quickstart stopped");
     Ok(())
 }

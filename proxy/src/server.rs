@@ -33,13 +33,13 @@ use tokio::task::JoinSet;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
+use crate::libpq_tls::UpstreamTls;
 use crate::live::{Live, LiveInterceptor};
 use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
 use crate::session;
 use crate::session::interceptor::{Passthrough, SharedInterceptor};
 use crate::session_threads::SessionThreads;
-use crate::libpq_tls::UpstreamTls;
 use crate::tls::{self, TlsAcceptor};
 use crate::upstream::UpstreamTarget;
 

@@ -33,15 +33,17 @@ pub fn server_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn read_cert_and_key(cert: &Path, key: &Path) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+fn read_cert_and_key(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let cert_pem = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
     let key_pem = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .with_context(|| format!("parsing TLS key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).with_context(|| format!("parsing TLS key {}", key.display()))?;
     Ok((chain, key))
 }
 
@@ -98,9 +100,9 @@ pub fn read_roots(path: &Path) -> anyhow::Result<RootCertStore> {
     anyhow::ensure!(!certs.is_empty(), "no certificate in root certificate file {}", path.display());
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .with_context(|| format!("root certificate file {}: a certificate is not a usable trust anchor", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!("root certificate file {}: a certificate is not a usable trust anchor", path.display())
+        })?;
     }
     Ok(roots)
 }

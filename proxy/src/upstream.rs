@@ -120,9 +120,8 @@ pub async fn connect(target: &UpstreamTarget) -> Result<Stream, ConnectError> {
                 _ => Ok(Stream::Tcp(tcp)),
             };
         }
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
-            io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         match tls.connect(name, tcp).await {
             Ok(stream) => Ok(Stream::UpstreamTls(Box::new(stream))),
             Err(error) => Err(match crate::tls::rejected_certificate(&error) {
@@ -186,9 +185,12 @@ mod tests {
     async fn keepalive_and_user_timeout_are_set_on_the_socket() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let target = UpstreamTarget::from_url(&format!("postgres://u@127.0.0.1:{port}/d?sslmode=disable"), Duration::from_secs(3))
-            .unwrap()
-            .with_tcp_options(Some(Duration::from_secs(40)), Some(Duration::from_secs(25)));
+        let target = UpstreamTarget::from_url(
+            &format!("postgres://u@127.0.0.1:{port}/d?sslmode=disable"),
+            Duration::from_secs(3),
+        )
+        .unwrap()
+        .with_tcp_options(Some(Duration::from_secs(40)), Some(Duration::from_secs(25)));
         let Stream::Tcp(tcp) = connect(&target).await.unwrap() else { panic!("plain TCP expected") };
         let socket = socket2::SockRef::from(&tcp);
         assert!(socket.keepalive().unwrap());

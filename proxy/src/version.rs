@@ -121,9 +121,8 @@ impl SessionVersion {
         defaults: &VersionDefaults,
         rules: &RuleSet,
     ) -> Result<Self, SqlError> {
-        let lookup = |name: &str| {
-            startup_params.clone().into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
-        };
+        let lookup =
+            |name: &str| startup_params.clone().into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
         let fallback = if let Some(v) = startup_version(startup_params.clone()) {
             validate_version(rules, &v)?;
             Some((v, VersionSource::Startup))

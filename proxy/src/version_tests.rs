@@ -213,11 +213,9 @@ fn show_value() {
     assert_eq!(s.show_value(catalog()), "v1");
     let s = session(&[("user", "reporter")]);
     assert_eq!(s.show_value(catalog()), "v2");
-    let mixed = RuleSet::from_toml(
-        &RULES.replacen("old = \"v1\", new = \"v3\"", "old = \"b1\", new = \"b2\"", 1),
-        "mixed",
-    )
-    .unwrap();
+    let mixed =
+        RuleSet::from_toml(&RULES.replacen("old = \"v1\", new = \"v3\"", "old = \"b1\", new = \"b2\"", 1), "mixed")
+            .unwrap();
     let s = SessionVersion::new([], &VersionDefaults::default(), &mixed).unwrap();
     assert_eq!(s.show_value(&mixed), "");
 }
@@ -306,8 +304,10 @@ fn show_response_and_aborted_transaction() {
 
 #[test]
 fn config_carries_version_defaults() {
-    let cfg = crate::config::Config::from_toml("[versions.roles]\nreporter = \"v2\"\n[versions.applications]\nbilling = \"v3\"\n")
-        .unwrap();
+    let cfg = crate::config::Config::from_toml(
+        "[versions.roles]\nreporter = \"v2\"\n[versions.applications]\nbilling = \"v3\"\n",
+    )
+    .unwrap();
     assert_eq!(cfg.versions, defaults());
     assert_eq!(crate::config::Config::default().versions, VersionDefaults::default());
 }

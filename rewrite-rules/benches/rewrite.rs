@@ -26,7 +26,8 @@ const JOIN: &str = "SELECT p.id, p.title, u.id, u.name FROM posts p JOIN users u
 fn bench(c: &mut Criterion) {
     let rules = RuleSet::from_toml(RULES, "examples").unwrap();
     let v1 = Route::uniform(&rules, MigrationRoute::own(Phase::DualWrite, Side::Old));
-    let v1_reads_v2 = Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::New });
+    let v1_reads_v2 =
+        Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::New });
     let rewriter = Rewriter::new(Arc::new(rules), 10_000);
 
     c.bench_function("passthrough_check", |b| b.iter(|| rewriter.mentions_migrated_table(black_box(UNRELATED))));

@@ -9,7 +9,7 @@
 use std::io::BufRead;
 use std::sync::Arc;
 
-use dualwrite_rules::{MigrationRoute, Phase, Plan, Route, Rewriter, RuleSet, Side};
+use dualwrite_rules::{MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

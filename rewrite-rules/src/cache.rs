@@ -94,10 +94,8 @@ impl<V> PlanCache<V> {
         let hash = self.hash(sql, route);
         {
             let mut shard = self.shard(hash);
-            if let Some(slot) = shard
-                .slots
-                .get_mut(&hash)
-                .and_then(|v| v.iter_mut().find(|s| &*s.sql == sql && s.route == *route))
+            if let Some(slot) =
+                shard.slots.get_mut(&hash).and_then(|v| v.iter_mut().find(|s| &*s.sql == sql && s.route == *route))
             {
                 slot.referenced = true;
                 return (slot.plan.clone(), true);

@@ -253,8 +253,8 @@ mod tests {
     use super::*;
 
     fn users() -> Compiled {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/users_split_name.toml"))
-            .unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/users_split_name.toml")).unwrap();
         Compiled::new(&RuleSet::from_toml(&text, "users").unwrap())
     }
 

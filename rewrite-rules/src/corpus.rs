@@ -81,9 +81,8 @@ pub fn parse(text: &str, rules: &RuleSet) -> Result<Vec<CorpusEntry>, String> {
             route = Some(MigrationRoute { phase, version: side(version, line)?, read_source: side(read, line)? });
             continue;
         }
-        let (outcome, sql) = trimmed
-            .split_once('|')
-            .ok_or_else(|| format!("line {line}: expected `<outcome> | <sql>`"))?;
+        let (outcome, sql) =
+            trimmed.split_once('|').ok_or_else(|| format!("line {line}: expected `<outcome> | <sql>`"))?;
         let mut words = outcome.split_whitespace();
         let expected = match (words.next(), words.next()) {
             (Some("pass"), None) => Expected::Pass,

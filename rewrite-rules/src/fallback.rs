@@ -34,7 +34,12 @@ pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &
 }
 
 /// Decides a SQL string the parser rejected: `Ok(())` to pass it through, or the rejection.
-pub(crate) fn decide_unparsed(compiled: &Compiled, route: &Route, sql: &str, parse_error: &str) -> Result<(), Rejection> {
+pub(crate) fn decide_unparsed(
+    compiled: &Compiled,
+    route: &Route,
+    sql: &str,
+    parse_error: &str,
+) -> Result<(), Rejection> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize();
     let tokens = match tokens {
         Ok(t) => t,

@@ -7,17 +7,15 @@ use std::sync::{Arc, OnceLock};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::{MigrationRoute, Phase, Plan, Route, RuleSet, Rewriter, Side};
+use crate::{MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side};
 
 /// Both example migrations (`users` split by name, `orders` with a composite key) in one rule set.
 fn rewriter() -> &'static Rewriter {
     static REWRITER: OnceLock<Rewriter> = OnceLock::new();
     REWRITER.get_or_init(|| {
-        let text = [
-            include_str!("../examples/users_split_name.toml"),
-            include_str!("../examples/orders_amount_numeric.toml"),
-        ]
-        .join("\n");
+        let text =
+            [include_str!("../examples/users_split_name.toml"), include_str!("../examples/orders_amount_numeric.toml")]
+                .join("\n");
         let rules = RuleSet::from_toml(&text, "examples").expect("the example rules are valid");
         Rewriter::new(Arc::new(rules), 1_000)
     })

@@ -162,7 +162,8 @@ impl Masked {
     /// Splits the SQL the shape was rewritten to at its sentinels; `None` if a sentinel digit run is not one
     /// of this shape's sentinels printed whole.
     pub fn template(&self, rewritten: &str) -> Option<Template> {
-        let sentinels: Vec<String> = self.kinds.iter().enumerate().map(|(i, k)| k.printed(&k.sentinel_value(i))).collect();
+        let sentinels: Vec<String> =
+            self.kinds.iter().enumerate().map(|(i, k)| k.printed(&k.sentinel_value(i))).collect();
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut rest = rewritten;

@@ -231,9 +231,7 @@ impl Migration {
             field: Some(field.to_string()),
             message,
         };
-        if self.name.is_empty()
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(err("name", "must be non-empty letters, digits, `_` or `-`".into()));
         }
         if tables_may_clash(&self.table, &self.shadow) {
@@ -280,10 +278,7 @@ impl Migration {
                 let expr = parse_mapping_expr(text).map_err(|m| err(&field, m))?;
                 for used in referenced_columns(&expr) {
                     if !from_cols.contains(used.as_str()) {
-                        return Err(err(
-                            &field,
-                            format!("refers to `{used}`, which is not one of the {from_what}"),
-                        ));
+                        return Err(err(&field, format!("refers to `{used}`, which is not one of the {from_what}")));
                     }
                 }
             }
@@ -295,9 +290,8 @@ impl Migration {
 /// Parses one mapping expression, requiring that nothing follows it.
 pub(crate) fn parse_mapping_expr(text: &str) -> Result<Expr, String> {
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
+    let mut parser =
+        Parser::new(&dialect).try_with_sql(text).map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
     let expr = parser.parse_expr().map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
     if parser.peek_token().token != Token::EOF {
         return Err(format!("`{text}` is not a single SQL expression: unexpected text after `{expr}`"));

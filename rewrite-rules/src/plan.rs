@@ -61,8 +61,7 @@ pub struct StatementTransform {
 
 impl StatementTransform {
     /// The server's answer is already what the client expects.
-    pub const UNCHANGED: StatementTransform =
-        StatementTransform { command_tag: None, rows: RowsDisposition::Keep };
+    pub const UNCHANGED: StatementTransform = StatementTransform { command_tag: None, rows: RowsDisposition::Keep };
 }
 
 /// The command tag a client expects for a write that was sent as a `WITH ... SELECT`.
@@ -112,20 +111,13 @@ pub struct Rejection {
 
 impl Rejection {
     pub(crate) fn new(migration: &str, migration_index: usize, reason: RejectReason, detail: &str) -> Self {
-        let mut message =
-            format!("dualwrite: statement refused for migration \"{migration}\": {}", reason.describe());
+        let mut message = format!("dualwrite: statement refused for migration \"{migration}\": {}", reason.describe());
         if !detail.is_empty() {
             message.push_str(" (");
             message.push_str(detail);
             message.push(')');
         }
-        Rejection {
-            sqlstate: "0A000",
-            migration: migration.to_string(),
-            migration_index,
-            reason,
-            message,
-        }
+        Rejection { sqlstate: "0A000", migration: migration.to_string(), migration_index, reason, message }
     }
 }
 
@@ -176,11 +168,15 @@ impl RejectReason {
 
     fn describe(self) -> &'static str {
         match self {
-            RejectReason::KeyChangingUpdate => "an UPDATE that changes a key column of a migrated table is not supported",
+            RejectReason::KeyChangingUpdate => {
+                "an UPDATE that changes a key column of a migrated table is not supported"
+            }
             RejectReason::Merge => "MERGE is not supported",
             RejectReason::CopyFrom => "COPY FROM into a migrated table is not supported (use INSERT)",
             RejectReason::Ddl => "DDL on a migrated table is not allowed while the migration runs",
-            RejectReason::Unparseable => "the statement names a migrated table but could not be parsed, so it cannot be rewritten safely",
+            RejectReason::Unparseable => {
+                "the statement names a migrated table but could not be parsed, so it cannot be rewritten safely"
+            }
             RejectReason::DataModifyingCte => "a data-modifying WITH clause on a migrated table is not supported",
             RejectReason::UnsupportedReturning => {
                 "a RETURNING list that reads the FROM/USING tables of the statement is not supported"

@@ -169,12 +169,7 @@ impl Rewriter {
             out.push(' ');
             out.push_str(trailing.trim_end_matches(' '));
         }
-        Ok(Plan::Rewritten {
-            sql: out,
-            statements: transforms,
-            migrations: migrations.into_iter().collect(),
-            writes,
-        })
+        Ok(Plan::Rewritten { sql: out, statements: transforms, migrations: migrations.into_iter().collect(), writes })
     }
 
     /// For a sampled read: the statement in both shapes (reading the old table, reading the shadow), or

@@ -50,11 +50,7 @@ impl Route {
     /// Every migration in its initial phase, sessions on the old version reading the old table.
     pub fn initial(rules: &RuleSet) -> Route {
         Route {
-            per_migration: rules
-                .migrations
-                .iter()
-                .map(|m| MigrationRoute::own(m.initial_phase, Side::Old))
-                .collect(),
+            per_migration: rules.migrations.iter().map(|m| MigrationRoute::own(m.initial_phase, Side::Old)).collect(),
         }
     }
 

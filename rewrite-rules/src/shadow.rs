@@ -10,9 +10,7 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{
-    Expr, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor, VisitMut,
-};
+use sqlparser::ast::{Expr, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, VisitMut, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -27,12 +25,39 @@ const ROW_ALIAS: &str = "__dw_row";
 /// Functions whose answer differs between two runs in one snapshot, or that have effects (lower case; a
 /// trailing `*` matches a prefix).
 pub const VOLATILE: &[&str] = &[
-    "random", "random_normal", "setseed", "nextval", "setval", "currval", "lastval", "clock_timestamp",
-    "statement_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_*", "pg_sleep*", "txid_current*",
-    "pg_current_xact_id*", "set_config", "pg_advisory_*", "pg_try_advisory_*", "pg_notify", "dblink*", "lo_*",
-    "pg_read_file", "pg_read_binary_file", "pg_stat_*", "pg_backend_pid", "pg_cancel_backend",
-    "pg_terminate_backend", "pg_reload_conf", "pg_rotate_logfile*", "pg_switch_wal", "pg_promote",
-    "pg_create_restore_point", "pg_log_backend_memory_contexts",
+    "random",
+    "random_normal",
+    "setseed",
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "clock_timestamp",
+    "statement_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuid_generate_*",
+    "pg_sleep*",
+    "txid_current*",
+    "pg_current_xact_id*",
+    "set_config",
+    "pg_advisory_*",
+    "pg_try_advisory_*",
+    "pg_notify",
+    "dblink*",
+    "lo_*",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_*",
+    "pg_backend_pid",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile*",
+    "pg_switch_wal",
+    "pg_promote",
+    "pg_create_restore_point",
+    "pg_log_backend_memory_contexts",
 ];
 
 /// One sampled read in both shapes.
@@ -179,9 +204,11 @@ mod tests {
     use crate::route::{MigrationRoute, Route, Side};
     use crate::{Phase, Rewriter};
 
-
     fn rewriter() -> Rewriter {
-        Rewriter::new(Arc::new(RuleSet::from_toml(include_str!("../examples/users_split_name.toml"), "t.toml").unwrap()), 0)
+        Rewriter::new(
+            Arc::new(RuleSet::from_toml(include_str!("../examples/users_split_name.toml"), "t.toml").unwrap()),
+            0,
+        )
     }
 
     fn route(phase: Phase, version: Side, read_source: Side) -> Route {

@@ -163,7 +163,9 @@ fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: Statement) ->
                     if !columns.is_empty() {
                         select.projection = columns
                             .iter()
-                            .map(|c| sqlparser::ast::SelectItem::UnnamedExpr(sqlparser::ast::Expr::Identifier(c.clone())))
+                            .map(|c| {
+                                sqlparser::ast::SelectItem::UnnamedExpr(sqlparser::ast::Expr::Identifier(c.clone()))
+                            })
                             .collect();
                     }
                 }

@@ -23,9 +23,9 @@ use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, OnConflictAction,
-    OnInsert, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAliasWithoutColumns,
-    TableFactor, TableObject, TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
+    Assignment, AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, OnConflictAction, OnInsert,
+    Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAliasWithoutColumns, TableFactor,
+    TableObject, TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
 };
 
 use crate::compiled::{template_query, Compiled, CompiledMigration, Direction};
@@ -404,12 +404,10 @@ fn reads_only(items: &[SelectItem], exposed: &Ident) -> bool {
     for item in items {
         match item {
             SelectItem::Wildcard(_) => return false,
-            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
-                match n.0.last() {
-                    Some(ObjectNamePart::Identifier(id)) if normalize_ident(id) == exposed_norm => {}
-                    _ => return false,
-                }
-            }
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => match n.0.last() {
+                Some(ObjectNamePart::Identifier(id)) if normalize_ident(id) == exposed_norm => {}
+                _ => return false,
+            },
             other => {
                 let _ = other.visit(&mut check);
             }

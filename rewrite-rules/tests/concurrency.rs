@@ -13,7 +13,9 @@ fn concurrent_sessions_share_one_bounded_cache() {
     let rules = RuleSet::from_toml(include_str!("../examples/users_split_name.toml"), "users").unwrap();
     let routes: Vec<Route> = [Side::Old, Side::New]
         .into_iter()
-        .map(|read_source| Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source }))
+        .map(|read_source| {
+            Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source })
+        })
         .collect();
     let rewriter = Arc::new(Rewriter::new(Arc::new(rules), 64));
     let statements: Vec<String> = (0..100).map(|i| format!("UPDATE users SET email = $1 WHERE id = {i}")).collect();

@@ -40,12 +40,23 @@ fn corpus_statements_get_their_expected_outcome() {
             match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
                 Ok(parsed) => {
                     if parsed.len() != statements.len() {
-                        failures.push(format!("line {}: {} statements but {} transforms", entry.line, parsed.len(), statements.len()));
+                        failures.push(format!(
+                            "line {}: {} statements but {} transforms",
+                            entry.line,
+                            parsed.len(),
+                            statements.len()
+                        ));
                     }
                 }
                 Err(e) => failures.push(format!("line {}: rewritten SQL does not parse: {e}\n    {sql}", entry.line)),
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} corpus statements failed:\n{}", failures.len(), entries.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus statements failed:\n{}",
+        failures.len(),
+        entries.len(),
+        failures.join("\n")
+    );
 }

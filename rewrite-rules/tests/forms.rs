@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use dualwrite_rules::RowsDisposition::*;
 use dualwrite_rules::TagRewrite::*;
-use dualwrite_rules::{
-    MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, StatementTransform,
-};
+use dualwrite_rules::{MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, StatementTransform};
 
 const USERS: &str = include_str!("../examples/users_split_name.toml");
 const ORDERS: &str = include_str!("../examples/orders_amount_numeric.toml");
@@ -205,7 +203,10 @@ fn truncate_both() {
         USERS,
         route(Phase::DualWrite, Side::Old, Side::Old),
         "TRUNCATE users, audit RESTART IDENTITY CASCADE",
-        Expect::Rewrite("TRUNCATE users, public.users_v2, audit RESTART IDENTITY CASCADE", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "TRUNCATE users, public.users_v2, audit RESTART IDENTITY CASCADE",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
@@ -268,7 +269,10 @@ fn complete_v2_update() {
         USERS,
         route(Phase::Complete, Side::New, Side::New),
         "UPDATE users SET first_name = $1 WHERE id = $2",
-        Expect::Rewrite("UPDATE public.users_v2 AS users SET first_name = $1 WHERE id = $2", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "UPDATE public.users_v2 AS users SET first_name = $1 WHERE id = $2",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
@@ -286,7 +290,10 @@ fn complete_v2_copy_from() {
         USERS,
         route(Phase::Complete, Side::New, Side::New),
         "COPY users (id, first_name) FROM STDIN",
-        Expect::Rewrite("COPY public.users_v2 (id, first_name) FROM STDIN", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "COPY public.users_v2 (id, first_name) FROM STDIN",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
@@ -304,7 +311,10 @@ fn read_own_new() {
         USERS,
         route(Phase::DualWrite, Side::New, Side::New),
         "SELECT u.first_name, public.users.id FROM public.users JOIN users u ON u.id = users.id",
-        Expect::Rewrite("SELECT u.first_name, users.id FROM public.users_v2 AS users JOIN public.users_v2 u ON u.id = users.id", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "SELECT u.first_name, users.id FROM public.users_v2 AS users JOIN public.users_v2 u ON u.id = users.id",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
@@ -336,12 +346,7 @@ fn read_cte_body_routed_cte_name_kept() {
 }
 #[test]
 fn read_table_function_named_like_table() {
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "SELECT * FROM users(1)",
-        Expect::Pass,
-    );
+    check(USERS, route(Phase::DualWrite, Side::New, Side::New), "SELECT * FROM users(1)", Expect::Pass);
 }
 #[test]
 fn read_copy_to() {
@@ -372,12 +377,7 @@ fn read_into_other_table() {
 }
 #[test]
 fn read_string_literal_only() {
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "SELECT 'users' AS t",
-        Expect::Pass,
-    );
+    check(USERS, route(Phase::DualWrite, Side::New, Side::New), "SELECT 'users' AS t", Expect::Pass);
 }
 #[test]
 fn read_explain() {
@@ -385,7 +385,10 @@ fn read_explain() {
         USERS,
         route(Phase::DualWrite, Side::New, Side::New),
         "EXPLAIN SELECT * FROM users",
-        Expect::Rewrite("EXPLAIN SELECT * FROM public.users_v2 AS users", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "EXPLAIN SELECT * FROM public.users_v2 AS users",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
@@ -403,17 +406,15 @@ fn read_union() {
         USERS,
         route(Phase::DualWrite, Side::New, Side::New),
         "SELECT id FROM users UNION ALL SELECT id FROM archived_users",
-        Expect::Rewrite("SELECT id FROM public.users_v2 AS users UNION ALL SELECT id FROM archived_users", vec![StatementTransform { command_tag: None, rows: Keep }]),
+        Expect::Rewrite(
+            "SELECT id FROM public.users_v2 AS users UNION ALL SELECT id FROM archived_users",
+            vec![StatementTransform { command_tag: None, rows: Keep }],
+        ),
     );
 }
 #[test]
 fn off_passes_everything() {
-    check(
-        USERS,
-        route(Phase::Off, Side::New, Side::New),
-        "ALTER TABLE users ADD COLUMN x int",
-        Expect::Pass,
-    );
+    check(USERS, route(Phase::Off, Side::New, Side::New), "ALTER TABLE users ADD COLUMN x int", Expect::Pass);
 }
 #[test]
 fn reject_key_change() {
@@ -453,12 +454,7 @@ fn reject_ddl_alter() {
 }
 #[test]
 fn reject_ddl_drop() {
-    check(
-        USERS,
-        route(Phase::Cutover, Side::New, Side::New),
-        "DROP TABLE users",
-        Expect::Reject(RejectReason::Ddl),
-    );
+    check(USERS, route(Phase::Cutover, Side::New, Side::New), "DROP TABLE users", Expect::Reject(RejectReason::Ddl));
 }
 #[test]
 fn reject_ddl_index() {
@@ -516,12 +512,7 @@ fn reject_unparseable_routed_read() {
 }
 #[test]
 fn unparseable_own_read_passes() {
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::Old, Side::Old),
-        "SELECT * FROM users FOR NO KEY UPDATE",
-        Expect::Pass,
-    );
+    check(USERS, route(Phase::DualWrite, Side::Old, Side::Old), "SELECT * FROM users FOR NO KEY UPDATE", Expect::Pass);
 }
 #[test]
 fn reject_prepare_write() {

@@ -48,7 +48,11 @@ impl Gen {
     /// String content; `dollar` leaves out `$` so the value cannot close its quote.
     fn text(&mut self, dollar: bool) -> String {
         let n = self.next() % 6;
-        let pieces: &[&str] = if dollar { &["a", "'", "\\", "é", " ", "x1", "\n"] } else { &["a", "'", "\\", "é", " ", "$", "x1", "''"] };
+        let pieces: &[&str] = if dollar {
+            &["a", "'", "\\", "é", " ", "x1", "\n"]
+        } else {
+            &["a", "'", "\\", "é", " ", "$", "x1", "''"]
+        };
         (0..n).map(|_| self.pick(pieces)).collect()
     }
 }
@@ -61,7 +65,9 @@ fn with_random_literals(sql: &str, gen: &mut Gen) -> String {
     for token in tokens {
         let literal = match &token.token {
             Token::Number(n, false) if n.bytes().all(|b| b.is_ascii_digit()) => gen.digits(12),
-            Token::Number(n, false) if n.contains('.') && !n.contains('e') => format!("{}.{}", gen.digits(6), gen.digits(4)),
+            Token::Number(n, false) if n.contains('.') && !n.contains('e') => {
+                format!("{}.{}", gen.digits(6), gen.digits(4))
+            }
             Token::SingleQuotedString(_) => format!("'{}'", gen.text(false).replace('\'', "''")),
             Token::NationalStringLiteral(_) => format!("N'{}'", gen.text(false).replace('\'', "''")),
             Token::EscapedStringLiteral(_) => {
@@ -181,7 +187,8 @@ fn a_literal_the_parser_reads_keeps_its_shape_out_of_the_template_cache() {
     let rewriter = Rewriter::new(Arc::new(rules.clone()), 64);
     let route = dual_write_route(rules);
     // varchar(n) is read as an integer and printed back: `010` comes out as `10`.
-    for sql in ["SELECT name::varchar(10) FROM users WHERE id = 1", "SELECT name::varchar(010) FROM users WHERE id = 2"] {
+    for sql in ["SELECT name::varchar(10) FROM users WHERE id = 1", "SELECT name::varchar(010) FROM users WHERE id = 2"]
+    {
         assert_eq!(*rewriter.rewrite(sql, &route), rewriter.plan(sql, &route), "{sql}");
     }
 }

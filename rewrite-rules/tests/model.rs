@@ -73,10 +73,19 @@ fn errors_name_file_migration_and_field() {
         (BASE.replace("\"a_v2\"", "\"a\""), "field `shadow`: must differ from `table`"),
         (BASE.replace("\"a_v2\"", "\"a b\""), "field `shadow`: `a b` is not a table name"),
         (BASE.replace("new = \"v2\"", "new = \"v1\""), "field `versions`: `old` and `new` must differ"),
-        (BASE.replace("key = [\"id\"]", "key = [\"id\"]\nphase = \"complete\""), "field `initial_phase`: a migration cannot start in `complete`"),
+        (
+            BASE.replace("key = [\"id\"]", "key = [\"id\"]\nphase = \"complete\""),
+            "field `initial_phase`: a migration cannot start in `complete`",
+        ),
         (BASE.replace("name = \"m1\"", "name = \"\""), "migration `#1`: field `name`"),
-        (format!("{BASE}{}", BASE.replace("a_v2", "a_v3")), "migration `m1`: field `name`: another migration has the same name"),
-        (format!("{BASE}{}", BASE.replace("m1", "m2").replace("\"a\"", "\"public.a\"").replace("a_v2", "a_v3")), "migration `m2`: field `table`: `public.a` is already used by migration `m1`"),
+        (
+            format!("{BASE}{}", BASE.replace("a_v2", "a_v3")),
+            "migration `m1`: field `name`: another migration has the same name",
+        ),
+        (
+            format!("{BASE}{}", BASE.replace("m1", "m2").replace("\"a\"", "\"public.a\"").replace("a_v2", "a_v3")),
+            "migration `m2`: field `table`: `public.a` is already used by migration `m1`",
+        ),
         (BASE.replace("key = ", "kee = "), "rules.toml: line 6: unknown field `kee`"),
         (String::new(), "rules.toml: field `migration`: the file defines no [[migration]]"),
     ];

@@ -80,7 +80,8 @@ fn statement() -> impl Strategy<Value = String> {
             .prop_map(|(t, a, c, v, p, r)| format!("UPDATE {t}{a} SET {c} = {v} WHERE {p}{r}")),
         (table(), alias(), predicate(), returning())
             .prop_map(|(t, a, p, r)| format!("UPDATE {t}{a} SET email = a.email FROM accounts a WHERE {p}{r}")),
-        (table(), alias(), predicate(), returning()).prop_map(|(t, a, p, r)| format!("DELETE FROM {t}{a} WHERE {p}{r}")),
+        (table(), alias(), predicate(), returning())
+            .prop_map(|(t, a, p, r)| format!("DELETE FROM {t}{a} WHERE {p}{r}")),
         (table(), predicate(), returning())
             .prop_map(|(t, p, r)| format!("DELETE FROM {t} USING accounts a WHERE {p}{r}")),
         (table(), table()).prop_map(|(a, b)| format!("TRUNCATE {a}, {b}")),

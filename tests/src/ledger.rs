@@ -90,7 +90,8 @@ impl<V: Clone + PartialEq + Debug> Ledger<V> {
     /// touched as read from the table directly (absent key = no row), after the transaction's backend
     /// has ended. Returns whether it committed; an error when the rows match neither outcome.
     pub fn resolve(&mut self, ops: &[Op<V>], actual: &BTreeMap<i64, V>) -> Result<bool, String> {
-        let before: BTreeMap<i64, Option<V>> = ops.iter().map(|op| (op.key(), self.rows.get(&op.key()).cloned())).collect();
+        let before: BTreeMap<i64, Option<V>> =
+            ops.iter().map(|op| (op.key(), self.rows.get(&op.key()).cloned())).collect();
         let mut after_rows = self.rows.clone();
         apply(&mut after_rows, ops);
         let after: BTreeMap<i64, Option<V>> = before.keys().map(|k| (*k, after_rows.get(k).cloned())).collect();
@@ -128,7 +129,9 @@ impl<V: Clone + PartialEq + Debug> Ledger<V> {
         for (key, expected) in &self.rows {
             match actual.get(key) {
                 None => out.push(format!("key {key}: missing, ledger has {expected:?}")),
-                Some(value) if value != expected => out.push(format!("key {key}: table has {value:?}, ledger {expected:?}")),
+                Some(value) if value != expected => {
+                    out.push(format!("key {key}: table has {value:?}, ledger {expected:?}"))
+                }
                 Some(_) => {}
             }
         }

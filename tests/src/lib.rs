@@ -17,14 +17,14 @@ use std::time::Duration;
 
 pub mod ledger;
 mod process;
-pub mod txn_ledger;
 mod proxy;
+pub mod txn_ledger;
 pub use process::{dualwrite_binary, ProxyProcess};
 pub use proxy::TestProxy;
 
 use anyhow::{bail, Context};
-pub use dualwrite_proxy::pgcluster::{ClusterOptions, PasswordAuth, PgCluster, Role, StopMode};
 use dualwrite_proxy::pgcluster::percent_encode;
+pub use dualwrite_proxy::pgcluster::{ClusterOptions, PasswordAuth, PgCluster, Role, StopMode};
 use tokio::io::AsyncWriteExt;
 
 /// Roles every harness cluster has, one per password method, all superusers.
@@ -51,10 +51,7 @@ pub fn init_tracing() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
     });
@@ -134,10 +131,7 @@ impl TestCluster {
             .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
             .await
             .with_context(|| format!("creating database {name}"))?;
-        Ok(TestDb {
-            name,
-            cluster: self.clone(),
-        })
+        Ok(TestDb { name, cluster: self.clone() })
     }
 
     /// Turns TLS on in the running server with this certificate chain and key (PEM), written into the
@@ -145,12 +139,7 @@ impl TestCluster {
     /// server also asks clients for a certificate issued by that CA (optional for trust and password
     /// authentication; `pg_stat_ssl.client_dn` shows what a client presented). Returns once a new backend
     /// runs with these settings.
-    pub async fn enable_tls(
-        &self,
-        cert_pem: &str,
-        key_pem: &str,
-        client_ca_pem: Option<&str>,
-    ) -> anyhow::Result<()> {
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>) -> anyhow::Result<()> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let data = self.data_dir().to_path_buf();
         let owner = std::fs::metadata(&data)?;
@@ -163,11 +152,7 @@ impl TestCluster {
             // Postgres refuses a key others can read.
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
-        let ca_setting = if client_ca_pem.is_some() {
-            ca.display().to_string()
-        } else {
-            String::new()
-        };
+        let ca_setting = if client_ca_pem.is_some() { ca.display().to_string() } else { String::new() };
         let admin = connect(&self.connection_string()).await?;
         // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
         for statement in [
@@ -182,12 +167,7 @@ impl TestCluster {
         // The reload is asynchronous: wait until a new backend sees it.
         for _ in 0..100 {
             let probe = connect(&self.connection_string()).await?;
-            let row = probe
-                .query_one(
-                    "SELECT current_setting('ssl'), current_setting('ssl_ca_file')",
-                    &[],
-                )
-                .await?;
+            let row = probe.query_one("SELECT current_setting('ssl'), current_setting('ssl_ca_file')", &[]).await?;
             if row.get::<_, String>(0) == "on" && row.get::<_, String>(1) == ca_setting {
                 return Ok(());
             }
@@ -208,14 +188,12 @@ pub struct TestDb {
 impl TestDb {
     /// URL of this database directly on the cluster, as the trusted superuser.
     pub fn url(&self) -> String {
-        self.cluster
-            .connection_string_for(self.cluster.superuser(), None, &self.name)
+        self.cluster.connection_string_for(self.cluster.superuser(), None, &self.name)
     }
 
     /// URL of this database directly on the cluster, as `user` with `password`.
     pub fn url_as(&self, user: &str, password: Option<&str>) -> String {
-        self.cluster
-            .connection_string_for(user, password, &self.name)
+        self.cluster.connection_string_for(user, password, &self.name)
     }
 
     /// URL of this database through something listening on `addr` (e.g. a proxy), as the superuser.
@@ -240,12 +218,7 @@ pub fn url_for(addr: SocketAddr, user: &str, password: Option<&str>, database: &
         Some(password) => format!("{}:{}", percent_encode(user), percent_encode(password)),
         None => percent_encode(user),
     };
-    format!(
-        "postgres://{credentials}@{}:{}/{}",
-        addr.ip(),
-        addr.port(),
-        percent_encode(database)
-    )
+    format!("postgres://{credentials}@{}:{}/{}", addr.ip(), addr.port(), percent_encode(database))
 }
 
 /// Connects with tokio-postgres (no TLS) and drives the connection on a task; a connection error after
@@ -265,7 +238,11 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 /// Waits until `check` holds, polling every 50 ms; panics naming `what` once `limit` has passed (a bound
 /// against a hung test, not a timing assertion).
 #[track_caller]
-pub fn eventually<'a, F, Fut>(limit: Duration, what: &'a str, mut check: F) -> impl std::future::Future<Output = ()> + 'a
+pub fn eventually<'a, F, Fut>(
+    limit: Duration,
+    what: &'a str,
+    mut check: F,
+) -> impl std::future::Future<Output = ()> + 'a
 where
     F: FnMut() -> Fut + 'a,
     Fut: std::future::Future<Output = bool> + 'a,
@@ -285,7 +262,9 @@ pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<O
     messages
         .iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -333,11 +312,7 @@ pub async fn pgbench(url: &str, args: &[&str]) -> anyhow::Result<CommandOutput> 
 }
 
 /// Runs a client program of the PostgreSQL installation, killing it after [`SUBPROCESS_TIMEOUT`].
-pub async fn run_client(
-    program: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> anyhow::Result<CommandOutput> {
+pub async fn run_client(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<CommandOutput> {
     let path = client_bin_dir().join(program);
     let mut command = tokio::process::Command::new(&path);
     command
@@ -345,17 +320,11 @@ pub async fn run_client(
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGOPTIONS")
         .env_remove("PGSERVICE")
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
+        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("running {}", path.display()))?;
+    let mut child = command.spawn().with_context(|| format!("running {}", path.display()))?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().context("stdin of the client")?;
         let input = input.to_owned();
@@ -381,52 +350,30 @@ pub async fn run_client(
 /// psql and pgbench of the same installation as the server binaries, else whatever is on PATH.
 fn client_bin_dir() -> std::path::PathBuf {
     static BIN_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BIN_DIR
-        .get_or_init(|| dualwrite_proxy::pgcluster::find_bin_dir().unwrap_or_default())
-        .clone()
+    BIN_DIR.get_or_init(|| dualwrite_proxy::pgcluster::find_bin_dir().unwrap_or_default()).clone()
 }
 
 /// Runs blocking cluster work off the async worker threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, dualwrite_proxy::pgcluster::ClusterError> + Send + 'static,
 ) -> anyhow::Result<T> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .context("cluster task panicked")??)
+    Ok(tokio::task::spawn_blocking(work).await.context("cluster task panicked")??)
 }
 
 /// `<test name>_<counter>_<pid>`, lower-case, within Postgres's 63-byte identifier limit.
 fn unique_database_name() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let thread = std::thread::current();
-    let test_name = thread
-        .name()
-        .unwrap_or("test")
-        .rsplit("::")
-        .next()
-        .unwrap_or("test");
-    let mut stem: String = test_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let test_name = thread.name().unwrap_or("test").rsplit("::").next().unwrap_or("test");
+    let mut stem: String =
+        test_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     stem.truncate(40);
-    format!(
-        "dw_{stem}_{}_{}",
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::process::id()
-    )
+    format!("dw_{stem}_{}_{}", COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id())
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
-
 
 /// Hides the password part of a URL in messages.
 fn redact(text: &str) -> String {
@@ -434,12 +381,7 @@ fn redact(text: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &text[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &text[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &text[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &text[..scheme_end + 3], &userinfo[..colon], &text[at..]),
                 None => text.to_owned(),
             }
         }
@@ -453,10 +395,7 @@ mod tests {
 
     #[test]
     fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://u:secret@h:1/db"),
-            "postgres://u:***@h:1/db"
-        );
+        assert_eq!(redact("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact("postgres://u@h:1/db"), "postgres://u@h:1/db");
         assert_eq!(redact("-X"), "-X");
     }
@@ -467,10 +406,6 @@ mod tests {
         let b = unique_database_name();
         assert_ne!(a, b);
         assert!(a.len() <= 63, "{a}");
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "{a}"
-        );
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{a}");
     }
 }

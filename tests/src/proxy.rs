@@ -28,31 +28,19 @@ impl TestProxy {
     pub async fn start(mut config: Config) -> anyhow::Result<TestProxy> {
         crate::init_tracing();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = Server::bind(config.clone())
-            .await
-            .context("binding the proxy")?;
+        let server = Server::bind(config.clone()).await.context("binding the proxy")?;
         let addr = server.local_addr();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             // A dropped sender (test ended without stop) shuts down too.
             let _ = shutdown_rx.await;
         }));
-        Ok(TestProxy {
-            addr,
-            config,
-            shutdown: Some(shutdown),
-            task: Some(task),
-            _rules_file: None,
-        })
+        Ok(TestProxy { addr, config, shutdown: Some(shutdown), task: Some(task), _rules_file: None })
     }
 
     /// A plain relay to the cluster of `db` (no rules, metrics off); the control plane uses `db`.
     pub async fn relay(db: &TestDb) -> anyhow::Result<TestProxy> {
-        Self::start(Config::relay(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            db.url(),
-        ))
-        .await
+        Self::start(Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url())).await
     }
 
     /// A proxy for `db` with the migration rules given as TOML text, the superuser as admin role.
@@ -66,10 +54,7 @@ impl TestProxy {
         rules_toml: &str,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestProxy> {
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .context("rules temp file")?;
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().context("rules temp file")?;
         std::io::Write::write_all(&mut file, rules_toml.as_bytes()).context("writing rules")?;
         let mut config = Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url());
         config.rules = Some(file.path().to_owned());
@@ -81,10 +66,7 @@ impl TestProxy {
     }
 
     /// A proxy for `db` with the rules file at `path`, the superuser as admin role.
-    pub async fn with_rules_file(
-        db: &TestDb,
-        path: impl Into<PathBuf>,
-    ) -> anyhow::Result<TestProxy> {
+    pub async fn with_rules_file(db: &TestDb, path: impl Into<PathBuf>) -> anyhow::Result<TestProxy> {
         let mut config = Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url());
         config.rules = Some(path.into());
         config.admin_roles = vec![db.cluster.superuser().to_owned()];

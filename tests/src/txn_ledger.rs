@@ -106,7 +106,10 @@ impl Ledger {
         let work = txn_statements(client, t, extended, &commit_sent);
         let outcome = match tokio::time::timeout(TXN_LIMIT, work).await {
             Ok(Ok(())) => Outcome::Committed,
-            Ok(Err(e)) if commit_sent.load(Ordering::Relaxed) && (e.is_closed() || e.as_db_error().is_none_or(|db| is_connection_end(db.code().code()))) => {
+            Ok(Err(e))
+                if commit_sent.load(Ordering::Relaxed)
+                    && (e.is_closed() || e.as_db_error().is_none_or(|db| is_connection_end(db.code().code()))) =>
+            {
                 Outcome::InDoubt
             }
             Ok(Err(_)) => Outcome::Failed,
@@ -152,16 +155,27 @@ impl Ledger {
         for (table, note) in [("ledger", "note"), ("ledger_v2", "substr(label, 3)")] {
             let complete = format!("EXISTS (SELECT 1 FROM {table} WHERE id = 2 * t + 1 AND {note} = 'u' || t) AND (SELECT count(*) FROM {table} WHERE txn = t) = 1");
             let any = format!("EXISTS (SELECT 1 FROM {table} WHERE txn = t)");
-            let lost: Vec<i64> = column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE NOT ({complete})"), &committed).await?;
+            let lost: Vec<i64> =
+                column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE NOT ({complete})"), &committed)
+                    .await?;
             ensure!(lost.is_empty(), "{table}: transactions seen committed but missing or partial: {lost:?}");
-            let ghosts: Vec<i64> = column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any}"), &failed).await?;
+            let ghosts: Vec<i64> =
+                column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any}"), &failed).await?;
             ensure!(ghosts.is_empty(), "{table}: transactions seen failed but present: {ghosts:?}");
-            let partial: Vec<i64> =
-                column(direct, &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any} AND NOT ({complete})"), &in_doubt).await?;
+            let partial: Vec<i64> = column(
+                direct,
+                &format!("SELECT t FROM unnest($1::bigint[]) t WHERE {any} AND NOT ({complete})"),
+                &in_doubt,
+            )
+            .await?;
             ensure!(partial.is_empty(), "{table}: transactions in doubt applied partially: {partial:?}");
         }
-        let in_doubt_committed: Vec<i64> =
-            column(direct, "SELECT t FROM unnest($1::bigint[]) t WHERE EXISTS (SELECT 1 FROM ledger WHERE txn = t)", &in_doubt).await?;
+        let in_doubt_committed: Vec<i64> = column(
+            direct,
+            "SELECT t FROM unnest($1::bigint[]) t WHERE EXISTS (SELECT 1 FROM ledger WHERE txn = t)",
+            &in_doubt,
+        )
+        .await?;
         Ok(LedgerReport {
             committed: committed.len(),
             failed: failed.len(),
@@ -172,16 +186,25 @@ impl Ledger {
 }
 
 /// BEGIN; insert 2t, 2t+1; update 2t+1; delete 2t; COMMIT.
-async fn txn_statements(client: &Client, t: i64, extended: bool, commit_sent: &AtomicBool) -> Result<(), tokio_postgres::Error> {
+async fn txn_statements(
+    client: &Client,
+    t: i64,
+    extended: bool,
+    commit_sent: &AtomicBool,
+) -> Result<(), tokio_postgres::Error> {
     let (a, b) = (2 * t, 2 * t + 1);
     let result = async {
         client.batch_execute("BEGIN").await?;
         if extended {
-            client.execute("INSERT INTO ledger (id, txn, note) VALUES ($1, $3, 'a'), ($2, $3, 'b')", &[&a, &b, &t]).await?;
+            client
+                .execute("INSERT INTO ledger (id, txn, note) VALUES ($1, $3, 'a'), ($2, $3, 'b')", &[&a, &b, &t])
+                .await?;
             client.execute("UPDATE ledger SET note = 'u' || $2::bigint WHERE id = $1", &[&b, &t]).await?;
             client.execute("DELETE FROM ledger WHERE id = $1", &[&a]).await?;
         } else {
-            client.batch_execute(&format!("INSERT INTO ledger (id, txn, note) VALUES ({a}, {t}, 'a'), ({b}, {t}, 'b')")).await?;
+            client
+                .batch_execute(&format!("INSERT INTO ledger (id, txn, note) VALUES ({a}, {t}, 'a'), ({b}, {t}, 'b')"))
+                .await?;
             client.batch_execute(&format!("UPDATE ledger SET note = 'u{t}' WHERE id = {b}")).await?;
             client.batch_execute(&format!("DELETE FROM ledger WHERE id = {a}")).await?;
         }

@@ -106,11 +106,13 @@ async fn table(db: &TestDb, sql: &str) -> BTreeMap<i64, Row> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_read_flips() {
     let duration = soak_duration();
-    let seed = std::env::var("DUALWRITE_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed =
+        std::env::var("DUALWRITE_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("chaos soak: {duration:?}, seed {seed} (DUALWRITE_SOAK_SEED={seed} replays the writers' choices)");
-    let cluster = TestCluster::start_with(default_options().role(Role::new(APP_USER, APP_PASSWORD, PasswordAuth::ScramSha256)))
-        .await
-        .unwrap();
+    let cluster =
+        TestCluster::start_with(default_options().role(Role::new(APP_USER, APP_PASSWORD, PasswordAuth::ScramSha256)))
+            .await
+            .unwrap();
     let db = cluster.create_database().await.unwrap();
     connect(&db.url())
         .await
@@ -129,8 +131,10 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
     rules.write_all(RULES.as_bytes()).unwrap();
     let rules_path = rules.path().to_str().unwrap().to_owned();
     let upstream = db.url();
-    let serve_args = ["--upstream", upstream.as_str(), "--rules", rules_path.as_str(), "--admin-role", cluster.superuser()];
-    let mut instances = vec![ProxyProcess::serve(&serve_args).await.unwrap(), ProxyProcess::serve(&serve_args).await.unwrap()];
+    let serve_args =
+        ["--upstream", upstream.as_str(), "--rules", rules_path.as_str(), "--admin-role", cluster.superuser()];
+    let mut instances =
+        vec![ProxyProcess::serve(&serve_args).await.unwrap(), ProxyProcess::serve(&serve_args).await.unwrap()];
     let proxies: Vec<SocketAddr> = instances.iter().map(ProxyProcess::addr).collect();
 
     let started = Instant::now();
@@ -145,7 +149,12 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
                 v2,
                 // Writers start on different instances.
                 proxy_urls: (0..proxies.len())
-                    .map(|i| format!("{}{options}", db.url_via_as(proxies[(i + index) % proxies.len()], APP_USER, Some(APP_PASSWORD))))
+                    .map(|i| {
+                        format!(
+                            "{}{options}",
+                            db.url_via_as(proxies[(i + index) % proxies.len()], APP_USER, Some(APP_PASSWORD))
+                        )
+                    })
                     .collect(),
                 direct_url: db.url(),
                 seed: seed.wrapping_add(index as u64),
@@ -240,10 +249,19 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
     let ledger = Ledger::merge(reports.into_iter().map(|r| r.ledger));
     let old = table(&db, "SELECT id, owner, balance, txn FROM accounts").await;
     let differences = ledger.differences(&old);
-    assert!(differences.is_empty(), "accounts differs from the ledger:\n{}", differences[..differences.len().min(20)].join("\n"));
-    let shadow = table(&db, "SELECT id, owner, balance_cents / 100, txn FROM accounts_v2 WHERE balance_cents % 100 = 0").await;
+    assert!(
+        differences.is_empty(),
+        "accounts differs from the ledger:\n{}",
+        differences[..differences.len().min(20)].join("\n")
+    );
+    let shadow =
+        table(&db, "SELECT id, owner, balance_cents / 100, txn FROM accounts_v2 WHERE balance_cents % 100 = 0").await;
     let differences = ledger.differences(&shadow);
-    assert!(differences.is_empty(), "accounts_v2 differs from the ledger:\n{}", differences[..differences.len().min(20)].join("\n"));
+    assert!(
+        differences.is_empty(),
+        "accounts_v2 differs from the ledger:\n{}",
+        differences[..differences.len().min(20)].join("\n")
+    );
     let tally = ledger.tally();
     eprintln!("chaos soak: {} rows, {tally:?}, {flip} read flips", old.len());
     assert!(tally.committed > 0);

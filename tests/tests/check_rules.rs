@@ -54,12 +54,7 @@ fn temp_file(suffix: &str, text: &str) -> tempfile::NamedTempFile {
 
 async fn database(schema: &str) -> TestDb {
     let db = TestCluster::shared().create_database().await.unwrap();
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute(schema)
-        .await
-        .unwrap();
+    db.connect().await.unwrap().batch_execute(schema).await.unwrap();
     db
 }
 
@@ -104,9 +99,7 @@ async fn a_missing_column_is_an_error() {
     assert!(!findings.clean(), "{report}");
     assert_eq!(findings.exit_code(), ExitCode::from(1));
     assert!(
-        report.contains(
-            "ERROR    forward.last_name: column \"last_name\" does not exist in public.users_v2"
-        ),
+        report.contains("ERROR    forward.last_name: column \"last_name\" does not exist in public.users_v2"),
         "{report}"
     );
     assert!(report.contains("summary: rules INVALID"), "{report}");
@@ -114,14 +107,10 @@ async fn a_missing_column_is_an_error() {
 
 #[tokio::test]
 async fn a_missing_table_is_an_error() {
-    let db =
-        database("CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);").await;
+    let db = database("CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);").await;
     let (findings, report) = check(&db, &example_rules(), None).await;
     assert_eq!(findings.errors, 1, "{report}");
-    assert!(
-        report.contains("ERROR    table public.users_v2 does not exist"),
-        "{report}"
-    );
+    assert!(report.contains("ERROR    table public.users_v2 does not exist"), "{report}");
 }
 
 #[tokio::test]
@@ -135,10 +124,7 @@ async fn a_mapping_that_does_not_prepare_is_an_error() {
         "{report}"
     );
     // The other mappings are still checked, the round trip is not tried.
-    assert!(
-        report.contains("ok       forward.email = lower(email)"),
-        "{report}"
-    );
+    assert!(report.contains("ok       forward.email = lower(email)"), "{report}");
     assert!(report.contains("skipped  round trip"), "{report}");
 }
 
@@ -149,7 +135,8 @@ async fn a_value_of_the_wrong_type_is_an_error() {
     let (findings, report) = check(&db, &rules(&forward, BACKWARD), None).await;
     assert_eq!(findings.errors, 1, "{report}");
     assert!(
-        report.contains("ERROR    forward.id = name: its text value cannot be assigned to public.users_v2.id (integer)"),
+        report
+            .contains("ERROR    forward.id = name: its text value cannot be assigned to public.users_v2.id (integer)"),
         "{report}"
     );
 }
@@ -163,10 +150,7 @@ async fn a_key_without_a_unique_index_is_an_error() {
     .await;
     let (findings, report) = check(&db, &example_rules(), None).await;
     assert_eq!(findings.errors, 1, "{report}");
-    assert!(
-        report.contains("ERROR    key (id) has no unique index or primary key in public.users_v2"),
-        "{report}"
-    );
+    assert!(report.contains("ERROR    key (id) has no unique index or primary key in public.users_v2"), "{report}");
 }
 
 #[tokio::test]
@@ -179,19 +163,10 @@ async fn unmapped_columns_are_reported() {
     .await;
     let (findings, report) = check(&db, &example_rules(), None).await;
     assert_eq!((findings.errors, findings.warnings), (1, 2), "{report}");
-    assert!(
-        report.contains("warning  public.users_v2.nickname is not mapped"),
-        "{report}"
-    );
-    assert!(
-        report.contains("ERROR    public.users_v2.tenant is NOT NULL without a default"),
-        "{report}"
-    );
+    assert!(report.contains("warning  public.users_v2.nickname is not mapped"), "{report}");
+    assert!(report.contains("ERROR    public.users_v2.tenant is NOT NULL without a default"), "{report}");
     // (the other warning: no rows to sample)
-    assert!(
-        report.contains("warning  round trip not tried: public.users has no rows"),
-        "{report}"
-    );
+    assert!(report.contains("warning  round trip not tried: public.users has no rows"), "{report}");
 }
 
 #[tokio::test]
@@ -208,15 +183,10 @@ async fn a_lossy_round_trip_is_a_warning_and_fails_with_strict() {
     assert!(findings.clean());
     assert!(
         report.contains("warning  round trip is lossy: 1 of 3 sampled row(s) of public.users")
-            && report.contains(
-                "[id='3'] name 'Plato' -> 'Plato ', email 'Plato@Athens.gr' -> 'plato@athens.gr'"
-            ),
+            && report.contains("[id='3'] name 'Plato' -> 'Plato ', email 'Plato@Athens.gr' -> 'plato@athens.gr'"),
         "{report}"
     );
-    let strict = Findings {
-        strict: true,
-        ..findings
-    };
+    let strict = Findings { strict: true, ..findings };
     assert_eq!(strict.exit_code(), ExitCode::from(1));
 }
 
@@ -233,17 +203,9 @@ async fn invalid_rules_file_is_reported() {
 async fn an_unreachable_upstream_fails_to_run() {
     let rules_file = temp_file(".toml", &example_rules());
     let port = dualwrite_proxy::pgcluster::free_port().unwrap();
-    let args = CheckArgs::new(
-        rules_file.path(),
-        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-    );
-    let error = run(&args, &mut Vec::new())
-        .await
-        .expect_err("no database there");
-    assert!(
-        format!("{error:#}").contains("connecting to --upstream"),
-        "{error:#}"
-    );
+    let args = CheckArgs::new(rules_file.path(), format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    let error = run(&args, &mut Vec::new()).await.expect_err("no database there");
+    assert!(format!("{error:#}").contains("connecting to --upstream"), "{error:#}");
 }
 
 #[tokio::test]
@@ -256,45 +218,20 @@ INSERT INTO users (name, email) VALUES ($1, $2)
 COPY users FROM STDIN
 ";
     let (findings, report) = check(&db, &example_rules(), Some(statements)).await;
-    assert_eq!(
-        findings.replay,
-        ReplayCounts {
-            passed_through: 1,
-            rewritten: 1,
-            rejected: 1
-        },
-        "{report}"
-    );
+    assert_eq!(findings.replay, ReplayCounts { passed_through: 1, rewritten: 1, rejected: 1 }, "{report}");
     assert_eq!(findings.errors, 0, "{report}");
-    assert!(
-        !findings.clean(),
-        "a rejected statement makes the check fail"
-    );
+    assert!(!findings.clean(), "a rejected statement makes the check fail");
     assert_eq!(findings.exit_code(), ExitCode::from(1));
-    assert!(
-        report.contains("replay: ") && report.contains("(3 statement(s))"),
-        "{report}"
-    );
+    assert!(report.contains("replay: ") && report.contains("(3 statement(s))"), "{report}");
     assert!(report.contains("  passed-through  SELECT 1\n"), "{report}");
     assert!(
-        report.contains(
-            "  rewritten       INSERT INTO users (name, email) VALUES ($1, $2)\n      -> WITH "
-        ),
+        report.contains("  rewritten       INSERT INTO users (name, email) VALUES ($1, $2)\n      -> WITH "),
         "{report}"
     );
     assert!(report.contains("INSERT INTO public.users_v2"), "{report}");
-    assert!(
-        report.contains("  REJECTED        COPY users FROM STDIN\n      why: "),
-        "{report}"
-    );
-    assert!(
-        report.contains("users_split_name") && report.contains("(SQLSTATE 0A000)"),
-        "{report}"
-    );
-    assert!(
-        report.ends_with("replay: 1 passed through, 1 rewritten, 1 rejected\n"),
-        "{report}"
-    );
+    assert!(report.contains("  REJECTED        COPY users FROM STDIN\n      why: "), "{report}");
+    assert!(report.contains("users_split_name") && report.contains("(SQLSTATE 0A000)"), "{report}");
+    assert!(report.ends_with("replay: 1 passed through, 1 rewritten, 1 rejected\n"), "{report}");
 }
 
 #[tokio::test]
@@ -313,36 +250,16 @@ async fn replay_without_rejections_is_clean() {
 /// A real pg_stat_statements export (`COPY ... TO STDOUT WITH CSV HEADER`), queries spanning lines included.
 #[tokio::test]
 async fn replay_reads_a_pg_stat_statements_export() {
-    let cluster = TestCluster::start_with(
-        default_options().setting("shared_preload_libraries", "pg_stat_statements"),
-    )
-    .await
-    .unwrap();
+    let cluster = TestCluster::start_with(default_options().setting("shared_preload_libraries", "pg_stat_statements"))
+        .await
+        .unwrap();
     let db = cluster.create_database().await.unwrap();
     let client = db.connect().await.unwrap();
     client.batch_execute(SCHEMA).await.unwrap();
-    client
-        .batch_execute("CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()")
-        .await
-        .unwrap();
-    client
-        .execute(
-            "INSERT INTO users (name, email) VALUES ($1, $2)",
-            &[&"Grace Hopper", &"g@h"],
-        )
-        .await
-        .unwrap();
-    client
-        .query(
-            "SELECT name,\n       email FROM users WHERE id = $1",
-            &[&1i32],
-        )
-        .await
-        .unwrap();
-    client
-        .execute("DELETE FROM users WHERE id = $1", &[&2i32])
-        .await
-        .unwrap();
+    client.batch_execute("CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()").await.unwrap();
+    client.execute("INSERT INTO users (name, email) VALUES ($1, $2)", &[&"Grace Hopper", &"g@h"]).await.unwrap();
+    client.query("SELECT name,\n       email FROM users WHERE id = $1", &[&1i32]).await.unwrap();
+    client.execute("DELETE FROM users WHERE id = $1", &[&2i32]).await.unwrap();
     let export = dualwrite_tests::psql(
         &db.url(),
         &["-c", "COPY (SELECT * FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())) TO STDOUT WITH CSV HEADER"],
@@ -352,49 +269,23 @@ async fn replay_reads_a_pg_stat_statements_export() {
     .unwrap();
     export.assert_success();
     let statements = parse_statements(&export.stdout).unwrap();
-    assert!(
-        statements
-            .iter()
-            .any(|s| s.contains("SELECT name,\n       email FROM users")),
-        "{statements:?}"
-    );
+    assert!(statements.iter().any(|s| s.contains("SELECT name,\n       email FROM users")), "{statements:?}");
 
     let (findings, report) = check(&db, &example_rules(), Some(&export.stdout)).await;
-    assert!(
-        findings.replay.rewritten >= 2,
-        "the INSERT and the DELETE are dual writes:\n{report}"
-    );
-    assert!(
-        report.contains("rewritten       INSERT INTO users (name, email) VALUES ($1, $2)"),
-        "{report}"
-    );
-    assert!(
-        report.contains("rewritten       DELETE FROM users WHERE id = $1"),
-        "{report}"
-    );
-    assert!(
-        report.contains("passed-through  SELECT name, email FROM users WHERE id = $1"),
-        "{report}"
-    );
+    assert!(findings.replay.rewritten >= 2, "the INSERT and the DELETE are dual writes:\n{report}");
+    assert!(report.contains("rewritten       INSERT INTO users (name, email) VALUES ($1, $2)"), "{report}");
+    assert!(report.contains("rewritten       DELETE FROM users WHERE id = $1"), "{report}");
+    assert!(report.contains("passed-through  SELECT name, email FROM users WHERE id = $1"), "{report}");
     assert_eq!(findings.replay.rejected, 0, "{report}");
 }
 
 #[test]
 fn statements_file_formats() {
-    assert_eq!(
-        parse_statements("-- c\nSELECT 1\n\n  SELECT 2  \n").unwrap(),
-        vec!["SELECT 1", "SELECT 2"]
-    );
+    assert_eq!(parse_statements("-- c\nSELECT 1\n\n  SELECT 2  \n").unwrap(), vec!["SELECT 1", "SELECT 2"]);
     // A statement with commas and the word query is not a CSV header.
-    assert_eq!(
-        parse_statements("SELECT query, calls FROM t\n").unwrap(),
-        vec!["SELECT query, calls FROM t"]
-    );
+    assert_eq!(parse_statements("SELECT query, calls FROM t\n").unwrap(), vec!["SELECT query, calls FROM t"]);
     let csv = "userid,query,calls\n10,\"SELECT 1,\n 2\",3\n10,\"SELECT \"\"x\"\"\",1\n";
-    assert_eq!(
-        parse_statements(csv).unwrap(),
-        vec!["SELECT 1,\n 2", "SELECT \"x\""]
-    );
+    assert_eq!(parse_statements(csv).unwrap(), vec!["SELECT 1,\n 2", "SELECT \"x\""]);
 }
 
 #[test]
@@ -417,14 +308,9 @@ fn the_cli_has_the_check_subcommand() {
         "--strict",
     ])
     .unwrap();
-    let Command::Check(args) = cli.command else {
-        panic!("not check")
-    };
+    let Command::Check(args) = cli.command else { panic!("not check") };
     assert_eq!(args.rules.to_str(), Some("r.toml"));
-    assert_eq!(
-        args.replay.as_deref().and_then(|p| p.to_str()),
-        Some("s.sql")
-    );
+    assert_eq!(args.replay.as_deref().and_then(|p| p.to_str()), Some("s.sql"));
     assert_eq!(args.as_version.as_deref(), Some("v2"));
     assert_eq!(args.phase, Some(dualwrite_rules::Phase::Cutover));
     assert_eq!((args.sample, args.strict), (5, true));

@@ -13,10 +13,7 @@ use dualwrite_tests::{dualwrite_binary, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 /// `docker-compose config` (resolved and validated), converted to JSON.
@@ -27,26 +24,17 @@ fn compose_config() -> serde_json::Value {
         .current_dir(repo_root())
         .output()
         .expect("running docker-compose config");
-    assert!(
-        output.status.success(),
-        "docker-compose config failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "docker-compose config failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
 fn free_addr() -> SocketAddr {
-    SocketAddr::from((
-        [127, 0, 0, 1],
-        dualwrite_proxy::pgcluster::free_port().unwrap(),
-    ))
+    SocketAddr::from(([127, 0, 0, 1], dualwrite_proxy::pgcluster::free_port().unwrap()))
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
     Ok(body)
@@ -57,15 +45,11 @@ fn volume_parts(volume: &serde_json::Value) -> (String, String) {
     match volume.as_str() {
         Some(short) => {
             let mut parts = short.split(':');
-            (
-                parts.next().unwrap_or("").to_owned(),
-                parts.next().unwrap_or("").to_owned(),
-            )
+            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned())
         }
-        None => (
-            volume["source"].as_str().unwrap_or("").to_owned(),
-            volume["target"].as_str().unwrap_or("").to_owned(),
-        ),
+        None => {
+            (volume["source"].as_str().unwrap_or("").to_owned(), volume["target"].as_str().unwrap_or("").to_owned())
+        }
     }
 }
 
@@ -80,10 +64,7 @@ fn the_compose_file_names_the_monitoring_files() {
     for (name, service) in services {
         for volume in service["volumes"].as_array().into_iter().flatten() {
             let (source, _) = volume_parts(volume);
-            assert!(
-                repo_root().join(&source).exists(),
-                "{name} mounts missing {source}"
-            );
+            assert!(repo_root().join(&source).exists(), "{name} mounts missing {source}");
         }
     }
 }
@@ -98,12 +79,8 @@ async fn the_dualwrite_service_runs_outside_containers() {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
         .collect();
-    let command: Vec<String> = service["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
+    let command: Vec<String> =
+        service["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
 
     // The rules file: the host side of the volume mounted where DUALWRITE_RULES points.
     let rules_target = env["DUALWRITE_RULES"].clone();
@@ -120,22 +97,14 @@ async fn the_dualwrite_service_runs_outside_containers() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let init = std::fs::read_to_string(repo_root().join("docker/initdb.sql")).unwrap();
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute(&init)
-        .await
-        .unwrap();
+    db.connect().await.unwrap().batch_execute(&init).await.unwrap();
 
     let (listen, metrics) = (free_addr(), free_addr());
     env.insert("DUALWRITE_LISTEN".into(), listen.to_string());
     env.insert("DUALWRITE_METRICS_LISTEN".into(), metrics.to_string());
     env.insert("DUALWRITE_UPSTREAM".into(), db.url());
     env.insert("DUALWRITE_RULES".into(), rules_source);
-    env.insert(
-        "DUALWRITE_ADMIN_ROLES".into(),
-        cluster.superuser().to_owned(),
-    );
+    env.insert("DUALWRITE_ADMIN_ROLES".into(), cluster.superuser().to_owned());
 
     let mut child = tokio::process::Command::new(dualwrite_binary())
         .args(&command)
@@ -149,49 +118,27 @@ async fn the_dualwrite_service_runs_outside_containers() {
         .unwrap();
     let started = Instant::now();
     while tokio::net::TcpStream::connect(listen).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "dualwrite did not listen on {listen}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "dualwrite did not listen on {listen}");
         if let Some(status) = child.try_wait().unwrap() {
             let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .await
-                .unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
             panic!("dualwrite exited ({status}):\n{stderr}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let client = dualwrite_tests::connect(&db.url_via(listen)).await.unwrap();
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = client.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     assert_eq!(rows, 3, "the init script's rows, through the proxy");
     client
-        .execute(
-            "INSERT INTO users (name, email) VALUES ($1, $2)",
-            &[&"Edsger Dijkstra", &"ewd@example.org"],
-        )
+        .execute("INSERT INTO users (name, email) VALUES ($1, $2)", &[&"Edsger Dijkstra", &"ewd@example.org"])
         .await
         .unwrap();
     drop(client);
 
     let response = http_get(metrics, "/metrics").await.unwrap();
-    assert!(
-        response.starts_with("HTTP/1.") && response.contains(" 200 "),
-        "{response}"
-    );
-    assert!(
-        response.contains("dualwrite_client_connections"),
-        "{response}"
-    );
+    assert!(response.starts_with("HTTP/1.") && response.contains(" 200 "), "{response}");
+    assert!(response.contains("dualwrite_client_connections"), "{response}");
 
     // The service's healthcheck command, pointed at this run's metrics port, passes.
     let healthcheck: Vec<String> = service["healthcheck"]["test"]
@@ -201,23 +148,13 @@ async fn the_dualwrite_service_runs_outside_containers() {
         .map(|v| v.as_str().unwrap().replace("9187", &metrics.port().to_string()))
         .collect();
     assert_eq!(healthcheck[0], "CMD");
-    let probe = std::process::Command::new(&healthcheck[1])
-        .args(&healthcheck[2..])
-        .output()
-        .unwrap();
-    assert!(
-        probe.status.success(),
-        "healthcheck {healthcheck:?} failed: {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    let probe = std::process::Command::new(&healthcheck[1]).args(&healthcheck[2..]).output().unwrap();
+    assert!(probe.status.success(), "healthcheck {healthcheck:?} failed: {}", String::from_utf8_lossy(&probe.stderr));
 
     // SIGTERM: the container's stop signal; the proxy shuts down gracefully and exits 0.
     let pid = child.id().unwrap() as i32;
     // SAFETY: kill(2) on the child we spawned.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .expect("stops")
-        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("stops").unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
 }

@@ -7,9 +7,7 @@ mod compat_support;
 use compat_support::{checks_except, rust_checks, CompatEnv, ALL_CHECKS};
 
 async fn env() -> CompatEnv {
-    CompatEnv::start()
-        .await
-        .expect("cluster, compat schema and proxy")
+    CompatEnv::start().await.expect("cluster, compat schema and proxy")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,10 +20,7 @@ async fn psql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench() {
     let env = env().await;
-    let run = env
-        .run_program("cli", "bash", &["pgbench.sh"])
-        .await
-        .unwrap();
+    let run = env.run_program("cli", "bash", &["pgbench.sh"]).await.unwrap();
     run.assert_all_ok(
         "pgbench",
         &[
@@ -59,64 +54,34 @@ async fn sqlx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg() {
     let env = env().await;
-    let run = env
-        .run_program("python", "python3", &["psycopg_compat.py"])
-        .await
-        .unwrap();
+    let run = env.run_program("python", "python3", &["psycopg_compat.py"]).await.unwrap();
     run.assert_all_ok("psycopg", ALL_CHECKS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg() {
     let env = env().await;
-    let run = env
-        .run_program("python", "python3", &["asyncpg_compat.py"])
-        .await
-        .unwrap();
+    let run = env.run_program("python", "python3", &["asyncpg_compat.py"]).await.unwrap();
     run.assert_all_ok("asyncpg", ALL_CHECKS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy() {
     let env = env().await;
-    let run = env
-        .run_program("python", "python3", &["sqlalchemy_compat.py"])
-        .await
-        .unwrap();
-    run.assert_all_ok(
-        "SQLAlchemy",
-        &checks_except(&[
-            "copy_in",
-            "copy_out",
-            "copy_into_migrated_rejected",
-            "cancel",
-        ]),
-    );
+    let run = env.run_program("python", "python3", &["sqlalchemy_compat.py"]).await.unwrap();
+    run.assert_all_ok("SQLAlchemy", &checks_except(&["copy_in", "copy_out", "copy_into_migrated_rejected", "cancel"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres() {
     let env = env().await;
-    let run = env
-        .run_program("node", "node", &["compat.js"])
-        .await
-        .unwrap();
-    run.assert_all_ok(
-        "node-postgres",
-        &checks_except(&["copy_in", "copy_out", "copy_into_migrated_rejected"]),
-    );
+    let run = env.run_program("node", "node", &["compat.js"]).await.unwrap();
+    run.assert_all_ok("node-postgres", &checks_except(&["copy_in", "copy_out", "copy_into_migrated_rejected"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc() {
     let env = env().await;
-    let run = env
-        .run_program(
-            "java",
-            "java",
-            &["-cp", "/usr/share/java/postgresql.jar", "Compat.java"],
-        )
-        .await
-        .unwrap();
+    let run = env.run_program("java", "java", &["-cp", "/usr/share/java/postgresql.jar", "Compat.java"]).await.unwrap();
     run.assert_all_ok("pgjdbc", ALL_CHECKS);
 }

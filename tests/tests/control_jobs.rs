@@ -30,9 +30,7 @@ name = "first_name || ' ' || last_name"
 "#;
 
 /// A database with `users` holding `rows` rows and an empty `users_v2`, and the migration state on it.
-async fn users_database(
-    rows: i32,
-) -> anyhow::Result<(dualwrite_tests::TestDb, Arc<RuleSet>, PgTarget, StateHandle)> {
+async fn users_database(rows: i32) -> anyhow::Result<(dualwrite_tests::TestDb, Arc<RuleSet>, PgTarget, StateHandle)> {
     let db = TestCluster::shared().create_database().await?;
     db.connect()
         .await?
@@ -57,7 +55,8 @@ fn cell<'a>(r: &'a ControlResponse, row: usize, column: &str) -> Option<&'a str>
 async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
     let (_db, rules, pg, state) = users_database(250).await?;
     let bridge = JobsBridge::new(Arc::new(JobRunner::new(pg)), rules);
-    let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
+    let ctx =
+        ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
     let actor = Actor { role: "ops".into(), client_addr: Some("127.0.0.1:1".into()) };
     let run = |sql: &'static str| {
         let (ctx, actor) = (ctx.clone(), actor.clone());
@@ -114,7 +113,8 @@ async fn backfill_holds_off_while_this_instances_p99_is_over_its_limit() -> anyh
     for _ in 0..100 {
         RecentLatency::global().record(Duration::from_millis(200));
     }
-    let ctx = ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
+    let ctx =
+        ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
     let actor = Actor { role: "ops".into(), client_addr: None };
     let run = |sql: &'static str| {
         let (ctx, actor) = (ctx.clone(), actor.clone());

@@ -102,7 +102,8 @@ impl Mirror {
                 }
                 b'D' if first_value.is_none() => {
                     let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
-                    first_value = Some((len >= 0).then(|| String::from_utf8(body[6..6 + len as usize].to_vec()).unwrap()));
+                    first_value =
+                        Some((len >= 0).then(|| String::from_utf8(body[6..6 + len as usize].to_vec()).unwrap()));
                 }
                 b'Z' => {
                     self.status = body[0];
@@ -184,11 +185,26 @@ async fn the_machine_mirrors_postgres() -> anyhow::Result<()> {
         &["BEGIN", "SET dualwrite.version TO v2", "COMMIT"],
         &["SET dualwrite.version = 'v1'", "BEGIN", "SET LOCAL dualwrite.version = 'v2'", "COMMIT"],
         &["BEGIN", "SET LOCAL dualwrite.version = 'v2'", "SET dualwrite.version = 'v3'", "COMMIT"],
-        &["BEGIN", "SET dualwrite.version = 'v1'", "SAVEPOINT a", "SET dualwrite.version = 'v2'", "ROLLBACK TO SAVEPOINT a", "COMMIT"],
+        &[
+            "BEGIN",
+            "SET dualwrite.version = 'v1'",
+            "SAVEPOINT a",
+            "SET dualwrite.version = 'v2'",
+            "ROLLBACK TO SAVEPOINT a",
+            "COMMIT",
+        ],
         &["BEGIN", "SAVEPOINT a", "SET dualwrite.version = 'v2'", "RELEASE a", "COMMIT"],
         &["BEGIN", "SAVEPOINT a", "SET dualwrite.version = 'v2'", "RELEASE a", "ROLLBACK"],
         &["BEGIN", "SET dualwrite.version = 'v2'", "SELECT 1/0", "COMMIT"],
-        &["BEGIN", "SET dualwrite.version = 'v2'", "SAVEPOINT s", "SET dualwrite.version = 'v3'", "SELECT 1/0", "ROLLBACK TO s", "COMMIT"],
+        &[
+            "BEGIN",
+            "SET dualwrite.version = 'v2'",
+            "SAVEPOINT s",
+            "SET dualwrite.version = 'v3'",
+            "SELECT 1/0",
+            "ROLLBACK TO s",
+            "COMMIT",
+        ],
         &["SET dualwrite.version = 'v2'; SELECT 1/0"],
         &["SET dualwrite.version = 'v2'; SELECT 1"],
         &["BEGIN; SET dualwrite.version = 'v2'; COMMIT; SET dualwrite.version = 'v3'; SELECT 1/0"],

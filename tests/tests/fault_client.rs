@@ -68,11 +68,8 @@ async fn backend_pid(raw: &mut RawClient) -> i32 {
 
 async fn wait_backend_gone(direct: &Client, pid: i32) {
     eventually(LIMIT, "the backend of a client that went away ends", || async {
-        let alive: bool = direct
-            .query_one("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1", &[&pid])
-            .await
-            .unwrap()
-            .get(0);
+        let alive: bool =
+            direct.query_one("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
         !alive
     })
     .await;
@@ -166,7 +163,8 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
     let rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(rules.path(), LEDGER_RULES).unwrap();
     let upstream = db.url();
-    let mut proxy = ProxyProcess::serve(&["--upstream", &upstream, "--rules", rules.path().to_str().unwrap()]).await.unwrap();
+    let mut proxy =
+        ProxyProcess::serve(&["--upstream", &upstream, "--rules", rules.path().to_str().unwrap()]).await.unwrap();
     let pid_of_proxy = proxy.pid().unwrap();
 
     let other = connect(&db.url_via(proxy.addr())).await.unwrap();
@@ -181,7 +179,10 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
     // The upstream ends up blocked writing to the proxy: the proxy stopped reading it.
     eventually(LIMIT, "the upstream waits on the proxy (ClientWrite)", || async {
         direct
-            .query_one("SELECT coalesce(wait_event = 'ClientWrite', false) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .query_one(
+                "SELECT coalesce(wait_event = 'ClientWrite', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
             .await
             .unwrap()
             .get(0)
@@ -200,7 +201,8 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
         peak < baseline + RSS_GROWTH_LIMIT,
         "proxy RSS grew from {baseline} to {peak} bytes while a client did not read"
     );
-    let still_waiting: i64 = count(&direct, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'")).await;
+    let still_waiting: i64 =
+        count(&direct, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'")).await;
     assert_eq!(still_waiting, 1, "the unread query is still held up, not dropped");
 
     // The stalled client goes away: its query is cancelled and its backend ends.

@@ -68,7 +68,8 @@ async fn stopped_backend_holds_only_its_own_session() {
 
     // SAFETY: kill(2) on a backend of the test's own cluster; SIGCONT follows below.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let pending = tokio::spawn(async move { stalled.query_one("SELECT count(*) FROM t", &[]).await.map(|r| r.get::<_, i64>(0)) });
+    let pending =
+        tokio::spawn(async move { stalled.query_one("SELECT count(*) FROM t", &[]).await.map(|r| r.get::<_, i64>(0)) });
     for i in 0..20 {
         let other = proxy.connect(&db).await.unwrap();
         other.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();

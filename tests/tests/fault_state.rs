@@ -92,7 +92,9 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
     assert_state_unknown(&client.simple_query("SELECT count(*) FROM ledger").await.unwrap_err());
     assert_state_unknown(&client.query_one(&prepared_read, &[]).await.unwrap_err());
     assert_state_unknown(&client.execute(&prepared_write, &[&1i64]).await.unwrap_err());
-    assert_state_unknown(&client.batch_execute("BEGIN; INSERT INTO ledger VALUES (-2, 0, 'x'); COMMIT").await.unwrap_err());
+    assert_state_unknown(
+        &client.batch_execute("BEGIN; INSERT INTO ledger VALUES (-2, 0, 'x'); COMMIT").await.unwrap_err(),
+    );
     client.batch_execute("ROLLBACK").await.unwrap();
     // Other tables pass through, in both protocols and in transactions.
     client.batch_execute("BEGIN; INSERT INTO plain VALUES (1); COMMIT").await.unwrap();
@@ -105,8 +107,7 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
         .await
         .unwrap();
     assert!(ledger.committed() <= committed_during + 2, "writes committed while the state was unknown");
-    let unconfirmed_rows: i64 =
-        direct.query_one("SELECT count(*) FROM ledger WHERE id < 0", &[]).await.unwrap().get(0);
+    let unconfirmed_rows: i64 = direct.query_one("SELECT count(*) FROM ledger WHERE id < 0", &[]).await.unwrap().get(0);
     assert_eq!(unconfirmed_rows, 0);
 
     // Back: the watcher reconnects, and writes (also the prepared ones) resume.

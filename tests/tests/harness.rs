@@ -8,19 +8,10 @@ async fn shared_cluster_answers_queries() {
     let cluster = TestCluster::shared();
     assert!(cluster.pid().is_some(), "postmaster pid");
     let client = connect(&cluster.connection_string()).await.unwrap();
-    let row = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .unwrap();
+    let row = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap();
     let version: i32 = row.get(0);
-    assert!(
-        (150000..160000).contains(&version),
-        "PostgreSQL 15 expected, got {version}"
-    );
-    let row = client
-        .query_one("SELECT current_setting('port')::int", &[])
-        .await
-        .unwrap();
+    assert!((150000..160000).contains(&version), "PostgreSQL 15 expected, got {version}");
+    let row = client.query_one("SELECT current_setting('port')::int", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), i32::from(cluster.port()));
 }
 
@@ -32,20 +23,11 @@ async fn each_test_gets_its_own_database() {
     assert_ne!(first.name, second.name);
 
     let a = first.connect().await.unwrap();
-    a.batch_execute("CREATE TABLE only_here (id int); INSERT INTO only_here VALUES (1)")
-        .await
-        .unwrap();
+    a.batch_execute("CREATE TABLE only_here (id int); INSERT INTO only_here VALUES (1)").await.unwrap();
     let b = second.connect().await.unwrap();
     let err = b.query("SELECT * FROM only_here", &[]).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-    );
-    let current: String = b
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE));
+    let current: String = b.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
     assert_eq!(current, second.name);
 }
 
@@ -59,38 +41,20 @@ async fn password_roles_authenticate_with_their_method_only() {
         (CLEARTEXT_USER, CLEARTEXT_PASSWORD, "SCRAM-SHA-256"),
     ] {
         let client = connect(&db.url_as(user, Some(password))).await.unwrap();
-        let who: String = client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
         // The stored hash shows which password_encryption the role was created with.
         let stored: String = client
-            .query_one(
-                "SELECT left(rolpassword, 13) FROM pg_authid WHERE rolname = current_user",
-                &[],
-            )
+            .query_one("SELECT left(rolpassword, 13) FROM pg_authid WHERE rolname = current_user", &[])
             .await
             .unwrap()
             .get(0);
-        assert!(
-            stored.starts_with(method),
-            "{user}: stored hash starts {stored}"
-        );
+        assert!(stored.starts_with(method), "{user}: stored hash starts {stored}");
 
-        let wrong = connect(&db.url_as(user, Some("wrong password")))
-            .await
-            .unwrap_err();
-        let code = wrong
-            .chain()
-            .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
-            .and_then(|e| e.code().cloned());
-        assert_eq!(
-            code,
-            Some(tokio_postgres::error::SqlState::INVALID_PASSWORD),
-            "{user}: {wrong:#}"
-        );
+        let wrong = connect(&db.url_as(user, Some("wrong password"))).await.unwrap_err();
+        let code =
+            wrong.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.code().cloned());
+        assert_eq!(code, Some(tokio_postgres::error::SqlState::INVALID_PASSWORD), "{user}: {wrong:#}");
     }
 }
 
@@ -100,19 +64,11 @@ async fn psql_runs_scripts_and_copy() {
     let script = "CREATE TABLE t (id int, name text);\n\
                   \\copy t FROM STDIN\n1\tone\n2\ttwo\n\\.\n\
                   SELECT name FROM t ORDER BY id;\n";
-    let out = psql(&db.url(), &["-q", "-A", "-t"], Some(script))
-        .await
-        .unwrap();
+    let out = psql(&db.url(), &["-q", "-A", "-t"], Some(script)).await.unwrap();
     out.assert_success();
-    assert_eq!(
-        out.stdout.lines().collect::<Vec<_>>(),
-        ["one", "two"],
-        "{out:?}"
-    );
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["one", "two"], "{out:?}");
 
-    let failing = psql(&db.url(), &["-c", "SELECT * FROM missing_table"], None)
-        .await
-        .unwrap();
+    let failing = psql(&db.url(), &["-c", "SELECT * FROM missing_table"], None).await.unwrap();
     assert!(!failing.success());
     assert!(failing.stderr.contains("missing_table"), "{failing:?}");
 }
@@ -120,19 +76,10 @@ async fn psql_runs_scripts_and_copy() {
 #[tokio::test]
 async fn pgbench_initializes_and_runs() {
     let db = TestCluster::shared().create_database().await.unwrap();
-    pgbench(&db.url(), &["-i", "-q", "-s", "1"])
-        .await
-        .unwrap()
-        .assert_success();
-    let out = pgbench(&db.url(), &["-c", "2", "-t", "20", "-M", "prepared", "-n"])
-        .await
-        .unwrap();
+    pgbench(&db.url(), &["-i", "-q", "-s", "1"]).await.unwrap().assert_success();
+    let out = pgbench(&db.url(), &["-c", "2", "-t", "20", "-M", "prepared", "-n"]).await.unwrap();
     out.assert_success();
-    assert!(
-        out.stdout.contains("number of failed transactions: 0"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("number of failed transactions: 0"), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,10 +88,7 @@ async fn restart_keeps_data_and_port_and_changes_pid() {
     let port = cluster.port();
     let first_pid = cluster.pid().unwrap();
     let client = connect(&cluster.connection_string()).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)").await.unwrap();
 
     for mode in [StopMode::Fast, StopMode::Immediate] {
         cluster.restart(mode).await.unwrap();
@@ -156,11 +100,7 @@ async fn restart_keeps_data_and_port_and_changes_pid() {
     // The old connection was terminated by the restart; a new one sees the committed row.
     assert!(client.query_one("SELECT 1", &[]).await.is_err());
     let client = connect(&cluster.connection_string()).await.unwrap();
-    let v: i32 = client
-        .query_one("SELECT v FROM kept", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = client.query_one("SELECT v FROM kept", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);
 
     cluster.stop(StopMode::Fast).await.unwrap();
@@ -174,67 +114,39 @@ async fn restart_keeps_data_and_port_and_changes_pid() {
 async fn kill_then_start_recovers() {
     let cluster = TestCluster::start().await.unwrap();
     let client = connect(&cluster.connection_string()).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE survived (v int); INSERT INTO survived VALUES (7)")
-        .await
-        .unwrap();
-    let backend_pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    client.batch_execute("CREATE TABLE survived (v int); INSERT INTO survived VALUES (7)").await.unwrap();
+    let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let postmaster = cluster.pid().unwrap();
 
     cluster.kill().await.unwrap();
     assert!(cluster.pid().is_none());
     for pid in [postmaster, backend_pid as u32] {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.contains(") Z"),
-            "process {pid} survived kill: {stat}"
-        );
+        assert!(stat.is_empty() || stat.contains(") Z"), "process {pid} survived kill: {stat}");
     }
     assert!(client.query_one("SELECT 1", &[]).await.is_err());
 
     cluster.start_again().await.unwrap();
     let client = connect(&cluster.connection_string()).await.unwrap();
-    let v: i32 = client
-        .query_one("SELECT v FROM survived", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = client.query_one("SELECT v FROM survived", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
-    assert!(
-        cluster.log().contains("database system was interrupted")
-            || cluster.log().contains("crash")
-    );
+    assert!(cluster.log().contains("database system was interrupted") || cluster.log().contains("crash"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_cluster_stops_it_and_removes_its_directory() {
     let cluster =
-        TestCluster::start_with(ClusterOptions::default().setting("application_name", "from_conf"))
-            .await
-            .unwrap();
+        TestCluster::start_with(ClusterOptions::default().setting("application_name", "from_conf")).await.unwrap();
     let client = connect(&cluster.connection_string()).await.unwrap();
-    let name: String = client
-        .query_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: String = client.query_one("SHOW application_name", &[]).await.unwrap().get(0);
     // tokio-postgres does not send application_name, so the server default from our setting shows.
     assert_eq!(name, "from_conf");
     let dir = cluster.socket_dir().to_owned();
     let pid = cluster.pid().unwrap();
-    tokio::task::spawn_blocking(move || drop(cluster))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
     assert!(!dir.exists(), "{} still exists", dir.display());
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(
-        stat.is_empty() || stat.contains(") Z"),
-        "postmaster {pid} survived drop: {stat}"
-    );
+    assert!(stat.is_empty() || stat.contains(") Z"), "postmaster {pid} survived drop: {stat}");
 }
 
 /// A cluster whose owner dies without dropping it (a `static`, a killed test) is still removed: this
@@ -244,19 +156,11 @@ fn guardian_removes_the_cluster_when_its_process_exits() {
     const CHILD_MARKER: &str = "DUALWRITE_GUARDIAN_CHILD";
     if std::env::var_os(CHILD_MARKER).is_some() {
         let cluster = PgCluster::start_new(ClusterOptions::default()).unwrap();
-        println!(
-            "cluster {} {}",
-            cluster.pid().unwrap(),
-            cluster.socket_dir().display()
-        );
+        println!("cluster {} {}", cluster.pid().unwrap(), cluster.socket_dir().display());
         std::process::exit(0); // no destructors run
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "guardian_removes_the_cluster_when_its_process_exits",
-            "--nocapture",
-        ])
+        .args(["--exact", "guardian_removes_the_cluster_when_its_process_exits", "--nocapture"])
         .env(CHILD_MARKER, "1")
         .output()
         .unwrap();
@@ -264,12 +168,7 @@ fn guardian_removes_the_cluster_when_its_process_exits() {
     let line = stdout
         .lines()
         .find_map(|line| line.strip_prefix("cluster "))
-        .unwrap_or_else(|| {
-            panic!(
-                "child printed no cluster: {stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
+        .unwrap_or_else(|| panic!("child printed no cluster: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
     let (pid, dir) = line.split_once(' ').unwrap();
     let dir = std::path::Path::new(dir);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -279,11 +178,7 @@ fn guardian_removes_the_cluster_when_its_process_exits() {
         if postmaster_gone && !dir.exists() {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster left behind: pid {pid} ({stat}), dir {}",
-            dir.display()
-        );
+        assert!(std::time::Instant::now() < deadline, "cluster left behind: pid {pid} ({stat}), dir {}", dir.display());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -293,15 +188,9 @@ async fn test_proxy_relays_to_a_test_database() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let proxy = TestProxy::relay(&db).await.unwrap();
     let client = proxy.connect(&db).await.unwrap();
-    let name: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: String = client.query_one("SELECT current_database()::text", &[]).await.unwrap().get(0);
     assert_eq!(name, db.name);
-    let out = psql(&proxy.url(&db), &["-A", "-t", "-c", "SELECT 40 + 2"], None)
-        .await
-        .unwrap();
+    let out = psql(&proxy.url(&db), &["-A", "-t", "-c", "SELECT 40 + 2"], None).await.unwrap();
     assert_eq!(out.assert_success().stdout.trim(), "42");
     drop(client);
     proxy.stop().await.unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use dualwrite_proxy::config::Config;
 use dualwrite_proxy::jobs::throttle::Limits;
 use dualwrite_proxy::jobs::{run_backfill, BackfillOutcome};
-use dualwrite_tests::TestProxy;
 use dualwrite_proxy::jobs::{BackfillOptions, JobError, JobRunner, Started};
+use dualwrite_tests::TestProxy;
 use jobs_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use dualwrite_proxy::config::Config;
 use dualwrite_tests::{pgbench, TestCluster, TestDb, TestProxy};
 use tokio_postgres::SimpleQueryMessage;
 
-
 const ORDERS: &str = r#"
 [[migration]]
 name = "orders_rename"
@@ -53,7 +52,10 @@ async fn start_proxy(db: &TestDb, rules: &str, tune: impl FnOnce(&mut Config)) -
 }
 
 /// A database with both tables of each migration, filled through the proxy (so the shadows agree).
-async fn setup(rules: &str, tune: impl FnOnce(&mut Config)) -> (TestDb, TestProxy, tempfile::NamedTempFile, tokio_postgres::Client) {
+async fn setup(
+    rules: &str,
+    tune: impl FnOnce(&mut Config),
+) -> (TestDb, TestProxy, tempfile::NamedTempFile, tokio_postgres::Client) {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -134,7 +136,8 @@ async fn sampled_reads_match_until_a_shadow_row_changes_behind_the_proxy() {
     let f = wait_for(&client, "users_split_name", |f| f[0] >= 8).await;
     assert_eq!(f, [8, 1, 0, 0]);
     // A v2 session's reads are compared too (its own shape on the shadow, the old table through the mapping).
-    let v2 = dualwrite_tests::connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let v2 =
+        dualwrite_tests::connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
     let last: String = v2.query_one("SELECT last_name FROM users WHERE id = $1", &[&1i32]).await.unwrap().get(0);
     assert_eq!(last, "Lovelace");
     v2.query("SELECT last_name FROM users WHERE id = $1", &[&2i32]).await.unwrap();

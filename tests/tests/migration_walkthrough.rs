@@ -116,18 +116,32 @@ async fn full_walkthrough_through_two_instances() {
 
     // dual_write: writes of every supported form, simple protocol through A ...
     let w = &admin_a;
-    let out = w.simple_query("INSERT INTO users (name, email) VALUES ('Ada Lovelace', 'ADA@X.org'), ('Grace Hopper', 'Grace@X.org')").await.unwrap();
+    let out = w
+        .simple_query(
+            "INSERT INTO users (name, email) VALUES ('Ada Lovelace', 'ADA@X.org'), ('Grace Hopper', 'Grace@X.org')",
+        )
+        .await
+        .unwrap();
     assert_eq!(tag(&out), 2);
-    let out = w.simple_query("INSERT INTO users (name, email) VALUES ('Alan Turing', 'AT@x.org') RETURNING id, name").await.unwrap();
+    let out = w
+        .simple_query("INSERT INTO users (name, email) VALUES ('Alan Turing', 'AT@x.org') RETURNING id, name")
+        .await
+        .unwrap();
     let alan: i32 = simple_rows(&out)[0][0].as_ref().unwrap().parse().unwrap();
     assert_eq!(simple_rows(&out)[0][1].as_deref(), Some("Alan Turing"));
     let out = w.simple_query(&format!("UPDATE users SET email = 'alan@turing.org' WHERE id = {alan}")).await.unwrap();
     assert_eq!(tag(&out), 1);
-    w.simple_query("UPDATE users u SET name = 'Old Renamed' || s.g FROM (SELECT generate_series(1, 3) g) s WHERE u.id = s.g").await.unwrap();
+    w.simple_query(
+        "UPDATE users u SET name = 'Old Renamed' || s.g FROM (SELECT generate_series(1, 3) g) s WHERE u.id = s.g",
+    )
+    .await
+    .unwrap();
     w.simple_query("DELETE FROM users WHERE id = 10").await.unwrap();
     w.simple_query("DELETE FROM users u USING (VALUES (11), (12)) v(id) WHERE u.id = v.id").await.unwrap();
     w.simple_query("INSERT INTO users (id, name, email) VALUES (5, 'Upserted Five', 'five@x') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email").await.unwrap();
-    w.simple_query("INSERT INTO users (name, email) SELECT 'Copy ' || name, email FROM users WHERE id IN (20, 21)").await.unwrap();
+    w.simple_query("INSERT INTO users (name, email) SELECT 'Copy ' || name, email FROM users WHERE id IN (20, 21)")
+        .await
+        .unwrap();
     // ... and the extended protocol through B.
     let stmt = v1_b.prepare("UPDATE users SET email = $1 WHERE id = $2").await.unwrap();
     assert_eq!(v1_b.execute(&stmt, &[&"B@Extended.org", &30i32]).await.unwrap(), 1);
@@ -147,10 +161,18 @@ async fn full_walkthrough_through_two_instances() {
     // reads as v1 and as v2 (per connection), on each version's own table
     let v2_a = connect_version(&a, &db, "v2").await;
     assert_eq!(one_value(&v2_a, "SHOW dualwrite.version").await.as_deref(), Some("v2"));
-    assert_eq!(one_value(&v2_a, &format!("SELECT last_name FROM users WHERE id = {alan}")).await.as_deref(), Some("Turing"));
-    assert_eq!(one_value(&v1_b, &format!("SELECT name FROM users WHERE id = {alan}")).await.as_deref(), Some("Alan Turing"));
+    assert_eq!(
+        one_value(&v2_a, &format!("SELECT last_name FROM users WHERE id = {alan}")).await.as_deref(),
+        Some("Turing")
+    );
+    assert_eq!(
+        one_value(&v1_b, &format!("SELECT name FROM users WHERE id = {alan}")).await.as_deref(),
+        Some("Alan Turing")
+    );
     // a v2 session writes in v2 shape; the old table gets the row through the backward mapping
-    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Edsger', 'Dijkstra', 'ewd@x')").await.unwrap();
+    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Edsger', 'Dijkstra', 'ewd@x')")
+        .await
+        .unwrap();
     v2_a.execute("UPDATE users SET last_name = $1 WHERE first_name = 'Edsger'", &[&"Dijkstra-W"]).await.unwrap();
     assert_eq!(
         one_value(&direct, "SELECT name FROM users WHERE email = 'ewd@x'").await.as_deref(),
@@ -175,7 +197,10 @@ async fn full_walkthrough_through_two_instances() {
     let after: String = v1_b.query_one(&email_of, &[&50i32]).await.unwrap().get(0);
     assert_eq!(after, "marker@shadow", "prepared statement follows the new route");
     // v1 clients still see v1 columns while reading the shadow
-    assert_eq!(one_value(&v1_b, &format!("SELECT name FROM users WHERE id = {alan}")).await.as_deref(), Some("Alan Turing"));
+    assert_eq!(
+        one_value(&v1_b, &format!("SELECT name FROM users WHERE id = {alan}")).await.as_deref(),
+        Some("Alan Turing")
+    );
 
     // percentage routing: sticky per session, some sessions on each side
     control(&admin_a, &format!("DUALWRITE ROUTE {MIGRATION} READS TO v2 PERCENT 50")).await;
@@ -191,7 +216,12 @@ async fn full_walkthrough_through_two_instances() {
         }
     }
     assert!((1..24).contains(&on_shadow), "50% routing sent {on_shadow}/24 sessions to the shadow");
-    direct.batch_execute("UPDATE users_v2 SET email = lower(u.email) FROM users u WHERE u.id = users_v2.id AND users_v2.id = 50").await.unwrap();
+    direct
+        .batch_execute(
+            "UPDATE users_v2 SET email = lower(u.email) FROM users u WHERE u.id = users_v2.id AND users_v2.id = 50",
+        )
+        .await
+        .unwrap();
     assert_in_sync(&direct, "percentage routing").await;
 
     // cutover: the shadow is the primary; v1 and v2 writes keep both tables in sync
@@ -200,14 +230,17 @@ async fn full_walkthrough_through_two_instances() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     v1_b.simple_query("INSERT INTO users (name, email) VALUES ('After Cutover', 'AC@x')").await.unwrap();
     v1_b.execute("UPDATE users SET email = $1 WHERE id = $2", &[&"cut@over", &60i32]).await.unwrap();
-    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Barbara', 'Liskov2', 'bl2@x')").await.unwrap();
+    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Barbara', 'Liskov2', 'bl2@x')")
+        .await
+        .unwrap();
     v2_a.simple_query("DELETE FROM users WHERE id = 61").await.unwrap();
     assert_in_sync(&direct, "cutover writes").await;
 
     // rollback: back to dual_write with reads on each session's own version, nothing lost
     control(&admin_a, &format!("DUALWRITE ROLLBACK {MIGRATION}")).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let phase: String = direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&MIGRATION]).await.unwrap().get(0);
+    let phase: String =
+        direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&MIGRATION]).await.unwrap().get(0);
     assert_eq!(phase, "dual_write");
     v1_b.simple_query("UPDATE users SET name = 'Rolled Back' WHERE id = 62").await.unwrap();
     assert_in_sync(&direct, "rollback").await;
@@ -218,10 +251,13 @@ async fn full_walkthrough_through_two_instances() {
     control(&admin_a, &format!("DUALWRITE PHASE {MIGRATION} complete")).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let old_before: i64 = direct.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
-    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Only', 'Shadow', 'only@shadow')").await.unwrap();
+    v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Only', 'Shadow', 'only@shadow')")
+        .await
+        .unwrap();
     let old_after: i64 = direct.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     assert_eq!(old_before, old_after, "complete: the old table is no longer written");
-    let shadow_has: i64 = direct.query_one("SELECT count(*) FROM users_v2 WHERE email = 'only@shadow'", &[]).await.unwrap().get(0);
+    let shadow_has: i64 =
+        direct.query_one("SELECT count(*) FROM users_v2 WHERE email = 'only@shadow'", &[]).await.unwrap().get(0);
     assert_eq!(shadow_has, 1);
 
     // the audit log holds every step
@@ -235,7 +271,12 @@ async fn full_walkthrough_through_two_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_change_nothing_and_leave_the_session_usable() {
     let (db, direct) = setup().await.unwrap();
-    direct.batch_execute("CREATE ROLE app LOGIN; GRANT ALL ON users, users_v2 TO app; GRANT USAGE ON SEQUENCE users_id_seq TO app").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE ROLE app LOGIN; GRANT ALL ON users, users_v2 TO app; GRANT USAGE ON SEQUENCE users_id_seq TO app",
+        )
+        .await
+        .unwrap();
     let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
 
     // non-admin control commands
@@ -244,7 +285,8 @@ async fn refusals_change_nothing_and_leave_the_session_usable() {
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
     let err = app.simple_query(&format!("DUALWRITE PHASE {MIGRATION} cutover FORCE")).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
-    let phase: String = direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&MIGRATION]).await.unwrap().get(0);
+    let phase: String =
+        direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&MIGRATION]).await.unwrap().get(0);
     assert_eq!(phase, "dual_write");
     // a bad control command names what was expected
     let admin = proxy.connect(&db).await.unwrap();
@@ -252,8 +294,17 @@ async fn refusals_change_nothing_and_leave_the_session_usable() {
     assert_eq!(err.code().map(|c| c.code()), Some("42601"));
 
     // an unsupported write is refused (0A000, naming the migration) and changes nothing
-    let before: Vec<(i32, String)> = direct.query("SELECT id, name FROM users ORDER BY id", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
-    for (sql, protocol) in [("UPDATE users SET id = id + 1000 WHERE id = 1", "simple"), ("UPDATE users SET id = id + 1000 WHERE id = 1", "extended")] {
+    let before: Vec<(i32, String)> = direct
+        .query("SELECT id, name FROM users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (sql, protocol) in [
+        ("UPDATE users SET id = id + 1000 WHERE id = 1", "simple"),
+        ("UPDATE users SET id = id + 1000 WHERE id = 1", "extended"),
+    ] {
         let err = if protocol == "simple" {
             app.simple_query(sql).await.unwrap_err()
         } else {
@@ -268,10 +319,19 @@ async fn refusals_change_nothing_and_leave_the_session_usable() {
     // inside a transaction the refusal aborts it, so a COMMIT cannot keep the earlier write
     app.batch_execute("BEGIN").await.unwrap();
     app.simple_query("INSERT INTO users (name, email) VALUES ('In Tx', 'tx@x')").await.unwrap();
-    assert!(app.simple_query("MERGE INTO users u USING users_v2 s ON u.id = s.id WHEN MATCHED THEN DELETE").await.is_err());
+    assert!(app
+        .simple_query("MERGE INTO users u USING users_v2 s ON u.id = s.id WHEN MATCHED THEN DELETE")
+        .await
+        .is_err());
     let commit = app.simple_query("COMMIT").await.unwrap();
     assert!(matches!(commit.last(), Some(SimpleQueryMessage::CommandComplete(_))));
-    let after: Vec<(i32, String)> = direct.query("SELECT id, name FROM users ORDER BY id", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let after: Vec<(i32, String)> = direct
+        .query("SELECT id, name FROM users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     assert_eq!(before, after, "refused statements changed nothing");
     assert_eq!(differences(&direct, true).await.unwrap(), 0);
 
@@ -303,7 +363,9 @@ async fn pgbench_and_psql_write_through_the_migration() {
     )
     .unwrap();
     for mode in ["simple", "extended", "prepared"] {
-        let out = pgbench(&url, &["-n", "-M", mode, "-c", "2", "-t", "40", "-f", script.path().to_str().unwrap()]).await.unwrap();
+        let out = pgbench(&url, &["-n", "-M", mode, "-c", "2", "-t", "40", "-f", script.path().to_str().unwrap()])
+            .await
+            .unwrap();
         out.assert_success();
         assert!(out.stdout.contains("number of failed transactions: 0"), "{mode}: {}", out.stdout);
     }

@@ -13,16 +13,19 @@ async fn password_roles_log_in_through_the_proxy() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
-    for (user, password) in [(SCRAM_USER, SCRAM_PASSWORD), (MD5_USER, MD5_PASSWORD), (CLEARTEXT_USER, CLEARTEXT_PASSWORD)] {
+    for (user, password) in
+        [(SCRAM_USER, SCRAM_PASSWORD), (MD5_USER, MD5_PASSWORD), (CLEARTEXT_USER, CLEARTEXT_PASSWORD)]
+    {
         let client = connect(&db.url_via_as(proxy.addr(), user, Some(password)))
             .await
             .unwrap_or_else(|e| panic!("{user} through the proxy: {e:#}"));
         let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
         // psql (libpq) too.
-        let out = psql(&db.url_via_as(proxy.addr(), user, Some(password)), &["-A", "-t", "-c", "SELECT current_user"], None)
-            .await
-            .unwrap();
+        let out =
+            psql(&db.url_via_as(proxy.addr(), user, Some(password)), &["-A", "-t", "-c", "SELECT current_user"], None)
+                .await
+                .unwrap();
         out.assert_success();
         assert_eq!(out.stdout.trim(), user);
     }
@@ -94,9 +97,10 @@ async fn sslmode_require_against_the_proxys_tls() {
         assert!(out.stdout.contains("SSL connection (protocol: TLSv1."), "{}", out.stdout);
         assert!(out.stdout.trim_end().ends_with(&user), "{}", out.stdout);
         // COPY and a larger result over TLS.
-        let out = psql(&url, &["-A", "-t", "-c", "SELECT sum(length(repeat('x', g))) FROM generate_series(1, 2000) g"], None)
-            .await
-            .unwrap();
+        let out =
+            psql(&url, &["-A", "-t", "-c", "SELECT sum(length(repeat('x', g))) FROM generate_series(1, 2000) g"], None)
+                .await
+                .unwrap();
         out.assert_success();
         assert_eq!(out.stdout.trim(), "2001000");
     }
@@ -150,7 +154,8 @@ async fn tls_to_the_upstream_and_scram_without_channel_binding() {
     config.tls_key = Some(key);
     let proxy = TestProxy::start(config).await.unwrap();
     let base = url_for(proxy.addr(), SCRAM_USER, Some(SCRAM_PASSWORD), "postgres");
-    let probe = ["-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-c", "SELECT current_user"];
+    let probe =
+        ["-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-c", "SELECT current_user"];
     // Channel binding cannot cross the proxy: the upstream (on TLS) offers SCRAM-SHA-256-PLUS, the proxy
     // takes it off the list, so a client on TLS that requires binding is refused by libpq itself...
     let out = psql(&format!("{base}?sslmode=require&channel_binding=require"), &probe, None).await.unwrap();

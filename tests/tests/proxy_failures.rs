@@ -19,11 +19,7 @@ fn query_frame(sql: &str) -> Vec<u8> {
 }
 
 async fn backend_alive(direct: &tokio_postgres::Client, pid: i32) -> bool {
-    direct
-        .query_one("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1", &[&pid])
-        .await
-        .unwrap()
-        .get(0)
+    direct.query_one("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0)
 }
 
 async fn wait_backend_gone(direct: &tokio_postgres::Client, pid: i32, within: Duration) -> bool {

@@ -54,11 +54,9 @@ impl SessionInterceptor for StandInSession {
                 }],
                 control: false,
             }),
-            "SHOW dualwrite.test" => Verdict::Respond(LocalReply::rows(
-                vec!["dualwrite.test".into()],
-                vec![vec![Some("v1".into())]],
-                "SHOW",
-            )),
+            "SHOW dualwrite.test" => {
+                Verdict::Respond(LocalReply::rows(vec!["dualwrite.test".into()], vec![vec![Some("v1".into())]], "SHOW"))
+            }
             "DUALWRITE SLOW" => Verdict::Defer(Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 LocalReply::rows(vec!["done".into()], vec![vec![Some("yes".into())], vec![None]], "SELECT 2")
@@ -77,11 +75,14 @@ async fn setup() -> (TestDb, RunningProxy, Arc<StandIn>) {
     db.connect()
         .await
         .unwrap()
-        .batch_execute("CREATE TABLE items (id int primary key, n int); INSERT INTO items VALUES (1, 0), (2, 0), (3, 0)")
+        .batch_execute(
+            "CREATE TABLE items (id int primary key, n int); INSERT INTO items VALUES (1, 0), (2, 0), (3, 0)",
+        )
         .await
         .unwrap();
     let interceptor = Arc::new(StandIn::default());
-    let server = dualwrite_proxy::Server::bind(config_for(&cluster)).await.unwrap().with_interceptor(interceptor.clone());
+    let server =
+        dualwrite_proxy::Server::bind(config_for(&cluster)).await.unwrap().with_interceptor(interceptor.clone());
     let proxy = proxy_support::run_server(server);
     (db, proxy, interceptor)
 }
@@ -98,10 +99,7 @@ async fn rewritten_writes_look_like_the_original_statement() {
     assert_eq!(client.execute(INSERT_SQL, &[]).await.unwrap(), 1);
     // Simple protocol: no rows, the client's tag (rows 1-3 and 10 now).
     let messages = client.simple_query(UPDATE_SQL).await.unwrap();
-    assert!(
-        matches!(messages[..], [SimpleQueryMessage::CommandComplete(4)]),
-        "only CommandComplete: {messages:?}"
-    );
+    assert!(matches!(messages[..], [SimpleQueryMessage::CommandComplete(4)]), "only CommandComplete: {messages:?}");
     // psql prints the tag it got.
     let out = psql(&db.url_via(proxy.addr), &["-c", UPDATE_SQL, "-c", INSERT_SQL.replace("10", "11").as_str()], None)
         .await
@@ -122,10 +120,13 @@ async fn local_answers_in_both_protocols_and_in_order() {
     let row = client.query_one("SHOW dualwrite.test", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "v1");
     let messages = client.simple_query("SHOW dualwrite.test").await.unwrap();
-    let rows: Vec<_> = messages.iter().filter_map(|m| match m {
-        SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
-        _ => None,
-    }).collect();
+    let rows: Vec<_> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(rows, vec![Some("v1".to_owned())]);
     assert!(matches!(messages.last(), Some(SimpleQueryMessage::CommandComplete(_))));
     let rows = client.query("DUALWRITE SLOW", &[]).await.unwrap();

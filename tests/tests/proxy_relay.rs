@@ -52,11 +52,7 @@ async fn pgbench_all_query_modes_without_failures() {
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(&url, &["-M", mode, "-c", "4", "-j", "2", "-t", "200"]).await.unwrap();
         out.assert_success();
-        assert!(
-            out.stdout.contains("number of failed transactions: 0 (0.000%)"),
-            "mode {mode}: {}",
-            out.stdout
-        );
+        assert!(out.stdout.contains("number of failed transactions: 0 (0.000%)"), "mode {mode}: {}", out.stdout);
         assert!(out.stdout.contains("number of transactions actually processed: 800/800"), "{}", out.stdout);
     }
     proxy.stop().await.unwrap();
@@ -74,14 +70,14 @@ async fn tokio_postgres_prepared_statements_with_binary_types() {
         )
         .await
         .unwrap();
-    let insert = client
-        .prepare("INSERT INTO kinds VALUES ($1, $2, $3, $4, $5, now()::timestamp, $6)")
-        .await
-        .unwrap();
+    let insert = client.prepare("INSERT INTO kinds VALUES ($1, $2, $3, $4, $5, now()::timestamp, $6)").await.unwrap();
     let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     for i in 0..20i64 {
         let n = client
-            .execute(&insert, &[&i, &(i as f64 / 3.0), &blob, &format!("row {i} ✓"), &(i % 2 == 0), &vec![i as i32, -1]])
+            .execute(
+                &insert,
+                &[&i, &(i as f64 / 3.0), &blob, &format!("row {i} ✓"), &(i % 2 == 0), &vec![i as i32, -1]],
+            )
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -97,10 +93,12 @@ async fn tokio_postgres_prepared_statements_with_binary_types() {
     assert!(first.get::<_, bool>(4));
     assert_eq!(first.get::<_, Vec<i32>>(5), vec![10, -1]);
     // Pipelined queries on one connection keep their order.
-    let futures: Vec<_> = (0..50i64).map(|i| {
-        let client = &client;
-        async move { client.query_one("SELECT $1::int8 * 2", &[&i]).await.unwrap().get::<_, i64>(0) }
-    }).collect();
+    let futures: Vec<_> = (0..50i64)
+        .map(|i| {
+            let client = &client;
+            async move { client.query_one("SELECT $1::int8 * 2", &[&i]).await.unwrap().get::<_, i64>(0) }
+        })
+        .collect();
     let results = futures::future::join_all(futures).await;
     assert_eq!(results, (0..50).map(|i| i * 2).collect::<Vec<_>>());
     // Errors come back as the server's, with position, and the session goes on.
@@ -172,11 +170,8 @@ async fn backend_pid_is_the_upstream_pid_and_key_is_the_proxys() {
     let listener = connect(&db.url_via(proxy.addr())).await.unwrap();
     let pid: i32 = listener.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let direct = db.connect().await.unwrap();
-    let seen: bool = direct
-        .query_one("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
+    let seen: bool =
+        direct.query_one("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
     assert!(seen, "the pid the client sees is a real backend");
     proxy.stop().await.unwrap();
 }
@@ -186,7 +181,8 @@ async fn listen_notify_is_relayed_while_idle() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
-    let (client, mut connection) = tokio_postgres::connect(&db.url_via(proxy.addr()), tokio_postgres::NoTls).await.unwrap();
+    let (client, mut connection) =
+        tokio_postgres::connect(&db.url_via(proxy.addr()), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
@@ -255,12 +251,8 @@ async fn pgbench_pipeline_mode() {
     )
     .unwrap();
     for mode in ["extended", "prepared"] {
-        let out = pgbench(
-            &url,
-            &["-M", mode, "-c", "2", "-t", "100", "-n", "-f", script.to_str().unwrap()],
-        )
-        .await
-        .unwrap();
+        let out =
+            pgbench(&url, &["-M", mode, "-c", "2", "-t", "100", "-n", "-f", script.to_str().unwrap()]).await.unwrap();
         // The division by zero aborts each pipeline's implicit transaction: pgbench counts it as a
         // failed transaction. What matters is that every answer arrived in order and nothing hung.
         assert!(out.stderr.contains("division by zero") || out.stdout.contains("division by zero"), "{out:?}");

@@ -71,9 +71,8 @@ impl Serve {
         let (listen, metrics) = (free_addr(), free_addr());
         std::fs::write(&rules_path, rules).unwrap();
         std::fs::write(&config_path, config_text(listen, metrics, &rules_path, db, settings)).unwrap();
-        let process = ProxyProcess::start(&["serve", "--config", config_path.to_str().unwrap()], &[], listen)
-            .await
-            .unwrap();
+        let process =
+            ProxyProcess::start(&["serve", "--config", config_path.to_str().unwrap()], &[], listen).await.unwrap();
         Serve { process, listen, metrics, config_path, rules_path, _dir: dir }
     }
 
@@ -223,7 +222,11 @@ async fn a_broken_file_on_sighup_changes_nothing_and_is_counted() {
         log.lines().filter(|l| l.contains("ERROR") && l.contains("configuration reload refused")).collect();
     assert_eq!(refusals.len(), 3, "{log}");
     assert!(refusals[0].contains(&rules_file), "names the file: {}", refusals[0]);
-    assert!(refusals[1].contains(&rules_file) && refusals[1].contains("amount_typo"), "and the reason: {}", refusals[1]);
+    assert!(
+        refusals[1].contains(&rules_file) && refusals[1].contains("amount_typo"),
+        "and the reason: {}",
+        refusals[1]
+    );
     assert!(refusals[2].contains(&config_file), "{}", refusals[2]);
 
     // The rules loaded at start are still in force (orders still dual-written), in the same transaction.

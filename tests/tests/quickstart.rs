@@ -14,13 +14,7 @@ fn config(upstream: &str) -> Config {
 }
 
 /// Starts the quickstart on a task; returns its endpoints, the shutdown trigger and the task.
-async fn start(
-    config: Config,
-) -> (
-    Endpoints,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+async fn start(config: Config) -> (Endpoints, oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     init_tracing();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -44,31 +38,15 @@ async fn start(
 async fn quickstart_serves_the_example_schema_and_cleans_up() {
     let (endpoints, stop, task) = start(config("")).await;
     let banner = quickstart::banner(&endpoints);
-    assert!(
-        banner.contains(&format!("psql \"{}\"", endpoints.proxy_url)),
-        "{banner}"
-    );
+    assert!(banner.contains(&format!("psql \"{}\"", endpoints.proxy_url)), "{banner}");
 
-    let out = psql(
-        &endpoints.proxy_url,
-        &[
-            "-A",
-            "-t",
-            "-c",
-            "SELECT name, email FROM users ORDER BY id",
-        ],
-        None,
-    )
-    .await
-    .unwrap();
+    let out = psql(&endpoints.proxy_url, &["-A", "-t", "-c", "SELECT name, email FROM users ORDER BY id"], None)
+        .await
+        .unwrap();
     out.assert_success();
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
-        [
-            "Ada Lovelace|Ada@Example.com",
-            "Alan Turing|alan@example.com",
-            "Grace Hopper|GRACE@example.com"
-        ]
+        ["Ada Lovelace|Ada@Example.com", "Alan Turing|alan@example.com", "Grace Hopper|GRACE@example.com"]
     );
     let client = connect(&endpoints.proxy_url).await.unwrap();
     let shadow_columns: Vec<String> = client
@@ -88,34 +66,18 @@ async fn quickstart_serves_the_example_schema_and_cleans_up() {
     let data_dir_url = endpoints.upstream_url.clone();
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
-    assert!(
-        connect(&data_dir_url).await.is_err(),
-        "throwaway cluster still answers after shutdown"
-    );
+    assert!(connect(&data_dir_url).await.is_err(), "throwaway cluster still answers after shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_with_upstream_serves_that_database() {
     let db = TestCluster::shared().create_database().await.unwrap();
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE mine (v int); INSERT INTO mine VALUES (5)")
-        .await
-        .unwrap();
+    db.connect().await.unwrap().batch_execute("CREATE TABLE mine (v int); INSERT INTO mine VALUES (5)").await.unwrap();
 
     let (endpoints, stop, task) = start(config(&db.url())).await;
-    assert!(
-        endpoints.proxy_url.ends_with(&format!("/{}", db.name)),
-        "{}",
-        endpoints.proxy_url
-    );
+    assert!(endpoints.proxy_url.ends_with(&format!("/{}", db.name)), "{}", endpoints.proxy_url);
     let client = connect(&endpoints.proxy_url).await.unwrap();
-    let v: i32 = client
-        .query_one("SELECT v FROM mine", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = client.query_one("SELECT v FROM mine", &[]).await.unwrap().get(0);
     assert_eq!(v, 5);
     drop(client);
 

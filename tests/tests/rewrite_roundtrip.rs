@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use dualwrite_rules::{Migration, MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side, TagRewrite};
 use dualwrite_rules::quote_ident;
+use dualwrite_rules::{Migration, MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side, TagRewrite};
 use dualwrite_tests::TestCluster;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -90,11 +90,21 @@ fn plain_select(mapping: &[(String, String)], from: &str) -> String {
 }
 
 async fn assert_in_sync(client: &Client, m: &Migration, after: &str) {
-    let forward = difference(client, &mapped_select(&m.forward, &m.table.to_string()), &plain_select(&m.forward, &m.shadow.to_string())).await;
+    let forward = difference(
+        client,
+        &mapped_select(&m.forward, &m.table.to_string()),
+        &plain_select(&m.forward, &m.shadow.to_string()),
+    )
+    .await;
     assert!(forward.is_empty(), "after `{after}`: shadow != forward(old): {forward:#?}");
     // users' forward mapping is lossy (lower(email)); orders' mappings are inverses, so check both ways.
     if m.name == "orders_amount_numeric" {
-        let backward = difference(client, &mapped_select(&m.backward, &m.shadow.to_string()), &plain_select(&m.backward, &m.table.to_string())).await;
+        let backward = difference(
+            client,
+            &mapped_select(&m.backward, &m.shadow.to_string()),
+            &plain_select(&m.backward, &m.table.to_string()),
+        )
+        .await;
         assert!(backward.is_empty(), "after `{after}`: old != backward(shadow): {backward:#?}");
     }
 }
@@ -181,7 +191,8 @@ async fn rewritten_writes_keep_old_and_shadow_equal_row_for_row() {
             (100, "Stan".into(), "Staged".into())
         ]
     );
-    let gone: i64 = client.query_one("SELECT count(*) FROM users_v2 WHERE email = 'spam@x' OR id = 5", &[]).await.unwrap().get(0);
+    let gone: i64 =
+        client.query_one("SELECT count(*) FROM users_v2 WHERE email = 'spam@x' OR id = 5", &[]).await.unwrap().get(0);
     assert_eq!(gone, 0);
 }
 
@@ -253,7 +264,8 @@ async fn routed_reads_return_the_session_shape_from_either_table() {
     let v2_sql = "SELECT id, first_name, last_name FROM users ORDER BY id";
     let mut answers = Vec::new();
     for source in [Side::Old, Side::New] {
-        let r = Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::New, read_source: source });
+        let r =
+            Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::New, read_source: source });
         let Plan::Rewritten { sql: routed, .. } = &*rewriter.rewrite(v2_sql, &r) else { panic!() };
         answers.push(answer(&client, routed).await.unwrap());
     }

@@ -59,7 +59,10 @@ async fn server_first(raw: &mut RawClient, scram: &ScramSha256) -> Vec<u8> {
 
 /// `r=...,s=...,i=...` fields of a SCRAM message.
 fn scram_field<'a>(message: &'a str, name: &str) -> &'a str {
-    message.split(',').find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('='))).unwrap_or_else(|| panic!("no {name} in {message}"))
+    message
+        .split(',')
+        .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {name} in {message}"))
 }
 
 #[tokio::test]
@@ -82,7 +85,8 @@ async fn scram_is_the_upstreams_exchange_and_a_captured_one_cannot_be_replayed()
         .unwrap()
         .get(0);
     // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
-    let (iterations, salt) = stored.strip_prefix("SCRAM-SHA-256$").unwrap().split('$').next().unwrap().split_once(':').unwrap();
+    let (iterations, salt) =
+        stored.strip_prefix("SCRAM-SHA-256$").unwrap().split('$').next().unwrap().split_once(':').unwrap();
     assert_eq!(scram_field(&first_text, "s"), salt);
     assert_eq!(scram_field(&first_text, "i"), iterations);
     let nonce = scram_field(&first_text, "r");
@@ -107,7 +111,10 @@ async fn scram_is_the_upstreams_exchange_and_a_captured_one_cannot_be_replayed()
     replay.send_message(b'p', &client_final).await;
     let answer = replay.read_to_close().await;
     assert!(answer.iter().any(|(tag, _)| *tag == b'E'), "{answer:?}");
-    assert!(!answer.iter().any(|(tag, body)| *tag == b'R' && auth_code(body) == AUTH_OK), "replayed proof was accepted");
+    assert!(
+        !answer.iter().any(|(tag, body)| *tag == b'R' && auth_code(body) == AUTH_OK),
+        "replayed proof was accepted"
+    );
     proxy.stop().await.unwrap();
 }
 
@@ -193,7 +200,10 @@ async fn set_role_and_session_authorization_do_not_grant_control() {
     superuser.batch_execute(&format!("SET SESSION AUTHORIZATION \"{ops}\"")).await.unwrap();
     let now: String = superuser.query_one("SELECT session_user::text", &[]).await.unwrap().get(0);
     assert_eq!(now, ops);
-    refused(superuser.simple_query("DUALWRITE PHASE users_split_name off FORCE").await, "after SET SESSION AUTHORIZATION");
+    refused(
+        superuser.simple_query("DUALWRITE PHASE users_split_name off FORCE").await,
+        "after SET SESSION AUTHORIZATION",
+    );
     assert_eq!(phase_and_audit(&db).await, before, "state changed");
 
     // The admin role itself, logged in, is served.
@@ -217,8 +227,16 @@ async fn statements_pipelined_behind_the_startup_are_judged_like_any_other() {
             break;
         }
     }
-    let shadow: Vec<String> =
-        db.connect().await.unwrap().query("SELECT first_name FROM users_v2", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let shadow: Vec<String> = db
+        .connect()
+        .await
+        .unwrap()
+        .query("SELECT first_name FROM users_v2", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(shadow, ["pipelined"]);
     proxy.stop().await.unwrap();
 }

@@ -101,10 +101,7 @@ async fn schema_is_created_once_even_concurrently() -> anyhow::Result<()> {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, (1..=schema::SCHEMA_VERSION).collect::<Vec<_>>());
-    let tables: i64 = a
-        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualwrite'", &[])
-        .await?
-        .get(0);
+    let tables: i64 = a.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualwrite'", &[]).await?.get(0);
     assert_eq!(tables, 6);
     Ok(())
 }
@@ -141,7 +138,8 @@ async fn change_is_audited_and_seen_by_another_instance_through_notify() -> anyh
     assert_eq!((a_sees.read_source.as_deref(), a_sees.read_percent), (Some("v2"), 30), "the changer sees it at once");
     assert!(
         seen_within(&b, Duration::from_secs(1), |s| {
-            s.migration("users_split_name").is_some_and(|m| m.read_source.as_deref() == Some("v2") && m.read_percent == 30)
+            s.migration("users_split_name")
+                .is_some_and(|m| m.read_source.as_deref() == Some("v2") && m.read_percent == 30)
         })
         .await,
         "instance B did not see the route within a second"
@@ -272,10 +270,7 @@ async fn cutover_moves_sequences_past_the_largest_key_of_both_tables() -> anyhow
     assert_eq!(change.sequences.len(), 2, "{:?}", change.sequences);
     assert!(change.sequences.iter().all(|(_, v)| *v == 40), "{:?}", change.sequences);
     let next_old: i32 = c.query_one("INSERT INTO users (name) VALUES ('g h') RETURNING id", &[]).await?.get(0);
-    let next_new: i32 = c
-        .query_one("INSERT INTO users_v2 (first_name) VALUES ('i') RETURNING id", &[])
-        .await?
-        .get(0);
+    let next_new: i32 = c.query_one("INSERT INTO users_v2 (first_name) VALUES ('i') RETURNING id", &[]).await?.get(0);
     assert_eq!((next_old, next_new), (41, 41));
     Ok(())
 }
@@ -318,7 +313,12 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
         "CREATE FUNCTION dualwrite.forged() RETURNS int LANGUAGE sql AS 'SELECT 1'".to_owned(),
     ];
     for table in &tables {
-        for sql in ["SELECT * FROM dualwrite.{t}", "UPDATE dualwrite.{t} SET {c} = {c}", "DELETE FROM dualwrite.{t}", "TRUNCATE dualwrite.{t}"] {
+        for sql in [
+            "SELECT * FROM dualwrite.{t}",
+            "UPDATE dualwrite.{t} SET {c} = {c}",
+            "DELETE FROM dualwrite.{t}",
+            "TRUNCATE dualwrite.{t}",
+        ] {
             let column = if table == "schema_version" { "version" } else { "migration" };
             let column = if table == "migrations" { "read_percent" } else { column };
             attempts.push(sql.replace("{t}", table).replace("{c}", column));

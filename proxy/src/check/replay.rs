@@ -19,8 +19,7 @@ pub struct ReplayCounts {
 
 /// Reads a statements file (see [`parse_statements`]).
 pub fn read_statements(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_statements(&text).with_context(|| format!("reading statements from {}", path.display()))
 }
 
@@ -31,10 +30,7 @@ pub fn read_statements(path: &Path) -> anyhow::Result<Vec<String>> {
 pub fn parse_statements(text: &str) -> anyhow::Result<Vec<String>> {
     let first_line = text.lines().next().unwrap_or("");
     if let Some(query_index) = csv_query_column(first_line) {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(false)
-            .from_reader(text.as_bytes());
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
         let mut statements = Vec::new();
         for (number, record) in reader.records().enumerate() {
             let record = record.with_context(|| format!("CSV record {}", number + 1))?;
@@ -60,16 +56,11 @@ fn csv_query_column(line: &str) -> Option<usize> {
     if !line.contains(',') {
         return None;
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(line.as_bytes());
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
     let header = reader.records().next()?.ok()?;
     let fields: Vec<&str> = header.iter().map(str::trim).collect();
     // A SQL statement that happens to contain `query` and commas is not a header: headers are bare names.
-    if !fields
-        .iter()
-        .all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-    {
+    if !fields.iter().all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
         return None;
     }
     fields.iter().position(|f| f.eq_ignore_ascii_case("query"))
@@ -77,11 +68,7 @@ fn csv_query_column(line: &str) -> Option<usize> {
 
 /// The route statements are replayed under: each migration in `phase` (default: its initial phase), sessions
 /// on `version` (default: each migration's old version) reading their own version's table.
-pub fn route_for(
-    rules: &RuleSet,
-    version: Option<&str>,
-    phase: Option<Phase>,
-) -> anyhow::Result<Route> {
+pub fn route_for(rules: &RuleSet, version: Option<&str>, phase: Option<Phase>) -> anyhow::Result<Route> {
     let mut per_migration = Vec::with_capacity(rules.migrations.len());
     for migration in &rules.migrations {
         let side = match version {
@@ -95,10 +82,7 @@ pub fn route_for(
                 migration.versions.new
             ),
         };
-        per_migration.push(MigrationRoute::own(
-            phase.unwrap_or(migration.initial_phase),
-            side,
-        ));
+        per_migration.push(MigrationRoute::own(phase.unwrap_or(migration.initial_phase), side));
     }
     Ok(Route { per_migration })
 }
@@ -127,12 +111,7 @@ pub fn replay(
             Plan::Rejected(rejection) => {
                 counts.rejected += 1;
                 writeln!(out, "  REJECTED        {shown}")?;
-                writeln!(
-                    out,
-                    "      why: {} (SQLSTATE {})",
-                    one_line(&rejection.message),
-                    rejection.sqlstate
-                )?;
+                writeln!(out, "      why: {} (SQLSTATE {})", one_line(&rejection.message), rejection.sqlstate)?;
             }
         }
     }

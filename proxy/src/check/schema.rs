@@ -73,15 +73,8 @@ pub async fn check_migration(
     sample: i64,
     out: &mut dyn Write,
 ) -> anyhow::Result<Tally> {
-    writeln!(
-        out,
-        "migration {}: {} -> {}",
-        migration.name, migration.table, migration.shadow
-    )?;
-    let mut report = Report {
-        out,
-        tally: Tally::default(),
-    };
+    writeln!(out, "migration {}: {} -> {}", migration.name, migration.table, migration.shadow)?;
+    let mut report = Report { out, tally: Tally::default() };
     let old = find_table(client, &migration.table, &mut report).await?;
     let new = find_table(client, &migration.shadow, &mut report).await?;
     let (Some(old), Some(new)) = (old, new) else {
@@ -94,47 +87,21 @@ pub async fn check_migration(
         check_key(client, table, &migration.key, &mut report).await?;
     }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
-    let forward_ok = new_mapped_ok
-        && check_mappings(
-            client,
-            "forward",
-            &migration.forward,
-            &old,
-            &new,
-            &mut report,
-        )
-        .await?;
-    let backward_ok = old_mapped_ok
-        && check_mappings(
-            client,
-            "backward",
-            &migration.backward,
-            &new,
-            &old,
-            &mut report,
-        )
-        .await?;
+    let forward_ok =
+        new_mapped_ok && check_mappings(client, "forward", &migration.forward, &old, &new, &mut report).await?;
+    let backward_ok =
+        old_mapped_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
     if forward_ok && backward_ok && old_mapped_ok {
         check_round_trip(client, migration, &old, sample, &mut report).await?;
     } else {
-        writeln!(
-            report.out,
-            "  skipped  round trip (the mappings have errors)"
-        )?;
+        writeln!(report.out, "  skipped  round trip (the mappings have errors)")?;
     }
     Ok(report.tally)
 }
 
-async fn find_table(
-    client: &Client,
-    name: &TableName,
-    report: &mut Report<'_>,
-) -> anyhow::Result<Option<Table>> {
+async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) -> anyhow::Result<Option<Table>> {
     let display = name.to_string();
-    let oid: Option<u32> = client
-        .query_one("SELECT to_regclass($1)::oid", &[&display])
-        .await?
-        .get(0);
+    let oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&display]).await?.get(0);
     let Some(oid) = oid else {
         report.error(&format!("table {display} does not exist"))?;
         return Ok(None);
@@ -154,21 +121,10 @@ async fn find_table(
     for row in rows {
         let name: String = row.get(0);
         order.push(name.clone());
-        columns.insert(
-            name,
-            Column {
-                sql_type: row.get(1),
-                required: row.get(2),
-            },
-        );
+        columns.insert(name, Column { sql_type: row.get(1), required: row.get(2) });
     }
     report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
-    Ok(Some(Table {
-        display,
-        oid,
-        columns,
-        order,
-    }))
+    Ok(Some(Table { display, oid, columns, order }))
 }
 
 /// Every mapped column exists in `table`; columns the mapping leaves out are reported. Returns false when
@@ -183,10 +139,7 @@ fn check_columns<'m>(
     let mut all_exist = true;
     for column in &mapped {
         if !table.columns.contains_key(*column) {
-            report.error(&format!(
-                "{side}.{column}: column \"{column}\" does not exist in {}",
-                table.display
-            ))?;
+            report.error(&format!("{side}.{column}: column \"{column}\" does not exist in {}", table.display))?;
             all_exist = false;
         }
     }
@@ -207,33 +160,18 @@ fn check_columns<'m>(
         }
     }
     if all_exist {
-        report.ok(&format!(
-            "{}: the {} column(s) of [migration.{side}] exist",
-            table.display,
-            mapped.len()
-        ))?;
+        report.ok(&format!("{}: the {} column(s) of [migration.{side}] exist", table.display, mapped.len()))?;
     }
     Ok(all_exist)
 }
 
 /// The key columns exist and some unique index without predicate or expressions covers exactly them.
-async fn check_key(
-    client: &Client,
-    table: &Table,
-    key: &[String],
-    report: &mut Report<'_>,
-) -> anyhow::Result<()> {
+async fn check_key(client: &Client, table: &Table, key: &[String], report: &mut Report<'_>) -> anyhow::Result<()> {
     let key_list = key.join(", ");
-    let missing: Vec<&String> = key
-        .iter()
-        .filter(|k| !table.columns.contains_key(k.as_str()))
-        .collect();
+    let missing: Vec<&String> = key.iter().filter(|k| !table.columns.contains_key(k.as_str())).collect();
     if !missing.is_empty() {
         // Already reported as an unknown mapped column; name the key consequence once.
-        report.error(&format!(
-            "key ({key_list}): {} has no column {missing:?}",
-            table.display
-        ))?;
+        report.error(&format!("key ({key_list}): {} has no column {missing:?}", table.display))?;
         return Ok(());
     }
     let mut sorted: Vec<String> = key.to_vec();
@@ -278,11 +216,7 @@ async fn check_mappings(
         let statement = match client.prepare(&select).await {
             Ok(statement) => statement,
             Err(error) => {
-                report.error(&format!(
-                    "{label}: does not prepare over {}: {}",
-                    from.display,
-                    db_message(&error)
-                ))?;
+                report.error(&format!("{label}: does not prepare over {}: {}", from.display, db_message(&error)))?;
                 all_ok = false;
                 continue;
             }
@@ -290,11 +224,7 @@ async fn check_mappings(
         let produced = statement.columns()[0].type_().name().to_owned();
         let target = &to.columns[column.as_str()].sql_type;
         // Preparing (not executing) the INSERT lets Postgres itself decide whether the value is assignable.
-        let insert = format!(
-            "INSERT INTO {} ({}) {select}",
-            to.display,
-            quote_ident(column)
-        );
+        let insert = format!("INSERT INTO {} ({}) {select}", to.display, quote_ident(column));
         match client.prepare(&insert).await {
             Ok(_) => report.ok(&format!("{label} ({produced} -> {target})"))?,
             Err(error) => {
@@ -318,31 +248,16 @@ async fn check_round_trip(
     sample: i64,
     report: &mut Report<'_>,
 ) -> anyhow::Result<()> {
-    let forward: Vec<String> = migration
-        .forward
-        .iter()
-        .map(|(c, e)| format!("({e}) AS {}", quote_ident(c)))
-        .collect();
+    let forward: Vec<String> = migration.forward.iter().map(|(c, e)| format!("({e}) AS {}", quote_ident(c))).collect();
     let backward: Vec<String> = migration
         .backward
         .iter()
-        .map(|(c, e)| {
-            format!(
-                "CAST(({e}) AS {}) AS {}",
-                old.columns[c.as_str()].sql_type,
-                quote_ident(c)
-            )
-        })
+        .map(|(c, e)| format!("CAST(({e}) AS {}) AS {}", old.columns[c.as_str()].sql_type, quote_ident(c)))
         .collect();
     let columns: Vec<String> = migration.old_columns().map(quote_ident).collect();
     let originals: Vec<String> = columns.iter().map(|c| format!("s.{c}")).collect();
     let returned: Vec<String> = columns.iter().map(|c| format!("b.{c}")).collect();
-    let as_text = |cols: &[String]| {
-        cols.iter()
-            .map(|c| format!("{c}::text"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let as_text = |cols: &[String]| cols.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", ");
     // Unqualified column names in the mappings resolve against the nearest FROM: the old row inside, the
     // forward-mapped row one level up.
     let sql = format!(
@@ -361,20 +276,11 @@ async fn check_round_trip(
         back = returned.join(", "),
     );
     let sampled: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS s",
-                old.display
-            ),
-            &[&sample],
-        )
+        .query_one(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS s", old.display), &[&sample])
         .await?
         .get(0);
     if sampled == 0 {
-        report.warning(&format!(
-            "round trip not tried: {} has no rows to sample",
-            old.display
-        ))?;
+        report.warning(&format!("round trip not tried: {} has no rows to sample", old.display))?;
         return Ok(());
     }
     let differing = match client.query(&sql, &[&sample]).await {
@@ -385,10 +291,9 @@ async fn check_round_trip(
         }
     };
     if differing.is_empty() {
-        return Ok(report.ok(&format!(
-            "round trip (forward then backward) on {sampled} sampled row(s) of {}",
-            old.display
-        ))?);
+        return Ok(
+            report.ok(&format!("round trip (forward then backward) on {sampled} sampled row(s) of {}", old.display))?
+        );
     }
     let names: Vec<&str> = migration.old_columns().collect();
     let examples: Vec<String> = differing
@@ -406,12 +311,7 @@ async fn check_round_trip(
             let key: Vec<String> = migration
                 .key
                 .iter()
-                .filter_map(|k| {
-                    names
-                        .iter()
-                        .position(|n| n == k)
-                        .map(|i| format!("{k}={}", show(&before[i])))
-                })
+                .filter_map(|k| names.iter().position(|n| n == k).map(|i| format!("{k}={}", show(&before[i]))))
                 .collect();
             format!("[{}] {}", key.join(", "), changes.join(", "))
         })

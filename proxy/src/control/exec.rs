@@ -38,7 +38,12 @@ pub trait JobDispatch: Send + Sync {
     ) -> BoxFuture<'a, Result<ControlResponse, SqlError>>;
 
     /// Compare the two tables (and repair if asked); returns when done, with the counts it found.
-    fn verify<'a>(&'a self, migration: &'a str, repair: bool, actor: &'a Actor) -> BoxFuture<'a, Result<ControlResponse, SqlError>>;
+    fn verify<'a>(
+        &'a self,
+        migration: &'a str,
+        repair: bool,
+        actor: &'a Actor,
+    ) -> BoxFuture<'a, Result<ControlResponse, SqlError>>;
 }
 
 /// What control execution needs besides the command.
@@ -59,7 +64,11 @@ impl ControlContext {
 }
 
 /// Run `command` for `actor` (the session's role and client address).
-pub async fn execute(ctx: &ControlContext, command: &ControlCommand, actor: &Actor) -> Result<ControlResponse, SqlError> {
+pub async fn execute(
+    ctx: &ControlContext,
+    command: &ControlCommand,
+    actor: &Actor,
+) -> Result<ControlResponse, SqlError> {
     if !ctx.is_admin(&actor.role) {
         return Err(SqlError::new(
             codes::INSUFFICIENT_PRIVILEGE,
@@ -125,7 +134,12 @@ pub async fn execute(ctx: &ControlContext, command: &ControlCommand, actor: &Act
 fn row_json(response: &ControlResponse) -> serde_json::Value {
     let row = response.rows.first().cloned().unwrap_or_default();
     serde_json::Value::Object(
-        response.columns.iter().cloned().zip(row.into_iter().map(|v| v.map_or(serde_json::Value::Null, serde_json::Value::String))).collect(),
+        response
+            .columns
+            .iter()
+            .cloned()
+            .zip(row.into_iter().map(|v| v.map_or(serde_json::Value::Null, serde_json::Value::String)))
+            .collect(),
     )
 }
 
@@ -210,12 +224,7 @@ pub fn status_response<'a>(
 }
 
 fn phase_response(change: PhaseChange) -> ControlResponse {
-    let sequences = change
-        .sequences
-        .iter()
-        .map(|(seq, value)| format!("{seq}={value}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let sequences = change.sequences.iter().map(|(seq, value)| format!("{seq}={value}")).collect::<Vec<_>>().join(", ");
     result_set(
         &["migration", "phase_before", "phase", "changed", "sequences_moved"],
         vec![vec![
@@ -275,11 +284,43 @@ mod tests {
         let s = |v: &str| Some(v.to_string());
         assert_eq!(
             r.rows[0],
-            vec![s("a"), s("dual_write"), s("session version"), s("100"), s("running"), s("25"), s("100"), s("25.0%"), s("divergent"), s("100"), s("3"), None, None, None, None]
+            vec![
+                s("a"),
+                s("dual_write"),
+                s("session version"),
+                s("100"),
+                s("running"),
+                s("25"),
+                s("100"),
+                s("25.0%"),
+                s("divergent"),
+                s("100"),
+                s("3"),
+                None,
+                None,
+                None,
+                None
+            ]
         );
         assert_eq!(
             r.rows[1],
-            vec![s("b"), s("cutover"), s("v2"), s("40"), s("idle"), s("0"), None, None, s("never"), None, None, None, None, None, None]
+            vec![
+                s("b"),
+                s("cutover"),
+                s("v2"),
+                s("40"),
+                s("idle"),
+                s("0"),
+                None,
+                None,
+                s("never"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
         );
     }
 

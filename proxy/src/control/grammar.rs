@@ -120,9 +120,7 @@ pub fn parse_control(sql: &str) -> Result<ControlCommand, SqlError> {
             let migration = p.name("a migration name")?;
             let expected = "a phase: dual_write, cutover, complete or off";
             let (word, at) = p.word_or_string(expected)?;
-            let phase = word
-                .parse::<Phase>()
-                .map_err(|_| p.error_at(at, expected))?;
+            let phase = word.parse::<Phase>().map_err(|_| p.error_at(at, expected))?;
             let force = p.accept_keyword("FORCE");
             ControlCommand::Phase { migration, phase, force }
         }
@@ -196,12 +194,7 @@ impl Parser {
     }
 
     fn error_at(&self, position: usize, expected: &str) -> SqlError {
-        let near = self
-            .tokens
-            .iter()
-            .find(|l| l.position == position)
-            .map(|l| l.describe())
-            .unwrap_or_default();
+        let near = self.tokens.iter().find(|l| l.position == position).map(|l| l.describe()).unwrap_or_default();
         SqlError::syntax(format!("syntax error at or near {near}: expected {expected}")).at(position)
     }
 

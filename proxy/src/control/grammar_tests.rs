@@ -18,7 +18,8 @@ fn route(m: &str, v: &str, percent: u8) -> ControlCommand {
 
 #[test]
 fn status_in_any_case_with_optional_semicolon() {
-    for sql in ["DUALWRITE STATUS", "dualwrite status;", "  DualWrite\n\tStatus ; ", "/* c */ dualwrite -- x\n status"] {
+    for sql in ["DUALWRITE STATUS", "dualwrite status;", "  DualWrite\n\tStatus ; ", "/* c */ dualwrite -- x\n status"]
+    {
         assert_eq!(ok(sql), ControlCommand::Status, "{sql}");
     }
 }
@@ -84,7 +85,10 @@ fn phase_errors() {
 
 #[test]
 fn rollback() {
-    assert_eq!(ok("DUALWRITE ROLLBACK users_split_name;"), ControlCommand::Rollback { migration: "users_split_name".into() });
+    assert_eq!(
+        ok("DUALWRITE ROLLBACK users_split_name;"),
+        ControlCommand::Rollback { migration: "users_split_name".into() }
+    );
     let e = err("DUALWRITE ROLLBACK");
     assert!(e.message.contains("migration name"), "{e:?}");
     err("DUALWRITE ROLLBACK a b");
@@ -98,11 +102,21 @@ fn backfill_forms() {
     );
     assert_eq!(
         ok("dualwrite backfill m start batch 500 rate 10000"),
-        ControlCommand::Backfill { migration: "m".into(), action: BackfillAction::Start, batch: Some(500), rate: Some(10000) }
+        ControlCommand::Backfill {
+            migration: "m".into(),
+            action: BackfillAction::Start,
+            batch: Some(500),
+            rate: Some(10000)
+        }
     );
     assert_eq!(
         ok("DUALWRITE BACKFILL m RESUME RATE 5 BATCH 7;"),
-        ControlCommand::Backfill { migration: "m".into(), action: BackfillAction::Resume, batch: Some(7), rate: Some(5) }
+        ControlCommand::Backfill {
+            migration: "m".into(),
+            action: BackfillAction::Resume,
+            batch: Some(7),
+            rate: Some(5)
+        }
     );
     assert_eq!(
         ok("DUALWRITE BACKFILL m PAUSE"),

@@ -82,13 +82,28 @@ impl JobDispatch for JobsBridge {
         self.run_backfill(migration, action, batch, rate, actor).boxed()
     }
 
-    fn verify<'a>(&'a self, migration: &'a str, repair: bool, _actor: &'a Actor) -> BoxFuture<'a, Result<ControlResponse, SqlError>> {
+    fn verify<'a>(
+        &'a self,
+        migration: &'a str,
+        repair: bool,
+        _actor: &'a Actor,
+    ) -> BoxFuture<'a, Result<ControlResponse, SqlError>> {
         async move {
             let mapping = TableMapping::from_rules(&self.rules, migration).map_err(job_error)?;
             let report = self.runner.verify(&mapping, repair).await.map_err(job_error)?;
             let n = |v: i64| Some(v.to_string());
             Ok(result_set(
-                &["migration", "run_id", "rows_checked", "shadow_rows", "missing", "extra", "different", "repaired", "clean"],
+                &[
+                    "migration",
+                    "run_id",
+                    "rows_checked",
+                    "shadow_rows",
+                    "missing",
+                    "extra",
+                    "different",
+                    "repaired",
+                    "clean",
+                ],
                 vec![vec![
                     Some(migration.to_string()),
                     n(report.run_id),

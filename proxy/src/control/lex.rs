@@ -29,15 +29,13 @@ impl Lexeme {
 /// Tokenize `sql` into its significant tokens (no whitespace, no comments). A lexical error (e.g. an
 /// unterminated quoted string) is a 42601.
 pub fn lex(sql: &str) -> Result<Vec<Lexeme>, SqlError> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|e| {
-            let err = SqlError::syntax(e.message);
-            match char_position(sql, e.location) {
-                Some(p) => err.at(p),
-                None => err,
-            }
-        })?;
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location().map_err(|e| {
+        let err = SqlError::syntax(e.message);
+        match char_position(sql, e.location) {
+            Some(p) => err.at(p),
+            None => err,
+        }
+    })?;
     let positions = LinePositions::new(sql);
     Ok(tokens
         .into_iter()

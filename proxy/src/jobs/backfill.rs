@@ -251,10 +251,7 @@ enum Begun {
 async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOptions) -> JobResult<Begun> {
     let name = compiled.migration.as_str();
     let existing = client
-        .query_opt(
-            "SELECT state, last_key::text, rows_done FROM dualwrite.backfill WHERE migration = $1",
-            &[&name],
-        )
+        .query_opt("SELECT state, last_key::text, rows_done FROM dualwrite.backfill WHERE migration = $1", &[&name])
         .await?;
     let (last_key, rows_done) = match existing {
         Some(row) if row.get::<_, String>(0) == "done" && !options.restart => {
@@ -286,11 +283,24 @@ async fn begin(client: &Client, compiled: &CompiledMapping, options: &BackfillOp
 }
 
 enum Step {
-    Copied { rows: i64, rows_done: i64, rows_total: Option<i64>, swept: Sweep },
-    Paused { rows_done: i64, rows_total: Option<i64> },
+    Copied {
+        rows: i64,
+        rows_done: i64,
+        rows_total: Option<i64>,
+        swept: Sweep,
+    },
+    Paused {
+        rows_done: i64,
+        rows_total: Option<i64>,
+    },
     /// The old table has no rows after the last batch; later inserts are dual-written.
-    Exhausted { rows_done: i64, swept: Option<Sweep> },
-    Stopped { rows_done: i64 },
+    Exhausted {
+        rows_done: i64,
+        swept: Option<Sweep>,
+    },
+    Stopped {
+        rows_done: i64,
+    },
 }
 
 /// The prepared statements of a backfill, indexed by whether the range has a lower bound.

@@ -77,9 +77,7 @@ pub fn quoted(name: &str) -> Ident {
 pub fn parse_expr(migration: &str, text: &str) -> JobResult<Expr> {
     let bad = |reason: String| JobError::Mapping { migration: migration.to_string(), reason };
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| bad(format!("expression {text:?}: {e}")))?;
+    let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(|e| bad(format!("expression {text:?}: {e}")))?;
     let expr = parser.parse_expr().map_err(|e| bad(format!("expression {text:?}: {e}")))?;
     if parser.peek_token().token != Token::EOF {
         return Err(bad(format!("expression {text:?} has trailing text")));
@@ -138,11 +136,8 @@ impl CompiledMapping {
                 return Err(bad(format!("key column {key:?} must map to itself in the forward mapping")));
             }
         }
-        let forward = mapping
-            .forward
-            .iter()
-            .map(|(_, expr)| parse_expr(migration, expr))
-            .collect::<JobResult<Vec<_>>>()?;
+        let forward =
+            mapping.forward.iter().map(|(_, expr)| parse_expr(migration, expr)).collect::<JobResult<Vec<_>>>()?;
         if shadow_types.len() != forward.len() {
             return Err(bad("shadow column types do not match the forward mapping".into()));
         }
@@ -170,12 +165,11 @@ impl CompiledMapping {
             .await?;
         let mut types = Vec::with_capacity(mapping.forward.len());
         for (column, _) in &mapping.forward {
-            let found = rows.iter().find(|row| row.get::<_, String>(0) == *column).ok_or_else(|| {
-                JobError::Mapping {
+            let found =
+                rows.iter().find(|row| row.get::<_, String>(0) == *column).ok_or_else(|| JobError::Mapping {
                     migration: mapping.migration.clone(),
                     reason: format!("shadow table {shadow} has no column {column:?}"),
-                }
-            })?;
+                })?;
             types.push(parse_type(&mapping.migration, &found.get::<_, String>(1))?);
         }
         Self::compile(mapping, types)

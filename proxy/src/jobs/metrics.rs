@@ -40,7 +40,10 @@ pub fn describe() {
     describe_gauge!("dualwrite_backfill_rows_remaining", "Rows the backfill still has to copy");
     describe_gauge!("dualwrite_backfill_progress_ratio", "Backfill progress, 0 to 1");
     describe_gauge!("dualwrite_backfill_rows_per_second", "Current backfill copy rate");
-    describe_gauge!("dualwrite_backfill_holding", "1 while the backfill running on this instance holds off (replication lag or p99 latency over its limit)");
+    describe_gauge!(
+        "dualwrite_backfill_holding",
+        "1 while the backfill running on this instance holds off (replication lag or p99 latency over its limit)"
+    );
     describe_gauge!("dualwrite_lag_seconds", "Estimated seconds until the shadow holds every row");
     describe_gauge!("dualwrite_seconds_since_clean_verify", "Seconds since the last verify that found no divergence");
     describe_gauge!("dualwrite_divergent_rows", "Divergent rows found by the last verify, by kind");

@@ -8,8 +8,8 @@ pub mod cli;
 pub mod mapping;
 pub mod metrics;
 pub mod runner;
-mod sweep;
 mod sql;
+mod sweep;
 pub mod throttle;
 pub mod verify;
 

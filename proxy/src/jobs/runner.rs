@@ -9,7 +9,9 @@ use tokio::task::JoinHandle;
 
 use crate::pg_client::PgTarget;
 
-use super::backfill::{lock_backfill, run_backfill_locked, Activity, BackfillOptions, BackfillOutcome, BackfillProgress};
+use super::backfill::{
+    lock_backfill, run_backfill_locked, Activity, BackfillOptions, BackfillOutcome, BackfillProgress,
+};
 use super::throttle::Hold;
 use super::verify::{run_verify, VerifyOptions, VerifyReport};
 use super::{connect, notify_state, JobError, JobResult, TableMapping};

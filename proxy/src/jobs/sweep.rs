@@ -57,7 +57,12 @@ impl Sweeps {
 
     /// Runs the sweeps whose fence has passed, as one statement over their joined range (pending ranges
     /// are consecutive batches, so they join); with `wait_all`, waits until every sweep ran.
-    pub async fn run_ready(&mut self, client: &mut Client, compiled: &CompiledMapping, wait_all: bool) -> JobResult<()> {
+    pub async fn run_ready(
+        &mut self,
+        client: &mut Client,
+        compiled: &CompiledMapping,
+        wait_all: bool,
+    ) -> JobResult<()> {
         let waiting_since = Instant::now();
         let mut warned = false;
         while !self.pending.is_empty() {
@@ -70,7 +75,8 @@ impl Sweeps {
                 }
                 if !warned && waiting_since.elapsed() > WAIT_WARNING {
                     warned = true;
-                    let pids: Vec<i32> = self.pending[0].fence.iter().filter(|t| open.contains(t)).map(|t| t.0).collect();
+                    let pids: Vec<i32> =
+                        self.pending[0].fence.iter().filter(|t| open.contains(t)).map(|t| t.0).collect();
                     tracing::warn!(migration = %compiled.migration, ?pids, "backfill waits for transactions open since its last batches to end");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -133,12 +133,8 @@ pub async fn run_verify(
         let mut shadow_target = config.clone();
         shadow_target.config_mut().application_name("dualwrite verify");
         let mut shadow_client = connect(&shadow_target).await?;
-        let old_tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let old_tx =
+            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
         let snapshot: String = old_tx.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
         let shadow_tx = shadow_client
             .build_transaction()
@@ -334,8 +330,7 @@ async fn repair(client: &mut Client, compiled: &CompiledMapping, keys: &[String]
     let statement = client.prepare(&compiled.repair()).await?;
     let mut repaired = 0;
     for batch in keys.chunks(REPAIR_BATCH) {
-        let values: Vec<serde_json::Value> =
-            batch.iter().filter_map(|key| serde_json::from_str(key).ok()).collect();
+        let values: Vec<serde_json::Value> = batch.iter().filter_map(|key| serde_json::from_str(key).ok()).collect();
         let array = serde_json::Value::Array(values).to_string();
         let mut attempt = 0;
         loop {

@@ -135,7 +135,8 @@ impl Live {
     /// Migrations the new rules add are registered in the state first; on any error nothing changes.
     /// Sessions pick the new generation up at their next statement. Returns what changed, for the log.
     pub async fn reload(&self, config: &Config) -> anyhow::Result<Vec<String>> {
-        let rules = load_rules(config)?.context("the rules file cannot be removed by a reload (restart without rules)")?;
+        let rules =
+            load_rules(config)?.context("the rules file cannot be removed by a reload (restart without rules)")?;
         let old = self.current();
         let changes = rules_changes(&old.rules, &rules);
         let next = if *old.rules == *rules {
@@ -225,7 +226,8 @@ fn control_context(
     runner: Option<&Arc<JobRunner>>,
 ) -> ControlContext {
     let jobs = runner.map(|r| {
-        Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules)).with_hold_limits(&config.control)) as Arc<dyn JobDispatch>
+        Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules)).with_hold_limits(&config.control))
+            as Arc<dyn JobDispatch>
     });
     ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None }
 }

@@ -21,15 +21,15 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dualwrite_rules::{Plan, Rejection, RowsDisposition, Route, TagRewrite};
+use dualwrite_rules::{Plan, Rejection, Route, RowsDisposition, TagRewrite};
 
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
+use crate::protocol::messages::bind_params;
 use crate::session::interceptor::{
     CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
     SqlRequest, StatementTransform, Verdict,
 };
-use crate::protocol::messages::bind_params;
 use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
@@ -212,7 +212,10 @@ impl LiveSession {
         let state = &self.live.state;
         let age = state.unknown_for()?;
         let lower = sql.to_ascii_lowercase();
-        let mut names: Vec<&str> = current.rules.migrations.iter()
+        let mut names: Vec<&str> = current
+            .rules
+            .migrations
+            .iter()
             .filter(|m| lower.contains(&m.table.name.to_ascii_lowercase()))
             .map(|m| m.name.as_str())
             .collect();

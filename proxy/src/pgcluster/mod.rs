@@ -51,15 +51,8 @@ pub enum ClusterError {
     NoServiceAccount(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
-    #[error(
-        "`{command}` failed ({status}):\n{output}\n--- server log (last lines) ---\n{log_tail}"
-    )]
-    Command {
-        command: String,
-        status: String,
-        output: String,
-        log_tail: String,
-    },
+    #[error("`{command}` failed ({status}):\n{output}\n--- server log (last lines) ---\n{log_tail}")]
+    Command { command: String, status: String, output: String, log_tail: String },
     #[error("{0}")]
     Timeout(String),
 }
@@ -84,10 +77,7 @@ pub struct PgCluster {
 
 impl fmt::Debug for PgCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgCluster")
-            .field("port", &self.port)
-            .field("dir", &self.dir.path())
-            .finish_non_exhaustive()
+        f.debug_struct("PgCluster").field("port", &self.port).field("dir", &self.dir.path()).finish_non_exhaustive()
     }
 }
 
@@ -103,14 +93,10 @@ impl PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("dualwrite-pg-")
             .tempdir_in(&base_dir)
-            .map_err(io_err(format!(
-                "creating a temporary directory in {}",
-                base_dir.display()
-            )))?;
+            .map_err(io_err(format!("creating a temporary directory in {}", base_dir.display())))?;
         if let Some(account) = account {
-            std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid)).map_err(
-                io_err("handing the cluster directory to the postgres account"),
-            )?;
+            std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid))
+                .map_err(io_err("handing the cluster directory to the postgres account"))?;
         }
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting the cluster directory"))?;
@@ -155,22 +141,12 @@ impl PgCluster {
     }
 
     /// URL for another role/database; `password` is needed for the roles of [`ClusterOptions::roles`].
-    pub fn connection_string_for(
-        &self,
-        user: &str,
-        password: Option<&str>,
-        database: &str,
-    ) -> String {
+    pub fn connection_string_for(&self, user: &str, password: Option<&str>, database: &str) -> String {
         let credentials = match password {
             Some(password) => format!("{}:{}", percent_encode(user), percent_encode(password)),
             None => percent_encode(user),
         };
-        format!(
-            "postgres://{credentials}@{}:{}/{}",
-            self.host(),
-            self.port,
-            percent_encode(database)
-        )
+        format!("postgres://{credentials}@{}:{}/{}", self.host(), self.port, percent_encode(database))
     }
 
     /// Directory holding the server's unix socket (also the cluster's temporary directory).
@@ -192,9 +168,7 @@ impl PgCluster {
 
     /// The whole server log, empty if there is none yet.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
     }
 
     /// The last `lines` lines of the server log.
@@ -219,14 +193,7 @@ impl PgCluster {
         if self.is_running() {
             return Ok(());
         }
-        self.pg_ctl(&[
-            "start",
-            "-w",
-            "-t",
-            PG_CTL_TIMEOUT_SECS,
-            "-l",
-            path_str(&self.log_path)?,
-        ])
+        self.pg_ctl(&["start", "-w", "-t", PG_CTL_TIMEOUT_SECS, "-l", path_str(&self.log_path)?])
     }
 
     /// Stops the server with a fast shutdown. A no-op when it is not running.
@@ -271,13 +238,8 @@ impl PgCluster {
     /// Runs SQL with psql over the unix socket as the superuser and returns its stdout. Stops at the
     /// first error. For set-up work; tests talk to the server through real clients.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
-        let output = self
-            .psql_command(database)
-            .args(["-c", sql])
-            .output()
-            .map_err(io_err("running psql"))?;
-        self.check("psql", output)
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        let output = self.psql_command(database).args(["-c", sql]).output().map_err(io_err("running psql"))?;
+        self.check("psql", output).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn psql_command(&self, database: &str) -> Command {
@@ -285,14 +247,7 @@ impl PgCluster {
         command
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                &self.superuser,
-                "-d",
-                database,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", &self.superuser, "-d", database])
             .env_remove("PGOPTIONS")
             .env_remove("PGSERVICE")
             .stdin(Stdio::null());
@@ -304,17 +259,7 @@ impl PgCluster {
             .server_command("initdb")
             .arg("-D")
             .arg(&self.data_dir)
-            .args([
-                "-N",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-instructions",
-                "-U",
-                &self.superuser,
-            ])
+            .args(["-N", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-instructions", "-U", &self.superuser])
             .output()
             .map_err(io_err("running initdb"))?;
         self.check("initdb", output).map(drop)
@@ -325,9 +270,7 @@ impl PgCluster {
         for role in roles {
             let name = hba_quote(&role.name);
             let method = role.auth.hba_method();
-            hba.push_str(&format!(
-                "host all {name} 127.0.0.1/32 {method}\nhost all {name} ::1/128 {method}\n"
-            ));
+            hba.push_str(&format!("host all {name} 127.0.0.1/32 {method}\nhost all {name} ::1/128 {method}\n"));
         }
         hba.push_str("host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n");
         self.write_owned(&self.data_dir.join("pg_hba.conf"), &hba)
@@ -346,11 +289,7 @@ impl PgCluster {
             ("max_connections", "300".to_owned()),
             ("shared_buffers", "64MB".to_owned()),
         ];
-        conf.extend(
-            settings
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.clone())),
-        );
+        conf.extend(settings.iter().map(|(name, value)| (name.as_str(), value.clone())));
         let mut text = String::from("# written by dualwrite pgcluster; later lines win\n");
         for (name, value) in conf {
             text.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
@@ -380,23 +319,14 @@ impl PgCluster {
 
     fn create_role(&self, role: &Role) -> Result<(), ClusterError> {
         // psql's :"name" and :'pw' interpolation quote the identifier and the literal for us.
-        let superuser = if role.superuser {
-            "SUPERUSER"
-        } else {
-            "NOSUPERUSER"
-        };
+        let superuser = if role.superuser { "SUPERUSER" } else { "NOSUPERUSER" };
         let script = format!(
             "SET password_encryption = '{}';\nCREATE ROLE :\"name\" LOGIN CREATEDB {superuser} PASSWORD :'pw';\n",
             role.auth.password_encryption()
         );
         let mut child = self
             .psql_command("postgres")
-            .args([
-                "-v",
-                &format!("name={}", role.name),
-                "-v",
-                &format!("pw={}", role.password),
-            ])
+            .args(["-v", &format!("name={}", role.name), "-v", &format!("pw={}", role.password)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -405,15 +335,10 @@ impl PgCluster {
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().expect("stdin was piped");
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(io_err("writing to psql"))?;
+            stdin.write_all(script.as_bytes()).map_err(io_err("writing to psql"))?;
         }
-        let output = child
-            .wait_with_output()
-            .map_err(io_err("waiting for psql"))?;
-        self.check(&format!("creating role {}", role.name), output)
-            .map(drop)
+        let output = child.wait_with_output().map_err(io_err("waiting for psql"))?;
+        self.check(&format!("creating role {}", role.name), output).map(drop)
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), ClusterError> {
@@ -424,11 +349,7 @@ impl PgCluster {
             .args(args)
             .output()
             .map_err(io_err("running pg_ctl"))?;
-        self.check(
-            &format!("pg_ctl {}", args.first().copied().unwrap_or_default()),
-            output,
-        )
-        .map(drop)
+        self.check(&format!("pg_ctl {}", args.first().copied().unwrap_or_default()), output).map(drop)
     }
 
     /// A command from the server bin dir, run as the service account when we are root.
@@ -436,14 +357,7 @@ impl PgCluster {
         let mut command = Command::new(self.bin_dir.join(program));
         // The caller's cwd may be unreadable for the postgres account (e.g. /root).
         command.current_dir(self.dir.path()).stdin(Stdio::null());
-        for var in [
-            "PGDATA",
-            "PGPORT",
-            "PGHOST",
-            "PGOPTIONS",
-            "PGUSER",
-            "PGDATABASE",
-        ] {
+        for var in ["PGDATA", "PGPORT", "PGHOST", "PGOPTIONS", "PGUSER", "PGDATABASE"] {
             command.env_remove(var);
         }
         if let Some(account) = self.account {
@@ -459,11 +373,7 @@ impl PgCluster {
         Err(ClusterError::Command {
             command: what.to_owned(),
             status: output.status.to_string(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
+            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
             log_tail: self.log_tail(30),
         })
     }
@@ -500,13 +410,8 @@ impl PgCluster {
         if let Some(account) = self.account {
             command.uid(account.uid).gid(account.gid);
         }
-        let child = command
-            .spawn()
-            .map_err(io_err("starting the cluster guardian"))?;
-        *self
-            .guardian
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(child);
+        let child = command.spawn().map_err(io_err("starting the cluster guardian"))?;
+        *self.guardian.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(child);
         Ok(())
     }
 }
@@ -514,12 +419,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         // We clean up ourselves, synchronously; the guardian must not race us on the directory.
-        if let Some(mut guardian) = self
-            .guardian
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(mut guardian) = self.guardian.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = guardian.kill();
             let _ = guardian.wait();
         }

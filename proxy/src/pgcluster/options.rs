@@ -39,12 +39,7 @@ pub struct Role {
 
 impl Role {
     pub fn new(name: impl Into<String>, password: impl Into<String>, auth: PasswordAuth) -> Self {
-        Role {
-            name: name.into(),
-            password: password.into(),
-            auth,
-            superuser: false,
-        }
+        Role { name: name.into(), password: password.into(), auth, superuser: false }
     }
 
     pub fn superuser(mut self) -> Self {

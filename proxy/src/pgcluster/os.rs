@@ -43,10 +43,7 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     }
     tried.push(debian);
     let tried: Vec<String> = tried.iter().map(|dir| dir.display().to_string()).collect();
-    Err(ClusterError::BinariesNotFound(format!(
-        "tried {}",
-        tried.join(", ")
-    )))
+    Err(ClusterError::BinariesNotFound(format!("tried {}", tried.join(", "))))
 }
 
 /// `None` when we may run the server ourselves; the postgres account when we are root.
@@ -70,10 +67,7 @@ pub(super) fn service_account() -> Result<Option<Account>, ClusterError> {
 /// A port that was free a moment ago on 127.0.0.1 (the caller retries if it is taken meanwhile).
 pub fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("probing for a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("probing for a free port"))?
-        .port())
+    Ok(listener.local_addr().map_err(io_err("probing for a free port"))?.port())
 }
 
 pub(super) fn signal(pid: u32, signal: libc::c_int) {
@@ -112,9 +106,7 @@ pub(super) fn wait_until_gone(pids: &[u32], timeout: Duration) -> Result<(), Clu
     let deadline = Instant::now() + timeout;
     while pids.iter().any(|&pid| process_alive(pid)) {
         if Instant::now() > deadline {
-            return Err(ClusterError::Timeout(format!(
-                "server processes {pids:?} survived SIGKILL"
-            )));
+            return Err(ClusterError::Timeout(format!("server processes {pids:?} survived SIGKILL")));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -74,17 +74,29 @@ pub fn rewrite_command_complete(frame: &[u8], tag: &CommandTag) -> Option<Bytes>
 pub enum Expect {
     /// A simple Query: results until ReadyForQuery. `transforms[i]` applies to the i-th statement's result
     /// (each statement ends with CommandComplete or EmptyQueryResponse); absent ones pass unchanged.
-    SimpleQuery { transforms: Option<Arc<[StatementTransform]>>, started: Instant },
+    SimpleQuery {
+        transforms: Option<Arc<[StatementTransform]>>,
+        started: Instant,
+    },
     /// A FunctionCall: FunctionCallResponse (or an error), then ReadyForQuery.
-    FunctionCall { started: Instant },
+    FunctionCall {
+        started: Instant,
+    },
     Parse,
     Bind,
     Close,
     /// Describe of a statement (ParameterDescription, then RowDescription or NoData) or of a portal.
-    Describe { statement: bool, transform: Option<Arc<StatementTransform>> },
+    Describe {
+        statement: bool,
+        transform: Option<Arc<StatementTransform>>,
+    },
     /// Execute: DataRows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY traffic).
-    Execute { transform: Option<Arc<StatementTransform>> },
-    Sync { started: Instant },
+    Execute {
+        transform: Option<Arc<StatementTransform>>,
+    },
+    Sync {
+        started: Instant,
+    },
     /// A Parse, Bind or Close the proxy injected itself (re-preparing a statement, or the setup of a
     /// refusal): its success answer is not relayed; an error is, and skips the batch like any error.
     Hidden,
@@ -232,8 +244,7 @@ impl ResponseQueue {
                     | Expect::Hidden
                     | Expect::Describe { .. }
                     | Expect::Execute { .. },
-                ) if self.skipping_to_sync =>
-                {
+                ) if self.skipping_to_sync => {
                     self.pop_front();
                 }
                 _ => return None,
@@ -295,9 +306,7 @@ impl ResponseQueue {
         // server (after an error) or never answered.
         while let Some(entry) = self.pop_front() {
             match entry {
-                Expect::SimpleQuery { started, .. }
-                | Expect::Sync { started }
-                | Expect::FunctionCall { started } => {
+                Expect::SimpleQuery { started, .. } | Expect::Sync { started } | Expect::FunctionCall { started } => {
                     self.statement = 0;
                     return Action::Ready { started: Some(started) };
                 }
@@ -343,7 +352,11 @@ impl ResponseQueue {
                 btag::ROW_DESCRIPTION => {
                     let no_data = transform.as_ref().is_some_and(|t| t.no_data_at_describe());
                     self.pop();
-                    if no_data { Action::NoDataInstead } else { Action::Forward }
+                    if no_data {
+                        Action::NoDataInstead
+                    } else {
+                        Action::Forward
+                    }
                 }
                 btag::NO_DATA => self.pop_forward(),
                 _ => Action::Forward,
@@ -499,10 +512,18 @@ mod tests {
         let mut q = ResponseQueue::new();
         q.push(Expect::Parse);
         q.push(Expect::Bind);
-        q.push(Expect::Local(LocalAnswer { bytes: messages::parse_complete(), ready_for_query: false, extended: true }));
+        q.push(Expect::Local(LocalAnswer {
+            bytes: messages::parse_complete(),
+            ready_for_query: false,
+            extended: true,
+        }));
         q.push(Expect::Execute { transform: None });
         q.push(Expect::Sync { started: now() });
-        q.push(Expect::Local(LocalAnswer { bytes: messages::command_complete("SET"), ready_for_query: true, extended: false }));
+        q.push(Expect::Local(LocalAnswer {
+            bytes: messages::command_complete("SET"),
+            ready_for_query: true,
+            extended: false,
+        }));
         assert_eq!(q.on_message(b'E'), Action::Forward);
         // the server answers nothing until Sync, so the local ParseComplete is never sent
         assert!(q.take_local().is_none());

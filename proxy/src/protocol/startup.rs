@@ -38,10 +38,7 @@ pub struct CancelKey {
 impl CancelKey {
     /// Encodes a CancelRequest packet for this key.
     pub fn encode_request(&self) -> Bytes {
-        let msg = CancelRequest::new(
-            self.pid,
-            pgwire::messages::startup::SecretKey::Bytes(self.secret.clone()),
-        );
+        let msg = CancelRequest::new(self.pid, pgwire::messages::startup::SecretKey::Bytes(self.secret.clone()));
         let mut buf = BytesMut::with_capacity(12 + self.secret.len());
         // The key length was validated (4..=256) when it was decoded or generated.
         msg.encode(&mut buf).expect("cancel key length is valid");
@@ -126,9 +123,7 @@ pub fn parse_initial_packet(packet: Bytes) -> Result<InitialPacket, StartupError
             if major != 3 {
                 return Err(StartupError {
                     sqlstate: "0A000",
-                    message: format!(
-                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
-                    ),
+                    message: format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"),
                 });
             }
             let mut buf = BytesMut::from(&packet[..]);
@@ -161,10 +156,7 @@ mod tests {
     #[test]
     fn recognises_negotiation_requests() {
         assert!(matches!(parse_initial_packet(packet(SSL_REQUEST_CODE, b"")), Ok(InitialPacket::SslRequest)));
-        assert!(matches!(
-            parse_initial_packet(packet(GSSENC_REQUEST_CODE, b"")),
-            Ok(InitialPacket::GssEncRequest)
-        ));
+        assert!(matches!(parse_initial_packet(packet(GSSENC_REQUEST_CODE, b"")), Ok(InitialPacket::GssEncRequest)));
     }
 
     #[test]
@@ -174,8 +166,8 @@ mod tests {
         assert_eq!(key.pid, 12345);
         assert_eq!(&key.secret[..], b"abcd");
         assert_eq!(&key.encode_request()[..], &packet(CANCEL_REQUEST_CODE, b"\0\0\x30\x39abcd")[..]);
-        let long = parse_initial_packet(packet(CANCEL_REQUEST_CODE, &[[0, 0, 0, 7].as_slice(), &[9u8; 32]].concat()))
-            .unwrap();
+        let long =
+            parse_initial_packet(packet(CANCEL_REQUEST_CODE, &[[0, 0, 0, 7].as_slice(), &[9u8; 32]].concat())).unwrap();
         let InitialPacket::Cancel(key) = long else { panic!("not a cancel") };
         assert_eq!(key.secret.len(), 32);
     }

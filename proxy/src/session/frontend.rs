@@ -101,7 +101,12 @@ pub struct Frontend<'s> {
 }
 
 impl<'s> Frontend<'s> {
-    pub fn new(shared: &'s SessionShared, ctx: &'s ServerContext, metrics: &'s SessionMetrics, info: SessionInfo) -> Self {
+    pub fn new(
+        shared: &'s SessionShared,
+        ctx: &'s ServerContext,
+        metrics: &'s SessionMetrics,
+        info: SessionInfo,
+    ) -> Self {
         Frontend {
             shared,
             ctx,
@@ -140,7 +145,9 @@ impl<'s> Frontend<'s> {
                         let ready = self.shared.startup_done.notified();
                         tokio::pin!(ready);
                         ready.as_mut().enable();
-                        if !self.shared.is_ready() && self.shared.auth_requests.load(Ordering::Relaxed) <= self.auth_answers {
+                        if !self.shared.is_ready()
+                            && self.shared.auth_requests.load(Ordering::Relaxed) <= self.auth_answers
+                        {
                             ready.await;
                         }
                     }
@@ -452,7 +459,11 @@ impl<'s> Frontend<'s> {
     }
 
     fn lookup(&self, statement: bool, name: &[u8]) -> Option<Prepared> {
-        if statement { self.statements.get(name).cloned() } else { self.portals.get(name).cloned() }
+        if statement {
+            self.statements.get(name).cloned()
+        } else {
+            self.portals.get(name).cloned()
+        }
     }
 
     /// The active interceptor, after handing it the session events that arrived since its last call.
@@ -496,7 +507,11 @@ impl<'s> Frontend<'s> {
         let name = String::from_utf8_lossy(statement).into_owned();
         let mut frames = BytesMut::new();
         frames.extend_from_slice(&messages::close_statement(&name));
-        frames.extend_from_slice(&messages::parse((!name.is_empty()).then(|| name.clone()), &again.sql, again.param_types));
+        frames.extend_from_slice(&messages::parse(
+            (!name.is_empty()).then(|| name.clone()),
+            &again.sql,
+            again.param_types,
+        ));
         self.expect(Expect::Hidden);
         self.expect(Expect::Hidden);
         if again.transform == StatementTransform::default() {
@@ -534,7 +549,8 @@ impl<'s> Frontend<'s> {
         let Some(view) = messages::parse_view(body(frame)) else { return self.unreadable(tag::PARSE) };
         let name = view.statement.to_vec();
         let statement = String::from_utf8_lossy(view.statement).into_owned();
-        let param_types = if matches!(self.interceptor, InterceptorSlot::Active(_)) { view.param_type_oids() } else { Vec::new() };
+        let param_types =
+            if matches!(self.interceptor, InterceptorSlot::Active(_)) { view.param_type_oids() } else { Vec::new() };
         let name_utf8 = std::str::from_utf8(view.statement).is_ok();
         let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement }, &param_types, name_utf8);
         if matches!(verdict, Verdict::Forward) {
@@ -577,7 +593,9 @@ impl<'s> Frontend<'s> {
                 self.answer_parse(name, parse.type_oids, reply);
                 Step::Drop
             }
-            (Verdict::Defer(reply), Some(parse)) => Step::Defer(reply, Pending::Parse { name, param_types: parse.type_oids }),
+            (Verdict::Defer(reply), Some(parse)) => {
+                Step::Defer(reply, Pending::Parse { name, param_types: parse.type_oids })
+            }
         }
     }
 
@@ -601,10 +619,11 @@ impl<'s> Frontend<'s> {
             self.discard_until_sync = true;
             return;
         }
-        let result = reply.results.into_iter().next().unwrap_or_else(|| LocalResult {
-            tag: "SELECT 0".to_owned(),
-            ..LocalResult::default()
-        });
+        let result = reply
+            .results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| LocalResult { tag: "SELECT 0".to_owned(), ..LocalResult::default() });
         self.statements.insert(name, Prepared::Local(Arc::new(LocalStatement { param_types, result })));
         self.answer(messages::parse_complete(), false, true);
     }
@@ -642,9 +661,8 @@ fn with_injected(injected: Option<BytesMut>, step: Step, frame: &[u8]) -> Step {
 /// What replaces a statement the proxy would have to rewrite or answer but cannot read as UTF-8: the
 /// error Postgres gives for such bytes in a UTF-8 session, raised by the server in the client's place.
 fn not_utf8() -> Raise {
-    let err = SqlError::new("22021", "invalid byte sequence for encoding \"UTF8\"").with_detail(
-        "dualwrite rewrites statements on migrated tables and answers control commands only in UTF-8",
-    );
+    let err = SqlError::new("22021", "invalid byte sequence for encoding \"UTF8\"")
+        .with_detail("dualwrite rewrites statements on migrated tables and answers control commands only in UTF-8");
     Raise { sql: err.raise_statement(), control: false }
 }
 

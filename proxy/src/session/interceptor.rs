@@ -72,7 +72,6 @@ pub struct Reprepare {
     pub transform: StatementTransform,
 }
 
-
 /// Who the session is.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {

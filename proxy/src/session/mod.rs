@@ -161,14 +161,11 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
     let _upstream_gauge = GaugeGuard::upstream();
-    let info = SessionInfo {
-        client_addr: peer,
-        parameters: startup.parameters.clone(),
-        backend_pid: 0,
-        tls: client.is_tls(),
-    };
+    let info =
+        SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
     if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
-        let err = SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
+        let err =
+            SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
         send_error(&mut client, &err).await;
         return;
     }
@@ -197,11 +194,13 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
     match ended {
-        Ended::Frontend(FrontendEnd::Terminated) | Ended::Backend(BackendEnd::UpstreamClosed | BackendEnd::ShutdownIdle) => {
+        Ended::Frontend(FrontendEnd::Terminated)
+        | Ended::Backend(BackendEnd::UpstreamClosed | BackendEnd::ShutdownIdle) => {
             let _ = client_write.shutdown().await;
             let _ = up_write.shutdown().await;
         }
-        Ended::Frontend(FrontendEnd::ClientGone | FrontendEnd::UpstreamBroken) | Ended::Backend(BackendEnd::ClientGone) => {
+        Ended::Frontend(FrontendEnd::ClientGone | FrontendEnd::UpstreamBroken)
+        | Ended::Backend(BackendEnd::ClientGone) => {
             abandon_upstream(&shared, &ctx);
         }
         Ended::Frontend(FrontendEnd::Violation(err)) => {

@@ -11,7 +11,10 @@ pub enum Comparison {
     Match,
     /// Rows only the old table's answer has and rows only the shadow's has (counted with multiplicity);
     /// both 0 when only the order of an ordered query differs.
-    Mismatch { only_old: usize, only_new: usize },
+    Mismatch {
+        only_old: usize,
+        only_new: usize,
+    },
 }
 
 /// Compares `old` with `new`: in order when `ordered`, else regardless of order (duplicates count).

@@ -22,8 +22,8 @@ use tokio_postgres::{Client, IsolationLevel};
 
 use super::compare::{compare, Comparison};
 use super::{Outcome, ShadowCounts, ShadowReadsConfig};
-use crate::protocol::messages::BindParam;
 use crate::pg_client::PgTarget;
+use crate::protocol::messages::BindParam;
 
 const APPLICATION_NAME: &str = "dualwrite shadow reads";
 
@@ -124,12 +124,8 @@ impl Worker {
     async fn compare(&mut self, job: &Job) -> Result<Comparison, Failure> {
         let max_rows = self.config.max_rows;
         let client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx =
+            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
         // The client's privileges (and row-level security), not the control role's: a client must not get
         // the control role to run what it may not run itself. The control role must be a member of (or
         // superuser over) the application's roles, else every sample counts `error`.

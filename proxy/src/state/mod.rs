@@ -37,11 +37,12 @@ impl StateError {
         match self {
             StateError::Refused(e) => e.clone(),
             StateError::Db(e) => match e.as_db_error() {
-                Some(db) => SqlError::new(db.code().code().to_string(), format!("dualwrite control plane: {}", db.message())),
-                None => SqlError::new(
-                    codes::CONNECTION_EXCEPTION,
-                    format!("dualwrite control plane is unavailable: {e}"),
-                ),
+                Some(db) => {
+                    SqlError::new(db.code().code().to_string(), format!("dualwrite control plane: {}", db.message()))
+                }
+                None => {
+                    SqlError::new(codes::CONNECTION_EXCEPTION, format!("dualwrite control plane is unavailable: {e}"))
+                }
             },
             StateError::Corrupt(m) => SqlError::new(codes::INTERNAL_ERROR, format!("dualwrite control plane: {m}")),
         }

@@ -83,10 +83,8 @@ pub async fn ensure_schema(client: &mut Client) -> Result<i32, StateError> {
          CREATE TABLE IF NOT EXISTS dualwrite.schema_version (version int NOT NULL);",
     )
     .await?;
-    let current: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM dualwrite.schema_version", &[])
-        .await?
-        .get(0);
+    let current: i32 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM dualwrite.schema_version", &[]).await?.get(0);
     for (index, ddl) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = index as i32 + 1;
         tracing::info!(version, "applying dualwrite schema version");

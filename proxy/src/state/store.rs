@@ -69,9 +69,7 @@ pub async fn load(client: &impl GenericClient) -> Result<StateSnapshot, StateErr
     for row in rows {
         let name: String = row.get(0);
         let phase_text: String = row.get(1);
-        let phase = phase_text
-            .parse::<Phase>()
-            .map_err(|e| StateError::Corrupt(format!("migration {name}: {e}")))?;
+        let phase = phase_text.parse::<Phase>().map_err(|e| StateError::Corrupt(format!("migration {name}: {e}")))?;
         let percent: i32 = row.get(3);
         let backfill = row.get::<_, Option<String>>(4).map(|state| BackfillProgress {
             state,
@@ -236,13 +234,8 @@ pub async fn change_phase(
     let tx = client.transaction().await?;
     let row = lock_row(&tx, m).await?;
     let ready = readiness(&tx, &m.name).await?;
-    let mut change = PhaseChange {
-        migration: m.name.clone(),
-        before: row.phase,
-        after: to,
-        changed: false,
-        sequences: Vec::new(),
-    };
+    let mut change =
+        PhaseChange { migration: m.name.clone(), before: row.phase, after: to, changed: false, sequences: Vec::new() };
     match check_transition(row.phase, to, force, ready) {
         Transition::Unchanged => {
             tx.commit().await?;
@@ -271,7 +264,12 @@ pub async fn change_phase(
 }
 
 /// `DUALWRITE ROLLBACK <migration>`: back to dual_write, reads on each session's own version.
-pub async fn rollback(client: &mut Client, rules: &RuleSet, migration: &str, actor: &Actor) -> Result<PhaseChange, StateError> {
+pub async fn rollback(
+    client: &mut Client,
+    rules: &RuleSet,
+    migration: &str,
+    actor: &Actor,
+) -> Result<PhaseChange, StateError> {
     let m = rule(rules, migration)?;
     let tx = client.transaction().await?;
     let row = lock_row(&tx, m).await?;
@@ -384,10 +382,8 @@ async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(Stri
     for column in &m.key {
         let mut sequences = Vec::new();
         for table in &tables {
-            let seq: Option<String> = tx
-                .query_one("SELECT pg_get_serial_sequence($1, $2)", &[table, column])
-                .await?
-                .get(0);
+            let seq: Option<String> =
+                tx.query_one("SELECT pg_get_serial_sequence($1, $2)", &[table, column]).await?.get(0);
             sequences.extend(seq);
         }
         if sequences.is_empty() {

@@ -80,11 +80,7 @@ struct Inner {
 impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, register the rules'
     /// migrations, load the state, and start the watcher. Returns only after the first load.
-    pub async fn connect(
-        pg: PgTarget,
-        rules: Arc<RuleSet>,
-        options: StateOptions,
-    ) -> Result<StateHandle, StateError> {
+    pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
@@ -172,7 +168,13 @@ impl StateHandle {
         Ok(self.snapshot())
     }
 
-    pub async fn change_phase(&self, migration: &str, phase: Phase, force: bool, actor: &Actor) -> Result<PhaseChange, StateError> {
+    pub async fn change_phase(
+        &self,
+        migration: &str,
+        phase: Phase,
+        force: bool,
+        actor: &Actor,
+    ) -> Result<PhaseChange, StateError> {
         let mut client = self.control().await?;
         let result = store::change_phase(&mut client, &self.inner.rules.load(), migration, phase, force, actor).await;
         drop(client);
@@ -199,7 +201,8 @@ impl StateHandle {
         actor: &Actor,
     ) -> Result<RouteChange, StateError> {
         let mut client = self.control().await?;
-        let result = store::route_reads(&mut client, &self.inner.rules.load(), migration, version, percent, actor).await;
+        let result =
+            store::route_reads(&mut client, &self.inner.rules.load(), migration, version, percent, actor).await;
         drop(client);
         let change = self.fail_closed(result)?;
         self.refresh().await?;
@@ -207,7 +210,13 @@ impl StateHandle {
     }
 
     /// Record an action done outside the state tables' own changes (backfill commands, verify runs).
-    pub async fn record_action(&self, migration: &str, action: &str, actor: &Actor, details: &str) -> Result<(), StateError> {
+    pub async fn record_action(
+        &self,
+        migration: &str,
+        action: &str,
+        actor: &Actor,
+        details: &str,
+    ) -> Result<(), StateError> {
         let mut client = self.control().await?;
         let result = store::record_action(&mut client, migration, action, actor, details).await;
         drop(client);

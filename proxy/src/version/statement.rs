@@ -21,13 +21,20 @@ pub enum Setting {
 /// A statement as far as the session's version and transaction state are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionStatement {
-    Set { local: bool, setting: Setting },
+    Set {
+        local: bool,
+        setting: Setting,
+    },
     /// `RESET ALL` and `DISCARD ALL` (both return every setting to its session-start value).
     ResetAll,
     Show,
     Begin,
-    Commit { chain: bool },
-    Rollback { chain: bool },
+    Commit {
+        chain: bool,
+    },
+    Rollback {
+        chain: bool,
+    },
     /// `PREPARE TRANSACTION`: ends the transaction; settings behave as at COMMIT.
     PrepareTransaction,
     Savepoint(String),
@@ -39,8 +46,19 @@ pub enum SessionStatement {
 /// First keywords that can start a statement other than `Other`; anything else is `Other` without
 /// tokenizing.
 const SESSION_KEYWORDS: &[&str] = &[
-    "set", "reset", "show", "discard", "begin", "start", "commit", "end", "rollback", "abort", "savepoint",
-    "release", "prepare",
+    "set",
+    "reset",
+    "show",
+    "discard",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
 ];
 
 /// Classify every statement of a simple-protocol Query string (one entry per non-empty statement, in order).
@@ -64,10 +82,7 @@ pub fn classify_query(sql: &str) -> Result<Cow<'static, [SessionStatement]>, Sql
 pub fn classify_statement(sql: &str) -> Result<SessionStatement, SqlError> {
     match first_word(sql) {
         Some(w) if !SESSION_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) => Ok(SessionStatement::Other),
-        _ => Ok(split_statements(lex(sql)?)
-            .first()
-            .map(|s| classify_tokens(s))
-            .unwrap_or(SessionStatement::Other)),
+        _ => Ok(split_statements(lex(sql)?).first().map(|s| classify_tokens(s)).unwrap_or(SessionStatement::Other)),
     }
 }
 
@@ -263,7 +278,10 @@ mod tests {
         assert_eq!(one("SET dualwrite.version = E'v2'"), v("v2"));
         assert_eq!(one("SET dualwrite.version = 2"), v("2"));
         assert_eq!(one("SET dualwrite.version = 'a', b"), v("a, b"));
-        assert_eq!(one("SET LOCAL dualwrite.version = 'v2'"), Set { local: true, setting: Setting::Value("v2".into()) });
+        assert_eq!(
+            one("SET LOCAL dualwrite.version = 'v2'"),
+            Set { local: true, setting: Setting::Value("v2".into()) }
+        );
         assert_eq!(one("SET dualwrite.version TO DEFAULT"), Set { local: false, setting: Setting::Default });
         assert_eq!(one("SET LOCAL dualwrite.version = DEFAULT"), Set { local: true, setting: Setting::Default });
         assert_eq!(one("/* x */ SET dualwrite.version='v1'"), v("v1"));

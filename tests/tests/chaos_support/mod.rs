@@ -83,7 +83,9 @@ enum Ended {
     Committed,
     RolledBack,
     /// The connection failed; whether COMMIT had been sent decides if the outcome is unknown.
-    Broken { commit_sent: bool },
+    Broken {
+        commit_sent: bool,
+    },
     /// Wrong answer or unexpected error (the transaction did not commit: COMMIT was not sent).
     Violation(String),
 }
@@ -218,7 +220,8 @@ impl Writer {
                 _ => {
                     let key = self.next_key;
                     self.next_key += self.config.writers as i64;
-                    let row = Row { owner: format!("w{}-{txn}", self.config.index), balance: self.rng.i64(0..1000), txn };
+                    let row =
+                        Row { owner: format!("w{}-{txn}", self.config.index), balance: self.rng.i64(0..1000), txn };
                     steps.insert(key, Step::Insert(key, row));
                 }
             }
@@ -263,7 +266,11 @@ impl Writer {
         step!(c.batch_execute("BEGIN"));
         step!(c.execute("SELECT pg_advisory_xact_lock($1)", &[&self.lock_key()]));
         if let Some(key) = plan.read {
-            let sql = if v2 { "SELECT balance_cents FROM accounts WHERE id = $1" } else { "SELECT balance FROM accounts WHERE id = $1" };
+            let sql = if v2 {
+                "SELECT balance_cents FROM accounts WHERE id = $1"
+            } else {
+                "SELECT balance FROM accounts WHERE id = $1"
+            };
             let rows = step!(c.query(sql, &[&key]));
             let seen: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let expected: Vec<i64> =
@@ -278,7 +285,10 @@ impl Writer {
             let (what, count) = match s {
                 Step::Insert(key, row) => {
                     let (sql, balance) = if v2 {
-                        ("INSERT INTO accounts (id, owner, balance_cents, txn) VALUES ($1, $2, $3, $4)", row.balance * 100)
+                        (
+                            "INSERT INTO accounts (id, owner, balance_cents, txn) VALUES ($1, $2, $3, $4)",
+                            row.balance * 100,
+                        )
                     } else {
                         ("INSERT INTO accounts (id, owner, balance, txn) VALUES ($1, $2, $3, $4)", row.balance)
                     };

@@ -49,10 +49,7 @@ fn is_known_failure(driver: &str, failure: &str) -> bool {
 
 /// The repository root (the tests crate's parent).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
 pub fn compat_dir() -> PathBuf {
@@ -87,13 +84,8 @@ impl CompatEnv {
     pub async fn start() -> anyhow::Result<CompatEnv> {
         let cluster = TestCluster::shared();
         let db = cluster.create_database().await?;
-        let schema = std::fs::read_to_string(compat_dir().join("schema.sql"))
-            .context("reading schema.sql")?;
-        db.connect()
-            .await?
-            .batch_execute(&schema)
-            .await
-            .context("creating the compat schema")?;
+        let schema = std::fs::read_to_string(compat_dir().join("schema.sql")).context("reading schema.sql")?;
+        db.connect().await?.batch_execute(&schema).await.context("creating the compat schema")?;
 
         let mut config = Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url());
         config.rules = Some(repo_root().join("rewrite-rules/examples/users_split_name.toml"));
@@ -104,28 +96,17 @@ impl CompatEnv {
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        Ok(CompatEnv {
-            db,
-            proxy: CompatProxy {
-                addr,
-                stop: Some(stop),
-                task: Some(task),
-            },
-        })
+        Ok(CompatEnv { db, proxy: CompatProxy { addr, stop: Some(stop), task: Some(task) } })
     }
 
     /// The SCRAM role's URL through the proxy.
     pub fn proxy_url(&self) -> String {
-        self.db
-            .url_via_as(self.proxy.addr, SCRAM_USER, Some(SCRAM_PASSWORD))
+        self.db.url_via_as(self.proxy.addr, SCRAM_USER, Some(SCRAM_PASSWORD))
     }
 
     /// The proxy URL of a session on `version` (`options=-c dualwrite.version=<version>`).
     pub fn proxy_url_as_version(&self, version: &str) -> String {
-        format!(
-            "{}?options=-c%20dualwrite.version%3D{version}",
-            self.proxy_url()
-        )
+        format!("{}?options=-c%20dualwrite.version%3D{version}", self.proxy_url())
     }
 
     /// The superuser's URL straight to the upstream, to look at both tables behind the proxy's back.
@@ -147,21 +128,13 @@ impl CompatEnv {
             ("DW_UPSTREAM_HOST", upstream.ip().to_string()),
             ("DW_UPSTREAM_PORT", upstream.port().to_string()),
             ("DW_UPSTREAM_USER", self.db.cluster.superuser().to_owned()),
-            (
-                "DW_PG_BINDIR",
-                self.db.cluster.bin_dir().display().to_string(),
-            ),
+            ("DW_PG_BINDIR", self.db.cluster.bin_dir().display().to_string()),
         ]
     }
 
     /// Runs a driver program (`program args...` in `tests/compat/<dir>`) with the connection details in its
     /// environment, and parses its check lines.
-    pub async fn run_program(
-        &self,
-        dir: &str,
-        program: &str,
-        args: &[&str],
-    ) -> anyhow::Result<ProgramRun> {
+    pub async fn run_program(&self, dir: &str, program: &str, args: &[&str]) -> anyhow::Result<ProgramRun> {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -201,9 +174,7 @@ impl Report {
                 report.checks.push((name.trim().to_owned(), Ok(())));
             } else if let Some(rest) = line.strip_prefix("FAIL ") {
                 let (name, why) = rest.split_once(": ").unwrap_or((rest, ""));
-                report
-                    .checks
-                    .push((name.trim().to_owned(), Err(why.to_owned())));
+                report.checks.push((name.trim().to_owned(), Err(why.to_owned())));
             }
         }
         report
@@ -211,12 +182,7 @@ impl Report {
 
     /// Records one check (in-process drivers) and prints its line like the programs do.
     pub fn record(&mut self, name: &str, outcome: anyhow::Result<()>) {
-        let outcome = outcome.map_err(|e| {
-            format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
+        let outcome = outcome.map_err(|e| format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "));
         match &outcome {
             Ok(()) => println!("ok {name}"),
             Err(why) => println!("FAIL {name}: {why}"),
@@ -227,9 +193,7 @@ impl Report {
     pub fn failures(&self) -> Vec<String> {
         self.checks
             .iter()
-            .filter_map(|(name, outcome)| {
-                outcome.as_ref().err().map(|why| format!("{name}: {why}"))
-            })
+            .filter_map(|(name, outcome)| outcome.as_ref().err().map(|why| format!("{name}: {why}")))
             .collect()
     }
 
@@ -240,15 +204,9 @@ impl Report {
         let reported: Vec<&str> = self.checks.iter().map(|(n, _)| n.as_str()).collect();
         let missing: Vec<&&str> = expected.iter().filter(|n| !reported.contains(n)).collect();
         let failures = self.failures();
-        let blocking: Vec<&String> = failures
-            .iter()
-            .filter(|f| !is_known_failure(driver, f))
-            .collect();
+        let blocking: Vec<&String> = failures.iter().filter(|f| !is_known_failure(driver, f)).collect();
         if !failures.is_empty() {
-            eprintln!(
-                "{driver}: failed checks (those of KNOWN_FAILURES are tolerated):\n  {}",
-                failures.join("\n  ")
-            );
+            eprintln!("{driver}: failed checks (those of KNOWN_FAILURES are tolerated):\n  {}", failures.join("\n  "));
         }
         assert!(
             missing.is_empty() && blocking.is_empty() && reported.len() == expected.len(),
@@ -283,10 +241,7 @@ impl ProgramRun {
         self.report.assert_all_ok(driver, expected, &context);
         // Programs exit 1 exactly when a check failed; anything else is a crash or a lie.
         let clean = self.report.failures().is_empty();
-        assert!(
-            self.success == clean,
-            "{driver}: exit status does not match the checks (clean: {clean})\n{context}"
-        );
+        assert!(self.success == clean, "{driver}: exit status does not match the checks (clean: {clean})\n{context}");
     }
 }
 
@@ -297,9 +252,5 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// `ALL_CHECKS` without the ones a driver has no API for.
 pub fn checks_except(excluded: &[&str]) -> Vec<&'static str> {
-    ALL_CHECKS
-        .iter()
-        .copied()
-        .filter(|c| !excluded.contains(c))
-        .collect()
+    ALL_CHECKS.iter().copied().filter(|c| !excluded.contains(c)).collect()
 }

@@ -16,15 +16,8 @@ const V2_ROW: (&str, &str, &str) = ("Ada", "Lovelace", "ada.lovelace@example.org
 const UPDATED_NAME: &str = "Grace Hopper";
 const UPDATED_V2: (&str, &str) = ("Grace", "Hopper");
 
-fn expect_eq<T: PartialEq + std::fmt::Debug>(
-    actual: T,
-    expected: T,
-    what: &str,
-) -> anyhow::Result<()> {
-    ensure!(
-        actual == expected,
-        "{what}: expected {expected:?}, got {actual:?}"
-    );
+fn expect_eq<T: PartialEq + std::fmt::Debug>(actual: T, expected: T, what: &str) -> anyhow::Result<()> {
+    ensure!(actual == expected, "{what}: expected {expected:?}, got {actual:?}");
     Ok(())
 }
 
@@ -39,15 +32,9 @@ async fn both_tables(
     id: i32,
 ) -> anyhow::Result<(Option<(String, String)>, Option<(String, String, String)>)> {
     let up = upstream(env).await?;
-    let old = up
-        .query_opt("SELECT name, email FROM users WHERE id = $1", &[&id])
-        .await?
-        .map(|r| (r.get(0), r.get(1)));
+    let old = up.query_opt("SELECT name, email FROM users WHERE id = $1", &[&id]).await?.map(|r| (r.get(0), r.get(1)));
     let new = up
-        .query_opt(
-            "SELECT first_name, last_name, email FROM users_v2 WHERE id = $1",
-            &[&id],
-        )
+        .query_opt("SELECT first_name, last_name, email FROM users_v2 WHERE id = $1", &[&id])
         .await?
         .map(|r| (r.get(0), r.get(1), r.get(2)));
     Ok((old, new))
@@ -74,11 +61,7 @@ async fn expect_updated(env: &CompatEnv, id: i32) -> anyhow::Result<()> {
 
 async fn expect_absent(env: &CompatEnv, id: i32) -> anyhow::Result<()> {
     let (old, new) = both_tables(env, id).await?;
-    expect_eq(
-        (old.is_some(), new.is_some()),
-        (false, false),
-        "row present in users, users_v2",
-    )
+    expect_eq((old.is_some(), new.is_some()), (false, false), "row present in users, users_v2")
 }
 
 async fn upstream_count(env: &CompatEnv, sql: &str) -> anyhow::Result<i64> {
@@ -102,11 +85,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
     report.record(
         "connect_scram",
         async {
-            let user: String = proxy()
-                .await?
-                .query_one("SELECT current_user::text", &[])
-                .await?
-                .get(0);
+            let user: String = proxy().await?.query_one("SELECT current_user::text", &[]).await?.get(0);
             expect_eq(user.as_str(), dualwrite_tests::SCRAM_USER, "current_user")
         }
         .await,
@@ -115,10 +94,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
     report.record(
         "simple_query",
         async {
-            let messages = proxy()
-                .await?
-                .simple_query("SELECT 1; SELECT 'two'")
-                .await?;
+            let messages = proxy().await?.simple_query("SELECT 1; SELECT 'two'").await?;
             let values: Vec<String> = messages
                 .iter()
                 .filter_map(|m| match m {
@@ -138,11 +114,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             let statement = client.prepare("SELECT $1::int + 1, $2::text").await?;
             for n in 0..3i32 {
                 let row = client.query_one(&statement, &[&n, &"x"]).await?;
-                expect_eq(
-                    (row.get::<_, i32>(0), row.get::<_, String>(1)),
-                    (n + 1, "x".to_owned()),
-                    "prepared result",
-                )?;
+                expect_eq((row.get::<_, i32>(0), row.get::<_, String>(1)), (n + 1, "x".to_owned()), "prepared result")?;
             }
             Ok(())
         }
@@ -154,17 +126,9 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         async {
             let mut client = proxy().await?;
             let tx = client.transaction().await?;
-            tx.execute(
-                "INSERT INTO notes (id, body) VALUES ($1, $2)",
-                &[&1i32, &"kept"],
-            )
-            .await?;
+            tx.execute("INSERT INTO notes (id, body) VALUES ($1, $2)", &[&1i32, &"kept"]).await?;
             tx.commit().await?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id = 1").await?,
-                1,
-                "committed rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id = 1").await?, 1, "committed rows")
         }
         .await,
     );
@@ -174,17 +138,9 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         async {
             let mut client = proxy().await?;
             let tx = client.transaction().await?;
-            tx.execute(
-                "INSERT INTO notes (id, body) VALUES ($1, $2)",
-                &[&2i32, &"dropped"],
-            )
-            .await?;
+            tx.execute("INSERT INTO notes (id, body) VALUES ($1, $2)", &[&2i32, &"dropped"]).await?;
             tx.rollback().await?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id = 2").await?,
-                0,
-                "rolled-back rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id = 2").await?, 0, "rolled-back rows")
         }
         .await,
     );
@@ -195,10 +151,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         async {
             let row = proxy()
                 .await?
-                .query_one(
-                    "INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id",
-                    &[&V1_NAME, &V1_EMAIL],
-                )
+                .query_one("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id", &[&V1_NAME, &V1_EMAIL])
                 .await?;
             let id: i32 = row.get(0);
             inserted = Some(id);
@@ -213,19 +166,12 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             let id = need(inserted)?;
             let client = proxy().await?;
             let outcome = async {
-                let n = client
-                    .execute(
-                        "UPDATE users SET name = $1 WHERE id = $2",
-                        &[&UPDATED_NAME, &id],
-                    )
-                    .await?;
+                let n = client.execute("UPDATE users SET name = $1 WHERE id = $2", &[&UPDATED_NAME, &id]).await?;
                 expect_eq(n, 1, "rows updated")?;
                 expect_updated(env, id).await
             }
             .await;
-            client
-                .execute("UPDATE users SET name = $1 WHERE id = $2", &[&V1_NAME, &id])
-                .await?;
+            client.execute("UPDATE users SET name = $1 WHERE id = $2", &[&V1_NAME, &id]).await?;
             outcome
         }
         .await,
@@ -237,10 +183,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             let mut client = proxy().await?;
             let tx = client.transaction().await?;
             let id: i32 = tx
-                .query_one(
-                    "INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id",
-                    &[&"Rolled Back", &"r@b"],
-                )
+                .query_one("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id", &[&"Rolled Back", &"r@b"])
                 .await?
                 .get(0);
             tx.rollback().await?;
@@ -254,14 +197,8 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         async {
             let id = need(inserted)?;
             let client = dualwrite_tests::connect(&env.proxy_url_as_version("v1")).await?;
-            let row = client
-                .query_one("SELECT name, email FROM users WHERE id = $1", &[&id])
-                .await?;
-            expect_eq(
-                (row.get::<_, String>(0), row.get::<_, String>(1)),
-                (V1_NAME.into(), V1_EMAIL.into()),
-                "v1 row",
-            )
+            let row = client.query_one("SELECT name, email FROM users WHERE id = $1", &[&id]).await?;
+            expect_eq((row.get::<_, String>(0), row.get::<_, String>(1)), (V1_NAME.into(), V1_EMAIL.into()), "v1 row")
         }
         .await,
     );
@@ -271,17 +208,8 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         async {
             let id = need(inserted)?;
             let client = dualwrite_tests::connect(&env.proxy_url_as_version("v2")).await?;
-            let row = client
-                .query_one(
-                    "SELECT first_name, last_name, email FROM users WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-            expect_eq(
-                Some((row.get(0), row.get(1), row.get(2))),
-                owned_v2(V2_ROW),
-                "v2 row",
-            )
+            let row = client.query_one("SELECT first_name, last_name, email FROM users WHERE id = $1", &[&id]).await?;
+            expect_eq(Some((row.get(0), row.get(1), row.get(2))), owned_v2(V2_ROW), "v2 row")
         }
         .await,
     );
@@ -305,11 +233,7 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             let data: String = (100..110).map(|n| format!("{n}\tcopied {n}\n")).collect();
             sink.send(bytes::Bytes::from(data)).await?;
             expect_eq(sink.finish().await?, 10, "rows copied")?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id >= 100").await?,
-                10,
-                "copied rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id >= 100").await?, 10, "copied rows")
         }
         .await,
     );
@@ -318,9 +242,8 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         "copy_out",
         async {
             let client = proxy().await?;
-            let stream = client
-                .copy_out("COPY (SELECT id, body FROM notes WHERE id >= 100 ORDER BY id) TO STDOUT")
-                .await?;
+            let stream =
+                client.copy_out("COPY (SELECT id, body FROM notes WHERE id >= 100 ORDER BY id) TO STDOUT").await?;
             futures::pin_mut!(stream);
             let mut data = Vec::new();
             while let Some(chunk) = stream.next().await {
@@ -340,30 +263,17 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             let client = proxy().await?;
             // The refusal may come instead of CopyInResponse or when the copy ends.
             let outcome: Result<u64, tokio_postgres::Error> = async {
-                let sink = client
-                    .copy_in("COPY users (name, email) FROM STDIN")
-                    .await?;
+                let sink = client.copy_in("COPY users (name, email) FROM STDIN").await?;
                 futures::pin_mut!(sink);
-                sink.send(bytes::Bytes::from_static(
-                    b"Copy Person\tcopy@example.org\n",
-                ))
-                .await?;
+                sink.send(bytes::Bytes::from_static(b"Copy Person\tcopy@example.org\n")).await?;
                 sink.finish().await
             }
             .await;
             match outcome {
                 Ok(_) => bail!("COPY into the migrated table was accepted"),
-                Err(e) => expect_eq(
-                    sqlstate_of(&e),
-                    Some(&SqlState::FEATURE_NOT_SUPPORTED),
-                    "SQLSTATE",
-                )?,
+                Err(e) => expect_eq(sqlstate_of(&e), Some(&SqlState::FEATURE_NOT_SUPPORTED), "SQLSTATE")?,
             }
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM users").await?,
-                before,
-                "rows in users",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM users").await?, before, "rows in users")
         }
         .await,
     );
@@ -379,23 +289,13 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
             });
             let started = Instant::now();
             let outcome = client.simple_query("SELECT pg_sleep(30)").await;
-            canceller
-                .await
-                .context("canceller task")?
-                .context("sending the cancel")?;
+            canceller.await.context("canceller task")?.context("sending the cancel")?;
             match outcome {
                 Ok(_) => bail!("pg_sleep(30) was not cancelled"),
                 Err(e) => expect_eq(sqlstate_of(&e), Some(&SqlState::QUERY_CANCELED), "SQLSTATE")?,
             }
-            ensure!(
-                started.elapsed() < Duration::from_secs(20),
-                "cancel took too long"
-            );
-            expect_eq(
-                client.query_one("SELECT 1", &[]).await?.get::<_, i32>(0),
-                1,
-                "query after the cancel",
-            )
+            ensure!(started.elapsed() < Duration::from_secs(20), "cancel took too long");
+            expect_eq(client.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1, "query after the cancel")
         }
         .await,
     );
@@ -408,19 +308,14 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
 pub async fn sqlx_checks(env: &CompatEnv) -> Report {
     let mut report = Report::default();
     let url = env.proxy_url();
-    let (v1_url, v2_url) = (
-        env.proxy_url_as_version("v1"),
-        env.proxy_url_as_version("v2"),
-    );
+    let (v1_url, v2_url) = (env.proxy_url_as_version("v1"), env.proxy_url_as_version("v2"));
     let proxy = || sqlx::PgConnection::connect(&url);
 
     report.record(
         "connect_scram",
         async {
             let mut conn = proxy().await?;
-            let user: String = sqlx::query_scalar("SELECT current_user::text")
-                .fetch_one(&mut conn)
-                .await?;
+            let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut conn).await?;
             expect_eq(user.as_str(), dualwrite_tests::SCRAM_USER, "current_user")
         }
         .await,
@@ -431,9 +326,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
         async {
             let mut conn = proxy().await?;
             // raw_sql: one simple Query message, several statements allowed.
-            let rows = conn
-                .fetch_all(sqlx::raw_sql("SELECT 1::int4 AS n; SELECT 2::int4 AS n"))
-                .await?;
+            let rows = conn.fetch_all(sqlx::raw_sql("SELECT 1::int4 AS n; SELECT 2::int4 AS n")).await?;
             let values: Vec<i32> = rows.iter().map(|r| r.get::<i32, _>(0)).collect();
             expect_eq(values, vec![1, 2], "results")
         }
@@ -446,11 +339,8 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
             let mut conn = proxy().await?;
             for n in 0..3i32 {
                 // sqlx prepares each query under a name once per connection and caches it.
-                let (sum, text): (i32, String) = sqlx::query_as("SELECT $1::int4 + 1, $2::text")
-                    .bind(n)
-                    .bind("x")
-                    .fetch_one(&mut conn)
-                    .await?;
+                let (sum, text): (i32, String) =
+                    sqlx::query_as("SELECT $1::int4 + 1, $2::text").bind(n).bind("x").fetch_one(&mut conn).await?;
                 expect_eq((sum, text), (n + 1, "x".to_owned()), "prepared result")?;
             }
             Ok(())
@@ -469,11 +359,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id = 1").await?,
-                1,
-                "committed rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id = 1").await?, 1, "committed rows")
         }
         .await,
     );
@@ -489,11 +375,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
                 .execute(&mut *tx)
                 .await?;
             tx.rollback().await?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id = 2").await?,
-                0,
-                "rolled-back rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id = 2").await?, 0, "rolled-back rows")
         }
         .await,
     );
@@ -503,12 +385,11 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
         "dual_write_insert",
         async {
             let mut conn = proxy().await?;
-            let id: i32 =
-                sqlx::query_scalar("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id")
-                    .bind(V1_NAME)
-                    .bind(V1_EMAIL)
-                    .fetch_one(&mut conn)
-                    .await?;
+            let id: i32 = sqlx::query_scalar("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id")
+                .bind(V1_NAME)
+                .bind(V1_EMAIL)
+                .fetch_one(&mut conn)
+                .await?;
             inserted = Some(id);
             expect_dual_written(env, id).await
         }
@@ -530,11 +411,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
                 expect_updated(env, id).await
             }
             .await;
-            sqlx::query("UPDATE users SET name = $1 WHERE id = $2")
-                .bind(V1_NAME)
-                .bind(id)
-                .execute(&mut conn)
-                .await?;
+            sqlx::query("UPDATE users SET name = $1 WHERE id = $2").bind(V1_NAME).bind(id).execute(&mut conn).await?;
             outcome
         }
         .await,
@@ -545,12 +422,11 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
         async {
             let mut conn = proxy().await?;
             let mut tx = conn.begin().await?;
-            let id: i32 =
-                sqlx::query_scalar("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id")
-                    .bind("Rolled Back")
-                    .bind("r@b")
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let id: i32 = sqlx::query_scalar("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id")
+                .bind("Rolled Back")
+                .bind("r@b")
+                .fetch_one(&mut *tx)
+                .await?;
             tx.rollback().await?;
             expect_absent(env, id).await
         }
@@ -563,10 +439,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
             let id = need(inserted)?;
             let mut conn = sqlx::PgConnection::connect(&v1_url).await?;
             let row: (String, String) =
-                sqlx::query_as("SELECT name, email FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut conn)
-                    .await?;
+                sqlx::query_as("SELECT name, email FROM users WHERE id = $1").bind(id).fetch_one(&mut conn).await?;
             expect_eq(row, (V1_NAME.into(), V1_EMAIL.into()), "v1 row")
         }
         .await,
@@ -591,9 +464,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
         "show_version",
         async {
             let mut conn = sqlx::PgConnection::connect(&v2_url).await?;
-            let row = conn
-                .fetch_one(sqlx::raw_sql("SHOW dualwrite.version"))
-                .await?;
+            let row = conn.fetch_one(sqlx::raw_sql("SHOW dualwrite.version")).await?;
             expect_eq(row.get::<String, _>(0).as_str(), "v2", "dualwrite.version")
         }
         .await,
@@ -607,11 +478,7 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
             let data: String = (100..110).map(|n| format!("{n}\tcopied {n}\n")).collect();
             copy.send(data.into_bytes()).await?;
             expect_eq(copy.finish().await?, 10, "rows copied")?;
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM notes WHERE id >= 100").await?,
-                10,
-                "copied rows",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM notes WHERE id >= 100").await?, 10, "copied rows")
         }
         .await,
     );
@@ -620,11 +487,8 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
         "copy_out",
         async {
             let mut conn = proxy().await?;
-            let mut stream = conn
-                .copy_out_raw(
-                    "COPY (SELECT id, body FROM notes WHERE id >= 100 ORDER BY id) TO STDOUT",
-                )
-                .await?;
+            let mut stream =
+                conn.copy_out_raw("COPY (SELECT id, body FROM notes WHERE id >= 100 ORDER BY id) TO STDOUT").await?;
             let mut data = Vec::new();
             while let Some(chunk) = stream.next().await {
                 data.extend_from_slice(&chunk?);
@@ -642,25 +506,17 @@ pub async fn sqlx_checks(env: &CompatEnv) -> Report {
             let before = upstream_count(env, "SELECT count(*) FROM users").await?;
             let mut conn = proxy().await?;
             let outcome: Result<u64, sqlx::Error> = async {
-                let mut copy = conn
-                    .copy_in_raw("COPY users (name, email) FROM STDIN")
-                    .await?;
+                let mut copy = conn.copy_in_raw("COPY users (name, email) FROM STDIN").await?;
                 copy.send(&b"Copy Person\tcopy@example.org\n"[..]).await?;
                 copy.finish().await
             }
             .await;
             match outcome {
                 Ok(_) => bail!("COPY into the migrated table was accepted"),
-                Err(sqlx::Error::Database(e)) => {
-                    expect_eq(e.code().as_deref(), Some("0A000"), "SQLSTATE")?
-                }
+                Err(sqlx::Error::Database(e)) => expect_eq(e.code().as_deref(), Some("0A000"), "SQLSTATE")?,
                 Err(e) => bail!("not a database error: {e}"),
             }
-            expect_eq(
-                upstream_count(env, "SELECT count(*) FROM users").await?,
-                before,
-                "rows in users",
-            )
+            expect_eq(upstream_count(env, "SELECT count(*) FROM users").await?, before, "rows in users")
         }
         .await,
     );

@@ -36,7 +36,6 @@ email = "email"
 score = "score"
 "#;
 
-
 /// A database holding `rows` users (ids 1..=rows) and an empty shadow.
 pub struct Fixture {
     pub db: TestDb,
