@@ -170,7 +170,7 @@ impl Server {
                             // The socket leaves this runtime's reactor for the one of the thread it is pinned to.
                             let Ok(tcp) = tcp.into_std() else { continue };
                             sessions.spawn_on(async move {
-                                if let Ok(tcp) = TcpStream::from_std(tcp) {
+                                if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
                                     session::run(tcp, peer, ctx, stop).await;
                                 }
                                 drop(slot);

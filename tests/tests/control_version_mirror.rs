@@ -82,7 +82,7 @@ impl Mirror {
 
     /// Send one simple Query; returns the first column of the first DataRow, if any.
     async fn query(&mut self, sql: &str) -> Option<Option<String>> {
-        for statement in classify_query(sql).unwrap() {
+        for statement in classify_query(sql).unwrap().into_owned() {
             self.machine.sent(statement);
         }
         self.machine.sent_sync();
