@@ -107,18 +107,6 @@ pub fn raise_open_files_limit() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_own_cpu_and_rss() {
-        let pid = std::process::id();
-        assert!(cpu_ticks(pid).is_some());
-        assert!(rss_kib(pid).unwrap() > 0);
-    }
-}
-
 /// Raises this process's scheduling priority (children inherit it: pgbouncer, the proxy, pgbench) so
 /// compile jobs of other sessions on the shared machine disturb the measurement less. With autogroup
 /// scheduling (Linux's default for desktops and many VMs) nice only ranks processes inside one session's
@@ -173,4 +161,16 @@ pub fn request_short_slice(nice: i32, slice_us: u64) -> Option<u64> {
 /// with setsid), so it needs this as well as the benchmark's own session.
 pub fn raise_autogroup_of(pid: u32, nice: i32) {
     let _ = fs::write(format!("/proc/{pid}/autogroup"), nice.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_and_rss() {
+        let pid = std::process::id();
+        assert!(cpu_ticks(pid).is_some());
+        assert!(rss_kib(pid).unwrap() > 0);
+    }
 }

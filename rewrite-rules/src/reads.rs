@@ -42,7 +42,7 @@ impl<'a> ReadRouter<'a> {
     }
 
     fn is_cte(&self, name: &TableName) -> bool {
-        name.schema.is_none() && self.scopes.iter().any(|s| s.iter().any(|c| *c == name.name))
+        name.schema.is_none() && self.scopes.iter().any(|s| s.contains(&name.name))
     }
 
     /// The active migration (phase not `off`) a reference denotes, unless a CTE of that name hides it.

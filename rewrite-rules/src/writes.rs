@@ -217,11 +217,11 @@ fn route_in<T: VisitMut>(node: &mut T, router: &mut ReadRouter) -> Result<(), Re
     }
 }
 
+/// A DML statement's target table and its alias, when it has one.
+type DmlTarget = Option<(ObjectName, Option<Ident>)>;
+
 /// Routes the reads inside a DML statement (everything but its target) and returns its kind and target.
-fn route_read_parts(
-    dml: &mut Statement,
-    router: &mut ReadRouter,
-) -> Result<(Kind, Option<(ObjectName, Option<Ident>)>), Rejection> {
+fn route_read_parts(dml: &mut Statement, router: &mut ReadRouter) -> Result<(Kind, DmlTarget), Rejection> {
     match dml {
         Statement::Insert(insert) => {
             route_in(&mut insert.source, router)?;
@@ -455,12 +455,12 @@ fn wrap(
         })
         .clone();
     if let Some(with) = query.with.as_mut() {
-        with.cte_tables[0].query.body = Box::new(dml_body(kind, dml));
+        *with.cte_tables[0].query.body = dml_body(kind, dml);
         with.cte_tables[1].alias.name = Ident::new(sync.cte_name);
-        with.cte_tables[1].query.body = Box::new(match sync_statement {
+        *with.cte_tables[1].query.body = match sync_statement {
             s @ Statement::Delete(_) => SetExpr::Delete(s),
             s => SetExpr::Insert(s),
-        });
+        };
         if let Some(client_with) = shell.and_then(|q| q.with) {
             with.recursive = client_with.recursive;
             let ours = std::mem::replace(&mut with.cte_tables, client_with.cte_tables);

@@ -98,24 +98,24 @@ impl TestCluster {
 
     pub async fn stop(&self, mode: StopMode) -> anyhow::Result<()> {
         let cluster = self.0.clone();
-        Ok(blocking(move || cluster.stop_with(mode)).await?)
+        blocking(move || cluster.stop_with(mode)).await
     }
 
     /// Starts the stopped (or killed) server again on the same port.
     pub async fn start_again(&self) -> anyhow::Result<()> {
         let cluster = self.0.clone();
-        Ok(blocking(move || cluster.start()).await?)
+        blocking(move || cluster.start()).await
     }
 
     pub async fn restart(&self, mode: StopMode) -> anyhow::Result<()> {
         let cluster = self.0.clone();
-        Ok(blocking(move || cluster.restart(mode)).await?)
+        blocking(move || cluster.restart(mode)).await
     }
 
     /// SIGKILL to the postmaster and all backends.
     pub async fn kill(&self) -> anyhow::Result<()> {
         let cluster = self.0.clone();
-        Ok(blocking(move || cluster.kill()).await?)
+        blocking(move || cluster.kill()).await
     }
 
     /// The server's address (127.0.0.1 and its port).

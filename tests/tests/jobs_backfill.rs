@@ -177,7 +177,7 @@ async fn a_delete_left_open_across_its_batch_does_not_leave_the_copy_behind() {
     let options = BackfillOptions { batch_size: 5_000, ..BackfillOptions::default() };
     let (config, mapping) = (f.config.clone(), f.mapping.clone());
     let backfill = tokio::spawn(async move { run_backfill(&config, &mapping, &options, &|_| {}).await });
-    while !backfill_row(&f.client).await.is_some_and(|(_, done, _, _)| done == ROWS) {
+    while backfill_row(&f.client).await.is_none_or(|(_, done, _, _)| done != ROWS) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Every batch committed, the copy of the deleted row with them: the race happened.
