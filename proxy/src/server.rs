@@ -113,7 +113,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", ctx.config.listen))?;
         let local_addr = listener.local_addr()?;
         let threads = SessionThreads::start(ctx.config.session_threads).context("cannot start the session threads")?;
-        let (upstream, tls, session_threads) = (ctx.upstream.describe(), ctx.client_tls.is_some(), threads.len());
+        let (upstream, tls, session_threads) = (ctx.upstream.describe(), ctx.client_tls.is_some(), threads.count());
         let upstream_sslmode = ctx.upstream.tls.mode().as_str();
         tracing::info!(listen = %local_addr, %upstream, upstream_sslmode, tls, session_threads, "proxy listening");
         let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));

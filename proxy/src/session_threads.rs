@@ -44,14 +44,9 @@ impl SessionThreads {
         Ok(SessionThreads { runtimes, next: AtomicUsize::new(0), _stop: stop })
     }
 
-    /// How many session threads run.
-    pub fn len(&self) -> usize {
+    /// How many session threads run (at least one).
+    pub fn count(&self) -> usize {
         self.runtimes.len()
-    }
-
-    /// Never true: `start` makes at least one thread.
-    pub fn is_empty(&self) -> bool {
-        self.runtimes.is_empty()
     }
 
     /// The runtime the next session goes to.
@@ -68,7 +63,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_are_spread_round_robin_and_run_on_their_own_threads() {
         let threads = SessionThreads::start(2).unwrap();
-        assert_eq!(threads.len(), 2);
+        assert_eq!(threads.count(), 2);
         let mut names = Vec::new();
         for _ in 0..4 {
             let name = threads
@@ -96,6 +91,6 @@ mod tests {
     #[test]
     fn zero_means_one_per_cpu() {
         let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        assert_eq!(SessionThreads::start(0).unwrap().len(), cpus);
+        assert_eq!(SessionThreads::start(0).unwrap().count(), cpus);
     }
 }
