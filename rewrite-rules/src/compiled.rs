@@ -15,7 +15,7 @@ use sqlparser::parser::Parser;
 
 use crate::model::{parse_mapping_expr, referenced_columns, Migration, RuleSet};
 use crate::names::{quote_ident, TableName};
-use crate::route::Side;
+use crate::route::{Route, Side};
 
 /// Name of the CTE holding the rows the client's own statement wrote (its RETURNING rows).
 pub(crate) const PRIMARY_CTE: &str = "__dw_primary";
@@ -89,9 +89,9 @@ impl Compiled {
         }
     }
 
-    /// The migration whose old (logical) table a reference in client SQL denotes.
-    pub fn migration_of(&self, name: &TableName) -> Option<usize> {
-        self.migrations.iter().position(|m| name.denotes(&m.table))
+    /// The migration whose old (logical) table a reference in client SQL denotes, in a session on `route`.
+    pub fn migration_of(&self, name: &TableName, route: &Route) -> Option<usize> {
+        self.migrations.iter().enumerate().position(|(i, m)| name.denotes(&m.table, route.unqualified_reaches(i)))
     }
 }
 

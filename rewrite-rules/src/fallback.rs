@@ -12,25 +12,39 @@ use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 use crate::compiled::Compiled;
 use crate::model::Phase;
+use crate::names::TableName;
 use crate::plan::{RejectReason, Rejection};
 use crate::route::{Route, Side};
 
-/// Active migrations (phase not `off`) whose table name appears as a word among `tokens`.
+/// Active migrations (phase not `off`) whose table a name among `tokens` denotes in a session on `route`: a
+/// word equal to the table's name, qualified by the table's schema, or unqualified where the session's
+/// unqualified name reaches the migrated table.
 pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &[Token]) -> BTreeSet<usize> {
     let mut found = BTreeSet::new();
-    for token in tokens {
+    let code: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    for (at, token) in code.iter().enumerate() {
         let Token::Word(word) = token else { continue };
-        let name = match word.quote_style {
-            Some(_) => word.value.clone(),
-            None => word.value.to_lowercase(),
+        let name = catalog_spelling(word);
+        // `schema . name`: the word before the period is the qualifier.
+        let qualifier = match (at.checked_sub(2).map(|i| code[i]), at.checked_sub(1).map(|i| code[i])) {
+            (Some(Token::Word(schema)), Some(Token::Period)) => Some(catalog_spelling(schema)),
+            _ => None,
         };
+        let reference = TableName { schema: qualifier, name };
         for (index, m) in compiled.migrations.iter().enumerate() {
-            if m.table.name == name && route.get(index).phase != Phase::Off {
+            if route.get(index).phase != Phase::Off && reference.denotes(&m.table, route.unqualified_reaches(index)) {
                 found.insert(index);
             }
         }
     }
     found
+}
+
+fn catalog_spelling(word: &sqlparser::tokenizer::Word) -> String {
+    match word.quote_style {
+        Some(_) => word.value.clone(),
+        None => word.value.to_lowercase(),
+    }
 }
 
 /// Decides a SQL string the parser rejected: `Ok(())` to pass it through, or the rejection.

@@ -27,7 +27,8 @@ fn migration_route(b: u8) -> MigrationRoute {
     MigrationRoute { phase: Phase::ALL[(b & 3) as usize], version: side(4), read_source: side(8) }
 }
 
-/// Input layout: byte 0 = how many migrations the route covers (mod 3; missing ones count as `off`),
+/// Input layout: byte 0 = how many migrations the route covers (mod 3; missing ones count as `off`; bit 7:
+/// the first migration's unqualified name reaches another relation in the session),
 /// bytes 1 and 2 = each migration's route, the rest = SQL text (invalid UTF-8 replaced, as the proxy does).
 ///
 /// Invariants: the cached plan equals a fresh one; text the cheap check calls unrelated, or a route with
@@ -41,7 +42,12 @@ pub fn check_rewrite(data: &[u8]) {
     let rewriter = rewriter();
     let count = rewriter.rules().migrations.len();
     let covered = (data[0] % 3) as usize;
-    let route = Route { per_migration: data[1..3].iter().take(covered).map(|&b| migration_route(b)).collect() };
+    // Bit 7 of the first byte: unqualified names reach another relation in the session.
+    let unqualified_elsewhere = if data[0] & 0x80 != 0 { vec![0] } else { Vec::new() };
+    let route = Route {
+        per_migration: data[1..3].iter().take(covered).map(|&b| migration_route(b)).collect(),
+        unqualified_elsewhere,
+    };
     let sql = String::from_utf8_lossy(&data[3..]);
 
     let plan = rewriter.plan(&sql, &route);

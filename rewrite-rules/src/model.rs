@@ -218,7 +218,7 @@ impl RuleSet {
 }
 
 fn tables_may_clash(a: &TableName, b: &TableName) -> bool {
-    a.denotes(b) || b.denotes(a)
+    a.qualified() == b.qualified()
 }
 
 impl Migration {

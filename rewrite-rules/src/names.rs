@@ -8,9 +8,9 @@ use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 
 /// A table name, normalized as Postgres stores it in the catalog.
 ///
-/// `schema` is `None` when the name was written unqualified; such a name matches a reference in any schema
-/// (the proxy does not know the session's `search_path`, and a migrated table is expected to be the one the
-/// application reaches by its bare name).
+/// `schema` is `None` when the name was written unqualified. In a rules file that means the `public` schema;
+/// in client SQL the session's `search_path` decides, which the proxy asks the session's own server
+/// connection (see `Route::unqualified_elsewhere`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
     pub schema: Option<String>,
@@ -52,17 +52,29 @@ impl TableName {
     }
 
     /// True if a reference written as `self` in client SQL denotes the table `rule` of the rules file.
-    pub fn denotes(&self, rule: &TableName) -> bool {
+    /// `unqualified_reaches_rule`: whether, in the session, an unqualified reference to the rule's name
+    /// resolves to the rule's table (it is first of that name on the `search_path`, no temporary table of
+    /// that name hides it).
+    pub fn denotes(&self, rule: &TableName, unqualified_reaches_rule: bool) -> bool {
         if self.name != rule.name {
             return false;
         }
-        match (&self.schema, &rule.schema) {
-            (Some(a), Some(b)) => a == b,
-            // An unqualified reference reaches the table through the search path.
-            (None, _) => true,
-            // A qualified reference to a rule written unqualified: only the default schema can match.
-            (Some(a), None) => a == "public",
+        match &self.schema {
+            Some(schema) => schema == rule.schema_or_public(),
+            None => unqualified_reaches_rule,
         }
+    }
+
+    /// The schema of a rules-file name: an unqualified one is in `public`.
+    pub fn schema_or_public(&self) -> &str {
+        self.schema.as_deref().unwrap_or("public")
+    }
+
+    /// The name with its schema spelled out (`public` for an unqualified rules-file name), as a
+    /// `to_regclass` argument or in SQL the proxy writes itself, so that it never depends on a session's
+    /// `search_path`.
+    pub fn qualified(&self) -> TableName {
+        TableName { schema: Some(self.schema_or_public().to_owned()), name: self.name.clone() }
     }
 
     /// The name as an AST node, quoted where needed.
@@ -303,12 +315,18 @@ mod tests {
     }
 
     #[test]
-    fn matches_references_like_the_search_path() {
+    fn qualified_references_match_by_schema_and_unqualified_ones_by_the_session_resolution() {
         let rule = TableName::parse("public.users").unwrap();
-        assert!(TableName::parse("users").unwrap().denotes(&rule));
-        assert!(TableName::parse("PUBLIC.USERS").unwrap().denotes(&rule));
-        assert!(!TableName::parse("other.users").unwrap().denotes(&rule));
-        assert!(!TableName::parse("\"Users\"").unwrap().denotes(&rule));
+        assert!(TableName::parse("users").unwrap().denotes(&rule, true));
+        assert!(!TableName::parse("users").unwrap().denotes(&rule, false));
+        assert!(TableName::parse("PUBLIC.USERS").unwrap().denotes(&rule, false));
+        assert!(!TableName::parse("other.users").unwrap().denotes(&rule, true));
+        assert!(!TableName::parse("pg_temp.users").unwrap().denotes(&rule, true));
+        assert!(!TableName::parse("\"Users\"").unwrap().denotes(&rule, true));
+        let unqualified_rule = TableName::parse("users").unwrap();
+        assert!(TableName::parse("public.users").unwrap().denotes(&unqualified_rule, false));
+        assert!(!TableName::parse("tenant.users").unwrap().denotes(&unqualified_rule, true));
+        assert_eq!(unqualified_rule.qualified().to_string(), "public.users");
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl<'a> ReadRouter<'a> {
         if self.is_cte(&name) {
             return None;
         }
-        let index = self.compiled.migration_of(&name)?;
+        let index = self.compiled.migration_of(&name, self.route)?;
         (self.route.get(index).phase != Phase::Off).then_some(index)
     }
 

@@ -44,6 +44,11 @@ impl MigrationRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Route {
     pub per_migration: Vec<MigrationRoute>,
+    /// Migrations (indexes, ascending) whose old table an unqualified reference to its name does not reach
+    /// in this session: another relation of that name comes first on its `search_path` (a tenant schema,
+    /// a temporary table), or the table's schema is not on the path at all. Unqualified references to
+    /// their names are then left alone; schema-qualified references still denote the migrated table.
+    pub unqualified_elsewhere: Vec<usize>,
 }
 
 impl Route {
@@ -51,12 +56,18 @@ impl Route {
     pub fn initial(rules: &RuleSet) -> Route {
         Route {
             per_migration: rules.migrations.iter().map(|m| MigrationRoute::own(m.initial_phase, Side::Old)).collect(),
+            unqualified_elsewhere: Vec::new(),
         }
     }
 
     /// The same route for every migration.
     pub fn uniform(rules: &RuleSet, route: MigrationRoute) -> Route {
-        Route { per_migration: vec![route; rules.migrations.len()] }
+        Route { per_migration: vec![route; rules.migrations.len()], unqualified_elsewhere: Vec::new() }
+    }
+
+    /// True if an unqualified reference to migration `migration`'s table name reaches the migrated table.
+    pub fn unqualified_reaches(&self, migration: usize) -> bool {
+        !self.unqualified_elsewhere.contains(&migration)
     }
 
     pub(crate) fn get(&self, migration: usize) -> MigrationRoute {

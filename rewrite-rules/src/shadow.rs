@@ -212,7 +212,7 @@ mod tests {
     }
 
     fn route(phase: Phase, version: Side, read_source: Side) -> Route {
-        Route { per_migration: vec![MigrationRoute { phase, version, read_source }] }
+        Route { per_migration: vec![MigrationRoute { phase, version, read_source }], ..Route::default() }
     }
 
     fn v1() -> Route {

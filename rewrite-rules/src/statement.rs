@@ -84,6 +84,7 @@ pub(crate) fn rewrite_statement(
             })
         }
         s @ Statement::Declare { .. } => route_reads(compiled, route, s),
+        Statement::CreateTable(create) => create_table(compiled, route, create),
         // Session and transaction control, channels and cursors never read or change a table, whatever
         // words they contain (`LISTEN users` names a channel).
         Statement::Set(_)
@@ -175,6 +176,26 @@ fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: Statement) ->
     }
     outcome.statement = Some(statement);
     Ok(outcome)
+}
+
+/// `CREATE TABLE` makes a new relation (or fails because one of that name exists), so its own name never
+/// denotes the migrated table: `CREATE TEMP TABLE users (...)` in a session that has `public.users` under
+/// migration is another relation. A table that would inherit from or be a partition of the migrated table
+/// is refused (its rows are written under its own name, so its writes would reach the migrated table's
+/// scans without the proxy seeing them); the query of `CREATE TABLE ... AS` is a read, routed as one.
+fn create_table(compiled: &Compiled, route: &Route, create: sqlparser::ast::CreateTable) -> Result<Outcome, Rejection> {
+    let router = ReadRouter::new(compiled, route, vec![]);
+    let parents = create.inherits.iter().flatten().chain(create.partition_of.iter());
+    if let Some(index) = parents.filter_map(|parent| router.active_migration(parent)).next() {
+        let m = &compiled.migrations[index];
+        return Err(Rejection::new(
+            &m.name,
+            index,
+            RejectReason::Ddl,
+            "a table inheriting from (or a partition of) the migrated table",
+        ));
+    }
+    route_reads(compiled, route, Statement::CreateTable(create))
 }
 
 /// Statements with no rewrite (DDL, GRANT, LOCK, ...): refused if they name an active migrated table.
