@@ -148,6 +148,9 @@ pub enum RejectReason {
     UnsupportedWrite,
     /// The migration's rules could not be compiled (a rule set built in code without validation).
     InvalidRules,
+    /// The plan depends on which relation an unqualified name means in the session, and the proxy cannot
+    /// ask the session's server at this point (see the proxy's name resolution).
+    UnresolvedName,
 }
 
 impl RejectReason {
@@ -163,6 +166,7 @@ impl RejectReason {
             RejectReason::RetiredVersionWrite => "retired_version_write",
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
+            RejectReason::UnresolvedName => "unresolved_name",
         }
     }
 
@@ -186,10 +190,15 @@ impl RejectReason {
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",
+            RejectReason::UnresolvedName => {
+                "the proxy cannot tell which relation the table's unqualified name means in this session here: \
+                 the statement follows, in the same Query string or pipelined batch, one that may change the \
+                 search_path or create or drop a table of that name; send it on its own, or qualify the name"
+            }
         }
     }
 
     fn is_write(self) -> bool {
-        !matches!(self, RejectReason::Unparseable | RejectReason::InvalidRules)
+        !matches!(self, RejectReason::Unparseable | RejectReason::InvalidRules | RejectReason::UnresolvedName)
     }
 }

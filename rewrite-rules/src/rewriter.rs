@@ -12,7 +12,7 @@ use crate::compiled::Compiled;
 use crate::fallback::{decide_unparsed, edge_comments};
 use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
-use crate::plan::{Plan, StatementTransform};
+use crate::plan::{Plan, RejectReason, Rejection, StatementTransform};
 use crate::route::Route;
 use crate::shadow::ShadowRead;
 use crate::statement::rewrite_statement;
@@ -53,6 +53,22 @@ impl Rewriter {
 
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
+    }
+
+    /// The refusal of `sql` where its plan depends on which relation an unqualified migrated-table name
+    /// means in the session and that is not known ([`RejectReason::UnresolvedName`]), naming the first
+    /// migration whose table name the text contains.
+    pub fn unresolved_name_refusal(&self, sql: &str) -> Rejection {
+        let lower = sql.to_lowercase();
+        let (index, name) = self
+            .rules
+            .migrations
+            .iter()
+            .enumerate()
+            .find(|(_, m)| lower.contains(&m.table.name.to_lowercase()))
+            .map(|(i, m)| (i, m.name.as_str()))
+            .unwrap_or((0, ""));
+        Rejection::new(name, index, RejectReason::UnresolvedName, "")
     }
 
     /// Cheap, route-independent check: false means `sql` names no migrated table and needs no rewrite under

@@ -85,6 +85,7 @@ pub(crate) fn rewrite_statement(
         }
         s @ Statement::Declare { .. } => route_reads(compiled, route, s),
         Statement::CreateTable(create) => create_table(compiled, route, create),
+        Statement::AlterTable(alter) => alter_table(compiled, route, alter),
         // Session and transaction control, channels and cursors never read or change a table, whatever
         // words they contain (`LISTEN users` names a channel).
         Statement::Set(_)
@@ -198,17 +199,36 @@ fn create_table(compiled: &Compiled, route: &Route, create: sqlparser::ast::Crea
     route_reads(compiled, route, Statement::CreateTable(create))
 }
 
+/// `ALTER TABLE`: refused when the altered table is the migrated one, or when an action names it (INHERIT
+/// it, a constraint referencing it). The new name of `RENAME TO` is a name being given, not a reference:
+/// renaming a tenant's table to `users` does not touch the migrated `users`.
+fn alter_table(compiled: &Compiled, route: &Route, alter: sqlparser::ast::AlterTable) -> Result<Outcome, Rejection> {
+    let router = ReadRouter::new(compiled, route, vec![]);
+    if let Some(index) = router.active_migration(&alter.name) {
+        let m = &compiled.migrations[index];
+        return Err(Rejection::new(&m.name, index, RejectReason::Ddl, ""));
+    }
+    for operation in &alter.operations {
+        if !matches!(operation, sqlparser::ast::AlterTableOperation::RenameTable { .. }) {
+            refuse_if_text_mentions(compiled, route, &operation.to_string())?;
+        }
+    }
+    Ok(Outcome::unchanged())
+}
+
 /// Statements with no rewrite (DDL, GRANT, LOCK, ...): refused if they name an active migrated table.
 fn refuse_if_mentioned(compiled: &Compiled, route: &Route, statement: Statement) -> Result<Outcome, Rejection> {
-    let text = statement.to_string();
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, &text).tokenize() else {
-        return Ok(Outcome::unchanged());
-    };
+    refuse_if_text_mentions(compiled, route, &statement.to_string())?;
+    Ok(Outcome::unchanged())
+}
+
+fn refuse_if_text_mentions(compiled: &Compiled, route: &Route, text: &str) -> Result<(), Rejection> {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() else { return Ok(()) };
     if let Some(&index) = mentioned_migrations(compiled, route, &tokens).iter().next() {
         let m = &compiled.migrations[index];
         return Err(Rejection::new(&m.name, index, RejectReason::Ddl, ""));
     }
-    Ok(Outcome::unchanged())
+    Ok(())
 }
 
 fn empty_values() -> sqlparser::ast::Values {

@@ -132,6 +132,10 @@ fn ddl_is_refused_only_on_the_migrated_relation() {
     }
     let qualified = "ALTER TABLE public.users ADD COLUMN age int";
     assert_refused(&v1(true, qualified), RejectReason::Ddl, qualified);
+    let rename_to = "ALTER TABLE tenant_c.people RENAME TO users";
+    assert_eq!(v1(false, rename_to), Plan::PassThrough, "the new name of a rename is no reference");
+    let inherit = "ALTER TABLE people INHERIT users";
+    assert_refused(&v1(false, inherit), RejectReason::Ddl, inherit);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! `Live` is built once per server from the config (rules file, control-plane connection) and shared by
 //! every session; [`session::LiveSession`] holds what one client session needs.
 
+mod resolution;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};

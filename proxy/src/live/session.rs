@@ -11,6 +11,13 @@
 //! that named no migrated table may name one now), so the rewrite a session runs always follows the rules
 //! in force.
 //!
+//! Names resolve as the session's server resolves them (`resolution`): before a statement whose plan
+//! depends on what an unqualified migrated-table name means in this session, the relay runs a hidden probe
+//! on the session's connection; the answer is kept until the session does something that may change it.
+//! Where no probe can run (inside the client's open extended-protocol batch, or after a statement of the
+//! same Query string that may change the resolution) and the answer matters, the statement is refused
+//! rather than guessed.
+//!
 //! While the shared state is unknown (not confirmed for longer than `limits.state_max_age_secs`: the
 //! state database is unreachable), every statement that involves a migrated table is refused with 57P03,
 //! reads included: another instance may have moved the migration on (cutover, complete, a read flip)
@@ -18,11 +25,12 @@
 //! Prepared statements are re-prepared as that refusal and back once the state is confirmed again.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dualwrite_rules::{Plan, Rejection, Route, RowsDisposition, TagRewrite};
 
+use super::resolution::{may_change_resolution, NameResolution};
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::protocol::messages::bind_params;
@@ -72,7 +80,18 @@ pub struct LiveSession {
     /// Reads of this session may be sampled for shadow reads (some migration samples, and the session is
     /// on the database the workers read).
     shadow_reads: bool,
+    /// How the session's server resolves the unqualified names of migrated tables.
+    resolution: NameResolution,
+    /// Prepared statements, and portals bound from them, whose execution may change that resolution.
+    resolution_changing: HashSet<Vec<u8>>,
+    resolution_changing_portals: HashSet<Vec<u8>>,
+    /// Transaction status of the last ReadyForQuery.
+    transaction_status: u8,
 }
+
+/// The answer to "which relation does this unqualified name mean here" matters for a statement and is
+/// not known.
+struct Unresolved;
 
 impl LiveSession {
     pub fn new(live: Arc<Live>, info: &SessionInfo, session_id: u64) -> LiveSession {
@@ -94,7 +113,20 @@ impl LiveSession {
             statement_kinds: HashMap::new(),
             portal_kinds: HashMap::new(),
             shadow_reads,
+            resolution: NameResolution::default(),
+            resolution_changing: HashSet::new(),
+            resolution_changing_portals: HashSet::new(),
+            transaction_status: b'I',
         }
+    }
+
+    /// The route for `sql` under the session's name resolution. While the resolution is not known, the
+    /// route that assumes unqualified names reach the migrated tables, if `sql` is planned the same when
+    /// they reach other relations (it names no migrated table unqualified, or needs no rewrite either way);
+    /// otherwise the answer matters and is missing.
+    fn resolved_route(&mut self, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
+        let route = self.current_route(current);
+        resolve(route, &self.resolution, current, sql)
     }
 
     /// The route the next statement is rewritten for, under the rules `current`.
@@ -133,7 +165,14 @@ impl LiveSession {
     }
 
     /// The verdict for SQL that is not a control command, given its session-state classification.
-    fn judge(&mut self, sql: &str, kinds: &[SessionStatement], prepared_as: Option<(&[u8], &[u32])>) -> Verdict {
+    /// `can_probe`: the relay can run a name-resolution probe before this SQL.
+    fn judge(
+        &mut self,
+        sql: &str,
+        kinds: &[SessionStatement],
+        prepared_as: Option<(&[u8], &[u32])>,
+        can_probe: bool,
+    ) -> Verdict {
         let current = self.live.load();
         let version = match &self.version {
             Ok(v) => v,
@@ -161,7 +200,17 @@ impl LiveSession {
             // A refused Parse leaves no statement behind (on_sql forgets it), as a failed Parse would.
             return raise(&refusal, false);
         }
-        let route = self.current_route(&current);
+        let route = match self.resolved_route(&current, sql) {
+            Ok(route) => route,
+            Err(Unresolved) if can_probe && !self.resolution.take_probe_failed() => {
+                return Verdict::Probe(NameResolution::probe_sql(&current.rules));
+            }
+            Err(Unresolved) => {
+                let refusal = unresolved_refusal(&current, sql);
+                count_rejection(&refusal);
+                return raise(&rejection_error(&refusal), false);
+            }
+        };
         let plan = current.rewriter.rewrite(sql, &route);
         let read = is_read(&plan);
         match prepared_as {
@@ -280,18 +329,34 @@ impl SessionInterceptor for LiveSession {
             SqlOrigin::SimpleQuery => {
                 // A string the tokenizer rejects is left to the server (which refuses it) and the rewriter.
                 let kinds = classify_query(sql).unwrap_or(Cow::Borrowed(&[SessionStatement::Other]));
-                let verdict = self.judge(sql, &kinds, None);
+                // A probe runs before the whole string: it cannot see what the string's own first
+                // statements change (`CREATE TEMP TABLE users ...; INSERT INTO users ...`).
+                let can_probe = request.can_probe && (kinds.len() <= 1 || !may_change_resolution(sql));
+                let verdict = self.judge(sql, &kinds, None, can_probe);
                 match &verdict {
                     Verdict::Forward | Verdict::Rewrite(_) => self.sent(&kinds, true),
                     Verdict::Raise(_) => self.sent(&[SessionStatement::Other], true),
-                    Verdict::Respond(_) | Verdict::Defer(_) => {}
+                    Verdict::Respond(_) | Verdict::Defer(_) | Verdict::Probe(_) => {}
+                }
+                if !matches!(verdict, Verdict::Probe(_)) {
+                    self.resolution.sending(sql);
                 }
                 verdict
             }
             SqlOrigin::Parse { statement } => {
                 let name = statement.as_bytes();
                 let kind = classify_statement(sql).unwrap_or(SessionStatement::Other);
-                let verdict = self.judge(sql, std::slice::from_ref(&kind), Some((name, request.param_types)));
+                let prepared_as = Some((name, request.param_types));
+                let verdict = self.judge(sql, std::slice::from_ref(&kind), prepared_as, request.can_probe);
+                if matches!(verdict, Verdict::Probe(_)) {
+                    return verdict;
+                }
+                // The statement changes the resolution when it runs, not when it is prepared.
+                if may_change_resolution(sql) {
+                    self.resolution_changing.insert(name.to_vec());
+                } else {
+                    self.resolution_changing.remove(name);
+                }
                 let keeps = matches!(verdict, Verdict::Forward | Verdict::Rewrite(_));
                 if keeps && kind != SessionStatement::Other {
                     self.statement_kinds.insert(name.to_vec(), kind);
@@ -325,16 +390,46 @@ impl SessionInterceptor for LiveSession {
                 self.portal_kinds.remove(portal);
             }
         }
+        if self.resolution_changing.contains(statement) {
+            self.resolution_changing_portals.insert(portal.to_vec());
+        } else if !self.resolution_changing_portals.is_empty() {
+            self.resolution_changing_portals.remove(portal);
+        }
     }
 
     fn on_close_statement(&mut self, statement: &[u8]) {
         self.prepared.remove(statement);
         self.statement_kinds.remove(statement);
+        self.resolution_changing.remove(statement);
     }
 
     fn on_execute(&mut self, portal: &[u8]) {
         let kind = self.portal_kinds.get(portal).cloned().unwrap_or(SessionStatement::Other);
         self.sent(std::slice::from_ref(&kind), false);
+        if self.resolution_changing_portals.contains(portal) {
+            self.resolution.changed();
+        }
+    }
+
+    fn on_probe(&mut self, answer: Option<Vec<Option<String>>>) {
+        let current = self.live.load();
+        let in_transaction = self.transaction_status != b'I';
+        self.resolution.learn(current.generation, &current.rules, answer, in_transaction);
+    }
+
+    fn probe_before_use(&mut self, statement: &[u8]) -> Option<String> {
+        let current = self.live.load();
+        if self.resolution.elsewhere(current.generation).is_some() {
+            return None;
+        }
+        self.prepared.get(statement).filter(|p| p.route.is_some())?;
+        let route = self.current_route(&current);
+        let prepared = self.prepared.get(statement)?;
+        match resolve(route, &self.resolution, &current, &prepared.sql) {
+            Ok(_) => None,
+            Err(Unresolved) if self.resolution.take_probe_failed() => None,
+            Err(Unresolved) => Some(NameResolution::probe_sql(&current.rules)),
+        }
     }
 
     fn on_sync(&mut self) {
@@ -344,6 +439,12 @@ impl SessionInterceptor for LiveSession {
     }
 
     fn on_events(&mut self, events: &[SessionEvent]) {
+        for event in events {
+            if let SessionEvent::Ready(status) = *event {
+                self.transaction_status = status;
+                self.resolution.ready(status);
+            }
+        }
         let Ok(version) = &mut self.version else { return };
         for event in events {
             match *event {
@@ -375,6 +476,21 @@ impl SessionInterceptor for LiveSession {
         let generation = self.prepared.get(statement)?.generation;
         let route = self.current_route(&current);
         let prepared = self.prepared.get_mut(statement)?;
+        let route = match resolve(route, &self.resolution, &current, &prepared.sql) {
+            Ok(route) => route,
+            Err(Unresolved) => {
+                // Which relation it names is not known here (no probe can run inside the client's batch):
+                // running it fails with the reason, and it is judged again at its next use.
+                let refusal = unresolved_refusal(&current, &prepared.sql);
+                count_rejection(&refusal);
+                prepared.route = Some(Route::default());
+                return Some(Reprepare {
+                    sql: rejection_error(&refusal).raise_statement(),
+                    param_types: refusal_param_types(&prepared.sql, &prepared.param_types),
+                    transform: StatementTransform::default(),
+                });
+            }
+        };
         if generation == current.generation {
             match &prepared.route {
                 Some(r) if *r != route => {}
@@ -404,6 +520,27 @@ impl SessionInterceptor for LiveSession {
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
     }
+}
+
+/// `route` under the session's name resolution `resolution` (see `LiveSession::resolved_route`).
+fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
+    if let Some(elsewhere) = resolution.elsewhere(current.generation) {
+        route.unqualified_elsewhere = elsewhere.to_vec();
+        return Ok(route);
+    }
+    let assumed = current.rewriter.rewrite(sql, &route);
+    let mut other = route.clone();
+    other.unqualified_elsewhere = (0..current.rules.migrations.len()).collect();
+    if *current.rewriter.rewrite(sql, &other) == *assumed {
+        Ok(route)
+    } else {
+        Err(Unresolved)
+    }
+}
+
+/// The refusal of `sql` when which relation its unqualified migrated-table name means is not known.
+fn unresolved_refusal(current: &LiveRules, sql: &str) -> Rejection {
+    current.rewriter.unresolved_name_refusal(sql)
 }
 
 /// Neither a write nor refused: a candidate for shadow reads.

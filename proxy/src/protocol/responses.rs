@@ -102,6 +102,10 @@ pub enum Expect {
     Hidden,
     /// An answer the proxy made itself, emitted once it reaches the head of the queue.
     Local(LocalAnswer),
+    /// A simple Query the proxy sent on the session's connection to learn something of the session (how
+    /// its `search_path` resolves a name): nothing of its answer reaches the client or the session events;
+    /// its first row is kept for [`ResponseQueue::take_probe_answer`].
+    Probe,
 }
 
 /// Bytes synthesized by the proxy for one request.
@@ -128,7 +132,15 @@ pub enum Action {
     RewriteTag(CommandTag),
     /// Replace the RowDescription by NoData.
     NoDataInstead,
+    /// A DataRow of a probe: not relayed; the relay hands its values to [`ResponseQueue::probe_row`].
+    ProbeRow,
+    /// The probe's ReadyForQuery: not relayed; its answer is ready for `take_probe_answer`.
+    ProbeAnswered,
 }
+
+/// What a probe found: its first row's text values, or `None` when it failed (an aborted transaction) or
+/// returned no row.
+pub type ProbeAnswer = Option<Vec<Option<String>>>;
 
 /// What the server answered, as far as session state is concerned (see [`ResponseQueue::record_events`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +166,11 @@ pub struct ResponseQueue {
     /// `Expect::Local` entries in `entries`: the relay looks for due local answers before every backend
     /// message, and almost never has one.
     locals: usize,
+    /// The head probe's first row so far, and whether it failed.
+    probe_row: Option<Vec<Option<String>>>,
+    probe_failed: bool,
+    /// The answer of the last probe, until the client direction takes it.
+    probe_answer: Option<ProbeAnswer>,
 }
 
 impl ResponseQueue {
@@ -265,11 +282,44 @@ impl ResponseQueue {
         }
     }
 
+    /// The values of a DataRow that [`on_message`](Self::on_message) answered with [`Action::ProbeRow`].
+    pub fn probe_row(&mut self, values: Option<Vec<Option<String>>>) {
+        match values {
+            Some(values) if self.probe_row.is_none() => self.probe_row = Some(values),
+            Some(_) => {}
+            None => self.probe_failed = true,
+        }
+    }
+
+    /// The answer of a probe once its ReadyForQuery arrived ([`Action::ProbeAnswered`]).
+    pub fn take_probe_answer(&mut self) -> Option<ProbeAnswer> {
+        self.probe_answer.take()
+    }
+
+    /// Messages answering a probe at the head of the queue.
+    fn on_probe_message(&mut self, tag: u8) -> Action {
+        match tag {
+            btag::DATA_ROW => Action::ProbeRow,
+            btag::ERROR_RESPONSE => {
+                self.probe_failed = true;
+                Action::Drop
+            }
+            btag::READY_FOR_QUERY => {
+                self.pop();
+                let row = self.probe_row.take();
+                self.probe_answer = Some(if std::mem::take(&mut self.probe_failed) { None } else { row });
+                Action::ProbeAnswered
+            }
+            _ => Action::Drop,
+        }
+    }
+
     /// Decides what to do with one backend message, by its tag, and advances the queue.
     pub fn on_message(&mut self, tag: u8) -> Action {
         match tag {
             // Asynchronous messages can arrive at any time and answer no request.
             btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS => Action::Forward,
+            _ if matches!(self.entries.front(), Some(Expect::Probe)) => self.on_probe_message(tag),
             btag::READY_FOR_QUERY => self.on_ready(),
             btag::ERROR_RESPONSE => {
                 self.event(SessionEvent::Failed);
@@ -568,5 +618,39 @@ mod tests {
         assert!(is_ready(&q.on_message(b'Z')));
         // a ReadyForQuery nobody asked for (e.g. after a lost request) leaves the queue empty, not broken
         assert_eq!(q.on_message(b'Z'), Action::Ready { started: None });
+    }
+
+    #[test]
+    fn a_probe_is_answered_to_the_proxy_and_hidden_from_the_client_and_the_session_events() {
+        let mut q = ResponseQueue::new();
+        q.record_events();
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        q.push(Expect::Probe);
+        q.push(Expect::Parse);
+        assert!(is_ready(&q.on_message(b'Z')));
+        q.ready_status(b'I');
+        let mut events = Vec::new();
+        q.take_events(&mut events);
+        assert_eq!(events, vec![SessionEvent::Ready(b'I')]);
+        assert_eq!(feed(&mut q, b"TD"), vec![Action::Drop, Action::ProbeRow]);
+        q.probe_row(Some(vec![Some("t".into()), None]));
+        assert_eq!(q.on_message(b'N'), Action::Forward, "a notice during the probe still reaches the client");
+        assert_eq!(feed(&mut q, b"CZ"), vec![Action::Drop, Action::ProbeAnswered]);
+        assert!(!q.has_events(), "the probe's answers are no session events");
+        assert_eq!(q.take_probe_answer(), Some(Some(vec![Some("t".into()), None])));
+        assert_eq!(q.take_probe_answer(), None);
+        assert_eq!(q.on_message(b'1'), Action::Forward, "the client's Parse is next");
+    }
+
+    #[test]
+    fn a_failed_probe_answers_none_and_leaves_the_queue_in_order() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::Probe);
+        q.push(Expect::SimpleQuery { transforms: None, started: now() });
+        assert_eq!(feed(&mut q, b"EZ"), vec![Action::Drop, Action::ProbeAnswered]);
+        assert_eq!(q.take_probe_answer(), Some(None));
+        assert_eq!(feed(&mut q, b"E"), vec![Action::Forward]);
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(q.is_empty());
     }
 }

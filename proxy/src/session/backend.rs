@@ -264,6 +264,14 @@ impl<'s> Backend<'s> {
                 None => Step::Forward,
             },
             Action::NoDataInstead => Step::Replace(messages::no_data()),
+            Action::ProbeRow => {
+                queue.probe_row(messages::data_row_texts(body(frame)));
+                Step::Drop
+            }
+            Action::ProbeAnswered => {
+                self.shared.probe_ready.notify_one();
+                Step::Drop
+            }
         }
     }
 

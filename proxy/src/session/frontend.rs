@@ -62,6 +62,8 @@ enum Step {
     Terminate,
     Violation(SqlError),
     Defer(DeferredReply, Pending),
+    /// Run the interceptor's probe query upstream, then handle the same frame again.
+    Probe(String),
 }
 
 /// Where a deferred local reply goes once it is ready.
@@ -76,6 +78,9 @@ enum Outcome {
     AwaitStartup,
     End(FrontendEnd),
     Defer(DeferredReply, Pending),
+    /// A probe went upstream: wait for its answer, hand it to the interceptor, then go on with the frame
+    /// that asked for it (still at the head of the buffer).
+    Probe,
 }
 
 pub struct Frontend<'s> {
@@ -90,6 +95,8 @@ pub struct Frontend<'s> {
     portals: HashMap<Vec<u8>, Prepared>,
     /// A local error in an extended batch: drop client messages up to Sync, as Postgres would.
     discard_until_sync: bool,
+    /// Extended-protocol messages went upstream since the last Sync: the client's batch is open there.
+    unsynced: bool,
     /// Bytes of a large passthrough frame still to forward as they arrive.
     stream_left: usize,
     /// Reused buffer for the session events handed to the interceptor.
@@ -117,6 +124,7 @@ impl<'s> Frontend<'s> {
             statements: HashMap::new(),
             portals: HashMap::new(),
             discard_until_sync: false,
+            unsynced: false,
             stream_left: 0,
             events: Vec::new(),
             expects: Vec::with_capacity(8),
@@ -155,6 +163,12 @@ impl<'s> Frontend<'s> {
                     Outcome::Defer(reply, pending) => {
                         let reply = reply.await;
                         self.finish_deferred(pending, reply);
+                    }
+                    Outcome::Probe => {
+                        let answer = probe_answer(self.shared).await;
+                        if let Some(interceptor) = self.active() {
+                            interceptor.on_probe(answer);
+                        }
                     }
                 }
             }
@@ -214,8 +228,24 @@ impl<'s> Frontend<'s> {
             } else {
                 self.on_frame(&buf[run..run + total])
             };
+            match header.tag {
+                _ if matches!(step, Step::Probe(_)) => {}
+                tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => self.unsynced = true,
+                tag::SYNC => self.unsynced = false,
+                _ => {}
+            }
             match step {
                 Step::Forward => run += total,
+                Step::Probe(sql) => {
+                    // The frame stays in `buf`: once the answer is in, it is handled again.
+                    if run > 0 {
+                        out.push(buf.split_to(run).freeze());
+                        run = 0;
+                    }
+                    out.push(messages::query(&sql));
+                    self.expect(Expect::Probe);
+                    break Outcome::Probe;
+                }
                 Step::Terminate => {
                     run += total;
                     break Outcome::End(FrontendEnd::Terminated);
@@ -362,6 +392,9 @@ impl<'s> Frontend<'s> {
             tag::PARSE => self.on_parse(frame),
             tag::BIND => {
                 let Some((portal, statement)) = messages::bind_names(b) else { return self.unreadable(tag::BIND) };
+                if let Some(probe) = self.probe_before_use(statement) {
+                    return Step::Probe(probe);
+                }
                 let reprepared = self.reprepare(statement);
                 if let Some(interceptor) = self.active() {
                     interceptor.on_bind(portal, statement, b);
@@ -388,6 +421,11 @@ impl<'s> Frontend<'s> {
             tag::DESCRIBE => {
                 let Some((kind, name)) = messages::target_of(b) else { return self.unreadable(tag::DESCRIBE) };
                 let statement = kind == b'S';
+                if statement {
+                    if let Some(probe) = self.probe_before_use(name) {
+                        return Step::Probe(probe);
+                    }
+                }
                 let reprepared = if statement { self.reprepare(name) } else { None };
                 let step = match self.lookup(statement, name) {
                     Some(Prepared::Local(l)) => {
@@ -482,6 +520,7 @@ impl<'s> Frontend<'s> {
     /// The interceptor's verdict on `sql`; `name_utf8` says whether the statement name (if any) is UTF-8.
     fn verdict(&mut self, sql: &[u8], origin: SqlOrigin<'_>, param_types: &[u32], name_utf8: bool) -> Verdict {
         let transaction_status = self.shared.tx_status.load(Ordering::Relaxed);
+        let can_probe = self.can_probe();
         let Some(interceptor) = self.active() else { return Verdict::Forward };
         // `str::from_utf8` validates ASCII a word at a time; the lossy decoder walks char chunks (~400
         // instructions per statement in callgrind), so it is only the fallback for bytes that are not UTF-8.
@@ -490,14 +529,28 @@ impl<'s> Frontend<'s> {
             Err(_) => String::from_utf8_lossy(sql),
         };
         let utf8 = name_utf8 && matches!(text, std::borrow::Cow::Borrowed(_));
-        let verdict = interceptor.on_sql(SqlRequest { sql: &text, origin, param_types, transaction_status });
+        let verdict = interceptor.on_sql(SqlRequest { sql: &text, origin, param_types, transaction_status, can_probe });
         match verdict {
             // Bytes that are not UTF-8 are forwarded as sent (Postgres judges them in the client's
             // encoding); anything the proxy would rewrite or answer itself it would have to re-encode.
             Verdict::Forward => Verdict::Forward,
+            Verdict::Probe(sql) => Verdict::Probe(sql),
             _ if !utf8 => Verdict::Raise(not_utf8()),
             other => other,
         }
+    }
+
+    /// The interceptor's probe before a use of `statement`, where the relay can run one now.
+    fn probe_before_use(&mut self, statement: &[u8]) -> Option<String> {
+        if !self.can_probe() {
+            return None;
+        }
+        self.active()?.probe_before_use(statement)
+    }
+
+    /// No batch of the client's is open upstream, so a probe (a simple Query) can run on its own.
+    fn can_probe(&self) -> bool {
+        !self.unsynced && !self.discard_until_sync
     }
 
     /// Frames that prepare `statement` again upstream when the interceptor asks for it (its route changed
@@ -542,6 +595,7 @@ impl<'s> Frontend<'s> {
                 Step::Drop
             }
             Verdict::Defer(reply) => Step::Defer(reply, Pending::Simple),
+            Verdict::Probe(sql) => Step::Probe(sql),
         }
     }
 
@@ -553,20 +607,23 @@ impl<'s> Frontend<'s> {
             if matches!(self.interceptor, InterceptorSlot::Active(_)) { view.param_type_oids() } else { Vec::new() };
         let name_utf8 = std::str::from_utf8(view.statement).is_ok();
         let verdict = self.verdict(view.sql, SqlOrigin::Parse { statement: &statement }, &param_types, name_utf8);
+        if let Verdict::Probe(sql) = verdict {
+            return Step::Probe(sql);
+        }
         if matches!(verdict, Verdict::Forward) {
             self.statements.remove(&name);
             self.expect(Expect::Parse);
             return Step::Forward;
         }
         let parse = match &verdict {
-            Verdict::Forward | Verdict::Raise(_) => None,
+            Verdict::Forward | Verdict::Raise(_) | Verdict::Probe(_) => None,
             _ => match messages::decode_parse(frame) {
                 Some(parse) => Some(parse),
                 None => return malformed("Parse"),
             },
         };
         match (verdict, parse) {
-            (Verdict::Forward, _) => unreachable!("handled above"),
+            (Verdict::Forward | Verdict::Probe(_), _) => unreachable!("handled above"),
             (Verdict::Raise(raise), _) => {
                 // The server raises the refusal where the Parse stood: it then skips the batch up to Sync
                 // and aborts the (implicit) transaction, exactly as for a failing Parse. The client's
@@ -637,6 +694,17 @@ impl<'s> Frontend<'s> {
             crate::metrics::count_error(&err.code);
         }
         self.metrics.query(if reply.control { Route::Control } else { Route::Rejected });
+    }
+}
+
+/// The answer of the probe just sent (the upstream direction notifies when it is on the queue).
+async fn probe_answer(shared: &SessionShared) -> Option<Vec<Option<String>>> {
+    loop {
+        let ready = shared.probe_ready.notified();
+        if let Some(answer) = shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take_probe_answer() {
+            return answer;
+        }
+        ready.await;
     }
 }
 

@@ -9,7 +9,11 @@
 //!   like the original statement's (command tag, no rows, NoData at Describe);
 //! - [`Verdict::Respond`]: the proxy answers itself (rows, a command tag or an error), nothing is sent
 //!   upstream; [`Verdict::Defer`] does the same with an answer computed asynchronously (a long control
-//!   command), during which the session reads no further client messages.
+//!   command), during which the session reads no further client messages;
+//! - [`Verdict::Probe`]: before judging, the interceptor must learn something only the session's own
+//!   server connection knows (how its `search_path` resolves a table name): the relay runs the probe query
+//!   there, hidden from the client, hands the answer to [`SessionInterceptor::on_probe`] and asks again.
+//!   Probes are only asked for where [`SqlRequest::can_probe`] says the relay can run one.
 //!
 //! In the extended protocol the verdict is given at Parse and applies to every Bind/Describe/Execute of
 //! that statement; a local answer to a Parse is computed once, at Parse time. An error answered at Parse
@@ -62,6 +66,16 @@ pub trait SessionInterceptor: Send {
     fn reprepare(&mut self, _statement: &[u8]) -> Option<Reprepare> {
         None
     }
+
+    /// Called before [`reprepare`](Self::reprepare) where the relay could run a probe (see
+    /// [`Verdict::Probe`]): `Some(query)` asks for it first; the relay then calls this again.
+    fn probe_before_use(&mut self, _statement: &[u8]) -> Option<String> {
+        None
+    }
+
+    /// The answer to the probe last asked for: its first row's text values, `None` if it failed (in an
+    /// aborted transaction) or returned no row.
+    fn on_probe(&mut self, _answer: Option<Vec<Option<String>>>) {}
 }
 
 /// A statement to prepare again upstream before it is used.
@@ -100,6 +114,9 @@ pub struct SqlRequest<'a> {
     pub param_types: &'a [u32],
     /// Transaction status at the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction, `b'E'` failed.
     pub transaction_status: u8,
+    /// The relay can run a probe before this SQL ([`Verdict::Probe`]): no extended-protocol batch of the
+    /// client's is open upstream (a probe's Sync would end it, and a failed batch would swallow the probe).
+    pub can_probe: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +137,8 @@ pub enum Verdict {
     Raise(Raise),
     Respond(LocalReply),
     Defer(Pin<Box<dyn Future<Output = LocalReply> + Send>>),
+    /// Run this query on the session's connection first (answer to `on_probe`), then judge the SQL again.
+    Probe(String),
 }
 
 /// SQL to send instead, and how to present its results.

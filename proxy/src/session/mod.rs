@@ -42,6 +42,8 @@ pub(crate) struct SessionShared {
     pub queue: Mutex<ResponseQueue>,
     /// Signals the upstream direction that a local answer was queued.
     pub local_ready: Notify,
+    /// Signals the client direction that the answer of its probe is on the queue.
+    pub probe_ready: Notify,
     /// The queue holds session events for the interceptor (set by the upstream direction under the queue
     /// lock), so the client direction locks the queue for them only when there are some.
     pub events_ready: AtomicBool,
@@ -62,6 +64,7 @@ impl SessionShared {
         SessionShared {
             queue: Mutex::new(ResponseQueue::new()),
             local_ready: Notify::new(),
+            probe_ready: Notify::new(),
             events_ready: AtomicBool::new(false),
             tx_status: AtomicU8::new(0),
             startup_done: Notify::new(),

@@ -1,0 +1,314 @@
+//! Which relation an unqualified table name means in one session, as its own server resolves it.
+//!
+//! A statement may only be rewritten, routed or refused for a migration when the relation it names is the
+//! migrated one. A schema-qualified name says so by itself; an unqualified one depends on the session's
+//! `search_path` (set by SET, SET LOCAL, RESET, `set_config()`, the role's and database's defaults, the
+//! startup options), on `$user`, and on a temporary table of that name, which `pg_temp` puts first. The
+//! proxy does not mirror all of that: it asks the session's own connection (`to_regclass`, a hidden probe
+//! the relay runs before the statement) and keeps the answer until something the session does may change
+//! it: a SET / RESET / DISCARD, `set_config`, DDL, DO, CALL, a rollback, or the end of a transaction in
+//! which any of those ran (COMMIT undoes SET LOCAL). Pure: the session feeds it statements and
+//! transaction states; the probe's SQL and the parsing of its answer live here too.
+
+use dualwrite_rules::{quote_ident, RuleSet};
+
+/// What one session knows of its name resolution.
+#[derive(Debug, Default)]
+pub struct NameResolution {
+    /// The rules generation and, for it, the migrations whose unqualified name reaches another relation;
+    /// `None` until probed, and again after anything that may have changed the resolution.
+    known: Option<(u64, Vec<usize>)>,
+    /// A statement that may change the resolution ran in the current transaction: its end may undo or
+    /// finish the change, so what was learnt inside it is forgotten then.
+    changed_in_transaction: bool,
+    /// The last probe failed (an aborted transaction): the next statement is judged without one.
+    probe_failed: bool,
+    /// A probe has been answered: from then on statements are watched for changes. A session that never
+    /// names a migrated table never pays for the watching.
+    watching: bool,
+}
+
+impl NameResolution {
+    /// Migrations whose unqualified name reaches another relation, if known under rules `generation`.
+    pub fn elsewhere(&self, generation: u64) -> Option<&[usize]> {
+        match &self.known {
+            Some((g, elsewhere)) if *g == generation => Some(elsewhere),
+            _ => None,
+        }
+    }
+
+    /// The query that asks the session's server, for each migration of `rules`, whether its unqualified
+    /// name resolves to the migrated table: one boolean column per migration, one row.
+    pub fn probe_sql(rules: &RuleSet) -> String {
+        let columns: Vec<String> = rules
+            .migrations
+            .iter()
+            .map(|m| {
+                let bare = sql_literal(&quote_ident(&m.table.name));
+                let qualified = sql_literal(&m.table.qualified().to_string());
+                format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+            })
+            .collect();
+        format!("/* dualwrite: name resolution */ SELECT {}", columns.join(", "))
+    }
+
+    /// Takes the probe's answer for `rules` of `generation` (`None`: the probe failed). `in_transaction`:
+    /// the probe ran inside a transaction block.
+    pub fn learn(
+        &mut self,
+        generation: u64,
+        rules: &RuleSet,
+        answer: Option<Vec<Option<String>>>,
+        in_transaction: bool,
+    ) {
+        let parsed = answer.filter(|row| row.len() == rules.migrations.len()).map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, value)| value.as_deref() != Some("t"))
+                .map(|(index, _)| index)
+                .collect::<Vec<usize>>()
+        });
+        match parsed {
+            Some(elsewhere) => self.known = Some((generation, elsewhere)),
+            None => self.probe_failed = true,
+        }
+        if !std::mem::replace(&mut self.watching, true) && in_transaction {
+            // Statements of this transaction before the first probe were not watched: one of them may have
+            // been a SET LOCAL, so the answer is only trusted until the transaction ends.
+            self.changed_in_transaction = true;
+        }
+    }
+
+    /// True once after a failed probe: the statement that asked for it goes on without asking again.
+    pub fn take_probe_failed(&mut self) -> bool {
+        std::mem::take(&mut self.probe_failed)
+    }
+
+    /// The session sends `sql`: forget the resolution if it may change it.
+    pub fn sending(&mut self, sql: &str) {
+        if !self.watching || (self.changed_in_transaction && self.known.is_none()) {
+            return;
+        }
+        if may_change_resolution(sql) {
+            self.changed();
+        }
+    }
+
+    /// Something the session ran may have changed the resolution.
+    pub fn changed(&mut self) {
+        self.known = None;
+        self.changed_in_transaction = true;
+    }
+
+    /// The server's ReadyForQuery with transaction status `status`.
+    pub fn ready(&mut self, status: u8) {
+        if status == b'I' && std::mem::take(&mut self.changed_in_transaction) {
+            self.known = None;
+        }
+    }
+}
+
+/// A SQL string literal.
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Statements (by their first word) that can change how a name resolves: settings (`search_path`, the
+/// role behind `$user`), DDL (a temporary or tenant table created or dropped), code that can do either
+/// (DO, CALL), and the undoing of earlier changes.
+const CHANGING_STATEMENTS: &[&str] =
+    &["set", "reset", "discard", "create", "drop", "alter", "import", "do", "call", "rollback", "abort"];
+
+/// True if `sql` may change which relation an unqualified name resolves to. Conservative (a false
+/// positive costs one probe): any statement starting with a word of [`CHANGING_STATEMENTS`], a call of
+/// `set_config` anywhere, and `SELECT ... INTO` (which creates a table). Words are compared whole and
+/// without case; statements are split at every `;`, quoted text included.
+pub fn may_change_resolution(sql: &str) -> bool {
+    let mut statement_start = true;
+    let mut first_is_select = false;
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b';' {
+            statement_start = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' && bytes.get(i + 1) == Some(&b'-') {
+            i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| i + n);
+            continue;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(bytes, i);
+            continue;
+        }
+        if !is_word_byte(c) || c.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_word_byte(bytes[i]) {
+            i += 1;
+        }
+        let word = &sql[start..i];
+        if statement_start {
+            statement_start = false;
+            if CHANGING_STATEMENTS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+                return true;
+            }
+            first_is_select = word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("with");
+        } else if word.eq_ignore_ascii_case("set_config") || (first_is_select && word.eq_ignore_ascii_case("into")) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The index after the block comment starting at `start` (Postgres nests them).
+fn skip_block_comment(bytes: &[u8], start: usize) -> usize {
+    let (mut depth, mut i) = (0usize, start);
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> RuleSet {
+        let text = [
+            include_str!("../../../rewrite-rules/examples/users_split_name.toml"),
+            include_str!("../../../rewrite-rules/examples/orders_amount_numeric.toml"),
+        ]
+        .join("\n");
+        RuleSet::from_toml(&text, "examples").unwrap()
+    }
+
+    #[test]
+    fn the_probe_compares_each_bare_name_with_the_qualified_table() {
+        let sql = NameResolution::probe_sql(&rules());
+        assert_eq!(
+            sql,
+            "/* dualwrite: name resolution */ SELECT \
+             coalesce(pg_catalog.to_regclass('users') = pg_catalog.to_regclass('public.users'), false), \
+             coalesce(pg_catalog.to_regclass('orders') = pg_catalog.to_regclass('public.orders'), false)"
+        );
+    }
+
+    #[test]
+    fn answers_are_kept_per_rules_generation_and_a_failed_probe_is_reported_once() {
+        let rules = rules();
+        let mut r = NameResolution::default();
+        assert_eq!(r.elsewhere(1), None);
+        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into())]), false);
+        assert_eq!(r.elsewhere(1), Some(&[0][..]));
+        assert_eq!(r.elsewhere(2), None, "a reload may have changed the migrations");
+        r.changed();
+        r.learn(1, &rules, None, false);
+        assert_eq!(r.elsewhere(1), None);
+        assert!(r.take_probe_failed());
+        assert!(!r.take_probe_failed());
+        r.learn(1, &rules, Some(vec![Some("t".into())]), false);
+        assert_eq!(r.elsewhere(1), None, "an answer of the wrong width is no answer");
+    }
+
+    #[test]
+    fn a_change_inside_a_transaction_is_forgotten_again_at_its_end() {
+        let rules = rules();
+        let answer = || Some(vec![Some("t".into()), Some("t".into())]);
+        let mut r = NameResolution::default();
+        r.learn(1, &rules, answer(), false);
+        r.sending("SELECT * FROM users");
+        r.ready(b'T');
+        assert!(r.elsewhere(1).is_some(), "reads and writes change nothing");
+        r.sending("SET LOCAL search_path = tenant_a");
+        assert!(r.elsewhere(1).is_none());
+        r.learn(1, &rules, answer(), false);
+        r.ready(b'T');
+        assert!(r.elsewhere(1).is_some(), "learnt inside the transaction");
+        r.sending("COMMIT");
+        r.ready(b'I');
+        assert!(r.elsewhere(1).is_none(), "COMMIT ends SET LOCAL");
+        r.learn(1, &rules, answer(), false);
+        r.ready(b'I');
+        assert!(r.elsewhere(1).is_some(), "nothing changed in the next transaction");
+    }
+
+    #[test]
+    fn a_first_probe_inside_a_transaction_is_trusted_only_until_its_end() {
+        let rules = rules();
+        let mut r = NameResolution::default();
+        r.sending("SET LOCAL search_path = tenant_a");
+        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into())]), true);
+        assert!(r.elsewhere(1).is_some());
+        r.ready(b'T');
+        r.ready(b'I');
+        assert!(r.elsewhere(1).is_none());
+    }
+
+    #[test]
+    fn statements_that_may_change_the_resolution() {
+        for sql in [
+            "SET search_path = tenant_a, public",
+            "set local search_path to tenant_b",
+            "RESET search_path",
+            "RESET ALL",
+            "SET ROLE app_tenant",
+            "SET SESSION AUTHORIZATION alice",
+            "DISCARD ALL",
+            "DISCARD TEMP",
+            "CREATE TEMP TABLE users (id int)",
+            "create schema tenant_c",
+            "DROP TABLE pg_temp.users",
+            "ALTER TABLE tenant_a.users RENAME TO people",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "CALL refresh_everything()",
+            "ROLLBACK",
+            "ROLLBACK TO SAVEPOINT s1",
+            "abort",
+            "SELECT pg_catalog.set_config('search_path', 'tenant_a', false)",
+            "SELECT * INTO TEMP users FROM accounts",
+            "BEGIN; SET search_path = tenant_a",
+            "  /* c /* nested */ */ SET x = 1",
+            "-- leading comment\nDROP TABLE t",
+        ] {
+            assert!(may_change_resolution(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_that_cannot_change_the_resolution() {
+        for sql in [
+            "SELECT * FROM users WHERE created_at > now()",
+            "INSERT INTO users (id, name) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = 'b'",
+            "UPDATE users SET role = 'admin', dropped = true WHERE id = 1",
+            "DELETE FROM users WHERE id = 1",
+            "BEGIN",
+            "COMMIT",
+            "SELECT set_configuration FROM settings",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+        ] {
+            assert!(!may_change_resolution(sql), "{sql}");
+        }
+    }
+}
