@@ -96,9 +96,12 @@ impl Compiled {
 }
 
 fn compile_migration(m: &Migration) -> CompiledMigration {
+    // The tables the proxy writes and reads itself are named with their schema, so that what they mean
+    // never depends on a session's search_path (an unqualified rules-file name is in `public`).
+    let (table, shadow) = (m.table.qualified(), m.shadow.qualified());
     let built = (|| -> Result<(Direction, Direction), String> {
-        let forward = compile_direction(m, &m.forward, &m.table, &m.shadow, "__dw_shadow")?;
-        let backward = compile_direction(m, &m.backward, &m.shadow, &m.table, "__dw_old")?;
+        let forward = compile_direction(m, &m.forward, &table, &shadow, "__dw_shadow")?;
+        let backward = compile_direction(m, &m.backward, &shadow, &table, "__dw_old")?;
         Ok((forward, backward))
     })();
     let (forward, backward, broken) = match built {
@@ -107,8 +110,8 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
     };
     CompiledMigration {
         name: m.name.clone(),
-        table: m.table.clone(),
-        shadow: m.shadow.clone(),
+        table,
+        shadow,
         key: m.key.clone(),
         forward,
         backward,

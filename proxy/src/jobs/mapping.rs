@@ -32,8 +32,10 @@ impl QualifiedName {
 }
 
 impl From<&TableName> for QualifiedName {
+    /// A rules-file name: unqualified means `public`, never whatever the job connection's search_path finds.
     fn from(table: &TableName) -> Self {
-        QualifiedName { schema: table.schema.clone(), name: table.name.clone() }
+        let qualified = table.qualified();
+        QualifiedName { schema: qualified.schema, name: qualified.name }
     }
 }
 
