@@ -529,7 +529,7 @@ fn composite_key_delete() {
         ORDERS,
         route(Phase::DualWrite, Side::Old, Side::Old),
         "DELETE FROM orders WHERE placed_at < $1",
-        Expect::Rewrite("WITH __dw_primary AS (DELETE FROM orders WHERE placed_at < $1 RETURNING orders.*), __dw_shadow AS (DELETE FROM orders_v2 AS __dw_t USING (SELECT shop_id AS shop_id, id AS id FROM __dw_primary) AS __dw_k WHERE __dw_t.shop_id = __dw_k.shop_id AND __dw_t.id = __dw_k.id) SELECT FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Delete), rows: Suppress }]),
+        Expect::Rewrite("WITH __dw_primary AS (DELETE FROM orders WHERE placed_at < $1 RETURNING orders.*), __dw_shadow AS (DELETE FROM public.orders_v2 AS __dw_t USING (SELECT shop_id AS shop_id, id AS id FROM __dw_primary) AS __dw_k WHERE __dw_t.shop_id = __dw_k.shop_id AND __dw_t.id = __dw_k.id) SELECT FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Delete), rows: Suppress }]),
     );
 }
 #[test]
@@ -538,7 +538,7 @@ fn composite_key_update() {
         ORDERS,
         route(Phase::DualWrite, Side::Old, Side::Old),
         "UPDATE orders SET amount_cents = amount_cents + 100 WHERE shop_id = $1 AND id = $2 RETURNING amount_cents",
-        Expect::Rewrite("WITH __dw_primary AS (UPDATE orders SET amount_cents = amount_cents + 100 WHERE shop_id = $1 AND id = $2 RETURNING orders.*), __dw_shadow AS (INSERT INTO orders_v2 (shop_id, id, amount, attributes, placed_at) SELECT shop_id, id, amount_cents / 100.0, meta::JSONB, placed_at FROM __dw_primary ON CONFLICT(shop_id, id) DO UPDATE SET amount = EXCLUDED.amount) SELECT amount_cents FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Update), rows: Keep }]),
+        Expect::Rewrite("WITH __dw_primary AS (UPDATE orders SET amount_cents = amount_cents + 100 WHERE shop_id = $1 AND id = $2 RETURNING orders.*), __dw_shadow AS (INSERT INTO public.orders_v2 (shop_id, id, amount, attributes, placed_at) SELECT shop_id, id, amount_cents / 100.0, meta::JSONB, placed_at FROM __dw_primary ON CONFLICT(shop_id, id) DO UPDATE SET amount = EXCLUDED.amount) SELECT amount_cents FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Update), rows: Keep }]),
     );
 }
 #[test]
@@ -556,6 +556,6 @@ fn composite_v2_insert() {
         ORDERS,
         route(Phase::Cutover, Side::New, Side::New),
         "INSERT INTO orders (shop_id, id, amount, attributes, placed_at) VALUES ($1, $2, $3, $4, now())",
-        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO orders_v2 AS orders (shop_id, id, amount, attributes, placed_at) VALUES ($1, $2, $3, $4, now()) RETURNING orders.*), __dw_old AS (INSERT INTO orders (shop_id, id, amount_cents, meta, placed_at) SELECT shop_id, id, round(amount * 100)::INT, attributes::TEXT, placed_at FROM __dw_primary ON CONFLICT(shop_id, id) DO UPDATE SET amount_cents = EXCLUDED.amount_cents, meta = EXCLUDED.meta, placed_at = EXCLUDED.placed_at) SELECT FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Insert), rows: Suppress }]),
+        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO public.orders_v2 AS orders (shop_id, id, amount, attributes, placed_at) VALUES ($1, $2, $3, $4, now()) RETURNING orders.*), __dw_old AS (INSERT INTO public.orders (shop_id, id, amount_cents, meta, placed_at) SELECT shop_id, id, round(amount * 100)::INT, attributes::TEXT, placed_at FROM __dw_primary ON CONFLICT(shop_id, id) DO UPDATE SET amount_cents = EXCLUDED.amount_cents, meta = EXCLUDED.meta, placed_at = EXCLUDED.placed_at) SELECT FROM __dw_primary AS orders", vec![StatementTransform { command_tag: Some(Insert), rows: Suppress }]),
     );
 }
