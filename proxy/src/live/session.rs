@@ -422,7 +422,16 @@ impl SessionInterceptor for LiveSession {
         if self.resolution.elsewhere(current.generation).is_some() {
             return None;
         }
-        self.prepared.get(statement).filter(|p| p.route.is_some())?;
+        let prepared = self.prepared.get(statement)?;
+        // Like `reprepare`: a statement judged under these rules matters only if it named a migrated table;
+        // one judged under earlier rules, if it names one of these.
+        let names_migrated = match prepared.generation == current.generation {
+            true => prepared.route.is_some(),
+            false => prepared.route.is_some() || current.rewriter.mentions_migrated_table(&prepared.sql),
+        };
+        if !names_migrated {
+            return None;
+        }
         let route = self.current_route(&current);
         let prepared = self.prepared.get(statement)?;
         match resolve(route, &self.resolution, &current, &prepared.sql) {
