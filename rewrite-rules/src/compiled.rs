@@ -108,15 +108,7 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
         Ok((f, b)) => (f, b, None),
         Err(e) => (Direction::placeholder(), Direction::placeholder(), Some(e)),
     };
-    CompiledMigration {
-        name: m.name.clone(),
-        table,
-        shadow,
-        key: m.key.clone(),
-        forward,
-        backward,
-        broken,
-    }
+    CompiledMigration { name: m.name.clone(), table, shadow, key: m.key.clone(), forward, backward, broken }
 }
 
 fn compile_direction(

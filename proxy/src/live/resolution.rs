@@ -89,8 +89,11 @@ impl NameResolution {
         if !self.watching || (self.changed_in_transaction && self.known.is_none()) {
             return;
         }
-        if may_change_resolution(sql) {
-            self.changed();
+        match effect(sql) {
+            Effect::MayChange => self.changed(),
+            // A rollback undoes only what its transaction changed.
+            Effect::Undoes if self.changed_in_transaction => self.changed(),
+            Effect::Undoes | Effect::None => {}
         }
     }
 
@@ -113,19 +116,39 @@ fn sql_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Statements (by their first word) that can change how a name resolves: settings (`search_path`, the
-/// role behind `$user`), DDL (a temporary or tenant table created or dropped), code that can do either
-/// (DO, CALL), and the undoing of earlier changes.
-const CHANGING_STATEMENTS: &[&str] =
-    &["set", "reset", "discard", "create", "drop", "alter", "import", "do", "call", "rollback", "abort"];
+/// Statements (by their first word) that can change how a name resolves: settings reset wholesale, DDL
+/// (a temporary or tenant table created or dropped), and code that can do either (DO, CALL).
+const CHANGING_STATEMENTS: &[&str] = &["reset", "discard", "create", "drop", "alter", "import", "do", "call"];
 
-/// True if `sql` may change which relation an unqualified name resolves to. Conservative (a false
-/// positive costs one probe): any statement starting with a word of [`CHANGING_STATEMENTS`], a call of
-/// `set_config` anywhere, and `SELECT ... INTO` (which creates a table). Words are compared whole and
-/// without case; statements are split at every `;`, quoted text included.
+/// What a SET must name to change the resolution: the path itself, or the role behind `"$user"`.
+const CHANGING_SETTINGS: &[&str] = &["search_path", "role", "authorization"];
+
+/// Statements that undo what their transaction (or savepoint) changed.
+const UNDOING_STATEMENTS: &[&str] = &["rollback", "abort"];
+
+/// What a SQL string may do to the session's name resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    /// Undoes the changes of its transaction or savepoint, if there were any.
+    Undoes,
+    MayChange,
+}
+
+/// True if `sql` may change which relation an unqualified name resolves to (see [`effect`]).
 pub fn may_change_resolution(sql: &str) -> bool {
+    effect(sql) != Effect::None
+}
+
+/// Conservative (a false positive costs one probe): a statement starting with a word of
+/// [`CHANGING_STATEMENTS`], a SET naming one of [`CHANGING_SETTINGS`], a call of `set_config` anywhere,
+/// `SELECT ... INTO` (which creates a table); a rollback undoes. Words are compared whole and without
+/// case, comments skipped; statements are split at every `;`, quoted text included.
+fn effect(sql: &str) -> Effect {
     let mut statement_start = true;
     let mut first_is_select = false;
+    let mut first_is_set = false;
+    let mut undoes = false;
     let bytes = sql.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -152,17 +175,27 @@ pub fn may_change_resolution(sql: &str) -> bool {
             i += 1;
         }
         let word = &sql[start..i];
+        let is = |w: &&str| word.eq_ignore_ascii_case(w);
         if statement_start {
             statement_start = false;
-            if CHANGING_STATEMENTS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
-                return true;
+            if CHANGING_STATEMENTS.iter().any(is) {
+                return Effect::MayChange;
             }
-            first_is_select = word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("with");
-        } else if word.eq_ignore_ascii_case("set_config") || (first_is_select && word.eq_ignore_ascii_case("into")) {
-            return true;
+            undoes |= UNDOING_STATEMENTS.iter().any(is);
+            first_is_select = is(&"select") || is(&"with");
+            first_is_set = is(&"set");
+        } else if is(&"set_config")
+            || (first_is_select && is(&"into"))
+            || (first_is_set && CHANGING_SETTINGS.iter().any(is))
+        {
+            return Effect::MayChange;
         }
     }
-    false
+    if undoes {
+        Effect::Undoes
+    } else {
+        Effect::None
+    }
 }
 
 /// The index after the block comment starting at `start` (Postgres nests them).
@@ -255,6 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_forgets_only_what_its_transaction_changed() {
+        let rules = rules();
+        let answer = || Some(vec![Some("t".into()), Some("t".into())]);
+        let mut r = NameResolution::default();
+        r.learn(1, &rules, answer(), false);
+        assert_eq!(effect("ROLLBACK"), Effect::Undoes);
+        assert_eq!(effect("rollback to savepoint s1"), Effect::Undoes);
+        assert_eq!(effect("ABORT"), Effect::Undoes);
+        r.sending("BEGIN");
+        r.sending("INSERT INTO users VALUES (1)");
+        r.sending("ROLLBACK");
+        r.ready(b'I');
+        assert!(r.elsewhere(1).is_some(), "nothing to undo");
+        r.sending("BEGIN");
+        r.sending("SET search_path = tenant_b");
+        r.learn(1, &rules, answer(), true);
+        r.sending("ROLLBACK TO SAVEPOINT s1");
+        assert!(r.elsewhere(1).is_none(), "the SET may be undone");
+    }
+
+    #[test]
     fn a_first_probe_inside_a_transaction_is_trusted_only_until_its_end() {
         let rules = rules();
         let mut r = NameResolution::default();
@@ -283,13 +337,10 @@ mod tests {
             "ALTER TABLE tenant_a.users RENAME TO people",
             "DO $$ BEGIN PERFORM 1; END $$",
             "CALL refresh_everything()",
-            "ROLLBACK",
-            "ROLLBACK TO SAVEPOINT s1",
-            "abort",
             "SELECT pg_catalog.set_config('search_path', 'tenant_a', false)",
             "SELECT * INTO TEMP users FROM accounts",
             "BEGIN; SET search_path = tenant_a",
-            "  /* c /* nested */ */ SET x = 1",
+            "  /* c /* nested */ */ SET search_path = x",
             "-- leading comment\nDROP TABLE t",
         ] {
             assert!(may_change_resolution(sql), "{sql}");
@@ -305,6 +356,9 @@ mod tests {
             "DELETE FROM users WHERE id = 1",
             "BEGIN",
             "COMMIT",
+            "SET statement_timeout = 5000",
+            "SET LOCAL lock_timeout TO '1s'",
+            "SET dualwrite.version = 'v2'",
             "SELECT set_configuration FROM settings",
             "WITH x AS (SELECT 1) SELECT * FROM x",
         ] {

@@ -102,10 +102,14 @@ pub enum Expect {
     Hidden,
     /// An answer the proxy made itself, emitted once it reaches the head of the queue.
     Local(LocalAnswer),
-    /// A simple Query the proxy sent on the session's connection to learn something of the session (how
-    /// its `search_path` resolves a name): nothing of its answer reaches the client or the session events;
-    /// its first row is kept for [`ResponseQueue::take_probe_answer`].
-    Probe,
+    /// A probe the proxy sent on the session's connection to learn something of the session (how its
+    /// `search_path` resolves a name; frames: `messages::probe`): its first row is kept for
+    /// [`ResponseQueue::take_probe_answer`] and nothing of its answer reaches the client or the session
+    /// events, except an error inside the client's open batch (`at_sync` false), which the client sees as
+    /// its batch's error, since the server then skips the rest of the batch.
+    Probe {
+        at_sync: bool,
+    },
 }
 
 /// Bytes synthesized by the proxy for one request.
@@ -117,6 +121,21 @@ pub struct LocalAnswer {
     pub ready_for_query: bool,
     /// Part of an extended-protocol batch: the server's error-skipping up to Sync applies to it.
     pub extended: bool,
+}
+
+/// Requests of an extended batch that the server skips after an error in it.
+fn is_skippable(expect: &Expect) -> bool {
+    matches!(
+        expect,
+        Expect::Parse
+            | Expect::Bind
+            | Expect::Close
+            | Expect::Hidden
+            | Expect::Describe { .. }
+            | Expect::Execute { .. }
+            | Expect::Probe { at_sync: false }
+            | Expect::Local(LocalAnswer { extended: true, .. })
+    )
 }
 
 /// What the relay does with one backend message.
@@ -134,8 +153,6 @@ pub enum Action {
     NoDataInstead,
     /// A DataRow of a probe: not relayed; the relay hands its values to [`ResponseQueue::probe_row`].
     ProbeRow,
-    /// The probe's ReadyForQuery: not relayed; its answer is ready for `take_probe_answer`.
-    ProbeAnswered,
 }
 
 /// What a probe found: its first row's text values, or `None` when it failed (an aborted transaction) or
@@ -166,9 +183,10 @@ pub struct ResponseQueue {
     /// `Expect::Local` entries in `entries`: the relay looks for due local answers before every backend
     /// message, and almost never has one.
     locals: usize,
-    /// The head probe's first row so far, and whether it failed.
+    /// The head probe's first row so far, whether it failed, and the CloseCompletes it received.
     probe_row: Option<Vec<Option<String>>>,
     probe_failed: bool,
+    probe_closes: u8,
     /// The answer of the last probe, until the client direction takes it.
     probe_answer: Option<ProbeAnswer>,
 }
@@ -179,19 +197,34 @@ impl ResponseQueue {
     }
 
     pub fn push(&mut self, expect: Expect) {
-        if matches!(expect, Expect::Local(_)) {
-            self.locals += 1;
+        match expect {
+            Expect::Local(_) => self.locals += 1,
+            // The batch it joins already failed: the server skips it and will not answer.
+            Expect::Probe { at_sync: false } if self.skipping_to_sync => {
+                self.probe_answer = Some(None);
+                return;
+            }
+            _ => {}
         }
         self.entries.push_back(expect);
     }
 
-    /// Removes the head entry, keeping the count of local answers.
+    /// Removes the head entry, keeping the count of local answers; a probe removed unanswered (skipped by
+    /// the server after an error) answers `None`.
     fn pop_front(&mut self) -> Option<Expect> {
         let entry = self.entries.pop_front();
-        if matches!(entry, Some(Expect::Local(_))) {
-            self.locals -= 1;
+        match entry {
+            Some(Expect::Local(_)) => self.locals -= 1,
+            Some(Expect::Probe { .. }) => self.finish_probe(),
+            _ => {}
         }
         entry
+    }
+
+    fn finish_probe(&mut self) {
+        let row = self.probe_row.take();
+        self.probe_closes = 0;
+        self.probe_answer = Some(if std::mem::take(&mut self.probe_failed) { None } else { row });
     }
 
     /// True if any session event waits for [`take_events`](Self::take_events).
@@ -260,7 +293,8 @@ impl ResponseQueue {
                     | Expect::Close
                     | Expect::Hidden
                     | Expect::Describe { .. }
-                    | Expect::Execute { .. },
+                    | Expect::Execute { .. }
+                    | Expect::Probe { at_sync: false },
                 ) if self.skipping_to_sync => {
                     self.pop_front();
                 }
@@ -291,24 +325,45 @@ impl ResponseQueue {
         }
     }
 
-    /// The answer of a probe once its ReadyForQuery arrived ([`Action::ProbeAnswered`]).
+    /// True once a probe's answer is in (the relay then wakes the client direction).
+    pub fn has_probe_answer(&self) -> bool {
+        self.probe_answer.is_some()
+    }
+
+    /// The answer of the last probe, once it is in.
     pub fn take_probe_answer(&mut self) -> Option<ProbeAnswer> {
         self.probe_answer.take()
     }
 
-    /// Messages answering a probe at the head of the queue.
-    fn on_probe_message(&mut self, tag: u8) -> Action {
+    /// Messages answering a probe at the head of the queue: CloseComplete, ParseComplete, BindComplete,
+    /// DataRows, CommandComplete, two CloseCompletes, and ReadyForQuery when it brought its own Sync.
+    fn on_probe_message(&mut self, tag: u8, at_sync: bool) -> Action {
         match tag {
             btag::DATA_ROW => Action::ProbeRow,
-            btag::ERROR_RESPONSE => {
+            btag::ERROR_RESPONSE if at_sync => {
+                // The probe's own Sync ends what it started; the ReadyForQuery follows.
                 self.probe_failed = true;
                 Action::Drop
             }
-            btag::READY_FOR_QUERY => {
+            btag::ERROR_RESPONSE => {
+                // Inside the client's batch the server now skips everything up to the client's Sync: the
+                // client gets the error as its batch's.
+                self.probe_failed = true;
                 self.pop();
-                let row = self.probe_row.take();
-                self.probe_answer = Some(if std::mem::take(&mut self.probe_failed) { None } else { row });
-                Action::ProbeAnswered
+                self.skipping_to_sync = true;
+                self.event(SessionEvent::Failed);
+                Action::Forward
+            }
+            btag::READY_FOR_QUERY if at_sync => {
+                self.pop();
+                Action::Drop
+            }
+            btag::CLOSE_COMPLETE => {
+                self.probe_closes += 1;
+                if !at_sync && self.probe_closes == 3 {
+                    self.pop();
+                }
+                Action::Drop
             }
             _ => Action::Drop,
         }
@@ -319,7 +374,10 @@ impl ResponseQueue {
         match tag {
             // Asynchronous messages can arrive at any time and answer no request.
             btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS => Action::Forward,
-            _ if matches!(self.entries.front(), Some(Expect::Probe)) => self.on_probe_message(tag),
+            _ if matches!(self.entries.front(), Some(Expect::Probe { .. })) => {
+                let Some(&Expect::Probe { at_sync }) = self.entries.front() else { unreachable!() };
+                self.on_probe_message(tag, at_sync)
+            }
             btag::READY_FOR_QUERY => self.on_ready(),
             btag::ERROR_RESPONSE => {
                 self.event(SessionEvent::Failed);
@@ -338,6 +396,7 @@ impl ResponseQueue {
                 ) {
                     self.pop();
                     self.skipping_to_sync = true;
+                    self.skip_batch_probes();
                 }
                 Action::Forward
             }
@@ -348,6 +407,21 @@ impl ResponseQueue {
                 self.on_result_message(tag)
             }
         }
+    }
+
+    /// Probes queued in a batch the server now skips get no answer from it: answer them `None` at once,
+    /// since the client direction waits for them before it forwards the batch's Sync.
+    fn skip_batch_probes(&mut self) {
+        let end = self.entries.iter().position(|e| !is_skippable(e)).unwrap_or(self.entries.len());
+        if self.entries.iter().take(end).any(|e| matches!(e, Expect::Probe { .. })) {
+            self.entries.retain(|e| !matches!(e, Expect::Probe { at_sync: false }));
+            self.finish_probe_skipped();
+        }
+    }
+
+    fn finish_probe_skipped(&mut self) {
+        self.probe_failed = true;
+        self.finish_probe();
     }
 
     fn on_ready(&mut self) -> Action {
@@ -621,21 +695,23 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_is_answered_to_the_proxy_and_hidden_from_the_client_and_the_session_events() {
+    fn a_probe_at_a_sync_point_is_answered_to_the_proxy_and_hidden_from_the_client_and_the_session_events() {
         let mut q = ResponseQueue::new();
         q.record_events();
         q.push(Expect::SimpleQuery { transforms: None, started: now() });
-        q.push(Expect::Probe);
+        q.push(Expect::Probe { at_sync: true });
         q.push(Expect::Parse);
         assert!(is_ready(&q.on_message(b'Z')));
         q.ready_status(b'I');
         let mut events = Vec::new();
         q.take_events(&mut events);
         assert_eq!(events, vec![SessionEvent::Ready(b'I')]);
-        assert_eq!(feed(&mut q, b"TD"), vec![Action::Drop, Action::ProbeRow]);
+        assert_eq!(feed(&mut q, b"312D"), vec![Action::Drop, Action::Drop, Action::Drop, Action::ProbeRow]);
         q.probe_row(Some(vec![Some("t".into()), None]));
         assert_eq!(q.on_message(b'N'), Action::Forward, "a notice during the probe still reaches the client");
-        assert_eq!(feed(&mut q, b"CZ"), vec![Action::Drop, Action::ProbeAnswered]);
+        assert_eq!(feed(&mut q, b"C33"), vec![Action::Drop; 3]);
+        assert!(!q.has_probe_answer(), "the probe's own ReadyForQuery is still due");
+        assert_eq!(q.on_message(b'Z'), Action::Drop);
         assert!(!q.has_events(), "the probe's answers are no session events");
         assert_eq!(q.take_probe_answer(), Some(Some(vec![Some("t".into()), None])));
         assert_eq!(q.take_probe_answer(), None);
@@ -643,13 +719,68 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_probe_answers_none_and_leaves_the_queue_in_order() {
+    fn a_failed_probe_at_a_sync_point_answers_none_and_leaves_the_queue_in_order() {
         let mut q = ResponseQueue::new();
-        q.push(Expect::Probe);
+        q.push(Expect::Probe { at_sync: true });
         q.push(Expect::SimpleQuery { transforms: None, started: now() });
-        assert_eq!(feed(&mut q, b"EZ"), vec![Action::Drop, Action::ProbeAnswered]);
+        assert_eq!(feed(&mut q, b"3EZ"), vec![Action::Drop; 3]);
         assert_eq!(q.take_probe_answer(), Some(None));
         assert_eq!(feed(&mut q, b"E"), vec![Action::Forward]);
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_probe_inside_the_clients_batch_ends_at_its_last_close_and_the_batch_goes_on() {
+        let mut q = ResponseQueue::new();
+        q.record_events();
+        q.push(Expect::Parse);
+        q.push(Expect::Bind);
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Probe { at_sync: false });
+        q.push(Expect::Parse);
+        q.push(Expect::Sync { started: now() });
+        assert_eq!(feed(&mut q, b"12C"), vec![Action::Forward; 3]);
+        assert_eq!(feed(&mut q, b"312DC33"), {
+            let mut v = vec![Action::Drop; 7];
+            v[3] = Action::ProbeRow;
+            v
+        });
+        assert!(q.has_probe_answer());
+        assert_eq!(q.take_probe_answer(), Some(None), "no row was handed over");
+        assert_eq!(feed(&mut q, b"1"), vec![Action::Forward]);
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_probe_inside_a_batch_that_failed_before_it_answers_none_at_once() {
+        let mut q = ResponseQueue::new();
+        q.push(Expect::Parse);
+        q.push(Expect::Probe { at_sync: false });
+        assert_eq!(q.on_message(b'E'), Action::Forward, "the client's own error");
+        assert_eq!(q.take_probe_answer(), Some(None), "the server skips the probe: answered without it");
+        // A probe sent after the error is known is answered at once too.
+        q.push(Expect::Probe { at_sync: false });
+        assert_eq!(q.take_probe_answer(), Some(None));
+        q.push(Expect::Sync { started: now() });
+        assert!(is_ready(&q.on_message(b'Z')));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_probe_failing_inside_the_clients_batch_is_the_batchs_error() {
+        let mut q = ResponseQueue::new();
+        q.record_events();
+        q.push(Expect::Probe { at_sync: false });
+        q.push(Expect::Bind);
+        q.push(Expect::Execute { transform: None });
+        q.push(Expect::Sync { started: now() });
+        assert_eq!(feed(&mut q, b"3E"), vec![Action::Drop, Action::Forward]);
+        assert_eq!(q.take_probe_answer(), Some(None));
+        let mut events = Vec::new();
+        q.take_events(&mut events);
+        assert_eq!(events, vec![SessionEvent::Failed], "the client sees its batch fail");
         assert!(is_ready(&q.on_message(b'Z')));
         assert!(q.is_empty());
     }

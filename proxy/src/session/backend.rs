@@ -227,6 +227,9 @@ impl<'s> Backend<'s> {
         if queue.has_events() {
             shared.events_ready.store(true, Ordering::Release);
         }
+        if queue.has_probe_answer() {
+            shared.probe_ready.notify_one();
+        }
         Ok(())
     }
 
@@ -266,10 +269,6 @@ impl<'s> Backend<'s> {
             Action::NoDataInstead => Step::Replace(messages::no_data()),
             Action::ProbeRow => {
                 queue.probe_row(messages::data_row_texts(body(frame)));
-                Step::Drop
-            }
-            Action::ProbeAnswered => {
-                self.shared.probe_ready.notify_one();
                 Step::Drop
             }
         }

@@ -242,8 +242,9 @@ impl<'s> Frontend<'s> {
                         out.push(buf.split_to(run).freeze());
                         run = 0;
                     }
-                    out.push(messages::query(&sql));
-                    self.expect(Expect::Probe);
+                    let at_sync = !self.unsynced;
+                    out.push(messages::probe(&sql, at_sync));
+                    self.expect(Expect::Probe { at_sync });
                     break Outcome::Probe;
                 }
                 Step::Terminate => {
@@ -548,9 +549,11 @@ impl<'s> Frontend<'s> {
         self.active()?.probe_before_use(statement)
     }
 
-    /// No batch of the client's is open upstream, so a probe (a simple Query) can run on its own.
+    /// A probe can run before the frame at hand: at a sync point it brings its own Sync, inside the client's
+    /// open batch a Flush; only while the proxy drops the rest of a batch it answered with an error (the
+    /// frame is dropped anyway) is there no point.
     fn can_probe(&self) -> bool {
-        !self.unsynced && !self.discard_until_sync
+        !self.discard_until_sync
     }
 
     /// Frames that prepare `statement` again upstream when the interceptor asks for it (its route changed

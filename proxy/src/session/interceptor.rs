@@ -114,8 +114,7 @@ pub struct SqlRequest<'a> {
     pub param_types: &'a [u32],
     /// Transaction status at the last ReadyForQuery: `b'I'` idle, `b'T'` in a transaction, `b'E'` failed.
     pub transaction_status: u8,
-    /// The relay can run a probe before this SQL ([`Verdict::Probe`]): no extended-protocol batch of the
-    /// client's is open upstream (a probe's Sync would end it, and a failed batch would swallow the probe).
+    /// The relay can run a probe before this SQL ([`Verdict::Probe`]).
     pub can_probe: bool,
 }
 
