@@ -5,6 +5,8 @@
 //! through the proxy reaches the shadow exactly when it lands in `tenant_a.users`, and statements on the
 //! other tenants' tables are neither rewritten nor refused. Every check compares the tables on Postgres.
 
+mod proxy_support;
+
 use dualwrite_tests::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -319,4 +321,90 @@ async fn a_write_after_a_search_path_change_in_the_same_query_string_is_refused_
     s.batch_execute("SET search_path = tenant_b").await.unwrap();
     insert_simple(&s, 1).await;
     f.assert_landed_in(1, "tenant_b", "the same statements sent one at a time").await;
+}
+
+/// Extended-protocol frames for a hand-made pipelined batch.
+mod batch {
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// Parse (unnamed), Bind (unnamed portal, no parameters), Execute of `sql`.
+    pub fn statement(sql: &str) -> Vec<u8> {
+        let mut parse = vec![0u8];
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]);
+        let mut out = frame(b'P', &parse);
+        out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+        out
+    }
+
+    pub fn sync() -> Vec<u8> {
+        frame(b'S', &[])
+    }
+}
+
+/// The messages' tags up to ReadyForQuery, and the SQLSTATEs of the errors among them.
+async fn read_batch(client: &mut proxy_support::RawClient) -> (Vec<u8>, Vec<String>) {
+    let (mut tags, mut errors) = (Vec::new(), Vec::new());
+    while let Some((tag, body)) = client.read_message().await {
+        tags.push(tag);
+        if tag == b'E' {
+            errors.push(proxy_support::error_field(&body, b'C'));
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    (tags, errors)
+}
+
+#[tokio::test]
+async fn a_pipelined_batch_is_judged_by_what_its_own_earlier_statements_set() {
+    let f = fixture().await;
+    let user = f.db.cluster.superuser().to_owned();
+    let mut client = proxy_support::RawClient::connect(f.proxy.addr(), &user, &f.db.name).await;
+    // One batch: the path changes, then an unqualified write, then back and another write.
+    let mut bytes = batch::statement("SET search_path = tenant_b");
+    bytes.extend(batch::statement("INSERT INTO users (id, name) VALUES (1, 'In Batch')"));
+    bytes.extend(batch::statement("SET search_path = tenant_a"));
+    bytes.extend(batch::statement("INSERT INTO users (id, name) VALUES (2, 'In Batch')"));
+    bytes.extend(batch::sync());
+    client.send(&bytes).await;
+    let (tags, errors) = read_batch(&mut client).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(tags.iter().filter(|&&t| t == b'C').count(), 4, "four statements completed: {tags:?}");
+    assert_eq!(tags.iter().filter(|&&t| t == b'1').count(), 4, "one ParseComplete each, none of the probe's");
+    f.assert_landed_in(1, "tenant_b", "an INSERT after SET search_path = tenant_b in the same batch").await;
+    f.assert_landed_in(2, "tenant_a", "an INSERT after SET search_path = tenant_a in the same batch").await;
+}
+
+#[tokio::test]
+async fn a_batch_that_failed_before_the_probe_fails_once_and_the_session_goes_on() {
+    let f = fixture().await;
+    let user = f.db.cluster.superuser().to_owned();
+    let mut client = proxy_support::RawClient::connect(f.proxy.addr(), &user, &f.db.name).await;
+    client.send(&[batch::statement("SET search_path = tenant_a"), batch::sync()].concat()).await;
+    read_batch(&mut client).await;
+    // The failing statement comes first; the write that would need a probe is skipped by the server.
+    let mut bytes = batch::statement("SELECT 1 / 0");
+    bytes.extend(batch::statement("SET search_path = tenant_b"));
+    bytes.extend(batch::statement("INSERT INTO users (id, name) VALUES (1, 'Skipped Row')"));
+    bytes.extend(batch::sync());
+    client.send(&bytes).await;
+    let (_, errors) = read_batch(&mut client).await;
+    assert_eq!(errors, vec!["22012"], "the client's own error, once");
+    for tenant in ["tenant_a", "tenant_b", "tenant_c"] {
+        assert!(f.ids(tenant).await.is_empty(), "nothing written to {tenant}");
+    }
+    client
+        .send(&[batch::statement("INSERT INTO users (id, name) VALUES (2, 'After Error')"), batch::sync()].concat())
+        .await;
+    let (_, errors) = read_batch(&mut client).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    f.assert_landed_in(2, "tenant_a", "the next batch after the failed one").await;
 }
