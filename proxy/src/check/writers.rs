@@ -96,6 +96,7 @@ pub async fn find(
     found.extend(routines(client, &table).await?);
     found.extend(views);
     found.extend(rules(client, &table, &view_names).await?);
+    found.sort_by_key(|w| w.kind);
     Ok(found)
 }
 
@@ -204,9 +205,8 @@ async fn triggers(
             kind: Kind::Trigger,
             id: format!("trigger:{relation}.{}", quote_ident(&trigger)),
             description: format!(
-                "trigger {trigger} on {relation}{disabled} runs {function}(), which {} {}",
-                usage.describe(),
-                on_table(&usage, table)
+                "trigger {trigger} on {relation}{disabled} runs {function}(), which {}",
+                usage.describe(&table.display)
             ),
             remedy: format!(
                 "make that write from the application through the proxy instead of from the trigger, {OR_ACCEPT}"
@@ -214,14 +214,6 @@ async fn triggers(
         });
     }
     Ok(found)
-}
-
-/// `of public.users` after a [`Use`]'s description.
-fn on_table(usage: &Use, table: &Table) -> String {
-    match usage {
-        Use::Writes(_) => format!("on {}", table.display),
-        Use::NamedInString | Use::Named => format!("(the table {})", table.display),
-    }
 }
 
 async fn routines(client: &impl GenericClient, table: &Table) -> Result<Vec<UnseenWriter>, tokio_postgres::Error> {
@@ -246,10 +238,9 @@ async fn routines(client: &impl GenericClient, table: &Table) -> Result<Vec<Unse
             kind,
             id: format!("{}:{signature}", kind.prefix()),
             description: format!(
-                "{} {signature} ({language}) {} {}: `{call} {name}(...)` writes it unseen",
+                "{} {signature} ({language}) {}: `{call} {name}(...)` writes it unseen",
                 kind.prefix(),
-                usage.describe(),
-                on_table(&usage, table)
+                usage.describe(&table.display)
             ),
             remedy: format!("send the statements it runs through the proxy instead of calling it, {OR_ACCEPT}"),
         });

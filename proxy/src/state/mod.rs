@@ -30,7 +30,7 @@ pub enum StateError {
     #[error("control-plane state: {0}")]
     Corrupt(String),
     /// Migrations whose old table has writers the proxy cannot see and the rules do not accept.
-    #[error("{0}")]
+    #[error(transparent)]
     UnseenWriters(#[from] crate::check::writers::Refusal),
 }
 

@@ -33,11 +33,12 @@ pub enum Use {
 }
 
 impl Use {
-    pub fn describe(&self) -> String {
+    /// What the body does with `table`, e.g. `runs DELETE FROM on public.users`.
+    pub fn describe(&self, table: &str) -> String {
         match self {
-            Use::Writes(verb) => format!("runs {verb} on it"),
-            Use::NamedInString => "names it inside a string (dynamic SQL the check cannot read)".to_owned(),
-            Use::Named => "names it (a body the check cannot read as SQL)".to_owned(),
+            Use::Writes(verb) => format!("runs {verb} on {table}"),
+            Use::NamedInString => format!("names {table} inside a string (dynamic SQL the check cannot read)"),
+            Use::Named => format!("names {table} (in a body the check cannot read as SQL)"),
         }
     }
 }
