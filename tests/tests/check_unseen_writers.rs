@@ -347,6 +347,20 @@ async fn check_says_when_nothing_writes_unseen_and_when_an_accepted_writer_is_go
     assert_eq!(findings.errors, 0, "{report}");
 }
 
+#[tokio::test]
+async fn check_notes_foreign_keys_into_the_table_to_move_before_complete() {
+    let db = database("ALTER TABLE orders ADD FOREIGN KEY (user_id) REFERENCES users ON DELETE CASCADE;").await;
+    let (findings, report) = check(&db, &rules_text("")).await;
+    assert!(
+        report.contains(
+            "  note     foreign key orders_user_id_fkey of public.orders references public.users: \
+             point it at public.users_v2 before `complete`"
+        ),
+        "{report}"
+    );
+    assert_eq!(findings.errors, 0, "{report}");
+}
+
 async fn check(db: &TestDb, rules_text: &str) -> (dualwrite_proxy::check::Findings, String) {
     let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     file.write_all(rules_text.as_bytes()).unwrap();

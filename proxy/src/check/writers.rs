@@ -460,6 +460,9 @@ pub async fn check_migration(
             report.note(&format!("accept_unseen_writers lists {id}, which the catalog does not show (stale?)"))?;
         }
     }
+    for reference in inbound_foreign_keys(client, migration).await? {
+        report.note(&reference)?;
+    }
     let open: Vec<String> = writers
         .iter()
         .filter(|w| !migration.accept_unseen_writers.contains(&w.id))
@@ -473,6 +476,35 @@ pub async fn check_migration(
         ))?;
     }
     Ok(report.tally)
+}
+
+/// Foreign keys of other tables into the old table: no unseen writers of it (they write the other table),
+/// but they must point at the shadow before `complete`, when the old table stops being written.
+async fn inbound_foreign_keys(
+    client: &impl GenericClient,
+    migration: &Migration,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.conname::text, n.nspname::text, r.relname::text
+               FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) AND c.conrelid <> c.confrelid
+              ORDER BY 2, 3, 1",
+            &[&migration.table.to_string()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            format!(
+                "foreign key {name} of {} references {}: point it at {} before `complete` (then only the shadow is written)",
+                qualified(&[row.get(1), row.get(2)]),
+                migration.table,
+                migration.shadow
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
