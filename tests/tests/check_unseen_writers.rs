@@ -124,12 +124,20 @@ async fn a_trigger_on_another_table_that_writes_the_table_is_found() {
              UPDATE users SET name = name || '*' WHERE id = NEW.user_id;
              RETURN NEW;
          END $$;
-         CREATE TRIGGER orders_touch_user AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION orders_touch_user();",
+         CREATE TRIGGER orders_touch_user AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION orders_touch_user();
+         CREATE TABLE shipments (id int, user_id int) PARTITION BY RANGE (id);
+         CREATE TABLE shipments_1 PARTITION OF shipments FOR VALUES FROM (0) TO (100);
+         CREATE TRIGGER shipments_touch_user AFTER INSERT ON shipments
+             FOR EACH ROW EXECUTE FUNCTION orders_touch_user();",
     )
     .await;
     let found = findings(&db).await;
-    // The trigger function is reported through its trigger, not a second time as a function.
-    assert_eq!(ids(&found), ["trigger:public.orders.orders_touch_user"]);
+    // The trigger function is reported through its triggers, not a second time as a function; the clone of
+    // a partitioned table's trigger on each partition is not reported again.
+    assert_eq!(
+        ids(&found),
+        ["trigger:public.orders.orders_touch_user", "trigger:public.shipments.shipments_touch_user"]
+    );
     the_finding(
         &found,
         "trigger:public.orders.orders_touch_user",

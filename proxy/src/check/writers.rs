@@ -92,6 +92,7 @@ pub async fn find(
     // A trigger or rule on a writable view over the table is how that view writes it: reported once, as
     // the view.
     let view_names: Vec<String> = views.iter().map(|v| v.id["view:".len()..].to_owned()).collect();
+    // (Triggers cloned onto partitions are reported once, as their parent's.)
     found.extend(triggers(client, &table, &view_names).await?);
     found.extend(routines(client, &table).await?);
     found.extend(views);
@@ -185,7 +186,7 @@ async fn triggers(
            JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
            JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
            JOIN pg_language l ON l.oid = p.prolang
-          WHERE NOT t.tgisinternal AND n.nspname <> 'dualwrite' AND {NOT_OURS}
+          WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND n.nspname <> 'dualwrite' AND {NOT_OURS}
             AND strpos(lower({BODY}), lower($1)) > 0
           ORDER BY 1, 2, 3"
     );
