@@ -1,14 +1,17 @@
 //! `dualwrite check --rules FILE --upstream URL [--replay FILE]`: what the proxy would do, before it sits in
 //! front of production. Validates the rules against the live schema ([`schema`]: tables, columns, keys,
-//! types, every mapping expression prepared, forward-then-backward round trips on a sample of rows) and
-//! replays a file of statements through the rewriter ([`replay`]), printing for each whether it would pass
+//! types, every mapping expression prepared, forward-then-backward round trips on a sample of rows), lists
+//! the writers of each old table that the proxy cannot see ([`writers`]: cascading foreign keys, triggers,
+//! functions, procedures, writable views, rules; an error unless the rules accept it), and replays a file of statements through the rewriter ([`replay`]), printing for each whether it would pass
 //! through, be rewritten (with the SQL) or be rejected (with why), then a summary.
 //!
-//! Exit codes: 0 = rules valid and nothing rejected; 1 = a rule problem or a rejected statement (also a
-//! lossy round trip with `--strict`); 2 = the check could not run (unreadable file, database unreachable).
+//! Exit codes: 0 = rules valid and nothing rejected; 1 = a rule problem (an unaccepted unseen writer too) or
+//! a rejected statement (also a lossy round trip with `--strict`); 2 = the check could not run (unreadable
+//! file, database unreachable).
 
 mod replay;
 mod schema;
+pub mod writers;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,8 +130,9 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
     let client = connect(&args.upstream).await?;
     for migration in &rules.migrations {
         let tally = schema::check_migration(&client, migration, args.sample, out).await?;
-        findings.errors += tally.errors;
-        findings.warnings += tally.warnings;
+        let unseen = writers::check_migration(&client, migration, out).await?;
+        findings.errors += tally.errors + unseen.errors;
+        findings.warnings += tally.warnings + unseen.warnings;
     }
 
     if let Some((path, statements)) = statements {

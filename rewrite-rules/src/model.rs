@@ -41,6 +41,40 @@ pub struct Migration {
     pub initial_phase: Phase,
     /// The fraction of eligible reads the proxy also runs in both shapes and compares (shadow reads).
     pub shadow_read_sample: SampleRate,
+    /// Writers of the old table the proxy cannot see (cascading foreign keys, triggers, functions, views,
+    /// rules) that this migration accepts, by identifier (`fk:orders_user_id_fkey`; see
+    /// [`UNSEEN_WRITER_KINDS`]). Registration refuses a migration with any other.
+    pub accept_unseen_writers: Vec<String>,
+}
+
+/// The kinds of an `accept_unseen_writers` identifier, `<kind>:<object>`: `fk:<constraint>`,
+/// `trigger:<schema>.<table>.<trigger>`, `function:<schema>.<name>(<argument types>)`,
+/// `procedure:<schema>.<name>(<argument types>)`, `view:<schema>.<view>`, `rule:<schema>.<table>.<rule>`.
+pub const UNSEEN_WRITER_KINDS: [&str; 6] = ["fk", "trigger", "function", "procedure", "view", "rule"];
+
+/// Checks the shape of one `accept_unseen_writers` identifier (whether it names a real object is the
+/// catalog's to say).
+fn check_unseen_writer_id(id: &str) -> Result<(), String> {
+    let expected = "expected `fk:<constraint>`, `trigger:<schema>.<table>.<trigger>`, \
+        `function:<schema>.<name>(<argument types>)`, `procedure:...`, `view:<schema>.<view>` or \
+        `rule:<schema>.<table>.<rule>`";
+    let Some((kind, object)) = id.split_once(':') else {
+        return Err(format!("`{id}` has no kind: {expected}"));
+    };
+    if !UNSEEN_WRITER_KINDS.contains(&kind) {
+        return Err(format!("`{id}`: unknown kind `{kind}`: {expected}"));
+    }
+    let well_formed = !object.is_empty()
+        && object.trim() == object
+        && match kind {
+            "function" | "procedure" => object.contains('(') && object.ends_with(')') && !object.starts_with('('),
+            "fk" => true,
+            _ => object.contains('.') && !object.starts_with('.') && !object.ends_with('.'),
+        };
+    if !well_formed {
+        return Err(format!("`{id}` is not a well-formed identifier: {expected}"));
+    }
+    Ok(())
 }
 
 /// A sampling fraction in 0..=1, kept in parts per million so that rules stay `Eq` and `Hash`.
@@ -263,6 +297,13 @@ impl Migration {
                 }
             }
         }
+        let mut accepted = HashSet::new();
+        for id in &self.accept_unseen_writers {
+            check_unseen_writer_id(id).map_err(|m| err("accept_unseen_writers", m))?;
+            if !accepted.insert(id) {
+                return Err(err("accept_unseen_writers", format!("`{id}` is listed twice")));
+            }
+        }
         let old_cols: HashSet<&str> = self.old_columns().collect();
         let new_cols: HashSet<&str> = self.shadow_columns().collect();
         for (side, map, from_cols, from_what) in [
@@ -358,6 +399,8 @@ struct RawMigration {
     initial_phase: Option<String>,
     #[serde(default)]
     shadow_read_sample: Option<f64>,
+    #[serde(default)]
+    accept_unseen_writers: Vec<String>,
 }
 
 impl RawMigration {
@@ -395,6 +438,7 @@ impl RawMigration {
             backward: self.backward.0,
             initial_phase,
             shadow_read_sample,
+            accept_unseen_writers: self.accept_unseen_writers,
         })
     }
 }

@@ -109,3 +109,27 @@ fn shadow_read_sample_defaults_to_zero_and_must_be_a_fraction() {
         assert!(e.contains("migration `m1`: field `shadow_read_sample`: must be a number from 0 to 1"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn accept_unseen_writers_defaults_to_none_and_each_identifier_is_checked() {
+    assert!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].accept_unseen_writers.is_empty());
+    let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\naccept_unseen_writers = {v}"));
+    let good = r#"["fk:orders_user_id_fkey", "trigger:public.orders.orders_touch", "function:public.f(integer, text)",
+        "procedure:app.\"P\"()", "view:public.active_users", "rule:public.orders.log_orders"]"#;
+    let rules = RuleSet::from_toml(&with(good), "rules.toml").unwrap();
+    assert_eq!(rules.migrations[0].accept_unseen_writers.len(), 6);
+    assert_eq!(rules.migrations[0].accept_unseen_writers[2], "function:public.f(integer, text)");
+    for (bad, complaint) in [
+        (r#"["orders_user_id_fkey"]"#, "has no kind"),
+        (r#"["index:users_pkey"]"#, "unknown kind `index`"),
+        (r#"["fk:"]"#, "is not a well-formed identifier"),
+        (r#"["function:public.f"]"#, "is not a well-formed identifier"),
+        (r#"["trigger:orders_touch"]"#, "is not a well-formed identifier"),
+        (r#"["view: public.v"]"#, "is not a well-formed identifier"),
+        (r#"["fk:a", "fk:a"]"#, "`fk:a` is listed twice"),
+    ] {
+        let e = error_of(&with(bad));
+        assert!(e.contains("migration `m1`: field `accept_unseen_writers`: "), "{bad}: {e}");
+        assert!(e.contains(complaint), "{bad}: {e}");
+    }
+}

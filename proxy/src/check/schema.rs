@@ -35,22 +35,38 @@ struct Table {
     order: Vec<String>,
 }
 
-struct Report<'a> {
+/// The report's lines, counted: `ok`, `ERROR` and `warning` findings, and uncounted ones.
+pub(super) struct Report<'a> {
     out: &'a mut dyn Write,
-    tally: Tally,
+    pub(super) tally: Tally,
 }
 
-impl Report<'_> {
-    fn ok(&mut self, what: &str) -> std::io::Result<()> {
+impl<'a> Report<'a> {
+    pub(super) fn new(out: &'a mut dyn Write) -> Report<'a> {
+        Report { out, tally: Tally::default() }
+    }
+    pub(super) fn ok(&mut self, what: &str) -> std::io::Result<()> {
         writeln!(self.out, "  ok       {what}")
     }
-    fn error(&mut self, what: &str) -> std::io::Result<()> {
+    pub(super) fn error(&mut self, what: &str) -> std::io::Result<()> {
         self.tally.errors += 1;
         writeln!(self.out, "  ERROR    {}", one_line(what))
     }
     fn warning(&mut self, what: &str) -> std::io::Result<()> {
         self.tally.warnings += 1;
         writeln!(self.out, "  warning  {}", one_line(what))
+    }
+    /// A finding the rules accept (not counted).
+    pub(super) fn accepted(&mut self, what: &str) -> std::io::Result<()> {
+        writeln!(self.out, "  accepted {}", one_line(what))
+    }
+    /// Something worth a look that is no problem (not counted).
+    pub(super) fn note(&mut self, what: &str) -> std::io::Result<()> {
+        writeln!(self.out, "  note     {}", one_line(what))
+    }
+    /// A continuation of the line above.
+    pub(super) fn detail(&mut self, what: &str) -> std::io::Result<()> {
+        writeln!(self.out, "           {}", one_line(what))
     }
 }
 
@@ -74,7 +90,7 @@ pub async fn check_migration(
     out: &mut dyn Write,
 ) -> anyhow::Result<Tally> {
     writeln!(out, "migration {}: {} -> {}", migration.name, migration.table, migration.shadow)?;
-    let mut report = Report { out, tally: Tally::default() };
+    let mut report = Report::new(out);
     let old = find_table(client, &migration.table, &mut report).await?;
     let new = find_table(client, &migration.shadow, &mut report).await?;
     let (Some(old), Some(new)) = (old, new) else {

@@ -91,7 +91,7 @@ impl Live {
         let options = StateOptions { max_age: config.limits.state_max_age(), ..StateOptions::default() };
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), options)
             .await
-            .context("cannot load the migration state from the upstream database")?;
+            .context("cannot register the rules' migrations and load their state from the upstream database")?;
         let runner = Arc::new(JobRunner::new(pg.clone()));
         let mut live = Live::new(rules, state, config, Some(Arc::clone(&runner)));
         // The mappings are read at every use, so a reload's migrations are picked up.

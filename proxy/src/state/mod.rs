@@ -29,6 +29,9 @@ pub enum StateError {
     Refused(#[from] SqlError),
     #[error("control-plane state: {0}")]
     Corrupt(String),
+    /// Migrations whose old table has writers the proxy cannot see and the rules do not accept.
+    #[error(transparent)]
+    UnseenWriters(#[from] crate::check::writers::Refusal),
 }
 
 impl StateError {
@@ -45,6 +48,7 @@ impl StateError {
                 }
             },
             StateError::Corrupt(m) => SqlError::new(codes::INTERNAL_ERROR, format!("dualwrite control plane: {m}")),
+            StateError::UnseenWriters(r) => SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, r.to_string()),
         }
     }
 }

@@ -78,13 +78,16 @@ struct Inner {
 }
 
 impl StateHandle {
-    /// Connect with the control plane's own credentials, bring the schema up to date, register the rules'
-    /// migrations, load the state, and start the watcher. Returns only after the first load.
+    /// Connect with the control plane's own credentials, bring the schema up to date, refuse rules whose
+    /// migrations have unaccepted writers the proxy cannot see (every migration, registered before or not:
+    /// a trigger or foreign key can appear at any time), register the rules' migrations, load the state,
+    /// and start the watcher. Returns only after the first load.
     pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
         let actor = Actor { role: pg.config().get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
+        refuse_unseen_writers(&client, &rules).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
         tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
@@ -135,11 +138,15 @@ impl StateHandle {
         self.inner.rules.load_full()
     }
 
-    /// Switch to reloaded rules: registers the migrations they add (an audited change, as at start), then
-    /// validates later changes against them. On error nothing changes.
+    /// Switch to reloaded rules: checks every migration for writers the proxy cannot see, registers the
+    /// migrations they add (an audited change, as at start), then validates later changes against them. On
+    /// error nothing changes.
     pub async fn set_rules(&self, rules: Arc<RuleSet>, actor: &Actor) -> Result<(), StateError> {
         let mut client = self.control().await?;
-        let result = store::register_migrations(&mut client, &rules, actor).await;
+        let result = match refuse_unseen_writers(&client, &rules).await {
+            Ok(()) => store::register_migrations(&mut client, &rules, actor).await,
+            Err(refused) => Err(refused),
+        };
         drop(client);
         self.fail_closed(result)?;
         self.inner.rules.store(rules);
@@ -284,6 +291,16 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
         }
     });
     Ok(client)
+}
+
+/// Refuses `rules` when a migration's old table has writers the proxy cannot see that the migration does
+/// not accept (`accept_unseen_writers`); the error lists each with what to do.
+async fn refuse_unseen_writers(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
+    let refused = crate::check::writers::unaccepted(client, rules).await?;
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(crate::check::writers::Refusal(refused).into())
 }
 
 /// The messages of a connection; polling the stream drives the connection.
