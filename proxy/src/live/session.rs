@@ -81,9 +81,8 @@ impl LiveSession {
         let version = SessionVersion::new(params, &current.defaults, &current.rules);
         drop(current);
         let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
-        let database = info.parameters.get("database").map(String::as_str).unwrap_or(info.user());
         // Against the control plane's database, not today's sampler: a reload may start sampling.
-        let shadow_reads = database == live.shadow_database;
+        let shadow_reads = info.database() == live.shadow_database;
         LiveSession {
             live,
             actor,
