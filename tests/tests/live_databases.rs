@@ -1,0 +1,208 @@
+//! A migration belongs to one database: through one proxy, sessions on another database of the same server
+//! keep their own `users` table untouched (nothing rewritten, nothing in any shadow, control SQL there
+//! says where the migrations are); migrations in two databases are each served from their own database
+//! (dual writes, state, control SQL, backfill); a database named in the rules that does not exist stops
+//! the proxy at start with a clear error.
+
+use std::time::Duration;
+
+use dualwrite_proxy::{Config, Server};
+use dualwrite_tests::{connect, eventually, simple_rows, TestCluster, TestDb, TestProxy};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// `users` split into `users_v2`, in the database named by `database` (`None`: the upstream URL's).
+fn rules(name: &str, database: Option<&str>) -> String {
+    let database = database.map(|d| format!("database = \"{d}\"\n")).unwrap_or_default();
+    format!(
+        r#"
+[[migration]]
+name   = "{name}"
+{database}table  = "users"
+shadow = "users_v2"
+key    = ["id"]
+versions = {{ old = "v1", new = "v2" }}
+[migration.forward]
+id = "id"
+first_name = "name"
+[migration.backward]
+id   = "id"
+name = "first_name"
+"#
+    )
+}
+
+const USERS: &str = "CREATE TABLE users (id int PRIMARY KEY, name text)";
+const USERS_V2: &str = "CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text)";
+
+/// A fresh database of the shared cluster with `schema` run in it.
+async fn database(schema: &[&str]) -> TestDb {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    db.connect().await.unwrap().batch_execute(&schema.join(";")).await.unwrap();
+    db
+}
+
+async fn ids(client: &Client, table: &str) -> Vec<i32> {
+    let rows = client.query(&format!("SELECT id FROM {table} ORDER BY id"), &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+async fn has_schema(client: &Client, schema: &str) -> bool {
+    client.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema]).await.unwrap().get(0)
+}
+
+/// The migrations DUALWRITE STATUS lists on `client`, with their read source.
+async fn status(client: &Client) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query("DUALWRITE STATUS")
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((r.get("migration")?.to_owned(), r.get("read_source").unwrap_or_default().to_owned()))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> &str {
+    error.code().map(|c| c.code()).unwrap_or("none")
+}
+
+#[tokio::test]
+async fn a_session_on_another_database_writes_its_own_users_untouched() {
+    let app = database(&[USERS, USERS_V2]).await;
+    let other = database(&[USERS]).await;
+    // No `database` in the rules: the migration is in the upstream URL's database, `app`.
+    let proxy = TestProxy::with_rules_toml(&app, &rules("users_split_name", None)).await.unwrap();
+    let via_other = connect(&proxy.url(&other)).await.unwrap();
+
+    // Simple and extended protocol, the statements a rewriter would turn into dual writes on `app`.
+    via_other.batch_execute("INSERT INTO users VALUES (1, 'Ada'), (2, 'Alan'), (3, 'Grace')").await.unwrap();
+    let n = via_other.execute("UPDATE users SET name = $1 WHERE id = $2", &[&"Ada L", &1i32]).await.unwrap();
+    assert_eq!(n, 1);
+    let n = via_other.execute("DELETE FROM users WHERE id = $1", &[&3i32]).await.unwrap();
+    assert_eq!(n, 1);
+    let row = via_other.query_one("INSERT INTO users VALUES (4, 'Edsger') RETURNING id, name", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (4, "Edsger".to_owned()));
+    let names: Vec<String> =
+        via_other.query("SELECT name FROM users ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, ["Ada L", "Alan", "Edsger"]);
+    // DDL on a migrated table is refused on `app`; here it is someone else's table.
+    via_other.batch_execute("ALTER TABLE users ADD COLUMN note text").await.unwrap();
+
+    // dualwrite.version is an ordinary custom setting there: the server takes and shows any value.
+    via_other.batch_execute("SET dualwrite.version = 'no-such-version'").await.unwrap();
+    let shown = simple_rows(&via_other.simple_query("SHOW dualwrite.version").await.unwrap());
+    assert_eq!(shown, [[Some("no-such-version".to_owned())]]);
+    via_other.batch_execute("INSERT INTO users (id, name) VALUES (5, 'Barbara')").await.unwrap();
+
+    let direct_other = other.connect().await.unwrap();
+    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5]);
+    assert!(!has_schema(&direct_other, "dualwrite").await, "no state in a database without migrations");
+    let direct_app = app.connect().await.unwrap();
+    assert_eq!(ids(&direct_app, "users").await, Vec::<i32>::new(), "nothing reached app's users");
+    assert_eq!(ids(&direct_app, "users_v2").await, Vec::<i32>::new(), "nothing reached app's shadow");
+
+    // The same proxy still migrates `app`: its writes land in both tables, and versions are checked.
+    let via_app = proxy.connect(&app).await.unwrap();
+    via_app.batch_execute("INSERT INTO users VALUES (7, 'Ken')").await.unwrap();
+    assert_eq!(ids(&direct_app, "users_v2").await, [7]);
+    let refused = via_app.batch_execute("SET dualwrite.version = 'no-such-version'").await.unwrap_err();
+    assert_eq!(sqlstate(&refused), "22023", "{refused}");
+    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5], "app's writes stay in app");
+}
+
+#[tokio::test]
+async fn control_sql_on_a_database_without_migrations_names_where_they_are() {
+    let app = database(&[USERS, USERS_V2]).await;
+    let other = database(&[USERS]).await;
+    let proxy = TestProxy::with_rules_toml(&app, &rules("users_split_name", None)).await.unwrap();
+
+    let via_app = proxy.connect(&app).await.unwrap();
+    assert_eq!(status(&via_app).await.unwrap(), [("users_split_name".to_owned(), "session version".to_owned())]);
+
+    let via_other = connect(&proxy.url(&other)).await.unwrap();
+    for sql in ["DUALWRITE STATUS", "DUALWRITE PHASE users_split_name cutover FORCE", "dualwrite audit"] {
+        let error = via_other.simple_query(sql).await.unwrap_err();
+        let db_error = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
+        assert_eq!(db_error.code().code(), "55000", "{sql}: {error}");
+        let expected = format!("database \"{}\" holds no migrations; migrations are in database \"{}\"", other.name, app.name);
+        assert!(db_error.message().contains(&expected), "{sql}: {}", db_error.message());
+    }
+    let error = via_other.simple_query("DUALWRITE PHASE users_split_name").await.unwrap_err();
+    assert_eq!(sqlstate(&error), "42601", "a malformed command gets its syntax error: {error}");
+    // The refused PHASE changed nothing in app's state.
+    assert_eq!(status(&via_app).await.unwrap(), [("users_split_name".to_owned(), "session version".to_owned())]);
+    let phase: String = app
+        .connect()
+        .await
+        .unwrap()
+        .query_one("SELECT phase FROM dualwrite.migrations WHERE name = 'users_split_name'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phase, "dual_write");
+}
+
+#[tokio::test]
+async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
+    let app = database(&[USERS, USERS_V2]).await;
+    let crm = database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(100, 149) g"])
+        .await;
+    let both = format!("{}{}", rules("app_users", None), rules("crm_users", Some(&crm.name)));
+    let proxy = TestProxy::with_rules_toml(&app, &both).await.unwrap();
+    let (via_app, via_crm) = (proxy.connect(&app).await.unwrap(), proxy.connect(&crm).await.unwrap());
+    let (direct_app, direct_crm) = (app.connect().await.unwrap(), crm.connect().await.unwrap());
+
+    // Each database dual-writes its own tables under its own migration.
+    via_app.batch_execute("INSERT INTO users VALUES (1, 'Ada')").await.unwrap();
+    via_crm.execute("INSERT INTO users VALUES ($1, $2)", &[&2i32, &"Alan"]).await.unwrap();
+    assert_eq!((ids(&direct_app, "users").await, ids(&direct_app, "users_v2").await), (vec![1], vec![1]));
+    assert_eq!(ids(&direct_crm, "users_v2").await, [2]);
+    assert_eq!(ids(&direct_crm, "users").await, [2].into_iter().chain(100..150).collect::<Vec<_>>());
+
+    // Each database keeps its own state, and control SQL there sees and changes only its migrations.
+    assert!(has_schema(&direct_app, "dualwrite").await && has_schema(&direct_crm, "dualwrite").await);
+    via_crm.batch_execute("DUALWRITE ROUTE crm_users READS TO v2").await.unwrap();
+    assert_eq!(status(&via_crm).await.unwrap(), [("crm_users".to_owned(), "v2".to_owned())]);
+    assert_eq!(status(&via_app).await.unwrap(), [("app_users".to_owned(), "session version".to_owned())]);
+    let error = via_app.simple_query("DUALWRITE PHASE crm_users cutover FORCE").await.unwrap_err();
+    assert_eq!(sqlstate(&error), "42704", "crm's migration is unknown on app: {error}");
+
+    // crm's backfill runs against crm (its rows, its checkpoint), started from a session on crm.
+    via_crm.batch_execute("DUALWRITE BACKFILL crm_users START BATCH 20").await.unwrap();
+    eventually(Duration::from_secs(30), "crm's backfill copies crm's old rows", || {
+        let direct_crm = &direct_crm;
+        async move { ids(direct_crm, "users_v2").await.len() == 51 }
+    })
+    .await;
+    let done: String = direct_crm
+        .query_one("SELECT state FROM dualwrite.backfill WHERE migration = 'crm_users'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(done, "done");
+    assert_eq!(ids(&direct_app, "users_v2").await, [1], "app's shadow untouched by crm's backfill");
+    let backfills: i64 =
+        direct_app.query_one("SELECT count(*) FROM dualwrite.backfill", &[]).await.unwrap().get(0);
+    assert_eq!(backfills, 0, "app's state holds no backfill of crm's");
+}
+
+#[tokio::test]
+async fn a_database_named_in_the_rules_that_does_not_exist_stops_the_start() {
+    let app = database(&[USERS, USERS_V2]).await;
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), rules("ghost_users", Some("no_such_database_here"))).unwrap();
+    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), app.url());
+    config.rules = Some(file.path().to_owned());
+    let error = match Server::bind(config).await {
+        Ok(_) => panic!("the proxy started with a migration in a database that does not exist"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("database \"no_such_database_here\" (migrations \"ghost_users\")"),
+        "names the database and migration: {error}"
+    );
+    assert!(error.contains("does not exist"), "says why: {error}");
+}
