@@ -206,3 +206,43 @@ async fn a_database_named_in_the_rules_that_does_not_exist_stops_the_start() {
     );
     assert!(error.contains("does not exist"), "says why: {error}");
 }
+
+#[tokio::test]
+async fn a_reload_changes_each_databases_migrations_but_not_which_databases_hold_them() {
+    let app = database(&[USERS, USERS_V2]).await;
+    let crm = database(&[USERS, USERS_V2, "CREATE TABLE users_v3 (id int PRIMARY KEY, first_name text)"]).await;
+    let third = database(&[USERS, USERS_V2]).await;
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let two = format!("{}{}", rules("app_users", None), rules("crm_users", Some(&crm.name)));
+    std::fs::write(file.path(), &two).unwrap();
+    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), app.url());
+    config.rules = Some(file.path().to_owned());
+    let server = Server::bind(config.clone()).await.unwrap();
+    let (addr, reloader) = (server.local_addr(), server.reloader());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let (via_app, via_crm) = (connect(&app.url_via(addr)).await.unwrap(), connect(&crm.url_via(addr)).await.unwrap());
+
+    // A third database holding migrations needs a restart: refused, nothing changes.
+    std::fs::write(file.path(), format!("{two}{}", rules("third_users", Some(&third.name)))).unwrap();
+    let error = format!("{:#}", reloader.reload(config.clone()).await.unwrap_err());
+    assert!(error.contains("needs a restart") && error.contains(&third.name), "{error}");
+    let via_third = connect(&third.url_via(addr)).await.unwrap();
+    via_third.batch_execute("INSERT INTO users VALUES (3, 'Grace')").await.unwrap();
+    assert_eq!(ids(&third.connect().await.unwrap(), "users_v2").await, Vec::<i32>::new(), "third stays untouched");
+
+    // crm's migration now writes users_v3: crm's sessions follow at their next statement, app's do not move.
+    let crm_users = rules("crm_users", Some(&crm.name));
+    let to_v3 = two.replace(&crm_users, &crm_users.replace("users_v2", "users_v3"));
+    assert_ne!(to_v3, two);
+    std::fs::write(file.path(), to_v3).unwrap();
+    let report = reloader.reload(config).await.unwrap();
+    assert_eq!(report.changed, ["migration crm_users changed"]);
+    via_crm.batch_execute("INSERT INTO users VALUES (2, 'Alan')").await.unwrap();
+    via_app.batch_execute("INSERT INTO users VALUES (1, 'Ada')").await.unwrap();
+    let direct_crm = crm.connect().await.unwrap();
+    assert_eq!((ids(&direct_crm, "users_v3").await, ids(&direct_crm, "users_v2").await), (vec![2], vec![]));
+    assert_eq!(ids(&app.connect().await.unwrap(), "users_v2").await, [1]);
+}
