@@ -139,7 +139,7 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
     for part in &parts {
         let target = upstream.with_database(&part.database);
         let client = target.connect_client().await.with_context(|| {
-            format!("connecting to database \"{}\" (of migrations in the rules) at --upstream", part.database)
+            format!("connecting to --upstream, database \"{}\" (of migrations in the rules)", part.database)
         })?;
         for migration in &part.rules.migrations {
             let tally = schema::check_migration(&client, migration, args.sample, out).await?;

@@ -246,3 +246,49 @@ async fn a_reload_changes_each_databases_migrations_but_not_which_databases_hold
     assert_eq!((ids(&direct_crm, "users_v3").await, ids(&direct_crm, "users_v2").await), (vec![2], vec![]));
     assert_eq!(ids(&app.connect().await.unwrap(), "users_v2").await, [1]);
 }
+
+#[tokio::test]
+async fn jobs_check_and_shadow_reads_of_a_migration_run_in_its_database() {
+    use dualwrite_proxy::check::{run, CheckArgs};
+    use dualwrite_proxy::jobs::cli::{backfill_status, verify_status, BackfillArgs, JobTarget, VerifyArgs};
+
+    let app = database(&[USERS]).await;
+    let crm = database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(1, 30) g"]).await;
+    let sampled = rules("crm_users", Some(&crm.name)).replace("key    = [\"id\"]", "key    = [\"id\"]\nshadow_read_sample = 1.0");
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), &sampled).unwrap();
+    // The proxy (upstream URL: app) keeps crm's state in crm, where the jobs below checkpoint.
+    let proxy = TestProxy::with_rules_toml(&app, &sampled).await.unwrap();
+    // Every command is given the upstream URL of `app`; the rules send them to `crm`.
+    let target = JobTarget { migration: "crm_users".into(), rules: file.path().to_owned(), upstream: app.url() };
+
+    let mut report = Vec::new();
+    let findings = run(&CheckArgs::new(file.path(), app.url()), &mut report).await.unwrap();
+    let report = String::from_utf8(report).unwrap();
+    assert_eq!(findings.errors, 0, "crm has both tables: {report}");
+    assert!(report.contains("migration crm_users: users -> users_v2"), "{report}");
+
+    let backfill = BackfillArgs { target: target.clone(), batch: 7, rate: None, max_replication_lag: None, restart: false };
+    assert_eq!(backfill_status(backfill).await, 0);
+    let direct_crm = crm.connect().await.unwrap();
+    assert_eq!(ids(&direct_crm, "users_v2").await, (1..=30).collect::<Vec<_>>());
+    assert!(!has_schema(&app.connect().await.unwrap(), "dualwrite").await, "nothing of crm's lands in app");
+    direct_crm.batch_execute("UPDATE users_v2 SET first_name = 'drifted' WHERE id = 5").await.unwrap();
+    let verify = VerifyArgs { target, repair: false, chunk_rows: 10 };
+    assert_eq!(verify_status(verify).await, 1, "verify of crm finds the drifted row");
+
+    // Shadow reads of crm's sessions run on crm, and crm's STATUS counts them.
+    let via_crm = proxy.connect(&crm).await.unwrap();
+    via_crm.query("SELECT id, name FROM users WHERE id < 4", &[]).await.unwrap();
+    eventually(Duration::from_secs(30), "crm's STATUS counts a compared shadow read", || {
+        let via_crm = &via_crm;
+        async move {
+            let messages = via_crm.simple_query("DUALWRITE STATUS").await.unwrap();
+            messages.iter().any(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get("shadow_reads_compared").is_some_and(|n| n != "0"),
+                _ => false,
+            })
+        }
+    })
+    .await;
+}
