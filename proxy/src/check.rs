@@ -158,7 +158,11 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
                 findings.replay = replay::replay(&part.rules, &route, &statements, out)?;
             }
             None => {
-                writeln!(out, "replay: {}: database \"{database}\" holds no migrations: all pass through", path.display())?;
+                writeln!(
+                    out,
+                    "replay: {}: database \"{database}\" holds no migrations: all pass through",
+                    path.display()
+                )?;
                 findings.replay.passed_through = statements.len();
             }
         }

@@ -71,7 +71,9 @@ impl Health {
         }
         if let Some(state) = probes.states.iter().find(|s| !s.is_current()) {
             let database = state.pg_target().database().unwrap_or_default();
-            return Err(format!("migration state of database \"{database}\" is not current (state listener disconnected)"));
+            return Err(format!(
+                "migration state of database \"{database}\" is not current (state listener disconnected)"
+            ));
         }
         Ok(())
     }

@@ -113,7 +113,8 @@ fn shadow_read_sample_defaults_to_zero_and_must_be_a_fraction() {
 #[test]
 fn database_is_optional_and_tables_clash_only_within_one_database() {
     assert_eq!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].database, None);
-    let in_db = |db: &str, name: &str| BASE.replace("name = \"m1\"", &format!("name = \"{name}\"\ndatabase = \"{db}\""));
+    let in_db =
+        |db: &str, name: &str| BASE.replace("name = \"m1\"", &format!("name = \"{name}\"\ndatabase = \"{db}\""));
     let rules = RuleSet::from_toml(&format!("{}{}", in_db("app", "m1"), in_db("Other DB", "m2")), "r").unwrap();
     let databases: Vec<_> = rules.migrations.iter().map(|m| m.database.as_deref()).collect();
     assert_eq!(databases, [Some("app"), Some("Other DB")], "kept verbatim: database names are case-sensitive");

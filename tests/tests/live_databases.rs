@@ -127,7 +127,8 @@ async fn control_sql_on_a_database_without_migrations_names_where_they_are() {
         let error = via_other.simple_query(sql).await.unwrap_err();
         let db_error = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
         assert_eq!(db_error.code().code(), "55000", "{sql}: {error}");
-        let expected = format!("database \"{}\" holds no migrations; migrations are in database \"{}\"", other.name, app.name);
+        let expected =
+            format!("database \"{}\" holds no migrations; migrations are in database \"{}\"", other.name, app.name);
         assert!(db_error.message().contains(&expected), "{sql}: {}", db_error.message());
     }
     let error = via_other.simple_query("DUALWRITE PHASE users_split_name").await.unwrap_err();
@@ -148,8 +149,8 @@ async fn control_sql_on_a_database_without_migrations_names_where_they_are() {
 #[tokio::test]
 async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
     let app = database(&[USERS, USERS_V2]).await;
-    let crm = database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(100, 149) g"])
-        .await;
+    let crm =
+        database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(100, 149) g"]).await;
     let both = format!("{}{}", rules("app_users", None), rules("crm_users", Some(&crm.name)));
     let proxy = TestProxy::with_rules_toml(&app, &both).await.unwrap();
     let (via_app, via_crm) = (proxy.connect(&app).await.unwrap(), proxy.connect(&crm).await.unwrap());
@@ -168,7 +169,11 @@ async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
     assert_eq!(status(&via_crm).await.unwrap(), [("crm_users".to_owned(), "v2".to_owned())]);
     assert_eq!(status(&via_app).await.unwrap(), [("app_users".to_owned(), "session version".to_owned())]);
     let error = via_app.simple_query("DUALWRITE PHASE crm_users cutover FORCE").await.unwrap_err();
-    assert_eq!(sqlstate(&error), "42704", "crm's migration is unknown on app: {error}");
+    let db_error = error.as_db_error().unwrap();
+    assert_eq!(db_error.code().code(), "42704", "crm's migration is unknown on app: {error}");
+    assert_eq!(db_error.message(), format!("migration \"crm_users\" does not exist in database \"{}\"", app.name));
+    assert!(db_error.hint().is_some_and(|h| h.contains(&format!("database \"{}\"", crm.name))), "{db_error:?}");
+    assert_eq!(status(&via_crm).await.unwrap(), [("crm_users".to_owned(), "v2".to_owned())], "crm's state unchanged");
 
     // crm's backfill runs against crm (its rows, its checkpoint), started from a session on crm.
     via_crm.batch_execute("DUALWRITE BACKFILL crm_users START BATCH 20").await.unwrap();
@@ -184,8 +189,7 @@ async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
         .get(0);
     assert_eq!(done, "done");
     assert_eq!(ids(&direct_app, "users_v2").await, [1], "app's shadow untouched by crm's backfill");
-    let backfills: i64 =
-        direct_app.query_one("SELECT count(*) FROM dualwrite.backfill", &[]).await.unwrap().get(0);
+    let backfills: i64 = direct_app.query_one("SELECT count(*) FROM dualwrite.backfill", &[]).await.unwrap().get(0);
     assert_eq!(backfills, 0, "app's state holds no backfill of crm's");
 }
 
@@ -253,8 +257,10 @@ async fn jobs_check_and_shadow_reads_of_a_migration_run_in_its_database() {
     use dualwrite_proxy::jobs::cli::{backfill_status, verify_status, BackfillArgs, JobTarget, VerifyArgs};
 
     let app = database(&[USERS]).await;
-    let crm = database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(1, 30) g"]).await;
-    let sampled = rules("crm_users", Some(&crm.name)).replace("key    = [\"id\"]", "key    = [\"id\"]\nshadow_read_sample = 1.0");
+    let crm =
+        database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(1, 30) g"]).await;
+    let sampled =
+        rules("crm_users", Some(&crm.name)).replace("key    = [\"id\"]", "key    = [\"id\"]\nshadow_read_sample = 1.0");
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(file.path(), &sampled).unwrap();
     // The proxy (upstream URL: app) keeps crm's state in crm, where the jobs below checkpoint.
@@ -268,7 +274,8 @@ async fn jobs_check_and_shadow_reads_of_a_migration_run_in_its_database() {
     assert_eq!(findings.errors, 0, "crm has both tables: {report}");
     assert!(report.contains("migration crm_users: users -> users_v2"), "{report}");
 
-    let backfill = BackfillArgs { target: target.clone(), batch: 7, rate: None, max_replication_lag: None, restart: false };
+    let backfill =
+        BackfillArgs { target: target.clone(), batch: 7, rate: None, max_replication_lag: None, restart: false };
     assert_eq!(backfill_status(backfill).await, 0);
     let direct_crm = crm.connect().await.unwrap();
     assert_eq!(ids(&direct_crm, "users_v2").await, (1..=30).collect::<Vec<_>>());

@@ -33,8 +33,10 @@ impl LiveDatabases {
     pub async fn from_config(config: &Config) -> anyhow::Result<Option<Arc<LiveDatabases>>> {
         let Some(rules) = load_rules(config)? else { return Ok(None) };
         let control = config.control_connection()?;
+        let parts = split_config_rules(config, &rules)?;
+        let locations = locations(&parts);
         let mut by_database = BTreeMap::new();
-        for DatabaseRules { database, rules } in split_config_rules(config, &rules)? {
+        for DatabaseRules { database, rules } in parts {
             let names = quoted_list(rules.migrations.iter().map(|m| m.name.as_str()));
             let live = Live::start(config, control.with_database(&database), rules).await.with_context(|| {
                 format!("cannot load the migration state of database \"{database}\" (migrations {names})")
@@ -42,7 +44,9 @@ impl LiveDatabases {
             by_database.insert(database, Arc::new(live));
         }
         let holders = by_database.keys().cloned().collect();
-        Ok(Some(Arc::new(LiveDatabases { by_database, holders })))
+        let databases = LiveDatabases { by_database, holders };
+        databases.tell_where_migrations_are(&locations);
+        Ok(Some(Arc::new(databases)))
     }
 
     /// The `Live` of `database`, if it holds migrations.
@@ -75,6 +79,7 @@ impl LiveDatabases {
                 quoted_list(self.holders.iter().map(String::as_str))
             );
         }
+        let locations = locations(&parts);
         let mut prepared = Vec::with_capacity(parts.len());
         for DatabaseRules { database, rules } in parts {
             let live = &self.by_database[&database];
@@ -85,7 +90,16 @@ impl LiveDatabases {
             live.install(next);
             changes.extend(changed);
         }
+        self.tell_where_migrations_are(&locations);
         Ok(changes)
+    }
+
+    /// Gives each `Live` the migrations of the other databases (`locations`: migration -> database).
+    fn tell_where_migrations_are(&self, locations: &BTreeMap<String, String>) {
+        for (database, live) in &self.by_database {
+            let elsewhere = locations.iter().filter(|(_, theirs)| *theirs != database);
+            live.elsewhere.store(Arc::new(elsewhere.map(|(m, d)| (m.clone(), d.clone())).collect()));
+        }
     }
 
     /// Exports the rewriters' plan-cache counters (summed over the databases) every `period` until the
@@ -118,4 +132,11 @@ fn split_config_rules(config: &Config, rules: &RuleSet) -> anyhow::Result<Vec<Da
     let upstream: PgTarget = config.upstream.parse().context("upstream URL")?;
     let origin = config.rules.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     split(rules, upstream.database(), &origin)
+}
+
+/// Each migration's database, by migration name.
+fn locations(parts: &[DatabaseRules]) -> BTreeMap<String, String> {
+    let named =
+        |p: &DatabaseRules| p.rules.migrations.iter().map(|m| (m.name.clone(), p.database.clone())).collect::<Vec<_>>();
+    parts.iter().flat_map(named).collect()
 }

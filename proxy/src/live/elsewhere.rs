@@ -27,7 +27,10 @@ impl ElsewhereSession {
         let holders = quoted_list(self.holders.iter().map(String::as_str));
         SqlError::new(
             codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("dualwrite: database \"{}\" holds no migrations; migrations are in database {holders}", self.database),
+            format!(
+                "dualwrite: database \"{}\" holds no migrations; migrations are in database {holders}",
+                self.database
+            ),
         )
         .with_hint(format!("Run DUALWRITE commands on a connection to database {holders}."))
     }

@@ -13,6 +13,7 @@ mod session;
 
 pub use databases::LiveDatabases;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use dualwrite_rules::{CacheStats, Rewriter, RuleSet};
 use crate::config::Config;
 use crate::control::exec::JobDispatch;
 use crate::control::jobs_bridge::JobsBridge;
-use crate::control::ControlContext;
+use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
 use crate::pg_client::PgTarget;
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
@@ -52,6 +53,9 @@ pub struct Live {
     figures: Option<tokio::task::JoinHandle<()>>,
     /// Verifies every migration on `control.verify_every_secs`.
     verify_schedule: Option<tokio::task::JoinHandle<()>>,
+    /// The migrations of the other databases (name -> database), so control SQL naming one here says
+    /// where it is; replaced with the rules.
+    elsewhere: ArcSwap<BTreeMap<String, String>>,
 }
 
 /// One generation of rules and the settings around them: what a reload swaps. Sessions compare
@@ -119,7 +123,8 @@ impl Live {
         let current = Arc::new(ArcSwap::from_pointee(current));
         let shadow_database = crate::shadow::workers_database(state.pg_target());
         let next_session = AtomicU64::new(1);
-        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
+        let elsewhere = ArcSwap::default();
+        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None, elsewhere }
     }
 
     pub fn state(&self) -> &StateHandle {
@@ -169,6 +174,24 @@ impl Live {
     /// Puts a prepared generation in force: sessions pick it up at their next statement.
     fn install(&self, next: LiveRules) {
         self.current.store(Arc::new(next));
+    }
+
+    /// The refusal of a control command that names a migration of another database, for an admin (others
+    /// get the usual 42501 from `control::execute`).
+    fn migration_elsewhere(&self, command: &ControlCommand, role: &str) -> Option<ControlError> {
+        let migration = command.migration()?;
+        let elsewhere = self.elsewhere.load();
+        let database = elsewhere.get(migration)?;
+        if !self.load().control.is_admin(role) {
+            return None;
+        }
+        Some(
+            ControlError::new(
+                crate::control::error::codes::UNDEFINED_OBJECT,
+                format!("migration \"{migration}\" does not exist in database \"{}\"", self.shadow_database),
+            )
+            .with_hint(format!("It belongs to database \"{database}\": run the command on a connection to it.")),
+        )
     }
 
     /// A function returning the rules in force, for tasks that outlive a reload.

@@ -121,6 +121,9 @@ impl LiveSession {
             Ok(c) => c,
             Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) }),
         };
+        if let Some(e) = self.live.migration_elsewhere(&command, &self.actor.role) {
+            return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) });
+        }
         let ctx = self.live.load().control.clone();
         let actor = self.actor.clone();
         Verdict::Defer(Box::pin(async move {
