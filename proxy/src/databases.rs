@@ -66,30 +66,21 @@ pub fn quoted_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
 
-    const TWO: &str = r#"
-[[migration]]
-name = "app_users"
-table = "users"
-shadow = "users_v2"
-key = ["id"]
-versions = { old = "v1", new = "v2" }
-forward = { id = "id" }
-backward = { id = "id" }
-
-[[migration]]
-name = "crm_users"
-database = "crm"
-table = "users"
-shadow = "users_v2"
-key = ["id"]
-versions = { old = "v1", new = "v2" }
-forward = { id = "id" }
-backward = { id = "id" }
-"#;
+    /// `users` migrated in the default database (`app_users`) and in `crm` (`crm_users`).
+    fn two() -> RuleSet {
+        let migration = |name: &str, database: &str| {
+            format!(
+                "[[migration]]\nname = \"{name}\"\n{database}table = \"users\"\nshadow = \"users_v2\"\nkey = [\"id\"]\n\
+                 versions = {{ old = \"v1\", new = \"v2\" }}\nforward = {{ id = \"id\" }}\nbackward = {{ id = \"id\" }}\n"
+            )
+        };
+        let text = format!("{}{}", migration("app_users", ""), migration("crm_users", "database = \"crm\"\n"));
+        RuleSet::from_toml(&text, "r").unwrap()
+    }
 
     #[test]
     fn splits_by_database_with_the_default_filled_in() {
-        let rules = RuleSet::from_toml(TWO, "r").unwrap();
+        let rules = two();
         let parts = split(&rules, Some("app"), "r").unwrap();
         let summary: Vec<_> = parts
             .iter()
@@ -103,14 +94,14 @@ backward = { id = "id" }
 
     #[test]
     fn the_same_table_in_the_default_database_twice_is_refused() {
-        let rules = RuleSet::from_toml(TWO, "r").unwrap();
+        let rules = two();
         let error = split(&rules, Some("crm"), "r").unwrap_err().to_string();
         assert!(error.contains("`users` is already used by migration"), "{error}");
     }
 
     #[test]
     fn no_default_database_is_an_error_only_for_migrations_that_need_it() {
-        let rules = RuleSet::from_toml(TWO, "r").unwrap();
+        let rules = two();
         let error = split(&rules, None, "r").unwrap_err().to_string();
         assert!(error.contains("migration `app_users` names no `database`"), "{error}");
         let crm_only = RuleSet::new(rules.migrations[1..].to_vec(), "r").unwrap();

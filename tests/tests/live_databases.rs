@@ -10,34 +10,25 @@ use dualwrite_proxy::{Config, Server};
 use dualwrite_tests::{connect, eventually, simple_rows, TestCluster, TestDb, TestProxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-/// `users` split into `users_v2`, in the database named by `database` (`None`: the upstream URL's).
+mod proxy_support;
+
+use proxy_support::{SPLIT_RULES, SPLIT_TABLES};
+
+/// `users` split into `users_v2` as migration `name`, in the database named by `database` (`None`: the
+/// upstream URL's).
 fn rules(name: &str, database: Option<&str>) -> String {
     let database = database.map(|d| format!("database = \"{d}\"\n")).unwrap_or_default();
-    format!(
-        r#"
-[[migration]]
-name   = "{name}"
-{database}table  = "users"
-shadow = "users_v2"
-key    = ["id"]
-versions = {{ old = "v1", new = "v2" }}
-[migration.forward]
-id = "id"
-first_name = "name"
-[migration.backward]
-id   = "id"
-name = "first_name"
-"#
-    )
+    let renamed = SPLIT_RULES.replace("name   = \"users_split_name\"\n", &format!("name = \"{name}\"\n{database}"));
+    assert_ne!(renamed, SPLIT_RULES);
+    renamed
 }
 
 const USERS: &str = "CREATE TABLE users (id int PRIMARY KEY, name text)";
-const USERS_V2: &str = "CREATE TABLE users_v2 (id int PRIMARY KEY, first_name text)";
 
 /// A fresh database of the shared cluster with `schema` run in it.
 async fn database(schema: &[&str]) -> TestDb {
     let db = TestCluster::shared().create_database().await.unwrap();
-    db.connect().await.unwrap().batch_execute(&schema.join(";")).await.unwrap();
+    db.connect().await.unwrap().batch_execute(&schema.join(";\n")).await.unwrap();
     db
 }
 
@@ -71,7 +62,7 @@ fn sqlstate(error: &tokio_postgres::Error) -> &str {
 
 #[tokio::test]
 async fn a_session_on_another_database_writes_its_own_users_untouched() {
-    let app = database(&[USERS, USERS_V2]).await;
+    let app = database(&[SPLIT_TABLES]).await;
     let other = database(&[USERS]).await;
     // No `database` in the rules: the migration is in the upstream URL's database, `app`.
     let proxy = TestProxy::with_rules_toml(&app, &rules("users_split_name", None)).await.unwrap();
@@ -115,7 +106,7 @@ async fn a_session_on_another_database_writes_its_own_users_untouched() {
 
 #[tokio::test]
 async fn control_sql_on_a_database_without_migrations_names_where_they_are() {
-    let app = database(&[USERS, USERS_V2]).await;
+    let app = database(&[SPLIT_TABLES]).await;
     let other = database(&[USERS]).await;
     let proxy = TestProxy::with_rules_toml(&app, &rules("users_split_name", None)).await.unwrap();
 
@@ -148,9 +139,9 @@ async fn control_sql_on_a_database_without_migrations_names_where_they_are() {
 
 #[tokio::test]
 async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
-    let app = database(&[USERS, USERS_V2]).await;
+    let app = database(&[SPLIT_TABLES]).await;
     let crm =
-        database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(100, 149) g"]).await;
+        database(&[SPLIT_TABLES, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(100, 149) g"]).await;
     let both = format!("{}{}", rules("app_users", None), rules("crm_users", Some(&crm.name)));
     let proxy = TestProxy::with_rules_toml(&app, &both).await.unwrap();
     let (via_app, via_crm) = (proxy.connect(&app).await.unwrap(), proxy.connect(&crm).await.unwrap());
@@ -195,7 +186,7 @@ async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
 
 #[tokio::test]
 async fn a_database_named_in_the_rules_that_does_not_exist_stops_the_start() {
-    let app = database(&[USERS, USERS_V2]).await;
+    let app = database(&[SPLIT_TABLES]).await;
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(file.path(), rules("ghost_users", Some("no_such_database_here"))).unwrap();
     let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), app.url());
@@ -213,9 +204,9 @@ async fn a_database_named_in_the_rules_that_does_not_exist_stops_the_start() {
 
 #[tokio::test]
 async fn a_reload_changes_each_databases_migrations_but_not_which_databases_hold_them() {
-    let app = database(&[USERS, USERS_V2]).await;
-    let crm = database(&[USERS, USERS_V2, "CREATE TABLE users_v3 (id int PRIMARY KEY, first_name text)"]).await;
-    let third = database(&[USERS, USERS_V2]).await;
+    let app = database(&[SPLIT_TABLES]).await;
+    let crm = database(&[SPLIT_TABLES, "CREATE TABLE users_v3 (id int PRIMARY KEY, first_name text)"]).await;
+    let third = database(&[SPLIT_TABLES]).await;
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     let two = format!("{}{}", rules("app_users", None), rules("crm_users", Some(&crm.name)));
     std::fs::write(file.path(), &two).unwrap();
@@ -257,8 +248,7 @@ async fn jobs_check_and_shadow_reads_of_a_migration_run_in_its_database() {
     use dualwrite_proxy::jobs::cli::{backfill_status, verify_status, BackfillArgs, JobTarget, VerifyArgs};
 
     let app = database(&[USERS]).await;
-    let crm =
-        database(&[USERS, USERS_V2, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(1, 30) g"]).await;
+    let crm = database(&[SPLIT_TABLES, "INSERT INTO users SELECT g, 'old ' || g FROM generate_series(1, 30) g"]).await;
     let sampled =
         rules("crm_users", Some(&crm.name)).replace("key    = [\"id\"]", "key    = [\"id\"]\nshadow_read_sample = 1.0");
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
