@@ -87,9 +87,18 @@ async fn a_session_on_another_database_writes_its_own_users_untouched() {
     let shown = simple_rows(&via_other.simple_query("SHOW dualwrite.version").await.unwrap());
     assert_eq!(shown, [[Some("no-such-version".to_owned())]]);
     via_other.batch_execute("INSERT INTO users (id, name) VALUES (5, 'Barbara')").await.unwrap();
+    // Also as a startup option, which a database with migrations would refuse for an unknown version.
+    let options = format!("{}?options=-c%20dualwrite.version%3Dv9", proxy.url(&other));
+    let with_option = connect(&options).await.unwrap();
+    let shown = simple_rows(&with_option.simple_query("SHOW dualwrite.version").await.unwrap());
+    assert_eq!(shown, [[Some("v9".to_owned())]]);
+    with_option.batch_execute("INSERT INTO users (id, name) VALUES (6, 'Frances')").await.unwrap();
+    let on_app = format!("{}?options=-c%20dualwrite.version%3Dv9", proxy.url(&app));
+    let refused = connect(&on_app).await.unwrap().simple_query("SELECT * FROM users").await.unwrap_err();
+    assert_eq!(sqlstate(&refused), "22023", "{refused}");
 
     let direct_other = other.connect().await.unwrap();
-    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5]);
+    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5, 6]);
     assert!(!has_schema(&direct_other, "dualwrite").await, "no state in a database without migrations");
     let direct_app = app.connect().await.unwrap();
     assert_eq!(ids(&direct_app, "users").await, Vec::<i32>::new(), "nothing reached app's users");
@@ -101,7 +110,7 @@ async fn a_session_on_another_database_writes_its_own_users_untouched() {
     assert_eq!(ids(&direct_app, "users_v2").await, [7]);
     let refused = via_app.batch_execute("SET dualwrite.version = 'no-such-version'").await.unwrap_err();
     assert_eq!(sqlstate(&refused), "22023", "{refused}");
-    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5], "app's writes stay in app");
+    assert_eq!(ids(&direct_other, "users").await, [1, 2, 4, 5, 6], "app's writes stay in app");
 }
 
 #[tokio::test]
