@@ -298,3 +298,43 @@ async fn jobs_check_and_shadow_reads_of_a_migration_run_in_its_database() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_that_fails_in_one_database_leaves_every_database_as_it_was() {
+    let accounts = "CREATE TABLE accounts (id int PRIMARY KEY, name text);
+                    CREATE TABLE accounts_v2 (id int PRIMARY KEY, first_name text)";
+    let mut dbs = [database(&[SPLIT_TABLES, accounts]).await, database(&[SPLIT_TABLES]).await];
+    // Databases are reloaded in name order: the first takes its new rules, then the second fails.
+    dbs.sort_by(|a, b| a.name.cmp(&b.name));
+    let [first, second] = dbs;
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    let (in_first, in_second) = (rules("first_users", Some(&first.name)), rules("second_users", Some(&second.name)));
+    std::fs::write(file.path(), format!("{in_first}{in_second}")).unwrap();
+    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), first.url());
+    config.rules = Some(file.path().to_owned());
+    config.admin_roles = vec![first.cluster.superuser().to_owned()];
+    let server = Server::bind(config.clone()).await.unwrap();
+    let (addr, reloader) = (server.local_addr(), server.reloader());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // The second database goes away; the reload adds a migration to the first and changes the second's.
+    let admin = connect(&first.cluster.connection_string()).await.unwrap();
+    admin.batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", second.name)).await.unwrap();
+    let accounts_split = rules("accounts_split", Some(&first.name)).replace("users", "accounts");
+    let second_changed = in_second.replace("key    = [\"id\"]", "key    = [\"id\"]\nshadow_read_sample = 0.5");
+    std::fs::write(file.path(), format!("{in_first}{accounts_split}{second_changed}")).unwrap();
+    let error = format!("{:#}", reloader.reload(config).await.unwrap_err());
+    assert!(error.contains(&second.name), "{error}");
+
+    // The first database runs its old rules: the added migration is neither applied nor accepted by control SQL.
+    let via_first = connect(&first.url_via(addr)).await.unwrap();
+    via_first.batch_execute("INSERT INTO accounts VALUES (1, 'Ada')").await.unwrap();
+    assert_eq!(ids(&first.connect().await.unwrap(), "accounts_v2").await, Vec::<i32>::new());
+    let refused = via_first.simple_query("DUALWRITE PHASE accounts_split off FORCE").await.unwrap_err();
+    assert_eq!(sqlstate(&refused), "42704", "{refused}");
+    via_first.batch_execute("INSERT INTO users VALUES (2, 'Alan')").await.unwrap();
+    assert_eq!(ids(&first.connect().await.unwrap(), "users_v2").await, [2], "the rules in force still apply");
+}

@@ -18,7 +18,7 @@ use super::{load_rules, Live};
 use crate::config::Config;
 use crate::databases::{quoted_list, split, DatabaseRules};
 use crate::pg_client::PgTarget;
-use crate::state::StateHandle;
+use crate::state::{Actor, StateHandle};
 
 /// Every database's [`Live`], by database name.
 pub struct LiveDatabases {
@@ -83,7 +83,20 @@ impl LiveDatabases {
         let mut prepared = Vec::with_capacity(parts.len());
         for DatabaseRules { database, rules } in parts {
             let live = &self.by_database[&database];
-            prepared.push((live, live.prepare_reload(rules, config).await?));
+            match live.prepare_reload(rules, config).await {
+                Ok(next) => prepared.push((live, next)),
+                Err(error) => {
+                    // The databases already prepared validate control SQL against the new rules: back to
+                    // the rules in force (registering them again adds nothing).
+                    for (live, _) in &prepared {
+                        let actor = Actor { role: "dualwrite (config reload undone)".into(), client_addr: None };
+                        if let Err(e) = live.state.set_rules(Arc::clone(&live.current().rules), &actor).await {
+                            tracing::warn!(error = %e, "cannot restore the rules in force in the dualwrite state");
+                        }
+                    }
+                    return Err(error);
+                }
+            }
         }
         let mut changes = Vec::new();
         for (live, (next, changed)) in prepared {
