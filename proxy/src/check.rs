@@ -30,7 +30,9 @@ pub struct CheckArgs {
     /// The rules file (TOML).
     #[arg(long, env = "DUALWRITE_RULES")]
     pub rules: PathBuf,
-    /// The upstream database (postgres:// URL or key=value string) whose schema the rules must fit.
+    /// The upstream database (postgres:// URL or key=value string) whose schema the rules must fit; migrations
+    /// naming another `database` are checked there (same server and credentials). Replayed statements are
+    /// judged as sessions on this URL's database.
     #[arg(long, env = "DUALWRITE_UPSTREAM")]
     pub upstream: String,
     /// Statements to replay through the rewriter: one per line (`--` lines and blank lines skipped), or a
@@ -127,18 +129,47 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
     };
     writeln!(out, "rules: {origin} ({} migration(s))", rules.migrations.len())?;
 
-    let client = connect(&args.upstream).await?;
-    for migration in &rules.migrations {
-        let tally = schema::check_migration(&client, migration, args.sample, out).await?;
-        let unseen = writers::check_migration(&client, migration, out).await?;
-        findings.errors += tally.errors + unseen.errors;
-        findings.warnings += tally.warnings + unseen.warnings;
+    let upstream = crate::pg_client::PgTarget::from_str(&args.upstream).context("parsing --upstream")?;
+    let parts = match crate::databases::split(&rules, upstream.database(), &origin) {
+        Ok(parts) => parts,
+        Err(error) => {
+            writeln!(out, "rules: INVALID: {error:#}")?;
+            findings.errors += 1;
+            writeln!(out, "summary: rules invalid ({} error)", findings.errors)?;
+            return Ok(findings);
+        }
+    };
+    for part in &parts {
+        let target = upstream.with_database(&part.database);
+        let client = target.connect_client().await.with_context(|| {
+            format!("connecting to --upstream, database \"{}\" (of migrations in the rules)", part.database)
+        })?;
+        for migration in &part.rules.migrations {
+            let tally = schema::check_migration(&client, migration, args.sample, out).await?;
+            let unseen = writers::check_migration(&client, migration, out).await?;
+            findings.errors += tally.errors + unseen.errors;
+            findings.warnings += tally.warnings + unseen.warnings;
+        }
     }
 
     if let Some((path, statements)) = statements {
-        let route = replay::route_for(&rules, args.as_version.as_deref(), args.phase)?;
-        writeln!(out, "replay: {} ({} statement(s))", path.display(), statements.len())?;
-        findings.replay = replay::replay(&rules, &route, &statements, out)?;
+        // The statements are those of sessions on the --upstream URL's database: only its migrations apply.
+        let database = upstream.database().unwrap_or_default();
+        match parts.iter().find(|p| p.database == database) {
+            Some(part) => {
+                let route = replay::route_for(&part.rules, args.as_version.as_deref(), args.phase)?;
+                writeln!(out, "replay: {} ({} statement(s))", path.display(), statements.len())?;
+                findings.replay = replay::replay(&part.rules, &route, &statements, out)?;
+            }
+            None => {
+                writeln!(
+                    out,
+                    "replay: {}: database \"{database}\" holds no migrations: all pass through",
+                    path.display()
+                )?;
+                findings.replay.passed_through = statements.len();
+            }
+        }
     }
 
     let verdict = if findings.errors == 0 { "rules valid" } else { "rules INVALID" };
@@ -153,10 +184,4 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<Findin
     }
     writeln!(out)?;
     Ok(findings)
-}
-
-/// A connection to the upstream with the TLS its URL asks for, driven on a task.
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let target = crate::pg_client::PgTarget::from_str(url).context("parsing --upstream")?;
-    target.connect_client().await.context("connecting to --upstream")
 }

@@ -29,7 +29,8 @@ pub struct Health {
 
 struct Probes {
     context: Arc<ArcSwap<ServerContext>>,
-    state: Option<StateHandle>,
+    /// The migration state of each database that holds migrations.
+    states: Vec<StateHandle>,
 }
 
 impl Health {
@@ -37,9 +38,10 @@ impl Health {
         Arc::new(Health::default())
     }
 
-    /// What readiness checks: the upstream of the context in force, and the migration state if any.
-    pub fn attach(&self, context: Arc<ArcSwap<ServerContext>>, state: Option<StateHandle>) {
-        let _ = self.probes.set(Probes { context, state });
+    /// What readiness checks: the upstream of the context in force, and the migration state of every
+    /// database holding migrations.
+    pub fn attach(&self, context: Arc<ArcSwap<ServerContext>>, states: Vec<StateHandle>) {
+        let _ = self.probes.set(Probes { context, states });
     }
 
     /// The accept loop runs.
@@ -67,10 +69,11 @@ impl Health {
             Ok(Err(e)) => return Err(format!("upstream {addr} unreachable: {e}")),
             Err(_) => return Err(format!("upstream {addr} unreachable: timed out")),
         }
-        if let Some(state) = &probes.state {
-            if !state.is_current() {
-                return Err("migration state is not current (state listener disconnected)".into());
-            }
+        if let Some(state) = probes.states.iter().find(|s| !s.is_current()) {
+            let database = state.pg_target().database().unwrap_or_default();
+            return Err(format!(
+                "migration state of database \"{database}\" is not current (state listener disconnected)"
+            ));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod databases;
 pub mod fuzz_checks;
 pub mod health;
 pub mod jobs;

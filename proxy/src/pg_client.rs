@@ -46,6 +46,19 @@ impl PgTarget {
         &mut self.config
     }
 
+    /// The same server, credentials and TLS, connecting to `database` instead (the control plane of a
+    /// migration that lives in another database than the URL's).
+    pub fn with_database(&self, database: &str) -> PgTarget {
+        let mut target = self.clone();
+        target.config.dbname(database);
+        target
+    }
+
+    /// The database a connection opens: the URL's, else the user name (as Postgres defaults it).
+    pub fn database(&self) -> Option<&str> {
+        self.config.get_dbname().or(self.config.get_user())
+    }
+
     /// A connection; the caller drives the returned `Connection`.
     pub async fn connect(&self) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
         self.config.connect(MakeRustls { connector: self.tls.connector().cloned() }).await

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::live::Live;
+use crate::live::LiveDatabases;
 use crate::server::ServerContext;
 
 /// Settings a reload cannot change (the TOML keys, or their prefix for tables).
@@ -30,12 +30,12 @@ const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session
 #[derive(Clone)]
 pub struct Reloader {
     context: Arc<ArcSwap<ServerContext>>,
-    live: Option<Arc<Live>>,
+    live: Option<Arc<LiveDatabases>>,
     busy: Arc<Mutex<()>>,
 }
 
 impl Reloader {
-    pub(crate) fn new(context: Arc<ArcSwap<ServerContext>>, live: Option<Arc<Live>>) -> Reloader {
+    pub(crate) fn new(context: Arc<ArcSwap<ServerContext>>, live: Option<Arc<LiveDatabases>>) -> Reloader {
         Reloader { context, live, busy: Arc::new(Mutex::new(())) }
     }
 

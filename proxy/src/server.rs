@@ -34,7 +34,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
 use crate::libpq_tls::UpstreamTls;
-use crate::live::{Live, LiveInterceptor};
+use crate::live::{LiveDatabases, LiveInterceptor};
 use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
 use crate::session;
@@ -58,7 +58,7 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     context: Arc<ArcSwap<ServerContext>>,
-    live: Option<Arc<Live>>,
+    live: Option<Arc<LiveDatabases>>,
     health: Arc<Health>,
     threads: SessionThreads,
 }
@@ -100,7 +100,7 @@ impl Server {
             crate::metrics::install_exporter(addr, Arc::clone(&health))?;
         }
         // With a rules file, the migration state is read before the first client is accepted.
-        let live = Live::from_config(&ctx.config).await?;
+        let live = LiveDatabases::from_config(&ctx.config).await?;
         let interceptor: SharedInterceptor = match &live {
             Some(live) => {
                 live.export_cache_metrics(Duration::from_secs(1));
@@ -117,7 +117,7 @@ impl Server {
         let upstream_sslmode = ctx.upstream.tls.mode().as_str();
         tracing::info!(listen = %local_addr, %upstream, upstream_sslmode, tls, session_threads, "proxy listening");
         let context = Arc::new(ArcSwap::from_pointee(ServerContext { interceptor, ..ctx }));
-        health.attach(Arc::clone(&context), live.as_ref().map(|l| l.state().clone()));
+        health.attach(Arc::clone(&context), live.as_ref().map(|l| l.states()).unwrap_or_default());
         Ok(Server { listener, local_addr, context, live, health, threads })
     }
 

@@ -26,6 +26,10 @@ pub struct RuleSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
     pub name: String,
+    /// The database holding both tables, exactly as clients name it in their startup packet; `None`: the
+    /// database of the proxy's upstream URL (the proxy resolves it). Sessions on other databases never see
+    /// this migration.
+    pub database: Option<String>,
     /// The old table; its name is also the logical name that sessions of both versions write.
     pub table: TableName,
     pub shadow: TableName,
@@ -205,8 +209,10 @@ impl RuleSet {
         RuleSet::new(migrations, origin)
     }
 
-    /// Checks rules built in code (or after edits) against each other: unique names, no table in two
-    /// migrations, and each migration valid on its own.
+    /// Checks rules built in code (or after edits) against each other: unique names (across databases), no
+    /// table in two migrations of the same database, and each migration valid on its own. Migrations
+    /// without a `database` are compared only with each other: resolve the default before checking them
+    /// against migrations that name one.
     pub fn new(migrations: Vec<Migration>, origin: &str) -> Result<RuleSet, RulesError> {
         let err = |m: &Migration, field: &str, message: String| RulesError {
             origin: origin.to_string(),
@@ -220,7 +226,7 @@ impl RuleSet {
             if !names.insert(m.name.as_str()) {
                 return Err(err(m, "name", "another migration has the same name".into()));
             }
-            for other in &migrations[..i] {
+            for other in migrations[..i].iter().filter(|o| o.database == m.database) {
                 for (field, mine) in [("table", &m.table), ("shadow", &m.shadow)] {
                     for theirs in [&other.table, &other.shadow] {
                         if tables_may_clash(mine, theirs) {
@@ -267,6 +273,11 @@ impl Migration {
         };
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(err("name", "must be non-empty letters, digits, `_` or `-`".into()));
+        }
+        if let Some(database) = &self.database {
+            if database.is_empty() || database.contains('\0') {
+                return Err(err("database", "must be a database name (non-empty, no NUL)".into()));
+            }
         }
         if tables_may_clash(&self.table, &self.shadow) {
             return Err(err("shadow", "must differ from `table`".into()));
@@ -389,6 +400,8 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawMigration {
     name: String,
+    #[serde(default)]
+    database: Option<String>,
     table: String,
     shadow: String,
     key: Vec<String>,
@@ -430,6 +443,7 @@ impl RawMigration {
         };
         Ok(Migration {
             name: self.name,
+            database: self.database,
             table,
             shadow,
             key: self.key,

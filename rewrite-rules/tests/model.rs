@@ -133,3 +133,19 @@ fn accept_unseen_writers_defaults_to_none_and_each_identifier_is_checked() {
         assert!(e.contains(complaint), "{bad}: {e}");
     }
 }
+
+#[test]
+fn database_is_optional_and_tables_clash_only_within_one_database() {
+    assert_eq!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].database, None);
+    let in_db =
+        |db: &str, name: &str| BASE.replace("name = \"m1\"", &format!("name = \"{name}\"\ndatabase = \"{db}\""));
+    let rules = RuleSet::from_toml(&format!("{}{}", in_db("app", "m1"), in_db("Other DB", "m2")), "r").unwrap();
+    let databases: Vec<_> = rules.migrations.iter().map(|m| m.database.as_deref()).collect();
+    assert_eq!(databases, [Some("app"), Some("Other DB")], "kept verbatim: database names are case-sensitive");
+    let same = error_of(&format!("{}{}", in_db("app", "m1"), in_db("app", "m2")));
+    assert!(same.contains("migration `m2`: field `table`: `a` is already used by migration `m1`"), "{same}");
+    let twice = error_of(&format!("{}{}", in_db("app", "m1"), in_db("other", "m1")));
+    assert!(twice.contains("migration `m1`: field `name`: another migration has the same name"), "{twice}");
+    let empty = error_of(&in_db("", "m1"));
+    assert!(empty.contains("migration `m1`: field `database`: must be a database name"), "{empty}");
+}

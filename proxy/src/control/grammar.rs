@@ -72,6 +72,19 @@ impl ControlCommand {
             ControlCommand::Audit { .. } => "AUDIT",
         }
     }
+
+    /// The migration the command names, if any.
+    pub fn migration(&self) -> Option<&str> {
+        match self {
+            ControlCommand::Status => None,
+            ControlCommand::Audit { migration, .. } => migration.as_deref(),
+            ControlCommand::Route { migration, .. }
+            | ControlCommand::Phase { migration, .. }
+            | ControlCommand::Rollback { migration }
+            | ControlCommand::Backfill { migration, .. }
+            | ControlCommand::Verify { migration, .. } => Some(migration),
+        }
+    }
 }
 
 /// Cheap check, run on every statement: is the first keyword (after whitespace and comments) DUALWRITE?

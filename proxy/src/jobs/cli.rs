@@ -21,7 +21,8 @@ use super::throttle::Limits;
 use super::verify::{run_verify, VerifyOptions};
 use super::TableMapping;
 
-/// Where the job runs: the rules file naming the migration and the upstream database.
+/// Where the job runs: the rules file naming the migration and the upstream server (the job connects to
+/// the migration's `database`, the URL's own when the rules name none).
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobTarget {
     /// Name of the migration in the rules file.
@@ -72,7 +73,8 @@ fn load(target: &JobTarget) -> anyhow::Result<(PgTarget, TableMapping)> {
     let rules = RuleSet::from_toml(&text, &origin)?;
     let mapping = TableMapping::from_rules(&rules, &target.migration)?;
     let config = PgTarget::from_str(&target.upstream).context("parsing --upstream")?;
-    Ok((config, mapping))
+    let migration = rules.find(&target.migration).map(|(_, m)| m).context("no such migration")?;
+    Ok((crate::databases::target_for(&config, migration), mapping))
 }
 
 fn bar(total: u64) -> ProgressBar {

@@ -2,12 +2,19 @@
 //! `dualwrite.version`, the shared migration state and control SQL. The relay hands it every Query and
 //! Parse; it answers with a verdict (forward untouched, rewrite, refuse, or answer locally).
 //!
-//! `Live` is built once per server from the config (rules file, control-plane connection) and shared by
-//! every session; [`session::LiveSession`] holds what one client session needs.
+//! A `Live` serves one database: the migrations whose `database` it is, their state (the `dualwrite` schema
+//! of that database), jobs and shadow reads. [`LiveDatabases`] holds one per database that holds migrations
+//! and picks it for each session; [`session::LiveSession`] holds what one client session needs, and
+//! [`elsewhere::ElsewhereSession`] serves sessions on databases without migrations.
 
+mod databases;
+mod elsewhere;
 mod resolution;
 mod session;
 
+pub use databases::LiveDatabases;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +26,9 @@ use dualwrite_rules::{CacheStats, Rewriter, RuleSet};
 use crate::config::Config;
 use crate::control::exec::JobDispatch;
 use crate::control::jobs_bridge::JobsBridge;
-use crate::control::ControlContext;
+use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
+use crate::pg_client::PgTarget;
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::shadow::{ShadowReads, ShadowReadsConfig};
 use crate::state::{Actor, StateHandle, StateOptions};
@@ -39,12 +47,16 @@ pub struct Live {
     state: StateHandle,
     runner: Option<Arc<JobRunner>>,
     next_session: AtomicU64,
-    /// The database shadow reads run on: only sessions on it are sampled.
+    /// This `Live`'s database (the one its state, jobs and shadow reads connect to): only sessions on it
+    /// are sampled for shadow reads.
     shadow_database: String,
     /// Exports the per-migration figures (backfill, lag, divergence, table rows) while metrics are on.
     figures: Option<tokio::task::JoinHandle<()>>,
     /// Verifies every migration on `control.verify_every_secs`.
     verify_schedule: Option<tokio::task::JoinHandle<()>>,
+    /// The migrations of the other databases (name -> database), so control SQL naming one here says
+    /// where it is; replaced with the rules.
+    elsewhere: ArcSwap<BTreeMap<String, String>>,
 }
 
 /// One generation of rules and the settings around them: what a reload swaps. Sessions compare
@@ -72,7 +84,8 @@ impl Drop for Live {
     }
 }
 
-/// Reads and validates the rules file a config names (parse, model validation, version defaults).
+/// Reads and validates the rules file a config names (parse, model validation, version defaults, which
+/// must each name a version of some migration).
 pub fn load_rules(config: &Config) -> anyhow::Result<Option<Arc<RuleSet>>> {
     let Some(path) = &config.rules else { return Ok(None) };
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
@@ -82,12 +95,10 @@ pub fn load_rules(config: &Config) -> anyhow::Result<Option<Arc<RuleSet>>> {
 }
 
 impl Live {
-    /// Loads the rules named by the config and connects the control plane (creating or upgrading the
-    /// `dualwrite` schema, registering the migrations, reading the state). `None` without a rules file:
-    /// the proxy then relays everything without looking at it.
-    pub async fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Live>>> {
-        let Some(rules) = load_rules(config)? else { return Ok(None) };
-        let pg = config.control_connection()?;
+    /// Connects the control plane of one database (`pg`, where the migrations of `rules` live: creating or
+    /// upgrading its `dualwrite` schema, registering the migrations, reading the state) and starts its
+    /// jobs and figures.
+    async fn start(config: &Config, pg: PgTarget, rules: Arc<RuleSet>) -> anyhow::Result<Live> {
         let options = StateOptions { max_age: config.limits.state_max_age(), ..StateOptions::default() };
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), options)
             .await
@@ -106,7 +117,7 @@ impl Live {
         if let Some(secs) = config.control.verify_every_secs.filter(|s| *s > 0) {
             live.verify_schedule = Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs)));
         }
-        Ok(Some(Arc::new(live)))
+        Ok(live)
     }
 
     /// `runner`: the jobs control SQL dispatches BACKFILL/VERIFY to (none: those commands answer 0A000).
@@ -115,7 +126,8 @@ impl Live {
         let current = Arc::new(ArcSwap::from_pointee(current));
         let shadow_database = crate::shadow::workers_database(state.pg_target());
         let next_session = AtomicU64::new(1);
-        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
+        let elsewhere = ArcSwap::default();
+        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None, elsewhere }
     }
 
     pub fn state(&self) -> &StateHandle {
@@ -132,12 +144,10 @@ impl Live {
         self.current.load()
     }
 
-    /// Replaces the rules (re-read from the config's rules file), the admin roles and the version defaults.
-    /// Migrations the new rules add are registered in the state first; on any error nothing changes.
-    /// Sessions pick the new generation up at their next statement. Returns what changed, for the log.
-    pub async fn reload(&self, config: &Config) -> anyhow::Result<Vec<String>> {
-        let rules =
-            load_rules(config)?.context("the rules file cannot be removed by a reload (restart without rules)")?;
+    /// The next generation for `rules` (this database's part of the reloaded rules file) and the config's
+    /// admin roles and version defaults, with what changed, for the log. Migrations the new rules add are
+    /// registered in the state first; nothing is in force until [`Live::install`].
+    async fn prepare_reload(&self, rules: Arc<RuleSet>, config: &Config) -> anyhow::Result<(LiveRules, Vec<String>)> {
         let old = self.current();
         let changes = rules_changes(&old.rules, &rules);
         let next = if *old.rules == *rules {
@@ -153,42 +163,44 @@ impl Live {
             LiveRules { control, defaults, shadow, shadow_config, ..LiveRules::clone(&old) }
         } else {
             let actor = Actor { role: "dualwrite (config reload)".into(), client_addr: None };
-            self.state
-                .set_rules(Arc::clone(&rules), &actor)
-                .await
-                .context("cannot register the new rules in the dualwrite state (upstream database)")?;
+            self.state.set_rules(Arc::clone(&rules), &actor).await.with_context(|| {
+                format!("cannot register the new rules in the dualwrite state of database \"{}\"", self.shadow_database)
+            })?;
             let stats = old.rewriter.cache_stats();
             let (hits, misses) = (old.cache_base.hits + stats.hits, old.cache_base.misses + stats.misses);
             let base = CacheStats { hits, misses, entries: 0 };
             LiveRules::new(rules, &self.state, config, self.runner.as_ref(), old.generation + 1, base)
         };
+        Ok((next, changes))
+    }
+
+    /// Puts a prepared generation in force: sessions pick it up at their next statement.
+    fn install(&self, next: LiveRules) {
         self.current.store(Arc::new(next));
-        Ok(changes)
+    }
+
+    /// The refusal of a control command that names a migration of another database, for an admin (others
+    /// get the usual 42501 from `control::execute`).
+    fn migration_elsewhere(&self, command: &ControlCommand, role: &str) -> Option<ControlError> {
+        let migration = command.migration()?;
+        let elsewhere = self.elsewhere.load();
+        let database = elsewhere.get(migration)?;
+        if !self.load().control.is_admin(role) {
+            return None;
+        }
+        Some(
+            ControlError::new(
+                crate::control::error::codes::UNDEFINED_OBJECT,
+                format!("migration \"{migration}\" does not exist in database \"{}\"", self.shadow_database),
+            )
+            .with_hint(format!("It belongs to database \"{database}\": run the command on a connection to it.")),
+        )
     }
 
     /// A function returning the rules in force, for tasks that outlive a reload.
     fn rules_source(&self) -> impl Fn() -> Arc<RuleSet> + Send + Sync + 'static {
         let current = Arc::clone(&self.current);
         move || Arc::clone(&current.load().rules)
-    }
-
-    /// Exports the rewriter's plan-cache counters every `period` until the `Live` is dropped.
-    pub fn export_cache_metrics(self: &Arc<Self>, period: Duration) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let hits = metrics::counter!("dualwrite_rewrite_cache_hits_total");
-            let misses = metrics::counter!("dualwrite_rewrite_cache_misses_total");
-            loop {
-                let Some(live) = weak.upgrade() else { return };
-                let current = live.current();
-                drop(live);
-                let stats = current.rewriter.cache_stats();
-                hits.absolute(current.cache_base.hits + stats.hits);
-                misses.absolute(current.cache_base.misses + stats.misses);
-                drop(current);
-                tokio::time::sleep(period).await;
-            }
-        });
     }
 }
 
@@ -251,12 +263,18 @@ fn rules_changes(old: &RuleSet, new: &RuleSet) -> Vec<String> {
     changes
 }
 
-/// The interceptor of a server with migrations: `Arc<Live>` so each session holds the shared part.
-pub struct LiveInterceptor(pub Arc<Live>);
+/// The interceptor of a server with migrations: each session gets the [`Live`] of the database its
+/// startup packet names, or, on a database without migrations, a session that forwards everything.
+pub struct LiveInterceptor(pub Arc<LiveDatabases>);
 
 impl Interceptor for LiveInterceptor {
     fn start_session(&self, info: &SessionInfo) -> Option<Box<dyn SessionInterceptor>> {
-        let id = self.0.next_session.fetch_add(1, Ordering::Relaxed);
-        Some(Box::new(session::LiveSession::new(Arc::clone(&self.0), info, id)))
+        Some(match self.0.database(info.database()) {
+            Some(live) => {
+                let id = live.next_session.fetch_add(1, Ordering::Relaxed);
+                Box::new(session::LiveSession::new(Arc::clone(live), info, id))
+            }
+            None => Box::new(elsewhere::ElsewhereSession::new(info.database(), self.0.holders())),
+        })
     }
 }

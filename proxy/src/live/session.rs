@@ -100,9 +100,8 @@ impl LiveSession {
         let version = SessionVersion::new(params, &current.defaults, &current.rules);
         drop(current);
         let actor = Actor { role: info.user().to_owned(), client_addr: Some(info.client_addr.to_string()) };
-        let database = info.parameters.get("database").map(String::as_str).unwrap_or(info.user());
         // Against the control plane's database, not today's sampler: a reload may start sampling.
-        let shadow_reads = database == live.shadow_database;
+        let shadow_reads = info.database() == live.shadow_database;
         LiveSession {
             live,
             actor,
@@ -154,6 +153,9 @@ impl LiveSession {
             Ok(c) => c,
             Err(e) => return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) }),
         };
+        if let Some(e) = self.live.migration_elsewhere(&command, &self.actor.role) {
+            return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) });
+        }
         let ctx = self.live.load().control.clone();
         let actor = self.actor.clone();
         Verdict::Defer(Box::pin(async move {

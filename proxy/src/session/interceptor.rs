@@ -102,6 +102,12 @@ impl SessionInfo {
     pub fn user(&self) -> &str {
         self.parameters.get("user").map(String::as_str).unwrap_or("")
     }
+
+    /// The database the session opened: the startup packet's `database`, else the user name (as Postgres
+    /// defaults it).
+    pub fn database(&self) -> &str {
+        self.parameters.get("database").map(String::as_str).unwrap_or(self.user())
+    }
 }
 
 /// One SQL string to judge.

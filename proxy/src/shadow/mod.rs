@@ -122,8 +122,7 @@ impl ShadowCounts {
 /// The database the workers read, given the control plane's connection settings: sessions on other
 /// databases are never sampled.
 pub fn workers_database(pg: &PgTarget) -> String {
-    let pg = pg.config();
-    pg.get_dbname().or(pg.get_user()).unwrap_or_default().to_owned()
+    pg.database().unwrap_or_default().to_owned()
 }
 
 /// A read that won the draw, as the session judged it.
