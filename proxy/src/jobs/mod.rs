@@ -1,5 +1,5 @@
 //! Background jobs of a migration: the backfill that copies pre-existing rows into the shadow table, the
-//! verifier that compares both tables (and repairs the shadow), and the per-migration metrics derived from
+//! verifier that compares both tables (and repairs the one behind the phase's source of truth), and the per-migration metrics derived from
 //! the `dualwrite` state tables. Every job runs on its own upstream connection, one instance at a time per
 //! migration and kind, held by `pg_try_advisory_lock(hashtext('dualwrite:<kind>:<migration>'))`.
 
@@ -34,6 +34,9 @@ pub enum JobError {
     Busy { kind: &'static str, migration: String },
     #[error("migration {0} is not in the rules")]
     UnknownMigration(String),
+    /// The job does not apply in the migration's phase (e.g. verify at `complete`).
+    #[error("migration {migration}: {reason}")]
+    Phase { migration: String, reason: String },
 }
 
 pub type JobResult<T> = Result<T, JobError>;
