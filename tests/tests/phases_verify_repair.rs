@@ -108,6 +108,13 @@ async fn repair_rewrites_the_table_behind_the_source_of_truth_of_each_phase() {
     assert!(ten.expected.as_deref().unwrap().contains("new@shadow"), "expected = the shadow row: {ten:?}");
     let shadow_rows: i64 = f.client.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0);
     assert_eq!(report.rows_checked, shadow_rows);
+    let recorded: (String, i64, i64) = f
+        .client
+        .query_one("SELECT source, missing, extra FROM dualwrite.verify_runs WHERE id = $1", &[&report.run_id])
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(recorded, ("shadow".to_string(), 1, 2), "the run says what its counts are relative to");
 
     let shadow_before = rows(&f.client, "users_v2").await;
     let repaired = run_verify(&f.config, &f.mapping, &repair, &|_, _| {}).await.expect("repair in cutover");

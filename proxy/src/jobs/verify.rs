@@ -131,8 +131,8 @@ pub async fn run_verify(
     let compiled = CompiledMapping::load(&client, mapping).await?;
     let run_id: i64 = client
         .query_one(
-            "INSERT INTO dualwrite.verify_runs (migration, started_at) VALUES ($1, now()) RETURNING id",
-            &[&name],
+            "INSERT INTO dualwrite.verify_runs (migration, started_at, source) VALUES ($1, now(), $2) RETURNING id",
+            &[&name, &source.as_str()],
         )
         .await?
         .get(0);

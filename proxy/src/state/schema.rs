@@ -65,8 +65,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX divergent_keys_run_idx ON dualwrite.divergent_keys (run_id);
     "#,
-    // 2: the audit log becomes append-only and hash-chained (encoding and checks: `audit_chain`)
+    // 2: verify runs name their source of truth (what missing/extra are relative to); the audit log
+    // becomes append-only and hash-chained (encoding and checks: `audit_chain`)
     r#"
+    ALTER TABLE dualwrite.verify_runs ADD COLUMN source text CHECK (source IN ('old', 'shadow'));
+
     ALTER TABLE dualwrite.audit_log ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
 
     -- The canonical encoding of a row's fields, the bytes its hash covers (documented in `audit_chain`).
