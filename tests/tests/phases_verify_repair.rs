@@ -2,7 +2,8 @@
 //! truth (divergences counted relative to it, REPAIR rewrites the shadow through the forward mapping and
 //! leaves the old table byte for byte as it was); from cutover on the shadow is (REPAIR rewrites the old
 //! table through the backward mapping and never touches the newer shadow rows); at `complete` VERIFY is
-//! refused; the scheduled verify skips migrations at `complete` and `off`.
+//! refused; the scheduled verify skips migrations at `complete` and `off`; a backfill copies only before
+//! cutover and pauses when cutover lands while it runs.
 
 mod jobs_support;
 
@@ -11,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dualwrite_proxy::config::Config;
+use dualwrite_proxy::jobs::throttle::Limits;
 use dualwrite_proxy::jobs::verify::DivergenceKind;
-use dualwrite_proxy::jobs::{run_backfill, run_verify, BackfillOptions, JobError, TableMapping, VerifyOptions};
+use dualwrite_proxy::jobs::{
+    run_backfill, run_verify, BackfillOptions, JobError, JobRunner, TableMapping, VerifyOptions,
+};
 use dualwrite_proxy::state::phase::SourceOfTruth;
 use dualwrite_proxy::state::{Actor, StateHandle, StateOptions};
 use dualwrite_rules::{Phase, RuleSet};
@@ -188,6 +192,46 @@ async fn a_repair_stops_when_the_phase_changed_since_the_scan() {
     let first: String = f.client.query_one("SELECT first_name FROM users_v2 WHERE id = 7", &[]).await.unwrap().get(0);
     assert_eq!(first, "Newer", "the shadow, now the source of truth, was not overwritten");
     drop(state);
+}
+
+async fn shadow_count(client: &Client) -> i64 {
+    client.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_copies_only_while_the_old_table_is_the_source_of_truth() {
+    let f = fixture(3_000).await;
+    let state = state(&f).await;
+    // In cutover (forced, no backfill yet) a backfill is refused and copies nothing.
+    state.change_phase(MIGRATION, Phase::Cutover, true, &admin()).await.unwrap();
+    match run_backfill(&f.config, &f.mapping, &BackfillOptions::default(), &|_| {}).await {
+        Err(JobError::Phase { reason, .. }) => assert!(reason.contains("cutover"), "{reason}"),
+        other => panic!("backfill in cutover: {other:?}"),
+    }
+    assert_eq!(shadow_count(&f.client).await, 0);
+
+    // Back in dual_write it copies; a cutover landing meanwhile pauses it before its next batch.
+    state.rollback(MIGRATION, &admin()).await.unwrap();
+    let runner = JobRunner::new(f.config.clone());
+    let options = BackfillOptions {
+        batch_size: 100,
+        limits: Limits { rate: Some(1_000), ..Limits::default() },
+        ..BackfillOptions::default()
+    };
+    runner.start(&f.mapping, options).await.unwrap();
+    eventually(Duration::from_secs(30), "some batches copied", || async { shadow_count(&f.client).await >= 300 }).await;
+    state.change_phase(MIGRATION, Phase::Cutover, true, &admin()).await.unwrap();
+    // The change waited for any batch in flight; nothing is copied after it.
+    let at_cutover = shadow_count(&f.client).await;
+    assert!(at_cutover < 3_000, "the backfill finished before the cutover: pick a lower rate");
+    eventually(Duration::from_secs(30), "the backfill paused itself", || async {
+        backfill_row(&f.client).await.is_some_and(|(state, _, _, _)| state == "paused")
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the backfill task ended", || async { !runner.running_here(MIGRATION) }).await;
+    assert_eq!(shadow_count(&f.client).await, at_cutover);
+    let (_, rows_done, _, _) = backfill_row(&f.client).await.unwrap();
+    assert_eq!(rows_done, at_cutover, "the checkpoint holds exactly what was copied");
 }
 
 const THREE_MIGRATIONS: &str = r#"

@@ -18,14 +18,14 @@
 use futures::{pin_mut, TryStreamExt};
 use sqlparser::ast::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
 use crate::pg_client::PgTarget;
-use crate::state::phase::{source_of_truth, Phase, SourceOfTruth};
+use crate::state::phase::SourceOfTruth;
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
-use super::{connect, is_retryable, notify_state, try_lock, unlock, JobError, JobKind, JobResult};
+use super::{connect, is_retryable, notify_state, source_of_truth_now, try_lock, unlock, JobError, JobKind, JobResult};
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -209,24 +209,11 @@ pub async fn run_verify(
     Ok(report)
 }
 
-/// The source of truth of the migration's phase as stored now; `lock` takes a share lock on its state row
-/// (held to the end of the transaction), which a phase change waits for.
-async fn source_in(client: &impl tokio_postgres::GenericClient, name: &str, lock: bool) -> JobResult<SourceOfTruth> {
-    let sql = if lock {
-        "SELECT phase FROM dualwrite.migrations WHERE name = $1 FOR SHARE"
-    } else {
-        "SELECT phase FROM dualwrite.migrations WHERE name = $1"
-    };
-    let row = client.query_opt(sql, &[&name]).await?;
-    let phase = match row {
-        Some(row) => Some(
-            row.get::<_, String>(0)
-                .parse::<Phase>()
-                .map_err(|reason| JobError::Phase { migration: name.to_string(), reason })?,
-        ),
-        None => None,
-    };
-    source_of_truth(phase).map_err(|reason| JobError::Phase { migration: name.to_string(), reason })
+/// `source_of_truth_now` with its refusal as `JobError::Phase`.
+async fn source_in(client: &impl GenericClient, name: &str, lock: bool) -> JobResult<SourceOfTruth> {
+    source_of_truth_now(client, name, lock)
+        .await?
+        .map_err(|reason| JobError::Phase { migration: name.to_string(), reason })
 }
 
 /// Row count and xor of row hashes of one side of a key range.
