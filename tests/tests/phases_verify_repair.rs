@@ -191,6 +191,17 @@ async fn a_repair_stops_when_the_phase_changed_since_the_scan() {
     }
     let first: String = f.client.query_one("SELECT first_name FROM users_v2 WHERE id = 7", &[]).await.unwrap().get(0);
     assert_eq!(first, "Newer", "the shadow, now the source of truth, was not overwritten");
+    // The run is recorded as finished, divergent, with nothing repaired: not left looking as if it runs.
+    let run: (bool, bool, i64, i64) = f
+        .client
+        .query_one(
+            "SELECT finished_at IS NOT NULL, clean, different, repaired FROM dualwrite.verify_runs              ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .unwrap();
+    assert_eq!(run, (true, false, 1, 0));
     drop(state);
 }
 

@@ -191,7 +191,12 @@ pub async fn run_verify(
         old_tx.commit().await?;
     }
     if options.repair && !keys.is_empty() {
-        report.repaired = repair(&mut client, &compiled, source, &keys).await?;
+        if let Err(error) = repair(&mut client, &compiled, source, &keys, &mut report.repaired).await {
+            // The scan's findings stand: record them (and what was repaired) so the run is not left open.
+            record(&client, &report).await?;
+            notify_state(&client, name).await?;
+            return Err(error);
+        }
     }
     record(&client, &report).await?;
     notify_state(&client, name).await?;
@@ -373,20 +378,21 @@ const REPAIR_ATTEMPTS: usize = 20;
 /// Rewrites the rows of `keys` in the table that is not `source` from the source, in batches, each under
 /// REPEATABLE READ and retried on a serialization failure (a concurrent dual write touched one of its
 /// rows). Each batch first checks, under a share lock on the migration's state row, that the phase still
-/// has `source` as its source of truth; if not, the repair stops with `JobError::Phase`.
+/// has `source` as its source of truth; if not, the repair stops with `JobError::Phase`. Rows repaired
+/// are added to `repaired` batch by batch, so a repair that stops still says what it did.
 async fn repair(
     client: &mut Client,
     compiled: &CompiledMapping,
     source: SourceOfTruth,
     keys: &[String],
-) -> JobResult<i64> {
+    repaired: &mut i64,
+) -> JobResult<()> {
     let behind = match source {
         SourceOfTruth::Old => Side::Shadow,
         SourceOfTruth::Shadow => Side::Old,
     };
     let statement = client.prepare(&compiled.repair(behind)).await?;
     let name = compiled.migration.as_str();
-    let mut repaired = 0;
     for batch in keys.chunks(REPAIR_BATCH) {
         let values: Vec<serde_json::Value> = batch.iter().filter_map(|key| serde_json::from_str(key).ok()).collect();
         let array = serde_json::Value::Array(values).to_string();
@@ -414,7 +420,7 @@ async fn repair(
             .await;
             match result {
                 Ok(count) => {
-                    repaired += count;
+                    *repaired += count;
                     break;
                 }
                 Err(JobError::Db(error)) if attempt < REPAIR_ATTEMPTS && is_retryable(&error) => {
@@ -424,7 +430,7 @@ async fn repair(
             }
         }
     }
-    Ok(repaired)
+    Ok(())
 }
 
 /// Stores the run's figures and its recorded divergent keys.
