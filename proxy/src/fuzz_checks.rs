@@ -172,7 +172,7 @@ pub fn check_control(data: &[u8]) {
                 ControlCommand::Phase { migration, .. }
                 | ControlCommand::Rollback { migration }
                 | ControlCommand::Verify { migration, .. } => assert!(!migration.is_empty()),
-                ControlCommand::Status => {}
+                ControlCommand::Status | ControlCommand::AuditVerify => {}
             }
         }
         Err(e) => check_syntax_error(&e, chars),

@@ -242,8 +242,8 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
     }
 
     let verify = control(&db, &proxies, &format!("DUALWRITE VERIFY {MIGRATION}")).await.unwrap();
-    // migration, run_id, rows_checked, shadow_rows, missing, extra, different, repaired, clean
-    let counts: Vec<&str> = verify[0][4..].iter().map(|c| c.as_deref().unwrap_or("")).collect();
+    // migration, run_id, source, rows_checked, target_rows, missing, extra, different, repaired, clean
+    let counts: Vec<&str> = verify[0][5..].iter().map(|c| c.as_deref().unwrap_or("")).collect();
     assert_eq!(counts, ["0", "0", "0", "0", "t"], "verify found divergence: {verify:?}");
 
     let ledger = Ledger::merge(reports.into_iter().map(|r| r.ledger));

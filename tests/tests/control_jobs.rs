@@ -1,6 +1,6 @@
 //! BACKFILL and VERIFY through control SQL with the real jobs (`control::jobs_bridge`): the backfill copies
 //! the rows, a clean verify follows, and only then does PHASE cutover pass without FORCE; each step is in
-//! the audit log.
+//! the audit log. In cutover VERIFY counts against the shadow; at complete it is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +93,14 @@ async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
     let actions: Vec<&str> = (0..audit.rows.len()).map(|i| cell(&audit, i, "action").unwrap()).collect();
     assert_eq!(actions, ["register", "backfill start", "verify", "phase"]);
     assert!(cell(&audit, 1, "after").unwrap().contains("\"batch\": 40"), "{audit:?}");
+
+    // In cutover VERIFY counts against the shadow; at complete there is nothing to verify: 55000.
+    let verify = run("DUALWRITE VERIFY users_split_name").await?;
+    assert_eq!((cell(&verify, 0, "source"), cell(&verify, 0, "clean")), (Some("shadow"), Some("t")));
+    run("DUALWRITE PHASE users_split_name complete").await?;
+    let err = run("DUALWRITE VERIFY users_split_name REPAIR").await.unwrap_err();
+    assert_eq!(err.code, "55000", "{err:?}");
+    assert!(err.message.contains("complete"), "{err:?}");
     Ok(())
 }
 

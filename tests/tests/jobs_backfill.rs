@@ -100,7 +100,7 @@ async fn backfill_of_a_million_rows_races_safely_with_dual_writes() {
     let report = run_verify(&f.config, &f.mapping, &VerifyOptions::default(), &|_, _| {}).await.expect("verify");
     let old_rows: i64 = f.client.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     assert_eq!(report.rows_checked, old_rows);
-    assert_eq!(report.shadow_rows, old_rows);
+    assert_eq!(report.target_rows, old_rows);
     assert!(report.clean(), "divergence after backfill: {:?}", &report.divergent[..report.divergent.len().min(10)]);
     assert_eq!(independent_difference(&f.client).await, 0);
 }

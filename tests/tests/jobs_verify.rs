@@ -27,7 +27,7 @@ async fn verify_finds_exactly_the_rows_changed_behind_the_proxy_and_repair_fixes
     let options = VerifyOptions { chunk_rows: 8_000, leaf_rows: 16, ..VerifyOptions::default() };
     let clean = run_verify(&f.config, &f.mapping, &options, &|_, _| {}).await.expect("verify");
     assert!(clean.clean(), "{:?}", clean.divergent);
-    assert_eq!((clean.rows_checked, clean.shadow_rows), (ROWS, ROWS));
+    assert_eq!((clean.rows_checked, clean.target_rows), (ROWS, ROWS));
 
     f.client
         .batch_execute(
@@ -93,7 +93,7 @@ async fn verify_finds_exactly_the_rows_changed_behind_the_proxy_and_repair_fixes
 
     let after = run_verify(&f.config, &f.mapping, &options, &|_, _| {}).await.expect("verify after repair");
     assert!(after.clean(), "{:?}", after.divergent);
-    assert_eq!(after.shadow_rows, after.rows_checked);
+    assert_eq!(after.target_rows, after.rows_checked);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use super::error::{codes, SqlError};
 use super::grammar::{BackfillAction, ControlCommand, ReadTarget};
 use crate::shadow::ShadowCounts;
+use crate::state::audit_chain::ChainCheck;
 use crate::state::store::{AuditEntry, PhaseChange};
 use crate::state::{Actor, MigrationState, StateHandle};
 
@@ -108,6 +109,10 @@ pub async fn execute(
         ControlCommand::Audit { migration, limit } => {
             let entries = ctx.state.audit(migration.as_deref(), *limit).await.map_err(state_err)?;
             Ok(audit_response(entries))
+        }
+        ControlCommand::AuditVerify => {
+            let check = ctx.state.verify_audit().await.map_err(state_err)?;
+            Ok(audit_verify_response(check))
         }
         ControlCommand::Backfill { migration, action, batch, rate } => {
             check_migration(ctx, migration)?;
@@ -254,6 +259,26 @@ fn audit_response(entries: Vec<AuditEntry>) -> ControlResponse {
         })
         .collect();
     result_set(&["id", "at", "migration", "action", "role", "client_addr", "before", "after"], rows)
+}
+
+/// One row: rows checked, intact, and the first broken link (id, the row before it, what is wrong) or
+/// NULLs with `problem` saying there is none, and the head hash to keep elsewhere.
+fn audit_verify_response(check: ChainCheck) -> ControlResponse {
+    let (id, previous, problem) = match check.broken {
+        Some(link) => (Some(link.id.to_string()), link.previous_id.map(|p| p.to_string()), link.problem),
+        None => (None, None, "none: every row matches its hash and links to the row before it".to_string()),
+    };
+    result_set(
+        &["rows_checked", "intact", "first_broken_id", "previous_id", "problem", "head_hash"],
+        vec![vec![
+            Some(check.rows.to_string()),
+            Some(if id.is_none() { "t" } else { "f" }.to_string()),
+            id,
+            previous,
+            Some(problem),
+            Some(check.head_hash),
+        ]],
+    )
 }
 
 #[cfg(test)]

@@ -10,9 +10,11 @@
 //! DUALWRITE BACKFILL <migration> PAUSE
 //! DUALWRITE VERIFY <migration> [REPAIR]
 //! DUALWRITE AUDIT [<migration>] [LIMIT <n>]
+//! DUALWRITE AUDIT VERIFY                                    -- the first broken link of the hash chain
 //! ```
 //! Keywords are case-insensitive; one trailing semicolon is allowed. Names are identifiers (unquoted ones
-//! fold to lower case as in Postgres), "quoted identifiers" or 'string literals'. Tokens come from
+//! fold to lower case as in Postgres), "quoted identifiers" or 'string literals'. After AUDIT, an unquoted
+//! VERIFY (or LIMIT) is the keyword: the audit of a migration named `verify` is `AUDIT "verify"`. Tokens come from
 //! sqlparser's PostgreSQL tokenizer; a bad command is a 42601 naming what was expected at which token.
 
 use sqlparser::tokenizer::Token;
@@ -31,6 +33,7 @@ pub enum ControlCommand {
     Backfill { migration: String, action: BackfillAction, batch: Option<u32>, rate: Option<u32> },
     Verify { migration: String, repair: bool },
     Audit { migration: Option<String>, limit: Option<u32> },
+    AuditVerify,
 }
 
 /// Where `ROUTE ... READS TO` sends reads.
@@ -70,6 +73,7 @@ impl ControlCommand {
             ControlCommand::Backfill { .. } => "BACKFILL",
             ControlCommand::Verify { .. } => "VERIFY",
             ControlCommand::Audit { .. } => "AUDIT",
+            ControlCommand::AuditVerify => "AUDIT VERIFY",
         }
     }
 
@@ -175,6 +179,10 @@ pub fn parse_control(sql: &str) -> Result<ControlCommand, SqlError> {
         }
         Some(ref l) if l.is_keyword("AUDIT") => {
             p.next += 1;
+            if p.accept_keyword("VERIFY") {
+                p.expect_end(&ControlCommand::AuditVerify)?;
+                return Ok(ControlCommand::AuditVerify);
+            }
             let migration = if p.at_end() || p.peek().is_some_and(|l| l.is_keyword("LIMIT")) {
                 None
             } else {
@@ -293,6 +301,9 @@ impl Parser {
             },
             ControlCommand::Verify { repair: false, .. } => "REPAIR or the end of the command",
             ControlCommand::Audit { limit: None, .. } => "LIMIT or the end of the command",
+            ControlCommand::AuditVerify => {
+                "the end of the command (for the audit of a migration named verify: AUDIT \"verify\")"
+            }
             _ => "the end of the command",
         };
         Err(self.error_here(expected))

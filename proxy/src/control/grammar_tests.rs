@@ -155,6 +155,19 @@ fn audit_forms() {
     assert_eq!(ok("DUALWRITE AUDIT LIMIT 3"), ControlCommand::Audit { migration: None, limit: Some(3) });
     assert_eq!(ok("DUALWRITE AUDIT m LIMIT 3"), ControlCommand::Audit { migration: Some("m".into()), limit: Some(3) });
     err("DUALWRITE AUDIT m n");
+    assert_eq!(ok("DUALWRITE AUDIT VERIFY"), ControlCommand::AuditVerify);
+    assert_eq!(ok("dualwrite audit verify;"), ControlCommand::AuditVerify);
+    // A migration named verify is reached by quoting it.
+    assert_eq!(
+        ok("DUALWRITE AUDIT \"verify\""),
+        ControlCommand::Audit { migration: Some("verify".into()), limit: None }
+    );
+    assert_eq!(
+        ok("DUALWRITE AUDIT 'verify' LIMIT 2"),
+        ControlCommand::Audit { migration: Some("verify".into()), limit: Some(2) }
+    );
+    let e = err("DUALWRITE AUDIT VERIFY LIMIT 2");
+    assert!(e.message.contains("AUDIT \"verify\""), "{e:?}");
     err("DUALWRITE AUDIT 5");
 }
 

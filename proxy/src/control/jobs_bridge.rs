@@ -96,8 +96,9 @@ impl JobDispatch for JobsBridge {
                 &[
                     "migration",
                     "run_id",
+                    "source",
                     "rows_checked",
-                    "shadow_rows",
+                    "target_rows",
                     "missing",
                     "extra",
                     "different",
@@ -107,8 +108,9 @@ impl JobDispatch for JobsBridge {
                 vec![vec![
                     Some(migration.to_string()),
                     n(report.run_id),
+                    Some(report.source.as_str().to_string()),
                     n(report.rows_checked),
-                    n(report.shadow_rows),
+                    n(report.target_rows),
                     n(report.missing),
                     n(report.extra),
                     n(report.different),
@@ -147,6 +149,8 @@ fn job_error(e: JobError) -> SqlError {
         },
         JobError::Busy { .. } => SqlError::new(codes::OBJECT_IN_USE, e.to_string()),
         JobError::UnknownMigration(_) => SqlError::new(codes::UNDEFINED_OBJECT, e.to_string()),
-        JobError::Mapping { .. } => SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()),
+        JobError::Mapping { .. } | JobError::Phase { .. } => {
+            SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string())
+        }
     }
 }

@@ -31,15 +31,16 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::pg_client::PgTarget;
+use crate::state::phase::SourceOfTruth;
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
 use super::sweep::{open_transactions, sees_all_transactions, Sweep, Sweeps};
 use super::throttle::{self, Hold, Limits};
-use super::{connect, is_retryable, notify_state, try_lock, unlock, JobKind, JobResult};
+use super::{connect, is_retryable, notify_state, source_of_truth_now, try_lock, unlock, JobError, JobKind, JobResult};
 
 /// How a backfill runs.
 #[derive(Debug, Clone)]
@@ -132,6 +133,9 @@ async fn copy_all(
         .await?;
     let compiled = CompiledMapping::load(client, mapping).await?;
     let name = mapping.migration.as_str();
+    if let Err(reason) = copies_into_the_shadow(client, name, false).await? {
+        return Err(JobError::Phase { migration: name.to_string(), reason });
+    }
     if !sees_all_transactions(client).await? {
         tracing::warn!(
             migration = name,
@@ -217,6 +221,11 @@ async fn copy_all(
                 return Ok(BackfillOutcome::Done { rows_done });
             }
             Step::Stopped { rows_done } => return Ok(BackfillOutcome::Stopped { rows_done }),
+            Step::WrongPhase { reason } => {
+                notify_state(client, name).await?;
+                tracing::warn!(migration = name, %reason, "backfill paused");
+                return Err(JobError::Phase { migration: name.to_string(), reason });
+            }
         }
     }
 }
@@ -301,6 +310,27 @@ enum Step {
     Stopped {
         rows_done: i64,
     },
+    /// The phase moved to one where the old table is not the source of truth: the backfill was paused.
+    WrongPhase {
+        reason: String,
+    },
+}
+
+/// Whether a backfill may copy the old table into the shadow now: only while the old table is the source
+/// of truth (`off`, `dual_write`). From cutover on, copying old rows into the shadow would write the
+/// source of truth from the table behind it (e.g. bring back rows deleted from the shadow at `complete`).
+async fn copies_into_the_shadow(
+    client: &impl GenericClient,
+    name: &str,
+    lock: bool,
+) -> Result<Result<(), String>, tokio_postgres::Error> {
+    Ok(match source_of_truth_now(client, name, lock).await? {
+        Ok(SourceOfTruth::Old) => Ok(()),
+        Ok(SourceOfTruth::Shadow) => {
+            Err("the shadow is the source of truth from cutover on: the backfill copies only before it".into())
+        }
+        Err(reason) => Err(reason),
+    })
 }
 
 /// The prepared statements of a backfill, indexed by whether the range has a lower bound.
@@ -356,6 +386,13 @@ async fn copy_batch(
         "running" => {}
         "paused" => return Ok(Step::Paused { rows_done, rows_total }),
         _ => return Ok(Step::Stopped { rows_done }),
+    }
+    // Under a share lock on the migration's state row: a phase change waits for this batch's commit.
+    if let Err(reason) = copies_into_the_shadow(&tx, name, true).await? {
+        tx.execute("UPDATE dualwrite.backfill SET state = 'paused', updated_at = now() WHERE migration = $1", &[&name])
+            .await?;
+        tx.commit().await?;
+        return Ok(Step::WrongPhase { reason });
     }
     let has_lower = usize::from(last_key.is_some());
     let offset = i64::from(batch) - 1;

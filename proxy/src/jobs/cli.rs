@@ -59,7 +59,8 @@ pub struct BackfillArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub target: JobTarget,
-    /// Rewrite the divergent shadow rows from the old table.
+    /// Rewrite the divergent rows of the table behind the phase's source of truth (the shadow before
+    /// cutover, the old table from cutover on) from the other one.
     #[arg(long)]
     pub repair: bool,
     /// Old-table rows per checksum chunk.
@@ -173,9 +174,10 @@ async fn verify_inner(args: VerifyArgs) -> anyhow::Result<bool> {
     .await?;
     progress.finish();
     println!(
-        "verify of {} (run {}): {} rows checked, {} missing, {} extra, {} different{}",
+        "verify of {} (run {}, against the {} table): {} rows checked, {} missing, {} extra, {} different{}",
         mapping.migration,
         report.run_id,
+        report.source.as_str(),
         report.rows_checked,
         report.missing,
         report.extra,

@@ -1,6 +1,8 @@
-//! The forward mapping of one migration as the jobs need it: old and shadow table names, the shared key and
-//! `shadow column = expression over old columns`. Expressions are parsed with sqlparser and identifiers are
-//! kept as quoted AST idents, so the SQL built from them (see `sql`) never splices raw rule text.
+//! The mappings of one migration as the jobs need them: old and shadow table names, the shared key,
+//! `shadow column = expression over old columns` (forward) and `old column = expression over shadow
+//! columns` (backward, with which a repair rewrites the old table once the shadow is the source of truth).
+//! Expressions are parsed with sqlparser and identifiers are kept as quoted AST idents, so the SQL built
+//! from them (see `sql`) never splices raw rule text.
 
 use dualwrite_rules::{Migration, RuleSet, TableName};
 use sqlparser::ast::{DataType, Expr, Ident, ObjectName, ObjectNamePart};
@@ -48,6 +50,8 @@ pub struct TableMapping {
     pub key: Vec<String>,
     /// `(shadow column, SQL expression over the old table's columns)`, in rules order.
     pub forward: Vec<(String, String)>,
+    /// `(old column, SQL expression over the shadow's columns)`, in rules order.
+    pub backward: Vec<(String, String)>,
 }
 
 impl From<&Migration> for TableMapping {
@@ -58,6 +62,7 @@ impl From<&Migration> for TableMapping {
             shadow: (&migration.shadow).into(),
             key: migration.key.clone(),
             forward: migration.forward.clone(),
+            backward: migration.backward.clone(),
         }
     }
 }
@@ -115,31 +120,40 @@ pub struct CompiledMapping {
     pub forward: Vec<Expr>,
     /// The shadow column types, to compare mapped values exactly as the shadow would store them.
     pub shadow_types: Vec<DataType>,
+    /// Alias of the shadow's rows, its bare name, so backward expressions qualified as `users_v2.x` resolve.
+    pub shadow_alias: Ident,
+    /// Old columns written by a repair of the old table, and their expressions over the shadow's columns.
+    pub old_columns: Vec<Ident>,
+    pub backward: Vec<Expr>,
 }
 
 impl CompiledMapping {
-    /// Parses the expressions and checks the key: each key column must map to itself, because batches and
-    /// chunks are key ranges shared by both tables.
+    /// Parses the expressions and checks the key: each key column must map to itself in both mappings,
+    /// because batches and chunks are key ranges shared by both tables.
     pub fn compile(mapping: &TableMapping, shadow_types: Vec<DataType>) -> JobResult<Self> {
         let migration = mapping.migration.as_str();
         let bad = |reason: String| JobError::Mapping { migration: migration.to_string(), reason };
         if mapping.key.is_empty() {
             return Err(bad("no key columns".into()));
         }
-        for key in &mapping.key {
-            let expr = mapping
-                .forward
-                .iter()
-                .find(|(column, _)| column == key)
-                .map(|(_, expr)| parse_expr(migration, expr))
-                .transpose()?;
-            let identity = matches!(&expr, Some(Expr::Identifier(ident)) if ident.value.eq_ignore_ascii_case(key));
-            if !identity {
-                return Err(bad(format!("key column {key:?} must map to itself in the forward mapping")));
+        for (direction, pairs) in [("forward", &mapping.forward), ("backward", &mapping.backward)] {
+            for key in &mapping.key {
+                let expr = pairs
+                    .iter()
+                    .find(|(column, _)| column == key)
+                    .map(|(_, expr)| parse_expr(migration, expr))
+                    .transpose()?;
+                let identity = matches!(&expr, Some(Expr::Identifier(ident)) if ident.value.eq_ignore_ascii_case(key));
+                if !identity {
+                    return Err(bad(format!("key column {key:?} must map to itself in the {direction} mapping")));
+                }
             }
         }
-        let forward =
-            mapping.forward.iter().map(|(_, expr)| parse_expr(migration, expr)).collect::<JobResult<Vec<_>>>()?;
+        let exprs = |pairs: &[(String, String)]| {
+            pairs.iter().map(|(_, expr)| parse_expr(migration, expr)).collect::<JobResult<Vec<_>>>()
+        };
+        let forward = exprs(&mapping.forward)?;
+        let backward = exprs(&mapping.backward)?;
         if shadow_types.len() != forward.len() {
             return Err(bad("shadow column types do not match the forward mapping".into()));
         }
@@ -152,6 +166,9 @@ impl CompiledMapping {
             shadow_columns: mapping.forward.iter().map(|(column, _)| quoted(column)).collect(),
             forward,
             shadow_types,
+            shadow_alias: quoted(&mapping.shadow.name),
+            old_columns: mapping.backward.iter().map(|(column, _)| quoted(column)).collect(),
+            backward,
         })
     }
 
@@ -189,6 +206,7 @@ mod tests {
             shadow: QualifiedName::new("public", "users_v2"),
             key: vec!["id".into()],
             forward: vec![("id".into(), "id".into()), ("first".into(), "split_part(name, ' ', 1)".into())],
+            backward: vec![("id".into(), "id".into()), ("name".into(), "first".into())],
         }
     }
 
@@ -204,6 +222,9 @@ mod tests {
         mapping.forward[0].1 = "id + 1".into();
         let types = vec![DataType::BigInt(None), DataType::Text];
         assert!(CompiledMapping::compile(&mapping, types.clone()).is_err());
+        let mut backward = users();
+        backward.backward[0].1 = "-id".into();
+        assert!(CompiledMapping::compile(&backward, types.clone()).is_err());
         assert!(CompiledMapping::compile(&users(), types).is_ok());
     }
 }

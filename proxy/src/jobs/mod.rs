@@ -1,5 +1,5 @@
 //! Background jobs of a migration: the backfill that copies pre-existing rows into the shadow table, the
-//! verifier that compares both tables (and repairs the shadow), and the per-migration metrics derived from
+//! verifier that compares both tables (and repairs the one behind the phase's source of truth), and the per-migration metrics derived from
 //! the `dualwrite` state tables. Every job runs on its own upstream connection, one instance at a time per
 //! migration and kind, held by `pg_try_advisory_lock(hashtext('dualwrite:<kind>:<migration>'))`.
 
@@ -19,9 +19,10 @@ pub use metrics::{spawn_refresher, MetricsRefresher, MigrationFigures};
 pub use runner::{BackfillStatus, JobRunner, Started};
 pub use verify::{run_verify, VerifyOptions, VerifyReport};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::pg_client::PgTarget;
+use crate::state::phase::{source_of_truth, Phase, SourceOfTruth};
 
 /// What can go wrong in a job; database errors keep their SQLSTATE so callers can relay them.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum JobError {
     Busy { kind: &'static str, migration: String },
     #[error("migration {0} is not in the rules")]
     UnknownMigration(String),
+    /// The job does not apply in the migration's phase (e.g. verify at `complete`).
+    #[error("migration {migration}: {reason}")]
+    Phase { migration: String, reason: String },
 }
 
 pub type JobResult<T> = Result<T, JobError>;
@@ -90,6 +94,26 @@ pub async fn unlock(client: &Client, kind: JobKind, migration: &str) -> JobResul
 pub async fn notify_state(client: &Client, migration: &str) -> JobResult<()> {
     client.execute("SELECT pg_notify('dualwrite_state', $1)", &[&migration]).await?;
     Ok(())
+}
+
+/// The source of truth of the migration's phase as stored now, or why the jobs do not run in that phase
+/// (the inner error). `lock` takes a share lock on the migration's state row, held to the end of the
+/// transaction, so a phase change waits for the work done under it.
+pub(crate) async fn source_of_truth_now(
+    client: &impl GenericClient,
+    migration: &str,
+    lock: bool,
+) -> Result<Result<SourceOfTruth, String>, tokio_postgres::Error> {
+    let sql = if lock {
+        "SELECT phase FROM dualwrite.migrations WHERE name = $1 FOR SHARE"
+    } else {
+        "SELECT phase FROM dualwrite.migrations WHERE name = $1"
+    };
+    let row = client.query_opt(sql, &[&migration]).await?;
+    Ok(match row.map(|row| row.get::<_, String>(0).parse::<Phase>()).transpose() {
+        Ok(phase) => source_of_truth(phase),
+        Err(reason) => Err(reason),
+    })
 }
 
 /// SQLSTATEs after which a job simply retries its unit of work: serialization failure, deadlock,

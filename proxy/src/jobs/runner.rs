@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::pg_client::PgTarget;
+use crate::state::phase::{verified_on_schedule, Phase};
 
 use super::backfill::{
     lock_backfill, run_backfill_locked, Activity, BackfillOptions, BackfillOutcome, BackfillProgress,
@@ -107,7 +108,8 @@ impl JobRunner {
         run_verify(&self.config, mapping, &options, &|_, _| {}).await
     }
 
-    /// Verifies every migration `mappings()` returns whose backfill is done (before that the shadow is
+    /// Verifies every migration `mappings()` returns that is in `dual_write` or `cutover` (see
+    /// `state::phase::verified_on_schedule`) and whose backfill is done (before that the shadow is
     /// incomplete by design) once per `every`, on whichever instance gets the verify lock first (the others
     /// skip that round). Reports land in `dualwrite.verify_runs`, where the metrics refresher picks them up.
     pub fn spawn_verify_schedule(
@@ -123,9 +125,9 @@ impl JobRunner {
             loop {
                 ticker.tick().await;
                 for mapping in mappings() {
-                    match runner.status(&mapping.migration).await {
-                        Ok(Some(status)) if status.state == "done" => {}
-                        Ok(_) => continue,
+                    match runner.due_for_scheduled_verify(&mapping.migration).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
                         Err(error) => {
                             tracing::warn!(migration = %mapping.migration, %error, "scheduled verify skipped");
                             continue;
@@ -143,6 +145,22 @@ impl JobRunner {
                 }
             }
         })
+    }
+
+    /// Whether the scheduled verify looks at `migration` now: its phase keeps both tables in sync and its
+    /// backfill is done.
+    async fn due_for_scheduled_verify(&self, migration: &str) -> JobResult<bool> {
+        let client = connect(&self.config).await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT phase FROM dualwrite.migrations WHERE name = $1), \
+                        (SELECT state FROM dualwrite.backfill WHERE migration = $1)",
+                &[&migration],
+            )
+            .await?;
+        let phase = row.get::<_, Option<String>>(0).and_then(|p| p.parse::<Phase>().ok());
+        let backfill_done = row.get::<_, Option<String>>(1).as_deref() == Some("done");
+        Ok(phase.is_some_and(verified_on_schedule) && backfill_done)
     }
 
     /// The backfill's state row, if it ever started.

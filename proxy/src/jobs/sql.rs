@@ -15,7 +15,7 @@ use sqlparser::parser::Parser;
 
 use super::mapping::CompiledMapping;
 
-/// Which table a per-side statement reads.
+/// One of the two tables: the one a per-side statement reads, or the one a repair writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The old table, mapped forward into the shadow's columns and types.
@@ -230,14 +230,20 @@ impl CompiledMapping {
         ))
     }
 
-    /// Rewrites the shadow rows of the keys in `$1` (a jsonb array of key objects) from the old table:
-    /// upserts the mapped row where the old row exists, deletes the shadow row where it does not. Run under
-    /// REPEATABLE READ so a concurrent dual write to any of these rows makes it fail and retry rather than
-    /// act on a stale view. Returns (rows upserted, rows deleted).
-    pub fn repair(&self) -> String {
+    /// Rewrites the rows of the keys in `$1` (a jsonb array of key objects) in the table that is `behind`,
+    /// from the other one through the mapping that produces it (forward into the shadow, backward into the
+    /// old table): upserts the mapped row where the source row exists, deletes the row where it does not.
+    /// The source rows are read `FOR SHARE` and never written. Run under REPEATABLE READ so a concurrent dual
+    /// write to any of these rows makes it fail and retry rather than act on a stale view. Returns (rows
+    /// upserted, rows deleted).
+    pub fn repair(&self, behind: Side) -> String {
+        let (source, target, columns, exprs, alias) = match behind {
+            Side::Shadow => (&self.old, &self.shadow, &self.shadow_columns, &self.forward, &self.old_alias),
+            Side::Old => (&self.shadow, &self.old, &self.old_columns, &self.backward, &self.shadow_alias),
+        };
         let (keys_cte, src, up, del) = (ident("__dw_keys"), ident("__dw_src"), ident("__dw_up"), ident("__dw_del"));
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
-        let non_key: Vec<&Ident> = self.shadow_columns.iter().filter(|c| !self.key.contains(c)).collect();
+        let non_key: Vec<&Ident> = columns.iter().filter(|c| !self.key.contains(c)).collect();
         let on_conflict = if non_key.is_empty() {
             "DO NOTHING".to_string()
         } else {
@@ -245,21 +251,18 @@ impl CompiledMapping {
         };
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
         statement(format!(
-            "WITH {keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{old}, $1::text::jsonb)), \
-             {src} AS MATERIALIZED (SELECT * FROM {old} WHERE {key_row} IN (SELECT {keys} FROM {keys_cte}) FOR SHARE), \
-             {up} AS (INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {src} AS {alias} \
+            "WITH {keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{source}, $1::text::jsonb)), \
+             {src} AS MATERIALIZED (SELECT * FROM {source} WHERE {key_row} IN (SELECT {keys} FROM {keys_cte}) FOR SHARE), \
+             {up} AS (INSERT INTO {target} ({columns}) SELECT {exprs} FROM {src} AS {alias} \
                       ON CONFLICT ({keys}) {on_conflict} RETURNING 1), \
-             {del} AS (DELETE FROM {shadow} AS {s} WHERE {s_key_row} IN (SELECT {keys} FROM {keys_cte}) \
-                       AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join}) RETURNING 1) \
+             {del} AS (DELETE FROM {target} AS {s} WHERE {s_key_row} IN (SELECT {keys} FROM {keys_cte}) \
+                       AND NOT EXISTS (SELECT 1 FROM {source} AS {o} WHERE {join}) RETURNING 1) \
              SELECT (SELECT count(*) FROM {up}), (SELECT count(*) FROM {del})",
-            old = self.old,
-            shadow = self.shadow,
             keys = self.key_list(None),
             key_row = self.key_row(None),
             s_key_row = self.key_row(Some(&s)),
-            columns = list(&self.shadow_columns),
-            exprs = list(&self.forward),
-            alias = self.old_alias,
+            columns = list(columns),
+            exprs = list(exprs),
         ))
     }
 }
@@ -280,6 +283,11 @@ mod tests {
                 ("id".into(), "id".into()),
                 ("region".into(), "region".into()),
                 ("first".into(), "split_part(name, ' ', 1)".into()),
+            ],
+            backward: vec![
+                ("id".into(), "id".into()),
+                ("region".into(), "region".into()),
+                ("name".into(), "users_v2.first || ' '".into()),
             ],
         };
         let types = vec![DataType::BigInt(None), DataType::Text, DataType::Varchar(None)];
@@ -309,7 +317,8 @@ mod tests {
                 parses(&m.leaf_diff(bounds));
                 parses(&m.sweep(bounds));
             }
-            parses(&m.repair());
+            parses(&m.repair(Side::Shadow));
+            parses(&m.repair(Side::Old));
         }
     }
 
@@ -322,5 +331,25 @@ mod tests {
         assert!(sql.contains("ON CONFLICT(\"region\", \"id\") DO NOTHING"), "{sql}");
         let plain = compiled(&["region", "id"]).backfill_batch(bounds, false);
         assert!(!plain.contains("ON CONFLICT") && !plain.contains("FOR SHARE"), "{plain}");
+    }
+
+    #[test]
+    fn repair_writes_only_the_table_behind() {
+        let m = compiled(&["id"]);
+        let shadow = m.repair(Side::Shadow);
+        assert!(shadow.contains("INSERT INTO \"public\".\"users_v2\" (\"id\", \"region\", \"first\")"), "{shadow}");
+        assert!(shadow.contains("DELETE FROM \"public\".\"users_v2\""), "{shadow}");
+        assert!(
+            !shadow.contains("INSERT INTO \"public\".\"Users\"")
+                && !shadow.contains("DELETE FROM \"public\".\"Users\"")
+        );
+        let old = m.repair(Side::Old);
+        assert!(old.contains("INSERT INTO \"public\".\"Users\" (\"id\", \"region\", \"name\")"), "{old}");
+        assert!(old.contains("users_v2.first || ' '") && old.contains("AS \"users_v2\""), "{old}");
+        assert!(old.contains("DELETE FROM \"public\".\"Users\""), "{old}");
+        assert!(
+            !old.contains("INSERT INTO \"public\".\"users_v2\"")
+                && !old.contains("DELETE FROM \"public\".\"users_v2\"")
+        );
     }
 }

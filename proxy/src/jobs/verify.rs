@@ -1,20 +1,31 @@
 //! Verification: compares the old table, mapped forward, with the shadow. One pass of chunk checksums
 //! (row count and xor of 64-bit hashes of each row's text, in the shadow's column types) over the whole key
 //! range, all inside one REPEATABLE READ snapshot; chunks that differ are bisected down to small ranges and
-//! compared row by row. Divergent keys (missing, extra, different) are recorded with samples in
-//! `dualwrite.verify_runs` / `dualwrite.divergent_keys`; with repair, the shadow rows of those keys are
-//! rewritten from the old table.
+//! compared row by row. Divergent keys are recorded with samples in `dualwrite.verify_runs` /
+//! `dualwrite.divergent_keys`.
+//!
+//! The phase decides the direction (`state::phase::source_of_truth`): before cutover the old table is the
+//! source of truth, from cutover on the shadow. Missing / extra / different are counted relative to it
+//! (missing = the source has the key, the other table does not), and a repair rewrites the other table:
+//! the shadow from the old table through the forward mapping, or the old table from the shadow through the
+//! backward mapping. The rows are compared in the shadow's shape in both directions, because that is the
+//! relation dual writes keep (a v1 write stores `shadow = forward(old)`, a v2 write `old = backward(shadow)`,
+//! whose forward image is the shadow row when the mapping round-trips, as `dualwrite check` tests); comparing
+//! in the old shape would flag every v1 write whose forward mapping drops information (e.g. `lower(email)`).
+//! Each repair batch re-reads the phase under a share lock on the migration's state row, so a phase change
+//! cannot slip between the check and the write; if it changed since the scan, the repair stops.
 
 use futures::{pin_mut, TryStreamExt};
 use sqlparser::ast::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
 use crate::pg_client::PgTarget;
+use crate::state::phase::SourceOfTruth;
 
 use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
-use super::{connect, is_retryable, notify_state, try_lock, unlock, JobKind, JobResult};
+use super::{connect, is_retryable, notify_state, source_of_truth_now, try_lock, unlock, JobError, JobKind, JobResult};
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -33,11 +44,12 @@ impl Default for VerifyOptions {
     }
 }
 
+/// A divergent key, relative to the source of truth of the phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DivergenceKind {
-    /// In the old table, not in the shadow.
+    /// In the source of truth, not in the other table.
     Missing,
-    /// In the shadow, not in the old table.
+    /// In the other table, not in the source of truth.
     Extra,
     /// In both, with a shadow row that is not the old row mapped forward.
     Different,
@@ -52,16 +64,18 @@ impl DivergenceKind {
         }
     }
 
-    fn parse(text: &str) -> Self {
-        match text {
-            "missing" => DivergenceKind::Missing,
-            "extra" => DivergenceKind::Extra,
+    /// A kind as the row comparison reports it (missing = in the old table only) for `source`.
+    fn parse(text: &str, source: SourceOfTruth) -> Self {
+        match (text, source) {
+            ("missing", SourceOfTruth::Old) | ("extra", SourceOfTruth::Shadow) => DivergenceKind::Missing,
+            ("extra", SourceOfTruth::Old) | ("missing", SourceOfTruth::Shadow) => DivergenceKind::Extra,
             _ => DivergenceKind::Different,
         }
     }
 }
 
-/// One divergent key; rows are jsonb text (the old row mapped into the shadow's columns).
+/// One divergent key; rows are jsonb text in the shadow's columns (the old row mapped forward): `expected`
+/// is the source of truth's row, `actual` the other table's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DivergentKey {
     pub kind: DivergenceKind,
@@ -70,13 +84,15 @@ pub struct DivergentKey {
     pub actual: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifyReport {
     pub run_id: i64,
-    /// Rows of the old table compared (exact, as of the snapshot).
+    /// The table divergences are counted against (and that a repair leaves alone).
+    pub source: SourceOfTruth,
+    /// Rows of the source of truth compared (exact, as of the snapshot).
     pub rows_checked: i64,
-    /// Rows of the shadow table in the snapshot.
-    pub shadow_rows: i64,
+    /// Rows of the other table in the snapshot.
+    pub target_rows: i64,
     pub missing: i64,
     pub extra: i64,
     pub different: i64,
@@ -98,8 +114,9 @@ impl VerifyReport {
 /// Progress callback: (old rows checked so far, estimated old rows in total).
 pub type VerifyProgressFn<'a> = &'a (dyn Fn(i64, i64) + Send + Sync);
 
-/// Verifies `mapping` and, with `options.repair`, repairs the shadow. Fails with `JobError::Busy` if
-/// another verify of the migration runs.
+/// Verifies `mapping` in the direction of the migration's phase and, with `options.repair`, repairs the
+/// table that is behind. Fails with `JobError::Busy` if another verify of the migration runs, and with
+/// `JobError::Phase` at `complete`.
 pub async fn run_verify(
     config: &PgTarget,
     mapping: &TableMapping,
@@ -109,12 +126,13 @@ pub async fn run_verify(
     let mut client = connect(config).await?;
     try_lock(&client, JobKind::Verify, &mapping.migration).await?;
     client.batch_execute("SET application_name = 'dualwrite verify'").await?;
-    let compiled = CompiledMapping::load(&client, mapping).await?;
     let name = mapping.migration.as_str();
+    let source = source_in(&client, name, false).await?;
+    let compiled = CompiledMapping::load(&client, mapping).await?;
     let run_id: i64 = client
         .query_one(
-            "INSERT INTO dualwrite.verify_runs (migration, started_at) VALUES ($1, now()) RETURNING id",
-            &[&name],
+            "INSERT INTO dualwrite.verify_runs (migration, started_at, source) VALUES ($1, now(), $2) RETURNING id",
+            &[&name, &source.as_str()],
         )
         .await?
         .get(0);
@@ -126,7 +144,17 @@ pub async fn run_verify(
         .await?
         .get(0);
 
-    let mut report = VerifyReport { run_id, ..VerifyReport::default() };
+    let mut report = VerifyReport {
+        run_id,
+        source,
+        rows_checked: 0,
+        target_rows: 0,
+        missing: 0,
+        extra: 0,
+        different: 0,
+        repaired: 0,
+        divergent: Vec::new(),
+    };
     let mut keys = Vec::new();
     {
         // Two connections in one exported snapshot: the old and shadow sides are summed in parallel.
@@ -150,19 +178,32 @@ pub async fn run_verify(
             options,
             report: &mut report,
             keys: &mut keys,
+            old_rows: 0,
+            shadow_rows: 0,
         };
         scan.all_chunks(estimate, progress).await?;
+        let (old_rows, shadow_rows) = (scan.old_rows, scan.shadow_rows);
+        (report.rows_checked, report.target_rows) = match source {
+            SourceOfTruth::Old => (old_rows, shadow_rows),
+            SourceOfTruth::Shadow => (shadow_rows, old_rows),
+        };
         shadow_tx.commit().await?;
         old_tx.commit().await?;
     }
     if options.repair && !keys.is_empty() {
-        report.repaired = repair(&mut client, &compiled, &keys).await?;
+        if let Err(error) = repair(&mut client, &compiled, source, &keys, &mut report.repaired).await {
+            // The scan's findings stand: record them (and what was repaired) so the run is not left open.
+            record(&client, &report).await?;
+            notify_state(&client, name).await?;
+            return Err(error);
+        }
     }
     record(&client, &report).await?;
     notify_state(&client, name).await?;
     unlock(&client, JobKind::Verify, name).await?;
     tracing::info!(
         migration = name,
+        source = source.as_str(),
         rows = report.rows_checked,
         missing = report.missing,
         extra = report.extra,
@@ -171,6 +212,13 @@ pub async fn run_verify(
         "verify finished"
     );
     Ok(report)
+}
+
+/// `source_of_truth_now` with its refusal as `JobError::Phase`.
+async fn source_in(client: &impl GenericClient, name: &str, lock: bool) -> JobResult<SourceOfTruth> {
+    source_of_truth_now(client, name, lock)
+        .await?
+        .map_err(|reason| JobError::Phase { migration: name.to_string(), reason })
 }
 
 /// Row count and xor of row hashes of one side of a key range.
@@ -204,6 +252,8 @@ struct Scan<'a> {
     report: &'a mut VerifyReport,
     /// Every divergent key, for repair.
     keys: &'a mut Vec<String>,
+    old_rows: i64,
+    shadow_rows: i64,
 }
 
 fn params<'p>(lower: &'p Option<String>, upper: &'p Option<String>) -> (Bounds, Vec<&'p (dyn ToSql + Sync)>) {
@@ -223,10 +273,10 @@ impl Scan<'_> {
         loop {
             let upper = self.boundary(Side::Old, &lower, self.options.chunk_rows.max(1) - 1).await?;
             let (old, shadow) = self.checksums(&lower, &upper).await?;
-            self.report.rows_checked += old.count;
-            self.report.shadow_rows += shadow.count;
+            self.old_rows += old.count;
+            self.shadow_rows += shadow.count;
             self.bisect(Chunk { lower, upper: upper.clone(), old, shadow }).await?;
-            progress(self.report.rows_checked, estimate.max(self.report.rows_checked));
+            progress(self.old_rows, estimate.max(self.old_rows));
             match upper {
                 Some(upper) => lower = Some(upper),
                 None => return Ok(()),
@@ -299,8 +349,9 @@ impl Scan<'_> {
         let (bounds, values) = params(lower, upper);
         let rows = self.old_tx.query_raw(&self.compiled.leaf_diff(bounds), values).await?;
         pin_mut!(rows);
+        let source = self.report.source;
         while let Some(row) = rows.try_next().await? {
-            let kind = DivergenceKind::parse(row.get(0));
+            let kind = DivergenceKind::parse(row.get(0), source);
             let key: String = row.get(1);
             match kind {
                 DivergenceKind::Missing => self.report.missing += 1,
@@ -308,12 +359,12 @@ impl Scan<'_> {
                 DivergenceKind::Different => self.report.different += 1,
             }
             if self.report.divergent.len() < self.options.max_recorded {
-                self.report.divergent.push(DivergentKey {
-                    kind,
-                    key: key.clone(),
-                    expected: row.get(2),
-                    actual: row.get(3),
-                });
+                let (old, shadow): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+                let (expected, actual) = match source {
+                    SourceOfTruth::Old => (old, shadow),
+                    SourceOfTruth::Shadow => (shadow, old),
+                };
+                self.report.divergent.push(DivergentKey { kind, key: key.clone(), expected, actual });
             }
             self.keys.push(key);
         }
@@ -324,11 +375,24 @@ impl Scan<'_> {
 const REPAIR_BATCH: usize = 1_000;
 const REPAIR_ATTEMPTS: usize = 20;
 
-/// Rewrites the shadow rows of `keys` from the old table, in batches, each under REPEATABLE READ and
-/// retried on a serialization failure (a concurrent dual write touched one of its rows).
-async fn repair(client: &mut Client, compiled: &CompiledMapping, keys: &[String]) -> JobResult<i64> {
-    let statement = client.prepare(&compiled.repair()).await?;
-    let mut repaired = 0;
+/// Rewrites the rows of `keys` in the table that is not `source` from the source, in batches, each under
+/// REPEATABLE READ and retried on a serialization failure (a concurrent dual write touched one of its
+/// rows). Each batch first checks, under a share lock on the migration's state row, that the phase still
+/// has `source` as its source of truth; if not, the repair stops with `JobError::Phase`. Rows repaired
+/// are added to `repaired` batch by batch, so a repair that stops still says what it did.
+async fn repair(
+    client: &mut Client,
+    compiled: &CompiledMapping,
+    source: SourceOfTruth,
+    keys: &[String],
+    repaired: &mut i64,
+) -> JobResult<()> {
+    let behind = match source {
+        SourceOfTruth::Old => Side::Shadow,
+        SourceOfTruth::Shadow => Side::Old,
+    };
+    let statement = client.prepare(&compiled.repair(behind)).await?;
+    let name = compiled.migration.as_str();
     for batch in keys.chunks(REPAIR_BATCH) {
         let values: Vec<serde_json::Value> = batch.iter().filter_map(|key| serde_json::from_str(key).ok()).collect();
         let array = serde_json::Value::Array(values).to_string();
@@ -337,24 +401,36 @@ async fn repair(client: &mut Client, compiled: &CompiledMapping, keys: &[String]
             attempt += 1;
             let result = async {
                 let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
+                let now = source_in(&tx, name, true).await?;
+                if now != source {
+                    return Err(JobError::Phase {
+                        migration: name.to_string(),
+                        reason: format!(
+                            "the source of truth changed from the {} table to the {} table during the verify; \
+                             nothing more was repaired, run VERIFY again",
+                            source.as_str(),
+                            now.as_str()
+                        ),
+                    });
+                }
                 let row = tx.query_one(&statement, &[&array]).await?;
                 tx.commit().await?;
-                Ok::<i64, tokio_postgres::Error>(row.get::<_, i64>(0) + row.get::<_, i64>(1))
+                Ok::<i64, JobError>(row.get::<_, i64>(0) + row.get::<_, i64>(1))
             }
             .await;
             match result {
                 Ok(count) => {
-                    repaired += count;
+                    *repaired += count;
                     break;
                 }
-                Err(error) if attempt < REPAIR_ATTEMPTS && is_retryable(&error) => {
+                Err(JobError::Db(error)) if attempt < REPAIR_ATTEMPTS && is_retryable(&error) => {
                     tokio::time::sleep(std::time::Duration::from_millis(50 * attempt as u64)).await;
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => return Err(error),
             }
         }
     }
-    Ok(repaired)
+    Ok(())
 }
 
 /// Stores the run's figures and its recorded divergent keys.

@@ -1,8 +1,10 @@
 //! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL (`schema`),
-//! loading and changing it with an audit row per change (`store`), phase rules (`phase`), the immutable
+//! loading and changing it with an audit row per change (`store`), the audit log's hash chain
+//! (`audit_chain`), phase rules (`phase`), the immutable
 //! snapshot sessions read (`snapshot`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
 //! polling fallback (`watcher`).
 
+pub mod audit_chain;
 pub mod phase;
 pub mod schema;
 pub mod snapshot;

@@ -11,6 +11,10 @@
 //! `ROLLBACK` is allowed from dual_write and cutover: it returns to dual_write with reads on each session's
 //! own version (read_source NULL, percent 100). Entering `complete` routes every read to the new version,
 //! because the old table is no longer written. Read routing (`ROUTE`) is allowed in dual_write and cutover.
+//!
+//! The source of truth (what VERIFY counts against and REPAIR never writes) is the old table before
+//! cutover (`off`, `dual_write`: it is what the application's logical name means) and the shadow from
+//! cutover on; at `complete` the old table is retired and there is nothing to verify.
 
 pub use dualwrite_rules::Phase;
 
@@ -84,6 +88,42 @@ pub fn check_rollback(from: Phase) -> Transition {
             Transition::Refused("the migration is complete: rollback is only possible before complete".to_string())
         }
     }
+}
+
+/// The table that holds the truth about the rows in a phase: divergences are counted relative to it and a
+/// repair rewrites the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceOfTruth {
+    Old,
+    Shadow,
+}
+
+impl SourceOfTruth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceOfTruth::Old => "old",
+            SourceOfTruth::Shadow => "shadow",
+        }
+    }
+}
+
+/// The source of truth in `phase`, or why the two tables are not compared in it. A migration without a
+/// state row yet is in its initial phase, `off` or `dual_write`: the old table.
+pub fn source_of_truth(phase: Option<Phase>) -> Result<SourceOfTruth, String> {
+    match phase {
+        None | Some(Phase::Off | Phase::DualWrite) => Ok(SourceOfTruth::Old),
+        Some(Phase::Cutover) => Ok(SourceOfTruth::Shadow),
+        Some(Phase::Complete) => Err(
+            "the migration is complete: the old table is no longer written, so there is nothing to verify or repair"
+                .to_string(),
+        ),
+    }
+}
+
+/// Does the scheduled verify look at a migration in `phase`? Only while both tables are kept in sync:
+/// in `off` they drift apart by design, at `complete` the old table is retired.
+pub fn verified_on_schedule(phase: Phase) -> bool {
+    matches!(phase, Phase::DualWrite | Phase::Cutover)
 }
 
 /// May reads be re-routed in `phase`?
@@ -164,6 +204,17 @@ mod tests {
         assert!(!allowed(check_rollback(Complete)));
         assert!(!allowed(check_rollback(Off)));
         assert!(allowed(check_transition(Cutover, DualWrite, false, NOT_READY)));
+    }
+
+    #[test]
+    fn the_shadow_is_the_source_of_truth_from_cutover_on() {
+        assert_eq!(source_of_truth(None), Ok(SourceOfTruth::Old));
+        assert_eq!(source_of_truth(Some(Off)), Ok(SourceOfTruth::Old));
+        assert_eq!(source_of_truth(Some(DualWrite)), Ok(SourceOfTruth::Old));
+        assert_eq!(source_of_truth(Some(Cutover)), Ok(SourceOfTruth::Shadow));
+        assert!(source_of_truth(Some(Complete)).unwrap_err().contains("complete"));
+        let scheduled: Vec<Phase> = Phase::ALL.into_iter().filter(|p| verified_on_schedule(*p)).collect();
+        assert_eq!(scheduled, [DualWrite, Cutover]);
     }
 
     #[test]

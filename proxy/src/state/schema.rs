@@ -65,6 +65,90 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX divergent_keys_run_idx ON dualwrite.divergent_keys (run_id);
     "#,
+    // 2: verify runs name their source of truth (what missing/extra are relative to); the audit log
+    // becomes append-only and hash-chained (encoding and checks: `audit_chain`)
+    r#"
+    ALTER TABLE dualwrite.verify_runs ADD COLUMN source text CHECK (source IN ('old', 'shadow'));
+
+    ALTER TABLE dualwrite.audit_log ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
+
+    -- The canonical encoding of a row's fields, the bytes its hash covers (documented in `audit_chain`).
+    CREATE FUNCTION dualwrite.audit_canonical(a dualwrite.audit_log) RETURNS bytea
+    LANGUAGE sql STABLE AS $f$
+        SELECT convert_to(jsonb_build_array(
+                   a.id, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   a.migration, a.action, a.role, a.client_addr, a.before, a.after)::text, 'UTF8')
+    $f$;
+
+    -- The last link of the chain: appends lock this one row, so two proxies cannot fork the chain, and
+    -- AUDIT VERIFY compares it with the log's last row, so deleting rows at the end shows too.
+    CREATE TABLE dualwrite.audit_chain_head (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        last_id  bigint,
+        hash     bytea NOT NULL
+    );
+
+    -- Chain the rows written before this version, in id order.
+    DO $chain$
+    DECLARE
+        r    dualwrite.audit_log;
+        prev bytea := ''::bytea;
+        last bigint;
+    BEGIN
+        FOR r IN SELECT * FROM dualwrite.audit_log ORDER BY id LOOP
+            UPDATE dualwrite.audit_log SET prev_hash = prev, hash = sha256(prev || dualwrite.audit_canonical(r))
+            WHERE id = r.id RETURNING hash INTO prev;
+            last := r.id;
+        END LOOP;
+        INSERT INTO dualwrite.audit_chain_head (last_id, hash) VALUES (last, prev);
+    END
+    $chain$;
+
+    -- Every append takes the next id and links to the head under the head's row lock.
+    CREATE FUNCTION dualwrite.audit_chain() RETURNS trigger
+    LANGUAGE plpgsql AS $f$
+    DECLARE
+        head dualwrite.audit_chain_head;
+    BEGIN
+        SELECT * INTO STRICT head FROM dualwrite.audit_chain_head FOR UPDATE;
+        NEW.id := coalesce(head.last_id, 0) + 1;
+        NEW.prev_hash := head.hash;
+        NEW.hash := sha256(head.hash || dualwrite.audit_canonical(NEW));
+        UPDATE dualwrite.audit_chain_head SET last_id = NEW.id, hash = NEW.hash;
+        RETURN NEW;
+    END
+    $f$;
+    CREATE TRIGGER audit_log_chain BEFORE INSERT ON dualwrite.audit_log
+        FOR EACH ROW EXECUTE FUNCTION dualwrite.audit_chain();
+
+    -- UPDATE, DELETE and TRUNCATE are refused for every role, the owner and superusers included; only
+    -- the append trigger itself (one trigger level down) moves the head.
+    CREATE FUNCTION dualwrite.audit_refuse() RETURNS trigger
+    LANGUAGE plpgsql AS $f$
+    BEGIN
+        IF TG_TABLE_NAME = 'audit_chain_head' AND TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'dualwrite.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The audit log is hash-chained; DUALWRITE AUDIT VERIFY checks it.';
+    END
+    $f$;
+    CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON dualwrite.audit_log
+        FOR EACH ROW EXECUTE FUNCTION dualwrite.audit_refuse();
+    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON dualwrite.audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION dualwrite.audit_refuse();
+    CREATE TRIGGER audit_chain_head_append_only BEFORE UPDATE OR DELETE ON dualwrite.audit_chain_head
+        FOR EACH ROW EXECUTE FUNCTION dualwrite.audit_refuse();
+    CREATE TRIGGER audit_chain_head_no_truncate BEFORE TRUNCATE ON dualwrite.audit_chain_head
+        FOR EACH STATEMENT EXECUTE FUNCTION dualwrite.audit_refuse();
+
+    REVOKE ALL ON dualwrite.audit_log, dualwrite.audit_chain_head FROM PUBLIC;
+    REVOKE UPDATE, DELETE, TRUNCATE ON dualwrite.audit_log FROM CURRENT_USER;
+    REVOKE DELETE, TRUNCATE ON dualwrite.audit_chain_head FROM CURRENT_USER;
+    REVOKE ALL ON FUNCTION dualwrite.audit_canonical(dualwrite.audit_log), dualwrite.audit_chain(),
+        dualwrite.audit_refuse() FROM PUBLIC;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -76,6 +160,12 @@ const SCHEMA_LOCK: &str = "dualwrite:schema";
 /// Create or migrate the `dualwrite` schema; returns the version now in place. A database already at a
 /// newer version (a newer proxy ran) is left alone.
 pub async fn ensure_schema(client: &mut Client) -> Result<i32, StateError> {
+    migrate_to(client, SCHEMA_VERSION).await
+}
+
+/// Like `ensure_schema`, but stops at version `target` (an upgrade from an older proxy's schema is
+/// tested by stopping at that version first).
+pub async fn migrate_to(client: &mut Client, target: i32) -> Result<i32, StateError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&SCHEMA_LOCK]).await?;
     tx.batch_execute(
@@ -85,12 +175,13 @@ pub async fn ensure_schema(client: &mut Client) -> Result<i32, StateError> {
     .await?;
     let current: i32 =
         tx.query_one("SELECT coalesce(max(version), 0) FROM dualwrite.schema_version", &[]).await?.get(0);
-    for (index, ddl) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+    let wanted = target.clamp(0, SCHEMA_VERSION) as usize;
+    for (index, ddl) in MIGRATIONS.iter().enumerate().take(wanted).skip(current.max(0) as usize) {
         let version = index as i32 + 1;
         tracing::info!(version, "applying dualwrite schema version");
         tx.batch_execute(ddl).await?;
         tx.execute("INSERT INTO dualwrite.schema_version (version) VALUES ($1)", &[&version]).await?;
     }
     tx.commit().await?;
-    Ok(current.max(SCHEMA_VERSION))
+    Ok(current.max(wanted as i32))
 }

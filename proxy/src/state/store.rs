@@ -1,6 +1,7 @@
 //! Reading and changing the shared state. Every change runs in one transaction that locks the migration's
 //! row, checks the phase rules, writes the new row, appends an `audit_log` row (time, role, client address,
-//! before and after as jsonb) and sends `NOTIFY dualwrite_state, '<migration>'`, delivered at commit.
+//! before and after as jsonb; hash-chained by the schema's trigger, see `audit_chain`) and sends
+//! `NOTIFY dualwrite_state, '<migration>'`, delivered at commit.
 
 use dualwrite_rules::{quote_ident, Migration, Phase, RuleSet};
 use tokio_postgres::{Client, GenericClient, Transaction};
@@ -102,12 +103,18 @@ pub async fn load(client: &impl GenericClient) -> Result<StateSnapshot, StateErr
 /// `register` by `actor`).
 pub async fn register_migrations(client: &mut Client, rules: &RuleSet, actor: &Actor) -> Result<(), StateError> {
     let tx = client.transaction().await?;
+    let mut registered = Vec::new();
     for m in &rules.migrations {
         if let Some(after) = insert_if_absent(&tx, &m.name, m.initial_phase).await? {
             tracing::info!(migration = %m.name, phase = %m.initial_phase, "registered migration");
-            audit(&tx, &m.name, "register", actor, None, Some(&after)).await?;
-            notify(&tx, &m.name).await?;
+            registered.push((m, after));
         }
+    }
+    // Audit rows last: an append holds the chain head's row lock to the commit, so taking it before
+    // another row lock could deadlock with a change that holds that row and waits for the head.
+    for (m, after) in registered {
+        audit(&tx, &m.name, "register", actor, None, Some(&after)).await?;
+        notify(&tx, &m.name).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -180,6 +187,8 @@ async fn write_row(
     Ok(row.get(0))
 }
 
+/// Appends an audit row. The schema's trigger gives it its id and chains its hash under the chain head's
+/// row lock, held until the transaction ends: call it after the transaction's other locks are taken.
 async fn audit(
     tx: &Transaction<'_>,
     migration: &str,

@@ -23,6 +23,7 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::pg_client::PgTarget;
 
+use super::audit_chain::{self, ChainCheck};
 use super::snapshot::StateSnapshot;
 use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
 use super::{schema, StateError, NOTIFY_CHANNEL};
@@ -233,6 +234,14 @@ impl StateHandle {
     pub async fn audit(&self, migration: Option<&str>, limit: Option<u32>) -> Result<Vec<AuditEntry>, StateError> {
         let client = self.control().await?;
         let result = store::audit_entries(&*client, migration, limit).await;
+        drop(client);
+        self.fail_closed(result)
+    }
+
+    /// `DUALWRITE AUDIT VERIFY`: the first broken link of the audit log's hash chain, if any.
+    pub async fn verify_audit(&self) -> Result<ChainCheck, StateError> {
+        let client = self.control().await?;
+        let result = audit_chain::verify(&*client).await;
         drop(client);
         self.fail_closed(result)
     }
