@@ -80,7 +80,7 @@ impl ControlCommand {
     /// The migration the command names, if any.
     pub fn migration(&self) -> Option<&str> {
         match self {
-            ControlCommand::Status => None,
+            ControlCommand::Status | ControlCommand::AuditVerify => None,
             ControlCommand::Audit { migration, .. } => migration.as_deref(),
             ControlCommand::Route { migration, .. }
             | ControlCommand::Phase { migration, .. }
