@@ -356,7 +356,7 @@ impl SessionInterceptor for LiveSession {
                 // The statement changes the resolution when it runs, not when it is prepared.
                 if may_change_resolution(sql) {
                     self.resolution_changing.insert(name.to_vec());
-                } else {
+                } else if !self.resolution_changing.is_empty() {
                     self.resolution_changing.remove(name);
                 }
                 let keeps = matches!(verdict, Verdict::Forward | Verdict::Rewrite(_));
