@@ -177,17 +177,19 @@ async fn one_proxy_serves_migrations_in_two_databases_each_from_its_own() {
 
     // crm's backfill runs against crm (its rows, its checkpoint), started from a session on crm.
     via_crm.batch_execute("DUALWRITE BACKFILL crm_users START BATCH 20").await.unwrap();
-    eventually(Duration::from_secs(30), "crm's backfill copies crm's old rows", || {
+    eventually(Duration::from_secs(30), "crm's backfill copies crm's old rows and records itself done", || {
         let direct_crm = &direct_crm;
-        async move { ids(direct_crm, "users_v2").await.len() == 51 }
+        async move {
+            let state = direct_crm
+                .query_opt("SELECT state FROM dualwrite.backfill WHERE migration = 'crm_users'", &[])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0));
+            state.as_deref() == Some("done")
+        }
     })
     .await;
-    let done: String = direct_crm
-        .query_one("SELECT state FROM dualwrite.backfill WHERE migration = 'crm_users'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(done, "done");
+    assert_eq!(ids(&direct_crm, "users_v2").await.len(), 51, "every crm row copied");
     assert_eq!(ids(&direct_app, "users_v2").await, [1], "app's shadow untouched by crm's backfill");
     let backfills: i64 = direct_app.query_one("SELECT count(*) FROM dualwrite.backfill", &[]).await.unwrap().get(0);
     assert_eq!(backfills, 0, "app's state holds no backfill of crm's");

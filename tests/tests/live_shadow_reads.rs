@@ -231,3 +231,37 @@ async fn samples_run_with_the_clients_privileges_not_the_control_roles() {
     let f = wait_for(&admin, "users_split_name", |f| f[0] + f[2] >= 2).await;
     assert_eq!(f, [1, 0, 1, 0], "the read of secret failed as the client, the plain one matched");
 }
+
+#[tokio::test]
+async fn sampled_reads_run_under_the_sessions_search_path_and_only_where_it_reaches_the_migrated_table() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b;
+             CREATE TABLE tenant_a.orders (id int PRIMARY KEY, amount int NOT NULL);
+             CREATE TABLE tenant_a.orders_v2 (id int PRIMARY KEY, total bigint NOT NULL);
+             CREATE TABLE tenant_b.orders (id int PRIMARY KEY, amount int NOT NULL);
+             INSERT INTO tenant_a.orders VALUES (1, 10); INSERT INTO tenant_a.orders_v2 VALUES (1, 10);
+             INSERT INTO tenant_b.orders VALUES (1, 99);",
+        )
+        .await
+        .unwrap();
+    let rules = ORDERS.replace("public.orders", "tenant_a.orders");
+    let (proxy, _file) = start_proxy(&db, &rules, |_| {}).await;
+    let on = |tenant: &str| format!("{}?options=-c%20search_path%3D{tenant}", proxy.url(&db));
+    let tenant_b = dualwrite_tests::connect(&on("tenant_b")).await.unwrap();
+    for _ in 0..3 {
+        let amount: i32 = tenant_b.query_one("SELECT amount FROM orders WHERE id = 1", &[]).await.unwrap().get(0);
+        assert_eq!(amount, 99, "tenant_b reads its own orders");
+    }
+    let tenant_a = dualwrite_tests::connect(&on("tenant_a")).await.unwrap();
+    for _ in 0..3 {
+        let amount: i32 = tenant_a.query_one("SELECT amount FROM orders WHERE id = 1", &[]).await.unwrap().get(0);
+        assert_eq!(amount, 10);
+    }
+    let admin = proxy.connect(&db).await.unwrap();
+    let [compared, mismatched, errors, skipped] = wait_for(&admin, "orders_rename", |f| f[0] + f[2] + f[3] >= 3).await;
+    assert_eq!((mismatched, errors), (0, 0), "tenant_a's reads compared under its search_path");
+    assert_eq!(compared + skipped, 3, "only tenant_a's three reads were sampled, none of tenant_b's");
+}

@@ -15,9 +15,10 @@ use dualwrite_rules::{quote_ident, RuleSet};
 /// What one session knows of its name resolution.
 #[derive(Debug, Default)]
 pub struct NameResolution {
-    /// The rules generation and, for it, the migrations whose unqualified name reaches another relation;
-    /// `None` until probed, and again after anything that may have changed the resolution.
-    known: Option<(u64, Vec<usize>)>,
+    /// The rules generation and, for it, the migrations whose unqualified name reaches another relation
+    /// and the session's `search_path`; `None` until probed, and again after anything that may have
+    /// changed the resolution.
+    known: Option<Known>,
     /// A statement that may change the resolution ran in the current transaction: its end may undo or
     /// finish the change, so what was learnt inside it is forgotten then.
     changed_in_transaction: bool,
@@ -28,17 +29,31 @@ pub struct NameResolution {
     watching: bool,
 }
 
+#[derive(Debug)]
+struct Known {
+    generation: u64,
+    elsewhere: Vec<usize>,
+    search_path: String,
+}
+
 impl NameResolution {
+    fn known(&self, generation: u64) -> Option<&Known> {
+        self.known.as_ref().filter(|k| k.generation == generation)
+    }
+
     /// Migrations whose unqualified name reaches another relation, if known under rules `generation`.
     pub fn elsewhere(&self, generation: u64) -> Option<&[usize]> {
-        match &self.known {
-            Some((g, elsewhere)) if *g == generation => Some(elsewhere),
-            _ => None,
-        }
+        self.known(generation).map(|k| &k.elsewhere[..])
+    }
+
+    /// The session's `search_path` as the server reported it with the resolution (a shadow read runs its
+    /// statements under it, so they name the relations the session's do).
+    pub fn search_path(&self, generation: u64) -> Option<&str> {
+        self.known(generation).map(|k| k.search_path.as_str())
     }
 
     /// The query that asks the session's server, for each migration of `rules`, whether its unqualified
-    /// name resolves to the migrated table: one boolean column per migration, one row.
+    /// name resolves to the migrated table (one boolean column per migration), and its `search_path`.
     pub fn probe_sql(rules: &RuleSet) -> String {
         let columns: Vec<String> = rules
             .migrations
@@ -49,7 +64,10 @@ impl NameResolution {
                 format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
             })
             .collect();
-        format!("/* dualwrite: name resolution */ SELECT {}", columns.join(", "))
+        format!(
+            "/* dualwrite: name resolution */ SELECT {}, pg_catalog.current_setting('search_path')",
+            columns.join(", ")
+        )
     }
 
     /// Takes the probe's answer for `rules` of `generation` (`None`: the probe failed). `in_transaction`:
@@ -61,15 +79,18 @@ impl NameResolution {
         answer: Option<Vec<Option<String>>>,
         in_transaction: bool,
     ) {
-        let parsed = answer.filter(|row| row.len() == rules.migrations.len()).map(|row| {
-            row.iter()
+        let parsed = answer.filter(|row| row.len() == rules.migrations.len() + 1).map(|mut row| {
+            let search_path = row.pop().flatten().unwrap_or_default();
+            let elsewhere = row
+                .iter()
                 .enumerate()
                 .filter(|(_, value)| value.as_deref() != Some("t"))
                 .map(|(index, _)| index)
-                .collect::<Vec<usize>>()
+                .collect::<Vec<usize>>();
+            Known { generation, elsewhere, search_path }
         });
         match parsed {
-            Some(elsewhere) => self.known = Some((generation, elsewhere)),
+            Some(known) => self.known = Some(known),
             None => self.probe_failed = true,
         }
         if !std::mem::replace(&mut self.watching, true) && in_transaction {
@@ -244,7 +265,8 @@ mod tests {
             sql,
             "/* dualwrite: name resolution */ SELECT \
              coalesce(pg_catalog.to_regclass('users') = pg_catalog.to_regclass('public.users'), false), \
-             coalesce(pg_catalog.to_regclass('orders') = pg_catalog.to_regclass('public.orders'), false)"
+             coalesce(pg_catalog.to_regclass('orders') = pg_catalog.to_regclass('public.orders'), false), \
+             pg_catalog.current_setting('search_path')"
         );
     }
 
@@ -253,22 +275,23 @@ mod tests {
         let rules = rules();
         let mut r = NameResolution::default();
         assert_eq!(r.elsewhere(1), None);
-        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into())]), false);
+        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into()), Some("tenant_b, public".into())]), false);
         assert_eq!(r.elsewhere(1), Some(&[0][..]));
+        assert_eq!(r.search_path(1), Some("tenant_b, public"));
         assert_eq!(r.elsewhere(2), None, "a reload may have changed the migrations");
         r.changed();
         r.learn(1, &rules, None, false);
         assert_eq!(r.elsewhere(1), None);
         assert!(r.take_probe_failed());
         assert!(!r.take_probe_failed());
-        r.learn(1, &rules, Some(vec![Some("t".into())]), false);
+        r.learn(1, &rules, Some(vec![Some("t".into()), Some("t".into())]), false);
         assert_eq!(r.elsewhere(1), None, "an answer of the wrong width is no answer");
     }
 
     #[test]
     fn a_change_inside_a_transaction_is_forgotten_again_at_its_end() {
         let rules = rules();
-        let answer = || Some(vec![Some("t".into()), Some("t".into())]);
+        let answer = || Some(vec![Some("t".into()), Some("t".into()), Some("public".into())]);
         let mut r = NameResolution::default();
         r.learn(1, &rules, answer(), false);
         r.sending("SELECT * FROM users");
@@ -290,7 +313,7 @@ mod tests {
     #[test]
     fn a_rollback_forgets_only_what_its_transaction_changed() {
         let rules = rules();
-        let answer = || Some(vec![Some("t".into()), Some("t".into())]);
+        let answer = || Some(vec![Some("t".into()), Some("t".into()), Some("public".into())]);
         let mut r = NameResolution::default();
         r.learn(1, &rules, answer(), false);
         assert_eq!(effect("ROLLBACK"), Effect::Undoes);
@@ -313,7 +336,7 @@ mod tests {
         let rules = rules();
         let mut r = NameResolution::default();
         r.sending("SET LOCAL search_path = tenant_a");
-        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into())]), true);
+        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into()), Some("public".into())]), true);
         assert!(r.elsewhere(1).is_some());
         r.ready(b'T');
         r.ready(b'I');

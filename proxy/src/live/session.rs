@@ -217,11 +217,16 @@ impl LiveSession {
         let read = is_read(&plan);
         match prepared_as {
             Some((name, param_types)) => self.remember(name, sql, param_types, Some(route), current.generation, read),
-            None => {
-                if read && self.draw_sample(&current) {
-                    self.sample_read(&current, sql, &route, None);
+            None if read && self.draw_sample(&current) => {
+                // Sampled reads run on the workers' connections under the session's search_path, which the
+                // name-resolution probe reports: a read that won the draw before any probe asks for one.
+                if let Some(path) = self.resolution.search_path(current.generation) {
+                    self.sample_read(&current, sql, &route, path, None);
+                } else if can_probe && !self.resolution.take_probe_failed() {
+                    return Verdict::Probe(NameResolution::probe_sql(&current.rules));
                 }
             }
+            None => {}
         }
         match &*plan {
             Plan::PassThrough => Verdict::Forward,
@@ -296,7 +301,14 @@ impl LiveSession {
     }
 
     /// A read that won the draw goes to the sampler (with the parameters of its Bind, if any).
-    fn sample_read(&self, current: &LiveRules, sql: &str, route: &Route, bind: Option<(&[u8], &[u32])>) {
+    fn sample_read(
+        &self,
+        current: &LiveRules,
+        sql: &str,
+        route: &Route,
+        search_path: &str,
+        bind: Option<(&[u8], &[u32])>,
+    ) {
         let Some(shadow) = current.shadow.as_ref() else { return };
         let (params, types) = match bind {
             None => (Vec::new(), &[][..]),
@@ -305,7 +317,8 @@ impl LiveSession {
                 None => return,
             },
         };
-        let sample = Sample { rewriter: &current.rewriter, role: &self.actor.role, sql, route, param_types: types };
+        let role = &self.actor.role;
+        let sample = Sample { rewriter: &current.rewriter, role, sql, route, param_types: types, search_path };
         shadow.offer(sample, params);
     }
 
@@ -377,9 +390,11 @@ impl SessionInterceptor for LiveSession {
         if self.shadow_reads {
             let current = self.live.load();
             if self.draw_sample(&current) {
+                // Only where the session's search_path is known (no probe runs at a Bind).
+                let path = self.resolution.search_path(current.generation);
                 if let Some(p) = self.prepared.get(statement).filter(|p| p.read && p.generation != REFUSED) {
-                    if let Some(route) = &p.route {
-                        self.sample_read(&current, &p.sql, route, Some((bind, &p.param_types)));
+                    if let (Some(route), Some(path)) = (&p.route, path) {
+                        self.sample_read(&current, &p.sql, route, path, Some((bind, &p.param_types)));
                     }
                 }
             }
@@ -425,6 +440,10 @@ impl SessionInterceptor for LiveSession {
             return None;
         }
         let prepared = self.prepared.get(statement)?;
+        if prepared.read && self.shadow_reads && current.shadow.is_some() && !self.resolution.take_probe_failed() {
+            // A Bind may be sampled, and a sample runs under the session's search_path (see `on_bind`).
+            return Some(NameResolution::probe_sql(&current.rules));
+        }
         // Like `reprepare`: a statement judged under these rules matters only if it named a migrated table;
         // one judged under earlier rules, if it names one of these.
         let names_migrated = match prepared.generation == current.generation {

@@ -134,6 +134,8 @@ pub struct Sample<'a> {
     pub route: &'a Route,
     /// Parameter types the Parse declared (empty for a simple Query).
     pub param_types: &'a [u32],
+    /// The session's `search_path`, under which both shapes run.
+    pub search_path: &'a str,
 }
 
 /// The sampler and the workers of one server. Exists only when some migration samples reads.
@@ -188,7 +190,7 @@ impl ShadowReads {
     /// that migration's rate and queues it for a worker, or counts it `skipped` when the queue is full.
     /// `params` are the Bind's values (empty for a simple Query).
     pub fn offer(&self, sample: Sample<'_>, params: Vec<BindParam>) {
-        let Sample { rewriter, role, sql, route, param_types } = sample;
+        let Sample { rewriter, role, sql, route, param_types, search_path } = sample;
         let Some(read) = rewriter.shadow_read(sql, route) else { return };
         let Some(migration) = rewriter.rules().migrations.get(read.migration) else { return };
         let rate = migration.shadow_read_sample.as_fraction();
@@ -201,6 +203,7 @@ impl ShadowReads {
             read,
             params,
             param_types: param_types.to_vec(),
+            search_path: search_path.to_owned(),
         };
         if let Err(e) = self.queue.try_send(job) {
             let job = match e {

@@ -35,6 +35,8 @@ pub(super) struct Job {
     pub read: ShadowRead,
     pub params: Vec<BindParam>,
     pub param_types: Vec<u32>,
+    /// The session's `search_path`: the statements name the relations the session's statement named.
+    pub search_path: String,
 }
 
 /// Starts `config.connections` workers sharing one queue of `config.queue` jobs.
@@ -130,6 +132,7 @@ impl Worker {
         // the control role to run what it may not run itself. The control role must be a member of (or
         // superuser over) the application's roles, else every sample counts `error`.
         tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(&job.role))).await?;
+        tx.execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[&job.search_path]).await?;
         let own = job.read.own_side;
         let declared: Vec<Type> = job.param_types.iter().map(|&oid| declared_type(oid)).collect();
         let own_statement = tx.prepare_typed(job.read.sql(own), &declared).await?;
