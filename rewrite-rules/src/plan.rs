@@ -149,7 +149,8 @@ pub enum RejectReason {
     /// The migration's rules could not be compiled (a rule set built in code without validation).
     InvalidRules,
     /// The plan depends on which relation an unqualified name means in the session, and the proxy cannot
-    /// ask the session's server at this point (see the proxy's name resolution).
+    /// ask the session's server at this point (after a statement of the same simple-Query string that may
+    /// change it; see the proxy's name resolution).
     UnresolvedName,
 }
 
@@ -192,8 +193,8 @@ impl RejectReason {
             RejectReason::InvalidRules => "its rules are invalid",
             RejectReason::UnresolvedName => {
                 "the proxy cannot tell which relation the table's unqualified name means in this session here: \
-                 the statement follows, in the same Query string or pipelined batch, one that may change the \
-                 search_path or create or drop a table of that name; send it on its own, or qualify the name"
+                 the statement follows, in the same Query string, one that may change the search_path or \
+                 create or drop a table of that name; send it on its own, or qualify the name"
             }
         }
     }

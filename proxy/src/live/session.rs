@@ -14,9 +14,9 @@
 //! Names resolve as the session's server resolves them (`resolution`): before a statement whose plan
 //! depends on what an unqualified migrated-table name means in this session, the relay runs a hidden probe
 //! on the session's connection; the answer is kept until the session does something that may change it.
-//! Where no probe can run (inside the client's open extended-protocol batch, or after a statement of the
-//! same Query string that may change the resolution) and the answer matters, the statement is refused
-//! rather than guessed.
+//! The probe runs inside the client's open extended-protocol batch too, after the batch's earlier
+//! statements. Where it cannot see what matters (after a statement of the same simple-Query string that
+//! may change the resolution) and the answer matters, the statement is refused rather than guessed.
 //!
 //! While the shared state is unknown (not confirmed for longer than `limits.state_max_age_secs`: the
 //! state database is unreachable), every statement that involves a migrated table is refused with 57P03,
