@@ -11,6 +11,7 @@ mod databases;
 mod elsewhere;
 mod resolution;
 mod session;
+mod verdict;
 
 pub use databases::LiveDatabases;
 

@@ -28,15 +28,16 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use dualwrite_rules::{Plan, Rejection, Route, RowsDisposition, TagRewrite};
+use dualwrite_rules::{Plan, Rejection, Route};
 
 use super::resolution::{may_change_resolution, NameResolution};
+use super::verdict::{count_rejection, is_read, raise, refusal_param_types, rejection_error, relay_transform};
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::protocol::messages::bind_params;
 use crate::session::interceptor::{
-    CommandTag, LocalReply, Raise, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
-    SqlRequest, StatementTransform, Verdict,
+    LocalReply, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest,
+    StatementTransform, Verdict,
 };
 use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
@@ -571,66 +572,4 @@ fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, s
 /// The refusal of `sql` when which relation its unqualified migrated-table name means is not known.
 fn unresolved_refusal(current: &LiveRules, sql: &str) -> Rejection {
     current.rewriter.unresolved_name_refusal(sql)
-}
-
-/// Neither a write nor refused: a candidate for shadow reads.
-fn is_read(plan: &Plan) -> bool {
-    !plan.is_write() && !matches!(plan, Plan::Rejected(_))
-}
-
-/// Parameter types for a refusal prepared in place of `sql`, so that the client's Bind (which supplies
-/// `sql`'s parameters) succeeds and the Execute raises the refusal: as many as `sql` uses, undeclared ones
-/// as bytea, whose binary input accepts any bytes.
-fn refusal_param_types(sql: &str, declared: &[u32]) -> Vec<u32> {
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    const BYTEA: u32 = 17;
-    let used = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize()
-        .map(|tokens| {
-            tokens
-                .iter()
-                .filter_map(|t| match t {
-                    Token::Placeholder(p) => p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
-                    _ => None,
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
-    (0..used.max(declared.len())).map(|i| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(BYTEA)).collect()
-}
-
-/// The relay's transform for the rewriter's.
-fn relay_transform(t: &dualwrite_rules::StatementTransform) -> StatementTransform {
-    let suppress = t.rows == RowsDisposition::Suppress;
-    StatementTransform {
-        command_tag: t.command_tag.map(|tag| match tag {
-            TagRewrite::Insert => CommandTag::Insert,
-            TagRewrite::Update => CommandTag::Update,
-            TagRewrite::Delete => CommandTag::Delete,
-        }),
-        suppress_rows: suppress,
-        describe_no_data: suppress,
-    }
-}
-
-fn rejection_error(rejection: &Rejection) -> ControlError {
-    ControlError::new(rejection.sqlstate, rejection.message.clone()).with_hint(
-        "dualwrite refuses statements on a table under migration that it cannot apply to both tables; \
-         see the migration's rules and DUALWRITE STATUS.",
-    )
-}
-
-fn count_rejection(rejection: &Rejection) {
-    metrics::counter!(
-        "dualwrite_rejected_statements_total",
-        "migration" => rejection.migration.clone(),
-        "reason" => rejection.reason.as_str(),
-    )
-    .increment(1);
-}
-
-fn raise(error: &ControlError, control: bool) -> Verdict {
-    Verdict::Raise(Raise { sql: error.raise_statement(), control })
 }

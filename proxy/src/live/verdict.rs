@@ -1,0 +1,70 @@
+//! How the rewriter's answers become what the relay does: a plan's transforms in the relay's terms, a
+//! refusal raised by the server (counted, with its hint), and the parameter types that let a refusal be
+//! prepared in a statement's place.
+
+use dualwrite_rules::{Plan, Rejection, RowsDisposition, TagRewrite};
+
+use crate::control::SqlError as ControlError;
+use crate::session::interceptor::{CommandTag, Raise, StatementTransform, Verdict};
+
+/// Neither a write nor refused: a candidate for shadow reads.
+pub(super) fn is_read(plan: &Plan) -> bool {
+    !plan.is_write() && !matches!(plan, Plan::Rejected(_))
+}
+
+/// Parameter types for a refusal prepared in place of `sql`, so that the client's Bind (which supplies
+/// `sql`'s parameters) succeeds and the Execute raises the refusal: as many as `sql` uses, undeclared ones
+/// as bytea, whose binary input accepts any bytes.
+pub(super) fn refusal_param_types(sql: &str, declared: &[u32]) -> Vec<u32> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    const BYTEA: u32 = 17;
+    let used = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .filter_map(|t| match t {
+                    Token::Placeholder(p) => p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    (0..used.max(declared.len())).map(|i| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(BYTEA)).collect()
+}
+
+/// The relay's transform for the rewriter's.
+pub(super) fn relay_transform(t: &dualwrite_rules::StatementTransform) -> StatementTransform {
+    let suppress = t.rows == RowsDisposition::Suppress;
+    StatementTransform {
+        command_tag: t.command_tag.map(|tag| match tag {
+            TagRewrite::Insert => CommandTag::Insert,
+            TagRewrite::Update => CommandTag::Update,
+            TagRewrite::Delete => CommandTag::Delete,
+        }),
+        suppress_rows: suppress,
+        describe_no_data: suppress,
+    }
+}
+
+pub(super) fn rejection_error(rejection: &Rejection) -> ControlError {
+    ControlError::new(rejection.sqlstate, rejection.message.clone()).with_hint(
+        "dualwrite refuses statements on a table under migration that it cannot apply to both tables; \
+         see the migration's rules and DUALWRITE STATUS.",
+    )
+}
+
+pub(super) fn count_rejection(rejection: &Rejection) {
+    metrics::counter!(
+        "dualwrite_rejected_statements_total",
+        "migration" => rejection.migration.clone(),
+        "reason" => rejection.reason.as_str(),
+    )
+    .increment(1);
+}
+
+pub(super) fn raise(error: &ControlError, control: bool) -> Verdict {
+    Verdict::Raise(Raise { sql: error.raise_statement(), control })
+}
