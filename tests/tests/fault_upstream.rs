@@ -2,7 +2,7 @@
 //! shutdown), immediate (crash recovery on start) and killed outright (SIGKILL to every process, then
 //! started again), while writers run ledger transactions on a migrated table through the proxy. Sessions
 //! get the SQLSTATE the README promises for the fault (57P01 from the server, 08006 from the proxy when
-//! the server vanished without a word), new connections 08001 while it is down; writes resume through
+//! the server closed the connection without an error), new connections 08001 while it is down; writes resume through
 //! the same proxy without restarting it, and the ledger holds: old and shadow equal under the mapping,
 //! every transaction seen committed in both, none seen failed in either.
 
@@ -12,7 +12,7 @@ mod proxy_support;
 
 use dualwrite_tests::txn_ledger::{Ledger, Writers, LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
-use proxy_support::{first_error, RawClient};
+use proxy_support::{error_field, first_error, RawClient};
 
 /// Commits to see before the fault and again after it.
 const COMMITS: usize = 30;
@@ -36,18 +36,24 @@ async fn upstream_fault_keeps_the_ledger(fault: Fault) {
     // An idle session, read on the wire: what it is told when the upstream goes away.
     let mut idle = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
 
-    let (mode, ended_with) = match fault {
-        // Postgres's own FATAL, relayed: "terminating connection due to administrator command" for a
-        // fast shutdown, "... due to immediate shutdown command" for an immediate one, both 57P01.
-        Fault::Restart(mode) => (mode, "57P01"),
-        // No word from a killed server: the proxy reports the lost upstream itself.
-        Fault::Kill => (StopMode::Fast, "08006"),
+    // What the idle session is told: the server's own word where it has one, relayed, then the error
+    // that ends the session. A fast shutdown is Postgres's FATAL 57P01 ("terminating connection due to
+    // administrator command"). An immediate one is only a WARNING 57P01 ("... due to immediate shutdown
+    // command") before the socket closes, and a killed server says nothing: then the proxy ends the
+    // session with FATAL 08006 itself, as libpq reports a server that closed the connection unexpectedly.
+    let (warned_with, ended_with) = match fault {
+        Fault::Restart(StopMode::Immediate) => (Some("57P01"), "08006"),
+        Fault::Restart(_) => (None, "57P01"),
+        Fault::Kill => (None, "08006"),
     };
     match fault {
-        Fault::Restart(_) => cluster.stop(mode).await.unwrap(),
+        Fault::Restart(mode) => cluster.stop(mode).await.unwrap(),
         Fault::Kill => cluster.kill().await.unwrap(),
     }
     let told = tokio::time::timeout(PROGRESS_LIMIT, idle.read_to_close()).await.expect("the idle session ends");
+    let warnings: Vec<String> =
+        told.iter().filter(|(tag, _)| *tag == b'N').map(|(_, body)| error_field(body, b'C')).collect();
+    assert_eq!(warnings, Vec::from_iter(warned_with.map(str::to_owned)), "{fault:?}: {told:?}");
     let (code, message) = first_error(&told).unwrap_or_else(|| panic!("no error before the close: {told:?}"));
     assert_eq!(code, ended_with, "{fault:?}: {message}");
     // While it is down, a new connection gets 08001 from the proxy.

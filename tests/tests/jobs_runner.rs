@@ -48,13 +48,13 @@ async fn backfill_pauses_and_resumes_across_instances() {
     let client = &f.client;
     let looks_after_pause = |since: String| async move {
         client
-            .query_one(
+            .query_opt(
                 "SELECT state_change::text FROM pg_stat_activity WHERE application_name = 'dualwrite backfill' \
-                 AND datname = current_database() AND query = 'ROLLBACK' AND state_change > $1::timestamptz",
+                 AND datname = current_database() AND query = 'ROLLBACK' AND state_change > $1::text::timestamptz",
                 &[&since],
             )
             .await
-            .ok()
+            .expect("pg_stat_activity")
             .map(|r| r.get::<_, String>(0))
     };
     eventually(Duration::from_secs(30), "the paused runner looks at its state row", || async {

@@ -190,7 +190,8 @@ async fn connection_limit_and_graceful_shutdown() {
     config.limits.max_client_connections = 2;
     config.limits.shutdown_grace_secs = 20;
     let proxy = TestProxy::start(config).await.unwrap();
-    let first = connect(&db.url_via(proxy.addr())).await.unwrap();
+    // The idle session is read on the wire, to see what it is told at shutdown.
+    let mut first = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     let second = connect(&db.url_via(proxy.addr())).await.unwrap();
     let err = connect(&db.url_via(proxy.addr())).await.unwrap_err();
     let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
@@ -204,8 +205,10 @@ async fn connection_limit_and_graceful_shutdown() {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
-    let err = first.simple_query("SELECT 1").await.unwrap_err();
-    assert!(err.is_closed(), "the idle session is closed, not answered with an error: {err}");
+    let told = tokio::time::timeout(Duration::from_secs(10), first.read_to_close()).await.expect("idle session closed");
+    let (code, message) = first_error(&told).unwrap_or_else(|| panic!("no error before the close: {told:?}"));
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("proxy is shutting down"), "{message}");
     second.simple_query("SELECT 1").await.unwrap();
     second.batch_execute("COMMIT").await.unwrap();
     let started = Instant::now();

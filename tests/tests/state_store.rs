@@ -83,14 +83,15 @@ async fn seen_within(handle: &StateHandle, within: Duration, ok: impl Fn(&StateS
         && ok(&handle.snapshot())
 }
 
-/// Pids of the state listener connections on `db` that have run their LISTEN (idle after it).
+/// Pids of the state listener connections on `db` that have run their LISTEN: LISTEN is a listener's
+/// first statement, so one that is idle after any statement has run it.
 async fn listening_pids(db: &TestDb) -> Vec<i32> {
     db.connect()
         .await
         .unwrap()
         .query(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() \
-             AND state = 'idle' AND query LIKE 'LISTEN %' ORDER BY pid",
+             AND state = 'idle' AND query <> '' ORDER BY pid",
             &[&LISTENER_APPLICATION_NAME],
         )
         .await
