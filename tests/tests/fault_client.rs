@@ -196,6 +196,7 @@ async fn client_that_stops_reading_holds_proxy_memory_bounded() {
         let n: i64 = other.query_one("SELECT count(*) FROM ledger", &[]).await.unwrap().get(0);
         assert_eq!(n, i);
         peak = peak.max(rss_bytes(pid_of_proxy));
+        // Spreads the RSS samples over a second or so of the stall; not a wait for anything.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(

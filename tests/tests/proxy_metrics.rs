@@ -47,7 +47,8 @@ async fn metrics_endpoint_reports_connections_queries_bytes_and_errors() {
     for i in 0..5 {
         client.query_one("SELECT $1::int4", &[&i]).await.unwrap();
     }
-    assert!(client.simple_query("SELECT * FROM no_such_table").await.is_err());
+    let err = client.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
 
     let text = scrape(metrics_addr).await;
     assert_eq!(sample(&text, "dualwrite_client_connections"), 1.0, "{text}");
