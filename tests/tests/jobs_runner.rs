@@ -104,21 +104,19 @@ async fn serve_verifies_on_its_schedule_once_the_backfill_is_done() {
     let outcome = run_backfill(&f.config, &f.mapping, &BackfillOptions::default(), &|_| {}).await.unwrap();
     assert_eq!(outcome, BackfillOutcome::Done { rows_done: ROWS });
     // No verify was asked for: a finished run can only come from the schedule.
-    let run = loop {
-        let row = f
-            .client
+    let first_run = || async {
+        f.client
             .query_opt(
                 "SELECT rows_checked, clean FROM dualwrite.verify_runs WHERE migration = $1 \
                  AND finished_at IS NOT NULL ORDER BY id LIMIT 1",
                 &[&MIGRATION],
             )
             .await
-            .unwrap();
-        match row {
-            Some(row) => break (row.get::<_, i64>(0), row.get::<_, bool>(1)),
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+            .unwrap()
+            .map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1)))
     };
+    eventually(Duration::from_secs(60), "a scheduled verify finishes", || async { first_run().await.is_some() }).await;
+    let run = first_run().await.unwrap();
     assert_eq!(run, (ROWS, true));
     proxy.stop().await.unwrap();
 }
