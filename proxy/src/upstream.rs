@@ -144,7 +144,19 @@ pub async fn connect(target: &UpstreamTarget) -> Result<Stream, ConnectError> {
 pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget) -> Result<(), ConnectError> {
     let addr = target.describe();
     match tokio::time::timeout(target.connect_timeout, stream.tcp().readable()).await {
-        Ok(Ok(())) => Ok(()),
+        // Readable also at end of stream: a server that closed without answering (e.g. shutting down
+        // while the connection waited in its backlog) is a failed connect (08001), not a lost session.
+        Ok(Ok(())) => match stream.tcp().peek(&mut [0u8; 1]).await {
+            Ok(0) => Err(ConnectError::Io {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before answering the startup",
+                ),
+            }),
+            Ok(_) => Ok(()),
+            Err(source) => Err(ConnectError::Io { addr, source }),
+        },
         Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
         Err(_) => Err(ConnectError::StartupTimeout { addr, limit: target.connect_timeout }),
     }
@@ -202,5 +214,22 @@ mod tests {
         let off = target.with_tcp_options(None, None);
         let Stream::Tcp(tcp) = connect(&off).await.unwrap() else { panic!("plain TCP expected") };
         assert!(!socket2::SockRef::from(&tcp).keepalive().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_before_answering_the_startup_is_a_failed_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = UpstreamTarget::from_url(
+            &format!("postgres://u@127.0.0.1:{port}/d?sslmode=disable"),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        let stream = connect(&target).await.unwrap();
+        drop(listener.accept().await.unwrap());
+        match await_startup_answer(&stream, &target).await {
+            Err(ConnectError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("not a failed connect: {other:?}"),
+        }
     }
 }

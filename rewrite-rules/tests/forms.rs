@@ -77,6 +77,15 @@ fn plan_reports_migrations_and_writes() {
     let rejected = rewriter.rewrite("MERGE INTO users u USING s ON u.id = s.id WHEN MATCHED THEN DELETE", &route);
     assert!(rejected.is_write());
     assert_eq!(rejected.route_label(), "rejected");
+    let Plan::Rejected(refusal) = &*rejected else { panic!("MERGE not refused: {rejected:?}") };
+    assert_eq!(
+        (refusal.sqlstate, refusal.reason, refusal.migration.as_str()),
+        ("0A000", RejectReason::Merge, "users_split_name")
+    );
+    assert_eq!(
+        refusal.message, "dualwrite: statement refused for migration \"users_split_name\": MERGE is not supported",
+        "the message names the migration and the reason"
+    );
     assert_eq!(Update.tag(3), "UPDATE 3");
     assert_eq!(Insert.tag(1), "INSERT 0 1");
     assert_eq!(Delete.tag(0), "DELETE 0");

@@ -257,6 +257,23 @@ where
     }
 }
 
+/// Waits until backend `pid` is running `query` (pg_stat_activity, read through `direct`, shows it
+/// active), e.g. before cancelling it: a cancel sent earlier may arrive before the query and cancel nothing.
+pub async fn wait_until_running(direct: &tokio_postgres::Client, pid: i32, query: &str) {
+    let what = format!("backend {pid} runs {query:?}");
+    eventually(Duration::from_secs(30), &what, || async {
+        direct
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query = $2)",
+                &[&pid, &query],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0)
+    })
+    .await;
+}
+
 /// The rows of a simple-query answer as text (NULL = `None`), e.g. a control command's result set.
 pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages

@@ -17,7 +17,7 @@
 //! leaves exactly row `2t+1` with note `u<t>` and a failed one leaves nothing. Writers alternate between
 //! the simple and the extended protocol.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +74,9 @@ pub struct Ledger {
     committed: Mutex<BTreeSet<i64>>,
     failed: Mutex<BTreeSet<i64>>,
     in_doubt: Mutex<BTreeSet<i64>>,
+    /// What the writers' failed transactions and connection attempts ended with, counted (see
+    /// [`Ledger::errors`]).
+    errors: Mutex<BTreeMap<String, usize>>,
 }
 
 /// Counts of what [`Ledger::check`] verified.
@@ -99,12 +102,30 @@ impl Ledger {
         lock(&self.failed).len()
     }
 
+    /// The errors writers saw, counted by kind: the SQLSTATE a server (or the proxy) sent, `closed` for a
+    /// connection that ended without one, `timeout` for a transaction given up on, `io` for anything
+    /// else; prefixed with `connect ` when it ended a connection attempt. A fault test compares the keys
+    /// with the SQLSTATEs the README promises for its fault.
+    pub fn errors(&self) -> BTreeMap<String, usize> {
+        lock(&self.errors).clone()
+    }
+
+    fn record_error(&self, kind: String) {
+        *lock(&self.errors).entry(kind).or_default() += 1;
+    }
+
     /// Runs one ledger transaction on `client` and records what the client saw.
     pub async fn run_txn(&self, client: &Client, extended: bool) -> Outcome {
         let t = self.next_txn.fetch_add(1, Ordering::Relaxed);
         let commit_sent = AtomicBool::new(false);
         let work = txn_statements(client, t, extended, &commit_sent);
-        let outcome = match tokio::time::timeout(TXN_LIMIT, work).await {
+        let result = tokio::time::timeout(TXN_LIMIT, work).await;
+        match &result {
+            Ok(Err(e)) => self.record_error(error_kind(e)),
+            Err(_) => self.record_error("timeout".to_owned()),
+            Ok(Ok(())) => {}
+        }
+        let outcome = match result {
             Ok(Ok(())) => Outcome::Committed,
             Ok(Err(e))
                 if commit_sent.load(Ordering::Relaxed)
@@ -218,6 +239,15 @@ async fn txn_statements(
     result
 }
 
+/// The SQLSTATE of `e`, or `closed` / `io` when no server error came with it.
+fn error_kind(e: &tokio_postgres::Error) -> String {
+    match e.code() {
+        Some(code) => code.code().to_owned(),
+        None if e.is_closed() => "closed".to_owned(),
+        None => "io".to_owned(),
+    }
+}
+
 /// Class 08 (connection exception) and 57P0x (server shutting down / terminated): the session ended, so
 /// an error on COMMIT says nothing about whether it committed.
 fn is_connection_end(code: &str) -> bool {
@@ -265,7 +295,12 @@ async fn write_loop(ledger: &Ledger, url: &str, extended: bool, stop: &AtomicBoo
     while !stop.load(Ordering::Relaxed) {
         let client = match tokio::time::timeout(Duration::from_secs(10), crate::connect(url)).await {
             Ok(Ok(client)) => client,
-            _ => {
+            failed => {
+                let kind = match failed {
+                    Ok(Err(e)) => e.downcast_ref::<tokio_postgres::Error>().map_or("io".to_owned(), error_kind),
+                    _ => "timeout".to_owned(),
+                };
+                ledger.record_error(format!("connect {kind}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

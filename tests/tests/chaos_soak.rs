@@ -181,13 +181,14 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
         while Instant::now() < when {
             control(&db, &proxies, &flips[flip % flips.len()]).await.unwrap();
             flip += 1;
+            // The cadence of the soak's schedule (reads flip every 2 s), not a wait for anything.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         eprintln!("chaos soak: {:?} at {:?}", fault, started.elapsed());
         match fault {
             Fault::KillProxy(i) => {
                 instances[i].kill().await.unwrap();
-                // Writers on it fail over to the other instance meanwhile.
+                // The fault is an instance down for a second: writers on it fail over meanwhile.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 instances[i].restart().await.unwrap();
             }
@@ -200,6 +201,7 @@ async fn writers_ledger_matches_both_tables_after_kills_restarts_backfill_and_re
     while Instant::now() < until {
         control(&db, &proxies, &flips[flip % flips.len()]).await.unwrap();
         flip += 1;
+        // The schedule's cadence, as above.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 

@@ -128,6 +128,9 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
     let resumed = ledger.committed();
     assert!(ledger.wait_commits(resumed, 10, NOTICE_LIMIT).await, "writers did not resume");
     writers.stop().await;
+    // The writers were refused with 57P03 only (their transactions name the migrated table).
+    let errors = ledger.errors();
+    assert_eq!(errors.keys().collect::<Vec<_>>(), ["57P03"], "{errors:?}");
 
     direct.batch_execute("DELETE FROM ledger WHERE id < 0; DELETE FROM ledger_v2 WHERE id < 0").await.unwrap();
     let report = ledger.check(&direct).await.unwrap();

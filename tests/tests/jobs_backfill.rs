@@ -1,5 +1,5 @@
 //! Backfill against real Postgres: a 1,000,000-row table copied while writers update, insert and delete
-//! through the proxy's dual-write statements (then verify and an independent EXCEPT comparison find no
+//! through the rewriter's dual-write statements (then verify and an independent EXCEPT comparison find no
 //! difference); a dual-write DELETE and a dual-write UPDATE held open across the batch that copies their
 //! row (the cases the module comment of `jobs::backfill` argues); and a backfill killed midway resuming
 //! from its checkpoint.
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dualwrite_proxy::jobs::{run_backfill, run_verify, BackfillOptions, BackfillOutcome, JobError, VerifyOptions};
+use dualwrite_proxy::jobs::{run_backfill, run_verify, BackfillOptions, BackfillOutcome, VerifyOptions};
+use dualwrite_tests::eventually;
 use jobs_support::*;
 
 /// Which ids a writer aims at.
@@ -33,9 +34,9 @@ async fn writer(
     ops: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let client = dualwrite_tests::connect(&url).await?;
-    let update = client.prepare(DUAL_UPDATE).await?;
-    let insert = client.prepare(DUAL_INSERT).await?;
-    let delete = client.prepare(DUAL_DELETE).await?;
+    let update = client.prepare(&dual_write(CLIENT_UPDATE)).await?;
+    let insert = client.prepare(&dual_write(CLIENT_INSERT)).await?;
+    let delete = client.prepare(&dual_write(CLIENT_DELETE)).await?;
     let mut rng = Rng(seed);
     let mut next_insert = 2_000_000 + seed as i64 * 1_000_000;
     while !stop.load(Ordering::Relaxed) {
@@ -84,7 +85,12 @@ async fn backfill_of_a_million_rows_races_safely_with_dual_writes() {
     let options = BackfillOptions { batch_size: 10_000, ..BackfillOptions::default() };
     let outcome = run_backfill(&f.config, &f.mapping, &options, &|_| {}).await.expect("backfill");
     let ops_during_backfill = ops.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writes after the last batch too: the verify below must see them in both tables.
+    eventually(Duration::from_secs(60), "writers go on writing after the backfill", || {
+        let ops = ops.clone();
+        async move { ops.load(Ordering::Relaxed) >= ops_during_backfill + 100 }
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.await.expect("writer task").expect("writer");
@@ -114,23 +120,30 @@ async fn backfill_killed_midway_resumes_from_its_checkpoint() {
 
     let (config, mapping, first_options) = (f.config.clone(), f.mapping.clone(), options.clone());
     let first = tokio::spawn(async move { run_backfill(&config, &mapping, &first_options, &|_| {}).await });
-    loop {
-        match backfill_row(&f.client).await {
-            Some((_, done, _, _)) if done >= 40_000 => break,
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    eventually(Duration::from_secs(120), "the first run checkpoints 40,000 rows", || async {
+        backfill_row(&f.client).await.is_some_and(|(_, done, _, _)| done >= 40_000)
+    })
+    .await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled(), "the first run ended before it was killed");
 
-    // The killed run's connection (and its lock) goes away shortly; retry until the lock is free.
+    // The killed run's connection (and its advisory lock) goes away shortly after: wait for the lock.
+    eventually(Duration::from_secs(60), "the killed run's backfill lock is released", || async {
+        f.client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                     WHERE l.locktype = 'advisory' AND d.datname = current_database())",
+                &[],
+            )
+            .await
+            .expect("pg_locks")
+            .get(0)
+    })
+    .await;
     let checkpoints = std::sync::Mutex::new(Vec::new());
-    let outcome = loop {
-        match run_backfill(&f.config, &f.mapping, &options, &|p| checkpoints.lock().unwrap().push(p.rows_done)).await {
-            Err(JobError::Busy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => break other.expect("resumed backfill"),
-        }
-    };
+    let outcome = run_backfill(&f.config, &f.mapping, &options, &|p| checkpoints.lock().unwrap().push(p.rows_done))
+        .await
+        .expect("resumed backfill");
     // The checkpoint as the killed run left it: the resumed run starts from it.
     let checkpoints = checkpoints.into_inner().unwrap();
     let first_seen = checkpoints[0];
@@ -168,7 +181,8 @@ async fn a_delete_left_open_across_its_batch_does_not_leave_the_copy_behind() {
     // nothing to delete (the copy did not exist in its snapshot). Sent as a simple query, as psql does:
     // then the open transaction holds no snapshot (`backend_xmin` is NULL), only its uncommitted DELETE.
     // (An extended-protocol statement would keep its snapshot in the unnamed portal until the next one.)
-    let messages = tx.simple_query(&DUAL_DELETE.replace("$1", &ID.to_string())).await.expect("dual-write delete");
+    let delete = dual_write(&format!("DELETE FROM users WHERE id = {ID}"));
+    let messages = tx.simple_query(&delete).await.expect("dual-write delete");
     assert!(
         messages.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
         "the dual-write DELETE did not delete the old row"
@@ -177,9 +191,10 @@ async fn a_delete_left_open_across_its_batch_does_not_leave_the_copy_behind() {
     let options = BackfillOptions { batch_size: 5_000, ..BackfillOptions::default() };
     let (config, mapping) = (f.config.clone(), f.mapping.clone());
     let backfill = tokio::spawn(async move { run_backfill(&config, &mapping, &options, &|_| {}).await });
-    while backfill_row(&f.client).await.is_none_or(|(_, done, _, _)| done != ROWS) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(120), "every batch committed", || async {
+        backfill_row(&f.client).await.is_some_and(|(_, done, _, _)| done == ROWS)
+    })
+    .await;
     // Every batch committed, the copy of the deleted row with them: the race happened.
     assert!(shadow_row(&f.client, ID).await.is_some(), "the batch did not copy the row being deleted");
     tx.commit().await.expect("commit the delete");
@@ -199,14 +214,13 @@ async fn an_update_left_open_across_its_batch_wins_over_the_copy() {
     let tx = writer.transaction().await.expect("begin");
     // Not committed yet: its shadow upsert inserted ID's shadow row, which the batch copying ID (still
     // seeing the pre-update old row) runs into.
-    assert_eq!(tx.execute(DUAL_UPDATE, &[&"Held Open", &ID]).await.expect("dual-write update"), 1);
+    assert_eq!(tx.execute(&dual_write(CLIENT_UPDATE), &[&"Held Open", &ID]).await.expect("dual-write update"), 1);
 
     let options = BackfillOptions { batch_size: 5_000, ..BackfillOptions::default() };
     let (config, mapping) = (f.config.clone(), f.mapping.clone());
     let backfill = tokio::spawn(async move { run_backfill(&config, &mapping, &options, &|_| {}).await });
-    loop {
-        let waiting: bool = f
-            .client
+    eventually(Duration::from_secs(120), "the backfill waits on the open update's row lock", || async {
+        f.client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
                      AND application_name = 'dualwrite backfill' AND wait_event_type = 'Lock')",
@@ -214,12 +228,9 @@ async fn an_update_left_open_across_its_batch_wins_over_the_copy() {
             )
             .await
             .expect("pg_stat_activity")
-            .get(0);
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            .get(0)
+    })
+    .await;
     tx.commit().await.expect("commit the update");
 
     let outcome = backfill.await.expect("backfill task").expect("backfill");

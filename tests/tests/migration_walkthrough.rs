@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod proxy_support;
+
 use dualwrite_tests::*;
+use proxy_support::{command_tags, first_error, RawClient};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const MIGRATION: &str = "users_split_name";
@@ -75,19 +78,6 @@ async fn one_value(client: &Client, sql: &str) -> Option<String> {
 async fn connect_version(proxy: &TestProxy, db: &TestDb, version: &str) -> Client {
     let url = format!("{}?options=-c%20dualwrite.version%3D{version}", proxy.url(db));
     connect(&url).await.unwrap()
-}
-
-/// Waits until `check` holds, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn backfill_and_verify(admin: &Client, direct: &Client) {
@@ -204,7 +194,12 @@ async fn full_walkthrough_through_two_instances() {
 
     // percentage routing: sticky per session, some sessions on each side
     control(&admin_a, &format!("DUALWRITE ROUTE {MIGRATION} READS TO v2 PERCENT 50")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // B has applied the new route once one of its new sessions reads the old table again.
+    eventually(Duration::from_secs(10), "50% routing seen through instance B", || async {
+        let s = b.connect(&db).await.unwrap();
+        one_value(&s, "SELECT email FROM users WHERE id = 50").await.as_deref() != Some("marker@shadow")
+    })
+    .await;
     let mut on_shadow = 0;
     for _ in 0..24 {
         let s = b.connect(&db).await.unwrap();
@@ -227,7 +222,7 @@ async fn full_walkthrough_through_two_instances() {
     // cutover: the shadow is the primary; v1 and v2 writes keep both tables in sync
     let phase = control(&admin_a, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;
     assert!(format!("{phase:?}").contains("cutover"), "{phase:?}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Nothing to wait for on B: both phases write and read alike, only the source of truth differs.
     v1_b.simple_query("INSERT INTO users (name, email) VALUES ('After Cutover', 'AC@x')").await.unwrap();
     v1_b.execute("UPDATE users SET email = $1 WHERE id = $2", &[&"cut@over", &60i32]).await.unwrap();
     v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Barbara', 'Liskov2', 'bl2@x')")
@@ -238,7 +233,6 @@ async fn full_walkthrough_through_two_instances() {
 
     // rollback: back to dual_write with reads on each session's own version, nothing lost
     control(&admin_a, &format!("DUALWRITE ROLLBACK {MIGRATION}")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let phase: String =
         direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&MIGRATION]).await.unwrap().get(0);
     assert_eq!(phase, "dual_write");
@@ -249,7 +243,12 @@ async fn full_walkthrough_through_two_instances() {
     control(&admin_a, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     control(&admin_a, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;
     control(&admin_a, &format!("DUALWRITE PHASE {MIGRATION} complete")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // B has applied `complete` once it refuses v1 writes (this one would change no row anyway).
+    eventually(Duration::from_secs(10), "complete seen through instance B", || async {
+        let refused = v1_b.simple_query("UPDATE users SET name = name WHERE id = -1").await;
+        refused.is_err_and(|e| e.code().map(|c| c.code()) == Some("0A000"))
+    })
+    .await;
     let old_before: i64 = direct.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     v2_a.simple_query("INSERT INTO users (first_name, last_name, email) VALUES ('Only', 'Shadow', 'only@shadow')")
         .await
@@ -316,15 +315,20 @@ async fn refusals_change_nothing_and_leave_the_session_usable() {
         // the session is still usable
         assert_eq!(one_value(&app, "SELECT 1").await.as_deref(), Some("1"));
     }
-    // inside a transaction the refusal aborts it, so a COMMIT cannot keep the earlier write
-    app.batch_execute("BEGIN").await.unwrap();
-    app.simple_query("INSERT INTO users (name, email) VALUES ('In Tx', 'tx@x')").await.unwrap();
-    assert!(app
-        .simple_query("MERGE INTO users u USING users_v2 s ON u.id = s.id WHEN MATCHED THEN DELETE")
-        .await
-        .is_err());
-    let commit = app.simple_query("COMMIT").await.unwrap();
-    assert!(matches!(commit.last(), Some(SimpleQueryMessage::CommandComplete(_))));
+    // inside a transaction the refusal aborts it, so a COMMIT cannot keep the earlier write: the server
+    // answers it with the tag ROLLBACK (read off the wire: drivers report only the row count)
+    let mut raw = RawClient::connect(proxy.addr(), "app", &db.name).await;
+    assert_eq!(command_tags(&raw.query("BEGIN").await), ["BEGIN"]);
+    let inserted = raw.query("INSERT INTO users (name, email) VALUES ('In Tx', 'tx@x')").await;
+    assert_eq!(command_tags(&inserted), ["INSERT 0 1"], "{inserted:?}");
+    let merge = raw.query("MERGE INTO users u USING users_v2 s ON u.id = s.id WHEN MATCHED THEN DELETE").await;
+    let (code, message) = first_error(&merge).expect("MERGE was not refused");
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.contains(&format!("migration \"{MIGRATION}\"")) && message.contains("MERGE is not supported"),
+        "the refusal names the migration and the reason: {message}"
+    );
+    assert_eq!(command_tags(&raw.query("COMMIT").await), ["ROLLBACK"], "COMMIT of the aborted transaction");
     let after: Vec<(i32, String)> = direct
         .query("SELECT id, name FROM users ORDER BY id", &[])
         .await

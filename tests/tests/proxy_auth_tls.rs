@@ -169,13 +169,14 @@ async fn tls_to_the_upstream_and_scram_without_channel_binding() {
     }
     // Cancel keys work over the TLS upstream as well.
     let client = connect(&url_for(proxy.addr(), MD5_USER, Some(MD5_PASSWORD), "postgres")).await.unwrap();
+    let direct = connect(&cluster.connection_string()).await.unwrap();
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (outcome, cancelled) = tokio::join!(client.simple_query("SELECT pg_sleep(30)"), async {
+        wait_until_running(&direct, pid, "SELECT pg_sleep(30)").await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
-    let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
-    canceller.await.unwrap().unwrap();
+    cancelled.unwrap();
+    assert_eq!(outcome.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
     proxy.stop().await.unwrap();
 }

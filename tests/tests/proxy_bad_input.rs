@@ -186,6 +186,7 @@ async fn slowloris_startup_is_closed_after_the_timeout_and_others_are_served() {
             let client = connect(&db.url_via(proxy.addr())).await.unwrap();
             assert_eq!(client.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
         }
+        // The dribbling is the thing tested: a byte every 200 ms until the startup timeout closes it.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let answer = tokio::time::timeout(NO_HANG, closed_by_proxy).await.expect("closed").unwrap();

@@ -60,24 +60,28 @@ async fn upstream_restart_while_connected() {
     let url = cluster.connection_string().replace(&cluster.port().to_string(), &proxy.addr().port().to_string());
     let client = connect(&url).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
+    let mut idle = RawClient::connect(proxy.addr(), cluster.superuser(), "postgres").await;
     cluster.restart(StopMode::Fast).await.unwrap();
-    // The server's own 57P01 (or the closed connection) reaches the client.
+    // The server's own 57P01 reaches the client (read on the wire: a driver reports a FATAL that arrives
+    // between queries as a closed connection).
+    let told = tokio::time::timeout(Duration::from_secs(10), idle.read_to_close()).await.expect("no hang");
+    assert_eq!(first_error(&told).map(|(code, _)| code).as_deref(), Some("57P01"), "{told:?}");
     let err = client.simple_query("SELECT 1").await.unwrap_err();
-    assert!(
-        err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN),
-        "unexpected error after restart: {err:?}"
-    );
-    assert!(client.is_closed());
+    assert!(err.is_closed(), "unexpected error after restart: {err:?}");
     let again = connect(&url).await.unwrap();
     assert_eq!(again.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0), 5);
 
-    // A killed upstream: the client gets an error and a closed connection, not a hang.
+    // A killed upstream says nothing: the proxy tells the client the connection was lost (08006) and
+    // closes it, rather than leave it hanging.
+    let mut idle = RawClient::connect(proxy.addr(), cluster.superuser(), "postgres").await;
     cluster.kill().await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(10), idle.read_to_close()).await.expect("no hang");
+    assert_eq!(first_error(&told).map(|(code, _)| code).as_deref(), Some("08006"), "{told:?}");
     let err = tokio::time::timeout(Duration::from_secs(10), again.simple_query("SELECT 1"))
         .await
         .expect("no hang")
         .unwrap_err();
-    assert!(err.is_closed() || err.code().is_some(), "{err:?}");
+    assert!(err.is_closed() || err.code() == Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
     cluster.start_again().await.unwrap();
     let third = connect(&url).await.unwrap();
     third.simple_query("SELECT 1").await.unwrap();
@@ -89,12 +93,15 @@ async fn pg_terminate_backend_error_reaches_the_client() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
-    let client = connect(&db.url_via(proxy.addr())).await.unwrap();
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let rows = raw.query("SELECT pg_backend_pid()").await;
+    let pid: i32 = String::from_utf8_lossy(&rows.iter().find(|(t, _)| *t == b'D').unwrap().1[6..]).parse().unwrap();
     let direct = db.connect().await.unwrap();
     direct.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
-    let err = client.simple_query("SELECT 1").await.unwrap_err();
-    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    let told = tokio::time::timeout(Duration::from_secs(10), raw.read_to_close()).await.expect("no hang");
+    let (code, message) = first_error(&told).unwrap_or_else(|| panic!("no error before the close: {told:?}"));
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("administrator command"), "the server's own message: {message}");
     proxy.stop().await.unwrap();
 }
 
@@ -121,8 +128,7 @@ async fn client_gone_mid_transaction_rolls_back_and_cancels() {
     let pid_rows = raw.query("SELECT pg_backend_pid()").await;
     let pid: i32 = String::from_utf8_lossy(&pid_rows.iter().find(|(t, _)| *t == b'D').unwrap().1[6..]).parse().unwrap();
     raw.send(&query_frame("SELECT pg_sleep(60)")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(backend_alive(&direct, pid).await);
+    wait_until_running(&direct, pid, "SELECT pg_sleep(60)").await;
     drop(raw);
     assert!(wait_backend_gone(&direct, pid, Duration::from_secs(10)).await, "sleeping backend {pid} was not cancelled");
     proxy.stop().await.unwrap();
@@ -184,7 +190,8 @@ async fn connection_limit_and_graceful_shutdown() {
     config.limits.max_client_connections = 2;
     config.limits.shutdown_grace_secs = 20;
     let proxy = TestProxy::start(config).await.unwrap();
-    let first = connect(&db.url_via(proxy.addr())).await.unwrap();
+    // The idle session is read on the wire, to see what it is told at shutdown.
+    let mut first = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
     let second = connect(&db.url_via(proxy.addr())).await.unwrap();
     let err = connect(&db.url_via(proxy.addr())).await.unwrap_err();
     let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
@@ -194,13 +201,19 @@ async fn connection_limit_and_graceful_shutdown() {
     second.batch_execute("BEGIN").await.unwrap();
     let addr = proxy.addr();
     let stopping = tokio::spawn(proxy.stop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
-    assert!(first.simple_query("SELECT 1").await.is_err(), "idle session closed");
+    eventually(Duration::from_secs(10), "the proxy stops accepting", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let told = tokio::time::timeout(Duration::from_secs(10), first.read_to_close()).await.expect("idle session closed");
+    let (code, message) = first_error(&told).unwrap_or_else(|| panic!("no error before the close: {told:?}"));
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("proxy is shutting down"), "{message}");
     second.simple_query("SELECT 1").await.unwrap();
     second.batch_execute("COMMIT").await.unwrap();
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(15), stopping).await.expect("run returns").unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(second.simple_query("SELECT 1").await.is_err());
+    let err = second.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err.is_closed(), "the session ended with the proxy: {err}");
 }

@@ -116,16 +116,18 @@ async fn cancel_of_pg_sleep_through_the_proxy() {
     let db = cluster.create_database().await.unwrap();
     let proxy = TestProxy::start(config_for(&cluster)).await.unwrap();
     let client = connect(&db.url_via(proxy.addr())).await.unwrap();
+    let direct = db.connect().await.unwrap();
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (outcome, cancelled) = tokio::join!(client.simple_query("SELECT pg_sleep(30)"), async {
+        wait_until_running(&direct, pid, "SELECT pg_sleep(30)").await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
-    let started = std::time::Instant::now();
-    let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    cancelled.unwrap();
+    let err = outcome.unwrap_err();
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
-    canceller.await.unwrap().unwrap();
     // The session survives its cancelled query.
     assert_eq!(client.query_one("SELECT 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
     proxy.stop().await.unwrap();

@@ -291,7 +291,8 @@ async fn health_and_ready_follow_the_upstream_and_shutdown() {
     assert_eq!(http_get(serve.metrics, "/health").await.unwrap().0, 200);
     // The proxy no longer accepts, so the query is cancelled on the server directly.
     direct.batch_execute(&format!("SELECT pg_cancel_backend(pid) FROM ({sleeping}) s")).await.unwrap();
-    assert!(sleeper.await.unwrap().is_err(), "the query was cancelled");
+    let cancelled = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(cancelled.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{cancelled}");
     let mut serve = serve;
     let status = serve.process.wait().await.unwrap();
     assert!(status.success(), "{status}");

@@ -1,5 +1,6 @@
 //! `dualwrite quickstart` end to end, in-process: it starts its own throwaway cluster with the example
-//! migration's tables, psql works through the proxy, and shutdown removes the cluster.
+//! migration's tables, psql reads and writes through the proxy (each write landing in both tables), and
+//! shutdown removes the cluster.
 
 use std::net::SocketAddr;
 
@@ -35,7 +36,7 @@ async fn start(config: Config) -> (Endpoints, oneshot::Sender<()>, tokio::task::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickstart_serves_the_example_schema_and_cleans_up() {
+async fn quickstart_serves_the_example_schema_dual_writes_and_cleans_up() {
     let (endpoints, stop, task) = start(config("")).await;
     let banner = quickstart::banner(&endpoints);
     assert!(banner.contains(&format!("psql \"{}\"", endpoints.proxy_url)), "{banner}");
@@ -62,6 +63,34 @@ async fn quickstart_serves_the_example_schema_and_cleans_up() {
         .collect();
     assert_eq!(shadow_columns, ["id", "first_name", "last_name", "email"]);
     drop(client);
+
+    // Writes through the proxy, as the banner suggests: each lands in both tables, the shadow's row
+    // through the migration's forward mapping (the shadow starts empty: nothing is backfilled yet).
+    let writes = "INSERT INTO users (name, email) VALUES ('Edsger Dijkstra', 'EWD@Example.com');
+                  UPDATE users SET email = 'Ada@Lovelace.org' WHERE name = 'Ada Lovelace';
+                  DELETE FROM users WHERE name = 'Alan Turing';";
+    let out = psql(&endpoints.proxy_url, &["-c", writes], None).await.unwrap();
+    out.assert_success();
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["INSERT 0 1", "UPDATE 1", "DELETE 1"], "{}", out.stderr);
+    let direct = connect(&endpoints.upstream_url).await.unwrap();
+    let rows = |sql: &'static str| {
+        let direct = &direct;
+        async move {
+            let rows = direct.query(sql, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect::<Vec<_>>().join("|"))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        rows("SELECT id::text, name, email FROM users ORDER BY id").await,
+        ["1|Ada Lovelace|Ada@Lovelace.org", "3|Grace Hopper|GRACE@example.com", "4|Edsger Dijkstra|EWD@Example.com"]
+    );
+    assert_eq!(
+        rows("SELECT id::text, first_name, last_name, email FROM users_v2 ORDER BY id").await,
+        ["1|Ada|Lovelace|ada@lovelace.org", "4|Edsger|Dijkstra|ewd@example.com"]
+    );
+    drop(direct);
 
     let data_dir_url = endpoints.upstream_url.clone();
     stop.send(()).unwrap();

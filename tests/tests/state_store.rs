@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dualwrite_proxy::pg_client::PgTarget;
+use dualwrite_proxy::state::watcher::LISTENER_APPLICATION_NAME;
 use dualwrite_proxy::state::{schema, Actor, StateHandle, StateOptions, StateSnapshot};
 use dualwrite_rules::{Phase, RuleSet};
-use dualwrite_tests::{TestCluster, TestDb};
+use dualwrite_tests::{eventually, TestCluster, TestDb};
 
 const RULES: &str = r#"
 [[migration]]
@@ -82,6 +83,31 @@ async fn seen_within(handle: &StateHandle, within: Duration, ok: impl Fn(&StateS
         && ok(&handle.snapshot())
 }
 
+/// Pids of the state listener connections on `db` that have run their LISTEN: LISTEN is a listener's
+/// first statement, so one that is idle after any statement has run it.
+async fn listening_pids(db: &TestDb) -> Vec<i32> {
+    db.connect()
+        .await
+        .unwrap()
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() \
+             AND state = 'idle' AND query <> '' ORDER BY pid",
+            &[&LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until `n` listeners on `db`, none of them one of `gone`, have run their LISTEN.
+async fn wait_listening(db: &TestDb, n: usize, gone: &[i32]) -> Vec<i32> {
+    let fresh = || async { listening_pids(db).await.into_iter().filter(|p| !gone.contains(p)).collect::<Vec<_>>() };
+    eventually(Duration::from_secs(30), "the state listeners run LISTEN", || async { fresh().await.len() == n }).await;
+    fresh().await
+}
+
 fn phase_of(s: &StateSnapshot, m: &str) -> Option<Phase> {
     s.migration(m).map(|m| m.phase)
 }
@@ -132,7 +158,7 @@ async fn change_is_audited_and_seen_by_another_instance_through_notify() -> anyh
     let a = handle(&db, Duration::from_secs(60)).await?;
     // B never polls during the test: only NOTIFY can tell it.
     let b = handle(&db, Duration::from_secs(3600)).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await; // B's listener is up
+    wait_listening(&db, 2, &[]).await;
     a.route_reads("users_split_name", Some("v2"), 30, &admin()).await?;
     let a_sees = a.snapshot().migration("users_split_name").cloned().unwrap();
     assert_eq!((a_sees.read_source.as_deref(), a_sees.read_percent), (Some("v2"), 30), "the changer sees it at once");
@@ -175,19 +201,19 @@ async fn listener_reconnects_after_its_connection_is_killed() -> anyhow::Result<
     let db = database().await?;
     let a = handle(&db, Duration::from_secs(3600)).await?;
     let b = handle(&db, Duration::from_secs(3600)).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listeners = wait_listening(&db, 2, &[]).await;
     let killed: i64 = db
         .connect()
         .await?
         .query_one(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE application_name = 'dualwrite state listener' AND datname = current_database()) t",
-            &[],
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int4[]) pid",
+            &[&listeners],
         )
         .await?
         .get(0);
     assert_eq!(killed, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await; // reconnect backoff starts at 100 ms
+    // Both reconnect (on new connections) and LISTEN again before the change is made.
+    wait_listening(&db, 2, &listeners).await;
     a.change_phase("users_split_name", Phase::Cutover, true, &admin()).await?;
     assert!(
         seen_within(&b, Duration::from_secs(2), |s| phase_of(s, "users_split_name") == Some(Phase::Cutover)).await,

@@ -282,14 +282,15 @@ pub async fn tokio_postgres_checks(env: &CompatEnv) -> Report {
         "cancel",
         async {
             let client = proxy().await?;
+            let direct = upstream(env).await?;
+            let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
             let token = client.cancel_token();
-            let canceller = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let started = Instant::now();
+            let (outcome, cancelled) = tokio::join!(client.simple_query("SELECT pg_sleep(30)"), async {
+                dualwrite_tests::wait_until_running(&direct, pid, "SELECT pg_sleep(30)").await;
                 token.cancel_query(tokio_postgres::NoTls).await
             });
-            let started = Instant::now();
-            let outcome = client.simple_query("SELECT pg_sleep(30)").await;
-            canceller.await.context("canceller task")?.context("sending the cancel")?;
+            cancelled.context("sending the cancel")?;
             match outcome {
                 Ok(_) => bail!("pg_sleep(30) was not cancelled"),
                 Err(e) => expect_eq(sqlstate_of(&e), Some(&SqlState::QUERY_CANCELED), "SQLSTATE")?,

@@ -1,14 +1,15 @@
-//! Shared setup of the jobs_* tests: a fresh database with the `users` -> `users_v2` migration (the rules
-//! of DESIGN section 2 plus a numeric column whose type differs between the tables), the proxy's dual-write
-//! statements for writers, and comparisons of the two tables.
+//! Shared setup of the jobs_* tests: a fresh database with the `users` -> `users_v2` migration (the example
+//! migration's rules plus a numeric column whose type differs between the tables), the proxy's dual-write
+//! statements (from the rewriter) for writers, and comparisons of the two tables.
 
 #![allow(dead_code)]
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use dualwrite_proxy::jobs::TableMapping;
 use dualwrite_proxy::pg_client::PgTarget;
-use dualwrite_rules::RuleSet;
+use dualwrite_rules::{MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side};
 use dualwrite_tests::{TestCluster, TestDb};
 use tokio_postgres::Client;
 
@@ -71,29 +72,23 @@ pub async fn fixture(rows: i64) -> Fixture {
     Fixture { db, client, config, mapping }
 }
 
-/// The dual-write UPDATE the proxy sends for `UPDATE users SET name = $1, score = score + 1 WHERE id = $2`.
-pub const DUAL_UPDATE: &str = "
-WITH __dw_primary AS (UPDATE users SET name = $1, score = score + 1 WHERE id = $2 RETURNING *),
-     __dw_shadow AS (INSERT INTO users_v2 (id, first_name, last_name, email, score)
-                     SELECT id, split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email), score FROM __dw_primary
-                     ON CONFLICT (id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                         email = EXCLUDED.email, score = EXCLUDED.score)
-SELECT FROM __dw_primary";
+/// What a client on the old version sends for an UPDATE of a user's name (and score).
+pub const CLIENT_UPDATE: &str = "UPDATE users SET name = $1, score = score + 1 WHERE id = $2";
+/// What a client sends to insert a user.
+pub const CLIENT_INSERT: &str = "INSERT INTO users VALUES ($1, $2, $3, 1)";
+/// What a client sends to delete a user.
+pub const CLIENT_DELETE: &str = "DELETE FROM users WHERE id = $1";
 
-/// The dual-write INSERT for `INSERT INTO users VALUES ($1, $2, $3, 1)`.
-pub const DUAL_INSERT: &str = "
-WITH __dw_primary AS (INSERT INTO users (id, name, email, score) VALUES ($1, $2, $3, 1) RETURNING *),
-     __dw_shadow AS (INSERT INTO users_v2 (id, first_name, last_name, email, score)
-                     SELECT id, split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email), score FROM __dw_primary
-                     ON CONFLICT (id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                         email = EXCLUDED.email, score = EXCLUDED.score)
-SELECT FROM __dw_primary";
-
-/// The dual-write DELETE for `DELETE FROM users WHERE id = $1`.
-pub const DUAL_DELETE: &str = "
-WITH __dw_primary AS (DELETE FROM users WHERE id = $1 RETURNING *),
-     __dw_shadow AS (DELETE FROM users_v2 USING __dw_primary WHERE users_v2.id = __dw_primary.id)
-SELECT FROM __dw_primary";
+/// The statement the proxy sends upstream for the client statement `sql` of a session on the old version
+/// during dual write: the rewriter's own dual write, so the writers race the backfill with the real thing.
+pub fn dual_write(sql: &str) -> String {
+    let rewriter = Rewriter::new(Arc::new(RuleSet::from_toml(RULES, "jobs test rules").expect("rules")), 16);
+    let route = Route::uniform(rewriter.rules(), MigrationRoute::own(Phase::DualWrite, Side::Old));
+    match &*rewriter.rewrite(sql, &route) {
+        Plan::Rewritten { sql: rewritten, writes: true, .. } => rewritten.clone(),
+        other => panic!("the rewriter did not dual-write {sql:?}: {other:?}"),
+    }
+}
 
 /// Rows that differ between the old table mapped forward and the shadow, counted independently of the
 /// verifier (EXCEPT both ways over the whole tables).

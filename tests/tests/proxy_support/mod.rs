@@ -186,6 +186,20 @@ pub fn error_field(body: &[u8], field: u8) -> String {
     String::new()
 }
 
+/// The command tags (`COMMIT`, `ROLLBACK`, `SELECT 1`, ...) of the CommandComplete messages in `frames`.
+pub fn command_tags(frames: &[(u8, Vec<u8>)]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|(tag, _)| *tag == b'C')
+        .map(|(_, body)| String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned())
+        .collect()
+}
+
+/// The first ErrorResponse in `frames`: (SQLSTATE, message), or `None`.
+pub fn first_error(frames: &[(u8, Vec<u8>)]) -> Option<(String, String)> {
+    frames.iter().find(|(tag, _)| *tag == b'E').map(|(_, body)| (error_field(body, b'C'), error_field(body, b'M')))
+}
+
 /// Runs an already bound (and possibly customised) server.
 pub fn run_server(server: Server) -> RunningProxy {
     let addr = server.local_addr();
