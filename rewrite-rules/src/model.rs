@@ -41,6 +41,18 @@ pub struct Migration {
     pub initial_phase: Phase,
     /// The fraction of eligible reads the proxy also runs in both shapes and compares (shadow reads).
     pub shadow_read_sample: SampleRate,
+    /// What the change-data-capture watch does with a write that reached one table without its twin.
+    pub on_bypass: OnBypass,
+}
+
+/// `on_bypass` of a migration: a bypassing write is always counted, logged and recorded; `repair` also
+/// rewrites that key from the phase's source of truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBypass {
+    #[default]
+    Alert,
+    Repair,
 }
 
 /// A sampling fraction in 0..=1, kept in parts per million so that rules stay `Eq` and `Hash`.
@@ -358,6 +370,8 @@ struct RawMigration {
     initial_phase: Option<String>,
     #[serde(default)]
     shadow_read_sample: Option<f64>,
+    #[serde(default)]
+    on_bypass: OnBypass,
 }
 
 impl RawMigration {
@@ -395,6 +409,7 @@ impl RawMigration {
             backward: self.backward.0,
             initial_phase,
             shadow_read_sample,
+            on_bypass: self.on_bypass,
         })
     }
 }

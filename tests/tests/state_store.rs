@@ -321,6 +321,7 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
         ] {
             let column = if table == "schema_version" { "version" } else { "migration" };
             let column = if table == "migrations" { "read_percent" } else { column };
+            let column = if table == "cdc_watch" { "state" } else { column };
             attempts.push(sql.replace("{t}", table).replace("{c}", column));
         }
     }

@@ -44,6 +44,8 @@ pub struct Live {
     figures: Option<tokio::task::JoinHandle<()>>,
     /// Verifies every migration on `control.verify_every_secs`.
     verify_schedule: Option<tokio::task::JoinHandle<()>>,
+    /// The change-data-capture watch (`[cdc]`).
+    cdc_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One generation of rules and the settings around them: what a reload swaps. Sessions compare
@@ -65,7 +67,7 @@ pub struct LiveRules {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        for task in [self.figures.take(), self.verify_schedule.take()].into_iter().flatten() {
+        for task in [self.figures.take(), self.verify_schedule.take(), self.cdc_watch.take()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -105,6 +107,7 @@ impl Live {
         if let Some(secs) = config.control.verify_every_secs.filter(|s| *s > 0) {
             live.verify_schedule = Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs)));
         }
+        live.cdc_watch = crate::cdc::spawn_watch(live.state.clone(), config.cdc.clone());
         Ok(Some(Arc::new(live)))
     }
 
@@ -114,7 +117,8 @@ impl Live {
         let current = Arc::new(ArcSwap::from_pointee(current));
         let shadow_database = crate::shadow::workers_database(state.pg_target());
         let next_session = AtomicU64::new(1);
-        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None }
+        let (figures, verify_schedule, cdc_watch) = (None, None, None);
+        Live { current, state, runner, next_session, shadow_database, figures, verify_schedule, cdc_watch }
     }
 
     pub fn state(&self) -> &StateHandle {

@@ -65,6 +65,36 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX divergent_keys_run_idx ON dualwrite.divergent_keys (run_id);
     "#,
+    // 2: the change-data-capture watch (one row for the database's watch) and the bypasses it found
+    r#"
+    CREATE TABLE dualwrite.cdc_watch (
+        id           int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+        state        text NOT NULL CHECK (state IN ('idle', 'watching', 'fallback', 'error')),
+        detail       text,
+        leader       text,
+        slot         text,
+        confirmed_lsn pg_lsn,
+        lag_bytes    float8,
+        lag_seconds  float8,
+        updated_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE dualwrite.cdc_bypasses (
+        id           bigserial PRIMARY KEY,
+        seen_at      timestamptz NOT NULL DEFAULT now(),
+        migration    text NOT NULL,
+        kind         text NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'truncate')),
+        side         text NOT NULL CHECK (side IN ('old', 'shadow')),
+        key          jsonb,
+        xid          bigint NOT NULL,
+        commit_lsn   pg_lsn NOT NULL,
+        committed_at timestamptz NOT NULL,
+        repaired_at  timestamptz,
+        resolved_at  timestamptz,
+        UNIQUE NULLS NOT DISTINCT (commit_lsn, migration, side, kind, key)
+    );
+    CREATE INDEX cdc_bypasses_open_idx ON dualwrite.cdc_bypasses (migration, committed_at)
+        WHERE resolved_at IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
