@@ -23,7 +23,8 @@ use crate::jobs::verify::repair;
 use crate::jobs::{JobResult, TableMapping};
 
 use super::decoder::Lsn;
-use super::pairing::Candidate;
+use super::pairing::{Candidate, Side};
+use super::transaction::Op;
 
 /// One migration the watch pairs.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,14 +115,28 @@ fn key_object(columns: &[String], values: &[String]) -> serde_json::Value {
     )
 }
 
+/// What became of one batch of candidates.
+#[derive(Debug, Default)]
+pub struct Handled {
+    pub found: Vec<Bypass>,
+    /// Candidates to confirm again later (see [`handle`]).
+    pub deferred: Vec<Seen>,
+}
+
 /// Confirms, records and (if the rules say so) repairs the candidates of one batch of transactions.
+///
+/// With `defer`, a DELETE on the old table that left the shadow row behind while the migration's backfill
+/// runs is handed back instead: a backfill batch that read the row before the DELETE committed copies it
+/// after, and the batch's sweep removes that copy once the transactions open at the batch's commit have
+/// ended. Only if the row is still there after that is the DELETE a bypass.
 pub async fn handle(
     client: &mut Client,
     migrations: &[WatchedMigration],
     cache: &mut MappingCache,
     seen: &[Seen],
-) -> JobResult<Vec<Bypass>> {
-    let mut found = Vec::new();
+    defer: bool,
+) -> JobResult<Handled> {
+    let mut handled = Handled::default();
     for (index, migration) in migrations.iter().enumerate() {
         let mine: Vec<&Seen> = seen.iter().filter(|s| s.candidate.migration == index).collect();
         if mine.is_empty() {
@@ -132,6 +147,7 @@ pub async fn handle(
             mine.iter().filter_map(|s| s.candidate.key.as_ref()).map(|k| key_object(&migration.key, k)).collect();
         let canonical = canonical_keys(client, &compiled, &objects).await?;
         let divergent = divergent_keys(client, &compiled, &canonical).await?;
+        let backfilling = defer && backfill_running(client, &migration.name).await?;
         let mut canonical = canonical.into_iter();
         let mut to_repair = Vec::new();
         for s in mine {
@@ -142,6 +158,10 @@ pub async fn handle(
                 },
                 None => None,
             };
+            if backfilling && s.candidate.side == Side::Old && s.candidate.op == Op::Delete {
+                handled.deferred.push(s.clone());
+                continue;
+            }
             let id = record(client, migration, s, key.as_deref()).await?;
             let bypass = Bypass {
                 migration: migration.name.clone(),
@@ -159,16 +179,21 @@ pub async fn handle(
                 kind = bypass.kind,
                 "a write reached one table of the migration without its twin (bypassed the proxy)"
             );
-            if let (Some(id), Some(key)) = (id, key) {
-                to_repair.push((id, key));
-            }
-            found.push(bypass);
+            to_repair.extend(key);
+            handled.found.push(bypass);
         }
         if migration.on_bypass == OnBypass::Repair && !to_repair.is_empty() {
             repair_keys(client, cache, migration, &to_repair).await?;
         }
     }
-    Ok(found)
+    Ok(handled)
+}
+
+async fn backfill_running(client: &Client, migration: &str) -> JobResult<bool> {
+    let row = client
+        .query_opt("SELECT state = 'running' FROM dualwrite.backfill WHERE migration = $1", &[&migration])
+        .await?;
+    Ok(row.is_some_and(|row| row.get(0)))
 }
 
 async fn canonical_keys(
@@ -228,20 +253,20 @@ async fn repair_keys(
     client: &mut Client,
     cache: &mut MappingCache,
     migration: &WatchedMigration,
-    keys: &[(i64, String)],
+    keys: &[String],
 ) -> JobResult<()> {
     let (mapping, reversed) = match migration.phase {
         Phase::Cutover => (&migration.backward, true),
         _ => (&migration.forward, false),
     };
     let compiled = cache.get(client, mapping, reversed).await?;
-    let distinct: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let distinct: Vec<String> = keys.iter().cloned().collect::<HashSet<_>>().into_iter().collect();
     let rows = repair(client, &compiled, &distinct).await?;
-    let ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
     client
         .execute(
-            "UPDATE dualwrite.cdc_bypasses SET repaired_at = now(), resolved_at = now() WHERE id = ANY($1)",
-            &[&ids],
+            "UPDATE dualwrite.cdc_bypasses SET repaired_at = now(), resolved_at = now() \
+             WHERE migration = $1 AND resolved_at IS NULL AND key::text = ANY($2)",
+            &[&migration.name, &distinct],
         )
         .await?;
     tracing::info!(migration = %migration.name, keys = distinct.len(), rows, "bypassed keys repaired");

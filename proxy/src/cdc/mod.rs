@@ -13,6 +13,7 @@
 pub mod bypass;
 pub mod decoder;
 pub mod pairing;
+pub mod progress;
 pub mod slot;
 pub mod status;
 pub mod stream;

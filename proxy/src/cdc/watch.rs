@@ -22,6 +22,7 @@ use crate::state::StateHandle;
 
 use super::bypass::{self, MappingCache, Seen, WatchedMigration};
 use super::pairing::{pair, PairedTables};
+use super::progress::{Progress, BATCH_WAIT, MAX_DEFERRALS};
 use super::slot;
 use super::status::{self, WatchRow, WatchState};
 use super::stream::{Event, Stream};
@@ -30,8 +31,6 @@ use super::CdcConfig;
 
 /// How often a standby tries to become the leader, and the leader re-reads its settings.
 const RETRY: Duration = Duration::from_secs(1);
-/// Candidates wait at most this long to be confirmed in one batch.
-const BATCH_WAIT: Duration = Duration::from_millis(100);
 /// How often open bypasses are re-checked (for `dualwrite_lag_seconds`).
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// How long the watch waits before re-checking `wal_level` (changing it needs a server restart).
@@ -193,14 +192,13 @@ impl Leader<'_> {
         paired: &[PairedTables],
         mut assembler: Assembler,
     ) -> anyhow::Result<Restart> {
-        let mut pending: Vec<Seen> = Vec::new();
-        let mut pending_since: Option<Instant> = None;
-        let mut pending_end = None;
+        let mut progress = Progress::default();
         let mut lag_seconds = 0.0;
         let mut last_check = Instant::now();
         let mut last_resolve = Instant::now();
         let limit = self.watch.config.max_retained_wal_bytes() as f64;
         loop {
+            let mut confirm = None;
             match tokio::time::timeout(BATCH_WAIT, stream.next()).await {
                 Ok(event) => match event?.context("the server ended the replication stream")? {
                     Event::Message(message) => {
@@ -211,40 +209,39 @@ impl Leader<'_> {
                             for ((index, source), rows) in &pairing.shadow_rows {
                                 status::count_shadow_rows(&migrations[*index].name, source.as_str(), *rows);
                             }
-                            for candidate in pairing.candidates {
-                                pending.push(Seen { candidate, xid: tx.xid, commit_lsn: tx.commit_lsn, committed_at });
-                            }
-                            if pending.is_empty() {
-                                stream.confirm(tx.end_lsn);
-                            } else {
-                                pending_since.get_or_insert_with(Instant::now);
-                                pending_end = Some(tx.end_lsn);
-                            }
+                            let (xid, commit_lsn) = (tx.xid, tx.commit_lsn);
+                            let seen = pairing.candidates.into_iter().map(|candidate| Seen {
+                                candidate,
+                                xid,
+                                commit_lsn,
+                                committed_at,
+                            });
+                            confirm = progress.committed(tx.end_lsn, seen.collect(), Instant::now());
                         }
                     }
                     Event::KeepAlive { wal_end } => {
-                        if pending.is_empty() && !assembler.in_transaction() {
-                            stream.confirm(wal_end);
-                            lag_seconds = 0.0;
-                        }
+                        confirm = progress.keepalive(wal_end, assembler.in_transaction());
                     }
                 },
-                Err(_idle) => {
-                    if pending.is_empty() && !assembler.in_transaction() {
-                        lag_seconds = 0.0;
-                    }
-                }
+                Err(_idle) => {}
             }
-            if pending_since.is_some_and(|since| since.elapsed() >= BATCH_WAIT) {
-                let found = bypass::handle(client, migrations, &mut self.cache, &pending).await?;
-                for b in found.iter().filter(|b| b.new) {
-                    status::count_bypass(&b.migration, b.kind);
-                }
-                if let Some(end) = pending_end.take() {
-                    stream.confirm(end);
-                }
-                pending.clear();
-                pending_since = None;
+            if progress.settled() && !assembler.in_transaction() && confirm.is_none() {
+                lag_seconds = 0.0;
+            }
+            let now = Instant::now();
+            if let Some((batch, end)) = progress.take_batch(now) {
+                let handled = bypass::handle(client, migrations, &mut self.cache, &batch, true).await?;
+                count(&handled.found);
+                confirm = confirm.max(progress.checked(end, handled.deferred, 0, now));
+            }
+            if let Some(due) = progress.take_due(now) {
+                let defer = due.deferrals < MAX_DEFERRALS;
+                let handled = bypass::handle(client, migrations, &mut self.cache, &due.seen, defer).await?;
+                count(&handled.found);
+                confirm = confirm.max(progress.checked(None, handled.deferred, due.deferrals, now));
+            }
+            if let Some(lsn) = confirm {
+                stream.confirm(lsn);
             }
             if last_check.elapsed() >= RETRY {
                 last_check = Instant::now();
@@ -276,7 +273,7 @@ impl Leader<'_> {
                     last_resolve = Instant::now();
                     bypass::resolve(client, &mut self.cache, migrations).await?;
                 }
-                if pending.is_empty() && self.watch.watched().as_slice() != migrations {
+                if progress.settled() && self.watch.watched().as_slice() != migrations {
                     return Ok(Restart::Migrations);
                 }
             }
@@ -291,6 +288,12 @@ async fn relation_oid(client: &Client, table: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("cannot find table {table}"))?
         .get(0);
     Ok(oid as u32)
+}
+
+fn count(found: &[bypass::Bypass]) {
+    for b in found.iter().filter(|b| b.new) {
+        status::count_bypass(&b.migration, b.kind);
+    }
 }
 
 fn unix_now() -> f64 {
