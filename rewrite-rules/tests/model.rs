@@ -109,3 +109,14 @@ fn shadow_read_sample_defaults_to_zero_and_must_be_a_fraction() {
         assert!(e.contains("migration `m1`: field `shadow_read_sample`: must be a number from 0 to 1"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn on_bypass_defaults_to_alert_and_takes_repair() {
+    use dualwrite_rules::OnBypass;
+    assert_eq!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].on_bypass, OnBypass::Alert);
+    let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\non_bypass = {v}"));
+    let rules = RuleSet::from_toml(&with("\"repair\""), "rules.toml").unwrap();
+    assert_eq!(rules.migrations[0].on_bypass, OnBypass::Repair);
+    let e = error_of(&with("\"fix\""));
+    assert!(e.contains("unknown variant `fix`") && e.contains("alert") && e.contains("repair"), "{e}");
+}
