@@ -8,20 +8,6 @@ use std::time::Duration;
 
 use cdc_support::{column, fixture, rules, status, until_watching, watch_on};
 use dualwrite_tests::{eventually, TestProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).await.unwrap();
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("metrics endpoint never answered");
-}
 
 /// The value of the sample line starting with `prefix`, if any.
 fn sample(text: &str, prefix: &str) -> Option<f64> {
@@ -58,14 +44,14 @@ async fn shadow_rows_by_source_bypasses_by_kind_and_lag_are_exported() {
 
     let source = |s: &str| format!("dualwrite_shadow_rows_written_total{{{M},source=\"{s}\"}}");
     eventually(Duration::from_secs(20), "the watch's counters", || async {
-        let text = scrape(metrics_addr).await;
+        let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
         sample(&text, &source("backfill")) == Some(50.0)
             && sample(&text, &source("dual_write")) == Some(10.0)
             && sample(&text, &source("repair")) == Some(1.0)
             && sample(&text, &format!("dualwrite_bypassed_writes_total{{{M},kind=\"update\"}}")) == Some(1.0)
     })
     .await;
-    let text = scrape(metrics_addr).await;
+    let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
     assert_eq!(sample(&text, "dualwrite_cdc_leader"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "dualwrite_cdc_fallback"), Some(0.0), "{text}");
     assert!(sample(&text, "dualwrite_cdc_lag_bytes").is_some_and(|b| b >= 0.0), "{text}");
@@ -73,7 +59,7 @@ async fn shadow_rows_by_source_bypasses_by_kind_and_lag_are_exported() {
     assert_eq!(sample(&text, &source("bypass")), None, "the bypass hit the old table, not the shadow");
     // The per-migration figure comes from the state tables (refreshed every few seconds).
     eventually(Duration::from_secs(20), "dualwrite_lag_seconds", || async {
-        let text = scrape(metrics_addr).await;
+        let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
         sample(&text, &format!("dualwrite_lag_seconds{{{M}}}")).is_some_and(|s| (0.0..60.0).contains(&s))
             && sample(&text, &format!("dualwrite_backfill_eta_seconds{{{M}}}")) == Some(0.0)
     })
