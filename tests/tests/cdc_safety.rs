@@ -72,7 +72,7 @@ async fn a_watch_that_was_away_resumes_from_the_confirmed_position_and_a_standby
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_over_its_wal_limit_is_dropped_and_the_watch_falls_back_to_verify_only() {
+async fn a_slot_over_its_wal_limit_is_dropped_verify_only_until_re_armed_and_an_operator_can_pause_it() {
     let f = fixture().await;
     let proxy = proxy(&f, "alert", Some(1)).await;
     let admin = proxy.connect(&f.db).await.unwrap();
@@ -100,6 +100,11 @@ async fn a_slot_over_its_wal_limit_is_dropped_and_the_watch_falls_back_to_verify
     f.direct.batch_execute("UPDATE dualwrite.cdc_watch SET state = 'idle'").await.unwrap();
     until_watching(&f.direct).await;
     assert!(slot_exists(&f.direct).await);
+    // Paused by an operator while it streams: the slot goes, and the leader does not overwrite the state.
+    f.direct.batch_execute("UPDATE dualwrite.cdc_watch SET state = 'fallback'").await.unwrap();
+    eventually(WAIT, "a paused watch drops its slot", || async { !slot_exists(&f.direct).await }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(watch_state(&f.direct).await.map(|(state, _)| state).as_deref(), Some("fallback"));
     proxy.stop().await.unwrap();
 }
 

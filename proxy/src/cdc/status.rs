@@ -43,6 +43,8 @@ pub struct WatchRow<'a> {
     pub lag_seconds: Option<f64>,
 }
 
+/// Stores the leader's state. A `fallback` (the leader's, or an operator's who paused the watch) is only
+/// replaced by an operator re-arming the watch, never by the leader's own updates.
 pub async fn write(client: &Client, row: &WatchRow<'_>) -> Result<(), tokio_postgres::Error> {
     let leader = format!("proxy pid {}", std::process::id());
     client
@@ -51,7 +53,8 @@ pub async fn write(client: &Client, row: &WatchRow<'_>) -> Result<(), tokio_post
                  updated_at) VALUES (1, $1, $2, $3, $4, $5::text::pg_lsn, $6, $7, now()) \
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, detail = EXCLUDED.detail, \
                  leader = EXCLUDED.leader, slot = EXCLUDED.slot, confirmed_lsn = EXCLUDED.confirmed_lsn, \
-                 lag_bytes = EXCLUDED.lag_bytes, lag_seconds = EXCLUDED.lag_seconds, updated_at = now()",
+                 lag_bytes = EXCLUDED.lag_bytes, lag_seconds = EXCLUDED.lag_seconds, updated_at = now() \
+             WHERE dualwrite.cdc_watch.state <> 'fallback' OR EXCLUDED.state = 'fallback'",
             &[
                 &row.state.as_str(),
                 &row.detail,

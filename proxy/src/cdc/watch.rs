@@ -248,6 +248,10 @@ impl Leader<'_> {
                 let figures = slot::figures(client, &self.slot).await?;
                 let lag_bytes = figures.map(|f| f.lag_bytes);
                 status::set_lag(lag_bytes, Some(lag_seconds));
+                if status::read_state(client).await?.as_deref() == Some(WatchState::Fallback.as_str()) {
+                    tracing::warn!(slot = %self.slot, "the watch was paused (state set to fallback): slot dropped");
+                    return Ok(Restart::Fallback);
+                }
                 if let Some(f) = figures.filter(|f| f.retained_bytes > limit) {
                     let detail = format!(
                         "the replication slot held back {} MiB of WAL, over max_retained_wal_mb = {}: slot dropped, \
