@@ -115,3 +115,22 @@ async fn alert_records_the_bypass_and_leaves_the_tables_until_a_verify_repairs_t
     assert_eq!(bypasses(&f.direct).await.len(), 1);
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_through_the_proxy_pairs_and_a_one_sided_truncate_is_a_bypass() {
+    let f = fixture().await;
+    let proxy = proxy(&f, "alert", None).await;
+    let app = proxy.connect(&f.db).await.unwrap();
+    until_watching(&f.direct).await;
+    app.batch_execute("INSERT INTO users VALUES (1, 'a b', 'E@X', 'a1'), (2, 'c d', NULL, 'a2')").await.unwrap();
+    app.batch_execute("TRUNCATE users").await.unwrap();
+    assert_eq!(difference(&f.direct).await, 0);
+    app.batch_execute("INSERT INTO users VALUES (3, 'e f', NULL, 'a1')").await.unwrap();
+    f.direct.batch_execute("TRUNCATE users_v2").await.unwrap();
+    eventually(Duration::from_secs(10), "the one-sided TRUNCATE is recorded", || async {
+        !bypasses(&f.direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(bypasses(&f.direct).await, vec![("truncate".into(), "shadow".into(), None, false)]);
+    proxy.stop().await.unwrap();
+}
