@@ -63,7 +63,7 @@ async fn writer(url: String, version: &'static str, seed: u64, stop: Arc<AtomicB
                 "INSERT INTO users (id, first_name, last_name, email, account) VALUES ({id}, 'v2new{n}', 'x', 'w{n}@x', 'a1') \
                  ON CONFLICT (id) DO NOTHING"
             ),
-            (_, 1 | 2 | 3) => format!("UPDATE users SET first_name = 'v2upd{n}' WHERE id = {id}"),
+            (_, 1..=3) => format!("UPDATE users SET first_name = 'v2upd{n}' WHERE id = {id}"),
             (_, _) => format!("DELETE FROM users WHERE id = {id}"),
         };
         if c.batch_execute(&sql).await.is_ok() {

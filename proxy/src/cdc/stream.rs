@@ -78,29 +78,27 @@ impl Stream {
 
     /// The next event; `None` when the server ended the stream.
     pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
-        loop {
-            let event = self.client.recv().await.context("replication stream")?;
-            let Some(event) = event else { return Ok(None) };
-            let message = match event {
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    return Ok(Some(Event::KeepAlive { wal_end: Lsn(wal_end.as_u64()) }))
-                }
-                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                    Message::Begin { final_lsn: Lsn(final_lsn.as_u64()), commit_time: commit_time_micros, xid }
-                }
-                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => Message::Commit {
-                    commit_lsn: Lsn(lsn.as_u64()),
-                    end_lsn: Lsn(end_lsn.as_u64()),
-                    commit_time: commit_time_micros,
-                },
-                ReplicationEvent::Message { transactional, prefix, content, .. } => {
-                    Message::Logical { transactional, prefix, content: content.to_vec() }
-                }
-                ReplicationEvent::XLogData { data, .. } => decoder::decode(&data)?,
-                ReplicationEvent::StoppedAt { .. } => return Ok(None),
-            };
-            return Ok(Some(Event::Message(message)));
-        }
+        let event = self.client.recv().await.context("replication stream")?;
+        let Some(event) = event else { return Ok(None) };
+        let message = match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                return Ok(Some(Event::KeepAlive { wal_end: Lsn(wal_end.as_u64()) }))
+            }
+            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                Message::Begin { final_lsn: Lsn(final_lsn.as_u64()), commit_time: commit_time_micros, xid }
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => Message::Commit {
+                commit_lsn: Lsn(lsn.as_u64()),
+                end_lsn: Lsn(end_lsn.as_u64()),
+                commit_time: commit_time_micros,
+            },
+            ReplicationEvent::Message { transactional, prefix, content, .. } => {
+                Message::Logical { transactional, prefix, content: content.to_vec() }
+            }
+            ReplicationEvent::XLogData { data, .. } => decoder::decode(&data)?,
+            ReplicationEvent::StoppedAt { .. } => return Ok(None),
+        };
+        Ok(Some(Event::Message(message)))
     }
 
     /// Everything before `lsn` is handled: the slot may let it go.
