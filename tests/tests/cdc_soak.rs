@@ -1,5 +1,6 @@
-//! No false bypass: while writers run dual writes of every form (v1 and v2 shapes, upserts, multi-row and
-//! multi-statement transactions, deletes of rows the backfill has not copied yet) the migration goes
+//! No false bypass: while writers run dual writes of every form (v1 and v2 shapes, simple and extended
+//! protocol, upserts, multi-row and multi-statement transactions, deletes of rows the backfill has not
+//! copied yet) the migration goes
 //! through a backfill, read flips, cutover and rollback, the watch's leader goes away and the upstream
 //! restarts; the watch (in `alert` mode, so nothing it finds is hidden by a repair) records nothing, yet
 //! finds the one direct write made at the end.
@@ -44,6 +45,17 @@ async fn writer(url: String, version: &'static str, seed: u64, stop: Arc<AtomicB
         let c = client.as_ref().unwrap();
         let id = 1 + rng.below(3000) as i64;
         let n = rng.below(1000) as i64;
+        if version == "v1" && rng.below(4) == 0 {
+            // The extended protocol: a prepared, parameterized dual write.
+            let name = format!("prep{n} person");
+            let sql = "INSERT INTO users (id, name, email, account) VALUES ($1, $2, NULL, 'a3') \
+                       ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name";
+            match c.execute(sql, &[&id, &name]).await {
+                Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                Err(_) => 0,
+            };
+            continue;
+        }
         let sql = match (version, rng.below(7)) {
             ("v1", 0) => format!("INSERT INTO users VALUES ({id}, 'new{n} person', 'N{n}@X', 'a1') ON CONFLICT (id) DO NOTHING"),
             ("v1", 1) => format!("UPDATE users SET name = 'upd{n} person' WHERE id = {id}"),
