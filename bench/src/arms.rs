@@ -11,6 +11,8 @@ pub enum Arm {
     DwNoRules,
     DwElsewhere,
     DwDualWrite,
+    /// The same dual write with the change-data-capture watch streaming its slot (armed only for its runs).
+    DwDualWriteWatch,
     TriggerDirect,
     TriggerPgbouncer,
     /// Reference, not a contender: the CTE the proxy's rewrite produces, written by hand into the pgbench
@@ -32,19 +34,22 @@ pub enum ProxyKind {
     NoRules,
     Elsewhere,
     DualWrite,
+    DualWriteWatch,
 }
 
 impl ProxyKind {
-    pub const ALL: [ProxyKind; 3] = [ProxyKind::NoRules, ProxyKind::Elsewhere, ProxyKind::DualWrite];
+    pub const ALL: [ProxyKind; 4] =
+        [ProxyKind::NoRules, ProxyKind::Elsewhere, ProxyKind::DualWrite, ProxyKind::DualWriteWatch];
 }
 
 impl Arm {
-    pub const ALL: [Arm; 8] = [
+    pub const ALL: [Arm; 9] = [
         Arm::Direct,
         Arm::Pgbouncer,
         Arm::DwNoRules,
         Arm::DwElsewhere,
         Arm::DwDualWrite,
+        Arm::DwDualWriteWatch,
         Arm::TriggerDirect,
         Arm::TriggerPgbouncer,
         Arm::CteDirect,
@@ -57,6 +62,7 @@ impl Arm {
             Arm::DwNoRules => "dw-norules",
             Arm::DwElsewhere => "dw-elsewhere",
             Arm::DwDualWrite => "dw-dualwrite",
+            Arm::DwDualWriteWatch => "dw-dualwrite-watch",
             Arm::TriggerDirect => "trigger-direct",
             Arm::TriggerPgbouncer => "trigger-pgbouncer",
             Arm::CteDirect => "cte-direct",
@@ -73,6 +79,9 @@ impl Arm {
             }
             Arm::DwDualWrite => {
                 "through dualwrite dual-writing `pgbench_accounts` into `pgbench_accounts_v2` (abalance renamed to balance and widened to bigint)"
+            }
+            Arm::DwDualWriteWatch => {
+                "dw-dualwrite with the change-data-capture watch on (its logical slot streamed and every transaction paired)"
             }
             Arm::TriggerDirect => {
                 "PL/pgSQL AFTER ROW trigger upserting into the same shadow, pgbench straight to Postgres"
@@ -91,6 +100,7 @@ impl Arm {
             Arm::DwNoRules => Endpoint::Proxy(ProxyKind::NoRules),
             Arm::DwElsewhere => Endpoint::Proxy(ProxyKind::Elsewhere),
             Arm::DwDualWrite => Endpoint::Proxy(ProxyKind::DualWrite),
+            Arm::DwDualWriteWatch => Endpoint::Proxy(ProxyKind::DualWriteWatch),
         }
     }
 
@@ -102,7 +112,9 @@ impl Arm {
     /// Dual-write arms only differ from their plain counterparts when the workload writes.
     pub fn runs(self, workload: Workload) -> bool {
         match workload {
-            Workload::SelectOnly => !matches!(self, Arm::TriggerDirect | Arm::TriggerPgbouncer | Arm::CteDirect),
+            Workload::SelectOnly => {
+                !matches!(self, Arm::TriggerDirect | Arm::TriggerPgbouncer | Arm::CteDirect | Arm::DwDualWriteWatch)
+            }
             Workload::TpcB => true,
         }
     }

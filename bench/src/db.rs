@@ -29,8 +29,10 @@ pub fn settings(shared_buffers: &str) -> Vec<(String, String)> {
         ("max_wal_size", "1GB"),
         ("work_mem", "64MB"),
         ("checkpoint_timeout", "1h"),
-        ("wal_level", "minimal"),
-        ("max_wal_senders", "0"),
+        // The watch arm streams a logical slot; every arm runs with the same WAL so they compare.
+        ("wal_level", "logical"),
+        ("max_wal_senders", "4"),
+        ("max_replication_slots", "4"),
         ("log_min_messages", "warning"),
         ("shared_preload_libraries", "pg_prewarm"),
     ]
@@ -215,4 +217,26 @@ pub fn write_cte_script(dir: &Path, scale: u32) -> Result<PathBuf> {
     let path = dir.join("tpcb-cte.sql");
     std::fs::write(&path, script)?;
     Ok(path)
+}
+
+/// Arms (`on`: the slot streamed) or pauses (the slot dropped, no decoding at all) the change-data-capture
+/// watch of the watch arm's proxy, through its operator switch in `dualwrite.cdc_watch`, and waits until it
+/// took effect, so that only the watch arm's runs pay for it.
+pub fn set_watch(admin: &Sql, rt: &Runtime, on: bool) -> Result<()> {
+    let state = if on { "idle" } else { "fallback" };
+    admin.batch(rt, &format!("UPDATE dualwrite.cdc_watch SET state = '{state}'"))?;
+    let check = if on {
+        "SELECT count(*) FROM dualwrite.cdc_watch w JOIN pg_replication_slots s ON s.slot_name = w.slot \
+         WHERE w.state = 'watching' AND s.active"
+    } else {
+        "SELECT 1 - count(*) FROM pg_replication_slots WHERE slot_name LIKE 'dualwrite_cdc_%'"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while admin.scalar_i64(rt, check)? != 1 {
+        if std::time::Instant::now() > deadline {
+            bail!("the change-data-capture watch did not {} within 30 s", if on { "stream" } else { "pause" });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Args {
     /// Hand-written profile notes included in the report.
     #[arg(long)]
     pub profile_notes: Option<PathBuf>,
+    /// Run only these arms (keys, comma-separated) and only the pgbench matrix (no bulk, jobs or idle
+    /// sections), e.g. `--arms dw-dualwrite,dw-dualwrite-watch` for the watch's A/B.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
 }
 
 fn main() -> Result<()> {

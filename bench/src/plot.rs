@@ -27,6 +27,7 @@ fn colour(arm: Arm) -> RGBColor {
         Arm::DwNoRules => RGBColor(31, 119, 180),
         Arm::DwElsewhere => RGBColor(23, 190, 207),
         Arm::DwDualWrite => RGBColor(214, 39, 40),
+        Arm::DwDualWriteWatch => RGBColor(140, 86, 75),
         Arm::TriggerDirect => RGBColor(255, 127, 14),
         Arm::TriggerPgbouncer => RGBColor(188, 189, 34),
         Arm::CteDirect => RGBColor(148, 103, 189),

@@ -20,7 +20,14 @@ pub struct ProxyInstance {
 impl ProxyInstance {
     /// Starts `dualwrite serve` and waits until it accepts TCP connections. A failure (binary missing, an
     /// option it does not know yet, an exit) is returned with the proxy's own words, for the report.
-    pub fn start(binary: &Path, upstream_url: &str, rules: Option<&Path>, log_path: PathBuf) -> Result<ProxyInstance> {
+    /// `watch`: whether the change-data-capture watch runs (`--cdc`).
+    pub fn start(
+        binary: &Path,
+        upstream_url: &str,
+        rules: Option<&Path>,
+        watch: bool,
+        log_path: PathBuf,
+    ) -> Result<ProxyInstance> {
         if !binary.is_file() {
             bail!("proxy binary {} not found", binary.display());
         }
@@ -35,6 +42,7 @@ impl ProxyInstance {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
         if let Some(rules) = rules {
             command.arg("--rules").arg(rules);
+            command.args(["--cdc", if watch { "true" } else { "false" }]);
         }
         command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;

@@ -255,6 +255,19 @@ fn targets(out: &mut String, r: &Results) {
         0.85,
         r.unavailable(Arm::DwDualWrite),
     ));
+    let watch_cost: Vec<(String, Option<f64>)> = cells(r, Workload::TpcB)
+        .into_iter()
+        .map(|(m, c)| {
+            (label(Workload::TpcB, m, c), r.ratio(Arm::DwDualWriteWatch, Arm::DwDualWrite, Workload::TpcB, m, c))
+        })
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "the change-data-capture watch costs at most 5% of dual-write TPC-B (watch on / off >= 0.95)",
+        watch_cost,
+        0.95,
+        r.unavailable(Arm::DwDualWriteWatch),
+    ));
     verdicts.push(match (r.bulk_median(BulkArm::Trigger), r.bulk_median(BulkArm::Proxy)) {
         (Some(trigger), Some(proxy)) => {
             let speedup = trigger / proxy;
@@ -379,7 +392,7 @@ fn ratio_str(v: Option<f64>) -> String {
 
 fn ratio_tables(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Ratios of median TPS\n");
-    let pairs: [(&str, Arm, Arm, bool); 8] = [
+    let pairs: [(&str, Arm, Arm, bool); 9] = [
         ("dw-norules / direct", Arm::DwNoRules, Arm::Direct, false),
         ("dw-norules / pgbouncer", Arm::DwNoRules, Arm::Pgbouncer, false),
         ("pgbouncer / direct", Arm::Pgbouncer, Arm::Direct, false),
@@ -387,6 +400,7 @@ fn ratio_tables(out: &mut String, r: &Results) {
         ("dw-dualwrite / trigger-pgbouncer", Arm::DwDualWrite, Arm::TriggerPgbouncer, true),
         ("dw-dualwrite / trigger-direct", Arm::DwDualWrite, Arm::TriggerDirect, true),
         ("dw-dualwrite / cte-direct", Arm::DwDualWrite, Arm::CteDirect, true),
+        ("dw-dualwrite-watch / dw-dualwrite", Arm::DwDualWriteWatch, Arm::DwDualWrite, true),
         ("trigger-pgbouncer / trigger-direct", Arm::TriggerPgbouncer, Arm::TriggerDirect, true),
     ];
     for workload in Workload::ALL {

@@ -90,6 +90,9 @@ pub fn run(args: &Args) -> Result<Results> {
         .iter()
         .map(|&arm| {
             let reason = match arm.endpoint() {
+                _ if !args.arms.is_empty() && !args.arms.iter().any(|a| a == arm.key()) => {
+                    Some("not selected for this run (--arms)".to_string())
+                }
                 Endpoint::Proxy(kind) => proxy_missing.get(&kind).cloned(),
                 _ => None,
             };
@@ -115,7 +118,10 @@ pub fn run(args: &Args) -> Result<Results> {
         jobs: None,
     };
 
-    run_bulk(&rt, &admin, &proxies, &mut results)?;
+    let matrix_only = !args.arms.is_empty();
+    if !matrix_only {
+        run_bulk(&rt, &admin, &proxies, &mut results)?;
+    }
     admin.batch(&rt, "VACUUM ANALYZE")?;
     admin.batch(&rt, "CHECKPOINT")?;
 
@@ -133,15 +139,17 @@ pub fn run(args: &Args) -> Result<Results> {
     }
     results.cache.sort_by_key(|c| c.proxy);
 
-    let dual_write_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
-    let jobs_reps = plan.bulk_reps + 1;
-    results.jobs = Some(jobs::run(&rt, &admin, cluster.port(), dual_write_port, jobs_reps, work.path()));
+    if !matrix_only {
+        let dual_write_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
+        let jobs_reps = plan.bulk_reps + 1;
+        results.jobs = Some(jobs::run(&rt, &admin, cluster.port(), dual_write_port, jobs_reps, work.path()));
 
-    eprintln!("[idle] RSS with idle clients");
-    if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {
-        results.idle.push(idle::measure(&rt, "dualwrite (no rules)", proxy.port, proxy.pid(), &plan.idle_counts));
+        eprintln!("[idle] RSS with idle clients");
+        if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {
+            results.idle.push(idle::measure(&rt, "dualwrite (no rules)", proxy.port, proxy.pid(), &plan.idle_counts));
+        }
+        results.idle.push(idle::measure(&rt, "pgbouncer", bouncer.port, bouncer.pid(), &plan.idle_counts));
     }
-    results.idle.push(idle::measure(&rt, "pgbouncer", bouncer.port, bouncer.pid(), &plan.idle_counts));
 
     results.load_after = procfs::load_average();
     results.wall_seconds = wall.elapsed().as_secs_f64();
@@ -165,6 +173,7 @@ fn start_proxy(
         ProxyKind::NoRules => None,
         ProxyKind::Elsewhere => Some(("rules-elsewhere.toml", db::ELSEWHERE_RULES)),
         ProxyKind::DualWrite => Some(("rules-dualwrite.toml", db::DUAL_WRITE_RULES)),
+        ProxyKind::DualWriteWatch => Some(("rules-dualwrite-watch.toml", db::DUAL_WRITE_RULES)),
     };
     let rules_path = match rules {
         Some((name, text)) => {
@@ -175,7 +184,8 @@ fn start_proxy(
         None => None,
     };
     let log = work.join(format!("proxy-{kind:?}.log"));
-    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), log)?;
+    let watch = kind == ProxyKind::DualWriteWatch;
+    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), watch, log)?;
     let client = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the proxy")?;
     client.scalar_i64(rt, "SELECT 1::bigint").context("a query through the proxy")?;
     match kind {
@@ -192,7 +202,7 @@ fn start_proxy(
                 "the proxy starts with --rules but does not dual-write yet (an INSERT into bench_untouched did not reach bench_untouched_v2)"
             );
         }
-        ProxyKind::DualWrite => {
+        ProxyKind::DualWrite | ProxyKind::DualWriteWatch => {
             admin.batch(rt, "UPDATE pgbench_accounts_v2 SET balance = -999999 WHERE aid = 1")?;
             let sent = client.batch(rt, "UPDATE pgbench_accounts SET abalance = abalance + 0 WHERE aid = 1");
             let landed = admin.scalar_i64(
@@ -210,6 +220,11 @@ fn start_proxy(
                 "the proxy starts with --rules but does not dual-write yet (an UPDATE of pgbench_accounts did not reach pgbench_accounts_v2)"
             );
         }
+    }
+    if watch {
+        // It streams once armed; then paused until its own runs.
+        db::set_watch(admin, rt, true).context("the change-data-capture watch (needs wal_level = logical)")?;
+        db::set_watch(admin, rt, false)?;
     }
     Ok(proxy)
 }
@@ -309,11 +324,18 @@ fn run_matrix(
                             measure_s: plan.measure_s,
                             log_dir: &log_dir,
                         };
+                        let watch = arm == Arm::DwDualWriteWatch;
+                        if watch {
+                            db::set_watch(admin, rt, true)?;
+                        }
                         let cache_before = cache_counters(proxies, arm);
                         let ticks_before = hop_pid.and_then(procfs::cpu_ticks);
                         let outcome = pgbench::run(&spec);
                         let ticks_after = hop_pid.and_then(procfs::cpu_ticks);
                         let cache_after = cache_counters(proxies, arm);
+                        if watch {
+                            db::set_watch(admin, rt, false)?;
+                        }
                         done += 1;
                         let mut record = RunRecord {
                             arm,

@@ -115,6 +115,12 @@ pub struct ConfigArgs {
     /// Backfills started by control SQL hold off while this instance's p99 query latency exceeds this (ms).
     #[arg(long, env = "DUALWRITE_BACKFILL_MAX_P99_LATENCY_MS")]
     pub backfill_max_p99_latency_ms: Option<u64>,
+    /// Run the change-data-capture watch (true/false; needs wal_level = logical) [default: true].
+    #[arg(long, env = "DUALWRITE_CDC")]
+    pub cdc: Option<bool>,
+    /// WAL the watch's slot may hold back before it is dropped (verify-only), in MiB [default: 1024].
+    #[arg(long, env = "DUALWRITE_CDC_MAX_RETAINED_WAL_MB")]
+    pub cdc_max_retained_wal_mb: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -187,6 +193,12 @@ impl ConfigArgs {
         }
         if self.backfill_max_p99_latency_ms.is_some() {
             cfg.control.backfill_max_p99_latency_ms = self.backfill_max_p99_latency_ms;
+        }
+        if let Some(enabled) = self.cdc {
+            cfg.cdc.enabled = enabled;
+        }
+        if let Some(mb) = self.cdc_max_retained_wal_mb {
+            cfg.cdc.max_retained_wal_mb = mb;
         }
     }
 }

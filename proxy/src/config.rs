@@ -41,6 +41,8 @@ pub struct Config {
     pub versions: crate::version::VersionDefaults,
     /// Workers of shadow reads (`[shadow_reads]`); the sample rates are per migration in the rules file.
     pub shadow_reads: crate::shadow::ShadowReadsConfig,
+    /// The change-data-capture watch (`[cdc]`): on by default; needs `wal_level = logical`.
+    pub cdc: crate::cdc::CdcConfig,
 }
 
 impl Default for Config {
@@ -58,15 +60,18 @@ impl Default for Config {
             control: ControlConfig::default(),
             versions: Default::default(),
             shadow_reads: Default::default(),
+            cdc: Default::default(),
         }
     }
 }
 
 impl Config {
-    /// A config relaying `listen` to `upstream`, other settings at their defaults but metrics off
-    /// (convenient for tests and embedding: one process may run several proxies).
+    /// A config relaying `listen` to `upstream`, other settings at their defaults but metrics and the
+    /// change-data-capture watch off (convenient for tests and embedding: one process may run several
+    /// proxies).
     pub fn relay(listen: SocketAddr, upstream: impl Into<String>) -> Self {
-        Config { listen, upstream: upstream.into(), metrics_listen: None, ..Config::default() }
+        let cdc = crate::cdc::CdcConfig::off();
+        Config { listen, upstream: upstream.into(), metrics_listen: None, cdc, ..Config::default() }
     }
 
     /// Reads a TOML config file.

@@ -6,6 +6,7 @@
 //! [`Server::with_interceptor`] plugs in statement interception (see [`session::interceptor`]).
 
 pub mod cancel;
+pub mod cdc;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -59,6 +59,11 @@ impl PgTarget {
         self.config.get_dbname().or(self.config.get_user())
     }
 
+    /// The URL's `sslmode` (the change-data-capture watch's replication connection follows it).
+    pub fn ssl_mode(&self) -> crate::libpq_tls::SslMode {
+        self.tls.mode()
+    }
+
     /// A connection; the caller drives the returned `Connection`.
     pub async fn connect(&self) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
         self.config.connect(MakeRustls { connector: self.tls.connector().cloned() }).await

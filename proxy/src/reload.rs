@@ -154,6 +154,9 @@ fn keep_restart_only(old: &Config, mut new: Config, has_rules: bool) -> (Config,
     if keep("control", old.control != new.control) {
         new.control = old.control.clone();
     }
+    if keep("cdc", old.cdc != new.cdc) {
+        new.cdc = old.cdc.clone();
+    }
     if keep("rules (turning rules on or off)", has_rules != new.rules.is_some()) {
         new.rules = old.rules.clone();
     }

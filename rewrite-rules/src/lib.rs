@@ -31,7 +31,7 @@ mod statement;
 mod writes;
 
 pub use cache::CacheStats;
-pub use model::{Migration, Phase, RuleSet, RulesError, SampleRate, Versions};
+pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};
 pub use names::{quote_ident, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 pub use rewriter::Rewriter;

@@ -49,6 +49,8 @@ pub struct Migration {
     /// rules) that this migration accepts, by identifier (`fk:orders_user_id_fkey`; see
     /// [`UNSEEN_WRITER_KINDS`]). Registration refuses a migration with any other.
     pub accept_unseen_writers: Vec<String>,
+    /// What the change-data-capture watch does with a write that reached one table without its twin.
+    pub on_bypass: OnBypass,
 }
 
 /// The kinds of an `accept_unseen_writers` identifier, `<kind>:<object>`: `fk:<constraint>`,
@@ -79,6 +81,16 @@ fn check_unseen_writer_id(id: &str) -> Result<(), String> {
         return Err(format!("`{id}` is not a well-formed identifier: {expected}"));
     }
     Ok(())
+}
+
+/// `on_bypass` of a migration: a bypassing write is always counted, logged and recorded; `repair` also
+/// rewrites that key from the phase's source of truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBypass {
+    #[default]
+    Alert,
+    Repair,
 }
 
 /// A sampling fraction in 0..=1, kept in parts per million so that rules stay `Eq` and `Hash`.
@@ -414,6 +426,7 @@ struct RawMigration {
     shadow_read_sample: Option<f64>,
     #[serde(default)]
     accept_unseen_writers: Vec<String>,
+    on_bypass: OnBypass,
 }
 
 impl RawMigration {
@@ -453,6 +466,7 @@ impl RawMigration {
             initial_phase,
             shadow_read_sample,
             accept_unseen_writers: self.accept_unseen_writers,
+            on_bypass: self.on_bypass,
         })
     }
 }

@@ -149,3 +149,14 @@ fn database_is_optional_and_tables_clash_only_within_one_database() {
     let empty = error_of(&in_db("", "m1"));
     assert!(empty.contains("migration `m1`: field `database`: must be a database name"), "{empty}");
 }
+
+#[test]
+fn on_bypass_defaults_to_alert_and_takes_repair() {
+    use dualwrite_rules::OnBypass;
+    assert_eq!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].on_bypass, OnBypass::Alert);
+    let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\non_bypass = {v}"));
+    let rules = RuleSet::from_toml(&with("\"repair\""), "rules.toml").unwrap();
+    assert_eq!(rules.migrations[0].on_bypass, OnBypass::Repair);
+    let e = error_of(&with("\"fix\""));
+    assert!(e.contains("unknown variant `fix`") && e.contains("alert") && e.contains("repair"), "{e}");
+}

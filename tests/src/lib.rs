@@ -274,6 +274,21 @@ pub async fn wait_until_running(direct: &tokio_postgres::Client, pid: i32, query
     .await;
 }
 
+/// The text of `GET /metrics` from a proxy's metrics listener at `addr`, retried while it starts.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.unwrap();
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("metrics endpoint never answered");
+}
+
 /// The rows of a simple-query answer as text (NULL = `None`), e.g. a control command's result set.
 pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages

@@ -49,7 +49,8 @@ async fn metrics_follow_backfill_and_verify() {
     assert_eq!(get(&before, &format!("dualwrite_backfill_rows_done{{{M}}}")), 0.0);
     assert_eq!(get(&before, &format!("dualwrite_backfill_rows_remaining{{{M}}}")), ROWS as f64);
     assert_eq!(get(&before, &format!("dualwrite_backfill_progress_ratio{{{M}}}")), 0.0);
-    assert_eq!(get(&before, &format!("dualwrite_lag_seconds{{{M}}}")), f64::INFINITY);
+    assert_eq!(get(&before, &format!("dualwrite_backfill_eta_seconds{{{M}}}")), f64::INFINITY);
+    assert!(get(&before, &format!("dualwrite_lag_seconds{{{M}}}")).is_nan(), "no change-data-capture watch runs");
     assert_eq!(get(&before, &format!("dualwrite_seconds_since_clean_verify{{{M}}}")), f64::INFINITY);
     assert_eq!(get(&before, &format!("dualwrite_table_rows{{{M},table=\"old\"}}")), ROWS as f64);
     assert_eq!(get(&before, &format!("dualwrite_table_rows{{{M},table=\"shadow\"}}")), 0.0);
@@ -80,8 +81,8 @@ async fn metrics_follow_backfill_and_verify() {
     let remaining = get(&during, &format!("dualwrite_backfill_rows_remaining{{{M}}}"));
     assert_eq!(done + remaining, ROWS as f64);
     let rate = get(&during, &format!("dualwrite_backfill_rows_per_second{{{M}}}"));
-    let lag = get(&during, &format!("dualwrite_lag_seconds{{{M}}}"));
-    assert!((lag - remaining / rate).abs() < 1e-6, "lag {lag} = remaining {remaining} / rate {rate}");
+    let eta = get(&during, &format!("dualwrite_backfill_eta_seconds{{{M}}}"));
+    assert!((eta - remaining / rate).abs() < 1e-6, "eta {eta} = remaining {remaining} / rate {rate}");
     running.await.unwrap().expect("backfill");
 
     // Done: nothing remains.
@@ -90,7 +91,7 @@ async fn metrics_follow_backfill_and_verify() {
     assert_eq!(get(&after, &format!("dualwrite_backfill_rows_remaining{{{M}}}")), 0.0);
     assert_eq!(get(&after, &format!("dualwrite_backfill_progress_ratio{{{M}}}")), 1.0);
     assert_eq!(get(&after, &format!("dualwrite_backfill_rows_per_second{{{M}}}")), 0.0);
-    assert_eq!(get(&after, &format!("dualwrite_lag_seconds{{{M}}}")), 0.0);
+    assert_eq!(get(&after, &format!("dualwrite_backfill_eta_seconds{{{M}}}")), 0.0);
 
     // A verify that finds divergence: the counts by kind; the inventory is exact (as of the verify).
     f.client

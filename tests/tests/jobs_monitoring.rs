@@ -1,5 +1,6 @@
-//! The monitoring files: the Grafana dashboard parses and charts every per-migration metric of DESIGN
-//! section 6, and monitoring/check.sh (promtool check config / check rules / test rules) passes.
+//! The monitoring files: the Grafana dashboard parses and charts every per-migration metric of the
+//! contract and the change-data-capture watch's, and monitoring/check.sh (promtool check config / check
+//! rules / test rules) passes.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -27,7 +28,12 @@ fn dashboard_parses_and_charts_every_migration_metric() {
         "dualwrite_backfill_rows_remaining",
         "dualwrite_backfill_progress_ratio",
         "dualwrite_backfill_rows_per_second",
+        "dualwrite_backfill_eta_seconds",
         "dualwrite_lag_seconds",
+        "dualwrite_shadow_rows_written_total",
+        "dualwrite_bypassed_writes_total",
+        "dualwrite_cdc_lag_seconds",
+        "dualwrite_cdc_lag_bytes",
         "dualwrite_seconds_since_clean_verify",
         "dualwrite_divergent_rows",
         "dualwrite_shadow_reads_total",
@@ -50,6 +56,6 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("SUCCESS: 6 rules found"), "{stdout}");
+    assert!(stdout.contains("SUCCESS: 10 rules found"), "{stdout}");
     assert!(stdout.contains("monitoring: ok"), "{stdout}");
 }

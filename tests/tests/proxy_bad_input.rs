@@ -200,7 +200,7 @@ async fn slowloris_startup_is_closed_after_the_timeout_and_others_are_served() {
     // The proxy still serves, and counted both closes.
     let client = connect(&db.url_via(proxy.addr())).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
-    let text = scrape(metrics_addr).await;
+    let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
     let timeouts = text
         .lines()
         .find(|l| l.starts_with("dualwrite_refused_connections_total{reason=\"startup_timeout\"}"))
@@ -208,19 +208,6 @@ async fn slowloris_startup_is_closed_after_the_timeout_and_others_are_served() {
         .unwrap_or_else(|| panic!("no startup_timeout sample in:\n{text}"));
     assert!(timeouts >= 2.0, "{timeouts}");
     proxy.stop().await.unwrap();
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    for _ in 0..50 {
-        if let Ok(mut s) = TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).await.unwrap();
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("metrics endpoint never answered");
 }
 
 #[tokio::test]

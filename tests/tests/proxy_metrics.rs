@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use dualwrite_tests::*;
 use proxy_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).await.unwrap();
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("metrics endpoint never answered");
-}
 
 /// The value of the first sample line starting with `prefix`.
 fn sample(text: &str, prefix: &str) -> f64 {
@@ -50,7 +36,7 @@ async fn metrics_endpoint_reports_connections_queries_bytes_and_errors() {
     let err = client.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
 
-    let text = scrape(metrics_addr).await;
+    let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
     assert_eq!(sample(&text, "dualwrite_client_connections"), 1.0, "{text}");
     assert_eq!(sample(&text, "dualwrite_upstream_connections"), 1.0);
     assert!(sample(&text, "dualwrite_queries_total{route=\"passthrough\"}") >= 7.0);
@@ -62,7 +48,7 @@ async fn metrics_endpoint_reports_connections_queries_bytes_and_errors() {
 
     drop(client);
     eventually(Duration::from_secs(10), "the closed session leaves the connection gauges", || async {
-        let text = scrape(metrics_addr).await;
+        let text = dualwrite_tests::scrape_metrics(metrics_addr).await;
         sample(&text, "dualwrite_client_connections") == 0.0 && sample(&text, "dualwrite_upstream_connections") == 0.0
     })
     .await;

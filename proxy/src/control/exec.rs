@@ -81,7 +81,9 @@ pub async fn execute(
     match command {
         ControlCommand::Status => {
             let snapshot = ctx.state.refresh().await.map_err(state_err)?;
-            Ok(status_response(snapshot.migrations.values(), ctx.shadow.as_deref()))
+            let mut response = status_response(snapshot.migrations.values(), ctx.shadow.as_deref());
+            crate::cdc::status::add_status_columns(&mut response, ctx.state.pg_target()).await;
+            Ok(response)
         }
         ControlCommand::Route { migration, target, percent } => {
             let version = match target {

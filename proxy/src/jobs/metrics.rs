@@ -1,5 +1,6 @@
-//! Per-migration metrics of DESIGN section 6 that come from the `dualwrite` state tables (backfill
-//! progress, rate, lag, verify results, table inventory). Every proxy instance refreshes them periodically
+//! Per-migration metrics that come from the `dualwrite` state tables (backfill progress, rate, ETA, the
+//! shadow's lag behind the old table as the change-data-capture watch stored it, verify results, table
+//! inventory). Every proxy instance refreshes them periodically
 //! from the database, so whichever instance Prometheus scrapes reports the same figures, whoever runs the
 //! jobs. Gathering (I/O) and publishing (the `metrics` facade) are separate so tests can publish into a
 //! local recorder.
@@ -24,7 +25,10 @@ pub struct MigrationFigures {
     pub rows_remaining: f64,
     pub progress_ratio: f64,
     pub rows_per_second: f64,
-    /// Estimated seconds until the shadow holds every row: 0 when done, +Inf while nothing moves.
+    /// Estimated seconds until the backfill is done: 0 when done, +Inf while nothing moves.
+    pub eta_seconds: f64,
+    /// How far the shadow trails the old table, from the change-data-capture watch (NaN while no watch
+    /// runs): see `cdc::watch::lag_seconds`.
     pub lag_seconds: f64,
     /// +Inf before the first clean verify.
     pub seconds_since_clean_verify: f64,
@@ -44,7 +48,11 @@ pub fn describe() {
         "dualwrite_backfill_holding",
         "1 while the backfill running on this instance holds off (replication lag or p99 latency over its limit)"
     );
-    describe_gauge!("dualwrite_lag_seconds", "Estimated seconds until the shadow holds every row");
+    describe_gauge!("dualwrite_backfill_eta_seconds", "Estimated seconds until the backfill is done");
+    describe_gauge!(
+        "dualwrite_lag_seconds",
+        "How far the shadow trails the old table: age of the oldest committed change whose twin is not yet seen"
+    );
     describe_gauge!("dualwrite_seconds_since_clean_verify", "Seconds since the last verify that found no divergence");
     describe_gauge!("dualwrite_divergent_rows", "Divergent rows found by the last verify, by kind");
     describe_gauge!("dualwrite_table_rows", "Rows in the old and shadow tables (exact after a verify, else estimated)");
@@ -59,6 +67,7 @@ pub fn publish(figures: &[MigrationFigures]) {
         gauge!("dualwrite_backfill_rows_remaining", "migration" => m.clone()).set(f.rows_remaining);
         gauge!("dualwrite_backfill_progress_ratio", "migration" => m.clone()).set(f.progress_ratio);
         gauge!("dualwrite_backfill_rows_per_second", "migration" => m.clone()).set(f.rows_per_second);
+        gauge!("dualwrite_backfill_eta_seconds", "migration" => m.clone()).set(f.eta_seconds);
         gauge!("dualwrite_lag_seconds", "migration" => m.clone()).set(f.lag_seconds);
         gauge!("dualwrite_seconds_since_clean_verify", "migration" => m.clone()).set(f.seconds_since_clean_verify);
         if let Some((missing, extra, different)) = f.divergent {
@@ -170,7 +179,7 @@ impl MetricsRefresher {
             0.0
         };
         let rows_per_second = self.rate(name, &state, rows_done, updated_at, now);
-        let lag_seconds = if done || rows_remaining == 0.0 {
+        let eta_seconds = if done || rows_remaining == 0.0 {
             0.0
         } else if rows_per_second > 0.0 {
             rows_remaining / rows_per_second
@@ -183,7 +192,8 @@ impl MetricsRefresher {
             rows_remaining,
             progress_ratio,
             rows_per_second,
-            lag_seconds,
+            eta_seconds,
+            lag_seconds: crate::cdc::watch::lag_seconds(client, name).await?,
             seconds_since_clean_verify: since_clean.unwrap_or(f64::INFINITY).max(0.0),
             divergent: last_verify
                 .as_ref()

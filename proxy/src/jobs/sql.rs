@@ -107,9 +107,18 @@ impl CompiledMapping {
         terms.join(" AND ")
     }
 
-    /// The rows of one side in a key range, in the shadow's column names and types.
-    fn side_rows(&self, side: Side, bounds: Bounds) -> String {
-        let predicate = self.range_predicate(side, bounds);
+    /// `ROW(keys) IN (...)` the keys held in `$1` as a jsonb array of key objects (`[{"id": 5}]`).
+    fn keys_predicate(&self, side: Side) -> String {
+        format!(
+            "{} IN (SELECT {} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))",
+            self.key_row(None),
+            self.key_list(None),
+            self.table(side)
+        )
+    }
+
+    /// The rows of one side matching `predicate`, in the shadow's column names and types.
+    fn side_rows(&self, side: Side, predicate: &str) -> String {
         match side {
             Side::Old => {
                 let columns = self
@@ -185,13 +194,34 @@ impl CompiledMapping {
         let m = ident("__dw_m");
         statement(format!(
             "SELECT count(*), coalesce(bit_xor(hashtextextended({m}::text, 0)), 0) FROM ({}) AS {m}",
-            self.side_rows(side, bounds)
+            self.side_rows(side, &self.range_predicate(side, bounds))
         ))
     }
 
     /// Row-level comparison of a (small) key range: (kind, key, old mapped row, shadow row) per divergent
     /// key, the rows as jsonb text.
     pub fn leaf_diff(&self, bounds: Bounds) -> String {
+        self.diff(&self.range_predicate(Side::Old, bounds), &self.range_predicate(Side::Shadow, bounds))
+    }
+
+    /// The same comparison for the keys in `$1` (a jsonb array of key objects): which of them differ now.
+    pub fn keys_diff(&self) -> String {
+        self.diff(&self.keys_predicate(Side::Old), &self.keys_predicate(Side::Shadow))
+    }
+
+    /// The keys in `$1` (a jsonb array of key objects, values in any form their type's input accepts) as
+    /// the jsonb text `keys_diff` and `leaf_diff` report them, in input order.
+    pub fn canonical_keys(&self) -> String {
+        let k = ident("__dw_k");
+        statement(format!(
+            "SELECT {} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb) WITH ORDINALITY AS {k} \
+             ORDER BY {k}.ordinality",
+            self.key_json(Some(&k)),
+            self.shadow
+        ))
+    }
+
+    fn diff(&self, old_predicate: &str, shadow_predicate: &str) -> String {
         let (o, s, m) = (ident("__dw_o"), ident("__dw_s"), ident("__dw_m"));
         let (k, j, t) = (ident("__dw_k"), ident("__dw_j"), ident("__dw_t"));
         let side = |rows: String| {
@@ -207,8 +237,8 @@ impl CompiledMapping {
                     coalesce({o}.{k}, {s}.{k}), {o}.{j}, {s}.{j} \
              FROM ({old}) AS {o} FULL JOIN ({shadow}) AS {s} ON {join} \
              WHERE {o}.{t} IS DISTINCT FROM {s}.{t}",
-            old = side(self.side_rows(Side::Old, bounds)),
-            shadow = side(self.side_rows(Side::Shadow, bounds)),
+            old = side(self.side_rows(Side::Old, old_predicate)),
+            shadow = side(self.side_rows(Side::Shadow, shadow_predicate)),
         ))
     }
 
@@ -319,6 +349,8 @@ mod tests {
             }
             parses(&m.repair(Side::Shadow));
             parses(&m.repair(Side::Old));
+            parses(&m.keys_diff());
+            parses(&m.canonical_keys());
         }
     }
 

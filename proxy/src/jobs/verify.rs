@@ -379,8 +379,9 @@ const REPAIR_ATTEMPTS: usize = 20;
 /// REPEATABLE READ and retried on a serialization failure (a concurrent dual write touched one of its
 /// rows). Each batch first checks, under a share lock on the migration's state row, that the phase still
 /// has `source` as its source of truth; if not, the repair stops with `JobError::Phase`. Rows repaired
-/// are added to `repaired` batch by batch, so a repair that stops still says what it did.
-async fn repair(
+/// are added to `repaired` batch by batch, so a repair that stops still says what it did. The
+/// change-data-capture watch repairs bypassed keys with it too.
+pub(crate) async fn repair(
     client: &mut Client,
     compiled: &CompiledMapping,
     source: SourceOfTruth,
@@ -413,6 +414,7 @@ async fn repair(
                         ),
                     });
                 }
+                tx.batch_execute(crate::cdc::mark::REPAIR).await?;
                 let row = tx.query_one(&statement, &[&array]).await?;
                 tx.commit().await?;
                 Ok::<i64, JobError>(row.get::<_, i64>(0) + row.get::<_, i64>(1))

@@ -58,6 +58,8 @@ pub struct Live {
     /// The migrations of the other databases (name -> database), so control SQL naming one here says
     /// where it is; replaced with the rules.
     elsewhere: ArcSwap<BTreeMap<String, String>>,
+    /// The change-data-capture watch (`[cdc]`).
+    cdc_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One generation of rules and the settings around them: what a reload swaps. Sessions compare
@@ -79,7 +81,7 @@ pub struct LiveRules {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        for task in [self.figures.take(), self.verify_schedule.take()].into_iter().flatten() {
+        for task in [self.figures.take(), self.verify_schedule.take(), self.cdc_watch.take()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -118,6 +120,7 @@ impl Live {
         if let Some(secs) = config.control.verify_every_secs.filter(|s| *s > 0) {
             live.verify_schedule = Some(runner.spawn_verify_schedule(mappings, Duration::from_secs(secs)));
         }
+        live.cdc_watch = crate::cdc::spawn_watch(live.state.clone(), config.cdc.clone());
         Ok(live)
     }
 
@@ -128,7 +131,8 @@ impl Live {
         let shadow_database = crate::shadow::workers_database(state.pg_target());
         let next_session = AtomicU64::new(1);
         let elsewhere = ArcSwap::default();
-        Live { current, state, runner, next_session, shadow_database, figures: None, verify_schedule: None, elsewhere }
+        let (figures, verify_schedule, cdc_watch) = (None, None, None);
+        Live { current, state, runner, next_session, shadow_database, figures, verify_schedule, cdc_watch, elsewhere }
     }
 
     pub fn state(&self) -> &StateHandle {

@@ -288,6 +288,10 @@ impl PgCluster {
             ("full_page_writes", "off".to_owned()),
             ("max_connections", "300".to_owned()),
             ("shared_buffers", "64MB".to_owned()),
+            // The change-data-capture watch streams a logical slot (one per database with a migration).
+            ("wal_level", "logical".to_owned()),
+            ("max_replication_slots", "64".to_owned()),
+            ("max_wal_senders", "64".to_owned()),
         ];
         conf.extend(settings.iter().map(|(name, value)| (name.as_str(), value.clone())));
         let mut text = String::from("# written by dualwrite pgcluster; later lines win\n");

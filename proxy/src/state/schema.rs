@@ -10,7 +10,7 @@ use super::StateError;
 
 /// Each entry is schema version `index + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1: the tables of STATE_SCHEMA.md
+    // 1: the tables (their meaning: ARCHITECTURE.md, `state`)
     r#"
     CREATE TABLE dualwrite.migrations (
         name         text PRIMARY KEY,
@@ -148,6 +148,36 @@ const MIGRATIONS: &[&str] = &[
     REVOKE DELETE, TRUNCATE ON dualwrite.audit_chain_head FROM CURRENT_USER;
     REVOKE ALL ON FUNCTION dualwrite.audit_canonical(dualwrite.audit_log), dualwrite.audit_chain(),
         dualwrite.audit_refuse() FROM PUBLIC;
+    "#,
+    // 3: the change-data-capture watch (one row for the database's watch) and the bypasses it found
+    r#"
+    CREATE TABLE dualwrite.cdc_watch (
+        id           int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+        state        text NOT NULL CHECK (state IN ('idle', 'watching', 'fallback', 'error')),
+        detail       text,
+        leader       text,
+        slot         text,
+        confirmed_lsn pg_lsn,
+        lag_bytes    float8,
+        lag_seconds  float8,
+        updated_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE dualwrite.cdc_bypasses (
+        id           bigserial PRIMARY KEY,
+        seen_at      timestamptz NOT NULL DEFAULT now(),
+        migration    text NOT NULL,
+        kind         text NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'truncate')),
+        side         text NOT NULL CHECK (side IN ('old', 'shadow')),
+        key          jsonb,
+        xid          bigint NOT NULL,
+        commit_lsn   pg_lsn NOT NULL,
+        committed_at timestamptz NOT NULL,
+        repaired_at  timestamptz,
+        resolved_at  timestamptz,
+        UNIQUE NULLS NOT DISTINCT (commit_lsn, migration, side, kind, key)
+    );
+    CREATE INDEX cdc_bypasses_open_idx ON dualwrite.cdc_bypasses (migration, committed_at)
+        WHERE resolved_at IS NULL;
     "#,
 ];
 
