@@ -186,7 +186,7 @@ name  = "first_name || ' ' || last_name"
 email = "email"
 "#;
 
-/// The UPDATE of pgbench_accounts as the dual-write CTE of DESIGN section 5, with the shadow mapping.
+/// The UPDATE of pgbench_accounts as the dual-write CTE of rewrite-rules/README.md, with the shadow mapping.
 pub fn cte_update(set: &str, filter: &str) -> String {
     format!(
         "WITH __dw_primary AS (UPDATE pgbench_accounts SET {set}{filter} RETURNING *), \

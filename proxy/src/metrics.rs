@@ -1,5 +1,5 @@
 //! Prometheus exporter (with the health endpoints beside /metrics, see `health`) and the proxy's metric
-//! names (DESIGN section 6). Hot-path cost is kept tiny:
+//! names (README: Metrics). Hot-path cost is kept tiny:
 //! each session resolves its metric handles once ([`SessionMetrics`]) and adds to them per read or per
 //! completed request, never per message and never with a label lookup (except for errors, which are rare).
 

@@ -17,7 +17,7 @@ use crate::server::Server;
 /// The example migration shipped with the rules crate; written next to the throwaway cluster.
 const EXAMPLE_RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
 const EXAMPLE_DATABASE: &str = "app";
-/// The tables the example rules map (DESIGN section 2), with rows to play with. users_v2 starts empty
+/// The tables the example rules map (README: Rules files), with rows to play with. users_v2 starts empty
 /// so a backfill has something to do; it shares users' id sequence so v2 sessions can insert too.
 const EXAMPLE_SCHEMA: &str = "
 CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);

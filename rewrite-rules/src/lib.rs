@@ -1,4 +1,4 @@
-//! dualwrite-rules: the rules model of a dualwrite migration (TOML, DESIGN section 2) and the pure SQL
+//! dualwrite-rules: the rules model of a dualwrite migration (TOML, see README: Rules files) and the pure SQL
 //! rewrite engine the proxy calls for every statement that names a table under migration.
 //!
 //! No I/O and no async: the proxy owns sockets, this crate owns SQL.

@@ -1,4 +1,4 @@
-//! The rules model: migrations read from a TOML rules file (DESIGN section 2), validated so that every error
+//! The rules model: migrations read from a TOML rules file (README: Rules files), validated so that every error
 //! names the file, the migration and the field at fault. Pure data; the rewriter compiles it separately.
 
 use std::collections::HashSet;
@@ -144,7 +144,7 @@ pub struct Versions {
     pub new: String,
 }
 
-/// Where a migration is in its life (DESIGN section 3). Stored by the proxy, changed by control commands.
+/// Where a migration is in its life (README: What each phase does). Stored by the proxy, changed by control commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
     /// The proxy leaves the table alone: statements pass through untouched.

@@ -1,6 +1,6 @@
 //! Shadow reads: for a read the proxy sampled, the same statement in both shapes — reading the old table and
 //! reading the shadow, each presented in the session's shape — so the proxy can run both in one snapshot and
-//! compare the answers (DESIGN section 1, point 4).
+//! compare the answers (README: Shadow reads).
 //!
 //! Only plain reads qualify, so that running them again changes nothing and answers the same in both shapes
 //! when the tables agree: one SELECT (or VALUES / set operation, CTEs allowed) naming exactly one migration in

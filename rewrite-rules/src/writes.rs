@@ -1,6 +1,6 @@
 //! Dual writes: an INSERT / UPDATE / DELETE on a migrated table becomes one statement whose
 //! data-modifying CTEs write the table of the session's shape (the client's own statement, `RETURNING` the
-//! whole row) and then the other table from those rows through the mapping (DESIGN section 5):
+//! whole row) and then the other table from those rows through the mapping (rewrite-rules/README.md: Semantics):
 //!
 //! ```sql
 //! WITH __dw_primary AS (<client statement> RETURNING users.*),

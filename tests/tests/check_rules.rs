@@ -17,7 +17,7 @@ const SCHEMA: &str = "
     INSERT INTO public.users (name, email) VALUES ('Ada Lovelace', 'ada@example.org'), ('Alan Turing', 'alan@example.org');
 ";
 
-/// The example migration of DESIGN section 2 with `forward` and `backward` replaced.
+/// The example migration of the README's Rules files section with `forward` and `backward` replaced.
 fn rules(forward: &str, backward: &str) -> String {
     format!(
         "[[migration]]

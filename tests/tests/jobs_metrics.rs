@@ -1,4 +1,4 @@
-//! The migration metrics (DESIGN section 6) derived from the state tables, read back the way Prometheus
+//! The migration metrics (README: Metrics) derived from the state tables, read back the way Prometheus
 //! sees them: published into a Prometheus recorder and parsed from its text rendering.
 
 mod jobs_support;

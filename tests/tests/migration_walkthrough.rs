@@ -1,4 +1,4 @@
-//! The users split-name migration of DESIGN section 2, end to end through two proxy instances on one
+//! The users split-name migration of the README's Rules files section, end to end through two proxy instances on one
 //! database: dual writes of every supported form in both protocols, reads as v1 and v2, backfill and
 //! verify through control SQL, a read flip through instance A seen through instance B, percentage
 //! routing, cutover, rollback and complete — with the two tables compared under the mapping after each

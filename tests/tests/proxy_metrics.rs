@@ -1,4 +1,4 @@
-//! /metrics serves the proxy figures of DESIGN section 6 (its own test binary: the Prometheus recorder
+//! /metrics serves the proxy figures of README's Metrics section (its own test binary: the Prometheus recorder
 //! is process-global).
 
 mod proxy_support;

@@ -1,4 +1,4 @@
-//! Shadow reads (DESIGN section 1, point 4): for a configurable sample of the reads on a migrated table, the
+//! Shadow reads (README: Shadow reads): for a configurable sample of the reads on a migrated table, the
 //! proxy runs the read again in both shapes (old table, shadow) in one REPEATABLE READ snapshot on its own
 //! connections, off the client's path, and counts matches and mismatches per migration.
 //!
