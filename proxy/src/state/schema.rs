@@ -1,7 +1,7 @@
-//! The `dualwrite` schema as versioned forward migrations (tables and their meaning: ARCHITECTURE.md,
-//! `state`). `ensure_schema` runs on every start: under a transaction-scoped advisory lock it creates the schema on first start and applies
-//! the versions not yet recorded in `dualwrite.schema_version`, so two proxies starting at once neither
-//! race on `CREATE` nor apply a version twice. Add a version by appending to `MIGRATIONS`; never edit one
+//! The `dualwrite` schema as versioned forward migrations (tables and their meaning: ARCHITECTURE.md, `state`).
+//! `ensure_schema` runs on every start: under a transaction-scoped advisory lock it creates the schema on first
+//! start and applies the versions not yet recorded in `dualwrite.schema_version`, so two proxies starting at once
+//! neither race on `CREATE` nor apply a version twice. Add a version by appending to `MIGRATIONS`; never edit one
 //! that has shipped.
 
 use tokio_postgres::Client;
