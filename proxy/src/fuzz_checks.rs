@@ -95,7 +95,7 @@ fn check_whole_frame(frame: &[u8]) {
 /// Input: one untagged packet as a client sends it first (the length word is set to the input's size,
 /// as the relay does after reading exactly that many bytes).
 ///
-/// A length word outside 8..=10000 is refused before anything is read. A packet parses into one of the
+/// A length word outside 8..=10004 is refused before anything is read. A packet parses into one of the
 /// five kinds or an error (closed without a word): a startup packet keeps its bytes and is protocol 3.x
 /// with non-empty parameter names, a refused one is kept whole for the upstream, a cancel key re-encodes to
 /// the same packet, and reading `dualwrite.version` from the parameters never panics.
