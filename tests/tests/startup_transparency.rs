@@ -1,7 +1,9 @@
 //! Before authentication the proxy answers as Postgres does: each kind of bad first packet is sent to the
 //! real server and to the proxy in front of it, and what comes back (each message's tag, an error's
 //! severity, SQLSTATE and message, protocol 2's plain-text error) and how the connection ends (closed
-//! without a word, or a session) must be the same.
+//! without a word, or a session) must be the same. (GSSENCRequest is left out: Debian's Postgres is built with
+//! GSSAPI and answers `G`, then expects a GSSAPI handshake; the proxy has no GSSAPI and answers `N`, as a
+//! server built without it does.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,25 +36,29 @@ enum Ending {
     Session,
 }
 
-/// Sends `bytes` (then half-closes, if `then_eof`) to `addr` and returns each message that came back,
-/// summarised, and how the exchange ended.
-async fn exchange(addr: SocketAddr, bytes: &[u8], then_eof: bool, case: &str) -> (Vec<String>, Ending) {
+/// Sends each step (the answer to every step but the last is the one byte answering an encryption
+/// request, read before the next step is sent), half-closes if `then_eof`, and returns each message that
+/// came back, summarised, and how the exchange ended.
+async fn exchange(addr: SocketAddr, steps: &[Vec<u8>], then_eof: bool, case: &str) -> (Vec<String>, Ending) {
     let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(bytes).await.unwrap();
+    let mut received = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        socket.write_all(step).await.unwrap();
+        if i + 1 < steps.len() {
+            let mut answer = [0u8];
+            socket.read_exact(&mut answer).await.unwrap();
+            received.push(answer[0]);
+        }
+    }
     if then_eof {
         socket.shutdown().await.unwrap();
     }
-    let mut received = Vec::new();
     let ending = tokio::time::timeout(EXCHANGE_LIMIT, async {
         loop {
             let mut chunk = [0u8; 4096];
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => return Ending::Closed,
                 Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-            // An SSLRequest's one-byte answer is followed by whatever the case sends next.
-            if received == b"N" {
-                continue;
             }
             if summarise(&received).last().is_some_and(|m| m.starts_with("ReadyForQuery")) {
                 let _ = socket.write_all(b"X\0\0\0\x04").await;
@@ -112,37 +118,50 @@ async fn bad_first_packets_get_the_answer_postgres_gives() {
     let user = cluster.superuser().to_string();
     let login = format!("user\0{user}\0database\0{}\0\0", db.name);
 
-    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("Terminate before the startup packet", b"X\0\0\0\x04".to_vec(), false),
-        ("Query before the startup packet", b"Q\0\0\0\x0dSELECT 1\0".to_vec(), false),
-        ("a length word below 8", [0, 0, 0, 7, 0, 3, 0].to_vec(), false),
-        ("a negative length word", [0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0].to_vec(), false),
-        ("a length word above 10004", [&10_005u32.to_be_bytes()[..], &PROTOCOL_3_0.to_be_bytes()].concat(), false),
-        ("protocol 2.0", packet(2 << 16, login.as_bytes()), false),
-        ("protocol 1.0", packet(1 << 16, login.as_bytes()), false),
-        ("protocol 4.0", packet(4 << 16, login.as_bytes()), false),
-        ("protocol 3.99", packet(PROTOCOL_3_0 + 99, login.as_bytes()), false),
-        ("a startup packet without user", packet(PROTOCOL_3_0, format!("database\0{}\0\0", db.name).as_bytes()), false),
-        ("a startup packet without its terminator", packet(PROTOCOL_3_0, &login.as_bytes()[..login.len() - 1]), false),
-        ("a startup packet without parameters or terminator", packet(PROTOCOL_3_0, b""), false),
-        ("random bytes", b"\x9b\x1f\x42\x07\xe3\x88\x10\x5a\xc4\x61\x0d\x3e\x97\x22\xfa\x04".to_vec(), false),
-        ("random bytes after a valid length", packet(0x1234_5678, b"\xc4\x61\x0d\x3e\x97\x22\xfa\x04"), false),
-        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), false),
+    let cases: Vec<(&str, Vec<Vec<u8>>, bool)> = vec![
+        ("Terminate before the startup packet", vec![b"X\0\0\0\x04".to_vec()], false),
+        ("Query before the startup packet", vec![b"Q\0\0\0\x0dSELECT 1\0".to_vec()], false),
+        ("a length word below 8", vec![[0, 0, 0, 7, 0, 3, 0].to_vec()], false),
+        ("a negative length word", vec![[0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0].to_vec()], false),
         (
-            "a TLS ClientHello without SSLRequest",
-            [&b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03"[..], &[7; 32]].concat(),
+            "a length word above 10004",
+            vec![[&10_005u32.to_be_bytes()[..], &PROTOCOL_3_0.to_be_bytes()].concat()],
             false,
         ),
-        ("EOF in the length word", [0, 0].to_vec(), true),
-        ("EOF in the startup packet", packet(PROTOCOL_3_0, login.as_bytes())[..12].to_vec(), true),
-        ("a CancelRequest without its key", packet(CANCEL_REQUEST, b""), false),
-        ("SSLRequest, then Terminate", [packet(SSL_REQUEST, b""), b"X\0\0\0\x04".to_vec()].concat(), false),
-        ("a good startup packet", packet(PROTOCOL_3_0, login.as_bytes()), false),
+        ("protocol 2.0", vec![packet(2 << 16, login.as_bytes())], false),
+        ("protocol 1.0", vec![packet(1 << 16, login.as_bytes())], false),
+        ("protocol 4.0", vec![packet(4 << 16, login.as_bytes())], false),
+        ("protocol 3.99", vec![packet(PROTOCOL_3_0 + 99, login.as_bytes())], false),
+        (
+            "a startup packet without user",
+            vec![packet(PROTOCOL_3_0, format!("database\0{}\0\0", db.name).as_bytes())],
+            false,
+        ),
+        (
+            "a startup packet without its terminator",
+            vec![packet(PROTOCOL_3_0, &login.as_bytes()[..login.len() - 1])],
+            false,
+        ),
+        ("a startup packet without parameters or terminator", vec![packet(PROTOCOL_3_0, b"")], false),
+        ("random bytes", vec![b"\x9b\x1f\x42\x07\xe3\x88\x10\x5a\xc4\x61\x0d\x3e\x97\x22\xfa\x04".to_vec()], false),
+        ("random bytes after a valid length", vec![packet(0x1234_5678, b"\xc4\x61\x0d\x3e\x97\x22\xfa\x04")], false),
+        ("an HTTP request", vec![b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()], false),
+        (
+            "a TLS ClientHello without SSLRequest",
+            vec![[&b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03"[..], &[7; 32]].concat()],
+            false,
+        ),
+        ("EOF in the length word", vec![[0, 0].to_vec()], true),
+        ("EOF in the startup packet", vec![packet(PROTOCOL_3_0, login.as_bytes())[..12].to_vec()], true),
+        ("a CancelRequest without its key", vec![packet(CANCEL_REQUEST, b"")], false),
+        ("SSLRequest, then Terminate", vec![[packet(SSL_REQUEST, b""), b"X\0\0\0\x04".to_vec()].concat()], false),
+        ("SSLRequest twice", vec![packet(SSL_REQUEST, b""), packet(SSL_REQUEST, b"")], false),
+        ("a good startup packet", vec![packet(PROTOCOL_3_0, login.as_bytes())], false),
     ];
     let mut mismatches = Vec::new();
-    for (case, bytes, then_eof) in &cases {
-        let server = exchange(cluster.addr(), bytes, *then_eof, case).await;
-        let via_proxy = exchange(proxy.addr(), bytes, *then_eof, case).await;
+    for (case, steps, then_eof) in &cases {
+        let server = exchange(cluster.addr(), steps, *then_eof, case).await;
+        let via_proxy = exchange(proxy.addr(), steps, *then_eof, case).await;
         if server != via_proxy {
             mismatches.push(format!("{case}:\n  server: {server:?}\n  proxy:  {via_proxy:?}"));
         }
@@ -157,17 +176,17 @@ async fn the_kinds_of_answer_differ() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let login = format!("user\0{}\0database\0{}\0\0", cluster.superuser(), db.name);
-    let (v2, ending) = exchange(cluster.addr(), &packet(2 << 16, login.as_bytes()), false, "").await;
+    let (v2, ending) = exchange(cluster.addr(), &[packet(2 << 16, login.as_bytes())], false, "").await;
     assert_eq!(ending, Ending::Closed);
     assert_eq!(v2.len(), 1, "{v2:?}");
     assert!(v2[0].starts_with("\"EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to"), "{v2:?}");
-    assert_eq!(exchange(cluster.addr(), b"X\0\0\0\x04", false, "").await, (vec![], Ending::Closed));
-    let (no_user, _) = exchange(cluster.addr(), &packet(PROTOCOL_3_0, b"database\0postgres\0\0"), false, "").await;
+    assert_eq!(exchange(cluster.addr(), &[b"X\0\0\0\x04".to_vec()], false, "").await, (vec![], Ending::Closed));
+    let (no_user, _) = exchange(cluster.addr(), &[packet(PROTOCOL_3_0, b"database\0postgres\0\0")], false, "").await;
     assert_eq!(
         no_user,
         vec!["E S=FATAL V=FATAL C=28000 M=no PostgreSQL user name specified in startup packet".to_string()]
     );
-    let (session, ending) = exchange(cluster.addr(), &packet(PROTOCOL_3_0, login.as_bytes()), false, "").await;
+    let (session, ending) = exchange(cluster.addr(), &[packet(PROTOCOL_3_0, login.as_bytes())], false, "").await;
     assert_eq!(ending, Ending::Session);
     assert!(session.contains(&"BackendKeyData".to_string()), "{session:?}");
 }

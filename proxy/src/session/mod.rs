@@ -241,6 +241,8 @@ fn abandon_upstream(shared: &SessionShared, ctx: &Arc<ServerContext>) {
 /// alone (and a log line) where Postgres says nothing.
 async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Option<(Stream, StartupPacket)>> {
     let mut stream = Stream::Tcp(tcp);
+    // As in Postgres, each encryption request may be made once; GSSENCRequest may precede SSLRequest.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let packet = match read_initial_packet(&mut stream).await? {
             Ok(p) => p,
@@ -250,6 +252,14 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
             }
         };
         match startup::parse_initial_packet(packet) {
+            Ok(InitialPacket::SslRequest) if ssl_done => {
+                send_error(&mut stream, &refusal::own_refusal(startup::SSL_REQUEST_CODE as u32)).await;
+                return Ok(None);
+            }
+            Ok(InitialPacket::GssEncRequest) if gss_done => {
+                send_error(&mut stream, &refusal::own_refusal(startup::GSSENC_REQUEST_CODE as u32)).await;
+                return Ok(None);
+            }
             Ok(InitialPacket::SslRequest) => {
                 let pending = unencrypted_data_pending(&stream);
                 match (&ctx.client_tls, stream) {
@@ -257,6 +267,7 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
                         tcp.write_all(b"S").await?;
                         let tls = acceptor.accept(tcp).await?;
                         stream = Stream::ClientTls(Box::new(tls));
+                        gss_done = true;
                     }
                     (_, mut other) => {
                         other.write_all(b"N").await?;
@@ -267,6 +278,7 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
                     refuse_unencrypted_data(stream, "SSL request").await;
                     return Ok(None);
                 }
+                ssl_done = true;
             }
             Ok(InitialPacket::GssEncRequest) => {
                 let pending = unencrypted_data_pending(&stream);
@@ -275,6 +287,7 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
                     refuse_unencrypted_data(stream, "GSSAPI encryption request").await;
                     return Ok(None);
                 }
+                gss_done = true;
             }
             Ok(InitialPacket::Cancel(key)) => {
                 handle_cancel(ctx, &key).await;

@@ -23,16 +23,8 @@ pub(super) async fn relay(mut client: Stream, packet: &[u8], ctx: &ServerContext
     let answer = match upstream_answer(packet, ctx).await {
         Ok(Some(answer)) => answer,
         Ok(None) => {
-            // Postgres's words for the two kinds of packet that come here.
             let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-            let err = match code >> 16 {
-                3 => SqlError::fatal("08P01", "invalid startup packet layout: expected terminator as last byte"),
-                major => SqlError::fatal(
-                    "0A000",
-                    format!("unsupported frontend protocol {major}.{}: server supports 3.0 to 3.0", code & 0xffff),
-                ),
-            };
-            send_error(&mut client, &err).await;
+            send_error(&mut client, &own_refusal(code)).await;
             return;
         }
         Err(e) => {
@@ -44,6 +36,19 @@ pub(super) async fn relay(mut client: Stream, packet: &[u8], ctx: &ServerContext
     let _ = client.write_all(&answer).await;
     let _ = client.flush().await;
     let _ = client.shutdown().await;
+}
+
+/// Postgres's words (those of versions 15 to 17) for a startup packet with protocol `code` that no session
+/// can start with, for when the upstream cannot be asked: a second SSLRequest or GSSENCRequest (codes
+/// 1234.5679 and 1234.5680 once the first was answered), or a packet the upstream did not refuse.
+pub(super) fn own_refusal(code: u32) -> SqlError {
+    match code >> 16 {
+        3 => SqlError::fatal("08P01", "invalid startup packet layout: expected terminator as last byte"),
+        major => SqlError::fatal(
+            "0A000",
+            format!("unsupported frontend protocol {major}.{}: server supports 3.0 to 3.0", code & 0xffff),
+        ),
+    }
 }
 
 /// The upstream's answer to `packet` up to its close, when that answer is an error (`E` opens an
