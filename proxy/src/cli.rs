@@ -63,7 +63,7 @@ pub struct ConfigArgs {
     /// Largest client message in bytes [default: 67108864].
     #[arg(long, env = "DUALWRITE_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
-    /// Client connections served at once [default: 10000].
+    /// Client connections served at once [default: 1000].
     #[arg(long, env = "DUALWRITE_MAX_CLIENT_CONNECTIONS")]
     pub max_client_connections: Option<usize>,
     /// Seconds a client has to send its startup packet [default: 10].

@@ -101,6 +101,12 @@ impl Config {
     }
 }
 
+/// Default `limits.max_client_connections`. Each session takes two descriptors, so with the headroom the
+/// proxy keeps (`overload::fds_needed`) 1000 sessions need 3280 open files, within the kernel's default hard
+/// limit of 4096 and far within systemd's and Docker's: a default start raises the soft limit if it must but
+/// never warns. It is also ten times Postgres's own default `max_connections`, which each session uses one of.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 1000;
+
 /// Protective limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -132,7 +138,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_size: 64 * 1024 * 1024,
-            max_client_connections: 10_000,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             startup_timeout_secs: 10,
             connect_timeout_secs: 10,
             shutdown_grace_secs: 30,

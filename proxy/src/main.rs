@@ -1,5 +1,7 @@
-//! The `dualwrite` binary: parses the command line, sets up logging (RUST_LOG, default `info`) and runs
-//! the chosen command. `serve` stops gracefully on SIGTERM/SIGINT and exits 0, and reloads its config on SIGHUP.
+//! The `dualwrite` binary: parses the command line, sets up logging (RUST_LOG, default `info`; colours only
+//! when stderr is a terminal and NO_COLOR is unset) and runs the chosen command. `serve` stops gracefully on SIGTERM/SIGINT and exits 0, and reloads its config on SIGHUP.
+
+use std::io::IsTerminal;
 
 use clap::Parser;
 use dualwrite_proxy::cli::{Cli, Command};
@@ -10,6 +12,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Escape codes in a log file or journal are noise that breaks grep.
+        .with_ansi(colour_logs())
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -26,6 +30,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Colours only for a person at a terminal: the https://no-color.org convention turns them off there too.
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {

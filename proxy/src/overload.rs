@@ -26,7 +26,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// Refusals that may be in flight at once (each holds a socket for up to [`REFUSAL_DRAIN_TIME`]).
 pub const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
 /// A refused client's input read before closing: a startup packet (or SSLRequest and startup packet) is
-/// a few hundred bytes, Postgres caps it at 10 000.
+/// a few hundred bytes, Postgres caps it at 10 004.
 const REFUSAL_DRAIN_BYTES: usize = 16 * 1024;
 /// How long a refusal waits for the client to send its startup packet and to close.
 const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(1);

@@ -100,7 +100,7 @@ impl Reloader {
 /// What a successful reload did.
 #[derive(Debug, Clone, Default)]
 pub struct ReloadReport {
-    /// One line per change applied ("limits.max_client_connections: 10000 -> 50", "migration m added").
+    /// One line per change applied ("limits.max_client_connections: 1000 -> 50", "migration m added").
     pub changed: Vec<String>,
     /// Settings that differ but need a restart (ignored).
     pub needs_restart: Vec<String>,

@@ -226,12 +226,12 @@ async fn one_gib_length_headers_are_refused_without_allocating() {
     assert_eq!(answer.errors, vec!["54000"]);
     assert!(answer.closed());
 
-    // A startup packet claiming 1 GiB: Postgres's own answer, 08P01, and the close.
+    // A startup packet claiming 1 GiB: Postgres's own answer, the close without a word.
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(&(1i32 << 30).to_be_bytes()).await.unwrap();
     s.write_all(&196608i32.to_be_bytes()).await.unwrap();
     let answer = read_answer(&mut s, 1).await;
-    assert_eq!(answer.errors, vec!["08P01"]);
+    assert!(answer.tags.is_empty(), "{answer:?}");
     assert!(answer.closed());
 
     // Neither was buffered: the peak memory of the process (proxy included) grew by far less than 1 GiB.

@@ -1,6 +1,11 @@
 //! The untagged packets a client may open a connection with: SSLRequest, GSSENCRequest, CancelRequest and
 //! the StartupMessage (pure parsing, decoded with pgwire's types). The startup packet is kept as the
 //! original bytes too, because it is relayed to the upstream exactly as the client sent it.
+//!
+//! Before authentication the proxy answers as Postgres does (`ProcessStartupPacket` in postmaster.c): a
+//! packet whose length is out of bounds, or a cancel request it cannot read, is closed without a word
+//! ([`StartupError`]; Postgres only logs it); a startup packet it refuses with an ErrorResponse is left to
+//! the upstream to refuse ([`InitialPacket::Refused`]), since the wording depends on the server's version.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +14,9 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::Startup;
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 
-/// Postgres's own bound on any untagged packet (MAX_STARTUP_PACKET_LENGTH in pqcomm.h).
-pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
+/// Postgres's own bound on any untagged packet: MAX_STARTUP_PACKET_LENGTH (pqcomm.h) bounds what follows
+/// the length word, so the word itself may say up to 10 004.
+pub const MAX_STARTUP_PACKET_LEN: usize = 10_000 + 4;
 /// The smallest untagged packet: length and code.
 pub const MIN_STARTUP_PACKET_LEN: usize = 8;
 
@@ -25,6 +31,10 @@ pub enum InitialPacket {
     GssEncRequest,
     Cancel(CancelKey),
     Startup(StartupPacket),
+    /// A startup packet no session can start with: a protocol major version other than 3 (Postgres
+    /// answers FATAL 0A000, to a protocol 2 client in protocol 2's format), or one with no room for the
+    /// terminator (FATAL 08P01). Kept whole, to be shown to the upstream for its own answer.
+    Refused(Bytes),
 }
 
 /// A CancelRequest: the backend pid and the secret key as raw bytes (4 bytes in protocol 3.0, up to 256
@@ -66,18 +76,18 @@ impl StartupPacket {
     }
 }
 
-/// Why an initial packet was refused. The `sqlstate` and message follow what Postgres says for the same
-/// packet.
+/// Why an initial packet is closed without an answer: Postgres logs these (in the words kept here) and
+/// closes, and clients rely on that silence (a client that sends Terminate before its startup packet, a
+/// port scanner, an HTTP or TLS client at the wrong port).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct StartupError {
-    pub sqlstate: &'static str,
-    pub message: String,
+    pub message: &'static str,
 }
 
 impl StartupError {
-    fn violation(message: impl Into<String>) -> Self {
-        StartupError { sqlstate: "08P01", message: message.into() }
+    fn violation(message: &'static str) -> Self {
+        StartupError { message }
     }
 }
 
@@ -114,18 +124,15 @@ pub fn parse_initial_packet(packet: Bytes) -> Result<InitialPacket, StartupError
                 Ok(Some(req)) => {
                     Ok(InitialPacket::Cancel(CancelKey { pid: req.pid, secret: req.secret_key.to_bytes() }))
                 }
-                _ => Err(StartupError::violation("invalid cancel request packet")),
+                _ => Err(StartupError::violation("invalid length of cancel request packet")),
             }
         }
         _ => {
-            let major = (code >> 16) as u16;
-            let minor = (code & 0xffff) as u16;
-            if major != 3 {
-                return Err(StartupError {
-                    sqlstate: "0A000",
-                    message: format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"),
-                });
+            if (code >> 16) != 3 {
+                return Ok(InitialPacket::Refused(packet));
             }
+            // pgwire reads parameters leniently (a missing terminator, a missing user): such a packet goes
+            // to the upstream like any other, which refuses it in its own words.
             let mut buf = BytesMut::from(&packet[..]);
             match Startup::decode(&mut buf, &decode_context()) {
                 Ok(Some(startup)) => Ok(InitialPacket::Startup(StartupPacket {
@@ -134,7 +141,7 @@ pub fn parse_initial_packet(packet: Bytes) -> Result<InitialPacket, StartupError
                     protocol_minor: startup.protocol_number_minor,
                     parameters: startup.parameters,
                 })),
-                _ => Err(StartupError::violation("invalid startup packet layout")),
+                _ => Ok(InitialPacket::Refused(packet)),
             }
         }
     }
@@ -184,11 +191,16 @@ mod tests {
 
     #[test]
     fn bad_packets_are_errors_not_panics() {
-        assert_eq!(parse_initial_packet(packet(0x0002_0000, b"")).unwrap_err().sqlstate, "0A000");
+        let v2 = packet(0x0002_0000, b"user\0alice\0\0");
+        assert!(matches!(parse_initial_packet(v2.clone()), Ok(InitialPacket::Refused(p)) if p == v2));
+        let bare = packet(196608, b"");
+        assert!(matches!(parse_initial_packet(bare.clone()), Ok(InitialPacket::Refused(p)) if p == bare));
         assert!(parse_initial_packet(Bytes::from_static(b"\0\0")).is_err());
         assert!(parse_initial_packet(packet(CANCEL_REQUEST_CODE, b"\0\0")).is_err());
         assert!(check_packet_len(4).is_err());
         assert!(check_packet_len(100_000).is_err());
+        assert!(check_packet_len(10_005).is_err());
+        assert_eq!(check_packet_len(10_004), Ok(10_004));
         assert_eq!(check_packet_len(8), Ok(8));
     }
 }

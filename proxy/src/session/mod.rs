@@ -8,6 +8,7 @@ mod backend;
 mod frontend;
 pub mod interceptor;
 mod local;
+mod refusal;
 pub mod stream;
 
 use std::io::IoSlice;
@@ -236,41 +237,103 @@ fn abandon_upstream(shared: &SessionShared, ctx: &Arc<ServerContext>) {
 }
 
 /// SSL/GSS negotiation and the startup packet. `None` when the connection was a CancelRequest (handled)
-/// or was refused (the client was told why).
+/// or was refused: with the upstream's own error for a startup packet Postgres refuses, with the close
+/// alone (and a log line) where Postgres says nothing.
 async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Option<(Stream, StartupPacket)>> {
     let mut stream = Stream::Tcp(tcp);
+    // As in Postgres, each encryption request may be made once; GSSENCRequest may precede SSLRequest.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let packet = match read_initial_packet(&mut stream).await? {
             Ok(p) => p,
             Err(e) => {
-                send_error(&mut stream, &SqlError::fatal(e.sqlstate, e.message)).await;
+                close_without_a_word(stream, &e).await;
                 return Ok(None);
             }
         };
         match startup::parse_initial_packet(packet) {
-            Ok(InitialPacket::SslRequest) => match (&ctx.client_tls, stream) {
-                (Some(acceptor), Stream::Tcp(mut tcp)) => {
-                    tcp.write_all(b"S").await?;
-                    let tls = acceptor.accept(tcp).await?;
-                    stream = Stream::ClientTls(Box::new(tls));
+            Ok(InitialPacket::SslRequest) if ssl_done => {
+                send_error(&mut stream, &refusal::own_refusal(startup::SSL_REQUEST_CODE as u32)).await;
+                return Ok(None);
+            }
+            Ok(InitialPacket::GssEncRequest) if gss_done => {
+                send_error(&mut stream, &refusal::own_refusal(startup::GSSENC_REQUEST_CODE as u32)).await;
+                return Ok(None);
+            }
+            Ok(InitialPacket::SslRequest) => {
+                let pending = unencrypted_data_pending(&stream);
+                match (&ctx.client_tls, stream) {
+                    (Some(acceptor), Stream::Tcp(mut tcp)) if !pending => {
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor.accept(tcp).await?;
+                        stream = Stream::ClientTls(Box::new(tls));
+                        gss_done = true;
+                    }
+                    (_, mut other) => {
+                        other.write_all(b"N").await?;
+                        stream = other;
+                    }
                 }
-                (_, mut other) => {
-                    other.write_all(b"N").await?;
-                    stream = other;
+                if pending {
+                    refuse_unencrypted_data(stream, "SSL request").await;
+                    return Ok(None);
                 }
-            },
-            Ok(InitialPacket::GssEncRequest) => stream.write_all(b"N").await?,
+                ssl_done = true;
+            }
+            Ok(InitialPacket::GssEncRequest) => {
+                let pending = unencrypted_data_pending(&stream);
+                stream.write_all(b"N").await?;
+                if pending {
+                    refuse_unencrypted_data(stream, "GSSAPI encryption request").await;
+                    return Ok(None);
+                }
+                gss_done = true;
+            }
             Ok(InitialPacket::Cancel(key)) => {
                 handle_cancel(ctx, &key).await;
                 return Ok(None);
             }
             Ok(InitialPacket::Startup(startup)) => return Ok(Some((stream, startup))),
+            Ok(InitialPacket::Refused(packet)) => {
+                refusal::relay(stream, &packet, ctx).await;
+                return Ok(None);
+            }
             Err(e) => {
-                send_error(&mut stream, &SqlError::fatal(e.sqlstate, e.message)).await;
+                close_without_a_word(stream, &e).await;
                 return Ok(None);
             }
         }
     }
+}
+
+/// Whether the client sent more right behind its SSLRequest or GSSENCRequest, before the answer: Postgres
+/// refuses such bytes, which travelled unencrypted and may have been injected by a man in the middle.
+fn unencrypted_data_pending(stream: &Stream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    // The socket is non-blocking: nothing there yet is WouldBlock.
+    matches!(socket2::SockRef::from(stream.tcp()).peek(&mut byte), Ok(n) if n > 0)
+}
+
+/// Postgres's FATAL for bytes behind an encryption request (after its answer, in plain text).
+async fn refuse_unencrypted_data(mut stream: Stream, request: &str) {
+    tracing::info!(request, "closing a client that sent unencrypted data right after its encryption request");
+    metrics::count_refused("bad_startup_packet");
+    let err = SqlError::fatal("08P01", format!("received unencrypted data after {request}")).with_detail(
+        "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+    );
+    send_error(&mut stream, &err).await;
+}
+
+/// What Postgres does with an initial packet it cannot read: log it and close. What the client already
+/// sent is read first (as much as Postgres's first read takes), so that the close is a FIN, not a reset.
+async fn close_without_a_word(mut stream: Stream, why: &StartupError) {
+    tracing::info!(error = %why, "closing a client whose first packet is not a startup packet");
+    metrics::count_refused("bad_startup_packet");
+    let mut unread = [0u8; READ_CHUNK];
+    if let Stream::Tcp(tcp) = &stream {
+        let _ = tcp.try_read(&mut unread);
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// Reads one untagged packet exactly (nothing beyond it, so a TLS handshake can follow).
