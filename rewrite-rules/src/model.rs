@@ -426,6 +426,7 @@ struct RawMigration {
     shadow_read_sample: Option<f64>,
     #[serde(default)]
     accept_unseen_writers: Vec<String>,
+    #[serde(default)]
     on_bypass: OnBypass,
 }
 
