@@ -183,6 +183,9 @@ pub struct ResponseQueue {
     /// `Expect::Local` entries in `entries`: the relay looks for due local answers before every backend
     /// message, and almost never has one.
     locals: usize,
+    /// `Expect::Probe` entries in `entries`: every backend message checks for one at the head only when
+    /// there is one at all (almost never).
+    probes: usize,
     /// The head probe's first row so far, whether it failed, and the CloseCompletes it received.
     probe_row: Option<Vec<Option<String>>>,
     probe_failed: bool,
@@ -204,6 +207,7 @@ impl ResponseQueue {
                 self.probe_answer = Some(None);
                 return;
             }
+            Expect::Probe { .. } => self.probes += 1,
             _ => {}
         }
         self.entries.push_back(expect);
@@ -215,7 +219,10 @@ impl ResponseQueue {
         let entry = self.entries.pop_front();
         match entry {
             Some(Expect::Local(_)) => self.locals -= 1,
-            Some(Expect::Probe { .. }) => self.finish_probe(),
+            Some(Expect::Probe { .. }) => {
+                self.probes -= 1;
+                self.finish_probe();
+            }
             _ => {}
         }
         entry
@@ -374,7 +381,7 @@ impl ResponseQueue {
         match tag {
             // Asynchronous messages can arrive at any time and answer no request.
             btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS => Action::Forward,
-            _ if matches!(self.entries.front(), Some(Expect::Probe { .. })) => {
+            _ if self.probes > 0 && matches!(self.entries.front(), Some(Expect::Probe { .. })) => {
                 let Some(&Expect::Probe { at_sync }) = self.entries.front() else { unreachable!() };
                 self.on_probe_message(tag, at_sync)
             }
@@ -412,9 +419,14 @@ impl ResponseQueue {
     /// Probes queued in a batch the server now skips get no answer from it: answer them `None` at once,
     /// since the client direction waits for them before it forwards the batch's Sync.
     fn skip_batch_probes(&mut self) {
+        if self.probes == 0 {
+            return;
+        }
         let end = self.entries.iter().position(|e| !is_skippable(e)).unwrap_or(self.entries.len());
         if self.entries.iter().take(end).any(|e| matches!(e, Expect::Probe { .. })) {
+            let before = self.entries.len();
             self.entries.retain(|e| !matches!(e, Expect::Probe { at_sync: false }));
+            self.probes -= before - self.entries.len();
             self.finish_probe_skipped();
         }
     }
