@@ -408,7 +408,7 @@ impl SessionInterceptor for LiveSession {
                 self.portal_kinds.remove(portal);
             }
         }
-        if self.resolution_changing.contains(statement) {
+        if !self.resolution_changing.is_empty() && self.resolution_changing.contains(statement) {
             self.resolution_changing_portals.insert(portal.to_vec());
         } else if !self.resolution_changing_portals.is_empty() {
             self.resolution_changing_portals.remove(portal);
@@ -424,7 +424,7 @@ impl SessionInterceptor for LiveSession {
     fn on_execute(&mut self, portal: &[u8]) {
         let kind = self.portal_kinds.get(portal).cloned().unwrap_or(SessionStatement::Other);
         self.sent(std::slice::from_ref(&kind), false);
-        if self.resolution_changing_portals.contains(portal) {
+        if !self.resolution_changing_portals.is_empty() && self.resolution_changing_portals.contains(portal) {
             self.resolution.changed();
         }
     }
@@ -504,7 +504,15 @@ impl SessionInterceptor for LiveSession {
                 });
             }
         }
-        let generation = self.prepared.get(statement)?.generation;
+        let prepared = self.prepared.get(statement)?;
+        let judged_now = prepared.generation == current.generation;
+        // Named no migrated table under the rules in force: nothing to judge again (the common Bind).
+        if prepared.route.is_none() && (judged_now || !current.rewriter.mentions_migrated_table(&prepared.sql)) {
+            if !judged_now {
+                self.prepared.get_mut(statement)?.generation = current.generation;
+            }
+            return None;
+        }
         let route = self.current_route(&current);
         let prepared = self.prepared.get_mut(statement)?;
         let route = match resolve(route, &self.resolution, &current, &prepared.sql) {
@@ -522,18 +530,11 @@ impl SessionInterceptor for LiveSession {
                 });
             }
         };
-        if generation == current.generation {
-            match &prepared.route {
-                Some(r) if *r != route => {}
-                _ => return None,
-            }
-        } else {
-            // Rules reloaded since it was judged: judge it again, even if it named no migrated table then.
-            prepared.generation = current.generation;
-            if prepared.route.is_none() && !current.rewriter.mentions_migrated_table(&prepared.sql) {
-                return None;
-            }
+        if judged_now && prepared.route.as_ref() == Some(&route) {
+            return None;
         }
+        // Its route changed, or rules reloaded since it was judged: judge it again.
+        prepared.generation = current.generation;
         prepared.route = Some(route.clone());
         let plan = current.rewriter.rewrite(&prepared.sql, &route);
         prepared.read = is_read(&plan);
