@@ -103,6 +103,7 @@ async fn a_slot_over_its_wal_limit_is_dropped_verify_only_until_re_armed_and_an_
     // Paused by an operator while it streams: the slot goes, and the leader does not overwrite the state.
     f.direct.batch_execute("UPDATE dualwrite.cdc_watch SET state = 'fallback'").await.unwrap();
     eventually(WAIT, "a paused watch drops its slot", || async { !slot_exists(&f.direct).await }).await;
+    // That it stays paused for a while is the thing tested (the leader's loop runs every second).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(watch_state(&f.direct).await.map(|(state, _)| state).as_deref(), Some("fallback"));
     proxy.stop().await.unwrap();

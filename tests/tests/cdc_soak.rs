@@ -134,6 +134,7 @@ async fn no_false_bypass_across_dual_writes_backfill_flips_cutover_rollback_fail
     control(&a, "DUALWRITE ROUTE users_split_name READS TO v2 PERCENT 50").await;
     control(&a, "DUALWRITE ROUTE users_split_name READS TO DEFAULT").await;
     control(&a, "DUALWRITE PHASE users_split_name cutover FORCE").await;
+    // The soak's schedule: the writers keep writing for a while in each state (the time is the thing tested).
     tokio::time::sleep(Duration::from_secs(2)).await;
     control(&a, "DUALWRITE ROLLBACK users_split_name").await;
     // The leader goes; the standby takes over from the slot's confirmed position.
