@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use dualwrite_rules::{Plan, Rejection, Route};
+use dualwrite_rules::{Plan, Route};
 
 use super::resolution::{may_change_resolution, NameResolution};
 use super::verdict::{count_rejection, is_read, raise, refusal_param_types, rejection_error, relay_transform};
@@ -57,6 +57,15 @@ struct PreparedSql {
     generation: u64,
     /// Names a migrated table, neither a write nor refused: a candidate for shadow reads.
     read: bool,
+}
+
+impl PreparedSql {
+    /// Whether it may name a migrated table under the rules `current`: if judged under them, whether it
+    /// did; if judged under earlier rules, whether it did then or names one of these now.
+    fn may_name_migrated(&self, current: &LiveRules) -> bool {
+        self.route.is_some()
+            || (self.generation != current.generation && current.rewriter.mentions_migrated_table(&self.sql))
+    }
 }
 
 /// The route of the session, recomputed when the shared state, the rules or the session's version change.
@@ -209,7 +218,7 @@ impl LiveSession {
                 return Verdict::Probe(NameResolution::probe_sql(&current.rules));
             }
             Err(Unresolved) => {
-                let refusal = unresolved_refusal(&current, sql);
+                let refusal = current.rewriter.unresolved_name_refusal(sql);
                 count_rejection(&refusal);
                 return raise(&rejection_error(&refusal), false);
             }
@@ -445,13 +454,7 @@ impl SessionInterceptor for LiveSession {
             // A Bind may be sampled, and a sample runs under the session's search_path (see `on_bind`).
             return Some(NameResolution::probe_sql(&current.rules));
         }
-        // Like `reprepare`: a statement judged under these rules matters only if it named a migrated table;
-        // one judged under earlier rules, if it names one of these.
-        let names_migrated = match prepared.generation == current.generation {
-            true => prepared.route.is_some(),
-            false => prepared.route.is_some() || current.rewriter.mentions_migrated_table(&prepared.sql),
-        };
-        if !names_migrated {
+        if !prepared.may_name_migrated(&current) {
             return None;
         }
         let route = self.current_route(&current);
@@ -507,7 +510,7 @@ impl SessionInterceptor for LiveSession {
         let prepared = self.prepared.get(statement)?;
         let judged_now = prepared.generation == current.generation;
         // Named no migrated table under the rules in force: nothing to judge again (the common Bind).
-        if prepared.route.is_none() && (judged_now || !current.rewriter.mentions_migrated_table(&prepared.sql)) {
+        if !prepared.may_name_migrated(&current) {
             if !judged_now {
                 self.prepared.get_mut(statement)?.generation = current.generation;
             }
@@ -520,7 +523,7 @@ impl SessionInterceptor for LiveSession {
             Err(Unresolved) => {
                 // Which relation it names is not known here (no probe can run inside the client's batch):
                 // running it fails with the reason, and it is judged again at its next use.
-                let refusal = unresolved_refusal(&current, &prepared.sql);
+                let refusal = current.rewriter.unresolved_name_refusal(&prepared.sql);
                 count_rejection(&refusal);
                 prepared.route = Some(Route::default());
                 return Some(Reprepare {
@@ -568,9 +571,4 @@ fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, s
     } else {
         Err(Unresolved)
     }
-}
-
-/// The refusal of `sql` when which relation its unqualified migrated-table name means is not known.
-fn unresolved_refusal(current: &LiveRules, sql: &str) -> Rejection {
-    current.rewriter.unresolved_name_refusal(sql)
 }
