@@ -13,6 +13,7 @@ use metrics::{describe_gauge, gauge};
 use tokio_postgres::Client;
 
 use crate::pg_client::PgTarget;
+use crate::state::phase::Phase;
 
 use super::mapping::TableMapping;
 use super::{connect, JobResult};
@@ -21,6 +22,8 @@ use super::{connect, JobResult};
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationFigures {
     pub migration: String,
+    /// The phase in the state table (None before the migration's state row exists).
+    pub phase: Option<Phase>,
     pub rows_done: f64,
     pub rows_remaining: f64,
     pub progress_ratio: f64,
@@ -40,6 +43,7 @@ pub struct MigrationFigures {
 
 /// Registers the help text of the migration gauges with the installed recorder.
 pub fn describe() {
+    describe_gauge!("dualwrite_phase", "1 for the migration's current phase, 0 for the others");
     describe_gauge!("dualwrite_backfill_rows_done", "Rows the backfill has copied (or found already copied)");
     describe_gauge!("dualwrite_backfill_rows_remaining", "Rows the backfill still has to copy");
     describe_gauge!("dualwrite_backfill_progress_ratio", "Backfill progress, 0 to 1");
@@ -63,6 +67,12 @@ pub fn publish(figures: &[MigrationFigures]) {
     describe();
     for f in figures {
         let m = f.migration.clone();
+        if let Some(current) = f.phase {
+            for phase in Phase::ALL {
+                let value = if phase == current { 1.0 } else { 0.0 };
+                gauge!("dualwrite_phase", "migration" => m.clone(), "phase" => phase.as_str()).set(value);
+            }
+        }
         gauge!("dualwrite_backfill_rows_done", "migration" => m.clone()).set(f.rows_done);
         gauge!("dualwrite_backfill_rows_remaining", "migration" => m.clone()).set(f.rows_remaining);
         gauge!("dualwrite_backfill_progress_ratio", "migration" => m.clone()).set(f.progress_ratio);
@@ -122,6 +132,10 @@ impl MetricsRefresher {
         let now: f64 = client.query_one("SELECT extract(epoch FROM now())::float8", &[]).await?.get(0);
         let old = table_stats(client, &mapping.old.object_name().to_string()).await?;
         let shadow = table_stats(client, &mapping.shadow.object_name().to_string()).await?;
+        let phase = client
+            .query_opt("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&name])
+            .await?
+            .and_then(|row| row.get::<_, String>(0).parse::<Phase>().ok());
         let backfill = client
             .query_opt(
                 "SELECT state, rows_done, rows_total, extract(epoch FROM updated_at)::float8 \
@@ -188,6 +202,7 @@ impl MetricsRefresher {
         };
         Ok(MigrationFigures {
             migration: name.to_string(),
+            phase,
             rows_done: rows_done as f64,
             rows_remaining,
             progress_ratio,
