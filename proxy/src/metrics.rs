@@ -32,14 +32,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
 /// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
-/// Route label values of `dualwrite_queries_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Passthrough,
-    Rewritten,
-    Rejected,
-    Control,
-}
+pub use crate::protocol::requests::Route;
 
 static INSTALLED: OnceLock<Result<SocketAddr, String>> = OnceLock::new();
 

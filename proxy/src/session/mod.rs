@@ -7,7 +7,6 @@
 mod backend;
 mod frontend;
 pub mod interceptor;
-mod local;
 mod refusal;
 pub mod stream;
 
@@ -35,8 +34,7 @@ use crate::upstream;
 
 /// Read buffer growth step; also the initial capacity (an idle session holds two of these).
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
-/// Frames larger than this that pass unchanged are streamed instead of buffered whole.
-pub(crate) const STREAM_THRESHOLD: usize = 64 * 1024;
+pub(crate) use crate::protocol::requests::STREAM_THRESHOLD;
 
 /// State both directions of a session see.
 pub(crate) struct SessionShared {

@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::interceptor::{LocalReply, LocalResult};
+use super::verdict::{LocalReply, LocalResult};
 use crate::protocol::messages::{self, SqlError};
 
 fn put_result(out: &mut BytesMut, result: &LocalResult, with_description: bool) {

@@ -1,0 +1,264 @@
+//! The response queue, message by message, against what Postgres sends.
+
+use super::*;
+use crate::protocol::messages;
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn rewritten_update() -> Arc<StatementTransform> {
+    Arc::new(StatementTransform { command_tag: Some(CommandTag::Update), suppress_rows: true, describe_no_data: true })
+}
+
+fn feed(q: &mut ResponseQueue, tags: &[u8]) -> Vec<Action> {
+    tags.iter().map(|&t| q.on_message(t)).collect()
+}
+
+fn is_ready(a: &Action) -> bool {
+    matches!(a, Action::Ready { .. })
+}
+
+#[test]
+fn command_tags_keep_the_row_count() {
+    assert_eq!(CommandTag::Update.rewrite("SELECT 3"), "UPDATE 3");
+    assert_eq!(CommandTag::Insert.rewrite("SELECT 3"), "INSERT 0 3");
+    assert_eq!(CommandTag::Delete.rewrite("SELECT 0"), "DELETE 0");
+    assert_eq!(CommandTag::Select.rewrite("INSERT 0 7"), "SELECT 7");
+    assert_eq!(CommandTag::Fixed("TRUNCATE TABLE".into()).rewrite("SELECT 1"), "TRUNCATE TABLE");
+    let frame = messages::command_complete("SELECT 3");
+    let out = rewrite_command_complete(&frame, &CommandTag::Insert).unwrap();
+    assert_eq!(messages::decode_command_tag(&out).as_deref(), Some("INSERT 0 3"));
+}
+
+#[test]
+fn passthrough_simple_query_with_several_statements() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    let actions = feed(&mut q, b"TDDCCITDC");
+    assert!(actions.iter().all(|a| *a == Action::Forward));
+    assert!(q.is_busy());
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(!q.is_busy());
+}
+
+#[test]
+fn simple_query_transform_applies_to_its_statement_only() {
+    let mut q = ResponseQueue::new();
+    let transforms: Arc<[StatementTransform]> =
+        Arc::from(vec![StatementTransform::default(), (*rewritten_update()).clone()]);
+    q.push(Expect::SimpleQuery { transforms: Some(transforms), started: now() });
+    // statement 0: SELECT with rows, untouched; statement 1: rewritten UPDATE, rows dropped, tag rewritten
+    assert_eq!(feed(&mut q, b"TDC"), vec![Action::Forward; 3]);
+    assert_eq!(
+        feed(&mut q, b"TDDC"),
+        vec![Action::Drop, Action::Drop, Action::Drop, Action::RewriteTag(CommandTag::Update)]
+    );
+    // a notice in between changes nothing
+    assert_eq!(q.on_message(b'N'), Action::Forward);
+    assert!(is_ready(&q.on_message(b'Z')));
+}
+
+#[test]
+fn extended_batch_with_named_and_unnamed_statements() {
+    let mut q = ResponseQueue::new();
+    let t = rewritten_update();
+    // Parse s1 (rewritten); Bind p1; Describe S s1; Describe P p1; Execute p1; Close S s1;
+    // Parse unnamed (passthrough); Bind; Execute; Sync
+    q.push(Expect::Parse);
+    q.push(Expect::Bind);
+    q.push(Expect::Describe { statement: true, transform: Some(t.clone()) });
+    q.push(Expect::Describe { statement: false, transform: Some(t.clone()) });
+    q.push(Expect::Execute { transform: Some(t.clone()) });
+    q.push(Expect::Close);
+    q.push(Expect::Parse);
+    q.push(Expect::Bind);
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Sync { started: now() });
+    let actions = feed(&mut q, b"12tTTDDC312DDC");
+    assert_eq!(
+        actions,
+        vec![
+            Action::Forward,       // 1
+            Action::Forward,       // 2
+            Action::Forward,       // t
+            Action::NoDataInstead, // T at Describe S
+            Action::NoDataInstead, // T at Describe P
+            Action::Drop,          // D
+            Action::Drop,          // D
+            Action::RewriteTag(CommandTag::Update),
+            Action::Forward, // 3
+            Action::Forward, // 1
+            Action::Forward, // 2
+            Action::Forward, // D
+            Action::Forward, // D
+            Action::Forward, // C
+        ]
+    );
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn describe_with_nodata_and_portal_suspended() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::Describe { statement: true, transform: None });
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Sync { started: now() });
+    assert_eq!(feed(&mut q, b"tn"), vec![Action::Forward; 2]);
+    assert_eq!(feed(&mut q, b"DDs"), vec![Action::Forward; 3]);
+    assert_eq!(q.len(), 2);
+    assert_eq!(feed(&mut q, b"DC"), vec![Action::Forward; 2]);
+    assert!(is_ready(&q.on_message(b'Z')));
+}
+
+#[test]
+fn error_in_extended_batch_skips_to_sync_including_local_answers() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::Parse);
+    q.push(Expect::Bind);
+    q.push(Expect::Local(LocalAnswer { bytes: messages::parse_complete(), ready_for_query: false, extended: true }));
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Sync { started: now() });
+    q.push(Expect::Local(LocalAnswer {
+        bytes: messages::command_complete("SET"),
+        ready_for_query: true,
+        extended: false,
+    }));
+    assert_eq!(q.on_message(b'E'), Action::Forward);
+    // the server answers nothing until Sync, so the local ParseComplete is never sent
+    assert!(q.take_local().is_none());
+    assert!(is_ready(&q.on_message(b'Z')));
+    // the simple-query answer after the Sync is due now
+    let local = q.take_local().unwrap();
+    assert!(local.ready_for_query);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn local_answers_wait_for_earlier_responses() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    q.push(Expect::Local(LocalAnswer { bytes: Bytes::from_static(b"x"), ready_for_query: true, extended: false }));
+    assert!(q.take_local().is_none());
+    assert_eq!(feed(&mut q, b"TDC"), vec![Action::Forward; 3]);
+    assert!(q.take_local().is_none());
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert_eq!(&q.take_local().unwrap().bytes[..], b"x");
+}
+
+#[test]
+fn error_in_simple_query_waits_for_ready() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    assert_eq!(feed(&mut q, b"E"), vec![Action::Forward]);
+    assert_eq!(q.len(), 2);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn copy_traffic_and_function_calls_are_relayed() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    q.push(Expect::FunctionCall { started: now() });
+    assert_eq!(feed(&mut q, b"HddcC"), vec![Action::Forward; 5]);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert_eq!(q.on_message(b'V'), Action::Forward);
+    assert!(is_ready(&q.on_message(b'Z')));
+    // a ReadyForQuery nobody asked for (e.g. after a lost request) leaves the queue empty, not broken
+    assert_eq!(q.on_message(b'Z'), Action::Ready { started: None });
+}
+
+#[test]
+fn a_probe_at_a_sync_point_is_answered_to_the_proxy_and_hidden_from_the_client_and_the_session_events() {
+    let mut q = ResponseQueue::new();
+    q.record_events();
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    q.push(Expect::Probe { at_sync: true });
+    q.push(Expect::Parse);
+    assert!(is_ready(&q.on_message(b'Z')));
+    q.ready_status(b'I');
+    let mut events = Vec::new();
+    q.take_events(&mut events);
+    assert_eq!(events, vec![SessionEvent::Ready(b'I')]);
+    assert_eq!(feed(&mut q, b"312D"), vec![Action::Drop, Action::Drop, Action::Drop, Action::ProbeRow]);
+    q.probe_row(Some(vec![Some("t".into()), None]));
+    assert_eq!(q.on_message(b'N'), Action::Forward, "a notice during the probe still reaches the client");
+    assert_eq!(feed(&mut q, b"C33"), vec![Action::Drop; 3]);
+    assert!(!q.has_probe_answer(), "the probe's own ReadyForQuery is still due");
+    assert_eq!(q.on_message(b'Z'), Action::Drop);
+    assert!(!q.has_events(), "the probe's answers are no session events");
+    assert_eq!(q.take_probe_answer(), Some(Some(vec![Some("t".into()), None])));
+    assert_eq!(q.take_probe_answer(), None);
+    assert_eq!(q.on_message(b'1'), Action::Forward, "the client's Parse is next");
+}
+
+#[test]
+fn a_failed_probe_at_a_sync_point_answers_none_and_leaves_the_queue_in_order() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::Probe { at_sync: true });
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    assert_eq!(feed(&mut q, b"3EZ"), vec![Action::Drop; 3]);
+    assert_eq!(q.take_probe_answer(), Some(None));
+    assert_eq!(feed(&mut q, b"E"), vec![Action::Forward]);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_probe_inside_the_clients_batch_ends_at_its_last_close_and_the_batch_goes_on() {
+    let mut q = ResponseQueue::new();
+    q.record_events();
+    q.push(Expect::Parse);
+    q.push(Expect::Bind);
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Probe { at_sync: false });
+    q.push(Expect::Parse);
+    q.push(Expect::Sync { started: now() });
+    assert_eq!(feed(&mut q, b"12C"), vec![Action::Forward; 3]);
+    assert_eq!(feed(&mut q, b"312DC33"), {
+        let mut v = vec![Action::Drop; 7];
+        v[3] = Action::ProbeRow;
+        v
+    });
+    assert!(q.has_probe_answer());
+    assert_eq!(q.take_probe_answer(), Some(None), "no row was handed over");
+    assert_eq!(feed(&mut q, b"1"), vec![Action::Forward]);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_probe_inside_a_batch_that_failed_before_it_answers_none_at_once() {
+    let mut q = ResponseQueue::new();
+    q.push(Expect::Parse);
+    q.push(Expect::Probe { at_sync: false });
+    assert_eq!(q.on_message(b'E'), Action::Forward, "the client's own error");
+    assert_eq!(q.take_probe_answer(), Some(None), "the server skips the probe: answered without it");
+    // A probe sent after the error is known is answered at once too.
+    q.push(Expect::Probe { at_sync: false });
+    assert_eq!(q.take_probe_answer(), Some(None));
+    q.push(Expect::Sync { started: now() });
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_probe_failing_inside_the_clients_batch_is_the_batchs_error() {
+    let mut q = ResponseQueue::new();
+    q.record_events();
+    q.push(Expect::Probe { at_sync: false });
+    q.push(Expect::Bind);
+    q.push(Expect::Execute { transform: None });
+    q.push(Expect::Sync { started: now() });
+    assert_eq!(feed(&mut q, b"3E"), vec![Action::Drop, Action::Forward]);
+    assert_eq!(q.take_probe_answer(), Some(None));
+    let mut events = Vec::new();
+    q.take_events(&mut events);
+    assert_eq!(events, vec![SessionEvent::Failed], "the client sees its batch fail");
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert!(q.is_empty());
+}

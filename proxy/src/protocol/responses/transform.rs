@@ -1,0 +1,62 @@
+//! The transforms that make a rewritten statement's responses look like the client's original statement's:
+//! the command tag it would have completed with, its rows suppressed, NoData at Describe.
+
+use bytes::Bytes;
+
+use crate::protocol::messages;
+
+/// The command tag the client must see for a statement whose upstream tag differs (a rewritten
+/// `UPDATE` runs upstream as `WITH ... SELECT` and completes as `SELECT n`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandTag {
+    /// `INSERT 0 n`
+    Insert,
+    /// `UPDATE n`
+    Update,
+    /// `DELETE n`
+    Delete,
+    /// `MERGE n`
+    Merge,
+    /// `SELECT n`
+    Select,
+    /// A fixed tag without a row count (`TRUNCATE TABLE`, `SET`).
+    Fixed(String),
+}
+
+impl CommandTag {
+    /// The client's tag, keeping the row count of the upstream tag (its last word).
+    pub fn rewrite(&self, upstream_tag: &str) -> String {
+        let rows = upstream_tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        match self {
+            CommandTag::Insert => format!("INSERT 0 {rows}"),
+            CommandTag::Update => format!("UPDATE {rows}"),
+            CommandTag::Delete => format!("DELETE {rows}"),
+            CommandTag::Merge => format!("MERGE {rows}"),
+            CommandTag::Select => format!("SELECT {rows}"),
+            CommandTag::Fixed(tag) => tag.clone(),
+        }
+    }
+}
+
+/// How the responses of one rewritten statement are changed on their way to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatementTransform {
+    /// Replace the command tag (row count kept).
+    pub command_tag: Option<CommandTag>,
+    /// The client's statement returns no rows: drop RowDescription and DataRows.
+    pub suppress_rows: bool,
+    /// Answer NoData where upstream answers a Describe with a RowDescription (implied by `suppress_rows`).
+    pub describe_no_data: bool,
+}
+
+impl StatementTransform {
+    pub(super) fn no_data_at_describe(&self) -> bool {
+        self.describe_no_data || self.suppress_rows
+    }
+}
+
+/// Rewrites a whole CommandComplete frame to the client's tag. Returns `None` if the frame does not decode.
+pub fn rewrite_command_complete(frame: &[u8], tag: &CommandTag) -> Option<Bytes> {
+    let upstream = messages::decode_command_tag(frame)?;
+    Some(messages::command_complete(&tag.rewrite(&upstream)))
+}
