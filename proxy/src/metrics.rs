@@ -24,6 +24,8 @@ pub const CLIENT_CONNECTIONS: &str = "dualwrite_client_connections";
 pub const UPSTREAM_CONNECTIONS: &str = "dualwrite_upstream_connections";
 pub const QUERIES_TOTAL: &str = "dualwrite_queries_total";
 pub const QUERY_DURATION_SECONDS: &str = "dualwrite_query_duration_seconds";
+/// Per migration: latency of the requests that dual-wrote it (up to ReadyForQuery).
+pub const DUAL_WRITE_DURATION_SECONDS: &str = "dualwrite_dual_write_duration_seconds";
 pub const BYTES_TOTAL: &str = "dualwrite_bytes_total";
 pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
 /// Connections closed before their session started, by `reason` (`too_many_clients`, `startup_timeout`).
@@ -33,6 +35,11 @@ pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
 pub use crate::protocol::requests::Route;
+
+/// Bucket bounds (seconds) of the latency histograms: exported as histograms (`_bucket` series), not
+/// summaries, so dashboards can aggregate them across instances.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 static INSTALLED: OnceLock<Result<SocketAddr, String>> = OnceLock::new();
 
@@ -47,13 +54,9 @@ pub fn install_exporter(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result
         let listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(QUERY_DURATION_SECONDS.to_owned()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ],
-            )
+            .set_buckets_for_metric(Matcher::Full(QUERY_DURATION_SECONDS.to_owned()), LATENCY_BUCKETS)
+            .map_err(|e| e.to_string())?
+            .set_buckets_for_metric(Matcher::Full(DUAL_WRITE_DURATION_SECONDS.to_owned()), LATENCY_BUCKETS)
             .map_err(|e| e.to_string())?
             .install_recorder()
             .map_err(|e| e.to_string())?;

@@ -30,6 +30,7 @@ use crate::control::jobs_bridge::JobsBridge;
 use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
 use crate::pg_client::PgTarget;
+use crate::protocol::responses::LatencySink;
 use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::shadow::{ShadowReads, ShadowReadsConfig};
 use crate::state::{Actor, StateHandle, StateOptions};
@@ -77,6 +78,8 @@ pub struct LiveRules {
     shadow_config: ShadowReadsConfig,
     /// Plan-cache counts of the rewriters this one replaced, so the exported counters never go back.
     cache_base: CacheStats,
+    /// Per migration (by index): where dual-writing requests' latency goes.
+    dual_write: Arc<[LatencySink]>,
 }
 
 impl Drop for Live {
@@ -223,7 +226,8 @@ impl LiveRules {
         let mut control = control_context(state, config, &rules, runner);
         control.shadow = shadow.as_ref().map(|s| Arc::clone(s.counts()));
         let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
-        LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base }
+        let dual_write = verdict::dual_write_sinks(&rules);
+        LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base, dual_write }
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {

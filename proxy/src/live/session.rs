@@ -31,7 +31,9 @@ use std::sync::Arc;
 use dualwrite_rules::{Plan, Route};
 
 use super::resolution::{may_change_resolution, NameResolution};
-use super::verdict::{count_rejection, is_read, raise, refusal_param_types, rejection_error, relay_transform};
+use super::verdict::{
+    count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
+};
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::protocol::messages::bind_params;
@@ -240,11 +242,14 @@ impl LiveSession {
         }
         match &*plan {
             Plan::PassThrough => Verdict::Forward,
-            Plan::Rewritten { sql, statements, .. } => Verdict::Rewrite(Rewrite {
-                sql: sql.clone(),
-                statements: statements.iter().map(relay_transform).collect(),
-                control: false,
-            }),
+            Plan::Rewritten { sql, statements, migrations, writes } => {
+                let sink = plan_sink(&current.dual_write, *writes, migrations);
+                Verdict::Rewrite(Rewrite {
+                    sql: sql.clone(),
+                    statements: statements.iter().map(|t| relay_transform(t, sink.as_ref())).collect(),
+                    control: false,
+                })
+            }
             Plan::Rejected(rejection) => {
                 count_rejection(rejection);
                 raise(&rejection_error(rejection), false)
@@ -543,8 +548,9 @@ impl SessionInterceptor for LiveSession {
         prepared.read = is_read(&plan);
         let (sql, transform) = match &*plan {
             Plan::PassThrough => (prepared.sql.clone(), StatementTransform::default()),
-            Plan::Rewritten { sql, statements, .. } => {
-                (sql.clone(), statements.first().map(relay_transform).unwrap_or_default())
+            Plan::Rewritten { sql, statements, migrations, writes } => {
+                let sink = plan_sink(&current.dual_write, *writes, migrations);
+                (sql.clone(), statements.first().map(|t| relay_transform(t, sink.as_ref())).unwrap_or_default())
             }
             Plan::Rejected(rejection) => {
                 // The statement cannot run under the new route: prepare the refusal in its place, so that

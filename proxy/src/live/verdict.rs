@@ -2,9 +2,12 @@
 //! refusal raised by the server (counted, with its hint), and the parameter types that let a refusal be
 //! prepared in a statement's place.
 
-use dualwrite_rules::{Plan, Rejection, RowsDisposition, TagRewrite};
+use std::sync::Arc;
+
+use dualwrite_rules::{Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
 
 use crate::control::SqlError as ControlError;
+use crate::protocol::responses::LatencySink;
 use crate::session::interceptor::{CommandTag, Raise, StatementTransform, Verdict};
 
 /// Neither a write nor refused: a candidate for shadow reads.
@@ -35,8 +38,11 @@ pub(super) fn refusal_param_types(sql: &str, declared: &[u32]) -> Vec<u32> {
     (0..used.max(declared.len())).map(|i| declared.get(i).copied().filter(|&t| t != 0).unwrap_or(BYTEA)).collect()
 }
 
-/// The relay's transform for the rewriter's.
-pub(super) fn relay_transform(t: &dualwrite_rules::StatementTransform) -> StatementTransform {
+/// The relay's transform for the rewriter's; `dual_write`: where the latency of a dual-writing request goes.
+pub(super) fn relay_transform(
+    t: &dualwrite_rules::StatementTransform,
+    dual_write: Option<&LatencySink>,
+) -> StatementTransform {
     let suppress = t.rows == RowsDisposition::Suppress;
     StatementTransform {
         command_tag: t.command_tag.map(|tag| match tag {
@@ -46,6 +52,33 @@ pub(super) fn relay_transform(t: &dualwrite_rules::StatementTransform) -> Statem
         }),
         suppress_rows: suppress,
         describe_no_data: suppress,
+        dual_write: dual_write.cloned(),
+    }
+}
+
+/// Per migration (by index), where the latency of requests that dual-write it is recorded
+/// (`dualwrite_dual_write_duration_seconds{migration}`).
+pub(super) fn dual_write_sinks(rules: &RuleSet) -> Arc<[LatencySink]> {
+    rules
+        .migrations
+        .iter()
+        .map(|m| {
+            let histogram =
+                metrics::histogram!(crate::metrics::DUAL_WRITE_DURATION_SECONDS, "migration" => m.name.clone());
+            LatencySink::new(move |latency| histogram.record(latency.as_secs_f64()))
+        })
+        .collect()
+}
+
+/// The sink of a plan that dual-writes `migrations` (one sink, or one that records into each).
+pub(super) fn plan_sink(sinks: &Arc<[LatencySink]>, writes: bool, migrations: &[usize]) -> Option<LatencySink> {
+    match migrations {
+        _ if !writes => None,
+        [one] => sinks.get(*one).cloned(),
+        several => {
+            let all: Vec<LatencySink> = several.iter().filter_map(|i| sinks.get(*i).cloned()).collect();
+            Some(LatencySink::new(move |latency| all.iter().for_each(|sink| sink.record(latency))))
+        }
     }
 }
 

@@ -249,7 +249,7 @@ impl<'s> Backend<'s> {
     fn on_message(&mut self, queue: &mut ResponseQueue, frame: &[u8]) -> Step {
         match queue.on_message(frame[0]) {
             Action::Forward => Step::Forward,
-            Action::Ready { started } => {
+            Action::Ready { started, dual_write } => {
                 if let Some(&status) = frame.get(5) {
                     self.shared.tx_status.store(status, Ordering::Relaxed);
                     queue.ready_status(status);
@@ -257,6 +257,9 @@ impl<'s> Backend<'s> {
                 if let Some(started) = started {
                     let latency = started.elapsed();
                     self.metrics.duration.record(latency.as_secs_f64());
+                    if let Some(sink) = dual_write {
+                        sink.record(latency);
+                    }
                     crate::latency::RecentLatency::global().record(latency);
                 }
                 Step::Forward

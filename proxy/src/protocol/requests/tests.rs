@@ -197,7 +197,12 @@ fn machine() -> RequestMachine {
 }
 
 fn update_transform() -> StatementTransform {
-    StatementTransform { command_tag: Some(CommandTag::Update), suppress_rows: true, describe_no_data: true }
+    StatementTransform {
+        command_tag: Some(CommandTag::Update),
+        suppress_rows: true,
+        describe_no_data: true,
+        ..StatementTransform::default()
+    }
 }
 
 fn rewrite(sql: &str) -> Verdict {

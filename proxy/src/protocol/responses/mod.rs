@@ -18,7 +18,7 @@ mod transform;
 #[cfg(test)]
 mod tests;
 
-pub use self::transform::{rewrite_command_complete, CommandTag, StatementTransform};
+pub use self::transform::{rewrite_command_complete, CommandTag, LatencySink, StatementTransform};
 
 /// What one request forwarded upstream (or answered locally) still expects.
 #[derive(Debug, Clone)]
@@ -94,8 +94,9 @@ fn is_skippable(expect: &Expect) -> bool {
 pub enum Action {
     /// Relay it unchanged.
     Forward,
-    /// Relay it unchanged; it completed a request that started at `started` (ReadyForQuery).
-    Ready { started: Option<Instant> },
+    /// Relay it unchanged; it completed a request that started at `started` (ReadyForQuery), which
+    /// dual-wrote if `dual_write` is set (the sink of its last dual-writing statement).
+    Ready { started: Option<Instant>, dual_write: Option<LatencySink> },
     /// Do not relay it.
     Drop,
     /// Replace the CommandComplete by one with this tag (see [`rewrite_command_complete`]).
@@ -137,6 +138,8 @@ pub struct ResponseQueue {
     /// `Expect::Probe` entries in `entries`: every backend message checks for one at the head only when
     /// there is one at all (almost never).
     probes: usize,
+    /// The current request dual-wrote: where its latency also goes at ReadyForQuery.
+    dual_write: Option<LatencySink>,
     /// The head probe's first row so far, whether it failed, and the CloseCompletes it received.
     probe_row: Option<Vec<Option<String>>>,
     probe_failed: bool,
@@ -395,7 +398,7 @@ impl ResponseQueue {
             match entry {
                 Expect::SimpleQuery { started, .. } | Expect::Sync { started } | Expect::FunctionCall { started } => {
                     self.statement = 0;
-                    return Action::Ready { started: Some(started) };
+                    return Action::Ready { started: Some(started), dual_write: self.dual_write.take() };
                 }
                 Expect::Local(local) if local.ready_for_query => {
                     // Cannot happen while locals are taken before each message; keep it for the next turn.
@@ -407,7 +410,8 @@ impl ResponseQueue {
             }
         }
         self.statement = 0;
-        Action::Ready { started: None }
+        self.dual_write = None;
+        Action::Ready { started: None, dual_write: None }
     }
 
     fn on_result_message(&mut self, tag: u8) -> Action {
@@ -463,7 +467,11 @@ impl ResponseQueue {
         }
     }
 
-    fn tag_action(&self) -> Action {
+    /// The action for a CommandComplete of the head statement; notes a dual write for the request's latency.
+    fn tag_action(&mut self) -> Action {
+        if let Some(sink) = self.head_transform().and_then(|t| t.dual_write.clone()) {
+            self.dual_write = Some(sink);
+        }
         match self.head_transform().and_then(|t| t.command_tag.clone()) {
             Some(tag) => Action::RewriteTag(tag),
             None => Action::Forward,

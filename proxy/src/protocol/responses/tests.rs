@@ -8,7 +8,12 @@ fn now() -> Instant {
 }
 
 fn rewritten_update() -> Arc<StatementTransform> {
-    Arc::new(StatementTransform { command_tag: Some(CommandTag::Update), suppress_rows: true, describe_no_data: true })
+    Arc::new(StatementTransform {
+        command_tag: Some(CommandTag::Update),
+        suppress_rows: true,
+        describe_no_data: true,
+        ..StatementTransform::default()
+    })
 }
 
 fn feed(q: &mut ResponseQueue, tags: &[u8]) -> Vec<Action> {
@@ -169,7 +174,7 @@ fn copy_traffic_and_function_calls_are_relayed() {
     assert_eq!(q.on_message(b'V'), Action::Forward);
     assert!(is_ready(&q.on_message(b'Z')));
     // a ReadyForQuery nobody asked for (e.g. after a lost request) leaves the queue empty, not broken
-    assert_eq!(q.on_message(b'Z'), Action::Ready { started: None });
+    assert_eq!(q.on_message(b'Z'), Action::Ready { started: None, dual_write: None });
 }
 
 #[test]
@@ -261,4 +266,21 @@ fn a_probe_failing_inside_the_clients_batch_is_the_batchs_error() {
     assert_eq!(events, vec![SessionEvent::Failed], "the client sees its batch fail");
     assert!(is_ready(&q.on_message(b'Z')));
     assert!(q.is_empty());
+}
+
+#[test]
+fn a_dual_writing_request_hands_its_sink_to_ready_and_the_next_request_does_not() {
+    let sink = LatencySink::new(|_| {});
+    let dual_write = Arc::new(StatementTransform { dual_write: Some(sink.clone()), ..(*rewritten_update()).clone() });
+    let mut q = ResponseQueue::new();
+    // Extended: the sink of the Execute's statement reaches the batch's ReadyForQuery.
+    q.push(Expect::Bind);
+    q.push(Expect::Execute { transform: Some(dual_write) });
+    q.push(Expect::Sync { started: now() });
+    feed(&mut q, b"2C");
+    assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: Some(s) } if s == sink));
+    // A plain request after it carries none.
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    feed(&mut q, b"TDC");
+    assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: None }));
 }

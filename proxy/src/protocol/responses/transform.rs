@@ -1,6 +1,9 @@
 //! The transforms that make a rewritten statement's responses look like the client's original statement's:
 //! the command tag it would have completed with, its rows suppressed, NoData at Describe.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use crate::protocol::messages;
@@ -47,6 +50,39 @@ pub struct StatementTransform {
     pub suppress_rows: bool,
     /// Answer NoData where upstream answers a Describe with a RowDescription (implied by `suppress_rows`).
     pub describe_no_data: bool,
+    /// The statement dual-writes: the latency of the request it completes in (up to ReadyForQuery) is
+    /// also recorded here.
+    pub dual_write: Option<LatencySink>,
+}
+
+/// Somewhere a request's latency is recorded besides the session's own figures (a per-migration
+/// histogram); opaque here, so the response machinery stays free of the metrics facade. Two sinks are
+/// equal when they are the same sink.
+#[derive(Clone)]
+pub struct LatencySink(Arc<dyn Fn(Duration) + Send + Sync>);
+
+impl LatencySink {
+    pub fn new(record: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        LatencySink(Arc::new(record))
+    }
+
+    pub fn record(&self, latency: Duration) {
+        (self.0)(latency)
+    }
+}
+
+impl PartialEq for LatencySink {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LatencySink {}
+
+impl std::fmt::Debug for LatencySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatencySink")
+    }
 }
 
 impl StatementTransform {
