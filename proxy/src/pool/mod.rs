@@ -69,8 +69,7 @@ impl<C: Send + 'static> Pools<C> {
 
     /// Every pool's figures, in (database, user) order.
     pub fn stats(&self) -> Vec<PoolStats> {
-        let pools: Vec<Arc<Pool<C>>> =
-            self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let pools: Vec<Arc<Pool<C>>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let mut stats: Vec<PoolStats> = pools.iter().map(|p| p.stats()).collect();
         stats.sort_by(|a, b| a.key.cmp(&b.key));
         stats

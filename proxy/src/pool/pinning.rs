@@ -12,8 +12,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Set,
-    Statement, Value,
+    visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Set, Statement,
+    Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
