@@ -3,12 +3,14 @@
 //! the clients waiting for one. A connection a client authenticated on joins its pool (or is closed when
 //! the pool is full): authentication is always the client's own exchange with the server, relayed, never a
 //! stored password. Clients pinned to their connection ([`pinning`]) keep their lease to the end of their
-//! session and are counted.
+//! session and are counted. Named prepared statements follow their clients across connections
+//! ([`statements`]).
 //!
 //! Generic over the connection type so that its rules are tested without sockets; the session layer lends
 //! its server connections through it.
 
 pub mod pinning;
+pub mod statements;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
