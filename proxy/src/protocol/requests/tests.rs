@@ -553,3 +553,29 @@ fn function_calls_and_copy_traffic_pass_with_what_they_expect() {
     assert_eq!(t.sent, cat(&input));
     assert_eq!(t.expects, ["FunctionCall"]);
 }
+
+#[test]
+fn a_row_limit_is_kept_for_a_rewritten_statement_that_returns_rows() {
+    let mut script = Script::default();
+    script.verdicts.push_back(Verdict::Rewrite(Rewrite {
+        sql: "SELECT a FROM t_new".into(),
+        statements: vec![StatementTransform { command_tag: Some(CommandTag::Select), ..Default::default() }],
+        control: false,
+    }));
+    let (mut m, mut host) = (machine(), FakeHost::judged(script));
+    let input = [messages::bind("p", "s"), execute_limited("p", 10), sync()];
+    run(&mut m, &mut host, &[parse("s", "SELECT a FROM t")]);
+    let t = run(&mut m, &mut host, &input);
+    assert_eq!(t.sent, cat(&input), "the client's Execute with its row limit goes as sent");
+    assert_eq!(t.expects, ["Bind", "Execute+t", "Sync"]);
+}
+
+#[test]
+fn terminate_ends_the_session_even_while_a_batch_is_discarded() {
+    let mut script = Script::default();
+    script.verdicts.push_back(Verdict::Respond(LocalReply::error(SqlError::new("42601", "no"))));
+    let (mut m, mut host) = (machine(), FakeHost::judged(script));
+    let t = run(&mut m, &mut host, &[parse("", "DUALWRITE BAD"), messages::execute(""), frame(b'X', b"")]);
+    assert!(matches!(t.outcome, Outcome::Terminate));
+    assert_eq!(t.sent, frame(b'X', b"").to_vec(), "only the Terminate goes upstream");
+}

@@ -1,0 +1,292 @@
+//! Named prepared statements under transaction pooling, as pgbouncer 1.21+ keeps them: a client's
+//! statements are the client's (tracked here by the name the client gave them), while each server
+//! connection holds statements under names the proxy owns (`dualwrite_s<n>`, one per distinct SQL text and
+//! parameter types, shared by every client), prepared on a connection the first time one of its clients
+//! uses them there. A client's Parse of a statement the connection already holds is answered locally;
+//! its Bind or Describe of a statement the connection lacks is preceded by the Parse that prepares it; its
+//! Close forgets the name on the client's side only, as the server's statement may serve others. A
+//! connection keeps at most `capacity` statements, closing the least recently used one to make room.
+//! Unnamed statements live inside one batch and are not translated. Pure: frames in, frames out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::frame::BodyReader;
+use crate::protocol::messages::{self, tag, SqlError};
+
+/// The server-side names, one per distinct (SQL, parameter types): shared by every client of a server.
+#[derive(Debug, Default)]
+pub struct StatementNames {
+    ids: HashMap<(String, Vec<u32>), u64>,
+    next: u64,
+}
+
+impl StatementNames {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn server_statement(&mut self, sql: &str, param_types: Vec<u32>) -> ServerStatement {
+        let next = &mut self.next;
+        let id = *self.ids.entry((sql.to_owned(), param_types.clone())).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        let name = format!("dualwrite_s{id}");
+        let parse = messages::parse(Some(name.clone()), sql, param_types);
+        ServerStatement { name, parse }
+    }
+}
+
+/// A statement as the server connections hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatement {
+    pub name: String,
+    /// The Parse frame that prepares it under `name`.
+    pub parse: Bytes,
+}
+
+/// The statements one server connection holds, with their last use.
+#[derive(Debug)]
+pub struct ServerPrepared {
+    last_use: HashMap<String, u64>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl ServerPrepared {
+    pub fn new(capacity: usize) -> Self {
+        ServerPrepared { last_use: HashMap::new(), clock: 0, capacity: capacity.max(1) }
+    }
+
+    fn holds(&mut self, name: &str) -> bool {
+        self.clock += 1;
+        match self.last_use.get_mut(name) {
+            Some(used) => {
+                *used = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name` as prepared; the Close of the statement evicted to make room, if any.
+    fn add(&mut self, name: &str) -> Option<Bytes> {
+        let evicted = if self.last_use.len() >= self.capacity {
+            let oldest = self.last_use.iter().min_by_key(|(_, used)| **used).map(|(n, _)| n.clone());
+            oldest.inspect(|n| {
+                self.last_use.remove(n);
+            })
+        } else {
+            None
+        };
+        self.clock += 1;
+        self.last_use.insert(name.to_owned(), self.clock);
+        evicted.map(|n| messages::close_statement(&n))
+    }
+
+    /// The connection was reset (`DISCARD ALL`): it holds nothing any more.
+    pub fn clear(&mut self) {
+        self.last_use.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_use.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_use.is_empty()
+    }
+}
+
+/// What to do with a client's Parse of a named statement.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseAction {
+    /// The connection holds it already: answer ParseComplete locally.
+    AnswerLocally,
+    /// Send these frames (a Close of an evicted statement, then the Parse under the server's name); the
+    /// ParseComplete is the client's.
+    Send { evict: Option<Bytes>, parse: Bytes },
+    /// The client already has a statement of that name: Postgres's error, raised in its place.
+    Refuse(SqlError),
+}
+
+/// A use (Bind, Describe) of a client's statement on a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Use {
+    /// Frames to send first, their answers hidden from the client: a Close of an evicted statement and
+    /// the Parse preparing this one, when the connection lacks it.
+    pub prepare: Option<(Option<Bytes>, Bytes)>,
+    /// The client's frame with the server's statement name.
+    pub frame: Bytes,
+}
+
+/// The named statements of one client.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    statements: HashMap<Vec<u8>, Arc<ServerStatement>>,
+}
+
+impl ClientStatements {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A Parse of `name` (not empty) with `sql` on the connection `server`.
+    pub fn parse(
+        &mut self,
+        names: &mut StatementNames,
+        server: &mut ServerPrepared,
+        name: &[u8],
+        sql: &str,
+        param_types: Vec<u32>,
+    ) -> ParseAction {
+        if self.statements.contains_key(name) {
+            let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
+            return ParseAction::Refuse(SqlError::new("42P05", message));
+        }
+        let statement = Arc::new(names.server_statement(sql, param_types));
+        self.statements.insert(name.to_vec(), Arc::clone(&statement));
+        if server.holds(&statement.name) {
+            return ParseAction::AnswerLocally;
+        }
+        let evict = server.add(&statement.name);
+        ParseAction::Send { evict, parse: statement.parse.clone() }
+    }
+
+    /// A Bind or Describe (`frame`) of the client's statement `name` on `server`; `None` when the client has
+    /// no statement of that name (the frame goes as it is, and the server says so).
+    pub fn use_statement(&self, server: &mut ServerPrepared, name: &[u8], frame: &[u8]) -> Option<Use> {
+        let statement = self.statements.get(name)?;
+        let frame = rename_statement(frame, &statement.name)?;
+        let prepare = (!server.holds(&statement.name)).then(|| (server.add(&statement.name), statement.parse.clone()));
+        Some(Use { prepare, frame })
+    }
+
+    /// A Close of the client's statement `name`: true when it was the client's (answer CloseComplete
+    /// locally; the server keeps the statement for others).
+    pub fn close(&mut self, name: &[u8]) -> bool {
+        self.statements.remove(name).is_some()
+    }
+}
+
+/// The Bind or Describe `frame` naming `statement` instead of the client's name; `None` for any other
+/// frame or one that does not decode.
+fn rename_statement(frame: &[u8], statement: &str) -> Option<Bytes> {
+    let mut body = BodyReader::new(messages::body(frame));
+    let mut out = BytesMut::with_capacity(frame.len() + statement.len());
+    out.put_u8(frame[0]);
+    out.put_i32(0);
+    match frame[0] {
+        tag::BIND => {
+            let portal = body.cstr()?;
+            body.cstr()?;
+            out.put_slice(portal);
+            out.put_u8(0);
+        }
+        tag::DESCRIBE if body.u8()? == b'S' => {
+            body.cstr()?;
+            out.put_u8(b'S');
+        }
+        _ => return None,
+    }
+    out.put_slice(statement.as_bytes());
+    out.put_u8(0);
+    out.put_slice(body.remaining());
+    let len = i32::try_from(out.len() - 1).ok()?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn describe_statement(name: &str) -> Bytes {
+        let mut f = BytesMut::new();
+        f.put_u8(b'D');
+        f.put_i32(4 + 1 + name.len() as i32 + 1);
+        f.put_u8(b'S');
+        f.put_slice(name.as_bytes());
+        f.put_u8(0);
+        f.freeze()
+    }
+
+    fn sent(action: ParseAction) -> Bytes {
+        match action {
+            ParseAction::Send { evict: None, parse } => parse,
+            other => panic!("expected a Parse to send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clients_share_a_statement_on_a_connection_under_the_proxys_name() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(10);
+        let (mut alice, mut bob) = (ClientStatements::new(), ClientStatements::new());
+        let parse = sent(alice.parse(&mut names, &mut server, b"s0", "SELECT $1", vec![23]));
+        assert_eq!(parse, messages::parse(Some("dualwrite_s1".into()), "SELECT $1", vec![23]));
+        // Bob's driver names the same statement differently: the connection already holds it.
+        assert_eq!(bob.parse(&mut names, &mut server, b"q1", "SELECT $1", vec![23]), ParseAction::AnswerLocally);
+        // Other parameter types are another statement.
+        let other = sent(bob.parse(&mut names, &mut server, b"q2", "SELECT $1", vec![25]));
+        assert_eq!(other, messages::parse(Some("dualwrite_s2".into()), "SELECT $1", vec![25]));
+        let used = bob.use_statement(&mut server, b"q1", &messages::bind("p", "q1")).unwrap();
+        assert_eq!(used, Use { prepare: None, frame: messages::bind("p", "dualwrite_s1") });
+    }
+
+    #[test]
+    fn a_statement_is_prepared_on_another_connection_at_its_first_use_there() {
+        let mut names = StatementNames::new();
+        let (mut first, mut second) = (ServerPrepared::new(10), ServerPrepared::new(10));
+        let mut client = ClientStatements::new();
+        sent(client.parse(&mut names, &mut first, b"s", "SELECT 1", Vec::new()));
+        let used = client.use_statement(&mut second, b"s", &describe_statement("s")).unwrap();
+        let parse = messages::parse(Some("dualwrite_s1".into()), "SELECT 1", Vec::new());
+        assert_eq!(used, Use { prepare: Some((None, parse)), frame: describe_statement("dualwrite_s1") });
+        let again = client.use_statement(&mut second, b"s", &messages::bind("", "s")).unwrap();
+        assert_eq!(again.prepare, None, "prepared once per connection");
+        assert_eq!(again.frame, messages::bind("", "dualwrite_s1"));
+    }
+
+    #[test]
+    fn names_are_the_clients_own_a_duplicate_is_refused_and_a_close_frees_only_the_clients_name() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(10);
+        let mut client = ClientStatements::new();
+        sent(client.parse(&mut names, &mut server, b"s", "SELECT 1", Vec::new()));
+        let ParseAction::Refuse(err) = client.parse(&mut names, &mut server, b"s", "SELECT 2", Vec::new()) else {
+            panic!("a second Parse of the same name must fail as in Postgres")
+        };
+        assert_eq!((err.code.as_str(), err.message.as_str()), ("42P05", "prepared statement \"s\" already exists"));
+        assert!(client.use_statement(&mut server, b"unknown", &messages::bind("", "unknown")).is_none());
+        assert!(client.close(b"s"));
+        assert!(!client.close(b"s"), "closed once");
+        assert!(client.use_statement(&mut server, b"s", &messages::bind("", "s")).is_none());
+        assert_eq!(server.len(), 1, "the server's statement stays for other clients");
+        assert_eq!(client.parse(&mut names, &mut server, b"s", "SELECT 1", Vec::new()), ParseAction::AnswerLocally);
+    }
+
+    #[test]
+    fn a_full_connection_closes_its_least_recently_used_statement() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(2);
+        let mut client = ClientStatements::new();
+        sent(client.parse(&mut names, &mut server, b"a", "SELECT 'a'", Vec::new()));
+        sent(client.parse(&mut names, &mut server, b"b", "SELECT 'b'", Vec::new()));
+        client.use_statement(&mut server, b"a", &messages::bind("", "a")).unwrap();
+        let ParseAction::Send { evict, .. } = client.parse(&mut names, &mut server, b"c", "SELECT 'c'", Vec::new())
+        else {
+            panic!("expected a Parse")
+        };
+        assert_eq!(evict, Some(messages::close_statement("dualwrite_s2")), "b was used least recently");
+        let used = client.use_statement(&mut server, b"b", &messages::bind("", "b")).unwrap();
+        let (evict, parse) = used.prepare.unwrap();
+        assert_eq!(evict, Some(messages::close_statement("dualwrite_s1")));
+        assert_eq!(parse, messages::parse(Some("dualwrite_s2".into()), "SELECT 'b'", Vec::new()));
+        server.clear();
+        assert!(server.is_empty(), "a reset connection holds nothing");
+    }
+}
