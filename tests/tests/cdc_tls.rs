@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn walsenders(direct: &Client) -> Vec<(i32, bool)> {
     direct
         .query(
-            "SELECT r.pid, coalesce(s.ssl, false) FROM pg_replication_slots r \
+            "SELECT r.active_pid, coalesce(s.ssl, false) FROM pg_replication_slots r \
              LEFT JOIN pg_stat_ssl s ON s.pid = r.active_pid \
              WHERE r.database = current_database() AND r.slot_name LIKE 'dualwrite_cdc_%' AND r.active",
             &[],
