@@ -13,7 +13,7 @@ use crate::bulk::{self, BulkArm};
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::idle;
 use crate::jobs;
-use crate::pgbench::{self, Mode, RunSpec, Script, Workload};
+use crate::pgbench::{self, Mode, RunSpec, Script};
 use crate::pgbouncer::Pgbouncer;
 use crate::procfs::{self, Machine};
 use crate::proxy::{metric_sum, ProxyInstance};

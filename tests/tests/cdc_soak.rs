@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdc_support::{bypasses, column, difference, fixture_on, process_proxy, proxy, status, streaming_leader, until_watching};
+use cdc_support::{
+    bypasses, column, difference, fixture_on, process_proxy, proxy, status, streaming_leader, until_watching,
+};
 use dualwrite_tests::{connect, eventually, StopMode, TestCluster};
 
 const ROWS: i64 = 2000;

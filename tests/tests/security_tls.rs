@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use dualwrite_proxy::{Config, Server};
 use dualwrite_tests::*;
 use proxy_support::*;
-use tls_support::{ca, upstream_pki};
 use rcgen::{CertificateParams, KeyPair};
+use tls_support::{ca, upstream_pki};
 use tokio_postgres::error::SqlState;
 
 struct Pki {

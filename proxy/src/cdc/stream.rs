@@ -66,7 +66,8 @@ fn replication_config(target: &PgTarget, slot: &str) -> anyhow::Result<Replicati
     replication.status_interval = STATUS_INTERVAL;
     replication.idle_wakeup_interval = STATUS_INTERVAL;
     replication.application_name = Some("dualwrite cdc watch".to_string());
-    replication.options = Some(KEEPALIVES.iter().map(|(name, value)| format!("-c {name}={value}")).collect::<Vec<_>>().join(" "));
+    replication.options =
+        Some(KEEPALIVES.iter().map(|(name, value)| format!("-c {name}={value}")).collect::<Vec<_>>().join(" "));
     Ok(replication)
 }
 

@@ -45,7 +45,8 @@ pub fn spawn_watch(state: StateHandle, config: CdcConfig) -> Option<tokio::task:
     }
     status::describe();
     Some(tokio::spawn(async move {
-        let watch = Watch { target: state.pg_target().clone(), state, config, wal_level_reported: AtomicBool::new(false) };
+        let watch =
+            Watch { target: state.pg_target().clone(), state, config, wal_level_reported: AtomicBool::new(false) };
         loop {
             if let Err(error) = watch.session().await {
                 tracing::warn!(error = %format!("{error:#}"), "change-data-capture watch stopped; retrying");

@@ -105,7 +105,8 @@ pub async fn process_proxy(db: &TestDb, on_bypass: &str) -> WatchProcess {
     std::fs::write(rules_file.path(), rules(on_bypass)).expect("rules");
     let upstream = db.url();
     let rules_path = rules_file.path().to_str().expect("path").to_owned();
-    let args = ["--upstream", &upstream, "--rules", &rules_path, "--admin-role", db.cluster.superuser(), "--cdc", "true"];
+    let args =
+        ["--upstream", &upstream, "--rules", &rules_path, "--admin-role", db.cluster.superuser(), "--cdc", "true"];
     let process = ProxyProcess::serve(&args).await.expect("dualwrite process");
     WatchProcess { process, _rules: rules_file }
 }

@@ -63,4 +63,3 @@ pub async fn upstream_pki() -> &'static UpstreamPki {
     })
     .await
 }
-
