@@ -223,7 +223,7 @@ pub fn write_cte_script(dir: &Path, scale: u32) -> Result<PathBuf> {
 pub fn watch_walsender(admin: &Sql, rt: &Runtime) -> Result<Option<u32>> {
     let pid = admin.scalar_i64(
         rt,
-        "SELECT coalesce(max(active_pid), 0) FROM pg_replication_slots WHERE slot_name LIKE 'dualwrite_cdc_%' AND active",
+        "SELECT coalesce(max(active_pid), 0)::int8 FROM pg_replication_slots WHERE slot_name LIKE 'dualwrite_cdc_%' AND active",
     )?;
     Ok((pid > 0).then_some(pid as u32))
 }
