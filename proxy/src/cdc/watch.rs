@@ -230,36 +230,34 @@ impl Leader<'_> {
             let mut confirm = None;
             let event = tokio::select! {
                 biased;
-                event = stream.next() => Some(event),
+                event = stream.next() => Some(event?.context("the server ended the replication stream")?),
                 () = &mut tick => {
                     tick.as_mut().reset(tokio::time::Instant::now() + BATCH_WAIT);
                     None
                 }
             };
             match event {
-                Some(event) => match event?.context("the server ended the replication stream")? {
-                    Event::Message(message) => {
-                        if let Some(tx) = assembler.push(message)? {
-                            let committed_at = tx.commit_unix_seconds();
-                            lag_seconds = (unix_now() - committed_at).max(0.0);
-                            let pairing = pair(paired, &tx);
-                            for (key, rows) in pairing.shadow_rows {
-                                *shadow_rows.entry(key).or_default() += rows;
-                            }
-                            let (xid, commit_lsn) = (tx.xid, tx.commit_lsn);
-                            let seen = pairing.candidates.into_iter().map(|candidate| Seen {
-                                candidate,
-                                xid,
-                                commit_lsn,
-                                committed_at,
-                            });
-                            confirm = progress.committed(tx.end_lsn, seen.collect(), Instant::now());
+                Some(Event::Message(message)) => {
+                    if let Some(tx) = assembler.push(message)? {
+                        let committed_at = tx.commit_unix_seconds();
+                        lag_seconds = (unix_now() - committed_at).max(0.0);
+                        let pairing = pair(paired, &tx);
+                        for (key, rows) in pairing.shadow_rows {
+                            *shadow_rows.entry(key).or_default() += rows;
                         }
+                        let (xid, commit_lsn) = (tx.xid, tx.commit_lsn);
+                        let seen = pairing.candidates.into_iter().map(|candidate| Seen {
+                            candidate,
+                            xid,
+                            commit_lsn,
+                            committed_at,
+                        });
+                        confirm = progress.committed(tx.end_lsn, seen.collect(), Instant::now());
                     }
-                    Event::KeepAlive { wal_end } => {
-                        confirm = progress.keepalive(wal_end, assembler.in_transaction());
-                    }
-                },
+                }
+                Some(Event::KeepAlive { wal_end }) => {
+                    confirm = progress.keepalive(wal_end, assembler.in_transaction());
+                }
                 None => {}
             }
             if progress.settled() && !assembler.in_transaction() && confirm.is_none() {
