@@ -219,6 +219,15 @@ pub fn write_cte_script(dir: &Path, scale: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The process id of the walsender streaming the watch's slot (armed), for its CPU time.
+pub fn watch_walsender(admin: &Sql, rt: &Runtime) -> Result<Option<u32>> {
+    let pid = admin.scalar_i64(
+        rt,
+        "SELECT coalesce(max(active_pid), 0)::int8 FROM pg_replication_slots WHERE slot_name LIKE 'dualwrite_cdc_%' AND active",
+    )?;
+    Ok((pid > 0).then_some(pid as u32))
+}
+
 /// Arms (`on`: the slot streamed) or pauses (the slot dropped, no decoding at all) the change-data-capture
 /// watch of the watch arm's proxy, through its operator switch in `dualwrite.cdc_watch`, and waits until it
 /// took effect, so that only the watch arm's runs pay for it.

@@ -16,6 +16,7 @@ mod proxy;
 mod report;
 mod results;
 mod runner;
+mod watch_report;
 
 use std::path::PathBuf;
 
@@ -69,6 +70,13 @@ pub struct Args {
     /// sections), e.g. `--arms dw-dualwrite,dw-dualwrite-watch` for the watch's A/B.
     #[arg(long, value_delimiter = ',')]
     pub arms: Vec<String>,
+    /// Client counts of the pgbench matrix instead of the default (1,4,16 with 8,32 for issue 2's
+    /// select-only arms), e.g. `--clients 1,4`.
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<u32>,
+    /// Run only the TPC-B-like workload of the pgbench matrix (the dual-write and watch comparisons).
+    #[arg(long)]
+    pub tpcb_only: bool,
 }
 
 fn main() -> Result<()> {

@@ -9,7 +9,7 @@ use crate::bulk::BulkArm;
 use crate::pgbench::{Mode, Workload};
 use crate::results::{Results, Stat};
 
-const NA: &str = "n/a";
+pub(crate) const NA: &str = "n/a";
 
 pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> String {
     let mut out = String::new();
@@ -23,6 +23,7 @@ pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> S
     ratio_tables(&mut out, r);
     latency_tables(&mut out, r);
     cpu_table(&mut out, r);
+    crate::watch_report::section(&mut out, r);
     idle_section(&mut out, r);
     bulk_section(&mut out, r);
     crate::jobs::section(&mut out, r.jobs.as_ref());
@@ -38,10 +39,23 @@ fn header(out: &mut String, r: &Results) {
     let m = &r.machine;
     let p = &r.plan;
     let _ = writeln!(out, "# dualwrite benchmark report\n");
+    let kind = if p.quick {
+        "**quick (smoke)**".to_string()
+    } else if !p.arms.is_empty() || r.command.contains("--arms") {
+        format!(
+            "**partial** (selected arms{}, pgbench matrix only; {} repetition(s) of {} s after {} s of warm-up)",
+            if p.arms.is_empty() { String::new() } else { format!(": {}", p.arms.join(", ")) },
+            p.reps,
+            p.measure_s,
+            p.warmup_s
+        )
+    } else {
+        "full".to_string()
+    };
     let _ = writeln!(
         out,
         "Produced by a real {} run on this machine, {} (dualwrite commit {}), in {:.1} minutes.\n",
-        if p.quick { "**quick (smoke)**" } else { "full" },
+        kind,
         r.started_utc,
         r.git_commit,
         r.wall_seconds / 60.0
@@ -129,8 +143,11 @@ fn arms(out: &mut String, r: &Results) {
 }
 
 /// Every (workload, mode, clients) cell of the plan, in table order.
-fn cells(r: &Results, workload: Workload) -> Vec<(Mode, u32)> {
+pub(crate) fn cells(r: &Results, workload: Workload) -> Vec<(Mode, u32)> {
     let mut cells = Vec::new();
+    if !r.plan.workloads().contains(&workload) {
+        return cells;
+    }
     for &mode in &r.plan.modes {
         for clients in r.plan.clients_for(workload, mode) {
             cells.push((mode, clients));
@@ -360,7 +377,7 @@ fn arms_for(workload: Workload) -> Vec<Arm> {
     Arm::ALL.iter().copied().filter(|a| a.runs(workload)).collect()
 }
 
-fn table_head(out: &mut String, first: &str, columns: &[String]) {
+pub(crate) fn table_head(out: &mut String, first: &str, columns: &[String]) {
     let _ = writeln!(out, "| {first} | {} |", columns.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(columns.len()));
 }
@@ -386,7 +403,7 @@ fn tps_tables(out: &mut String, r: &Results) {
     }
 }
 
-fn ratio_str(v: Option<f64>) -> String {
+pub(crate) fn ratio_str(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_else(|| NA.into())
 }
 

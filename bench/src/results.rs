@@ -30,6 +30,12 @@ pub struct Plan {
     /// Scheduler time slice requested for every benchmark process (µs), when the kernel took it.
     #[serde(default)]
     pub slice_us: Option<u64>,
+    /// The arms selected with `--arms` (empty: every arm, the full run).
+    #[serde(default)]
+    pub arms: Vec<String>,
+    /// Only the TPC-B-like workload ran (`--tpcb-only`).
+    #[serde(default)]
+    pub tpcb_only: bool,
 }
 
 impl Plan {
@@ -48,6 +54,11 @@ impl Plan {
     /// Every client count any mode of the workload runs at (the plot's x axis).
     pub fn all_clients(&self, workload: Workload) -> Vec<u32> {
         self.clients_for(workload, Mode::Simple)
+    }
+
+    /// The workloads of the pgbench matrix.
+    pub fn workloads(&self) -> Vec<Workload> {
+        Workload::ALL.into_iter().filter(|&w| !self.tpcb_only || w == Workload::TpcB).collect()
     }
 
     pub fn arm_runs_at(&self, arm: Arm, workload: Workload, clients: u32) -> bool {
@@ -71,6 +82,10 @@ pub struct RunRecord {
     pub cache_hits: Option<f64>,
     #[serde(default)]
     pub cache_misses: Option<f64>,
+    /// CPU of the walsender streaming the change-data-capture watch's slot per transaction (the
+    /// watch arm only; Postgres's share of the watch's cost: decoding the WAL with pgoutput).
+    #[serde(default)]
+    pub walsender_cpu_us_per_transaction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +125,7 @@ pub struct Cell {
     pub p50_us: f64,
     pub p99_us: f64,
     pub hop_cpu_us: Option<f64>,
+    pub walsender_cpu_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,14 +182,17 @@ impl Results {
                 p50_us: f64::NAN,
                 p99_us: f64::NAN,
                 hop_cpu_us: None,
+                walsender_cpu_us: None,
             });
         };
         let cpu: Vec<f64> = runs.iter().filter_map(|r| r.hop_cpu_us_per_statement).collect();
+        let walsender: Vec<f64> = runs.iter().filter_map(|r| r.walsender_cpu_us_per_transaction).collect();
         Some(Cell {
             tps,
             p50_us: median(&outcomes.iter().map(|o| o.p50_us).collect::<Vec<_>>()).unwrap_or(f64::NAN),
             p99_us: median(&outcomes.iter().map(|o| o.p99_us).collect::<Vec<_>>()).unwrap_or(f64::NAN),
             hop_cpu_us: median(&cpu),
+            walsender_cpu_us: median(&walsender),
         })
     }
 

@@ -13,7 +13,7 @@ use crate::bulk::{self, BulkArm};
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::idle;
 use crate::jobs;
-use crate::pgbench::{self, Mode, RunSpec, Script, Workload};
+use crate::pgbench::{self, Mode, RunSpec, Script};
 use crate::pgbouncer::Pgbouncer;
 use crate::procfs::{self, Machine};
 use crate::proxy::{metric_sum, ProxyInstance};
@@ -29,13 +29,19 @@ fn plan(args: &Args) -> Plan {
         warmup_s: args.warmup.unwrap_or(1),
         measure_s: args.duration.unwrap_or(if quick { 2 } else { 1 }),
         modes: Mode::ALL.to_vec(),
-        clients: if quick { vec![1, 4] } else { vec![1, 4, 16] },
-        extra_select_clients: if quick { vec![] } else { vec![8, 32] },
+        clients: match (&args.clients[..], quick) {
+            ([], true) => vec![1, 4],
+            ([], false) => vec![1, 4, 16],
+            (chosen, _) => chosen.to_vec(),
+        },
+        extra_select_clients: if quick || !args.clients.is_empty() { vec![] } else { vec![8, 32] },
         bulk_reps: if quick { 1 } else { 2 },
         idle_counts: if quick { vec![10, 100] } else { vec![10, 1000] },
         shared_buffers: if quick { "256MB" } else { "1GB" }.into(),
         nice: 0,
         slice_us: None,
+        arms: args.arms.clone(),
+        tpcb_only: args.tpcb_only,
     }
 }
 
@@ -274,7 +280,7 @@ fn run_matrix(
     let mut available: Vec<Arm> =
         results.availability.iter().filter(|(_, reason)| reason.is_none()).map(|(arm, _)| *arm).collect();
     let mut per_rep = 0;
-    for workload in Workload::ALL {
+    for workload in plan.workloads() {
         for &mode in &plan.modes {
             for clients in plan.clients_for(workload, mode) {
                 per_rep += available.iter().filter(|&&a| plan.arm_runs_at(a, workload, clients)).count();
@@ -288,7 +294,7 @@ fn run_matrix(
     let mut trigger_on = false;
     let mut done = 0;
     for rep in 0..plan.reps {
-        for workload in Workload::ALL {
+        for workload in plan.workloads() {
             for &mode in &plan.modes {
                 for clients in plan.clients_for(workload, mode) {
                     let mut arms: Vec<Arm> =
@@ -325,13 +331,18 @@ fn run_matrix(
                             log_dir: &log_dir,
                         };
                         let watch = arm == Arm::DwDualWriteWatch;
-                        if watch {
+                        let walsender = if watch {
                             db::set_watch(admin, rt, true)?;
-                        }
+                            db::watch_walsender(admin, rt)?
+                        } else {
+                            None
+                        };
                         let cache_before = cache_counters(proxies, arm);
                         let ticks_before = hop_pid.and_then(procfs::cpu_ticks);
+                        let walsender_before = walsender.and_then(procfs::cpu_ticks);
                         let outcome = pgbench::run(&spec);
                         let ticks_after = hop_pid.and_then(procfs::cpu_ticks);
+                        let walsender_after = walsender.and_then(procfs::cpu_ticks);
                         let cache_after = cache_counters(proxies, arm);
                         if watch {
                             db::set_watch(admin, rt, false)?;
@@ -348,6 +359,7 @@ fn run_matrix(
                             hop_cpu_us_per_statement: None,
                             cache_hits: None,
                             cache_misses: None,
+                            walsender_cpu_us_per_transaction: None,
                         };
                         if let (Some((h0, m0)), Some((h1, m1))) = (cache_before, cache_after) {
                             record.cache_hits = Some(h1 - h0);
@@ -356,6 +368,14 @@ fn run_matrix(
                         match outcome {
                             Ok(outcome) => {
                                 let statements = outcome.transactions_total * workload.statements_per_transaction();
+                                if let (Some(before), Some(after)) = (walsender_before, walsender_after) {
+                                    if outcome.transactions_total > 0 {
+                                        record.walsender_cpu_us_per_transaction = Some(
+                                            (after - before) as f64 * procfs::micros_per_tick()
+                                                / outcome.transactions_total as f64,
+                                        );
+                                    }
+                                }
                                 if let (Some(before), Some(after)) = (ticks_before, ticks_after) {
                                     if statements > 0 {
                                         record.hop_cpu_us_per_statement = Some(

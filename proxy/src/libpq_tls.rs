@@ -79,6 +79,26 @@ impl SslMode {
 pub struct UpstreamTls {
     mode: SslMode,
     connector: Option<TlsConnector>,
+    files: TlsFiles,
+}
+
+/// The certificate files the URL's TLS settings resolved to (read at start, as `connector` was built
+/// from them), for a client that takes file names rather than a rustls config: the change-data-capture
+/// watch's replication connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The roots the certificate must chain to; `None` when the mode does not check the chain.
+    pub roots: Option<Roots>,
+    /// The client certificate and its key, if given.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roots {
+    /// A PEM file (`sslrootcert`, or libpq's default `~/.postgresql/root.crt`).
+    File(PathBuf),
+    /// `sslrootcert=system`: the platform's trusted roots.
+    System,
 }
 
 impl fmt::Debug for UpstreamTls {
@@ -97,6 +117,11 @@ impl UpstreamTls {
         self.connector.as_ref()
     }
 
+    /// The certificate files behind [`connector`](Self::connector).
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// The settings tokio-postgres parsed itself (`disable`, `prefer`, `require`): encryption without
     /// certificate checks, as libpq without a root certificate.
     fn encrypt_only(mode: tokio_postgres::config::SslMode) -> anyhow::Result<UpstreamTls> {
@@ -109,7 +134,7 @@ impl UpstreamTls {
             SslMode::Disable => None,
             _ => Some(tls::upstream_connector(&UpstreamTrust::EncryptOnly, None)?),
         };
-        Ok(UpstreamTls { mode, connector })
+        Ok(UpstreamTls { mode, connector, files: TlsFiles::default() })
     }
 }
 
@@ -156,26 +181,40 @@ impl TlsParams {
         let Some(mode) = self.mode else {
             return UpstreamTls::encrypt_only(parsed);
         };
-        let trust = match (mode, self.root_cert.as_deref()) {
-            (SslMode::Disable, _) => return Ok(UpstreamTls { mode, connector: None }),
-            (SslMode::VerifyFull, Some(SYSTEM_ROOTS)) => UpstreamTrust::ChainAndName(system_roots()?),
+        let mut files = TlsFiles::default();
+        let root_file = match (mode, self.root_cert) {
+            (SslMode::Disable, _) => return Ok(UpstreamTls { mode, connector: None, files }),
+            (SslMode::VerifyFull, Some(root)) if root == SYSTEM_ROOTS => None,
             // As libpq: the system's roots vouch for a name, so only a check of the name makes sense.
-            (mode, Some(SYSTEM_ROOTS)) => {
+            (mode, Some(root)) if root == SYSTEM_ROOTS => {
                 anyhow::bail!("upstream URL: sslrootcert=system needs sslmode=verify-full, not {}", mode.as_str())
             }
-            (SslMode::Prefer | SslMode::Require, None) => UpstreamTrust::EncryptOnly,
-            (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(path)) => UpstreamTrust::Chain(roots(path)?),
-            (SslMode::VerifyCa, None) => UpstreamTrust::Chain(roots(&default_root_cert(mode)?)?),
+            (SslMode::Prefer | SslMode::Require, None) => None,
+            (_, Some(path)) => Some(path),
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => Some(default_root_cert(mode)?),
+        };
+        let trust = match (mode, &root_file) {
+            (SslMode::VerifyFull, None) => UpstreamTrust::ChainAndName(system_roots()?),
+            (_, None) => UpstreamTrust::EncryptOnly,
             (SslMode::VerifyFull, Some(path)) => UpstreamTrust::ChainAndName(roots(path)?),
-            (SslMode::VerifyFull, None) => UpstreamTrust::ChainAndName(roots(&default_root_cert(mode)?)?),
+            (_, Some(path)) => UpstreamTrust::Chain(roots(path)?),
+        };
+        files.roots = match (mode, root_file) {
+            (_, Some(path)) => Some(Roots::File(PathBuf::from(path))),
+            (SslMode::VerifyFull, None) => Some(Roots::System),
+            _ => None,
         };
         let identity = match (self.cert, self.key) {
-            (Some(cert), Some(key)) => Some(tls::read_identity(Path::new(&cert), Path::new(&key))?),
+            (Some(cert), Some(key)) => {
+                let identity = tls::read_identity(Path::new(&cert), Path::new(&key))?;
+                files.identity = Some((PathBuf::from(cert), PathBuf::from(key)));
+                Some(identity)
+            }
             (None, None) => None,
             _ => anyhow::bail!("upstream URL: sslcert and sslkey go together (a client certificate and its key)"),
         };
         let connector = tls::upstream_connector(&trust, identity)?;
-        Ok(UpstreamTls { mode, connector: Some(connector) })
+        Ok(UpstreamTls { mode, connector: Some(connector), files })
     }
 }
 

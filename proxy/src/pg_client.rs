@@ -64,6 +64,11 @@ impl PgTarget {
         self.tls.mode()
     }
 
+    /// The certificate files of the URL's TLS settings (the watch's replication connection reads them).
+    pub fn tls_files(&self) -> &crate::libpq_tls::TlsFiles {
+        self.tls.files()
+    }
+
     /// A connection; the caller drives the returned `Connection`.
     pub async fn connect(&self) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
         self.config.connect(MakeRustls { connector: self.tls.connector().cloned() }).await

@@ -1,8 +1,8 @@
 //! No false bypass: while writers run dual writes of every form (v1 and v2 shapes, simple and extended
 //! protocol, upserts, multi-row and multi-statement transactions, deletes of rows the backfill has not
 //! copied yet) the migration goes
-//! through a backfill, read flips, cutover and rollback, the watch's leader goes away and the upstream
-//! restarts; the watch (in `alert` mode, so nothing it finds is hidden by a repair) records nothing, yet
+//! through a backfill, read flips, cutover and rollback, the watch's leader (a `dualwrite` process) is
+//! killed with SIGKILL and the upstream restarts; the watch (in `alert` mode, so nothing it finds is hidden by a repair) records nothing, yet
 //! finds the one direct write made at the end.
 
 mod cdc_support;
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdc_support::{bypasses, column, difference, fixture_on, proxy, status, until_watching};
+use cdc_support::{
+    bypasses, column, difference, fixture_on, process_proxy, proxy, status, streaming_leader, until_watching,
+};
 use dualwrite_tests::{connect, eventually, StopMode, TestCluster};
 
 const ROWS: i64 = 2000;
@@ -113,8 +115,10 @@ async fn no_false_bypass_across_dual_writes_backfill_flips_cutover_rollback_fail
         )
         .await
         .unwrap();
-    let leader = proxy(&f, "alert", None).await;
+    let mut leader = process_proxy(&f.db, "alert").await;
     until_watching(&f.direct).await;
+    let leader_name = format!("proxy pid {}", leader.process.pid().unwrap());
+    assert_eq!(streaming_leader(&f.direct).await.as_deref(), Some(leader_name.as_str()), "the process leads");
     let standby = proxy(&f, "alert", None).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,9 +141,13 @@ async fn no_false_bypass_across_dual_writes_backfill_flips_cutover_rollback_fail
     // The soak's schedule: the writers keep writing for a while in each state (the time is the thing tested).
     tokio::time::sleep(Duration::from_secs(2)).await;
     control(&a, "DUALWRITE ROLLBACK users_split_name").await;
-    // The leader goes; the standby takes over from the slot's confirmed position.
-    leader.stop().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader crashes; the standby takes over from the slot's confirmed position.
+    leader.process.kill().await.unwrap();
+    let standby_name = format!("proxy pid {}", std::process::id());
+    eventually(Duration::from_secs(30), "the standby takes over", || async {
+        streaming_leader(&f.direct).await.as_deref() == Some(standby_name.as_str())
+    })
+    .await;
     cluster.restart(StopMode::Fast).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

@@ -11,6 +11,8 @@
 //! (verify-only) until an operator re-arms the watch; `wal_level` other than `logical` is an error naming
 //! the setting, and the watch stays off.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,11 +23,11 @@ use crate::pg_client::PgTarget;
 use crate::state::StateHandle;
 
 use super::bypass::{self, MappingCache, Seen, WatchedMigration};
-use super::pairing::{pair, PairedTables};
+use super::pairing::{pair, PairedTables, RowSource};
 use super::progress::{Progress, BATCH_WAIT, MAX_DEFERRALS};
 use super::slot;
 use super::status::{self, WatchRow, WatchState};
-use super::stream::{Event, Stream};
+use super::stream::{Event, Stream, KEEPALIVES};
 use super::transaction::{Assembler, WatchedRelation};
 use super::CdcConfig;
 
@@ -43,7 +45,8 @@ pub fn spawn_watch(state: StateHandle, config: CdcConfig) -> Option<tokio::task:
     }
     status::describe();
     Some(tokio::spawn(async move {
-        let watch = Watch { target: state.pg_target().clone(), state, config };
+        let watch =
+            Watch { target: state.pg_target().clone(), state, config, wal_level_reported: AtomicBool::new(false) };
         loop {
             if let Err(error) = watch.session().await {
                 tracing::warn!(error = %format!("{error:#}"), "change-data-capture watch stopped; retrying");
@@ -58,6 +61,8 @@ struct Watch {
     state: StateHandle,
     config: CdcConfig,
     target: PgTarget,
+    /// The wal_level error was logged at ERROR once; its re-checks log at DEBUG (STATUS keeps showing it).
+    wal_level_reported: AtomicBool,
 }
 
 /// Why the streaming loop ended without an error.
@@ -73,6 +78,10 @@ impl Watch {
     async fn session(&self) -> anyhow::Result<()> {
         let mut client = self.target.connect_client().await.context("cannot connect")?;
         client.batch_execute("SET application_name = 'dualwrite cdc watch'").await?;
+        // The advisory lock must go with a leader whose host vanished, not hours later (see KEEPALIVES).
+        for (name, value) in KEEPALIVES {
+            client.batch_execute(&format!("SET {name} = {value}")).await?;
+        }
         loop {
             let locked: bool =
                 client.query_one("SELECT pg_try_advisory_lock(hashtext('dualwrite:cdc:watch'))", &[]).await?.get(0);
@@ -88,7 +97,11 @@ impl Watch {
                 "wal_level is {level}: the change-data-capture watch needs wal_level = logical (set it in \
                  postgresql.conf and restart PostgreSQL); until then bypassing writes are found by verify only"
             );
-            tracing::error!("{detail}");
+            if self.wal_level_reported.swap(true, Ordering::Relaxed) {
+                tracing::debug!("{detail}");
+            } else {
+                tracing::error!("{detail}");
+            }
             status::set_role(true, true);
             let row = WatchRow { state: WatchState::Error, detail: Some(&detail), ..idle_row() };
             status::write(&client, &row).await?;
@@ -171,7 +184,17 @@ impl Leader<'_> {
             paired.push(PairedTables { old, shadow });
         }
         status::set_role(true, false);
-        let mut stream = Stream::start(&self.watch.target, &self.slot).await?;
+        let mut stream = match Stream::start(&self.watch.target, &self.slot).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Shown in STATUS until a stream starts (a refused certificate, a missing REPLICATION
+                // right, the slot still held by a leader that just died).
+                let detail = format!("{error:#}");
+                let row = WatchRow { state: WatchState::Error, detail: Some(&detail), ..idle_row() };
+                status::write(client, &row).await?;
+                return Err(error);
+            }
+        };
         let result = self.stream(client, &mut stream, &migrations, &paired, Assembler::new(&relations)).await;
         stream.stop().await;
         match result? {
@@ -197,33 +220,45 @@ impl Leader<'_> {
         let mut last_check = Instant::now();
         let mut last_resolve = Instant::now();
         let limit = self.watch.config.max_retained_wal_bytes() as f64;
+        // Shadow rows by (migration, source), added to the metric once a second rather than per transaction.
+        let mut shadow_rows: BTreeMap<(usize, RowSource), u64> = BTreeMap::new();
+        // Wakes the loop while the stream is quiet (batches and deferred candidates come due, the checks
+        // below run every second); one timer for the loop rather than one per message.
+        let tick = tokio::time::sleep(BATCH_WAIT);
+        tokio::pin!(tick);
         loop {
             let mut confirm = None;
-            match tokio::time::timeout(BATCH_WAIT, stream.next()).await {
-                Ok(event) => match event?.context("the server ended the replication stream")? {
-                    Event::Message(message) => {
-                        if let Some(tx) = assembler.push(message)? {
-                            let committed_at = tx.commit_unix_seconds();
-                            lag_seconds = (unix_now() - committed_at).max(0.0);
-                            let pairing = pair(paired, &tx);
-                            for ((index, source), rows) in &pairing.shadow_rows {
-                                status::count_shadow_rows(&migrations[*index].name, source.as_str(), *rows);
-                            }
-                            let (xid, commit_lsn) = (tx.xid, tx.commit_lsn);
-                            let seen = pairing.candidates.into_iter().map(|candidate| Seen {
-                                candidate,
-                                xid,
-                                commit_lsn,
-                                committed_at,
-                            });
-                            confirm = progress.committed(tx.end_lsn, seen.collect(), Instant::now());
+            let event = tokio::select! {
+                biased;
+                event = stream.next() => Some(event?.context("the server ended the replication stream")?),
+                () = &mut tick => {
+                    tick.as_mut().reset(tokio::time::Instant::now() + BATCH_WAIT);
+                    None
+                }
+            };
+            match event {
+                Some(Event::Message(message)) => {
+                    if let Some(tx) = assembler.push(message)? {
+                        let committed_at = tx.commit_unix_seconds();
+                        lag_seconds = (unix_now() - committed_at).max(0.0);
+                        let pairing = pair(paired, &tx);
+                        for (key, rows) in pairing.shadow_rows {
+                            *shadow_rows.entry(key).or_default() += rows;
                         }
+                        let (xid, commit_lsn) = (tx.xid, tx.commit_lsn);
+                        let seen = pairing.candidates.into_iter().map(|candidate| Seen {
+                            candidate,
+                            xid,
+                            commit_lsn,
+                            committed_at,
+                        });
+                        confirm = progress.committed(tx.end_lsn, seen.collect(), Instant::now());
                     }
-                    Event::KeepAlive { wal_end } => {
-                        confirm = progress.keepalive(wal_end, assembler.in_transaction());
-                    }
-                },
-                Err(_idle) => {}
+                }
+                Some(Event::KeepAlive { wal_end }) => {
+                    confirm = progress.keepalive(wal_end, assembler.in_transaction());
+                }
+                None => {}
             }
             if progress.settled() && !assembler.in_transaction() && confirm.is_none() {
                 lag_seconds = 0.0;
@@ -245,6 +280,9 @@ impl Leader<'_> {
             }
             if last_check.elapsed() >= RETRY {
                 last_check = Instant::now();
+                for ((index, source), rows) in std::mem::take(&mut shadow_rows) {
+                    status::count_shadow_rows(&migrations[index].name, source.as_str(), rows);
+                }
                 let figures = slot::figures(client, &self.slot).await?;
                 let lag_bytes = figures.map(|f| f.lag_bytes);
                 status::set_lag(lag_bytes, Some(lag_seconds));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dualwrite_proxy::cdc::CdcConfig;
 use dualwrite_proxy::config::Config;
-use dualwrite_tests::{eventually, simple_rows, TestCluster, TestDb, TestProxy};
+use dualwrite_tests::{eventually, simple_rows, ProxyProcess, TestCluster, TestDb, TestProxy};
 use tokio_postgres::Client;
 
 pub const MIGRATION: &str = "users_split_name";
@@ -91,6 +91,46 @@ pub async fn fixture() -> Fixture {
 /// A proxy for the fixture's database with the watch on.
 pub async fn proxy(f: &Fixture, on_bypass: &str, max_retained_wal_mb: Option<u64>) -> TestProxy {
     TestProxy::with_rules_toml_and(&f.db, &rules(on_bypass), watch_on(max_retained_wal_mb)).await.expect("proxy")
+}
+
+/// A `dualwrite` process for the fixture's database with the watch on, for tests that kill a leader
+/// with SIGKILL as a crash would; the rules file lives as long as it.
+pub struct WatchProcess {
+    pub process: ProxyProcess,
+    _rules: tempfile::NamedTempFile,
+}
+
+pub async fn process_proxy(db: &TestDb, on_bypass: &str) -> WatchProcess {
+    let rules_file = tempfile::Builder::new().suffix(".toml").tempfile().expect("rules file");
+    std::fs::write(rules_file.path(), rules(on_bypass)).expect("rules");
+    let upstream = db.url();
+    let rules_path = rules_file.path().to_str().expect("path").to_owned();
+    let args =
+        ["--upstream", &upstream, "--rules", &rules_path, "--admin-role", db.cluster.superuser(), "--cdc", "true"];
+    let process = ProxyProcess::serve(&args).await.expect("dualwrite process");
+    WatchProcess { process, _rules: rules_file }
+}
+
+/// Which instance leads the watch, as its row says (`proxy pid <pid>`), while it streams.
+pub async fn streaming_leader(client: &Client) -> Option<String> {
+    client
+        .query_opt("SELECT leader FROM dualwrite.cdc_watch WHERE id = 1 AND state = 'watching'", &[])
+        .await
+        .expect("cdc_watch")
+        .and_then(|r| r.get(0))
+}
+
+/// The walsender streaming this database's watch slot, if one does.
+pub async fn slot_walsender(client: &Client) -> Option<i32> {
+    client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE database = current_database() \
+             AND slot_name LIKE 'dualwrite_cdc_%' AND active",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .and_then(|r| r.get(0))
 }
 
 /// Rows that differ between the old table mapped forward and the shadow (EXCEPT both ways, independent of
