@@ -1,4 +1,4 @@
-//! Command line: `dualwrite serve` and the flags that override the TOML config. Precedence: flag or
+//! Command line: the subcommands (`serve`, `quickstart`, `backfill`, `verify`, `check`, `plan`, `apply`) and the flags that override the TOML config. Precedence: flag or
 //! `DUALWRITE_*` environment variable, then the `--config` file, then the defaults in `config`.
 
 use std::net::SocketAddr;
@@ -28,6 +28,12 @@ pub enum Command {
     /// Validate rules against the live schema and replay statements through the rewriter (exit 0 clean,
     /// 1 problems or rejected statements, 2 failure).
     Check(crate::check::CheckArgs),
+    /// Plan a migration from a target shape: the shadow's DDL and the rules, after a round-trip check on
+    /// real rows (exit 0 written, 1 refused, 2 failure).
+    Plan(crate::planner::PlanArgs),
+    /// Run a plan: create the shadow, register the migration, add it to the rules file (idempotent; exit 0
+    /// applied, 2 failure).
+    Apply(crate::planner::apply::ApplyArgs),
 }
 
 /// Every setting of [`Config`] as a flag and environment variable.
