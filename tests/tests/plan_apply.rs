@@ -100,7 +100,10 @@ async fn each_kind_of_target_plans_ddl_postgres_accepts_and_rules_check_finds_va
         ),
         ("retype", "[[change_type]]\ncolumn = \"amount\"\ntype = \"numeric(14,2)\"\n"),
         ("added", "[[add_column]]\ncolumn = \"status\"\ntype = \"text\"\ndefault = \"'active'\"\n"),
-        ("newkey", "[primary_key]\ncolumns = [\"email\", \"id\"]\n[[change_type]]\ncolumn = \"email\"\ntype = \"text\"\n"),
+        (
+            "newkey",
+            "[primary_key]\ncolumns = [\"email\", \"id\"]\n[[change_type]]\ncolumn = \"email\"\ntype = \"text\"\n",
+        ),
         (
             "created.sql",
             "CREATE TABLE users_new (id bigint PRIMARY KEY DEFAULT nextval('users_id_seq'), name text NOT NULL,
@@ -172,17 +175,17 @@ async fn the_round_trip_check_refuses_lossy_plans_naming_the_column_and_leaves_n
         assert!(reason.contains(expected), "{kind}: {report}");
         assert!(report.starts_with(&format!("REFUSED column {column}: ")), "{kind}: {report}");
         assert!(!out.exists(), "{kind}: a refused plan writes nothing");
-        let left: Option<String> = direct
-            .query_one(&format!("SELECT to_regclass('public.users_{kind}')::text"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let left: Option<String> =
+            direct.query_one(&format!("SELECT to_regclass('public.users_{kind}')::text"), &[]).await.unwrap().get(0);
         assert_eq!(left, None, "{kind}: the check's shadow was rolled back");
     }
     // A split without an inverse at all is refused before any row is read.
     let target = write(dir.path(), "no_back", &SPLIT_NAME.replace("back = \"first_name || ' ' || last_name\"\n", ""));
     let (outcome, report) = plan(&db, "public.users", "public.users_nb", &target, &dir.path().join("nb")).await;
-    assert!(matches!(&outcome, PlanOutcome::Refused { column: Some(c), reason } if c == "name" && reason.contains("without `back`")), "{report}");
+    assert!(
+        matches!(&outcome, PlanOutcome::Refused { column: Some(c), reason } if c == "name" && reason.contains("without `back`")),
+        "{report}"
+    );
 }
 
 #[tokio::test]
@@ -198,11 +201,8 @@ async fn apply_creates_the_shadow_and_registers_it_then_a_proxy_dual_writes_and_
     let first = apply(&db, &out, &rules).await;
     assert!(first.steps_run > 0 && first.steps_skipped == 0 && first.registered && first.rules_added, "{first:?}");
     let direct = db.connect().await.unwrap();
-    let phase: String = direct
-        .query_one("SELECT phase FROM dualwrite.migrations WHERE name = 'users_v2'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let phase: String =
+        direct.query_one("SELECT phase FROM dualwrite.migrations WHERE name = 'users_v2'", &[]).await.unwrap().get(0);
     assert_eq!(phase, "dual_write");
     let indexes = rows(
         &direct,
@@ -267,10 +267,15 @@ async fn apply_resumes_after_a_failed_concurrent_index_build() {
         .batch_execute("INSERT INTO public.users_v2 (id, name, mail) VALUES (100, 'x', 'dup'), (101, 'y', 'dup')")
         .await
         .unwrap();
-    let unique = steps.iter().find(|s| matches!(s, DdlStep::CreateIndex { name, .. } if name == "users_v2_email_key")).unwrap();
+    let unique =
+        steps.iter().find(|s| matches!(s, DdlStep::CreateIndex { name, .. } if name == "users_v2_email_key")).unwrap();
     assert!(direct.batch_execute(unique.sql()).await.is_err(), "the build fails on the duplicates");
     let valid = || async {
-        rows(&direct, "SELECT indisvalid::text FROM pg_index WHERE indexrelid = to_regclass('public.users_v2_email_key')").await
+        rows(
+            &direct,
+            "SELECT indisvalid::text FROM pg_index WHERE indexrelid = to_regclass('public.users_v2_email_key')",
+        )
+        .await
     };
     assert_eq!(valid().await, ["false"], "an invalid index is left behind");
     direct.batch_execute("DELETE FROM public.users_v2").await.unwrap();

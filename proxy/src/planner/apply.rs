@@ -81,13 +81,13 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
         anyhow::bail!("{origin}: a plan holds exactly one migration");
     };
     let script_path = args.plan.join(DDL_FILE);
-    let script =
-        std::fs::read_to_string(&script_path).with_context(|| format!("reading {}", script_path.display()))?;
+    let script = std::fs::read_to_string(&script_path).with_context(|| format!("reading {}", script_path.display()))?;
     let steps = parse_script(&script).map_err(|e| anyhow::anyhow!("{}: {e}", script_path.display()))?;
     // The rules file is checked before anything changes: a clash would otherwise surface after the DDL.
     merged_rules(&args.rules, migration)?;
 
-    let pg = crate::databases::target_for(&PgTarget::from_str(&args.upstream).context("parsing --upstream")?, migration);
+    let pg =
+        crate::databases::target_for(&PgTarget::from_str(&args.upstream).context("parsing --upstream")?, migration);
     let mut client = pg.connect_client().await.context("connecting to --upstream")?;
     schema::ensure_schema(&mut client).await?;
     watcher::refuse_unseen_writers(&client, &planned).await?;
@@ -95,12 +95,14 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
     writeln!(out, "apply: migration {} ({} -> {})", migration.name, migration.table, migration.shadow)?;
     let bar = ProgressBar::new(steps.len() as u64 + 2);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut applied = Applied::default();
     for step in &steps {
         bar.set_message(step.describe());
-        let ran = run_step(&client, migration, step).await.with_context(|| format!("{}: {}", step.describe(), step.sql()))?;
+        let ran =
+            run_step(&client, migration, step).await.with_context(|| format!("{}: {}", step.describe(), step.sql()))?;
         bar.println(format!("  {:<8} {}", if ran { "done" } else { "exists" }, step.describe()));
         writeln!(out, "  {:<8} {}", if ran { "done" } else { "exists" }, step.describe())?;
         if ran {

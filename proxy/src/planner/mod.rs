@@ -103,8 +103,7 @@ pub async fn run_plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Pl
     let pg = PgTarget::from_str(&args.upstream).context("parsing --upstream")?;
     let mut client = pg.connect_client().await.context("connecting to --upstream")?;
     let current = catalog::read_table(&client, &table).await?;
-    let exists: Option<u32> =
-        client.query_one("SELECT to_regclass($1)::oid", &[&shadow.to_string()]).await?.get(0);
+    let exists: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&shadow.to_string()]).await?.get(0);
     if exists.is_some() {
         return refuse(out, None, format!("{shadow} already exists: choose another --shadow, or drop it"));
     }
@@ -127,7 +126,10 @@ pub async fn run_plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Pl
         None => format!("round trip not checked: {table} had no rows"),
     });
     header.extend(plan.notes.iter().map(|n| format!("note: {n}")));
-    header.push(format!("apply with: dualwrite apply --plan {} --upstream ... --rules <the proxy's rules file>", args.out.display()));
+    header.push(format!(
+        "apply with: dualwrite apply --plan {} --upstream ... --rules <the proxy's rules file>",
+        args.out.display()
+    ));
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     write_file(&args.out.join(DDL_FILE), &migration_plan::ddl_script(&plan, &header))?;
     write_file(&args.out.join(RULES_FILE), &migration_plan::rules_toml(&plan.migration, &header))?;

@@ -106,10 +106,8 @@ async fn compare(tx: &Transaction<'_>, plan: &MigrationPlan, rows: i64) -> anyho
         .map(|r| r.get(0))
         .collect();
     let join = m.key.iter().map(|k| format!("s.{0} = r.{0}", quote_ident(k))).collect::<Vec<_>>().join(" AND ");
-    let differs = columns
-        .iter()
-        .map(|c| format!("s.{0}::text IS DISTINCT FROM r.{0}::text", quote_ident(c)))
-        .collect::<Vec<_>>();
+    let differs =
+        columns.iter().map(|c| format!("s.{0}::text IS DISTINCT FROM r.{0}::text", quote_ident(c))).collect::<Vec<_>>();
     let texts = |alias: &str| {
         columns.iter().map(|c| format!("{alias}.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ")
     };
@@ -152,12 +150,19 @@ async fn compare(tx: &Transaction<'_>, plan: &MigrationPlan, rows: i64) -> anyho
                 None => counts.push((i, 1)),
             }
             if examples.len() < 3 {
-                examples.push(format!("[{}] {}: {} -> {}", key_of(&before), columns[i], show(&before[i]), show(&after[i])));
+                examples.push(format!(
+                    "[{}] {}: {} -> {}",
+                    key_of(&before),
+                    columns[i],
+                    show(&before[i]),
+                    show(&after[i])
+                ));
             }
         }
     }
     if let Some((first, _)) = counts.first() {
-        let summary = counts.iter().map(|(c, n)| format!("{} ({n} row(s))", columns[*c])).collect::<Vec<_>>().join(", ");
+        let summary =
+            counts.iter().map(|(c, n)| format!("{} ({n} row(s))", columns[*c])).collect::<Vec<_>>().join(", ");
         return Ok(refused(
             Some(columns[*first].clone()),
             format!(

@@ -7,13 +7,13 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    AlterTableOperation, ColumnDef, ColumnOptionDef, CreateIndex, Expr, Ident, ObjectName, Statement,
-    TableConstraint,
+    AlterTableOperation, ColumnDef, ColumnOptionDef, CreateIndex, Expr, Ident, ObjectName, Statement, TableConstraint,
 };
 
 use super::operations::single_statement;
 use super::shape::Shape;
 use super::PlanError;
+use crate::model::referenced_columns;
 use crate::names::{ident, normalize_ident, quote_ident, TableName};
 
 /// Postgres truncates identifiers to 63 bytes; names are made to fit instead.
@@ -75,9 +75,10 @@ pub fn parse_script(text: &str) -> Result<Vec<DdlStep>, String> {
 fn step_of(statement: &Statement) -> Option<DdlStep> {
     let sql = statement.to_string();
     match statement {
-        Statement::CreateTable(table) => {
-            Some(DdlStep::CreateTable { columns: table.columns.iter().map(|c| normalize_ident(&c.name)).collect(), sql })
-        }
+        Statement::CreateTable(table) => Some(DdlStep::CreateTable {
+            columns: table.columns.iter().map(|c| normalize_ident(&c.name)).collect(),
+            sql,
+        }),
         Statement::CreateIndex(index) if index.concurrently => {
             let name = last_part(index.name.as_ref()?)?;
             Some(DdlStep::CreateIndex { name, sql })
@@ -150,7 +151,7 @@ pub(crate) fn steps(shadow: &TableName, old: &TableName, shape: &Shape) -> Resul
     for constraint in &shape.constraints {
         let mut constraint = constraint.clone();
         let (slot, columns, suffix) = match &mut constraint {
-            TableConstraint::Check(c) => (&mut c.name, super::shape::reads(&c.expr), "check"),
+            TableConstraint::Check(c) => (&mut c.name, referenced_columns(&c.expr), "check"),
             TableConstraint::ForeignKey(c) => {
                 let columns = c.columns.iter().map(normalize_ident).collect();
                 (&mut c.name, columns, "fkey")

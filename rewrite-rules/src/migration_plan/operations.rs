@@ -216,7 +216,10 @@ impl Operations {
         }
         for add in &self.add_column {
             if columns.iter().any(|c| c.name == add.column) {
-                return Err(PlanError::column(&add.column, "is added but the shadow already has a column of that name"));
+                return Err(PlanError::column(
+                    &add.column,
+                    "is added but the shadow already has a column of that name",
+                ));
             }
             columns.push(ShadowColumn {
                 name: add.column.clone(),
@@ -272,7 +275,10 @@ impl Operations {
                 claim(c, Touch::Merge(m, i == 0))?;
             }
             if let Some(extra) = m.back.keys().find(|k| !m.columns.contains(k)) {
-                return Err(PlanError::column(extra, format!("has a `back` expression but is not merged into `{}`", m.into)));
+                return Err(PlanError::column(
+                    extra,
+                    format!("has a `back` expression but is not merged into `{}`", m.into),
+                ));
             }
         }
         for c in &self.change_type {
@@ -334,7 +340,8 @@ fn carry_definitions(current: &CurrentTable, renamer: &ColumnRenamer, shape: &mu
             },
             _ => None,
         });
-        let Some(mut constraint) = constraint.filter(|c| matches!(c, TableConstraint::Check(_) | TableConstraint::ForeignKey(_)))
+        let Some(mut constraint) =
+            constraint.filter(|c| matches!(c, TableConstraint::Check(_) | TableConstraint::ForeignKey(_)))
         else {
             shape.notes.push(format!("constraint {name} not carried over (the planner cannot read it): {definition}"));
             continue;

@@ -15,7 +15,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::PlanError;
-use crate::model::{parse_mapping_expr, referenced_columns};
+use crate::model::parse_mapping_expr;
 use crate::names::{ident, normalize_ident};
 
 /// See the module documentation.
@@ -257,9 +257,4 @@ impl ColumnRenamer<'_> {
             _ => Ok(()),
         }
     }
-}
-
-/// The columns an expression reads (for messages about what a definition depends on).
-pub(crate) fn reads(expr: &Expr) -> Vec<String> {
-    referenced_columns(expr)
 }

@@ -39,7 +39,9 @@ pub(crate) fn shape(current: &CurrentTable, sql: &str) -> Result<Shape, PlanErro
 
 fn columns(current: &CurrentTable, table: &CreateTable) -> Result<Shape, PlanError> {
     if table.query.is_some() || table.like.is_some() || table.partition_of.is_some() || table.inherits.is_some() {
-        return Err(PlanError::general("the target CREATE TABLE must list its columns (no AS, LIKE, PARTITION OF or INHERITS)"));
+        return Err(PlanError::general(
+            "the target CREATE TABLE must list its columns (no AS, LIKE, PARTITION OF or INHERITS)",
+        ));
     }
     let mut shape = Shape {
         columns: Vec::new(),
@@ -112,7 +114,9 @@ fn columns(current: &CurrentTable, table: &CreateTable) -> Result<Shape, PlanErr
                     match &column.column.expr {
                         sqlparser::ast::Expr::Identifier(id) => shape.primary_key.push(normalize_ident(id)),
                         other => {
-                            return Err(PlanError::general(format!("a primary key of expressions is not supported: {other}")))
+                            return Err(PlanError::general(format!(
+                                "a primary key of expressions is not supported: {other}"
+                            )))
                         }
                     }
                 }

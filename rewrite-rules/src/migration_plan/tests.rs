@@ -80,11 +80,16 @@ fn rename_maps_both_ways_and_carries_indexes_and_constraints_in_the_new_name() {
     assert!(sql[0].contains("DEFAULT nextval('users_id_seq'::REGCLASS)"), "{}", sql[0]);
     assert!(sql[0].contains("PRIMARY KEY (id)"), "{}", sql[0]);
     assert!(
-        sql.contains(&"CREATE UNIQUE INDEX CONCURRENTLY users_v2_email_key ON public.users_v2 USING BTREE (email_address)"),
+        sql.contains(
+            &"CREATE UNIQUE INDEX CONCURRENTLY users_v2_email_key ON public.users_v2 USING BTREE (email_address)"
+        ),
         "{sql:#?}"
     );
     // An index not named after the old table gets a fresh name (its own would clash in the schema).
-    assert!(sql.iter().any(|s| s.starts_with("CREATE INDEX CONCURRENTLY users_v2_city_idx ON public.users_v2")), "{sql:#?}");
+    assert!(
+        sql.iter().any(|s| s.starts_with("CREATE INDEX CONCURRENTLY users_v2_city_idx ON public.users_v2")),
+        "{sql:#?}"
+    );
     assert!(
         sql.contains(&"ALTER TABLE public.users_v2 ADD CONSTRAINT users_v2_amount_check CHECK ((amount >= (0)::NUMERIC)) NOT VALID"),
         "{sql:#?}"
@@ -104,27 +109,28 @@ fn split_needs_an_inverse_and_drops_definitions_reading_the_split_column() {
     assert_eq!(refused.column.as_deref(), Some("name"), "{refused}");
     assert!(refused.message.contains("without `back`"), "{refused}");
 
-    let plan = plan_ok(&ops(
-        "[[split]]\ncolumn = \"name\"\nback = \"first_name || ' ' || last_name\"\n\
+    let plan = plan_ok(&ops("[[split]]\ncolumn = \"name\"\nback = \"first_name || ' ' || last_name\"\n\
          into = [{ column = \"first_name\", expr = \"split_part(name, ' ', 1)\" },\n\
-         { column = \"last_name\", type = \"varchar(100)\", expr = \"split_part(name, ' ', 2)\" }]\n",
-    ));
+         { column = \"last_name\", type = \"varchar(100)\", expr = \"split_part(name, ' ', 2)\" }]\n"));
     let m = &plan.migration;
     let shadow: Vec<&str> = m.shadow_columns().collect();
     assert_eq!(shadow, ["id", "first_name", "last_name", "email", "amount", "street", "city"]);
     assert_eq!(mapping(&m.forward, "first_name"), "split_part(name, ' ', 1)");
     assert_eq!(mapping(&m.backward, "name"), "first_name || ' ' || last_name");
-    assert!(plan.ddl[0].sql().contains("first_name TEXT NOT NULL, last_name VARCHAR(100) NOT NULL"), "{:?}", plan.ddl[0]);
+    assert!(
+        plan.ddl[0].sql().contains("first_name TEXT NOT NULL, last_name VARCHAR(100) NOT NULL"),
+        "{:?}",
+        plan.ddl[0]
+    );
     assert_rules_load(&plan);
     assert_script_reads_back(&plan);
 }
 
 #[test]
 fn merge_needs_an_inverse_for_every_merged_column() {
-    let missing = ops(
-        "[[merge]]\ncolumns = [\"street\", \"city\"]\ninto = \"address\"\nexpr = \"street || ', ' || city\"\n\
-         back = { street = \"split_part(address, ', ', 1)\" }\n",
-    );
+    let missing =
+        ops("[[merge]]\ncolumns = [\"street\", \"city\"]\ninto = \"address\"\nexpr = \"street || ', ' || city\"\n\
+         back = { street = \"split_part(address, ', ', 1)\" }\n");
     let refused = plan(&users(), &missing, &options()).unwrap_err();
     assert_eq!(refused.column.as_deref(), Some("city"), "{refused}");
 
@@ -171,7 +177,11 @@ fn an_added_column_is_not_null_with_its_default_and_left_out_of_the_mappings() {
     assert!(plan.ddl[0].sql().contains("status TEXT NOT NULL DEFAULT 'active'"), "{:?}", plan.ddl[0]);
     assert_rules_load(&plan);
 
-    let clash = super::plan(&users(), &ops("[[add_column]]\ncolumn = \"city\"\ntype = \"text\"\ndefault = \"''\"\n"), &options());
+    let clash = super::plan(
+        &users(),
+        &ops("[[add_column]]\ncolumn = \"city\"\ntype = \"text\"\ndefault = \"''\"\n"),
+        &options(),
+    );
     assert_eq!(clash.unwrap_err().column.as_deref(), Some("city"));
 }
 
@@ -208,7 +218,9 @@ fn key_columns_cannot_be_renamed_split_or_merged() {
 fn operations_on_unknown_or_twice_named_columns_are_refused() {
     let unknown = plan(&users(), &ops("[[rename]]\ncolumn = \"nope\"\nto = \"x\"\n"), &options()).unwrap_err();
     assert_eq!(unknown.column.as_deref(), Some("nope"));
-    let twice = ops("[[rename]]\ncolumn = \"city\"\nto = \"town\"\n[[change_type]]\ncolumn = \"city\"\ntype = \"varchar(10)\"\n");
+    let twice = ops(
+        "[[rename]]\ncolumn = \"city\"\nto = \"town\"\n[[change_type]]\ncolumn = \"city\"\ntype = \"varchar(10)\"\n",
+    );
     let refused = plan(&users(), &twice, &options()).unwrap_err();
     assert_eq!(refused.column.as_deref(), Some("city"));
     assert!(refused.message.contains("more than one operation"), "{refused}");
@@ -259,7 +271,9 @@ fn create_table_target_matches_columns_by_name_and_casts_changed_types() {
     assert!(sql.contains(&"CREATE UNIQUE INDEX CONCURRENTLY users_v2_email_key ON public.users_v2(email)"), "{sql:#?}");
     assert!(sql.contains(&"CREATE INDEX CONCURRENTLY users_v2_expr_idx ON public.users_v2(lower(email))"), "{sql:#?}");
     assert!(sql.iter().any(|s| s.contains("ADD CONSTRAINT users_v2_amount_check CHECK (amount >= 0) NOT VALID")));
-    assert!(sql.iter().any(|s| s.contains("ADD CONSTRAINT users_v2_org_id_fkey FOREIGN KEY (org_id) REFERENCES orgs(id) NOT VALID")));
+    assert!(sql
+        .iter()
+        .any(|s| s.contains("ADD CONSTRAINT users_v2_org_id_fkey FOREIGN KEY (org_id) REFERENCES orgs(id) NOT VALID")));
     assert_rules_load(&plan);
     assert_script_reads_back(&plan);
 }
