@@ -252,6 +252,30 @@ mod tests {
         assert_eq!(cfg.shadow_reads.connections, 1, "not given: the default");
     }
 
+    #[test]
+    fn plan_takes_exactly_one_target_form_and_apply_a_plan_directory() {
+        let base = ["dualwrite", "plan", "--table", "public.users", "--upstream", "postgres://u@h/d", "--out", "p"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        let Ok(Cli { command: Command::Plan(args) }) = with(&["--operations", "ops.toml"]) else {
+            panic!("plan with --operations parses")
+        };
+        assert_eq!((args.sample, args.old_version.as_str(), args.new_version.as_str()), (1000, "v1", "v2"));
+        assert!(with(&["--create-table", "t.sql"]).is_ok());
+        assert!(with(&[]).is_err(), "a target is required");
+        assert!(with(&["--operations", "o.toml", "--create-table", "t.sql"]).is_err(), "only one target");
+        let apply = Cli::try_parse_from([
+            "dualwrite",
+            "apply",
+            "--plan",
+            "p",
+            "--upstream",
+            "postgres://u@h/d",
+            "--rules",
+            "r.toml",
+        ]);
+        assert!(matches!(apply, Ok(Cli { command: Command::Apply(_) })));
+    }
+
     fn tempfile_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("dw-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

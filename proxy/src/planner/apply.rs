@@ -103,8 +103,8 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
         bar.set_message(step.describe());
         let ran =
             run_step(&client, migration, step).await.with_context(|| format!("{}: {}", step.describe(), step.sql()))?;
-        bar.println(format!("  {:<8} {}", if ran { "done" } else { "exists" }, step.describe()));
-        writeln!(out, "  {:<8} {}", if ran { "done" } else { "exists" }, step.describe())?;
+        let status = if ran { "done" } else { "exists" };
+        bar.suspend(|| writeln!(out, "  {status:<8} {}", step.describe()))?;
         if ran {
             applied.steps_run += 1;
         } else {
@@ -115,18 +115,14 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
 
     bar.set_message("register");
     applied.registered = register(&mut client, &planned, migration, &pg).await?;
-    writeln!(out, "  {:<8} register migration {}", if applied.registered { "done" } else { "exists" }, migration.name)?;
+    let status = if applied.registered { "done" } else { "exists" };
+    bar.suspend(|| writeln!(out, "  {status:<8} register migration {}", migration.name))?;
     bar.inc(1);
 
     bar.set_message("rules file");
     applied.rules_added = add_to_rules_file(&args.rules, migration, &text)?;
-    writeln!(
-        out,
-        "  {:<8} {} in {}",
-        if applied.rules_added { "done" } else { "exists" },
-        migration.name,
-        args.rules.display()
-    )?;
+    let status = if applied.rules_added { "done" } else { "exists" };
+    bar.suspend(|| writeln!(out, "  {status:<8} {} in {}", migration.name, args.rules.display()))?;
     bar.inc(1);
     bar.finish_and_clear();
     writeln!(
