@@ -3,7 +3,8 @@
 //! and rules `dualwrite check` finds valid; the round-trip check refuses lossy plans naming the column and
 //! leaves nothing behind; apply creates the shadow, registers the migration and adds it to the rules file,
 //! after which a proxy dual-writes into the shadow; re-running apply changes nothing; an apply interrupted
-//! by a failed concurrent index build resumes; two migrations on different tables are applied at once.
+//! by a failed concurrent index build resumes; two migrations on different tables are applied at once; the
+//! binary exits 1 on a refused plan and 0 on a written plan and an apply.
 
 use std::path::{Path, PathBuf};
 
@@ -334,4 +335,48 @@ async fn two_migrations_on_different_tables_apply_at_once_and_both_dual_write() 
     );
     drop(client);
     proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_exits_1_on_a_refused_plan_then_0_on_plan_and_apply() {
+    let db = database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(dualwrite_tests::dualwrite_binary())
+            .args(&args)
+            .env_clear()
+            .output()
+            .await
+            .expect("the binary runs")
+    };
+    let args = |ops: &Path, out: &Path| {
+        let (ops, out) = (ops.display().to_string(), out.display().to_string());
+        ["plan", "--table", "public.orders", "--upstream", &db.url(), "--operations", &ops, "--out", &out]
+            .map(String::from)
+            .to_vec()
+    };
+    // Integer division drops the cents: 1250 comes back as 1200.
+    let lossy = write(
+        dir.path(),
+        "lossy.toml",
+        "[[change_type]]\ncolumn = \"amount_cents\"\ntype = \"numeric(12,2)\"\n\
+         forward = \"amount_cents / 100\"\nbackward = \"(amount_cents * 100)::int\"\n",
+    );
+    let refused = run(args(&lossy, &dir.path().join("lossy_plan"))).await;
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("REFUSED column amount_cents:"), "{stdout}");
+
+    let ops = write(dir.path(), "ops.toml", "[[rename]]\ncolumn = \"note\"\nto = \"comment\"\n");
+    let plan_dir = dir.path().join("plan");
+    let planned = run(args(&ops, &plan_dir)).await;
+    assert_eq!(planned.status.code(), Some(0), "{}", String::from_utf8_lossy(&planned.stderr));
+    let rules = dir.path().join("migrations.toml").display().to_string();
+    let plan_arg = plan_dir.display().to_string();
+    let applied =
+        run(["apply", "--plan", &plan_arg, "--upstream", &db.url(), "--rules", &rules].map(String::from).to_vec())
+            .await;
+    let stdout = String::from_utf8_lossy(&applied.stdout);
+    assert_eq!(applied.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(stdout.contains("applied: 1 step(s) run, 0 already done"), "{stdout}");
 }
