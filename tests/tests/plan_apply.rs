@@ -1,10 +1,11 @@
 //! `dualwrite plan` and `dualwrite apply` against real PostgreSQL: a plan for each kind of target (rename,
 //! split, merge, type change, added column, new primary key, a CREATE TABLE) gives DDL Postgres accepts
-//! and rules `dualwrite check` finds valid; the round-trip check refuses lossy plans naming the column and
-//! leaves nothing behind; apply creates the shadow, registers the migration and adds it to the rules file,
-//! after which a proxy dual-writes into the shadow; re-running apply changes nothing; an apply interrupted
-//! by a failed concurrent index build resumes; two migrations on different tables are applied at once; the
-//! binary exits 1 on a refused plan and 0 on a written plan and an apply.
+//! and rules `dualwrite check` finds valid; the round-trip check refuses lossy plans naming the column (and
+//! rows that collide in a unique index of the shadow) and leaves nothing behind; apply creates the shadow,
+//! registers the migration and adds it to the rules file, after which a proxy dual-writes into the shadow;
+//! re-running apply changes nothing; an apply interrupted by a failed concurrent index build resumes; two
+//! migrations on different tables are applied at once; the binary exits 1 on a refused plan and 0 on a
+//! written plan and an apply.
 
 use std::path::{Path, PathBuf};
 
@@ -180,6 +181,18 @@ async fn the_round_trip_check_refuses_lossy_plans_naming_the_column_and_leaves_n
             direct.query_one(&format!("SELECT to_regclass('public.users_{kind}')::text"), &[]).await.unwrap().get(0);
         assert_eq!(left, None, "{kind}: the check's shadow was rolled back");
     }
+    // Rows mapped forward that collide in one of the shadow's unique indexes (both emails end in example.org).
+    let target = write(
+        dir.path(),
+        "collide",
+        "[[change_type]]\ncolumn = \"email\"\ntype = \"text\"\nforward = \"split_part(email, '@', 2)\"\n",
+    );
+    let (outcome, report) = plan(&db, "public.users", "public.users_co", &target, &dir.path().join("co")).await;
+    assert!(
+        matches!(&outcome, PlanOutcome::Refused { column: None, reason }
+            if reason.contains("(constraint users_co_email_key)") && reason.contains("duplicate key")),
+        "{report}"
+    );
     // A split without an inverse at all is refused before any row is read.
     let target = write(dir.path(), "no_back", &SPLIT_NAME.replace("back = \"first_name || ' ' || last_name\"\n", ""));
     let (outcome, report) = plan(&db, "public.users", "public.users_nb", &target, &dir.path().join("nb")).await;

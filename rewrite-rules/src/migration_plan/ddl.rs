@@ -42,6 +42,24 @@ impl DdlStep {
         }
     }
 
+    /// The step as it can run inside a transaction, for a trial run of the shadow on sampled rows: an index
+    /// built without `CONCURRENTLY`; `None` for a foreign key (it would lock the table it references) and
+    /// for a validation (constraints added `NOT VALID` already check every row written after them).
+    pub fn in_transaction(&self) -> Option<String> {
+        match self {
+            DdlStep::CreateTable { sql, .. } => Some(sql.clone()),
+            DdlStep::CreateIndex { sql, .. } => match single_statement(sql) {
+                Some(Statement::CreateIndex(mut index)) => {
+                    index.concurrently = false;
+                    Some(Statement::CreateIndex(index).to_string())
+                }
+                _ => None,
+            },
+            DdlStep::AddConstraint { sql, foreign_key: false, .. } => Some(sql.clone()),
+            DdlStep::AddConstraint { foreign_key: true, .. } | DdlStep::ValidateConstraint { .. } => None,
+        }
+    }
+
     /// A short description for progress output.
     pub fn describe(&self) -> String {
         match self {
