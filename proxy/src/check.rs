@@ -10,7 +10,7 @@
 //! file, database unreachable).
 
 mod replay;
-mod schema;
+pub(crate) mod schema;
 pub mod writers;
 
 use std::io::Write;

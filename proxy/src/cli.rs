@@ -1,4 +1,4 @@
-//! Command line: `dualwrite serve` and the flags that override the TOML config. Precedence: flag or
+//! Command line: the subcommands (`serve`, `quickstart`, `backfill`, `verify`, `check`, `plan`, `apply`) and the flags that override the TOML config. Precedence: flag or
 //! `DUALWRITE_*` environment variable, then the `--config` file, then the defaults in `config`.
 
 use std::net::SocketAddr;
@@ -28,6 +28,12 @@ pub enum Command {
     /// Validate rules against the live schema and replay statements through the rewriter (exit 0 clean,
     /// 1 problems or rejected statements, 2 failure).
     Check(crate::check::CheckArgs),
+    /// Plan a migration from a target shape: the shadow's DDL and the rules, after a round-trip check on
+    /// real rows (exit 0 written, 1 refused, 2 failure).
+    Plan(crate::planner::PlanArgs),
+    /// Run a plan: create the shadow, register the migration, add it to the rules file (idempotent; exit 0
+    /// applied, 2 failure).
+    Apply(crate::planner::apply::ApplyArgs),
 }
 
 /// Every setting of [`Config`] as a flag and environment variable.
@@ -244,6 +250,30 @@ mod tests {
         assert_eq!(cfg.limits.max_message_size, 4096);
         assert_eq!(cfg.shadow_reads.queue, 8);
         assert_eq!(cfg.shadow_reads.connections, 1, "not given: the default");
+    }
+
+    #[test]
+    fn plan_takes_exactly_one_target_form_and_apply_a_plan_directory() {
+        let base = ["dualwrite", "plan", "--table", "public.users", "--upstream", "postgres://u@h/d", "--out", "p"];
+        let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra).copied());
+        let Ok(Cli { command: Command::Plan(args) }) = with(&["--operations", "ops.toml"]) else {
+            panic!("plan with --operations parses")
+        };
+        assert_eq!((args.sample, args.old_version.as_str(), args.new_version.as_str()), (1000, "v1", "v2"));
+        assert!(with(&["--create-table", "t.sql"]).is_ok());
+        assert!(with(&[]).is_err(), "a target is required");
+        assert!(with(&["--operations", "o.toml", "--create-table", "t.sql"]).is_err(), "only one target");
+        let apply = Cli::try_parse_from([
+            "dualwrite",
+            "apply",
+            "--plan",
+            "p",
+            "--upstream",
+            "postgres://u@h/d",
+            "--rules",
+            "r.toml",
+        ]);
+        assert!(matches!(apply, Ok(Cli { command: Command::Apply(_) })));
     }
 
     fn tempfile_dir() -> PathBuf {

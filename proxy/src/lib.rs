@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod overload;
 pub mod pg_client;
 pub mod pgcluster;
+pub mod planner;
 pub mod pool;
 pub mod protocol;
 pub mod quickstart;

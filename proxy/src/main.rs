@@ -54,5 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Backfill(args) => Ok(dualwrite_proxy::jobs::cli::backfill(args).await),
         Command::Verify(args) => Ok(dualwrite_proxy::jobs::cli::verify(args).await),
         Command::Check(args) => Ok(dualwrite_proxy::check::main(args).await),
+        Command::Plan(args) => Ok(dualwrite_proxy::planner::plan_main(args).await),
+        Command::Apply(args) => Ok(dualwrite_proxy::planner::apply::apply_main(args).await),
     }
 }

@@ -20,6 +20,7 @@ pub mod corpus;
 mod fallback;
 pub mod fuzz_checks;
 mod literals;
+pub mod migration_plan;
 pub mod model;
 pub mod names;
 pub mod plan;

@@ -75,7 +75,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// A database error with its SQLSTATE and message (tokio-postgres's Display omits them).
-fn db_message(error: &tokio_postgres::Error) -> String {
+pub(crate) fn db_message(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),
@@ -341,7 +341,7 @@ async fn check_round_trip(
     Ok(())
 }
 
-fn show(value: &Option<String>) -> String {
+pub(crate) fn show(value: &Option<String>) -> String {
     match value {
         Some(v) => format!("'{v}'"),
         None => "NULL".to_owned(),

@@ -304,7 +304,7 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
 
 /// Refuses `rules` when a migration's old table has writers the proxy cannot see that the migration does
 /// not accept (`accept_unseen_writers`); the error lists each with what to do.
-async fn refuse_unseen_writers(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
+pub(crate) async fn refuse_unseen_writers(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
     let refused = crate::check::writers::unaccepted(client, rules).await?;
     if refused.is_empty() {
         return Ok(());
