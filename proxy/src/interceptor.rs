@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use crate::protocol::messages::SqlError;
+pub use crate::sql_error::SqlError;
 pub use crate::protocol::requests::{
     LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
 };

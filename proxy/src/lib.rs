@@ -3,7 +3,7 @@
 //!
 //! Embedding (what the test harness and `quickstart` use):
 //! [`Server::bind`]`(config) -> Server`, [`Server::local_addr`], [`Server::run`]`(shutdown_future)`;
-//! [`Server::with_interceptor`] plugs in statement interception (see [`session::interceptor`]).
+//! [`Server::with_interceptor`] plugs in statement interception (see [`interceptor`]).
 
 pub mod cancel;
 pub mod cdc;
@@ -12,10 +12,13 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod databases;
+pub mod exporter;
 pub mod fuzz_checks;
 pub mod health;
+pub mod interceptor;
 pub mod jobs;
 pub mod latency;
+pub mod lexer;
 pub mod libpq_tls;
 pub mod live;
 pub mod metrics;
@@ -27,12 +30,16 @@ pub mod pool;
 pub mod protocol;
 pub mod quickstart;
 pub mod reload;
+pub mod result_set;
 pub mod server;
+pub mod server_context;
 pub mod session;
 pub mod session_threads;
 pub mod shadow;
 pub mod shutdown;
+pub mod sql_error;
 pub mod state;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 pub mod version;

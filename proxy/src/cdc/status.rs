@@ -4,7 +4,7 @@
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio_postgres::Client;
 
-use crate::control::exec::ControlResponse;
+use crate::result_set::ControlResponse;
 use crate::pg_client::PgTarget;
 
 use super::decoder::Lsn;

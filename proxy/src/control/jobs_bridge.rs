@@ -8,8 +8,9 @@ use dualwrite_rules::RuleSet;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::error::{codes, SqlError};
-use super::exec::{result_set, ControlResponse, JobDispatch};
+use crate::sql_error::{codes, SqlError};
+use super::exec::JobDispatch;
+use crate::result_set::{result_set, ControlResponse};
 use super::grammar::BackfillAction;
 use crate::jobs::throttle::Limits;
 use crate::jobs::{BackfillOptions, BackfillStatus, JobError, JobRunner, Started, TableMapping};

@@ -37,7 +37,7 @@ use super::verdict::{
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::protocol::messages::bind_params;
-use crate::session::interceptor::{
+use crate::interceptor::{
     LocalReply, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest,
     StatementTransform, Verdict,
 };
@@ -296,7 +296,7 @@ impl LiveSession {
         metrics::counter!("dualwrite_state_unknown_refusals_total").increment(1);
         Some(
             ControlError::new(
-                crate::control::error::codes::CANNOT_CONNECT_NOW,
+                crate::sql_error::codes::CANNOT_CONNECT_NOW,
                 format!(
                     "dualwrite: state unknown for migration {}: the state database has not answered for {}s \
                      (limit {}s), so statements on its tables are refused rather than routed by stale state",

@@ -8,7 +8,7 @@ use dualwrite_rules::{Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
 
 use crate::control::SqlError as ControlError;
 use crate::protocol::responses::LatencySink;
-use crate::session::interceptor::{CommandTag, Raise, StatementTransform, Verdict};
+use crate::interceptor::{CommandTag, Raise, StatementTransform, Verdict};
 
 /// Neither a write nor refused: a candidate for shadow reads.
 pub(super) fn is_read(plan: &Plan) -> bool {

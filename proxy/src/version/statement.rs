@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use sqlparser::tokenizer::Token;
 
-use crate::control::lex::{first_word, lex, split_statements, Lexeme};
+use crate::lexer::{first_word, lex, split_statements, Lexeme};
 use crate::control::SqlError;
 
 /// The value a SET gives the setting.
