@@ -42,14 +42,6 @@ impl CancelRegistry {
     pub fn lookup(&self, client: &CancelKey) -> Option<CancelKey> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(client).cloned()
     }
-
-    pub fn len(&self) -> usize {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Keeps one mapping alive; dropping it (session end) forgets the key.

@@ -33,12 +33,12 @@ use tokio::task::JoinSet;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
+use crate::interceptor::{Passthrough, SharedInterceptor};
 use crate::live::{LiveDatabases, LiveInterceptor};
 use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
-use crate::session;
-use crate::interceptor::{Passthrough, SharedInterceptor};
 use crate::server_context::ServerContext;
+use crate::session;
 use crate::session_threads::SessionThreads;
 
 /// A bound proxy, ready to [`run`](Server::run).

@@ -71,6 +71,7 @@ impl UpstreamTarget {
         self
     }
 
+    #[cfg(test)]
     pub fn wants_tls(&self) -> bool {
         self.tls.connector().is_some()
     }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use proc_macro2::TokenTree;
 use syn::visit::Visit;
 
 /// A module path below the crate root (`["control", "exec"]`); the root is `[]`.
@@ -39,14 +40,23 @@ struct Crate {
     modules: BTreeMap<ModPath, String>,
 }
 
+/// `#[cfg(test)]` (or any cfg that names `test` outside a `not(..)`): the item exists only in unit tests.
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
-    attrs.iter().any(|a| {
-        a.path().is_ident("cfg") && {
-            let text = a.meta.require_list().map(|l| l.tokens.to_string()).unwrap_or_default();
-            text.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == "test")
-                && !text.contains("not")
+    fn names_test(tokens: proc_macro2::TokenStream) -> bool {
+        let mut tokens = tokens.into_iter();
+        while let Some(token) = tokens.next() {
+            match token {
+                TokenTree::Ident(i) if i == "not" => {
+                    tokens.next();
+                }
+                TokenTree::Ident(i) if i == "test" => return true,
+                TokenTree::Group(g) if names_test(g.stream()) => return true,
+                _ => {}
+            }
         }
-    })
+        false
+    }
+    attrs.iter().any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| names_test(l.tokens.clone())))
 }
 
 fn path_attr(attrs: &[syn::Attribute]) -> Option<String> {
@@ -129,11 +139,8 @@ impl Collector<'_> {
             }
             syn::UseTree::Rename(r) => {
                 let name = r.ident.to_string();
-                let full: Vec<String> = if name == "self" {
-                    prefix.clone()
-                } else {
-                    prefix.iter().cloned().chain([name]).collect()
-                };
+                let full: Vec<String> =
+                    if name == "self" { prefix.clone() } else { prefix.iter().cloned().chain([name]).collect() };
                 self.import(full, r.rename.to_string(), public);
             }
             syn::UseTree::Glob(_) => {
@@ -238,9 +245,9 @@ impl<'ast> Visit<'ast> for Collector<'_> {
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
         // Paths inside macro arguments (format!, matches!, ...) are parsed as expressions when they can be.
-        if let Ok(args) = mac.parse_body_with(
-            syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
-        ) {
+        if let Ok(args) =
+            mac.parse_body_with(syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated)
+        {
             for e in &args {
                 self.visit_expr(e);
             }
@@ -268,14 +275,9 @@ fn declared_modules(
         let mut child = here.clone();
         child.push(name.clone());
         match &m.content {
-            Some((_, inner)) => declared_modules(
-                inner,
-                &child,
-                &dir_of_children.join(&name),
-                file_dir,
-                out_children,
-                out_files,
-            ),
+            Some((_, inner)) => {
+                declared_modules(inner, &child, &dir_of_children.join(&name), file_dir, out_children, out_files)
+            }
             None => {
                 let file = if let Some(p) = path_attr(&m.attrs) {
                     file_dir.join(p)
@@ -300,11 +302,7 @@ fn read_crate(src: &Path) -> Crate {
         let rel = file.strip_prefix(src).unwrap().to_string_lossy().into_owned();
         let file_dir = file.parent().unwrap().to_path_buf();
         let owns_dir = module.is_empty() || file.file_name().is_some_and(|n| n == "mod.rs");
-        let children_dir = if owns_dir {
-            file_dir.clone()
-        } else {
-            file_dir.join(file.file_stem().unwrap())
-        };
+        let children_dir = if owns_dir { file_dir.clone() } else { file_dir.join(file.file_stem().unwrap()) };
         let mut children = BTreeMap::new();
         let mut files = Vec::new();
         declared_modules(&ast.items, &module, &children_dir, &file_dir, &mut children, &mut files);
@@ -313,9 +311,7 @@ fn read_crate(src: &Path) -> Crate {
         }
         let mut inline: Vec<ModPath> = children
             .iter()
-            .flat_map(|(parent, names)| {
-                names.iter().map(move |n| parent.iter().cloned().chain([n.clone()]).collect())
-            })
+            .flat_map(|(parent, names)| names.iter().map(move |n| parent.iter().cloned().chain([n.clone()]).collect()))
             .filter(|m: &ModPath| !files.iter().any(|(f, _)| f == m))
             .collect();
         inline.push(module.clone());
@@ -376,22 +372,40 @@ impl Crate {
             .is_some_and(|d| d.contains(name))
     }
 
-    /// File -> files it depends on (itself excluded).
-    fn file_graph(&self) -> Graph {
-        let mut g = Graph::new();
+    /// File -> files it depends on (itself excluded) -> the paths by which it does.
+    fn file_graph(&self) -> Labelled {
+        let mut g = Labelled::new();
         for (file, info) in &self.files {
             let deps = g.entry(file.clone()).or_default();
             for r in &info.refs {
                 if let Some(target) = self.resolve(r, 0) {
                     if &target != file {
-                        deps.insert(target);
+                        deps.entry(target).or_default().insert(format!("crate::{}", r.join("::")));
                     }
                 }
             }
-            let _ = &info.module;
         }
         g
     }
+}
+
+/// A graph whose arrows carry the paths behind them.
+type Labelled = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+fn unlabelled(g: &Labelled) -> Graph {
+    g.iter().map(|(from, deps)| (from.clone(), deps.keys().cloned().collect())).collect()
+}
+
+/// The cycle with what ties each arrow, one arrow a line.
+fn describe(cycle: &[String], g: &Labelled) -> String {
+    cycle
+        .windows(2)
+        .map(|w| {
+            let names = g.get(&w[0]).and_then(|d| d.get(&w[1])).map(|n| n.iter().cloned().collect::<Vec<_>>());
+            format!("  {} -> {}: {}", w[0], w[1], names.unwrap_or_default().join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
@@ -405,15 +419,15 @@ fn top_module(file: &str) -> Option<String> {
     Some(first.trim_end_matches(".rs").to_string())
 }
 
-fn module_graph(files: &Graph) -> Graph {
-    let mut g = Graph::new();
+fn module_graph(files: &Labelled) -> Labelled {
+    let mut g = Labelled::new();
     for (from, deps) in files {
         let Some(a) = top_module(from) else { continue };
         let entry = g.entry(a.clone()).or_default();
-        for to in deps {
+        for (to, names) in deps {
             if let Some(b) = top_module(to) {
                 if b != a {
-                    entry.insert(b);
+                    entry.entry(b).or_default().extend(names.iter().map(|n| format!("{from} -> {to}: {n}")));
                 }
             }
         }
@@ -428,12 +442,7 @@ fn find_cycle(g: &Graph) -> Option<Vec<String>> {
         Open,
         Done,
     }
-    fn dfs(
-        g: &Graph,
-        n: &str,
-        marks: &mut BTreeMap<String, Mark>,
-        stack: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
+    fn dfs(g: &Graph, n: &str, marks: &mut BTreeMap<String, Mark>, stack: &mut Vec<String>) -> Option<Vec<String>> {
         marks.insert(n.to_string(), Mark::Open);
         stack.push(n.to_string());
         for m in g.get(n).into_iter().flatten() {
@@ -476,16 +485,16 @@ fn file_graph_of_proxy_src_has_no_cycle() {
     let krate = read_crate(&proxy_src());
     assert!(krate.files.len() > 50, "only {} files read", krate.files.len());
     let g = krate.file_graph();
-    if let Some(cycle) = find_cycle(&g) {
-        panic!("import cycle between files of proxy/src: {}", cycle.join(" -> "));
+    if let Some(cycle) = find_cycle(&unlabelled(&g)) {
+        panic!("import cycle between files of proxy/src:\n{}", describe(&cycle, &g));
     }
 }
 
 #[test]
 fn top_level_module_graph_of_proxy_src_has_no_cycle() {
     let g = module_graph(&read_crate(&proxy_src()).file_graph());
-    if let Some(cycle) = find_cycle(&g) {
-        panic!("import cycle between top-level modules of proxy/src: {}", cycle.join(" -> "));
+    if let Some(cycle) = find_cycle(&unlabelled(&g)) {
+        panic!("import cycle between top-level modules of proxy/src:\n{}", describe(&cycle, &g));
     }
 }
 
@@ -510,14 +519,10 @@ fn check_names_the_cycle_of_a_synthetic_crate() {
         ("c/inner.rs", "pub struct C;\nfn g(_: super::super::a::A) {}\n"),
     ]);
     let g = read_crate(dir.path()).file_graph();
-    assert_eq!(
-        find_cycle(&g).unwrap(),
-        ["a.rs", "b.rs", "c/inner.rs", "a.rs"].map(String::from).to_vec()
-    );
-    assert_eq!(
-        find_cycle(&module_graph(&g)).unwrap(),
-        ["a", "b", "c", "a"].map(String::from).to_vec()
-    );
+    let cycle = find_cycle(&unlabelled(&g)).unwrap();
+    assert_eq!(describe(&cycle, &g).lines().next().unwrap(), "  a.rs -> b.rs: crate::b::B");
+    assert_eq!(cycle, ["a.rs", "b.rs", "c/inner.rs", "a.rs"].map(String::from).to_vec());
+    assert_eq!(find_cycle(&unlabelled(&module_graph(&g))).unwrap(), ["a", "b", "c", "a"].map(String::from).to_vec());
 }
 
 #[test]
@@ -529,37 +534,20 @@ fn check_passes_a_synthetic_dag_whose_face_re_exports_its_children() {
         ("a/y.rs", "use super::X;\npub struct Y(X);\n#[cfg(test)]\nmod tests { use crate::b::B; }\n"),
         ("b.rs", "pub struct B(crate::a::Y);\n"),
     ]);
-    let g = read_crate(dir.path()).file_graph();
+    let g = unlabelled(&read_crate(dir.path()).file_graph());
     assert_eq!(find_cycle(&g), None);
     assert_eq!(g["a/y.rs"], BTreeSet::from(["a/x.rs".to_string()]));
     assert_eq!(g["b.rs"], BTreeSet::from(["a/y.rs".to_string()]));
 }
 
-/// Every edge of the file graph, for looking at the crate by hand:
-/// `cargo test -p dualwrite-proxy --test module_dag -- --ignored --nocapture print_graph`.
+/// Every arrow of the file graph with the paths behind it, for looking at the crate by hand:
+/// `cargo test -p dualwrite-proxy --test module_dag -- --ignored --nocapture print_file_graph`.
 #[test]
 #[ignore]
-fn print_graph() {
-    let g = read_crate(&proxy_src()).file_graph();
-    for (from, deps) in &g {
-        for to in deps {
-            println!("{from} -> {to}");
+fn print_file_graph() {
+    for (from, deps) in read_crate(&proxy_src()).file_graph() {
+        for (to, names) in deps {
+            println!("{from} -> {to}: {}", names.into_iter().collect::<Vec<_>>().join(", "));
         }
     }
-    let krate = read_crate(&proxy_src());
-    for (file, info) in &krate.files {
-        for r in &info.refs {
-            let t = krate.resolve(r, 0).unwrap_or_default();
-            if &t != file {
-                println!("EDGE {file} -> {t}: {}", r.join("::"));
-            }
-        }
-    }
-    let mut g2 = g.clone();
-    while let Some(c) = find_cycle(&g2) {
-        println!("cycle: {c:?}");
-        let (a, b) = (&c[c.len() - 2], &c[c.len() - 1]);
-        g2.get_mut(a).unwrap().remove(b);
-    }
-    println!("module cycle: {:?}", find_cycle(&module_graph(&g)));
 }

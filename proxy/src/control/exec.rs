@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::sql_error::{codes, SqlError};
 use super::grammar::{BackfillAction, ControlCommand, ReadTarget};
 use crate::result_set::{result_set, ControlResponse};
 use crate::shadow::ShadowCounts;
+use crate::sql_error::{codes, SqlError};
 use crate::state::audit_chain::ChainCheck;
 use crate::state::store::{AuditEntry, PhaseChange};
 use crate::state::{Actor, MigrationState, StateHandle};

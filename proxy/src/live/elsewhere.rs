@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use crate::sql_error::codes;
 use crate::control::{self, SqlError};
 use crate::databases::quoted_list;
 use crate::interceptor::{LocalReply, SessionInterceptor, SqlRequest, Verdict};
+use crate::sql_error::codes;
 
 pub struct ElsewhereSession {
     database: String,

@@ -18,7 +18,7 @@ pub use databases::LiveDatabases;
 pub use interceptor::LiveInterceptor;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
 use crate::pg_client::PgTarget;
 use crate::protocol::responses::LatencySink;
-use crate::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
 use crate::shadow::{ShadowReads, ShadowReadsConfig};
 use crate::state::{Actor, StateHandle, StateOptions};
 use crate::version::VersionDefaults;
@@ -230,10 +229,6 @@ impl LiveRules {
         let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
         let dual_write = verdict::dual_write_sinks(&rules);
         LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base, dual_write }
-    }
-
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
     }
 }
 

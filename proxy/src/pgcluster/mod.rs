@@ -33,8 +33,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use error::ClusterError;
 use error::io_err;
+pub use error::ClusterError;
 pub use options::{ClusterOptions, PasswordAuth, Role, StopMode};
 use os::{children_of, process_alive, service_account, signal, wait_until_gone, Account};
 pub use os::{find_bin_dir, free_port};

@@ -9,26 +9,23 @@ mod frontend;
 mod refusal;
 mod shared;
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use self::backend::{Backend, BackendEnd};
 use self::frontend::{Frontend, FrontendEnd};
-use crate::interceptor::SessionInfo;
-use crate::stream::{Stream, WriteHalf};
 use crate::cancel;
+use crate::interceptor::SessionInfo;
 use crate::metrics::{self, GaugeGuard, SessionMetrics};
-use crate::protocol::messages::{self, SqlError};
-use crate::protocol::responses::ResponseQueue;
+use crate::protocol::messages::SqlError;
 use crate::protocol::startup::{self, CancelKey, InitialPacket, StartupError, StartupPacket};
 use crate::server_context::ServerContext;
+use crate::stream::Stream;
 use crate::upstream;
 
 pub(crate) use self::shared::{

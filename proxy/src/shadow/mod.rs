@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use crate::config::ShadowReadsConfig;
-pub use counts::{Outcome, ShadowCounts, ShadowFigures};
 use crate::pg_client::PgTarget;
 use crate::protocol::messages::BindParam;
+pub use counts::{Outcome, ShadowCounts, ShadowFigures};
 
 /// The database the workers read, given the control plane's connection settings: sessions on other
 /// databases are never sampled.
@@ -48,8 +48,6 @@ pub struct ShadowReads {
     max_rate: f64,
     queue: mpsc::Sender<worker::Job>,
     counts: Arc<ShadowCounts>,
-    /// The database the workers connect to; sessions on other databases are never sampled.
-    database: String,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -70,18 +68,12 @@ impl ShadowReads {
             return None;
         }
         let counts = Arc::new(ShadowCounts::new(rules));
-        let database = workers_database(&pg);
         let (queue, workers) = worker::spawn(pg, config, Arc::clone(&counts));
-        Some(ShadowReads { max_rate, queue, counts, database, workers })
+        Some(ShadowReads { max_rate, queue, counts, workers })
     }
 
     pub fn counts(&self) -> &Arc<ShadowCounts> {
         &self.counts
-    }
-
-    /// True if reads of a session on `database` may be sampled (the workers read that database).
-    pub fn serves_database(&self, database: &str) -> bool {
-        self.database == database
     }
 
     /// The first, cheap draw: true for about `max_rate` of the calls.

@@ -19,7 +19,7 @@ pub mod startup;
 pub mod statement;
 pub mod txstack;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 pub use crate::config::VersionDefaults;
 use crate::result_set::ControlResponse;
