@@ -42,6 +42,11 @@ impl CancelRegistry {
     pub fn lookup(&self, client: &CancelKey) -> Option<CancelKey> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(client).cloned()
     }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
 }
 
 /// Keeps one mapping alive; dropping it (session end) forgets the key.

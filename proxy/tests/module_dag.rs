@@ -19,8 +19,6 @@ type ModPath = Vec<String>;
 /// One file of the crate as the check sees it.
 #[derive(Debug, Default)]
 struct FileInfo {
-    /// The file's module (inline modules of the file are members of the file).
-    module: ModPath,
     /// Names defined in each module that lives in this file (the file's own and inline ones).
     defs: BTreeMap<ModPath, BTreeSet<String>>,
     /// Re-exports (`pub use`): (module, name) -> the path it stands for (absolute).
@@ -318,7 +316,7 @@ fn read_crate(src: &Path) -> Crate {
         for m in inline {
             krate.modules.insert(m, rel.clone());
         }
-        let mut info = FileInfo { module: module.clone(), ..FileInfo::default() };
+        let mut info = FileInfo::default();
         let mut collector = Collector { here: module.clone(), info: &mut info, children: &children };
         for item in &ast.items {
             collector.visit_item(item);

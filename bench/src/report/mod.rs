@@ -13,7 +13,7 @@ use sections::{
 };
 use table::{cells, one_line, NA};
 
-use crate::arms::{Arm, ProxyKind};
+use crate::arms::Arm;
 use crate::bulk::BulkArm;
 use crate::pgbench::{Mode, Workload};
 use crate::results::Results;

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use super::table::{arms_for, cells, one_line, ratio_str, stat_cell, table_head, NA};
 use crate::arms::{Arm, ProxyKind};
 use crate::bulk::BulkArm;
-use crate::pgbench::{Mode, Workload};
+use crate::pgbench::Workload;
 use crate::results::Results;
+use crate::stats::Stat;
 
 pub(crate) fn tps_tables(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Throughput (TPS): median (min–max) over repetitions\n");

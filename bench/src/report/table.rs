@@ -1,6 +1,8 @@
 //! Shared pieces of the report's tables (a leaf of `report`): the cells of a workload, table heads, and
 //! the text of a figure, a ratio or a missing value.
 
+use std::fmt::Write as _;
+
 use crate::arms::Arm;
 use crate::pgbench::{Mode, Workload};
 use crate::results::Results;
