@@ -4,8 +4,10 @@
 //! Every file reachable from `lib.rs` by `mod` declarations (test modules under `#[cfg(test)]` left out)
 //! is parsed with `syn`; its `use crate::..` / `super::..` / `self::..` / child-module imports and the
 //! `crate::a::b` / `super::..` paths in its code are resolved to the file that defines the name. A name
-//! reached through a re-export (`pub use`) is followed to the file that defines it, so a module's face
-//! (`mod.rs` handing on its children's names) does not tie its children to each other.
+//! reached through a re-export (`pub use`) is followed to the file that defines it. A re-export is itself
+//! an import of the re-exporting file, except a module's face handing on its own children's names
+//! (`pub use child::X` in `mod.rs`): children may use what their parent defines without a cycle through
+//! the parent's re-exports of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -304,9 +306,6 @@ fn read_crate(src: &Path) -> Crate {
         let mut children = BTreeMap::new();
         let mut files = Vec::new();
         declared_modules(&ast.items, &module, &children_dir, &file_dir, &mut children, &mut files);
-        for (m, _) in &files {
-            krate.modules.insert(m.clone(), String::new());
-        }
         let mut inline: Vec<ModPath> = children
             .iter()
             .flat_map(|(parent, names)| names.iter().map(move |n| parent.iter().cloned().chain([n.clone()]).collect()))
