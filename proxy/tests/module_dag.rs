@@ -536,15 +536,3 @@ fn check_passes_a_synthetic_dag_whose_face_re_exports_its_children() {
     assert_eq!(g["a/y.rs"], BTreeSet::from(["a/x.rs".to_string()]));
     assert_eq!(g["b.rs"], BTreeSet::from(["a/y.rs".to_string()]));
 }
-
-/// Every arrow of the file graph with the paths behind it, for looking at the crate by hand:
-/// `cargo test -p dualwrite-proxy --test module_dag -- --ignored --nocapture print_file_graph`.
-#[test]
-#[ignore]
-fn print_file_graph() {
-    for (from, deps) in read_crate(&proxy_src()).file_graph() {
-        for (to, names) in deps {
-            println!("{from} -> {to}: {}", names.into_iter().collect::<Vec<_>>().join(", "));
-        }
-    }
-}

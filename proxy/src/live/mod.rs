@@ -26,16 +26,15 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use dualwrite_rules::{CacheStats, Rewriter, RuleSet};
 
-use crate::config::Config;
+use crate::config::{Config, ShadowReadsConfig, VersionDefaults};
 use crate::control::exec::JobDispatch;
 use crate::control::jobs_bridge::JobsBridge;
 use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
 use crate::pg_client::PgTarget;
 use crate::protocol::responses::LatencySink;
-use crate::shadow::{ShadowReads, ShadowReadsConfig};
+use crate::shadow::ShadowReads;
 use crate::state::{Actor, StateHandle, StateOptions};
-use crate::version::VersionDefaults;
 
 /// Plans kept by the rewriter's cache (statement text x route).
 const PLAN_CACHE_CAPACITY: usize = 16 * 1024;
