@@ -29,11 +29,13 @@ pub mod quickstart;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod session_attrs;
 pub mod session_threads;
 pub mod shadow;
 pub mod shutdown;
 pub mod state;
 pub mod tls;
+pub mod topology;
 pub mod upstream;
 pub mod version;
 

@@ -1,0 +1,101 @@
+//! A slot that was lost: the watch's logical slot lives on one server and PostgreSQL 15 does not copy it to
+//! standbys, so after a failover the new primary has no slot (the same holds for a slot dropped by hand).
+//! The leader then creates a new one, which starts at the new primary's current WAL position: what was
+//! committed between the old slot's confirmed position and then was never streamed, and a bypass made in
+//! that interval can only be found by a verify. This module notices it (the watch's row, replicated with
+//! the database, says a slot was being streamed; the slot is not there), and the leader says so until
+//! it is covered: a WARN, `dualwrite_cdc_slot_lost_total`, and the interval in the watch's STATUS detail
+//! until a verify of every watched migration has started after the new slot was created.
+
+use metrics::counter;
+use tokio_postgres::Client;
+
+use super::bypass::WatchedMigration;
+
+/// The start of the detail that marks a gap (kept across leaders: the row carries it).
+const MARK: &str = "replication slot lost";
+
+/// An interval the watch did not see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// What STATUS shows (the watch's `detail`).
+    pub detail: String,
+    /// When the new slot was created (timestamptz text): verifies started after it cover the gap.
+    until: String,
+}
+
+/// Before the leader creates `slot`: whether the watch streamed it until it vanished (a new gap), or a
+/// previous leader recorded a gap not yet covered (carried over).
+pub async fn detect(client: &Client, slot: &str) -> Result<Option<Gap>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT w.detail, now()::text, \
+                    (w.updated_at - make_interval(secs => coalesce(w.lag_seconds, 0)))::text, \
+                    coalesce(w.confirmed_lsn::text, 'unknown'), pg_current_wal_lsn()::text, \
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) \
+             FROM dualwrite.cdc_watch w WHERE w.id = 1 AND w.state = 'watching' AND w.slot = $1",
+            &[&slot],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let detail: Option<String> = row.get(0);
+    if let Some(gap) = detail.as_deref().and_then(carried_over) {
+        return Ok(Some(gap));
+    }
+    if row.get::<_, bool>(5) {
+        return Ok(None);
+    }
+    let (until, since, from, to): (String, String, String, String) = (row.get(1), row.get(2), row.get(3), row.get(4));
+    let gap = Gap { detail: describe(&since, &until, &from, &to), until };
+    tracing::warn!(%slot, "{}", gap.detail);
+    counter!("dualwrite_cdc_slot_lost_total").increment(1);
+    Ok(Some(gap))
+}
+
+/// Whether a verify of every one of `migrations` has started since the gap (and finished).
+pub async fn covered(
+    client: &Client,
+    gap: &Gap,
+    migrations: &[WatchedMigration],
+) -> Result<bool, tokio_postgres::Error> {
+    let names: Vec<&str> = migrations.iter().map(|m| m.name.as_str()).collect();
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT migration) = cardinality($1::text[]) FROM dualwrite.verify_runs \
+             WHERE migration = ANY($1::text[]) AND started_at > $2::text::timestamptz AND finished_at IS NOT NULL",
+            &[&names, &gap.until],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn describe(since: &str, until: &str, from: &str, to: &str) -> String {
+    format!(
+        "{MARK} (a failover, or dropped) and recreated at [{until}]: changes committed from about {since} (WAL \
+         {from} on the old slot) to then (WAL {to}) were not watched; bypasses in that interval are found only \
+         by DUALWRITE VERIFY of each watched migration"
+    )
+}
+
+/// A gap a previous leader recorded in the row's detail.
+fn carried_over(detail: &str) -> Option<Gap> {
+    let rest = detail.strip_prefix(MARK)?;
+    let (_, after) = rest.split_once('[')?;
+    let (until, _) = after.split_once(']')?;
+    Some(Gap { detail: detail.to_owned(), until: until.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_gap_is_carried_over_by_the_next_leader() {
+        let detail = describe("2026-01-01 10:00:00+00", "2026-01-01 10:00:09.5+00", "0/3000000", "0/5000000");
+        assert!(detail.starts_with("replication slot lost (a failover, or dropped) and recreated at [2026-01-01"));
+        let gap = carried_over(&detail).unwrap();
+        assert_eq!(gap.until, "2026-01-01 10:00:09.5+00");
+        assert_eq!(gap.detail, detail);
+        assert_eq!(carried_over("wal_level is replica"), None);
+    }
+}
