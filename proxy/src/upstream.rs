@@ -281,6 +281,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_any_the_first_host_that_accepts_the_connection_is_used() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_port = open.local_addr().unwrap().port();
+        let url = format!("postgres://u@127.0.0.1:{closed_port},127.0.0.1:{open_port}/d?sslmode=disable");
+        let target = UpstreamTarget::from_url(&url, Duration::from_secs(3)).unwrap();
+        assert_eq!(target.describe(), format!("127.0.0.1:{closed_port},127.0.0.1:{open_port}"));
+        assert!(!target.topology.follows_primary(), "any: nothing to probe");
+        let (_, index) = connect_session(&target).await.unwrap();
+        assert_eq!(index, 1);
+        // Both refuse: the last host's error.
+        drop(open);
+        match connect_session(&target).await {
+            Err(ConnectError::Io { addr, .. }) => assert_eq!(addr, format!("127.0.0.1:{open_port}")),
+            other => panic!("not a failed connect: {:?}", other.map(|(_, i)| i)),
+        }
+    }
+
+    #[tokio::test]
     async fn a_server_that_closes_before_answering_the_startup_is_a_failed_connect() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

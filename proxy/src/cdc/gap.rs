@@ -25,15 +25,15 @@ pub struct Gap {
 }
 
 /// Before the leader creates `slot`: whether the watch streamed it until it vanished (a new gap), or a
-/// previous leader recorded a gap not yet covered (carried over).
+/// previous leader recorded a gap not yet covered (carried over, also through an error it then met).
 pub async fn detect(client: &Client, slot: &str) -> Result<Option<Gap>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT w.detail, now()::text, \
-                    (w.updated_at - make_interval(secs => coalesce(w.lag_seconds, 0)))::text, \
-                    coalesce(w.confirmed_lsn::text, 'unknown'), pg_current_wal_lsn()::text, \
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) \
-             FROM dualwrite.cdc_watch w WHERE w.id = 1 AND w.state = 'watching' AND w.slot = $1",
+            "SELECT w.detail, w.state = 'watching' AND w.slot = $1 \
+                    AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+                    now()::text, (w.updated_at - make_interval(secs => coalesce(w.lag_seconds, 0)))::text, \
+                    coalesce(w.confirmed_lsn::text, 'unknown'), pg_current_wal_lsn()::text \
+             FROM dualwrite.cdc_watch w WHERE w.id = 1 AND w.state IN ('watching', 'error')",
             &[&slot],
         )
         .await?;
@@ -42,10 +42,10 @@ pub async fn detect(client: &Client, slot: &str) -> Result<Option<Gap>, tokio_po
     if let Some(gap) = detail.as_deref().and_then(carried_over) {
         return Ok(Some(gap));
     }
-    if row.get::<_, bool>(5) {
+    if !row.get::<_, bool>(1) {
         return Ok(None);
     }
-    let (until, since, from, to): (String, String, String, String) = (row.get(1), row.get(2), row.get(3), row.get(4));
+    let (until, since, from, to): (String, String, String, String) = (row.get(2), row.get(3), row.get(4), row.get(5));
     let gap = Gap { detail: describe(&since, &until, &from, &to), until };
     tracing::warn!(%slot, "{}", gap.detail);
     counter!("dualwrite_cdc_slot_lost_total").increment(1);
@@ -77,12 +77,21 @@ fn describe(since: &str, until: &str, from: &str, to: &str) -> String {
     )
 }
 
-/// A gap a previous leader recorded in the row's detail.
+/// The detail of an error row: the error, and the gap if there is one (the next leader carries it over).
+pub fn with_error(gap: Option<&Gap>, error: &str) -> String {
+    match gap {
+        Some(gap) => format!("{error}; {}", gap.detail),
+        None => error.to_owned(),
+    }
+}
+
+/// A gap a previous leader recorded in the row's detail (after an error's text, in an error row).
 fn carried_over(detail: &str) -> Option<Gap> {
-    let rest = detail.strip_prefix(MARK)?;
-    let (_, after) = rest.split_once('[')?;
+    let start = detail.find(MARK)?;
+    let recorded = &detail[start..];
+    let (_, after) = recorded.split_once('[')?;
     let (until, _) = after.split_once(']')?;
-    Some(Gap { detail: detail.to_owned(), until: until.to_owned() })
+    Some(Gap { detail: recorded.to_owned(), until: until.to_owned() })
 }
 
 #[cfg(test)]
@@ -97,5 +106,9 @@ mod tests {
         assert_eq!(gap.until, "2026-01-01 10:00:09.5+00");
         assert_eq!(gap.detail, detail);
         assert_eq!(carried_over("wal_level is replica"), None);
+        // Through an error row.
+        let error_row = with_error(Some(&gap), "cannot open the replication connection");
+        assert!(error_row.starts_with("cannot open the replication connection; replication slot lost"));
+        assert_eq!(carried_over(&error_row), Some(gap));
     }
 }

@@ -195,7 +195,8 @@ impl Leader<'_> {
             Err(error) => {
                 // Shown in STATUS until a stream starts (a refused certificate, a missing REPLICATION
                 // right, the slot still held by a leader that just died).
-                let detail = format!("{error:#}");
+                // A lost slot's interval stays in the row, so that the next leader still reports it.
+                let detail = gap::with_error(self.gap.as_ref(), &format!("{error:#}"));
                 let row = WatchRow { state: WatchState::Error, detail: Some(&detail), ..idle_row() };
                 status::write(client, &row).await?;
                 return Err(error);
