@@ -8,6 +8,7 @@
 //! standby-seeking `target_session_attrs` values are refused at start.
 
 mod cdc_support;
+mod tls_support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -284,4 +285,58 @@ async fn standby_seeking_target_session_attrs_are_refused_at_start() {
             )
         );
     }
+}
+
+/// A certificate of `ca` for `name` and its key (PEM chain, PEM key).
+fn leaf_for(name: &str, ca: &(rcgen::Certificate, rcgen::KeyPair)) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca.0, &ca.1).unwrap();
+    (format!("{}{}", leaf.pem(), ca.0.pem()), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_each_hosts_own_name() {
+    let (primary, standby, f) = primary_and_standby().await;
+    let ca = tls_support::ca("dualwrite failover test CA");
+    // The standby's certificate names 127.0.0.1 only, the primary's localhost only.
+    for (cluster, name) in [(&standby, "127.0.0.1"), (&primary, "localhost")] {
+        let (chain, key) = leaf_for(name, &ca);
+        cluster.enable_tls(&chain, &key, None).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ca.crt");
+    std::fs::write(&root, ca.0.pem()).unwrap();
+    let url = |first: &str, second: &str| {
+        format!(
+            "postgres://{}@{first}:{},{second}:{}/{}?sslmode=verify-full&sslrootcert={}&target_session_attrs=read-write",
+            primary.superuser(),
+            standby.port(),
+            primary.port(),
+            f.db.name,
+            root.display()
+        )
+    };
+    // Each host checked against its own name: the standby as 127.0.0.1, the primary as localhost.
+    let named_right = url("127.0.0.1", "localhost");
+    let proxy = TestProxy::with_rules_toml_and(&f.db, &rules("alert"), |c: &mut Config| c.upstream = named_right)
+        .await
+        .expect("the control plane verifies each host by its own name");
+    assert_eq!(server_of(&proxy.url(&f.db)).await, Some((false, i32::from(primary.port()))));
+    // The names swapped: no host's certificate matches, so no host is acceptable.
+    let relay = TestProxy::start(Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), url("localhost", "127.0.0.1")))
+        .await
+        .expect("relay");
+    let error = connect(&relay.url(&f.db)).await.expect_err("refused");
+    let db = error.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()).expect("a server error");
+    assert_eq!(db.code().code(), "08001");
+    assert!(
+        db.message().starts_with("no upstream server accepts target_session_attrs=read-write: "),
+        "{}",
+        db.message()
+    );
+    for (name, port) in [("localhost", standby.port()), ("127.0.0.1", primary.port())] {
+        let attempt = format!("connection to server at \"{name}\", port {port} failed: ");
+        assert!(db.message().contains(&attempt), "{attempt} in {}", db.message());
+    }
+    assert_eq!(db.message().matches("does not match").count(), 2, "{}", db.message());
 }
