@@ -79,10 +79,11 @@ impl UpstreamTarget {
 
     /// Probes the primary with the control plane's connection settings (credentials, database, TLS) on
     /// this URL's hosts, when sessions need the primary found (see `topology`).
-    pub fn with_control_probe(mut self, config: &crate::config::Config) -> anyhow::Result<Self> {
+    /// `control` is asked only then (it reads the control URL's certificate files).
+    pub fn with_control_probe(mut self, control: impl FnOnce() -> anyhow::Result<PgTarget>) -> anyhow::Result<Self> {
         if self.topology.follows_primary() {
             let (hosts, attrs) = (self.topology.hosts().to_vec(), self.topology.attrs());
-            let control = config.control_connection()?;
+            let control = control()?;
             self.topology = Arc::new(Topology::new(hosts, attrs, control, self.connect_timeout));
         }
         Ok(self)
