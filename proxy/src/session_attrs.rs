@@ -72,15 +72,15 @@ impl SessionAttrs {
         }
     }
 
-    /// Judges one ParameterStatus of a session's startup (PostgreSQL 14+ reports `in_hot_standby` and
-    /// `default_transaction_read_only`): why the session's server is not acceptable, if it is not.
+    /// Judges one ParameterStatus of a session's startup: `in_hot_standby = on` (PostgreSQL 14+ reports
+    /// it) is a standby, which no value accepts. `default_transaction_read_only` is not judged here: in a
+    /// session it may be the client's own choice (`options=-c default_transaction_read_only=on`, a role
+    /// setting), which the proxy's `read-write` must not refuse; the probe judges the server's.
     pub fn refuses_parameter(self, name: &str, value: &str) -> Option<&'static str> {
-        let role = match name {
-            "in_hot_standby" => ServerRole { in_hot_standby: value == "on", read_only: false },
-            "default_transaction_read_only" => ServerRole { in_hot_standby: false, read_only: value == "on" },
-            _ => return None,
-        };
-        self.refusal(role)
+        match name {
+            "in_hot_standby" => self.refusal(ServerRole { in_hot_standby: value == "on", read_only: false }),
+            _ => None,
+        }
     }
 }
 
@@ -249,8 +249,9 @@ mod tests {
         assert_eq!(SessionAttrs::Any.refusal(standby), None);
         assert_eq!(SessionAttrs::Primary.refuses_parameter("in_hot_standby", "on"), Some(HOT_STANDBY));
         assert_eq!(SessionAttrs::Primary.refuses_parameter("in_hot_standby", "off"), None);
-        assert_eq!(SessionAttrs::ReadWrite.refuses_parameter("default_transaction_read_only", "on"), Some(READ_ONLY));
-        assert_eq!(SessionAttrs::Primary.refuses_parameter("default_transaction_read_only", "on"), None);
+        assert_eq!(SessionAttrs::ReadWrite.refuses_parameter("in_hot_standby", "on"), Some(HOT_STANDBY));
+        // A session's own read-only default is the client's choice, not the server's role.
+        assert_eq!(SessionAttrs::ReadWrite.refuses_parameter("default_transaction_read_only", "on"), None);
         assert_eq!(SessionAttrs::Any.refuses_parameter("in_hot_standby", "on"), None);
     }
 }

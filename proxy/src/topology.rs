@@ -7,7 +7,7 @@
 //! (`PgTarget::find_primary`: the hosts in the URL's order, `pg_is_in_recovery()` and
 //! `transaction_read_only` on each) and remembered; sessions connect to it. It is looked for again when
 //! a connect to it fails and when a session's server turns out to be in hot standby (its ParameterStatus
-//! at startup, see `session::backend`), which also ends that session with libpq's words (08001) rather
+//! `in_hot_standby` at startup, see `session::backend`), which also ends that session with libpq's words (08001) rather
 //! than letting it run read-only. One probe runs at a time; sessions arriving meanwhile wait for its
 //! answer, and a probe that found no primary is reused for a moment so a failover's window does not
 //! turn into a storm of probes.

@@ -233,6 +233,11 @@ async fn a_standby_first_host_list_reaches_the_primary_for_sessions_and_the_cont
             .await
             .expect("relay");
         assert_eq!(server_of(&relay.url(&f.db)).await, Some((false, i32::from(primary.port()))), "{attrs}");
+        // A client's own read-only default is its choice: not a reason to refuse its session.
+        let read_only = format!("{}?options=-c%20default_transaction_read_only%3Don", relay.url(&f.db));
+        let client = connect(&read_only).await.unwrap();
+        let setting: String = client.query_one("SHOW default_transaction_read_only", &[]).await.unwrap().get(0);
+        assert_eq!(setting, "on", "{attrs}");
         // The control plane registers the migration (a write) at start: it found the primary too.
         let live = TestProxy::with_rules_toml_and(&f.db, &rules("alert"), |c: &mut Config| c.upstream = upstream)
             .await

@@ -5,10 +5,9 @@
 //! refuses the login as a downgrade; such clients need `channel_binding=disable` (the header is covered by
 //! the SCRAM proof, so the proxy cannot change it).
 //!
-//! A session whose server reports, in its startup's ParameterStatus, that it cannot serve the upstream
-//! URL's `target_session_attrs` (`in_hot_standby = on`, or `default_transaction_read_only = on` for
-//! read-write) is ended there with libpq's words (08001) instead of running read-only, and the topology
-//! looks for the primary again.
+//! A session whose server reports `in_hot_standby = on` in its startup's ParameterStatus while the
+//! upstream URL asks for `read-write` or `primary` is ended there with libpq's words (08001) instead of
+//! running read-only, and the topology looks for the primary again.
 //!
 //! Afterwards each message is classified by its tag through the response queue; runs of unchanged
 //! messages are forwarded as slices of the read buffer, written once per upstream read (that is, at the
@@ -350,7 +349,7 @@ impl<'s> Backend<'s> {
 }
 
 impl Backend<'_> {
-    /// Judges `in_hot_standby` and `default_transaction_read_only` against the URL's target_session_attrs.
+    /// Judges `in_hot_standby` against the URL's target_session_attrs.
     fn on_parameter_status(&mut self, frame: &[u8]) -> Step {
         let mut fields = BodyReader::new(body(frame));
         let (Some(name), Some(value)) = (fields.cstr(), fields.cstr()) else { return Step::Forward };
