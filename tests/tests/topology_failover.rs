@@ -345,3 +345,54 @@ async fn verify_full_checks_each_hosts_own_name() {
     }
     assert_eq!(db.message().matches("does not match").count(), 2, "{}", db.message());
 }
+
+/// A port where connects hang, as to a host gone without a word (no RST): a listener whose queue
+/// (backlog 0) one connection nobody accepts has filled, so the kernel drops further SYNs.
+async fn black_hole() -> (tokio::net::TcpListener, std::net::TcpStream, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    (listener, queued, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_host_gone_without_a_word_is_passed_over_by_sessions_and_the_control_plane() {
+    let cluster = TestCluster::shared();
+    let f = fixture_on(&cluster).await;
+    let (_listener, _queued, dead_port) = black_hole().await;
+    let upstream = format!(
+        "postgres://{}@127.0.0.1:{dead_port},127.0.0.1:{}/{}?sslmode=disable&target_session_attrs=read-write",
+        cluster.superuser(),
+        cluster.port(),
+        f.db.name
+    );
+    // The control plane registers the migration (a write) at start: it passed over the dead host.
+    let proxy = TestProxy::with_rules_toml_and(&f.db, &rules("alert"), |c: &mut Config| {
+        c.upstream = upstream;
+        c.limits.connect_timeout_secs = 2;
+        c.limits.state_max_age_secs = 4;
+    })
+    .await
+    .expect("the proxy starts with a dead first host");
+    // The state watcher's reconnects are bounded (by state_max_age_secs) as a whole: the dead host gets
+    // its share of that, and the listener runs on the live one.
+    eventually(WAIT, "the state listener runs", || async {
+        f.direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'dualwrite state listener'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert_eq!(server_of(&proxy.url(&f.db)).await, Some((false, i32::from(cluster.port()))));
+    let client = proxy.connect(&f.db).await.unwrap();
+    client.execute("INSERT INTO users VALUES (1, 'dual x', 'D@X', 'a1')", &[]).await.unwrap();
+    assert_eq!(difference(&f.direct).await, 0, "the write was dual");
+}

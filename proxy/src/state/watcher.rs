@@ -282,9 +282,13 @@ impl Inner {
 }
 
 /// A connect timeout of `limit` unless the URL sets one: a stalled connect must not hold the watcher.
+/// tokio-postgres applies it to each host in turn, so with several hosts each gets its share (at least a
+/// second): after a failover whose old primary's host is gone without a word (no RST), the next host is
+/// still tried within the bound the watcher puts on a whole reconnect.
 fn with_connect_timeout(mut pg: PgTarget, limit: Duration) -> PgTarget {
     if pg.config().get_connect_timeout().is_none() {
-        pg.config_mut().connect_timeout(limit);
+        let hosts = pg.config().get_hosts().len().max(1) as u32;
+        pg.config_mut().connect_timeout((limit / hosts).max(Duration::from_secs(1)));
     }
     pg
 }
