@@ -4,13 +4,13 @@
 //! Authentication is relayed from the client, so the proxy cannot do what libpq does (log in to a host,
 //! find it read-only, try the next): by the time the session's server says what it is, the client has
 //! authenticated against it. So the primary is found beforehand with the control plane's credentials
-//! (`PgTarget::find_primary`: the hosts in the URL's order, `pg_is_in_recovery()` and
+//! (`PgTarget::find_acceptable`: the hosts in the URL's order, `pg_is_in_recovery()` and
 //! `transaction_read_only` on each) and remembered; sessions connect to it. It is looked for again when
 //! a connect to it fails and when a session's server turns out to be in hot standby (its ParameterStatus
-//! `in_hot_standby` at startup, see `session::backend`), which also ends that session with libpq's words (08001) rather
-//! than letting it run read-only. One probe runs at a time; sessions arriving meanwhile wait for its
-//! answer, and a probe that found no primary is reused for a moment so a failover's window does not
-//! turn into a storm of probes.
+//! `in_hot_standby` at startup, see `session::backend`, which also ends that session with libpq's words,
+//! 08001, rather than letting it run read-only); that probe tries the host just found unusable last.
+//! One probe runs at a time; sessions arriving meanwhile wait for its answer, and a probe that found no
+//! primary is reused for a moment so a failover's window does not turn into a storm of probes.
 //!
 //! With `target_session_attrs=any` (libpq's default) nothing is probed: sessions take the first host, in
 //! order, that accepts the TCP connection.
@@ -41,6 +41,9 @@ struct Known {
     primary: Option<usize>,
     /// The last probe's failure, and when.
     failed: Option<(Instant, String)>,
+    /// The host a session last found unusable: the next probe tries it last (a host gone without a word
+    /// costs a whole connect timeout, and it is the one least likely to be the primary now).
+    suspect: Option<usize>,
 }
 
 impl Topology {
@@ -83,9 +86,13 @@ impl Topology {
         if let Some(found) = self.remembered() {
             return found;
         }
-        // The control plane's settings aimed at the data plane's hosts (its own URL may name others).
-        let found = match self.probe.find_acceptable(&self.hosts, self.attrs).await {
-            Ok((index, _)) => Ok(index),
+        // The control plane's settings aimed at the data plane's hosts (its own URL may name others), in
+        // the URL's order but for the suspect, last.
+        let suspect = self.known.lock().unwrap_or_else(|e| e.into_inner()).suspect;
+        let order = probe_order(self.hosts.len(), suspect);
+        let hosts: Vec<HostAddr> = order.iter().map(|&i| self.hosts[i].clone()).collect();
+        let found = match self.probe.find_acceptable(&hosts, self.attrs).await {
+            Ok((position, _)) => Ok(order[position]),
             Err(error) => Err(format!("{error:#}")),
         };
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,6 +106,7 @@ impl Topology {
                 metrics::counter!("dualwrite_upstream_primary_probes_total", "result" => "found").increment(1);
                 known.primary = Some(*index);
                 known.failed = None;
+                known.suspect = None;
             }
             Err(reason) => {
                 tracing::warn!(%reason, "no upstream host is acceptable for new sessions");
@@ -115,6 +123,7 @@ impl Topology {
         if known.primary == Some(host) {
             tracing::warn!(host = %self.hosts[host].describe(), "the upstream primary is no longer acceptable");
             known.primary = None;
+            known.suspect = Some(host);
         }
     }
 
@@ -127,5 +136,23 @@ impl Topology {
             Some((at, reason)) if at.elapsed() < FAILED_PROBE_REUSE => Some(Err(reason.clone())),
             _ => None,
         }
+    }
+}
+
+/// The hosts' indexes in the URL's order, `suspect` moved last.
+fn probe_order(hosts: usize, suspect: Option<usize>) -> Vec<usize> {
+    (0..hosts).filter(|&i| Some(i) != suspect).chain(suspect).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_just_found_unusable_is_probed_last() {
+        assert_eq!(probe_order(3, None), [0, 1, 2]);
+        assert_eq!(probe_order(3, Some(0)), [1, 2, 0]);
+        assert_eq!(probe_order(3, Some(1)), [0, 2, 1]);
+        assert_eq!(probe_order(1, Some(0)), [0]);
     }
 }
