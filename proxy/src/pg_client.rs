@@ -85,11 +85,6 @@ impl PgTarget {
         self.tls.files()
     }
 
-    /// The URL's `target_session_attrs`.
-    pub fn session_attrs(&self) -> SessionAttrs {
-        self.attrs
-    }
-
     /// The URL's TCP hosts in order, each with its port.
     pub fn hosts(&self) -> anyhow::Result<Vec<HostAddr>> {
         crate::session_attrs::tcp_hosts(&self.config)

@@ -15,17 +15,32 @@ use super::bypass::WatchedMigration;
 /// The start of the detail that marks a gap (kept across leaders: the row carries it).
 const MARK: &str = "replication slot lost";
 
-/// An interval the watch did not see.
+/// An interval the watch did not see: timestamps (timestamptz text) and WAL positions of its ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
-    /// What STATUS shows (the watch's `detail`).
-    pub detail: String,
-    /// When the new slot was created (timestamptz text): verifies started after it cover the gap.
+    /// About when the oldest change not streamed was committed, and the old slot's confirmed position.
+    since: String,
+    from: String,
+    /// When the new slot was created (verifies started after it cover the gap), at which position.
     until: String,
+    to: String,
+}
+
+impl Gap {
+    /// What STATUS shows (the watch's `detail`); [`carried_over`] reads it back.
+    pub fn detail(&self) -> String {
+        let Gap { since, from, until, to } = self;
+        format!(
+            "{MARK} (a failover, or dropped) and recreated at [{until}]: changes committed from about [{since}] \
+             (WAL [{from}] on the old slot) to then (WAL [{to}]) were not watched; bypasses in that interval are \
+             found only by DUALWRITE VERIFY of each watched migration"
+        )
+    }
 }
 
 /// Before the leader creates `slot`: whether the watch streamed it until it vanished (a new gap), or a
-/// previous leader recorded a gap not yet covered (carried over, also through an error it then met).
+/// previous leader recorded a gap not yet covered (carried over, also through an error it then met). A
+/// slot lost again before the first gap was covered widens that gap to now.
 pub async fn detect(client: &Client, slot: &str) -> Result<Option<Gap>, tokio_postgres::Error> {
     let row = client
         .query_opt(
@@ -38,16 +53,16 @@ pub async fn detect(client: &Client, slot: &str) -> Result<Option<Gap>, tokio_po
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let detail: Option<String> = row.get(0);
-    if let Some(gap) = detail.as_deref().and_then(carried_over) {
-        return Ok(Some(gap));
-    }
+    let recorded = row.get::<_, Option<String>>(0).as_deref().and_then(carried_over);
     if !row.get::<_, bool>(1) {
-        return Ok(None);
+        return Ok(recorded);
     }
-    let (until, since, from, to): (String, String, String, String) = (row.get(2), row.get(3), row.get(4), row.get(5));
-    let gap = Gap { detail: describe(&since, &until, &from, &to), until };
-    tracing::warn!(%slot, "{}", gap.detail);
+    let (until, to) = (row.get(2), row.get(5));
+    let gap = match recorded {
+        Some(earlier) => Gap { until, to, ..earlier },
+        None => Gap { since: row.get(3), from: row.get(4), until, to },
+    };
+    tracing::warn!(%slot, "{}", gap.detail());
     counter!("dualwrite_cdc_slot_lost_total").increment(1);
     Ok(Some(gap))
 }
@@ -69,46 +84,56 @@ pub async fn covered(
     Ok(row.get(0))
 }
 
-fn describe(since: &str, until: &str, from: &str, to: &str) -> String {
-    format!(
-        "{MARK} (a failover, or dropped) and recreated at [{until}]: changes committed from about {since} (WAL \
-         {from} on the old slot) to then (WAL {to}) were not watched; bypasses in that interval are found only \
-         by DUALWRITE VERIFY of each watched migration"
-    )
-}
-
 /// The detail of an error row: the error, and the gap if there is one (the next leader carries it over).
 pub fn with_error(gap: Option<&Gap>, error: &str) -> String {
     match gap {
-        Some(gap) => format!("{error}; {}", gap.detail),
+        Some(gap) => format!("{error}; {}", gap.detail()),
         None => error.to_owned(),
     }
 }
 
-/// A gap a previous leader recorded in the row's detail (after an error's text, in an error row).
+/// A gap a previous leader recorded in the row's detail (after an error's text, in an error row): the
+/// bracketed fields of [`Gap::detail`], in order.
 fn carried_over(detail: &str) -> Option<Gap> {
-    let start = detail.find(MARK)?;
-    let recorded = &detail[start..];
-    let (_, after) = recorded.split_once('[')?;
-    let (until, _) = after.split_once(']')?;
-    Some(Gap { detail: recorded.to_owned(), until: until.to_owned() })
+    let mut rest = &detail[detail.find(MARK)?..];
+    let mut field = || {
+        let (_, after) = rest.split_once('[')?;
+        let (value, tail) = after.split_once(']')?;
+        rest = tail;
+        Some(value.to_owned())
+    };
+    let (until, since, from, to) = (field()?, field()?, field()?, field()?);
+    Some(Gap { since, from, until, to })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn gap() -> Gap {
+        Gap {
+            since: "2026-01-01 10:00:00+00".into(),
+            from: "0/3000000".into(),
+            until: "2026-01-01 10:00:09.5+00".into(),
+            to: "0/5000000".into(),
+        }
+    }
+
     #[test]
     fn a_recorded_gap_is_carried_over_by_the_next_leader() {
-        let detail = describe("2026-01-01 10:00:00+00", "2026-01-01 10:00:09.5+00", "0/3000000", "0/5000000");
-        assert!(detail.starts_with("replication slot lost (a failover, or dropped) and recreated at [2026-01-01"));
-        let gap = carried_over(&detail).unwrap();
-        assert_eq!(gap.until, "2026-01-01 10:00:09.5+00");
-        assert_eq!(gap.detail, detail);
+        let detail = gap().detail();
+        assert_eq!(
+            detail,
+            "replication slot lost (a failover, or dropped) and recreated at [2026-01-01 10:00:09.5+00]: changes \
+             committed from about [2026-01-01 10:00:00+00] (WAL [0/3000000] on the old slot) to then (WAL \
+             [0/5000000]) were not watched; bypasses in that interval are found only by DUALWRITE VERIFY of each \
+             watched migration"
+        );
+        assert_eq!(carried_over(&detail), Some(gap()));
         assert_eq!(carried_over("wal_level is replica"), None);
         // Through an error row.
-        let error_row = with_error(Some(&gap), "cannot open the replication connection");
+        let error_row = with_error(Some(&gap()), "cannot open the replication connection");
         assert!(error_row.starts_with("cannot open the replication connection; replication slot lost"));
-        assert_eq!(carried_over(&error_row), Some(gap));
+        assert_eq!(carried_over(&error_row), Some(gap()));
     }
 }

@@ -309,9 +309,10 @@ impl Leader<'_> {
                     status::write(client, &row).await?;
                     return Ok(Restart::Fallback);
                 }
+                let gap_detail = self.gap.as_ref().map(Gap::detail);
                 let row = WatchRow {
                     state: WatchState::Watching,
-                    detail: self.gap.as_ref().map(|g| g.detail.as_str()),
+                    detail: gap_detail.as_deref(),
                     slot: Some(&self.slot),
                     confirmed: figures.map(|f| f.confirmed),
                     lag_bytes,
