@@ -207,8 +207,9 @@ async fn connect_host(target: &UpstreamTarget, index: usize) -> Result<Stream, C
 /// Waits, within the connect timeout, until the upstream answers the startup packet just sent (its
 /// authentication request or first message): a server that accepted the connection but never answers
 /// (stopped, overloaded, a black hole in the path) is an error rather than a client left hanging.
-pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget) -> Result<(), ConnectError> {
-    let addr = stream.tcp().peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| target.describe());
+/// `host`: the index [`connect_session`] returned.
+pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget, host: usize) -> Result<(), ConnectError> {
+    let addr = target.host(host).describe();
     match tokio::time::timeout(target.connect_timeout, stream.tcp().readable()).await {
         // Readable also at end of stream: a server that closed without answering (e.g. shutting down
         // while the connection waited in its backlog) is a failed connect (08001), not a lost session.
@@ -313,7 +314,7 @@ mod tests {
         .unwrap();
         let stream = connect(&target).await.unwrap();
         drop(listener.accept().await.unwrap());
-        match await_startup_answer(&stream, &target).await {
+        match await_startup_answer(&stream, &target, 0).await {
             Err(ConnectError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof),
             other => panic!("not a failed connect: {other:?}"),
         }

@@ -173,7 +173,7 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         send_error(&mut client, &err).await;
         return;
     }
-    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream).await {
+    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream, upstream_host).await {
         tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
         send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
         return;
