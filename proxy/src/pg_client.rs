@@ -255,3 +255,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Rustl
         ChannelBinding::none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libpq_tls::SslMode;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+    #[test]
+    fn one_host_of_several_keeps_everything_but_the_other_hosts() {
+        let target: PgTarget = "postgres://dw:s3cret@a:5432,b:5433/app?sslmode=require&application_name=x&\
+                                connect_timeout=7&target_session_attrs=primary"
+            .parse()
+            .unwrap();
+        // tokio-postgres has no `primary`: the control plane's own connections check read-write.
+        assert_eq!(target.config().get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        let hosts = target.hosts().unwrap();
+        assert_eq!(hosts.iter().map(HostAddr::describe).collect::<Vec<_>>(), ["a:5432", "b:5433"]);
+        let one = target.at_host(&hosts[1]);
+        let config = one.config();
+        assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
+        assert_eq!(config.get_ports(), [5433]);
+        assert_eq!((config.get_user(), config.get_password()), (Some("dw"), Some(&b"s3cret"[..])));
+        assert_eq!((config.get_dbname(), config.get_application_name()), (Some("app"), Some("x")));
+        assert_eq!(config.get_connect_timeout(), Some(&std::time::Duration::from_secs(7)));
+        assert_eq!(one.ssl_mode(), SslMode::Require);
+        // The caller judges the server it reaches.
+        assert_eq!(config.get_target_session_attrs(), TargetSessionAttrs::Any);
+    }
+}
