@@ -4,7 +4,8 @@
 //! watcher and the change-data-capture watch reach the new primary, the dual writes keep both tables
 //! equal, a phase change made after the failover reaches every instance, and the watch reports the
 //! interval its lost slot did not see until a verify covers it. Also: a standby-first host list reaches
-//! the primary, a session that reaches a standby anyway is refused with libpq's words, and the
+//! the primary, a session that reaches a standby anyway is refused with libpq's words, `verify-full`
+//! checks each host's own name, a first host gone without a word is passed over, and the
 //! standby-seeking `target_session_attrs` values are refused at start.
 
 mod cdc_support;
@@ -59,7 +60,7 @@ async fn direct_on(cluster: &TestCluster, f: &Fixture) -> Client {
     connect(&cluster.connection_string_for(cluster.superuser(), None, &f.db.name)).await.expect("direct")
 }
 
-/// (in recovery, port) of the server a session through `proxy` landed on.
+/// (in recovery, port) of the server a session opened with `url` (through a proxy) landed on.
 async fn server_of(url: &str) -> Option<(bool, i32)> {
     let client = connect(url).await.ok()?;
     let row = client.query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[]).await.ok()?;
