@@ -15,8 +15,11 @@
 //! rows reach both tables through the same dual-write INSERT any client INSERT gets (`writes`): the
 //! session's shape first, the other table through the mapping, defaults and sequences applied once by the
 //! INSERT. `OVERRIDING SYSTEM VALUE` keeps COPY's own rule that identity columns take the given values.
-//! The three statements around the COPY are hidden from the client ([`StatementTransform::HIDDEN`]); an
-//! error in any of them aborts the whole string, as any error does. The staging name is fixed: the
+//! The client sees the COPY's CopyInResponse and then `COPY n` made from the INSERT's `SELECT n` (the rows
+//! it wrote: the rows copied, less any a BEFORE trigger skipped, as COPY counts), so a failing INSERT
+//! shows only its error; every other answer of the four statements is hidden
+//! ([`StatementTransform::HIDDEN`]). An error in any of them aborts the whole string, as any error does.
+//! The staging name is fixed: the
 //! string creates and drops it, and nothing runs between, so several COPYs in one transaction never
 //! meet one (a failure in between aborts the transaction, undoing the CREATE).
 //!
@@ -32,7 +35,7 @@ use sqlparser::ast::{
 
 use crate::compiled::{parse_statement, template_query, Compiled};
 use crate::model::Phase;
-use crate::plan::{RejectReason, Rejection, StatementTransform};
+use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{routed_read, ReadRouter};
 use crate::route::{Route, Side};
 use crate::writes::{rewrite_dml, Companions, Outcome};
@@ -129,7 +132,12 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     };
     let drop = parse_statement(&format!("DROP TABLE {STAGING}")).map_err(invalid)?;
     outcome.statement = Some(statement);
-    outcome.companions = Some(Box::new(Companions { before: vec![create], after: vec![dual_write, drop] }));
+    outcome.transform = StatementTransform::HIDDEN;
+    let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::Suppress };
+    outcome.companions = Some(Box::new(Companions {
+        before: vec![(create, StatementTransform::HIDDEN)],
+        after: vec![(dual_write, answers_for_copy), (drop, StatementTransform::HIDDEN)],
+    }));
     Ok(outcome)
 }
 
@@ -176,7 +184,8 @@ fn create_staging(staging: &ObjectName, physical: ObjectName, columns: &[Ident])
 
 /// `INSERT INTO <client's table> [(<columns>)] OVERRIDING SYSTEM VALUE SELECT <columns | *> FROM <staging>`.
 fn staging_insert(staging: &ObjectName, table: ObjectName, columns: &[Ident]) -> Result<Statement, String> {
-    let mut insert = parse_statement(&format!("INSERT INTO __dw_target OVERRIDING SYSTEM VALUE SELECT * FROM {STAGING}"))?;
+    let mut insert =
+        parse_statement(&format!("INSERT INTO __dw_target OVERRIDING SYSTEM VALUE SELECT * FROM {STAGING}"))?;
     if let Statement::Insert(i) = &mut insert {
         i.table = TableObject::TableName(table);
         i.columns = columns.iter().map(|c| ObjectName::from(vec![c.clone()])).collect();
@@ -195,6 +204,5 @@ fn staging_insert(staging: &ObjectName, table: ObjectName, columns: &[Ident]) ->
 
 impl StatementTransform {
     /// A statement the proxy added around the client's (COPY's staging): its whole answer is dropped.
-    pub const HIDDEN: StatementTransform =
-        StatementTransform { command_tag: None, rows: crate::plan::RowsDisposition::Hidden };
+    pub const HIDDEN: StatementTransform = StatementTransform { command_tag: None, rows: RowsDisposition::Hidden };
 }

@@ -94,12 +94,15 @@ pub enum TagRewrite {
     Update,
     /// `DELETE n`
     Delete,
+    /// `COPY n`: the dual-write INSERT of a COPY FROM STDIN answers for the COPY (see `copy`).
+    Copy,
 }
 
 impl TagRewrite {
     /// The tag for `rows` affected rows.
     pub fn tag(self, rows: u64) -> String {
         match self {
+            TagRewrite::Copy => format!("COPY {rows}"),
             TagRewrite::Insert => format!("INSERT 0 {rows}"),
             TagRewrite::Update => format!("UPDATE {rows}"),
             TagRewrite::Delete => format!("DELETE {rows}"),

@@ -168,9 +168,9 @@ impl Rewriter {
                         Some(c) => (c.before, c.after),
                         None => (Vec::new(), Vec::new()),
                     };
-                    for hidden in &before {
-                        texts.push(hidden.to_string());
-                        transforms.push(StatementTransform::HIDDEN);
+                    for (companion, transform) in &before {
+                        texts.push(companion.to_string());
+                        transforms.push(*transform);
                     }
                     transforms.push(outcome.transform);
                     match outcome.statement {
@@ -180,9 +180,9 @@ impl Rewriter {
                         }
                         None => texts.push(original.unwrap_or_default()),
                     }
-                    for hidden in &after {
-                        texts.push(hidden.to_string());
-                        transforms.push(StatementTransform::HIDDEN);
+                    for (companion, transform) in &after {
+                        texts.push(companion.to_string());
+                        transforms.push(*transform);
                     }
                 }
             }

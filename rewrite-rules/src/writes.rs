@@ -42,15 +42,14 @@ pub(crate) struct Outcome {
     pub transform: StatementTransform,
     pub migrations: BTreeSet<usize>,
     pub write: bool,
-    /// Statements the proxy runs before and after this one, whose answers the client never sees
-    /// (COPY FROM STDIN's staging, see `copy`).
+    /// Statements the proxy runs before and after this one (COPY FROM STDIN's staging, see `copy`).
     pub companions: Option<Box<Companions>>,
 }
 
-/// The hidden statements around a rewritten statement, in order.
+/// The statements the proxy runs around a rewritten statement, in order, each with its transform.
 pub(crate) struct Companions {
-    pub before: Vec<Statement>,
-    pub after: Vec<Statement>,
+    pub before: Vec<(Statement, StatementTransform)>,
+    pub after: Vec<(Statement, StatementTransform)>,
 }
 
 impl Outcome {

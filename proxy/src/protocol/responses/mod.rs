@@ -362,7 +362,9 @@ impl ResponseQueue {
                 Action::Forward
             }
             _ => {
-                if matches!(tag, btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED) {
+                if matches!(tag, btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED)
+                    && !self.head_transform().is_some_and(|t| t.hidden)
+                {
                     self.event(SessionEvent::Completed);
                 }
                 self.on_result_message(tag)
@@ -416,10 +418,17 @@ impl ResponseQueue {
 
     fn on_result_message(&mut self, tag: u8) -> Action {
         let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
+        let hidden = self.head_transform().is_some_and(|t| t.hidden);
         let Some(head) = self.entries.front() else { return Action::Forward };
         match head {
             Expect::SimpleQuery { .. } => match tag {
-                btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress => Action::Drop,
+                btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress || hidden => Action::Drop,
+                btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE if hidden => {
+                    // The dual write's latency is still the request's.
+                    let _ = self.tag_action();
+                    self.statement += 1;
+                    Action::Drop
+                }
                 btag::COMMAND_COMPLETE => {
                     let action = self.tag_action();
                     self.statement += 1;
