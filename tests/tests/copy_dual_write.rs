@@ -5,11 +5,14 @@
 //! untouched; v1 and v2 sessions copy in `cutover`, a v2 session in `complete` writes the shadow alone;
 //! and the forms the proxy cannot dual-write (the extended protocol, as tokio-postgres's `copy_in` sends
 //! it, a server file, lines after the COPY in one Query string, the old shape after `complete`) are
-//! refused with 0A000 naming the migration, changing nothing.
+//! refused with 0A000 naming the migration, changing nothing. The change-data-capture watch pairs a COPY's
+//! writes of both tables and records no bypass for them (the staging table is temporary: never decoded).
 
+mod cdc_support;
 mod proxy_support;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use dualwrite_tests::*;
 use proxy_support::{command_tags, error_field, first_error, RawClient};
@@ -399,4 +402,29 @@ async fn copy_forms_the_proxy_cannot_dual_write_are_refused_and_change_nothing()
     assert!(message.ends_with("(statements on the lines after COPY ... FROM STDIN in one Query string)"), "{message}");
     assert_eq!(f.counts().await, (0, 0));
     f.proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_data_capture_watch_pairs_a_copy_and_records_no_bypass() {
+    let f = cdc_support::fixture().await;
+    let proxy = cdc_support::proxy(&f, "alert", None).await;
+    cdc_support::until_watching(&f.direct).await;
+    let rows: String = (1..=300).map(|i| format!("{i},Name {i},E{i}@X,a{}\n", i % 3 + 1)).collect();
+    let out = psql(&proxy.url(&f.db), &["-c", "\\copy users (id, name, email, account) from pstdin csv"], Some(&rows))
+        .await
+        .unwrap();
+    assert_eq!(out.assert_success().stdout, "COPY 300\n");
+    assert_eq!(cdc_support::difference(&f.direct).await, 0);
+    // A one-sided write after it, committed later: once the watch recorded it, it has read the COPY's
+    // transaction too, and that one gave no bypass.
+    f.direct.batch_execute("UPDATE users SET email = 'marker@x' WHERE id = 7").await.unwrap();
+    eventually(Duration::from_secs(30), "the marker bypass is recorded", || async {
+        !cdc_support::bypasses(&f.direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        cdc_support::bypasses(&f.direct).await,
+        vec![("update".into(), "old".into(), Some(r#"{"id": 7}"#.into()), false)]
+    );
+    proxy.stop().await.unwrap();
 }
