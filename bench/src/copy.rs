@@ -76,15 +76,15 @@ fn run_inner(rt: &Runtime, admin: &Sql, plan: &CopyPlan, record: &mut CopyRecord
 /// One arm's run: a warm-up batch, then batches until `seconds` of copying; rows per second.
 fn arm(plan: &CopyPlan, port: u16, base: i64) -> Result<f64> {
     let mut next = base + 1;
-    let mut batch = |next: &mut i64| {
+    let next_batch = |next: &mut i64| {
         let data = batch(*next, plan.batch_rows);
         *next += plan.batch_rows as i64;
         data
     };
-    copy_batch(plan.psql, port, &batch(&mut next)).context("warm-up batch")?;
+    copy_batch(plan.psql, port, &next_batch(&mut next)).context("warm-up batch")?;
     let (mut rows, mut seconds) = (0u64, 0f64);
     while seconds < plan.seconds {
-        let data = batch(&mut next);
+        let data = next_batch(&mut next);
         let started = Instant::now();
         copy_batch(plan.psql, port, &data)?;
         seconds += started.elapsed().as_secs_f64();

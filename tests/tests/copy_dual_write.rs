@@ -145,6 +145,9 @@ fn binary_rows(rows: &[(i32, &str)]) -> Vec<u8> {
     out
 }
 
+/// (id, old email, first name, last name, shadow email) of a row in both tables.
+type Joined = (i32, Option<String>, String, String, Option<String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_copy_in_text_and_csv_with_column_subsets_lands_in_both_tables() {
     let f = fixture().await;
@@ -183,8 +186,7 @@ async fn psql_copy_in_text_and_csv_with_column_subsets_lands_in_both_tables() {
         )
         .await
         .unwrap();
-    let got: Vec<(i32, Option<String>, String, String, Option<String>)> =
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    let got: Vec<Joined> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
     let s = |v: &str| v.to_string();
     assert_eq!(
         got,
