@@ -424,8 +424,8 @@ impl ResponseQueue {
             Expect::SimpleQuery { .. } => match tag {
                 btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress || hidden => Action::Drop,
                 btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE if hidden => {
-                    // The dual write's latency is still the request's.
-                    let _ = self.tag_action();
+                    // A hidden statement that dual-writes still makes the request's latency a dual write's.
+                    self.note_dual_write();
                     self.statement += 1;
                     Action::Drop
                 }
@@ -478,12 +478,17 @@ impl ResponseQueue {
 
     /// The action for a CommandComplete of the head statement; notes a dual write for the request's latency.
     fn tag_action(&mut self) -> Action {
-        if let Some(sink) = self.head_transform().and_then(|t| t.dual_write.clone()) {
-            self.dual_write = Some(sink);
-        }
+        self.note_dual_write();
         match self.head_transform().and_then(|t| t.command_tag.clone()) {
             Some(tag) => Action::RewriteTag(tag),
             None => Action::Forward,
+        }
+    }
+
+    /// The head statement completed: if it dual-writes, its sink records the request's latency.
+    fn note_dual_write(&mut self) {
+        if let Some(sink) = self.head_transform().and_then(|t| t.dual_write.clone()) {
+            self.dual_write = Some(sink);
         }
     }
 
