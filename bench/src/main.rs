@@ -116,7 +116,12 @@ fn main() -> Result<()> {
         args.profile_notes.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROFILE.md"));
     let notes = std::fs::read_to_string(&notes_path).ok();
     let plot_name = "tps.png";
-    let plot_error = plot::draw(&results, &out.join(plot_name)).err();
+    // A COPY-only run has no TPS to plot.
+    let plot_error = if results.plan.copy_only {
+        Some(anyhow::anyhow!("no pgbench run"))
+    } else {
+        plot::draw(&results, &out.join(plot_name)).err()
+    };
     if let Some(err) = &plot_error {
         eprintln!("plot not drawn: {err:#}");
     }

@@ -104,6 +104,10 @@ fn header(out: &mut String, r: &Results) {
         out,
         "- Every arm on loopback TCP (127.0.0.1), never a Unix socket; pgbench and tokio-postgres with sslmode=disable."
     );
+    if p.copy_only {
+        let _ = writeln!(out, "- pgbench scale {} ({} accounts); no pgbench run.\n", p.scale, p.scale as u64 * 100_000);
+        return;
+    }
     let _ = writeln!(
         out,
         "- pgbench scale {} ({} accounts), builtin select-only and tpcb-like scripts, `-n`, -M {}; \
