@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dualwrite_rules::{
     MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RowsDisposition, RuleSet, Side, StatementTransform,
+    TagRewrite,
 };
 
 const USERS: &str = include_str!("../examples/users_split_name.toml");
@@ -32,13 +33,15 @@ fn plan(phase: Phase, version: Side, sql: &str) -> Plan {
 }
 
 /// The rewritten SQL of an expansion, split back into its four statements, after checking the transforms
-/// (the COPY's own answer relayed, the rest hidden) and that it is a write of migration 0.
+/// (the COPY's CopyInResponse passes as COPY traffic does; its `COPY n` comes from the INSERT's count, so
+/// a failing INSERT shows no tag; everything else hidden) and that it is a write of migration 0.
 fn expansion(phase: Phase, version: Side, sql: &str) -> Vec<String> {
     let Plan::Rewritten { sql: rewritten, statements, migrations, writes } = plan(phase, version, sql) else {
         panic!("{sql} not rewritten");
     };
     let hidden = StatementTransform::HIDDEN;
-    assert_eq!(statements, vec![hidden, StatementTransform::UNCHANGED, hidden, hidden], "{sql}");
+    let copy_count = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::Suppress };
+    assert_eq!(statements, vec![hidden, hidden, copy_count, hidden], "{sql}");
     assert_eq!(migrations, [0]);
     assert!(writes);
     rewritten.split("; ").map(str::to_string).collect()
@@ -222,5 +225,17 @@ fn copy_to_is_still_routed_as_a_read() {
     match plan(Phase::DualWrite, Side::New, "COPY users TO STDOUT") {
         Plan::Rewritten { sql, writes: false, .. } => assert_eq!(sql, "COPY public.users_v2 TO STDOUT"),
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn copy_forms_the_parser_cannot_read_are_refused() {
+    for sql in [
+        "COPY users FROM STDIN WHERE id > 10",
+        "COPY users FROM STDIN (FORMAT csv, HEADER MATCH)",
+        "COPY users FROM STDIN (FORMAT csv, FORCE_NOT_NULL *)",
+    ] {
+        let (reason, message) = rejection(Phase::DualWrite, Side::Old, sql);
+        assert_eq!(reason, RejectReason::Unparseable, "{sql}: {message}");
     }
 }
