@@ -19,9 +19,8 @@
 //! it wrote: the rows copied, less any a BEFORE trigger skipped, as COPY counts), so a failing INSERT
 //! shows only its error; every other answer of the four statements is hidden
 //! ([`StatementTransform::HIDDEN`]). An error in any of them aborts the whole string, as any error does.
-//! The staging name is fixed: the
-//! string creates and drops it, and nothing runs between, so several COPYs in one transaction never
-//! meet one (a failure in between aborts the transaction, undoing the CREATE).
+//! The staging name is fixed: the string creates and drops it, and nothing runs between, so several COPYs
+//! in one transaction never meet one (a failure in between aborts the transaction, undoing the CREATE).
 //!
 //! Only a simple Query can carry several statements: through the extended protocol the proxy refuses the
 //! plan ([`crate::Plan::extended_protocol_refusal`]). COPY FROM a server file or program, and a COPY whose
@@ -56,7 +55,8 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
             CopySource::Table { table_name, .. } => router.active_migration(table_name),
             CopySource::Query(_) => None,
         };
-        let index = index.or_else(|| compiled.migrations.iter().position(|_| true)).unwrap_or(0);
+        // Without a migrated target, the first migration (the rewriter only runs when one is named).
+        let index = index.unwrap_or(0);
         let name = compiled.migrations.get(index).map(|m| m.name.as_str()).unwrap_or("");
         return Err(Rejection::new(
             name,
@@ -121,12 +121,11 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         Side::Old => &m.table,
         Side::New => &m.shadow,
     };
-    let staging = staging_name();
-    *table_name = staging.clone();
+    *table_name = staging_name();
 
     let invalid = |why: String| Rejection::new(&m.name, index, RejectReason::InvalidRules, &why);
-    let create = create_staging(&staging, physical.to_object_name(), &columns).map_err(invalid)?;
-    let insert = staging_insert(&staging, client_table, &columns).map_err(invalid)?;
+    let create = create_staging(physical.to_object_name(), &columns).map_err(invalid)?;
+    let insert = staging_insert(client_table, &columns).map_err(invalid)?;
     let Some(dual_write) = rewrite_dml(compiled, route, None, insert)?.statement else {
         return Err(invalid("the COPY's INSERT was not dual-written".into()));
     };
@@ -152,6 +151,7 @@ fn outcome_unchanged_touching(index: usize) -> Outcome {
     outcome
 }
 
+/// [`STAGING`] as a name.
 fn staging_name() -> ObjectName {
     ObjectName::from(vec![Ident::new("pg_temp"), Ident::new("__dw_copy")])
 }
@@ -162,12 +162,11 @@ fn projection(columns: &[Ident]) -> Vec<SelectItem> {
 
 /// `CREATE TEMPORARY TABLE <staging> ON COMMIT DROP AS SELECT <columns | *> FROM <physical> LIMIT 0`: the
 /// COPY's columns with the table's types (and typmods), no constraints, no rows.
-fn create_staging(staging: &ObjectName, physical: ObjectName, columns: &[Ident]) -> Result<Statement, String> {
+fn create_staging(physical: ObjectName, columns: &[Ident]) -> Result<Statement, String> {
     let mut create = parse_statement(&format!(
         "CREATE TEMPORARY TABLE {STAGING} ON COMMIT DROP AS SELECT * FROM __dw_table LIMIT 0"
     ))?;
     if let Statement::CreateTable(table) = &mut create {
-        table.name = staging.clone();
         if let Some(query) = table.query.as_mut() {
             if let SetExpr::Select(select) = query.body.as_mut() {
                 if let TableFactor::Table { name, .. } = &mut select.from[0].relation {
@@ -183,7 +182,7 @@ fn create_staging(staging: &ObjectName, physical: ObjectName, columns: &[Ident])
 }
 
 /// `INSERT INTO <client's table> [(<columns>)] OVERRIDING SYSTEM VALUE SELECT <columns | *> FROM <staging>`.
-fn staging_insert(staging: &ObjectName, table: ObjectName, columns: &[Ident]) -> Result<Statement, String> {
+fn staging_insert(table: ObjectName, columns: &[Ident]) -> Result<Statement, String> {
     let mut insert =
         parse_statement(&format!("INSERT INTO __dw_target OVERRIDING SYSTEM VALUE SELECT * FROM {STAGING}"))?;
     if let Statement::Insert(i) = &mut insert {
@@ -191,9 +190,6 @@ fn staging_insert(staging: &ObjectName, table: ObjectName, columns: &[Ident]) ->
         i.columns = columns.iter().map(|c| ObjectName::from(vec![c.clone()])).collect();
         i.overriding = Some(InsertOverriding::System);
         if let Some(SetExpr::Select(select)) = i.source.as_mut().map(|q| q.body.as_mut()) {
-            if let TableFactor::Table { name, .. } = &mut select.from[0].relation {
-                *name = staging.clone();
-            }
             if !columns.is_empty() {
                 select.projection = projection(columns);
             }
