@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
 use crate::db::{Sql, DATABASE, USER};
-use crate::results::Stat;
+use crate::stats::Stat;
 
 /// What the section measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use tokio::runtime::Runtime;
 
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::pgbench::{self, Mode, RunSpec, Script, Workload};
-use crate::results::Stat;
+use crate::stats::Stat;
 
 const MIGRATION: &str = "accounts_balance_bigint";
 /// pgbench clients of the TPS comparison.

@@ -17,7 +17,7 @@ mod proxy;
 mod report;
 mod results;
 mod runner;
-mod watch_report;
+mod stats;
 
 use std::path::PathBuf;
 

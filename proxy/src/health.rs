@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
 use crate::state::StateHandle;
 
 /// Longest a readiness probe waits for the upstream's TCP handshake.

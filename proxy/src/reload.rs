@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::live::LiveDatabases;
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
 
 /// Settings a reload cannot change (the TOML keys, or their prefix for tables).
 const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session_threads", "control"];

@@ -1,7 +1,7 @@
 //! The accept loop: binds the listener, enforces the client-connection limit, spawns one session task per
 //! client on one of the session threads (round-robin, see `session_threads`), and shuts down gracefully
 //! (stop accepting, idle sessions closed, busy ones given the grace period, the rest closed). Each session
-//! runs with the [`ServerContext`] in force when it was accepted; a reload (see `reload`) swaps in a new
+//! runs with the `ServerContext` in force when it was accepted; a reload (see `reload`) swaps in a new
 //! one for the sessions that follow.
 //!
 //! ```no_run
@@ -33,25 +33,13 @@ use tokio::task::JoinSet;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
-use crate::libpq_tls::UpstreamTls;
+use crate::interceptor::{Passthrough, SharedInterceptor};
 use crate::live::{LiveDatabases, LiveInterceptor};
 use crate::overload::{AcceptFailures, Refusals};
 use crate::reload::Reloader;
+use crate::server_context::ServerContext;
 use crate::session;
-use crate::session::interceptor::{Passthrough, SharedInterceptor};
 use crate::session_threads::SessionThreads;
-use crate::tls::{self, TlsAcceptor};
-use crate::upstream::UpstreamTarget;
-
-/// What every session of a server shares (one generation of it: a reload builds the next).
-#[derive(Clone)]
-pub struct ServerContext {
-    pub config: Config,
-    pub upstream: UpstreamTarget,
-    pub client_tls: Option<TlsAcceptor>,
-    pub cancel: Arc<CancelRegistry>,
-    pub interceptor: SharedInterceptor,
-}
 
 /// A bound proxy, ready to [`run`](Server::run).
 pub struct Server {
@@ -63,33 +51,6 @@ pub struct Server {
     threads: SessionThreads,
 }
 
-impl ServerContext {
-    /// The parts of a context that follow from the config alone (validated), around the shared cancel
-    /// registry and interceptor. Used at start and by every reload; a reload passes the upstream TLS
-    /// settings loaded at start (`kept_upstream_tls`), which it does not change.
-    pub fn build(
-        config: Config,
-        cancel: Arc<CancelRegistry>,
-        interceptor: SharedInterceptor,
-        kept_upstream_tls: Option<UpstreamTls>,
-    ) -> anyhow::Result<Self> {
-        let timeout = config.limits.connect_timeout();
-        let upstream = match kept_upstream_tls {
-            Some(tls) => UpstreamTarget::from_url_keeping_tls(&config.upstream, tls, timeout)?,
-            None => UpstreamTarget::from_url(&config.upstream, timeout)?,
-        }
-        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
-        let client_tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
-            (None, None) => None,
-            _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
-        };
-        anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
-        anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
-        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor })
-    }
-}
-
 impl Server {
     /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
     /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
@@ -97,7 +58,7 @@ impl Server {
         let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough), None)?;
         let health = Health::new();
         if let Some(addr) = ctx.config.metrics_listen {
-            crate::metrics::install_exporter(addr, Arc::clone(&health))?;
+            crate::exporter::install_exporter(addr, Arc::clone(&health))?;
         }
         // With a rules file, the migration state is read before the first client is accepted.
         let live = LiveDatabases::from_config(&ctx.config).await?;
@@ -121,7 +82,7 @@ impl Server {
         Ok(Server { listener, local_addr, context, live, health, threads })
     }
 
-    /// Replaces the default pass-through interceptor (see `session::interceptor`). A server with its own
+    /// Replaces the default pass-through interceptor (see `interceptor`). A server with its own
     /// interceptor reloads limits but no rules.
     pub fn with_interceptor(mut self, interceptor: SharedInterceptor) -> Self {
         let ctx = ServerContext { interceptor, ..ServerContext::clone(&self.context.load()) };

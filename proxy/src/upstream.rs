@@ -15,7 +15,7 @@ use tokio_postgres::config::Host;
 
 use crate::libpq_tls::{SslMode, UpstreamTls};
 use crate::protocol::startup::SSL_REQUEST_CODE;
-use crate::session::stream::Stream;
+use crate::stream::Stream;
 use crate::tls::describe_rejection;
 
 /// Where and how the data plane connects.
@@ -71,6 +71,7 @@ impl UpstreamTarget {
         self
     }
 
+    #[cfg(test)]
     pub fn wants_tls(&self) -> bool {
         self.tls.connector().is_some()
     }

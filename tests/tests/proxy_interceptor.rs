@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dualwrite_proxy::session::interceptor::*;
+use dualwrite_proxy::interceptor::*;
 use dualwrite_tests::*;
 use proxy_support::*;
 use tokio_postgres::SimpleQueryMessage;
@@ -38,7 +38,7 @@ impl SessionInterceptor for StandInSession {
             // What the rewriter does to a write on a migrated table: run it as a data-modifying CTE.
             UPDATE_SQL => Verdict::Rewrite(Rewrite {
                 sql: format!("WITH p AS ({UPDATE_SQL} RETURNING *) SELECT FROM p"),
-                statements: vec![StatementTransform {
+                statements: vec![ResponseTransform {
                     command_tag: Some(CommandTag::Update),
                     suppress_rows: true,
                     describe_no_data: true,
@@ -49,7 +49,7 @@ impl SessionInterceptor for StandInSession {
             }),
             INSERT_SQL => Verdict::Rewrite(Rewrite {
                 sql: format!("WITH p AS ({INSERT_SQL} RETURNING *) SELECT FROM p"),
-                statements: vec![StatementTransform {
+                statements: vec![ResponseTransform {
                     command_tag: Some(CommandTag::Insert),
                     suppress_rows: true,
                     describe_no_data: true,

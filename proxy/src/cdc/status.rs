@@ -4,8 +4,8 @@
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio_postgres::Client;
 
-use crate::control::exec::ControlResponse;
 use crate::pg_client::PgTarget;
+use crate::result_set::ControlResponse;
 
 use super::decoder::Lsn;
 

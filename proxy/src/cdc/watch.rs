@@ -341,20 +341,3 @@ fn count(found: &[bypass::Bypass]) {
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
-
-/// Per-migration figures the metrics refresher exports as `dualwrite_lag_seconds`: how far the shadow
-/// trails the old table, i.e. the age of the oldest committed change whose twin is not yet seen: the
-/// watch's own lag, or an open (unresolved) bypass if older. NaN while no watch is running.
-pub async fn lag_seconds(client: &Client, migration: &str) -> Result<f64, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT greatest(coalesce(w.lag_seconds, 0), coalesce(extract(epoch FROM now() - \
-                 (SELECT min(committed_at) FROM dualwrite.cdc_bypasses \
-                  WHERE migration = $1 AND resolved_at IS NULL))::float8, 0)) \
-             FROM dualwrite.cdc_watch w WHERE w.id = 1 AND w.state = 'watching' \
-               AND w.updated_at > now() - interval '30 seconds'",
-            &[&migration],
-        )
-        .await?;
-    Ok(row.map(|row| row.get(0)).unwrap_or(f64::NAN))
-}

@@ -8,22 +8,13 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::error::{codes, SqlError};
 use super::grammar::{BackfillAction, ControlCommand, ReadTarget};
+use crate::result_set::{result_set, ControlResponse};
 use crate::shadow::ShadowCounts;
+use crate::sql_error::{codes, SqlError};
 use crate::state::audit_chain::ChainCheck;
 use crate::state::store::{AuditEntry, PhaseChange};
 use crate::state::{Actor, MigrationState, StateHandle};
-
-/// A result set answered by the proxy itself: text columns (OID 25), `None` = NULL, and a tag. The session's
-/// own local-answer type, so a control answer goes out as `LocalReply { results: vec![response], .. }`.
-pub type ControlResponse = crate::session::interceptor::LocalResult;
-
-/// A result set of text columns tagged `SELECT <rows>`, like any query that returns rows.
-pub fn result_set(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> ControlResponse {
-    let tag = format!("SELECT {}", rows.len());
-    ControlResponse { columns: columns.iter().map(|c| c.to_string()).collect(), rows, tag }
-}
 
 /// The backfill/verify jobs as seen by control SQL (`control::jobs_bridge` implements it over
 /// `jobs::JobRunner`). Each successful command is audited by `execute`.

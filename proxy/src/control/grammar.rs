@@ -19,8 +19,8 @@
 
 use sqlparser::tokenizer::Token;
 
-use super::error::SqlError;
-use super::lex::{first_word, lex, Lexeme};
+use crate::lexer::{first_word, lex, Lexeme};
+use crate::sql_error::SqlError;
 use crate::state::phase::Phase;
 
 /// A parsed control command.

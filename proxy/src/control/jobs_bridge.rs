@@ -8,11 +8,12 @@ use dualwrite_rules::RuleSet;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::error::{codes, SqlError};
-use super::exec::{result_set, ControlResponse, JobDispatch};
+use super::exec::JobDispatch;
 use super::grammar::BackfillAction;
 use crate::jobs::throttle::Limits;
 use crate::jobs::{BackfillOptions, BackfillStatus, JobError, JobRunner, Started, TableMapping};
+use crate::result_set::{result_set, ControlResponse};
+use crate::sql_error::{codes, SqlError};
 use crate::state::Actor;
 
 /// Control SQL's access to the jobs of this proxy instance.

@@ -417,7 +417,7 @@ async fn copy_batch(
         }
     };
     let copy = &statements.copy[has_lower][usize::from(on_conflict)];
-    tx.batch_execute(crate::cdc::mark::BACKFILL).await?;
+    tx.batch_execute(crate::jobs::mark::BACKFILL).await?;
     match &last_key {
         Some(key) => tx.execute(copy, &[key, &upper]).await?,
         None => tx.execute(copy, &[&upper]).await?,

@@ -31,7 +31,7 @@ pub struct MigrationFigures {
     /// Estimated seconds until the backfill is done: 0 when done, +Inf while nothing moves.
     pub eta_seconds: f64,
     /// How far the shadow trails the old table, from the change-data-capture watch (NaN while no watch
-    /// runs): see `cdc::watch::lag_seconds`.
+    /// runs): see `lag_seconds`.
     pub lag_seconds: f64,
     /// +Inf before the first clean verify.
     pub seconds_since_clean_verify: f64,
@@ -208,7 +208,7 @@ impl MetricsRefresher {
             progress_ratio,
             rows_per_second,
             eta_seconds,
-            lag_seconds: crate::cdc::watch::lag_seconds(client, name).await?,
+            lag_seconds: lag_seconds(client, name).await?,
             seconds_since_clean_verify: since_clean.unwrap_or(f64::INFINITY).max(0.0),
             divergent: last_verify
                 .as_ref()
@@ -285,4 +285,21 @@ pub fn spawn_refresher(config: PgTarget, mappings: MappingsFn, every: Duration) 
             }
         }
     })
+}
+
+/// What `dualwrite_lag_seconds` reports, from what the change-data-capture watch stored: how far the shadow
+/// trails the old table, i.e. the age of the oldest committed change whose twin is not yet seen: the
+/// watch's own lag, or an open (unresolved) bypass if older. NaN while no watch is running.
+async fn lag_seconds(client: &Client, migration: &str) -> Result<f64, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT greatest(coalesce(w.lag_seconds, 0), coalesce(extract(epoch FROM now() - \
+                 (SELECT min(committed_at) FROM dualwrite.cdc_bypasses \
+                  WHERE migration = $1 AND resolved_at IS NULL))::float8, 0)) \
+             FROM dualwrite.cdc_watch w WHERE w.id = 1 AND w.state = 'watching' \
+               AND w.updated_at > now() - interval '30 seconds'",
+            &[&migration],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)).unwrap_or(f64::NAN))
 }

@@ -6,6 +6,7 @@
 pub mod backfill;
 pub mod cli;
 pub mod mapping;
+pub mod mark;
 pub mod metrics;
 pub mod runner;
 mod sql;

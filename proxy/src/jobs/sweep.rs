@@ -134,7 +134,7 @@ async fn run(client: &mut Client, compiled: &CompiledMapping, sweep: &Sweep) -> 
         attempt += 1;
         let result = async {
             let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
-            tx.batch_execute(crate::cdc::mark::SWEEP).await?;
+            tx.batch_execute(crate::jobs::mark::SWEEP).await?;
             let deleted = tx.execute(statement.as_str(), &params).await?;
             tx.commit().await?;
             Ok::<u64, tokio_postgres::Error>(deleted)

@@ -414,7 +414,7 @@ pub(crate) async fn repair(
                         ),
                     });
                 }
-                tx.batch_execute(crate::cdc::mark::REPAIR).await?;
+                tx.batch_execute(crate::jobs::mark::REPAIR).await?;
                 let row = tx.query_one(&statement, &[&array]).await?;
                 tx.commit().await?;
                 Ok::<i64, JobError>(row.get::<_, i64>(0) + row.get::<_, i64>(1))

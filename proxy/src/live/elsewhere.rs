@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use crate::control::error::codes;
 use crate::control::{self, SqlError};
 use crate::databases::quoted_list;
-use crate::session::interceptor::{LocalReply, SessionInterceptor, SqlRequest, Verdict};
+use crate::interceptor::{LocalReply, SessionInterceptor, SqlRequest, Verdict};
+use crate::sql_error::codes;
 
 pub struct ElsewhereSession {
     database: String,

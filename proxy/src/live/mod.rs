@@ -4,19 +4,21 @@
 //!
 //! A `Live` serves one database: the migrations whose `database` it is, their state (the `dualwrite` schema
 //! of that database), jobs and shadow reads. [`LiveDatabases`] holds one per database that holds migrations
-//! and picks it for each session; [`session::LiveSession`] holds what one client session needs, and
+//! and [`LiveInterceptor`] picks it for each session; [`session::LiveSession`] holds what one client session needs, and
 //! [`elsewhere::ElsewhereSession`] serves sessions on databases without migrations.
 
 mod databases;
 mod elsewhere;
+mod interceptor;
 mod resolution;
 mod session;
 mod verdict;
 
 pub use databases::LiveDatabases;
+pub use interceptor::LiveInterceptor;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +26,15 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use dualwrite_rules::{CacheStats, Rewriter, RuleSet};
 
-use crate::config::Config;
+use crate::config::{Config, ShadowReadsConfig, VersionDefaults};
 use crate::control::exec::JobDispatch;
 use crate::control::jobs_bridge::JobsBridge;
 use crate::control::{ControlCommand, ControlContext, SqlError as ControlError};
 use crate::jobs::{JobRunner, TableMapping};
 use crate::pg_client::PgTarget;
 use crate::protocol::responses::LatencySink;
-use crate::session::interceptor::{Interceptor, SessionInfo, SessionInterceptor};
-use crate::shadow::{ShadowReads, ShadowReadsConfig};
+use crate::shadow::ShadowReads;
 use crate::state::{Actor, StateHandle, StateOptions};
-use crate::version::VersionDefaults;
 
 /// Plans kept by the rewriter's cache (statement text x route).
 const PLAN_CACHE_CAPACITY: usize = 16 * 1024;
@@ -198,7 +198,7 @@ impl Live {
         }
         Some(
             ControlError::new(
-                crate::control::error::codes::UNDEFINED_OBJECT,
+                crate::sql_error::codes::UNDEFINED_OBJECT,
                 format!("migration \"{migration}\" does not exist in database \"{}\"", self.shadow_database),
             )
             .with_hint(format!("It belongs to database \"{database}\": run the command on a connection to it.")),
@@ -228,10 +228,6 @@ impl LiveRules {
         let (defaults, shadow_config) = (config.versions.clone(), config.shadow_reads.clone());
         let dual_write = verdict::dual_write_sinks(&rules);
         LiveRules { generation, rules, rewriter, control, defaults, shadow, shadow_config, cache_base, dual_write }
-    }
-
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
     }
 }
 
@@ -270,20 +266,4 @@ fn rules_changes(old: &RuleSet, new: &RuleSet) -> Vec<String> {
         }
     }
     changes
-}
-
-/// The interceptor of a server with migrations: each session gets the [`Live`] of the database its
-/// startup packet names, or, on a database without migrations, a session that forwards everything.
-pub struct LiveInterceptor(pub Arc<LiveDatabases>);
-
-impl Interceptor for LiveInterceptor {
-    fn start_session(&self, info: &SessionInfo) -> Option<Box<dyn SessionInterceptor>> {
-        Some(match self.0.database(info.database()) {
-            Some(live) => {
-                let id = live.next_session.fetch_add(1, Ordering::Relaxed);
-                Box::new(session::LiveSession::new(Arc::clone(live), info, id))
-            }
-            None => Box::new(elsewhere::ElsewhereSession::new(info.database(), self.0.holders())),
-        })
-    }
 }

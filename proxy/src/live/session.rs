@@ -36,11 +36,11 @@ use super::verdict::{
 };
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
-use crate::protocol::messages::bind_params;
-use crate::session::interceptor::{
-    LocalReply, Reprepare, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin, SqlRequest,
-    StatementTransform, Verdict,
+use crate::interceptor::{
+    LocalReply, Reprepare, ResponseTransform, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
+    SqlRequest, Verdict,
 };
+use crate::protocol::messages::bind_params;
 use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
@@ -302,7 +302,7 @@ impl LiveSession {
         metrics::counter!("dualwrite_state_unknown_refusals_total").increment(1);
         Some(
             ControlError::new(
-                crate::control::error::codes::CANNOT_CONNECT_NOW,
+                crate::sql_error::codes::CANNOT_CONNECT_NOW,
                 format!(
                     "dualwrite: state unknown for migration {}: the state database has not answered for {}s \
                      (limit {}s), so statements on its tables are refused rather than routed by stale state",
@@ -514,7 +514,7 @@ impl SessionInterceptor for LiveSession {
                 return Some(Reprepare {
                     sql: refusal.raise_statement(),
                     param_types: refusal_param_types(&prepared.sql, &prepared.param_types),
-                    transform: StatementTransform::default(),
+                    transform: ResponseTransform::default(),
                 });
             }
         }
@@ -540,7 +540,7 @@ impl SessionInterceptor for LiveSession {
                 return Some(Reprepare {
                     sql: rejection_error(&refusal).raise_statement(),
                     param_types: refusal_param_types(&prepared.sql, &prepared.param_types),
-                    transform: StatementTransform::default(),
+                    transform: ResponseTransform::default(),
                 });
             }
         };
@@ -556,9 +556,9 @@ impl SessionInterceptor for LiveSession {
             (_, Some(refusal)) => {
                 // COPY FROM STDIN into a migrated table needs a simple Query: refused as at its Parse.
                 count_rejection(&refusal);
-                (rejection_error(&refusal).raise_statement(), StatementTransform::default())
+                (rejection_error(&refusal).raise_statement(), ResponseTransform::default())
             }
-            (Plan::PassThrough, None) => (prepared.sql.clone(), StatementTransform::default()),
+            (Plan::PassThrough, None) => (prepared.sql.clone(), ResponseTransform::default()),
             (Plan::Rewritten { sql, statements, migrations, writes }, None) => {
                 let sink = plan_sink(&current.dual_write, *writes, migrations);
                 (sql.clone(), statements.first().map(|t| relay_transform(t, sink.as_ref())).unwrap_or_default())
@@ -567,7 +567,7 @@ impl SessionInterceptor for LiveSession {
                 // The statement cannot run under the new route: prepare the refusal in its place, so that
                 // running it fails with the reason (a Bind with parameters fails before that, also safely).
                 count_rejection(rejection);
-                (rejection_error(rejection).raise_statement(), StatementTransform::default())
+                (rejection_error(rejection).raise_statement(), ResponseTransform::default())
             }
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })

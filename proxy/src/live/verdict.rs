@@ -7,8 +7,8 @@ use std::sync::Arc;
 use dualwrite_rules::{Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
 
 use crate::control::SqlError as ControlError;
+use crate::interceptor::{CommandTag, Raise, ResponseTransform, Verdict};
 use crate::protocol::responses::LatencySink;
-use crate::session::interceptor::{CommandTag, Raise, StatementTransform, Verdict};
 
 /// Neither a write nor refused: a candidate for shadow reads.
 pub(super) fn is_read(plan: &Plan) -> bool {
@@ -42,10 +42,10 @@ pub(super) fn refusal_param_types(sql: &str, declared: &[u32]) -> Vec<u32> {
 pub(super) fn relay_transform(
     t: &dualwrite_rules::StatementTransform,
     dual_write: Option<&LatencySink>,
-) -> StatementTransform {
+) -> ResponseTransform {
     let hidden = t.rows == RowsDisposition::Hidden;
     let suppress = t.rows == RowsDisposition::Suppress || hidden;
-    StatementTransform {
+    ResponseTransform {
         command_tag: t.command_tag.map(|tag| match tag {
             TagRewrite::Insert => CommandTag::Insert,
             TagRewrite::Update => CommandTag::Update,

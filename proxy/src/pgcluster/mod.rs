@@ -19,6 +19,7 @@
 //!
 //! All methods block (they wait for `pg_ctl`); async callers should use `spawn_blocking`.
 
+mod error;
 mod options;
 mod os;
 
@@ -32,6 +33,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use error::io_err;
+pub use error::ClusterError;
 pub use options::{ClusterOptions, PasswordAuth, Role, StopMode};
 use os::{children_of, process_alive, service_account, signal, wait_until_gone, Account};
 pub use os::{find_bin_dir, free_port};
@@ -40,27 +43,6 @@ pub use os::{find_bin_dir, free_port};
 const PORT_ATTEMPTS: usize = 5;
 /// How long `pg_ctl` may wait for start-up or shutdown.
 const PG_CTL_TIMEOUT_SECS: &str = "60";
-
-/// Errors starting or controlling a throwaway cluster. Command failures carry the command's output and
-/// the tail of the server log so a failing test shows why.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("PostgreSQL server binaries not found ({0}); install postgresql-15 or set DUALWRITE_PG_BINDIR")]
-    BinariesNotFound(String),
-    #[error("running as root but there is no `{0}` OS account to run PostgreSQL as")]
-    NoServiceAccount(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
-    #[error("`{command}` failed ({status}):\n{output}\n--- server log (last lines) ---\n{log_tail}")]
-    Command { command: String, status: String, output: String, log_tail: String },
-    #[error("{0}")]
-    Timeout(String),
-}
-
-pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
-    let context = context.into();
-    move |source| ClusterError::Io { context, source }
-}
 
 /// A running (or stopped) throwaway cluster. See the module docs.
 pub struct PgCluster {

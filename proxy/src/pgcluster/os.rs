@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{io_err, ClusterError};
+use super::error::{io_err, ClusterError};
 
 /// The OS account that owns the server processes when we are root.
 const SERVICE_ACCOUNT: &str = "postgres";

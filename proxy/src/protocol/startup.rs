@@ -61,7 +61,6 @@ impl CancelKey {
 pub struct StartupPacket {
     pub raw: Bytes,
     pub protocol_major: u16,
-    pub protocol_minor: u16,
     pub parameters: BTreeMap<String, String>,
 }
 
@@ -138,7 +137,6 @@ pub fn parse_initial_packet(packet: Bytes) -> Result<InitialPacket, StartupError
                 Ok(Some(startup)) => Ok(InitialPacket::Startup(StartupPacket {
                     raw: packet,
                     protocol_major: startup.protocol_number_major,
-                    protocol_minor: startup.protocol_number_minor,
                     parameters: startup.parameters,
                 })),
                 _ => Ok(InitialPacket::Refused(packet)),

@@ -17,7 +17,6 @@ use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::stream::{ReadHalf, WriteHalf};
 use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
 use crate::cancel::CancelRegistration;
 use crate::metrics::{self, SessionMetrics};
@@ -25,7 +24,8 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, body, btag, SqlError};
 use crate::protocol::responses::{rewrite_command_complete, Action, ResponseQueue};
 use crate::protocol::startup::CancelKey;
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
+use crate::stream::{ReadHalf, WriteHalf};
 
 /// Upstream frames may be as large as Postgres makes them (1 GB); they are streamed, not buffered.
 const MAX_UPSTREAM_FRAME: usize = 1 << 30;

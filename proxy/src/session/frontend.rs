@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use super::interceptor::{SessionEvent, SessionInfo, SessionInterceptor};
-use super::stream::{ReadHalf, WriteHalf};
 use super::{write_chunks, SessionShared, READ_CHUNK};
+use crate::interceptor::{SessionEvent, SessionInfo, SessionInterceptor};
 use crate::metrics::SessionMetrics;
 use crate::protocol::messages::SqlError;
 use crate::protocol::requests::{Host, Outcome, RequestMachine, Route};
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
+use crate::stream::{ReadHalf, WriteHalf};
 
 /// Why the client direction stopped.
 #[derive(Debug)]

@@ -6,132 +6,31 @@
 
 mod backend;
 mod frontend;
-pub mod interceptor;
 mod refusal;
-pub mod stream;
+mod shared;
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use self::backend::{Backend, BackendEnd};
 use self::frontend::{Frontend, FrontendEnd};
-use self::interceptor::SessionInfo;
-use self::stream::{Stream, WriteHalf};
 use crate::cancel;
+use crate::interceptor::SessionInfo;
 use crate::metrics::{self, GaugeGuard, SessionMetrics};
-use crate::protocol::messages::{self, SqlError};
-use crate::protocol::responses::ResponseQueue;
+use crate::protocol::messages::SqlError;
 use crate::protocol::startup::{self, CancelKey, InitialPacket, StartupError, StartupPacket};
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
+use crate::stream::Stream;
 use crate::upstream;
 
-/// Read buffer growth step; also the initial capacity (an idle session holds two of these).
-pub(crate) const READ_CHUNK: usize = 8 * 1024;
-pub(crate) use crate::protocol::requests::STREAM_THRESHOLD;
-
-/// State both directions of a session see.
-pub(crate) struct SessionShared {
-    pub queue: Mutex<ResponseQueue>,
-    /// Signals the upstream direction that a local answer was queued.
-    pub local_ready: Notify,
-    /// Signals the client direction that the answer of its probe is on the queue.
-    pub probe_ready: Notify,
-    /// The queue holds session events for the interceptor (set by the upstream direction under the queue
-    /// lock), so the client direction locks the queue for them only when there are some.
-    pub events_ready: AtomicBool,
-    /// Transaction status of the last ReadyForQuery; 0 until the first one (startup not finished).
-    pub tx_status: AtomicU8,
-    /// Signalled at the first ReadyForQuery (which the frontend awaits before relaying a statement) and
-    /// at each authentication request.
-    pub startup_done: Notify,
-    /// Authentication requests the upstream sent that want an answer from the client (password, SASL,
-    /// GSS): while the client owes one, the upstream refuses anything else.
-    pub auth_requests: AtomicU32,
-    pub backend_pid: AtomicI32,
-    pub upstream_key: Mutex<Option<CancelKey>>,
-}
-
-impl SessionShared {
-    fn new() -> Self {
-        SessionShared {
-            queue: Mutex::new(ResponseQueue::new()),
-            local_ready: Notify::new(),
-            probe_ready: Notify::new(),
-            events_ready: AtomicBool::new(false),
-            tx_status: AtomicU8::new(0),
-            startup_done: Notify::new(),
-            auth_requests: AtomicU32::new(0),
-            backend_pid: AtomicI32::new(0),
-            upstream_key: Mutex::new(None),
-        }
-    }
-
-    /// Authentication finished and the upstream said ReadyForQuery.
-    pub fn is_ready(&self) -> bool {
-        self.tx_status.load(Ordering::Relaxed) != 0
-    }
-
-    fn is_busy(&self) -> bool {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_busy()
-    }
-}
-
-/// Makes room for the next read. Space is reclaimed in place once the frames split off the buffer have
-/// been written and dropped; a buffer that grew for one large message is given back when empty, so an
-/// idle session keeps only a small buffer per direction.
-pub(crate) fn prepare_read_buffer(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > STREAM_THRESHOLD {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
-    } else if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-}
-
-/// Writes and flushes every chunk, leaving `out` empty. Several chunks (a rewritten statement between
-/// relayed frames, local answers) go out in one `writev`, so they cost one system call and, with
-/// TCP_NODELAY, one packet, like a single relayed run.
-pub(crate) async fn write_chunks(w: &mut WriteHalf, out: &mut Vec<Bytes>) -> std::io::Result<()> {
-    match out.len() {
-        0 => return Ok(()),
-        1 => w.write_all(&out[0]).await?,
-        _ => write_all_vectored(w, out).await?,
-    }
-    out.clear();
-    w.flush().await
-}
-
-async fn write_all_vectored(w: &mut WriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
-    const BATCH: usize = 16;
-    for group in chunks.chunks(BATCH) {
-        let mut storage = [IoSlice::new(&[]); BATCH];
-        for (slot, chunk) in storage.iter_mut().zip(group) {
-            *slot = IoSlice::new(chunk);
-        }
-        let mut slices = &mut storage[..group.len()];
-        while !slices.is_empty() {
-            let n = w.write_vectored(slices).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut slices, n);
-        }
-    }
-    Ok(())
-}
-
-async fn send_error(stream: &mut (impl AsyncWriteExt + Unpin), err: &SqlError) {
-    metrics::count_error(&err.code);
-    let _ = stream.write_all(&messages::error_response(err)).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
+pub(crate) use self::shared::{
+    prepare_read_buffer, send_error, write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD,
+};
 
 /// Serves one accepted client connection to its end.
 pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, shutdown: watch::Receiver<bool>) {

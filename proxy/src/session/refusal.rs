@@ -5,11 +5,11 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::stream::Stream;
 use super::{send_error, READ_CHUNK};
 use crate::metrics;
 use crate::protocol::messages::SqlError;
-use crate::server::ServerContext;
+use crate::server_context::ServerContext;
+use crate::stream::Stream;
 use crate::upstream;
 
 /// A refusal is one ErrorResponse, a few hundred bytes; more than this is not a refusal.

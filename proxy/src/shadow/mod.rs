@@ -9,115 +9,19 @@
 //! the reads.
 
 pub mod compare;
+mod counts;
 mod worker;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dualwrite_rules::{Rewriter, Route, RuleSet};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::metrics::SHADOW_READS_TOTAL;
+pub use crate::config::ShadowReadsConfig;
 use crate::pg_client::PgTarget;
 use crate::protocol::messages::BindParam;
-
-/// `[shadow_reads]` in the proxy's config: the resources of the workers. The sample rate itself is per
-/// migration, in the rules file (`shadow_read_sample`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShadowReadsConfig {
-    /// Upstream connections (one worker each) running sampled reads.
-    pub connections: usize,
-    /// Sampled reads waiting for a worker; beyond, samples are dropped and counted `skipped`.
-    pub queue: usize,
-    /// Rows per side beyond which a sample is abandoned and counted `skipped`.
-    pub max_rows: usize,
-    /// `statement_timeout` of the workers' connections (a stuck comparison counts `error`).
-    pub statement_timeout_ms: u64,
-}
-
-impl Default for ShadowReadsConfig {
-    fn default() -> Self {
-        ShadowReadsConfig { connections: 1, queue: 256, max_rows: 10_000, statement_timeout_ms: 5_000 }
-    }
-}
-
-/// How one sampled read ended: the `result` label of `dualwrite_shadow_reads_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Match,
-    Mismatch,
-    /// A shape failed to run (the error is logged at debug level).
-    Error,
-    /// Sampled but not compared: the queue was full or an answer exceeded `max_rows`.
-    Skipped,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Match, Outcome::Mismatch, Outcome::Error, Outcome::Skipped];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Match => "match",
-            Outcome::Mismatch => "mismatch",
-            Outcome::Error => "error",
-            Outcome::Skipped => "skipped",
-        }
-    }
-}
-
-/// What DUALWRITE STATUS shows for one migration (this proxy instance, since it started).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShadowFigures {
-    /// Reads compared (matches + mismatches).
-    pub compared: u64,
-    pub mismatched: u64,
-    pub errors: u64,
-    pub skipped: u64,
-}
-
-/// Per-migration outcome counters, also exported as `dualwrite_shadow_reads_total{migration, result}`.
-#[derive(Debug, Default)]
-pub struct ShadowCounts {
-    by_migration: HashMap<String, [AtomicU64; 4]>,
-}
-
-impl ShadowCounts {
-    fn new(rules: &RuleSet) -> ShadowCounts {
-        let mut by_migration = HashMap::new();
-        for m in &rules.migrations {
-            by_migration.insert(m.name.clone(), Default::default());
-            for outcome in Outcome::ALL {
-                // Every series exists from the start, so rates and alerts see a zero rather than nothing.
-                metrics::counter!(SHADOW_READS_TOTAL, "migration" => m.name.clone(), "result" => outcome.as_str())
-                    .increment(0);
-            }
-        }
-        ShadowCounts { by_migration }
-    }
-
-    pub fn record(&self, migration: &str, outcome: Outcome) {
-        if let Some(counters) = self.by_migration.get(migration) {
-            counters[outcome as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        metrics::counter!(SHADOW_READS_TOTAL, "migration" => migration.to_owned(), "result" => outcome.as_str())
-            .increment(1);
-    }
-
-    pub fn figures(&self, migration: &str) -> ShadowFigures {
-        let Some(c) = self.by_migration.get(migration) else { return ShadowFigures::default() };
-        let get = |o: Outcome| c[o as usize].load(Ordering::Relaxed);
-        ShadowFigures {
-            compared: get(Outcome::Match) + get(Outcome::Mismatch),
-            mismatched: get(Outcome::Mismatch),
-            errors: get(Outcome::Error),
-            skipped: get(Outcome::Skipped),
-        }
-    }
-}
+pub use counts::{Outcome, ShadowCounts, ShadowFigures};
 
 /// The database the workers read, given the control plane's connection settings: sessions on other
 /// databases are never sampled.
@@ -144,8 +48,6 @@ pub struct ShadowReads {
     max_rate: f64,
     queue: mpsc::Sender<worker::Job>,
     counts: Arc<ShadowCounts>,
-    /// The database the workers connect to; sessions on other databases are never sampled.
-    database: String,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -166,18 +68,12 @@ impl ShadowReads {
             return None;
         }
         let counts = Arc::new(ShadowCounts::new(rules));
-        let database = workers_database(&pg);
         let (queue, workers) = worker::spawn(pg, config, Arc::clone(&counts));
-        Some(ShadowReads { max_rate, queue, counts, database, workers })
+        Some(ShadowReads { max_rate, queue, counts, workers })
     }
 
     pub fn counts(&self) -> &Arc<ShadowCounts> {
         &self.counts
-    }
-
-    /// True if reads of a session on `database` may be sampled (the workers read that database).
-    pub fn serves_database(&self, database: &str) -> bool {
-        self.database == database
     }
 
     /// The first, cheap draw: true for about `max_rate` of the calls.

@@ -16,7 +16,7 @@ pub use snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummar
 pub use store::Actor;
 pub use watcher::{StateHandle, StateOptions};
 
-use crate::control::error::{codes, SqlError};
+use crate::sql_error::{codes, SqlError};
 
 /// The channel every state change is announced on (payload: the migration's name).
 pub const NOTIFY_CHANNEL: &str = "dualwrite_state";

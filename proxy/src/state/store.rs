@@ -9,7 +9,7 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 use super::phase::{check_rollback, check_route, check_transition, Readiness, Transition};
 use super::snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummary};
 use super::{StateError, NOTIFY_CHANNEL};
-use crate::control::error::{codes, SqlError};
+use crate::sql_error::{codes, SqlError};
 
 /// Who asked for a change, as recorded in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use sqlparser::tokenizer::Token;
 
-use crate::control::lex::{first_word, lex, split_statements, Lexeme};
-use crate::control::SqlError;
+use crate::lexer::{first_word, lex, split_statements, Lexeme};
+use crate::sql_error::SqlError;
 
 /// The value a SET gives the setting.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::local;
 use super::{count_local, count_raise, Host, LocalResult, Pending, Prepared, RequestMachine, Route, SqlOrigin, Step};
 use super::{LocalReply, LocalStatement, Verdict};
 use crate::protocol::messages::{self, body, tag, SqlError};
-use crate::protocol::responses::{Expect, StatementTransform};
+use crate::protocol::responses::{Expect, ResponseTransform};
 
 impl RequestMachine {
     pub(super) fn on_parse<H: Host>(&mut self, host: &mut H, frame: &[u8]) -> Step {
@@ -207,7 +207,7 @@ impl RequestMachine {
         ));
         self.expect(Expect::Hidden);
         self.expect(Expect::Hidden);
-        if again.transform == StatementTransform::default() {
+        if again.transform == ResponseTransform::default() {
             self.statements.remove(statement);
         } else {
             self.statements.insert(statement.to_vec(), Prepared::Rewritten(Arc::new(again.transform)));

@@ -34,7 +34,7 @@ pub use self::verdict::{
 };
 use super::frame::{peek_header, FrameError};
 use super::messages::{self, tag, SqlError};
-use super::responses::{Expect, LocalAnswer, StatementTransform};
+use super::responses::{Expect, LocalAnswer, ResponseTransform};
 
 /// Frames larger than this that pass unchanged are streamed instead of buffered whole.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -99,7 +99,7 @@ pub enum Pending {
 /// What the proxy knows about a prepared statement or portal it does not simply pass through.
 #[derive(Clone)]
 enum Prepared {
-    Rewritten(Arc<StatementTransform>),
+    Rewritten(Arc<ResponseTransform>),
     Local(Arc<LocalStatement>),
 }
 

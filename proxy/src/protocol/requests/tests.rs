@@ -172,7 +172,7 @@ fn run(m: &mut RequestMachine, host: &mut FakeHost, input: &[Bytes]) -> Turn {
 
 /// A readable summary of an expectation.
 fn describe_expect(e: &Expect) -> String {
-    let t = |t: &Option<Arc<StatementTransform>>| if t.is_some() { "+t" } else { "" };
+    let t = |t: &Option<Arc<ResponseTransform>>| if t.is_some() { "+t" } else { "" };
     match e {
         Expect::SimpleQuery { transforms, .. } => {
             format!("Query{}", if transforms.is_some() { "+t" } else { "" })
@@ -196,12 +196,12 @@ fn machine() -> RequestMachine {
     RequestMachine::new(1 << 20)
 }
 
-fn update_transform() -> StatementTransform {
-    StatementTransform {
+fn update_transform() -> ResponseTransform {
+    ResponseTransform {
         command_tag: Some(CommandTag::Update),
         suppress_rows: true,
         describe_no_data: true,
-        ..StatementTransform::default()
+        ..ResponseTransform::default()
     }
 }
 
@@ -559,7 +559,7 @@ fn a_row_limit_is_kept_for_a_rewritten_statement_that_returns_rows() {
     let mut script = Script::default();
     script.verdicts.push_back(Verdict::Rewrite(Rewrite {
         sql: "SELECT a FROM t_new".into(),
-        statements: vec![StatementTransform { command_tag: Some(CommandTag::Select), ..Default::default() }],
+        statements: vec![ResponseTransform { command_tag: Some(CommandTag::Select), ..Default::default() }],
         control: false,
     }));
     let (mut m, mut host) = (machine(), FakeHost::judged(script));

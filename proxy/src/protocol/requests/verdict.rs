@@ -4,7 +4,7 @@
 //!
 //! For each SQL string the session interceptor returns a [`Verdict`]:
 //! - [`Verdict::Forward`]: the original frame goes upstream untouched (byte for byte);
-//! - [`Verdict::Rewrite`]: other SQL goes upstream, and [`StatementTransform`]s make its responses look
+//! - [`Verdict::Rewrite`]: other SQL goes upstream, and [`ResponseTransform`]s make its responses look
 //!   like the original statement's (command tag, no rows, NoData at Describe);
 //! - [`Verdict::Respond`]: the proxy answers itself (rows, a command tag or an error), nothing is sent
 //!   upstream; [`Verdict::Defer`] does the same with an answer computed asynchronously (a long control
@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::protocol::messages::SqlError;
-use crate::protocol::responses::{SessionEvent, StatementTransform};
+use crate::protocol::responses::{ResponseTransform, SessionEvent};
 
 /// Judges the SQL of one session, in the order the client sent it.
 ///
@@ -72,7 +72,7 @@ pub trait SessionInterceptor: Send {
 pub struct Reprepare {
     pub sql: String,
     pub param_types: Vec<u32>,
-    pub transform: StatementTransform,
+    pub transform: ResponseTransform,
 }
 
 /// One SQL string to judge.
@@ -116,7 +116,7 @@ pub enum Verdict {
 pub struct Rewrite {
     pub sql: String,
     /// One per statement of `sql`, in order (a Parse has one); missing entries mean "unchanged".
-    pub statements: Vec<StatementTransform>,
+    pub statements: Vec<ResponseTransform>,
     /// True for control-plane statements, so metrics count them as such.
     pub control: bool,
 }

@@ -18,7 +18,7 @@ mod transform;
 #[cfg(test)]
 mod tests;
 
-pub use self::transform::{rewrite_command_complete, CommandTag, LatencySink, StatementTransform};
+pub use self::transform::{rewrite_command_complete, CommandTag, LatencySink, ResponseTransform};
 
 /// What one request forwarded upstream (or answered locally) still expects.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub enum Expect {
     /// A simple Query: results until ReadyForQuery. `transforms[i]` applies to the i-th statement's result
     /// (each statement ends with CommandComplete or EmptyQueryResponse); absent ones pass unchanged.
     SimpleQuery {
-        transforms: Option<Arc<[StatementTransform]>>,
+        transforms: Option<Arc<[ResponseTransform]>>,
         started: Instant,
     },
     /// A FunctionCall: FunctionCallResponse (or an error), then ReadyForQuery.
@@ -39,11 +39,11 @@ pub enum Expect {
     /// Describe of a statement (ParameterDescription, then RowDescription or NoData) or of a portal.
     Describe {
         statement: bool,
-        transform: Option<Arc<StatementTransform>>,
+        transform: Option<Arc<ResponseTransform>>,
     },
     /// Execute: DataRows, then CommandComplete / EmptyQueryResponse / PortalSuspended (or COPY traffic).
     Execute {
-        transform: Option<Arc<StatementTransform>>,
+        transform: Option<Arc<ResponseTransform>>,
     },
     Sync {
         started: Instant,
@@ -221,10 +221,12 @@ impl ResponseQueue {
         !self.entries.is_empty()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -269,7 +271,7 @@ impl ResponseQueue {
         self.statement = 0;
     }
 
-    fn head_transform(&self) -> Option<&StatementTransform> {
+    fn head_transform(&self) -> Option<&ResponseTransform> {
         match self.entries.front()? {
             Expect::SimpleQuery { transforms: Some(t), .. } => t.get(self.statement),
             Expect::Execute { transform: Some(t) } | Expect::Describe { transform: Some(t), .. } => Some(t),

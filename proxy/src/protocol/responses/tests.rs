@@ -7,12 +7,12 @@ fn now() -> Instant {
     Instant::now()
 }
 
-fn rewritten_update() -> Arc<StatementTransform> {
-    Arc::new(StatementTransform {
+fn rewritten_update() -> Arc<ResponseTransform> {
+    Arc::new(ResponseTransform {
         command_tag: Some(CommandTag::Update),
         suppress_rows: true,
         describe_no_data: true,
-        ..StatementTransform::default()
+        ..ResponseTransform::default()
     })
 }
 
@@ -50,8 +50,8 @@ fn passthrough_simple_query_with_several_statements() {
 #[test]
 fn simple_query_transform_applies_to_its_statement_only() {
     let mut q = ResponseQueue::new();
-    let transforms: Arc<[StatementTransform]> =
-        Arc::from(vec![StatementTransform::default(), (*rewritten_update()).clone()]);
+    let transforms: Arc<[ResponseTransform]> =
+        Arc::from(vec![ResponseTransform::default(), (*rewritten_update()).clone()]);
     q.push(Expect::SimpleQuery { transforms: Some(transforms), started: now() });
     // statement 0: SELECT with rows, untouched; statement 1: rewritten UPDATE, rows dropped, tag rewritten
     assert_eq!(feed(&mut q, b"TDC"), vec![Action::Forward; 3]);
@@ -271,7 +271,7 @@ fn a_probe_failing_inside_the_clients_batch_is_the_batchs_error() {
 #[test]
 fn a_dual_writing_request_hands_its_sink_to_ready_and_the_next_request_does_not() {
     let sink = LatencySink::new(|_| {});
-    let dual_write = Arc::new(StatementTransform { dual_write: Some(sink.clone()), ..(*rewritten_update()).clone() });
+    let dual_write = Arc::new(ResponseTransform { dual_write: Some(sink.clone()), ..(*rewritten_update()).clone() });
     let mut q = ResponseQueue::new();
     // Extended: the sink of the Execute's statement reaches the batch's ReadyForQuery.
     q.push(Expect::Bind);
@@ -288,9 +288,9 @@ fn a_dual_writing_request_hands_its_sink_to_ready_and_the_next_request_does_not(
 /// COPY FROM STDIN into a migrated table: staging CREATE, the client's COPY, the dual-write INSERT and the
 /// DROP in one simple Query. The client sees CopyInResponse, the INSERT's `SELECT n` as `COPY n` and
 /// ReadyForQuery only, and the session events count one statement.
-fn copy_expansion(sink: &LatencySink) -> Arc<[StatementTransform]> {
-    let hidden = StatementTransform { suppress_rows: true, describe_no_data: true, hidden: true, ..Default::default() };
-    let insert = StatementTransform {
+fn copy_expansion(sink: &LatencySink) -> Arc<[ResponseTransform]> {
+    let hidden = ResponseTransform { suppress_rows: true, describe_no_data: true, hidden: true, ..Default::default() };
+    let insert = ResponseTransform {
         command_tag: Some(CommandTag::Copy),
         suppress_rows: true,
         describe_no_data: true,

@@ -47,7 +47,7 @@ impl CommandTag {
 
 /// How the responses of one rewritten statement are changed on their way to the client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatementTransform {
+pub struct ResponseTransform {
     /// Replace the command tag (row count kept).
     pub command_tag: Option<CommandTag>,
     /// The client's statement returns no rows: drop RowDescription and DataRows.
@@ -92,7 +92,7 @@ impl std::fmt::Debug for LatencySink {
     }
 }
 
-impl StatementTransform {
+impl ResponseTransform {
     pub(super) fn no_data_at_describe(&self) -> bool {
         self.describe_no_data || self.suppress_rows
     }

@@ -19,12 +19,11 @@ pub mod startup;
 pub mod statement;
 pub mod txstack;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
-
-use crate::control::error::{codes, SqlError};
-use crate::control::exec::ControlResponse;
+pub use crate::config::VersionDefaults;
+use crate::result_set::ControlResponse;
+use crate::sql_error::{codes, SqlError};
 use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side};
 
 use crate::state::StateSnapshot;
@@ -56,16 +55,6 @@ pub fn validate_version(rules: &RuleSet, version: &str) -> Result<(), SqlError> 
         format!("invalid value for parameter \"{VERSION_GUC}\": \"{version}\""),
     )
     .with_detail(format!("Known versions: {}.", version_names(rules).join(", "))))
-}
-
-/// Per-role and per-application_name default versions from the config (`[versions]` section).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VersionDefaults {
-    #[serde(default)]
-    pub roles: BTreeMap<String, String>,
-    #[serde(default)]
-    pub applications: BTreeMap<String, String>,
 }
 
 impl VersionDefaults {
@@ -306,5 +295,4 @@ pub fn session_bucket(session_id: u64) -> u8 {
 }
 
 #[cfg(test)]
-#[path = "version_tests.rs"]
 mod tests;

@@ -3,9 +3,9 @@
 
 use std::fmt::Write as _;
 
+use super::table::{cells, ratio_str, table_head, NA};
 use crate::arms::Arm;
 use crate::pgbench::Workload;
-use crate::report::{cells, ratio_str, table_head, NA};
 use crate::results::Results;
 
 /// Where the change-data-capture watch's cost goes, per TPC-B cell: the proxy's CPU per transaction with

@@ -1,12 +1,49 @@
-//! The proxy's own errors as control SQL and the version machine report them: `SqlError` (the one type the
-//! session turns into an ErrorResponse, defined with the wire messages) plus the constructors and SQLSTATEs
-//! used here, and `raise_statement` to have Postgres itself raise an error inside the client's transaction.
+//! The proxy's own SQL errors (a leaf: no imports from the crate): `SqlError`, the one type a session turns
+//! into an ErrorResponse (encoded by `protocol::messages::error_response`), its constructors, the SQLSTATEs
+//! the proxy reports (`codes`), and `raise_statement` to have Postgres itself raise an error inside the
+//! client's transaction.
 
 use std::fmt;
 
-pub use crate::protocol::messages::SqlError;
+/// An error the proxy reports itself, with the fields Postgres would fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    /// "ERROR" or "FATAL".
+    pub severity: &'static str,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the statement text (field `P`).
+    pub position: Option<u32>,
+}
 
 impl SqlError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        SqlError {
+            severity: "ERROR",
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+            position: None,
+        }
+    }
+
+    pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> Self {
+        SqlError { severity: "FATAL", ..SqlError::new(code, message) }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// A statement that makes Postgres raise this same error (SQLSTATE, message, detail, hint). Sending it
     /// upstream in place of a refused statement lets the server abort the client's transaction exactly as it
     /// would have for the original (status `E`, later statements refused, ROLLBACK needed), instead of the

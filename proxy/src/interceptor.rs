@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use crate::protocol::messages::SqlError;
 pub use crate::protocol::requests::{
     LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
 };
-pub use crate::protocol::responses::{CommandTag, SessionEvent, StatementTransform};
+pub use crate::protocol::responses::{CommandTag, ResponseTransform, SessionEvent};
+pub use crate::sql_error::SqlError;
 
 /// Creates per-session interceptors. Shared by all sessions of a server.
 pub trait Interceptor: Send + Sync + 'static {

@@ -1,5 +1,7 @@
 //! Unit tests of the per-session version machine and its routes.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::state::MigrationState;
 use SessionStatement::*;

@@ -1,11 +1,21 @@
 //! The proxy's settings: a plain serde struct read from a TOML file (`--config`), with every setting also
-//! a CLI flag and a `DUALWRITE_*` environment variable (see `cli`). Other modules read it as it is.
+//! a CLI flag and a `DUALWRITE_*` environment variable (see `cli`). Other modules read it as it is. Config
+//! owns its option structs (`[cdc]`, `[shadow_reads]`, `[versions]` in files of their own) and imports
+//! nothing above it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+mod cdc;
+mod shadow_reads;
+mod versions;
+
+pub use cdc::CdcConfig;
+pub use shadow_reads::ShadowReadsConfig;
+pub use versions::VersionDefaults;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
@@ -38,11 +48,11 @@ pub struct Config {
     pub limits: Limits,
     pub control: ControlConfig,
     /// Default `dualwrite.version` per role / application_name (`[versions.roles]`, `[versions.applications]`).
-    pub versions: crate::version::VersionDefaults,
+    pub versions: VersionDefaults,
     /// Workers of shadow reads (`[shadow_reads]`); the sample rates are per migration in the rules file.
-    pub shadow_reads: crate::shadow::ShadowReadsConfig,
+    pub shadow_reads: ShadowReadsConfig,
     /// The change-data-capture watch (`[cdc]`): on by default; needs `wal_level = logical`.
-    pub cdc: crate::cdc::CdcConfig,
+    pub cdc: CdcConfig,
 }
 
 impl Default for Config {
@@ -70,7 +80,7 @@ impl Config {
     /// change-data-capture watch off (convenient for tests and embedding: one process may run several
     /// proxies).
     pub fn relay(listen: SocketAddr, upstream: impl Into<String>) -> Self {
-        let cdc = crate::cdc::CdcConfig::off();
+        let cdc = CdcConfig::off();
         Config { listen, upstream: upstream.into(), metrics_listen: None, cdc, ..Config::default() }
     }
 

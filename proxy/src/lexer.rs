@@ -5,7 +5,7 @@
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
-use super::error::SqlError;
+use crate::sql_error::SqlError;
 
 /// One significant token and its 1-based character position in the text.
 #[derive(Debug, Clone, PartialEq)]

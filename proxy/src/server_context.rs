@@ -1,0 +1,49 @@
+//! [`ServerContext`]: what every session of a server shares (config, upstream target, client TLS, cancel
+//! registry, interceptor), built and validated from the config alone. The server holds it in an arc-swap;
+//! a reload builds the next one; sessions and readiness probes read it.
+
+use std::sync::Arc;
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::interceptor::SharedInterceptor;
+use crate::libpq_tls::UpstreamTls;
+use crate::tls::{self, TlsAcceptor};
+use crate::upstream::UpstreamTarget;
+
+/// What every session of a server shares (one generation of it: a reload builds the next).
+#[derive(Clone)]
+pub struct ServerContext {
+    pub config: Config,
+    pub upstream: UpstreamTarget,
+    pub client_tls: Option<TlsAcceptor>,
+    pub cancel: Arc<CancelRegistry>,
+    pub interceptor: SharedInterceptor,
+}
+
+impl ServerContext {
+    /// The parts of a context that follow from the config alone (validated), around the shared cancel
+    /// registry and interceptor. Used at start and by every reload; a reload passes the upstream TLS
+    /// settings loaded at start (`kept_upstream_tls`), which it does not change.
+    pub fn build(
+        config: Config,
+        cancel: Arc<CancelRegistry>,
+        interceptor: SharedInterceptor,
+        kept_upstream_tls: Option<UpstreamTls>,
+    ) -> anyhow::Result<Self> {
+        let timeout = config.limits.connect_timeout();
+        let upstream = match kept_upstream_tls {
+            Some(tls) => UpstreamTarget::from_url_keeping_tls(&config.upstream, tls, timeout)?,
+            None => UpstreamTarget::from_url(&config.upstream, timeout)?,
+        }
+        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
+        let client_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+        };
+        anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
+        anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
+        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor })
+    }
+}
