@@ -37,6 +37,9 @@ pub struct Plan {
     /// Only the TPC-B-like workload ran (`--tpcb-only`).
     #[serde(default)]
     pub tpcb_only: bool,
+    /// Only the COPY section ran (`--copy-only`).
+    #[serde(default)]
+    pub copy_only: bool,
 }
 
 impl Plan {
@@ -117,6 +120,9 @@ pub struct Results {
     /// Backfill, verify and TPS during a backfill (absent in results of older runs).
     #[serde(default)]
     pub jobs: Option<crate::jobs::JobsRecord>,
+    /// Plain COPY vs COPY through the dual-writing proxy (absent in results of older runs).
+    #[serde(default)]
+    pub copy: Option<crate::copy::CopyRecord>,
 }
 
 /// Median and range of one cell (arm × workload × mode × clients) over its repetitions.

@@ -10,6 +10,7 @@ use tokio::runtime::Runtime;
 
 use crate::arms::{Arm, Endpoint, ProxyKind};
 use crate::bulk::{self, BulkArm};
+use crate::copy::{self, CopyPlan};
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::idle;
 use crate::jobs;
@@ -42,6 +43,7 @@ fn plan(args: &Args) -> Plan {
         slice_us: None,
         arms: args.arms.clone(),
         tpcb_only: args.tpcb_only,
+        copy_only: args.copy_only,
     }
 }
 
@@ -122,8 +124,25 @@ pub fn run(args: &Args) -> Result<Results> {
         idle: Vec::new(),
         cache: Vec::new(),
         jobs: None,
+        copy: None,
     };
 
+    let copy_plan = CopyPlan {
+        psql: &cluster.bin_dir().join("psql"),
+        direct_port: cluster.port(),
+        proxy_port: proxies.get(&ProxyKind::DualWrite).map(|p| p.port),
+        reps: plan.bulk_reps + 1,
+        seconds: args.copy_seconds,
+        batch_rows: if plan.quick { 20_000 } else { 100_000 },
+    };
+    if plan.copy_only {
+        admin.batch(&rt, "VACUUM ANALYZE")?;
+        admin.batch(&rt, "CHECKPOINT")?;
+        results.copy = Some(copy::run(&rt, &admin, &copy_plan));
+        results.load_after = procfs::load_average();
+        results.wall_seconds = wall.elapsed().as_secs_f64();
+        return Ok(results);
+    }
     let matrix_only = !args.arms.is_empty();
     if !matrix_only {
         run_bulk(&rt, &admin, &proxies, &mut results)?;
@@ -149,6 +168,7 @@ pub fn run(args: &Args) -> Result<Results> {
         let dual_write_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
         let jobs_reps = plan.bulk_reps + 1;
         results.jobs = Some(jobs::run(&rt, &admin, cluster.port(), dual_write_port, jobs_reps, work.path()));
+        results.copy = Some(copy::run(&rt, &admin, &copy_plan));
 
         eprintln!("[idle] RSS with idle clients");
         if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {
