@@ -65,8 +65,8 @@ impl Plan {
         Workload::ALL.into_iter().filter(|&w| !self.tpcb_only || w == Workload::TpcB).collect()
     }
 
-    pub fn arm_runs_at(&self, arm: Arm, workload: Workload, clients: u32) -> bool {
-        arm.runs(workload) && (self.clients.contains(&clients) || arm.in_extra_select_counts())
+    pub fn arm_runs_at(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> bool {
+        arm.runs(workload) && arm.runs_mode(mode) && (self.clients.contains(&clients) || arm.in_extra_select_counts())
     }
 }
 
