@@ -154,7 +154,17 @@ pub fn run(args: &Args) -> Result<Results> {
     admin.batch(&rt, "CHECKPOINT")?;
 
     let cte_script = db::write_cte_script(work.path(), plan.scale)?;
-    run_matrix(&rt, &admin, cluster.port(), &bouncer, &bouncer_tx, &mut proxies, &cte_script, work.path(), &mut results)?;
+    run_matrix(
+        &rt,
+        &admin,
+        cluster.port(),
+        &bouncer,
+        &bouncer_tx,
+        &mut proxies,
+        &cte_script,
+        work.path(),
+        &mut results,
+    )?;
 
     for (&kind, proxy) in &proxies {
         let metrics = proxy.scrape().unwrap_or_default();

@@ -217,6 +217,19 @@ fn targets(out: &mut String, r: &Results) {
         1.0,
         r.unavailable(Arm::DwNoRules),
     ));
+    let pooled: Vec<(String, Option<f64>)> = Workload::ALL
+        .iter()
+        .flat_map(|&w| cells(r, w).into_iter().map(move |(m, c)| (w, m, c)))
+        .filter(|&(_, m, c)| c >= 16 && Arm::PgbouncerTx.runs_mode(m))
+        .map(|(w, m, c)| (label(w, m, c), r.ratio(Arm::DwTx, Arm::PgbouncerTx, w, m, c)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "transaction mode: dualwrite TPS >= pgbouncer transaction mode, 16 clients and more (issue 16)",
+        pooled,
+        1.0,
+        r.unavailable(Arm::DwTx).or(r.unavailable(Arm::PgbouncerTx)),
+    ));
     let one_client: Vec<(String, Option<f64>)> = r
         .plan
         .modes
