@@ -220,6 +220,11 @@ async fn backfill_copies_only_while_the_old_table_is_the_source_of_truth() {
         other => panic!("backfill in cutover: {other:?}"),
     }
     assert_eq!(shadow_count(&f.client).await, 0);
+    // The refused run gave its lock back before returning, not whenever the server notices its closed
+    // connection: a start right after must not find the backfill busy.
+    let advisory: i64 =
+        f.client.query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", &[]).await.unwrap().get(0);
+    assert_eq!(advisory, 0, "a refused backfill still holds its advisory lock");
 
     // Back in dual_write it copies; a cutover landing meanwhile pauses it before its next batch.
     state.rollback(MIGRATION, &admin()).await.unwrap();

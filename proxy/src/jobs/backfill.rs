@@ -115,8 +115,12 @@ pub async fn run_backfill_locked(
     options: &BackfillOptions,
     progress: ProgressFn<'_>,
 ) -> JobResult<BackfillOutcome> {
-    let outcome = copy_all(&mut client, mapping, options, progress).await?;
-    unlock(&client, JobKind::Backfill, &mapping.migration).await?;
+    let outcome = copy_all(&mut client, mapping, options, progress).await;
+    // Released on failure too (a refusal in the wrong phase, a lost race): left to the connection's close,
+    // the lock outlives this call until the server notices, and a start right after would find it busy.
+    let unlocked = unlock(&client, JobKind::Backfill, &mapping.migration).await;
+    let outcome = outcome?;
+    unlocked?;
     Ok(outcome)
 }
 

@@ -125,10 +125,28 @@ pub async fn run_verify(
 ) -> JobResult<VerifyReport> {
     let mut client = connect(config).await?;
     try_lock(&client, JobKind::Verify, &mapping.migration).await?;
+    let report = verify_locked(config, &mut client, mapping, options, progress).await;
+    // Released on failure too (a refusal at `complete`, a lost connection's error): left to the
+    // connection's close, the lock outlives this call until the server notices, and a verify started right
+    // after would find it busy.
+    let unlocked = unlock(&client, JobKind::Verify, &mapping.migration).await;
+    let report = report?;
+    unlocked?;
+    Ok(report)
+}
+
+/// `run_verify`'s work, on a client that holds the migration's verify lock.
+async fn verify_locked(
+    config: &PgTarget,
+    client: &mut Client,
+    mapping: &TableMapping,
+    options: &VerifyOptions,
+    progress: VerifyProgressFn<'_>,
+) -> JobResult<VerifyReport> {
     client.batch_execute("SET application_name = 'dualwrite verify'").await?;
     let name = mapping.migration.as_str();
-    let source = source_in(&client, name, false).await?;
-    let compiled = CompiledMapping::load(&client, mapping).await?;
+    let source = source_in(&*client, name, false).await?;
+    let compiled = CompiledMapping::load(&*client, mapping).await?;
     let run_id: i64 = client
         .query_one(
             "INSERT INTO dualwrite.verify_runs (migration, started_at, source) VALUES ($1, now(), $2) RETURNING id",
@@ -191,16 +209,15 @@ pub async fn run_verify(
         old_tx.commit().await?;
     }
     if options.repair && !keys.is_empty() {
-        if let Err(error) = repair(&mut client, &compiled, source, &keys, &mut report.repaired).await {
+        if let Err(error) = repair(client, &compiled, source, &keys, &mut report.repaired).await {
             // The scan's findings stand: record them (and what was repaired) so the run is not left open.
-            record(&client, &report).await?;
-            notify_state(&client, name).await?;
+            record(&*client, &report).await?;
+            notify_state(&*client, name).await?;
             return Err(error);
         }
     }
-    record(&client, &report).await?;
-    notify_state(&client, name).await?;
-    unlock(&client, JobKind::Verify, name).await?;
+    record(&*client, &report).await?;
+    notify_state(&*client, name).await?;
     tracing::info!(
         migration = name,
         source = source.as_str(),
