@@ -1,5 +1,6 @@
-//! One client session in session mode: TLS/startup negotiation with the client, one upstream connection,
-//! then the two relay directions running concurrently in one task ([`frontend`]: client -> upstream,
+//! One client session: TLS/startup negotiation with the client, then in session mode one upstream
+//! connection for the whole session (in transaction mode one per transaction, see [`pooled`]), and the
+//! two relay directions running concurrently in one task ([`frontend`]: client -> upstream,
 //! [`backend`]: upstream -> client), sharing only the response queue and a few atomics. Lifetimes follow
 //! the design's transparency rules: a client that goes away ends the upstream session at once (with a
 //! cancel if a query runs), an upstream that goes away closes the client right after its error.
@@ -7,6 +8,7 @@
 mod backend;
 mod frontend;
 pub mod interceptor;
+pub mod pooled;
 mod refusal;
 pub mod stream;
 
@@ -21,10 +23,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use self::backend::{Backend, BackendEnd};
-use self::frontend::{Frontend, FrontendEnd};
+use self::frontend::{Frontend, FrontendEnd, Upstream};
 use self::interceptor::SessionInfo;
-use self::stream::{Stream, WriteHalf};
+use self::pooled::{PooledLink, ServerConn};
+use self::stream::{ReadHalf, Stream, WriteHalf};
 use crate::cancel;
+use crate::config::{PoolConfig, PoolMode};
 use crate::metrics::{self, GaugeGuard, SessionMetrics};
 use crate::protocol::messages::{self, SqlError};
 use crate::protocol::responses::ResponseQueue;
@@ -154,47 +158,23 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
 
-    let mut upstream = match upstream::connect(&ctx.upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "upstream connection failed");
-            send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
-            return;
-        }
-    };
+    let pool = ctx.config.pool_settings(startup.database(), startup.user());
+    if pool.mode == PoolMode::Transaction {
+        return serve_pooled(client, peer, startup, ctx, shutdown, pool).await;
+    }
+    let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let _upstream_gauge = GaugeGuard::upstream();
     let info =
         SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
-    if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
-        let err =
-            SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
-        send_error(&mut client, &err).await;
-        return;
-    }
-    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream).await {
-        tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
-        send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
-        return;
-    }
     let (up_read, mut up_write) = upstream.split();
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
 
     let shared = SessionShared::new();
     let session_metrics = SessionMetrics::new();
-    let ended = {
-        let front = Frontend::new(&shared, &ctx, &session_metrics, info).run(client_read, &mut up_write);
-        let back = Backend::new(&shared, &ctx, &session_metrics, shutdown).run(up_read, &mut client_write);
-        tokio::pin!(front, back);
-        tokio::select! {
-            end = &mut front => match end {
-                // The upstream direction sees why writing failed and tells the client.
-                FrontendEnd::UpstreamBroken => Ended::Backend(back.await),
-                other => Ended::Frontend(other),
-            },
-            end = &mut back => Ended::Backend(end),
-        }
-    };
+    let mut up_read = Some(up_read);
+    let parts = Parts { shared: &shared, ctx: &ctx, metrics: &session_metrics, info, shutdown, link: None };
+    let ended = parts.drive(client_read, &mut client_write, &mut up_read, Upstream::Fixed(&mut up_write)).await;
     match ended {
         Ended::Frontend(FrontendEnd::Terminated)
         | Ended::Backend(BackendEnd::UpstreamClosed | BackendEnd::ShutdownIdle) => {
@@ -205,13 +185,148 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         | Ended::Backend(BackendEnd::ClientGone) => {
             abandon_upstream(&shared, &ctx);
         }
-        Ended::Frontend(FrontendEnd::Violation(err)) => {
+        Ended::Frontend(FrontendEnd::Violation(err) | FrontendEnd::NoServer(err)) => {
             tracing::info!(%peer, error = %err.message, "client broke the protocol; closing its session");
             send_error(&mut client_write, &err).await;
             abandon_upstream(&shared, &ctx);
         }
     }
     tracing::debug!(%peer, "session ended");
+}
+
+/// Transaction mode: the client authenticates on a connection opened in a slot of its pool, which then
+/// lends it a connection per transaction.
+async fn serve_pooled(
+    mut client: Stream,
+    peer: SocketAddr,
+    startup: StartupPacket,
+    ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+    config: PoolConfig,
+) {
+    let pool = ctx.pools.pool(&startup, &config);
+    let slot = match pool.open().await {
+        Ok((slot, evicted)) => {
+            drop(evicted);
+            slot
+        }
+        Err(err) => {
+            tracing::info!(%peer, "no server connection free for a client to authenticate on");
+            send_error(&mut client, &err).await;
+            return;
+        }
+    };
+    let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
+    let lease = slot.fill(ServerConn::new(upstream));
+    let info =
+        SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
+    let (client_read, mut client_write) = client.split();
+    tracing::debug!(%peer, user = startup.user(), database = startup.database(), "pooled session started");
+
+    let shared = SessionShared::new();
+    let session_metrics = SessionMetrics::new();
+    let link = PooledLink::new(&shared, &ctx.pools, lease);
+    let mut up_read = None;
+    let parts = Parts { shared: &shared, ctx: &ctx, metrics: &session_metrics, info, shutdown, link: Some(&link) };
+    let ended = parts.drive(client_read, &mut client_write, &mut up_read, Upstream::Pooled(&link)).await;
+    let clean = match ended {
+        Ended::Frontend(FrontendEnd::Terminated) | Ended::Backend(BackendEnd::ShutdownIdle) => {
+            let _ = client_write.shutdown().await;
+            true
+        }
+        Ended::Backend(BackendEnd::UpstreamClosed) => {
+            let _ = client_write.shutdown().await;
+            false
+        }
+        Ended::Frontend(FrontendEnd::ClientGone | FrontendEnd::UpstreamBroken)
+        | Ended::Backend(BackendEnd::ClientGone) => {
+            abandon_upstream(&shared, &ctx);
+            false
+        }
+        Ended::Frontend(FrontendEnd::NoServer(err)) => {
+            tracing::info!(%peer, error = %err.message, "no server connection came free in time; closing the client");
+            send_error(&mut client_write, &err).await;
+            true
+        }
+        Ended::Frontend(FrontendEnd::Violation(err)) => {
+            tracing::info!(%peer, error = %err.message, "client broke the protocol; closing its session");
+            send_error(&mut client_write, &err).await;
+            abandon_upstream(&shared, &ctx);
+            false
+        }
+    };
+    link.finish(clean, up_read);
+    tracing::debug!(%peer, "pooled session ended");
+}
+
+/// Opens the session's upstream connection and relays the startup packet; `None` when that failed (the
+/// client was told).
+async fn open_upstream(
+    client: &mut Stream,
+    peer: SocketAddr,
+    startup: &StartupPacket,
+    ctx: &ServerContext,
+) -> Option<Stream> {
+    let mut upstream = match upstream::connect(&ctx.upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "upstream connection failed");
+            send_error(client, &SqlError::fatal("08001", e.to_string())).await;
+            return None;
+        }
+    };
+    if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
+        let err =
+            SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
+        send_error(client, &err).await;
+        return None;
+    }
+    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream).await {
+        tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
+        send_error(client, &SqlError::fatal("08001", e.to_string())).await;
+        return None;
+    }
+    Some(upstream)
+}
+
+/// What both relay directions of a session share.
+struct Parts<'s> {
+    shared: &'s SessionShared,
+    ctx: &'s ServerContext,
+    metrics: &'s SessionMetrics,
+    info: SessionInfo,
+    shutdown: watch::Receiver<bool>,
+    link: Option<&'s PooledLink<'s>>,
+}
+
+impl<'s> Parts<'s> {
+    /// Runs both directions until one of them ends the session.
+    async fn drive(
+        self,
+        client_read: ReadHalf,
+        client_write: &mut WriteHalf,
+        up_read: &mut Option<ReadHalf>,
+        upstream: Upstream<'_, 's>,
+    ) -> Ended {
+        let Parts { shared, ctx, metrics, info, shutdown, link } = self;
+        let mut front = Frontend::new(shared, ctx, metrics, info);
+        let mut back = Backend::new(shared, ctx, metrics, shutdown);
+        if let Some(link) = link {
+            front = front.pooled(link);
+            back = back.pooled(link);
+        }
+        let front = front.run(client_read, upstream);
+        let back = back.run(up_read, client_write);
+        tokio::pin!(front, back);
+        tokio::select! {
+            end = &mut front => match end {
+                // The upstream direction sees why writing failed and tells the client.
+                FrontendEnd::UpstreamBroken => Ended::Backend(back.await),
+                other => Ended::Frontend(other),
+            },
+            end = &mut back => Ended::Backend(end),
+        }
+    }
 }
 
 enum Ended {
