@@ -5,7 +5,6 @@
 
 mod proxy_support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,5 +100,249 @@ async fn forty_clients_run_their_transactions_over_four_server_connections() {
     let most = most.load(Ordering::Relaxed);
     assert!((1..=4).contains(&most), "at most the pool's 4 server connections at any time, saw {most}");
     drop(clients);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn prepared_statements_follow_their_clients_across_few_server_connections() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let proxy = TestProxy::start(pooled_config(&cluster, 2)).await.unwrap();
+    let clients = connect_all(&proxy.url(&db), 12).await;
+    let mut runs = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        runs.push(tokio::spawn(async move {
+            let i = i as i32;
+            // Every client's driver names its statements s0, s1, ...: the same names, other SQL.
+            let add = client.prepare(&format!("SELECT $1::int + {i}")).await.unwrap();
+            let twice = client.prepare("SELECT $1::int * 2").await.unwrap();
+            for round in 0..20 {
+                let sum: i32 = client.query_one(&add, &[&round]).await.unwrap().get(0);
+                assert_eq!(sum, round + i, "client {i} round {round}");
+                client.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+                let double: i32 = client.query_one(&twice, &[&round]).await.unwrap().get(0);
+                assert_eq!(double, round * 2);
+            }
+            // A statement dropped is closed; a new one of the client works on whichever connection.
+            drop(add);
+            let third = client.prepare("SELECT $1::text || 'x'").await.unwrap();
+            let s: String = client.query_one(&third, &[&"a"]).await.unwrap().get(0);
+            assert_eq!(s, "ax");
+        }));
+    }
+    for run in runs {
+        run.await.unwrap();
+    }
+    proxy.stop().await.unwrap();
+}
+
+/// A Parse, Bind, Describe (statement), Close (statement), Execute or Sync frame.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    frame(b'P', &[name.as_bytes(), &[0], sql.as_bytes(), &[0, 0, 0]].concat())
+}
+
+fn bind(statement: &str) -> Vec<u8> {
+    frame(b'B', &[&[0], statement.as_bytes(), &[0, 0, 0, 0, 0, 0, 0]].concat())
+}
+
+fn close(statement: &str) -> Vec<u8> {
+    frame(b'C', &[b"S", statement.as_bytes(), &[0]].concat())
+}
+
+fn execute() -> Vec<u8> {
+    frame(b'E', &[0, 0, 0, 0, 0])
+}
+
+fn sync() -> Vec<u8> {
+    frame(b'S', &[])
+}
+
+/// Sends `frames` and reads the answers up to ReadyForQuery.
+async fn batch(client: &mut RawClient, frames: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
+    client.send(&frames.concat()).await;
+    let mut out = Vec::new();
+    while let Some((tag, body)) = client.read_message().await {
+        out.push((tag, body));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    out
+}
+
+fn tags(frames: &[(u8, Vec<u8>)]) -> String {
+    frames.iter().map(|(t, _)| *t as char).collect()
+}
+
+#[tokio::test]
+async fn a_closed_statement_is_gone_and_a_duplicate_name_is_refused_as_in_postgres() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let proxy = TestProxy::start(pooled_config(&cluster, 2)).await.unwrap();
+    let mut client = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let answers = batch(&mut client, &[parse("s", "SELECT 41 + 1"), bind("s"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "ParseComplete, BindComplete, the row, its tag, ReadyForQuery");
+    let answers = batch(&mut client, &[parse("s", "SELECT 2"), sync()]).await;
+    assert_eq!(
+        first_error(&answers),
+        Some(("42P05".to_owned(), "prepared statement \"s\" already exists".to_owned()))
+    );
+    let answers = batch(&mut client, &[bind("s"), execute(), sync()]).await;
+    assert_eq!(command_tags(&answers), ["SELECT 1"], "the first statement is still the client's");
+    let answers = batch(&mut client, &[close("s"), sync()]).await;
+    assert_eq!(tags(&answers), "3Z", "CloseComplete");
+    let answers = batch(&mut client, &[bind("s"), execute(), sync()]).await;
+    assert_eq!(first_error(&answers), Some(("26000".to_owned(), "prepared statement \"s\" does not exist".to_owned())));
+    let answers = batch(&mut client, &[parse("s", "SELECT 'again'"), bind("s"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "the name is free again");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn session_state_pins_its_client_and_is_reset_before_another_client_gets_the_connection() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let mut config = pooled_config(&cluster, 3);
+    // A client may authenticate while the pool's three connections are in use.
+    config.reserve_pool_size = 1;
+    let proxy = TestProxy::start(config).await.unwrap();
+    let direct = connect_direct(&db).await;
+    let url = proxy.url(&db);
+    let (setter, other, temp) = (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    setter.batch_execute("SET search_path = pg_catalog").await.unwrap();
+    temp.batch_execute("CREATE TEMP TABLE notes (n int)").await.unwrap();
+    let pinned_pid: i32 = setter.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    for round in 0..5 {
+        let path: String = setter.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+        assert_eq!(path, "pg_catalog", "the client keeps its setting (round {round})");
+        let pid: i32 = setter.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert_eq!(pid, pinned_pid, "on its one connection");
+        let path: String = other.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+        assert_eq!(path, "\"$user\", public", "another client never sees it");
+        temp.execute("INSERT INTO notes VALUES ($1)", &[&round]).await.unwrap();
+        let err = other.batch_execute("SELECT * FROM notes").await.unwrap_err();
+        assert_eq!(err.as_db_error().unwrap().code().code(), "42P01", "another client has no such table");
+    }
+    let n: i64 = temp.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5, "the temporary table stayed with its client");
+    // The other clients hold the pool's other two connections; the pinned one is reset (DISCARD ALL) when
+    // its client leaves, and is the only one a new client can get.
+    other.batch_execute("BEGIN").await.unwrap();
+    drop(setter);
+    eventually(LIMIT, "the pinned connection is reset", || async {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
+                &[&pinned_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    let fresh = connect(&url).await.unwrap();
+    let row = fresh.query_one("SELECT pg_backend_pid(), current_setting('search_path')", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), pinned_pid, "the pinned connection went back to the pool");
+    assert_eq!(row.get::<_, String>(1), "\"$user\", public", "reset before another client got it");
+    other.batch_execute("COMMIT").await.unwrap();
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_finds_no_connection_free_in_time_gets_query_wait_timeout() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let mut config = pooled_config(&cluster, 1);
+    config.reserve_pool_size = 1;
+    config.pool_wait_timeout_secs = 1;
+    let proxy = TestProxy::start(config).await.unwrap();
+    let url = proxy.url(&db);
+    let holder = connect(&url).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The reserve lets a second client authenticate while the one connection is in use ...
+    let waiter = connect(&url).await.unwrap();
+    // ... but its transaction waits for a pooled connection, and is refused after the wait timeout.
+    let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    let db_error = err.as_db_error().expect("an error from the proxy");
+    assert_eq!((db_error.code().code(), db_error.message()), ("08P01", "query_wait_timeout"));
+    assert_eq!(db_error.severity(), "FATAL");
+    holder.batch_execute("COMMIT").await.unwrap();
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_query_its_client_runs_now() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = connect_direct(&db).await;
+    let proxy = TestProxy::start(pooled_config(&cluster, 2)).await.unwrap();
+    let url = proxy.url(&db);
+    let (sleeper, bystander) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    bystander.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let cancel = sleeper.cancel_token();
+    let sleeping = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(60)").await });
+    eventually(LIMIT, "the sleep runs", || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014", "the sleeper's query was cancelled");
+    let row = bystander.query_one("SELECT 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the other client's transaction goes on");
+    bystander.batch_execute("COMMIT").await.unwrap();
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_transaction_leaves_no_dirty_connection_in_the_pool() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = connect_direct(&db).await;
+    direct.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    let proxy = TestProxy::start(pooled_config(&cluster, 1)).await.unwrap();
+    // Killed: the socket closes without a Terminate.
+    let mut killed = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    assert_eq!(command_tags(&killed.query("BEGIN").await), ["BEGIN"]);
+    assert_eq!(command_tags(&killed.query("INSERT INTO t VALUES (1)").await), ["INSERT 0 1"]);
+    drop(killed);
+    // Leaving properly (Terminate) in the middle of a transaction.
+    let leaving = connect(&proxy.url(&db)).await.unwrap();
+    leaving.batch_execute("BEGIN; INSERT INTO t VALUES (2)").await.unwrap();
+    drop(leaving);
+    let next = connect(&proxy.url(&db)).await.unwrap();
+    for _ in 0..3 {
+        let status: String = next
+            .query_one("SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "active");
+        next.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+    }
+    eventually(LIMIT, "no connection left idle in transaction", || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    let ids: Vec<i32> = direct.query("SELECT id FROM t", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [3, 3, 3], "what the gone clients left uncommitted was rolled back; the next one's committed");
     proxy.stop().await.unwrap();
 }

@@ -170,6 +170,7 @@ impl<'s> PooledLink<'s> {
         let mut lease = self.pool.acquire().await?;
         let conn = lease.conn();
         let (read, key) = (conn.read.take(), conn.key.clone());
+        tracing::trace!(pid = key.as_ref().map(|k| k.pid), "server connection attached");
         let mut state = self.state();
         state.read = read;
         state.at_rest = false;
@@ -238,7 +239,9 @@ impl<'s> PooledLink<'s> {
         lease.conn().read = read.take().or_else(|| state.read.take());
         self.point_cancel_at(&state, None);
         drop(state);
+        tracing::trace!(pid = lease.conn().key.as_ref().map(|k| k.pid), "server connection given back");
         if let Some(surplus) = lease.release() {
+            tracing::trace!("a connection beyond the pool's size closed");
             close_server(surplus);
         }
     }
@@ -350,6 +353,7 @@ async fn reset_and_release(mut lease: Lease<ServerConn>) {
         return;
     }
     conn.prepared.clear();
+    tracing::trace!(pid = conn.key.as_ref().map(|k| k.pid), "pinned server connection reset");
     if let Some(surplus) = lease.release() {
         close_server(surplus);
     }
