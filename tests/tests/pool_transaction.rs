@@ -346,3 +346,39 @@ async fn a_client_gone_mid_transaction_leaves_no_dirty_connection_in_the_pool() 
     assert_eq!(ids, [3, 3, 3], "what the gone clients left uncommitted was rolled back; the next one's committed");
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn each_clients_dualwrite_version_routes_its_statements_across_one_shared_server_connection() {
+    let (db, _rules) = split_database().await;
+    let proxy = TestProxy::with_rules_toml_and(&db, SPLIT_RULES, |config| {
+        config.pool_mode = PoolMode::Transaction;
+        config.pool_size = 1;
+    })
+    .await
+    .unwrap();
+    let url = proxy.url(&db);
+    let old = connect(&url).await.unwrap();
+    let new = connect(&url).await.unwrap();
+    new.batch_execute("SET dualwrite.version = 'v2'").await.unwrap();
+    let by_option = connect(&format!("{url}?options=-c%20dualwrite.version%3Dv2")).await.unwrap();
+    for round in 0..5 {
+        let id = round * 3;
+        old.execute("INSERT INTO users (id, name) VALUES ($1, 'old')", &[&id]).await.unwrap();
+        new.execute("INSERT INTO users (id, first_name) VALUES ($1, 'new')", &[&(id + 1)]).await.unwrap();
+        by_option.batch_execute(&format!("BEGIN; INSERT INTO users (id, first_name) VALUES ({}, 'opt'); COMMIT", id + 2)).await.unwrap();
+        let name: String = old.query_one("SELECT name FROM users WHERE id = $1", &[&(id + 1)]).await.unwrap().get(0);
+        assert_eq!(name, "new", "the v1 client reads the old shape (round {round})");
+        let first: String = new.query_one("SELECT first_name FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
+        assert_eq!(first, "old", "the v2 client reads the new shape (round {round})");
+        let first: String = by_option.query_one("SELECT first_name FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
+        assert_eq!(first, "old");
+    }
+    for (client, version) in [(&old, "v1"), (&new, "v2"), (&by_option, "v2")] {
+        let shown = simple_rows(&client.simple_query("SHOW dualwrite.version").await.unwrap());
+        assert_eq!(shown, [[Some(version.to_owned())]]);
+    }
+    let direct = db.connect().await.unwrap();
+    let shadow: i64 = direct.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0);
+    assert_eq!(shadow, 15, "every write of both shapes reached the shadow too");
+    proxy.stop().await.unwrap();
+}
