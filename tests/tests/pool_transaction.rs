@@ -382,3 +382,78 @@ async fn each_clients_dualwrite_version_routes_its_statements_across_one_shared_
     assert_eq!(shadow, 15, "every write of both shapes reached the shadow too");
     proxy.stop().await.unwrap();
 }
+
+/// The value of the first sample of `series` (name and labels as exported) in a scrape.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn dualwrite_pools_and_the_pool_metrics_show_active_idle_waiting_and_pinned() {
+    let (db, _rules) = split_database().await;
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let proxy = TestProxy::with_rules_toml_and(&db, SPLIT_RULES, |config| {
+        config.pool_mode = PoolMode::Transaction;
+        config.pool_size = 2;
+        config.metrics_listen = Some(metrics_addr);
+    })
+    .await
+    .unwrap();
+    let url = proxy.url(&db);
+    let (pinned, holder, waiter) = (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    pinned.batch_execute("LISTEN events").await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter.batch_execute("SELECT 1").await.unwrap();
+        waiter
+    });
+    // The admin's own statements need a server connection too: its own pool (another application_name).
+    let admin = connect(&format!("{url}?application_name=admin")).await.unwrap();
+    let user = db.cluster.superuser().to_owned();
+    let ours = |rows: &[Vec<Option<String>>]| -> Vec<Vec<Option<String>>> {
+        rows.iter().filter(|r| r[9].as_deref() == Some("client_encoding=UTF8")).cloned().collect()
+    };
+    eventually(LIMIT, "the waiting client shows", || async {
+        let rows = simple_rows(&admin.simple_query("DUALWRITE POOLS").await.unwrap());
+        ours(&rows).first().is_some_and(|r| r[6].as_deref() == Some("1"))
+    })
+    .await;
+    let rows = simple_rows(&admin.simple_query("DUALWRITE POOLS").await.unwrap());
+    let row = &ours(&rows)[0];
+    let text = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    assert_eq!(row[..8], text(&[&db.name, &user, "transaction", "2", "2", "0", "1", "1"])[..], "{rows:?}");
+    let max_wait: f64 = row[8].as_deref().unwrap().parse().unwrap();
+    assert!(max_wait >= 0.0);
+    assert_eq!(rows.len(), 2, "the admin's pool is listed too: {rows:?}");
+
+    // The series add up the pools of one database and user: the admin's idle connection is among them.
+    let metrics = scrape_metrics(metrics_addr).await;
+    let labels = format!("database=\"{}\",user=\"{user}\"", db.name);
+    assert_eq!(sample(&metrics, &format!("dualwrite_pool_server_connections{{{labels},state=\"active\"}}")), 2.0);
+    assert_eq!(sample(&metrics, &format!("dualwrite_pool_server_connections{{{labels},state=\"idle\"}}")), 1.0);
+    assert_eq!(sample(&metrics, &format!("dualwrite_pool_clients_waiting{{{labels}}}")), 1.0);
+    assert_eq!(sample(&metrics, &format!("dualwrite_pool_pinned_clients{{{labels}}}")), 1.0);
+    assert!(metrics.contains("dualwrite_pool_wait_seconds_bucket{"), "{metrics}");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    let _waiter = waiting.await.unwrap();
+    let rows = simple_rows(&admin.simple_query("DUALWRITE POOLS").await.unwrap());
+    assert_eq!(ours(&rows)[0][4..7], text(&["1", "1", "0"])[..], "active, idle, waiting once the line cleared");
+    let metrics = scrape_metrics(metrics_addr).await;
+    assert_eq!(sample(&metrics, &format!("dualwrite_pool_clients_waiting{{{labels}}}")), 0.0);
+    let waits = sample(&metrics, &format!("dualwrite_pool_wait_seconds_count{{{labels}}}"));
+    assert!(waits >= 1.0, "every lease's wait is counted");
+
+    let unprivileged = {
+        db.connect().await.unwrap().batch_execute("CREATE ROLE somebody LOGIN").await.unwrap();
+        connect(&proxy.url_as(&db, "somebody", None)).await.unwrap()
+    };
+    let err = unprivileged.simple_query("DUALWRITE POOLS").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "admin roles only");
+    drop(pinned);
+    proxy.stop().await.unwrap();
+}

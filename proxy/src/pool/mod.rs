@@ -60,6 +60,27 @@ pub struct PoolStats {
     pub max_wait: Duration,
 }
 
+/// A server's pools as `DUALWRITE POOLS` shows them.
+#[derive(Clone)]
+pub struct PoolView(Arc<dyn Fn() -> Vec<PoolStats> + Send + Sync>);
+
+impl PoolView {
+    pub fn new(stats: impl Fn() -> Vec<PoolStats> + Send + Sync + 'static) -> Self {
+        PoolView(Arc::new(stats))
+    }
+
+    /// Every pool's figures, in key order.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PoolView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolView")
+    }
+}
+
 /// The error of a client that waited `pool_wait_timeout_secs` for a server connection: pgbouncer's
 /// (`query_wait_timeout`, FATAL, 08P01), which drivers already know.
 pub fn wait_timeout_error() -> SqlError {

@@ -165,7 +165,7 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let _upstream_gauge = GaugeGuard::upstream();
     let info =
-        SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
+        session_info(peer, &startup, client.is_tls(), &ctx);
     let (up_read, mut up_write) = upstream.split();
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
@@ -219,7 +219,7 @@ async fn serve_pooled(
     let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let lease = slot.fill(ServerConn::new(upstream));
     let info =
-        SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
+        session_info(peer, &startup, client.is_tls(), &ctx);
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "pooled session started");
 
@@ -257,6 +257,11 @@ async fn serve_pooled(
     };
     link.finish(clean, up_read);
     tracing::debug!(%peer, "pooled session ended");
+}
+
+fn session_info(peer: SocketAddr, startup: &StartupPacket, tls: bool, ctx: &ServerContext) -> SessionInfo {
+    let parameters = startup.parameters.clone();
+    SessionInfo { client_addr: peer, parameters, backend_pid: 0, tls, pools: Some(ctx.pools.view()) }
 }
 
 /// Opens the session's upstream connection and relays the startup packet; `None` when that failed (the

@@ -27,7 +27,7 @@ use crate::config::PoolConfig;
 use crate::metrics::GaugeGuard;
 use crate::pool::pinning::{self, PinReason};
 use crate::pool::statements::{ClientStatements, ParseAction, ServerPrepared, StatementNames, Use};
-use crate::pool::{Lease, Pool, PoolKey, PoolSettings, PoolStats, Pools};
+use crate::pool::{Lease, Pool, PoolKey, PoolSettings, PoolView, Pools};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, body, btag, tag, SqlError};
 use crate::protocol::requests::{Renamed, STREAM_THRESHOLD};
@@ -78,8 +78,9 @@ impl PoolRegistry {
     }
 
     /// Every pool's figures (`DUALWRITE POOLS`).
-    pub fn stats(&self) -> Vec<PoolStats> {
-        self.pools.stats()
+    pub fn view(self: &Arc<Self>) -> PoolView {
+        let registry = Arc::downgrade(self);
+        PoolView::new(move || registry.upgrade().map(|r| r.pools.stats()).unwrap_or_default())
     }
 
     pub(super) fn pool(&self, startup: &StartupPacket, config: &PoolConfig) -> Arc<Pool<ServerConn>> {
