@@ -56,7 +56,10 @@ async fn forty_clients_run_their_transactions_over_four_server_connections() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();
     let direct = connect_direct(&db).await;
-    direct.batch_execute("CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0)")
+        .await
+        .unwrap();
     let proxy = TestProxy::start(pooled_config(&cluster, 4)).await.unwrap();
     let url = proxy.url(&db);
     let clients = connect_all(&url, 40).await;
@@ -190,10 +193,7 @@ async fn a_closed_statement_is_gone_and_a_duplicate_name_is_refused_as_in_postgr
     let answers = batch(&mut client, &[parse("s", "SELECT 41 + 1"), bind("s"), execute(), sync()]).await;
     assert_eq!(tags(&answers), "12DCZ", "ParseComplete, BindComplete, the row, its tag, ReadyForQuery");
     let answers = batch(&mut client, &[parse("s", "SELECT 2"), sync()]).await;
-    assert_eq!(
-        first_error(&answers),
-        Some(("42P05".to_owned(), "prepared statement \"s\" already exists".to_owned()))
-    );
+    assert_eq!(first_error(&answers), Some(("42P05".to_owned(), "prepared statement \"s\" already exists".to_owned())));
     let answers = batch(&mut client, &[bind("s"), execute(), sync()]).await;
     assert_eq!(command_tags(&answers), ["SELECT 1"], "the first statement is still the client's");
     let answers = batch(&mut client, &[close("s"), sync()]).await;
@@ -215,7 +215,8 @@ async fn session_state_pins_its_client_and_is_reset_before_another_client_gets_t
     let proxy = TestProxy::start(config).await.unwrap();
     let direct = connect_direct(&db).await;
     let url = proxy.url(&db);
-    let (setter, other, temp) = (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    let (setter, other, temp) =
+        (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
     setter.batch_execute("SET search_path = pg_catalog").await.unwrap();
     temp.batch_execute("CREATE TEMP TABLE notes (n int)").await.unwrap();
     let pinned_pid: i32 = setter.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
@@ -291,7 +292,10 @@ async fn a_cancel_reaches_the_query_its_client_runs_now() {
     let sleeping = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(60)").await });
     eventually(LIMIT, "the sleep runs", || async {
         let n: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -365,12 +369,16 @@ async fn each_clients_dualwrite_version_routes_its_statements_across_one_shared_
         let id = round * 3;
         old.execute("INSERT INTO users (id, name) VALUES ($1, 'old')", &[&id]).await.unwrap();
         new.execute("INSERT INTO users (id, first_name) VALUES ($1, 'new')", &[&(id + 1)]).await.unwrap();
-        by_option.batch_execute(&format!("BEGIN; INSERT INTO users (id, first_name) VALUES ({}, 'opt'); COMMIT", id + 2)).await.unwrap();
+        by_option
+            .batch_execute(&format!("BEGIN; INSERT INTO users (id, first_name) VALUES ({}, 'opt'); COMMIT", id + 2))
+            .await
+            .unwrap();
         let name: String = old.query_one("SELECT name FROM users WHERE id = $1", &[&(id + 1)]).await.unwrap().get(0);
         assert_eq!(name, "new", "the v1 client reads the old shape (round {round})");
         let first: String = new.query_one("SELECT first_name FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
         assert_eq!(first, "old", "the v2 client reads the new shape (round {round})");
-        let first: String = by_option.query_one("SELECT first_name FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
+        let first: String =
+            by_option.query_one("SELECT first_name FROM users WHERE id = $1", &[&id]).await.unwrap().get(0);
         assert_eq!(first, "old");
     }
     for (client, version) in [(&old, "v1"), (&new, "v2"), (&by_option, "v2")] {
@@ -404,7 +412,8 @@ async fn dualwrite_pools_and_the_pool_metrics_show_active_idle_waiting_and_pinne
     .await
     .unwrap();
     let url = proxy.url(&db);
-    let (pinned, holder, waiter) = (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    let (pinned, holder, waiter) =
+        (connect(&url).await.unwrap(), connect(&url).await.unwrap(), connect(&url).await.unwrap());
     pinned.batch_execute("LISTEN events").await.unwrap();
     holder.batch_execute("BEGIN").await.unwrap();
     let waiting = tokio::spawn(async move {

@@ -155,14 +155,8 @@ pub struct Pool<C> {
 
 impl<C: Send + 'static> Pool<C> {
     fn new(key: PoolKey, settings: PoolSettings) -> Self {
-        let state = PoolState {
-            settings,
-            idle: Vec::new(),
-            active: 0,
-            waiting: VecDeque::new(),
-            next_ticket: 0,
-            pinned: 0,
-        };
+        let state =
+            PoolState { settings, idle: Vec::new(), active: 0, waiting: VecDeque::new(), next_ticket: 0, pinned: 0 };
         let metrics = PoolMetrics::new(&key.database, &key.user);
         Pool { key, state: Mutex::new(state), freed: Notify::new(), metrics }
     }

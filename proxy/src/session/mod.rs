@@ -164,8 +164,7 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     }
     let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let _upstream_gauge = GaugeGuard::upstream();
-    let info =
-        session_info(peer, &startup, client.is_tls(), &ctx);
+    let info = session_info(peer, &startup, client.is_tls(), &ctx);
     let (up_read, mut up_write) = upstream.split();
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
@@ -218,8 +217,7 @@ async fn serve_pooled(
     };
     let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let lease = slot.fill(ServerConn::new(upstream));
-    let info =
-        session_info(peer, &startup, client.is_tls(), &ctx);
+    let info = session_info(peer, &startup, client.is_tls(), &ctx);
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "pooled session started");
 
