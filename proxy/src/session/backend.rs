@@ -119,6 +119,8 @@ impl<'s> Backend<'s> {
             super::prepare_read_buffer(&mut buf);
             if let (Some(link), None) = (link, &upstream) {
                 *upstream = link.take_read();
+                // What the last connection said is not this one's.
+                self.server_idle = false;
             }
             let detached = upstream.is_none();
             tokio::select! {

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::interceptor::{SessionEvent, SessionInfo, SessionInterceptor};
-use super::pooled::{self, PooledLink};
+use super::pooled::{self, PooledLink, WriteError};
 use super::stream::{ReadHalf, WriteHalf};
 use super::{write_chunks, SessionShared, READ_CHUNK};
 use crate::metrics::SessionMetrics;
@@ -186,11 +186,13 @@ impl<'s> Frontend<'s> {
                 let outcome = self.machine.process(&mut self.host, &mut buf, &mut out);
                 self.publish_expects();
                 let written = match &mut upstream {
-                    Upstream::Fixed(w) => write_chunks(w, &mut out).await,
+                    Upstream::Fixed(w) => write_chunks(w, &mut out).await.map_err(|_| WriteError::Broken),
                     Upstream::Pooled(link) => link.write(&mut out).await,
                 };
-                if written.is_err() {
-                    return FrontendEnd::UpstreamBroken;
+                match written {
+                    Ok(()) => {}
+                    Err(WriteError::Broken) => return FrontendEnd::UpstreamBroken,
+                    Err(WriteError::NoServer(err)) => return FrontendEnd::NoServer(err),
                 }
                 match outcome {
                     Outcome::NeedInput => {

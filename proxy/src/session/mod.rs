@@ -206,7 +206,9 @@ async fn serve_pooled(
     let pool = ctx.pools.pool(&startup, &config);
     let slot = match pool.open().await {
         Ok((slot, evicted)) => {
-            drop(evicted);
+            if let Some(idle) = evicted {
+                pooled::close_server(idle);
+            }
             slot
         }
         Err(err) => {

@@ -112,6 +112,14 @@ pub(super) fn needs_server(buf: &[u8]) -> bool {
     }
 }
 
+/// Why a write to the pooled connection failed.
+pub(super) enum WriteError {
+    /// No connection came free in time.
+    NoServer(SqlError),
+    /// The connection broke.
+    Broken,
+}
+
 struct LinkState {
     lease: Option<Lease<ServerConn>>,
     /// The read half of a connection just attached, for the upstream direction to take.
@@ -189,18 +197,20 @@ impl<'s> PooledLink<'s> {
         *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
-    /// Writes `out` to the connection held (the client direction attached one before producing it).
-    pub(super) async fn write(&self, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    /// Writes `out` to the connection held (the client direction attached one before producing it; one
+    /// is attached here otherwise).
+    pub(super) async fn write(&self, out: &mut Vec<Bytes>) -> Result<(), WriteError> {
         if out.is_empty() {
             return Ok(());
         }
+        self.attach().await.map_err(WriteError::NoServer)?;
         let taken = self.state().lease.as_mut().and_then(|lease| lease.conn().write.take());
-        let Some(mut write) = taken else { return Err(std::io::ErrorKind::NotConnected.into()) };
+        let Some(mut write) = taken else { return Err(WriteError::Broken) };
         let written = write_chunks(&mut write, out).await;
         if let Some(lease) = self.state().lease.as_mut() {
             lease.conn().write = Some(write);
         }
-        written
+        written.map_err(|_| WriteError::Broken)
     }
 
     /// The client direction handled everything it read: the connection may go back to the pool.
@@ -386,7 +396,7 @@ async fn discard_all(conn: &mut ServerConn) -> std::io::Result<()> {
 }
 
 /// Ends a connection the pool does not keep: Terminate, then the close.
-fn close_server(mut conn: ServerConn) {
+pub(super) fn close_server(mut conn: ServerConn) {
     tokio::spawn(async move {
         if let Some(write) = conn.write.as_mut() {
             let _ = write.write_all(TERMINATE).await;
