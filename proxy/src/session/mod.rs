@@ -159,7 +159,8 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     };
 
     let pool = ctx.config.pool_settings(startup.database(), startup.user());
-    if pool.mode == PoolMode::Transaction {
+    // A replication connection is a session of its own whatever the pool mode.
+    if pool.mode == PoolMode::Transaction && !startup.parameters.contains_key("replication") {
         return serve_pooled(client, peer, startup, ctx, shutdown, pool).await;
     }
     let Some(upstream) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
