@@ -133,3 +133,30 @@ async fn pgjdbc_transaction_mode() {
     let run = env.run_program("java", "java", &["-cp", "/usr/share/java/postgresql.jar", "Compat.java"]).await.unwrap();
     run.assert_all_ok("pgjdbc", ALL_CHECKS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_transaction_mode() {
+    let env = pooled_env().await;
+    let run = env.run_program("cli", "bash", &["pgbench.sh"]).await.unwrap();
+    run.assert_all_ok(
+        "pgbench",
+        &[
+            "connect_scram",
+            "copy_in",
+            "simple_query",
+            "prepared_query",
+            "transaction_commit",
+            "dual_write_insert",
+            "dual_write_update",
+            "read_v1",
+            "read_v2",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_transaction_mode() {
+    let env = pooled_env().await;
+    let report = rust_checks::sqlx_checks(&env).await;
+    report.assert_all_ok("sqlx", &checks_except(&["cancel"]), "");
+}
