@@ -466,3 +466,27 @@ async fn dualwrite_pools_and_the_pool_metrics_show_active_idle_waiting_and_pinne
     drop(pinned);
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn pgbench_in_every_query_mode_with_four_times_more_clients_than_server_connections() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = connect_direct(&db).await;
+    let proxy = TestProxy::start(pooled_config(&cluster, 3)).await.unwrap();
+    let url = proxy.url(&db);
+    pgbench(&db.url(), &["-i", "-s", "1", "-q"]).await.unwrap().assert_success();
+    // A thread per client: pgbench prepares a statement with a blocking call (PQprepare), which in a
+    // thread shared with other clients would stop them while they hold pooled connections in their
+    // transactions (a deadlock of pgbench's own against any pooler smaller than its client count).
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&url, &["-M", mode, "-c", "12", "-j", "12", "-t", "50"]).await.unwrap();
+        out.assert_success();
+        assert!(out.stdout.contains("number of failed transactions: 0 (0.000%)"), "mode {mode}: {}", out.stdout);
+        assert!(out.stdout.contains("number of transactions actually processed: 600/600"), "{}", out.stdout);
+        // pgbench empties the history before each run.
+        let history: i64 = direct.query_one("SELECT count(*) FROM pgbench_history", &[]).await.unwrap().get(0);
+        assert_eq!(history, 600, "every TPC-B transaction of mode {mode} committed");
+    }
+    assert!(server_connections(&direct, &db.name).await <= 3);
+    proxy.stop().await.unwrap();
+}

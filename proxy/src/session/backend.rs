@@ -118,9 +118,11 @@ impl<'s> Backend<'s> {
         loop {
             super::prepare_read_buffer(&mut buf);
             if let (Some(link), None) = (link, &upstream) {
-                *upstream = link.take_read();
-                // What the last connection said is not this one's.
-                self.server_idle = false;
+                if let Some(read) = link.take_read() {
+                    *upstream = Some(read);
+                    // A connection comes from the pool idle (or, at the startup, not ready at all).
+                    self.server_idle = true;
+                }
             }
             let detached = upstream.is_none();
             tokio::select! {

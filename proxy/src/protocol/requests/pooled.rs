@@ -155,7 +155,8 @@ mod tests {
         let mut buf = BytesMut::from(&frames.concat()[..]);
         let mut out = Vec::new();
         let outcome = machine.process(host, &mut buf, &mut out);
-        let expects = machine.take_expects().0.map(|e| format!("{e:?}").split([' ', '(', '{']).next().unwrap().to_owned());
+        let expects =
+            machine.take_expects().0.map(|e| format!("{e:?}").split([' ', '(', '{']).next().unwrap().to_owned());
         (out.concat(), expects.collect(), outcome)
     }
 
