@@ -421,6 +421,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_authentication_on_a_full_pool_waits_for_a_slot_to_come_free() {
+        let p = pool(1, 0, Duration::from_secs(60));
+        let (slot, _) = p.open().await.unwrap();
+        let held = slot.fill(1);
+        let opening = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open().await.map(|(slot, evicted)| (slot.fill(2), evicted)) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!opening.is_finished(), "no slot while the one connection is lent");
+        drop(held);
+        let (lease, evicted) = opening.await.unwrap().unwrap();
+        assert_eq!(evicted, None, "the broken connection's slot was taken");
+        assert_eq!(figures(&p), (1, 0, 0, 0));
+        assert_eq!(lease.release(), None);
+    }
+
+    #[tokio::test]
     async fn waiting_clients_are_served_first_come_first_served() {
         let p = pool(1, 0, Duration::from_secs(60));
         authenticate(&p, 7).await;
