@@ -160,3 +160,10 @@ async fn sqlx_transaction_mode() {
     let report = rust_checks::sqlx_checks(&env).await;
     report.assert_all_ok("sqlx", &checks_except(&["cancel"]), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_transaction_mode() {
+    let env = pooled_env().await;
+    let run = env.run_program("python", "python3", &["sqlalchemy_compat.py"]).await.unwrap();
+    run.assert_all_ok("SQLAlchemy", &checks_except(&["copy_in", "copy_out", "copy_into_migrated_rejected", "cancel"]));
+}
