@@ -490,3 +490,28 @@ async fn pgbench_in_every_query_mode_with_four_times_more_clients_than_server_co
     assert!(server_connections(&direct, &db.name).await <= 3);
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_server_connection_that_broke_in_the_pool_is_forgotten_and_its_place_taken_by_a_new_one() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = connect_direct(&db).await;
+    let proxy = TestProxy::start(pooled_config(&cluster, 1)).await.unwrap();
+    let url = proxy.url(&db);
+    let unlucky = connect(&url).await.unwrap();
+    let pooled_pid: i32 = unlucky.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let terminated: bool =
+        direct.query_one("SELECT pg_terminate_backend($1, 60000)", &[&pooled_pid]).await.unwrap().get(0);
+    assert!(terminated);
+    // The next transaction on the broken connection fails with what the server said, and its client is
+    // disconnected, as in session mode.
+    let err = unlucky.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+    eventually(LIMIT, "the client is disconnected", || async { unlucky.is_closed() }).await;
+    // The pool forgot it: a new client authenticates in its place and works.
+    let next = connect(&url).await.unwrap();
+    let pid: i32 = next.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_ne!(pid, pooled_pid);
+    next.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    proxy.stop().await.unwrap();
+}
