@@ -515,3 +515,21 @@ async fn a_server_connection_that_broke_in_the_pool_is_forgotten_and_its_place_t
     next.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn authentication_stays_relayed_a_wrong_password_gets_the_servers_error_and_frees_its_slot() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let proxy = TestProxy::start(pooled_config(&cluster, 1)).await.unwrap();
+    for _ in 0..3 {
+        let err = connect(&proxy.url_as(&db, SCRAM_USER, Some("not-the-password"))).await.unwrap_err();
+        let err = err.downcast_ref::<tokio_postgres::Error>().unwrap();
+        assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    }
+    // The one slot of the SCRAM role's pool is free again each time.
+    let client = connect(&proxy.url_as(&db, SCRAM_USER, Some(SCRAM_PASSWORD))).await.unwrap();
+    let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(user, SCRAM_USER);
+    client.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    proxy.stop().await.unwrap();
+}
