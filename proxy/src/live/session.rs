@@ -354,6 +354,10 @@ impl LiveSession {
 }
 
 impl SessionInterceptor for LiveSession {
+    fn answers_itself(&mut self, sql: &str) -> bool {
+        control::is_control_command(sql)
+    }
+
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
         let sql = request.sql;
         if control::is_control_command(sql) {

@@ -11,12 +11,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::interceptor::{SessionEvent, SessionInfo, SessionInterceptor};
-use super::pooled::{self, PooledLink, WriteError};
+use super::pooled::{PooledLink, WriteError};
 use super::stream::{ReadHalf, WriteHalf};
 use super::{write_chunks, SessionShared, READ_CHUNK};
 use crate::metrics::SessionMetrics;
-use crate::protocol::messages::SqlError;
-use crate::protocol::requests::{Host, Outcome, Renamed, RequestMachine, Route};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::{self, tag, SqlError};
+use crate::protocol::requests::{Host, Outcome, Renamed, RequestMachine, Route, STREAM_THRESHOLD};
 use crate::server::ServerContext;
 
 /// Why the client direction stopped.
@@ -177,7 +178,7 @@ impl<'s> Frontend<'s> {
             }
             loop {
                 if let Upstream::Pooled(link) = &upstream {
-                    if !self.machine.is_streaming() && pooled::needs_server(&buf) {
+                    if !self.machine.is_streaming() && self.needs_server(&buf) {
                         if let Err(err) = link.attach().await {
                             return FrontendEnd::NoServer(err);
                         }
@@ -226,6 +227,36 @@ impl<'s> Frontend<'s> {
                 }
             }
         }
+    }
+
+    /// Transaction mode: whether the frames at the head of `buf` need a server connection: any whole frame
+    /// up to a Terminate but a simple Query the interceptor answers itself (a control command, so that an
+    /// admin sees the pools even when they are exhausted), or a large one that starts streaming.
+    fn needs_server(&mut self, buf: &[u8]) -> bool {
+        let mut rest = buf;
+        loop {
+            let Ok(Some(header)) = peek_header(rest, usize::MAX) else { return false };
+            let total = header.total_len();
+            if rest.len() < total {
+                return total > STREAM_THRESHOLD;
+            }
+            match header.tag {
+                tag::TERMINATE => return false,
+                tag::QUERY if self.answered_itself(&rest[..total]) => {}
+                _ => return true,
+            }
+            rest = &rest[total..];
+        }
+    }
+
+    fn answered_itself(&mut self, query: &[u8]) -> bool {
+        if !self.host.intercepting() {
+            return false;
+        }
+        let Some(sql) = messages::query_sql(messages::body(query)).and_then(|s| std::str::from_utf8(s).ok()) else {
+            return false;
+        };
+        self.host.interceptor().is_some_and(|i| i.answers_itself(sql))
     }
 
     /// Moves the expectations of the frames handled since the last call to the response queue, under one

@@ -30,7 +30,7 @@ use crate::pool::statements::{ClientStatements, ParseAction, ServerPrepared, Sta
 use crate::pool::{Lease, Pool, PoolKey, PoolSettings, PoolView, Pools};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, body, btag, tag, SqlError};
-use crate::protocol::requests::{Renamed, STREAM_THRESHOLD};
+use crate::protocol::requests::Renamed;
 use crate::protocol::startup::{CancelKey, StartupPacket};
 
 /// Statements a server connection keeps prepared before closing the least recently used one
@@ -100,15 +100,6 @@ impl PoolRegistry {
 impl Default for PoolRegistry {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Whether the client frames at the head of `buf` need a server connection: any whole frame (or a large
-/// one that starts streaming) but a Terminate.
-pub(super) fn needs_server(buf: &[u8]) -> bool {
-    match peek_header(buf, usize::MAX) {
-        Ok(Some(h)) => h.tag != tag::TERMINATE && (buf.len() >= h.total_len() || h.total_len() > STREAM_THRESHOLD),
-        _ => false,
     }
 }
 
