@@ -13,10 +13,11 @@ use tokio::io::AsyncWriteExt;
 use crate::protocol::startup::CancelKey;
 use crate::upstream::{self, UpstreamTarget};
 
-/// Proxy key -> upstream key, for every live session.
+/// Proxy key -> upstream key, for every live session (none while a transaction-pooled session holds no
+/// server connection).
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<CancelKey, CancelKey>>,
+    keys: Mutex<HashMap<CancelKey, Option<CancelKey>>>,
 }
 
 impl CancelRegistry {
@@ -34,13 +35,13 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        keys.insert(client.clone(), upstream);
+        keys.insert(client.clone(), Some(upstream));
         CancelRegistration { registry: Arc::clone(self), client }
     }
 
     /// The upstream key behind a client's key.
     pub fn lookup(&self, client: &CancelKey) -> Option<CancelKey> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(client).cloned()
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(client).cloned().flatten()
     }
 
     #[cfg(test)]
@@ -60,6 +61,14 @@ impl CancelRegistration {
     /// The key handed to the client in BackendKeyData.
     pub fn client_key(&self) -> &CancelKey {
         &self.client
+    }
+
+    /// The server connection the client's cancel now reaches (transaction pooling: the one it holds, if
+    /// any).
+    pub fn retarget(&self, upstream: Option<CancelKey>) {
+        if let Some(slot) = self.registry.keys.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.client) {
+            *slot = upstream;
+        }
     }
 }
 

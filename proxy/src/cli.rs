@@ -127,6 +127,19 @@ pub struct ConfigArgs {
     /// WAL the watch's slot may hold back before it is dropped (verify-only), in MiB [default: 1024].
     #[arg(long, env = "DUALWRITE_CDC_MAX_RETAINED_WAL_MB")]
     pub cdc_max_retained_wal_mb: Option<u64>,
+    /// How sessions use server connections: session or transaction (per database and user in the config
+    /// file's [databases.*] and [users.*]) [default: session].
+    #[arg(long, env = "DUALWRITE_POOL_MODE")]
+    pub pool_mode: Option<crate::config::PoolMode>,
+    /// Transaction mode: server connections per pool [default: 20].
+    #[arg(long, env = "DUALWRITE_POOL_SIZE")]
+    pub pool_size: Option<usize>,
+    /// Transaction mode: extra connections for clients authenticating while the pool is full [default: 0].
+    #[arg(long, env = "DUALWRITE_RESERVE_POOL_SIZE")]
+    pub reserve_pool_size: Option<usize>,
+    /// Transaction mode: seconds a client waits for a server connection [default: 120].
+    #[arg(long, env = "DUALWRITE_POOL_WAIT_TIMEOUT")]
+    pub pool_wait_timeout_secs: Option<u64>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -170,6 +183,10 @@ impl ConfigArgs {
             cfg.tls_key = self.tls_key.clone();
         }
         set(&mut cfg.session_threads, &self.session_threads);
+        set(&mut cfg.pool_mode, &self.pool_mode);
+        set(&mut cfg.pool_size, &self.pool_size);
+        set(&mut cfg.reserve_pool_size, &self.reserve_pool_size);
+        set(&mut cfg.pool_wait_timeout_secs, &self.pool_wait_timeout_secs);
         set(&mut cfg.limits.max_message_size, &self.max_message_size);
         set(&mut cfg.limits.max_client_connections, &self.max_client_connections);
         set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);

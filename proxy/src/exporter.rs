@@ -41,6 +41,8 @@ pub fn install_exporter(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result
             .map_err(|e| e.to_string())?
             .set_buckets_for_metric(Matcher::Full(DUAL_WRITE_DURATION_SECONDS.to_owned()), LATENCY_BUCKETS)
             .map_err(|e| e.to_string())?
+            .set_buckets_for_metric(Matcher::Full(crate::pool::metrics::POOL_WAIT_SECONDS.to_owned()), LATENCY_BUCKETS)
+            .map_err(|e| e.to_string())?
             .install_recorder()
             .map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;

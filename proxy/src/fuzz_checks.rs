@@ -169,7 +169,7 @@ pub fn check_control(data: &[u8]) {
                 ControlCommand::Phase { migration, .. }
                 | ControlCommand::Rollback { migration }
                 | ControlCommand::Verify { migration, .. } => assert!(!migration.is_empty()),
-                ControlCommand::Status | ControlCommand::AuditVerify => {}
+                ControlCommand::Status | ControlCommand::AuditVerify | ControlCommand::Pools => {}
             }
         }
         Err(e) => check_syntax_error(&e, chars),

@@ -31,6 +31,8 @@ pub struct SessionInfo {
     pub backend_pid: i32,
     /// TLS between the client and the proxy.
     pub tls: bool,
+    /// The pools of the session's server (`DUALWRITE POOLS`).
+    pub pools: Option<crate::pool::PoolView>,
 }
 
 impl SessionInfo {

@@ -52,7 +52,8 @@ impl Reloader {
         let (config, needs_restart) = keep_restart_only(&old.config, config, self.live.is_some());
         let mut changed = setting_changes(&old.config, &config);
         let kept_tls = Some(old.upstream.tls.clone());
-        let next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor), kept_tls)?;
+        let mut next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor), kept_tls)?;
+        next.pools = Arc::clone(&old.pools);
         if let Some(live) = &self.live {
             changed.extend(live.reload(&next.config).await?);
         }

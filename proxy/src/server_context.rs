@@ -19,6 +19,8 @@ pub struct ServerContext {
     pub client_tls: Option<TlsAcceptor>,
     pub cancel: Arc<CancelRegistry>,
     pub interceptor: SharedInterceptor,
+    /// Transaction mode's server-connection pools (kept across reloads).
+    pub pools: Arc<crate::pool::registry::PoolRegistry>,
 }
 
 impl ServerContext {
@@ -45,6 +47,7 @@ impl ServerContext {
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
         anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
-        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor })
+        let pools = Arc::new(crate::pool::registry::PoolRegistry::new());
+        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor, pools })
     }
 }

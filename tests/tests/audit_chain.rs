@@ -60,8 +60,13 @@ async fn handle(pg: &PgTarget) -> anyhow::Result<StateHandle> {
 }
 
 async fn control(state: &StateHandle, sql: &str) -> anyhow::Result<ControlResponse> {
-    let ctx =
-        ControlContext { state: state.clone(), admin_roles: Arc::new(vec!["ops".into()]), jobs: None, shadow: None };
+    let ctx = ControlContext {
+        state: state.clone(),
+        admin_roles: Arc::new(vec!["ops".into()]),
+        jobs: None,
+        shadow: None,
+        pools: None,
+    };
     Ok(execute(&ctx, &parse_control(sql)?, &admin()).await?)
 }
 

@@ -33,7 +33,7 @@ async fn context() -> anyhow::Result<ControlContext> {
     let rules = Arc::new(RuleSet::from_toml(RULES, "test")?);
     let options = StateOptions { poll_interval: Duration::from_secs(60), ..StateOptions::default() };
     let state = StateHandle::connect(db.url().parse()?, rules, options).await?;
-    Ok(ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: None, shadow: None })
+    Ok(ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: None, shadow: None, pools: None })
 }
 
 fn actor(role: &str) -> Actor {

@@ -55,8 +55,13 @@ fn cell<'a>(r: &'a ControlResponse, row: usize, column: &str) -> Option<&'a str>
 async fn backfill_then_verify_then_cutover() -> anyhow::Result<()> {
     let (_db, rules, pg, state) = users_database(250).await?;
     let bridge = JobsBridge::new(Arc::new(JobRunner::new(pg)), rules);
-    let ctx =
-        ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
+    let ctx = ControlContext {
+        state,
+        admin_roles: Arc::new(vec!["ops".into()]),
+        jobs: Some(Arc::new(bridge)),
+        shadow: None,
+        pools: None,
+    };
     let actor = Actor { role: "ops".into(), client_addr: Some("127.0.0.1:1".into()) };
     let run = |sql: &'static str| {
         let (ctx, actor) = (ctx.clone(), actor.clone());
@@ -121,8 +126,13 @@ async fn backfill_holds_off_while_this_instances_p99_is_over_its_limit() -> anyh
     for _ in 0..100 {
         RecentLatency::global().record(Duration::from_millis(200));
     }
-    let ctx =
-        ControlContext { state, admin_roles: Arc::new(vec!["ops".into()]), jobs: Some(Arc::new(bridge)), shadow: None };
+    let ctx = ControlContext {
+        state,
+        admin_roles: Arc::new(vec!["ops".into()]),
+        jobs: Some(Arc::new(bridge)),
+        shadow: None,
+        pools: None,
+    };
     let actor = Actor { role: "ops".into(), client_addr: None };
     let run = |sql: &'static str| {
         let (ctx, actor) = (ctx.clone(), actor.clone());

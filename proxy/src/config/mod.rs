@@ -3,6 +3,7 @@
 //! owns its option structs (`[cdc]`, `[shadow_reads]`, `[versions]` in files of their own) and imports
 //! nothing above it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +54,21 @@ pub struct Config {
     pub shadow_reads: ShadowReadsConfig,
     /// The change-data-capture watch (`[cdc]`): on by default; needs `wal_level = logical`.
     pub cdc: CdcConfig,
+    /// How client sessions use server connections (`session` or `transaction`), for every database and
+    /// user unless `[databases.<name>]` or `[users.<name>]` say otherwise.
+    pub pool_mode: PoolMode,
+    /// Transaction mode: server connections per pool (database, user and startup parameters).
+    pub pool_size: usize,
+    /// Transaction mode: connections a pool may open beyond `pool_size` for clients authenticating while
+    /// it is full; closed when given back.
+    pub reserve_pool_size: usize,
+    /// Transaction mode: seconds a client waits for a server connection before it is refused (08P01
+    /// `query_wait_timeout`).
+    pub pool_wait_timeout_secs: u64,
+    /// Pool settings of one database (`[databases.app]`), over the top-level ones.
+    pub databases: BTreeMap<String, PoolOverride>,
+    /// Pool settings of one user (`[users.alice]`), over the database's and the top-level ones.
+    pub users: BTreeMap<String, PoolOverride>,
 }
 
 impl Default for Config {
@@ -71,6 +87,12 @@ impl Default for Config {
             versions: Default::default(),
             shadow_reads: Default::default(),
             cdc: Default::default(),
+            pool_mode: PoolMode::Session,
+            pool_size: DEFAULT_POOL_SIZE,
+            reserve_pool_size: 0,
+            pool_wait_timeout_secs: DEFAULT_POOL_WAIT_TIMEOUT_SECS,
+            databases: BTreeMap::new(),
+            users: BTreeMap::new(),
         }
     }
 }
@@ -109,6 +131,78 @@ impl Config {
         }
         Ok(target)
     }
+
+    /// The pool settings of `user` on `database`: the user's overrides, else the database's, else the
+    /// top-level settings.
+    pub fn pool_settings(&self, database: &str, user: &str) -> PoolConfig {
+        let layers = [self.users.get(user), self.databases.get(database)];
+        let pick = |f: fn(&PoolOverride) -> Option<u64>, default: u64| {
+            layers.iter().flatten().find_map(|o| f(o)).unwrap_or(default)
+        };
+        PoolConfig {
+            mode: layers.iter().flatten().find_map(|o| o.pool_mode).unwrap_or(self.pool_mode),
+            size: pick(|o| o.pool_size.map(|v| v as u64), self.pool_size as u64).max(1) as usize,
+            reserve: pick(|o| o.reserve_pool_size.map(|v| v as u64), self.reserve_pool_size as u64) as usize,
+            wait_timeout: Duration::from_secs(pick(|o| o.pool_wait_timeout_secs, self.pool_wait_timeout_secs)),
+        }
+    }
+}
+
+/// Default `pool_size` (pgbouncer's `default_pool_size`).
+pub const DEFAULT_POOL_SIZE: usize = 20;
+/// Default `pool_wait_timeout_secs` (pgbouncer's `query_wait_timeout`).
+pub const DEFAULT_POOL_WAIT_TIMEOUT_SECS: u64 = 120;
+
+/// How a client session uses server connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// One server connection per client session, for its whole life.
+    #[default]
+    Session,
+    /// A server connection per transaction, from a pool shared by the clients of one database and user.
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "session" => Ok(PoolMode::Session),
+            "transaction" => Ok(PoolMode::Transaction),
+            other => Err(format!("invalid pool mode {other:?}: expected \"session\" or \"transaction\"")),
+        }
+    }
+}
+
+/// Pool settings of one database or user; absent ones come from the level below.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolOverride {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub reserve_pool_size: Option<usize>,
+    pub pool_wait_timeout_secs: Option<u64>,
+}
+
+/// The pool settings a client session runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// At least 1.
+    pub size: usize,
+    pub reserve: usize,
+    pub wait_timeout: Duration,
 }
 
 /// Default `limits.max_client_connections`. Each session takes two descriptors, so with the headroom the
@@ -250,6 +344,32 @@ mod tests {
         let control = cfg.control_connection().unwrap();
         assert_eq!(control.config().get_user(), Some("dw"));
         assert_eq!(control.config().get_dbname(), Some("app"));
+    }
+
+    #[test]
+    fn pool_settings_of_a_user_override_the_databases_which_override_the_top_level() {
+        let cfg = Config::from_toml(
+            r#"
+            pool_mode = "transaction"
+            pool_size = 8
+            pool_wait_timeout_secs = 5
+            [databases.app]
+            pool_size = 4
+            reserve_pool_size = 2
+            [users.reporting]
+            pool_mode = "session"
+            pool_size = 1
+            "#,
+        )
+        .unwrap();
+        let secs = Duration::from_secs;
+        let pool = |mode, size, reserve, wait| PoolConfig { mode, size, reserve, wait_timeout: wait };
+        assert_eq!(cfg.pool_settings("other", "alice"), pool(PoolMode::Transaction, 8, 0, secs(5)));
+        assert_eq!(cfg.pool_settings("app", "alice"), pool(PoolMode::Transaction, 4, 2, secs(5)));
+        assert_eq!(cfg.pool_settings("app", "reporting"), pool(PoolMode::Session, 1, 2, secs(5)));
+        let default = Config::default().pool_settings("app", "alice");
+        assert_eq!(default, pool(PoolMode::Session, DEFAULT_POOL_SIZE, 0, secs(DEFAULT_POOL_WAIT_TIMEOUT_SECS)));
+        assert!(Config::from_toml("pool_mode = \"statement\"").is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct ControlContext {
     pub jobs: Option<Arc<dyn JobDispatch>>,
     /// This instance's shadow-read counters (`None`: no migration samples reads), shown by STATUS.
     pub shadow: Option<Arc<ShadowCounts>>,
+    /// The server-connection pools of the session's server, shown by POOLS.
+    pub pools: Option<crate::pool::PoolView>,
 }
 
 impl ControlContext {
@@ -103,6 +105,10 @@ pub async fn execute(
             let entries = ctx.state.audit(migration.as_deref(), *limit).await.map_err(state_err)?;
             Ok(audit_response(entries))
         }
+        ControlCommand::Pools => {
+            let stats = ctx.pools.as_ref().map(|p| p.stats()).unwrap_or_default();
+            Ok(pools_response(&stats))
+        }
         ControlCommand::AuditVerify => {
             let check = ctx.state.verify_audit().await.map_err(state_err)?;
             Ok(audit_verify_response(check))
@@ -129,6 +135,34 @@ pub async fn execute(
 }
 
 /// The first row of a response as a JSON object (column -> text), for the audit log.
+/// One row per pool: who it serves, its size and figures, and the longest current wait.
+pub fn pools_response(stats: &[crate::pool::PoolStats]) -> ControlResponse {
+    let rows = stats
+        .iter()
+        .map(|p| {
+            let parameters: Vec<String> = p.key.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            [
+                p.key.database.clone(),
+                p.key.user.clone(),
+                "transaction".to_owned(),
+                p.size.to_string(),
+                p.active.to_string(),
+                p.idle.to_string(),
+                p.waiting.to_string(),
+                p.pinned.to_string(),
+                format!("{:.3}", p.max_wait.as_secs_f64()),
+                parameters.join(" "),
+            ]
+            .into_iter()
+            .map(Some)
+            .collect()
+        })
+        .collect();
+    let columns =
+        ["database", "user", "mode", "size", "active", "idle", "waiting", "pinned", "max_wait_seconds", "parameters"];
+    result_set(&columns, rows)
+}
+
 fn row_json(response: &ControlResponse) -> serde_json::Value {
     let row = response.rows.first().cloned().unwrap_or_default();
     serde_json::Value::Object(

@@ -1,4 +1,4 @@
-//! The control-SQL grammar (pure): `DUALWRITE STATUS | ROUTE | PHASE | ROLLBACK | BACKFILL | VERIFY | AUDIT`.
+//! The control-SQL grammar (pure): `DUALWRITE STATUS | ROUTE | PHASE | ROLLBACK | BACKFILL | VERIFY | AUDIT | POOLS`.
 //!
 //! ```text
 //! DUALWRITE STATUS
@@ -11,6 +11,7 @@
 //! DUALWRITE VERIFY <migration> [REPAIR]
 //! DUALWRITE AUDIT [<migration>] [LIMIT <n>]
 //! DUALWRITE AUDIT VERIFY                                    -- the first broken link of the hash chain
+//! DUALWRITE POOLS                                           -- transaction mode's server-connection pools
 //! ```
 //! Keywords are case-insensitive; one trailing semicolon is allowed. Names are identifiers (unquoted ones
 //! fold to lower case as in Postgres), "quoted identifiers" or 'string literals'. After AUDIT, an unquoted
@@ -34,6 +35,7 @@ pub enum ControlCommand {
     Verify { migration: String, repair: bool },
     Audit { migration: Option<String>, limit: Option<u32> },
     AuditVerify,
+    Pools,
 }
 
 /// Where `ROUTE ... READS TO` sends reads.
@@ -74,13 +76,14 @@ impl ControlCommand {
             ControlCommand::Verify { .. } => "VERIFY",
             ControlCommand::Audit { .. } => "AUDIT",
             ControlCommand::AuditVerify => "AUDIT VERIFY",
+            ControlCommand::Pools => "POOLS",
         }
     }
 
     /// The migration the command names, if any.
     pub fn migration(&self) -> Option<&str> {
         match self {
-            ControlCommand::Status | ControlCommand::AuditVerify => None,
+            ControlCommand::Status | ControlCommand::AuditVerify | ControlCommand::Pools => None,
             ControlCommand::Audit { migration, .. } => migration.as_deref(),
             ControlCommand::Route { migration, .. }
             | ControlCommand::Phase { migration, .. }
@@ -96,7 +99,7 @@ pub fn is_control_command(sql: &str) -> bool {
     first_word(sql).is_some_and(|w| w.eq_ignore_ascii_case("dualwrite"))
 }
 
-const VERBS: &str = "STATUS, ROUTE, PHASE, ROLLBACK, BACKFILL, VERIFY or AUDIT";
+const VERBS: &str = "STATUS, ROUTE, PHASE, ROLLBACK, BACKFILL, VERIFY, AUDIT or POOLS";
 
 /// Parse one control command.
 pub fn parse_control(sql: &str) -> Result<ControlCommand, SqlError> {
@@ -107,6 +110,10 @@ pub fn parse_control(sql: &str) -> Result<ControlCommand, SqlError> {
         Some(ref l) if l.is_keyword("STATUS") => {
             p.next += 1;
             ControlCommand::Status
+        }
+        Some(ref l) if l.is_keyword("POOLS") => {
+            p.next += 1;
+            ControlCommand::Pools
         }
         Some(ref l) if l.is_keyword("ROUTE") => {
             p.next += 1;

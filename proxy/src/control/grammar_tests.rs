@@ -156,6 +156,7 @@ fn audit_forms() {
     assert_eq!(ok("DUALWRITE AUDIT m LIMIT 3"), ControlCommand::Audit { migration: Some("m".into()), limit: Some(3) });
     err("DUALWRITE AUDIT m n");
     assert_eq!(ok("DUALWRITE AUDIT VERIFY"), ControlCommand::AuditVerify);
+    assert_eq!(ok("dualwrite pools;"), ControlCommand::Pools);
     assert_eq!(ok("dualwrite audit verify;"), ControlCommand::AuditVerify);
     // A migration named verify is reached by quoting it.
     assert_eq!(

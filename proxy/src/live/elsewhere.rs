@@ -37,6 +37,10 @@ impl ElsewhereSession {
 }
 
 impl SessionInterceptor for ElsewhereSession {
+    fn answers_itself(&mut self, sql: &str) -> bool {
+        control::is_control_command(sql)
+    }
+
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
         if !control::is_control_command(request.sql) {
             return Verdict::Forward;

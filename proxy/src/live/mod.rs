@@ -247,7 +247,8 @@ fn control_context(
         Arc::new(JobsBridge::new(Arc::clone(r), Arc::clone(rules)).with_hold_limits(&config.control))
             as Arc<dyn JobDispatch>
     });
-    ControlContext { state: state.clone(), admin_roles: Arc::new(config.admin_roles.clone()), jobs, shadow: None }
+    let admin_roles = Arc::new(config.admin_roles.clone());
+    ControlContext { state: state.clone(), admin_roles, jobs, shadow: None, pools: None }
 }
 
 /// Migrations added, removed or changed between two rule sets, as log lines.

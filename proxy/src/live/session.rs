@@ -79,6 +79,8 @@ struct RouteCache {
 }
 
 pub struct LiveSession {
+    /// The pools of the session's server (`DUALWRITE POOLS`).
+    pools: Option<crate::pool::PoolView>,
     live: Arc<Live>,
     actor: Actor,
     session_id: u64,
@@ -117,6 +119,7 @@ impl LiveSession {
         LiveSession {
             live,
             actor,
+            pools: info.pools.clone(),
             session_id,
             version,
             route: None,
@@ -168,7 +171,8 @@ impl LiveSession {
         if let Some(e) = self.live.migration_elsewhere(&command, &self.actor.role) {
             return Verdict::Respond(LocalReply { control: true, ..LocalReply::error(e) });
         }
-        let ctx = self.live.load().control.clone();
+        let mut ctx = self.live.load().control.clone();
+        ctx.pools = self.pools.clone();
         let actor = self.actor.clone();
         Verdict::Defer(Box::pin(async move {
             match control::execute(&ctx, &command, &actor).await {
@@ -356,6 +360,10 @@ impl LiveSession {
 }
 
 impl SessionInterceptor for LiveSession {
+    fn answers_itself(&mut self, sql: &str) -> bool {
+        control::is_control_command(sql)
+    }
+
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
         let sql = request.sql;
         if control::is_control_command(sql) {

@@ -5,14 +5,18 @@
 //! refuses the login as a downgrade; such clients need `channel_binding=disable` (the header is covered by
 //! the SCRAM proof, so the proxy cannot change it).
 //!
-//! A session whose server reports `in_hot_standby = on` in its startup's ParameterStatus while the
-//! upstream URL asks for `read-write` or `primary` is ended there with libpq's words (08001) instead of
-//! running read-only, and the topology looks for the primary again.
-//!
 //! Afterwards each message is classified by its tag through the response queue; runs of unchanged
 //! messages are forwarded as slices of the read buffer, written once per upstream read (that is, at the
 //! upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous messages), never
 //! once per message.
+//!
+//! A session whose server reports `in_hot_standby = on` in its startup's ParameterStatus while the
+//! upstream URL asks for `read-write` or `primary` is ended there with libpq's words (08001) instead of
+//! running read-only, and the topology looks for the primary again.
+//!
+//! In transaction mode the upstream is whichever pooled connection the session holds ([`PooledLink`]):
+//! this direction reads it from the moment the client direction attaches it, and gives it back to the pool
+//! at the end of each transaction (a ReadyForQuery with status idle, nothing else expected of it).
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +25,7 @@ use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use super::pooled::PooledLink;
 use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
 use crate::cancel::CancelRegistration;
 use crate::metrics::{self, SessionMetrics};
@@ -56,6 +61,10 @@ pub struct Backend<'s> {
     last_was_error: bool,
     stream_left: usize,
     stream_drop: bool,
+    /// The last message of the upstream was a ReadyForQuery with status idle.
+    server_idle: bool,
+    /// Transaction mode: the pooled server connection.
+    link: Option<&'s PooledLink<'s>>,
     /// Index of the upstream host this session is connected to (in `ctx.upstream`'s list).
     upstream_host: usize,
     /// The session's server was refused at startup (see the module docs): the session ends.
@@ -88,6 +97,8 @@ impl<'s> Backend<'s> {
             last_was_error: false,
             stream_left: 0,
             stream_drop: false,
+            server_idle: false,
+            link: None,
             upstream_host: 0,
             refused: false,
         }
@@ -99,7 +110,15 @@ impl<'s> Backend<'s> {
         self
     }
 
-    pub async fn run(mut self, mut upstream: ReadHalf, client: &mut WriteHalf) -> BackendEnd {
+    /// Transaction mode: responses come from the connection `link` holds.
+    pub fn pooled(mut self, link: &'s PooledLink<'s>) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    /// Relays until the session ends. `upstream` is the connection read (in transaction mode, `None` while
+    /// the session holds none); it stays with the caller, which gives it back to the pool at the end.
+    pub async fn run(mut self, upstream: &mut Option<ReadHalf>, client: &mut WriteHalf) -> BackendEnd {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         // Both wake-up futures live across iterations: re-creating them per loop registered and removed a
@@ -113,17 +132,30 @@ impl<'s> Backend<'s> {
             let _ = shutdown_rx.changed().await;
         };
         tokio::pin!(shutdown);
+        let link = self.link;
         loop {
             super::prepare_read_buffer(&mut buf);
+            if let (Some(link), None) = (link, &upstream) {
+                if let Some(read) = link.take_read() {
+                    *upstream = Some(read);
+                    // A connection comes from the pool idle (or, at the startup, not ready at all).
+                    self.server_idle = true;
+                }
+            }
+            let detached = upstream.is_none();
             tokio::select! {
                 biased;
-                read = upstream.read_buf(&mut buf) => match read {
+                read = read_upstream(upstream, &mut buf) => match read {
                     Ok(0) | Err(_) => return self.upstream_closed(&mut out, client).await,
                     Ok(n) => {
                         self.metrics.to_client.increment(n as u64);
                         if let Err(e) = self.process(&mut buf, &mut out) {
                             tracing::warn!(error = %e, "upstream broke the protocol; closing the session");
                             out.push(messages::error_response(&SqlError::fatal("08P01", e)));
+                            let _ = write_chunks(client, &mut out).await;
+                            return BackendEnd::UpstreamClosed;
+                        }
+                        if self.refused {
                             let _ = write_chunks(client, &mut out).await;
                             return BackendEnd::UpstreamClosed;
                         }
@@ -134,13 +166,14 @@ impl<'s> Backend<'s> {
                     let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     self.take_locals(&mut queue, &mut out);
                 }
+                _ = pool_event(link, detached) => {}
                 _ = &mut shutdown, if !self.shutting_down => self.shutting_down = true,
+            }
+            if let Some(link) = link {
+                link.rest(self.server_idle && buf.is_empty() && self.stream_left == 0, upstream);
             }
             if write_chunks(client, &mut out).await.is_err() {
                 return BackendEnd::ClientGone;
-            }
-            if self.refused {
-                return BackendEnd::UpstreamClosed;
             }
             if self.shutting_down && self.is_idle() {
                 let err = SqlError::fatal("57P01", "terminating connection because the proxy is shutting down");
@@ -216,10 +249,12 @@ impl<'s> Backend<'s> {
                     }
                     self.stream_left = total - available;
                     self.stream_drop = !forward;
+                    self.server_idle = false;
                 }
                 break;
             }
             let frame = &buf[run..run + total];
+            self.server_idle = header.tag == btag::READY_FOR_QUERY && frame.get(5) == Some(&b'I');
             self.last_was_error = header.tag == btag::ERROR_RESPONSE;
             if self.last_was_error {
                 let code = messages::sqlstate(body(frame)).map(String::from_utf8_lossy);
@@ -234,6 +269,13 @@ impl<'s> Backend<'s> {
             };
             match step {
                 Step::Forward => run += total,
+                Step::Drop | Step::Replace(_) => {
+                    flush_run(buf, &mut run, out);
+                    buf.advance(total);
+                    if let Step::Replace(bytes) = step {
+                        out.push(bytes);
+                    }
+                }
                 Step::Refuse(err) => {
                     flush_run(buf, &mut run, out);
                     buf.clear();
@@ -241,13 +283,6 @@ impl<'s> Backend<'s> {
                     out.push(messages::error_response(&err));
                     self.refused = true;
                     return Ok(());
-                }
-                Step::Drop | Step::Replace(_) => {
-                    flush_run(buf, &mut run, out);
-                    buf.advance(total);
-                    if let Step::Replace(bytes) = step {
-                        out.push(bytes);
-                    }
                 }
             }
         }
@@ -332,17 +367,20 @@ impl<'s> Backend<'s> {
                 let registration = self.ctx.cancel.register(upstream_key.clone());
                 let client_secret = registration.client_key().secret.clone();
                 self.shared.backend_pid.store(pid, Ordering::Relaxed);
-                *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream_key);
-                self.registration = Some(registration);
+                *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream_key.clone());
+                match self.link {
+                    Some(link) => link.authenticated(upstream_key, registration),
+                    None => self.registration = Some(registration),
+                }
                 Step::Replace(messages::encode_backend_key(pid, client_secret))
             }
-            btag::PARAMETER_STATUS => self.on_parameter_status(frame),
             btag::READY_FOR_QUERY => {
                 let status = frame.get(5).copied().unwrap_or(b'I');
                 self.shared.tx_status.store(status, Ordering::Relaxed);
                 self.shared.startup_done.notify_waiters();
                 Step::Forward
             }
+            btag::PARAMETER_STATUS => self.on_parameter_status(frame),
             _ => Step::Forward,
         }
     }
@@ -361,6 +399,23 @@ impl Backend<'_> {
         topology.lost(self.upstream_host);
         let message = format!("{} (target_session_attrs={})", host.failed(reason), topology.attrs().as_str());
         Step::Refuse(SqlError::fatal("08001", message))
+    }
+}
+
+/// Reads the upstream, or waits for ever while there is none (transaction mode between transactions).
+async fn read_upstream(upstream: &mut Option<ReadHalf>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match upstream {
+        Some(upstream) => upstream.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Transaction mode: a connection was attached (when `detached`) or the client direction asks whether
+/// the one held can go back to the pool. Never, in session mode.
+async fn pool_event(link: Option<&PooledLink<'_>>, detached: bool) {
+    match link {
+        Some(link) => link.event(detached).await,
+        None => std::future::pending().await,
     }
 }
 

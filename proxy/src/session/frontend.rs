@@ -2,18 +2,21 @@
 //! bytes, lets the machine decide what goes upstream, publishes the requests' expectations on the response
 //! queue before writing them, and waits where the machine says (for the end of the startup, a deferred
 //! local answer, a probe's answer). The session's interceptor, its metrics and the state shared with the
-//! upstream direction reach the machine through [`SessionHost`].
+//! upstream direction reach the machine through [`SessionHost`]. In transaction mode the server
+//! connection comes from the pool ([`PooledLink`]) before the frames that need one are handled.
 
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
+use super::pooled::{PooledLink, WriteError};
 use super::{write_chunks, SessionShared, READ_CHUNK};
 use crate::interceptor::{SessionEvent, SessionInfo, SessionInterceptor};
 use crate::metrics::SessionMetrics;
-use crate::protocol::messages::SqlError;
-use crate::protocol::requests::{Host, Outcome, RequestMachine, Route};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::{self, tag, SqlError};
+use crate::protocol::requests::{Host, Outcome, Renamed, RequestMachine, Route, STREAM_THRESHOLD};
 use crate::server_context::ServerContext;
 use crate::stream::{ReadHalf, WriteHalf};
 
@@ -28,6 +31,16 @@ pub enum FrontendEnd {
     Violation(SqlError),
     /// Writing to the upstream failed; the other direction reports why.
     UpstreamBroken,
+    /// Transaction mode: no server connection came free in time; the client gets this error.
+    NoServer(SqlError),
+}
+
+/// Where the client's requests go.
+pub enum Upstream<'a, 's> {
+    /// Session mode: the session's own server connection.
+    Fixed(&'a mut WriteHalf),
+    /// Transaction mode: whichever connection the session holds now.
+    Pooled(&'a PooledLink<'s>),
 }
 
 enum InterceptorSlot {
@@ -46,6 +59,8 @@ struct SessionHost<'s> {
     interceptor: InterceptorSlot,
     /// Reused buffer for the session events handed to the interceptor.
     events: Vec<SessionEvent>,
+    /// Transaction mode: the pooled server connection.
+    link: Option<&'s PooledLink<'s>>,
 }
 
 impl Host for SessionHost<'_> {
@@ -103,6 +118,20 @@ impl Host for SessionHost<'_> {
     fn count_error(&mut self, code: &str) {
         crate::metrics::count_error(code);
     }
+
+    fn pooled(&self) -> bool {
+        self.link.is_some()
+    }
+
+    fn rename_statement(&mut self, frame: &[u8]) -> Option<Renamed> {
+        self.link?.rename_statement(frame)
+    }
+
+    fn upstream_sql(&mut self, sql: &[u8]) {
+        if let Some(link) = self.link {
+            link.judge_pinning(sql);
+        }
+    }
 }
 
 pub struct Frontend<'s> {
@@ -118,12 +147,26 @@ impl<'s> Frontend<'s> {
         info: SessionInfo,
     ) -> Self {
         Frontend {
-            host: SessionHost { shared, ctx, metrics, info, interceptor: InterceptorSlot::Pending, events: Vec::new() },
+            host: SessionHost {
+                shared,
+                ctx,
+                metrics,
+                info,
+                interceptor: InterceptorSlot::Pending,
+                events: Vec::new(),
+                link: None,
+            },
             machine: RequestMachine::new(ctx.config.limits.max_message_size),
         }
     }
 
-    pub async fn run(mut self, mut client: ReadHalf, upstream: &mut WriteHalf) -> FrontendEnd {
+    /// Transaction mode: requests go to the connection `link` holds.
+    pub fn pooled(mut self, link: &'s PooledLink<'s>) -> Self {
+        self.host.link = Some(link);
+        self
+    }
+
+    pub async fn run(mut self, mut client: ReadHalf, mut upstream: Upstream<'_, 's>) -> FrontendEnd {
         let shared = self.host.shared;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
@@ -134,13 +177,31 @@ impl<'s> Frontend<'s> {
                 Ok(n) => self.host.metrics.to_upstream.increment(n as u64),
             }
             loop {
+                if let Upstream::Pooled(link) = &upstream {
+                    if !self.machine.is_streaming() && self.needs_server(&buf) {
+                        if let Err(err) = link.attach().await {
+                            return FrontendEnd::NoServer(err);
+                        }
+                    }
+                }
                 let outcome = self.machine.process(&mut self.host, &mut buf, &mut out);
                 self.publish_expects();
-                if write_chunks(upstream, &mut out).await.is_err() {
-                    return FrontendEnd::UpstreamBroken;
+                let written = match &mut upstream {
+                    Upstream::Fixed(w) => write_chunks(w, &mut out).await.map_err(|_| WriteError::Broken),
+                    Upstream::Pooled(link) => link.write(&mut out).await,
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(WriteError::Broken) => return FrontendEnd::UpstreamBroken,
+                    Err(WriteError::NoServer(err)) => return FrontendEnd::NoServer(err),
                 }
                 match outcome {
-                    Outcome::NeedInput => break,
+                    Outcome::NeedInput => {
+                        if let Upstream::Pooled(link) = &upstream {
+                            link.check_release();
+                        }
+                        break;
+                    }
                     Outcome::AwaitStartup => {
                         let ready = shared.startup_done.notified();
                         tokio::pin!(ready);
@@ -166,6 +227,36 @@ impl<'s> Frontend<'s> {
                 }
             }
         }
+    }
+
+    /// Transaction mode: whether the frames at the head of `buf` need a server connection: any whole frame
+    /// up to a Terminate but a simple Query the interceptor answers itself (a control command, so that an
+    /// admin sees the pools even when they are exhausted), or a large one that starts streaming.
+    fn needs_server(&mut self, buf: &[u8]) -> bool {
+        let mut rest = buf;
+        loop {
+            let Ok(Some(header)) = peek_header(rest, usize::MAX) else { return false };
+            let total = header.total_len();
+            if rest.len() < total {
+                return total > STREAM_THRESHOLD;
+            }
+            match header.tag {
+                tag::TERMINATE => return false,
+                tag::QUERY if self.answered_itself(&rest[..total]) => {}
+                _ => return true,
+            }
+            rest = &rest[total..];
+        }
+    }
+
+    fn answered_itself(&mut self, query: &[u8]) -> bool {
+        if !self.host.intercepting() {
+            return false;
+        }
+        let Some(sql) = messages::query_sql(messages::body(query)).and_then(|s| std::str::from_utf8(s).ok()) else {
+            return false;
+        };
+        self.host.interceptor().is_some_and(|i| i.answers_itself(sql))
     }
 
     /// Moves the expectations of the frames handled since the last call to the response queue, under one

@@ -1,11 +1,13 @@
-//! One client session in session mode: TLS/startup negotiation with the client, one upstream connection,
-//! then the two relay directions running concurrently in one task ([`frontend`]: client -> upstream,
+//! One client session: TLS/startup negotiation with the client, then in session mode one upstream
+//! connection for the whole session (in transaction mode one per transaction, see [`pooled`]), and the
+//! two relay directions running concurrently in one task ([`frontend`]: client -> upstream,
 //! [`backend`]: upstream -> client), sharing only the response queue and a few atomics. Lifetimes follow
 //! the design's transparency rules: a client that goes away ends the upstream session at once (with a
 //! cancel if a query runs), an upstream that goes away closes the client right after its error.
 
 mod backend;
 mod frontend;
+pub(crate) mod pooled;
 mod refusal;
 mod shared;
 
@@ -18,14 +20,17 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use self::backend::{Backend, BackendEnd};
-use self::frontend::{Frontend, FrontendEnd};
+use self::frontend::{Frontend, FrontendEnd, Upstream};
+use self::pooled::PooledLink;
 use crate::cancel;
+use crate::config::{PoolConfig, PoolMode};
 use crate::interceptor::SessionInfo;
 use crate::metrics::{self, GaugeGuard, SessionMetrics};
+use crate::pool::registry::ServerConn;
 use crate::protocol::messages::SqlError;
 use crate::protocol::startup::{self, CancelKey, InitialPacket, StartupError, StartupPacket};
 use crate::server_context::ServerContext;
-use crate::stream::Stream;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream;
 
 pub(crate) use self::shared::{
@@ -53,51 +58,24 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
 
-    let (mut upstream, upstream_host) = match upstream::connect_session(&ctx.upstream).await {
-        Ok(connected) => connected,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "upstream connection failed");
-            send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
-            return;
-        }
-    };
+    let pool = ctx.config.pool_settings(startup.database(), startup.user());
+    // A replication connection is a session of its own whatever the pool mode.
+    if pool.mode == PoolMode::Transaction && !startup.parameters.contains_key("replication") {
+        return serve_pooled(client, peer, startup, ctx, shutdown, pool).await;
+    }
+    let Some((upstream, upstream_host)) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
     let _upstream_gauge = GaugeGuard::upstream();
-    let info =
-        SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
-    if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
-        let err = SqlError::fatal(
-            "08006",
-            format!("connection to upstream server at {} lost", ctx.upstream.host(upstream_host).describe()),
-        );
-        send_error(&mut client, &err).await;
-        return;
-    }
-    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream, upstream_host).await {
-        tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
-        send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
-        return;
-    }
+    let info = session_info(peer, &startup, client.is_tls(), &ctx);
     let (up_read, mut up_write) = upstream.split();
     let (client_read, mut client_write) = client.split();
     tracing::debug!(%peer, user = startup.user(), database = startup.database(), "session started");
 
     let shared = SessionShared::new();
     let session_metrics = SessionMetrics::new();
-    let ended = {
-        let front = Frontend::new(&shared, &ctx, &session_metrics, info).run(client_read, &mut up_write);
-        let back = Backend::new(&shared, &ctx, &session_metrics, shutdown)
-            .with_upstream_host(upstream_host)
-            .run(up_read, &mut client_write);
-        tokio::pin!(front, back);
-        tokio::select! {
-            end = &mut front => match end {
-                // The upstream direction sees why writing failed and tells the client.
-                FrontendEnd::UpstreamBroken => Ended::Backend(back.await),
-                other => Ended::Frontend(other),
-            },
-            end = &mut back => Ended::Backend(end),
-        }
-    };
+    let mut up_read = Some(up_read);
+    let parts =
+        Parts { shared: &shared, ctx: &ctx, metrics: &session_metrics, info, shutdown, link: None, upstream_host };
+    let ended = parts.drive(client_read, &mut client_write, &mut up_read, Upstream::Fixed(&mut up_write)).await;
     match ended {
         Ended::Frontend(FrontendEnd::Terminated)
         | Ended::Backend(BackendEnd::UpstreamClosed | BackendEnd::ShutdownIdle) => {
@@ -108,13 +86,168 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         | Ended::Backend(BackendEnd::ClientGone) => {
             abandon_upstream(&shared, &ctx);
         }
-        Ended::Frontend(FrontendEnd::Violation(err)) => {
+        Ended::Frontend(FrontendEnd::Violation(err) | FrontendEnd::NoServer(err)) => {
             tracing::info!(%peer, error = %err.message, "client broke the protocol; closing its session");
             send_error(&mut client_write, &err).await;
             abandon_upstream(&shared, &ctx);
         }
     }
     tracing::debug!(%peer, "session ended");
+}
+
+/// Transaction mode: the client authenticates on a connection opened in a slot of its pool, which then
+/// lends it a connection per transaction.
+async fn serve_pooled(
+    mut client: Stream,
+    peer: SocketAddr,
+    startup: StartupPacket,
+    ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+    config: PoolConfig,
+) {
+    let pool = ctx.pools.pool(&startup, &config);
+    let slot = match pool.open().await {
+        Ok((slot, evicted)) => {
+            if let Some(idle) = evicted {
+                pooled::close_server(idle);
+            }
+            slot
+        }
+        Err(err) => {
+            tracing::info!(%peer, "no server connection free for a client to authenticate on");
+            send_error(&mut client, &err).await;
+            return;
+        }
+    };
+    let Some((upstream, upstream_host)) = open_upstream(&mut client, peer, &startup, &ctx).await else { return };
+    let lease = slot.fill(ServerConn::new(upstream));
+    let info = session_info(peer, &startup, client.is_tls(), &ctx);
+    let (client_read, mut client_write) = client.split();
+    tracing::debug!(%peer, user = startup.user(), database = startup.database(), "pooled session started");
+
+    let shared = SessionShared::new();
+    let session_metrics = SessionMetrics::new();
+    let link = PooledLink::new(&shared, &ctx.pools, lease);
+    let mut up_read = None;
+    // The startup's ParameterStatus (judged against target_session_attrs) comes from the connection the
+    // client authenticated on; the pool's later connections were each judged by their own client's.
+    let parts = Parts {
+        shared: &shared,
+        ctx: &ctx,
+        metrics: &session_metrics,
+        info,
+        shutdown,
+        link: Some(&link),
+        upstream_host,
+    };
+    let ended = parts.drive(client_read, &mut client_write, &mut up_read, Upstream::Pooled(&link)).await;
+    let clean = match ended {
+        Ended::Frontend(FrontendEnd::Terminated) | Ended::Backend(BackendEnd::ShutdownIdle) => {
+            let _ = client_write.shutdown().await;
+            true
+        }
+        Ended::Backend(BackendEnd::UpstreamClosed) => {
+            let _ = client_write.shutdown().await;
+            false
+        }
+        Ended::Frontend(FrontendEnd::ClientGone | FrontendEnd::UpstreamBroken)
+        | Ended::Backend(BackendEnd::ClientGone) => {
+            abandon_upstream(&shared, &ctx);
+            false
+        }
+        Ended::Frontend(FrontendEnd::NoServer(err)) => {
+            tracing::info!(%peer, error = %err.message, "no server connection came free in time; closing the client");
+            send_error(&mut client_write, &err).await;
+            true
+        }
+        Ended::Frontend(FrontendEnd::Violation(err)) => {
+            tracing::info!(%peer, error = %err.message, "client broke the protocol; closing its session");
+            send_error(&mut client_write, &err).await;
+            abandon_upstream(&shared, &ctx);
+            false
+        }
+    };
+    link.finish(clean, up_read);
+    tracing::debug!(%peer, "pooled session ended");
+}
+
+fn session_info(peer: SocketAddr, startup: &StartupPacket, tls: bool, ctx: &ServerContext) -> SessionInfo {
+    let parameters = startup.parameters.clone();
+    SessionInfo { client_addr: peer, parameters, backend_pid: 0, tls, pools: Some(ctx.pools.view()) }
+}
+
+/// Opens the session's upstream connection (on the host `topology` chooses; its index is returned with it)
+/// and relays the startup packet; `None` when that failed (the client was told).
+async fn open_upstream(
+    client: &mut Stream,
+    peer: SocketAddr,
+    startup: &StartupPacket,
+    ctx: &ServerContext,
+) -> Option<(Stream, usize)> {
+    let (mut upstream, upstream_host) = match upstream::connect_session(&ctx.upstream).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "upstream connection failed");
+            send_error(client, &SqlError::fatal("08001", e.to_string())).await;
+            return None;
+        }
+    };
+    if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
+        let err = SqlError::fatal(
+            "08006",
+            format!("connection to upstream server at {} lost", ctx.upstream.host(upstream_host).describe()),
+        );
+        send_error(client, &err).await;
+        return None;
+    }
+    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream, upstream_host).await {
+        tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
+        send_error(client, &SqlError::fatal("08001", e.to_string())).await;
+        return None;
+    }
+    Some((upstream, upstream_host))
+}
+
+/// What both relay directions of a session share.
+struct Parts<'s> {
+    shared: &'s SessionShared,
+    ctx: &'s ServerContext,
+    metrics: &'s SessionMetrics,
+    info: SessionInfo,
+    shutdown: watch::Receiver<bool>,
+    link: Option<&'s PooledLink<'s>>,
+    /// Index of the upstream host of the session's (first) server connection.
+    upstream_host: usize,
+}
+
+impl<'s> Parts<'s> {
+    /// Runs both directions until one of them ends the session.
+    async fn drive(
+        self,
+        client_read: ReadHalf,
+        client_write: &mut WriteHalf,
+        up_read: &mut Option<ReadHalf>,
+        upstream: Upstream<'_, 's>,
+    ) -> Ended {
+        let Parts { shared, ctx, metrics, info, shutdown, link, upstream_host } = self;
+        let mut front = Frontend::new(shared, ctx, metrics, info);
+        let mut back = Backend::new(shared, ctx, metrics, shutdown).with_upstream_host(upstream_host);
+        if let Some(link) = link {
+            front = front.pooled(link);
+            back = back.pooled(link);
+        }
+        let front = front.run(client_read, upstream);
+        let back = back.run(up_read, client_write);
+        tokio::pin!(front, back);
+        tokio::select! {
+            end = &mut front => match end {
+                // The upstream direction sees why writing failed and tells the client.
+                FrontendEnd::UpstreamBroken => Ended::Backend(back.await),
+                other => Ended::Frontend(other),
+            },
+            end = &mut back => Ended::Backend(end),
+        }
+    }
 }
 
 enum Ended {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use dualwrite_proxy::config::PoolMode;
 use dualwrite_proxy::{Config, Server};
 use dualwrite_tests::{TestCluster, TestDb, SCRAM_PASSWORD, SCRAM_USER};
 use tokio::sync::oneshot;
@@ -82,6 +83,11 @@ pub struct CompatEnv {
 
 impl CompatEnv {
     pub async fn start() -> anyhow::Result<CompatEnv> {
+        Self::start_in(PoolMode::Session).await
+    }
+
+    /// The same, the proxy in `mode` (transaction mode: a pool of 2 server connections).
+    pub async fn start_in(mode: PoolMode) -> anyhow::Result<CompatEnv> {
         let cluster = TestCluster::shared();
         let db = cluster.create_database().await?;
         let schema = std::fs::read_to_string(compat_dir().join("schema.sql")).context("reading schema.sql")?;
@@ -90,6 +96,8 @@ impl CompatEnv {
         let mut config = Config::relay(SocketAddr::from(([127, 0, 0, 1], 0)), db.url());
         config.rules = Some(repo_root().join("rewrite-rules/examples/users_split_name.toml"));
         config.admin_roles = vec![db.cluster.superuser().to_owned()];
+        config.pool_mode = mode;
+        config.pool_size = 2;
         let server = Server::bind(config).await.context("binding the proxy")?;
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();

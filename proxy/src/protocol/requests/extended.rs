@@ -24,9 +24,9 @@ impl RequestMachine {
             return Step::Probe(sql);
         }
         if matches!(verdict, Verdict::Forward) {
+            host.upstream_sql(view.sql);
             self.statements.remove(&name);
-            self.expect(Expect::Parse);
-            return Step::Forward;
+            return self.forward_named(host, frame, Expect::Parse);
         }
         let parse = match &verdict {
             Verdict::Forward | Verdict::Raise(_) | Verdict::Probe(_) => None,
@@ -38,26 +38,20 @@ impl RequestMachine {
         match (verdict, parse) {
             (Verdict::Forward | Verdict::Probe(_), _) => unreachable!("handled above"),
             (Verdict::Raise(raise), _) => {
-                // The server raises the refusal where the Parse stood: it then skips the batch up to Sync
-                // and aborts the (implicit) transaction, exactly as for a failing Parse. The client's
-                // statement does not exist afterwards, as after a failed Parse.
+                // The server raises the refusal where the Parse stood. The client's statement does not
+                // exist afterwards, as after a failed Parse.
                 count_raise(host, &raise);
                 self.statements.remove(&name);
-                let mut frames = BytesMut::new();
-                frames.extend_from_slice(&messages::parse(None, &raise.sql, Vec::new()));
-                frames.extend_from_slice(&messages::bind("", ""));
-                frames.extend_from_slice(&messages::execute(""));
-                self.expect(Expect::Hidden);
-                self.expect(Expect::Hidden);
-                self.expect(Expect::Execute { transform: None });
-                Step::Replace(frames.freeze())
+                self.raise_in_place(&raise.sql)
             }
             (_, None) => unreachable!("decoded above"),
             (Verdict::Rewrite(rewrite), Some(parse)) => {
+                if !rewrite.control {
+                    host.upstream_sql(view.sql);
+                }
                 let transform = rewrite.statements.into_iter().next().unwrap_or_default();
                 self.statements.insert(name, Prepared::Rewritten(Arc::new(transform)));
-                self.expect(Expect::Parse);
-                Step::Replace(messages::parse(parse.name, &rewrite.sql, parse.type_oids))
+                self.send_named(host, messages::parse(parse.name, &rewrite.sql, parse.type_oids), Expect::Parse)
             }
             (Verdict::Respond(reply), Some(parse)) => {
                 self.answer_parse(host, name, parse.type_oids, reply);
@@ -87,13 +81,11 @@ impl RequestMachine {
             }
             Some(p) => {
                 self.portals.insert(portal.to_vec(), p);
-                self.expect(Expect::Bind);
-                Step::Forward
+                self.forward_named(host, frame, Expect::Bind)
             }
             None => {
                 self.portals.remove(portal);
-                self.expect(Expect::Bind);
-                Step::Forward
+                self.forward_named(host, frame, Expect::Bind)
             }
         };
         with_injected(reprepared, step, frame)
@@ -114,13 +106,9 @@ impl RequestMachine {
                 Step::Drop
             }
             Some(Prepared::Rewritten(t)) => {
-                self.expect(Expect::Describe { statement, transform: Some(t) });
-                Step::Forward
+                self.forward_named(host, frame, Expect::Describe { statement, transform: Some(t) })
             }
-            None => {
-                self.expect(Expect::Describe { statement, transform: None });
-                Step::Forward
-            }
+            None => self.forward_named(host, frame, Expect::Describe { statement, transform: None }),
         };
         with_injected(reprepared, step, frame)
     }
@@ -172,8 +160,7 @@ impl RequestMachine {
             self.answer(messages::close_complete(), false, true);
             Step::Drop
         } else {
-            self.expect(Expect::Close);
-            Step::Forward
+            self.forward_named(host, frame, Expect::Close)
         }
     }
 
@@ -199,14 +186,9 @@ impl RequestMachine {
         let again = host.interceptor()?.reprepare(statement)?;
         let name = String::from_utf8_lossy(statement).into_owned();
         let mut frames = BytesMut::new();
-        frames.extend_from_slice(&messages::close_statement(&name));
-        frames.extend_from_slice(&messages::parse(
-            (!name.is_empty()).then(|| name.clone()),
-            &again.sql,
-            again.param_types,
-        ));
-        self.expect(Expect::Hidden);
-        self.expect(Expect::Hidden);
+        self.hidden_named(host, messages::close_statement(&name), &mut frames);
+        let parse = messages::parse((!name.is_empty()).then(|| name.clone()), &again.sql, again.param_types);
+        self.hidden_named(host, parse, &mut frames);
         if again.transform == ResponseTransform::default() {
             self.statements.remove(statement);
         } else {

@@ -15,6 +15,7 @@
 
 mod extended;
 mod local;
+mod pooled;
 mod verdict;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 
 pub use self::local::LocalStatement;
+pub use self::pooled::Renamed;
 pub use self::verdict::{
     LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
 };
@@ -65,6 +67,19 @@ pub trait Host {
     fn count_query(&mut self, route: Route);
     /// An error the proxy answered itself, by SQLSTATE.
     fn count_error(&mut self, code: &str);
+    /// Transaction pooling: the session's server connection changes between transactions, so the
+    /// client's Terminate stays with the proxy and the frames below are looked into.
+    fn pooled(&self) -> bool {
+        false
+    }
+    /// Transaction pooling: a Parse, Bind, Describe or Close naming one of the client's prepared
+    /// statements, translated to the server connection's names; `None` leaves it as it is.
+    fn rename_statement(&mut self, _frame: &[u8]) -> Option<Renamed> {
+        None
+    }
+    /// Transaction pooling: client SQL about to run on the server connection (what pins the client to it
+    /// is judged there).
+    fn upstream_sql(&mut self, _sql: &[u8]) {}
 }
 
 /// A local answer computed asynchronously (a long control command).
@@ -163,6 +178,11 @@ impl RequestMachine {
         (self.expects.drain(..), local)
     }
 
+    /// A large frame is being forwarded as it arrives (the rest of it goes where its start went).
+    pub fn is_streaming(&self) -> bool {
+        self.stream_left > 0
+    }
+
     /// True when requests were handled whose expectations were not taken yet.
     pub fn has_expects(&self) -> bool {
         !self.expects.is_empty()
@@ -238,7 +258,13 @@ impl RequestMachine {
                     break Outcome::Probe;
                 }
                 Step::Terminate => {
-                    run += total;
+                    if host.pooled() {
+                        // The server connection is the pool's, not the client's to end.
+                        flush_run(buf, &mut run, out);
+                        buf.advance(total);
+                    } else {
+                        run += total;
+                    }
                     break Outcome::Terminate;
                 }
                 Step::Violation(e) => break Outcome::Violation(e),
@@ -271,8 +297,9 @@ impl RequestMachine {
     fn needs_body<H: Host>(&mut self, host: &mut H, tag: u8) -> bool {
         match tag {
             tag::DESCRIBE => true,
-            tag::QUERY => host.intercepting(),
-            tag::PARSE => host.intercepting() || !self.statements.is_empty(),
+            tag::QUERY => host.intercepting() || host.pooled(),
+            tag::PARSE => host.intercepting() || host.pooled() || !self.statements.is_empty(),
+            tag::BIND | tag::CLOSE if host.pooled() => true,
             // An active interceptor follows which portal runs which statement (session-state mirroring).
             tag::BIND | tag::EXECUTE | tag::CLOSE => {
                 host.intercepting() || !self.statements.is_empty() || !self.portals.is_empty()
@@ -346,13 +373,19 @@ impl RequestMachine {
     fn on_query<H: Host>(&mut self, host: &mut H, b: &[u8]) -> Step {
         let Some(sql) = messages::query_sql(b) else { return self.unreadable(host, tag::QUERY) };
         match self.verdict(host, sql, SqlOrigin::SimpleQuery, &[], true) {
-            Verdict::Forward => self.on_tag(host, tag::QUERY),
+            Verdict::Forward => {
+                host.upstream_sql(sql);
+                self.on_tag(host, tag::QUERY)
+            }
             Verdict::Raise(raise) => {
                 count_raise(host, &raise);
                 self.expect(Expect::SimpleQuery { transforms: None, started: Instant::now() });
                 Step::Replace(messages::query(&raise.sql))
             }
             Verdict::Rewrite(rewrite) => {
+                if !rewrite.control {
+                    host.upstream_sql(sql);
+                }
                 host.count_query(if rewrite.control { Route::Control } else { Route::Rewritten });
                 let transforms = (!rewrite.statements.is_empty()).then(|| Arc::from(rewrite.statements));
                 self.expect(Expect::SimpleQuery { transforms, started: Instant::now() });

@@ -46,6 +46,12 @@ pub trait SessionInterceptor: Send {
     /// A Sync goes upstream.
     fn on_sync(&mut self) {}
 
+    /// Whether the interceptor answers this simple-Query SQL itself whatever the session's state (a control
+    /// command): transaction pooling then lends the session no server connection for it.
+    fn answers_itself(&mut self, _sql: &str) -> bool {
+        false
+    }
+
     /// The server's answers since the last call.
     fn on_events(&mut self, _events: &[SessionEvent]) {}
 

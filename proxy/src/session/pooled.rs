@@ -1,0 +1,332 @@
+//! Transaction mode (`pool_mode = "transaction"`): a client session holds a server connection of its pool
+//! only for a transaction. The client authenticates on a connection of its own (relayed as in session
+//! mode), opened in a slot of the pool: it is the session's first lease. From then on, the session's
+//! [`PooledLink`] lends it whichever connection is idle when a request arrives (waiting in the pool's fair
+//! queue when none is), the client direction writes to it, the upstream direction reads from it, and gives
+//! it back at the end of the transaction: a ReadyForQuery with status idle, nothing else expected of it.
+//!
+//! What the client set at startup holds on every connection it gets: the pool key includes the startup
+//! parameters, which are the connection's session defaults. Named prepared statements are translated to
+//! the connection's own names ([`crate::pool::statements`]); statements that leave state on the
+//! connection pin the client to it ([`crate::pool::pinning`]); a pinned connection is reset with
+//! `DISCARD ALL` before another client gets it. A connection that broke, or that a client left in the
+//! middle of a transaction, is closed, never given back.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use super::{write_chunks, SessionShared};
+use crate::cancel::CancelRegistration;
+use crate::pool::pinning::{self, PinReason};
+use crate::pool::registry::{PoolRegistry, ServerConn};
+use crate::pool::statements::{ClientStatements, ParseAction, Use};
+use crate::pool::{Lease, Pool};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::{self, body, btag, tag, SqlError};
+use crate::protocol::requests::Renamed;
+use crate::protocol::startup::CancelKey;
+use crate::stream::ReadHalf;
+
+/// The Terminate message.
+const TERMINATE: &[u8] = &[tag::TERMINATE, 0, 0, 0, 4];
+
+/// How long resetting a pinned connection (`DISCARD ALL`) may take before it is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a write to the pooled connection failed.
+pub(super) enum WriteError {
+    /// No connection came free in time.
+    NoServer(SqlError),
+    /// The connection broke.
+    Broken,
+}
+
+struct LinkState {
+    lease: Option<Lease<ServerConn>>,
+    /// The read half of a connection just attached, for the upstream direction to take.
+    read: Option<ReadHalf>,
+    registration: Option<CancelRegistration>,
+    /// The connection's last message was an idle ReadyForQuery and nothing of it is left unread.
+    at_rest: bool,
+    pinned: Option<PinReason>,
+    statements: ClientStatements,
+}
+
+/// A transaction-mode session's hold on its pool: the connection it holds now (if any), its cancel key's
+/// mapping, its pinning and its named prepared statements.
+pub struct PooledLink<'s> {
+    shared: &'s SessionShared,
+    registry: &'s PoolRegistry,
+    pool: Arc<Pool<ServerConn>>,
+    state: Mutex<LinkState>,
+    /// Wakes the upstream direction: a connection was attached, or one may go back to the pool.
+    event: Notify,
+}
+
+impl<'s> PooledLink<'s> {
+    /// The link of a session whose authentication runs on `lease`.
+    pub(super) fn new(shared: &'s SessionShared, registry: &'s PoolRegistry, mut lease: Lease<ServerConn>) -> Self {
+        let read = lease.conn().read.take();
+        let state = LinkState {
+            lease: Some(lease),
+            read,
+            registration: None,
+            at_rest: false,
+            pinned: None,
+            statements: ClientStatements::new(),
+        };
+        let pool = Arc::clone(lease_pool(&state));
+        PooledLink { shared, registry, pool, state: Mutex::new(state), event: Notify::new() }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The authentication connection's cancel key and the client's registration (kept for the session).
+    pub(super) fn authenticated(&self, key: CancelKey, registration: CancelRegistration) {
+        let mut state = self.state();
+        if let Some(lease) = state.lease.as_mut() {
+            lease.conn().key = Some(key);
+        }
+        state.registration = Some(registration);
+    }
+
+    /// Makes sure the session holds a connection, waiting for one in the pool's queue.
+    pub(super) async fn attach(&self) -> Result<(), SqlError> {
+        if self.state().lease.is_some() {
+            return Ok(());
+        }
+        let mut lease = self.pool.acquire().await?;
+        let conn = lease.conn();
+        let (read, key) = (conn.read.take(), conn.key.clone());
+        tracing::trace!(pid = key.as_ref().map(|k| k.pid), "server connection attached");
+        let mut state = self.state();
+        state.read = read;
+        state.at_rest = false;
+        state.lease = Some(lease);
+        self.point_cancel_at(&state, key);
+        drop(state);
+        self.event.notify_one();
+        Ok(())
+    }
+
+    fn point_cancel_at(&self, state: &LinkState, key: Option<CancelKey>) {
+        if let Some(registration) = &state.registration {
+            registration.retarget(key.clone());
+        }
+        *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    /// Writes `out` to the connection held (the client direction attached one before producing it; one
+    /// is attached here otherwise).
+    pub(super) async fn write(&self, out: &mut Vec<Bytes>) -> Result<(), WriteError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.attach().await.map_err(WriteError::NoServer)?;
+        let taken = self.state().lease.as_mut().and_then(|lease| lease.conn().write.take());
+        let Some(mut write) = taken else { return Err(WriteError::Broken) };
+        let written = write_chunks(&mut write, out).await;
+        if let Some(lease) = self.state().lease.as_mut() {
+            lease.conn().write = Some(write);
+        }
+        written.map_err(|_| WriteError::Broken)
+    }
+
+    /// The client direction handled everything it read: the connection may go back to the pool.
+    pub(super) fn check_release(&self) {
+        if self.state().lease.is_some() {
+            self.event.notify_one();
+        }
+    }
+
+    /// Waits for a pool event for the upstream direction (`detached`: it holds no connection).
+    pub(super) async fn event(&self, detached: bool) {
+        if detached && self.state().read.is_some() {
+            return;
+        }
+        self.event.notified().await;
+    }
+
+    /// The read half of a connection just attached.
+    pub(super) fn take_read(&self) -> Option<ReadHalf> {
+        self.state().read.take()
+    }
+
+    /// Called by the upstream direction after each step: `at_rest` says the connection's last message was
+    /// an idle ReadyForQuery with nothing left unread. The connection goes back to the pool when, besides,
+    /// the client is not pinned, nothing is expected of it, and the client direction is not writing to it.
+    pub(super) fn rest(&self, at_rest: bool, read: &mut Option<ReadHalf>) {
+        let mut state = self.state();
+        state.at_rest = at_rest;
+        if !at_rest || state.pinned.is_some() || self.shared.tx_status.load(Ordering::Relaxed) != b'I' {
+            return;
+        }
+        let writable = state.lease.as_mut().is_some_and(|lease| lease.conn().write.is_some());
+        if !writable || self.shared.is_busy() {
+            return;
+        }
+        let Some(mut lease) = state.lease.take() else { return };
+        lease.conn().read = read.take().or_else(|| state.read.take());
+        self.point_cancel_at(&state, None);
+        drop(state);
+        tracing::trace!(pid = lease.conn().key.as_ref().map(|k| k.pid), "server connection given back");
+        if let Some(surplus) = lease.release() {
+            tracing::trace!("a connection beyond the pool's size closed");
+            close_server(surplus);
+        }
+    }
+
+    /// Pins the client to the connection it holds if `sql` leaves state there.
+    pub(super) fn judge_pinning(&self, sql: &[u8]) {
+        if self.state().pinned.is_some() {
+            return;
+        }
+        let Some(reason) = pinning::pin_reason(&String::from_utf8_lossy(sql)) else { return };
+        let mut state = self.state();
+        if let Some(lease) = state.lease.as_mut() {
+            lease.pin();
+            state.pinned = Some(reason);
+            tracing::debug!(reason = reason.label(), "client pinned to its server connection");
+        }
+    }
+
+    /// A Parse, Bind, Describe or Close naming one of the client's statements, for the connection held.
+    pub(super) fn rename_statement(&self, frame: &[u8]) -> Option<Renamed> {
+        let mut state = self.state();
+        let LinkState { lease, statements, .. } = &mut *state;
+        let server = &mut lease.as_mut()?.conn().prepared;
+        match frame[0] {
+            tag::PARSE => {
+                let view = messages::parse_view(body(frame))?;
+                if view.statement.is_empty() {
+                    return None;
+                }
+                let sql = std::str::from_utf8(view.sql).ok()?;
+                let mut names = self.registry.names.lock().unwrap_or_else(|e| e.into_inner());
+                Some(match statements.parse(&mut names, server, view.statement, sql, view.param_type_oids()) {
+                    ParseAction::AnswerLocally => Renamed::Local(messages::parse_complete()),
+                    ParseAction::Send { evict, parse } => sent(evict.into_iter().chain([parse])),
+                    ParseAction::Refuse(err) => Renamed::Refuse { raise_sql: err.raise_statement() },
+                })
+            }
+            tag::BIND => {
+                let (_, statement) = messages::bind_names(body(frame))?;
+                used(statements.use_statement(server, nonempty(statement)?, frame)?)
+            }
+            tag::DESCRIBE => match messages::target_of(body(frame))? {
+                (b'S', name) => used(statements.use_statement(server, nonempty(name)?, frame)?),
+                _ => None,
+            },
+            tag::CLOSE => match messages::target_of(body(frame))? {
+                (b'S', name) if statements.close(nonempty(name)?) => Some(Renamed::Local(messages::close_complete())),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The session ended: the connection it holds goes back to the pool if `clean` (the client left
+    /// properly) and it is at rest, after a `DISCARD ALL` if the client was pinned; otherwise it is closed.
+    /// `read` is the upstream direction's read half.
+    pub(super) fn finish(&self, clean: bool, read: Option<ReadHalf>) {
+        let mut state = self.state();
+        let Some(mut lease) = state.lease.take() else { return };
+        self.point_cancel_at(&state, None);
+        let idle = self.shared.tx_status.load(Ordering::Relaxed) == b'I' && !self.shared.is_busy();
+        let conn = lease.conn();
+        conn.read = read.or_else(|| state.read.take());
+        let whole = conn.read.is_some() && conn.write.is_some();
+        if !(clean && state.at_rest && idle && whole) {
+            // Dropped: the socket closes, the server rolls back whatever was open.
+            tracing::debug!("closing a server connection its client left in use");
+            return;
+        }
+        drop(state);
+        if lease.is_pinned() {
+            tokio::spawn(reset_and_release(lease));
+        } else if let Some(surplus) = lease.release() {
+            close_server(surplus);
+        }
+    }
+}
+
+fn lease_pool(state: &LinkState) -> &Arc<Pool<ServerConn>> {
+    state.lease.as_ref().expect("a link starts with its authentication lease").pool()
+}
+
+fn nonempty(name: &[u8]) -> Option<&[u8]> {
+    (!name.is_empty()).then_some(name)
+}
+
+/// Frames to send, all but the last with answers hidden from the client.
+fn sent(frames: impl Iterator<Item = Bytes>) -> Renamed {
+    let mut all = BytesMut::new();
+    let mut count = 0;
+    for frame in frames {
+        all.extend_from_slice(&frame);
+        count += 1;
+    }
+    Renamed::Send { frames: all.freeze(), hidden: count - 1 }
+}
+
+fn used(used: Use) -> Option<Renamed> {
+    let prepare = used.prepare.map(|(evict, parse)| evict.into_iter().chain([parse]));
+    Some(sent(prepare.into_iter().flatten().chain([used.frame])))
+}
+
+/// A pinned connection is reset before another client gets it; closed if that fails.
+async fn reset_and_release(mut lease: Lease<ServerConn>) {
+    let conn = lease.conn();
+    let reset = tokio::time::timeout(RESET_TIMEOUT, discard_all(conn)).await;
+    if !matches!(reset, Ok(Ok(()))) {
+        tracing::debug!("could not reset a pinned server connection; closing it");
+        return;
+    }
+    conn.prepared.clear();
+    tracing::trace!(pid = conn.key.as_ref().map(|k| k.pid), "pinned server connection reset");
+    if let Some(surplus) = lease.release() {
+        close_server(surplus);
+    }
+}
+
+/// Runs `DISCARD ALL` on `conn` and reads its answer up to an idle ReadyForQuery.
+async fn discard_all(conn: &mut ServerConn) -> std::io::Result<()> {
+    let failed = || std::io::Error::other("DISCARD ALL failed");
+    let (Some(read), Some(write)) = (conn.read.as_mut(), conn.write.as_mut()) else { return Err(failed()) };
+    write.write_all(&messages::query("DISCARD ALL")).await?;
+    write.flush().await?;
+    let mut buf = BytesMut::with_capacity(256);
+    let mut error = false;
+    loop {
+        if read.read_buf(&mut buf).await? == 0 {
+            return Err(failed());
+        }
+        while let Ok(Some(header)) = peek_header(&buf, 1 << 30) {
+            if buf.len() < header.total_len() {
+                break;
+            }
+            let frame = buf.split_to(header.total_len());
+            error |= frame[0] == btag::ERROR_RESPONSE;
+            if frame[0] == btag::READY_FOR_QUERY {
+                return if error || !buf.is_empty() || frame.get(5) != Some(&b'I') { Err(failed()) } else { Ok(()) };
+            }
+        }
+    }
+}
+
+/// Ends a connection the pool does not keep: Terminate, then the close.
+pub(super) fn close_server(mut conn: ServerConn) {
+    tokio::spawn(async move {
+        if let Some(write) = conn.write.as_mut() {
+            let _ = write.write_all(TERMINATE).await;
+            let _ = write.shutdown().await;
+        }
+    });
+}
