@@ -147,6 +147,9 @@ fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: Statement) ->
     if !*to {
         outcome.write = true;
         match (mr.phase, mr.version) {
+            (Phase::Complete, Side::New) if m.is_split() => {
+                return Err(Rejection::new(&m.name, index, RejectReason::SplitNewShapeWrite, "COPY FROM"))
+            }
             (Phase::Complete, Side::New) => *table_name = m.shadow.to_object_name(),
             (Phase::Complete, Side::Old) => {
                 return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""))
