@@ -20,8 +20,8 @@ fn plan(r: MigrationRoute, sql: &str) -> Plan {
     let rules = RuleSet::from_toml(SPLIT, "split").unwrap();
     let route = Route::uniform(&rules, r);
     let rewriter = Rewriter::new(Arc::new(rules), 16);
-    let plan = (*rewriter.rewrite(sql, &route)).clone();
-    plan
+    let plan = rewriter.rewrite(sql, &route);
+    (*plan).clone()
 }
 
 fn rewritten(r: MigrationRoute, sql: &str, want: &str, transform: StatementTransform) {
