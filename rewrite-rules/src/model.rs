@@ -433,6 +433,9 @@ struct RawMigration {
     forward: Option<OrderedMap>,
     #[serde(default)]
     targets: Vec<RawTarget>,
+    /// Another spelling of a merge (several old tables), refused with `MERGE_REFUSED`.
+    #[serde(default)]
+    sources: Option<serde::de::IgnoredAny>,
     backward: OrderedMap,
     #[serde(default, alias = "phase")]
     initial_phase: Option<String>,
@@ -455,6 +458,9 @@ impl RawMigration {
         };
         if self.name.is_empty() {
             return Err(err("name", "must not be empty".into()));
+        }
+        if self.sources.is_some() {
+            return Err(err("sources", MERGE_REFUSED.into()));
         }
         let table = match &self.table {
             TableSpec::One(text) => TableName::parse(text).map_err(|m| err("table", m))?,

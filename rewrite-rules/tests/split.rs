@@ -248,6 +248,13 @@ fn a_merge_is_refused_at_validation_with_its_message() {
     let e = error_of(text);
     assert!(e.starts_with("rules.toml: migration `orders_merge`: field `table`: merging several old tables"), "{e}");
     assert!(e.contains("[[migration.targets]]"), "{e}");
+    // `sources = [...]` is the other spelling one might try.
+    let sources = text.replace(
+        "table  = [\"public.orders\", \"public.order_details\"]",
+        "table = \"public.orders\"\nsources = [\"public.order_details\"]",
+    );
+    let e = error_of(&sources);
+    assert!(e.starts_with("rules.toml: migration `orders_merge`: field `sources`: merging several old tables"), "{e}");
 }
 
 #[test]
