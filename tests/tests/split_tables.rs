@@ -3,7 +3,8 @@
 //! extended protocol) land in both targets in the same statement; a v2 session reads the targets joined on
 //! the key and is refused new-shape writes; the backfill fills both targets; VERIFY finds a divergence in one
 //! target and REPAIR fixes it; cutover then rollback loses no row; `complete` is refused; `dualwrite check`
-//! checks every target; and a rules file merging two tables is refused at validation with its message.
+//! checks every target; the change-data-capture watch pairs the old table with each target and repairs a
+//! write that bypassed one; and a rules file merging two tables is refused at validation with its message.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -322,4 +323,66 @@ async fn check_validates_every_target_and_the_backward_mapping_over_the_join() {
         report.contains("ERROR    forward.last_name: column \"last_name\" does not exist in public.profiles"),
         "{report}"
     );
+}
+
+/// Bypasses recorded by the change-data-capture watch: (kind, side, key, repaired).
+async fn bypasses(direct: &Client) -> Vec<(String, String, Option<String>, bool)> {
+    direct
+        .query("SELECT kind, side, key::text, repaired_at IS NOT NULL FROM dualwrite.cdc_bypasses ORDER BY id", &[])
+        .await
+        .expect("bypasses")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_pairs_every_target_and_repairs_a_write_that_bypassed_one() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let rules = std::fs::read_to_string(rules_path()).unwrap().replace(
+        "versions = { old = \"v1\", new = \"v2\" }",
+        "versions = { old = \"v1\", new = \"v2\" }\non_bypass = \"repair\"",
+    );
+    assert!(rules.contains("on_bypass = \"repair\""));
+    let proxy = TestProxy::with_rules_toml_and(&db, &rules, |config| {
+        config.cdc = dualwrite_proxy::cdc::CdcConfig { enabled: true, ..Default::default() };
+    })
+    .await
+    .unwrap();
+    let app = proxy.connect(&db).await.unwrap();
+    backfill(&app).await;
+    eventually(Duration::from_secs(30), "the watch streams", || async {
+        direct
+            .query_opt("SELECT state FROM dualwrite.cdc_watch WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .is_some_and(|r| r.get::<_, String>(0) == "watching")
+    })
+    .await;
+
+    // Dual writes through the proxy are never recorded as bypasses; a write to one target alone, made
+    // after them (so recorded only once the watch has read them), is, and is repaired.
+    app.simple_query("INSERT INTO users (id, name, email) VALUES (500, 'Through Proxy', 'P@X.org')").await.unwrap();
+    app.simple_query("UPDATE users SET name = 'Changed Here' WHERE id = 10").await.unwrap();
+    app.simple_query("DELETE FROM users WHERE id = 11").await.unwrap();
+    direct.batch_execute("UPDATE profiles SET first_name = 'Sneaky' WHERE id = 12").await.unwrap();
+    eventually(Duration::from_secs(10), "the bypass of one target is repaired", || async {
+        bypasses(&direct).await == vec![("update".into(), "shadow".into(), Some(r#"{"id": 12}"#.into()), true)]
+            && differences(&direct).await == (0, 0)
+    })
+    .await;
+    assert_eq!(targets(&direct, 12).await, both("old12@example.org", "Old", "User12"));
+    assert_eq!(targets(&direct, 500).await, both("p@x.org", "Through", "Proxy"));
+
+    // A write of the old table alone is repaired into both targets.
+    direct.batch_execute("UPDATE users SET name = 'Direct Write', email = 'D@X.org' WHERE id = 13").await.unwrap();
+    eventually(Duration::from_secs(10), "the bypass of the old table is repaired", || async {
+        bypasses(&direct).await.len() == 2 && differences(&direct).await == (0, 0)
+    })
+    .await;
+    assert_eq!(bypasses(&direct).await[1], ("update".into(), "old".into(), Some(r#"{"id": 13}"#.into()), true));
+    assert_eq!(targets(&direct, 13).await, both("d@x.org", "Direct", "Write"));
+    proxy.stop().await.unwrap();
 }
