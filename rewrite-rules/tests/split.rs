@@ -298,3 +298,18 @@ fn a_target_of_one_migration_cannot_be_used_by_another() {
         "{e}"
     );
 }
+
+#[test]
+fn a_shadow_read_of_a_split_reads_the_targets_joined_on_the_key() {
+    let rules = RuleSet::from_toml(SPLIT, "split").unwrap();
+    let route = Route::uniform(&rules, route(Phase::DualWrite, Side::New, Side::New));
+    let rewriter = Rewriter::new(Arc::new(rules), 16);
+    let read = rewriter.shadow_read("SELECT first_name FROM users WHERE id = $1", &route).unwrap();
+    assert_eq!(
+        read.new_sql,
+        "SELECT __dw_row::TEXT FROM (SELECT first_name FROM (SELECT id, email, first_name, last_name FROM \
+         public.accounts JOIN public.profiles USING(id)) AS users WHERE id = $1) AS __dw_row"
+    );
+    assert!(read.old_sql.contains("split_part(name, ' ', 1) AS first_name"), "{}", read.old_sql);
+    assert!(read.old_sql.contains("FROM public.users) AS users"), "{}", read.old_sql);
+}
