@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pgbench::Workload;
+use crate::pgbench::{Mode, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum Arm {
@@ -15,6 +15,10 @@ pub enum Arm {
     DwDualWriteWatch,
     TriggerDirect,
     TriggerPgbouncer,
+    /// pgbouncer in transaction mode with a pool of [`POOL_SIZE`] server connections.
+    PgbouncerTx,
+    /// dualwrite (no rules) as the pooler, transaction mode, the same pool size.
+    DwTx,
     /// Reference, not a contender: the CTE the proxy's rewrite produces, written by hand into the pgbench
     /// script and sent directly. It is the floor the proxy's dual write can reach on the database side.
     CteDirect,
@@ -25,6 +29,7 @@ pub enum Arm {
 pub enum Endpoint {
     Postgres,
     Pgbouncer,
+    PgbouncerTx,
     Proxy(ProxyKind),
 }
 
@@ -35,15 +40,26 @@ pub enum ProxyKind {
     Elsewhere,
     DualWrite,
     DualWriteWatch,
+    /// No rules, `pool_mode = "transaction"` with a pool of [`POOL_SIZE`].
+    NoRulesTx,
 }
 
 impl ProxyKind {
-    pub const ALL: [ProxyKind; 4] =
-        [ProxyKind::NoRules, ProxyKind::Elsewhere, ProxyKind::DualWrite, ProxyKind::DualWriteWatch];
+    pub const ALL: [ProxyKind; 5] = [
+        ProxyKind::NoRules,
+        ProxyKind::Elsewhere,
+        ProxyKind::DualWrite,
+        ProxyKind::DualWriteWatch,
+        ProxyKind::NoRulesTx,
+    ];
 }
 
+/// Server connections per pool of the transaction-mode arms (pgbouncer's `default_pool_size`, dualwrite's
+/// `pool_size`): a few per core, where a CPU-bound server does best, and far fewer than the clients.
+pub const POOL_SIZE: u32 = 16;
+
 impl Arm {
-    pub const ALL: [Arm; 9] = [
+    pub const ALL: [Arm; 11] = [
         Arm::Direct,
         Arm::Pgbouncer,
         Arm::DwNoRules,
@@ -53,6 +69,8 @@ impl Arm {
         Arm::TriggerDirect,
         Arm::TriggerPgbouncer,
         Arm::CteDirect,
+        Arm::PgbouncerTx,
+        Arm::DwTx,
     ];
 
     pub fn key(self) -> &'static str {
@@ -66,6 +84,8 @@ impl Arm {
             Arm::TriggerDirect => "trigger-direct",
             Arm::TriggerPgbouncer => "trigger-pgbouncer",
             Arm::CteDirect => "cte-direct",
+            Arm::PgbouncerTx => "pgbouncer-tx",
+            Arm::DwTx => "dw-tx",
         }
     }
 
@@ -90,6 +110,8 @@ impl Arm {
             Arm::CteDirect => {
                 "reference: the proxy's CTE dual write written by hand in the pgbench script, straight to Postgres"
             }
+            Arm::PgbouncerTx => "through pgbouncer, transaction mode, 16 server connections (-M simple and extended: pgbouncer before 1.21 cannot pool prepared statements)",
+            Arm::DwTx => "through dualwrite, no rules, transaction mode, 16 server connections",
         }
     }
 
@@ -97,6 +119,8 @@ impl Arm {
         match self {
             Arm::Direct | Arm::TriggerDirect | Arm::CteDirect => Endpoint::Postgres,
             Arm::Pgbouncer | Arm::TriggerPgbouncer => Endpoint::Pgbouncer,
+            Arm::PgbouncerTx => Endpoint::PgbouncerTx,
+            Arm::DwTx => Endpoint::Proxy(ProxyKind::NoRulesTx),
             Arm::DwNoRules => Endpoint::Proxy(ProxyKind::NoRules),
             Arm::DwElsewhere => Endpoint::Proxy(ProxyKind::Elsewhere),
             Arm::DwDualWrite => Endpoint::Proxy(ProxyKind::DualWrite),
@@ -117,6 +141,12 @@ impl Arm {
             }
             Workload::TpcB => true,
         }
+    }
+
+    /// pgbouncer 1.18 (Debian's) in transaction mode cannot run protocol-level prepared statements: its
+    /// pgbench runs would fail on the second transaction, so the arm skips `-M prepared`.
+    pub fn runs_mode(self, mode: Mode) -> bool {
+        !(self == Arm::PgbouncerTx && mode == Mode::Prepared)
     }
 
     /// Arms also run at the extra client counts of the select-only table (issue 2: 8 and 32 clients).

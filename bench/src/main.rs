@@ -4,6 +4,7 @@
 
 mod arms;
 mod bulk;
+mod copy;
 mod db;
 mod idle;
 mod jobs;
@@ -77,6 +78,12 @@ pub struct Args {
     /// Run only the TPC-B-like workload of the pgbench matrix (the dual-write and watch comparisons).
     #[arg(long)]
     pub tpcb_only: bool,
+    /// Run only the COPY section (plain COPY vs COPY through the dual-writing proxy).
+    #[arg(long)]
+    pub copy_only: bool,
+    /// Minimum seconds each COPY arm copies per repetition, after its warm-up batch.
+    #[arg(long, default_value_t = 5.0)]
+    pub copy_seconds: f64,
 }
 
 fn main() -> Result<()> {
@@ -109,7 +116,12 @@ fn main() -> Result<()> {
         args.profile_notes.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROFILE.md"));
     let notes = std::fs::read_to_string(&notes_path).ok();
     let plot_name = "tps.png";
-    let plot_error = plot::draw(&results, &out.join(plot_name)).err();
+    // A COPY-only run has no TPS to plot.
+    let plot_error = if results.plan.copy_only {
+        Some(anyhow::anyhow!("no pgbench run"))
+    } else {
+        plot::draw(&results, &out.join(plot_name)).err()
+    };
     if let Some(err) = &plot_error {
         eprintln!("plot not drawn: {err:#}");
     }

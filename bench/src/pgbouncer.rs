@@ -1,5 +1,6 @@
-//! A throwaway pgbouncer (the Debian package's binary) in session mode on loopback TCP in front of the
-//! benchmark's Postgres: the one-hop alternative the proxy is measured against.
+//! A throwaway pgbouncer (the Debian package's binary) on loopback TCP in front of the benchmark's Postgres:
+//! the one-hop alternative the proxy is measured against, in session mode, and in transaction mode against
+//! the proxy's own pooling.
 //!
 //! pgbouncer refuses to run as root, so when we are root it runs as the `postgres` account (the same one
 //! `dualwrite_proxy::pgcluster` runs the server as), with its files in a directory handed to that account.
@@ -12,7 +13,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::arms::POOL_SIZE;
+
 pub const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
+
+/// pgbouncer's `pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// One server connection per client (`default_pool_size` above any client count of the run).
+    Session,
+    /// A client holds a server connection only during a transaction; [`POOL_SIZE`] per pool.
+    Transaction,
+}
 
 pub struct Pgbouncer {
     child: Child,
@@ -21,7 +33,11 @@ pub struct Pgbouncer {
 }
 
 impl Pgbouncer {
-    pub fn start(pg_port: u16, user: &str, base_dir: &Path) -> Result<Pgbouncer> {
+    pub fn start(pg_port: u16, user: &str, base_dir: &Path, mode: PoolMode) -> Result<Pgbouncer> {
+        let (pool_mode, pool_size) = match mode {
+            PoolMode::Session => ("session", 1200),
+            PoolMode::Transaction => ("transaction", POOL_SIZE),
+        };
         let dir = tempfile::Builder::new()
             .prefix("dualwrite-bench-pgbouncer-")
             .tempdir_in(base_dir)
@@ -36,9 +52,9 @@ impl Pgbouncer {
              unix_socket_dir =\n\
              auth_type = trust\n\
              auth_file = {dir}/userlist.txt\n\
-             pool_mode = session\n\
+             pool_mode = {pool_mode}\n\
              max_client_conn = 1500\n\
-             default_pool_size = 1200\n\
+             default_pool_size = {pool_size}\n\
              ignore_startup_parameters = extra_float_digits,options\n\
              logfile = {dir}/pgbouncer.log\n\
              log_connections = 0\n\

@@ -31,6 +31,8 @@ fn colour(arm: Arm) -> RGBColor {
         Arm::TriggerDirect => RGBColor(255, 127, 14),
         Arm::TriggerPgbouncer => RGBColor(188, 189, 34),
         Arm::CteDirect => RGBColor(148, 103, 189),
+        Arm::PgbouncerTx => RGBColor(60, 60, 60),
+        Arm::DwTx => RGBColor(44, 160, 44),
     }
 }
 

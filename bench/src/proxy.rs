@@ -20,12 +20,14 @@ pub struct ProxyInstance {
 impl ProxyInstance {
     /// Starts `dualwrite serve` and waits until it accepts TCP connections. A failure (binary missing, an
     /// option it does not know yet, an exit) is returned with the proxy's own words, for the report.
-    /// `watch`: whether the change-data-capture watch runs (`--cdc`).
+    /// `watch`: whether the change-data-capture watch runs (`--cdc`); `pool_size`: transaction pooling with
+    /// that many server connections (`--pool-mode transaction`), else session mode.
     pub fn start(
         binary: &Path,
         upstream_url: &str,
         rules: Option<&Path>,
         watch: bool,
+        pool_size: Option<u32>,
         log_path: PathBuf,
     ) -> Result<ProxyInstance> {
         if !binary.is_file() {
@@ -43,6 +45,9 @@ impl ProxyInstance {
         if let Some(rules) = rules {
             command.arg("--rules").arg(rules);
             command.args(["--cdc", if watch { "true" } else { "false" }]);
+        }
+        if let Some(size) = pool_size {
+            command.args(["--pool-mode", "transaction", "--pool-size", &size.to_string()]);
         }
         command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;

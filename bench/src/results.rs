@@ -37,6 +37,9 @@ pub struct Plan {
     /// Only the TPC-B-like workload ran (`--tpcb-only`).
     #[serde(default)]
     pub tpcb_only: bool,
+    /// Only the COPY section ran (`--copy-only`).
+    #[serde(default)]
+    pub copy_only: bool,
 }
 
 impl Plan {
@@ -62,8 +65,8 @@ impl Plan {
         Workload::ALL.into_iter().filter(|&w| !self.tpcb_only || w == Workload::TpcB).collect()
     }
 
-    pub fn arm_runs_at(&self, arm: Arm, workload: Workload, clients: u32) -> bool {
-        arm.runs(workload) && (self.clients.contains(&clients) || arm.in_extra_select_counts())
+    pub fn arm_runs_at(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> bool {
+        arm.runs(workload) && arm.runs_mode(mode) && (self.clients.contains(&clients) || arm.in_extra_select_counts())
     }
 }
 
@@ -117,6 +120,9 @@ pub struct Results {
     /// Backfill, verify and TPS during a backfill (absent in results of older runs).
     #[serde(default)]
     pub jobs: Option<crate::jobs::JobsRecord>,
+    /// Plain COPY vs COPY through the dual-writing proxy (absent in results of older runs).
+    #[serde(default)]
+    pub copy: Option<crate::copy::CopyRecord>,
 }
 
 /// Median and range of one cell (arm × workload × mode × clients) over its repetitions.

@@ -8,13 +8,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 
-use crate::arms::{Arm, Endpoint, ProxyKind};
+use crate::arms::{Arm, Endpoint, ProxyKind, POOL_SIZE};
 use crate::bulk::{self, BulkArm};
+use crate::copy::{self, CopyPlan};
 use crate::db::{self, Sql, DATABASE, USER};
 use crate::idle;
 use crate::jobs;
 use crate::pgbench::{self, Mode, RunSpec, Script};
-use crate::pgbouncer::Pgbouncer;
+use crate::pgbouncer::{Pgbouncer, PoolMode};
 use crate::procfs::{self, Machine};
 use crate::proxy::{metric_sum, ProxyInstance};
 use crate::results::{CacheRecord, Plan, Results, RunRecord};
@@ -42,6 +43,7 @@ fn plan(args: &Args) -> Plan {
         slice_us: None,
         arms: args.arms.clone(),
         tpcb_only: args.tpcb_only,
+        copy_only: args.copy_only,
     }
 }
 
@@ -72,10 +74,13 @@ pub fn run(args: &Args) -> Result<Results> {
     let admin = db::load(&rt, &cluster, plan.scale)?;
     let machine = Machine::describe(cluster.bin_dir());
     eprintln!("[setup] data loaded in {:.0} s; pgbouncer", wall.elapsed().as_secs_f64());
-    let bouncer = Pgbouncer::start(cluster.port(), USER, &args.work_dir)?;
-    Sql::connect(&rt, bouncer.port, DATABASE)
-        .and_then(|s| s.scalar_i64(&rt, "SELECT 1::bigint"))
-        .context("pgbouncer does not answer")?;
+    let bouncer = Pgbouncer::start(cluster.port(), USER, &args.work_dir, PoolMode::Session)?;
+    let bouncer_tx = Pgbouncer::start(cluster.port(), USER, &args.work_dir, PoolMode::Transaction)?;
+    for (what, port) in [("pgbouncer", bouncer.port), ("pgbouncer (transaction mode)", bouncer_tx.port)] {
+        Sql::connect(&rt, port, DATABASE)
+            .and_then(|s| s.scalar_i64(&rt, "SELECT 1::bigint"))
+            .with_context(|| format!("{what} does not answer"))?;
+    }
 
     let upstream = format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", cluster.port());
     let proxy_bin = args.proxy_bin.clone().unwrap_or_else(default_proxy_bin);
@@ -122,8 +127,25 @@ pub fn run(args: &Args) -> Result<Results> {
         idle: Vec::new(),
         cache: Vec::new(),
         jobs: None,
+        copy: None,
     };
 
+    let copy_plan = CopyPlan {
+        psql: &cluster.bin_dir().join("psql"),
+        direct_port: cluster.port(),
+        proxy_port: proxies.get(&ProxyKind::DualWrite).map(|p| p.port),
+        reps: plan.bulk_reps + 1,
+        seconds: args.copy_seconds,
+        batch_rows: if plan.quick { 20_000 } else { 100_000 },
+    };
+    if plan.copy_only {
+        admin.batch(&rt, "VACUUM ANALYZE")?;
+        admin.batch(&rt, "CHECKPOINT")?;
+        results.copy = Some(copy::run(&rt, &admin, &copy_plan));
+        results.load_after = procfs::load_average();
+        results.wall_seconds = wall.elapsed().as_secs_f64();
+        return Ok(results);
+    }
     let matrix_only = !args.arms.is_empty();
     if !matrix_only {
         run_bulk(&rt, &admin, &proxies, &mut results)?;
@@ -132,7 +154,17 @@ pub fn run(args: &Args) -> Result<Results> {
     admin.batch(&rt, "CHECKPOINT")?;
 
     let cte_script = db::write_cte_script(work.path(), plan.scale)?;
-    run_matrix(&rt, &admin, cluster.port(), &bouncer, &mut proxies, &cte_script, work.path(), &mut results)?;
+    run_matrix(
+        &rt,
+        &admin,
+        cluster.port(),
+        &bouncer,
+        &bouncer_tx,
+        &mut proxies,
+        &cte_script,
+        work.path(),
+        &mut results,
+    )?;
 
     for (&kind, proxy) in &proxies {
         let metrics = proxy.scrape().unwrap_or_default();
@@ -149,6 +181,7 @@ pub fn run(args: &Args) -> Result<Results> {
         let dual_write_port = proxies.get(&ProxyKind::DualWrite).map(|p| p.port);
         let jobs_reps = plan.bulk_reps + 1;
         results.jobs = Some(jobs::run(&rt, &admin, cluster.port(), dual_write_port, jobs_reps, work.path()));
+        results.copy = Some(copy::run(&rt, &admin, &copy_plan));
 
         eprintln!("[idle] RSS with idle clients");
         if let Some(proxy) = proxies.get(&ProxyKind::NoRules) {
@@ -176,7 +209,7 @@ fn start_proxy(
     work: &Path,
 ) -> Result<ProxyInstance> {
     let rules = match kind {
-        ProxyKind::NoRules => None,
+        ProxyKind::NoRules | ProxyKind::NoRulesTx => None,
         ProxyKind::Elsewhere => Some(("rules-elsewhere.toml", db::ELSEWHERE_RULES)),
         ProxyKind::DualWrite => Some(("rules-dualwrite.toml", db::DUAL_WRITE_RULES)),
         ProxyKind::DualWriteWatch => Some(("rules-dualwrite-watch.toml", db::DUAL_WRITE_RULES)),
@@ -191,11 +224,30 @@ fn start_proxy(
     };
     let log = work.join(format!("proxy-{kind:?}.log"));
     let watch = kind == ProxyKind::DualWriteWatch;
-    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), watch, log)?;
+    let pool_size = (kind == ProxyKind::NoRulesTx).then_some(POOL_SIZE);
+    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), watch, pool_size, log)?;
     let client = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the proxy")?;
     client.scalar_i64(rt, "SELECT 1::bigint").context("a query through the proxy")?;
     match kind {
         ProxyKind::NoRules => {}
+        ProxyKind::NoRulesTx => {
+            // Transaction mode hands a client's next transaction to whichever connection is idle: two
+            // clients' transactions must then share one server connection's pid now and then, which session
+            // mode never does. Checked on the pool's size + 1 clients, one transaction each, in turn.
+            let mut pids = std::collections::HashSet::new();
+            let mut clients = Vec::new();
+            for _ in 0..=POOL_SIZE {
+                let c = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the pooling proxy")?;
+                pids.insert(c.scalar_i64(rt, "SELECT pg_backend_pid()::bigint")?);
+                clients.push(c);
+            }
+            anyhow::ensure!(
+                pids.len() <= POOL_SIZE as usize,
+                "the proxy starts with --pool-mode transaction but does not pool ({} clients used {} server connections)",
+                POOL_SIZE + 1,
+                pids.len()
+            );
+        }
         ProxyKind::Elsewhere => {
             let sql = "INSERT INTO bench_untouched (id, name, email) VALUES (1, 'Ada Lovelace', 'ADA@EXAMPLE.ORG')";
             let sent = client.batch(rt, sql);
@@ -271,6 +323,7 @@ fn run_matrix(
     admin: &Sql,
     pg_port: u16,
     bouncer: &Pgbouncer,
+    bouncer_tx: &Pgbouncer,
     proxies: &mut HashMap<ProxyKind, ProxyInstance>,
     cte_script: &Path,
     work: &Path,
@@ -283,7 +336,7 @@ fn run_matrix(
     for workload in plan.workloads() {
         for &mode in &plan.modes {
             for clients in plan.clients_for(workload, mode) {
-                per_rep += available.iter().filter(|&&a| plan.arm_runs_at(a, workload, clients)).count();
+                per_rep += available.iter().filter(|&&a| plan.arm_runs_at(a, workload, mode, clients)).count();
             }
         }
     }
@@ -298,7 +351,7 @@ fn run_matrix(
             for &mode in &plan.modes {
                 for clients in plan.clients_for(workload, mode) {
                     let mut arms: Vec<Arm> =
-                        available.iter().copied().filter(|&a| plan.arm_runs_at(a, workload, clients)).collect();
+                        available.iter().copied().filter(|&a| plan.arm_runs_at(a, workload, mode, clients)).collect();
                     // Alternate which arm goes first, so slow drifts of the machine do not favour one arm.
                     let len = arms.len().max(1);
                     arms.rotate_left(rep as usize % len);
@@ -310,6 +363,7 @@ fn run_matrix(
                         let (port, hop_pid) = match arm.endpoint() {
                             Endpoint::Postgres => (pg_port, None),
                             Endpoint::Pgbouncer => (bouncer.port, Some(bouncer.pid())),
+                            Endpoint::PgbouncerTx => (bouncer_tx.port, Some(bouncer_tx.pid())),
                             Endpoint::Proxy(kind) => {
                                 let proxy = proxies.get(&kind).expect("available arms have a proxy");
                                 (proxy.port, Some(proxy.pid()))

@@ -63,8 +63,10 @@ impl Health {
         }
         let probes = self.probes.get().ok_or("starting")?;
         let upstream = probes.context.load().upstream.clone();
-        let addr = upstream.describe();
-        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect((upstream.host.as_str(), upstream.port))).await {
+        // Several hosts: the primary sessions go to, or the first host while none is known.
+        let host = upstream.topology.known_primary().unwrap_or(upstream.host(0)).clone();
+        let addr = host.describe();
+        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect((host.host.as_str(), host.port))).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("upstream {addr} unreachable: {e}")),
             Err(_) => return Err(format!("upstream {addr} unreachable: timed out")),

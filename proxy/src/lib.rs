@@ -42,11 +42,13 @@ pub(crate) mod protocol;
 pub(crate) mod result_set;
 pub(crate) mod server_context;
 pub(crate) mod session;
+pub(crate) mod session_attrs;
 pub(crate) mod session_threads;
 pub(crate) mod shadow;
 pub(crate) mod sql_error;
 pub(crate) mod stream;
 pub(crate) mod tls;
+pub(crate) mod topology;
 pub(crate) mod upstream;
 
 pub use config::Config;

@@ -36,7 +36,8 @@ impl ServerContext {
             Some(tls) => UpstreamTarget::from_url_keeping_tls(&config.upstream, tls, timeout)?,
             None => UpstreamTarget::from_url(&config.upstream, timeout)?,
         }
-        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout());
+        .with_tcp_options(config.limits.upstream_keepalive(), config.limits.upstream_tcp_user_timeout())
+        .with_control_probe(|| config.control_connection())?;
         let client_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             (None, None) => None,

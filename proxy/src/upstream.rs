@@ -5,24 +5,33 @@
 //! TCP_USER_TIMEOUT are set on the socket so a dead peer or a broken path ends an established session;
 //! the connect, the TLS negotiation and the upstream's first answer to the startup packet are bounded by
 //! the connect timeout (a stalled handshake is an error naming the upstream and the timeout, 08001).
+//!
+//! Several hosts (`postgres://u@a:5432,b:5433/db`): with `target_session_attrs=any` the first that
+//! accepts the TCP connection, in order; with `read-write` or `primary` the one `topology` knows as the
+//! primary, looked for again (once per session) when connecting to it fails. TLS names each host by its
+//! own name (`verify-full` checks the certificate of the host actually connected to).
 
 use std::time::Duration;
 
 use pgwire::tokio::tokio_rustls::rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::config::Host;
+
+use std::sync::Arc;
 
 use crate::libpq_tls::{SslMode, UpstreamTls};
+use crate::pg_client::PgTarget;
 use crate::protocol::startup::SSL_REQUEST_CODE;
+use crate::session_attrs::{HostAddr, SessionAttrs};
 use crate::stream::Stream;
 use crate::tls::describe_rejection;
+use crate::topology::Topology;
 
 /// Where and how the data plane connects.
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {
-    pub host: String,
-    pub port: u16,
+    /// The URL's hosts and which of them sessions use (the primary's probe included).
+    pub topology: Arc<Topology>,
     /// The sslmode and the connector for it (read once, at start).
     pub tls: UpstreamTls,
     pub connect_timeout: Duration,
@@ -33,36 +42,51 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    /// From `postgres://user@host:port/db?sslmode=...&sslrootcert=...` (first host only; TCP hosts only).
-    /// Reads the certificate files the URL names.
+    /// From `postgres://user@host:port[,host:port...]/db?sslmode=...&target_session_attrs=...` (TCP hosts
+    /// only). Reads the certificate files the URL names. The primary is probed with the URL's own
+    /// credentials unless [`with_probe`](Self::with_probe) gives the control plane's.
     pub fn from_url(url: &str, connect_timeout: Duration) -> anyhow::Result<Self> {
         ensure_configured(url)?;
-        let (cfg, tls) = crate::libpq_tls::parse(url)?;
-        Self::new(&cfg, tls, connect_timeout)
+        let (cfg, tls, attrs) = crate::session_attrs::parse(url)?;
+        Self::new(cfg, tls, attrs, connect_timeout)
     }
 
     /// The same, with the TLS settings loaded before (a reload: the upstream URL and the files it names
     /// are restart-only, like the control plane's connections that were opened with them).
     pub fn from_url_keeping_tls(url: &str, tls: UpstreamTls, connect_timeout: Duration) -> anyhow::Result<Self> {
         ensure_configured(url)?;
-        Self::new(&crate::libpq_tls::parse_config(url)?, tls, connect_timeout)
+        let (cfg, attrs) = crate::session_attrs::parse_config(url)?;
+        Self::new(cfg, tls, attrs, connect_timeout)
     }
 
-    fn new(cfg: &tokio_postgres::Config, tls: UpstreamTls, connect_timeout: Duration) -> anyhow::Result<Self> {
-        let host = match cfg.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(_) => anyhow::bail!("upstream over a Unix socket is not supported; use a TCP host"),
-            None => "localhost".to_owned(),
-        };
-        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    fn new(
+        cfg: tokio_postgres::Config,
+        tls: UpstreamTls,
+        attrs: SessionAttrs,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let hosts = crate::session_attrs::tcp_hosts(&cfg)?;
+        let connect_timeout = cfg.get_connect_timeout().copied().unwrap_or(connect_timeout);
+        let probe = PgTarget::from_parts(cfg, tls.clone(), attrs);
         Ok(UpstreamTarget {
-            host,
-            port,
+            topology: Arc::new(Topology::new(hosts, attrs, probe, connect_timeout)),
             tls,
-            connect_timeout: cfg.get_connect_timeout().copied().unwrap_or(connect_timeout),
+            connect_timeout,
             keepalive: None,
             tcp_user_timeout: None,
         })
+    }
+
+    /// Probes the primary with the control plane's connection settings (credentials, database, TLS) on
+    /// this URL's hosts, when sessions need the primary found (see `topology`).
+    /// `control` is asked only then (it reads the control URL's certificate files).
+    pub fn with_control_probe(mut self, control: impl FnOnce() -> anyhow::Result<PgTarget>) -> anyhow::Result<Self> {
+        if self.topology.follows_primary() {
+            let (hosts, attrs) = (self.topology.hosts().to_vec(), self.topology.attrs());
+            let control = control()?;
+            self.topology = Arc::new(Topology::new(hosts, attrs, control, self.connect_timeout));
+        }
+        Ok(self)
     }
 
     pub fn with_tcp_options(mut self, keepalive: Option<Duration>, tcp_user_timeout: Option<Duration>) -> Self {
@@ -76,8 +100,14 @@ impl UpstreamTarget {
         self.tls.connector().is_some()
     }
 
+    /// The hosts, `a:5432,b:5433`.
     pub fn describe(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.topology.hosts().iter().map(HostAddr::describe).collect::<Vec<_>>().join(",")
+    }
+
+    /// One host by its index.
+    pub fn host(&self, index: usize) -> &HostAddr {
+        &self.topology.hosts()[index]
     }
 }
 
@@ -99,14 +129,50 @@ pub enum ConnectError {
     TlsRefused { addr: String, mode: SslMode },
     #[error("could not connect to upstream server at {addr}: {reason}")]
     Certificate { addr: String, reason: String },
+    /// Several hosts, and none is acceptable for `target_session_attrs` (each host's answer in libpq's words).
+    #[error("{0}")]
+    NoPrimary(String),
 }
 
 /// Opens a connection to the upstream, negotiating TLS as the target's sslmode says.
 pub async fn connect(target: &UpstreamTarget) -> Result<Stream, ConnectError> {
-    let addr = target.describe();
+    connect_session(target).await.map(|(stream, _)| stream)
+}
+
+/// The same, with the index of the host connected to (see the module docs for which one).
+pub async fn connect_session(target: &UpstreamTarget) -> Result<(Stream, usize), ConnectError> {
+    let topology = &target.topology;
+    if !topology.follows_primary() {
+        let mut last = None;
+        for index in 0..topology.hosts().len() {
+            match connect_host(target, index).await {
+                Ok(stream) => return Ok((stream, index)),
+                Err(error) => last = Some(error),
+            }
+        }
+        return Err(last.expect("a URL has at least one host"));
+    }
+    // The known primary, then (once) the one a new probe finds when it could not be reached.
+    let mut last = None;
+    for _ in 0..2 {
+        let index = topology.primary().await.map_err(ConnectError::NoPrimary)?;
+        match connect_host(target, index).await {
+            Ok(stream) => return Ok((stream, index)),
+            Err(error) => {
+                topology.lost(index);
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+async fn connect_host(target: &UpstreamTarget, index: usize) -> Result<Stream, ConnectError> {
+    let host = target.host(index);
+    let addr = host.describe();
     let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
     let work = async {
-        let mut tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(io_err)?;
+        let mut tcp = TcpStream::connect((host.host.as_str(), host.port)).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         set_tcp_options(&tcp, target).map_err(io_err)?;
         let Some(tls) = target.tls.connector() else { return Ok(Stream::Tcp(tcp)) };
@@ -121,13 +187,13 @@ pub async fn connect(target: &UpstreamTarget) -> Result<Stream, ConnectError> {
                 _ => Ok(Stream::Tcp(tcp)),
             };
         }
-        let name = ServerName::try_from(target.host.clone())
+        let name = ServerName::try_from(host.host.clone())
             .map_err(|e| io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         match tls.connect(name, tcp).await {
             Ok(stream) => Ok(Stream::UpstreamTls(Box::new(stream))),
             Err(error) => Err(match crate::tls::rejected_certificate(&error) {
                 Some(reason) => {
-                    ConnectError::Certificate { addr: addr.clone(), reason: describe_rejection(&target.host, reason) }
+                    ConnectError::Certificate { addr: addr.clone(), reason: describe_rejection(&host.host, reason) }
                 }
                 None => io_err(error),
             }),
@@ -142,8 +208,9 @@ pub async fn connect(target: &UpstreamTarget) -> Result<Stream, ConnectError> {
 /// Waits, within the connect timeout, until the upstream answers the startup packet just sent (its
 /// authentication request or first message): a server that accepted the connection but never answers
 /// (stopped, overloaded, a black hole in the path) is an error rather than a client left hanging.
-pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget) -> Result<(), ConnectError> {
-    let addr = target.describe();
+/// `host`: the index [`connect_session`] returned.
+pub async fn await_startup_answer(stream: &Stream, target: &UpstreamTarget, host: usize) -> Result<(), ConnectError> {
+    let addr = target.host(host).describe();
     match tokio::time::timeout(target.connect_timeout, stream.tcp().readable()).await {
         // Readable also at end of stream: a server that closed without answering (e.g. shutting down
         // while the connection waited in its backlog) is a failed connect (08001), not a lost session.
@@ -184,12 +251,11 @@ mod tests {
     fn parses_host_port_and_sslmode() {
         let t = UpstreamTarget::from_url("postgres://u@db.example:6000/app?sslmode=require", Duration::from_secs(3))
             .unwrap();
-        assert_eq!(t.host, "db.example");
-        assert_eq!(t.port, 6000);
+        assert_eq!(t.describe(), "db.example:6000");
         assert_eq!(t.tls.mode(), SslMode::Require);
         assert_eq!(t.connect_timeout, Duration::from_secs(3));
         let t = UpstreamTarget::from_url("postgres://u@127.0.0.1/app?sslmode=disable", Duration::from_secs(3)).unwrap();
-        assert_eq!(t.port, 5432);
+        assert_eq!(t.host(0).port, 5432);
         assert!(!t.wants_tls());
         assert!(UpstreamTarget::from_url("", Duration::from_secs(1)).is_err());
     }
@@ -218,6 +284,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_any_the_first_host_that_accepts_the_connection_is_used() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_port = open.local_addr().unwrap().port();
+        let url = format!("postgres://u@127.0.0.1:{closed_port},127.0.0.1:{open_port}/d?sslmode=disable");
+        let target = UpstreamTarget::from_url(&url, Duration::from_secs(3)).unwrap();
+        assert_eq!(target.describe(), format!("127.0.0.1:{closed_port},127.0.0.1:{open_port}"));
+        assert!(!target.topology.follows_primary(), "any: nothing to probe");
+        let (_, index) = connect_session(&target).await.unwrap();
+        assert_eq!(index, 1);
+        // Both refuse: the last host's error.
+        drop(open);
+        match connect_session(&target).await {
+            Err(ConnectError::Io { addr, .. }) => assert_eq!(addr, format!("127.0.0.1:{open_port}")),
+            other => panic!("not a failed connect: {:?}", other.map(|(_, i)| i)),
+        }
+    }
+
+    #[tokio::test]
     async fn a_server_that_closes_before_answering_the_startup_is_a_failed_connect() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -228,7 +315,7 @@ mod tests {
         .unwrap();
         let stream = connect(&target).await.unwrap();
         drop(listener.accept().await.unwrap());
-        match await_startup_answer(&stream, &target).await {
+        match await_startup_answer(&stream, &target, 0).await {
             Err(ConnectError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof),
             other => panic!("not a failed connect: {other:?}"),
         }

@@ -16,6 +16,7 @@
 
 mod cache;
 mod compiled;
+mod copy;
 pub mod corpus;
 mod fallback;
 pub mod fuzz_checks;

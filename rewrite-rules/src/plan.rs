@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::model::RuleSet;
+
 /// The rewriter's decision for one SQL string (one simple-protocol Query or one Parse).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -41,6 +43,25 @@ impl Plan {
         }
     }
 
+    /// The refusal of this plan for a Parse: a rewrite that runs statements of its own around the client's
+    /// (COPY FROM STDIN into a migrated table) can only be sent as one simple Query. `rules` are the rules
+    /// the plan was made for (for the migration's name).
+    pub fn extended_protocol_refusal(&self, rules: &RuleSet) -> Option<Rejection> {
+        let Plan::Rewritten { statements, migrations, .. } = self else { return None };
+        if !statements.iter().any(|t| t.rows == RowsDisposition::Hidden) {
+            return None;
+        }
+        let index = migrations.first().copied().unwrap_or(0);
+        let name = rules.migrations.get(index).map(|m| m.name.as_str()).unwrap_or("");
+        Some(Rejection::new(
+            name,
+            index,
+            RejectReason::CopyFrom,
+            "through the extended protocol; send COPY ... FROM STDIN as a simple Query (psql's \\copy, \
+             psycopg's cursor.copy, pgjdbc's CopyManager)",
+        ))
+    }
+
     /// `passthrough`, `rewritten` or `rejected`: the `route` label of `dualwrite_queries_total`.
     pub fn route_label(&self) -> &'static str {
         match self {
@@ -73,12 +94,15 @@ pub enum TagRewrite {
     Update,
     /// `DELETE n`
     Delete,
+    /// `COPY n`: the dual-write INSERT of a COPY FROM STDIN answers for the COPY (see `copy`).
+    Copy,
 }
 
 impl TagRewrite {
     /// The tag for `rows` affected rows.
     pub fn tag(self, rows: u64) -> String {
         match self {
+            TagRewrite::Copy => format!("COPY {rows}"),
             TagRewrite::Insert => format!("INSERT 0 {rows}"),
             TagRewrite::Update => format!("UPDATE {rows}"),
             TagRewrite::Delete => format!("DELETE {rows}"),
@@ -94,6 +118,9 @@ pub enum RowsDisposition {
     /// The client's statement returns no rows: drop RowDescription and DataRows, and answer NoData to a
     /// Describe of the statement or portal.
     Suppress,
+    /// A statement the proxy added around the client's (COPY FROM STDIN's staging): drop its whole answer,
+    /// command tag included. Only a simple Query carries such a plan.
+    Hidden,
 }
 
 /// A statement the proxy must refuse (SQLSTATE 0A000, feature_not_supported) rather than let through.
@@ -181,7 +208,7 @@ impl RejectReason {
                 "an UPDATE that changes a key column of a migrated table is not supported"
             }
             RejectReason::Merge => "MERGE is not supported",
-            RejectReason::CopyFrom => "COPY FROM into a migrated table is not supported (use INSERT)",
+            RejectReason::CopyFrom => "this form of COPY FROM into a migrated table is not supported",
             RejectReason::Ddl => "DDL on a migrated table is not allowed while the migration runs",
             RejectReason::Unparseable => {
                 "the statement names a migrated table but could not be parsed, so it cannot be rewritten safely"

@@ -164,6 +164,14 @@ impl Rewriter {
                 Ok(outcome) => {
                     migrations.extend(outcome.migrations);
                     writes |= outcome.write;
+                    let (before, after) = match outcome.companions {
+                        Some(c) => (c.before, c.after),
+                        None => (Vec::new(), Vec::new()),
+                    };
+                    for (companion, transform) in &before {
+                        texts.push(companion.to_string());
+                        transforms.push(*transform);
+                    }
                     transforms.push(outcome.transform);
                     match outcome.statement {
                         Some(s) => {
@@ -171,6 +179,10 @@ impl Rewriter {
                             texts.push(s.to_string());
                         }
                         None => texts.push(original.unwrap_or_default()),
+                    }
+                    for (companion, transform) in &after {
+                        texts.push(companion.to_string());
+                        transforms.push(*transform);
                     }
                 }
             }

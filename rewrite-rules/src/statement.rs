@@ -1,16 +1,16 @@
 //! One parsed statement at a time: decides whether it is a read to route, a write to dual-write, a form
 //! to refuse, or something that does not concern any migration, and hands it to the module that owns it.
 
-use sqlparser::ast::{CopySource, SetExpr, Statement, VisitMut};
+use sqlparser::ast::{SetExpr, Statement, VisitMut};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::Tokenizer;
 
-use crate::compiled::{template_query, Compiled};
+use crate::compiled::Compiled;
+use crate::copy::rewrite_copy;
 use crate::fallback::mentioned_migrations;
-use crate::model::Phase;
 use crate::plan::{RejectReason, Rejection, StatementTransform};
-use crate::reads::{routed_read, ReadRouter};
-use crate::route::{Route, Side};
+use crate::reads::ReadRouter;
+use crate::route::Route;
 use crate::writes::{rewrite_dml, rewrite_truncate, Outcome};
 
 pub(crate) fn rewrite_statement(
@@ -49,6 +49,15 @@ pub(crate) fn rewrite_statement(
         s @ Statement::Copy { .. } => rewrite_copy(compiled, route, s),
         Statement::Explain { describe_alias, analyze, verbose, query_plan, estimate, statement, format, options } => {
             let inner = rewrite_statement(compiled, route, (*statement).clone())?;
+            if inner.companions.is_some() {
+                let index = inner.migrations.iter().next().copied().unwrap_or(0);
+                return Err(Rejection::new(
+                    &compiled.migrations[index].name,
+                    index,
+                    RejectReason::UnsupportedWrite,
+                    "EXPLAIN of a statement the proxy runs as several",
+                ));
+            }
             Ok(Outcome {
                 statement: inner.statement.map(|s| Statement::Explain {
                     describe_alias,
@@ -63,6 +72,7 @@ pub(crate) fn rewrite_statement(
                 transform: StatementTransform::UNCHANGED,
                 migrations: inner.migrations,
                 write: inner.write && analyze,
+                companions: None,
             })
         }
         Statement::Prepare { name, data_types, statement } => {
@@ -81,6 +91,7 @@ pub(crate) fn rewrite_statement(
                 transform: StatementTransform::UNCHANGED,
                 migrations: inner.migrations,
                 write: false,
+                companions: None,
             })
         }
         s @ Statement::Declare { .. } => route_reads(compiled, route, s),
@@ -110,7 +121,7 @@ pub(crate) fn rewrite_statement(
 }
 
 /// Routes every read reference in a statement with no write target of its own.
-fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
+pub(crate) fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
     let mut router = ReadRouter::new(compiled, route, vec![]);
     let flow = match &mut statement {
         Statement::Query(q) => q.visit(&mut router),
@@ -128,58 +139,8 @@ fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> 
         transform: StatementTransform::UNCHANGED,
         migrations: router.touched,
         write: false,
+        companions: None,
     })
-}
-
-/// COPY: `COPY t TO` is a read (routed like one), `COPY t FROM` a write with no dual-write form.
-fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
-    let Statement::Copy { source, to, .. } = &mut statement else { return Ok(Outcome::unchanged()) };
-    let (table_name, columns) = match source {
-        CopySource::Query(_) => return route_reads(compiled, route, statement),
-        CopySource::Table { table_name, columns } => (table_name, columns),
-    };
-    let router = ReadRouter::new(compiled, route, vec![]);
-    let Some(index) = router.active_migration(table_name) else { return Ok(Outcome::unchanged()) };
-    let m = &compiled.migrations[index];
-    let mr = route.get(index);
-    let mut outcome = Outcome::unchanged();
-    outcome.migrations.insert(index);
-    if !*to {
-        outcome.write = true;
-        match (mr.phase, mr.version) {
-            (Phase::Complete, Side::New) if m.is_split() => {
-                return Err(Rejection::new(&m.name, index, RejectReason::SplitNewShapeWrite, "COPY FROM"))
-            }
-            (Phase::Complete, Side::New) => *table_name = m.shadow.to_object_name(),
-            (Phase::Complete, Side::Old) => {
-                return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""))
-            }
-            _ => return Err(Rejection::new(&m.name, index, RejectReason::CopyFrom, "")),
-        }
-    } else {
-        match routed_read(m, mr, table_name, None) {
-            None => return Ok(Outcome::unchanged()),
-            Some(sqlparser::ast::TableFactor::Table { name, .. }) => *table_name = name,
-            Some(derived) => {
-                // COPY (SELECT <columns or *> FROM (<view>) AS t) TO ...
-                let mut query = template_query("SELECT * FROM __dw_table");
-                if let SetExpr::Select(select) = query.body.as_mut() {
-                    select.from[0].relation = derived;
-                    if !columns.is_empty() {
-                        select.projection = columns
-                            .iter()
-                            .map(|c| {
-                                sqlparser::ast::SelectItem::UnnamedExpr(sqlparser::ast::Expr::Identifier(c.clone()))
-                            })
-                            .collect();
-                    }
-                }
-                *source = CopySource::Query(Box::new(query));
-            }
-        }
-    }
-    outcome.statement = Some(statement);
-    Ok(outcome)
 }
 
 /// `CREATE TABLE` makes a new relation (or fails because one of that name exists), so its own name never

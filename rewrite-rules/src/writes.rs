@@ -47,11 +47,25 @@ pub(crate) struct Outcome {
     pub transform: StatementTransform,
     pub migrations: BTreeSet<usize>,
     pub write: bool,
+    /// Statements the proxy runs before and after this one (COPY FROM STDIN's staging, see `copy`).
+    pub companions: Option<Box<Companions>>,
+}
+
+/// The statements the proxy runs around a rewritten statement, in order, each with its transform.
+pub(crate) struct Companions {
+    pub before: Vec<(Statement, StatementTransform)>,
+    pub after: Vec<(Statement, StatementTransform)>,
 }
 
 impl Outcome {
     pub fn unchanged() -> Outcome {
-        Outcome { statement: None, transform: StatementTransform::UNCHANGED, migrations: BTreeSet::new(), write: false }
+        Outcome {
+            statement: None,
+            transform: StatementTransform::UNCHANGED,
+            migrations: BTreeSet::new(),
+            write: false,
+            companions: None,
+        }
     }
 }
 
@@ -89,6 +103,7 @@ pub(crate) fn rewrite_dml(
             transform: StatementTransform::UNCHANGED,
             migrations,
             write: false,
+            companions: None,
         });
     };
     let (object, alias) = target.expect("target_index implies a target");
@@ -114,6 +129,7 @@ pub(crate) fn rewrite_dml(
             transform: StatementTransform::UNCHANGED,
             migrations,
             write: true,
+            companions: None,
         });
     }
 
@@ -179,6 +195,7 @@ pub(crate) fn rewrite_dml(
         transform: StatementTransform { command_tag: Some(tag), rows },
         migrations,
         write: true,
+        companions: None,
     })
 }
 
@@ -217,7 +234,13 @@ pub(crate) fn rewrite_truncate(
     if migrations.is_empty() {
         return Ok(Outcome::unchanged());
     }
-    Ok(Outcome { statement: Some(statement), transform: StatementTransform::UNCHANGED, migrations, write: true })
+    Ok(Outcome {
+        statement: Some(statement),
+        transform: StatementTransform::UNCHANGED,
+        migrations,
+        write: true,
+        companions: None,
+    })
 }
 
 fn route_in<T: VisitMut>(node: &mut T, router: &mut ReadRouter) -> Result<(), Rejection> {

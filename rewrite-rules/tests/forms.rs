@@ -444,15 +444,6 @@ fn reject_merge() {
     );
 }
 #[test]
-fn reject_copy_from() {
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::Old, Side::Old),
-        "COPY users FROM STDIN WITH (FORMAT csv)",
-        Expect::Reject(RejectReason::CopyFrom),
-    );
-}
-#[test]
 fn reject_ddl_alter() {
     check(
         USERS,

@@ -313,3 +313,29 @@ fn a_shadow_read_of_a_split_reads_the_targets_joined_on_the_key() {
     assert!(read.old_sql.contains("split_part(name, ' ', 1) AS first_name"), "{}", read.old_sql);
     assert!(read.old_sql.contains("FROM public.users) AS users"), "{}", read.old_sql);
 }
+
+#[test]
+fn an_old_shaped_copy_reaches_every_target_through_the_staging_insert() {
+    let Plan::Rewritten { sql, migrations, writes, .. } = plan(DUAL_V1, "COPY users (id, name, email) FROM STDIN")
+    else {
+        panic!("COPY not rewritten");
+    };
+    assert_eq!((migrations, writes), (vec![0], true));
+    let statements: Vec<&str> = sql.split("; ").collect();
+    assert_eq!(statements.len(), 4, "{sql}");
+    assert_eq!(statements[1], "COPY pg_temp.__dw_copy (id, name, email) FROM STDIN");
+    assert_eq!(
+        statements[2],
+        format!(
+            "WITH __dw_primary AS (INSERT INTO users (id, name, email) OVERRIDING SYSTEM VALUE SELECT id, name, email \
+             FROM pg_temp.__dw_copy RETURNING users.*), __dw_shadow AS ({ACCOUNTS_UPSERT}), __dw_shadow_2 AS \
+             ({PROFILES_UPSERT}) SELECT FROM __dw_primary AS users"
+        )
+    );
+    let message = refused(
+        route(Phase::DualWrite, Side::New, Side::New),
+        "COPY users FROM STDIN",
+        RejectReason::SplitNewShapeWrite,
+    );
+    assert!(message.ends_with("(COPY FROM)"), "{message}");
+}

@@ -96,6 +96,20 @@ impl TestCluster {
         Ok(TestCluster(Arc::new(cluster)))
     }
 
+    /// A hot standby of this (running) cluster, streaming from it, with [`default_options`]' settings; its
+    /// roles and databases are this cluster's (copied by `pg_basebackup`).
+    pub async fn start_standby(&self) -> anyhow::Result<TestCluster> {
+        let primary = self.0.clone();
+        let standby = blocking(move || PgCluster::start_standby_of(&primary, default_options())).await?;
+        Ok(TestCluster(Arc::new(standby)))
+    }
+
+    /// Promotes a standby to primary; returns once it accepts writes.
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let cluster = self.0.clone();
+        blocking(move || cluster.promote()).await
+    }
+
     pub async fn stop(&self, mode: StopMode) -> anyhow::Result<()> {
         let cluster = self.0.clone();
         blocking(move || cluster.stop_with(mode)).await

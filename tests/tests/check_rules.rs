@@ -215,7 +215,7 @@ async fn replay_reports_each_outcome() {
 SELECT 1
 INSERT INTO users (name, email) VALUES ($1, $2)
 
-COPY users FROM STDIN
+COPY users FROM '/tmp/users.csv'
 ";
     let (findings, report) = check(&db, &example_rules(), Some(statements)).await;
     assert_eq!(findings.replay, ReplayCounts { passed_through: 1, rewritten: 1, rejected: 1 }, "{report}");
@@ -229,7 +229,7 @@ COPY users FROM STDIN
         "{report}"
     );
     assert!(report.contains("INSERT INTO public.users_v2"), "{report}");
-    assert!(report.contains("  REJECTED        COPY users FROM STDIN\n      why: "), "{report}");
+    assert!(report.contains("  REJECTED        COPY users FROM '/tmp/users.csv'\n      why: "), "{report}");
     assert!(report.contains("users_split_name") && report.contains("(SQLSTATE 0A000)"), "{report}");
     assert!(report.ends_with("replay: 1 passed through, 1 rewritten, 1 rejected\n"), "{report}");
 }

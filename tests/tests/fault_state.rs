@@ -68,10 +68,12 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
 
     // The outage: the control role can no longer log in, and its sessions (state watcher, control
     // connection) are gone.
+    // Two statements, not one multi-statement string: that would run as one implicit transaction, and the
+    // watcher could log in again between the terminate and the commit of NOLOGIN.
+    direct.batch_execute(&format!("ALTER ROLE {CLEARTEXT_USER} NOLOGIN")).await.unwrap();
     direct
         .batch_execute(&format!(
-            "ALTER ROLE {CLEARTEXT_USER} NOLOGIN; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{CLEARTEXT_USER}'"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{CLEARTEXT_USER}'"
         ))
         .await
         .unwrap();

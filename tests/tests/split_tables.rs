@@ -4,7 +4,8 @@
 //! the key and is refused new-shape writes; the backfill fills both targets; VERIFY finds a divergence in one
 //! target and REPAIR fixes it; cutover then rollback loses no row; `complete` is refused; `dualwrite check`
 //! checks every target; the change-data-capture watch pairs the old table with each target and repairs a
-//! write that bypassed one; and a rules file merging two tables is refused at validation with its message.
+//! write that bypassed one; psql's `\copy` in the old shape lands in both targets and in the new shape is
+//! refused; and a rules file merging two tables is refused at validation with its message.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -384,5 +385,36 @@ async fn the_watch_pairs_every_target_and_repairs_a_write_that_bypassed_one() {
     .await;
     assert_eq!(bypasses(&direct).await[1], ("update".into(), "old".into(), Some(r#"{"id": 13}"#.into()), true));
     assert_eq!(targets(&direct, 13).await, both("d@x.org", "Direct", "Write"));
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_shaped_copy_lands_in_both_targets_and_a_new_shaped_one_is_refused() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct.batch_execute("TRUNCATE users").await.unwrap();
+    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let url = proxy.url(&db);
+    let out = psql(
+        &url,
+        &["-c", "\\copy users (id, name, email) from pstdin csv"],
+        Some("7,Ada Lovelace,ADA@X.org\n8,Alan Turing,Alan@X.org\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.assert_success().stdout, "COPY 2\n");
+    assert_eq!(targets(&direct, 7).await, both("ada@x.org", "Ada", "Lovelace"));
+    assert_eq!(targets(&direct, 8).await, both("alan@x.org", "Alan", "Turing"));
+    assert_eq!(differences(&direct).await, (0, 0));
+
+    let v2 = format!("{url}?options=-c%20dualwrite.version%3Dv2");
+    let out = psql(&v2, &["-c", "\\copy users (id, email) from pstdin csv"], Some("9,x@y\n")).await.unwrap();
+    assert!(
+        out.stderr.contains("statement refused for migration \"users_split_tables\": the migration splits the table"),
+        "{out:?}"
+    );
+    let count: i64 = direct.query_one("SELECT count(*) FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(count, 2);
     proxy.stop().await.unwrap();
 }

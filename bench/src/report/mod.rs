@@ -21,6 +21,11 @@ use crate::results::Results;
 pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> String {
     let mut out = String::new();
     header(&mut out, r);
+    if r.plan.copy_only {
+        crate::copy::section(&mut out, r.copy.as_ref());
+        errors_section(&mut out, r);
+        return out;
+    }
     arms(&mut out, r);
     targets(&mut out, r);
     if let Some(plot) = plot {
@@ -34,6 +39,7 @@ pub fn render(r: &Results, profile_notes: Option<&str>, plot: Option<&str>) -> S
     idle_section(&mut out, r);
     bulk_section(&mut out, r);
     crate::jobs::section(&mut out, r.jobs.as_ref());
+    crate::copy::section(&mut out, r.copy.as_ref());
     cache_section(&mut out, r);
     if let Some(notes) = profile_notes {
         let _ = writeln!(out, "{}\n", notes.trim());
@@ -48,6 +54,8 @@ fn header(out: &mut String, r: &Results) {
     let _ = writeln!(out, "# dualwrite benchmark report\n");
     let kind = if p.quick {
         "**quick (smoke)**".to_string()
+    } else if p.copy_only {
+        "**partial** (the COPY section only, `--copy-only`)".to_string()
     } else if !p.arms.is_empty() || r.command.contains("--arms") {
         format!(
             "**partial** (selected arms{}, pgbench matrix only; {} repetition(s) of {} s after {} s of warm-up)",
@@ -103,6 +111,10 @@ fn header(out: &mut String, r: &Results) {
         out,
         "- Every arm on loopback TCP (127.0.0.1), never a Unix socket; pgbench and tokio-postgres with sslmode=disable."
     );
+    if p.copy_only {
+        let _ = writeln!(out, "- pgbench scale {} ({} accounts); no pgbench run.\n", p.scale, p.scale as u64 * 100_000);
+        return;
+    }
     let _ = writeln!(
         out,
         "- pgbench scale {} ({} accounts), builtin select-only and tpcb-like scripts, `-n`, -M {}; \
@@ -204,6 +216,19 @@ fn targets(out: &mut String, r: &Results) {
         vs_bouncer,
         1.0,
         r.unavailable(Arm::DwNoRules),
+    ));
+    let pooled: Vec<(String, Option<f64>)> = Workload::ALL
+        .iter()
+        .flat_map(|&w| cells(r, w).into_iter().map(move |(m, c)| (w, m, c)))
+        .filter(|&(_, m, c)| c >= 16 && Arm::PgbouncerTx.runs_mode(m))
+        .map(|(w, m, c)| (label(w, m, c), r.ratio(Arm::DwTx, Arm::PgbouncerTx, w, m, c)))
+        .collect();
+    verdicts.push(ratio_verdict(
+        r,
+        "transaction mode: dualwrite TPS >= pgbouncer transaction mode, 16 clients and more (issue 16)",
+        pooled,
+        1.0,
+        r.unavailable(Arm::DwTx).or(r.unavailable(Arm::PgbouncerTx)),
     ));
     let one_client: Vec<(String, Option<f64>)> = r
         .plan

@@ -33,7 +33,7 @@ pub(crate) fn tps_tables(out: &mut String, r: &Results) {
 
 pub(crate) fn ratio_tables(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Ratios of median TPS\n");
-    let pairs: [(&str, Arm, Arm, bool); 9] = [
+    let pairs: [(&str, Arm, Arm, bool); 10] = [
         ("dw-norules / direct", Arm::DwNoRules, Arm::Direct, false),
         ("dw-norules / pgbouncer", Arm::DwNoRules, Arm::Pgbouncer, false),
         ("pgbouncer / direct", Arm::Pgbouncer, Arm::Direct, false),
@@ -43,6 +43,7 @@ pub(crate) fn ratio_tables(out: &mut String, r: &Results) {
         ("dw-dualwrite / cte-direct", Arm::DwDualWrite, Arm::CteDirect, true),
         ("dw-dualwrite-watch / dw-dualwrite", Arm::DwDualWriteWatch, Arm::DwDualWrite, true),
         ("trigger-pgbouncer / trigger-direct", Arm::TriggerPgbouncer, Arm::TriggerDirect, true),
+        ("dw-tx / pgbouncer-tx", Arm::DwTx, Arm::PgbouncerTx, false),
     ];
     for workload in Workload::ALL {
         let columns: Vec<_> = pairs.iter().filter(|p| !p.3 || workload == Workload::TpcB).collect();
@@ -96,7 +97,15 @@ pub(crate) fn latency_tables(out: &mut String, r: &Results) {
 
 pub(crate) fn cpu_table(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## CPU of the hop per statement (µs, median over repetitions)\n");
-    let hops = [Arm::Pgbouncer, Arm::DwNoRules, Arm::DwElsewhere, Arm::DwDualWrite, Arm::TriggerPgbouncer];
+    let hops = [
+        Arm::Pgbouncer,
+        Arm::DwNoRules,
+        Arm::DwElsewhere,
+        Arm::DwDualWrite,
+        Arm::TriggerPgbouncer,
+        Arm::PgbouncerTx,
+        Arm::DwTx,
+    ];
     table_head(out, "workload, mode, clients", &hops.iter().map(|a| a.key().to_owned()).collect::<Vec<_>>());
     for workload in Workload::ALL {
         for (mode, clients) in cells(r, workload) {

@@ -7,11 +7,13 @@
 //!
 //! Pure cores: `decoder` (pgoutput v1 bytes -> messages), `transaction` (messages -> transactions of
 //! key-level changes), `pairing` (a transaction -> candidate bypasses, shadow rows by source). The shell:
-//! `slot` (publication, slot, WAL figures over SQL), `stream` (the replication connection), `bypass`
+//! `slot` (publication, slot, WAL figures over SQL), `stream` (the replication connection), `gap` (a
+//! slot lost to a failover: the interval not watched, shown until verifies cover it), `bypass`
 //! (confirmation, record, repair), `watch` (leadership and the loop), `status` (STATUS and metrics).
 
 pub mod bypass;
 pub mod decoder;
+pub mod gap;
 pub mod pairing;
 pub mod progress;
 pub mod slot;

@@ -9,6 +9,11 @@
 //! of WAL. Measured on this project's 2-core machine under pgbench (about 3.6 MB/s of WAL): each peek
 //! took 100-300 ms and each advance 70-200 ms with 20-50 MB retained, for about half the TPS. A stream
 //! decodes each WAL record once.
+//!
+//! A multi-host URL: the replication connection goes to the host the URL's `target_session_attrs`
+//! accepts, found as the data plane finds it (`PgTarget::find_primary`), so after a failover the watch
+//! streams from the new primary. Its logical slot does not survive the failover (PostgreSQL 15 does not
+//! copy slots to standbys); `gap` notices that and says so.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,21 +52,32 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVES: [(&str, u32); 3] =
     [("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 2), ("tcp_keepalives_count", 3)];
 
-/// The replication connection's settings from the control connection's: same host, port, user, password,
-/// database, and the URL's TLS settings (sslmode, sslrootcert, sslcert/sslkey).
-fn replication_config(target: &PgTarget, slot: &str) -> anyhow::Result<ReplicationConfig> {
+/// Where the replication connection goes: the URL's host, or with several the one its
+/// `target_session_attrs` accepts (the first that answers for `any`).
+async fn replication_host(target: &PgTarget) -> anyhow::Result<(String, u16)> {
     let config = target.config();
+    if config.get_hosts().len() > 1 {
+        let (_, host) = target.find_primary().await?;
+        return Ok((host.host, host.port));
+    }
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
         Some(Host::Unix(path)) => path.display().to_string(),
         None => "localhost".to_string(),
     };
+    Ok((host, config.get_ports().first().copied().unwrap_or(5432)))
+}
+
+/// The replication connection's settings from the control connection's: same user, password, database,
+/// and the URL's TLS settings (sslmode, sslrootcert, sslcert/sslkey; `verify-full` checks `host`'s name).
+fn replication_config(target: &PgTarget, (host, port): (String, u16), slot: &str) -> anyhow::Result<ReplicationConfig> {
+    let config = target.config();
     let user = config.get_user().context("the control connection names no user")?.to_string();
     let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let database = config.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
     let tls = tls_config(target.ssl_mode(), target.tls_files(), &host)?;
     let mut replication = ReplicationConfig::new(host, user, password, database, slot, PUBLICATION);
-    replication.port = config.get_ports().first().copied().unwrap_or(5432);
+    replication.port = port;
     replication.tls = tls;
     replication.status_interval = STATUS_INTERVAL;
     replication.idle_wakeup_interval = STATUS_INTERVAL;
@@ -113,7 +129,8 @@ impl Stream {
     /// Starts streaming `slot` from its confirmed position.
     pub async fn start(target: &PgTarget, slot: &str) -> anyhow::Result<Stream> {
         let what = || format!("cannot open the replication connection (sslmode={})", target.ssl_mode().as_str());
-        let mut client = ReplicationClient::connect(replication_config(target, slot).with_context(what)?)
+        let host = replication_host(target).await.with_context(what)?;
+        let mut client = ReplicationClient::connect(replication_config(target, host, slot).with_context(what)?)
             .await
             .with_context(what)?;
         // Connecting, TLS and authentication run in the crate's worker: wait for the server to accept

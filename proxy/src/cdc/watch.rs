@@ -23,6 +23,7 @@ use crate::pg_client::PgTarget;
 use crate::state::StateHandle;
 
 use super::bypass::{self, MappingCache, Seen, WatchedMigration};
+use super::gap::{self, Gap};
 use super::pairing::{pair, PairedTables, RowSource};
 use super::progress::{Progress, BATCH_WAIT, MAX_DEFERRALS};
 use super::slot;
@@ -109,7 +110,7 @@ impl Watch {
             return Ok(());
         }
         let slot = slot::slot_name(&client).await?;
-        let mut leader = Leader { watch: self, slot, cache: MappingCache::default(), tables: Vec::new() };
+        let mut leader = Leader { watch: self, slot, cache: MappingCache::default(), tables: Vec::new(), gap: None };
         loop {
             leader.step(&mut client).await?;
         }
@@ -140,6 +141,8 @@ struct Leader<'a> {
     cache: MappingCache,
     /// The tables the publication holds.
     tables: Vec<String>,
+    /// An interval the watch did not see (its slot was lost), shown until verifies cover it.
+    gap: Option<Gap>,
 }
 
 impl Leader<'_> {
@@ -176,6 +179,9 @@ impl Leader<'_> {
             slot::sync_publication(client, &tables).await.context("cannot set up the publication")?;
             self.tables = tables;
         }
+        if self.gap.is_none() {
+            self.gap = gap::detect(client, &self.slot).await?;
+        }
         if slot::ensure_slot(client, &self.slot).await.context("cannot create the replication slot")? {
             tracing::info!(slot = %self.slot, "replication slot created");
         }
@@ -198,7 +204,8 @@ impl Leader<'_> {
             Err(error) => {
                 // Shown in STATUS until a stream starts (a refused certificate, a missing REPLICATION
                 // right, the slot still held by a leader that just died).
-                let detail = format!("{error:#}");
+                // A lost slot's interval stays in the row, so that the next leader still reports it.
+                let detail = gap::with_error(self.gap.as_ref(), &format!("{error:#}"));
                 let row = WatchRow { state: WatchState::Error, detail: Some(&detail), ..idle_row() };
                 status::write(client, &row).await?;
                 return Err(error);
@@ -311,9 +318,10 @@ impl Leader<'_> {
                     status::write(client, &row).await?;
                     return Ok(Restart::Fallback);
                 }
+                let gap_detail = self.gap.as_ref().map(Gap::detail);
                 let row = WatchRow {
                     state: WatchState::Watching,
-                    detail: None,
+                    detail: gap_detail.as_deref(),
                     slot: Some(&self.slot),
                     confirmed: figures.map(|f| f.confirmed),
                     lag_bytes,
@@ -323,6 +331,12 @@ impl Leader<'_> {
                 if last_resolve.elapsed() >= RESOLVE_EVERY {
                     last_resolve = Instant::now();
                     bypass::resolve(client, &mut self.cache, migrations).await?;
+                    if let Some(lost) = &self.gap {
+                        if gap::covered(client, lost, migrations).await? {
+                            tracing::info!(slot = %self.slot, "every watched migration was verified since the slot was lost");
+                            self.gap = None;
+                        }
+                    }
                 }
                 if progress.settled() && self.watch.watched().as_slice() != migrations {
                     return Ok(Restart::Migrations);

@@ -226,6 +226,12 @@ impl LiveSession {
             }
         };
         let plan = current.rewriter.rewrite(sql, &route);
+        if prepared_as.is_some() {
+            if let Some(refusal) = plan.extended_protocol_refusal(&current.rules) {
+                count_rejection(&refusal);
+                return raise(&rejection_error(&refusal), false);
+            }
+        }
         let read = is_read(&plan);
         match prepared_as {
             Some((name, param_types)) => self.remember(name, sql, param_types, Some(route), current.generation, read),
@@ -546,13 +552,18 @@ impl SessionInterceptor for LiveSession {
         prepared.route = Some(route.clone());
         let plan = current.rewriter.rewrite(&prepared.sql, &route);
         prepared.read = is_read(&plan);
-        let (sql, transform) = match &*plan {
-            Plan::PassThrough => (prepared.sql.clone(), ResponseTransform::default()),
-            Plan::Rewritten { sql, statements, migrations, writes } => {
+        let (sql, transform) = match (&*plan, plan.extended_protocol_refusal(&current.rules)) {
+            (_, Some(refusal)) => {
+                // COPY FROM STDIN into a migrated table needs a simple Query: refused as at its Parse.
+                count_rejection(&refusal);
+                (rejection_error(&refusal).raise_statement(), ResponseTransform::default())
+            }
+            (Plan::PassThrough, None) => (prepared.sql.clone(), ResponseTransform::default()),
+            (Plan::Rewritten { sql, statements, migrations, writes }, None) => {
                 let sink = plan_sink(&current.dual_write, *writes, migrations);
                 (sql.clone(), statements.first().map(|t| relay_transform(t, sink.as_ref())).unwrap_or_default())
             }
-            Plan::Rejected(rejection) => {
+            (Plan::Rejected(rejection), None) => {
                 // The statement cannot run under the new route: prepare the refusal in its place, so that
                 // running it fails with the reason (a Bind with parameters fails before that, also safely).
                 count_rejection(rejection);

@@ -43,15 +43,18 @@ pub(super) fn relay_transform(
     t: &dualwrite_rules::StatementTransform,
     dual_write: Option<&LatencySink>,
 ) -> ResponseTransform {
-    let suppress = t.rows == RowsDisposition::Suppress;
+    let hidden = t.rows == RowsDisposition::Hidden;
+    let suppress = t.rows == RowsDisposition::Suppress || hidden;
     ResponseTransform {
         command_tag: t.command_tag.map(|tag| match tag {
             TagRewrite::Insert => CommandTag::Insert,
             TagRewrite::Update => CommandTag::Update,
             TagRewrite::Delete => CommandTag::Delete,
+            TagRewrite::Copy => CommandTag::Copy,
         }),
         suppress_rows: suppress,
         describe_no_data: suppress,
+        hidden,
         dual_write: dual_write.cloned(),
     }
 }

@@ -22,6 +22,7 @@
 mod error;
 mod options;
 mod os;
+mod standby;
 
 use std::fmt;
 use std::fs;
@@ -66,6 +67,18 @@ impl fmt::Debug for PgCluster {
 impl PgCluster {
     /// Creates a cluster with `initdb`, starts it on a free port and creates the configured roles.
     pub fn start_new(options: ClusterOptions) -> Result<PgCluster, ClusterError> {
+        let mut cluster = PgCluster::unstarted(&options)?;
+        cluster.initdb()?;
+        cluster.write_hba(&options.roles)?;
+        cluster.start_on_free_port(&options.settings)?;
+        for role in &options.roles {
+            cluster.create_role(role)?;
+        }
+        Ok(cluster)
+    }
+
+    /// A temporary directory of its own (handed to the service account) with its guardian; no data yet.
+    fn unstarted(options: &ClusterOptions) -> Result<PgCluster, ClusterError> {
         let bin_dir = match &options.bin_dir {
             Some(dir) => dir.clone(),
             None => find_bin_dir()?,
@@ -83,7 +96,7 @@ impl PgCluster {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting the cluster directory"))?;
 
-        let mut cluster = PgCluster {
+        let cluster = PgCluster {
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("postgres.log"),
             bin_dir,
@@ -94,12 +107,6 @@ impl PgCluster {
             dir,
         };
         cluster.spawn_guardian()?;
-        cluster.initdb()?;
-        cluster.write_hba(&options.roles)?;
-        cluster.start_on_free_port(&options.settings)?;
-        for role in &options.roles {
-            cluster.create_role(role)?;
-        }
         Ok(cluster)
     }
 
@@ -248,7 +255,11 @@ impl PgCluster {
     }
 
     fn write_hba(&self, roles: &[Role]) -> Result<(), ClusterError> {
-        let mut hba = String::from("# written by dualwrite pgcluster\nlocal all all trust\n");
+        // Physical replication (a standby's `pg_basebackup` and walreceiver) matches only `replication`.
+        let mut hba = String::from(
+            "# written by dualwrite pgcluster\nlocal all all trust\nlocal replication all trust\n\
+             host replication all 127.0.0.1/32 trust\n",
+        );
         for role in roles {
             let name = hba_quote(&role.name);
             let method = role.auth.hba_method();
@@ -288,7 +299,11 @@ impl PgCluster {
         let mut conf = fs::read_to_string(&main_conf).map_err(io_err("reading postgresql.conf"))?;
         conf.push_str("\ninclude 'dualwrite_cluster.conf'\n");
         self.write_owned(&main_conf, &conf)?;
+        self.start_on_a_port(settings)
+    }
 
+    /// Writes `dualwrite_cluster.conf` for a free port and starts, retrying another port when it is taken.
+    fn start_on_a_port(&mut self, settings: &[(String, String)]) -> Result<(), ClusterError> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             self.port = free_port()?;

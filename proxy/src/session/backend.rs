@@ -5,6 +5,10 @@
 //! refuses the login as a downgrade; such clients need `channel_binding=disable` (the header is covered by
 //! the SCRAM proof, so the proxy cannot change it).
 //!
+//! A session whose server reports `in_hot_standby = on` in its startup's ParameterStatus while the
+//! upstream URL asks for `read-write` or `primary` is ended there with libpq's words (08001) instead of
+//! running read-only, and the topology looks for the primary again.
+//!
 //! Afterwards each message is classified by its tag through the response queue; runs of unchanged
 //! messages are forwarded as slices of the read buffer, written once per upstream read (that is, at the
 //! upstream's own flush points: ReadyForQuery, COPY start, full buffers, asynchronous messages), never
@@ -20,7 +24,7 @@ use tokio::sync::watch;
 use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
 use crate::cancel::CancelRegistration;
 use crate::metrics::{self, SessionMetrics};
-use crate::protocol::frame::peek_header;
+use crate::protocol::frame::{peek_header, BodyReader};
 use crate::protocol::messages::{self, body, btag, SqlError};
 use crate::protocol::responses::{rewrite_command_complete, Action, ResponseQueue};
 use crate::protocol::startup::CancelKey;
@@ -52,12 +56,18 @@ pub struct Backend<'s> {
     last_was_error: bool,
     stream_left: usize,
     stream_drop: bool,
+    /// Index of the upstream host this session is connected to (in `ctx.upstream`'s list).
+    upstream_host: usize,
+    /// The session's server was refused at startup (see the module docs): the session ends.
+    refused: bool,
 }
 
 enum Step {
     Forward,
     Drop,
     Replace(Bytes),
+    /// The error goes to the client instead, and the session ends.
+    Refuse(SqlError),
 }
 
 impl<'s> Backend<'s> {
@@ -78,7 +88,15 @@ impl<'s> Backend<'s> {
             last_was_error: false,
             stream_left: 0,
             stream_drop: false,
+            upstream_host: 0,
+            refused: false,
         }
+    }
+
+    /// The upstream host the session connected to (its index in `ctx.upstream`).
+    pub fn with_upstream_host(mut self, index: usize) -> Self {
+        self.upstream_host = index;
+        self
     }
 
     pub async fn run(mut self, mut upstream: ReadHalf, client: &mut WriteHalf) -> BackendEnd {
@@ -120,6 +138,9 @@ impl<'s> Backend<'s> {
             }
             if write_chunks(client, &mut out).await.is_err() {
                 return BackendEnd::ClientGone;
+            }
+            if self.refused {
+                return BackendEnd::UpstreamClosed;
             }
             if self.shutting_down && self.is_idle() {
                 let err = SqlError::fatal("57P01", "terminating connection because the proxy is shutting down");
@@ -213,6 +234,14 @@ impl<'s> Backend<'s> {
             };
             match step {
                 Step::Forward => run += total,
+                Step::Refuse(err) => {
+                    flush_run(buf, &mut run, out);
+                    buf.clear();
+                    metrics::count_error(&err.code);
+                    out.push(messages::error_response(&err));
+                    self.refused = true;
+                    return Ok(());
+                }
                 Step::Drop | Step::Replace(_) => {
                     flush_run(buf, &mut run, out);
                     buf.advance(total);
@@ -307,6 +336,7 @@ impl<'s> Backend<'s> {
                 self.registration = Some(registration);
                 Step::Replace(messages::encode_backend_key(pid, client_secret))
             }
+            btag::PARAMETER_STATUS => self.on_parameter_status(frame),
             btag::READY_FOR_QUERY => {
                 let status = frame.get(5).copied().unwrap_or(b'I');
                 self.shared.tx_status.store(status, Ordering::Relaxed);
@@ -315,6 +345,22 @@ impl<'s> Backend<'s> {
             }
             _ => Step::Forward,
         }
+    }
+}
+
+impl Backend<'_> {
+    /// Judges `in_hot_standby` against the URL's target_session_attrs.
+    fn on_parameter_status(&mut self, frame: &[u8]) -> Step {
+        let mut fields = BodyReader::new(body(frame));
+        let (Some(name), Some(value)) = (fields.cstr(), fields.cstr()) else { return Step::Forward };
+        let (name, value) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value));
+        let topology = &self.ctx.upstream.topology;
+        let Some(reason) = topology.attrs().refuses_parameter(&name, &value) else { return Step::Forward };
+        let host = self.ctx.upstream.host(self.upstream_host);
+        tracing::warn!(host = %host.describe(), %reason, "session refused: its upstream server cannot serve target_session_attrs");
+        topology.lost(self.upstream_host);
+        let message = format!("{} (target_session_attrs={})", host.failed(reason), topology.attrs().as_str());
+        Step::Refuse(SqlError::fatal("08001", message))
     }
 }
 

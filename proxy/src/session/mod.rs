@@ -53,8 +53,8 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
         }
     };
 
-    let mut upstream = match upstream::connect(&ctx.upstream).await {
-        Ok(s) => s,
+    let (mut upstream, upstream_host) = match upstream::connect_session(&ctx.upstream).await {
+        Ok(connected) => connected,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "upstream connection failed");
             send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
@@ -65,12 +65,14 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     let info =
         SessionInfo { client_addr: peer, parameters: startup.parameters.clone(), backend_pid: 0, tls: client.is_tls() };
     if upstream.write_all(&startup.raw).await.is_err() || upstream.flush().await.is_err() {
-        let err =
-            SqlError::fatal("08006", format!("connection to upstream server at {} lost", ctx.upstream.describe()));
+        let err = SqlError::fatal(
+            "08006",
+            format!("connection to upstream server at {} lost", ctx.upstream.host(upstream_host).describe()),
+        );
         send_error(&mut client, &err).await;
         return;
     }
-    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream).await {
+    if let Err(e) = upstream::await_startup_answer(&upstream, &ctx.upstream, upstream_host).await {
         tracing::warn!(%peer, error = %e, "upstream did not answer the startup");
         send_error(&mut client, &SqlError::fatal("08001", e.to_string())).await;
         return;
@@ -83,7 +85,9 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     let session_metrics = SessionMetrics::new();
     let ended = {
         let front = Frontend::new(&shared, &ctx, &session_metrics, info).run(client_read, &mut up_write);
-        let back = Backend::new(&shared, &ctx, &session_metrics, shutdown).run(up_read, &mut client_write);
+        let back = Backend::new(&shared, &ctx, &session_metrics, shutdown)
+            .with_upstream_host(upstream_host)
+            .run(up_read, &mut client_write);
         tokio::pin!(front, back);
         tokio::select! {
             end = &mut front => match end {

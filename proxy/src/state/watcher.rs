@@ -282,9 +282,13 @@ impl Inner {
 }
 
 /// A connect timeout of `limit` unless the URL sets one: a stalled connect must not hold the watcher.
+/// tokio-postgres applies it to each host in turn, so with several hosts each gets its share (at least a
+/// second): after a failover whose old primary's host is gone without a word (no RST), the next host is
+/// still tried within the bound the watcher puts on a whole reconnect.
 fn with_connect_timeout(mut pg: PgTarget, limit: Duration) -> PgTarget {
     if pg.config().get_connect_timeout().is_none() {
-        pg.config_mut().connect_timeout(limit);
+        let hosts = pg.config().get_hosts().len().max(1) as u32;
+        pg.config_mut().connect_timeout((limit / hosts).max(Duration::from_secs(1)));
     }
     pg
 }
@@ -349,6 +353,8 @@ async fn open_listener(pg: &PgTarget) -> Result<(Client, mpsc::UnboundedReceiver
 
 async fn watch_loop(inner: Weak<Inner>, pg: PgTarget, options: StateOptions) {
     let mut backoff = options.reconnect_min;
+    // Every connection after the first is a reconnect (logged with the server it reached).
+    let mut reconnecting = false;
     loop {
         if inner.strong_count() == 0 {
             return;
@@ -358,6 +364,10 @@ async fn watch_loop(inner: Weak<Inner>, pg: PgTarget, options: StateOptions) {
             .unwrap_or_else(|_| Err(StateError::Corrupt(format!("no answer within {:?}", options.max_age))));
         match opened {
             Ok((client, notifications)) => {
+                if reconnecting {
+                    log_reconnected(&client, options.max_age).await;
+                }
+                reconnecting = true;
                 backoff = options.reconnect_min;
                 if !listen(&inner, &client, notifications, &options).await {
                     return;
@@ -372,6 +382,15 @@ async fn watch_loop(inner: Weak<Inner>, pg: PgTarget, options: StateOptions) {
                 backoff = (backoff * 2).min(options.reconnect_max);
             }
         }
+    }
+}
+
+/// Names the server the listener reached again: with several hosts, the one the watcher follows now
+/// (after a failover, the new primary).
+async fn log_reconnected(client: &Client, limit: Duration) {
+    let sql = "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'a local socket')";
+    if let Ok(Ok(row)) = tokio::time::timeout(limit, client.query_one(sql, &[])).await {
+        tracing::info!(server = %row.get::<_, String>(0), "dualwrite state listener reconnected");
     }
 }
 

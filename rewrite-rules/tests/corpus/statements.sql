@@ -248,6 +248,8 @@ write  | UPDATE orders SET amount = $1 WHERE shop_id = $2 AND id = $3
 write  | UPDATE orders SET attributes = attributes || $1 WHERE shop_id = $2
 write  | DELETE FROM orders WHERE shop_id = $1
 reject key_changing_update | UPDATE users SET id = $1 WHERE id = $2
+write  | COPY users (id, first_name, last_name, email) FROM STDIN
+write  | COPY orders FROM STDIN WITH (FORMAT binary)
 
 @ complete v2 v2
 read   | SELECT id, first_name, last_name, email FROM users WHERE id = $1
@@ -256,6 +258,7 @@ write  | UPDATE users SET email = $1 WHERE id = $2
 write  | DELETE FROM users WHERE id = $1
 write  | UPDATE orders SET amount = $1 WHERE shop_id = $2 AND id = $3
 write  | TRUNCATE users
+write  | COPY users FROM STDIN
 
 @ complete v1 v2
 read   | SELECT id, name, email FROM users WHERE id = $1
@@ -263,6 +266,7 @@ reject retired_version_write | INSERT INTO users (name, email) VALUES ($1, $2)
 reject retired_version_write | UPDATE users SET name = $1 WHERE id = $2
 reject retired_version_write | DELETE FROM users WHERE id = $1
 reject retired_version_write | TRUNCATE users
+reject retired_version_write | COPY users (name, email) FROM STDIN
 
 -- ===================== Hand-written SQL =====================
 @ dual_write v1 v1
@@ -327,8 +331,10 @@ reject key_changing_update | UPDATE users SET id = id + 1
 reject key_changing_update | UPDATE users SET (id, name) = (2, 'x y') WHERE id = 1
 reject key_changing_update | INSERT INTO users (id, name) VALUES (1, 'a b') ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id + 1000
 reject merge | MERGE INTO users u USING staging s ON u.id = s.id WHEN MATCHED THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)
-reject copy_from | COPY users FROM STDIN
+write  | COPY users FROM STDIN
+write  | COPY users (name, email) FROM STDIN WITH (FORMAT csv, HEADER true)
 reject copy_from | COPY users (id, name) FROM '/tmp/users.csv' WITH (FORMAT csv)
+reject copy_from | COPY users FROM PROGRAM 'cat /tmp/users.csv'
 reject ddl | ALTER TABLE users ADD COLUMN age int
 reject ddl | ALTER TABLE users RENAME COLUMN name TO full_name
 reject ddl | ALTER TABLE public.users DROP COLUMN email

@@ -35,7 +35,7 @@ pub const ALL_CHECKS: &[&str] = &[
     "show_version",
     "copy_in",
     "copy_out",
-    "copy_into_migrated_rejected",
+    "copy_into_migrated",
     "cancel",
 ];
 

@@ -364,7 +364,9 @@ impl ResponseQueue {
                 Action::Forward
             }
             _ => {
-                if matches!(tag, btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED) {
+                if matches!(tag, btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED)
+                    && !self.head_transform().is_some_and(|t| t.hidden)
+                {
                     self.event(SessionEvent::Completed);
                 }
                 self.on_result_message(tag)
@@ -418,10 +420,17 @@ impl ResponseQueue {
 
     fn on_result_message(&mut self, tag: u8) -> Action {
         let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
+        let hidden = self.head_transform().is_some_and(|t| t.hidden);
         let Some(head) = self.entries.front() else { return Action::Forward };
         match head {
             Expect::SimpleQuery { .. } => match tag {
-                btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress => Action::Drop,
+                btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress || hidden => Action::Drop,
+                btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE if hidden => {
+                    // A hidden statement that dual-writes still makes the request's latency a dual write's.
+                    self.note_dual_write();
+                    self.statement += 1;
+                    Action::Drop
+                }
                 btag::COMMAND_COMPLETE => {
                     let action = self.tag_action();
                     self.statement += 1;
@@ -471,12 +480,17 @@ impl ResponseQueue {
 
     /// The action for a CommandComplete of the head statement; notes a dual write for the request's latency.
     fn tag_action(&mut self) -> Action {
-        if let Some(sink) = self.head_transform().and_then(|t| t.dual_write.clone()) {
-            self.dual_write = Some(sink);
-        }
+        self.note_dual_write();
         match self.head_transform().and_then(|t| t.command_tag.clone()) {
             Some(tag) => Action::RewriteTag(tag),
             None => Action::Forward,
+        }
+    }
+
+    /// The head statement completed: if it dual-writes, its sink records the request's latency.
+    fn note_dual_write(&mut self) {
+        if let Some(sink) = self.head_transform().and_then(|t| t.dual_write.clone()) {
+            self.dual_write = Some(sink);
         }
     }
 

@@ -284,3 +284,54 @@ fn a_dual_writing_request_hands_its_sink_to_ready_and_the_next_request_does_not(
     feed(&mut q, b"TDC");
     assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: None }));
 }
+
+/// COPY FROM STDIN into a migrated table: staging CREATE, the client's COPY, the dual-write INSERT and the
+/// DROP in one simple Query. The client sees CopyInResponse, the INSERT's `SELECT n` as `COPY n` and
+/// ReadyForQuery only, and the session events count one statement.
+fn copy_expansion(sink: &LatencySink) -> Arc<[ResponseTransform]> {
+    let hidden = ResponseTransform { suppress_rows: true, describe_no_data: true, hidden: true, ..Default::default() };
+    let insert = ResponseTransform {
+        command_tag: Some(CommandTag::Copy),
+        suppress_rows: true,
+        describe_no_data: true,
+        dual_write: Some(sink.clone()),
+        ..Default::default()
+    };
+    vec![hidden.clone(), hidden.clone(), insert, hidden].into()
+}
+
+#[test]
+fn the_statements_around_a_copy_are_hidden_from_the_client_and_the_session_events() {
+    let sink = LatencySink::new(|_| {});
+    let mut q = ResponseQueue::new();
+    q.record_events();
+    q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
+    // CREATE TABLE AS (SELECT 0), CopyInResponse, COPY 2, the INSERT's empty rows and SELECT 2, DROP TABLE.
+    let actions = feed(&mut q, b"CGCTDDCC");
+    use Action::{Drop, Forward, RewriteTag};
+    assert_eq!(actions, vec![Drop, Forward, Drop, Drop, Drop, Drop, RewriteTag(CommandTag::Copy), Drop]);
+    assert_eq!(CommandTag::Copy.rewrite("SELECT 2"), "COPY 2");
+    assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: Some(s) } if s == sink));
+    let mut events = Vec::new();
+    q.take_events(&mut events);
+    assert_eq!(events, vec![SessionEvent::Completed]);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn an_error_in_a_copy_expansion_reaches_the_client_without_a_copy_tag() {
+    let sink = LatencySink::new(|_| {});
+    let mut q = ResponseQueue::new();
+    q.record_events();
+    // Bad COPY data (or CopyFail): the server's error, then ReadyForQuery; nothing after it ran.
+    q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
+    assert_eq!(feed(&mut q, b"CGE"), vec![Action::Drop, Action::Forward, Action::Forward]);
+    assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: None }));
+    // The INSERT fails (a unique violation) after the COPY completed: the client sees only the error.
+    q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
+    assert_eq!(feed(&mut q, b"CGCE"), vec![Action::Drop, Action::Forward, Action::Drop, Action::Forward]);
+    assert!(is_ready(&q.on_message(b'Z')));
+    let mut events = Vec::new();
+    q.take_events(&mut events);
+    assert_eq!(events, vec![SessionEvent::Failed, SessionEvent::Failed]);
+}

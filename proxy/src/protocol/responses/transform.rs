@@ -1,5 +1,6 @@
 //! The transforms that make a rewritten statement's responses look like the client's original statement's:
-//! the command tag it would have completed with, its rows suppressed, NoData at Describe.
+//! the command tag it would have completed with, its rows suppressed, NoData at Describe, and the answers
+//! of statements the proxy added hidden.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub enum CommandTag {
     Merge,
     /// `SELECT n`
     Select,
+    /// `COPY n`
+    Copy,
     /// A fixed tag without a row count (`TRUNCATE TABLE`, `SET`).
     Fixed(String),
 }
@@ -36,6 +39,7 @@ impl CommandTag {
             CommandTag::Delete => format!("DELETE {rows}"),
             CommandTag::Merge => format!("MERGE {rows}"),
             CommandTag::Select => format!("SELECT {rows}"),
+            CommandTag::Copy => format!("COPY {rows}"),
             CommandTag::Fixed(tag) => tag.clone(),
         }
     }
@@ -50,6 +54,9 @@ pub struct ResponseTransform {
     pub suppress_rows: bool,
     /// Answer NoData where upstream answers a Describe with a RowDescription (implied by `suppress_rows`).
     pub describe_no_data: bool,
+    /// A statement the proxy added to a simple Query (COPY FROM STDIN's staging): its whole answer,
+    /// command tag included, is dropped and it is no statement of the client's (no session event).
+    pub hidden: bool,
     /// The statement dual-writes: the latency of the request it completes in (up to ReadyForQuery) is
     /// also recorded here.
     pub dual_write: Option<LatencySink>,
