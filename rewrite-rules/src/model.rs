@@ -464,7 +464,9 @@ impl RawMigration {
         }
         let table = match &self.table {
             TableSpec::One(text) => TableName::parse(text).map_err(|m| err("table", m))?,
-            TableSpec::Several(_) => return Err(err("table", MERGE_REFUSED.into())),
+            TableSpec::Several(tables) => {
+                return Err(err("table", format!("{MERGE_REFUSED} (given: {})", tables.join(", "))))
+            }
         };
         let (shadow, forward, split) = match (self.shadow, self.forward, self.targets.is_empty()) {
             (Some(shadow), Some(forward), true) => {
@@ -523,7 +525,7 @@ impl RawMigration {
 #[serde(untagged)]
 enum TableSpec {
     One(String),
-    Several(#[allow(dead_code)] Vec<String>),
+    Several(Vec<String>),
 }
 
 /// One `[[migration.targets]]` of a split.

@@ -104,9 +104,9 @@ pub(crate) fn routed_read(
     match (route.version, route.read_source) {
         (Side::Old, Side::Old) => None,
         // A split: the new shape is its targets joined on the key.
-        (Side::New, Side::New) if m.joined.is_some() => Some(TableFactor::Derived {
+        (Side::New, Side::New) if m.joined.is_some() => m.joined.as_ref().map(|joined| TableFactor::Derived {
             lateral: false,
-            subquery: Box::new(m.joined.clone().expect("checked")),
+            subquery: Box::new(joined.clone()),
             alias: Some(alias),
             sample: None,
         }),

@@ -84,7 +84,8 @@ pub(crate) fn check(m: &Migration) -> Result<(), (String, String)> {
             let Some((_, expr)) = t.forward.iter().find(|(c, _)| c == k) else {
                 return Err((field("forward"), format!("must map key column `{k}` (every target holds the key)")));
             };
-            let (_, first) = m.split[0].forward.iter().find(|(c, _)| c == k).expect("checked for target 1");
+            // The first target was checked first, so it maps `k`.
+            let first = m.split[0].forward.iter().find(|(c, _)| c == k).map(|(_, e)| e.as_str()).unwrap_or_default();
             if expr != first {
                 return Err((
                     field(&format!("forward.{k}")),
