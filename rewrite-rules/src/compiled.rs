@@ -1,6 +1,7 @@
 //! Rules compiled for rewriting: each migration's mappings parsed once into the AST pieces every rewrite
-//! clones (the shadow-sync upsert and delete, the derived-table views), and the text matcher behind the
-//! cheap "does this statement name a migrated table" check.
+//! clones (the sync upsert and delete of each table written from the other side's rows — every shadow of a
+//! split —, the derived-table views), and the text matcher behind the cheap "does this statement name a
+//! migrated table" check.
 //!
 //! The pieces are produced by parsing SQL generated from the rules alone (quoted identifiers and the
 //! already-parsed mapping expressions), never from client SQL; client statements are only ever edited as
@@ -30,7 +31,13 @@ pub(crate) struct Compiled {
 pub(crate) struct CompiledMigration {
     pub name: String,
     pub table: TableName,
+    /// The shadow table (a split's first target).
     pub shadow: TableName,
+    /// Every shadow table; more than one for a split (`split`), whose new shape no single table holds.
+    pub shadows: Vec<TableName>,
+    /// For a split: `SELECT <new-shape columns> FROM t1 JOIN t2 USING (key) ...`, the new shape read from
+    /// its targets; `None` with one shadow (read by name).
+    pub joined: Option<Query>,
     pub key: Vec<String>,
     /// Writes the shadow from old-shaped rows; presents the shadow's shape over the old table.
     pub forward: Direction,
@@ -49,26 +56,38 @@ impl CompiledMigration {
             Side::Old => &self.backward,
         }
     }
+
+    pub fn is_split(&self) -> bool {
+        self.shadows.len() > 1
+    }
 }
 
 /// One direction of a migration's mapping.
 pub(crate) struct Direction {
-    /// Name of the CTE that syncs the target table (`__dw_shadow` or `__dw_old`).
-    pub cte_name: &'static str,
-    /// Target columns, in mapping order.
+    /// Target columns (the whole shape produced), in mapping order.
     pub columns: Vec<String>,
     /// For each target column, the source columns its expression reads.
     pub deps: Vec<Vec<String>>,
     /// Source columns that feed a key column: assigning one of them changes a row's identity.
     pub key_sources: HashSet<String>,
+    /// One per table written in this direction: the old table backward; the shadow forward, or each
+    /// target of a split in file order.
+    pub syncs: Vec<TableSync>,
+    /// `SELECT exprs AS cols FROM source`: the target's shape presented over the source table (for a
+    /// split's backward direction, over its targets joined on the key).
+    pub view: Query,
+}
+
+/// The statements that sync one table from the rows the client's statement wrote.
+pub(crate) struct TableSync {
+    /// Name of the CTE that syncs it (`__dw_old`; `__dw_shadow`, then `__dw_shadow_2`, ... for a split).
+    pub cte_name: String,
     /// `INSERT INTO target (cols) SELECT exprs FROM __dw_primary ON CONFLICT (key) DO UPDATE SET ...`.
     pub upsert: Statement,
     /// Target column assigned by each `DO UPDATE SET` item of `upsert`, in order.
     pub upsert_assigned: Vec<String>,
     /// `DELETE FROM target AS __dw_t USING (SELECT key exprs FROM __dw_primary) AS __dw_k WHERE ...`.
     pub delete: Statement,
-    /// `SELECT exprs AS cols FROM source`: the target's shape presented over the source table.
-    pub view: Query,
 }
 
 impl Compiled {
@@ -99,24 +118,61 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
     // The tables the proxy writes and reads itself are named with their schema, so that what they mean
     // never depends on a session's search_path (an unqualified rules-file name is in `public`).
     let (table, shadow) = (m.table.qualified(), m.shadow.qualified());
-    let built = (|| -> Result<(Direction, Direction), String> {
-        let forward = compile_direction(m, &m.forward, &table, &shadow, "__dw_shadow")?;
-        let backward = compile_direction(m, &m.backward, &shadow, &table, "__dw_old")?;
-        Ok((forward, backward))
+    let targets = m.targets();
+    let shadows: Vec<TableName> = targets.iter().map(|t| t.table.qualified()).collect();
+    // The new shape's source: the shadow, or a split's targets joined on the key.
+    let key_cols = m.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let new_source =
+        shadows.iter().skip(1).fold(shadows[0].to_string(), |acc, t| format!("{acc} JOIN {t} USING ({key_cols})"));
+    let built = (|| -> Result<(Direction, Direction, Option<Query>), String> {
+        let forward_targets = targets
+            .iter()
+            .zip(&shadows)
+            .enumerate()
+            .map(|(i, (t, table))| {
+                let cte = if i == 0 { "__dw_shadow".to_string() } else { format!("__dw_shadow_{}", i + 1) };
+                let columns = t.forward.iter().map(|(c, _)| c.clone()).collect();
+                (table.clone(), columns, cte)
+            })
+            .collect::<Vec<_>>();
+        let forward = compile_direction(m, &m.forward, &table.to_string(), &forward_targets)?;
+        let old_target = (table.clone(), m.old_columns().map(str::to_string).collect(), "__dw_old".to_string());
+        let backward = compile_direction(m, &m.backward, &new_source, &[old_target])?;
+        let joined = if shadows.len() > 1 {
+            let columns = m.shadow_columns().map(quote_ident).collect::<Vec<_>>().join(", ");
+            match parse_statement(&format!("SELECT {columns} FROM {new_source}"))? {
+                Statement::Query(q) => Some(*q),
+                _ => return Err("joined view did not parse as a query".into()),
+            }
+        } else {
+            None
+        };
+        Ok((forward, backward, joined))
     })();
-    let (forward, backward, broken) = match built {
-        Ok((f, b)) => (f, b, None),
-        Err(e) => (Direction::placeholder(), Direction::placeholder(), Some(e)),
+    let (forward, backward, joined, broken) = match built {
+        Ok((f, b, j)) => (f, b, j, None),
+        Err(e) => (Direction::placeholder(), Direction::placeholder(), None, Some(e)),
     };
-    CompiledMigration { name: m.name.clone(), table, shadow, key: m.key.clone(), forward, backward, broken }
+    CompiledMigration {
+        name: m.name.clone(),
+        table,
+        shadow,
+        shadows,
+        joined,
+        key: m.key.clone(),
+        forward,
+        backward,
+        broken,
+    }
 }
 
+/// Compiles one direction: `mapping` (the whole target shape) read from `source` (SQL of a FROM item),
+/// written into each of `targets` (table, the columns of `mapping` it holds, its sync CTE's name).
 fn compile_direction(
     m: &Migration,
     mapping: &[(String, String)],
-    source: &TableName,
-    target: &TableName,
-    cte_name: &'static str,
+    source: &str,
+    targets: &[(TableName, Vec<String>, String)],
 ) -> Result<Direction, String> {
     let mut columns = Vec::new();
     let mut exprs: Vec<Expr> = Vec::new();
@@ -133,11 +189,47 @@ fn compile_direction(
         exprs.push(expr);
         deps.push(used);
     }
-    let quoted_cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
-    let expr_list = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+    let mut syncs = Vec::with_capacity(targets.len());
+    for (target, held, cte_name) in targets {
+        let indices = held
+            .iter()
+            .map(|c| columns.iter().position(|x| x == c).ok_or_else(|| format!("column `{c}` is not mapped")))
+            .collect::<Result<Vec<usize>, String>>()?;
+        syncs.push(compile_sync(m, target, &columns, &exprs, &indices, cte_name)?);
+    }
 
-    let upsert_assigned: Vec<String> = columns.iter().filter(|c| !m.key.contains(c)).cloned().collect();
+    let view_items = columns
+        .iter()
+        .zip(&exprs)
+        .map(|(c, e)| match e {
+            Expr::Identifier(id) if crate::names::normalize_ident(id) == *c => quote_ident(c),
+            _ => format!("{e} AS {}", quote_ident(c)),
+        })
+        .collect::<Vec<_>>();
+    let view = match parse_statement(&format!("SELECT {} FROM {source}", view_items.join(", ")))? {
+        Statement::Query(q) => *q,
+        _ => return Err("view did not parse as a query".into()),
+    };
+
+    Ok(Direction { columns, deps, key_sources, syncs, view })
+}
+
+/// The upsert and delete syncing `target`, which holds the columns at `indices` of the direction's
+/// `columns` (their expressions `exprs`), from the rows of `__dw_primary`.
+fn compile_sync(
+    m: &Migration,
+    target: &TableName,
+    columns: &[String],
+    exprs: &[Expr],
+    indices: &[usize],
+    cte_name: &str,
+) -> Result<TableSync, String> {
+    let quoted_cols: Vec<String> = indices.iter().map(|&i| quote_ident(&columns[i])).collect();
+    let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
+    let expr_list = indices.iter().map(|&i| exprs[i].to_string()).collect::<Vec<_>>().join(", ");
+
+    let upsert_assigned: Vec<String> =
+        indices.iter().map(|&i| columns[i].clone()).filter(|c| !m.key.contains(c)).collect();
     let action = if upsert_assigned.is_empty() {
         "DO NOTHING".to_string()
     } else {
@@ -168,33 +260,16 @@ fn compile_direction(
         key_exprs.join(", "),
         key_match.join(" AND "),
     ))?;
-
-    let view_items = columns
-        .iter()
-        .zip(&exprs)
-        .map(|(c, e)| match e {
-            Expr::Identifier(id) if crate::names::normalize_ident(id) == *c => quote_ident(c),
-            _ => format!("{e} AS {}", quote_ident(c)),
-        })
-        .collect::<Vec<_>>();
-    let view = match parse_statement(&format!("SELECT {} FROM {source}", view_items.join(", ")))? {
-        Statement::Query(q) => *q,
-        _ => return Err("view did not parse as a query".into()),
-    };
-
-    Ok(Direction { cte_name, columns, deps, key_sources, upsert, upsert_assigned, delete, view })
+    Ok(TableSync { cte_name: cte_name.to_string(), upsert, upsert_assigned, delete })
 }
 
 impl Direction {
     fn placeholder() -> Direction {
         Direction {
-            cte_name: "",
             columns: Vec::new(),
             deps: Vec::new(),
             key_sources: HashSet::new(),
-            upsert: Statement::Commit { chain: false, end: false, modifier: None },
-            upsert_assigned: Vec::new(),
-            delete: Statement::Commit { chain: false, end: false, modifier: None },
+            syncs: Vec::new(),
             view: template_query("SELECT 1"),
         }
     }
@@ -259,13 +334,13 @@ mod tests {
         let m = &c.migrations[0];
         assert!(m.broken.is_none());
         assert_eq!(
-            m.forward.upsert.to_string(),
+            m.forward.syncs[0].upsert.to_string(),
             "INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, split_part(name, ' ', 1), \
              split_part(name, ' ', 2), lower(email) FROM __dw_primary ON CONFLICT(id) DO UPDATE SET \
              first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = EXCLUDED.email"
         );
         assert_eq!(
-            m.backward.delete.to_string(),
+            m.backward.syncs[0].delete.to_string(),
             "DELETE FROM public.users AS __dw_t USING (SELECT id AS id FROM __dw_primary) AS __dw_k \
              WHERE __dw_t.id = __dw_k.id"
         );
@@ -273,7 +348,7 @@ mod tests {
             m.backward.view.to_string(),
             "SELECT id, first_name || ' ' || last_name AS name, email FROM public.users_v2"
         );
-        assert_eq!(m.forward.upsert_assigned, ["first_name", "last_name", "email"]);
+        assert_eq!(m.forward.syncs[0].upsert_assigned, ["first_name", "last_name", "email"]);
         let assigned: HashSet<String> = ["name".to_string()].into();
         let mut affected: Vec<_> = m.forward.affected_by(&assigned).into_iter().collect();
         affected.sort();

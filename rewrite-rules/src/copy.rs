@@ -25,7 +25,8 @@
 //! Only a simple Query can carry several statements: through the extended protocol the proxy refuses the
 //! plan ([`crate::Plan::extended_protocol_refusal`]). COPY FROM a server file or program, and a COPY whose
 //! Query string carries more lines after it (sqlparser reads them as inline COPY data, while the server
-//! reads them as statements) are refused. In `complete` a new-shaped COPY is renamed onto the shadow.
+//! reads them as statements) are refused. In `complete` a new-shaped COPY is renamed onto the shadow. A
+//! split's old-shaped COPY reaches every target through that INSERT; its new-shaped one is refused.
 
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, Ident, InsertOverriding, ObjectName, SelectItem, SetExpr, Statement, TableFactor,
@@ -94,6 +95,10 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         return Ok(outcome);
     }
     outcome.write = true;
+    if m.is_split() && (mr.version == Side::New || mr.phase == Phase::Complete) {
+        // As every write of a split's new shape (see `writes`).
+        return Err(Rejection::new(&m.name, index, RejectReason::SplitNewShapeWrite, "COPY FROM"));
+    }
     match (mr.phase, mr.version) {
         (Phase::Complete, Side::New) => {
             *table_name = m.shadow.to_object_name();

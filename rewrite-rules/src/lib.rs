@@ -29,6 +29,7 @@ mod reads;
 mod rewriter;
 pub mod route;
 mod shadow;
+pub mod split;
 mod statement;
 mod writes;
 
@@ -39,3 +40,4 @@ pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransfor
 pub use rewriter::Rewriter;
 pub use route::{MigrationRoute, Route, Side};
 pub use shadow::ShadowRead;
+pub use split::{SplitTarget, TargetRef, MERGE_REFUSED};

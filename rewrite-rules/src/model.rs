@@ -13,6 +13,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use crate::names::{normalize_ident, TableName};
+use crate::split::{self, SplitTarget, MERGE_REFUSED};
 
 /// All migrations of one rules file, in file order. Indexes into `migrations` are the migration ids used by
 /// [`crate::Route`] and [`crate::Plan`].
@@ -32,13 +33,17 @@ pub struct Migration {
     pub database: Option<String>,
     /// The old table; its name is also the logical name that sessions of both versions write.
     pub table: TableName,
+    /// The shadow table; for a split, the first target's table (see `split`).
     pub shadow: TableName,
     /// Key columns, named the same in both tables.
     pub key: Vec<String>,
     pub versions: Versions,
     /// Shadow column -> SQL expression over old columns, in file order (which should be the shadow's column
-    /// order: a v2 session's `SELECT *` on a derived table lists columns in this order).
+    /// order: a v2 session's `SELECT *` on a derived table lists columns in this order). For a split, the
+    /// whole new shape: the targets' mappings, key first (`split::merged_forward`).
     pub forward: Vec<(String, String)>,
+    /// The shadow tables of a split (`[[migration.targets]]`), at least two; empty for one `shadow`.
+    pub split: Vec<SplitTarget>,
     /// Old column -> SQL expression over shadow columns, in file order (the old table's column order).
     pub backward: Vec<(String, String)>,
     /// The phase a migration starts in when the proxy first sees it: `dual_write` unless the file says `off`.
@@ -239,8 +244,10 @@ impl RuleSet {
                 return Err(err(m, "name", "another migration has the same name".into()));
             }
             for other in migrations[..i].iter().filter(|o| o.database == m.database) {
-                for (field, mine) in [("table", &m.table), ("shadow", &m.shadow)] {
-                    for theirs in [&other.table, &other.shadow] {
+                let mine_all =
+                    std::iter::once(("table", &m.table)).chain(m.shadow_tables().into_iter().map(|t| ("shadow", t)));
+                for (field, mine) in mine_all {
+                    for theirs in std::iter::once(&other.table).chain(other.shadow_tables()) {
                         if tables_may_clash(mine, theirs) {
                             return Err(err(
                                 m,
@@ -293,6 +300,9 @@ impl Migration {
         }
         if tables_may_clash(&self.table, &self.shadow) {
             return Err(err("shadow", "must differ from `table`".into()));
+        }
+        if self.is_split() {
+            split::check(self).map_err(|(field, message)| err(&field, message))?;
         }
         if self.versions.old.is_empty() || self.versions.new.is_empty() {
             return Err(err("versions", "`old` and `new` must be non-empty".into()));
@@ -414,11 +424,18 @@ struct RawMigration {
     name: String,
     #[serde(default)]
     database: Option<String>,
-    table: String,
-    shadow: String,
+    table: TableSpec,
+    #[serde(default)]
+    shadow: Option<String>,
     key: Vec<String>,
     versions: Versions,
-    forward: OrderedMap,
+    #[serde(default)]
+    forward: Option<OrderedMap>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    /// Another spelling of a merge (several old tables), refused with `MERGE_REFUSED`.
+    #[serde(default)]
+    sources: Option<serde::de::IgnoredAny>,
     backward: OrderedMap,
     #[serde(default, alias = "phase")]
     initial_phase: Option<String>,
@@ -442,8 +459,38 @@ impl RawMigration {
         if self.name.is_empty() {
             return Err(err("name", "must not be empty".into()));
         }
-        let table = TableName::parse(&self.table).map_err(|m| err("table", m))?;
-        let shadow = TableName::parse(&self.shadow).map_err(|m| err("shadow", m))?;
+        if self.sources.is_some() {
+            return Err(err("sources", MERGE_REFUSED.into()));
+        }
+        let table = match &self.table {
+            TableSpec::One(text) => TableName::parse(text).map_err(|m| err("table", m))?,
+            TableSpec::Several(tables) => {
+                return Err(err("table", format!("{MERGE_REFUSED} (given: {})", tables.join(", "))))
+            }
+        };
+        let (shadow, forward, split) = match (self.shadow, self.forward, self.targets.is_empty()) {
+            (Some(shadow), Some(forward), true) => {
+                (TableName::parse(&shadow).map_err(|m| err("shadow", m))?, forward.0, Vec::new())
+            }
+            (None, None, false) => {
+                let mut targets = Vec::with_capacity(self.targets.len());
+                for (i, t) in self.targets.into_iter().enumerate() {
+                    let table = TableName::parse(&t.table).map_err(|m| err(&format!("targets[{}].table", i + 1), m))?;
+                    targets.push(SplitTarget { table, forward: t.forward.0 });
+                }
+                (targets[0].table.clone(), split::merged_forward(&self.key, &targets), targets)
+            }
+            (_, _, false) => {
+                return Err(err(
+                    "targets",
+                    "a split ([[migration.targets]]) names its tables and mappings per target: drop `shadow` \
+                     and [migration.forward]"
+                        .into(),
+                ))
+            }
+            (None, _, true) => return Err(err("shadow", "missing (or give [[migration.targets]] to split)".into())),
+            (Some(_), None, true) => return Err(err("forward", "missing".into())),
+        };
         let initial_phase = match self.initial_phase.as_deref() {
             None => Phase::DualWrite,
             Some(text) => match text.parse::<Phase>().map_err(|m| err("initial_phase", m))? {
@@ -462,7 +509,8 @@ impl RawMigration {
             shadow,
             key: self.key,
             versions: self.versions,
-            forward: self.forward.0,
+            forward,
+            split,
             backward: self.backward.0,
             initial_phase,
             shadow_read_sample,
@@ -470,6 +518,22 @@ impl RawMigration {
             on_bypass: self.on_bypass,
         })
     }
+}
+
+/// `table`: one old table, or (a merge, refused with `MERGE_REFUSED`) several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TableSpec {
+    One(String),
+    Several(Vec<String>),
+}
+
+/// One `[[migration.targets]]` of a split.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    table: String,
+    forward: OrderedMap,
 }
 
 /// A TOML table of `column = "expression"` kept in document order.

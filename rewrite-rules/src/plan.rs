@@ -171,6 +171,9 @@ pub enum RejectReason {
     UnsupportedReturning,
     /// A write in the old shape after `complete`: the old table is retired and the shadow cannot take it.
     RetiredVersionWrite,
+    /// A write in the new shape of a split migration (several shadow tables), whose new shape no single
+    /// table holds: only old-shaped writes are dual-written into every target.
+    SplitNewShapeWrite,
     /// Another write form the rewriter cannot make safe (described in the message).
     UnsupportedWrite,
     /// The migration's rules could not be compiled (a rule set built in code without validation).
@@ -192,6 +195,7 @@ impl RejectReason {
             RejectReason::DataModifyingCte => "data_modifying_cte",
             RejectReason::UnsupportedReturning => "unsupported_returning",
             RejectReason::RetiredVersionWrite => "retired_version_write",
+            RejectReason::SplitNewShapeWrite => "split_new_shape_write",
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
             RejectReason::UnresolvedName => "unresolved_name",
@@ -215,6 +219,10 @@ impl RejectReason {
             }
             RejectReason::RetiredVersionWrite => {
                 "the migration is complete, so writes in the old version's shape are no longer accepted"
+            }
+            RejectReason::SplitNewShapeWrite => {
+                "the migration splits the table into several shadow tables, so writes in the new version's shape \
+                 are not supported; write in the old version's shape, which keeps every shadow in sync"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

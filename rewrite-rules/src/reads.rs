@@ -103,6 +103,13 @@ pub(crate) fn routed_read(
     let alias = alias.cloned().unwrap_or_else(|| alias_of(exposed_name(object, None)));
     match (route.version, route.read_source) {
         (Side::Old, Side::Old) => None,
+        // A split: the new shape is its targets joined on the key.
+        (Side::New, Side::New) if m.joined.is_some() => m.joined.as_ref().map(|joined| TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(joined.clone()),
+            alias: Some(alias),
+            sample: None,
+        }),
         (Side::New, Side::New) => Some(TableFactor::Table {
             name: m.shadow.to_object_name(),
             alias: Some(alias),

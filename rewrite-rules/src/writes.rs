@@ -17,6 +17,11 @@
 //! so values that exist only on the other side (e.g. a shadow-only edit under a lossy mapping) are not
 //! overwritten by an unrelated change. In `complete` only the shadow is written: a new-shaped statement is
 //! renamed onto it; an old-shaped one is refused, since writing the retired table alone would lose it.
+//!
+//! A split (several shadow tables, `crate::split`) gets one sync CTE per target (`__dw_shadow`,
+//! `__dw_shadow_2`, ...), all in the one statement. Its new shape lives in no single table, so a write in
+//! the new shape (a new-version session, or any write after `complete`) is refused
+//! (`split_new_shape_write`); old-shaped writes keep every target in sync in `dual_write` and `cutover`.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
@@ -28,7 +33,7 @@ use sqlparser::ast::{
     TableObject, TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
 };
 
-use crate::compiled::{template_query, Compiled, CompiledMigration, Direction};
+use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
 use crate::model::Phase;
 use crate::names::normalize_ident;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
@@ -109,6 +114,10 @@ pub(crate) fn rewrite_dml(
         return Err(Rejection::new(&m.name, index, RejectReason::InvalidRules, why));
     }
     let exposed = exposed_name(&object, alias.as_ref());
+    if m.is_split() && (mr.version == Side::New || mr.phase == Phase::Complete) {
+        let detail = if mr.phase == Phase::Complete { "the migration is complete" } else { "a new-version session" };
+        return Err(Rejection::new(&m.name, index, RejectReason::SplitNewShapeWrite, detail));
+    }
 
     if mr.phase == Phase::Complete {
         if mr.version == Side::Old {
@@ -135,7 +144,7 @@ pub(crate) fn rewrite_dml(
         )),
         None => Ok(()),
     };
-    let sync_statement = match kind {
+    let sync_statements: Vec<(&TableSync, Statement)> = match kind {
         Kind::Insert => {
             // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
             if let Statement::Insert(insert) = &dml {
@@ -145,14 +154,14 @@ pub(crate) fn rewrite_dml(
                     }
                 }
             }
-            sync.upsert.clone()
+            sync.syncs.iter().map(|s| (s, s.upsert.clone())).collect()
         }
-        Kind::Delete => sync.delete.clone(),
+        Kind::Delete => sync.syncs.iter().map(|s| (s, s.delete.clone())).collect(),
         Kind::Update => {
             let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
             let assigned = assigned_columns(&update.assignments);
             key_change(&assigned)?;
-            partial_upsert(sync, &assigned)
+            sync.syncs.iter().map(|s| (s, partial_upsert(sync, s, &assigned))).collect()
         }
     };
     if mr.version == Side::New {
@@ -175,7 +184,7 @@ pub(crate) fn rewrite_dml(
         )],
     );
     let rows = if client_returning.is_some() { RowsDisposition::Keep } else { RowsDisposition::Suppress };
-    let query = wrap(shell, kind, dml, sync, sync_statement, client_returning.unwrap_or_default(), exposed);
+    let query = wrap(shell, kind, dml, sync_statements, client_returning.unwrap_or_default(), exposed);
     let tag = match kind {
         Kind::Insert => TagRewrite::Insert,
         Kind::Update => TagRewrite::Update,
@@ -208,15 +217,16 @@ pub(crate) fn rewrite_truncate(
         let m = &compiled.migrations[index];
         let mr = route.get(index);
         migrations.insert(index);
-        let shadow = TruncateTableTarget { name: m.shadow.to_object_name(), ..target.clone() };
+        let shadows: Vec<TruncateTableTarget> =
+            m.shadows.iter().map(|s| TruncateTableTarget { name: s.to_object_name(), ..target.clone() }).collect();
         match (mr.phase, mr.version) {
             (Phase::Complete, Side::Old) => {
                 return Err(Rejection::new(&m.name, index, RejectReason::RetiredVersionWrite, ""))
             }
-            (Phase::Complete, Side::New) => targets.push(shadow),
+            (Phase::Complete, Side::New) => targets.extend(shadows),
             _ => {
                 targets.push(target);
-                targets.push(shadow);
+                targets.extend(shadows);
             }
         }
     }
@@ -343,14 +353,14 @@ fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
         .collect()
 }
 
-/// The sync upsert re-deriving only the target columns whose mapping reads an assigned column.
-fn partial_upsert(sync: &Direction, assigned: &HashSet<String>) -> Statement {
+/// The sync upsert of `table` re-deriving only the target columns whose mapping reads an assigned column.
+fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &HashSet<String>) -> Statement {
     let affected = sync.affected_by(assigned);
-    let mut statement = sync.upsert.clone();
+    let mut statement = table.upsert.clone();
     if let Statement::Insert(insert) = &mut statement {
         if let Some(OnInsert::OnConflict(on_conflict)) = &mut insert.on {
             if let OnConflictAction::DoUpdate(update) = &mut on_conflict.action {
-                let mut columns = sync.upsert_assigned.iter();
+                let mut columns = table.upsert_assigned.iter();
                 update.assignments.retain(|_| columns.next().is_some_and(|c| affected.contains(c.as_str())));
                 if update.assignments.is_empty() {
                     on_conflict.action = OnConflictAction::DoNothing;
@@ -458,14 +468,13 @@ fn reassemble(shell: Option<Query>, kind: Kind, dml: Statement) -> Statement {
     }
 }
 
-/// `WITH <client CTEs>, __dw_primary AS (<dml>), <sync CTE> AS (<sync>) SELECT <returning> FROM
-/// __dw_primary AS <exposed>`.
+/// `WITH <client CTEs>, __dw_primary AS (<dml>), <sync CTE> AS (<sync>)[, <next sync CTE> ...] SELECT
+/// <returning> FROM __dw_primary AS <exposed>`.
 fn wrap(
     shell: Option<Query>,
     kind: Kind,
     dml: Statement,
-    sync: &Direction,
-    sync_statement: Statement,
+    syncs: Vec<(&TableSync, Statement)>,
     returning: Vec<SelectItem>,
     exposed: Ident,
 ) -> Query {
@@ -479,11 +488,16 @@ fn wrap(
         .clone();
     if let Some(with) = query.with.as_mut() {
         *with.cte_tables[0].query.body = dml_body(kind, dml);
-        with.cte_tables[1].alias.name = Ident::new(sync.cte_name);
-        *with.cte_tables[1].query.body = match sync_statement {
-            s @ Statement::Delete(_) => SetExpr::Delete(s),
-            s => SetExpr::Insert(s),
-        };
+        let template = with.cte_tables.pop().expect("the template has a sync CTE");
+        for (sync, statement) in syncs {
+            let mut cte = template.clone();
+            cte.alias.name = Ident::new(&sync.cte_name);
+            *cte.query.body = match statement {
+                s @ Statement::Delete(_) => SetExpr::Delete(s),
+                s => SetExpr::Insert(s),
+            };
+            with.cte_tables.push(cte);
+        }
         if let Some(client_with) = shell.and_then(|q| q.with) {
             with.recursive = client_with.recursive;
             let ours = std::mem::replace(&mut with.cte_tables, client_with.cte_tables);

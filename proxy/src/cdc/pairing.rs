@@ -9,17 +9,19 @@
 //! TRUNCATE of the other table. Sets, not counts: a statement run twice in one transaction writes both
 //! sides twice, and an upsert that found its row unchanged may write nothing on one side. Transactions
 //! marked by the proxy's own jobs (backfill batches and sweeps, repairs) write one table by design; their
-//! changes are attributed to the job, never called bypasses.
+//! changes are attributed to the job, never called bypasses. A split (several shadow tables) pairs the
+//! old table with each shadow: a change must be matched on every one of them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::transaction::{Key, Op, Source, Transaction};
 
-/// One migration as the watch sees it: the relation ids of its two tables.
+/// One migration as the watch sees it: the relation ids of its old table and of its shadow tables (one,
+/// or a split's targets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairedTables {
     pub old: u32,
-    pub shadow: u32,
+    pub shadows: Vec<u32>,
 }
 
 /// Which table of a migration a change hit.
@@ -106,12 +108,13 @@ impl Effects {
 pub fn pair(migrations: &[PairedTables], tx: &Transaction) -> Pairing {
     let mut result = Pairing::default();
     for (index, tables) in migrations.iter().enumerate() {
-        let mut sides = [Effects::default(), Effects::default()];
+        // sides[0]: the old table; sides[1..]: each shadow.
+        let mut sides: Vec<Effects> = (0..=tables.shadows.len()).map(|_| Effects::default()).collect();
         for change in &tx.changes {
             let side = if change.relation == tables.old {
                 &mut sides[0]
-            } else if change.relation == tables.shadow {
-                &mut sides[1]
+            } else if let Some(i) = tables.shadows.iter().position(|s| *s == change.relation) {
+                &mut sides[i + 1]
             } else {
                 continue;
             };
@@ -130,33 +133,48 @@ pub fn pair(migrations: &[PairedTables], tx: &Transaction) -> Pairing {
                 }
             }
         }
-        let [old, shadow] = sides;
+        let old = sides.remove(0);
+        let shadows = sides;
+        let shadow_changed: u64 = shadows.iter().map(|s| s.changed).sum();
         if let Some(source) = tx.source {
             let source = match source {
                 Source::Backfill => RowSource::Backfill,
                 Source::Repair => RowSource::Repair,
             };
-            count(&mut result, index, source, shadow.changed);
+            count(&mut result, index, source, shadow_changed);
             continue;
         }
         let mut unpaired_shadow = 0;
-        for (side, mine, theirs) in [(Side::Old, &old, &shadow), (Side::Shadow, &shadow, &old)] {
-            for entry in &mine.order {
-                if theirs.rows.contains_key(entry) {
-                    continue;
+        // An old change missing from any shadow is one candidate (reported once however many miss it).
+        let mut reported: std::collections::HashSet<(Class, Key)> = std::collections::HashSet::new();
+        let mut old_truncate_reported = false;
+        for shadow in &shadows {
+            for (side, mine, theirs) in [(Side::Old, &old, shadow), (Side::Shadow, shadow, &old)] {
+                for entry in &mine.order {
+                    if theirs.rows.contains_key(entry) {
+                        continue;
+                    }
+                    if side == Side::Shadow {
+                        unpaired_shadow += 1;
+                    } else if !reported.insert(entry.clone()) {
+                        continue;
+                    }
+                    let op = mine.rows[entry];
+                    result.candidates.push(Candidate { migration: index, side, op, key: Some(entry.1.clone()) });
                 }
-                if side == Side::Shadow {
-                    unpaired_shadow += 1;
+                if mine.truncated && !theirs.truncated {
+                    if side == Side::Old {
+                        if old_truncate_reported {
+                            continue;
+                        }
+                        old_truncate_reported = true;
+                    }
+                    result.candidates.push(Candidate { migration: index, side, op: Op::Truncate, key: None });
                 }
-                let op = mine.rows[entry];
-                result.candidates.push(Candidate { migration: index, side, op, key: Some(entry.1.clone()) });
-            }
-            if mine.truncated && !theirs.truncated {
-                result.candidates.push(Candidate { migration: index, side, op: Op::Truncate, key: None });
             }
         }
         count(&mut result, index, RowSource::Bypass, unpaired_shadow);
-        count(&mut result, index, RowSource::DualWrite, shadow.changed.saturating_sub(unpaired_shadow));
+        count(&mut result, index, RowSource::DualWrite, shadow_changed.saturating_sub(unpaired_shadow));
     }
     result
 }
@@ -177,7 +195,7 @@ mod tests {
     const OTHER: u32 = 12;
 
     fn tables() -> Vec<PairedTables> {
-        vec![PairedTables { old: OLD, shadow: SHADOW }]
+        vec![PairedTables { old: OLD, shadows: vec![SHADOW] }]
     }
 
     fn change(relation: u32, op: Op, key: &str) -> Change {
@@ -271,10 +289,32 @@ mod tests {
 
     #[test]
     fn migrations_are_paired_separately() {
-        let two = vec![PairedTables { old: OLD, shadow: SHADOW }, PairedTables { old: 20, shadow: 21 }];
+        let two = vec![PairedTables { old: OLD, shadows: vec![SHADOW] }, PairedTables { old: 20, shadows: vec![21] }];
         // A write to the first migration's old table does not pair with the second's shadow.
         let p = pair(&two, &tx(vec![change(OLD, Op::Insert, "1"), change(21, Op::Insert, "1")]));
         let got: Vec<_> = p.candidates.iter().map(|c| (c.migration, c.side)).collect();
         assert_eq!(got, vec![(0, Side::Old), (1, Side::Shadow)]);
+    }
+
+    #[test]
+    fn a_split_pairs_the_old_table_with_every_shadow() {
+        let split = vec![PairedTables { old: OLD, shadows: vec![SHADOW, OTHER] }];
+        // Written on the old table and both targets: paired, every shadow row counted as a dual write.
+        let both = pair(
+            &split,
+            &tx(vec![change(OLD, Op::Update, "1"), change(SHADOW, Op::Update, "1"), change(OTHER, Op::Insert, "1")]),
+        );
+        assert!(both.candidates.is_empty(), "{:?}", both.candidates);
+        assert_eq!(both.shadow_rows.get(&(0, RowSource::DualWrite)), Some(&2));
+        // One target missed: one candidate on the old side, reported once.
+        let missed = pair(&split, &tx(vec![change(OLD, Op::Delete, "2"), change(SHADOW, Op::Delete, "2")]));
+        assert_eq!(candidates(&missed), vec![(Side::Old, Op::Delete, Some("2".into()))]);
+        // Both targets missed: still one candidate for the key.
+        let none = pair(&split, &tx(vec![change(OLD, Op::Insert, "3")]));
+        assert_eq!(candidates(&none), vec![(Side::Old, Op::Insert, Some("3".into()))]);
+        // A write to the second target alone is a bypass of the shadow side.
+        let bypass = pair(&split, &tx(vec![change(OTHER, Op::Insert, "4")]));
+        assert_eq!(candidates(&bypass), vec![(Side::Shadow, Op::Insert, Some("4".into()))]);
+        assert_eq!(bypass.shadow_rows.get(&(0, RowSource::Bypass)), Some(&1));
     }
 }

@@ -168,7 +168,12 @@ impl Leader<'_> {
         }
         let tables: Vec<String> = migrations
             .iter()
-            .flat_map(|m| [m.mapping.old.object_name().to_string(), m.mapping.shadow.object_name().to_string()])
+            .flat_map(|m| {
+                std::iter::once(&m.mapping.old)
+                    .chain(m.mapping.targets.iter().map(|(t, _)| t))
+                    .map(|t| t.object_name().to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         if tables != self.tables {
             slot::sync_publication(client, &tables).await.context("cannot set up the publication")?;
@@ -184,10 +189,14 @@ impl Leader<'_> {
         let mut relations = Vec::new();
         for m in &migrations {
             let old = relation_oid(client, &m.mapping.old.object_name().to_string()).await?;
-            let shadow = relation_oid(client, &m.mapping.shadow.object_name().to_string()).await?;
             relations.push(WatchedRelation { oid: old, key: m.key.clone() });
-            relations.push(WatchedRelation { oid: shadow, key: m.key.clone() });
-            paired.push(PairedTables { old, shadow });
+            let mut shadows = Vec::with_capacity(m.mapping.targets.len());
+            for (table, _) in &m.mapping.targets {
+                let shadow = relation_oid(client, &table.object_name().to_string()).await?;
+                relations.push(WatchedRelation { oid: shadow, key: m.key.clone() });
+                shadows.push(shadow);
+            }
+            paired.push(PairedTables { old, shadows });
         }
         status::set_role(true, false);
         let mut stream = match Stream::start(&self.watch.target, &self.slot).await {

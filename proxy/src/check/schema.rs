@@ -18,6 +18,7 @@ pub struct Tally {
 }
 
 /// A column as the catalog describes it.
+#[derive(Clone)]
 struct Column {
     /// `format_type` spelling, valid SQL for a cast.
     sql_type: String,
@@ -89,22 +90,34 @@ pub async fn check_migration(
     sample: i64,
     out: &mut dyn Write,
 ) -> anyhow::Result<Tally> {
-    writeln!(out, "migration {}: {} -> {}", migration.name, migration.table, migration.shadow)?;
+    let targets = migration.targets();
+    let shadows = targets.iter().map(|t| t.table.to_string()).collect::<Vec<_>>().join(" + ");
+    writeln!(out, "migration {}: {} -> {shadows}", migration.name, migration.table)?;
     let mut report = Report::new(out);
     let old = find_table(client, &migration.table, &mut report).await?;
-    let new = find_table(client, &migration.shadow, &mut report).await?;
-    let (Some(old), Some(new)) = (old, new) else {
+    let mut news = Vec::with_capacity(targets.len());
+    for target in &targets {
+        news.push(find_table(client, target.table, &mut report).await?);
+    }
+    let (Some(old), Some(news)) = (old, news.into_iter().collect::<Option<Vec<Table>>>()) else {
         return Ok(report.tally);
     };
 
     let old_mapped_ok = check_columns(&old, migration.old_columns(), "backward", &mut report)?;
-    let new_mapped_ok = check_columns(&new, migration.shadow_columns(), "forward", &mut report)?;
-    for table in [&old, &new] {
+    let mut new_mapped_ok = true;
+    for (target, new) in targets.iter().zip(&news) {
+        new_mapped_ok &= check_columns(new, target.forward.iter().map(|(c, _)| c.as_str()), "forward", &mut report)?;
+    }
+    for table in std::iter::once(&old).chain(&news) {
         check_key(client, table, &migration.key, &mut report).await?;
     }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
-    let forward_ok =
-        new_mapped_ok && check_mappings(client, "forward", &migration.forward, &old, &new, &mut report).await?;
+    let mut forward_ok = new_mapped_ok;
+    for (target, new) in targets.iter().zip(&news) {
+        forward_ok = forward_ok && check_mappings(client, "forward", target.forward, &old, new, &mut report).await?;
+    }
+    // A split's backward mapping reads its targets joined on the key.
+    let new = joined(&news, &migration.key);
     let backward_ok =
         old_mapped_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
     if forward_ok && backward_ok && old_mapped_ok {
@@ -141,6 +154,30 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     }
     report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
     Ok(Some(Table { display, oid, columns, order }))
+}
+
+/// The shadow tables as one table to read from: the shadow, or a split's targets joined on the key.
+fn joined(tables: &[Table], key: &[String]) -> Table {
+    let keys = key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+    let mut all = Table {
+        display: tables[0].display.clone(),
+        oid: tables[0].oid,
+        columns: tables[0].columns.clone(),
+        order: tables[0].order.clone(),
+    };
+    for t in &tables[1..] {
+        all.display = format!("{} JOIN {} USING ({keys})", all.display, t.display);
+        for column in &t.order {
+            if !all.columns.contains_key(column) {
+                all.columns.insert(column.clone(), t.columns[column].clone());
+                all.order.push(column.clone());
+            }
+        }
+    }
+    if tables.len() > 1 {
+        all.display = format!("({})", all.display);
+    }
+    all
 }
 
 /// Every mapped column exists in `table`; columns the mapping leaves out are reported. Returns false when

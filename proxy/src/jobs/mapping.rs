@@ -2,7 +2,8 @@
 //! `shadow column = expression over old columns` (forward) and `old column = expression over shadow
 //! columns` (backward, with which a repair rewrites the old table once the shadow is the source of truth).
 //! Expressions are parsed with sqlparser and identifiers are kept as quoted AST idents, so the SQL built
-//! from them (see `sql`) never splices raw rule text.
+//! from them (see `sql`) never splices raw rule text. A split (several shadow tables) keeps its whole new
+//! shape in `forward` and lists which columns each target holds (`targets`).
 
 use dualwrite_rules::{Migration, RuleSet, TableName};
 use sqlparser::ast::{DataType, Expr, Ident, ObjectName, ObjectNamePart};
@@ -46,10 +47,13 @@ impl From<&TableName> for QualifiedName {
 pub struct TableMapping {
     pub migration: String,
     pub old: QualifiedName,
+    /// The shadow (a split's first target).
     pub shadow: QualifiedName,
     pub key: Vec<String>,
-    /// `(shadow column, SQL expression over the old table's columns)`, in rules order.
+    /// `(shadow column, SQL expression over the old table's columns)`, in rules order: the whole new shape.
     pub forward: Vec<(String, String)>,
+    /// Every shadow table and the columns of `forward` it holds (key included): one unless split.
+    pub targets: Vec<(QualifiedName, Vec<String>)>,
     /// `(old column, SQL expression over the shadow's columns)`, in rules order.
     pub backward: Vec<(String, String)>,
 }
@@ -62,6 +66,11 @@ impl From<&Migration> for TableMapping {
             shadow: (&migration.shadow).into(),
             key: migration.key.clone(),
             forward: migration.forward.clone(),
+            targets: migration
+                .targets()
+                .into_iter()
+                .map(|t| (t.table.into(), t.forward.iter().map(|(c, _)| c.clone()).collect()))
+                .collect(),
             backward: migration.backward.clone(),
         }
     }
@@ -116,6 +125,8 @@ pub struct CompiledMapping {
     /// Alias of the old table's rows, its bare name, so expressions qualified as `users.name` resolve.
     pub old_alias: Ident,
     pub key: Vec<Ident>,
+    /// Every shadow table (more than one for a split) and the indexes of `shadow_columns` it holds.
+    pub targets: Vec<(ObjectName, Vec<usize>)>,
     pub shadow_columns: Vec<Ident>,
     pub forward: Vec<Expr>,
     /// The shadow column types, to compare mapped values exactly as the shadow would store them.
@@ -157,12 +168,28 @@ impl CompiledMapping {
         if shadow_types.len() != forward.len() {
             return Err(bad("shadow column types do not match the forward mapping".into()));
         }
+        let mut targets = Vec::with_capacity(mapping.targets.len());
+        for (table, columns) in &mapping.targets {
+            let mut indexes = Vec::with_capacity(columns.len());
+            for column in columns {
+                let index = mapping.forward.iter().position(|(c, _)| c == column);
+                indexes.push(index.ok_or_else(|| bad(format!("target column {column:?} is not mapped")))?);
+            }
+            if mapping.key.iter().any(|k| !columns.contains(k)) {
+                return Err(bad(format!("shadow table {} does not hold every key column", table.object_name())));
+            }
+            targets.push((table.object_name(), indexes));
+        }
+        if targets.is_empty() {
+            return Err(bad("no shadow table".into()));
+        }
         Ok(CompiledMapping {
             migration: migration.to_string(),
             old: mapping.old.object_name(),
             shadow: mapping.shadow.object_name(),
             old_alias: quoted(&mapping.old.name),
             key: mapping.key.iter().map(|k| quoted(k)).collect(),
+            targets,
             shadow_columns: mapping.forward.iter().map(|(column, _)| quoted(column)).collect(),
             forward,
             shadow_types,
@@ -172,25 +199,39 @@ impl CompiledMapping {
         })
     }
 
-    /// Reads the shadow column types from the catalog and compiles the mapping.
+    /// True if the new shape is spread over several shadow tables.
+    pub fn is_split(&self) -> bool {
+        self.targets.len() > 1
+    }
+
+    /// Reads the shadow column types from the catalog (each column from the target holding it) and
+    /// compiles the mapping.
     pub async fn load(client: &Client, mapping: &TableMapping) -> JobResult<Self> {
-        let shadow = mapping.shadow.object_name().to_string();
-        let rows = client
-            .query(
-                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
-                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-                &[&shadow],
-            )
-            .await?;
-        let mut types = Vec::with_capacity(mapping.forward.len());
-        for (column, _) in &mapping.forward {
-            let found =
-                rows.iter().find(|row| row.get::<_, String>(0) == *column).ok_or_else(|| JobError::Mapping {
-                    migration: mapping.migration.clone(),
-                    reason: format!("shadow table {shadow} has no column {column:?}"),
-                })?;
-            types.push(parse_type(&mapping.migration, &found.get::<_, String>(1))?);
+        let mut types: Vec<Option<DataType>> = vec![None; mapping.forward.len()];
+        for (table, columns) in &mapping.targets {
+            let shadow = table.object_name().to_string();
+            let rows = client
+                .query(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                     WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                    &[&shadow],
+                )
+                .await?;
+            for column in columns {
+                let found =
+                    rows.iter().find(|row| row.get::<_, String>(0) == *column).ok_or_else(|| JobError::Mapping {
+                        migration: mapping.migration.clone(),
+                        reason: format!("shadow table {shadow} has no column {column:?}"),
+                    })?;
+                if let Some(i) = mapping.forward.iter().position(|(c, _)| c == column) {
+                    types[i] = Some(parse_type(&mapping.migration, &found.get::<_, String>(1))?);
+                }
+            }
         }
+        let types = types.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| JobError::Mapping {
+            migration: mapping.migration.clone(),
+            reason: "a forward column is held by no shadow table".into(),
+        })?;
         Self::compile(mapping, types)
     }
 }
@@ -206,6 +247,7 @@ mod tests {
             shadow: QualifiedName::new("public", "users_v2"),
             key: vec!["id".into()],
             forward: vec![("id".into(), "id".into()), ("first".into(), "split_part(name, ' ', 1)".into())],
+            targets: vec![(QualifiedName::new("public", "users_v2"), vec!["id".into(), "first".into()])],
             backward: vec![("id".into(), "id".into()), ("name".into(), "first".into())],
         }
     }

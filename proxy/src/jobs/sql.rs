@@ -6,6 +6,11 @@
 //! Key values travel as jsonb text (`{"id": 5}`) and are turned back into typed values with
 //! `jsonb_populate_record(NULL::<table>, $n::text::jsonb)`, which keeps the builders type-agnostic and
 //! still lets the planner use the primary key index for the row comparison.
+//!
+//! A split (several shadow tables) is read as its targets FULL JOINed on the key, each target filtered by
+//! the statement's key predicate before the join (so the key index still serves each), which shows a row
+//! missing from one target as a divergent row; it is written target by target, in data-modifying CTEs of
+//! the one statement.
 
 use std::fmt::Display;
 
@@ -94,6 +99,46 @@ impl CompiledMapping {
         }
     }
 
+    /// The shadow side's rows as a FROM item named `alias`, restricted to `predicate` (over key columns):
+    /// the shadow itself (the caller applies the predicate), or a split's targets, each filtered by the
+    /// predicate, FULL JOINed on the key and presenting the whole new shape.
+    fn shadow_from(&self, predicate: &str, alias: &Ident) -> String {
+        if !self.is_split() {
+            return format!("{} AS {alias}", self.shadow);
+        }
+        let keys = self.key_list(None);
+        let mut from = String::new();
+        for (i, (table, _)) in self.targets.iter().enumerate() {
+            let part = format!("(SELECT * FROM {table} WHERE {predicate}) AS {}", ident(&format!("__dw_t{}", i + 1)));
+            from = if i == 0 { part } else { format!("{from} FULL JOIN {part} USING ({keys})") };
+        }
+        format!("(SELECT {} FROM {from}) AS {alias}", list(&self.shadow_columns))
+    }
+
+    /// The columns a target holds and their forward expressions.
+    fn target_columns(&self, indexes: &[usize]) -> (Vec<&Ident>, Vec<&sqlparser::ast::Expr>) {
+        (
+            indexes.iter().map(|&i| &self.shadow_columns[i]).collect(),
+            indexes.iter().map(|&i| &self.forward[i]).collect(),
+        )
+    }
+
+    /// The targets but the first as data-modifying CTEs `__dw_w2 AS (<write(table, indexes)>), ...` and the
+    /// first one's statement: a write of every shadow table in one statement, whose row count is the first's.
+    fn every_target(&self, ctes: &[String], write: impl Fn(&ObjectName, &[usize]) -> String) -> String {
+        let mut with: Vec<String> = ctes.to_vec();
+        for (i, (table, indexes)) in self.targets.iter().enumerate().skip(1) {
+            with.push(format!("{} AS ({})", ident(&format!("__dw_w{}", i + 1)), write(table, indexes)));
+        }
+        let (first, indexes) = &self.targets[0];
+        let main = write(first, indexes);
+        if with.is_empty() {
+            main
+        } else {
+            format!("WITH {} {main}", list(with))
+        }
+    }
+
     fn range_predicate(&self, side: Side, bounds: Bounds) -> String {
         let table = self.table(side);
         let mut terms = vec!["true".to_string()];
@@ -130,7 +175,8 @@ impl CompiledMapping {
                 format!("SELECT {} FROM {} AS {} WHERE {predicate}", list(columns), self.old, self.old_alias)
             }
             Side::Shadow => {
-                format!("SELECT {} FROM {} WHERE {predicate}", list(&self.shadow_columns), self.shadow)
+                let from = self.shadow_from(predicate, &ident("__dw_r"));
+                format!("SELECT {} FROM {from} WHERE {predicate}", list(&self.shadow_columns))
             }
         }
     }
@@ -141,22 +187,37 @@ impl CompiledMapping {
     /// snapshot makes it fail with unique_violation; the batch is then redone `with_on_conflict`
     /// (`ON CONFLICT DO NOTHING`), which waits for and skips such keys. Why no old row needs a lock: see
     /// `backfill`. The row count is the number of rows inserted.
+    /// A split writes every target from one set of mapped rows (a CTE `__dw_rows` in the new shape); the
+    /// row count is the first target's.
     pub fn backfill_batch(&self, bounds: Bounds, with_on_conflict: bool) -> String {
         let s = ident("__dw_s");
         let join = joined(self.key.iter().map(|key| format!("{s}.{key} = {}.{key}", self.old_alias)), " AND ");
         let on_conflict =
             if with_on_conflict { format!("ON CONFLICT ({}) DO NOTHING", self.key_list(None)) } else { String::new() };
-        statement(format!(
-            "INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {old} AS {alias} WHERE {old_range} \
-             AND NOT EXISTS (SELECT 1 FROM {shadow} AS {s} WHERE {join} AND {shadow_range}) {on_conflict}",
+        let shadow_range = self.range_predicate(Side::Shadow, bounds);
+        let source = format!(
+            "FROM {old} AS {alias} WHERE {old_range} \
+             AND NOT EXISTS (SELECT 1 FROM {shadow} WHERE {join} AND {shadow_range})",
             old = self.old,
-            shadow = self.shadow,
-            columns = list(&self.shadow_columns),
-            exprs = list(&self.forward),
             alias = self.old_alias,
             old_range = self.range_predicate(Side::Old, bounds),
-            shadow_range = self.range_predicate(Side::Shadow, bounds),
-        ))
+            shadow = self.shadow_from(&shadow_range, &s),
+        );
+        if !self.is_split() {
+            return statement(format!(
+                "INSERT INTO {shadow} ({columns}) SELECT {exprs} {source} {on_conflict}",
+                shadow = self.shadow,
+                columns = list(&self.shadow_columns),
+                exprs = list(&self.forward),
+            ));
+        }
+        let rows = ident("__dw_rows");
+        let mapped = self.forward.iter().zip(&self.shadow_columns).map(|(e, c)| format!("{e} AS {c}"));
+        let rows_cte = format!("{rows} AS MATERIALIZED (SELECT {} {source})", list(mapped));
+        statement(self.every_target(&[rows_cte], |table, indexes| {
+            let (columns, _) = self.target_columns(indexes);
+            format!("INSERT INTO {table} ({0}) SELECT {0} FROM {rows} {on_conflict}", list(columns))
+        }))
     }
 
     /// (count, last key as jsonb text) of the old rows after key `$1` (or all of them): the exact remaining
@@ -176,14 +237,17 @@ impl CompiledMapping {
     /// The key `$1` rows after key `$2` (or from the start) on one side: a chunk boundary.
     pub fn boundary(&self, side: Side, has_lower: bool) -> String {
         let after = if has_lower {
-            format!("WHERE {} > {}", self.key_row(None), self.bound_row(self.table(side), 2))
+            format!("{} > {}", self.key_row(None), self.bound_row(self.table(side), 2))
         } else {
-            String::new()
+            "true".to_string()
+        };
+        let from = match side {
+            Side::Old => self.old.to_string(),
+            Side::Shadow => self.shadow_from(&after, &ident("__dw_r")),
         };
         statement(format!(
-            "SELECT {} FROM {} {after} ORDER BY {} OFFSET $1 LIMIT 1",
+            "SELECT {} FROM {from} WHERE {after} ORDER BY {} OFFSET $1 LIMIT 1",
             self.key_json(None),
-            self.table(side),
             self.key_list(None)
         ))
     }
@@ -250,14 +314,15 @@ impl CompiledMapping {
     pub fn sweep(&self, bounds: Bounds) -> String {
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
-        statement(format!(
-            "DELETE FROM {shadow} AS {s} WHERE {range} \
-             AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join} AND {old_range})",
-            shadow = self.shadow,
-            old = self.old,
-            range = self.range_predicate(Side::Shadow, bounds),
-            old_range = self.range_predicate(Side::Old, bounds),
-        ))
+        statement(self.every_target(&[], |table, _| {
+            format!(
+                "DELETE FROM {table} AS {s} WHERE {range} \
+                 AND NOT EXISTS (SELECT 1 FROM {old} AS {o} WHERE {join} AND {old_range})",
+                old = self.old,
+                range = self.range_predicate(Side::Shadow, bounds),
+                old_range = self.range_predicate(Side::Old, bounds),
+            )
+        }))
     }
 
     /// Rewrites the rows of the keys in `$1` (a jsonb array of key objects) in the table that is `behind`,
@@ -267,6 +332,9 @@ impl CompiledMapping {
     /// write to any of these rows makes it fail and retry rather than act on a stale view. Returns (rows
     /// upserted, rows deleted).
     pub fn repair(&self, behind: Side) -> String {
+        if self.is_split() {
+            return self.repair_split(behind);
+        }
         let (source, target, columns, exprs, alias) = match behind {
             Side::Shadow => (&self.old, &self.shadow, &self.shadow_columns, &self.forward, &self.old_alias),
             Side::Old => (&self.shadow, &self.old, &self.old_columns, &self.backward, &self.shadow_alias),
@@ -295,93 +363,90 @@ impl CompiledMapping {
             exprs = list(exprs),
         ))
     }
+
+    /// `repair` of a split. Behind the old table: every target is upserted from the old rows (or its row
+    /// deleted where the old row is gone). Old table behind: its row is rebuilt from the targets joined on
+    /// the key (read `FOR SHARE`) and deleted only where no target holds the key any more, so a key only
+    /// some targets hold is left as it is (and stays divergent) rather than guessed. Returns (rows
+    /// upserted, rows deleted), counted per key (the most any one table saw).
+    fn repair_split(&self, behind: Side) -> String {
+        let (keys_cte, src) = (ident("__dw_keys"), ident("__dw_src"));
+        let (o, s) = (ident("__dw_o"), ident("__dw_s"));
+        let keys = self.key_list(None);
+        let in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(None));
+        let s_in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(Some(&s)));
+        let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
+        let on_conflict = |columns: &[&Ident]| {
+            let non_key: Vec<&&Ident> = columns.iter().filter(|c| !self.key.contains(c)).collect();
+            if non_key.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}"))))
+            }
+        };
+        let gone_from = |table: &ObjectName| format!("NOT EXISTS (SELECT 1 FROM {table} AS {o} WHERE {join})");
+        let (source_record, source_rows, writes) = match behind {
+            Side::Shadow => {
+                let src_rows = format!("SELECT * FROM {} WHERE {in_keys} FOR SHARE", self.old);
+                let mut writes = Vec::new();
+                for (table, indexes) in &self.targets {
+                    let (columns, exprs) = self.target_columns(indexes);
+                    writes.push((
+                        format!(
+                            "INSERT INTO {table} ({}) SELECT {} FROM {src} AS {} ON CONFLICT ({keys}) {} RETURNING 1",
+                            list(&columns),
+                            list(&exprs),
+                            self.old_alias,
+                            on_conflict(&columns)
+                        ),
+                        format!(
+                            "DELETE FROM {table} AS {s} WHERE {s_in_keys} AND {} RETURNING 1",
+                            gone_from(&self.old)
+                        ),
+                    ));
+                }
+                (&self.old, src_rows, writes)
+            }
+            Side::Old => {
+                let from = self
+                    .targets
+                    .iter()
+                    .skip(1)
+                    .fold(self.targets[0].0.to_string(), |acc, (t, _)| format!("{acc} JOIN {t} USING ({keys})"));
+                let src_rows = format!("SELECT * FROM {from} WHERE {in_keys} FOR SHARE");
+                let columns: Vec<&Ident> = self.old_columns.iter().collect();
+                let gone = joined(self.targets.iter().map(|(t, _)| gone_from(t)), " AND ");
+                let writes = vec![(
+                    format!(
+                        "INSERT INTO {} ({}) SELECT {} FROM {src} AS {} ON CONFLICT ({keys}) {} RETURNING 1",
+                        self.old,
+                        list(&columns),
+                        list(&self.backward),
+                        self.shadow_alias,
+                        on_conflict(&columns)
+                    ),
+                    format!("DELETE FROM {} AS {s} WHERE {s_in_keys} AND {gone} RETURNING 1", self.old),
+                )];
+                (&self.shadow, src_rows, writes)
+            }
+        };
+        let mut ctes = vec![
+            format!(
+                "{keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{source_record}, $1::text::jsonb))"
+            ),
+            format!("{src} AS MATERIALIZED ({source_rows})"),
+        ];
+        let (mut ups, mut dels) = (Vec::new(), Vec::new());
+        for (i, (up, del)) in writes.into_iter().enumerate() {
+            let (u, d) = (ident(&format!("__dw_up{}", i + 1)), ident(&format!("__dw_del{}", i + 1)));
+            ctes.push(format!("{u} AS ({up})"));
+            ctes.push(format!("{d} AS ({del})"));
+            ups.push(format!("(SELECT count(*) FROM {u})"));
+            dels.push(format!("(SELECT count(*) FROM {d})"));
+        }
+        statement(format!("WITH {} SELECT GREATEST({}), GREATEST({})", list(ctes), list(ups), list(dels)))
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::jobs::mapping::{QualifiedName, TableMapping};
-    use sqlparser::ast::DataType;
-
-    fn compiled(key: &[&str]) -> CompiledMapping {
-        let mapping = TableMapping {
-            migration: "m".into(),
-            old: QualifiedName::new("public", "Users"),
-            shadow: QualifiedName::new("public", "users_v2"),
-            key: key.iter().map(|k| k.to_string()).collect(),
-            forward: vec![
-                ("id".into(), "id".into()),
-                ("region".into(), "region".into()),
-                ("first".into(), "split_part(name, ' ', 1)".into()),
-            ],
-            backward: vec![
-                ("id".into(), "id".into()),
-                ("region".into(), "region".into()),
-                ("name".into(), "users_v2.first || ' '".into()),
-            ],
-        };
-        let types = vec![DataType::BigInt(None), DataType::Text, DataType::Varchar(None)];
-        CompiledMapping::compile(&mapping, types).unwrap()
-    }
-
-    fn parses(sql: &str) {
-        let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-        assert_eq!(statements.len(), 1, "{sql}");
-    }
-
-    #[test]
-    fn every_variant_is_one_parsable_statement() {
-        for m in [compiled(&["id"]), compiled(&["region", "id"])] {
-            for has in [false, true] {
-                for on_conflict in [false, true] {
-                    parses(&m.backfill_batch(Bounds { lower: has, upper: true }, on_conflict));
-                }
-                parses(&m.old_after(has));
-                parses(&m.boundary(Side::Old, has));
-                parses(&m.boundary(Side::Shadow, has));
-            }
-            for (lower, upper) in [(false, false), (true, false), (false, true), (true, true)] {
-                let bounds = Bounds { lower, upper };
-                parses(&m.checksum(Side::Old, bounds));
-                parses(&m.checksum(Side::Shadow, bounds));
-                parses(&m.leaf_diff(bounds));
-                parses(&m.sweep(bounds));
-            }
-            parses(&m.repair(Side::Shadow));
-            parses(&m.repair(Side::Old));
-            parses(&m.keys_diff());
-            parses(&m.canonical_keys());
-        }
-    }
-
-    #[test]
-    fn identifiers_are_quoted_and_expressions_kept() {
-        let bounds = Bounds { lower: true, upper: true };
-        let sql = compiled(&["region", "id"]).backfill_batch(bounds, true);
-        assert!(sql.contains("FROM \"public\".\"Users\""), "{sql}");
-        assert!(sql.contains("split_part(name, ' ', 1)"), "{sql}");
-        assert!(sql.contains("ON CONFLICT(\"region\", \"id\") DO NOTHING"), "{sql}");
-        let plain = compiled(&["region", "id"]).backfill_batch(bounds, false);
-        assert!(!plain.contains("ON CONFLICT") && !plain.contains("FOR SHARE"), "{plain}");
-    }
-
-    #[test]
-    fn repair_writes_only_the_table_behind() {
-        let m = compiled(&["id"]);
-        let shadow = m.repair(Side::Shadow);
-        assert!(shadow.contains("INSERT INTO \"public\".\"users_v2\" (\"id\", \"region\", \"first\")"), "{shadow}");
-        assert!(shadow.contains("DELETE FROM \"public\".\"users_v2\""), "{shadow}");
-        assert!(
-            !shadow.contains("INSERT INTO \"public\".\"Users\"")
-                && !shadow.contains("DELETE FROM \"public\".\"Users\"")
-        );
-        let old = m.repair(Side::Old);
-        assert!(old.contains("INSERT INTO \"public\".\"Users\" (\"id\", \"region\", \"name\")"), "{old}");
-        assert!(old.contains("users_v2.first || ' '") && old.contains("AS \"users_v2\""), "{old}");
-        assert!(old.contains("DELETE FROM \"public\".\"Users\""), "{old}");
-        assert!(
-            !old.contains("INSERT INTO \"public\".\"users_v2\"")
-                && !old.contains("DELETE FROM \"public\".\"users_v2\"")
-        );
-    }
-}
+mod tests;

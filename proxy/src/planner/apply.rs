@@ -80,6 +80,13 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
     let [migration] = planned.migrations.as_slice() else {
         anyhow::bail!("{origin}: a plan holds exactly one migration");
     };
+    if migration.is_split() {
+        anyhow::bail!(
+            "{origin}: migration `{}` splits its table ([[migration.targets]]); `dualwrite apply` runs plans of one \
+             shadow table: create the targets yourself and add the migration to the rules (README: Splitting a table)",
+            migration.name
+        );
+    }
     let script_path = args.plan.join(DDL_FILE);
     let script = std::fs::read_to_string(&script_path).with_context(|| format!("reading {}", script_path.display()))?;
     let steps = parse_script(&script).map_err(|e| anyhow::anyhow!("{}: {e}", script_path.display()))?;

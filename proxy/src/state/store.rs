@@ -240,6 +240,16 @@ pub async fn change_phase(
     actor: &Actor,
 ) -> Result<PhaseChange, StateError> {
     let m = rule(rules, migration)?;
+    if to == Phase::Complete && m.is_split() {
+        // After `complete` only new-shape writes are taken, which a split refuses: the table would be read-only.
+        return Err(refused(
+            &m.name,
+            "move to complete",
+            "it splits its table into several shadow tables, whose new shape takes no writes through the proxy; \
+             it stays in cutover (or rolls back) until its writers move to the targets"
+                .into(),
+        ));
+    }
     let tx = client.transaction().await?;
     let row = lock_row(&tx, m).await?;
     let ready = readiness(&tx, &m.name).await?;
@@ -386,7 +396,7 @@ pub async fn audit_entries(
 /// or identity, in either table) past the largest key of both tables, so new keys cannot collide with rows
 /// copied from the other table. Sequences only move forward.
 async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
-    let tables = [m.table.to_string(), m.shadow.to_string()];
+    let tables: Vec<String> = std::iter::once(&m.table).chain(m.shadow_tables()).map(|t| t.to_string()).collect();
     let mut moved = Vec::new();
     for column in &m.key {
         let mut sequences = Vec::new();

@@ -134,6 +134,7 @@ pub fn plan(current: &CurrentTable, target: &Target, options: &PlanOptions) -> R
             .iter()
             .filter_map(|c| c.forward.as_ref().map(|e| (c.name.clone(), e.to_string())))
             .collect(),
+        split: Vec::new(),
         backward: shape.backward.iter().map(|(c, e)| (c.clone(), e.to_string())).collect(),
         initial_phase: Phase::DualWrite,
         shadow_read_sample: SampleRate::ZERO,

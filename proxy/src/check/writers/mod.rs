@@ -494,15 +494,20 @@ async fn inbound_foreign_keys(
             &[&migration.table.to_string()],
         )
         .await?;
+    // A split's targets each hold the key: any of them can take the reference.
+    let shadows = migration.shadow_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let shadow = match shadows.as_slice() {
+        [one] => one.clone(),
+        many => format!("one of {}", many.join(", ")),
+    };
     Ok(rows
         .iter()
         .map(|row| {
             let name: String = row.get(0);
             format!(
-                "foreign key {name} of {} references {}: point it at {} before `complete` (then only the shadow is written)",
+                "foreign key {name} of {} references {}: point it at {shadow} before `complete` (then only the shadow is written)",
                 qualified(&[row.get(1), row.get(2)]),
                 migration.table,
-                migration.shadow
             )
         })
         .collect())
