@@ -147,7 +147,7 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
 
 /// `COPY (<query>) TO`: the query's reads are routed.
 fn route_copy_query(compiled: &Compiled, route: &Route, statement: Statement) -> Result<Outcome, Rejection> {
-    crate::statement::route_reads(compiled, route, statement)
+    crate::writes::route_reads(compiled, route, statement)
 }
 
 fn outcome_unchanged_touching(index: usize) -> Outcome {

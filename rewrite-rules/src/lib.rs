@@ -34,10 +34,11 @@ mod statement;
 mod writes;
 
 pub use cache::CacheStats;
+pub use model::TargetRef;
 pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};
 pub use names::{quote_ident, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 pub use rewriter::Rewriter;
 pub use route::{MigrationRoute, Route, Side};
 pub use shadow::ShadowRead;
-pub use split::{SplitTarget, TargetRef, MERGE_REFUSED};
+pub use split::{SplitTarget, MERGE_REFUSED};

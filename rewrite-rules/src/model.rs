@@ -13,7 +13,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use crate::names::{normalize_ident, TableName};
-use crate::split::{self, SplitTarget, MERGE_REFUSED};
+use crate::split::{self, SplitOf, SplitTarget, MERGE_REFUSED};
 
 /// All migrations of one rules file, in file order. Indexes into `migrations` are the migration ids used by
 /// [`crate::Route`] and [`crate::Plan`].
@@ -302,7 +302,14 @@ impl Migration {
             return Err(err("shadow", "must differ from `table`".into()));
         }
         if self.is_split() {
-            split::check(self).map_err(|(field, message)| err(&field, message))?;
+            let parts = SplitOf {
+                table: &self.table,
+                key: &self.key,
+                shadow: &self.shadow,
+                forward: &self.forward,
+                split: &self.split,
+            };
+            split::check(parts).map_err(|(field, message)| err(&field, message))?;
         }
         if self.versions.old.is_empty() || self.versions.new.is_empty() {
             return Err(err("versions", "`old` and `new` must be non-empty".into()));
@@ -559,5 +566,33 @@ impl<'de> Deserialize<'de> for OrderedMap {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// One table the migration's new shape is stored in, with the new-shape columns it holds (key first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetRef<'a> {
+    pub table: &'a TableName,
+    /// `(column, expression over old columns)` of this table, in file order.
+    pub forward: &'a [(String, String)],
+}
+
+impl Migration {
+    /// True if the new shape is spread over several shadow tables.
+    pub fn is_split(&self) -> bool {
+        !self.split.is_empty()
+    }
+
+    /// The shadow tables and the columns each holds: one (`shadow`, all of `forward`) unless split.
+    pub fn targets(&self) -> Vec<TargetRef<'_>> {
+        if self.split.is_empty() {
+            return vec![TargetRef { table: &self.shadow, forward: &self.forward }];
+        }
+        self.split.iter().map(|t| TargetRef { table: &t.table, forward: &t.forward }).collect()
+    }
+
+    /// Every shadow table (one unless split).
+    pub fn shadow_tables(&self) -> Vec<&TableName> {
+        self.targets().into_iter().map(|t| t.table).collect()
     }
 }

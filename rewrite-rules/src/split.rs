@@ -1,7 +1,7 @@
 //! Splitting one old table into several shadow tables (`[[migration.targets]]`, README: Splitting a table):
 //! the targets of a split, how their forward mappings make up the migration's one new shape, and their
 //! validation. A migration with one `shadow` is the split with a single target; every part of dualwrite
-//! that writes or reads the shadow asks [`Migration::targets`] for the tables it must touch.
+//! that writes or reads the shadow asks `Migration::targets` for the tables it must touch.
 //!
 //! The new shape of a split is the targets joined on the key: every target holds the key columns (mapped
 //! the same way in each), and every other new-shape column lives in exactly one target. Merging several old
@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::Migration;
 use crate::names::TableName;
 
 /// One shadow table of a split: the table and `its column = expression over old columns`, key included.
@@ -25,34 +24,6 @@ pub const MERGE_REFUSED: &str = "merging several old tables into one shadow is n
     has one old table (`table = \"...\"`); split one table into several shadows with [[migration.targets]] \
     (README: Splitting a table)";
 
-/// One table the migration's new shape is stored in, with the new-shape columns it holds (key first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TargetRef<'a> {
-    pub table: &'a TableName,
-    /// `(column, expression over old columns)` of this table, in file order.
-    pub forward: &'a [(String, String)],
-}
-
-impl Migration {
-    /// True if the new shape is spread over several shadow tables.
-    pub fn is_split(&self) -> bool {
-        !self.split.is_empty()
-    }
-
-    /// The shadow tables and the columns each holds: one (`shadow`, all of `forward`) unless split.
-    pub fn targets(&self) -> Vec<TargetRef<'_>> {
-        if self.split.is_empty() {
-            return vec![TargetRef { table: &self.shadow, forward: &self.forward }];
-        }
-        self.split.iter().map(|t| TargetRef { table: &t.table, forward: &t.forward }).collect()
-    }
-
-    /// Every shadow table (one unless split).
-    pub fn shadow_tables(&self) -> Vec<&TableName> {
-        self.targets().into_iter().map(|t| t.table).collect()
-    }
-}
-
 /// The migration's `forward` (its whole new shape) made of a split's targets: the key columns as the first
 /// target maps them, then each target's other columns in file order.
 pub(crate) fn merged_forward(key: &[String], targets: &[SplitTarget]) -> Vec<(String, String)> {
@@ -64,8 +35,17 @@ pub(crate) fn merged_forward(key: &[String], targets: &[SplitTarget]) -> Vec<(St
     out
 }
 
+/// The parts of a migration a split's check reads.
+pub(crate) struct SplitOf<'a> {
+    pub table: &'a TableName,
+    pub key: &'a [String],
+    pub shadow: &'a TableName,
+    pub forward: &'a [(String, String)],
+    pub split: &'a [SplitTarget],
+}
+
 /// Checks a split's targets against each other and the migration; `Err((field, message))`.
-pub(crate) fn check(m: &Migration) -> Result<(), (String, String)> {
+pub(crate) fn check(m: SplitOf<'_>) -> Result<(), (String, String)> {
     if m.split.len() < 2 {
         return Err(("targets".into(), "a split needs at least two [[migration.targets]]".into()));
     }
@@ -80,7 +60,7 @@ pub(crate) fn check(m: &Migration) -> Result<(), (String, String)> {
         if !tables.insert(table) {
             return Err((field("table"), format!("`{}` is already a target of this migration", t.table)));
         }
-        for k in &m.key {
+        for k in m.key {
             let Some((_, expr)) = t.forward.iter().find(|(c, _)| c == k) else {
                 return Err((field("forward"), format!("must map key column `{k}` (every target holds the key)")));
             };
@@ -105,10 +85,10 @@ pub(crate) fn check(m: &Migration) -> Result<(), (String, String)> {
             }
         }
     }
-    if m.shadow != m.split[0].table {
+    if *m.shadow != m.split[0].table {
         return Err(("shadow".into(), "must be the first target's table".into()));
     }
-    if m.forward != merged_forward(&m.key, &m.split) {
+    if m.forward != merged_forward(m.key, m.split) {
         return Err(("forward".into(), "must be the targets' mappings, key first (merged_forward)".into()));
     }
     Ok(())

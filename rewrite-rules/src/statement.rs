@@ -1,7 +1,7 @@
 //! One parsed statement at a time: decides whether it is a read to route, a write to dual-write, a form
 //! to refuse, or something that does not concern any migration, and hands it to the module that owns it.
 
-use sqlparser::ast::{SetExpr, Statement, VisitMut};
+use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::Tokenizer;
 
@@ -11,7 +11,7 @@ use crate::fallback::mentioned_migrations;
 use crate::plan::{RejectReason, Rejection, StatementTransform};
 use crate::reads::ReadRouter;
 use crate::route::Route;
-use crate::writes::{rewrite_dml, rewrite_truncate, Outcome};
+use crate::writes::{rewrite_dml, rewrite_truncate, route_reads, Outcome};
 
 pub(crate) fn rewrite_statement(
     compiled: &Compiled,
@@ -118,29 +118,6 @@ pub(crate) fn rewrite_statement(
         | Statement::Close { .. } => Ok(Outcome::unchanged()),
         other => refuse_if_mentioned(compiled, route, other),
     }
-}
-
-/// Routes every read reference in a statement with no write target of its own.
-pub(crate) fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
-    let mut router = ReadRouter::new(compiled, route, vec![]);
-    let flow = match &mut statement {
-        Statement::Query(q) => q.visit(&mut router),
-        Statement::Merge(m) => m.visit(&mut router),
-        other => other.visit(&mut router),
-    };
-    if let std::ops::ControlFlow::Break(rejection) = flow {
-        return Err(rejection);
-    }
-    if router.touched.is_empty() {
-        return Ok(Outcome::unchanged());
-    }
-    Ok(Outcome {
-        statement: Some(statement),
-        transform: StatementTransform::UNCHANGED,
-        migrations: router.touched,
-        write: false,
-        companions: None,
-    })
 }
 
 /// `CREATE TABLE` makes a new relation (or fails because one of that name exists), so its own name never

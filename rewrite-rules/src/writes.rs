@@ -512,3 +512,26 @@ fn wrap(
     }
     query
 }
+
+/// Routes every read reference in a statement with no write target of its own.
+pub(crate) fn route_reads(compiled: &Compiled, route: &Route, mut statement: Statement) -> Result<Outcome, Rejection> {
+    let mut router = ReadRouter::new(compiled, route, vec![]);
+    let flow = match &mut statement {
+        Statement::Query(q) => q.visit(&mut router),
+        Statement::Merge(m) => m.visit(&mut router),
+        other => other.visit(&mut router),
+    };
+    if let std::ops::ControlFlow::Break(rejection) = flow {
+        return Err(rejection);
+    }
+    if router.touched.is_empty() {
+        return Ok(Outcome::unchanged());
+    }
+    Ok(Outcome {
+        statement: Some(statement),
+        transform: StatementTransform::UNCHANGED,
+        migrations: router.touched,
+        write: false,
+        companions: None,
+    })
+}
