@@ -82,11 +82,7 @@ pub struct CompatEnv {
 }
 
 impl CompatEnv {
-    pub async fn start() -> anyhow::Result<CompatEnv> {
-        Self::start_in(PoolMode::Session).await
-    }
-
-    /// The same, the proxy in `mode` (transaction mode: a pool of 2 server connections).
+    /// The proxy in `mode` (transaction mode: a pool of 2 server connections).
     pub async fn start_in(mode: PoolMode) -> anyhow::Result<CompatEnv> {
         let cluster = TestCluster::shared();
         let db = cluster.create_database().await?;
