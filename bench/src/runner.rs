@@ -231,21 +231,21 @@ fn start_proxy(
     match kind {
         ProxyKind::NoRules => {}
         ProxyKind::NoRulesTx => {
-            // Transaction mode hands a client's next transaction to whichever connection is idle: two
-            // clients' transactions must then share one server connection's pid now and then, which session
-            // mode never does. Checked on the pool's size + 1 clients, one transaction each, in turn.
-            let mut pids = std::collections::HashSet::new();
+            // Every client authenticates on a server connection of its own (closing an idle one when the
+            // pool is full), so pids do not show the pooling; the pool's own gauge does: with more clients
+            // than the pool's size connected, it holds at most its size.
             let mut clients = Vec::new();
             for _ in 0..=POOL_SIZE {
                 let c = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the pooling proxy")?;
-                pids.insert(c.scalar_i64(rt, "SELECT pg_backend_pid()::bigint")?);
+                c.scalar_i64(rt, "SELECT 1::bigint")?;
                 clients.push(c);
             }
+            let metrics = proxy.scrape().context("the pooling proxy's /metrics")?;
+            let held = metric_sum(&metrics, "dualwrite_pool_server_connections").unwrap_or(f64::NAN);
             anyhow::ensure!(
-                pids.len() <= POOL_SIZE as usize,
-                "the proxy starts with --pool-mode transaction but does not pool ({} clients used {} server connections)",
-                POOL_SIZE + 1,
-                pids.len()
+                held <= f64::from(POOL_SIZE),
+                "the proxy starts with --pool-mode transaction but does not pool ({} clients, {held} server connections)",
+                POOL_SIZE + 1
             );
         }
         ProxyKind::Elsewhere => {
