@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::protocol::requests::{
-    LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
+    LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, StatementUse,
+    Verdict,
 };
 pub use crate::protocol::responses::{CommandTag, ResponseTransform, SessionEvent};
 pub use crate::sql_error::SqlError;

@@ -77,6 +77,7 @@ pub struct Ledger {
     /// What the writers' failed transactions and connection attempts ended with, counted (see
     /// [`Ledger::errors`]).
     errors: Mutex<BTreeMap<String, usize>>,
+    error_examples: Mutex<BTreeMap<String, String>>,
 }
 
 /// Counts of what [`Ledger::check`] verified.
@@ -110,7 +111,13 @@ impl Ledger {
         lock(&self.errors).clone()
     }
 
-    fn record_error(&self, kind: String) {
+    /// The first error seen of each kind, in full (the kinds alone do not say what an `io` error was).
+    pub fn error_examples(&self) -> BTreeMap<String, String> {
+        lock(&self.error_examples).clone()
+    }
+
+    fn record_error(&self, kind: String, example: &dyn std::fmt::Debug) {
+        lock(&self.error_examples).entry(kind.clone()).or_insert_with(|| format!("{example:?}"));
         *lock(&self.errors).entry(kind).or_default() += 1;
     }
 
@@ -121,8 +128,8 @@ impl Ledger {
         let work = txn_statements(client, t, extended, &commit_sent);
         let result = tokio::time::timeout(TXN_LIMIT, work).await;
         match &result {
-            Ok(Err(e)) => self.record_error(error_kind(e)),
-            Err(_) => self.record_error("timeout".to_owned()),
+            Ok(Err(e)) => self.record_error(error_kind(e), e),
+            Err(e) => self.record_error("timeout".to_owned(), e),
             Ok(Ok(())) => {}
         }
         let outcome = match result {
@@ -293,23 +300,22 @@ impl Writers {
 
 async fn write_loop(ledger: &Ledger, url: &str, extended: bool, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let client = match tokio::time::timeout(Duration::from_secs(10), crate::connect(url)).await {
-            Ok(Ok(client)) => client,
-            failed => {
-                let kind = match failed {
-                    Ok(Err(e)) => e.downcast_ref::<tokio_postgres::Error>().map_or("io".to_owned(), error_kind),
-                    _ => "timeout".to_owned(),
-                };
-                ledger.record_error(format!("connect {kind}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let (kind, example) = match tokio::time::timeout(Duration::from_secs(10), crate::connect(url)).await {
+            Ok(Ok(client)) => {
+                while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+                    if ledger.run_txn(&client, extended).await != Outcome::Committed {
+                        // Refusals and broken sessions: back off a little instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 continue;
             }
-        };
-        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
-            if ledger.run_txn(&client, extended).await != Outcome::Committed {
-                // Refusals and broken sessions: back off a little instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(Err(e)) => {
+                (e.downcast_ref::<tokio_postgres::Error>().map_or("io".to_owned(), error_kind), format!("{e:#}"))
             }
-        }
+            Err(elapsed) => ("timeout".to_owned(), elapsed.to_string()),
+        };
+        ledger.record_error(format!("connect {kind}"), &example);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

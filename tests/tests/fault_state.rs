@@ -8,9 +8,15 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use dualwrite_tests::txn_ledger::{Ledger, Writers, LEDGER_MIGRATION, LEDGER_RULES, LEDGER_SCHEMA};
 use dualwrite_tests::*;
+use postgres_protocol::message::frontend;
+use postgres_protocol::IsNull;
+use proxy_support::{command_tags, first_error, RawClient};
 use tokio_postgres::Client;
+
+mod proxy_support;
 
 /// Bound on waiting for the proxy to notice the outage or the recovery (not a timing assertion).
 const NOTICE_LIMIT: Duration = Duration::from_secs(60);
@@ -42,32 +48,9 @@ fn assert_state_unknown(err: &tokio_postgres::Error) {
     assert!(db.message().contains(LEDGER_MIGRATION), "{}", db.message());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_database_unreachable_refuses_migrated_tables_only() {
-    let cluster = TestCluster::start().await.unwrap();
-    let db = cluster.create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(LEDGER_SCHEMA).await.unwrap();
-    direct.batch_execute("CREATE TABLE plain (id int)").await.unwrap();
-    // The control plane logs in as its own role, which the test can lock out without touching clients.
-    let proxy = TestProxy::with_rules_toml_and(&db, LEDGER_RULES, |config| {
-        config.control.user = Some(CLEARTEXT_USER.into());
-        config.control.password = Some(CLEARTEXT_PASSWORD.into());
-        config.limits.state_max_age_secs = 2;
-    })
-    .await
-    .unwrap();
-
-    let ledger = Ledger::new();
-    let writers = Writers::start(&ledger, &proxy.url(&db), 2);
-    assert!(ledger.wait_commits(0, 20, NOTICE_LIMIT).await, "no write load before the outage");
-    let client = proxy.connect(&db).await.unwrap();
-    let prepared_read = client.prepare("SELECT count(*) FROM ledger").await.unwrap();
-    let prepared_write = client.prepare("UPDATE ledger SET note = note WHERE id = $1").await.unwrap();
-    client.query_one(&prepared_read, &[]).await.unwrap();
-
-    // The outage: the control role can no longer log in, and its sessions (state watcher, control
-    // connection) are gone.
+/// The outage: the control role can no longer log in, and its sessions (state watcher, control
+/// connection) are gone.
+async fn lock_out_control_role(direct: &Client) {
     // Two statements, not one multi-statement string: that would run as one implicit transaction, and the
     // watcher could log in again between the terminate and the commit of NOLOGIN.
     direct.batch_execute(&format!("ALTER ROLE {CLEARTEXT_USER} NOLOGIN")).await.unwrap();
@@ -77,6 +60,37 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
         ))
         .await
         .unwrap();
+}
+
+async fn proxy_with_control_role(db: &TestDb) -> TestProxy {
+    // The control plane logs in as its own role, which the test can lock out without touching clients.
+    TestProxy::with_rules_toml_and(db, LEDGER_RULES, |config| {
+        config.control.user = Some(CLEARTEXT_USER.into());
+        config.control.password = Some(CLEARTEXT_PASSWORD.into());
+        config.limits.state_max_age_secs = 2;
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_database_unreachable_refuses_migrated_tables_only() {
+    let cluster = TestCluster::start().await.unwrap();
+    let db = cluster.create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(LEDGER_SCHEMA).await.unwrap();
+    direct.batch_execute("CREATE TABLE plain (id int)").await.unwrap();
+    let proxy = proxy_with_control_role(&db).await;
+
+    let ledger = Ledger::new();
+    let writers = Writers::start(&ledger, &proxy.url(&db), 2);
+    assert!(ledger.wait_commits(0, 20, NOTICE_LIMIT).await, "no write load before the outage");
+    let client = proxy.connect(&db).await.unwrap();
+    let prepared_read = client.prepare("SELECT count(*) FROM ledger").await.unwrap();
+    let prepared_write = client.prepare("UPDATE ledger SET note = note WHERE id = $1").await.unwrap();
+    client.query_one(&prepared_read, &[]).await.unwrap();
+
+    lock_out_control_role(&direct).await;
     let err = until("writes to the migrated table refused", || async {
         match ledger_insert(&client, -1).await {
             Ok(_) => {
@@ -132,10 +146,99 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
     writers.stop().await;
     // The writers were refused with 57P03 only (their transactions name the migrated table).
     let errors = ledger.errors();
-    assert_eq!(errors.keys().collect::<Vec<_>>(), ["57P03"], "{errors:?}");
+    assert_eq!(errors.keys().collect::<Vec<_>>(), ["57P03"], "{errors:?}: {:?}", ledger.error_examples());
 
     direct.batch_execute("DELETE FROM ledger WHERE id < 0; DELETE FROM ledger_v2 WHERE id < 0").await.unwrap();
     let report = ledger.check(&direct).await.unwrap();
     assert!(report.failed > 0, "{report:?}");
+    proxy.stop().await.unwrap();
+}
+
+/// Backend messages up to and including ReadyForQuery.
+async fn until_ready(raw: &mut RawClient) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some((tag, body)) = raw.read_message().await {
+        out.push((tag, body));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    out
+}
+
+fn bind_and_execute(statement: &str, id: i64) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let serialize = |v: i64, out: &mut BytesMut| {
+        out.put_i64(v);
+        Ok(IsNull::No)
+    };
+    frontend::bind("", statement, [1], [id], serialize, [0], &mut buf).unwrap_or_else(|_| panic!("bind"));
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    buf
+}
+
+/// A client prepares (Parse, Describe, Sync in one batch, as tokio-postgres and pgjdbc do), and the state
+/// goes unknown between its Parse and its Describe. The Describe must still tell the statement's own
+/// parameter types: the client checks its arguments against them, and a refusal's placeholder types there
+/// made it fail on its own side with no SQLSTATE. Running the statement is what is refused, with 57P03.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_parsed_before_the_outage_is_described_as_itself_and_refused_when_run() {
+    let cluster = TestCluster::start().await.unwrap();
+    let db = cluster.create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(LEDGER_SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO ledger VALUES (1, 0, 'x'); INSERT INTO ledger_v2 VALUES (1, 0, 'L:x')")
+        .await
+        .unwrap();
+    let proxy = proxy_with_control_role(&db).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let mut raw = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let mut buf = BytesMut::new();
+    frontend::parse("s1", "UPDATE ledger SET note = note WHERE id = $1", [], &mut buf).unwrap();
+    frontend::flush(&mut buf);
+    raw.send(&buf).await;
+    assert_eq!(raw.read_message().await.map(|m| m.0), Some(b'1'), "ParseComplete");
+
+    lock_out_control_role(&direct).await;
+    let refused = until("reads of the migrated table refused", || async {
+        client.simple_query("SELECT count(*) FROM ledger").await.err().map(Err)
+    })
+    .await
+    .unwrap_err();
+    assert_state_unknown(&refused);
+
+    buf.clear();
+    frontend::describe(b'S', "s1", &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    raw.send(&buf).await;
+    let described = until_ready(&mut raw).await;
+    let tags: Vec<u8> = described.iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"tnZ", "{described:?}");
+    const INT8: u32 = 20;
+    assert_eq!(described[0].1, [&1i16.to_be_bytes()[..], &INT8.to_be_bytes()].concat(), "one bigint parameter");
+
+    raw.send(&bind_and_execute("s1", 1)).await;
+    let ran = until_ready(&mut raw).await;
+    let (code, message) = first_error(&ran).expect("refused");
+    assert_eq!(code, "57P03", "{message}");
+    assert!(message.contains("state unknown") && message.contains(LEDGER_MIGRATION), "{message}");
+
+    // Back: the same statement runs, on both tables.
+    direct.batch_execute(&format!("ALTER ROLE {CLEARTEXT_USER} LOGIN")).await.unwrap();
+    let start = Instant::now();
+    loop {
+        raw.send(&bind_and_execute("s1", 1)).await;
+        let ran = until_ready(&mut raw).await;
+        match first_error(&ran) {
+            None => break,
+            Some((code, message)) => assert_eq!(code, "57P03", "{message}"),
+        }
+        assert!(start.elapsed() < NOTICE_LIMIT, "the statement was still refused after the state came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    raw.send(&bind_and_execute("s1", 1)).await;
+    assert_eq!(command_tags(&until_ready(&mut raw).await), ["UPDATE 1"]);
     proxy.stop().await.unwrap();
 }

@@ -38,7 +38,7 @@ use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
 use crate::interceptor::{
     LocalReply, Reprepare, ResponseTransform, Rewrite, SessionEvent, SessionInfo, SessionInterceptor, SqlOrigin,
-    SqlRequest, Verdict,
+    SqlRequest, StatementUse, Verdict,
 };
 use crate::protocol::messages::bind_params;
 use crate::shadow::Sample;
@@ -508,11 +508,15 @@ impl SessionInterceptor for LiveSession {
         }
     }
 
-    fn reprepare(&mut self, statement: &[u8]) -> Option<Reprepare> {
+    fn reprepare(&mut self, statement: &[u8], at: StatementUse) -> Option<Reprepare> {
         let current = self.live.load();
         let prepared = self.prepared.get(statement)?;
         if prepared.route.is_some() {
             if let Some(refusal) = self.unknown_state_refusal(&current, &prepared.sql) {
+                if at == StatementUse::Describe {
+                    // Described as prepared; the refusal takes its place at the Bind (see StatementUse).
+                    return None;
+                }
                 let prepared = self.prepared.get_mut(statement)?;
                 if prepared.generation == REFUSED {
                     return None;
@@ -539,6 +543,7 @@ impl SessionInterceptor for LiveSession {
         let prepared = self.prepared.get_mut(statement)?;
         let route = match resolve(route, &self.resolution, &current, &prepared.sql) {
             Ok(route) => route,
+            Err(Unresolved) if at == StatementUse::Describe => return None,
             Err(Unresolved) => {
                 // Which relation it names is not known here (no probe can run inside the client's batch):
                 // running it fails with the reason, and it is judged again at its next use.
@@ -556,11 +561,16 @@ impl SessionInterceptor for LiveSession {
             return None;
         }
         // Its route changed, or rules reloaded since it was judged: judge it again.
+        let plan = current.rewriter.rewrite(&prepared.sql, &route);
+        let refusal = plan.extended_protocol_refusal(&current.rules);
+        if at == StatementUse::Describe && (refusal.is_some() || matches!(&*plan, Plan::Rejected(_))) {
+            // Left unjudged, so that the Bind prepares the refusal (see StatementUse).
+            return None;
+        }
         prepared.generation = current.generation;
         prepared.route = Some(route.clone());
-        let plan = current.rewriter.rewrite(&prepared.sql, &route);
         prepared.read = is_read(&plan);
-        let (sql, transform) = match (&*plan, plan.extended_protocol_refusal(&current.rules)) {
+        let (sql, transform) = match (&*plan, refusal) {
             (_, Some(refusal)) => {
                 // COPY FROM STDIN into a migrated table needs a simple Query: refused as at its Parse.
                 count_rejection(&refusal);

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use super::local;
 use super::{count_local, count_raise, Host, LocalResult, Pending, Prepared, RequestMachine, Route, SqlOrigin, Step};
-use super::{LocalReply, LocalStatement, Verdict};
+use super::{LocalReply, LocalStatement, StatementUse, Verdict};
 use crate::protocol::messages::{self, body, tag, SqlError};
 use crate::protocol::responses::{Expect, ResponseTransform};
 
@@ -69,7 +69,7 @@ impl RequestMachine {
         if let Some(probe) = self.probe_before_use(host, statement) {
             return Step::Probe(probe);
         }
-        let reprepared = self.reprepare(host, statement);
+        let reprepared = self.reprepare(host, statement, StatementUse::Bind);
         if let Some(interceptor) = host.interceptor() {
             interceptor.on_bind(portal, statement, b);
         }
@@ -99,7 +99,7 @@ impl RequestMachine {
                 return Step::Probe(probe);
             }
         }
-        let reprepared = if statement { self.reprepare(host, name) } else { None };
+        let reprepared = if statement { self.reprepare(host, name, StatementUse::Describe) } else { None };
         let step = match self.lookup(statement, name) {
             Some(Prepared::Local(l)) => {
                 self.answer(l.describe(statement), false, true);
@@ -182,8 +182,8 @@ impl RequestMachine {
 
     /// Frames that prepare `statement` again upstream when the interceptor asks for it (its route changed
     /// since it was prepared): Close and Parse under the same name, their answers hidden from the client.
-    fn reprepare<H: Host>(&mut self, host: &mut H, statement: &[u8]) -> Option<BytesMut> {
-        let again = host.interceptor()?.reprepare(statement)?;
+    fn reprepare<H: Host>(&mut self, host: &mut H, statement: &[u8], at: StatementUse) -> Option<BytesMut> {
+        let again = host.interceptor()?.reprepare(statement, at)?;
         let name = String::from_utf8_lossy(statement).into_owned();
         let mut frames = BytesMut::new();
         self.hidden_named(host, messages::close_statement(&name), &mut frames);

@@ -32,7 +32,8 @@ use bytes::{Buf, Bytes, BytesMut};
 pub use self::local::LocalStatement;
 pub use self::pooled::Renamed;
 pub use self::verdict::{
-    LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, Verdict,
+    LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, StatementUse,
+    Verdict,
 };
 use super::frame::{peek_header, FrameError};
 use super::messages::{self, tag, SqlError};

@@ -39,7 +39,7 @@ impl SessionInterceptor for Script {
     fn on_sync(&mut self) {
         self.log.push("sync".into());
     }
-    fn reprepare(&mut self, statement: &[u8]) -> Option<Reprepare> {
+    fn reprepare(&mut self, statement: &[u8], _at: StatementUse) -> Option<Reprepare> {
         self.reprepares.remove(statement)
     }
     fn probe_before_use(&mut self, statement: &[u8]) -> Option<String> {

@@ -58,7 +58,7 @@ pub trait SessionInterceptor: Send {
     /// Called before a Bind or Describe of a prepared statement the interceptor once judged: `Some` asks the
     /// relay to prepare it again upstream, under the same name, with this SQL and transform (the route it
     /// was rewritten for has changed since).
-    fn reprepare(&mut self, _statement: &[u8]) -> Option<Reprepare> {
+    fn reprepare(&mut self, _statement: &[u8], _at: StatementUse) -> Option<Reprepare> {
         None
     }
 
@@ -71,6 +71,18 @@ pub trait SessionInterceptor: Send {
     /// The answer to the probe last asked for: its first row's text values, `None` if it failed (in an
     /// aborted transaction) or returned no row.
     fn on_probe(&mut self, _answer: Option<Vec<Option<String>>>) {}
+}
+
+/// Which use of a prepared statement asks for [`SessionInterceptor::reprepare`].
+///
+/// A refusal prepared in a statement's place (a `DO` block that raises) must wait for a Bind: a Describe
+/// of it would tell the client the refusal's placeholder parameter types instead of the statement's own,
+/// and drivers check their arguments against the described types, so they would fail on their own side
+/// without the refusal's SQLSTATE. Describing the statement as it was prepared is what Postgres would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementUse {
+    Describe,
+    Bind,
 }
 
 /// A statement to prepare again upstream before it is used.
