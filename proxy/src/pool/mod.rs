@@ -14,17 +14,19 @@
 
 pub mod metrics;
 pub mod pinning;
+mod queue;
 pub mod registry;
 pub mod statements;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
 use self::metrics::PoolMetrics;
-use crate::protocol::messages::SqlError;
+use self::queue::{Handed, PoolState};
+use crate::sql_error::SqlError;
 
 /// Which pool a client's transactions run in: connections are interchangeable only between clients that
 /// logged in as the same user to the same database with the same startup parameters (application_name,
@@ -103,7 +105,10 @@ impl<C: Send + 'static> Pools<C> {
     pub fn pool(&self, key: &PoolKey, settings: PoolSettings) -> Arc<Pool<C>> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let pool = pools.entry(key.clone()).or_insert_with(|| Arc::new(Pool::new(key.clone(), settings)));
-        pool.state().settings = settings;
+        pool.change(|s| {
+            s.settings = settings;
+            s.dispatch();
+        });
         Arc::clone(pool)
     }
 
@@ -122,48 +127,39 @@ impl<C: Send + 'static> Default for Pools<C> {
     }
 }
 
-struct Waiter<C> {
-    ticket: u64,
-    since: Instant,
-    sender: oneshot::Sender<C>,
-}
-
-struct PoolState<C> {
-    settings: PoolSettings,
-    idle: Vec<C>,
-    /// Connections lent to clients, or being opened in a slot.
-    active: usize,
-    /// Clients waiting, oldest first.
-    waiting: VecDeque<Waiter<C>>,
-    next_ticket: u64,
-    pinned: usize,
-}
-
-impl<C> PoolState<C> {
-    fn total(&self) -> usize {
-        self.idle.len() + self.active
-    }
-}
-
 /// The server connections of one pool key.
 pub struct Pool<C> {
     key: PoolKey,
     state: Mutex<PoolState<C>>,
-    /// Signalled when a slot may have come free (a connection forgotten, closed or idle).
+    /// Signalled when a slot may have come free for a login (a connection forgotten, closed or idle).
     freed: Notify,
     metrics: PoolMetrics,
 }
 
+/// Why a waiter could not open a connection in the room it was handed.
+#[derive(Debug)]
+pub enum OpenFailure {
+    /// The server asks for a password (or another exchange only the client can make).
+    NeedsCredentials,
+    /// The connection failed; the waiter gets this error.
+    Failed(SqlError),
+}
+
 impl<C: Send + 'static> Pool<C> {
     fn new(key: PoolKey, settings: PoolSettings) -> Self {
-        let state =
-            PoolState { settings, idle: Vec::new(), active: 0, waiting: VecDeque::new(), next_ticket: 0, pinned: 0 };
         let metrics = PoolMetrics::new(&key.database, &key.user);
-        Pool { key, state: Mutex::new(state), freed: Notify::new(), metrics }
+        Pool { key, state: Mutex::new(PoolState::new(settings)), freed: Notify::new(), metrics }
     }
 
-    fn state(&self) -> MutexGuard<'_, PoolState<C>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `change` on the state under the lock, then moves the gauges by the difference between the
+    /// figures they show and the state's: the gauges follow the state itself, whatever path changed it.
+    fn change<R>(&self, change: impl FnOnce(&mut PoolState<C>) -> R) -> R {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let out = change(&mut s);
+        let now = s.figures();
+        self.metrics.publish(s.published, now);
+        s.published = now;
+        out
     }
 
     pub fn key(&self) -> &PoolKey {
@@ -171,36 +167,31 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let s = self.state();
-        PoolStats {
-            key: self.key.clone(),
-            size: s.settings.size,
-            active: s.active,
-            idle: s.idle.len(),
-            waiting: s.waiting.len(),
-            pinned: s.pinned,
-            max_wait: s.waiting.front().map(|w| w.since.elapsed()).unwrap_or_default(),
-        }
+        self.change(|s| {
+            let f = s.figures();
+            PoolStats {
+                key: self.key.clone(),
+                size: s.settings.size,
+                active: f.active,
+                idle: f.idle,
+                waiting: f.waiting,
+                pinned: f.pinned,
+                max_wait: s.oldest_wait().map(|since| since.elapsed()).unwrap_or_default(),
+            }
+        })
     }
 
     /// A slot for a new connection (a client's authentication), within `size + reserve`: when the pool is
     /// at its limit an idle connection gives up its place (returned, for the caller to close), else the
     /// client waits for a slot to come free, up to the wait timeout.
     pub async fn open(self: &Arc<Self>) -> Result<(Slot<C>, Option<C>), SqlError> {
-        let deadline = tokio::time::Instant::now() + self.state().settings.wait_timeout;
+        let deadline = tokio::time::Instant::now() + self.change(|s| s.settings.wait_timeout);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut s = self.state();
-                let limit = s.settings.size + s.settings.reserve;
-                let evicted = if s.total() < limit { None } else { s.idle.pop() };
-                if s.total() < limit || evicted.is_some() {
-                    s.active += 1;
-                    self.metrics.opened(evicted.is_some());
-                    return Ok((Slot { pool: Some(Arc::clone(self)) }, evicted));
-                }
+            if let Some(evicted) = self.change(|s| s.open_slot()) {
+                return Ok((Slot { pool: Some(Arc::clone(self)) }, evicted));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(wait_timeout_error());
@@ -209,42 +200,51 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     /// Lends a connection for one transaction, waiting in line (first come, first served) up to the
-    /// pool's wait timeout.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease<C>, SqlError> {
+    /// pool's wait timeout. When the waiter is handed room instead (a connection was closed and the pool
+    /// is below its size), it opens a connection itself with `open`; if the server wants a password for
+    /// that, it goes back to the head of the line. Cancel-safe: a waiter dropped leaves the line, and what
+    /// it was handed meanwhile goes back to the pool.
+    pub async fn acquire<F, Fut>(self: &Arc<Self>, mut open: F) -> Result<Lease<C>, SqlError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<C, OpenFailure>>,
+    {
         let started = Instant::now();
-        let (ticket, receiver, wait_timeout) = {
-            let mut s = self.state();
-            if let Some(conn) = s.idle.pop() {
-                s.active += 1;
-                self.metrics.lent_idle();
+        let (lent, wait_timeout) = self.change(|s| (s.lend(started), s.settings.wait_timeout));
+        let (ticket, receiver) = match lent {
+            Ok(conn) => {
                 self.metrics.waited(Duration::ZERO);
-                drop(s);
                 return Ok(self.lease(conn));
             }
-            let (sender, receiver) = oneshot::channel();
-            let ticket = s.next_ticket;
-            s.next_ticket += 1;
-            s.waiting.push_back(Waiter { ticket, since: started, sender });
-            self.metrics.waiting(1.0);
-            (ticket, receiver, s.settings.wait_timeout)
+            Err(place) => place,
         };
-        let mut receiver = receiver;
-        let outcome = match tokio::time::timeout(wait_timeout, &mut receiver).await {
-            Ok(Ok(conn)) => Ok(self.lease(conn)),
-            // The sender is only dropped after its removal below or with the pool; either way: refused.
-            Ok(Err(_)) => Err(wait_timeout_error()),
-            Err(_) => {
-                let mut s = self.state();
-                let before = s.waiting.len();
-                s.waiting.retain(|w| w.ticket != ticket);
-                if s.waiting.len() < before {
-                    self.metrics.waiting(-1.0);
-                }
-                drop(s);
-                // Handed a connection just as the wait ran out: it is ours after all.
-                match receiver.try_recv() {
-                    Ok(conn) => Ok(self.lease(conn)),
-                    Err(_) => Err(wait_timeout_error()),
+        let deadline = tokio::time::Instant::now() + wait_timeout;
+        let mut waiting = Waiting { pool: self, ticket, receiver: Some(receiver) };
+        let outcome = loop {
+            let handed = match waiting.handed(deadline).await {
+                Some(handed) => handed,
+                None => break Err(wait_timeout_error()),
+            };
+            match handed {
+                Handed::Conn(conn) => break Ok(self.lease(conn)),
+                Handed::Refused(err) => break Err(err),
+                Handed::Room => {
+                    let slot = Slot { pool: Some(Arc::clone(self)) };
+                    match open().await {
+                        Ok(conn) => {
+                            self.change(|s| s.replacement_opened());
+                            break Ok(slot.fill(conn));
+                        }
+                        Err(OpenFailure::Failed(err)) => break Err(err),
+                        Err(OpenFailure::NeedsCredentials) => {
+                            // The slot's place is given back inside `needs_credentials`, with the waiter's
+                            // own place in line, in one step.
+                            let mut slot = slot;
+                            slot.pool = None;
+                            let (ticket, receiver) = self.change(|s| s.needs_credentials(started));
+                            waiting = Waiting { pool: self, ticket, receiver: Some(receiver) };
+                        }
+                    }
                 }
             }
         };
@@ -258,34 +258,66 @@ impl<C: Send + 'static> Pool<C> {
 
     /// A lent connection comes back (counted active until here): to the longest-waiting client still
     /// waiting, else idle; beyond `size` (a reserve connection) it is returned for the caller to close.
-    fn give_back(&self, mut conn: C) -> Option<C> {
-        let mut s = self.state();
-        while let Some(waiter) = s.waiting.pop_front() {
-            self.metrics.waiting(-1.0);
-            match waiter.sender.send(conn) {
-                Ok(()) => return None,
-                Err(back) => conn = back,
-            }
-        }
-        s.active -= 1;
-        let surplus = if s.total() >= s.settings.size {
-            self.metrics.closed_active();
-            Some(conn)
-        } else {
-            s.idle.push(conn);
-            self.metrics.returned_idle();
-            None
-        };
-        drop(s);
+    fn give_back(&self, conn: C) -> Option<C> {
+        let surplus = self.change(|s| s.give_back(conn));
         self.freed.notify_waiters();
         surplus
     }
 
-    /// A lent connection is gone (broken or closed): its slot is free again.
+    /// A lent connection is gone (broken or closed), or a slot was not filled: its place may serve a
+    /// waiter, else a login.
     fn forget(&self) {
-        self.state().active -= 1;
-        self.metrics.closed_active();
+        self.change(|s| s.forget());
         self.freed.notify_waiters();
+    }
+}
+
+/// A client's place in line, left when dropped (the client went away, or its wait ran out): if it was
+/// handed something meanwhile, that goes back to the pool.
+struct Waiting<'p, C: Send + 'static> {
+    pool: &'p Arc<Pool<C>>,
+    ticket: u64,
+    /// `None` once what was handed has been taken.
+    receiver: Option<oneshot::Receiver<Handed<C>>>,
+}
+
+impl<C: Send + 'static> Waiting<'_, C> {
+    /// What the waiter is handed, or `None` when the deadline passed first (it left the line then).
+    async fn handed(&mut self, deadline: tokio::time::Instant) -> Option<Handed<C>> {
+        let receiver = self.receiver.as_mut()?;
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(handed)) => {
+                self.receiver = None;
+                Some(handed)
+            }
+            // The sender is only dropped with the pool, or after the waiter left the line.
+            Ok(Err(_)) => {
+                self.receiver = None;
+                None
+            }
+            // Handed something just as the wait ran out: it is ours after all.
+            Err(_) => self.leave(),
+        }
+    }
+
+    /// Leaves the line; what was handed before, if anything.
+    fn leave(&mut self) -> Option<Handed<C>> {
+        let mut receiver = self.receiver.take()?;
+        // Under the lock: not in line any more means the hand-out is already in the receiver.
+        self.pool.change(|s| if s.leave(self.ticket) { None } else { receiver.try_recv().ok() })
+    }
+}
+
+impl<C: Send + 'static> Drop for Waiting<'_, C> {
+    fn drop(&mut self) {
+        match self.leave() {
+            Some(Handed::Conn(conn)) => {
+                // Dropped only in the rare case that no one waits and the pool is over its size.
+                drop(self.pool.give_back(conn));
+            }
+            Some(Handed::Room) => self.pool.forget(),
+            Some(Handed::Refused(_)) | None => {}
+        }
     }
 }
 
@@ -331,8 +363,7 @@ impl<C: Send + 'static> Lease<C> {
     pub fn pin(&mut self) {
         if !self.pinned {
             self.pinned = true;
-            self.pool.state().pinned += 1;
-            self.pool.metrics.pinned(1.0);
+            self.pool.change(|s| s.pinned += 1);
         }
     }
 
@@ -351,8 +382,7 @@ impl<C: Send + 'static> Lease<C> {
 
     fn unpin(&mut self) {
         if std::mem::take(&mut self.pinned) {
-            self.pool.state().pinned -= 1;
-            self.pool.metrics.pinned(-1.0);
+            self.pool.change(|s| s.pinned -= 1);
         }
     }
 }
@@ -381,6 +411,11 @@ mod tests {
         (s.active, s.idle, s.waiting, s.pinned)
     }
 
+    /// The server wants a password for connections opened without a login.
+    async fn cannot_open() -> Result<u32, OpenFailure> {
+        Err(OpenFailure::NeedsCredentials)
+    }
+
     /// A client authenticates on a new connection (its first lease) and gives it back.
     async fn authenticate(p: &Arc<Pool<u32>>, conn: u32) -> (Option<u32>, Option<u32>) {
         let (slot, evicted) = p.open().await.unwrap();
@@ -397,7 +432,7 @@ mod tests {
         assert!(matches!(evicted, Some(1 | 2)), "an idle connection is closed to make room: {evicted:?}");
         assert_eq!(back, None);
         assert_eq!(figures(&p), (0, 2, 0, 0));
-        let mut lease = p.acquire().await.unwrap();
+        let mut lease = p.acquire(cannot_open).await.unwrap();
         assert_eq!(figures(&p), (1, 1, 0, 0));
         let first = *lease.conn();
         assert_eq!(lease.release(), None);
@@ -443,12 +478,12 @@ mod tests {
     async fn waiting_clients_are_served_first_come_first_served() {
         let p = pool(1, 0, Duration::from_secs(60));
         authenticate(&p, 7).await;
-        let held = p.acquire().await.unwrap();
+        let held = p.acquire(cannot_open).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for client in 0..3 {
             let (pool, tx) = (Arc::clone(&p), tx.clone());
             tokio::spawn(async move {
-                let lease = pool.acquire().await.unwrap();
+                let lease = pool.acquire(cannot_open).await.unwrap();
                 tx.send(client).unwrap();
                 assert_eq!(lease.release(), None);
             });
@@ -470,8 +505,8 @@ mod tests {
         // A zero wait: the client is refused as soon as it finds no connection free.
         let p = pool(1, 0, Duration::ZERO);
         authenticate(&p, 1).await;
-        let held = p.acquire().await.unwrap();
-        let Err(err) = p.acquire().await else { panic!("the wait must time out") };
+        let held = p.acquire(cannot_open).await.unwrap();
+        let Err(err) = p.acquire(cannot_open).await else { panic!("the wait must time out") };
         assert_eq!((err.code.as_str(), err.message.as_str()), ("08P01", "query_wait_timeout"));
         assert_eq!(figures(&p), (1, 0, 0, 0), "the client left the line");
         assert_eq!(held.release(), None);
@@ -482,7 +517,7 @@ mod tests {
     async fn a_broken_connection_frees_its_slot_and_pinned_clients_are_counted() {
         let p = pool(1, 0, Duration::from_secs(60));
         authenticate(&p, 1).await;
-        let mut lease = p.acquire().await.unwrap();
+        let mut lease = p.acquire(cannot_open).await.unwrap();
         lease.pin();
         lease.pin();
         assert_eq!(figures(&p), (1, 0, 0, 1));
@@ -493,9 +528,104 @@ mod tests {
         drop(slot);
         assert_eq!(figures(&p), (0, 0, 0, 0), "a slot whose connection failed is freed");
         authenticate(&p, 2).await;
-        let mut lease = p.acquire().await.unwrap();
+        let mut lease = p.acquire(cannot_open).await.unwrap();
         lease.pin();
         assert_eq!(lease.release(), None);
         assert_eq!(figures(&p), (0, 1, 0, 0));
+    }
+
+    /// Polls `fut` once, as a runtime would before the client it serves goes away.
+    fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+        std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_leaves_the_line() {
+        let p = pool(1, 0, Duration::from_secs(60));
+        authenticate(&p, 1).await;
+        let held = p.acquire(cannot_open).await.unwrap();
+        let mut waiter = Box::pin(p.acquire(cannot_open));
+        assert!(poll_once(&mut waiter).is_pending());
+        assert_eq!(figures(&p), (1, 0, 1, 0));
+        drop(waiter);
+        assert_eq!(figures(&p), (1, 0, 0, 0), "out of the line");
+        assert_eq!(held.release(), None);
+        assert_eq!(figures(&p), (0, 1, 0, 0), "the connection given back is idle, not sent to the gone waiter");
+    }
+
+    #[tokio::test]
+    async fn a_connection_handed_to_a_waiter_that_went_away_goes_back_to_the_pool() {
+        let p = pool(1, 0, Duration::from_secs(60));
+        authenticate(&p, 1).await;
+        let held = p.acquire(cannot_open).await.unwrap();
+        let mut gone = Box::pin(p.acquire(cannot_open));
+        assert!(poll_once(&mut gone).is_pending());
+        let mut next = Box::pin(p.acquire(cannot_open));
+        assert!(poll_once(&mut next).is_pending());
+        assert_eq!(held.release(), None, "handed to the first waiter");
+        assert_eq!(figures(&p), (1, 0, 1, 0));
+        drop(gone);
+        assert_eq!(figures(&p), (1, 0, 0, 0), "passed on to the next waiter");
+        let mut lease = next.await.unwrap();
+        assert_eq!(*lease.conn(), 1);
+        assert_eq!(lease.release(), None);
+        assert_eq!(figures(&p), (0, 1, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_a_client_waits_is_replaced_by_one_the_waiter_opens() {
+        let p = pool(2, 0, Duration::from_secs(60));
+        let (first, _) = p.open().await.unwrap();
+        let (second, _) = p.open().await.unwrap();
+        let (first, second) = (first.fill(1), second.fill(2));
+        let waiter = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.acquire(|| async { Ok::<_, OpenFailure>(3) }).await.map(|mut l| *l.conn()) }
+        });
+        while p.stats().waiting < 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        assert_eq!(waiter.await.unwrap().unwrap(), 3, "a new connection, opened in the closed one's place");
+        assert_eq!(figures(&p), (1, 0, 0, 0), "the waiter's lease ended with the task: forgotten");
+        assert_eq!(second.release(), None);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_cannot_open_a_replacement_is_refused_once_no_connection_is_left() {
+        let p = pool(2, 0, Duration::from_secs(60));
+        let (first, _) = p.open().await.unwrap();
+        let (second, _) = p.open().await.unwrap();
+        let (first, second) = (first.fill(1), second.fill(2));
+        let waiter = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.acquire(cannot_open).await.map(|mut l| *l.conn()) }
+        });
+        while p.stats().waiting < 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        // It tried, was asked for a password, and is back in line: the second connection will come back.
+        while p.stats().active > 1 || p.stats().waiting < 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(second);
+        let err = waiter.await.unwrap().unwrap_err();
+        assert_eq!((err.severity, err.code.as_str()), ("FATAL", "08006"), "{err}");
+        assert_eq!(figures(&p), (0, 0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_while_it_opens_a_replacement_frees_the_room() {
+        let p = pool(1, 0, Duration::from_secs(60));
+        let (slot, _) = p.open().await.unwrap();
+        let lease = slot.fill(1);
+        let mut waiter = Box::pin(p.acquire(std::future::pending::<Result<u32, OpenFailure>>));
+        assert!(poll_once(&mut waiter).is_pending());
+        drop(lease);
+        assert!(poll_once(&mut waiter).is_pending(), "opening");
+        assert_eq!(figures(&p), (1, 0, 0, 0), "the room counts as active");
+        drop(waiter);
+        assert_eq!(figures(&p), (0, 0, 0, 0));
     }
 }
