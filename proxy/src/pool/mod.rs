@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use self::metrics::PoolMetrics;
+pub use self::queue::PoolSettings;
 use self::queue::{Handed, PoolState};
 use crate::sql_error::SqlError;
 
@@ -37,17 +38,6 @@ pub struct PoolKey {
     pub user: String,
     /// The other startup parameters, sorted by name.
     pub parameters: Vec<(String, String)>,
-}
-
-/// A pool's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Server connections kept (idle and lent).
-    pub size: usize,
-    /// Connections beyond `size` opened for clients authenticating on a full pool.
-    pub reserve: usize,
-    /// How long a client waits for a connection before it is refused.
-    pub wait_timeout: Duration,
 }
 
 /// One pool's figures (what `DUALWRITE POOLS` shows).

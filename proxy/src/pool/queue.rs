@@ -10,12 +10,22 @@
 //! itself no longer in line knows its hand-out is already in its receiver, and returns it.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::PoolSettings;
 use crate::sql_error::SqlError;
+
+/// A pool's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Server connections kept (idle and lent).
+    pub size: usize,
+    /// Connections beyond `size` opened for clients authenticating on a full pool.
+    pub reserve: usize,
+    /// How long a client waits for a connection before it is refused.
+    pub wait_timeout: Duration,
+}
 
 /// What a waiting client is handed.
 pub(super) enum Handed<C> {
@@ -222,8 +232,6 @@ fn no_replacement_error() -> SqlError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn state(size: usize) -> PoolState<u32> {
