@@ -231,7 +231,15 @@ impl<C: Send + 'static> Pool<C> {
                             // own place in line, in one step.
                             let mut slot = slot;
                             slot.pool = None;
-                            let (ticket, receiver) = self.change(|s| s.needs_credentials(started));
+                            let ((ticket, receiver), learned) = self.change(|s| s.needs_credentials(started));
+                            if learned {
+                                tracing::info!(
+                                    database = %self.key.database,
+                                    user = %self.key.user,
+                                    "the server asks for a password to open a pool connection without a login: \
+                                     closed connections of this pool are replaced by logins only"
+                                );
+                            }
                             waiting = Waiting { pool: self, ticket, receiver: Some(receiver) };
                         }
                     }

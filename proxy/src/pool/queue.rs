@@ -176,12 +176,14 @@ impl<C> PoolState<C> {
     /// A waiter's room could not be used: the server wants credentials the proxy does not have. The room
     /// is given up and the waiter goes back to the head of the line (where, if nothing can come back to
     /// the pool, it is refused at once).
-    pub(super) fn needs_credentials(&mut self, since: Instant) -> Place<C> {
+    /// Also says whether the pool learned this just now.
+    pub(super) fn needs_credentials(&mut self, since: Instant) -> (Place<C>, bool) {
+        let learned = self.replacement != Replacement::NeedsCredentials;
         self.replacement = Replacement::NeedsCredentials;
         self.active -= 1;
         let place = self.queue(since, true);
         self.dispatch();
-        place
+        (place, learned)
     }
 
     /// A connection was opened without a client's help.
@@ -317,7 +319,8 @@ mod tests {
         let (_, mut first) = s.lend(since).unwrap_err();
         let (_, mut second) = s.lend(since).unwrap_err();
         assert_eq!(handed(&mut first), "room", "the pool is below its size");
-        let (_, mut first) = s.needs_credentials(since);
+        let ((_, mut first), learned) = s.needs_credentials(since);
+        assert!(learned);
         assert_eq!(figures(&s), (2, 0, 2), "back in line, first");
         assert_eq!(handed(&mut first), "nothing", "two connections are lent: they will come back");
         s.forget();

@@ -64,7 +64,10 @@ async fn login(ctx: &ServerContext, startup: &StartupPacket) -> Result<ServerCon
                     let message = text(b'M').unwrap_or_default().into_owned();
                     return Err(OpenFailure::Failed(SqlError::fatal(code, message)));
                 }
-                btag::READY_FOR_QUERY => return Ok(server_conn(stream, key)),
+                btag::READY_FOR_QUERY => {
+                    tracing::debug!(pid = key.as_ref().map(|k| k.pid), "server connection opened for a waiting client");
+                    return Ok(server_conn(stream, key));
+                }
                 // AuthenticationOk, notices, NegotiateProtocolVersion: nothing to do.
                 _ => {}
             }
