@@ -5,7 +5,10 @@
 //! ([`Pool::open`]; an idle connection is closed to make room when the pool is at its limit): authentication
 //! is always the client's own exchange with the server, relayed, never a stored password. That connection
 //! is the client's first lease. A connection given back goes to the longest-waiting client, else idle,
-//! else (beyond `size`) is closed. Clients pinned to their connection ([`pinning`]) keep their lease to the
+//! else (beyond `size`) is closed. A connection closed leaves room that goes to the longest-waiting
+//! client, which opens a connection there itself, without a login of its own where the server allows
+//! it ([`queue`] says what a waiter is handed, and when it is refused rather than left waiting). Clients
+//! pinned to their connection ([`pinning`]) keep their lease to the
 //! end of their session and are counted. Named prepared statements follow their clients across
 //! connections ([`statements`]).
 //!
