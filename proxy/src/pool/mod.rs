@@ -7,7 +7,7 @@
 //! is the client's first lease. A connection given back goes to the longest-waiting client, else idle,
 //! else (beyond `size`) is closed. A connection closed leaves room that goes to the longest-waiting
 //! client, which opens a connection there itself, without a login of its own where the server allows
-//! it ([`queue`] says what a waiter is handed, and when it is refused rather than left waiting). Clients
+//! it (`pool::queue` says what a waiter is handed, and when it is refused rather than left waiting). Clients
 //! pinned to their connection ([`pinning`]) keep their lease to the
 //! end of their session and are counted. Named prepared statements follow their clients across
 //! connections ([`statements`]).
