@@ -357,20 +357,35 @@ pub async fn pgbench(url: &str, args: &[&str]) -> anyhow::Result<CommandOutput> 
     run_client("pgbench", &full_args, None).await
 }
 
-/// Runs a client program of the PostgreSQL installation, killing it after [`SUBPROCESS_TIMEOUT`].
-pub async fn run_client(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<CommandOutput> {
-    let path = client_bin_dir().join(program);
-    let mut command = tokio::process::Command::new(&path);
+/// Starts `pgbench <args> <url>` and returns at once, for a test that kills it (`Child::kill` is a
+/// SIGKILL); killed when dropped.
+pub fn spawn_pgbench(url: &str, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    let mut full_args = args.to_vec();
+    full_args.push(url);
+    let path = client_bin_dir().join("pgbench");
+    client_command(&path, &full_args, false).spawn().with_context(|| format!("running {}", path.display()))
+}
+
+/// A client program of the PostgreSQL installation with the harness's environment, output captured.
+fn client_command(path: &std::path::Path, args: &[&str], stdin: bool) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(path);
     command
         .args(args)
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGOPTIONS")
         .env_remove("PGSERVICE")
-        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdin(if stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command.spawn().with_context(|| format!("running {}", path.display()))?;
+    command
+}
+
+/// Runs a client program of the PostgreSQL installation, killing it after [`SUBPROCESS_TIMEOUT`].
+pub async fn run_client(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<CommandOutput> {
+    let path = client_bin_dir().join(program);
+    let mut child =
+        client_command(&path, args, stdin.is_some()).spawn().with_context(|| format!("running {}", path.display()))?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().context("stdin of the client")?;
         let input = input.to_owned();

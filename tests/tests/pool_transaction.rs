@@ -3,6 +3,7 @@
 //! proxy's own `dualwrite.version` survives the swaps; the wait timeout, cancel, a client killed
 //! mid-transaction, `DUALWRITE POOLS` and the pool metrics.
 
+mod pool_support;
 mod proxy_support;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use dualwrite_proxy::config::PoolMode;
 use dualwrite_proxy::Config;
 use dualwrite_tests::*;
+use pool_support::*;
 use proxy_support::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -137,34 +139,6 @@ async fn prepared_statements_follow_their_clients_across_few_server_connections(
         run.await.unwrap();
     }
     proxy.stop().await.unwrap();
-}
-
-/// A Parse, Bind, Describe (statement), Close (statement), Execute or Sync frame.
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![tag];
-    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    f.extend_from_slice(body);
-    f
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    frame(b'P', &[name.as_bytes(), &[0], sql.as_bytes(), &[0, 0, 0]].concat())
-}
-
-fn bind(statement: &str) -> Vec<u8> {
-    frame(b'B', &[&[0], statement.as_bytes(), &[0, 0, 0, 0, 0, 0, 0]].concat())
-}
-
-fn close(statement: &str) -> Vec<u8> {
-    frame(b'C', &[b"S", statement.as_bytes(), &[0]].concat())
-}
-
-fn execute() -> Vec<u8> {
-    frame(b'E', &[0, 0, 0, 0, 0])
-}
-
-fn sync() -> Vec<u8> {
-    frame(b'S', &[])
 }
 
 /// Sends `frames` and reads the answers up to ReadyForQuery.
@@ -389,15 +363,6 @@ async fn each_clients_dualwrite_version_routes_its_statements_across_one_shared_
     let shadow: i64 = direct.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0);
     assert_eq!(shadow, 15, "every write of both shapes reached the shadow too");
     proxy.stop().await.unwrap();
-}
-
-/// The value of the first sample of `series` (name and labels as exported) in a scrape.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[tokio::test]

@@ -3,10 +3,14 @@
 //! `dualwrite_pool_server_connections{database,user,state="active|idle"}`,
 //! `dualwrite_pool_clients_waiting`, `dualwrite_pinned_clients` (gauges, same labels) and
 //! `dualwrite_pool_wait_seconds` (histogram of the time clients waited for a connection, zero included).
+//! The gauges are moved from the pool's own figures after each change of its state, not per event, so
+//! they always equal the state.
 
 use std::time::Duration;
 
 use metrics::{gauge, histogram, Gauge, Histogram};
+
+use super::queue::Figures;
 
 pub const POOL_SERVER_CONNECTIONS: &str = "dualwrite_pool_server_connections";
 pub const POOL_CLIENTS_WAITING: &str = "dualwrite_pool_clients_waiting";
@@ -38,34 +42,17 @@ impl PoolMetrics {
         }
     }
 
-    /// A slot was opened, taking the place of an idle connection (closed) when `evicted`.
-    pub(super) fn opened(&self, evicted: bool) {
-        self.active.increment(1.0);
-        if evicted {
-            self.idle.decrement(1.0);
-        }
-    }
-
-    pub(super) fn lent_idle(&self) {
-        self.idle.decrement(1.0);
-        self.active.increment(1.0);
-    }
-
-    pub(super) fn returned_idle(&self) {
-        self.active.decrement(1.0);
-        self.idle.increment(1.0);
-    }
-
-    pub(super) fn closed_active(&self) {
-        self.active.decrement(1.0);
-    }
-
-    pub(super) fn waiting(&self, delta: f64) {
-        self.waiting.increment(delta);
-    }
-
-    pub(super) fn pinned(&self, delta: f64) {
-        self.pinned.increment(delta);
+    /// Moves the gauges from the figures they show (`before`) to `now`.
+    pub(super) fn publish(&self, before: Figures, now: Figures) {
+        let delta = |gauge: &Gauge, before: usize, now: usize| {
+            if before != now {
+                gauge.increment(now as f64 - before as f64);
+            }
+        };
+        delta(&self.active, before.active, now.active);
+        delta(&self.idle, before.idle, now.idle);
+        delta(&self.waiting, before.waiting, now.waiting);
+        delta(&self.pinned, before.pinned, now.pinned);
     }
 
     pub(super) fn waited(&self, wait: Duration) {

@@ -5,7 +5,10 @@
 //! ([`Pool::open`]; an idle connection is closed to make room when the pool is at its limit): authentication
 //! is always the client's own exchange with the server, relayed, never a stored password. That connection
 //! is the client's first lease. A connection given back goes to the longest-waiting client, else idle,
-//! else (beyond `size`) is closed. Clients pinned to their connection ([`pinning`]) keep their lease to the
+//! else (beyond `size`) is closed. A connection closed leaves room that goes to the longest-waiting
+//! client, which opens a connection there itself, without a login of its own where the server allows
+//! it (`pool::queue` says what a waiter is handed, and when it is refused rather than left waiting). Clients
+//! pinned to their connection ([`pinning`]) keep their lease to the
 //! end of their session and are counted. Named prepared statements follow their clients across
 //! connections ([`statements`]).
 //!
@@ -14,17 +17,20 @@
 
 pub mod metrics;
 pub mod pinning;
+mod queue;
 pub mod registry;
 pub mod statements;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
 use self::metrics::PoolMetrics;
-use crate::protocol::messages::SqlError;
+pub use self::queue::PoolSettings;
+use self::queue::{Handed, PoolState};
+use crate::sql_error::SqlError;
 
 /// Which pool a client's transactions run in: connections are interchangeable only between clients that
 /// logged in as the same user to the same database with the same startup parameters (application_name,
@@ -35,17 +41,6 @@ pub struct PoolKey {
     pub user: String,
     /// The other startup parameters, sorted by name.
     pub parameters: Vec<(String, String)>,
-}
-
-/// A pool's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Server connections kept (idle and lent).
-    pub size: usize,
-    /// Connections beyond `size` opened for clients authenticating on a full pool.
-    pub reserve: usize,
-    /// How long a client waits for a connection before it is refused.
-    pub wait_timeout: Duration,
 }
 
 /// One pool's figures (what `DUALWRITE POOLS` shows).
@@ -103,7 +98,10 @@ impl<C: Send + 'static> Pools<C> {
     pub fn pool(&self, key: &PoolKey, settings: PoolSettings) -> Arc<Pool<C>> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let pool = pools.entry(key.clone()).or_insert_with(|| Arc::new(Pool::new(key.clone(), settings)));
-        pool.state().settings = settings;
+        pool.change(|s| {
+            s.settings = settings;
+            s.dispatch();
+        });
         Arc::clone(pool)
     }
 
@@ -122,48 +120,39 @@ impl<C: Send + 'static> Default for Pools<C> {
     }
 }
 
-struct Waiter<C> {
-    ticket: u64,
-    since: Instant,
-    sender: oneshot::Sender<C>,
-}
-
-struct PoolState<C> {
-    settings: PoolSettings,
-    idle: Vec<C>,
-    /// Connections lent to clients, or being opened in a slot.
-    active: usize,
-    /// Clients waiting, oldest first.
-    waiting: VecDeque<Waiter<C>>,
-    next_ticket: u64,
-    pinned: usize,
-}
-
-impl<C> PoolState<C> {
-    fn total(&self) -> usize {
-        self.idle.len() + self.active
-    }
-}
-
 /// The server connections of one pool key.
 pub struct Pool<C> {
     key: PoolKey,
     state: Mutex<PoolState<C>>,
-    /// Signalled when a slot may have come free (a connection forgotten, closed or idle).
+    /// Signalled when a slot may have come free for a login (a connection forgotten, closed or idle).
     freed: Notify,
     metrics: PoolMetrics,
 }
 
+/// Why a waiter could not open a connection in the room it was handed.
+#[derive(Debug)]
+pub enum OpenFailure {
+    /// The server asks for a password (or another exchange only the client can make).
+    NeedsCredentials,
+    /// The connection failed; the waiter gets this error.
+    Failed(SqlError),
+}
+
 impl<C: Send + 'static> Pool<C> {
     fn new(key: PoolKey, settings: PoolSettings) -> Self {
-        let state =
-            PoolState { settings, idle: Vec::new(), active: 0, waiting: VecDeque::new(), next_ticket: 0, pinned: 0 };
         let metrics = PoolMetrics::new(&key.database, &key.user);
-        Pool { key, state: Mutex::new(state), freed: Notify::new(), metrics }
+        Pool { key, state: Mutex::new(PoolState::new(settings)), freed: Notify::new(), metrics }
     }
 
-    fn state(&self) -> MutexGuard<'_, PoolState<C>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `change` on the state under the lock, then moves the gauges by the difference between the
+    /// figures they show and the state's: the gauges follow the state itself, whatever path changed it.
+    fn change<R>(&self, change: impl FnOnce(&mut PoolState<C>) -> R) -> R {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let out = change(&mut s);
+        let now = s.figures();
+        self.metrics.publish(s.published, now);
+        s.published = now;
+        out
     }
 
     pub fn key(&self) -> &PoolKey {
@@ -171,36 +160,31 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let s = self.state();
-        PoolStats {
-            key: self.key.clone(),
-            size: s.settings.size,
-            active: s.active,
-            idle: s.idle.len(),
-            waiting: s.waiting.len(),
-            pinned: s.pinned,
-            max_wait: s.waiting.front().map(|w| w.since.elapsed()).unwrap_or_default(),
-        }
+        self.change(|s| {
+            let f = s.figures();
+            PoolStats {
+                key: self.key.clone(),
+                size: s.settings.size,
+                active: f.active,
+                idle: f.idle,
+                waiting: f.waiting,
+                pinned: f.pinned,
+                max_wait: s.oldest_wait().map(|since| since.elapsed()).unwrap_or_default(),
+            }
+        })
     }
 
     /// A slot for a new connection (a client's authentication), within `size + reserve`: when the pool is
     /// at its limit an idle connection gives up its place (returned, for the caller to close), else the
     /// client waits for a slot to come free, up to the wait timeout.
     pub async fn open(self: &Arc<Self>) -> Result<(Slot<C>, Option<C>), SqlError> {
-        let deadline = tokio::time::Instant::now() + self.state().settings.wait_timeout;
+        let deadline = tokio::time::Instant::now() + self.change(|s| s.settings.wait_timeout);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut s = self.state();
-                let limit = s.settings.size + s.settings.reserve;
-                let evicted = if s.total() < limit { None } else { s.idle.pop() };
-                if s.total() < limit || evicted.is_some() {
-                    s.active += 1;
-                    self.metrics.opened(evicted.is_some());
-                    return Ok((Slot { pool: Some(Arc::clone(self)) }, evicted));
-                }
+            if let Some(evicted) = self.change(|s| s.open_slot()) {
+                return Ok((Slot { pool: Some(Arc::clone(self)) }, evicted));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(wait_timeout_error());
@@ -209,42 +193,59 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     /// Lends a connection for one transaction, waiting in line (first come, first served) up to the
-    /// pool's wait timeout.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease<C>, SqlError> {
+    /// pool's wait timeout. When the waiter is handed room instead (a connection was closed and the pool
+    /// is below its size), it opens a connection itself with `open`; if the server wants a password for
+    /// that, it goes back to the head of the line. Cancel-safe: a waiter dropped leaves the line, and what
+    /// it was handed meanwhile goes back to the pool.
+    pub async fn acquire<F, Fut>(self: &Arc<Self>, mut open: F) -> Result<Lease<C>, SqlError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<C, OpenFailure>>,
+    {
         let started = Instant::now();
-        let (ticket, receiver, wait_timeout) = {
-            let mut s = self.state();
-            if let Some(conn) = s.idle.pop() {
-                s.active += 1;
-                self.metrics.lent_idle();
+        let (lent, wait_timeout) = self.change(|s| (s.lend(started), s.settings.wait_timeout));
+        let (ticket, receiver) = match lent {
+            Ok(conn) => {
                 self.metrics.waited(Duration::ZERO);
-                drop(s);
                 return Ok(self.lease(conn));
             }
-            let (sender, receiver) = oneshot::channel();
-            let ticket = s.next_ticket;
-            s.next_ticket += 1;
-            s.waiting.push_back(Waiter { ticket, since: started, sender });
-            self.metrics.waiting(1.0);
-            (ticket, receiver, s.settings.wait_timeout)
+            Err(place) => place,
         };
-        let mut receiver = receiver;
-        let outcome = match tokio::time::timeout(wait_timeout, &mut receiver).await {
-            Ok(Ok(conn)) => Ok(self.lease(conn)),
-            // The sender is only dropped after its removal below or with the pool; either way: refused.
-            Ok(Err(_)) => Err(wait_timeout_error()),
-            Err(_) => {
-                let mut s = self.state();
-                let before = s.waiting.len();
-                s.waiting.retain(|w| w.ticket != ticket);
-                if s.waiting.len() < before {
-                    self.metrics.waiting(-1.0);
-                }
-                drop(s);
-                // Handed a connection just as the wait ran out: it is ours after all.
-                match receiver.try_recv() {
-                    Ok(conn) => Ok(self.lease(conn)),
-                    Err(_) => Err(wait_timeout_error()),
+        let deadline = tokio::time::Instant::now() + wait_timeout;
+        let mut waiting = Waiting { pool: self, ticket, receiver: Some(receiver) };
+        let outcome = loop {
+            let handed = match waiting.handed(deadline).await {
+                Some(handed) => handed,
+                None => break Err(wait_timeout_error()),
+            };
+            match handed {
+                Handed::Conn(conn) => break Ok(self.lease(conn)),
+                Handed::Refused(err) => break Err(err),
+                Handed::Room => {
+                    let slot = Slot { pool: Some(Arc::clone(self)) };
+                    match open().await {
+                        Ok(conn) => {
+                            self.change(|s| s.replacement_opened());
+                            break Ok(slot.fill(conn));
+                        }
+                        Err(OpenFailure::Failed(err)) => break Err(err),
+                        Err(OpenFailure::NeedsCredentials) => {
+                            // The slot's place is given back inside `needs_credentials`, with the waiter's
+                            // own place in line, in one step.
+                            let mut slot = slot;
+                            slot.pool = None;
+                            let ((ticket, receiver), learned) = self.change(|s| s.needs_credentials(started));
+                            if learned {
+                                tracing::info!(
+                                    database = %self.key.database,
+                                    user = %self.key.user,
+                                    "the server asks for a password to open a pool connection without a login: \
+                                     closed connections of this pool are replaced by logins only"
+                                );
+                            }
+                            waiting = Waiting { pool: self, ticket, receiver: Some(receiver) };
+                        }
+                    }
                 }
             }
         };
@@ -258,34 +259,66 @@ impl<C: Send + 'static> Pool<C> {
 
     /// A lent connection comes back (counted active until here): to the longest-waiting client still
     /// waiting, else idle; beyond `size` (a reserve connection) it is returned for the caller to close.
-    fn give_back(&self, mut conn: C) -> Option<C> {
-        let mut s = self.state();
-        while let Some(waiter) = s.waiting.pop_front() {
-            self.metrics.waiting(-1.0);
-            match waiter.sender.send(conn) {
-                Ok(()) => return None,
-                Err(back) => conn = back,
-            }
-        }
-        s.active -= 1;
-        let surplus = if s.total() >= s.settings.size {
-            self.metrics.closed_active();
-            Some(conn)
-        } else {
-            s.idle.push(conn);
-            self.metrics.returned_idle();
-            None
-        };
-        drop(s);
+    fn give_back(&self, conn: C) -> Option<C> {
+        let surplus = self.change(|s| s.give_back(conn));
         self.freed.notify_waiters();
         surplus
     }
 
-    /// A lent connection is gone (broken or closed): its slot is free again.
+    /// A lent connection is gone (broken or closed), or a slot was not filled: its place may serve a
+    /// waiter, else a login.
     fn forget(&self) {
-        self.state().active -= 1;
-        self.metrics.closed_active();
+        self.change(|s| s.forget());
         self.freed.notify_waiters();
+    }
+}
+
+/// A client's place in line, left when dropped (the client went away, or its wait ran out): if it was
+/// handed something meanwhile, that goes back to the pool.
+struct Waiting<'p, C: Send + 'static> {
+    pool: &'p Arc<Pool<C>>,
+    ticket: u64,
+    /// `None` once what was handed has been taken.
+    receiver: Option<oneshot::Receiver<Handed<C>>>,
+}
+
+impl<C: Send + 'static> Waiting<'_, C> {
+    /// What the waiter is handed, or `None` when the deadline passed first (it left the line then).
+    async fn handed(&mut self, deadline: tokio::time::Instant) -> Option<Handed<C>> {
+        let receiver = self.receiver.as_mut()?;
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(handed)) => {
+                self.receiver = None;
+                Some(handed)
+            }
+            // The sender is only dropped with the pool, or after the waiter left the line.
+            Ok(Err(_)) => {
+                self.receiver = None;
+                None
+            }
+            // Handed something just as the wait ran out: it is ours after all.
+            Err(_) => self.leave(),
+        }
+    }
+
+    /// Leaves the line; what was handed before, if anything.
+    fn leave(&mut self) -> Option<Handed<C>> {
+        let mut receiver = self.receiver.take()?;
+        // Under the lock: not in line any more means the hand-out is already in the receiver.
+        self.pool.change(|s| if s.leave(self.ticket) { None } else { receiver.try_recv().ok() })
+    }
+}
+
+impl<C: Send + 'static> Drop for Waiting<'_, C> {
+    fn drop(&mut self) {
+        match self.leave() {
+            Some(Handed::Conn(conn)) => {
+                // Dropped only in the rare case that no one waits and the pool is over its size.
+                drop(self.pool.give_back(conn));
+            }
+            Some(Handed::Room) => self.pool.forget(),
+            Some(Handed::Refused(_)) | None => {}
+        }
     }
 }
 
@@ -331,8 +364,7 @@ impl<C: Send + 'static> Lease<C> {
     pub fn pin(&mut self) {
         if !self.pinned {
             self.pinned = true;
-            self.pool.state().pinned += 1;
-            self.pool.metrics.pinned(1.0);
+            self.pool.change(|s| s.pinned += 1);
         }
     }
 
@@ -351,8 +383,7 @@ impl<C: Send + 'static> Lease<C> {
 
     fn unpin(&mut self) {
         if std::mem::take(&mut self.pinned) {
-            self.pool.state().pinned -= 1;
-            self.pool.metrics.pinned(-1.0);
+            self.pool.change(|s| s.pinned -= 1);
         }
     }
 }
@@ -367,135 +398,4 @@ impl<C: Send + 'static> Drop for Lease<C> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(size: usize, reserve: usize, wait: Duration) -> Arc<Pool<u32>> {
-        let pools = Pools::new();
-        let key = PoolKey { database: "app".into(), user: "alice".into(), parameters: Vec::new() };
-        pools.pool(&key, PoolSettings { size, reserve, wait_timeout: wait })
-    }
-
-    fn figures(p: &Pool<u32>) -> (usize, usize, usize, usize) {
-        let s = p.stats();
-        (s.active, s.idle, s.waiting, s.pinned)
-    }
-
-    /// A client authenticates on a new connection (its first lease) and gives it back.
-    async fn authenticate(p: &Arc<Pool<u32>>, conn: u32) -> (Option<u32>, Option<u32>) {
-        let (slot, evicted) = p.open().await.unwrap();
-        (evicted, slot.fill(conn).release())
-    }
-
-    #[tokio::test]
-    async fn authenticated_connections_stay_until_the_pool_is_full_then_make_room_by_closing_idle_ones() {
-        let p = pool(2, 0, Duration::from_secs(60));
-        assert_eq!(authenticate(&p, 1).await, (None, None));
-        assert_eq!(authenticate(&p, 2).await, (None, None));
-        assert_eq!(figures(&p), (0, 2, 0, 0));
-        let (evicted, back) = authenticate(&p, 3).await;
-        assert!(matches!(evicted, Some(1 | 2)), "an idle connection is closed to make room: {evicted:?}");
-        assert_eq!(back, None);
-        assert_eq!(figures(&p), (0, 2, 0, 0));
-        let mut lease = p.acquire().await.unwrap();
-        assert_eq!(figures(&p), (1, 1, 0, 0));
-        let first = *lease.conn();
-        assert_eq!(lease.release(), None);
-        assert_eq!(figures(&p), (0, 2, 0, 0));
-        assert!([1, 2, 3].contains(&first));
-    }
-
-    #[tokio::test]
-    async fn reserve_connections_serve_authentications_on_a_full_pool_and_are_closed_when_given_back() {
-        let p = pool(1, 1, Duration::ZERO);
-        let (slot, _) = p.open().await.unwrap();
-        let held = slot.fill(1);
-        let (slot, evicted) = p.open().await.unwrap();
-        assert_eq!(evicted, None, "the reserve opens a second connection");
-        let reserve = slot.fill(2);
-        assert_eq!(figures(&p), (2, 0, 0, 0));
-        let Err(err) = p.open().await else { panic!("size + reserve reached: no slot") };
-        assert_eq!(err.code, "08P01");
-        assert_eq!(reserve.release(), Some(2), "beyond the size: closed");
-        assert_eq!(held.release(), None);
-        assert_eq!(figures(&p), (0, 1, 0, 0));
-    }
-
-    #[tokio::test]
-    async fn an_authentication_on_a_full_pool_waits_for_a_slot_to_come_free() {
-        let p = pool(1, 0, Duration::from_secs(60));
-        let (slot, _) = p.open().await.unwrap();
-        let held = slot.fill(1);
-        let opening = tokio::spawn({
-            let p = Arc::clone(&p);
-            async move { p.open().await.map(|(slot, evicted)| (slot.fill(2), evicted)) }
-        });
-        tokio::task::yield_now().await;
-        assert!(!opening.is_finished(), "no slot while the one connection is lent");
-        drop(held);
-        let (lease, evicted) = opening.await.unwrap().unwrap();
-        assert_eq!(evicted, None, "the broken connection's slot was taken");
-        assert_eq!(figures(&p), (1, 0, 0, 0));
-        assert_eq!(lease.release(), None);
-    }
-
-    #[tokio::test]
-    async fn waiting_clients_are_served_first_come_first_served() {
-        let p = pool(1, 0, Duration::from_secs(60));
-        authenticate(&p, 7).await;
-        let held = p.acquire().await.unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for client in 0..3 {
-            let (pool, tx) = (Arc::clone(&p), tx.clone());
-            tokio::spawn(async move {
-                let lease = pool.acquire().await.unwrap();
-                tx.send(client).unwrap();
-                assert_eq!(lease.release(), None);
-            });
-            // Each client is in line before the next one starts.
-            while p.stats().waiting < client + 1 {
-                tokio::task::yield_now().await;
-            }
-        }
-        assert_eq!(figures(&p), (1, 0, 3, 0));
-        assert!(p.stats().max_wait <= Duration::from_secs(60));
-        assert_eq!(held.release(), None);
-        let order = [rx.recv().await.unwrap(), rx.recv().await.unwrap(), rx.recv().await.unwrap()];
-        assert_eq!(order, [0, 1, 2]);
-        assert_eq!(figures(&p), (0, 1, 0, 0));
-    }
-
-    #[tokio::test]
-    async fn a_client_that_waits_too_long_gets_pgbouncers_error_and_leaves_the_line() {
-        // A zero wait: the client is refused as soon as it finds no connection free.
-        let p = pool(1, 0, Duration::ZERO);
-        authenticate(&p, 1).await;
-        let held = p.acquire().await.unwrap();
-        let Err(err) = p.acquire().await else { panic!("the wait must time out") };
-        assert_eq!((err.code.as_str(), err.message.as_str()), ("08P01", "query_wait_timeout"));
-        assert_eq!(figures(&p), (1, 0, 0, 0), "the client left the line");
-        assert_eq!(held.release(), None);
-        assert_eq!(figures(&p), (0, 1, 0, 0));
-    }
-
-    #[tokio::test]
-    async fn a_broken_connection_frees_its_slot_and_pinned_clients_are_counted() {
-        let p = pool(1, 0, Duration::from_secs(60));
-        authenticate(&p, 1).await;
-        let mut lease = p.acquire().await.unwrap();
-        lease.pin();
-        lease.pin();
-        assert_eq!(figures(&p), (1, 0, 0, 1));
-        drop(lease);
-        assert_eq!(figures(&p), (0, 0, 0, 0), "dropped without release: the connection is gone");
-        let (slot, evicted) = p.open().await.unwrap();
-        assert_eq!(evicted, None, "its slot takes a new connection");
-        drop(slot);
-        assert_eq!(figures(&p), (0, 0, 0, 0), "a slot whose connection failed is freed");
-        authenticate(&p, 2).await;
-        let mut lease = p.acquire().await.unwrap();
-        lease.pin();
-        assert_eq!(lease.release(), None);
-        assert_eq!(figures(&p), (0, 1, 0, 0));
-    }
-}
+mod tests;

@@ -179,8 +179,8 @@ impl<'s> Frontend<'s> {
             loop {
                 if let Upstream::Pooled(link) = &upstream {
                     if !self.machine.is_streaming() && self.needs_server(&buf) {
-                        if let Err(err) = link.attach().await {
-                            return FrontendEnd::NoServer(err);
+                        if let Err(end) = attach_watching(link, &mut client, &mut buf, self.host.metrics).await {
+                            return end;
                         }
                     }
                 }
@@ -275,6 +275,34 @@ impl<'s> Frontend<'s> {
         }
         if local_queued {
             shared.local_ready.notify_one();
+        }
+    }
+}
+
+/// What a client may send while it waits for a pooled connection before the proxy stops reading it.
+const WAITING_READ_LIMIT: usize = 1 << 20;
+
+/// Waits for a pooled connection while reading the client: a client that goes away (end of stream or a
+/// failed read) leaves the pool's line at once, instead of keeping its place and being lent a connection
+/// later for a request no one waits for. What it sends meanwhile is kept for after the wait (reading
+/// stops at [`WAITING_READ_LIMIT`], where only the wait timeout ends the wait).
+async fn attach_watching(
+    link: &PooledLink<'_>,
+    client: &mut ReadHalf,
+    buf: &mut BytesMut,
+    metrics: &SessionMetrics,
+) -> Result<(), FrontendEnd> {
+    let attach = link.attach();
+    tokio::pin!(attach);
+    loop {
+        let reading = buf.len() < WAITING_READ_LIMIT;
+        tokio::select! {
+            biased;
+            attached = &mut attach => return attached.map_err(FrontendEnd::NoServer),
+            read = client.read_buf(buf), if reading => match read {
+                Ok(0) | Err(_) => return Err(FrontendEnd::ClientGone),
+                Ok(n) => metrics.to_upstream.increment(n as u64),
+            },
         }
     }
 }

@@ -9,6 +9,7 @@ mod backend;
 mod frontend;
 pub(crate) mod pooled;
 mod refusal;
+mod replacement;
 mod shared;
 
 use std::net::SocketAddr;
@@ -127,7 +128,7 @@ async fn serve_pooled(
 
     let shared = SessionShared::new();
     let session_metrics = SessionMetrics::new();
-    let link = PooledLink::new(&shared, &ctx.pools, lease);
+    let link = PooledLink::new(&shared, &ctx, &startup, lease);
     let mut up_read = None;
     // The startup's ParameterStatus (judged against target_session_attrs) comes from the connection the
     // client authenticated on; the pool's later connections were each judged by their own client's.

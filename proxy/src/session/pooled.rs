@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::{write_chunks, SessionShared};
+use super::{replacement, write_chunks, SessionShared};
 use crate::cancel::CancelRegistration;
 use crate::pool::pinning::{self, PinReason};
 use crate::pool::registry::{PoolRegistry, ServerConn};
@@ -29,7 +29,8 @@ use crate::pool::{Lease, Pool};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, body, btag, tag, SqlError};
 use crate::protocol::requests::Renamed;
-use crate::protocol::startup::CancelKey;
+use crate::protocol::startup::{CancelKey, StartupPacket};
+use crate::server_context::ServerContext;
 use crate::stream::ReadHalf;
 
 /// The Terminate message.
@@ -61,6 +62,9 @@ struct LinkState {
 /// mapping, its pinning and its named prepared statements.
 pub struct PooledLink<'s> {
     shared: &'s SessionShared,
+    ctx: &'s ServerContext,
+    /// The client's startup packet: a connection opened for it without a login is opened with it.
+    startup: &'s StartupPacket,
     registry: &'s PoolRegistry,
     pool: Arc<Pool<ServerConn>>,
     state: Mutex<LinkState>,
@@ -70,7 +74,12 @@ pub struct PooledLink<'s> {
 
 impl<'s> PooledLink<'s> {
     /// The link of a session whose authentication runs on `lease`.
-    pub(super) fn new(shared: &'s SessionShared, registry: &'s PoolRegistry, mut lease: Lease<ServerConn>) -> Self {
+    pub(super) fn new(
+        shared: &'s SessionShared,
+        ctx: &'s ServerContext,
+        startup: &'s StartupPacket,
+        mut lease: Lease<ServerConn>,
+    ) -> Self {
         let read = lease.conn().read.take();
         let state = LinkState {
             lease: Some(lease),
@@ -81,7 +90,8 @@ impl<'s> PooledLink<'s> {
             statements: ClientStatements::new(),
         };
         let pool = Arc::clone(lease_pool(&state));
-        PooledLink { shared, registry, pool, state: Mutex::new(state), event: Notify::new() }
+        let registry = &ctx.pools;
+        PooledLink { shared, ctx, startup, registry, pool, state: Mutex::new(state), event: Notify::new() }
     }
 
     fn state(&self) -> MutexGuard<'_, LinkState> {
@@ -97,12 +107,13 @@ impl<'s> PooledLink<'s> {
         state.registration = Some(registration);
     }
 
-    /// Makes sure the session holds a connection, waiting for one in the pool's queue.
+    /// Makes sure the session holds a connection, waiting for one in the pool's queue (or opening one
+    /// when the pool hands it room). Cancel-safe: dropped, the session leaves the line.
     pub(super) async fn attach(&self) -> Result<(), SqlError> {
         if self.state().lease.is_some() {
             return Ok(());
         }
-        let mut lease = self.pool.acquire().await?;
+        let mut lease = self.pool.acquire(|| replacement::open(self.ctx, self.startup)).await?;
         let conn = lease.conn();
         let (read, key) = (conn.read.take(), conn.key.clone());
         tracing::trace!(pid = key.as_ref().map(|k| k.pid), "server connection attached");

@@ -93,10 +93,27 @@ impl RawClient {
 
     /// Sends the startup packet and nothing else: authentication is the caller's to drive.
     pub async fn open(addr: SocketAddr, user: &str, database: &str) -> RawClient {
+        RawClient::open_with(addr, &[("user", user), ("database", database)]).await
+    }
+
+    /// [`RawClient::connect`] with the startup parameters `parameters` (user and database included).
+    pub async fn connect_with(addr: SocketAddr, parameters: &[(&str, &str)]) -> RawClient {
+        let mut client = RawClient::open_with(addr, parameters).await;
+        while let Some((tag, _)) = client.read_message().await {
+            assert_ne!(tag, b'E', "startup failed");
+            if tag == b'Z' {
+                return client;
+            }
+        }
+        panic!("the connection closed during the startup");
+    }
+
+    /// [`RawClient::open`] with the startup parameters `parameters` (user and database included).
+    pub async fn open_with(addr: SocketAddr, parameters: &[(&str, &str)]) -> RawClient {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut body = Vec::new();
         body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", database)] {
+        for &(k, v) in parameters {
             body.extend_from_slice(k.as_bytes());
             body.push(0);
             body.extend_from_slice(v.as_bytes());
