@@ -176,7 +176,10 @@ pub async fn forward_to_peer(address: &PeerAddress, key: &CancelKey) -> anyhow::
 /// PQcancel does: Postgres closes once it has signalled the backend, and a proxy closes once it has passed
 /// the request on the same way, so the client whose cancel connection the proxy then closes knows the
 /// request has reached the server, along a chain of any length.
-async fn send_request<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, key: &CancelKey) -> anyhow::Result<()> {
+async fn send_request<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    key: &CancelKey,
+) -> anyhow::Result<()> {
     stream.write_all(&key.encode_request()).await?;
     stream.flush().await?;
     let mut sink = [0u8; 64];

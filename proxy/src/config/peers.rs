@@ -29,8 +29,9 @@ impl std::str::FromStr for PeerConfig {
 
     /// `ID=HOST:PORT`, the form of `--peer` and of `DUALWRITE_PEERS` items.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (id, address) =
-            s.split_once('=').ok_or_else(|| format!("invalid peer {s:?}: expected ID=HOST:PORT, e.g. 2=10.0.0.12:6432"))?;
+        let (id, address) = s
+            .split_once('=')
+            .ok_or_else(|| format!("invalid peer {s:?}: expected ID=HOST:PORT, e.g. 2=10.0.0.12:6432"))?;
         let id = id.trim().parse().map_err(|_| format!("invalid peer {s:?}: the id {id:?} is not a number"))?;
         Ok(PeerConfig { id, address: address.trim().to_owned() })
     }
@@ -57,7 +58,8 @@ impl PeerAddress {
                 "{text:?} is not HOST:PORT (a host name, an IPv4 address, or an IPv6 address in brackets)"
             ));
         }
-        let port = port.parse::<u16>().map_err(|_| format!("{text:?}: the port {port:?} is not a number up to 65535"))?;
+        let port =
+            port.parse::<u16>().map_err(|_| format!("{text:?}: the port {port:?} is not a number up to 65535"))?;
         Self::checked_port(host.to_owned(), port, text)
     }
 
