@@ -146,7 +146,7 @@ pub struct ConfigArgs {
     pub peer_id: Option<u32>,
     /// Another instance, as ID=HOST:PORT, to which cancels for its keys are forwarded (repeatable; the
     /// variable takes a comma-separated list; replaces the file's peers).
-    #[arg(long = "peer", env = "DUALWRITE_PEERS", value_delimiter = ',')]
+    #[arg(long = "peer", env = "DUALWRITE_PEERS", value_delimiter = ',', value_name = "ID=HOST:PORT")]
     pub peers: Vec<crate::config::PeerConfig>,
 }
 
