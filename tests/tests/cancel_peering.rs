@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dualwrite_proxy::config::{Config, PeerConfig, PoolMode};
+use dualwrite_proxy::Server;
 use dualwrite_tests::*;
 use proxy_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,6 +204,49 @@ async fn without_peering_a_cancel_reaches_only_the_instance_that_issued_the_key(
     assert!(lock_waiting(&direct, pid).await, "the query still waits");
     // The same request sent to A cancels the query, as it always did.
     assert_eq!(send_cancel(a.addr(), pid, &secret).await, b"");
+    let answer = read_until_ready(&mut waiter).await;
+    assert_eq!(first_error(&answer).map(|(code, _)| code).as_deref(), Some("57014"), "{answer:?}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn peers_given_by_a_reload_take_the_cancels_received_afterwards_and_a_bad_list_is_refused() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    let a = TestProxy::start(peer_config(&cluster, 1, &[], PoolMode::Session, None)).await.unwrap();
+    let b_config = peer_config(&cluster, 2, &[], PoolMode::Session, None);
+    let b_server = Server::bind(b_config.clone()).await.unwrap();
+    let reloader = b_server.reloader();
+    let b = run_server(b_server);
+    let locker = db.connect().await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let (mut waiter, pid, secret) = raw_session(a.addr(), &cluster, &db.name).await;
+    waiter.send_message(b'Q', b"SELECT count(*) FROM t\0").await;
+    wait_until_lock_wait(&direct, pid).await;
+
+    // B lists no peer 1 yet: the request is dropped there.
+    assert_eq!(send_cancel(b.addr, pid, &secret).await, b"");
+    assert!(lock_waiting(&direct, pid).await, "the query still waits");
+
+    // A list naming B itself is refused whole; a changed peer_id is kept for a restart.
+    let mut bad = b_config.clone();
+    bad.peers = vec![PeerConfig { id: 2, address: a.addr().to_string() }];
+    let error = format!("{:#}", reloader.reload(bad).await.unwrap_err());
+    assert!(error.contains("peer 2 is this instance's own peer_id"), "{error}");
+    let mut good = b_config.clone();
+    good.peer_id = 3;
+    good.peers = vec![PeerConfig { id: 1, address: a.addr().to_string() }];
+    let report = reloader.reload(good).await.unwrap();
+    assert_eq!(report.needs_restart, vec!["peer_id"]);
+    assert!(report.changed.iter().any(|c| c.starts_with("peers: ")), "{:?}", report.changed);
+    assert_eq!(reloader.config().peer_id, 2);
+
+    // Now the same request reaches A and cancels the query.
+    assert_eq!(send_cancel(b.addr, pid, &secret).await, b"");
     let answer = read_until_ready(&mut waiter).await;
     assert_eq!(first_error(&answer).map(|(code, _)| code).as_deref(), Some("57014"), "{answer:?}");
     locker.batch_execute("COMMIT").await.unwrap();
