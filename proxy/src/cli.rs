@@ -140,6 +140,14 @@ pub struct ConfigArgs {
     /// Transaction mode: seconds a client waits for a server connection [default: 120].
     #[arg(long, env = "DUALWRITE_POOL_WAIT_TIMEOUT")]
     pub pool_wait_timeout_secs: Option<u64>,
+    /// This instance's id among several behind one address, 1 to 15, carried by its cancel keys; 0 = no
+    /// peering [default: 0].
+    #[arg(long, env = "DUALWRITE_PEER_ID")]
+    pub peer_id: Option<u32>,
+    /// Another instance, as ID=HOST:PORT, to which cancels for its keys are forwarded (repeatable; the
+    /// variable takes a comma-separated list; replaces the file's peers).
+    #[arg(long = "peer", env = "DUALWRITE_PEERS", value_delimiter = ',', value_name = "ID=HOST:PORT")]
+    pub peers: Vec<crate::config::PeerConfig>,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -187,6 +195,10 @@ impl ConfigArgs {
         set(&mut cfg.pool_size, &self.pool_size);
         set(&mut cfg.reserve_pool_size, &self.reserve_pool_size);
         set(&mut cfg.pool_wait_timeout_secs, &self.pool_wait_timeout_secs);
+        set(&mut cfg.peer_id, &self.peer_id);
+        if !self.peers.is_empty() {
+            cfg.peers = self.peers.clone();
+        }
         set(&mut cfg.limits.max_message_size, &self.max_message_size);
         set(&mut cfg.limits.max_client_connections, &self.max_client_connections);
         set(&mut cfg.limits.startup_timeout_secs, &self.startup_timeout_secs);
@@ -252,6 +264,12 @@ mod tests {
             "4096",
             "--shadow-read-queue",
             "8",
+            "--peer-id",
+            "2",
+            "--peer",
+            "1=10.0.0.11:6432",
+            "--peer",
+            "3=dualwrite-3:6432",
         ])
         .unwrap();
         #[allow(irrefutable_let_patterns)]
@@ -267,6 +285,10 @@ mod tests {
         assert_eq!(cfg.limits.max_message_size, 4096);
         assert_eq!(cfg.shadow_reads.queue, 8);
         assert_eq!(cfg.shadow_reads.connections, 1, "not given: the default");
+        assert_eq!(cfg.peer_id, 2);
+        let peers: Vec<(u32, &str)> = cfg.peers.iter().map(|p| (p.id, p.address.as_str())).collect();
+        assert_eq!(peers, vec![(1, "10.0.0.11:6432"), (3, "dualwrite-3:6432")]);
+        assert_eq!(cfg.peering().unwrap().own_id(), Some(2));
     }
 
     #[test]

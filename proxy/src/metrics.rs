@@ -16,6 +16,10 @@ pub const ERRORS_TOTAL: &str = "dualwrite_errors_total";
 /// Connections closed before their session started, by `reason` (`too_many_clients`, `startup_timeout`).
 pub const REFUSED_CONNECTIONS_TOTAL: &str = "dualwrite_refused_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
+/// CancelRequests received, by `outcome`: `local` (this instance's key, sent to the upstream), `forwarded`
+/// (another instance's key, sent to that peer), `unknown` (dropped), `failed` (the upstream or the peer
+/// could not be reached).
+pub const CANCEL_REQUESTS_TOTAL: &str = "dualwrite_cancel_requests_total";
 /// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
@@ -29,6 +33,11 @@ pub fn count_error(sqlstate: &str) {
 /// Counts a connection closed before its session started (`reason`: `too_many_clients`, `startup_timeout`).
 pub fn count_refused(reason: &'static str) {
     counter!(REFUSED_CONNECTIONS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts a CancelRequest by what became of it (see [`CANCEL_REQUESTS_TOTAL`]).
+pub fn count_cancel(outcome: &'static str) {
+    counter!(CANCEL_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Handles one session uses, resolved once.

@@ -6,10 +6,12 @@
 //! Reloaded: the rules file (new statements of every session use the new rules; prepared statements are
 //! prepared again when their rewrite changed), `admin_roles`, `[versions]` defaults (sessions that start
 //! later), every `[limits]` setting (connections accepted later; the shutdown grace at shutdown), the TLS
-//! certificate and key (re-read, for connections accepted later), and `[shadow_reads]` (workers
-//! restarted). Needing a restart: `listen`, `upstream` (with the certificate files its URL names, which a
-//! reload does not re-read: the control plane's connections keep what was read at start, and the data
-//! plane keeps the same), `metrics_listen`, `session_threads`, `[control]`, and turning rules on or off;
+//! certificate and key (re-read, for connections accepted later), `[shadow_reads]` (workers
+//! restarted) and `[[peers]]` (cancel requests received afterwards). Needing a restart: `listen`,
+//! `upstream` (with the certificate files its URL names, which a reload does not re-read: the control
+//! plane's connections keep what was read at start, and the data plane keeps the same), `metrics_listen`,
+//! `session_threads`, `[control]`, `peer_id` (the cancel keys already issued carry it), and turning rules
+//! on or off;
 //! a change to those is logged as a warning and ignored, the rest of the reload applies.
 
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use crate::live::LiveDatabases;
 use crate::server_context::ServerContext;
 
 /// Settings a reload cannot change (the TOML keys, or their prefix for tables).
-const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session_threads", "control"];
+const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session_threads", "control", "peer_id"];
 
 /// Applies configs to one running server. Cheap to clone; reloads run one at a time.
 #[derive(Clone)]
@@ -52,7 +54,8 @@ impl Reloader {
         let (config, needs_restart) = keep_restart_only(&old.config, config, self.live.is_some());
         let mut changed = setting_changes(&old.config, &config);
         let kept_tls = Some(old.upstream.tls.clone());
-        let mut next = ServerContext::build(config, Arc::clone(&old.cancel), Arc::clone(&old.interceptor), kept_tls)?;
+        let cancel = Some(Arc::clone(&old.cancel));
+        let mut next = ServerContext::build(config, cancel, Arc::clone(&old.interceptor), kept_tls)?;
         next.pools = Arc::clone(&old.pools);
         if let Some(live) = &self.live {
             changed.extend(live.reload(&next.config).await?);
@@ -155,6 +158,10 @@ fn keep_restart_only(old: &Config, mut new: Config, has_rules: bool) -> (Config,
     if keep("control", old.control != new.control) {
         new.control = old.control.clone();
     }
+    // The cancel keys already handed out name the id in force.
+    if keep("peer_id", old.peer_id != new.peer_id) {
+        new.peer_id = old.peer_id;
+    }
     if keep("cdc", old.cdc != new.cdc) {
         new.cdc = old.cdc.clone();
     }
@@ -235,6 +242,18 @@ mod tests {
         assert_eq!(ignored, vec!["listen", "upstream", "control"]);
         // Secrets of restart-only settings never reach the change lines.
         assert!(setting_changes(&old, &kept).iter().all(|l| !l.contains("secret")));
+    }
+
+    #[test]
+    fn peer_id_needs_a_restart_and_peers_reload() {
+        let old = config("upstream = \"postgres://a@h/d\"\npeer_id = 1\n[[peers]]\nid = 2\naddress = \"h2:6432\"\n");
+        let new = config("upstream = \"postgres://a@h/d\"\npeer_id = 3\n[[peers]]\nid = 2\naddress = \"h2b:6432\"\n");
+        let (kept, ignored) = keep_restart_only(&old, new, false);
+        assert_eq!(kept.peer_id, 1, "the keys already issued name the running id");
+        assert_eq!(ignored, vec!["peer_id"]);
+        assert_eq!(kept.peers[0].address, "h2b:6432");
+        assert_eq!(setting_changes(&old, &kept).len(), 1, "{:?}", setting_changes(&old, &kept));
+        assert!(setting_changes(&old, &kept)[0].starts_with("peers: "));
     }
 
     #[test]

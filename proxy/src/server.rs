@@ -30,7 +30,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::health::Health;
 use crate::interceptor::{Passthrough, SharedInterceptor};
@@ -55,7 +54,7 @@ impl Server {
     /// Validates the config, prepares TLS, starts the metrics exporter (if `metrics_listen` is set) and
     /// binds `config.listen` (port 0 picks a free port; see [`local_addr`](Server::local_addr)).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let ctx = ServerContext::build(config, CancelRegistry::new(), Arc::new(Passthrough), None)?;
+        let ctx = ServerContext::build(config, None, Arc::new(Passthrough), None)?;
         let health = Health::new();
         if let Some(addr) = ctx.config.metrics_listen {
             crate::exporter::install_exporter(addr, Arc::clone(&health))?;

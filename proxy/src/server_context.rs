@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
+use crate::config::{Config, Peering};
 use crate::interceptor::SharedInterceptor;
 use crate::libpq_tls::UpstreamTls;
 use crate::tls::{self, TlsAcceptor};
@@ -18,6 +18,8 @@ pub struct ServerContext {
     pub upstream: UpstreamTarget,
     pub client_tls: Option<TlsAcceptor>,
     pub cancel: Arc<CancelRegistry>,
+    /// `peer_id` and `peers` of `config`, validated: where a CancelRequest for another instance's key goes.
+    pub peering: Arc<Peering>,
     pub interceptor: SharedInterceptor,
     /// Transaction mode's server-connection pools (kept across reloads).
     pub pools: Arc<crate::pool::registry::PoolRegistry>,
@@ -25,11 +27,12 @@ pub struct ServerContext {
 
 impl ServerContext {
     /// The parts of a context that follow from the config alone (validated), around the shared cancel
-    /// registry and interceptor. Used at start and by every reload; a reload passes the upstream TLS
-    /// settings loaded at start (`kept_upstream_tls`), which it does not change.
+    /// registry and interceptor. Used at start (`cancel` `None`: a registry issuing keys that name this
+    /// instance's `peer_id`) and by every reload, which keeps the registry and passes the upstream TLS
+    /// settings loaded at start (`kept_upstream_tls`), neither of which it changes.
     pub fn build(
         config: Config,
-        cancel: Arc<CancelRegistry>,
+        cancel: Option<Arc<CancelRegistry>>,
         interceptor: SharedInterceptor,
         kept_upstream_tls: Option<UpstreamTls>,
     ) -> anyhow::Result<Self> {
@@ -47,7 +50,9 @@ impl ServerContext {
         };
         anyhow::ensure!(config.limits.max_message_size >= 1024, "limits.max_message_size must be at least 1024 bytes");
         anyhow::ensure!(config.limits.startup_timeout_secs > 0, "limits.startup_timeout_secs must be at least 1");
+        let peering = Arc::new(config.peering()?);
+        let cancel = cancel.unwrap_or_else(|| CancelRegistry::new(peering.own_id()));
         let pools = Arc::new(crate::pool::registry::PoolRegistry::new());
-        Ok(ServerContext { config, upstream, client_tls, cancel, interceptor, pools })
+        Ok(ServerContext { config, upstream, client_tls, cancel, peering, interceptor, pools })
     }
 }

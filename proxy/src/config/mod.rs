@@ -1,6 +1,6 @@
 //! The proxy's settings: a plain serde struct read from a TOML file (`--config`), with every setting also
 //! a CLI flag and a `DUALWRITE_*` environment variable (see `cli`). Other modules read it as it is. Config
-//! owns its option structs (`[cdc]`, `[shadow_reads]`, `[versions]` in files of their own) and imports
+//! owns its option structs (`[cdc]`, `[shadow_reads]`, `[versions]`, `[[peers]]` in files of their own) and imports
 //! nothing above it.
 
 use std::collections::BTreeMap;
@@ -11,10 +11,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 mod cdc;
+mod peers;
 mod shadow_reads;
 mod versions;
 
 pub use cdc::CdcConfig;
+pub use peers::{PeerAddress, PeerConfig, Peering, MAX_PEER_ID};
 pub use shadow_reads::ShadowReadsConfig;
 pub use versions::VersionDefaults;
 
@@ -69,6 +71,12 @@ pub struct Config {
     pub databases: BTreeMap<String, PoolOverride>,
     /// Pool settings of one user (`[users.alice]`), over the database's and the top-level ones.
     pub users: BTreeMap<String, PoolOverride>,
+    /// This instance's id among several behind one address (1 to `MAX_PEER_ID`), carried by the cancel
+    /// keys it issues; 0 (the default) turns peering off.
+    pub peer_id: u32,
+    /// The other instances (`[[peers]]` with `id` and `address`), to which a CancelRequest whose key
+    /// names them is forwarded.
+    pub peers: Vec<PeerConfig>,
 }
 
 impl Default for Config {
@@ -93,6 +101,8 @@ impl Default for Config {
             pool_wait_timeout_secs: DEFAULT_POOL_WAIT_TIMEOUT_SECS,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
+            peer_id: 0,
+            peers: Vec::new(),
         }
     }
 }
@@ -130,6 +140,11 @@ impl Config {
             target.config_mut().password(password);
         }
         Ok(target)
+    }
+
+    /// `peer_id` and `peers`, validated together.
+    pub fn peering(&self) -> anyhow::Result<Peering> {
+        Peering::from_settings(self.peer_id, &self.peers)
     }
 
     /// The pool settings of `user` on `database`: the user's overrides, else the database's, else the
@@ -370,6 +385,27 @@ mod tests {
         let default = Config::default().pool_settings("app", "alice");
         assert_eq!(default, pool(PoolMode::Session, DEFAULT_POOL_SIZE, 0, secs(DEFAULT_POOL_WAIT_TIMEOUT_SECS)));
         assert!(Config::from_toml("pool_mode = \"statement\"").is_err());
+    }
+
+    #[test]
+    fn peers_are_an_array_of_tables() {
+        let cfg = Config::from_toml(
+            r#"
+            peer_id = 1
+            [[peers]]
+            id = 2
+            address = "10.0.0.12:6432"
+            [[peers]]
+            id = 3
+            address = "dualwrite-3.internal:6432"
+            "#,
+        )
+        .unwrap();
+        let peering = cfg.peering().unwrap();
+        assert_eq!(peering.own_id(), Some(1));
+        assert_eq!(peering.address(3).map(ToString::to_string).as_deref(), Some("dualwrite-3.internal:6432"));
+        assert_eq!(Config::default().peering().unwrap().own_id(), None, "peering is off by default");
+        assert!(Config::from_toml("[[peers]]\nid = 2\naddress = \"h:1\"\nport = 3\n").is_err(), "unknown keys");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use self::backend::{Backend, BackendEnd};
 use self::frontend::{Frontend, FrontendEnd, Upstream};
 use self::pooled::PooledLink;
-use crate::cancel;
+use crate::cancel::{self, CancelRoute};
 use crate::config::{PoolConfig, PoolMode};
 use crate::interceptor::SessionInfo;
 use crate::metrics::{self, GaugeGuard, SessionMetrics};
@@ -44,8 +44,16 @@ pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext
     let _ = tcp.set_nodelay(true);
     let handshake = tokio::time::timeout(ctx.config.limits.startup_timeout(), negotiate(tcp, &ctx)).await;
     let (mut client, startup) = match handshake {
-        Ok(Ok(Some(opened))) => opened,
-        Ok(Ok(None)) => return,
+        Ok(Ok(Opened::Session(client, startup))) => (client, startup),
+        Ok(Ok(Opened::Cancel(client, key))) => {
+            // Outside the startup timeout: the upstream's or a peer's connect has timeouts of its own.
+            handle_cancel(&ctx, &key).await;
+            // Postgres answers a CancelRequest with nothing but the close, whether the key matched or not;
+            // the close comes once the request has been passed on.
+            drop(client);
+            return;
+        }
+        Ok(Ok(Opened::Done)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "client handshake failed");
             return;
@@ -271,10 +279,20 @@ fn abandon_upstream(shared: &SessionShared, ctx: &Arc<ServerContext>) {
     });
 }
 
-/// SSL/GSS negotiation and the startup packet. `None` when the connection was a CancelRequest (handled)
-/// or was refused: with the upstream's own error for a startup packet Postgres refuses, with the close
-/// alone (and a log line) where Postgres says nothing.
-async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Option<(Stream, StartupPacket)>> {
+/// What a connection opened with, once negotiated.
+enum Opened {
+    /// A startup packet: a session.
+    Session(Stream, StartupPacket),
+    /// A CancelRequest, to be passed on before the connection is closed.
+    Cancel(Stream, CancelKey),
+    /// Refused (answered and closed already).
+    Done,
+}
+
+/// SSL/GSS negotiation and the startup packet. `Done` when the connection was refused: with the upstream's
+/// own error for a startup packet Postgres refuses, with the close alone (and a log line) where Postgres
+/// says nothing.
+async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Opened> {
     let mut stream = Stream::Tcp(tcp);
     // As in Postgres, each encryption request may be made once; GSSENCRequest may precede SSLRequest.
     let (mut ssl_done, mut gss_done) = (false, false);
@@ -283,17 +301,17 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
             Ok(p) => p,
             Err(e) => {
                 close_without_a_word(stream, &e).await;
-                return Ok(None);
+                return Ok(Opened::Done);
             }
         };
         match startup::parse_initial_packet(packet) {
             Ok(InitialPacket::SslRequest) if ssl_done => {
                 send_error(&mut stream, &refusal::own_refusal(startup::SSL_REQUEST_CODE as u32)).await;
-                return Ok(None);
+                return Ok(Opened::Done);
             }
             Ok(InitialPacket::GssEncRequest) if gss_done => {
                 send_error(&mut stream, &refusal::own_refusal(startup::GSSENC_REQUEST_CODE as u32)).await;
-                return Ok(None);
+                return Ok(Opened::Done);
             }
             Ok(InitialPacket::SslRequest) => {
                 let pending = unencrypted_data_pending(&stream);
@@ -311,7 +329,7 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
                 }
                 if pending {
                     refuse_unencrypted_data(stream, "SSL request").await;
-                    return Ok(None);
+                    return Ok(Opened::Done);
                 }
                 ssl_done = true;
             }
@@ -320,22 +338,19 @@ async fn negotiate(tcp: TcpStream, ctx: &ServerContext) -> std::io::Result<Optio
                 stream.write_all(b"N").await?;
                 if pending {
                     refuse_unencrypted_data(stream, "GSSAPI encryption request").await;
-                    return Ok(None);
+                    return Ok(Opened::Done);
                 }
                 gss_done = true;
             }
-            Ok(InitialPacket::Cancel(key)) => {
-                handle_cancel(ctx, &key).await;
-                return Ok(None);
-            }
-            Ok(InitialPacket::Startup(startup)) => return Ok(Some((stream, startup))),
+            Ok(InitialPacket::Cancel(key)) => return Ok(Opened::Cancel(stream, key)),
+            Ok(InitialPacket::Startup(startup)) => return Ok(Opened::Session(stream, startup)),
             Ok(InitialPacket::Refused(packet)) => {
                 refusal::relay(stream, &packet, ctx).await;
-                return Ok(None);
+                return Ok(Opened::Done);
             }
             Err(e) => {
                 close_without_a_word(stream, &e).await;
-                return Ok(None);
+                return Ok(Opened::Done);
             }
         }
     }
@@ -384,14 +399,26 @@ async fn read_initial_packet(stream: &mut Stream) -> std::io::Result<Result<Byte
     Ok(Ok(packet.freeze()))
 }
 
+/// Passes a CancelRequest on: to the upstream when this instance issued the key, to the peer that did
+/// otherwise (peering), or nowhere (an unknown key is dropped without a word, as Postgres does).
 async fn handle_cancel(ctx: &ServerContext, key: &CancelKey) {
-    // Postgres answers a CancelRequest with nothing but the close, whether the key matched or not.
-    match ctx.cancel.lookup(key) {
-        Some(upstream_key) => {
-            if let Err(e) = cancel::forward_cancel(&ctx.upstream, &upstream_key).await {
-                tracing::warn!(error = %e, "could not forward a cancel request");
-            }
+    let route = ctx.cancel.route(&ctx.peering, key);
+    let sent = match &route {
+        CancelRoute::Local(upstream_key) => cancel::forward_cancel(&ctx.upstream, upstream_key).await,
+        CancelRoute::Peer { id, address, key } => {
+            tracing::debug!(pid = key.pid, peer = id, %address, "cancel request forwarded to the peer that issued its key");
+            cancel::forward_to_peer(address, key).await
         }
-        None => tracing::debug!(pid = key.pid, "cancel request with an unknown key ignored"),
+        CancelRoute::Unknown(why) => {
+            tracing::debug!(pid = key.pid, why, "cancel request with an unknown key ignored");
+            Ok(())
+        }
+    };
+    match sent {
+        Ok(()) => metrics::count_cancel(route.outcome()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not forward a cancel request");
+            metrics::count_cancel("failed");
+        }
     }
 }
