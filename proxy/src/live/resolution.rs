@@ -59,9 +59,13 @@ impl NameResolution {
             .migrations
             .iter()
             .map(|m| {
-                let bare = sql_literal(&quote_ident(&m.table.name));
-                let qualified = sql_literal(&m.table.qualified().to_string());
-                format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+                // A merge has several old tables: its bare names reach it only if every one of them does.
+                let reaches = m.old_tables().into_iter().map(|t| {
+                    let bare = sql_literal(&quote_ident(&t.name));
+                    let qualified = sql_literal(&t.qualified().to_string());
+                    format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+                });
+                reaches.collect::<Vec<_>>().join(" AND ")
             })
             .collect();
         format!(

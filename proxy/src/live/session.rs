@@ -297,7 +297,7 @@ impl LiveSession {
             .rules
             .migrations
             .iter()
-            .filter(|m| lower.contains(&m.table.name.to_ascii_lowercase()))
+            .filter(|m| m.old_tables().iter().any(|t| lower.contains(&t.name.to_ascii_lowercase())))
             .map(|m| m.name.as_str())
             .collect();
         if names.is_empty() {

@@ -22,6 +22,7 @@ fn compiled(key: &[&str]) -> CompiledMapping {
             ("name".into(), "users_v2.first || ' '".into()),
         ],
         targets: vec![(QualifiedName::new("public", "users_v2"), vec!["id".into(), "region".into(), "first".into()])],
+        sources: vec![],
     };
     let types = vec![DataType::BigInt(None), DataType::Text, DataType::Varchar(None)];
     CompiledMapping::compile(&mapping, types).unwrap()
@@ -45,6 +46,7 @@ fn split(key: &[&str]) -> CompiledMapping {
             ("name".into(), "first || ' '".into()),
         ],
         targets: vec![],
+        sources: vec![],
     };
     let with_key = |extra: &str| {
         let mut columns: Vec<String> = key.iter().map(|k| k.to_string()).collect();
