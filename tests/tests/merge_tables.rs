@@ -6,7 +6,8 @@
 //! served from the shadow; what a merge does not dual-write is refused; the backfill fills the shadow from
 //! the sources FULL JOINed on the key; VERIFY compares that join with the shadow in both directions and
 //! REPAIR fixes a planted divergence; `cutover` and `complete` are refused; rolling back to `off` leaves
-//! the shadow alone.
+//! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
+//! says (the DELETE decides on the shadow row's latest version).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -303,5 +304,60 @@ async fn cutover_and_complete_are_refused_and_off_leaves_the_shadow_alone() {
         shadow(&direct, id).await == row(Some("h@x.org"), None, None)
     })
     .await;
+    proxy.stop().await.unwrap();
+}
+
+/// Waits until some backend runs a statement containing `fragment` and waits on a lock.
+async fn until_blocked(direct: &Client, fragment: &str) {
+    eventually(Duration::from_secs(10), "the second writer waits on the first", || async {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+                &[&fragment],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_the_two_sources_of_one_key_decide_on_the_latest_shadow_row() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let first = proxy.connect(&db).await.unwrap();
+    let second = std::sync::Arc::new(proxy.connect(&db).await.unwrap());
+
+    // Both halves of key 30 deleted at once: the second DELETE waits for the first, then sees its nulls
+    // and drops the row (each deciding on its own snapshot would leave an empty row behind).
+    first.simple_query("UPDATE accounts SET email = email WHERE id = 30").await.unwrap();
+    assert_eq!(shadow(&direct, 30).await, row(Some("user30@x.org"), Some("Name 30"), None));
+    first.batch_execute("BEGIN; DELETE FROM accounts WHERE id = 30").await.unwrap();
+    let deleting = {
+        let second = second.clone();
+        tokio::spawn(async move { second.execute("DELETE FROM profiles WHERE id = 30", &[]).await })
+    };
+    until_blocked(&direct, "DELETE FROM profiles WHERE id = 30").await;
+    first.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(deleting.await.unwrap().unwrap(), 1);
+    assert_eq!(shadow(&direct, 30).await, None);
+
+    // One source inserted while the other's row is deleted: the DELETE waits for the insert, sees the
+    // other source present and only nulls its own columns (deciding on its snapshot would drop the row).
+    first.simple_query("UPDATE profiles SET bio = 'b' WHERE id = 50").await.unwrap();
+    assert_eq!(shadow(&direct, 50).await, row(None, Some("Name 50"), Some("b")));
+    first.batch_execute("BEGIN; INSERT INTO accounts VALUES (50, 'Late@X.org')").await.unwrap();
+    let deleting = {
+        let second = second.clone();
+        tokio::spawn(async move { second.execute("DELETE FROM profiles WHERE id = 50", &[]).await })
+    };
+    until_blocked(&direct, "DELETE FROM profiles WHERE id = 50").await;
+    first.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(deleting.await.unwrap().unwrap(), 1);
+    assert_eq!(shadow(&direct, 50).await, row(Some("late@x.org"), None, None));
     proxy.stop().await.unwrap();
 }
