@@ -361,3 +361,33 @@ async fn concurrent_writes_of_the_two_sources_of_one_key_decide_on_the_latest_sh
     assert_eq!(shadow(&direct, 50).await, row(Some("late@x.org"), None, None));
     proxy.stop().await.unwrap();
 }
+
+/// `dualwrite check` of the merge example against `schema`: (errors, report).
+async fn check(schema: &str) -> (usize, String) {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    db.connect().await.unwrap().batch_execute(schema).await.unwrap();
+    let args = dualwrite_proxy::check::CheckArgs::new(rules_path(), db.url());
+    let mut out = Vec::new();
+    let findings = dualwrite_proxy::check::run(&args, &mut out).await.expect("check runs");
+    (findings.errors, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_every_source_and_the_mappings_over_their_join() {
+    let (errors, report) = check(SCHEMA).await;
+    assert_eq!(errors, 0, "{report}");
+    for line in [
+        "migration users_merge_tables: public.accounts + public.profiles -> public.users",
+        "ok       key (id) is unique in public.accounts",
+        "ok       key (id) is unique in public.profiles",
+        "ok       forward.email = lower(email) (text -> text)",
+        "ok       forward.display_name = name (text -> text)",
+        "ok       backward.name = display_name (text -> text)",
+        "ok       no writers of public.accounts, public.profiles that the proxy cannot see",
+    ] {
+        assert!(report.contains(line), "missing `{line}` in:\n{report}");
+    }
+    let (errors, report) = check(&SCHEMA.replace("display_name text, bio text", "display_name text")).await;
+    assert!(errors >= 1, "{report}");
+    assert!(report.contains("ERROR    forward.bio: column \"bio\" does not exist in public.users"), "{report}");
+}

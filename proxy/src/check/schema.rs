@@ -92,23 +92,32 @@ pub async fn check_migration(
 ) -> anyhow::Result<Tally> {
     let targets = migration.targets();
     let shadows = targets.iter().map(|t| t.table.to_string()).collect::<Vec<_>>().join(" + ");
-    writeln!(out, "migration {}: {} -> {shadows}", migration.name, migration.table)?;
+    let old_tables = migration.old_tables();
+    let sources = old_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" + ");
+    writeln!(out, "migration {}: {sources} -> {shadows}", migration.name)?;
     let mut report = Report::new(out);
-    let old = find_table(client, &migration.table, &mut report).await?;
+    let mut olds = Vec::with_capacity(old_tables.len());
+    for table in &old_tables {
+        olds.push(find_table(client, table, &mut report).await?);
+    }
     let mut news = Vec::with_capacity(targets.len());
     for target in &targets {
         news.push(find_table(client, target.table, &mut report).await?);
     }
-    let (Some(old), Some(news)) = (old, news.into_iter().collect::<Option<Vec<Table>>>()) else {
+    let (Some(olds), Some(news)) =
+        (olds.into_iter().collect::<Option<Vec<Table>>>(), news.into_iter().collect::<Option<Vec<Table>>>())
+    else {
         return Ok(report.tally);
     };
+    // A merge's old shape is its sources joined on the key (the mappings are checked against that join).
+    let old = joined(&olds, &migration.key);
 
     let old_mapped_ok = check_columns(&old, migration.old_columns(), "backward", &mut report)?;
     let mut new_mapped_ok = true;
     for (target, new) in targets.iter().zip(&news) {
         new_mapped_ok &= check_columns(new, target.forward.iter().map(|(c, _)| c.as_str()), "forward", &mut report)?;
     }
-    for table in std::iter::once(&old).chain(&news) {
+    for table in olds.iter().chain(&news) {
         check_key(client, table, &migration.key, &mut report).await?;
     }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
@@ -118,8 +127,17 @@ pub async fn check_migration(
     }
     // A split's backward mapping reads its targets joined on the key.
     let new = joined(&news, &migration.key);
-    let backward_ok =
-        old_mapped_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
+    let mut backward_ok = old_mapped_ok;
+    if migration.is_merge() {
+        // Each source's columns are written into that source: its backward mapping is checked against it.
+        for (source, table) in migration.merge.iter().zip(&olds) {
+            backward_ok =
+                backward_ok && check_mappings(client, "backward", &source.backward, &new, table, &mut report).await?;
+        }
+    } else {
+        backward_ok =
+            backward_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
+    }
     if forward_ok && backward_ok && old_mapped_ok {
         check_round_trip(client, migration, &old, sample, &mut report).await?;
     } else {
@@ -156,7 +174,8 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     Ok(Some(Table { display, oid, columns, order }))
 }
 
-/// The shadow tables as one table to read from: the shadow, or a split's targets joined on the key.
+/// Tables as one table to read from: the shadow (or old table), or a split's targets (a merge's sources)
+/// joined on the key.
 fn joined(tables: &[Table], key: &[String]) -> Table {
     let keys = key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
     let mut all = Table {

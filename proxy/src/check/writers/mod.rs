@@ -454,7 +454,8 @@ pub async fn check_migration(
     let mut report = super::schema::Report::new(out);
     let writers = find(client, migration).await?;
     if writers.is_empty() {
-        report.ok(&format!("no writers of {} that the proxy cannot see", migration.table))?;
+        let tables = migration.old_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+        report.ok(&format!("no writers of {tables} that the proxy cannot see"))?;
     }
     for w in &writers {
         let accepted = migration.accept_unseen_writers.contains(&w.id);
