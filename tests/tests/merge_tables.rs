@@ -7,7 +7,8 @@
 //! the sources FULL JOINed on the key; VERIFY compares that join with the shadow in both directions and
 //! REPAIR fixes a planted divergence; `cutover` and `complete` are refused; rolling back to `off` leaves
 //! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
-//! says (the DELETE decides on the shadow row's latest version).
+//! says (the DELETE decides on the shadow row's latest version); `dualwrite check` checks every source; and
+//! a session in which one source's bare name means another table is refused bare source names.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -390,4 +391,36 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
     let (errors, report) = check(&SCHEMA.replace("display_name text, bio text", "display_name text")).await;
     assert!(errors >= 1, "{report}");
     assert!(report.contains("ERROR    forward.bio: column \"bio\" does not exist in public.users"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_where_one_source_name_means_another_table_is_refused_unqualified_names() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("CREATE SCHEMA tenant; CREATE TABLE tenant.profiles (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let v1 = proxy.connect(&db).await.unwrap();
+    v1.simple_query("SET search_path = tenant, public").await.unwrap();
+
+    // Bare `accounts` is the migrated table, bare `profiles` the tenant's: either plan would be wrong for
+    // one of them (no dual write, or the tenant's rows in the shadow), so both are refused.
+    for sql in ["INSERT INTO accounts VALUES (700, 'a@x.org')", "INSERT INTO profiles VALUES (700, 'Tenant')"] {
+        let e = v1.execute(sql, &[]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(message.contains("qualify the name"), "{sql}: {message}");
+    }
+    assert_eq!(count(&direct, "SELECT count(*) FROM accounts WHERE id = 700").await, 0);
+    assert_eq!(count(&direct, "SELECT count(*) FROM tenant.profiles").await, 0);
+
+    // Qualified names say which table they mean: dual-written as usual.
+    v1.execute("INSERT INTO public.accounts VALUES (700, 'A@x.org')", &[]).await.unwrap();
+    assert_eq!(shadow(&direct, 700).await, row(Some("a@x.org"), None, None));
+    v1.execute("INSERT INTO tenant.profiles VALUES (700, 'Tenant')", &[]).await.unwrap();
+    assert_eq!(shadow(&direct, 700).await, row(Some("a@x.org"), None, None));
+    proxy.stop().await.unwrap();
 }
