@@ -548,11 +548,11 @@ impl CompiledMapping {
             exprs = list(&self.forward),
             alias = self.old_alias,
         ));
+        let s_in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(Some(&s)));
         ctes.push(format!(
             "{del} AS (DELETE FROM {shadow} AS {s} WHERE {s_in_keys} AND NOT EXISTS (SELECT 1 FROM {src} AS {o} \
              WHERE {join}) RETURNING 1)",
             shadow = self.shadow,
-            s_in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(Some(&s))),
         ));
         // The locks are taken when the SELECT reads their counts (a SELECT CTE runs only if referenced).
         statement(format!(

@@ -288,6 +288,29 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_is_probed_over_every_source_and_a_mixed_answer_is_kept_apart() {
+        let merge =
+            RuleSet::from_toml(include_str!("../../../rewrite-rules/examples/users_merge_tables.toml"), "m").unwrap();
+        let sql = NameResolution::probe_sql(&merge);
+        let accounts =
+            "coalesce(pg_catalog.to_regclass('accounts') = pg_catalog.to_regclass('public.accounts'), false)";
+        let profiles =
+            "coalesce(pg_catalog.to_regclass('profiles') = pg_catalog.to_regclass('public.profiles'), false)";
+        assert!(
+            sql.contains(&format!(
+                "CASE WHEN {accounts} AND {profiles} THEN 't' WHEN NOT ({accounts} OR {profiles}) THEN 'f' ELSE 'm' END"
+            )),
+            "{sql}"
+        );
+        let mut r = NameResolution::default();
+        r.learn(1, &merge, Some(vec![Some("m".into()), Some("tenant, public".into())]), false);
+        assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[0][..])));
+        r.changed();
+        r.learn(1, &merge, Some(vec![Some("f".into()), Some("tenant, public".into())]), false);
+        assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[][..])));
+    }
+
+    #[test]
     fn the_probe_compares_each_bare_name_with_the_qualified_table() {
         let sql = NameResolution::probe_sql(&rules());
         assert_eq!(
