@@ -183,3 +183,15 @@ fn malformed_merges_are_refused_naming_the_field() {
     let one = MERGE.split("[[migration.sources]]\ntable   = \"public.profiles\"").next().unwrap().to_string();
     assert!(error_of(&one).contains("field `sources`: a merge needs at least two"), "{}", error_of(&one));
 }
+
+#[test]
+fn an_unparseable_write_to_any_source_is_refused() {
+    for sql in ["INSERT INTO profiles VALUES (1, 'a', 'b') ON CONFLIC", "UPDATE accounts SET email = 'x' WHERE"] {
+        match plan(DUAL_V1, sql) {
+            Plan::Rejected(r) => {
+                assert_eq!((r.reason, r.migration.as_str()), (RejectReason::Unparseable, "users_merge_tables"), "{sql}")
+            }
+            other => panic!("unexpected plan for {sql}: {other:?}"),
+        }
+    }
+}
