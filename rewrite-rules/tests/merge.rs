@@ -195,3 +195,20 @@ fn an_unparseable_write_to_any_source_is_refused() {
         }
     }
 }
+
+#[test]
+fn a_shadow_read_of_a_source_compares_it_with_its_rows_in_the_shadow() {
+    let rules = RuleSet::from_toml(MERGE, "merge").unwrap();
+    let route = Route::uniform(&rules, DUAL_V1);
+    let rewriter = Rewriter::new(Arc::new(rules), 16);
+    let r = rewriter.shadow_read("SELECT id, name FROM profiles WHERE id = $1", &route).unwrap();
+    assert_eq!(r.old_sql, "SELECT __dw_row::TEXT FROM (SELECT id, name FROM profiles WHERE id = $1) AS __dw_row");
+    assert_eq!(
+        r.new_sql,
+        "SELECT __dw_row::TEXT FROM (SELECT id, name FROM (SELECT id, display_name AS name, bio FROM public.users \
+         WHERE display_name IS NOT NULL) AS profiles WHERE id = $1) AS __dw_row"
+    );
+    // A v2 session has no shape for a source's name: no shadow read.
+    let v2 = Route::uniform(rewriter.rules(), MigrationRoute::own(Phase::DualWrite, Side::New));
+    assert!(rewriter.shadow_read("SELECT * FROM profiles", &v2).is_none());
+}
