@@ -385,9 +385,17 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
         "ok       forward.display_name = name (text -> text)",
         "ok       backward.name = display_name (text -> text)",
         "ok       no writers of public.accounts, public.profiles that the proxy cannot see",
+        "ok       present = display_name (from name of public.profiles): NOT NULL",
+        "warning  present = email (from lower(email) of public.accounts): not a plain column",
     ] {
         assert!(report.contains(line), "missing `{line}` in:\n{report}");
     }
+    let (errors, report) = check(&SCHEMA.replace("name text NOT NULL, bio", "name text, bio")).await;
+    assert_eq!(errors, 1, "{report}");
+    assert!(
+        report.contains("ERROR    present = display_name (from name of public.profiles): name may be NULL"),
+        "{report}"
+    );
     let (errors, report) = check(&SCHEMA.replace("display_name text, bio text", "display_name text")).await;
     assert!(errors >= 1, "{report}");
     assert!(report.contains("ERROR    forward.bio: column \"bio\" does not exist in public.users"), "{report}");

@@ -24,6 +24,8 @@ struct Column {
     sql_type: String,
     /// NOT NULL with neither a default, an identity nor a generation expression: an insert must give it.
     required: bool,
+    /// NOT NULL (a merge source's `present` column must be computed from one).
+    not_null: bool,
 }
 
 /// A table found in the catalog.
@@ -111,6 +113,9 @@ pub async fn check_migration(
     };
     // A merge's old shape is its sources joined on the key (the mappings are checked against that join).
     let old = joined(&olds, &migration.key);
+    for (source, table) in migration.merge.iter().zip(&olds) {
+        check_present(source, table, &mut report)?;
+    }
 
     let old_mapped_ok = check_columns(&old, migration.old_columns(), "backward", &mut report)?;
     let mut new_mapped_ok = true;
@@ -146,6 +151,25 @@ pub async fn check_migration(
     Ok(report.tally)
 }
 
+/// A merge source's `present` column must never be NULL while the source's row exists (a DELETE of
+/// another source drops the shadow row when it is): sure when it maps a NOT NULL column as it is.
+fn check_present(source: &dualwrite_rules::MergeSource, table: &Table, report: &mut Report<'_>) -> anyhow::Result<()> {
+    let expression = source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str());
+    let column = expression.map(|e| e.trim().trim_matches('"').to_string()).unwrap_or_default();
+    let present = format!("present = {} (from {} of {})", source.present, expression.unwrap_or("?"), table.display);
+    let written = match table.columns.get(&column) {
+        Some(c) if c.not_null => report.ok(&format!("{present}: NOT NULL")),
+        Some(_) => report.error(&format!(
+            "{present}: {column} may be NULL, so a DELETE of another source could drop a row this one still \
+             holds; make it NOT NULL or name another column"
+        )),
+        None => report.warning(&format!(
+            "{present}: not a plain column, so the proxy cannot tell whether it is ever NULL; make sure it is not"
+        )),
+    };
+    Ok(written?)
+}
+
 async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) -> anyhow::Result<Option<Table>> {
     let display = name.to_string();
     let oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&display]).await?.get(0);
@@ -156,7 +180,7 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     let rows = client
         .query(
             "SELECT attname::text, format_type(atttypid, atttypmod),
-                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = '', attnotnull
                FROM pg_attribute
               WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
               ORDER BY attnum",
@@ -168,7 +192,7 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     for row in rows {
         let name: String = row.get(0);
         order.push(name.clone());
-        columns.insert(name, Column { sql_type: row.get(1), required: row.get(2) });
+        columns.insert(name, Column { sql_type: row.get(1), required: row.get(2), not_null: row.get(3) });
     }
     report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
     Ok(Some(Table { display, oid, columns, order }))
