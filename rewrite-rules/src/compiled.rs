@@ -43,6 +43,8 @@ pub(crate) struct CompiledMigration {
     pub forward: Direction,
     /// Writes the old table from shadow-shaped rows; presents the old shape over the shadow.
     pub backward: Direction,
+    /// The old tables of a merge (`crate::merge`), each with its own sync of the shadow; empty otherwise.
+    pub sources: Vec<CompiledSource>,
     /// Set when the rules could not be compiled (only possible for a rule set built in code without
     /// validation): every statement needing this migration is refused with this explanation.
     pub broken: Option<String>,
@@ -60,6 +62,31 @@ impl CompiledMigration {
     pub fn is_split(&self) -> bool {
         self.shadows.len() > 1
     }
+
+    pub fn is_merge(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
+    /// The merge source a reference to `name` denotes (`reaches`: an unqualified name reaches the migrated
+    /// tables in this session), if this migration merges tables.
+    pub fn source_of(&self, name: &TableName, reaches: bool) -> Option<&CompiledSource> {
+        self.sources.iter().find(|s| name.denotes(&s.table, reaches))
+    }
+}
+
+/// One old table of a merge, compiled: how its rows write their columns of the merged shadow row.
+pub(crate) struct CompiledSource {
+    pub table: TableName,
+    /// This source's rows -> its shadow columns. Its one sync upserts the shadow row: the insert fills the
+    /// other sources' columns from their tables (LEFT JOINed on the key), the update sets only this
+    /// source's columns, so a row first written by one source is whole and a later one never overwrites
+    /// another source's columns.
+    pub forward: Direction,
+    /// The CTEs a DELETE of this source's rows syncs the shadow with (`__dw_lock`, `__dw_shadow`,
+    /// `__dw_shadow_null`; see `compile_source`).
+    pub delete: Vec<(String, Statement)>,
+    /// This source's shape over the shadow: `SELECT <backward> FROM shadow WHERE <present> IS NOT NULL`.
+    pub view: Query,
 }
 
 /// One direction of a migration's mapping.
@@ -93,7 +120,11 @@ pub(crate) struct TableSync {
 impl Compiled {
     pub fn new(rules: &RuleSet) -> Compiled {
         let migrations: Vec<CompiledMigration> = rules.migrations.iter().map(compile_migration).collect();
-        let patterns: Vec<&str> = migrations.iter().map(|m| m.table.name.as_str()).collect();
+        let patterns: Vec<&str> = migrations
+            .iter()
+            .flat_map(|m| std::iter::once(&m.table).chain(m.sources.iter().map(|s| &s.table)))
+            .map(|t| t.name.as_str())
+            .collect();
         let matcher = AhoCorasick::builder().ascii_case_insensitive(true).build(&patterns).ok();
         Compiled { migrations, matcher }
     }
@@ -110,7 +141,10 @@ impl Compiled {
 
     /// The migration whose old (logical) table a reference in client SQL denotes, in a session on `route`.
     pub fn migration_of(&self, name: &TableName, route: &Route) -> Option<usize> {
-        self.migrations.iter().enumerate().position(|(i, m)| name.denotes(&m.table, route.unqualified_reaches(i)))
+        self.migrations.iter().enumerate().position(|(i, m)| {
+            let reaches = route.unqualified_reaches(i);
+            name.denotes(&m.table, reaches) || m.source_of(name, reaches).is_some()
+        })
     }
 }
 
@@ -153,6 +187,10 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
         Ok((f, b, j)) => (f, b, j, None),
         Err(e) => (Direction::placeholder(), Direction::placeholder(), None, Some(e)),
     };
+    let (sources, broken) = match m.merge.iter().enumerate().map(|(i, _)| compile_source(m, i, &shadow)).collect() {
+        Ok(sources) => (sources, broken),
+        Err(e) => (Vec::new(), broken.or(Some(e))),
+    };
     CompiledMigration {
         name: m.name.clone(),
         table,
@@ -162,8 +200,136 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
         key: m.key.clone(),
         forward,
         backward,
+        sources,
         broken,
     }
+}
+
+/// Compiles merge source `index` of `m` into the shadow `shadow` (README: Merging tables).
+///
+/// A DELETE of source rows must null their columns in the shadow row, or delete the row when no other
+/// source holds the key. That decision has to be made on the shadow row's latest version: two sessions
+/// deleting the two halves of one key (or one deleting while the other inserts) each see the other's
+/// change only after it commits, and READ COMMITTED rechecks only the row a statement writes, never the
+/// other tables it reads. So the shadow rows are first locked with `SELECT ... FOR UPDATE` (which waits for
+/// any writer of the key — every write of any source writes the shadow row — and returns the latest
+/// version), and whether the other sources are gone is read from their `present` columns there:
+///
+/// ```sql
+/// __dw_lock AS (SELECT __dw_t.id, (__dw_t.bio IS NULL) AS __dw_gone FROM users AS __dw_t
+///               JOIN (SELECT id AS id FROM __dw_primary) AS __dw_k ON __dw_t.id = __dw_k.id FOR UPDATE OF __dw_t),
+/// __dw_shadow AS (DELETE FROM users AS __dw_t USING __dw_lock AS __dw_l WHERE __dw_t.id = __dw_l.id AND __dw_l.__dw_gone),
+/// __dw_shadow_null AS (UPDATE users AS __dw_t SET email = NULL FROM __dw_lock AS __dw_l
+///                      WHERE __dw_t.id = __dw_l.id AND NOT __dw_l.__dw_gone)
+/// ```
+fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<CompiledSource, String> {
+    let source = &m.merge[index];
+    let table = source.table.qualified();
+    let own: Vec<String> = source.shadow_columns().map(str::to_string).collect();
+    let mut forward =
+        compile_direction(m, &source.forward, &table.to_string(), &[(shadow.clone(), own, "__dw_shadow".into())])?;
+    let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
+    let key_list = key_cols.join(", ");
+
+    // The upsert: every shadow column, the other sources' from their tables as they are.
+    let mut from = format!(
+        "(SELECT {} FROM {PRIMARY_CTE}) AS __dw_s{}",
+        source.old_columns().map(quote_ident).collect::<Vec<_>>().join(", "),
+        index + 1
+    );
+    for (j, other) in m.merge.iter().enumerate().filter(|(j, _)| *j != index) {
+        let columns = other.old_columns().map(quote_ident).collect::<Vec<_>>().join(", ");
+        from = format!(
+            "{from} LEFT JOIN (SELECT {columns} FROM {}) AS __dw_s{} USING ({key_list})",
+            other.table.qualified(),
+            j + 1
+        );
+    }
+    let mut columns = Vec::new();
+    let mut exprs = Vec::new();
+    for (column, _) in &m.forward {
+        let owner = if m.key.contains(column) {
+            source
+        } else {
+            m.merge
+                .iter()
+                .find(|s| s.shadow_columns().any(|c| c == column))
+                .ok_or_else(|| format!("column `{column}` has no source"))?
+        };
+        let (_, text) =
+            owner.forward.iter().find(|(c, _)| c == column).ok_or_else(|| format!("`{column}` is not mapped"))?;
+        columns.push(quote_ident(column));
+        exprs.push(parse_mapping_expr(text)?.to_string());
+    }
+    let sync = &mut forward.syncs[0];
+    let action = if sync.upsert_assigned.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let sets: Vec<String> =
+            sync.upsert_assigned.iter().map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect();
+        format!("DO UPDATE SET {}", sets.join(", "))
+    };
+    sync.upsert = parse_statement(&format!(
+        "INSERT INTO {shadow} ({}) SELECT {} FROM {from} ON CONFLICT ({key_list}) {action}",
+        columns.join(", "),
+        exprs.join(", "),
+    ))?;
+
+    // The DELETE: lock, then delete or null (see above).
+    let key_exprs = m
+        .key
+        .iter()
+        .map(|k| {
+            let (_, text) =
+                source.forward.iter().find(|(c, _)| c == k).ok_or_else(|| format!("key `{k}` is not mapped"))?;
+            Ok(format!("{} AS {}", parse_mapping_expr(text)?, quote_ident(k)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let others_gone = m
+        .merge
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != index)
+        .map(|(_, s)| format!("__dw_t.{} IS NULL", quote_ident(&s.present)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let matching =
+        |a: &str, b: &str| key_cols.iter().map(|k| format!("{a}.{k} = {b}.{k}")).collect::<Vec<_>>().join(" AND ");
+    let lock = parse_statement(&format!(
+        "SELECT {}, ({others_gone}) AS __dw_gone FROM {shadow} AS __dw_t JOIN (SELECT {} FROM {PRIMARY_CTE}) AS __dw_k \
+         ON {} FOR UPDATE OF __dw_t",
+        key_cols.iter().map(|k| format!("__dw_t.{k}")).collect::<Vec<_>>().join(", "),
+        key_exprs.join(", "),
+        matching("__dw_t", "__dw_k"),
+    ))?;
+    let delete = parse_statement(&format!(
+        "DELETE FROM {shadow} AS __dw_t USING __dw_lock AS __dw_l WHERE {} AND __dw_l.__dw_gone",
+        matching("__dw_t", "__dw_l")
+    ))?;
+    let nulls = source
+        .shadow_columns()
+        .filter(|c| !m.key.iter().any(|k| k == c))
+        .map(|c| format!("{} = NULL", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let null = parse_statement(&format!(
+        "UPDATE {shadow} AS __dw_t SET {nulls} FROM __dw_lock AS __dw_l WHERE {} AND NOT __dw_l.__dw_gone",
+        matching("__dw_t", "__dw_l")
+    ))?;
+
+    // Reads of this source served from the shadow: only the rows whose `present` column says it has one.
+    let view_source = format!("{shadow} WHERE {} IS NOT NULL", quote_ident(&source.present));
+    let view = compile_direction(m, &source.backward, &view_source, &[])?.view;
+    Ok(CompiledSource {
+        table,
+        forward,
+        delete: vec![
+            ("__dw_lock".to_string(), lock),
+            ("__dw_shadow".to_string(), delete),
+            ("__dw_shadow_null".to_string(), null),
+        ],
+        view,
+    })
 }
 
 /// Compiles one direction: `mapping` (the whole target shape) read from `source` (SQL of a FROM item),

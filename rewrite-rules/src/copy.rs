@@ -76,6 +76,9 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     let mut outcome = Outcome::unchanged();
     outcome.migrations.insert(index);
     if *to {
+        if m.is_merge() && mr.version == Side::New {
+            return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "a new-version COPY TO"));
+        }
         match routed_read(m, mr, table_name, None) {
             None => return Ok(outcome_unchanged_touching(index)),
             Some(TableFactor::Table { name, .. }) => *table_name = name,
@@ -95,6 +98,10 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         return Ok(outcome);
     }
     outcome.write = true;
+    if m.is_merge() {
+        // Not built yet for merged tables: refused rather than written to one table only.
+        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "COPY FROM"));
+    }
     if m.is_split() && (mr.version == Side::New || mr.phase == Phase::Complete) {
         // As every write of a split's new shape (see `writes`).
         return Err(Rejection::new(&m.name, index, RejectReason::SplitNewShapeWrite, "COPY FROM"));

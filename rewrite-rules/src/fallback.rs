@@ -32,7 +32,10 @@ pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &
         };
         let reference = TableName { schema: qualifier, name };
         for (index, m) in compiled.migrations.iter().enumerate() {
-            if route.get(index).phase != Phase::Off && reference.denotes(&m.table, route.unqualified_reaches(index)) {
+            let reaches = route.unqualified_reaches(index);
+            // A merge's tables are its sources (`table` is the first of them).
+            let denotes = reference.denotes(&m.table, reaches) || m.source_of(&reference, reaches).is_some();
+            if route.get(index).phase != Phase::Off && denotes {
                 found.insert(index);
             }
         }
@@ -94,7 +97,10 @@ fn first_active_mentioned_by_text(compiled: &Compiled, route: &Route, sql: &str)
         .migrations
         .iter()
         .enumerate()
-        .find(|(i, m)| route.get(*i).phase != Phase::Off && lower.contains(&m.table.name.to_lowercase()))
+        .find(|(i, m)| {
+            let named = |t: &TableName| lower.contains(&t.name.to_lowercase());
+            route.get(*i).phase != Phase::Off && (named(&m.table) || m.sources.iter().any(|s| named(&s.table)))
+        })
         .map(|(i, _)| i)
 }
 

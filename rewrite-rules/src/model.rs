@@ -5,15 +5,17 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use sqlparser::ast::{Expr, Visit, Visitor as AstVisitor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
+use crate::merge::{self, MergeOf, MergeSource};
 use crate::names::{normalize_ident, TableName};
-use crate::split::{self, SplitOf, SplitTarget, MERGE_REFUSED};
+use crate::split::{self, SplitOf, SplitTarget};
+use crate::unseen_writers::check_unseen_writer_id;
+pub use crate::unseen_writers::UNSEEN_WRITER_KINDS;
 
 /// All migrations of one rules file, in file order. Indexes into `migrations` are the migration ids used by
 /// [`crate::Route`] and [`crate::Plan`].
@@ -31,7 +33,8 @@ pub struct Migration {
     /// database of the proxy's upstream URL (the proxy resolves it). Sessions on other databases never see
     /// this migration.
     pub database: Option<String>,
-    /// The old table; its name is also the logical name that sessions of both versions write.
+    /// The old table; its name is also the logical name that sessions of both versions write. For a
+    /// merge, the first source's table (see `merge`).
     pub table: TableName,
     /// The shadow table; for a split, the first target's table (see `split`).
     pub shadow: TableName,
@@ -44,6 +47,9 @@ pub struct Migration {
     pub forward: Vec<(String, String)>,
     /// The shadow tables of a split (`[[migration.targets]]`), at least two; empty for one `shadow`.
     pub split: Vec<SplitTarget>,
+    /// The old tables of a merge (`[[migration.sources]]`), at least two; empty for one `table`. `table` is
+    /// then the first source's, `forward` and `backward` the sources' mappings, key first.
+    pub merge: Vec<MergeSource>,
     /// Old column -> SQL expression over shadow columns, in file order (the old table's column order).
     pub backward: Vec<(String, String)>,
     /// The phase a migration starts in when the proxy first sees it: `dual_write` unless the file says `off`.
@@ -56,36 +62,6 @@ pub struct Migration {
     pub accept_unseen_writers: Vec<String>,
     /// What the change-data-capture watch does with a write that reached one table without its twin.
     pub on_bypass: OnBypass,
-}
-
-/// The kinds of an `accept_unseen_writers` identifier, `<kind>:<object>`: `fk:<constraint>`,
-/// `trigger:<schema>.<table>.<trigger>`, `function:<schema>.<name>(<argument types>)`,
-/// `procedure:<schema>.<name>(<argument types>)`, `view:<schema>.<view>`, `rule:<schema>.<table>.<rule>`.
-pub const UNSEEN_WRITER_KINDS: [&str; 6] = ["fk", "trigger", "function", "procedure", "view", "rule"];
-
-/// Checks the shape of one `accept_unseen_writers` identifier (whether it names a real object is the
-/// catalog's to say).
-fn check_unseen_writer_id(id: &str) -> Result<(), String> {
-    let expected = "expected `fk:<constraint>`, `trigger:<schema>.<table>.<trigger>`, \
-        `function:<schema>.<name>(<argument types>)`, `procedure:...`, `view:<schema>.<view>` or \
-        `rule:<schema>.<table>.<rule>`";
-    let Some((kind, object)) = id.split_once(':') else {
-        return Err(format!("`{id}` has no kind: {expected}"));
-    };
-    if !UNSEEN_WRITER_KINDS.contains(&kind) {
-        return Err(format!("`{id}`: unknown kind `{kind}`: {expected}"));
-    }
-    let well_formed = !object.is_empty()
-        && object.trim() == object
-        && match kind {
-            "function" | "procedure" => object.contains('(') && object.ends_with(')') && !object.starts_with('('),
-            "fk" => true,
-            _ => object.contains('.') && !object.starts_with('.') && !object.ends_with('.'),
-        };
-    if !well_formed {
-        return Err(format!("`{id}` is not a well-formed identifier: {expected}"));
-    }
-    Ok(())
 }
 
 /// `on_bypass` of a migration: a bypassing write is always counted, logged and recorded; `repair` also
@@ -205,27 +181,6 @@ pub struct RulesError {
 }
 
 impl RuleSet {
-    /// Reads and validates a rules file. `origin` (usually the file path) is named in every error.
-    pub fn from_toml(text: &str, origin: &str) -> Result<RuleSet, RulesError> {
-        let file: RawFile = toml::from_str(text).map_err(|e| RulesError {
-            origin: origin.to_string(),
-            migration: None,
-            field: None,
-            message: match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: {}", e.message())
-                }
-                None => e.message().to_string(),
-            },
-        })?;
-        let mut migrations = Vec::with_capacity(file.migration.len());
-        for (index, raw) in file.migration.into_iter().enumerate() {
-            migrations.push(raw.validate(origin, index)?);
-        }
-        RuleSet::new(migrations, origin)
-    }
-
     /// Checks rules built in code (or after edits) against each other: unique names (across databases), no
     /// table in two migrations of the same database, and each migration valid on its own. Migrations
     /// without a `database` are compared only with each other: resolve the default before checking them
@@ -244,10 +199,13 @@ impl RuleSet {
                 return Err(err(m, "name", "another migration has the same name".into()));
             }
             for other in migrations[..i].iter().filter(|o| o.database == m.database) {
-                let mine_all =
-                    std::iter::once(("table", &m.table)).chain(m.shadow_tables().into_iter().map(|t| ("shadow", t)));
+                let mine_all = m
+                    .old_tables()
+                    .into_iter()
+                    .map(|t| ("table", t))
+                    .chain(m.shadow_tables().into_iter().map(|t| ("shadow", t)));
                 for (field, mine) in mine_all {
-                    for theirs in std::iter::once(&other.table).chain(other.shadow_tables()) {
+                    for theirs in other.old_tables().into_iter().chain(other.shadow_tables()) {
                         if tables_may_clash(mine, theirs) {
                             return Err(err(
                                 m,
@@ -310,6 +268,34 @@ impl Migration {
                 split: &self.split,
             };
             split::check(parts).map_err(|(field, message)| err(&field, message))?;
+        }
+        if self.is_merge() {
+            if self.is_split() {
+                return Err(err("targets", "a migration cannot both merge and split tables".into()));
+            }
+            let parts = MergeOf {
+                table: &self.table,
+                shadow: &self.shadow,
+                key: &self.key,
+                forward: &self.forward,
+                backward: &self.backward,
+                sources: &self.merge,
+            };
+            merge::check(parts).map_err(|(field, message)| err(&field, message))?;
+            // A dual write of one source sees only that source's row: its shadow columns come from it alone.
+            for (i, source) in self.merge.iter().enumerate() {
+                let own: HashSet<&str> = source.old_columns().collect();
+                for (column, text) in &source.forward {
+                    let field = format!("sources[{}].forward.{column}", i + 1);
+                    let expr = parse_mapping_expr(text).map_err(|m| err(&field, m))?;
+                    if let Some(used) = referenced_columns(&expr).into_iter().find(|u| !own.contains(u.as_str())) {
+                        return Err(err(
+                            &field,
+                            format!("refers to `{used}`, which is not a column of this source (its backward's keys)"),
+                        ));
+                    }
+                }
+            }
         }
         if self.versions.old.is_empty() || self.versions.new.is_empty() {
             return Err(err("versions", "`old` and `new` must be non-empty".into()));
@@ -416,159 +402,6 @@ pub(crate) fn referenced_columns(expr: &Expr) -> Vec<String> {
     c.0
 }
 
-// ---- TOML shape ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    migration: Vec<RawMigration>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMigration {
-    name: String,
-    #[serde(default)]
-    database: Option<String>,
-    table: TableSpec,
-    #[serde(default)]
-    shadow: Option<String>,
-    key: Vec<String>,
-    versions: Versions,
-    #[serde(default)]
-    forward: Option<OrderedMap>,
-    #[serde(default)]
-    targets: Vec<RawTarget>,
-    /// Another spelling of a merge (several old tables), refused with `MERGE_REFUSED`.
-    #[serde(default)]
-    sources: Option<serde::de::IgnoredAny>,
-    backward: OrderedMap,
-    #[serde(default, alias = "phase")]
-    initial_phase: Option<String>,
-    #[serde(default)]
-    shadow_read_sample: Option<f64>,
-    #[serde(default)]
-    accept_unseen_writers: Vec<String>,
-    #[serde(default)]
-    on_bypass: OnBypass,
-}
-
-impl RawMigration {
-    fn validate(self, origin: &str, index: usize) -> Result<Migration, RulesError> {
-        let label = if self.name.is_empty() { format!("#{}", index + 1) } else { self.name.clone() };
-        let err = |field: &str, message: String| RulesError {
-            origin: origin.to_string(),
-            migration: Some(label.clone()),
-            field: Some(field.to_string()),
-            message,
-        };
-        if self.name.is_empty() {
-            return Err(err("name", "must not be empty".into()));
-        }
-        if self.sources.is_some() {
-            return Err(err("sources", MERGE_REFUSED.into()));
-        }
-        let table = match &self.table {
-            TableSpec::One(text) => TableName::parse(text).map_err(|m| err("table", m))?,
-            TableSpec::Several(tables) => {
-                return Err(err("table", format!("{MERGE_REFUSED} (given: {})", tables.join(", "))))
-            }
-        };
-        let (shadow, forward, split) = match (self.shadow, self.forward, self.targets.is_empty()) {
-            (Some(shadow), Some(forward), true) => {
-                (TableName::parse(&shadow).map_err(|m| err("shadow", m))?, forward.0, Vec::new())
-            }
-            (None, None, false) => {
-                let mut targets = Vec::with_capacity(self.targets.len());
-                for (i, t) in self.targets.into_iter().enumerate() {
-                    let table = TableName::parse(&t.table).map_err(|m| err(&format!("targets[{}].table", i + 1), m))?;
-                    targets.push(SplitTarget { table, forward: t.forward.0 });
-                }
-                (targets[0].table.clone(), split::merged_forward(&self.key, &targets), targets)
-            }
-            (_, _, false) => {
-                return Err(err(
-                    "targets",
-                    "a split ([[migration.targets]]) names its tables and mappings per target: drop `shadow` \
-                     and [migration.forward]"
-                        .into(),
-                ))
-            }
-            (None, _, true) => return Err(err("shadow", "missing (or give [[migration.targets]] to split)".into())),
-            (Some(_), None, true) => return Err(err("forward", "missing".into())),
-        };
-        let initial_phase = match self.initial_phase.as_deref() {
-            None => Phase::DualWrite,
-            Some(text) => match text.parse::<Phase>().map_err(|m| err("initial_phase", m))? {
-                p @ (Phase::Off | Phase::DualWrite) => p,
-                p => return Err(err("initial_phase", format!("a migration cannot start in `{p}`"))),
-            },
-        };
-        let shadow_read_sample = match self.shadow_read_sample {
-            None => SampleRate::ZERO,
-            Some(f) => SampleRate::from_fraction(f).map_err(|m| err("shadow_read_sample", m))?,
-        };
-        Ok(Migration {
-            name: self.name,
-            database: self.database,
-            table,
-            shadow,
-            key: self.key,
-            versions: self.versions,
-            forward,
-            split,
-            backward: self.backward.0,
-            initial_phase,
-            shadow_read_sample,
-            accept_unseen_writers: self.accept_unseen_writers,
-            on_bypass: self.on_bypass,
-        })
-    }
-}
-
-/// `table`: one old table, or (a merge, refused with `MERGE_REFUSED`) several.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TableSpec {
-    One(String),
-    Several(Vec<String>),
-}
-
-/// One `[[migration.targets]]` of a split.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    table: String,
-    forward: OrderedMap,
-}
-
-/// A TOML table of `column = "expression"` kept in document order.
-struct OrderedMap(Vec<(String, String)>);
-
-impl<'de> Deserialize<'de> for OrderedMap {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedMap;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a table of column = \"SQL expression\"")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, String>()? {
-                    if out.iter().any(|(c, _): &(String, String)| *c == k) {
-                        return Err(de::Error::custom(format!("column `{k}` is mapped twice")));
-                    }
-                    out.push((k, v));
-                }
-                Ok(OrderedMap(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// One table the migration's new shape is stored in, with the new-shape columns it holds (key first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetRef<'a> {
@@ -589,6 +422,19 @@ impl Migration {
             return vec![TargetRef { table: &self.shadow, forward: &self.forward }];
         }
         self.split.iter().map(|t| TargetRef { table: &t.table, forward: &t.forward }).collect()
+    }
+
+    /// True if several old tables are merged into the shadow.
+    pub fn is_merge(&self) -> bool {
+        !self.merge.is_empty()
+    }
+
+    /// Every old table (one unless merged), `table` first.
+    pub fn old_tables(&self) -> Vec<&TableName> {
+        if self.merge.is_empty() {
+            return vec![&self.table];
+        }
+        self.merge.iter().map(|s| &s.table).collect()
     }
 
     /// Every shadow table (one unless split).

@@ -174,6 +174,10 @@ pub enum RejectReason {
     /// A write in the new shape of a split migration (several shadow tables), whose new shape no single
     /// table holds: only old-shaped writes are dual-written into every target.
     SplitNewShapeWrite,
+    /// A statement on an old table of a merge (several old tables, one shadow) that the proxy does not
+    /// dual-write: anything but an old-shaped INSERT/UPDATE/DELETE in `dual_write`, or a read in the new
+    /// shape (described in the message).
+    MergedTablesWrite,
     /// Another write form the rewriter cannot make safe (described in the message).
     UnsupportedWrite,
     /// The migration's rules could not be compiled (a rule set built in code without validation).
@@ -196,6 +200,7 @@ impl RejectReason {
             RejectReason::UnsupportedReturning => "unsupported_returning",
             RejectReason::RetiredVersionWrite => "retired_version_write",
             RejectReason::SplitNewShapeWrite => "split_new_shape_write",
+            RejectReason::MergedTablesWrite => "merged_tables_unsupported",
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
             RejectReason::UnresolvedName => "unresolved_name",
@@ -223,6 +228,10 @@ impl RejectReason {
             RejectReason::SplitNewShapeWrite => {
                 "the migration splits the table into several shadow tables, so writes in the new version's shape \
                  are not supported; write in the old version's shape, which keeps every shadow in sync"
+            }
+            RejectReason::MergedTablesWrite => {
+                "the migration merges several old tables into one shadow; only old-shaped INSERT, UPDATE and \
+                 DELETE in dual_write, and old-shaped reads, are supported on them"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

@@ -55,7 +55,18 @@ impl<'a> ReadRouter<'a> {
         (self.route.get(index).phase != Phase::Off).then_some(index)
     }
 
+    /// Refuses a reference to migration `index` that cannot be routed: its rules are broken, or it merges
+    /// tables and the session reads in the new shape (the old tables' names have no new shape to present).
     fn reject_if_broken(&self, index: usize) -> ControlFlow<Rejection> {
+        let m = &self.compiled.migrations[index];
+        if m.is_merge() && self.route.get(index).version == Side::New {
+            return ControlFlow::Break(Rejection::new(
+                &m.name,
+                index,
+                RejectReason::MergedTablesWrite,
+                "a new-version session reads an old table of the merge",
+            ));
+        }
         match &self.compiled.migrations[index].broken {
             Some(why) => ControlFlow::Break(Rejection::new(
                 &self.compiled.migrations[index].name,
@@ -101,6 +112,18 @@ pub(crate) fn routed_read(
     alias: Option<&TableAlias>,
 ) -> Option<TableFactor> {
     let alias = alias.cloned().unwrap_or_else(|| alias_of(exposed_name(object, None)));
+    if m.is_merge() {
+        // An old table of a merge read from the shadow: that source's columns of the rows it holds. (The
+        // reference is known to denote one of the sources; a new-version read was refused before.)
+        let name = TableName::from_object_name(object)?;
+        let source = m.sources.iter().find(|s| name.denotes(&s.table, true))?;
+        return (route.read_source == Side::New).then(|| TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(source.view.clone()),
+            alias: Some(alias),
+            sample: None,
+        });
+    }
     match (route.version, route.read_source) {
         (Side::Old, Side::Old) => None,
         // A split: the new shape is its targets joined on the key.

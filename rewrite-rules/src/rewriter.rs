@@ -65,7 +65,7 @@ impl Rewriter {
             .migrations
             .iter()
             .enumerate()
-            .find(|(_, m)| lower.contains(&m.table.name.to_lowercase()))
+            .find(|(_, m)| m.old_tables().iter().any(|t| lower.contains(&t.name.to_lowercase())))
             .map(|(i, m)| (i, m.name.as_str()))
             .unwrap_or((0, ""));
         Rejection::new(name, index, RejectReason::UnresolvedName, "")

@@ -4,8 +4,8 @@
 //! that writes or reads the shadow asks `Migration::targets` for the tables it must touch.
 //!
 //! The new shape of a split is the targets joined on the key: every target holds the key columns (mapped
-//! the same way in each), and every other new-shape column lives in exactly one target. Merging several old
-//! tables into one shadow is not supported: a rules file asking for it is refused with [`MERGE_REFUSED`].
+//! the same way in each), and every other new-shape column lives in exactly one target. Its mirror image,
+//! several old tables merged into one shadow, is `crate::merge`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,11 +18,6 @@ pub struct SplitTarget {
     /// Shadow column -> SQL expression over old columns, in file order; maps every key column.
     pub forward: Vec<(String, String)>,
 }
-
-/// The refusal of a rules file that merges several old tables into one shadow.
-pub const MERGE_REFUSED: &str = "merging several old tables into one shadow is not supported: a migration \
-    has one old table (`table = \"...\"`); split one table into several shadows with [[migration.targets]] \
-    (README: Splitting a table)";
 
 /// The migration's `forward` (its whole new shape) made of a split's targets: the key columns as the first
 /// target maps them, then each target's other columns in file order.

@@ -35,7 +35,7 @@ use sqlparser::ast::{
 
 use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
 use crate::model::Phase;
-use crate::names::normalize_ident;
+use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{alias_of, cte_names, exposed_name, unqualify_returning, ReadRouter};
 use crate::route::{Route, Side};
@@ -133,8 +133,18 @@ pub(crate) fn rewrite_dml(
         });
     }
 
+    // A merge: an old-shaped write of one source in `dual_write` syncs that source's columns of the shadow.
+    let source = TableName::from_object_name(&object).and_then(|n| m.source_of(&n, route.unqualified_reaches(index)));
+    if source.is_some() && (mr.version == Side::New || mr.phase != Phase::DualWrite) {
+        let detail =
+            if mr.version == Side::New { "a new-version session".to_string() } else { format!("phase {}", mr.phase) };
+        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, &detail));
+    }
     // dual_write or cutover: write the session's shape, then sync the other table.
-    let sync = m.producing(mr.version.other());
+    let sync = match source {
+        Some(source) => &source.forward,
+        None => m.producing(mr.version.other()),
+    };
     let key_change = |assigned: &HashSet<String>| match assigned.iter().find(|c| sync.key_sources.contains(*c)) {
         Some(col) => Err(Rejection::new(
             &m.name,
@@ -144,7 +154,7 @@ pub(crate) fn rewrite_dml(
         )),
         None => Ok(()),
     };
-    let sync_statements: Vec<(&TableSync, Statement)> = match kind {
+    let sync_statements: Vec<(String, Statement)> = match kind {
         Kind::Insert => {
             // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
             if let Statement::Insert(insert) = &dml {
@@ -154,14 +164,17 @@ pub(crate) fn rewrite_dml(
                     }
                 }
             }
-            sync.syncs.iter().map(|s| (s, s.upsert.clone())).collect()
+            sync.syncs.iter().map(|s| (s.cte_name.clone(), s.upsert.clone())).collect()
         }
-        Kind::Delete => sync.syncs.iter().map(|s| (s, s.delete.clone())).collect(),
+        Kind::Delete => match source {
+            Some(source) => source.delete.clone(),
+            None => sync.syncs.iter().map(|s| (s.cte_name.clone(), s.delete.clone())).collect(),
+        },
         Kind::Update => {
             let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
             let assigned = assigned_columns(&update.assignments);
             key_change(&assigned)?;
-            sync.syncs.iter().map(|s| (s, partial_upsert(sync, s, &assigned))).collect()
+            sync.syncs.iter().map(|s| (s.cte_name.clone(), partial_upsert(sync, s, &assigned))).collect()
         }
     };
     if mr.version == Side::New {
@@ -217,6 +230,10 @@ pub(crate) fn rewrite_truncate(
         let m = &compiled.migrations[index];
         let mr = route.get(index);
         migrations.insert(index);
+        if m.is_merge() {
+            // Truncating one source would have to null its columns in every shadow row: not done.
+            return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "TRUNCATE"));
+        }
         let shadows: Vec<TruncateTableTarget> =
             m.shadows.iter().map(|s| TruncateTableTarget { name: s.to_object_name(), ..target.clone() }).collect();
         match (mr.phase, mr.version) {
@@ -474,7 +491,7 @@ fn wrap(
     shell: Option<Query>,
     kind: Kind,
     dml: Statement,
-    syncs: Vec<(&TableSync, Statement)>,
+    syncs: Vec<(String, Statement)>,
     returning: Vec<SelectItem>,
     exposed: Ident,
 ) -> Query {
@@ -489,13 +506,15 @@ fn wrap(
     if let Some(with) = query.with.as_mut() {
         *with.cte_tables[0].query.body = dml_body(kind, dml);
         let template = with.cte_tables.pop().expect("the template has a sync CTE");
-        for (sync, statement) in syncs {
+        for (name, statement) in syncs {
             let mut cte = template.clone();
-            cte.alias.name = Ident::new(&sync.cte_name);
-            *cte.query.body = match statement {
-                s @ Statement::Delete(_) => SetExpr::Delete(s),
-                s => SetExpr::Insert(s),
-            };
+            cte.alias.name = Ident::new(name);
+            match statement {
+                s @ Statement::Delete(_) => *cte.query.body = SetExpr::Delete(s),
+                s @ Statement::Update(_) => *cte.query.body = SetExpr::Update(s),
+                Statement::Query(q) => *cte.query = *q,
+                s => *cte.query.body = SetExpr::Insert(s),
+            }
             with.cte_tables.push(cte);
         }
         if let Some(client_with) = shell.and_then(|q| q.with) {

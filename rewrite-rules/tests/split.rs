@@ -1,6 +1,6 @@
 //! Splitting one table into several shadows (`[[migration.targets]]`): the model, the exact dual-write SQL
 //! of every write form into both targets, reads of the joined shape, and the refusals (new-shape writes,
-//! merges, malformed splits). Each write here also runs on real Postgres in `tests/tests/split_tables.rs`.
+//! a `table` list, malformed splits). Each write here also runs on real Postgres in `tests/tests/split_tables.rs`.
 
 use std::sync::Arc;
 
@@ -243,18 +243,14 @@ backward = { id = "id", x = "x", y = "y" }
 "#;
 
 #[test]
-fn a_merge_is_refused_at_validation_with_its_message() {
+fn a_table_list_is_refused_pointing_at_merge_sources() {
     let text = include_str!("fixtures/merge_tables.toml");
     let e = error_of(text);
-    assert!(e.starts_with("rules.toml: migration `orders_merge`: field `table`: merging several old tables"), "{e}");
-    assert!(e.contains("[[migration.targets]]"), "{e}");
-    // `sources = [...]` is the other spelling one might try.
-    let sources = text.replace(
-        "table  = [\"public.orders\", \"public.order_details\"]",
-        "table = \"public.orders\"\nsources = [\"public.order_details\"]",
+    assert!(
+        e.starts_with("rules.toml: migration `orders_merge`: field `table`: a migration's `table` is one old table"),
+        "{e}"
     );
-    let e = error_of(&sources);
-    assert!(e.starts_with("rules.toml: migration `orders_merge`: field `sources`: merging several old tables"), "{e}");
+    assert!(e.contains("[[migration.sources]]") && e.contains("(given: public.orders, public.order_details)"), "{e}");
 }
 
 #[test]

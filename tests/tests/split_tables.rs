@@ -5,7 +5,7 @@
 //! target and REPAIR fixes it; cutover then rollback loses no row; `complete` is refused; `dualwrite check`
 //! checks every target; the change-data-capture watch pairs the old table with each target and repairs a
 //! write that bypassed one; psql's `\copy` in the old shape lands in both targets and in the new shape is
-//! refused; and a rules file merging two tables is refused at validation with its message.
+//! refused; and a rules file giving `table` as a list is refused at validation, pointing at a merge's sources.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -277,16 +277,17 @@ async fn cutover_then_rollback_loses_no_row_and_complete_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rules_file_merging_two_tables_is_refused_with_its_message() {
+async fn a_rules_file_listing_two_tables_is_refused_pointing_at_merge_sources() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let merge = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rewrite-rules/tests/fixtures/merge_tables.toml");
     let error = match TestProxy::with_rules_file(&db, &merge).await {
-        Ok(_) => panic!("a merge rules file was accepted"),
+        Ok(_) => panic!("a rules file with a list of tables was accepted"),
         Err(e) => format!("{e:#}"),
     };
     assert!(
         error.contains(
-            "migration `orders_merge`: field `table`: merging several old tables into one shadow is not supported"
+            "migration `orders_merge`: field `table`: a migration's `table` is one old table; to merge several old \
+             tables into one shadow, give one [[migration.sources]] per old table"
         ),
         "{error}"
     );

@@ -24,6 +24,8 @@ struct Column {
     sql_type: String,
     /// NOT NULL with neither a default, an identity nor a generation expression: an insert must give it.
     required: bool,
+    /// NOT NULL (a merge source's `present` column must be computed from one).
+    not_null: bool,
 }
 
 /// A table found in the catalog.
@@ -92,23 +94,35 @@ pub async fn check_migration(
 ) -> anyhow::Result<Tally> {
     let targets = migration.targets();
     let shadows = targets.iter().map(|t| t.table.to_string()).collect::<Vec<_>>().join(" + ");
-    writeln!(out, "migration {}: {} -> {shadows}", migration.name, migration.table)?;
+    let old_tables = migration.old_tables();
+    let sources = old_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" + ");
+    writeln!(out, "migration {}: {sources} -> {shadows}", migration.name)?;
     let mut report = Report::new(out);
-    let old = find_table(client, &migration.table, &mut report).await?;
+    let mut olds = Vec::with_capacity(old_tables.len());
+    for table in &old_tables {
+        olds.push(find_table(client, table, &mut report).await?);
+    }
     let mut news = Vec::with_capacity(targets.len());
     for target in &targets {
         news.push(find_table(client, target.table, &mut report).await?);
     }
-    let (Some(old), Some(news)) = (old, news.into_iter().collect::<Option<Vec<Table>>>()) else {
+    let (Some(olds), Some(news)) =
+        (olds.into_iter().collect::<Option<Vec<Table>>>(), news.into_iter().collect::<Option<Vec<Table>>>())
+    else {
         return Ok(report.tally);
     };
+    // A merge's old shape is its sources joined on the key (the mappings are checked against that join).
+    let old = joined(&olds, &migration.key);
+    for (source, table) in migration.merge.iter().zip(&olds) {
+        check_present(source, table, &mut report)?;
+    }
 
     let old_mapped_ok = check_columns(&old, migration.old_columns(), "backward", &mut report)?;
     let mut new_mapped_ok = true;
     for (target, new) in targets.iter().zip(&news) {
         new_mapped_ok &= check_columns(new, target.forward.iter().map(|(c, _)| c.as_str()), "forward", &mut report)?;
     }
-    for table in std::iter::once(&old).chain(&news) {
+    for table in olds.iter().chain(&news) {
         check_key(client, table, &migration.key, &mut report).await?;
     }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
@@ -118,14 +132,42 @@ pub async fn check_migration(
     }
     // A split's backward mapping reads its targets joined on the key.
     let new = joined(&news, &migration.key);
-    let backward_ok =
-        old_mapped_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
+    let mut backward_ok = old_mapped_ok;
+    if migration.is_merge() {
+        // Each source's columns are written into that source: its backward mapping is checked against it.
+        for (source, table) in migration.merge.iter().zip(&olds) {
+            backward_ok =
+                backward_ok && check_mappings(client, "backward", &source.backward, &new, table, &mut report).await?;
+        }
+    } else {
+        backward_ok =
+            backward_ok && check_mappings(client, "backward", &migration.backward, &new, &old, &mut report).await?;
+    }
     if forward_ok && backward_ok && old_mapped_ok {
         check_round_trip(client, migration, &old, sample, &mut report).await?;
     } else {
         writeln!(report.out, "  skipped  round trip (the mappings have errors)")?;
     }
     Ok(report.tally)
+}
+
+/// A merge source's `present` column must never be NULL while the source's row exists (a DELETE of
+/// another source drops the shadow row when it is): sure when it maps a NOT NULL column as it is.
+fn check_present(source: &dualwrite_rules::MergeSource, table: &Table, report: &mut Report<'_>) -> anyhow::Result<()> {
+    let expression = source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str());
+    let column = expression.map(|e| e.trim().trim_matches('"').to_string()).unwrap_or_default();
+    let present = format!("present = {} (from {} of {})", source.present, expression.unwrap_or("?"), table.display);
+    let written = match table.columns.get(&column) {
+        Some(c) if c.not_null => report.ok(&format!("{present}: NOT NULL")),
+        Some(_) => report.error(&format!(
+            "{present}: {column} may be NULL, so a DELETE of another source could drop a row this one still \
+             holds; make it NOT NULL or name another column"
+        )),
+        None => report.warning(&format!(
+            "{present}: not a plain column, so the proxy cannot tell whether it is ever NULL; make sure it is not"
+        )),
+    };
+    Ok(written?)
 }
 
 async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) -> anyhow::Result<Option<Table>> {
@@ -138,7 +180,7 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     let rows = client
         .query(
             "SELECT attname::text, format_type(atttypid, atttypmod),
-                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = '', attnotnull
                FROM pg_attribute
               WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
               ORDER BY attnum",
@@ -150,13 +192,14 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
     for row in rows {
         let name: String = row.get(0);
         order.push(name.clone());
-        columns.insert(name, Column { sql_type: row.get(1), required: row.get(2) });
+        columns.insert(name, Column { sql_type: row.get(1), required: row.get(2), not_null: row.get(3) });
     }
     report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
     Ok(Some(Table { display, oid, columns, order }))
 }
 
-/// The shadow tables as one table to read from: the shadow, or a split's targets joined on the key.
+/// Tables as one table to read from: the shadow (or old table), or a split's targets (a merge's sources)
+/// joined on the key.
 fn joined(tables: &[Table], key: &[String]) -> Table {
     let keys = key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
     let mut all = Table {

@@ -3,7 +3,8 @@
 //! columns` (backward, with which a repair rewrites the old table once the shadow is the source of truth).
 //! Expressions are parsed with sqlparser and identifiers are kept as quoted AST idents, so the SQL built
 //! from them (see `sql`) never splices raw rule text. A split (several shadow tables) keeps its whole new
-//! shape in `forward` and lists which columns each target holds (`targets`).
+//! shape in `forward` and lists which columns each target holds (`targets`); a merge (several old tables)
+//! keeps every old column in `backward` and lists which columns each source holds (`sources`).
 
 use dualwrite_rules::{Migration, RuleSet, TableName};
 use sqlparser::ast::{DataType, Expr, Ident, ObjectName, ObjectNamePart};
@@ -56,6 +57,10 @@ pub struct TableMapping {
     pub targets: Vec<(QualifiedName, Vec<String>)>,
     /// `(old column, SQL expression over the shadow's columns)`, in rules order.
     pub backward: Vec<(String, String)>,
+    /// A merge's old tables (`old` is the first), the old columns each holds and the shadow columns it
+    /// writes (key included in both); empty unless merged. Their rows are read FULL JOINed on the key,
+    /// presenting every column of `backward`.
+    pub sources: Vec<(QualifiedName, Vec<String>, Vec<String>)>,
 }
 
 impl From<&Migration> for TableMapping {
@@ -72,6 +77,14 @@ impl From<&Migration> for TableMapping {
                 .map(|t| (t.table.into(), t.forward.iter().map(|(c, _)| c.clone()).collect()))
                 .collect(),
             backward: migration.backward.clone(),
+            sources: migration
+                .merge
+                .iter()
+                .map(|s| {
+                    let old = s.old_columns().map(str::to_string).collect();
+                    (QualifiedName::from(&s.table), old, s.shadow_columns().map(str::to_string).collect())
+                })
+                .collect(),
         }
     }
 }
@@ -136,6 +149,9 @@ pub struct CompiledMapping {
     /// Old columns written by a repair of the old table, and their expressions over the shadow's columns.
     pub old_columns: Vec<Ident>,
     pub backward: Vec<Expr>,
+    /// A merge's old tables (`old` first), their columns and the indexes of `shadow_columns` each writes;
+    /// empty unless merged (see `sql::old_from`).
+    pub sources: Vec<(ObjectName, Vec<Ident>, Vec<usize>)>,
 }
 
 impl CompiledMapping {
@@ -196,12 +212,25 @@ impl CompiledMapping {
             shadow_alias: quoted(&mapping.shadow.name),
             old_columns: mapping.backward.iter().map(|(column, _)| quoted(column)).collect(),
             backward,
+            sources: mapping
+                .sources
+                .iter()
+                .map(|(table, columns, writes)| {
+                    let indexes = writes.iter().filter_map(|c| mapping.forward.iter().position(|(f, _)| f == c));
+                    (table.object_name(), columns.iter().map(|c| quoted(c)).collect(), indexes.collect())
+                })
+                .collect(),
         })
     }
 
     /// True if the new shape is spread over several shadow tables.
     pub fn is_split(&self) -> bool {
         self.targets.len() > 1
+    }
+
+    /// True if several old tables are merged into the shadow.
+    pub fn is_merge(&self) -> bool {
+        !self.sources.is_empty()
     }
 
     /// Reads the shadow column types from the catalog (each column from the target holding it) and
@@ -249,6 +278,7 @@ mod tests {
             forward: vec![("id".into(), "id".into()), ("first".into(), "split_part(name, ' ', 1)".into())],
             targets: vec![(QualifiedName::new("public", "users_v2"), vec!["id".into(), "first".into()])],
             backward: vec![("id".into(), "id".into()), ("name".into(), "first".into())],
+            sources: vec![],
         }
     }
 

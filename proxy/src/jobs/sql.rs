@@ -115,6 +115,27 @@ impl CompiledMapping {
         format!("(SELECT {} FROM {from}) AS {alias}", list(&self.shadow_columns))
     }
 
+    /// The old side's rows as a FROM item named `alias`, restricted to `predicate` (over key columns): the
+    /// old table itself (the caller applies the predicate), or a merge's sources, each filtered by the
+    /// predicate, FULL JOINed on the key and presenting every old column (a key one source lacks shows as
+    /// that source's columns NULL, as the merged shadow row holds it).
+    fn old_from(&self, predicate: &str, alias: &Ident) -> String {
+        if !self.is_merge() {
+            return format!("{} AS {alias}", self.old);
+        }
+        let keys = self.key_list(None);
+        let mut from = String::new();
+        for (i, (table, columns, _)) in self.sources.iter().enumerate() {
+            let part = format!(
+                "(SELECT {} FROM {table} WHERE {predicate}) AS {}",
+                list(columns),
+                ident(&format!("__dw_o{}", i + 1))
+            );
+            from = if i == 0 { part } else { format!("{from} FULL JOIN {part} USING ({keys})") };
+        }
+        format!("(SELECT {} FROM {from}) AS {alias}", list(&self.old_columns))
+    }
+
     /// The columns a target holds and their forward expressions.
     fn target_columns(&self, indexes: &[usize]) -> (Vec<&Ident>, Vec<&sqlparser::ast::Expr>) {
         (
@@ -172,7 +193,7 @@ impl CompiledMapping {
                     .zip(&self.shadow_types)
                     .zip(&self.shadow_columns)
                     .map(|((expr, data_type), column)| format!("CAST({expr} AS {data_type}) AS {column}"));
-                format!("SELECT {} FROM {} AS {} WHERE {predicate}", list(columns), self.old, self.old_alias)
+                format!("SELECT {} FROM {} WHERE {predicate}", list(columns), self.old_from(predicate, &self.old_alias))
             }
             Side::Shadow => {
                 let from = self.shadow_from(predicate, &ident("__dw_r"));
@@ -195,12 +216,11 @@ impl CompiledMapping {
         let on_conflict =
             if with_on_conflict { format!("ON CONFLICT ({}) DO NOTHING", self.key_list(None)) } else { String::new() };
         let shadow_range = self.range_predicate(Side::Shadow, bounds);
+        let old_range = self.range_predicate(Side::Old, bounds);
         let source = format!(
-            "FROM {old} AS {alias} WHERE {old_range} \
+            "FROM {old} WHERE {old_range} \
              AND NOT EXISTS (SELECT 1 FROM {shadow} WHERE {join} AND {shadow_range})",
-            old = self.old,
-            alias = self.old_alias,
-            old_range = self.range_predicate(Side::Old, bounds),
+            old = self.old_from(&old_range, &self.old_alias),
             shadow = self.shadow_from(&shadow_range, &s),
         );
         if !self.is_split() {
@@ -230,7 +250,7 @@ impl CompiledMapping {
             "SELECT count(*), (SELECT {last} FROM {old} WHERE {predicate} ORDER BY {descending} LIMIT 1) \
              FROM {old} WHERE {predicate}",
             last = self.key_json(None),
-            old = self.old,
+            old = self.old_from(&predicate, &ident("__dw_r")),
         ))
     }
 
@@ -242,7 +262,7 @@ impl CompiledMapping {
             "true".to_string()
         };
         let from = match side {
-            Side::Old => self.old.to_string(),
+            Side::Old => self.old_from(&after, &ident("__dw_r")),
             Side::Shadow => self.shadow_from(&after, &ident("__dw_r")),
         };
         statement(format!(
@@ -312,6 +332,9 @@ impl CompiledMapping {
     /// run once every transaction open at the batch's commit has ended (see `sweep`), removes what it
     /// missed. Run under REPEATABLE READ (see `repair`).
     pub fn sweep(&self, bounds: Bounds) -> String {
+        if self.is_merge() {
+            return self.sweep_merge(bounds);
+        }
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
         statement(self.every_target(&[], |table, _| {
@@ -334,6 +357,9 @@ impl CompiledMapping {
     pub fn repair(&self, behind: Side) -> String {
         if self.is_split() {
             return self.repair_split(behind);
+        }
+        if self.is_merge() {
+            return self.repair_merge();
         }
         let (source, target, columns, exprs, alias) = match behind {
             Side::Shadow => (&self.old, &self.shadow, &self.shadow_columns, &self.forward, &self.old_alias),
@@ -445,6 +471,95 @@ impl CompiledMapping {
             dels.push(format!("(SELECT count(*) FROM {d})"));
         }
         statement(format!("WITH {} SELECT GREATEST({}), GREATEST({})", list(ctes), list(ups), list(dels)))
+    }
+
+    /// `sweep` of a merge: in the key range, deletes the shadow rows no source holds, and nulls the
+    /// columns of each source that no longer holds a key another source still holds (a dual-write DELETE
+    /// that missed a row a backfill batch committed after its snapshot left them as the batch copied them).
+    /// Both in one UPDATE/DELETE pair on disjoint rows (a row is deleted only when no source holds it).
+    fn sweep_merge(&self, bounds: Bounds) -> String {
+        let (o, s) = (ident("__dw_o"), ident("__dw_s"));
+        let range = self.range_predicate(Side::Shadow, bounds);
+        let holds = |table: &ObjectName| {
+            let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
+            format!("EXISTS (SELECT 1 FROM {table} AS {o} WHERE {join})")
+        };
+        let any = joined(self.sources.iter().map(|(t, _, _)| holds(t)), " OR ");
+        let mut sets = Vec::new();
+        let mut gone = Vec::new();
+        for (table, _, writes) in &self.sources {
+            let own: Vec<&Ident> =
+                writes.iter().map(|&i| &self.shadow_columns[i]).filter(|c| !self.key.contains(c)).collect();
+            for c in &own {
+                sets.push(format!("{c} = CASE WHEN {} THEN {s}.{c} ELSE NULL END", holds(table)));
+            }
+            gone.push(format!(
+                "(NOT {} AND ({}))",
+                holds(table),
+                joined(own.iter().map(|c| format!("{s}.{c} IS NOT NULL")), " OR ")
+            ));
+        }
+        let del = ident("__dw_del");
+        statement(format!(
+            "WITH {del} AS (DELETE FROM {shadow} AS {s} WHERE {range} AND NOT ({any}) RETURNING 1) \
+             UPDATE {shadow} AS {s} SET {sets} WHERE {range} AND ({any}) AND ({gone})",
+            shadow = self.shadow,
+            sets = list(sets),
+            gone = joined(gone, " OR "),
+        ))
+    }
+
+    /// `repair` of a merge, while its sources are the source of truth (a merge never reaches cutover): the
+    /// shadow rows of the keys in `$1` are upserted from the sources FULL JOINed on the key, or deleted where
+    /// no source holds the key. Each source's rows are read `FOR SHARE` (a FULL JOIN cannot be locked as one;
+    /// under REPEATABLE READ a concurrent write to any of them fails the repair, which is retried). Returns
+    /// (rows upserted, rows deleted). Only for the shadow behind: `verify::repair` refuses the other way.
+    fn repair_merge(&self) -> String {
+        let (keys_cte, src, up, del) = (ident("__dw_keys"), ident("__dw_src"), ident("__dw_up"), ident("__dw_del"));
+        let (o, s) = (ident("__dw_o"), ident("__dw_s"));
+        let keys = self.key_list(None);
+        let in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(None));
+        let mut ctes = vec![format!(
+            "{keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))",
+            self.shadow
+        )];
+        let mut locks = Vec::new();
+        for (i, (table, _, _)) in self.sources.iter().enumerate() {
+            let lock = ident(&format!("__dw_lock{}", i + 1));
+            ctes.push(format!("{lock} AS (SELECT 1 FROM {table} WHERE {in_keys} FOR SHARE)"));
+            locks.push(format!("(SELECT count(*) FROM {lock})"));
+        }
+        let non_key: Vec<&Ident> = self.shadow_columns.iter().filter(|c| !self.key.contains(c)).collect();
+        let on_conflict = if non_key.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}"))))
+        };
+        let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
+        ctes.push(format!(
+            "{src} AS MATERIALIZED (SELECT * FROM {} WHERE {in_keys})",
+            self.old_from(&in_keys, &ident("__dw_r"))
+        ));
+        ctes.push(format!(
+            "{up} AS (INSERT INTO {shadow} ({columns}) SELECT {exprs} FROM {src} AS {alias} ON CONFLICT ({keys}) \
+             {on_conflict} RETURNING 1)",
+            shadow = self.shadow,
+            columns = list(&self.shadow_columns),
+            exprs = list(&self.forward),
+            alias = self.old_alias,
+        ));
+        let s_in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(Some(&s)));
+        ctes.push(format!(
+            "{del} AS (DELETE FROM {shadow} AS {s} WHERE {s_in_keys} AND NOT EXISTS (SELECT 1 FROM {src} AS {o} \
+             WHERE {join}) RETURNING 1)",
+            shadow = self.shadow,
+        ));
+        // The locks are taken when the SELECT reads their counts (a SELECT CTE runs only if referenced).
+        statement(format!(
+            "WITH {} SELECT (SELECT count(*) FROM {up}) + 0 * ({}), (SELECT count(*) FROM {del})",
+            list(ctes),
+            joined(locks, " + ")
+        ))
     }
 }
 

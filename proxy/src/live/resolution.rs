@@ -33,6 +33,9 @@ pub struct NameResolution {
 struct Known {
     generation: u64,
     elsewhere: Vec<usize>,
+    /// Merges (also in `elsewhere`) whose old tables' bare names do not all mean the same: some reach
+    /// the migrated table, some another relation.
+    mixed: Vec<usize>,
     search_path: String,
 }
 
@@ -44,6 +47,13 @@ impl NameResolution {
     /// Migrations whose unqualified name reaches another relation, if known under rules `generation`.
     pub fn elsewhere(&self, generation: u64) -> Option<&[usize]> {
         self.known(generation).map(|k| &k.elsewhere[..])
+    }
+
+    /// Merges among `elsewhere` whose sources' unqualified names resolve differently from each other, if
+    /// known under rules `generation`: a statement naming one of their sources unqualified cannot be
+    /// planned for all of them at once (see `live::session::resolve`).
+    pub fn mixed(&self, generation: u64) -> Option<&[usize]> {
+        self.known(generation).map(|k| &k.mixed[..])
     }
 
     /// The session's `search_path` as the server reported it with the resolution (a shadow read runs its
@@ -59,9 +69,22 @@ impl NameResolution {
             .migrations
             .iter()
             .map(|m| {
-                let bare = sql_literal(&quote_ident(&m.table.name));
-                let qualified = sql_literal(&m.table.qualified().to_string());
-                format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+                let reaches = |t: &dualwrite_rules::TableName| {
+                    let bare = sql_literal(&quote_ident(&t.name));
+                    let qualified = sql_literal(&t.qualified().to_string());
+                    format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+                };
+                if !m.is_merge() {
+                    return reaches(&m.table);
+                }
+                // A merge has several old tables: 't' if every bare name reaches its table, 'f' if none
+                // does, 'm' (mixed) otherwise.
+                let each: Vec<String> = m.old_tables().into_iter().map(reaches).collect();
+                format!(
+                    "CASE WHEN {} THEN 't' WHEN NOT ({}) THEN 'f' ELSE 'm' END",
+                    each.join(" AND "),
+                    each.join(" OR ")
+                )
             })
             .collect();
         format!(
@@ -87,7 +110,13 @@ impl NameResolution {
                 .filter(|(_, value)| value.as_deref() != Some("t"))
                 .map(|(index, _)| index)
                 .collect::<Vec<usize>>();
-            Known { generation, elsewhere, search_path }
+            let mixed = row
+                .iter()
+                .enumerate()
+                .filter(|(_, value)| value.as_deref() == Some("m"))
+                .map(|(index, _)| index)
+                .collect::<Vec<usize>>();
+            Known { generation, elsewhere, mixed, search_path }
         });
         match parsed {
             Some(known) => self.known = Some(known),
@@ -256,6 +285,29 @@ mod tests {
         ]
         .join("\n");
         RuleSet::from_toml(&text, "examples").unwrap()
+    }
+
+    #[test]
+    fn a_merge_is_probed_over_every_source_and_a_mixed_answer_is_kept_apart() {
+        let merge =
+            RuleSet::from_toml(include_str!("../../../rewrite-rules/examples/users_merge_tables.toml"), "m").unwrap();
+        let sql = NameResolution::probe_sql(&merge);
+        let accounts =
+            "coalesce(pg_catalog.to_regclass('accounts') = pg_catalog.to_regclass('public.accounts'), false)";
+        let profiles =
+            "coalesce(pg_catalog.to_regclass('profiles') = pg_catalog.to_regclass('public.profiles'), false)";
+        assert!(
+            sql.contains(&format!(
+                "CASE WHEN {accounts} AND {profiles} THEN 't' WHEN NOT ({accounts} OR {profiles}) THEN 'f' ELSE 'm' END"
+            )),
+            "{sql}"
+        );
+        let mut r = NameResolution::default();
+        r.learn(1, &merge, Some(vec![Some("m".into()), Some("tenant, public".into())]), false);
+        assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[0][..])));
+        r.changed();
+        r.learn(1, &merge, Some(vec![Some("f".into()), Some("tenant, public".into())]), false);
+        assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[][..])));
     }
 
     #[test]

@@ -220,7 +220,13 @@ impl LiveSession {
         }
         let route = match self.resolved_route(&current, sql) {
             Ok(route) => route,
-            Err(Unresolved) if can_probe && !self.resolution.take_probe_failed() => {
+            // (A known resolution that leaves the plan open is a merge's mixed one: probing again would
+            // answer the same.)
+            Err(Unresolved)
+                if can_probe
+                    && self.resolution.elsewhere(current.generation).is_none()
+                    && !self.resolution.take_probe_failed() =>
+            {
                 return Verdict::Probe(NameResolution::probe_sql(&current.rules));
             }
             Err(Unresolved) => {
@@ -297,7 +303,7 @@ impl LiveSession {
             .rules
             .migrations
             .iter()
-            .filter(|m| lower.contains(&m.table.name.to_ascii_lowercase()))
+            .filter(|m| m.old_tables().iter().any(|t| lower.contains(&t.name.to_ascii_lowercase())))
             .map(|m| m.name.as_str())
             .collect();
         if names.is_empty() {
@@ -596,6 +602,17 @@ impl SessionInterceptor for LiveSession {
 fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
     if let Some(elsewhere) = resolution.elsewhere(current.generation) {
         route.unqualified_elsewhere = elsewhere.to_vec();
+        // A merge some of whose bare source names mean other relations: a statement whose plan depends on
+        // whether they reach it (it names a source unqualified) is refused, as neither plan is right for
+        // every source it names.
+        let mixed = resolution.mixed(current.generation).unwrap_or_default();
+        if !mixed.is_empty() {
+            let mut reaching = route.clone();
+            reaching.unqualified_elsewhere.retain(|i| !mixed.contains(i));
+            if *current.rewriter.rewrite(sql, &reaching) != *current.rewriter.rewrite(sql, &route) {
+                return Err(Unresolved);
+            }
+        }
         return Ok(route);
     }
     let assumed = current.rewriter.rewrite(sql, &route);

@@ -250,6 +250,17 @@ pub async fn change_phase(
                 .into(),
         ));
     }
+    if matches!(to, Phase::Cutover | Phase::Complete) && m.is_merge() {
+        // From cutover on the shadow is the source of truth and repairs rebuild the old tables from it, which
+        // is not built for several old tables; old-shaped writes of a merge are only dual-written in dual_write.
+        return Err(refused(
+            &m.name,
+            &format!("move to {to}"),
+            "it merges several old tables into one shadow, which the proxy keeps in sync in dual_write only; \
+             it stays in dual_write (or rolls back to off) until its writers move to the shadow"
+                .into(),
+        ));
+    }
     let tx = client.transaction().await?;
     let row = lock_row(&tx, m).await?;
     let ready = readiness(&tx, &m.name).await?;

@@ -135,6 +135,7 @@ pub fn plan(current: &CurrentTable, target: &Target, options: &PlanOptions) -> R
             .filter_map(|c| c.forward.as_ref().map(|e| (c.name.clone(), e.to_string())))
             .collect(),
         split: Vec::new(),
+        merge: Vec::new(),
         backward: shape.backward.iter().map(|(c, e)| (c.clone(), e.to_string())).collect(),
         initial_phase: Phase::DualWrite,
         shadow_read_sample: SampleRate::ZERO,

@@ -17,7 +17,7 @@ pub mod body;
 use std::fmt;
 use std::io::Write;
 
-use dualwrite_rules::{quote_ident, Migration, RuleSet};
+use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::GenericClient;
 
 use body::{Target, Use};
@@ -70,17 +70,28 @@ struct Table {
     display: String,
 }
 
-/// Every unseen writer of `migration`'s old table (none when the table does not exist).
+/// Every unseen writer of `migration`'s old table, or of each old table of a merge (none for a table that
+/// does not exist).
 pub async fn find(
     client: &impl GenericClient,
     migration: &Migration,
 ) -> Result<Vec<UnseenWriter>, tokio_postgres::Error> {
+    let mut found = Vec::new();
+    for table in migration.old_tables() {
+        found.extend(find_of(client, table).await?);
+    }
+    found.sort_by_key(|w| w.kind);
+    Ok(found)
+}
+
+/// Every unseen writer of one old table.
+async fn find_of(client: &impl GenericClient, table: &TableName) -> Result<Vec<UnseenWriter>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT c.oid, n.nspname::text, c.relname::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = to_regclass($1)",
-            &[&migration.table.to_string()],
+            &[&table.to_string()],
         )
         .await?;
     let Some(row) = row else { return Ok(Vec::new()) };
@@ -97,7 +108,6 @@ pub async fn find(
     found.extend(routines(client, &table).await?);
     found.extend(views);
     found.extend(rules(client, &table, &view_names).await?);
-    found.sort_by_key(|w| w.kind);
     Ok(found)
 }
 
@@ -425,7 +435,7 @@ pub async fn unaccepted(
         if !open.is_empty() {
             refused.push(Unaccepted {
                 migration: migration.name.clone(),
-                table: migration.table.to_string(),
+                table: migration.old_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
                 writers: open,
                 accept_all,
             });
@@ -444,7 +454,8 @@ pub async fn check_migration(
     let mut report = super::schema::Report::new(out);
     let writers = find(client, migration).await?;
     if writers.is_empty() {
-        report.ok(&format!("no writers of {} that the proxy cannot see", migration.table))?;
+        let tables = migration.old_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+        report.ok(&format!("no writers of {tables} that the proxy cannot see"))?;
     }
     for w in &writers {
         let accepted = migration.accept_unseen_writers.contains(&w.id);

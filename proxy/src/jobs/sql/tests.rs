@@ -22,6 +22,7 @@ fn compiled(key: &[&str]) -> CompiledMapping {
             ("name".into(), "users_v2.first || ' '".into()),
         ],
         targets: vec![(QualifiedName::new("public", "users_v2"), vec!["id".into(), "region".into(), "first".into()])],
+        sources: vec![],
     };
     let types = vec![DataType::BigInt(None), DataType::Text, DataType::Varchar(None)];
     CompiledMapping::compile(&mapping, types).unwrap()
@@ -45,6 +46,7 @@ fn split(key: &[&str]) -> CompiledMapping {
             ("name".into(), "first || ' '".into()),
         ],
         targets: vec![],
+        sources: vec![],
     };
     let with_key = |extra: &str| {
         let mut columns: Vec<String> = key.iter().map(|k| k.to_string()).collect();
@@ -165,5 +167,88 @@ fn repair_writes_only_the_table_behind() {
     assert!(old.contains("DELETE FROM \"public\".\"Users\""), "{old}");
     assert!(
         !old.contains("INSERT INTO \"public\".\"users_v2\"") && !old.contains("DELETE FROM \"public\".\"users_v2\"")
+    );
+}
+
+/// A merge: `accounts` (id, email) and `profiles` (id, name) into `users` (id, email, display_name).
+fn merged() -> CompiledMapping {
+    let mapping = TableMapping {
+        migration: "m".into(),
+        old: QualifiedName::new("public", "accounts"),
+        shadow: QualifiedName::new("public", "users"),
+        key: vec!["id".into()],
+        forward: vec![
+            ("id".into(), "id".into()),
+            ("email".into(), "lower(email)".into()),
+            ("display_name".into(), "name".into()),
+        ],
+        backward: vec![
+            ("id".into(), "id".into()),
+            ("email".into(), "email".into()),
+            ("name".into(), "display_name".into()),
+        ],
+        targets: vec![(
+            QualifiedName::new("public", "users"),
+            vec!["id".into(), "email".into(), "display_name".into()],
+        )],
+        sources: vec![
+            (
+                QualifiedName::new("public", "accounts"),
+                vec!["id".into(), "email".into()],
+                vec!["id".into(), "email".into()],
+            ),
+            (
+                QualifiedName::new("public", "profiles"),
+                vec!["id".into(), "name".into()],
+                vec!["id".into(), "display_name".into()],
+            ),
+        ],
+    };
+    CompiledMapping::compile(&mapping, vec![DataType::Int(None), DataType::Text, DataType::Text]).unwrap()
+}
+
+#[test]
+fn every_merge_variant_reads_the_sources_joined_and_writes_only_the_shadow() {
+    let m = merged();
+    assert!(m.is_merge() && !m.is_split());
+    let joined = "FROM (SELECT \"id\", \"email\" FROM \"public\".\"accounts\" WHERE";
+    let second = "FULL JOIN (SELECT \"id\", \"name\" FROM \"public\".\"profiles\" WHERE";
+    for has in [false, true] {
+        for on_conflict in [false, true] {
+            let sql = m.backfill_batch(Bounds { lower: has, upper: true }, on_conflict);
+            parses(&sql);
+            assert!(sql.contains(joined) && sql.contains(second), "{sql}");
+        }
+        for sql in [m.old_after(has), m.boundary(Side::Old, has)] {
+            parses(&sql);
+            assert!(sql.contains(second), "{sql}");
+        }
+    }
+    for (lower, upper) in [(false, false), (true, false), (false, true), (true, true)] {
+        let bounds = Bounds { lower, upper };
+        let checksum = m.checksum(Side::Old, bounds);
+        parses(&checksum);
+        assert!(checksum.contains(second), "{checksum}");
+        parses(&m.leaf_diff(bounds));
+        let sweep = m.sweep(bounds);
+        parses(&sweep);
+        // Rows no source holds are deleted; a source's columns are nulled where it is gone.
+        assert!(sweep.contains("DELETE FROM \"public\".\"users\""), "{sweep}");
+        assert!(
+            sweep.contains("\"display_name\" = CASE WHEN EXISTS (SELECT 1 FROM \"public\".\"profiles\""),
+            "{sweep}"
+        );
+        assert!(
+            !sweep.contains("DELETE FROM \"public\".\"accounts\"") && !sweep.contains("UPDATE \"public\".\"profiles\"")
+        );
+    }
+    parses(&m.keys_diff());
+    let repair = m.repair(Side::Shadow);
+    parses(&repair);
+    assert!(repair.contains("FROM \"public\".\"profiles\" WHERE") && repair.contains("FOR SHARE"), "{repair}");
+    assert!(repair.contains("INSERT INTO \"public\".\"users\"") && repair.contains("DELETE FROM \"public\".\"users\""));
+    assert!(
+        !repair.contains("INSERT INTO \"public\".\"accounts\"")
+            && !repair.contains("DELETE FROM \"public\".\"profiles\"")
     );
 }
