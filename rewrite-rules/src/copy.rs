@@ -34,11 +34,12 @@ use sqlparser::ast::{
 };
 
 use crate::compiled::{parse_statement, template_query, Compiled};
+use crate::copy_block::{count_statement, CopyBlock};
 use crate::model::Phase;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{routed_read, ReadRouter};
 use crate::route::{Route, Side};
-use crate::writes::{rewrite_dml, Companions, Outcome};
+use crate::writes::{rewrite_dml, Companion, Companions, Outcome};
 
 /// The staging table of a COPY FROM STDIN, in the session's temporary schema.
 pub(crate) const STAGING: &str = "pg_temp.__dw_copy";
@@ -134,13 +135,25 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     let Some(dual_write) = rewrite_dml(compiled, route, None, insert)?.statement else {
         return Err(invalid("the COPY's INSERT was not dual-written".into()));
     };
+    let sync = m.producing(mr.version.other());
+    let sync_ctes: Vec<&str> = sync.syncs.iter().map(|s| s.cte_name.as_str()).collect();
+    let synced = match mr.version {
+        Side::Old => m.shadows.clone(),
+        Side::New => vec![m.table.clone()],
+    };
+    let block = CopyBlock::new(dual_write, &sync_ctes, synced).map_err(invalid)?;
+    let count = count_statement().map_err(invalid)?;
     let drop = parse_statement(&format!("DROP TABLE {STAGING}")).map_err(invalid)?;
     outcome.statement = Some(statement);
     outcome.transform = StatementTransform::HIDDEN;
-    let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::Suppress };
+    let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::CountRow };
     outcome.companions = Some(Box::new(Companions {
-        before: vec![(create, StatementTransform::HIDDEN)],
-        after: vec![(dual_write, answers_for_copy), (drop, StatementTransform::HIDDEN)],
+        before: vec![(Companion::Sql(create), StatementTransform::HIDDEN)],
+        after: vec![
+            (Companion::Block(Box::new(block)), StatementTransform::HIDDEN),
+            (Companion::Sql(count), answers_for_copy),
+            (Companion::Sql(drop), StatementTransform::HIDDEN),
+        ],
     }));
     Ok(outcome)
 }

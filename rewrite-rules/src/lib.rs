@@ -17,6 +17,7 @@
 mod cache;
 mod compiled;
 mod copy;
+mod copy_block;
 pub mod corpus;
 mod fallback;
 pub mod fuzz_checks;
@@ -34,6 +35,7 @@ mod statement;
 mod writes;
 
 pub use cache::CacheStats;
+pub use copy_block::parse_rewritten;
 pub use model::TargetRef;
 pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};
 pub use names::{quote_ident, TableName};
