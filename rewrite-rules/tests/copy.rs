@@ -14,7 +14,8 @@ const USERS: &str = include_str!("../examples/users_split_name.toml");
 
 const CREATE_OLD: &str =
     "CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT * FROM public.users LIMIT 0";
-const FORWARD_PLAIN: &str = "__dw_shadow AS (INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, \
+const FORWARD_PLAIN: &str =
+    "__dw_shadow AS (INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, \
      split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email) FROM __dw_primary";
 const UPSERT_FORWARD: &str =
     " ON CONFLICT(id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = \
