@@ -148,11 +148,11 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     outcome.transform = StatementTransform::HIDDEN;
     let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::CountRow };
     outcome.companions = Some(Box::new(Companions {
-        before: vec![(Companion::Sql(create), StatementTransform::HIDDEN)],
+        before: vec![(Companion::Sql(Box::new(create)), StatementTransform::HIDDEN)],
         after: vec![
             (Companion::Block(Box::new(block)), StatementTransform::HIDDEN),
-            (Companion::Sql(count), answers_for_copy),
-            (Companion::Sql(drop), StatementTransform::HIDDEN),
+            (Companion::Sql(Box::new(count)), answers_for_copy),
+            (Companion::Sql(Box::new(drop)), StatementTransform::HIDDEN),
         ],
     }));
     Ok(outcome)

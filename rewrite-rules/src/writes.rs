@@ -61,7 +61,7 @@ pub(crate) struct Companions {
 
 /// One statement the proxy runs around the client's.
 pub(crate) enum Companion {
-    Sql(Statement),
+    Sql(Box<Statement>),
     /// A COPY's dual write as a PL/pgSQL block (`copy_block`), which sqlparser has no statement for.
     Block(Box<CopyBlock>),
 }
