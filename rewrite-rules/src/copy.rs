@@ -1,12 +1,13 @@
 //! COPY on a migrated table. `COPY t TO` is a read, routed like one. `COPY t FROM STDIN` is a write: in
-//! `dual_write` and `cutover` the one statement becomes four, which PostgreSQL runs in one (implicit, or
+//! `dual_write` and `cutover` the one statement becomes five, which PostgreSQL runs in one (implicit, or
 //! the client's open) transaction:
 //!
 //! ```sql
 //! CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT <cols | *> FROM <session's table> LIMIT 0;
 //! COPY pg_temp.__dw_copy [(<cols>)] FROM STDIN <client's options>;
-//! <the dual write of: INSERT INTO <client's table> [(<cols>)] OVERRIDING SYSTEM VALUE
-//!                     SELECT <cols | *> FROM pg_temp.__dw_copy>;
+//! DO $dualwrite$ ... <the dual write of: INSERT INTO <client's table> [(<cols>)] OVERRIDING SYSTEM VALUE
+//!                                        SELECT <cols | *> FROM pg_temp.__dw_copy> ... $dualwrite$;
+//! SELECT current_setting('dualwrite.copy_rows');
 //! DROP TABLE pg_temp.__dw_copy
 //! ```
 //!
@@ -15,9 +16,11 @@
 //! rows reach both tables through the same dual-write INSERT any client INSERT gets (`writes`): the
 //! session's shape first, the other table through the mapping, defaults and sequences applied once by the
 //! INSERT. `OVERRIDING SYSTEM VALUE` keeps COPY's own rule that identity columns take the given values.
-//! The client sees the COPY's CopyInResponse and then `COPY n` made from the INSERT's `SELECT n` (the rows
-//! it wrote: the rows copied, less any a BEFORE trigger skipped, as COPY counts), so a failing INSERT
-//! shows only its error; every other answer of the four statements is hidden
+//! The dual write runs inside a `DO` block (`copy_block`: plain INSERTs as the syncs first, the upserts
+//! on a conflict), which leaves the rows it wrote (the rows copied, less any a BEFORE trigger skipped, as
+//! COPY counts) in a transaction-local setting; the client sees the COPY's CopyInResponse and then `COPY n`
+//! made from the one row of the query that reads it back ([`RowsDisposition::CountRow`]), so a failing
+//! dual write shows only its error; every other answer of the five statements is hidden
 //! ([`StatementTransform::HIDDEN`]). An error in any of them aborts the whole string, as any error does.
 //! The staging name is fixed: the string creates and drops it, and nothing runs between, so several COPYs
 //! in one transaction never meet one (a failure in between aborts the transaction, undoing the CREATE).

@@ -141,7 +141,7 @@ impl fmt::Display for CopyBlock {
 
 /// Parses SQL the rewriter wrote, for the checks of tests and fuzzers (sqlparser has no `DO` statement):
 /// its statements split at the top-level semicolons, a `DO` block counted as one statement whose SQL
-/// statements (the lines of its body that start with `WITH`, as [`CopyBlock`] writes them) must parse too,
+/// statements (the lines of its body that start with `WITH`, as the COPY block writes them) must parse too,
 /// every other statement parsed as PostgreSQL. Returns how many statements the SQL holds.
 pub fn parse_rewritten(sql: &str) -> Result<usize, String> {
     use sqlparser::dialect::PostgreSqlDialect;
