@@ -1,6 +1,7 @@
 //! COPY into a migrated table: a plain `COPY pgbench_accounts FROM STDIN` straight to Postgres against the
 //! same COPY through the dual-writing proxy, which stages the rows in a temporary table and dual-writes
-//! them into pgbench_accounts and pgbench_accounts_v2 with one INSERT (README: COPY). Both arms are
+//! them into pgbench_accounts and pgbench_accounts_v2 with one INSERT, run in a `DO` block that syncs the
+//! shadow with a plain INSERT and falls back to the upsert on a conflict (README: COPY). Both arms are
 //! psql's `\copy` (a simple Query, which the proxy needs) of batches of new accounts; each arm copies
 //! for at least `seconds` after one discarded warm-up batch, the arms alternate with their order flipped
 //! every repetition, and between runs the copied rows are deleted from both tables and both are vacuumed
@@ -150,7 +151,8 @@ pub fn section(out: &mut String, record: Option<&CopyRecord>) {
         "psql's `\\copy pgbench_accounts (aid, bid, abalance) from pstdin csv` of {}-row batches of new accounts: \
          straight to Postgres (a plain COPY, one table), and through the dual-writing proxy (the rows staged in \
          a temporary table, then one INSERT writes pgbench_accounts and pgbench_accounts_v2 through the \
-         mapping). Each arm copies for at least {:.0} s after a discarded warm-up batch; the arms alternate \
+         mapping, in a DO block that syncs the shadow with a plain INSERT and falls back to the upsert on a \
+         conflict). Each arm copies for at least {:.0} s after a discarded warm-up batch; the arms alternate \
          (order flipped every repetition); the copied rows are deleted from both tables and both vacuumed \
          between runs. Rows per second, median (range) over {} repetitions. The psql process start (a few ms \
          per batch) is inside both arms' times.\n",

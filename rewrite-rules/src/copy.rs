@@ -1,12 +1,13 @@
 //! COPY on a migrated table. `COPY t TO` is a read, routed like one. `COPY t FROM STDIN` is a write: in
-//! `dual_write` and `cutover` the one statement becomes four, which PostgreSQL runs in one (implicit, or
+//! `dual_write` and `cutover` the one statement becomes five, which PostgreSQL runs in one (implicit, or
 //! the client's open) transaction:
 //!
 //! ```sql
 //! CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT <cols | *> FROM <session's table> LIMIT 0;
 //! COPY pg_temp.__dw_copy [(<cols>)] FROM STDIN <client's options>;
-//! <the dual write of: INSERT INTO <client's table> [(<cols>)] OVERRIDING SYSTEM VALUE
-//!                     SELECT <cols | *> FROM pg_temp.__dw_copy>;
+//! DO $dualwrite$ ... <the dual write of: INSERT INTO <client's table> [(<cols>)] OVERRIDING SYSTEM VALUE
+//!                                        SELECT <cols | *> FROM pg_temp.__dw_copy> ... $dualwrite$;
+//! SELECT current_setting('dualwrite.copy_rows');
 //! DROP TABLE pg_temp.__dw_copy
 //! ```
 //!
@@ -15,9 +16,11 @@
 //! rows reach both tables through the same dual-write INSERT any client INSERT gets (`writes`): the
 //! session's shape first, the other table through the mapping, defaults and sequences applied once by the
 //! INSERT. `OVERRIDING SYSTEM VALUE` keeps COPY's own rule that identity columns take the given values.
-//! The client sees the COPY's CopyInResponse and then `COPY n` made from the INSERT's `SELECT n` (the rows
-//! it wrote: the rows copied, less any a BEFORE trigger skipped, as COPY counts), so a failing INSERT
-//! shows only its error; every other answer of the four statements is hidden
+//! The dual write runs inside a `DO` block (`copy_block`: plain INSERTs as the syncs first, the upserts
+//! on a conflict), which leaves the rows it wrote (the rows copied, less any a BEFORE trigger skipped, as
+//! COPY counts) in a transaction-local setting; the client sees the COPY's CopyInResponse and then `COPY n`
+//! made from the one row of the query that reads it back ([`RowsDisposition::CountRow`]), so a failing
+//! dual write shows only its error; every other answer of the five statements is hidden
 //! ([`StatementTransform::HIDDEN`]). An error in any of them aborts the whole string, as any error does.
 //! The staging name is fixed: the string creates and drops it, and nothing runs between, so several COPYs
 //! in one transaction never meet one (a failure in between aborts the transaction, undoing the CREATE).
@@ -34,11 +37,12 @@ use sqlparser::ast::{
 };
 
 use crate::compiled::{parse_statement, template_query, Compiled};
+use crate::copy_block::{count_statement, CopyBlock};
 use crate::model::Phase;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{routed_read, ReadRouter};
 use crate::route::{Route, Side};
-use crate::writes::{rewrite_dml, Companions, Outcome};
+use crate::writes::{rewrite_dml, Companion, Companions, Outcome};
 
 /// The staging table of a COPY FROM STDIN, in the session's temporary schema.
 pub(crate) const STAGING: &str = "pg_temp.__dw_copy";
@@ -141,13 +145,25 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     let Some(dual_write) = rewrite_dml(compiled, route, None, insert)?.statement else {
         return Err(invalid("the COPY's INSERT was not dual-written".into()));
     };
+    let sync = m.producing(mr.version.other());
+    let sync_ctes: Vec<&str> = sync.syncs.iter().map(|s| s.cte_name.as_str()).collect();
+    let synced = match mr.version {
+        Side::Old => m.shadows.clone(),
+        Side::New => vec![m.table.clone()],
+    };
+    let block = CopyBlock::new(dual_write, &sync_ctes, synced).map_err(invalid)?;
+    let count = count_statement().map_err(invalid)?;
     let drop = parse_statement(&format!("DROP TABLE {STAGING}")).map_err(invalid)?;
     outcome.statement = Some(statement);
     outcome.transform = StatementTransform::HIDDEN;
-    let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::Suppress };
+    let answers_for_copy = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::CountRow };
     outcome.companions = Some(Box::new(Companions {
-        before: vec![(create, StatementTransform::HIDDEN)],
-        after: vec![(dual_write, answers_for_copy), (drop, StatementTransform::HIDDEN)],
+        before: vec![(Companion::Sql(Box::new(create)), StatementTransform::HIDDEN)],
+        after: vec![
+            (Companion::Block(Box::new(block)), StatementTransform::HIDDEN),
+            (Companion::Sql(Box::new(count)), answers_for_copy),
+            (Companion::Sql(Box::new(drop)), StatementTransform::HIDDEN),
+        ],
     }));
     Ok(outcome)
 }

@@ -4,9 +4,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-
 use crate::{MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side};
 
 /// Both example migrations (`users` split by name, `orders` with a composite key) in one rule set.
@@ -59,9 +56,9 @@ pub fn check_rewrite(data: &[u8]) {
     match &plan {
         Plan::PassThrough => {}
         Plan::Rewritten { sql: out, statements, migrations, .. } => {
-            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, out)
-                .unwrap_or_else(|e| panic!("rewritten SQL does not parse ({e}): {out}"));
-            assert_eq!(reparsed.len(), statements.len(), "one transform per statement of {out}");
+            let reparsed =
+                crate::parse_rewritten(out).unwrap_or_else(|e| panic!("rewritten SQL does not parse ({e}): {out}"));
+            assert_eq!(reparsed, statements.len(), "one transform per statement of {out}");
             assert!(!migrations.is_empty(), "a rewrite involves a migration");
             assert!(migrations.windows(2).all(|w| w[0] < w[1]), "migrations ascending: {migrations:?}");
             assert!(migrations.iter().all(|&m| m < count), "migration index out of range: {migrations:?}");

@@ -17,6 +17,7 @@
 mod cache;
 mod compiled;
 mod copy;
+mod copy_block;
 pub mod corpus;
 mod fallback;
 pub mod fuzz_checks;
@@ -37,6 +38,7 @@ mod unseen_writers;
 mod writes;
 
 pub use cache::CacheStats;
+pub use copy_block::parse_rewritten;
 pub use merge::MergeSource;
 pub use model::TargetRef;
 pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};

@@ -121,6 +121,10 @@ pub enum RowsDisposition {
     /// A statement the proxy added around the client's (COPY FROM STDIN's staging): drop its whole answer,
     /// command tag included. Only a simple Query carries such a plan.
     Hidden,
+    /// The statement answers one row whose one value is the row count of the client's command tag (a COPY
+    /// FROM STDIN's rows, read back after its dual-write block, see `copy_block`): the count goes into the
+    /// tag, RowDescription and the row are dropped. Only a simple Query carries such a plan.
+    CountRow,
 }
 
 /// A statement the proxy must refuse (SQLSTATE 0A000, feature_not_supported) rather than let through.

@@ -24,6 +24,7 @@
 //! (`split_new_shape_write`); old-shaped writes keep every target in sync in `dual_write` and `cutover`.
 
 use std::collections::{BTreeSet, HashSet};
+use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
@@ -34,6 +35,7 @@ use sqlparser::ast::{
 };
 
 use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
+use crate::copy_block::CopyBlock;
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
@@ -53,8 +55,24 @@ pub(crate) struct Outcome {
 
 /// The statements the proxy runs around a rewritten statement, in order, each with its transform.
 pub(crate) struct Companions {
-    pub before: Vec<(Statement, StatementTransform)>,
-    pub after: Vec<(Statement, StatementTransform)>,
+    pub before: Vec<(Companion, StatementTransform)>,
+    pub after: Vec<(Companion, StatementTransform)>,
+}
+
+/// One statement the proxy runs around the client's.
+pub(crate) enum Companion {
+    Sql(Box<Statement>),
+    /// A COPY's dual write as a PL/pgSQL block (`copy_block`), which sqlparser has no statement for.
+    Block(Box<CopyBlock>),
+}
+
+impl fmt::Display for Companion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Companion::Sql(statement) => statement.fmt(f),
+            Companion::Block(block) => block.fmt(f),
+        }
+    }
 }
 
 impl Outcome {

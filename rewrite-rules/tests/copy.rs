@@ -14,11 +14,16 @@ const USERS: &str = include_str!("../examples/users_split_name.toml");
 
 const CREATE_OLD: &str =
     "CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT * FROM public.users LIMIT 0";
-const FORWARD: &str = "__dw_shadow AS (INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, \
-     split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email) FROM __dw_primary ON CONFLICT(id) DO UPDATE \
-     SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = EXCLUDED.email)";
-const BACKWARD: &str = "__dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || \
-     last_name, email FROM __dw_primary ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email)";
+const FORWARD_PLAIN: &str =
+    "__dw_shadow AS (INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, \
+     split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email) FROM __dw_primary";
+const UPSERT_FORWARD: &str =
+    " ON CONFLICT(id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = \
+     EXCLUDED.email";
+const BACKWARD_PLAIN: &str = "__dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || \
+     last_name, email FROM __dw_primary";
+const UPSERT_BACKWARD: &str = " ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email";
+const COUNT: &str = "SELECT current_setting('dualwrite.copy_rows')";
 const DROP: &str = "DROP TABLE pg_temp.__dw_copy";
 
 fn rewriter() -> (Rewriter, RuleSet) {
@@ -32,19 +37,50 @@ fn plan(phase: Phase, version: Side, sql: &str) -> Plan {
     (*rewriter.rewrite(sql, &route)).clone()
 }
 
-/// The rewritten SQL of an expansion, split back into its four statements, after checking the transforms
-/// (the COPY's CopyInResponse passes as COPY traffic does; its `COPY n` comes from the INSERT's count, so
-/// a failing INSERT shows no tag; everything else hidden) and that it is a write of migration 0.
-fn expansion(phase: Phase, version: Side, sql: &str) -> Vec<String> {
+/// The statements of an expansion.
+struct Expansion {
+    create: String,
+    copy: String,
+    /// The `DO` block, whole.
+    block: String,
+    /// The dual write inside the block: first with plain INSERTs as syncs, then with the upserts.
+    plain: String,
+    upsert: String,
+}
+
+/// The rewritten SQL of an expansion, split back into its statements, after checking the transforms (the
+/// COPY's CopyInResponse passes as COPY traffic does; its `COPY n` comes from the count's row read after
+/// the block, so a failing block shows no tag; everything else hidden), the count query and the DROP, and
+/// that it is a write of migration 0.
+fn expansion(phase: Phase, version: Side, sql: &str) -> Expansion {
     let Plan::Rewritten { sql: rewritten, statements, migrations, writes } = plan(phase, version, sql) else {
         panic!("{sql} not rewritten");
     };
     let hidden = StatementTransform::HIDDEN;
-    let copy_count = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::Suppress };
-    assert_eq!(statements, vec![hidden, hidden, copy_count, hidden], "{sql}");
+    let copy_count = StatementTransform { command_tag: Some(TagRewrite::Copy), rows: RowsDisposition::CountRow };
+    assert_eq!(statements, vec![hidden, hidden, hidden, copy_count, hidden], "{sql}");
     assert_eq!(migrations, [0]);
     assert!(writes);
-    rewritten.split("; ").map(str::to_string).collect()
+    assert_eq!(dualwrite_rules::parse_rewritten(&rewritten), Ok(5), "{rewritten}");
+    let mut head = rewritten.splitn(3, "; ");
+    let (create, copy, rest) = (head.next().unwrap(), head.next().unwrap(), head.next().unwrap());
+    let mut tail = rest.rsplitn(3, "; ");
+    let (drop, count, block) = (tail.next().unwrap(), tail.next().unwrap(), tail.next().unwrap());
+    assert_eq!((count, drop), (COUNT, DROP));
+    let mut dual_writes = block.lines().filter(|l| l.starts_with("WITH "));
+    let plain = dual_writes.next().expect("the first attempt").to_string();
+    let upsert = dual_writes.next().expect("the upsert").to_string();
+    Expansion { create: create.into(), copy: copy.into(), block: block.into(), plain, upsert }
+}
+
+/// The first attempt and the upsert of a dual write whose primary CTE is `primary`, sync CTE `sync_plain`
+/// (without its closing parenthesis) and upsert clause `upsert`, as the block runs them.
+fn dual_writes(primary: &str, sync_plain: &str, upsert: &str, exposed: &str) -> (String, String) {
+    let tail = format!(" SELECT count(*) INTO __dw_rows FROM __dw_primary AS {exposed};");
+    (
+        format!("WITH __dw_primary AS ({primary}), {sync_plain}){tail}"),
+        format!("WITH __dw_primary AS ({primary}), {sync_plain}{upsert}){tail}"),
+    )
 }
 
 fn rejection(phase: Phase, version: Side, sql: &str) -> (RejectReason, String) {
@@ -60,17 +96,23 @@ fn rejection(phase: Phase, version: Side, sql: &str) -> (RejectReason, String) {
 #[test]
 fn copy_without_columns_stages_every_column_then_dual_writes_through_the_insert() {
     let got = expansion(Phase::DualWrite, Side::Old, "COPY users FROM STDIN");
+    assert_eq!(got.create, CREATE_OLD);
+    assert_eq!(got.copy, "COPY pg_temp.__dw_copy FROM STDIN");
+    let (plain, upsert) = dual_writes(
+        "INSERT INTO users OVERRIDING SYSTEM VALUE SELECT * FROM pg_temp.__dw_copy RETURNING users.*",
+        FORWARD_PLAIN,
+        UPSERT_FORWARD,
+        "users",
+    );
     assert_eq!(
-        got,
-        [
-            CREATE_OLD.to_string(),
-            "COPY pg_temp.__dw_copy FROM STDIN".to_string(),
-            format!(
-                "WITH __dw_primary AS (INSERT INTO users OVERRIDING SYSTEM VALUE SELECT * FROM pg_temp.__dw_copy \
-                 RETURNING users.*), {FORWARD} SELECT FROM __dw_primary AS users"
-            ),
-            DROP.to_string(),
-        ]
+        got.block,
+        format!(
+            "DO $dualwrite$\n#variable_conflict use_column\nDECLARE __dw_rows bigint; __dw_schema text; __dw_table \
+             text;\nBEGIN\nBEGIN\n{plain}\nEXCEPTION WHEN unique_violation THEN\nGET STACKED DIAGNOSTICS \
+             __dw_schema = SCHEMA_NAME, __dw_table = TABLE_NAME;\nIF (__dw_schema, __dw_table) NOT IN (('public', \
+             'users_v2')) THEN RAISE; END IF;\n{upsert}\nEND;\nPERFORM set_config('dualwrite.copy_rows', \
+             __dw_rows::text, true);\nEND\n$dualwrite$"
+        )
     );
 }
 
@@ -80,41 +122,42 @@ fn column_list_quoted_names_schema_and_csv_options_are_kept() {
                NULL 'NA', FORCE_NULL (email))";
     let got = expansion(Phase::DualWrite, Side::Old, sql);
     assert_eq!(
-        got[0],
+        got.create,
         "CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT \"name\", email FROM public.users LIMIT 0"
     );
     assert_eq!(
-        got[1],
+        got.copy,
         "COPY pg_temp.__dw_copy (\"name\", email) FROM STDIN (FORMAT csv, HEADER, DELIMITER ';', NULL 'NA', \
          FORCE_NULL (email))"
     );
-    assert_eq!(
-        got[2],
-        format!(
-            "WITH __dw_primary AS (INSERT INTO public.\"users\" (\"name\", email) OVERRIDING SYSTEM VALUE SELECT \
-             \"name\", email FROM pg_temp.__dw_copy RETURNING \"users\".*), {FORWARD} SELECT FROM __dw_primary AS \
-             \"users\""
-        )
+    let expected = dual_writes(
+        "INSERT INTO public.\"users\" (\"name\", email) OVERRIDING SYSTEM VALUE SELECT \"name\", email FROM \
+         pg_temp.__dw_copy RETURNING \"users\".*",
+        FORWARD_PLAIN,
+        UPSERT_FORWARD,
+        "\"users\"",
     );
-    assert_eq!(got[3], DROP);
+    assert_eq!((got.plain, got.upsert), expected);
 }
 
 #[test]
 fn legacy_options_are_kept() {
     let got = expansion(Phase::DualWrite, Side::Old, "copy users (id, name) from stdin csv header delimiter '|'");
-    assert_eq!(got[1], "COPY pg_temp.__dw_copy (id, name) FROM STDIN CSV HEADER DELIMITER '|'");
+    assert_eq!(got.copy, "COPY pg_temp.__dw_copy (id, name) FROM STDIN CSV HEADER DELIMITER '|'");
 }
 
 #[test]
 fn old_version_in_cutover_writes_the_old_table_first() {
     let got = expansion(Phase::Cutover, Side::Old, "COPY users (id, name) FROM STDIN");
-    assert_eq!(
-        got[2],
-        format!(
-            "WITH __dw_primary AS (INSERT INTO users (id, name) OVERRIDING SYSTEM VALUE SELECT id, name FROM \
-             pg_temp.__dw_copy RETURNING users.*), {FORWARD} SELECT FROM __dw_primary AS users"
-        )
+    let expected = dual_writes(
+        "INSERT INTO users (id, name) OVERRIDING SYSTEM VALUE SELECT id, name FROM pg_temp.__dw_copy RETURNING \
+         users.*",
+        FORWARD_PLAIN,
+        UPSERT_FORWARD,
+        "users",
     );
+    assert_eq!((got.plain, got.upsert), expected);
+    assert!(got.block.contains("NOT IN (('public', 'users_v2'))"), "{}", got.block);
 }
 
 #[test]
@@ -122,18 +165,20 @@ fn new_version_stages_the_shadow_shape_and_writes_the_shadow_first() {
     for phase in [Phase::DualWrite, Phase::Cutover] {
         let got = expansion(phase, Side::New, "COPY users (id, first_name, last_name, email) FROM STDIN");
         assert_eq!(
-            got[0],
+            got.create,
             "CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT id, first_name, last_name, email \
              FROM public.users_v2 LIMIT 0"
         );
-        assert_eq!(
-            got[2],
-            format!(
-                "WITH __dw_primary AS (INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) \
-                 OVERRIDING SYSTEM VALUE SELECT id, first_name, last_name, email FROM pg_temp.__dw_copy RETURNING \
-                 users.*), {BACKWARD} SELECT FROM __dw_primary AS users"
-            )
+        let expected = dual_writes(
+            "INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) OVERRIDING SYSTEM VALUE SELECT \
+             id, first_name, last_name, email FROM pg_temp.__dw_copy RETURNING users.*",
+            BACKWARD_PLAIN,
+            UPSERT_BACKWARD,
+            "users",
         );
+        assert_eq!((got.plain, got.upsert), expected);
+        // A unique violation on the old table (the one synced) sends the block to the upsert.
+        assert!(got.block.contains("NOT IN (('public', 'users'))"), "{}", got.block);
     }
 }
 
@@ -190,10 +235,13 @@ fn two_copies_in_one_string_each_get_their_staging() {
     else {
         panic!("not rewritten");
     };
-    assert_eq!(statements.len(), 8);
+    assert_eq!(statements.len(), 10);
+    assert_eq!(dualwrite_rules::parse_rewritten(&sql), Ok(10));
     assert_eq!(sql.matches(CREATE_OLD.split(" AS ").next().unwrap()).count(), 2);
+    assert_eq!(sql.matches("DO $dualwrite$").count(), 2);
     assert_eq!(sql.matches(DROP).count(), 2);
-    assert_eq!(statements.iter().filter(|t| t.rows == RowsDisposition::Hidden).count(), 6);
+    assert_eq!(statements.iter().filter(|t| t.rows == RowsDisposition::Hidden).count(), 8);
+    assert_eq!(statements.iter().filter(|t| t.rows == RowsDisposition::CountRow).count(), 2);
 }
 
 #[test]

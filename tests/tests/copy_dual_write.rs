@@ -5,7 +5,9 @@
 //! untouched; v1 and v2 sessions copy in `cutover`, a v2 session in `complete` writes the shadow alone;
 //! and the forms the proxy cannot dual-write (the extended protocol, as tokio-postgres's `copy_in` sends
 //! it, a server file, lines after the COPY in one Query string, the old shape after `complete`) are
-//! refused with 0A000 naming the migration, changing nothing. The change-data-capture watch pairs a COPY's
+//! refused with 0A000 naming the migration, changing nothing. A copied key the shadow already holds is
+//! updated there (the dual write's fallback to the upsert), and `COPY n` leaves out rows a BEFORE trigger
+//! skipped, as a plain COPY's count does. The change-data-capture watch pairs a COPY's
 //! writes of both tables and records no bypass for them (the staging table is temporary: never decoded).
 
 mod cdc_support;
@@ -298,6 +300,53 @@ async fn a_bad_row_500_or_a_duplicate_key_leaves_both_tables_untouched() {
     let answer = copy(&mut raw, "COPY users (id, name) FROM STDIN (FORMAT csv)", &rows("500,Name 500"), None).await;
     assert_eq!(command_tags(&answer), ["COPY 1000"]);
     assert_eq!(f.counts().await, (1000, 1000));
+    assert_eq!(f.differences().await, (0, 0));
+    f.proxy.stop().await.unwrap();
+}
+
+/// The dual write first tries the shadow with plain INSERTs and, when a row is already there, runs the
+/// upsert any INSERT gets instead (rewrite-rules `copy_block`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_key_the_shadow_already_holds_is_updated_there_as_an_insert_would_update_it() {
+    let f = fixture().await;
+    // A shadow row without its old row, as a backfill batch racing a DELETE leaves one until its sweep.
+    f.direct.batch_execute("INSERT INTO users_v2 VALUES (7, 'Stale', 'Row', 'stale@x')").await.unwrap();
+    let rows: String = (5..=9).map(|i| format!("{i},Name {i},E{i}@X\n")).collect();
+    let out = psql(&f.proxy.url(&f.db), &["-c", "\\copy users (id, name, email) from pstdin csv"], Some(&rows))
+        .await
+        .unwrap();
+    assert_eq!(out.assert_success().stdout, "COPY 5\n");
+    assert_eq!(f.counts().await, (5, 5));
+    assert_eq!(f.differences().await, (0, 0), "the stale shadow row now mirrors the copied one");
+    // The same COPY again: the client's own duplicate key in the old table is its error, as for a plain COPY.
+    let out = psql(&f.proxy.url(&f.db), &["-c", "\\copy users (id, name, email) from pstdin csv"], Some(&rows))
+        .await
+        .unwrap();
+    assert!(out.stderr.contains("duplicate key value violates unique constraint \"users_pkey\""), "{}", out.stderr);
+    assert_eq!(f.counts().await, (5, 5));
+    f.proxy.stop().await.unwrap();
+}
+
+/// `COPY n` counts the rows written, as a plain COPY does: not the rows a BEFORE trigger skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_counts_the_rows_written_less_those_a_before_trigger_skipped_as_a_plain_copy_does() {
+    let f = fixture().await;
+    f.direct
+        .batch_execute(
+            "CREATE FUNCTION skip_drafts() RETURNS trigger LANGUAGE plpgsql AS
+                 $$BEGIN IF NEW.name LIKE 'draft%' THEN RETURN NULL; END IF; RETURN NEW; END$$;
+             CREATE TRIGGER skip_drafts BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION skip_drafts();
+             CREATE TRIGGER skip_drafts BEFORE INSERT ON plain_users FOR EACH ROW EXECUTE FUNCTION skip_drafts();",
+        )
+        .await
+        .unwrap();
+    let rows = "Ada Lovelace\ndraft one\nAlan Turing\ndraft two\nGrace Hopper\n";
+    for table in ["users", "plain_users"] {
+        let copy = format!("\\copy {table} (name) from pstdin");
+        let out = psql(&f.proxy.url(&f.db), &["-c", &copy], Some(rows)).await.unwrap();
+        assert_eq!(out.assert_success().stdout, "COPY 3\n", "{table}");
+    }
+    assert_eq!(f.counts().await, (3, 3));
     assert_eq!(f.differences().await, (0, 0));
     f.proxy.stop().await.unwrap();
 }

@@ -44,7 +44,8 @@ pub(super) fn relay_transform(
     dual_write: Option<&LatencySink>,
 ) -> ResponseTransform {
     let hidden = t.rows == RowsDisposition::Hidden;
-    let suppress = t.rows == RowsDisposition::Suppress || hidden;
+    let count_from_row = t.rows == RowsDisposition::CountRow;
+    let suppress = t.rows == RowsDisposition::Suppress || hidden || count_from_row;
     ResponseTransform {
         command_tag: t.command_tag.map(|tag| match tag {
             TagRewrite::Insert => CommandTag::Insert,
@@ -55,6 +56,7 @@ pub(super) fn relay_transform(
         suppress_rows: suppress,
         describe_no_data: suppress,
         hidden,
+        count_from_row,
         dual_write: dual_write.cloned(),
     }
 }

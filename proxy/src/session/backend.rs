@@ -333,6 +333,11 @@ impl<'s> Backend<'s> {
                 Some(bytes) => Step::Replace(bytes),
                 None => Step::Forward,
             },
+            Action::TagWithRows(tag, rows) => Step::Replace(messages::command_complete(&tag.with_rows(rows))),
+            Action::CountRow => {
+                queue.count_row(messages::data_row_texts(body(frame)));
+                Step::Drop
+            }
             Action::NoDataInstead => Step::Replace(messages::no_data()),
             Action::ProbeRow => {
                 queue.probe_row(messages::data_row_texts(body(frame)));

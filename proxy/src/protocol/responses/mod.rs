@@ -101,6 +101,11 @@ pub enum Action {
     Drop,
     /// Replace the CommandComplete by one with this tag (see [`rewrite_command_complete`]).
     RewriteTag(CommandTag),
+    /// Replace the CommandComplete by this tag with this row count (read from the statement's row).
+    TagWithRows(CommandTag, u64),
+    /// The DataRow holding a statement's row count ([`ResponseTransform::count_from_row`]): not relayed;
+    /// the relay hands its values to [`ResponseQueue::count_row`].
+    CountRow,
     /// Replace the RowDescription by NoData.
     NoDataInstead,
     /// A DataRow of a probe: not relayed; the relay hands its values to [`ResponseQueue::probe_row`].
@@ -146,6 +151,8 @@ pub struct ResponseQueue {
     probe_closes: u8,
     /// The answer of the last probe, until the client direction takes it.
     probe_answer: Option<ProbeAnswer>,
+    /// The row count read from the head statement's row ([`Action::CountRow`]), for its CommandComplete.
+    counted: Option<u64>,
 }
 
 impl ResponseQueue {
@@ -288,6 +295,11 @@ impl ResponseQueue {
         }
     }
 
+    /// The values of a DataRow that [`on_message`](Self::on_message) answered with [`Action::CountRow`].
+    pub fn count_row(&mut self, values: Option<Vec<Option<String>>>) {
+        self.counted = values.and_then(|v| v.into_iter().next().flatten()).and_then(|n| n.trim().parse().ok());
+    }
+
     /// True once a probe's answer is in (the relay then wakes the client direction).
     pub fn has_probe_answer(&self) -> bool {
         self.probe_answer.is_some()
@@ -421,9 +433,11 @@ impl ResponseQueue {
     fn on_result_message(&mut self, tag: u8) -> Action {
         let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
         let hidden = self.head_transform().is_some_and(|t| t.hidden);
+        let counting = self.head_transform().is_some_and(|t| t.count_from_row);
         let Some(head) = self.entries.front() else { return Action::Forward };
         match head {
             Expect::SimpleQuery { .. } => match tag {
+                btag::DATA_ROW if counting => Action::CountRow,
                 btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress || hidden => Action::Drop,
                 btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE if hidden => {
                     // A hidden statement that dual-writes still makes the request's latency a dual write's.
@@ -481,9 +495,12 @@ impl ResponseQueue {
     /// The action for a CommandComplete of the head statement; notes a dual write for the request's latency.
     fn tag_action(&mut self) -> Action {
         self.note_dual_write();
-        match self.head_transform().and_then(|t| t.command_tag.clone()) {
-            Some(tag) => Action::RewriteTag(tag),
-            None => Action::Forward,
+        let counted = self.counted.take();
+        match self.head_transform().map(|t| (t.command_tag.clone(), t.count_from_row)) {
+            // A count the row did not carry (it cannot fail to: the proxy's own query of a bigint) reads 0.
+            Some((Some(tag), true)) => Action::TagWithRows(tag, counted.unwrap_or(0)),
+            Some((Some(tag), false)) => Action::RewriteTag(tag),
+            _ => Action::Forward,
         }
     }
 

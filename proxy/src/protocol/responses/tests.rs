@@ -285,19 +285,20 @@ fn a_dual_writing_request_hands_its_sink_to_ready_and_the_next_request_does_not(
     assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: None }));
 }
 
-/// COPY FROM STDIN into a migrated table: staging CREATE, the client's COPY, the dual-write INSERT and the
-/// DROP in one simple Query. The client sees CopyInResponse, the INSERT's `SELECT n` as `COPY n` and
-/// ReadyForQuery only, and the session events count one statement.
+/// COPY FROM STDIN into a migrated table: staging CREATE, the client's COPY, the dual-write block, the
+/// query of its row count and the DROP in one simple Query. The client sees CopyInResponse, `COPY n` made
+/// from the count's row and ReadyForQuery only, and the session events count one statement.
 fn copy_expansion(sink: &LatencySink) -> Arc<[ResponseTransform]> {
     let hidden = ResponseTransform { suppress_rows: true, describe_no_data: true, hidden: true, ..Default::default() };
-    let insert = ResponseTransform {
+    let count = ResponseTransform {
         command_tag: Some(CommandTag::Copy),
         suppress_rows: true,
         describe_no_data: true,
+        count_from_row: true,
         dual_write: Some(sink.clone()),
         ..Default::default()
     };
-    vec![hidden.clone(), hidden.clone(), insert, hidden].into()
+    vec![hidden.clone(), hidden.clone(), hidden.clone(), count, hidden].into()
 }
 
 #[test]
@@ -306,11 +307,15 @@ fn the_statements_around_a_copy_are_hidden_from_the_client_and_the_session_event
     let mut q = ResponseQueue::new();
     q.record_events();
     q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
-    // CREATE TABLE AS (SELECT 0), CopyInResponse, COPY 2, the INSERT's empty rows and SELECT 2, DROP TABLE.
-    let actions = feed(&mut q, b"CGCTDDCC");
-    use Action::{Drop, Forward, RewriteTag};
-    assert_eq!(actions, vec![Drop, Forward, Drop, Drop, Drop, Drop, RewriteTag(CommandTag::Copy), Drop]);
-    assert_eq!(CommandTag::Copy.rewrite("SELECT 2"), "COPY 2");
+    // CREATE TABLE AS (SELECT 0), CopyInResponse, COPY 2, DO, the count's RowDescription and row.
+    let actions = feed(&mut q, b"CGCCTD");
+    use Action::{CountRow, Drop, Forward};
+    assert_eq!(actions, vec![Drop, Forward, Drop, Drop, Drop, CountRow]);
+    q.count_row(Some(vec![Some("2".into())]));
+    // The count's SELECT 1 becomes COPY 2, then the DROP TABLE.
+    assert_eq!(q.on_message(b'C'), Action::TagWithRows(CommandTag::Copy, 2));
+    assert_eq!(CommandTag::Copy.with_rows(2), "COPY 2");
+    assert_eq!(q.on_message(b'C'), Drop);
     assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: Some(s) } if s == sink));
     let mut events = Vec::new();
     q.take_events(&mut events);
@@ -327,7 +332,7 @@ fn an_error_in_a_copy_expansion_reaches_the_client_without_a_copy_tag() {
     q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
     assert_eq!(feed(&mut q, b"CGE"), vec![Action::Drop, Action::Forward, Action::Forward]);
     assert!(matches!(q.on_message(b'Z'), Action::Ready { started: Some(_), dual_write: None }));
-    // The INSERT fails (a unique violation) after the COPY completed: the client sees only the error.
+    // The dual write fails (a unique violation) after the COPY completed: the client sees only the error.
     q.push(Expect::SimpleQuery { transforms: Some(copy_expansion(&sink)), started: now() });
     assert_eq!(feed(&mut q, b"CGCE"), vec![Action::Drop, Action::Forward, Action::Drop, Action::Forward]);
     assert!(is_ready(&q.on_message(b'Z')));

@@ -33,6 +33,11 @@ impl CommandTag {
     /// The client's tag, keeping the row count of the upstream tag (its last word).
     pub fn rewrite(&self, upstream_tag: &str) -> String {
         let rows = upstream_tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        self.with_rows(rows)
+    }
+
+    /// The client's tag for `rows` rows.
+    pub fn with_rows(&self, rows: u64) -> String {
         match self {
             CommandTag::Insert => format!("INSERT 0 {rows}"),
             CommandTag::Update => format!("UPDATE {rows}"),
@@ -57,6 +62,9 @@ pub struct ResponseTransform {
     /// A statement the proxy added to a simple Query (COPY FROM STDIN's staging): its whole answer,
     /// command tag included, is dropped and it is no statement of the client's (no session event).
     pub hidden: bool,
+    /// The statement answers one row whose one value is the row count for `command_tag` (a COPY FROM
+    /// STDIN's, read back after its dual-write block): the count is taken from the row, which is dropped.
+    pub count_from_row: bool,
     /// The statement dual-writes: the latency of the request it completes in (up to ReadyForQuery) is
     /// also recorded here.
     pub dual_write: Option<LatencySink>,
