@@ -269,14 +269,7 @@ async fn wait_until_lock_wait(direct: &tokio_postgres::Client, pid: i32) {
     eventually(LIMIT, "the query waits for the lock", || lock_waiting(direct, pid)).await;
 }
 
-/// Messages up to ReadyForQuery.
+/// Messages up to ReadyForQuery, within `LIMIT`.
 async fn read_until_ready(client: &mut RawClient) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some((tag, body)) = tokio::time::timeout(LIMIT, client.read_message()).await.expect("an answer") {
-        out.push((tag, body));
-        if tag == b'Z' {
-            break;
-        }
-    }
-    out
+    tokio::time::timeout(LIMIT, client.read_until_ready()).await.expect("an answer")
 }

@@ -93,18 +93,6 @@ fn cstr(s: &str) -> Vec<u8> {
     out
 }
 
-/// Messages up to ReadyForQuery.
-async fn until_ready(raw: &mut RawClient) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some((tag, body)) = raw.read_message().await {
-        out.push((tag, body));
-        if tag == b'Z' {
-            break;
-        }
-    }
-    out
-}
-
 /// A simple-Query string ending in a COPY: the answers up to its CopyInResponse (up to ReadyForQuery when
 /// it is refused), then `data` in CopyData messages of at most 4 KiB and CopyDone (or CopyFail with
 /// `fail`), then the answers up to ReadyForQuery.
@@ -127,7 +115,7 @@ async fn copy(raw: &mut RawClient, sql: &str, data: &[u8], fail: Option<&str>) -
         Some(reason) => raw.send(&frame(b'f', &cstr(reason))).await,
         None => raw.send(&frame(b'c', &[])).await,
     }
-    out.extend(until_ready(raw).await);
+    out.extend(raw.read_until_ready().await);
     out
 }
 

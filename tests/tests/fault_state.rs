@@ -154,18 +154,6 @@ async fn state_database_unreachable_refuses_migrated_tables_only() {
     proxy.stop().await.unwrap();
 }
 
-/// Backend messages up to and including ReadyForQuery.
-async fn until_ready(raw: &mut RawClient) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some((tag, body)) = raw.read_message().await {
-        out.push((tag, body));
-        if tag == b'Z' {
-            break;
-        }
-    }
-    out
-}
-
 fn bind_and_execute(statement: &str, id: i64) -> BytesMut {
     let mut buf = BytesMut::new();
     let serialize = |v: i64, out: &mut BytesMut| {
@@ -213,14 +201,14 @@ async fn statement_parsed_before_the_outage_is_described_as_itself_and_refused_w
     frontend::describe(b'S', "s1", &mut buf).unwrap();
     frontend::sync(&mut buf);
     raw.send(&buf).await;
-    let described = until_ready(&mut raw).await;
+    let described = raw.read_until_ready().await;
     let tags: Vec<u8> = described.iter().map(|m| m.0).collect();
     assert_eq!(tags, b"tnZ", "{described:?}");
     const INT8: u32 = 20;
     assert_eq!(described[0].1, [&1i16.to_be_bytes()[..], &INT8.to_be_bytes()].concat(), "one bigint parameter");
 
     raw.send(&bind_and_execute("s1", 1)).await;
-    let ran = until_ready(&mut raw).await;
+    let ran = raw.read_until_ready().await;
     let (code, message) = first_error(&ran).expect("refused");
     assert_eq!(code, "57P03", "{message}");
     assert!(message.contains("state unknown") && message.contains(LEDGER_MIGRATION), "{message}");
@@ -230,7 +218,7 @@ async fn statement_parsed_before_the_outage_is_described_as_itself_and_refused_w
     let start = Instant::now();
     loop {
         raw.send(&bind_and_execute("s1", 1)).await;
-        let ran = until_ready(&mut raw).await;
+        let ran = raw.read_until_ready().await;
         match first_error(&ran) {
             None => break,
             Some((code, message)) => assert_eq!(code, "57P03", "{message}"),
@@ -239,6 +227,6 @@ async fn statement_parsed_before_the_outage_is_described_as_itself_and_refused_w
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     raw.send(&bind_and_execute("s1", 1)).await;
-    assert_eq!(command_tags(&until_ready(&mut raw).await), ["UPDATE 1"]);
+    assert_eq!(command_tags(&raw.read_until_ready().await), ["UPDATE 1"]);
     proxy.stop().await.unwrap();
 }

@@ -350,17 +350,9 @@ mod batch {
 
 /// The messages' tags up to ReadyForQuery, and the SQLSTATEs of the errors among them.
 async fn read_batch(client: &mut proxy_support::RawClient) -> (Vec<u8>, Vec<String>) {
-    let (mut tags, mut errors) = (Vec::new(), Vec::new());
-    while let Some((tag, body)) = client.read_message().await {
-        tags.push(tag);
-        if tag == b'E' {
-            errors.push(proxy_support::error_field(&body, b'C'));
-        }
-        if tag == b'Z' {
-            break;
-        }
-    }
-    (tags, errors)
+    let frames = client.read_until_ready().await;
+    let errors = frames.iter().filter(|(tag, _)| *tag == b'E').map(|(_, body)| proxy_support::error_field(body, b'C'));
+    (frames.iter().map(|(tag, _)| *tag).collect(), errors.collect())
 }
 
 #[tokio::test]

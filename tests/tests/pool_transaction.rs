@@ -144,14 +144,7 @@ async fn prepared_statements_follow_their_clients_across_few_server_connections(
 /// Sends `frames` and reads the answers up to ReadyForQuery.
 async fn batch(client: &mut RawClient, frames: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
     client.send(&frames.concat()).await;
-    let mut out = Vec::new();
-    while let Some((tag, body)) = client.read_message().await {
-        out.push((tag, body));
-        if tag == b'Z' {
-            break;
-        }
-    }
-    out
+    client.read_until_ready().await
 }
 
 fn tags(frames: &[(u8, Vec<u8>)]) -> String {

@@ -167,9 +167,14 @@ impl RawClient {
         msg.extend_from_slice(sql);
         msg.push(0);
         self.send(&msg).await;
+        self.read_until_ready().await
+    }
+
+    /// Backend messages up to and including ReadyForQuery (or until the server closes the connection).
+    pub async fn read_until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
         let mut out = Vec::new();
         while let Some((tag, body)) = self.read_message().await {
-            out.push((tag, body.clone()));
+            out.push((tag, body));
             if tag == b'Z' {
                 break;
             }
