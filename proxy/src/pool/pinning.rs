@@ -8,12 +8,20 @@
 //! `SET LOCAL` and `set_config(.., true)` end with the transaction and pin nothing; the proxy's own setting
 //! (`dualwrite.version`) never reaches the server and pins nothing either. SQL the parser cannot read pins
 //! (the safe answer: the proxy cannot know what it leaves behind).
+//!
+//! Parsing every statement a transaction-pooled client sends was most of the proxy's user-space time per
+//! statement (bench/REPORT.md, "Transaction pooling"), so a statement is parsed only when it could pin:
+//! when its text holds one of the words that every pinning statement holds ([`may_pin`]). A statement
+//! without them leaves nothing on the server connection whether or not the parser could read it.
 
 use std::ops::ControlFlow;
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use sqlparser::ast::{
-    visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Set, Statement,
-    Value,
+    visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
+    Query, Set, SetExpr, Statement, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -53,11 +61,61 @@ const SESSION_ADVISORY_LOCKS: &[&str] =
 
 /// The first reason any statement of `sql` (one Query string, or one Parse) pins its client, if any.
 pub fn pin_reason(sql: &str) -> Option<PinReason> {
+    if !may_pin(sql) {
+        return None;
+    }
+    parsed_pin_reason(sql)
+}
+
+/// [`pin_reason`] judged by the parser alone.
+fn parsed_pin_reason(sql: &str) -> Option<PinReason> {
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) => statements,
         Err(_) => return Some(PinReason::Unreadable),
     };
     statements.iter().find_map(statement_pin)
+}
+
+/// Words one of which is in the text of every statement that pins (matched anywhere, ignoring ASCII case:
+/// inside a string, a comment or a longer name they only cost a parse). `LISTEN`, `PREPARE`, `LOAD`,
+/// `WITH HOLD`, `TEMP`/`TEMPORARY` (and a `pg_temp.` name), the advisory lock functions, `set_config`,
+/// `RESET`; and `SET`, which alone is also in every `UPDATE`, so it counts only where it can start a
+/// statement (see [`may_pin`]).
+const PIN_WORDS: &[&str] = &["listen", "prepare", "load", "hold", "temp", "advisory", "set_config", "reset", "set"];
+
+/// The index of `set` in [`PIN_WORDS`].
+const SET: usize = PIN_WORDS.len() - 1;
+
+/// First words of a statement that cannot be a `SET` (nor run one, as a `DO` block could).
+const PLAIN_FIRST_WORDS: &[&str] = &["select", "insert", "update", "delete", "with", "values"];
+
+static PIN_WORD_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(PIN_WORDS)
+        .expect("fixed patterns build")
+});
+
+/// Whether `sql` could pin, judged on its text alone without a false "no": it holds one of [`PIN_WORDS`],
+/// other than a `set` of one statement whose first word is a plain query or write (`UPDATE ... SET`,
+/// `ON CONFLICT DO UPDATE SET`, `OFFSET`). Several statements with a `set` are parsed (telling their first
+/// words apart needs the tokenizer, which is most of a parse).
+pub fn may_pin(sql: &str) -> bool {
+    let mut set_only = false;
+    for found in PIN_WORD_MATCHER.find_iter(sql) {
+        if found.pattern().as_usize() != SET {
+            return true;
+        }
+        set_only = true;
+    }
+    if !set_only {
+        return false;
+    }
+    let single = !sql.trim_end().trim_end_matches(';').contains(';');
+    let plain =
+        crate::lexer::first_word(sql).is_some_and(|w| PLAIN_FIRST_WORDS.iter().any(|p| w.eq_ignore_ascii_case(p)));
+    !(single && plain)
 }
 
 fn statement_pin(statement: &Statement) -> Option<PinReason> {
@@ -66,14 +124,39 @@ fn statement_pin(statement: &Statement) -> Option<PinReason> {
         Statement::Prepare { .. } => Some(PinReason::SqlPrepare),
         Statement::Load { .. } => Some(PinReason::Load),
         Statement::Declare { stmts, .. } if stmts.iter().any(declares_hold_cursor) => Some(PinReason::HoldCursor),
-        Statement::CreateTable(create) if create.temporary => Some(PinReason::TemporaryObject),
-        Statement::CreateView(create) if create.temporary => Some(PinReason::TemporaryObject),
-        Statement::CreateSequence { temporary: true, .. } => Some(PinReason::TemporaryObject),
+        Statement::CreateTable(create) if create.temporary || in_temp_schema(&create.name) => {
+            Some(PinReason::TemporaryObject)
+        }
+        Statement::CreateView(create) if create.temporary || in_temp_schema(&create.name) => {
+            Some(PinReason::TemporaryObject)
+        }
+        Statement::CreateSequence { temporary, name, .. } if *temporary || in_temp_schema(name) => {
+            Some(PinReason::TemporaryObject)
+        }
+        Statement::Query(query) if selects_into_temp(query) => Some(PinReason::TemporaryObject),
         Statement::Set(set) if sets_session_state(set) => Some(PinReason::SessionSetting),
         Statement::Reset(_) => Some(PinReason::SessionSetting),
         _ => None,
     };
     own.or_else(|| function_pin(statement))
+}
+
+/// A name in the session's temporary schema (`pg_temp.t`, `pg_temp_3.t`) is a temporary object however
+/// it is created.
+fn in_temp_schema(name: &ObjectName) -> bool {
+    name.0.len() > 1 && name.0[0].to_string().to_ascii_lowercase().starts_with("pg_temp")
+}
+
+/// `SELECT ... INTO TEMP t` (or into a `pg_temp.` name).
+fn selects_into_temp(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else { return false };
+    select.into.as_ref().is_some_and(|into| {
+        into.temporary
+            || into.targets.iter().any(|target| {
+                matches!(target, Expr::CompoundIdentifier(parts)
+                    if parts.len() > 1 && parts[0].value.to_ascii_lowercase().starts_with("pg_temp"))
+            })
+    })
 }
 
 fn declares_hold_cursor(declare: &Declare) -> bool {
@@ -148,7 +231,16 @@ mod tests {
             ("SELECT set_config('search_path', 'app', false)", PinReason::SessionSetting),
             ("PREPARE q (int) AS SELECT $1", PinReason::SqlPrepare),
             ("SELECT 1; LISTEN late", PinReason::Listen),
-            ("THIS IS NOT SQL", PinReason::Unreadable),
+            ("LISTEN THIS IS NOT SQL", PinReason::Unreadable),
+            ("SET = = =", PinReason::Unreadable),
+            ("/* a comment */ set search_path = app", PinReason::SessionSetting),
+            ("-- a comment\nSET search_path = app", PinReason::SessionSetting),
+            ("UPDATE t SET a = 1; SET search_path = app", PinReason::SessionSetting),
+            ("CREATE TEMPORARY VIEW v AS SELECT 1", PinReason::TemporaryObject),
+            ("SeLeCt PG_ADVISORY_LOCK(1)", PinReason::AdvisoryLock),
+            ("CREATE TABLE pg_temp.t (a int)", PinReason::TemporaryObject),
+            ("SELECT 1 AS a INTO TEMP t", PinReason::TemporaryObject),
+            ("SELECT 1 AS a INTO pg_temp.t", PinReason::TemporaryObject),
         ];
         for (sql, reason) in cases {
             assert_eq!(pin_reason(sql), Some(reason), "{sql}");
@@ -167,11 +259,69 @@ mod tests {
             "SELECT set_config('search_path', 'app', true)",
             "DECLARE c CURSOR FOR SELECT 1",
             "CREATE TABLE t (a int)",
+            "SELECT 1 AS a INTO t",
             "SET dualwrite.version = 'new'",
             "UNLISTEN *",
             "COMMIT",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = excluded.a",
+            "SELECT * FROM t ORDER BY a OFFSET 10",
+            "UPDATE t SET a = 'SET search_path = x' WHERE id = 1;",
         ] {
             assert_eq!(pin_reason(sql), None, "{sql}");
         }
+    }
+
+    /// The text check never says "cannot pin" of a statement the parser judges pinning.
+    #[test]
+    fn the_word_check_lets_every_pinning_statement_through_to_the_parser() {
+        let pinning = [
+            "LISTEN orders",
+            "select pg_try_advisory_lock(1)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TABLE pg_temp.t (a int)",
+            "SELECT 1 INTO TEMP t",
+            "SET ROLE app",
+            "set time zone 'UTC'",
+            "RESET ALL",
+            "SELECT set_config('a.b', 'c', false)",
+            "PREPARE q AS SELECT 1",
+            "LOAD 'auto_explain'",
+            "DO $$ BEGIN SET search_path = app; END $$",
+            "UPDATE t SET a = 1; SET search_path = app",
+            "/* x */ SET search_path = app",
+        ];
+        for sql in pinning {
+            assert!(may_pin(sql), "{sql}");
+        }
+        for sql in
+            ["SELECT abalance FROM pgbench_accounts WHERE aid = 1", "UPDATE t SET a = 1", "BEGIN", "END", "COMMIT"]
+        {
+            assert!(!may_pin(sql), "{sql}");
+        }
+    }
+
+    /// Over the rewrite engine's corpus (the shapes ORMs and people send) and the cases above: wherever the
+    /// parser alone finds a reason to pin (unreadable SQL aside), the word check lets the statement through.
+    #[test]
+    fn the_word_check_hides_no_pin_the_parser_finds_in_the_statement_corpus() {
+        let corpus = include_str!("../../../rewrite-rules/tests/corpus/statements.sql");
+        let statements: Vec<&str> = corpus
+            .lines()
+            .filter_map(|line| line.split_once('|').map(|(_, sql)| sql.trim()))
+            .filter(|sql| !sql.is_empty())
+            .collect();
+        assert!(statements.len() > 300, "the corpus was read: {} statements", statements.len());
+        let mut judged = 0;
+        for sql in statements {
+            if let Some(reason) = parsed_pin_reason(sql).filter(|r| *r != PinReason::Unreadable) {
+                assert!(may_pin(sql), "{sql} pins ({reason:?}) but the word check says it cannot");
+                judged += 1;
+            }
+            if !may_pin(sql) {
+                assert_eq!(pin_reason(sql), None);
+            }
+        }
+        assert!(judged > 0, "the corpus holds pinning statements");
     }
 }
