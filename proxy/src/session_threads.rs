@@ -8,11 +8,23 @@
 //! else, which is pgbouncer's model, once per thread. Background work (state watcher, jobs, metrics,
 //! shadow-read workers) stays on the runtime that started the server.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// The index of the session thread this is, 0 elsewhere.
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the session thread the caller runs on (0 off the session threads): sockets opened here
+/// report readiness to this thread's reactor.
+pub fn current() -> usize {
+    CURRENT.with(Cell::get)
+}
 
 /// The session runtimes of one server; dropping it stops their threads (sessions still on them are
 /// dropped, which closes their sockets).
@@ -37,6 +49,7 @@ impl SessionThreads {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             stop.push(stop_tx);
             thread::Builder::new().name(format!("dualwrite-session-{index}")).spawn(move || {
+                CURRENT.with(|current| current.set(index));
                 // Resolves when the sender is dropped; the runtime then drops what is left on it.
                 let _ = runtime.block_on(stop_rx);
             })?;
@@ -74,6 +87,16 @@ mod tests {
             names.push(name);
         }
         assert_eq!(names, ["dualwrite-session-0", "dualwrite-session-1", "dualwrite-session-0", "dualwrite-session-1"]);
+    }
+
+    #[tokio::test]
+    async fn each_session_thread_knows_its_index() {
+        let threads = SessionThreads::start(2).unwrap();
+        let mut indexes = Vec::new();
+        for _ in 0..2 {
+            indexes.push(threads.next_runtime().spawn(async { current() }).await.unwrap());
+        }
+        assert_eq!(indexes, [0, 1]);
     }
 
     #[tokio::test]

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use self::metrics::PoolMetrics;
-pub use self::queue::PoolSettings;
 use self::queue::{Handed, PoolState};
+pub use self::queue::{Homed, PoolSettings};
 use crate::sql_error::SqlError;
 
 /// Which pool a client's transactions run in: connections are interchangeable only between clients that
@@ -88,7 +88,7 @@ pub struct Pools<C> {
     pools: Mutex<HashMap<PoolKey, Arc<Pool<C>>>>,
 }
 
-impl<C: Send + 'static> Pools<C> {
+impl<C: Send + Homed + 'static> Pools<C> {
     pub fn new() -> Self {
         Pools { pools: Mutex::new(HashMap::new()) }
     }
@@ -114,7 +114,7 @@ impl<C: Send + 'static> Pools<C> {
     }
 }
 
-impl<C: Send + 'static> Default for Pools<C> {
+impl<C: Send + Homed + 'static> Default for Pools<C> {
     fn default() -> Self {
         Self::new()
     }
@@ -138,7 +138,7 @@ pub enum OpenFailure {
     Failed(SqlError),
 }
 
-impl<C: Send + 'static> Pool<C> {
+impl<C: Send + Homed + 'static> Pool<C> {
     fn new(key: PoolKey, settings: PoolSettings) -> Self {
         let metrics = PoolMetrics::new(&key.database, &key.user);
         Pool { key, state: Mutex::new(PoolState::new(settings)), freed: Notify::new(), metrics }
@@ -203,7 +203,8 @@ impl<C: Send + 'static> Pool<C> {
         Fut: std::future::Future<Output = Result<C, OpenFailure>>,
     {
         let started = Instant::now();
-        let (lent, wait_timeout) = self.change(|s| (s.lend(started), s.settings.wait_timeout));
+        let home = crate::session_threads::current();
+        let (lent, wait_timeout) = self.change(|s| (s.lend(started, home), s.settings.wait_timeout));
         let (ticket, receiver) = match lent {
             Ok(conn) => {
                 self.metrics.waited(Duration::ZERO);
@@ -234,7 +235,7 @@ impl<C: Send + 'static> Pool<C> {
                             // own place in line, in one step.
                             let mut slot = slot;
                             slot.pool = None;
-                            let ((ticket, receiver), learned) = self.change(|s| s.needs_credentials(started));
+                            let ((ticket, receiver), learned) = self.change(|s| s.needs_credentials(started, home));
                             if learned {
                                 tracing::info!(
                                     database = %self.key.database,
@@ -275,14 +276,14 @@ impl<C: Send + 'static> Pool<C> {
 
 /// A client's place in line, left when dropped (the client went away, or its wait ran out): if it was
 /// handed something meanwhile, that goes back to the pool.
-struct Waiting<'p, C: Send + 'static> {
+struct Waiting<'p, C: Send + Homed + 'static> {
     pool: &'p Arc<Pool<C>>,
     ticket: u64,
     /// `None` once what was handed has been taken.
     receiver: Option<oneshot::Receiver<Handed<C>>>,
 }
 
-impl<C: Send + 'static> Waiting<'_, C> {
+impl<C: Send + Homed + 'static> Waiting<'_, C> {
     /// What the waiter is handed, or `None` when the deadline passed first (it left the line then).
     async fn handed(&mut self, deadline: tokio::time::Instant) -> Option<Handed<C>> {
         let receiver = self.receiver.as_mut()?;
@@ -309,7 +310,7 @@ impl<C: Send + 'static> Waiting<'_, C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Waiting<'_, C> {
+impl<C: Send + Homed + 'static> Drop for Waiting<'_, C> {
     fn drop(&mut self) {
         match self.leave() {
             Some(Handed::Conn(conn)) => {
@@ -323,11 +324,11 @@ impl<C: Send + 'static> Drop for Waiting<'_, C> {
 }
 
 /// A place in a pool for a connection being opened (and authenticated): forgotten when dropped.
-pub struct Slot<C: Send + 'static> {
+pub struct Slot<C: Send + Homed + 'static> {
     pool: Option<Arc<Pool<C>>>,
 }
 
-impl<C: Send + 'static> Slot<C> {
+impl<C: Send + Homed + 'static> Slot<C> {
     /// The connection opened in this slot, lent to the client who opened it.
     pub fn fill(mut self, conn: C) -> Lease<C> {
         let pool = self.pool.take().expect("a slot is filled once");
@@ -335,7 +336,7 @@ impl<C: Send + 'static> Slot<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Slot<C> {
+impl<C: Send + Homed + 'static> Drop for Slot<C> {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
             pool.forget();
@@ -345,13 +346,13 @@ impl<C: Send + 'static> Drop for Slot<C> {
 
 /// A server connection lent to one client: given back with [`Lease::release`], forgotten when dropped
 /// (a broken connection).
-pub struct Lease<C: Send + 'static> {
+pub struct Lease<C: Send + Homed + 'static> {
     pool: Arc<Pool<C>>,
     conn: Option<C>,
     pinned: bool,
 }
 
-impl<C: Send + 'static> Lease<C> {
+impl<C: Send + Homed + 'static> Lease<C> {
     pub fn conn(&mut self) -> &mut C {
         self.conn.as_mut().expect("a lease holds its connection until released")
     }
@@ -388,12 +389,20 @@ impl<C: Send + 'static> Lease<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Lease<C> {
+impl<C: Send + Homed + 'static> Drop for Lease<C> {
     fn drop(&mut self) {
         self.unpin();
         if self.conn.take().is_some() {
             self.pool.forget();
         }
+    }
+}
+
+/// Test connections are plain numbers, all of one thread.
+#[cfg(test)]
+impl Homed for u32 {
+    fn home(&self) -> usize {
+        0
     }
 }
 

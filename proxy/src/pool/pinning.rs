@@ -17,7 +17,7 @@
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 use sqlparser::ast::{
     visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
@@ -60,11 +60,12 @@ const SESSION_ADVISORY_LOCKS: &[&str] =
     &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
 
 /// The first reason any statement of `sql` (one Query string, or one Parse) pins its client, if any.
-pub fn pin_reason(sql: &str) -> Option<PinReason> {
+pub fn pin_reason(sql: impl AsRef<[u8]>) -> Option<PinReason> {
+    let sql = sql.as_ref();
     if !may_pin(sql) {
         return None;
     }
-    parsed_pin_reason(sql)
+    parsed_pin_reason(&String::from_utf8_lossy(sql))
 }
 
 /// [`pin_reason`] judged by the parser alone.
@@ -93,6 +94,8 @@ static PIN_WORD_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
     AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostLongest)
+        // The DFA: this runs over every statement, and nine short words make a small table.
+        .kind(Some(AhoCorasickKind::DFA))
         .build(PIN_WORDS)
         .expect("fixed patterns build")
 });
@@ -101,7 +104,8 @@ static PIN_WORD_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
 /// other than a `set` of one statement whose first word is a plain query or write (`UPDATE ... SET`,
 /// `ON CONFLICT DO UPDATE SET`, `OFFSET`). Several statements with a `set` are parsed (telling their first
 /// words apart needs the tokenizer, which is most of a parse).
-pub fn may_pin(sql: &str) -> bool {
+pub fn may_pin(sql: impl AsRef<[u8]>) -> bool {
+    let sql = sql.as_ref();
     let mut set_only = false;
     for found in PIN_WORD_MATCHER.find_iter(sql) {
         if found.pattern().as_usize() != SET {
@@ -112,6 +116,7 @@ pub fn may_pin(sql: &str) -> bool {
     if !set_only {
         return false;
     }
+    let Ok(sql) = std::str::from_utf8(sql) else { return true };
     let single = !sql.trim_end().trim_end_matches(';').contains(';');
     let plain =
         crate::lexer::first_word(sql).is_some_and(|w| PLAIN_FIRST_WORDS.iter().any(|p| w.eq_ignore_ascii_case(p)));

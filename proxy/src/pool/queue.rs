@@ -6,6 +6,12 @@
 //! waiters and logins fill it), else, when the pool holds no connection at all that could come back and
 //! none can be opened, a refusal — never an endless wait.
 //!
+//! Connections keep to their thread where fairness allows: a connection's socket reports readiness to the
+//! session thread that opened it ([`Homed`]), so a client on another thread pays a cross-thread wake-up
+//! per message. An idle connection of the client's own thread is lent first; a connection given back
+//! goes to the oldest waiter of its thread, passing over older waiters of other threads, each at most
+//! [`MAX_PASSED_OVER`] times, so no client waits more than that many hand-outs longer than strict order.
+//!
 //! Handing happens under the lock (a oneshot send never blocks), so a waiter that gives up and finds
 //! itself no longer in line knows its hand-out is already in its receiver, and returns it.
 
@@ -15,6 +21,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::sql_error::SqlError;
+
+/// The session thread whose reactor a connection's socket is registered with.
+pub trait Homed {
+    fn home(&self) -> usize;
+}
+
+/// How many times a waiter may be passed over for a younger waiter of a connection's own thread.
+pub(super) const MAX_PASSED_OVER: u8 = 2;
 
 /// A pool's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +67,10 @@ pub(super) type Place<C> = (u64, oneshot::Receiver<Handed<C>>);
 struct Waiter<C> {
     ticket: u64,
     since: Instant,
+    /// The waiter's session thread.
+    home: usize,
+    /// Connections handed to younger waiters of their own thread while this one waited.
+    passed_over: u8,
     sender: oneshot::Sender<Handed<C>>,
 }
 
@@ -79,7 +97,7 @@ pub(super) struct PoolState<C> {
     pub(super) published: Figures,
 }
 
-impl<C> PoolState<C> {
+impl<C: Homed> PoolState<C> {
     pub(super) fn new(settings: PoolSettings) -> Self {
         PoolState {
             settings,
@@ -115,22 +133,28 @@ impl<C> PoolState<C> {
         Some(evicted)
     }
 
-    /// An idle connection, lent at once, else a place at the end of the line.
-    pub(super) fn lend(&mut self, since: Instant) -> Result<C, Place<C>> {
-        if let Some(conn) = self.idle.pop() {
+    /// An idle connection (the most recently used of the client's thread `home`, else of another), lent
+    /// at once, else a place at the end of the line.
+    pub(super) fn lend(&mut self, since: Instant, home: usize) -> Result<C, Place<C>> {
+        let own = self.idle.iter().rposition(|c| c.home() == home);
+        let conn = match own {
+            Some(at) => Some(self.idle.swap_remove(at)),
+            None => self.idle.pop(),
+        };
+        if let Some(conn) = conn {
             self.active += 1;
             return Ok(conn);
         }
-        let place = self.queue(since, false);
+        let place = self.queue(since, home, false);
         self.dispatch();
         Err(place)
     }
 
-    fn queue(&mut self, since: Instant, front: bool) -> Place<C> {
+    fn queue(&mut self, since: Instant, home: usize, front: bool) -> Place<C> {
         let (sender, receiver) = oneshot::channel();
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let waiter = Waiter { ticket, since, sender };
+        let waiter = Waiter { ticket, since, home, passed_over: 0, sender };
         if front {
             self.waiting.push_front(waiter);
         } else {
@@ -147,10 +171,11 @@ impl<C> PoolState<C> {
         self.waiting.len() < before
     }
 
-    /// A lent connection comes back: to the longest-waiting client, else idle; beyond `size` (a reserve
-    /// connection) it is returned for the caller to close.
+    /// A lent connection comes back: to the longest-waiting client of its thread unless an older one has
+    /// been passed over too often (module doc), else idle; beyond `size` (a reserve connection) it is
+    /// returned for the caller to close.
     pub(super) fn give_back(&mut self, mut conn: C) -> Option<C> {
-        while let Some(waiter) = self.waiting.pop_front() {
+        while let Some(waiter) = self.next_waiter(conn.home()) {
             match waiter.sender.send(Handed::Conn(conn)) {
                 Ok(()) => return None,
                 // A waiter leaves the line before it stops listening, so this is not expected; the
@@ -167,6 +192,16 @@ impl<C> PoolState<C> {
         None
     }
 
+    /// The waiter a connection of thread `home` goes to, out of the line: the oldest of that thread, or
+    /// an older one passed over [`MAX_PASSED_OVER`] times already; the waiters it passes over count it.
+    fn next_waiter(&mut self, home: usize) -> Option<Waiter<C>> {
+        let at = self.waiting.iter().position(|w| w.home == home || w.passed_over >= MAX_PASSED_OVER).unwrap_or(0);
+        for older in self.waiting.iter_mut().take(at) {
+            older.passed_over += 1;
+        }
+        self.waiting.remove(at)
+    }
+
     /// A lent connection, or a slot's, is gone: its place may serve a waiter.
     pub(super) fn forget(&mut self) {
         self.active -= 1;
@@ -177,11 +212,11 @@ impl<C> PoolState<C> {
     /// is given up and the waiter goes back to the head of the line (where, if nothing can come back to
     /// the pool, it is refused at once).
     /// Also says whether the pool learned this just now.
-    pub(super) fn needs_credentials(&mut self, since: Instant) -> (Place<C>, bool) {
+    pub(super) fn needs_credentials(&mut self, since: Instant, home: usize) -> (Place<C>, bool) {
         let learned = self.replacement != Replacement::NeedsCredentials;
         self.replacement = Replacement::NeedsCredentials;
         self.active -= 1;
-        let place = self.queue(since, true);
+        let place = self.queue(since, home, true);
         self.dispatch();
         (place, learned)
     }
@@ -265,8 +300,8 @@ mod tests {
     fn a_waiter_that_leaves_is_out_of_the_line_and_the_next_connection_goes_to_the_one_behind_it() {
         let mut s = state(1);
         lent(&mut s, 1);
-        let (gone, _) = s.lend(Instant::now()).unwrap_err();
-        let (_, mut stays) = s.lend(Instant::now()).unwrap_err();
+        let (gone, _) = s.lend(Instant::now(), 0).unwrap_err();
+        let (_, mut stays) = s.lend(Instant::now(), 0).unwrap_err();
         assert_eq!(figures(&s), (1, 0, 2));
         assert!(s.leave(gone));
         assert!(!s.leave(gone), "once");
@@ -280,7 +315,7 @@ mod tests {
     fn a_waiter_handed_a_connection_is_no_longer_in_line_and_finds_it_in_its_receiver() {
         let mut s = state(1);
         lent(&mut s, 1);
-        let (ticket, mut receiver) = s.lend(Instant::now()).unwrap_err();
+        let (ticket, mut receiver) = s.lend(Instant::now(), 0).unwrap_err();
         assert_eq!(s.give_back(3), None);
         assert!(!s.leave(ticket));
         assert!(matches!(receiver.try_recv(), Ok(Handed::Conn(3))));
@@ -290,7 +325,7 @@ mod tests {
     fn a_connection_sent_to_a_receiver_no_longer_listening_goes_to_the_next_waiter_or_idle() {
         let mut s = state(2);
         lent(&mut s, 2);
-        let (_, deaf) = s.lend(Instant::now()).unwrap_err();
+        let (_, deaf) = s.lend(Instant::now(), 0).unwrap_err();
         drop(deaf);
         assert_eq!(s.give_back(1), None);
         assert_eq!(figures(&s), (1, 1, 0), "kept idle");
@@ -300,8 +335,8 @@ mod tests {
     fn a_connection_closed_while_clients_wait_gives_the_oldest_room_to_open_one() {
         let mut s = state(2);
         lent(&mut s, 2);
-        let (_, mut first) = s.lend(Instant::now()).unwrap_err();
-        let (_, mut second) = s.lend(Instant::now()).unwrap_err();
+        let (_, mut first) = s.lend(Instant::now(), 0).unwrap_err();
+        let (_, mut second) = s.lend(Instant::now(), 0).unwrap_err();
         s.forget();
         assert_eq!(handed(&mut first), "room");
         assert_eq!(handed(&mut second), "nothing");
@@ -316,10 +351,10 @@ mod tests {
         let mut s = state(3);
         lent(&mut s, 2);
         let since = Instant::now();
-        let (_, mut first) = s.lend(since).unwrap_err();
-        let (_, mut second) = s.lend(since).unwrap_err();
+        let (_, mut first) = s.lend(since, 0).unwrap_err();
+        let (_, mut second) = s.lend(since, 0).unwrap_err();
         assert_eq!(handed(&mut first), "room", "the pool is below its size");
-        let ((_, mut first), learned) = s.needs_credentials(since);
+        let ((_, mut first), learned) = s.needs_credentials(since, 0);
         assert!(learned);
         assert_eq!(figures(&s), (2, 0, 2), "back in line, first");
         assert_eq!(handed(&mut first), "nothing", "two connections are lent: they will come back");
@@ -330,10 +365,10 @@ mod tests {
         s.forget();
         assert_eq!(handed(&mut second), "refused", "nothing lent, idle or being opened is left");
         assert_eq!(figures(&s), (0, 0, 0));
-        let (_, mut late) = s.lend(Instant::now()).unwrap_err();
+        let (_, mut late) = s.lend(Instant::now(), 0).unwrap_err();
         assert_eq!(handed(&mut late), "refused", "nor for a client that comes later");
         lent(&mut s, 1);
-        let (_, mut after_login) = s.lend(Instant::now()).unwrap_err();
+        let (_, mut after_login) = s.lend(Instant::now(), 0).unwrap_err();
         assert_eq!(handed(&mut after_login), "nothing", "a login's connection comes back to the line");
         assert_eq!(s.give_back(9), None);
         assert_eq!(handed(&mut after_login), "conn");
@@ -347,5 +382,58 @@ mod tests {
         assert_eq!(s.give_back(4), None);
         assert_eq!(s.open_slot(), Some(Some(4)), "the idle one makes room");
         assert_eq!(figures(&s), (1, 0, 0));
+    }
+
+    /// A connection numbered by its thread: `At(id, home)`.
+    #[derive(Debug, PartialEq)]
+    struct At(u32, usize);
+
+    impl Homed for At {
+        fn home(&self) -> usize {
+            self.1
+        }
+    }
+
+    fn threads_state(size: usize) -> PoolState<At> {
+        PoolState::new(PoolSettings { size, reserve: 0, wait_timeout: Duration::from_secs(60) })
+    }
+
+    #[test]
+    fn an_idle_connection_of_the_clients_own_thread_is_lent_first_and_another_threads_when_none_is() {
+        let mut s = threads_state(3);
+        for _ in 0..3 {
+            assert!(matches!(s.open_slot(), Some(None)));
+        }
+        for conn in [At(1, 0), At(2, 1), At(3, 0)] {
+            assert_eq!(s.give_back(conn), None);
+        }
+        assert_eq!(s.lend(Instant::now(), 1).ok(), Some(At(2, 1)));
+        assert_eq!(s.lend(Instant::now(), 1).ok(), Some(At(3, 0)), "none of thread 1 is left: another's");
+        assert_eq!(s.lend(Instant::now(), 0).ok(), Some(At(1, 0)));
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_oldest_waiter_of_its_thread_and_no_waiter_is_passed_over_more_than_the_limit() {
+        let mut s = threads_state(1);
+        assert!(matches!(s.open_slot(), Some(None)));
+        let (_, mut other_thread) = s.lend(Instant::now(), 1).unwrap_err();
+        let mut own_thread: Vec<_> = (0..3).map(|_| s.lend(Instant::now(), 0).unwrap_err().1).collect();
+        for (n, waiter) in own_thread.iter_mut().enumerate().take(MAX_PASSED_OVER as usize) {
+            assert_eq!(s.give_back(At(n as u32, 0)), None);
+            assert!(matches!(waiter.try_recv(), Ok(Handed::Conn(At(_, 0)))), "the oldest of thread 0");
+            assert_eq!(handed_at(&mut other_thread), "nothing", "passed over {} time(s)", n + 1);
+        }
+        assert_eq!(s.give_back(At(9, 0)), None);
+        assert_eq!(handed_at(&mut other_thread), "conn", "passed over twice: served before younger waiters");
+        assert_eq!(handed_at(own_thread.last_mut().unwrap()), "nothing");
+    }
+
+    fn handed_at(receiver: &mut oneshot::Receiver<Handed<At>>) -> &'static str {
+        match receiver.try_recv() {
+            Ok(Handed::Conn(_)) => "conn",
+            Ok(Handed::Room) => "room",
+            Ok(Handed::Refused(_)) => "refused",
+            Err(_) => "nothing",
+        }
     }
 }

@@ -22,7 +22,15 @@ pub struct ServerConn {
     pub(crate) write: Option<WriteHalf>,
     pub(crate) key: Option<CancelKey>,
     pub(crate) prepared: ServerPrepared,
+    /// The session thread the socket was opened on (its reactor reports the socket's readiness).
+    home: usize,
     _gauge: GaugeGuard,
+}
+
+impl crate::pool::Homed for ServerConn {
+    fn home(&self) -> usize {
+        self.home
+    }
 }
 
 impl ServerConn {
@@ -33,6 +41,7 @@ impl ServerConn {
             write: Some(write),
             key: None,
             prepared: ServerPrepared::new(SERVER_STATEMENTS),
+            home: crate::session_threads::current(),
             _gauge: GaugeGuard::upstream(),
         }
     }

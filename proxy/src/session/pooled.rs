@@ -199,7 +199,7 @@ impl<'s> PooledLink<'s> {
         if self.state().pinned.is_some() {
             return;
         }
-        let Some(reason) = pinning::pin_reason(&String::from_utf8_lossy(sql)) else { return };
+        let Some(reason) = pinning::pin_reason(sql) else { return };
         let mut state = self.state();
         if let Some(lease) = state.lease.as_mut() {
             lease.pin();
