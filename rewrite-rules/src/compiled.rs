@@ -312,11 +312,7 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
     ))?;
     let own: Vec<String> =
         source.shadow_columns().filter(|c| !m.key.iter().any(|k| k == c)).map(str::to_string).collect();
-    let nulls = own
-        .iter()
-        .map(|c| format!("{} = NULL", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let nulls = own.iter().map(|c| format!("{} = NULL", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let null = parse_statement(&format!(
         "UPDATE {shadow} AS __dw_t SET {nulls} FROM __dw_lock AS __dw_l WHERE {} AND NOT __dw_l.__dw_gone",
         matching("__dw_t", "__dw_l")

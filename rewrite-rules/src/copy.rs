@@ -29,7 +29,9 @@
 //! plan ([`crate::Plan::extended_protocol_refusal`]). COPY FROM a server file or program, and a COPY whose
 //! Query string carries more lines after it (sqlparser reads them as inline COPY data, while the server
 //! reads them as statements) are refused. In `complete` a new-shaped COPY is renamed onto the shadow. A
-//! split's old-shaped COPY reaches every target through that INSERT; its new-shaped one is refused.
+//! split's old-shaped COPY reaches every target through that INSERT; its new-shaped one is refused. A v1
+//! COPY into a merge source (`dual_write` only) is staged from that source and its INSERT gets the merge
+//! INSERT's sync, so each row is merged into the shadow by key (`compiled::compile_source`).
 
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, Ident, InsertOverriding, ObjectName, SelectItem, SetExpr, Statement, TableFactor,

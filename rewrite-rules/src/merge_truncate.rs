@@ -112,8 +112,7 @@ pub(crate) fn shadow_sync(m: &CompiledMigration, truncated: &BTreeSet<usize>) ->
     let column = |c: &str| format!("__dw_t.{}", quote_ident(c));
     let (emptied, kept): (Vec<_>, Vec<_>) = m.sources.iter().enumerate().partition(|(i, _)| truncated.contains(i));
     // No source left holds the row: it goes.
-    let gone =
-        kept.iter().map(|(_, s)| format!("{} IS NULL", column(&s.present))).collect::<Vec<_>>().join(" AND ");
+    let gone = kept.iter().map(|(_, s)| format!("{} IS NULL", column(&s.present))).collect::<Vec<_>>().join(" AND ");
     let own: Vec<&String> = emptied.iter().flat_map(|(_, s)| &s.own).collect();
     // Only the rows the TRUNCATE changes are locked and written.
     let holds_emptied = own.iter().map(|c| format!("{} IS NOT NULL", column(c))).collect::<Vec<_>>().join(" OR ");
