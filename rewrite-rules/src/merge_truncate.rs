@@ -22,9 +22,11 @@
 //! sources' `present` columns are read on their latest version, which settles a concurrent DELETE of
 //! another source's row of the same key either way. When every source of a merge is truncated, the
 //! shadow is simply added to the TRUNCATE (the join of empty tables is empty), as for a plain migration.
-//! The cost of that order: a transaction that already wrote a shadow row (any write of a source) and then
-//! writes a source again waits on the truncated source while the TRUNCATE waits on its row; PostgreSQL
-//! aborts one of the two (40P01), as for any two transactions locking in opposite orders.
+//! The cost of that order: a transaction that deleted another source's rows (a DELETE locks their shadow
+//! rows without reading this source; an INSERT or UPDATE reads it, so the TRUNCATE waits for that
+//! transaction instead) and then writes a source again waits on the truncated source while the TRUNCATE
+//! waits on its row; PostgreSQL aborts one of the two (40P01), as for any two transactions locking in
+//! opposite orders.
 //!
 //! `CASCADE` is refused: it also empties every table with a foreign key to the source, which the statement
 //! does not name, so the proxy cannot tell which shadow columns they hold (another source, or another
