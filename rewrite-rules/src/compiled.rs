@@ -87,6 +87,10 @@ pub(crate) struct CompiledSource {
     pub delete: Vec<(String, Statement)>,
     /// This source's shape over the shadow: `SELECT <backward> FROM shadow WHERE <present> IS NOT NULL`.
     pub view: Query,
+    /// The shadow column never NULL while this source's row exists (`MergeSource::present`).
+    pub present: String,
+    /// This source's non-key shadow columns: what a TRUNCATE of it sets to NULL (`merge_truncate`).
+    pub own: Vec<String>,
 }
 
 /// One direction of a migration's mapping.
@@ -306,12 +310,9 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
         "DELETE FROM {shadow} AS __dw_t USING __dw_lock AS __dw_l WHERE {} AND __dw_l.__dw_gone",
         matching("__dw_t", "__dw_l")
     ))?;
-    let nulls = source
-        .shadow_columns()
-        .filter(|c| !m.key.iter().any(|k| k == c))
-        .map(|c| format!("{} = NULL", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let own: Vec<String> =
+        source.shadow_columns().filter(|c| !m.key.iter().any(|k| k == c)).map(str::to_string).collect();
+    let nulls = own.iter().map(|c| format!("{} = NULL", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let null = parse_statement(&format!(
         "UPDATE {shadow} AS __dw_t SET {nulls} FROM __dw_lock AS __dw_l WHERE {} AND NOT __dw_l.__dw_gone",
         matching("__dw_t", "__dw_l")
@@ -329,6 +330,8 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
             ("__dw_shadow_null".to_string(), null),
         ],
         view,
+        present: source.present.clone(),
+        own,
     })
 }
 

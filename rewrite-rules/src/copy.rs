@@ -29,7 +29,9 @@
 //! plan ([`crate::Plan::extended_protocol_refusal`]). COPY FROM a server file or program, and a COPY whose
 //! Query string carries more lines after it (sqlparser reads them as inline COPY data, while the server
 //! reads them as statements) are refused. In `complete` a new-shaped COPY is renamed onto the shadow. A
-//! split's old-shaped COPY reaches every target through that INSERT; its new-shaped one is refused.
+//! split's old-shaped COPY reaches every target through that INSERT; its new-shaped one is refused. A v1
+//! COPY into a merge source (`dual_write` only) is staged from that source and its INSERT gets the merge
+//! INSERT's sync, so each row is merged into the shadow by key (`compiled::compile_source`).
 
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, Ident, InsertOverriding, ObjectName, SelectItem, SetExpr, Statement, TableFactor,
@@ -39,6 +41,7 @@ use sqlparser::ast::{
 use crate::compiled::{parse_statement, template_query, Compiled};
 use crate::copy_block::{count_statement, CopyBlock};
 use crate::model::Phase;
+use crate::names::TableName;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{routed_read, ReadRouter};
 use crate::route::{Route, Side};
@@ -102,9 +105,18 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         return Ok(outcome);
     }
     outcome.write = true;
-    if m.is_merge() {
-        // Not built yet for merged tables: refused rather than written to one table only.
-        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "COPY FROM"));
+    // A merge source's rows reach the shadow through the merge INSERT's upsert, in `dual_write` only.
+    let merge_source = match TableName::from_object_name(table_name) {
+        Some(name) if m.is_merge() => m.source_of(&name, route.unqualified_reaches(index)),
+        _ => None,
+    };
+    if m.is_merge() && (merge_source.is_none() || mr.version == Side::New || mr.phase != Phase::DualWrite) {
+        let detail = if mr.version == Side::New {
+            "COPY FROM in a new-version session".to_string()
+        } else {
+            format!("COPY FROM in phase {}", mr.phase)
+        };
+        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, &detail));
     }
     if m.is_split() && (mr.version == Side::New || mr.phase == Phase::Complete) {
         // As every write of a split's new shape (see `writes`).
@@ -133,9 +145,10 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     }
     let client_table = table_name.clone();
     let columns = columns.clone();
-    let physical = match mr.version {
-        Side::Old => &m.table,
-        Side::New => &m.shadow,
+    let physical = match (merge_source, mr.version) {
+        (Some(source), _) => &source.table,
+        (None, Side::Old) => &m.table,
+        (None, Side::New) => &m.shadow,
     };
     *table_name = staging_name();
 
@@ -145,7 +158,10 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     let Some(dual_write) = rewrite_dml(compiled, route, None, insert)?.statement else {
         return Err(invalid("the COPY's INSERT was not dual-written".into()));
     };
-    let sync = m.producing(mr.version.other());
+    let sync = match merge_source {
+        Some(source) => &source.forward,
+        None => m.producing(mr.version.other()),
+    };
     let sync_ctes: Vec<&str> = sync.syncs.iter().map(|s| s.cte_name.as_str()).collect();
     let synced = match mr.version {
         Side::Old => m.shadows.clone(),

@@ -23,6 +23,7 @@ mod fallback;
 pub mod fuzz_checks;
 mod literals;
 pub mod merge;
+mod merge_truncate;
 pub mod migration_plan;
 pub mod model;
 pub mod names;

@@ -44,8 +44,8 @@ impl Plan {
     }
 
     /// The refusal of this plan for a Parse: a rewrite that runs statements of its own around the client's
-    /// (COPY FROM STDIN into a migrated table) can only be sent as one simple Query. `rules` are the rules
-    /// the plan was made for (for the migration's name).
+    /// (COPY FROM STDIN into a migrated table, TRUNCATE of some of a merge's sources) can only be sent as
+    /// one simple Query. `rules` are the rules the plan was made for (for the migration's name).
     pub fn extended_protocol_refusal(&self, rules: &RuleSet) -> Option<Rejection> {
         let Plan::Rewritten { statements, migrations, .. } = self else { return None };
         if !statements.iter().any(|t| t.rows == RowsDisposition::Hidden) {
@@ -53,6 +53,16 @@ impl Plan {
         }
         let index = migrations.first().copied().unwrap_or(0);
         let name = rules.migrations.get(index).map(|m| m.name.as_str()).unwrap_or("");
+        if !statements.iter().any(|t| t.command_tag == Some(TagRewrite::Copy)) {
+            // Only a merge source's TRUNCATE has companions and no COPY tag (`merge_truncate`).
+            return Some(Rejection::new(
+                name,
+                index,
+                RejectReason::MergedTablesWrite,
+                "TRUNCATE of a source through the extended protocol: the proxy follows it with the shadow's \
+                 sync, which only a simple Query can carry; send the TRUNCATE as a simple Query",
+            ));
+        }
         Some(Rejection::new(
             name,
             index,
@@ -234,8 +244,8 @@ impl RejectReason {
                  are not supported; write in the old version's shape, which keeps every shadow in sync"
             }
             RejectReason::MergedTablesWrite => {
-                "the migration merges several old tables into one shadow; only old-shaped INSERT, UPDATE and \
-                 DELETE in dual_write, and old-shaped reads, are supported on them"
+                "the migration merges several old tables into one shadow; only old-shaped INSERT, UPDATE, \
+                 DELETE, TRUNCATE and COPY FROM STDIN in dual_write, and old-shaped reads, are supported on them"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

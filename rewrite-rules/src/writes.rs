@@ -36,6 +36,7 @@ use sqlparser::ast::{
 
 use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
 use crate::copy_block::CopyBlock;
+use crate::merge_truncate::MergeTruncation;
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
@@ -230,7 +231,8 @@ pub(crate) fn rewrite_dml(
     })
 }
 
-/// TRUNCATE: while both tables are kept, truncate both in the one statement.
+/// TRUNCATE: while both tables are kept, truncate both in the one statement. A merge source's TRUNCATE is
+/// followed by the statement syncing the merged shadow (`merge_truncate`).
 pub(crate) fn rewrite_truncate(
     compiled: &Compiled,
     route: &Route,
@@ -240,6 +242,7 @@ pub(crate) fn rewrite_truncate(
     let router = ReadRouter::new(compiled, route, vec![]);
     let mut targets = Vec::with_capacity(truncate.table_names.len() + 1);
     let mut migrations = BTreeSet::new();
+    let mut merges = MergeTruncation::default();
     for target in truncate.table_names.drain(..) {
         let Some(index) = router.active_migration(&target.name) else {
             targets.push(target);
@@ -248,9 +251,13 @@ pub(crate) fn rewrite_truncate(
         let m = &compiled.migrations[index];
         let mr = route.get(index);
         migrations.insert(index);
+        if let Some(why) = &m.broken {
+            return Err(Rejection::new(&m.name, index, RejectReason::InvalidRules, why));
+        }
         if m.is_merge() {
-            // Truncating one source would have to null its columns in every shadow row: not done.
-            return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "TRUNCATE"));
+            merges.add(compiled, route, index, &target, truncate.cascade.as_ref())?;
+            targets.push(target);
+            continue;
         }
         let shadows: Vec<TruncateTableTarget> =
             m.shadows.iter().map(|s| TruncateTableTarget { name: s.to_object_name(), ..target.clone() }).collect();
@@ -265,6 +272,7 @@ pub(crate) fn rewrite_truncate(
             }
         }
     }
+    let after = merges.finish(compiled, &mut targets)?;
     truncate.table_names = targets;
     if migrations.is_empty() {
         return Ok(Outcome::unchanged());
@@ -274,7 +282,7 @@ pub(crate) fn rewrite_truncate(
         transform: StatementTransform::UNCHANGED,
         migrations,
         write: true,
-        companions: None,
+        companions: (!after.is_empty()).then(|| Box::new(Companions { before: Vec::new(), after })),
     })
 }
 
