@@ -41,9 +41,8 @@ use sqlparser::ast::{CascadeOption, Statement, TruncateTableTarget};
 use crate::compiled::{parse_statement, Compiled, CompiledMigration};
 use crate::model::Phase;
 use crate::names::{quote_ident, TableName};
-use crate::plan::{RejectReason, Rejection, StatementTransform};
+use crate::plan::{RejectReason, Rejection};
 use crate::route::{Route, Side};
-use crate::writes::Companion;
 
 /// The merge sources one TRUNCATE names, per migration.
 #[derive(Default)]
@@ -88,12 +87,12 @@ impl MergeTruncation {
     }
 
     /// Completes the TRUNCATE: adds to `targets` the shadow of each merge whose every source is truncated,
-    /// and returns the statement syncing the shadow of each other merge, to run after it.
+    /// and returns the statement syncing the shadow of each other merge, to run after it (hidden).
     pub fn finish(
         self,
         compiled: &Compiled,
         targets: &mut Vec<TruncateTableTarget>,
-    ) -> Result<Vec<(Companion, StatementTransform)>, Rejection> {
+    ) -> Result<Vec<Statement>, Rejection> {
         let mut after = Vec::new();
         for (index, (sources, first)) in self.merges {
             let m = &compiled.migrations[index];
@@ -103,7 +102,7 @@ impl MergeTruncation {
             }
             let sync = shadow_sync(m, &sources)
                 .map_err(|why| Rejection::new(&m.name, index, RejectReason::InvalidRules, &why))?;
-            after.push((Companion::Sql(Box::new(sync)), StatementTransform::HIDDEN));
+            after.push(sync);
         }
         Ok(after)
     }

@@ -272,7 +272,11 @@ pub(crate) fn rewrite_truncate(
             }
         }
     }
-    let after = merges.finish(compiled, &mut targets)?;
+    let after: Vec<_> = merges
+        .finish(compiled, &mut targets)?
+        .into_iter()
+        .map(|sync| (Companion::Sql(Box::new(sync)), StatementTransform::HIDDEN))
+        .collect();
     truncate.table_names = targets;
     if migrations.is_empty() {
         return Ok(Outcome::unchanged());

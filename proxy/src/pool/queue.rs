@@ -138,7 +138,7 @@ impl<C: Homed> PoolState<C> {
     pub(super) fn lend(&mut self, since: Instant, home: usize) -> Result<C, Place<C>> {
         let own = self.idle.iter().rposition(|c| c.home() == home);
         let conn = match own {
-            Some(at) => Some(self.idle.swap_remove(at)),
+            Some(at) => Some(self.idle.remove(at)),
             None => self.idle.pop(),
         };
         if let Some(conn) = conn {
