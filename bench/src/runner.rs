@@ -137,6 +137,7 @@ pub fn run(args: &Args) -> Result<Results> {
         reps: plan.bulk_reps + 1,
         seconds: args.copy_seconds,
         batch_rows: if plan.quick { 20_000 } else { 100_000 },
+        work_dir: work.path(),
     };
     if plan.copy_only {
         admin.batch(&rt, "VACUUM ANALYZE")?;
