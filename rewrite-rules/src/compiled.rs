@@ -14,7 +14,7 @@ use sqlparser::ast::{Expr, Query, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::model::{parse_mapping_expr, referenced_columns, Migration, RuleSet};
+use crate::model::{parse_mapping_expr, referenced_columns, Migration, Phase, RuleSet};
 use crate::names::{quote_ident, TableName};
 use crate::route::{Route, Side};
 
@@ -24,7 +24,7 @@ pub(crate) const PRIMARY_CTE: &str = "__dw_primary";
 /// All migrations of a rule set, ready for rewriting.
 pub(crate) struct Compiled {
     pub migrations: Vec<CompiledMigration>,
-    /// Case-insensitive matcher over every migrated table's bare name.
+    /// Case-insensitive matcher over the bare name of every migrated table and every shadow table.
     matcher: Option<AhoCorasick>,
 }
 
@@ -126,7 +126,7 @@ impl Compiled {
         let migrations: Vec<CompiledMigration> = rules.migrations.iter().map(compile_migration).collect();
         let patterns: Vec<&str> = migrations
             .iter()
-            .flat_map(|m| std::iter::once(&m.table).chain(m.sources.iter().map(|s| &s.table)))
+            .flat_map(|m| std::iter::once(&m.table).chain(m.sources.iter().map(|s| &s.table)).chain(&m.shadows))
             .map(|t| t.name.as_str())
             .collect();
         let matcher = AhoCorasick::builder().ascii_case_insensitive(true).build(&patterns).ok();
@@ -148,6 +148,17 @@ impl Compiled {
         self.migrations.iter().enumerate().position(|(i, m)| {
             let reaches = route.unqualified_reaches(i);
             name.denotes(&m.table, reaches) || m.source_of(name, reaches).is_some()
+        })
+    }
+
+    /// The migration in `dual_write` or `cutover` one of whose shadow tables a reference in client SQL
+    /// denotes, in a session on `route`: while both tables are kept in step, such a write would change the
+    /// shadow alone (see `reads::ReadRouter::refuse_shadow_write`).
+    pub fn kept_shadow_of(&self, name: &TableName, route: &Route) -> Option<usize> {
+        self.migrations.iter().enumerate().position(|(i, m)| {
+            let reaches = route.shadow_unqualified_reaches(i);
+            matches!(route.get(i).phase, Phase::DualWrite | Phase::Cutover)
+                && m.shadows.iter().any(|shadow| name.denotes(shadow, reaches))
         })
     }
 }

@@ -21,16 +21,7 @@ use crate::route::{Route, Side};
 /// unqualified name reaches the migrated table.
 pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &[Token]) -> BTreeSet<usize> {
     let mut found = BTreeSet::new();
-    let code: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
-    for (at, token) in code.iter().enumerate() {
-        let Token::Word(word) = token else { continue };
-        let name = catalog_spelling(word);
-        // `schema . name`: the word before the period is the qualifier.
-        let qualifier = match (at.checked_sub(2).map(|i| code[i]), at.checked_sub(1).map(|i| code[i])) {
-            (Some(Token::Word(schema)), Some(Token::Period)) => Some(catalog_spelling(schema)),
-            _ => None,
-        };
-        let reference = TableName { schema: qualifier, name };
+    for reference in table_references(tokens) {
         for (index, m) in compiled.migrations.iter().enumerate() {
             let reaches = route.unqualified_reaches(index);
             // A merge's tables are its sources (`table` is the first of them).
@@ -41,6 +32,28 @@ pub(crate) fn mentioned_migrations(compiled: &Compiled, route: &Route, tokens: &
         }
     }
     found
+}
+
+/// The first migration keeping both tables in step one of whose shadows a name among `tokens` denotes.
+fn mentioned_kept_shadow(compiled: &Compiled, route: &Route, tokens: &[Token]) -> Option<usize> {
+    table_references(tokens).iter().find_map(|reference| compiled.kept_shadow_of(reference, route))
+}
+
+/// Every word of `tokens` as the table name it would be, with the schema written before it.
+fn table_references(tokens: &[Token]) -> Vec<TableName> {
+    let code: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    let mut references = Vec::new();
+    for (at, token) in code.iter().enumerate() {
+        let Token::Word(word) = token else { continue };
+        let name = catalog_spelling(word);
+        // `schema . name`: the word before the period is the qualifier.
+        let qualifier = match (at.checked_sub(2).map(|i| code[i]), at.checked_sub(1).map(|i| code[i])) {
+            (Some(Token::Word(schema)), Some(Token::Period)) => Some(catalog_spelling(schema)),
+            _ => None,
+        };
+        references.push(TableName { schema: qualifier, name });
+    }
+    references
 }
 
 fn catalog_spelling(word: &sqlparser::tokenizer::Word) -> String {
@@ -72,6 +85,12 @@ pub(crate) fn decide_unparsed(
     for statement in tokens.split(|t| *t == Token::SemiColon) {
         let code: Vec<&Token> = statement.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
         let mentioned = mentioned_migrations(compiled, route, statement);
+        if !is_plain_read(&code) {
+            // A write the parser cannot read may write a shadow itself (`refuse_shadow_write`).
+            if let Some(index) = mentioned_kept_shadow(compiled, route, statement) {
+                return Err(unparseable(compiled, index, parse_error));
+            }
+        }
         let Some(&first) = mentioned.iter().next() else { continue };
         let needs_rewrite = |i: &usize| {
             let r = route.get(*i);
@@ -99,7 +118,8 @@ fn first_active_mentioned_by_text(compiled: &Compiled, route: &Route, sql: &str)
         .enumerate()
         .find(|(i, m)| {
             let named = |t: &TableName| lower.contains(&t.name.to_lowercase());
-            route.get(*i).phase != Phase::Off && (named(&m.table) || m.sources.iter().any(|s| named(&s.table)))
+            let tables = std::iter::once(&m.table).chain(m.sources.iter().map(|s| &s.table)).chain(&m.shadows);
+            route.get(*i).phase != Phase::Off && tables.into_iter().any(named)
         })
         .map(|(i, _)| i)
 }

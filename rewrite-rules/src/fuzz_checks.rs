@@ -39,11 +39,14 @@ pub fn check_rewrite(data: &[u8]) {
     let rewriter = rewriter();
     let count = rewriter.rules().migrations.len();
     let covered = (data[0] % 3) as usize;
-    // Bit 7 of the first byte: unqualified names reach another relation in the session.
+    // Bits 7 and 6 of the first byte: unqualified old-table (shadow) names reach another relation in the
+    // session.
     let unqualified_elsewhere = if data[0] & 0x80 != 0 { vec![0] } else { Vec::new() };
+    let shadow_unqualified_elsewhere = if data[0] & 0x40 != 0 { vec![0] } else { Vec::new() };
     let route = Route {
         per_migration: data[1..3].iter().take(covered).map(|&b| migration_route(b)).collect(),
         unqualified_elsewhere,
+        shadow_unqualified_elsewhere,
     };
     let sql = String::from_utf8_lossy(&data[3..]);
 

@@ -192,6 +192,9 @@ pub enum RejectReason {
     /// dual-write: anything but an old-shaped INSERT/UPDATE/DELETE in `dual_write`, or a read in the new
     /// shape (described in the message).
     MergedTablesWrite,
+    /// A write naming a shadow table itself while the migration keeps both tables in step (`dual_write`,
+    /// `cutover`): it would change the shadow alone, a divergence that VERIFY reports and REPAIR undoes.
+    ShadowWrite,
     /// Another write form the rewriter cannot make safe (described in the message).
     UnsupportedWrite,
     /// The migration's rules could not be compiled (a rule set built in code without validation).
@@ -215,6 +218,7 @@ impl RejectReason {
             RejectReason::RetiredVersionWrite => "retired_version_write",
             RejectReason::SplitNewShapeWrite => "split_new_shape_write",
             RejectReason::MergedTablesWrite => "merged_tables_unsupported",
+            RejectReason::ShadowWrite => "shadow_write",
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
             RejectReason::UnresolvedName => "unresolved_name",
@@ -246,6 +250,12 @@ impl RejectReason {
             RejectReason::MergedTablesWrite => {
                 "the migration merges several old tables into one shadow; only old-shaped INSERT, UPDATE, \
                  DELETE, TRUNCATE and COPY FROM STDIN in dual_write, and old-shaped reads, are supported on them"
+            }
+            RejectReason::ShadowWrite => {
+                "the statement writes the migration's shadow table itself, which would change the shadow alone \
+                 while the proxy keeps both tables in step; write the old table's name instead (in the new \
+                 shape: SET dualwrite.version to the new version first), or set the migration off to work on \
+                 the shadow by hand"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

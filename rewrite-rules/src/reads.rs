@@ -55,6 +55,23 @@ impl<'a> ReadRouter<'a> {
         (self.route.get(index).phase != Phase::Off).then_some(index)
     }
 
+    /// Refuses a write whose target `object` is a shadow table of a migration that keeps both tables in
+    /// step (`dual_write`, `cutover`). Rewritten, such a write would be a new-shaped write with the old table
+    /// synced back from it; but the shadow's own name is what an operator or a script reaches for to edit
+    /// or reset the shadow by hand, and mirroring its `DELETE` or `TRUNCATE` into the old table would take
+    /// production rows with it. Passed through, it changes the shadow alone. Refused, nothing changes and
+    /// the error says how to write either shape through the old table's name.
+    pub fn refuse_shadow_write(&self, object: &ObjectName) -> Result<(), Rejection> {
+        let Some(name) = TableName::from_object_name(object) else { return Ok(()) };
+        if self.is_cte(&name) {
+            return Ok(());
+        }
+        let Some(index) = self.compiled.kept_shadow_of(&name, self.route) else { return Ok(()) };
+        let m = &self.compiled.migrations[index];
+        let detail = format!("{object} is a shadow of {} in phase {}", m.table, self.route.get(index).phase);
+        Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
+    }
+
     /// Refuses a reference to migration `index` that cannot be routed: its rules are broken, or it merges
     /// tables and the session reads in the new shape (the old tables' names have no new shape to present).
     fn reject_if_broken(&self, index: usize) -> ControlFlow<Rejection> {
@@ -274,6 +291,9 @@ impl VisitorMut for ReadRouter<'_> {
             },
             _ => None,
         };
+        if let Some(Err(refusal)) = target.as_ref().map(|t| self.refuse_shadow_write(t)) {
+            return ControlFlow::Break(refusal);
+        }
         if let Some(index) = target.as_ref().and_then(|t| self.active_migration(t)) {
             let m = &self.compiled.migrations[index];
             return ControlFlow::Break(Rejection::new(

@@ -12,6 +12,7 @@ use crate::compiled::Compiled;
 use crate::fallback::{decide_unparsed, edge_comments};
 use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
+use crate::names::TableName;
 use crate::plan::{Plan, RejectReason, Rejection, StatementTransform};
 use crate::route::Route;
 use crate::shadow::ShadowRead;
@@ -57,7 +58,7 @@ impl Rewriter {
 
     /// The refusal of `sql` where its plan depends on which relation an unqualified migrated-table name
     /// means in the session and that is not known ([`RejectReason::UnresolvedName`]), naming the first
-    /// migration whose table name the text contains.
+    /// migration whose table or shadow name the text contains.
     pub fn unresolved_name_refusal(&self, sql: &str) -> Rejection {
         let lower = sql.to_lowercase();
         let (index, name) = self
@@ -65,7 +66,10 @@ impl Rewriter {
             .migrations
             .iter()
             .enumerate()
-            .find(|(_, m)| m.old_tables().iter().any(|t| lower.contains(&t.name.to_lowercase())))
+            .find(|(_, m)| {
+                let named = |t: &&TableName| lower.contains(&t.name.to_lowercase());
+                m.old_tables().iter().any(named) || m.shadow_tables().iter().any(named)
+            })
             .map(|(i, m)| (i, m.name.as_str()))
             .unwrap_or((0, ""));
         Rejection::new(name, index, RejectReason::UnresolvedName, "")

@@ -49,6 +49,11 @@ pub struct Route {
     /// a temporary table), or the table's schema is not on the path at all. Unqualified references to
     /// their names are then left alone; schema-qualified references still denote the migrated table.
     pub unqualified_elsewhere: Vec<usize>,
+    /// Migrations (indexes, ascending) none of whose shadow tables an unqualified reference to its name
+    /// reaches in this session. A write naming a shadow is refused while both tables are kept (see
+    /// `reads::ReadRouter::refuse_shadow_write`), so this decides whether an unqualified `INSERT INTO
+    /// users_v2` is that write or one to another relation of the name.
+    pub shadow_unqualified_elsewhere: Vec<usize>,
 }
 
 impl Route {
@@ -56,18 +61,24 @@ impl Route {
     pub fn initial(rules: &RuleSet) -> Route {
         Route {
             per_migration: rules.migrations.iter().map(|m| MigrationRoute::own(m.initial_phase, Side::Old)).collect(),
-            unqualified_elsewhere: Vec::new(),
+            ..Route::default()
         }
     }
 
     /// The same route for every migration.
     pub fn uniform(rules: &RuleSet, route: MigrationRoute) -> Route {
-        Route { per_migration: vec![route; rules.migrations.len()], unqualified_elsewhere: Vec::new() }
+        Route { per_migration: vec![route; rules.migrations.len()], ..Route::default() }
     }
 
     /// True if an unqualified reference to migration `migration`'s table name reaches the migrated table.
     pub fn unqualified_reaches(&self, migration: usize) -> bool {
         !self.unqualified_elsewhere.contains(&migration)
+    }
+
+    /// True if an unqualified reference to the name of one of migration `migration`'s shadow tables
+    /// reaches that shadow.
+    pub fn shadow_unqualified_reaches(&self, migration: usize) -> bool {
+        !self.shadow_unqualified_elsewhere.contains(&migration)
     }
 
     pub(crate) fn get(&self, migration: usize) -> MigrationRoute {

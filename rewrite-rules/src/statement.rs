@@ -39,6 +39,7 @@ pub(crate) fn rewrite_statement(
         Statement::Merge(merge) => {
             let router = ReadRouter::new(compiled, route, vec![]);
             if let sqlparser::ast::TableFactor::Table { name, .. } = &merge.table {
+                router.refuse_shadow_write(name)?;
                 if let Some(index) = router.active_migration(name) {
                     let m = &compiled.migrations[index];
                     return Err(Rejection::new(&m.name, index, RejectReason::Merge, ""));

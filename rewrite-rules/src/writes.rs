@@ -110,6 +110,9 @@ pub(crate) fn rewrite_dml(
         route_in(with, &mut router)?;
     }
     let (kind, target) = route_read_parts(&mut dml, &mut router)?;
+    if let Some((object, _)) = &target {
+        router.refuse_shadow_write(object)?;
+    }
     let mut migrations = std::mem::take(&mut router.touched);
     let target_index = target.as_ref().and_then(|(object, _)| router.active_migration(object));
 
@@ -244,6 +247,7 @@ pub(crate) fn rewrite_truncate(
     let mut migrations = BTreeSet::new();
     let mut merges = MergeTruncation::default();
     for target in truncate.table_names.drain(..) {
+        router.refuse_shadow_write(&target.name)?;
         let Some(index) = router.active_migration(&target.name) else {
             targets.push(target);
             continue;

@@ -198,7 +198,10 @@ fn complete_renames_a_new_shaped_copy_onto_the_shadow_and_refuses_the_old_shape(
 #[test]
 fn copy_of_other_tables_and_in_off_passes_through() {
     assert_eq!(plan(Phase::Off, Side::Old, "COPY users FROM STDIN"), Plan::PassThrough);
-    assert_eq!(plan(Phase::DualWrite, Side::Old, "COPY users_v2 FROM STDIN"), Plan::PassThrough);
+    assert_eq!(plan(Phase::Off, Side::Old, "COPY users_v2 FROM STDIN"), Plan::PassThrough);
+    // Into the shadow itself while both tables are kept: it would fill the shadow alone.
+    let (reason, _) = rejection(Phase::DualWrite, Side::Old, "COPY users_v2 FROM STDIN");
+    assert_eq!(reason, RejectReason::ShadowWrite);
     assert_eq!(plan(Phase::DualWrite, Side::Old, "COPY other.users FROM STDIN"), Plan::PassThrough);
     assert_eq!(plan(Phase::DualWrite, Side::Old, "COPY accounts_users FROM STDIN"), Plan::PassThrough);
 }

@@ -3,7 +3,9 @@
 //! (startup options, SET, SET LOCAL, RESET, `set_config()`, role and database defaults, `$user`, inside
 //! transactions that commit or roll back, savepoints) and whatever temporary table hides a name, a write
 //! through the proxy reaches the shadow exactly when it lands in `tenant_a.users`, and statements on the
-//! other tenants' tables are neither rewritten nor refused. Every check compares the tables on Postgres.
+//! other tenants' tables are neither rewritten nor refused. A write naming the shadow itself is refused
+//! where the name reaches `tenant_a.users_v2` and goes ahead where it reaches another relation of that name.
+//! Every check compares the tables on Postgres.
 
 mod proxy_support;
 
@@ -240,6 +242,54 @@ async fn quoted_and_qualified_names_resolve_like_the_server() {
     f.assert_landed_in(2, "tenant_b", "\"users\" on tenant_b's path").await;
     s.execute("UPDATE tenant_a.users SET name = 'Ada Byron' WHERE id = 1", &[]).await.unwrap();
     f.assert_in_sync("a qualified UPDATE from another tenant's session").await;
+}
+
+#[tokio::test]
+async fn writes_naming_the_shadow_are_refused_and_other_relations_of_its_name_are_written() {
+    let f = fixture().await;
+    let other = "CREATE TABLE tenant_b.users_v2 (id int PRIMARY KEY, first_name text, last_name text)";
+    f.direct.batch_execute(other).await.unwrap();
+    let a = f.session("tenant_a").await;
+    insert(&a, 1).await;
+    for sql in [
+        "INSERT INTO users_v2 (id, first_name, last_name) VALUES (2, 'Shadow', 'Only')",
+        "UPDATE users_v2 SET first_name = 'Edited' WHERE id = 1",
+        "DELETE FROM tenant_a.users_v2",
+        "TRUNCATE users_v2",
+        "WITH gone AS (DELETE FROM users_v2 RETURNING id) SELECT count(*) FROM gone",
+    ] {
+        let extended = a.execute(sql, &[]).await.unwrap_err();
+        let simple = a.simple_query(sql).await.unwrap_err();
+        for e in [extended, simple] {
+            assert_eq!(sqlstate(&e), "0A000", "{sql}: {e}");
+            let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+            assert!(message.contains("\"tenant_a_split_name\"") && message.contains("shadow"), "{sql}: {message}");
+        }
+    }
+    let copy = a.copy_in::<_, bytes::Bytes>("COPY users_v2 (id, first_name, last_name) FROM STDIN").await;
+    assert_eq!(copy.err().map(|e| sqlstate(&e)).as_deref(), Some("0A000"), "COPY into the shadow");
+    assert_eq!((f.ids("tenant_a").await, f.shadow_ids().await), (vec![1], vec![1]), "nothing changed");
+    f.assert_in_sync("refused writes to the shadow").await;
+    let read: i64 = a.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0);
+    assert_eq!(read, 1, "reads of the shadow pass through");
+
+    // tenant_b's users_v2 is another relation: its writes pass through untouched.
+    let b = f.session("tenant_b").await;
+    b.execute("INSERT INTO users_v2 (id, first_name, last_name) VALUES (5, 'Other', 'Tenant')", &[]).await.unwrap();
+    b.simple_query("UPDATE users_v2 SET last_name = 'B' WHERE id = 5").await.unwrap();
+    let tenant_b: i64 = f.direct.query_one("SELECT count(*) FROM tenant_b.users_v2", &[]).await.unwrap().get(0);
+    assert_eq!(tenant_b, 1);
+    let qualified = b.execute("DELETE FROM tenant_a.users_v2", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&qualified), "0A000", "the qualified shadow is refused from any session: {qualified}");
+
+    // A temporary users_v2 hides the shadow from the unqualified name, and only from it.
+    a.batch_execute("CREATE TEMP TABLE users_v2 (id int, first_name text, last_name text)").await.unwrap();
+    a.execute("INSERT INTO users_v2 (id, first_name, last_name) VALUES (7, 'Temp', 'Row')", &[]).await.unwrap();
+    let temp: i64 = a.query_one("SELECT count(*) FROM pg_temp.users_v2", &[]).await.unwrap().get(0);
+    assert_eq!(temp, 1, "the write landed in the temporary table");
+    let refused = a.execute("INSERT INTO tenant_a.users_v2 (id) VALUES (8)", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&refused), "0A000", "{refused}");
+    assert_eq!((f.ids("tenant_a").await, f.shadow_ids().await), (vec![1], vec![1]), "the shadow is untouched");
 }
 
 #[tokio::test]

@@ -84,7 +84,7 @@ pub fn route_for(rules: &RuleSet, version: Option<&str>, phase: Option<Phase>) -
         };
         per_migration.push(MigrationRoute::own(phase.unwrap_or(migration.initial_phase), side));
     }
-    Ok(Route { per_migration, unqualified_elsewhere: Vec::new() })
+    Ok(Route { per_migration, ..Route::default() })
 }
 
 /// Plans every statement under `route` and reports each outcome.

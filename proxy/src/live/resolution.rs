@@ -36,6 +36,8 @@ struct Known {
     /// Merges (also in `elsewhere`) whose old tables' bare names do not all mean the same: some reach
     /// the migrated table, some another relation.
     mixed: Vec<usize>,
+    /// Migrations none of whose shadows' bare names reach the shadow.
+    shadow_elsewhere: Vec<usize>,
     search_path: String,
 }
 
@@ -47,6 +49,12 @@ impl NameResolution {
     /// Migrations whose unqualified name reaches another relation, if known under rules `generation`.
     pub fn elsewhere(&self, generation: u64) -> Option<&[usize]> {
         self.known(generation).map(|k| &k.elsewhere[..])
+    }
+
+    /// Migrations none of whose shadow tables an unqualified reference to its name reaches, if known under
+    /// rules `generation`.
+    pub fn shadow_elsewhere(&self, generation: u64) -> Option<&[usize]> {
+        self.known(generation).map(|k| &k.shadow_elsewhere[..])
     }
 
     /// Merges among `elsewhere` whose sources' unqualified names resolve differently from each other, if
@@ -63,17 +71,24 @@ impl NameResolution {
     }
 
     /// The query that asks the session's server, for each migration of `rules`, whether its unqualified
-    /// name resolves to the migrated table (one boolean column per migration), and its `search_path`.
+    /// name resolves to the migrated table (one column per migration), then whether an unqualified shadow
+    /// name resolves to that shadow (one more column per migration), and its `search_path`.
     pub fn probe_sql(rules: &RuleSet) -> String {
+        let reaches = |t: &dualwrite_rules::TableName| {
+            let bare = sql_literal(&quote_ident(&t.name));
+            let qualified = sql_literal(&t.qualified().to_string());
+            format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
+        };
+        // A split has several shadows: any one reached counts, so that a write to it is refused (a refusal
+        // of a write to another relation of a shadow's name is the safe mistake).
+        let shadows = rules.migrations.iter().map(|m| {
+            let each: Vec<String> = m.shadow_tables().into_iter().map(reaches).collect();
+            format!("({})", each.join(" OR "))
+        });
         let columns: Vec<String> = rules
             .migrations
             .iter()
             .map(|m| {
-                let reaches = |t: &dualwrite_rules::TableName| {
-                    let bare = sql_literal(&quote_ident(&t.name));
-                    let qualified = sql_literal(&t.qualified().to_string());
-                    format!("coalesce(pg_catalog.to_regclass({bare}) = pg_catalog.to_regclass({qualified}), false)")
-                };
                 if !m.is_merge() {
                     return reaches(&m.table);
                 }
@@ -86,6 +101,7 @@ impl NameResolution {
                     each.join(" OR ")
                 )
             })
+            .chain(shadows)
             .collect();
         format!(
             "/* dualwrite: name resolution */ SELECT {}, pg_catalog.current_setting('search_path')",
@@ -102,8 +118,16 @@ impl NameResolution {
         answer: Option<Vec<Option<String>>>,
         in_transaction: bool,
     ) {
-        let parsed = answer.filter(|row| row.len() == rules.migrations.len() + 1).map(|mut row| {
+        let count = rules.migrations.len();
+        let parsed = answer.filter(|row| row.len() == 2 * count + 1).map(|mut row| {
             let search_path = row.pop().flatten().unwrap_or_default();
+            let shadow_elsewhere = row
+                .split_off(count)
+                .iter()
+                .enumerate()
+                .filter(|(_, value)| value.as_deref() != Some("t"))
+                .map(|(index, _)| index)
+                .collect::<Vec<usize>>();
             let elsewhere = row
                 .iter()
                 .enumerate()
@@ -116,7 +140,7 @@ impl NameResolution {
                 .filter(|(_, value)| value.as_deref() == Some("m"))
                 .map(|(index, _)| index)
                 .collect::<Vec<usize>>();
-            Known { generation, elsewhere, mixed, search_path }
+            Known { generation, elsewhere, mixed, shadow_elsewhere, search_path }
         });
         match parsed {
             Some(known) => self.known = Some(known),
@@ -303,10 +327,10 @@ mod tests {
             "{sql}"
         );
         let mut r = NameResolution::default();
-        r.learn(1, &merge, Some(vec![Some("m".into()), Some("tenant, public".into())]), false);
+        r.learn(1, &merge, Some(vec![Some("m".into()), Some("t".into()), Some("tenant, public".into())]), false);
         assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[0][..])));
         r.changed();
-        r.learn(1, &merge, Some(vec![Some("f".into()), Some("tenant, public".into())]), false);
+        r.learn(1, &merge, Some(vec![Some("f".into()), Some("t".into()), Some("tenant, public".into())]), false);
         assert_eq!((r.elsewhere(1), r.mixed(1)), (Some(&[0][..]), Some(&[][..])));
     }
 
@@ -318,6 +342,8 @@ mod tests {
             "/* dualwrite: name resolution */ SELECT \
              coalesce(pg_catalog.to_regclass('users') = pg_catalog.to_regclass('public.users'), false), \
              coalesce(pg_catalog.to_regclass('orders') = pg_catalog.to_regclass('public.orders'), false), \
+             (coalesce(pg_catalog.to_regclass('users_v2') = pg_catalog.to_regclass('public.users_v2'), false)), \
+             (coalesce(pg_catalog.to_regclass('orders_v2') = pg_catalog.to_regclass('public.orders_v2'), false)), \
              pg_catalog.current_setting('search_path')"
         );
     }
@@ -327,8 +353,10 @@ mod tests {
         let rules = rules();
         let mut r = NameResolution::default();
         assert_eq!(r.elsewhere(1), None);
-        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into()), Some("tenant_b, public".into())]), false);
+        let answer = ["f", "t", "t", "f", "tenant_b, public"].map(|v| Some(v.to_string())).to_vec();
+        r.learn(1, &rules, Some(answer), false);
         assert_eq!(r.elsewhere(1), Some(&[0][..]));
+        assert_eq!(r.shadow_elsewhere(1), Some(&[1][..]), "the second migration's shadow is another relation");
         assert_eq!(r.search_path(1), Some("tenant_b, public"));
         assert_eq!(r.elsewhere(2), None, "a reload may have changed the migrations");
         r.changed();
@@ -336,14 +364,14 @@ mod tests {
         assert_eq!(r.elsewhere(1), None);
         assert!(r.take_probe_failed());
         assert!(!r.take_probe_failed());
-        r.learn(1, &rules, Some(vec![Some("t".into()), Some("t".into())]), false);
-        assert_eq!(r.elsewhere(1), None, "an answer of the wrong width is no answer");
+        r.learn(1, &rules, Some(vec![Some("t".into()), Some("t".into()), Some("public".into())]), false);
+        assert_eq!(r.elsewhere(1), None, "an answer of the wrong width (no shadow columns) is no answer");
     }
 
     #[test]
     fn a_change_inside_a_transaction_is_forgotten_again_at_its_end() {
         let rules = rules();
-        let answer = || Some(vec![Some("t".into()), Some("t".into()), Some("public".into())]);
+        let answer = || Some(["t", "t", "t", "t", "public"].map(|v| Some(v.to_string())).to_vec());
         let mut r = NameResolution::default();
         r.learn(1, &rules, answer(), false);
         r.sending("SELECT * FROM users");
@@ -365,7 +393,7 @@ mod tests {
     #[test]
     fn a_rollback_forgets_only_what_its_transaction_changed() {
         let rules = rules();
-        let answer = || Some(vec![Some("t".into()), Some("t".into()), Some("public".into())]);
+        let answer = || Some(["t", "t", "t", "t", "public"].map(|v| Some(v.to_string())).to_vec());
         let mut r = NameResolution::default();
         r.learn(1, &rules, answer(), false);
         assert_eq!(effect("ROLLBACK"), Effect::Undoes);
@@ -388,7 +416,7 @@ mod tests {
         let rules = rules();
         let mut r = NameResolution::default();
         r.sending("SET LOCAL search_path = tenant_a");
-        r.learn(1, &rules, Some(vec![Some("f".into()), Some("t".into()), Some("public".into())]), true);
+        r.learn(1, &rules, Some(["f", "t", "t", "t", "public"].map(|v| Some(v.to_string())).to_vec()), true);
         assert!(r.elsewhere(1).is_some());
         r.ready(b'T');
         r.ready(b'I');

@@ -602,6 +602,8 @@ impl SessionInterceptor for LiveSession {
 fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
     if let Some(elsewhere) = resolution.elsewhere(current.generation) {
         route.unqualified_elsewhere = elsewhere.to_vec();
+        route.shadow_unqualified_elsewhere =
+            resolution.shadow_elsewhere(current.generation).unwrap_or_default().to_vec();
         // A merge some of whose bare source names mean other relations: a statement whose plan depends on
         // whether they reach it (it names a source unqualified) is refused, as neither plan is right for
         // every source it names.
@@ -618,6 +620,7 @@ fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, s
     let assumed = current.rewriter.rewrite(sql, &route);
     let mut other = route.clone();
     other.unqualified_elsewhere = (0..current.rules.migrations.len()).collect();
+    other.shadow_unqualified_elsewhere = other.unqualified_elsewhere.clone();
     if *current.rewriter.rewrite(sql, &other) == *assumed {
         Ok(route)
     } else {

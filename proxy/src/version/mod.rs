@@ -274,7 +274,7 @@ impl SessionVersion {
                 MigrationRoute { phase, version: shape, read_source }
             })
             .collect();
-        Route { per_migration, unqualified_elsewhere: Vec::new() }
+        Route { per_migration, ..Route::default() }
     }
 }
 
