@@ -13,8 +13,8 @@
 //! is no bypass even when another source holds the key: the proxy's own DELETE would not have changed the
 //! shadow either (before the backfill copied the key), so the row missing is the backfill's to copy. And
 //! a TRUNCATE of a source, which the proxy follows with a row-level sync rather than a TRUNCATE of the
-//! shadow, is a bypass only when the shadow still shows that source's data for a key the source lacks (or
-//! a row no source holds): the sync did not run.
+//! shadow, is a bypass only when the shadow still shows that source's data for a key the source lacks: the
+//! sync did not run.
 //!
 //! Repair reuses the verify's repair (same statement, same REPEATABLE READ retries and phase check, same
 //! `repair` mark): in `dual_write` the old table is the source of truth and the shadow is written through
@@ -275,8 +275,10 @@ fn confirms(compiled: &CompiledMapping, candidate: &Candidate, kind: &str) -> bo
 }
 
 /// Whether, after a TRUNCATE of merge source `source`, the shadow still shows that source's data for a key
-/// it lacks (or holds a row no source holds): the proxy's sync did not run. One anti-join over the shadow
-/// (a TRUNCATE is rare, and the proxy's own sync scans the shadow as well).
+/// it lacks: the proxy's sync did not run. One anti-join over the shadow (a TRUNCATE is rare, and the
+/// proxy's own sync scans the shadow as well). Asked when the candidate is confirmed, so a later bypass
+/// that leaves the shadow showing this source's columns (a direct write of them into the shadow) makes the
+/// proxy's own TRUNCATE look like one too; a later change of another source does not.
 async fn source_left_behind(client: &Client, compiled: &CompiledMapping, source: usize) -> JobResult<bool> {
     Ok(client.query_one(&compiled.merge_source_left_behind(source), &[]).await?.get(0))
 }
