@@ -11,7 +11,7 @@ mod cdc_support;
 use std::time::Duration;
 
 use cdc_support::{bypasses, column, status, until_watching, watch_on, Recorded};
-use dualwrite_tests::{eventually, TestCluster, TestDb, TestProxy};
+use dualwrite_tests::{eventually, TestCluster, TestProxy};
 use tokio_postgres::Client;
 
 const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
@@ -50,7 +50,6 @@ const SCHEMA: &str = "
 ";
 
 struct Fixture {
-    db: TestDb,
     direct: Client,
     proxy: TestProxy,
     app: Client,
@@ -68,7 +67,7 @@ async fn fixture(name: &str, on_bypass: &str, metrics: Option<std::net::SocketAd
     .expect("proxy");
     let app = proxy.connect(&db).await.expect("connect through the proxy");
     until_watching(&direct).await;
-    Fixture { db, direct, proxy, app }
+    Fixture { direct, proxy, app }
 }
 
 /// Rows of the sources' join mapped forward that the shadow lacks or holds differently, plus the other way.
