@@ -8,9 +8,18 @@
 //! on the shadow, and an UPDATE of a column no shadow column reads leaves the shadow row as it was. A
 //! one-sided TRUNCATE has no key and is always a bypass (repaired by a verify, not here).
 //!
+//! A merge's old row is its sources FULL JOINed on the key, mapped forward, as the merge's verify reads
+//! it. Two of its candidates are judged differently. A DELETE of a source row whose key the shadow lacks
+//! is no bypass even when another source holds the key: the proxy's own DELETE would not have changed the
+//! shadow either (before the backfill copied the key), so the row missing is the backfill's to copy. And
+//! a TRUNCATE of a source, which the proxy follows with a row-level sync rather than a TRUNCATE of the
+//! shadow, is a bypass only when the shadow still shows that source's data for a key the source lacks: the
+//! sync did not run.
+//!
 //! Repair reuses the verify's repair (same statement, same REPEATABLE READ retries and phase check, same
 //! `repair` mark): in `dual_write` the old table is the source of truth and the shadow is written through
-//! the forward mapping; in `cutover` the shadow is, and the old table is written through the backward one.
+//! the forward mapping (for a merge: rebuilt from the sources joined); in `cutover` the shadow is, and the
+//! old table is written through the backward one (never for a merge, which stays in `dual_write`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +27,7 @@ use std::sync::Arc;
 use dualwrite_rules::{Migration, OnBypass, Phase};
 use tokio_postgres::Client;
 
-use crate::jobs::mapping::CompiledMapping;
+use crate::jobs::mapping::{CompiledMapping, QualifiedName};
 use crate::jobs::verify::repair;
 use crate::jobs::{JobResult, TableMapping};
 use crate::state::phase::SourceOfTruth;
@@ -49,6 +58,34 @@ impl WatchedMigration {
             mapping: TableMapping::from(migration),
         }
     }
+
+    /// True if several old tables are merged into the shadow.
+    pub fn is_merge(&self) -> bool {
+        !self.mapping.sources.is_empty()
+    }
+
+    /// The old tables, in the order of `PairedTables::old`: the one old table, or a merge's sources.
+    pub fn old_tables(&self) -> Vec<&QualifiedName> {
+        if self.is_merge() {
+            self.mapping.sources.iter().map(|(table, _, _)| table).collect()
+        } else {
+            vec![&self.mapping.old]
+        }
+    }
+
+    /// The shadow tables, in the order of `PairedTables::shadows`.
+    pub fn shadow_tables(&self) -> Vec<&QualifiedName> {
+        self.mapping.targets.iter().map(|(table, _)| table).collect()
+    }
+
+    /// The name of the table a candidate hit, for the log.
+    fn table_name(&self, candidate: &Candidate) -> String {
+        let tables = match candidate.side {
+            Side::Old => self.old_tables(),
+            Side::Shadow => self.shadow_tables(),
+        };
+        tables.get(candidate.table).map(|t| t.object_name().to_string()).unwrap_or_default()
+    }
 }
 
 /// A candidate with the transaction it came from.
@@ -67,6 +104,8 @@ pub struct Bypass {
     pub migration: String,
     pub kind: &'static str,
     pub side: &'static str,
+    /// The table the change hit (a merge's source, a split's target), for the log.
+    pub table: String,
     /// Canonical jsonb text of the key (`None` for a TRUNCATE).
     pub key: Option<String>,
     pub xid: u32,
@@ -132,16 +171,24 @@ pub async fn handle(
         let objects: Vec<serde_json::Value> =
             mine.iter().filter_map(|s| s.candidate.key.as_ref()).map(|k| key_object(&migration.key, k)).collect();
         let canonical = canonical_keys(client, &compiled, &objects).await?;
-        let divergent = divergent_keys(client, &compiled, &canonical).await?;
+        let divergent = divergence(client, &compiled, &canonical).await?;
         let backfilling = defer && backfill_running(client, &migration.name).await?;
         let mut canonical = canonical.into_iter();
         let mut to_repair = Vec::new();
         for s in mine {
             let key = match &s.candidate.key {
                 Some(_) => match canonical.next() {
-                    Some(key) if divergent.contains(&key) => Some(key),
+                    Some(key) if divergent.get(&key).is_some_and(|kind| confirms(&compiled, &s.candidate, kind)) => {
+                        Some(key)
+                    }
                     _ => continue,
                 },
+                None if compiled.is_merge() && s.candidate.side == Side::Old => {
+                    if !source_left_behind(client, &compiled, s.candidate.table).await? {
+                        continue;
+                    }
+                    None
+                }
                 None => None,
             };
             if backfilling && s.candidate.side == Side::Old && s.candidate.op == Op::Delete {
@@ -153,6 +200,7 @@ pub async fn handle(
                 migration: migration.name.clone(),
                 kind: s.candidate.op.as_str(),
                 side: s.candidate.side.as_str(),
+                table: migration.table_name(&s.candidate),
                 key: key.clone(),
                 xid: s.xid,
                 new: id.is_some(),
@@ -161,7 +209,8 @@ pub async fn handle(
                 migration = %bypass.migration,
                 key = bypass.key.as_deref().unwrap_or("(whole table)"),
                 xid = bypass.xid,
-                table = bypass.side,
+                side = bypass.side,
+                table = %bypass.table,
                 kind = bypass.kind,
                 "a write reached one table of the migration without its twin (bypassed the proxy)"
             );
@@ -201,12 +250,37 @@ pub async fn divergent_keys(
     compiled: &CompiledMapping,
     keys: &[String],
 ) -> JobResult<HashSet<String>> {
+    Ok(divergence(client, compiled, keys).await?.into_keys().collect())
+}
+
+/// The keys of `keys` that differ between the tables now, with how the verify names the difference
+/// (`missing`: only the old side holds the key; `extra`: only the shadow; `different`).
+async fn divergence(
+    client: &Client,
+    compiled: &CompiledMapping,
+    keys: &[String],
+) -> JobResult<HashMap<String, String>> {
     if keys.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
     let array = format!("[{}]", keys.iter().collect::<HashSet<_>>().into_iter().cloned().collect::<Vec<_>>().join(","));
     let rows = client.query(&compiled.keys_diff(), &[&array]).await?;
-    Ok(rows.iter().map(|row| row.get::<_, String>(1)).collect())
+    Ok(rows.iter().map(|row| (row.get::<_, String>(1), row.get::<_, String>(0))).collect())
+}
+
+/// Whether a keyed candidate whose key differs (as `kind`) is a bypass. A merge source's DELETE that left
+/// the shadow without the key is not: the proxy's own DELETE would not have written the shadow either.
+fn confirms(compiled: &CompiledMapping, candidate: &Candidate, kind: &str) -> bool {
+    !(compiled.is_merge() && candidate.side == Side::Old && candidate.op == Op::Delete && kind == "missing")
+}
+
+/// Whether, after a TRUNCATE of merge source `source`, the shadow still shows that source's data for a key
+/// it lacks: the proxy's sync did not run. One anti-join over the shadow (a TRUNCATE is rare, and the
+/// proxy's own sync scans the shadow as well). Asked when the candidate is confirmed, so a later bypass
+/// that leaves the shadow showing this source's columns (a direct write of them into the shadow) makes the
+/// proxy's own TRUNCATE look like one too; a later change of another source does not.
+async fn source_left_behind(client: &Client, compiled: &CompiledMapping, source: usize) -> JobResult<bool> {
+    Ok(client.query_one(&compiled.merge_source_left_behind(source), &[]).await?.get(0))
 }
 
 /// Stores one bypass; `None` if a restarted watch had already stored it.

@@ -105,7 +105,8 @@ mod tests {
     use crate::cdc::transaction::Op;
 
     fn seen() -> Seen {
-        let candidate = Candidate { migration: 0, side: Side::Old, op: Op::Delete, key: Some(vec!["1".into()]) };
+        let candidate =
+            Candidate { migration: 0, side: Side::Old, table: 0, op: Op::Delete, key: Some(vec!["1".into()]) };
         Seen { candidate, xid: 1, commit_lsn: Lsn(1), committed_at: 0.0 }
     }
 

@@ -6,6 +6,10 @@
 //! confirmed position. The leader confirms a transaction only once it is paired and its bypasses are
 //! recorded (and repaired), so a crash re-reads what was in flight; recording is idempotent.
 //!
+//! Watched: the migrations in dual_write or cutover, splits and merges included (a merge only ever reaches
+//! dual_write); the publication holds each one's old tables (every source of a merge) and shadow tables
+//! (every target of a split).
+//!
 //! Safety: the slot exists only while some migration is in dual_write or cutover (dropped at complete and
 //! off); when it holds back more WAL than `max_retained_wal_mb` the leader drops it and stores `fallback`
 //! (verify-only) until an operator re-arms the watch; `wal_level` other than `logical` is an error naming
@@ -19,6 +23,7 @@ use anyhow::Context;
 use dualwrite_rules::Phase;
 use tokio_postgres::Client;
 
+use crate::jobs::mapping::QualifiedName;
 use crate::pg_client::PgTarget;
 use crate::state::StateHandle;
 
@@ -116,18 +121,23 @@ impl Watch {
         }
     }
 
-    /// The migrations to pair now: those in dual_write or cutover.
+    /// The migrations to pair now: those in dual_write or cutover. A merge is watched in dual_write only:
+    /// its repair rebuilds the shadow from the sources and never the other way, and the state refuses it
+    /// cutover anyway.
     fn watched(&self) -> Vec<WatchedMigration> {
         let rules = self.state.rules();
         let snapshot = self.state.snapshot();
         rules
             .migrations
             .iter()
-            // A merge's changes are not paired yet (its verify reads several old tables): not watched.
-            .filter(|m| !m.is_merge())
             .filter_map(|m| {
                 let phase = snapshot.migration(&m.name)?.phase;
-                matches!(phase, Phase::DualWrite | Phase::Cutover).then(|| WatchedMigration::new(m, phase))
+                let watched = match phase {
+                    Phase::DualWrite => true,
+                    Phase::Cutover => !m.is_merge(),
+                    _ => false,
+                };
+                watched.then(|| WatchedMigration::new(m, phase))
             })
             .collect()
     }
@@ -168,11 +178,13 @@ impl Leader<'_> {
             tokio::time::sleep(RETRY).await;
             return Ok(());
         }
+        // Every old table (a merge's sources) and every shadow table (a split's targets).
         let tables: Vec<String> = migrations
             .iter()
             .flat_map(|m| {
-                std::iter::once(&m.mapping.old)
-                    .chain(m.mapping.targets.iter().map(|(t, _)| t))
+                m.old_tables()
+                    .into_iter()
+                    .chain(m.shadow_tables())
                     .map(|t| t.object_name().to_string())
                     .collect::<Vec<_>>()
             })
@@ -190,14 +202,11 @@ impl Leader<'_> {
         let mut paired = Vec::with_capacity(migrations.len());
         let mut relations = Vec::new();
         for m in &migrations {
-            let old = relation_oid(client, &m.mapping.old.object_name().to_string()).await?;
-            relations.push(WatchedRelation { oid: old, key: m.key.clone() });
-            let mut shadows = Vec::with_capacity(m.mapping.targets.len());
-            for (table, _) in &m.mapping.targets {
-                let shadow = relation_oid(client, &table.object_name().to_string()).await?;
-                relations.push(WatchedRelation { oid: shadow, key: m.key.clone() });
-                shadows.push(shadow);
-            }
+            // Every table holds the key under the migration's key names (the rules require each source and
+            // target to map the key columns to themselves), so one key list serves them all.
+            let old = relation_oids(client, m.old_tables()).await?;
+            let shadows = relation_oids(client, m.shadow_tables()).await?;
+            relations.extend(old.iter().chain(&shadows).map(|&oid| WatchedRelation { oid, key: m.key.clone() }));
             paired.push(PairedTables { old, shadows });
         }
         status::set_role(true, false);
@@ -348,13 +357,18 @@ impl Leader<'_> {
     }
 }
 
-async fn relation_oid(client: &Client, table: &str) -> anyhow::Result<u32> {
-    let oid: i64 = client
-        .query_one("SELECT $1::text::regclass::oid::int8", &[&table])
-        .await
-        .with_context(|| format!("cannot find table {table}"))?
-        .get(0);
-    Ok(oid as u32)
+async fn relation_oids(client: &Client, tables: Vec<&QualifiedName>) -> anyhow::Result<Vec<u32>> {
+    let mut oids = Vec::with_capacity(tables.len());
+    for table in tables {
+        let table = table.object_name().to_string();
+        let oid: i64 = client
+            .query_one("SELECT $1::text::regclass::oid::int8", &[&table])
+            .await
+            .with_context(|| format!("cannot find table {table}"))?
+            .get(0);
+        oids.push(oid as u32);
+    }
+    Ok(oids)
 }
 
 fn count(found: &[bypass::Bypass]) {

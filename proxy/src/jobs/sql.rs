@@ -563,5 +563,6 @@ impl CompiledMapping {
     }
 }
 
+mod merge_truncate;
 #[cfg(test)]
 mod tests;

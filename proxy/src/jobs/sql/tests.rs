@@ -252,3 +252,14 @@ fn every_merge_variant_reads_the_sources_joined_and_writes_only_the_shadow() {
             && !repair.contains("DELETE FROM \"public\".\"profiles\"")
     );
 }
+
+#[test]
+fn a_merge_source_left_behind_is_a_shadow_row_showing_its_columns_where_it_lacks_the_key() {
+    let m = merged();
+    let sql = m.merge_source_left_behind(1);
+    parses(&sql);
+    assert!(sql.contains("NOT EXISTS (SELECT 1 FROM \"public\".\"profiles\""), "{sql}");
+    assert!(sql.contains("\"__dw_s\".\"display_name\" IS NOT NULL"), "{sql}");
+    assert!(!sql.contains("\"__dw_s\".\"email\" IS NOT NULL"), "another source's columns are not its own: {sql}");
+    assert!(!sql.contains("\"public\".\"accounts\""), "another source's rows are not asked: {sql}");
+}
