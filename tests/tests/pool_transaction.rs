@@ -1,7 +1,8 @@
 //! Transaction mode (`pool_mode = "transaction"`): many clients share a few server connections, one per
 //! transaction; prepared statements follow their clients across connections; session state pins; the
-//! proxy's own `dualwrite.version` survives the swaps; the wait timeout, cancel, a client killed
-//! mid-transaction, `DUALWRITE POOLS` and the pool metrics.
+//! proxy's own `dualwrite.version` survives the swaps, and a Parse the server failed or skipped leaves no
+//! statement behind; the wait timeout, cancel, a client killed mid-transaction, `DUALWRITE POOLS` and the
+//! pool metrics.
 
 mod pool_support;
 mod proxy_support;
@@ -169,6 +170,38 @@ async fn a_closed_statement_is_gone_and_a_duplicate_name_is_refused_as_in_postgr
     assert_eq!(first_error(&answers), Some(("26000".to_owned(), "prepared statement \"s\" does not exist".to_owned())));
     let answers = batch(&mut client, &[parse("s", "SELECT 'again'"), bind("s"), execute(), sync()]).await;
     assert_eq!(tags(&answers), "12DCZ", "the name is free again");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_or_skipped_parse_leaves_no_statement_behind_as_in_postgres() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    // One server connection: both clients' statements meet on it.
+    let proxy = TestProxy::start(pooled_config(&cluster, 1)).await.unwrap();
+    let mut alice = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let mut bob = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let syntax_error = Some(("42601".to_owned(), "syntax error at or near \"SELEC\"".to_owned()));
+
+    let answers = batch(&mut alice, &[parse("s", "SELEC 1"), sync()]).await;
+    assert_eq!(first_error(&answers), syntax_error);
+    let answers = batch(&mut alice, &[parse("s", "SELECT 1"), bind("s"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "a failed Parse leaves the client's name free");
+    // The failed statement is not on the connection: the same text fails for another client too, instead
+    // of a local ParseComplete for a statement the server never prepared.
+    let answers = batch(&mut bob, &[parse("q", "SELEC 1"), sync()]).await;
+    assert_eq!(first_error(&answers), syntax_error);
+    let answers = batch(&mut bob, &[parse("q", "SELECT 2"), bind("q"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ");
+
+    // An error earlier in the batch makes the server skip the Parse after it.
+    let answers = batch(&mut alice, &[bind("nonexistent"), execute(), parse("t", "SELECT 3"), sync()]).await;
+    assert_eq!(first_error(&answers).map(|e| e.0).as_deref(), Some("26000"));
+    let answers = batch(&mut bob, &[parse("u", "SELECT 3"), bind("u"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "the skipped statement is prepared when another client parses it");
+    assert_eq!(command_tags(&answers), ["SELECT 1"]);
+    let answers = batch(&mut alice, &[parse("t", "SELECT 3"), bind("t"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "a skipped Parse leaves the client's name free");
     proxy.stop().await.unwrap();
 }
 

@@ -36,14 +36,14 @@ impl StatementNames {
         });
         let name = format!("dualwrite_s{id}");
         let parse = messages::parse(Some(name.clone()), sql, param_types);
-        ServerStatement { name, parse }
+        ServerStatement { name: name.into(), parse }
     }
 }
 
 /// A statement as the server connections hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStatement {
-    pub name: String,
+    pub name: Arc<str>,
     /// The Parse frame that prepares it under `name`.
     pub parse: Bytes,
 }
@@ -87,6 +87,11 @@ impl ServerPrepared {
         evicted.map(|n| messages::close_statement(&n))
     }
 
+    /// The server did not prepare `name` (its Parse failed, or was skipped after an earlier error).
+    pub fn forget(&mut self, name: &str) {
+        self.last_use.remove(name);
+    }
+
     /// The connection was reset (`DISCARD ALL`): it holds nothing any more.
     pub fn clear(&mut self) {
         self.last_use.clear();
@@ -106,9 +111,9 @@ impl ServerPrepared {
 pub enum ParseAction {
     /// The connection holds it already: answer ParseComplete locally.
     AnswerLocally,
-    /// Send these frames (a Close of an evicted statement, then the Parse under the server's name); the
-    /// ParseComplete is the client's.
-    Send { evict: Option<Bytes>, parse: Bytes },
+    /// Send these frames (a Close of an evicted statement, then the Parse under the server's name `name`);
+    /// the ParseComplete is the client's.
+    Send { evict: Option<Bytes>, parse: Bytes, name: Arc<str> },
     /// The client already has a statement of that name: Postgres's error, raised in its place.
     Refuse(SqlError),
 }
@@ -121,6 +126,8 @@ pub struct Use {
     pub prepare: Option<(Option<Bytes>, Bytes)>,
     /// The client's frame with the server's statement name.
     pub frame: Bytes,
+    /// That name.
+    pub name: Arc<str>,
 }
 
 /// The named statements of one client.
@@ -153,7 +160,7 @@ impl ClientStatements {
             return ParseAction::AnswerLocally;
         }
         let evict = server.add(&statement.name);
-        ParseAction::Send { evict, parse: statement.parse.clone() }
+        ParseAction::Send { evict, parse: statement.parse.clone(), name: Arc::clone(&statement.name) }
     }
 
     /// A Bind or Describe (`frame`) of the client's statement `name` on `server`; `None` when the client has
@@ -162,7 +169,16 @@ impl ClientStatements {
         let statement = self.statements.get(name)?;
         let frame = rename_statement(frame, &statement.name)?;
         let prepare = (!server.holds(&statement.name)).then(|| (server.add(&statement.name), statement.parse.clone()));
-        Some(Use { prepare, frame })
+        Some(Use { prepare, frame, name: Arc::clone(&statement.name) })
+    }
+
+    /// The client's Parse of `name` as the server's `server_name` failed (or was skipped after an earlier
+    /// error): the name is free again, as in Postgres, unless the client has since named another statement
+    /// so.
+    pub fn forget_failed(&mut self, name: &[u8], server_name: &str) {
+        if self.statements.get(name).is_some_and(|s| &*s.name == server_name) {
+            self.statements.remove(name);
+        }
     }
 
     /// A Close of the client's statement `name`: true when it was the client's (answer CloseComplete
@@ -216,7 +232,7 @@ mod tests {
 
     fn sent(action: ParseAction) -> Bytes {
         match action {
-            ParseAction::Send { evict: None, parse } => parse,
+            ParseAction::Send { evict: None, parse, .. } => parse,
             other => panic!("expected a Parse to send, got {other:?}"),
         }
     }
@@ -234,7 +250,10 @@ mod tests {
         let other = sent(bob.parse(&mut names, &mut server, b"q2", "SELECT $1", vec![25]));
         assert_eq!(other, messages::parse(Some("dualwrite_s2".into()), "SELECT $1", vec![25]));
         let used = bob.use_statement(&mut server, b"q1", &messages::bind("p", "q1")).unwrap();
-        assert_eq!(used, Use { prepare: None, frame: messages::bind("p", "dualwrite_s1") });
+        assert_eq!(
+            used,
+            Use { prepare: None, frame: messages::bind("p", "dualwrite_s1"), name: "dualwrite_s1".into() }
+        );
     }
 
     #[test]
@@ -245,7 +264,8 @@ mod tests {
         sent(client.parse(&mut names, &mut first, b"s", "SELECT 1", Vec::new()));
         let used = client.use_statement(&mut second, b"s", &describe_statement("s")).unwrap();
         let parse = messages::parse(Some("dualwrite_s1".into()), "SELECT 1", Vec::new());
-        assert_eq!(used, Use { prepare: Some((None, parse)), frame: describe_statement("dualwrite_s1") });
+        let name = "dualwrite_s1".into();
+        assert_eq!(used, Use { prepare: Some((None, parse)), frame: describe_statement("dualwrite_s1"), name });
         let again = client.use_statement(&mut second, b"s", &messages::bind("", "s")).unwrap();
         assert_eq!(again.prepare, None, "prepared once per connection");
         assert_eq!(again.frame, messages::bind("", "dualwrite_s1"));
@@ -267,6 +287,28 @@ mod tests {
         assert!(client.use_statement(&mut server, b"s", &messages::bind("", "s")).is_none());
         assert_eq!(server.len(), 1, "the server's statement stays for other clients");
         assert_eq!(client.parse(&mut names, &mut server, b"s", "SELECT 1", Vec::new()), ParseAction::AnswerLocally);
+    }
+
+    #[test]
+    fn a_failed_parse_frees_the_clients_name_and_leaves_the_connection_without_the_statement() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(10);
+        let (mut alice, mut bob) = (ClientStatements::new(), ClientStatements::new());
+        let ParseAction::Send { name, .. } = alice.parse(&mut names, &mut server, b"s", "SELEC 1", Vec::new()) else {
+            panic!("expected a Parse to send")
+        };
+        // The server answered with a syntax error: the pooler forgets both sides.
+        server.forget(&name);
+        alice.forget_failed(b"s", &name);
+        assert!(server.is_empty());
+        // Bob's Parse of the same text goes to the server again (and fails there, as it should), rather
+        // than being answered ParseComplete for a statement the connection does not hold.
+        assert!(matches!(bob.parse(&mut names, &mut server, b"q", "SELEC 1", Vec::new()), ParseAction::Send { .. }));
+        // Alice may use her name again, as in Postgres.
+        assert!(matches!(alice.parse(&mut names, &mut server, b"s", "SELECT 1", Vec::new()), ParseAction::Send { .. }));
+        // A failure of an older statement under a name since reused does not free the new one.
+        alice.forget_failed(b"s", &name);
+        assert!(alice.use_statement(&mut server, b"s", &messages::bind("", "s")).is_some());
     }
 
     #[test]

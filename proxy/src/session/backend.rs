@@ -294,6 +294,13 @@ impl<'s> Backend<'s> {
         if queue.has_probe_answer() {
             shared.probe_ready.notify_one();
         }
+        // Before the connection can go back to the pool (`rest`, after this), it must forget what it does
+        // not hold. The link's lock is taken after the queue's is released, as everywhere else.
+        let failed = queue.has_failed_prepares().then(|| queue.take_failed_prepares());
+        drop(queue);
+        if let (Some(failed), Some(link)) = (failed, self.link) {
+            link.forget_failed_prepares(failed);
+        }
         Ok(())
     }
 

@@ -29,6 +29,7 @@ use crate::pool::{Lease, Pool};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, body, btag, tag, SqlError};
 use crate::protocol::requests::Renamed;
+use crate::protocol::responses::PrepareTicket;
 use crate::protocol::startup::{CancelKey, StartupPacket};
 use crate::server_context::ServerContext;
 use crate::stream::ReadHalf;
@@ -223,7 +224,11 @@ impl<'s> PooledLink<'s> {
                 let mut names = self.registry.names.lock().unwrap_or_else(|e| e.into_inner());
                 Some(match statements.parse(&mut names, server, view.statement, sql, view.param_type_oids()) {
                     ParseAction::AnswerLocally => Renamed::Local(messages::parse_complete()),
-                    ParseAction::Send { evict, parse } => sent(evict.into_iter().chain([parse])),
+                    ParseAction::Send { evict, parse, name } => {
+                        let client_name = Some(Bytes::copy_from_slice(view.statement));
+                        let own = PrepareTicket { server_name: name, client_name, hidden: false };
+                        sent(evict, None, parse, Some(own))
+                    }
                     ParseAction::Refuse(err) => Renamed::Refuse { raise_sql: err.raise_statement() },
                 })
             }
@@ -240,6 +245,23 @@ impl<'s> PooledLink<'s> {
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    /// The server failed or skipped these Parses on the connection held (the response queue saw them go
+    /// unanswered): the connection does not hold their statements, and a client's own Parse that failed
+    /// leaves its name free, as in Postgres. Left recorded, the statement would be answered ParseComplete
+    /// locally for every client of the connection and fail at each of their Binds.
+    pub(super) fn forget_failed_prepares(&self, failed: Vec<PrepareTicket>) {
+        let mut state = self.state();
+        let LinkState { lease, statements, .. } = &mut *state;
+        for ticket in failed {
+            if let Some(lease) = lease.as_mut() {
+                lease.conn().prepared.forget(&ticket.server_name);
+            }
+            if let Some(client_name) = &ticket.client_name {
+                statements.forget_failed(client_name, &ticket.server_name);
+            }
         }
     }
 
@@ -277,19 +299,33 @@ fn nonempty(name: &[u8]) -> Option<&[u8]> {
 }
 
 /// Frames to send, all but the last with answers hidden from the client.
-fn sent(frames: impl Iterator<Item = Bytes>) -> Renamed {
-    let mut all = BytesMut::new();
-    let mut count = 0;
-    for frame in frames {
-        all.extend_from_slice(&frame);
-        count += 1;
+/// The frames of a translated request: a Close of an evicted statement, a Parse preparing the statement
+/// (hidden, with its ticket), then the client's own frame (with its ticket when it is a Parse).
+fn sent(
+    evict: Option<Bytes>,
+    prepare: Option<(Bytes, PrepareTicket)>,
+    frame: Bytes,
+    own: Option<PrepareTicket>,
+) -> Renamed {
+    let mut frames = BytesMut::new();
+    let mut hidden = Vec::with_capacity(2);
+    if let Some(close) = evict {
+        frames.extend_from_slice(&close);
+        hidden.push(None);
     }
-    Renamed::Send { frames: all.freeze(), hidden: count - 1 }
+    if let Some((parse, ticket)) = prepare {
+        frames.extend_from_slice(&parse);
+        hidden.push(Some(ticket));
+    }
+    frames.extend_from_slice(&frame);
+    Renamed::Send { frames: frames.freeze(), hidden, own }
 }
 
 fn used(used: Use) -> Option<Renamed> {
-    let prepare = used.prepare.map(|(evict, parse)| evict.into_iter().chain([parse]));
-    Some(sent(prepare.into_iter().flatten().chain([used.frame])))
+    let Use { prepare, frame, name } = used;
+    let Some((evict, parse)) = prepare else { return Some(sent(None, None, frame, None)) };
+    let ticket = PrepareTicket { server_name: name, client_name: None, hidden: true };
+    Some(sent(evict, Some((parse, ticket)), frame, None))
 }
 
 /// A pinned connection is reset before another client gets it; closed if that fails.

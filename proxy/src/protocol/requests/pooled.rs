@@ -6,17 +6,17 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Host, RequestMachine, Step};
 use crate::protocol::messages;
-use crate::protocol::responses::Expect;
+use crate::protocol::responses::{Expect, PrepareTicket};
 
 /// What transaction pooling makes of a Parse, Bind, Describe or Close naming a client's statement.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Renamed {
     /// Answered by the proxy (ParseComplete, CloseComplete): nothing goes to the server.
     Local(Bytes),
-    /// `frames` go to the server instead: `hidden` frames whose answers the client must not see (a Close
-    /// of an evicted statement, a Parse preparing the statement on this connection), then the client's
-    /// frame under the server's name.
-    Send { frames: Bytes, hidden: usize },
+    /// `frames` go to the server instead: one frame per entry of `hidden` whose answer the client must not
+    /// see (a Close of an evicted statement, `None`; a Parse preparing the statement on this connection, its
+    /// ticket), then the client's frame under the server's name (`own`: its ticket when it is a Parse).
+    Send { frames: Bytes, hidden: Vec<Option<PrepareTicket>>, own: Option<PrepareTicket> },
     /// Refused as Postgres would (a duplicate name): the server runs this SQL, which raises the error, in
     /// the frame's place.
     Refuse { raise_sql: String },
@@ -32,11 +32,11 @@ impl RequestMachine {
                 self.answer(answer, false, true);
                 Ok(Step::Drop)
             }
-            Some(Renamed::Send { frames, hidden }) => {
-                for _ in 0..hidden {
-                    self.expect(Expect::Hidden);
+            Some(Renamed::Send { frames, hidden, own: ticket }) => {
+                for ticket in hidden {
+                    self.expect(ticket.map_or(Expect::Hidden, Expect::Prepare));
                 }
-                self.expect(own);
+                self.expect(ticket.map_or(own, Expect::Prepare));
                 Ok(Step::Replace(frames))
             }
             Some(Renamed::Refuse { raise_sql }) => Ok(self.raise_in_place(&raise_sql)),
@@ -74,9 +74,10 @@ impl RequestMachine {
                 into.extend_from_slice(&frame);
             }
             Some(Renamed::Local(_)) | Some(Renamed::Refuse { .. }) => {}
-            Some(Renamed::Send { frames, hidden }) => {
-                for _ in 0..=hidden {
-                    self.expect(Expect::Hidden);
+            Some(Renamed::Send { frames, hidden, own }) => {
+                let own = own.map(|ticket| PrepareTicket { hidden: true, ..ticket });
+                for ticket in hidden.into_iter().chain([own]) {
+                    self.expect(ticket.map_or(Expect::Hidden, Expect::Prepare));
                 }
                 into.extend_from_slice(&frames);
             }
@@ -180,11 +181,13 @@ mod tests {
         let mut host = PooledHost::default();
         host.renames.push_back(Some(Renamed::Local(messages::parse_complete())));
         let frames = [server_parse.clone(), server_bind.clone()].concat();
-        host.renames.push_back(Some(Renamed::Send { frames: Bytes::from(frames.clone()), hidden: 1 }));
+        let ticket = PrepareTicket { server_name: "dualwrite_s1".into(), client_name: None, hidden: true };
+        let send = Renamed::Send { frames: Bytes::from(frames.clone()), hidden: vec![Some(ticket)], own: None };
+        host.renames.push_back(Some(send));
         let sync = frame(b'S', b"");
         let (sent, expects, _) = run(&mut host, &[parse, bind, sync.clone()]);
         assert_eq!(sent, [frames, sync.to_vec()].concat(), "the Parse answered locally, the Bind prepared first");
-        assert_eq!(expects, ["Local", "Hidden", "Bind", "Sync"]);
+        assert_eq!(expects, ["Local", "Prepare", "Bind", "Sync"]);
         assert_eq!(host.upstream_sql, ["SELECT 1"], "the Parse's SQL is judged for pinning");
     }
 

@@ -187,6 +187,9 @@ fn describe_expect(e: &Expect) -> String {
         Expect::Execute { transform } => format!("Execute{}", t(transform)),
         Expect::Sync { .. } => "Sync".into(),
         Expect::Hidden => "Hidden".into(),
+        Expect::Prepare(ticket) => {
+            format!("Prepare({}{})", ticket.server_name, if ticket.hidden { ",hidden" } else { "" })
+        }
         Expect::Local(l) => format!("Local({}{})", l.bytes[0] as char, if l.ready_for_query { ",Z" } else { "" }),
         Expect::Probe { at_sync } => format!("Probe({})", if *at_sync { "sync" } else { "flush" }),
     }

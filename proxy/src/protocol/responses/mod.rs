@@ -51,6 +51,12 @@ pub enum Expect {
     /// A Parse, Bind or Close the proxy injected itself (re-preparing a statement, or the setup of a
     /// refusal): its success answer is not relayed; an error is, and skips the batch like any error.
     Hidden,
+    /// Transaction pooling: a Parse of a named statement under the server's name (`pool::statements`),
+    /// answered like [`Expect::Parse`], or like [`Expect::Hidden`] when the proxy prepares it itself. The
+    /// pooler records such a statement on the connection when it sends it; when the server fails or skips
+    /// the Parse, the statement is not there, which the pooler learns from
+    /// [`ResponseQueue::take_failed_prepares`].
+    Prepare(PrepareTicket),
     /// An answer the proxy made itself, emitted once it reaches the head of the queue.
     Local(LocalAnswer),
     /// A probe the proxy sent on the session's connection to learn something of the session (how its
@@ -61,6 +67,18 @@ pub enum Expect {
     Probe {
         at_sync: bool,
     },
+}
+
+/// A pooled Parse the pooler must forget if the server did not prepare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareTicket {
+    /// The statement's name on the server connection.
+    pub server_name: Arc<str>,
+    /// The client's name for it, when the Parse is the client's own (the name is free again if it fails,
+    /// as in Postgres).
+    pub client_name: Option<Bytes>,
+    /// The proxy sent it to prepare a statement before its use: its ParseComplete is not relayed.
+    pub hidden: bool,
 }
 
 /// Bytes synthesized by the proxy for one request.
@@ -82,6 +100,7 @@ fn is_skippable(expect: &Expect) -> bool {
             | Expect::Bind
             | Expect::Close
             | Expect::Hidden
+            | Expect::Prepare(_)
             | Expect::Describe { .. }
             | Expect::Execute { .. }
             | Expect::Probe { at_sync: false }
@@ -153,6 +172,8 @@ pub struct ResponseQueue {
     probe_answer: Option<ProbeAnswer>,
     /// The row count read from the head statement's row ([`Action::CountRow`]), for its CommandComplete.
     counted: Option<u64>,
+    /// Pooled Parses the server failed or skipped, until the pooler takes them.
+    failed_prepares: Vec<PrepareTicket>,
 }
 
 impl ResponseQueue {
@@ -175,18 +196,42 @@ impl ResponseQueue {
     }
 
     /// Removes the head entry, keeping the count of local answers; a probe removed unanswered (skipped by
-    /// the server after an error) answers `None`.
+    /// the server after an error) answers `None`; a pooled Parse removed unanswered (its error, or skipped
+    /// after an earlier one) is a failed prepare. (A pooled Parse that succeeded leaves by
+    /// [`prepared`](Self::prepared).)
     fn pop_front(&mut self) -> Option<Expect> {
         let entry = self.entries.pop_front();
-        match entry {
+        match &entry {
             Some(Expect::Local(_)) => self.locals -= 1,
             Some(Expect::Probe { .. }) => {
                 self.probes -= 1;
                 self.finish_probe();
             }
+            Some(Expect::Prepare(ticket)) => self.failed_prepares.push(ticket.clone()),
             _ => {}
         }
         entry
+    }
+
+    /// The head pooled Parse got its ParseComplete.
+    fn prepared(&mut self, hidden: bool) -> Action {
+        self.entries.pop_front();
+        self.statement = 0;
+        if hidden {
+            Action::Drop
+        } else {
+            Action::Forward
+        }
+    }
+
+    /// True if a pooled Parse failed since the last [`take_failed_prepares`](Self::take_failed_prepares).
+    pub fn has_failed_prepares(&self) -> bool {
+        !self.failed_prepares.is_empty()
+    }
+
+    /// The pooled Parses the server failed or skipped since the last call.
+    pub fn take_failed_prepares(&mut self) -> Vec<PrepareTicket> {
+        std::mem::take(&mut self.failed_prepares)
     }
 
     fn finish_probe(&mut self) {
@@ -262,6 +307,7 @@ impl ResponseQueue {
                     | Expect::Bind
                     | Expect::Close
                     | Expect::Hidden
+                    | Expect::Prepare(_)
                     | Expect::Describe { .. }
                     | Expect::Execute { .. }
                     | Expect::Probe { at_sync: false },
@@ -365,6 +411,7 @@ impl ResponseQueue {
                             | Expect::Bind
                             | Expect::Close
                             | Expect::Hidden
+                            | Expect::Prepare(_)
                             | Expect::Describe { .. }
                             | Expect::Execute { .. }
                     )
@@ -457,6 +504,10 @@ impl ResponseQueue {
                 _ => Action::Forward,
             },
             Expect::Parse if tag == btag::PARSE_COMPLETE => self.pop_forward(),
+            Expect::Prepare(ticket) if tag == btag::PARSE_COMPLETE => {
+                let hidden = ticket.hidden;
+                self.prepared(hidden)
+            }
             Expect::Bind if tag == btag::BIND_COMPLETE => self.pop_forward(),
             Expect::Close if tag == btag::CLOSE_COMPLETE => self.pop_forward(),
             Expect::Hidden if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE | btag::CLOSE_COMPLETE) => {

@@ -340,3 +340,48 @@ fn an_error_in_a_copy_expansion_reaches_the_client_without_a_copy_tag() {
     q.take_events(&mut events);
     assert_eq!(events, vec![SessionEvent::Failed, SessionEvent::Failed]);
 }
+
+fn ticket(name: &str, client: Option<&str>, hidden: bool) -> PrepareTicket {
+    PrepareTicket {
+        server_name: name.into(),
+        client_name: client.map(|c| Bytes::copy_from_slice(c.as_bytes())),
+        hidden,
+    }
+}
+
+#[test]
+fn pooled_parses_the_server_failed_or_skipped_are_reported_and_the_prepared_ones_are_not() {
+    use btag::*;
+    let mut q = ResponseQueue::new();
+    // Prepared (hidden), then the client's own Parse: both ParseComplete.
+    q.push(Expect::Prepare(ticket("dualwrite_s1", None, true)));
+    q.push(Expect::Bind);
+    q.push(Expect::Prepare(ticket("dualwrite_s2", Some("s2"), false)));
+    q.push(Expect::Sync { started: now() });
+    let actions = feed(&mut q, &[PARSE_COMPLETE, BIND_COMPLETE, PARSE_COMPLETE, READY_FOR_QUERY]);
+    assert_eq!(actions[0], Action::Drop, "the proxy's own prepare is hidden");
+    assert_eq!(actions[2], Action::Forward, "the client's ParseComplete is relayed");
+    assert!(!q.has_failed_prepares());
+
+    // The client's Parse fails; the Parse after it in the batch is skipped by the server.
+    q.push(Expect::Prepare(ticket("dualwrite_s3", Some("bad"), false)));
+    q.push(Expect::Bind);
+    q.push(Expect::Prepare(ticket("dualwrite_s4", None, true)));
+    q.push(Expect::Sync { started: now() });
+    let actions = feed(&mut q, &[ERROR_RESPONSE, READY_FOR_QUERY]);
+    assert_eq!(actions[0], Action::Forward, "the error reaches the client");
+    assert!(is_ready(&actions[1]));
+    assert_eq!(
+        q.take_failed_prepares(),
+        vec![ticket("dualwrite_s3", Some("bad"), false), ticket("dualwrite_s4", None, true)]
+    );
+    assert!(!q.has_failed_prepares(), "taken once");
+
+    // An error before the Parse (a Bind of an unknown portal): the Parse is skipped, so it failed too.
+    q.push(Expect::Bind);
+    q.push(Expect::Prepare(ticket("dualwrite_s5", Some("s5"), false)));
+    q.push(Expect::Sync { started: now() });
+    feed(&mut q, &[ERROR_RESPONSE, READY_FOR_QUERY]);
+    assert_eq!(q.take_failed_prepares(), vec![ticket("dualwrite_s5", Some("s5"), false)]);
+    assert!(q.is_empty());
+}
