@@ -72,6 +72,23 @@ impl<'a> ReadRouter<'a> {
         Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
     }
 
+    /// Refuses DDL on `object` when it is a shadow table of a migration that keeps both tables in step and
+    /// `what` (the statement or operation) would break the sync statements written into it on every dual
+    /// write: dropping or renaming the table, a column or a constraint (the upserts' `ON CONFLICT` needs the
+    /// key's), or changing a column's type (a table rewrite under an exclusive lock besides). DDL that adds
+    /// to the shadow (an index, a column, a constraint, a default) is the operator's to run and passes.
+    pub fn refuse_shadow_ddl(&self, object: &ObjectName, what: &str) -> Result<(), Rejection> {
+        let Some(name) = TableName::from_object_name(object) else { return Ok(()) };
+        let Some(index) = self.compiled.kept_shadow_of(&name, self.route) else { return Ok(()) };
+        let m = &self.compiled.migrations[index];
+        let detail = format!(
+            "{what} of {object}, a shadow of {} in phase {}, would break the dual write; set the migration off first",
+            m.table,
+            self.route.get(index).phase
+        );
+        Err(Rejection::new(&m.name, index, RejectReason::Ddl, &detail))
+    }
+
     /// Refuses a reference to migration `index` that cannot be routed: its rules are broken, or it merges
     /// tables and the session reads in the new shape (the old tables' names have no new shape to present).
     fn reject_if_broken(&self, index: usize) -> ControlFlow<Rejection> {

@@ -1,7 +1,7 @@
 //! One parsed statement at a time: decides whether it is a read to route, a write to dual-write, a form
 //! to refuse, or something that does not concern any migration, and hands it to the module that owns it.
 
-use sqlparser::ast::{SetExpr, Statement};
+use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ObjectType, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::Tokenizer;
 
@@ -98,6 +98,7 @@ pub(crate) fn rewrite_statement(
         s @ Statement::Declare { .. } => route_reads(compiled, route, s),
         Statement::CreateTable(create) => create_table(compiled, route, create),
         Statement::AlterTable(alter) => alter_table(compiled, route, alter),
+        s @ Statement::Drop { object_type: ObjectType::Table, .. } => drop_table(compiled, route, s),
         // Session and transaction control, channels and cursors never read or change a table, whatever
         // words they contain (`LISTEN users` names a channel).
         Statement::Set(_)
@@ -150,12 +151,44 @@ fn alter_table(compiled: &Compiled, route: &Route, alter: sqlparser::ast::AlterT
         let m = &compiled.migrations[index];
         return Err(Rejection::new(&m.name, index, RejectReason::Ddl, ""));
     }
+    if let Some(breaking) = alter.operations.iter().find_map(breaks_the_sync) {
+        router.refuse_shadow_ddl(&alter.name, breaking)?;
+    }
     for operation in &alter.operations {
         if !matches!(operation, sqlparser::ast::AlterTableOperation::RenameTable { .. }) {
             refuse_if_text_mentions(compiled, route, &operation.to_string())?;
         }
     }
     Ok(Outcome::unchanged())
+}
+
+/// `DROP TABLE`: refused when it names an active migrated table or a shadow its migration writes.
+fn drop_table(compiled: &Compiled, route: &Route, statement: Statement) -> Result<Outcome, Rejection> {
+    if let Statement::Drop { names, .. } = &statement {
+        let router = ReadRouter::new(compiled, route, vec![]);
+        for name in names {
+            router.refuse_shadow_ddl(name, "DROP TABLE")?;
+        }
+    }
+    refuse_if_mentioned(compiled, route, statement)
+}
+
+/// The `ALTER TABLE` operations that break the statements a dual write runs on a shadow (see
+/// `ReadRouter::refuse_shadow_ddl`), named for the refusal.
+fn breaks_the_sync(operation: &AlterTableOperation) -> Option<&'static str> {
+    match operation {
+        AlterTableOperation::DropColumn { .. } => Some("ALTER TABLE ... DROP COLUMN"),
+        AlterTableOperation::DropConstraint { .. } | AlterTableOperation::DropPrimaryKey { .. } => {
+            Some("ALTER TABLE ... DROP CONSTRAINT")
+        }
+        AlterTableOperation::RenameColumn { .. } => Some("ALTER TABLE ... RENAME COLUMN"),
+        AlterTableOperation::RenameTable { .. } => Some("ALTER TABLE ... RENAME TO"),
+        AlterTableOperation::ChangeColumn { .. } | AlterTableOperation::ModifyColumn { .. } => Some("a column change"),
+        AlterTableOperation::AlterColumn { op: AlterColumnOperation::SetDataType { .. }, .. } => {
+            Some("ALTER TABLE ... ALTER COLUMN ... TYPE")
+        }
+        _ => None,
+    }
 }
 
 /// Statements with no rewrite (DDL, GRANT, LOCK, ...): refused if they name an active migrated table.

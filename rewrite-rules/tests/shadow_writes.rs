@@ -166,3 +166,41 @@ fn a_write_naming_the_shadow_that_the_parser_cannot_read_is_refused() {
     // The same statement on another relation of the name passes through.
     assert_eq!(plan(USERS, Phase::DualWrite, Side::Old, true, sql), Plan::PassThrough);
 }
+
+#[test]
+fn ddl_that_breaks_the_dual_write_on_a_shadow_is_refused_and_ddl_that_adds_to_it_passes() {
+    for phase in [Phase::DualWrite, Phase::Cutover] {
+        for sql in [
+            "DROP TABLE users_v2",
+            "DROP TABLE IF EXISTS orders, public.users_v2 CASCADE",
+            "ALTER TABLE users_v2 DROP COLUMN first_name",
+            "ALTER TABLE public.users_v2 RENAME COLUMN email TO mail",
+            "ALTER TABLE users_v2 RENAME TO users_v2_old",
+            "ALTER TABLE users_v2 DROP CONSTRAINT users_v2_pkey",
+            "ALTER TABLE users_v2 ALTER COLUMN email TYPE varchar(10)",
+        ] {
+            let plan = plan(USERS, phase, Side::Old, false, sql);
+            assert_refused(&plan, RejectReason::Ddl, "users_split_name", sql);
+            let Plan::Rejected(r) = plan else { unreachable!() };
+            assert!(r.message.contains("set the migration off first"), "says what to do: {}", r.message);
+        }
+    }
+    for sql in [
+        "CREATE INDEX CONCURRENTLY users_v2_email ON users_v2 (email)",
+        "ALTER TABLE users_v2 ADD COLUMN note text",
+        "ALTER TABLE users_v2 ADD CONSTRAINT email_set CHECK (email IS NOT NULL) NOT VALID",
+        "ALTER TABLE users_v2 VALIDATE CONSTRAINT email_set",
+        "ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT nextval('users_id_seq')",
+        "DROP TABLE tenant.users_v2",
+        "ANALYZE users_v2",
+    ] {
+        assert_eq!(plan(USERS, Phase::DualWrite, Side::Old, false, sql), Plan::PassThrough, "{sql}");
+    }
+    for sql in ["DROP TABLE users_v2", "ALTER TABLE users_v2 DROP COLUMN first_name"] {
+        assert_eq!(plan(USERS, Phase::Off, Side::Old, false, sql), Plan::PassThrough, "{sql}");
+        let complete = plan(USERS, Phase::Complete, Side::New, false, sql);
+        assert!(!matches!(complete, Plan::Rejected(_)), "{sql}: {complete:?}");
+        // Another relation of the shadow's name is not the shadow.
+        assert_eq!(plan(USERS, Phase::DualWrite, Side::Old, true, sql), Plan::PassThrough, "{sql}");
+    }
+}

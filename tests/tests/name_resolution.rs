@@ -245,7 +245,7 @@ async fn quoted_and_qualified_names_resolve_like_the_server() {
 }
 
 #[tokio::test]
-async fn writes_naming_the_shadow_are_refused_and_other_relations_of_its_name_are_written() {
+async fn writes_and_breaking_ddl_naming_the_shadow_are_refused_and_other_relations_of_its_name_are_written() {
     let f = fixture().await;
     let other = "CREATE TABLE tenant_b.users_v2 (id int PRIMARY KEY, first_name text, last_name text)";
     f.direct.batch_execute(other).await.unwrap();
@@ -272,11 +272,20 @@ async fn writes_naming_the_shadow_are_refused_and_other_relations_of_its_name_ar
     f.assert_in_sync("refused writes to the shadow").await;
     let read: i64 = a.query_one("SELECT count(*) FROM users_v2", &[]).await.unwrap().get(0);
     assert_eq!(read, 1, "reads of the shadow pass through");
+    for ddl in ["DROP TABLE users_v2", "ALTER TABLE tenant_a.users_v2 DROP COLUMN last_name"] {
+        let refused = a.batch_execute(ddl).await.unwrap_err();
+        assert_eq!(sqlstate(&refused), "0A000", "{ddl} would break the dual write: {refused}");
+    }
+    a.batch_execute("CREATE INDEX users_v2_first_name ON users_v2 (first_name)").await.unwrap();
+    insert(&a, 3).await;
+    f.assert_in_sync("DDL on the shadow refused or added to it, then a dual write").await;
+    a.execute("DELETE FROM users WHERE id = 3", &[]).await.unwrap();
 
     // tenant_b's users_v2 is another relation: its writes pass through untouched.
     let b = f.session("tenant_b").await;
     b.execute("INSERT INTO users_v2 (id, first_name, last_name) VALUES (5, 'Other', 'Tenant')", &[]).await.unwrap();
     b.simple_query("UPDATE users_v2 SET last_name = 'B' WHERE id = 5").await.unwrap();
+    b.batch_execute("ALTER TABLE users_v2 ADD COLUMN note text; ALTER TABLE users_v2 DROP COLUMN note").await.unwrap();
     let tenant_b: i64 = f.direct.query_one("SELECT count(*) FROM tenant_b.users_v2", &[]).await.unwrap().get(0);
     assert_eq!(tenant_b, 1);
     let qualified = b.execute("DELETE FROM tenant_a.users_v2", &[]).await.unwrap_err();
