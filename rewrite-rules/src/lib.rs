@@ -24,6 +24,7 @@ pub mod fuzz_checks;
 mod literals;
 pub mod merge;
 mod merge_truncate;
+mod mirror;
 pub mod migration_plan;
 pub mod model;
 pub mod names;
