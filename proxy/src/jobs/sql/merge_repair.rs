@@ -9,14 +9,15 @@ use crate::jobs::mapping::CompiledMapping;
 
 impl CompiledMapping {
     /// Rebuilds every source's rows of the keys in `$1` (a jsonb array of key objects) from the shadow rows,
-    /// read `FOR SHARE` and never written. Run under REPEATABLE READ (see `repair`). Returns (rows upserted,
-    /// rows deleted), counted per key (the most any one source saw).
+    /// read `FOR SHARE` and never written. Run under REPEATABLE READ (see `repair`). Returns (keys whose
+    /// row some source upserted, keys whose row some source deleted).
     pub(super) fn repair_merge_sources(&self) -> String {
         let (keys_cte, src) = (ident("__dw_keys"), ident("__dw_src"));
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
         let keys = self.key_list(None);
         let in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(None));
         let s_in_keys = format!("{} IN (SELECT {keys} FROM {keys_cte})", self.key_row(Some(&s)));
+        let s_keys = self.key_list(Some(&s));
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
         let mut ctes = vec![
             format!("{keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))", self.shadow),
@@ -45,7 +46,7 @@ impl CompiledMapping {
             let (u, d) = (ident(&format!("__dw_up{}", i + 1)), ident(&format!("__dw_del{}", i + 1)));
             ctes.push(format!(
                 "{u} AS (INSERT INTO {table} ({}) SELECT {} FROM {src} AS {alias} WHERE {} ON CONFLICT ({keys}) \
-                 {on_conflict} RETURNING 1)",
+                 {on_conflict} RETURNING {keys})",
                 list(columns),
                 list(exprs),
                 holds(&self.shadow_alias),
@@ -53,12 +54,18 @@ impl CompiledMapping {
             ));
             ctes.push(format!(
                 "{d} AS (DELETE FROM {table} AS {s} WHERE {s_in_keys} AND NOT EXISTS (SELECT 1 FROM {src} AS {o} \
-                 WHERE {join} AND ({})) RETURNING 1)",
+                 WHERE {join} AND ({})) RETURNING {s_keys})",
                 holds(&o),
             ));
-            ups.push(format!("(SELECT count(*) FROM {u})"));
-            dels.push(format!("(SELECT count(*) FROM {d})"));
+            ups.push(format!("SELECT {keys} FROM {u}"));
+            dels.push(format!("SELECT {keys} FROM {d}"));
         }
-        statement(format!("WITH {} SELECT GREATEST({}), GREATEST({})", list(ctes), list(ups), list(dels)))
+        let (u, d) = (ident("__dw_u"), ident("__dw_d"));
+        statement(format!(
+            "WITH {} SELECT (SELECT count(*) FROM ({}) AS {u}), (SELECT count(*) FROM ({}) AS {d})",
+            list(ctes),
+            joined(ups, " UNION "),
+            joined(dels, " UNION ")
+        ))
     }
 }
