@@ -113,7 +113,8 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         Some(name) if m.is_merge() => m.source_of(&name, route.unqualified_reaches(index)),
         _ => None,
     };
-    if m.is_merge() && (merge_source.is_none() || mr.version == Side::New || !matches!(mr.phase, Phase::DualWrite | Phase::Cutover))
+    if m.is_merge()
+        && (merge_source.is_none() || mr.version == Side::New || !matches!(mr.phase, Phase::DualWrite | Phase::Cutover))
     {
         let detail = if mr.version == Side::New {
             "COPY FROM in a new-version session".to_string()

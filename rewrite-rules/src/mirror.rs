@@ -46,7 +46,12 @@ pub(crate) fn compile(m: &Migration, index: usize, shadow: &TableName) -> Result
         .collect::<Vec<_>>()
         .join(" OR ");
     let cte = if index == 0 { "__dw_old".to_string() } else { format!("__dw_old_{}", index + 1) };
-    let target = |cte: String, filter: Option<String>| SyncTarget { table: table.clone(), columns: columns.clone(), cte, filter };
+    let target = |cte: String, filter: Option<String>| SyncTarget {
+        table: table.clone(),
+        columns: columns.clone(),
+        cte,
+        filter,
+    };
     compile_direction(
         m,
         &source.backward,
@@ -106,7 +111,8 @@ pub(crate) fn mirror_syncs(
                 let assigned = assigned_columns(&update.assignments);
                 refuse_key_change(&assigned)?;
                 // A source none of whose columns the UPDATE can change keeps its row as it is.
-                let changes = !mirror.affected_by(&assigned).is_empty() || source.own.iter().any(|c| assigned.contains(c));
+                let changes =
+                    !mirror.affected_by(&assigned).is_empty() || source.own.iter().any(|c| assigned.contains(c));
                 if changes {
                     syncs.push((holding.cte_name.clone(), partial_upsert(mirror, holding, &assigned)));
                     syncs.push((not_holding.cte_name.clone(), not_holding.delete.clone()));

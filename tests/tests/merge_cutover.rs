@@ -204,7 +204,8 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
         server_error(&admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err());
     assert_eq!(code, "55000");
     assert!(
-        message.starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
+        message
+            .starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
         "{message}"
     );
 

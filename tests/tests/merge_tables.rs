@@ -274,7 +274,8 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     let (code, message) = db_error(&e);
     assert_eq!(code, "55000");
     assert!(
-        message.starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
+        message
+            .starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
         "{message}"
     );
     let status = control(&admin, "DUALWRITE STATUS").await;

@@ -20,7 +20,10 @@ impl CompiledMapping {
         let s_keys = self.key_list(Some(&s));
         let join = joined(self.key.iter().map(|key| format!("{o}.{key} = {s}.{key}")), " AND ");
         let mut ctes = vec![
-            format!("{keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))", self.shadow),
+            format!(
+                "{keys_cte} AS (SELECT {keys} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))",
+                self.shadow
+            ),
             format!("{src} AS MATERIALIZED (SELECT * FROM {} WHERE {in_keys} FOR SHARE)", self.shadow),
         ];
         let (mut ups, mut dels) = (Vec::new(), Vec::new());

@@ -277,7 +277,9 @@ fn a_merge_repaired_in_cutover_rebuilds_each_source_from_the_shadow_and_never_wr
     // ... and its row deleted where the shadow row holds none of them, or is gone.
     assert!(repair.contains("DELETE FROM \"public\".\"accounts\" AS \"__dw_s\""), "{repair}");
     assert!(repair.contains("AND (\"__dw_o\".\"display_name\" IS NOT NULL)"), "{repair}");
-    assert!(!repair.contains("INSERT INTO \"public\".\"users\"") && !repair.contains("DELETE FROM \"public\".\"users\""));
+    assert!(
+        !repair.contains("INSERT INTO \"public\".\"users\"") && !repair.contains("DELETE FROM \"public\".\"users\"")
+    );
 }
 
 #[test]
