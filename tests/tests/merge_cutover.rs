@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dualwrite_tests::control::{control_row, server_error};
 use dualwrite_tests::*;
 use tokio_postgres::Client;
 
@@ -51,34 +50,40 @@ async fn tables(direct: &Client) -> [String; 3] {
     out
 }
 
-async fn backfilled(admin: &Client) {
-    control_row(admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        control_row(admin, "DUALWRITE STATUS").await.get("backfill_state") == Some("done")
-    })
-    .await;
-}
-
 /// VERIFY, asserting it counted against `source` and found no divergence.
 async fn verify_clean(admin: &Client, source: &str) {
-    let verify = control_row(admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
-    assert_eq!((verify.get("source"), verify.get("clean")), (Some(source), Some("t")), "{verify:?}");
+    let verify = control(admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
+    assert_eq!((value(&verify, "source"), value(&verify, "clean")), (Some(source), Some("t")), "{verify:?}");
 }
 
-async fn v2_session(proxy: &TestProxy, db: &TestDb) -> Client {
-    connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(db))).await.unwrap()
+/// A database with `SCHEMA`, backfilled through a proxy, and its sessions: direct, admin, v1 and v2.
+struct Setup {
+    direct: Client,
+    proxy: TestProxy,
+    admin: Client,
+    v1: Client,
+    v2: Client,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmirrorable_refused() {
+async fn backfilled() -> Setup {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
     let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
-    let v2 = v2_session(&proxy, &db).await;
-    backfilled(&admin).await;
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    control(&admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
+    eventually(Duration::from_secs(60), "backfill done", || async {
+        value(&control(&admin, "DUALWRITE STATUS").await, "backfill_state") == Some("done")
+    })
+    .await;
+    Setup { direct, proxy, admin, v1, v2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmirrorable_refused() {
+    let Setup { direct, proxy, admin, v1, v2 } = backfilled().await;
 
     // A v2 INSERT of a whole row (simple protocol) writes both sources.
     v2.simple_query("INSERT INTO users (id, email, display_name, bio) VALUES (100, 'a@x.org', 'Ann', 'hi')")
@@ -117,7 +122,7 @@ async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmi
         "TRUNCATE users",
         "WITH d AS (DELETE FROM users WHERE id = 30 RETURNING id) SELECT count(*) FROM d",
     ] {
-        let (code, message) = server_error(&v2.simple_query(sql).await.unwrap_err());
+        let (code, message) = db_error(&v2.simple_query(sql).await.unwrap_err());
         assert_eq!(code, "0A000", "{sql}");
         assert!(message.contains("merged shadow"), "{sql}: {message}");
     }
@@ -129,20 +134,13 @@ async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_every_table_until_rollback() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
-    let v1 = proxy.connect(&db).await.unwrap();
-    let v2 = v2_session(&proxy, &db).await;
-    backfilled(&admin).await;
+    let Setup { direct, proxy, admin, v1, v2 } = backfilled().await;
     verify_clean(&admin, "old").await;
 
-    let cut = control_row(&admin, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;
-    assert_eq!(cut.get("phase"), Some("cutover"), "{cut:?}");
+    let cut = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;
+    assert_eq!(value(&cut, "phase"), Some("cutover"), "{cut:?}");
     assert_eq!(
-        cut.get("sequences_moved"),
+        value(&cut, "sequences_moved"),
         Some("public.accounts_id_seq=60, public.profiles_id_seq=60, public.users_id_seq=60"),
         "{cut:?}"
     );
@@ -174,9 +172,9 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
     assert_eq!(key(&direct, 23).await, "- | Name 23, bio 23 | null, Name 23, bio 23");
     assert_eq!(key(&direct, 7).await, "User7@X.org | Only, null | user7@x.org, Only, null");
     assert_eq!(key(&direct, 22).await, "- | - | -");
-    let verify = control_row(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
-    assert_eq!((verify.get("source"), verify.get("clean")), (Some("shadow"), Some("t")), "{verify:?}");
-    assert_eq!(verify.get("rows_checked"), Some("60"), "the shadow's rows: 60, 2 inserted, 2 deleted");
+    let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
+    assert_eq!((value(&verify, "source"), value(&verify, "clean")), (Some("shadow"), Some("t")), "{verify:?}");
+    assert_eq!(value(&verify, "rows_checked"), Some("60"), "the shadow's rows: 60, 2 inserted, 2 deleted");
 
     // Divergences written past the proxy into the sources: REPAIR rebuilds them from the shadow.
     direct
@@ -186,14 +184,14 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
         )
         .await
         .unwrap();
-    let verify = control_row(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
+    let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     assert_eq!(
-        (verify.get("missing"), verify.get("extra"), verify.get("different")),
+        (value(&verify, "missing"), value(&verify, "extra"), value(&verify, "different")),
         (Some("1"), Some("1"), Some("1")),
         "{verify:?}"
     );
-    let repair = control_row(&admin, &format!("DUALWRITE VERIFY {MIGRATION} REPAIR")).await;
-    assert_eq!(repair.get("repaired"), Some("3"), "{repair:?}");
+    let repair = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION} REPAIR")).await;
+    assert_eq!(value(&repair, "repaired"), Some("3"), "{repair:?}");
     assert_eq!(key(&direct, 10).await, "user10@x.org | - | user10@x.org, null, null");
     assert_eq!(key(&direct, 50).await, "- | Name 50, bio 50 | null, Name 50, bio 50");
     assert_eq!(key(&direct, 999).await, "- | - | -");
@@ -201,7 +199,7 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
 
     // `complete` would retire the sources: refused.
     let (code, message) =
-        server_error(&admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err());
+        db_error(&admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err());
     assert_eq!(code, "55000");
     assert!(
         message
@@ -211,8 +209,8 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
 
     // ROLLBACK keeps every row written in cutover, in every table; dual_write verifies clean from the sources.
     let before = tables(&direct).await;
-    let rolled = control_row(&admin, &format!("DUALWRITE ROLLBACK {MIGRATION}")).await;
-    assert_eq!((rolled.get("phase_before"), rolled.get("phase")), (Some("cutover"), Some("dual_write")));
+    let rolled = control(&admin, &format!("DUALWRITE ROLLBACK {MIGRATION}")).await;
+    assert_eq!((value(&rolled, "phase_before"), value(&rolled, "phase")), (Some("cutover"), Some("dual_write")));
     assert_eq!(tables(&direct).await, before);
     verify_clean(&admin, "old").await;
     // And both versions' writes go on landing everywhere.
