@@ -91,6 +91,8 @@ pub(crate) struct CompiledSource {
     pub present: String,
     /// This source's non-key shadow columns: what a TRUNCATE of it sets to NULL (`merge_truncate`).
     pub own: Vec<String>,
+    /// This source written from the shadow's rows (`crate::mirror`): a write naming the shadow mirrored.
+    pub mirror: Direction,
 }
 
 /// One direction of a migration's mapping.
@@ -181,11 +183,12 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
             .map(|(i, (t, table))| {
                 let cte = if i == 0 { "__dw_shadow".to_string() } else { format!("__dw_shadow_{}", i + 1) };
                 let columns = t.forward.iter().map(|(c, _)| c.clone()).collect();
-                (table.clone(), columns, cte)
+                SyncTarget::every_row(table.clone(), columns, cte)
             })
             .collect::<Vec<_>>();
         let forward = compile_direction(m, &m.forward, &table.to_string(), &forward_targets)?;
-        let old_target = (table.clone(), m.old_columns().map(str::to_string).collect(), "__dw_old".to_string());
+        let old_target =
+            SyncTarget::every_row(table.clone(), m.old_columns().map(str::to_string).collect(), "__dw_old".into());
         let backward = compile_direction(m, &m.backward, &new_source, &[old_target])?;
         let joined = if shadows.len() > 1 {
             let columns = m.shadow_columns().map(quote_ident).collect::<Vec<_>>().join(", ");
@@ -241,8 +244,12 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
     let source = &m.merge[index];
     let table = source.table.qualified();
     let own: Vec<String> = source.shadow_columns().map(str::to_string).collect();
-    let mut forward =
-        compile_direction(m, &source.forward, &table.to_string(), &[(shadow.clone(), own, "__dw_shadow".into())])?;
+    let mut forward = compile_direction(
+        m,
+        &source.forward,
+        &table.to_string(),
+        &[SyncTarget::every_row(shadow.clone(), own, "__dw_shadow".into())],
+    )?;
     let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
     let key_list = key_cols.join(", ");
 
@@ -343,16 +350,34 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
         view,
         present: source.present.clone(),
         own,
+        mirror: crate::mirror::compile(m, index, shadow)?,
     })
 }
 
+/// One table a direction writes: the columns of the mapping it holds, its sync CTE's name, and which of
+/// the written rows it takes.
+pub(crate) struct SyncTarget {
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub cte: String,
+    /// A condition over the written rows' columns (SQL generated from the rules): only the rows meeting it
+    /// are upserted or have their key deleted. `None`: every row.
+    pub filter: Option<String>,
+}
+
+impl SyncTarget {
+    pub fn every_row(table: TableName, columns: Vec<String>, cte: String) -> SyncTarget {
+        SyncTarget { table, columns, cte, filter: None }
+    }
+}
+
 /// Compiles one direction: `mapping` (the whole target shape) read from `source` (SQL of a FROM item),
-/// written into each of `targets` (table, the columns of `mapping` it holds, its sync CTE's name).
-fn compile_direction(
+/// written into each of `targets`.
+pub(crate) fn compile_direction(
     m: &Migration,
     mapping: &[(String, String)],
     source: &str,
-    targets: &[(TableName, Vec<String>, String)],
+    targets: &[SyncTarget],
 ) -> Result<Direction, String> {
     let mut columns = Vec::new();
     let mut exprs: Vec<Expr> = Vec::new();
@@ -370,12 +395,13 @@ fn compile_direction(
         deps.push(used);
     }
     let mut syncs = Vec::with_capacity(targets.len());
-    for (target, held, cte_name) in targets {
-        let indices = held
+    for target in targets {
+        let indices = target
+            .columns
             .iter()
             .map(|c| columns.iter().position(|x| x == c).ok_or_else(|| format!("column `{c}` is not mapped")))
             .collect::<Result<Vec<usize>, String>>()?;
-        syncs.push(compile_sync(m, target, &columns, &exprs, &indices, cte_name)?);
+        syncs.push(compile_sync(m, target, &columns, &exprs, &indices)?);
     }
 
     let view_items = columns
@@ -395,15 +421,19 @@ fn compile_direction(
 }
 
 /// The upsert and delete syncing `target`, which holds the columns at `indices` of the direction's
-/// `columns` (their expressions `exprs`), from the rows of `__dw_primary`.
+/// `columns` (their expressions `exprs`), from the rows of `__dw_primary` its filter keeps.
 fn compile_sync(
     m: &Migration,
-    target: &TableName,
+    target: &SyncTarget,
     columns: &[String],
     exprs: &[Expr],
     indices: &[usize],
-    cte_name: &str,
 ) -> Result<TableSync, String> {
+    let rows = match &target.filter {
+        Some(filter) => format!("{PRIMARY_CTE} WHERE {filter}"),
+        None => PRIMARY_CTE.to_string(),
+    };
+    let (cte_name, target) = (&target.cte, &target.table);
     let quoted_cols: Vec<String> = indices.iter().map(|&i| quote_ident(&columns[i])).collect();
     let key_cols: Vec<String> = m.key.iter().map(|c| quote_ident(c)).collect();
     let expr_list = indices.iter().map(|&i| exprs[i].to_string()).collect::<Vec<_>>().join(", ");
@@ -421,7 +451,7 @@ fn compile_sync(
         format!("DO UPDATE SET {sets}")
     };
     let upsert = parse_statement(&format!(
-        "INSERT INTO {target} ({}) SELECT {expr_list} FROM {PRIMARY_CTE} ON CONFLICT ({}) {action}",
+        "INSERT INTO {target} ({}) SELECT {expr_list} FROM {rows} ON CONFLICT ({}) {action}",
         quoted_cols.join(", "),
         key_cols.join(", "),
     ))?;
@@ -436,7 +466,7 @@ fn compile_sync(
         .collect::<Result<Vec<_>, String>>()?;
     let key_match = key_cols.iter().map(|k| format!("__dw_t.{k} = __dw_k.{k}")).collect::<Vec<_>>();
     let delete = parse_statement(&format!(
-        "DELETE FROM {target} AS __dw_t USING (SELECT {} FROM {PRIMARY_CTE}) AS __dw_k WHERE {}",
+        "DELETE FROM {target} AS __dw_t USING (SELECT {} FROM {rows}) AS __dw_k WHERE {}",
         key_exprs.join(", "),
         key_match.join(" AND "),
     ))?;

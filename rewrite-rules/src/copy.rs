@@ -108,12 +108,14 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         return Ok(outcome);
     }
     outcome.write = true;
-    // A merge source's rows reach the shadow through the merge INSERT's upsert, in `dual_write` only.
+    // A merge source's rows reach the shadow through the merge INSERT's upsert, in `dual_write` and `cutover`.
     let merge_source = match TableName::from_object_name(table_name) {
         Some(name) if m.is_merge() => m.source_of(&name, route.unqualified_reaches(index)),
         _ => None,
     };
-    if m.is_merge() && (merge_source.is_none() || mr.version == Side::New || mr.phase != Phase::DualWrite) {
+    if m.is_merge()
+        && (merge_source.is_none() || mr.version == Side::New || !matches!(mr.phase, Phase::DualWrite | Phase::Cutover))
+    {
         let detail = if mr.version == Side::New {
             "COPY FROM in a new-version session".to_string()
         } else {

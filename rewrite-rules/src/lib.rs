@@ -25,6 +25,7 @@ mod literals;
 pub mod merge;
 mod merge_truncate;
 pub mod migration_plan;
+mod mirror;
 pub mod model;
 pub mod names;
 pub mod plan;

@@ -67,7 +67,7 @@ impl MergeTruncation {
         if mr.version == Side::New {
             return refuse("TRUNCATE of a source in a new-version session");
         }
-        if mr.phase != Phase::DualWrite {
+        if !matches!(mr.phase, Phase::DualWrite | Phase::Cutover) {
             return refuse(&format!("TRUNCATE in phase {}", mr.phase));
         }
         if matches!(cascade, Some(CascadeOption::Cascade)) {

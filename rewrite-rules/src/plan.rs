@@ -249,13 +249,15 @@ impl RejectReason {
             }
             RejectReason::MergedTablesWrite => {
                 "the migration merges several old tables into one shadow; only old-shaped INSERT, UPDATE, \
-                 DELETE, TRUNCATE and COPY FROM STDIN in dual_write, and old-shaped reads, are supported on them"
+                 DELETE, TRUNCATE and COPY FROM STDIN in dual_write and cutover, and old-shaped reads, are \
+                 supported on them (new-shape writes name the merged shadow)"
             }
             RejectReason::ShadowWrite => {
                 "the statement writes the migration's shadow table itself, which would change the shadow alone \
                  while the proxy keeps both tables in step; write the old table's name instead (in the new \
-                 shape: SET dualwrite.version to the new version first), or set the migration off to work on \
-                 the shadow by hand"
+                 shape: SET dualwrite.version to the new version first; a merge's shadow takes plain INSERT, \
+                 UPDATE and DELETE, mirrored into its sources), or set the migration off to work on the shadow \
+                 by hand"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

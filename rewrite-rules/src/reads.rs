@@ -68,7 +68,16 @@ impl<'a> ReadRouter<'a> {
         }
         let Some(index) = self.compiled.kept_shadow_of(&name, self.route) else { return Ok(()) };
         let m = &self.compiled.migrations[index];
-        let detail = format!("{object} is a shadow of {} in phase {}", m.table, self.route.get(index).phase);
+        let phase = self.route.get(index).phase;
+        let detail = if m.is_merge() {
+            format!(
+                "{object} is the merged shadow of {} in phase {phase}; only its plain INSERT, UPDATE and DELETE \
+                 are mirrored into the sources",
+                m.sources.iter().map(|s| s.table.to_string()).collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            format!("{object} is a shadow of {} in phase {phase}", m.table)
+        };
         Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
     }
 
@@ -87,6 +96,18 @@ impl<'a> ReadRouter<'a> {
             self.route.get(index).phase
         );
         Err(Rejection::new(&m.name, index, RejectReason::Ddl, &detail))
+    }
+
+    /// The merge whose shadow a write's target `object` is, while both sides are kept in step: such a
+    /// write is mirrored into the merge's sources (`crate::mirror`) rather than refused. For a merge the
+    /// shadow's name is the new shape's only name, so sessions of either version write it.
+    pub fn mirrored_shadow(&self, object: &ObjectName) -> Option<usize> {
+        let name = TableName::from_object_name(object)?;
+        if self.is_cte(&name) {
+            return None;
+        }
+        let index = self.compiled.kept_shadow_of(&name, self.route)?;
+        (self.compiled.migrations[index].is_merge()).then_some(index)
     }
 
     /// Refuses a reference to migration `index` that cannot be routed: its rules are broken, or it merges

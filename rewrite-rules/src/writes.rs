@@ -37,6 +37,7 @@ use sqlparser::ast::{
 use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
 use crate::copy_block::CopyBlock;
 use crate::merge_truncate::MergeTruncation;
+use crate::mirror::mirror_syncs;
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
@@ -89,7 +90,7 @@ impl Outcome {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Insert,
     Update,
     Delete,
@@ -110,11 +111,13 @@ pub(crate) fn rewrite_dml(
         route_in(with, &mut router)?;
     }
     let (kind, target) = route_read_parts(&mut dml, &mut router)?;
-    if let Some((object, _)) = &target {
+    // A merge's shadow is mirrored into its sources (`mirror`); any other shadow is refused.
+    let mirrored = target.as_ref().and_then(|(object, _)| router.mirrored_shadow(object));
+    if let (None, Some((object, _))) = (mirrored, &target) {
         router.refuse_shadow_write(object)?;
     }
     let mut migrations = std::mem::take(&mut router.touched);
-    let target_index = target.as_ref().and_then(|(object, _)| router.active_migration(object));
+    let target_index = mirrored.or_else(|| target.as_ref().and_then(|(object, _)| router.active_migration(object)));
 
     let Some(index) = target_index else {
         if migrations.is_empty() {
@@ -155,12 +158,11 @@ pub(crate) fn rewrite_dml(
         });
     }
 
-    // A merge: an old-shaped write of one source in `dual_write` syncs that source's columns of the shadow.
+    // A merge: an old-shaped write of one source in `dual_write` or `cutover` syncs that source's columns of
+    // the shadow.
     let source = TableName::from_object_name(&object).and_then(|n| m.source_of(&n, route.unqualified_reaches(index)));
-    if source.is_some() && (mr.version == Side::New || mr.phase != Phase::DualWrite) {
-        let detail =
-            if mr.version == Side::New { "a new-version session".to_string() } else { format!("phase {}", mr.phase) };
-        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, &detail));
+    if source.is_some() && mr.version == Side::New {
+        return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "a new-version session"));
     }
     // dual_write or cutover: write the session's shape, then sync the other table.
     let sync = match source {
@@ -177,6 +179,7 @@ pub(crate) fn rewrite_dml(
         None => Ok(()),
     };
     let sync_statements: Vec<(String, Statement)> = match kind {
+        _ if mirrored.is_some() => mirror_syncs(m, index, kind, &dml)?,
         Kind::Insert => {
             // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
             if let Statement::Insert(insert) = &dml {
@@ -199,7 +202,7 @@ pub(crate) fn rewrite_dml(
             sync.syncs.iter().map(|s| (s.cte_name.clone(), partial_upsert(sync, s, &assigned))).collect()
         }
     };
-    if mr.version == Side::New {
+    if mr.version == Side::New && mirrored.is_none() {
         retarget(&mut dml, m, &exposed);
     }
     let mut client_returning = take_returning(&mut dml);
@@ -389,7 +392,7 @@ fn set_factor_name(factor: &mut TableFactor, shadow: ObjectName, exposed: &Ident
 }
 
 /// Columns an UPDATE assigns (the column of `SET col.field = ...` is `col`).
-fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
+pub(crate) fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
     let first = |name: &ObjectName| match name.0.first() {
         Some(ObjectNamePart::Identifier(id)) => Some(normalize_ident(id)),
         _ => None,
@@ -405,7 +408,7 @@ fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
 }
 
 /// The sync upsert of `table` re-deriving only the target columns whose mapping reads an assigned column.
-fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &HashSet<String>) -> Statement {
+pub(crate) fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &HashSet<String>) -> Statement {
     let affected = sync.affected_by(assigned);
     let mut statement = table.upsert.clone();
     if let Statement::Insert(insert) = &mut statement {

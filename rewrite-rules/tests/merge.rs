@@ -132,11 +132,26 @@ fn a_read_of_a_source_routed_to_the_shadow_reads_the_rows_it_holds_there() {
 #[test]
 fn what_a_merge_does_not_dual_write_is_refused() {
     let v2 = MigrationRoute::own(Phase::DualWrite, Side::New);
-    let cutover = MigrationRoute::own(Phase::Cutover, Side::Old);
     assert!(refused(v2, "INSERT INTO accounts (id, email) VALUES (1, 'a')").contains("a new-version session"));
     assert!(refused(v2, "SELECT * FROM profiles").contains("reads an old table of the merge"));
-    assert!(refused(cutover, "DELETE FROM profiles WHERE id = 1").contains("phase cutover"));
+    let cutover_v2 = MigrationRoute::own(Phase::Cutover, Side::New);
+    assert!(refused(cutover_v2, "DELETE FROM profiles WHERE id = 1").contains("a new-version session"));
     // TRUNCATE and COPY FROM of a source: see merge_copy_truncate.rs.
+}
+
+#[test]
+fn in_cutover_the_sources_old_shaped_writes_are_dual_written_as_in_dual_write() {
+    let cutover = MigrationRoute::own(Phase::Cutover, Side::Old);
+    for sql in [
+        "INSERT INTO accounts (id, email) VALUES (1, 'A@x')",
+        "UPDATE profiles SET bio = 'b' WHERE id = 1",
+        "DELETE FROM profiles WHERE id = 1",
+        "DELETE FROM accounts WHERE id = 1 RETURNING email",
+    ] {
+        let dual = plan(DUAL_V1, sql);
+        assert!(matches!(dual, Plan::Rewritten { .. }), "{sql}: {dual:?}");
+        assert_eq!(plan(cutover, sql), dual, "{sql}");
+    }
 }
 
 fn error_of(text: &str) -> String {

@@ -101,8 +101,11 @@ fn what_a_merge_truncate_cannot_mirror_is_refused() {
     refused(DUAL_V1, "TRUNCATE accounts, profiles CASCADE");
     let v2 = MigrationRoute::own(Phase::DualWrite, Side::New);
     assert!(refused(v2, "TRUNCATE profiles").contains("new-version session"));
+    // In cutover the sources' old-shaped writes are dual-written as in dual_write; after it, refused.
     let cutover = MigrationRoute::own(Phase::Cutover, Side::Old);
-    assert!(refused(cutover, "TRUNCATE accounts").contains("phase cutover"));
+    assert_eq!(plan(cutover, "TRUNCATE accounts"), plan(DUAL_V1, "TRUNCATE accounts"));
+    let complete = MigrationRoute::own(Phase::Complete, Side::Old);
+    assert!(refused(complete, "TRUNCATE accounts").contains("phase complete"));
     // Off: not the proxy's business.
     assert_eq!(plan(MigrationRoute::own(Phase::Off, Side::Old), "TRUNCATE profiles"), Plan::PassThrough);
 }
@@ -182,11 +185,13 @@ fn a_copy_into_the_first_source_stages_its_own_columns() {
 }
 
 #[test]
-fn a_copy_into_a_source_outside_dual_write_v1_is_refused() {
+fn a_copy_into_a_source_outside_dual_write_and_cutover_v1_is_refused() {
     let v2 = MigrationRoute::own(Phase::DualWrite, Side::New);
     assert!(refused(v2, "COPY profiles FROM STDIN").contains("COPY FROM in a new-version session"));
     let cutover = MigrationRoute::own(Phase::Cutover, Side::Old);
-    assert!(refused(cutover, "COPY accounts FROM STDIN").contains("COPY FROM in phase cutover"));
+    assert_eq!(plan(cutover, "COPY accounts FROM STDIN"), plan(DUAL_V1, "COPY accounts FROM STDIN"));
+    let complete_v1 = MigrationRoute::own(Phase::Complete, Side::Old);
+    assert!(refused(complete_v1, "COPY accounts FROM STDIN").contains("COPY FROM in phase complete"));
     let complete = MigrationRoute::own(Phase::Complete, Side::New);
     assert!(refused(complete, "COPY accounts FROM STDIN").contains("new-version session"));
     // The forms no migration copies from stay refused as COPY's own refusals.

@@ -2,7 +2,9 @@
 //! (`dual_write`, `cutover`), whatever its form and whichever version the session is on: passed through, it
 //! would change the shadow alone; mirrored, a hand-written `DELETE` or `TRUNCATE` of the shadow would take the
 //! old table's rows with it. Reads of a shadow, and writes to it in `off` and `complete` or to another
-//! relation of its name, pass through untouched.
+//! relation of its name, pass through untouched. The one exception is a merge's shadow, the only name of its
+//! new shape: its plain INSERT, UPDATE and DELETE are mirrored into the sources (`merge_mirror.rs`), every
+//! other write form of it is refused here.
 
 use std::sync::Arc;
 
@@ -129,7 +131,7 @@ fn writes_to_other_relations_of_the_shadows_name_pass_through() {
 }
 
 #[test]
-fn writes_naming_a_target_of_a_split_or_the_shadow_of_a_merge_are_refused() {
+fn writes_naming_a_target_of_a_split_are_refused() {
     for sql in [
         "INSERT INTO accounts (id, email) VALUES (1, 'x@y')",
         "UPDATE public.profiles SET bio = 'b' WHERE id = 1",
@@ -143,13 +145,50 @@ fn writes_naming_a_target_of_a_split_or_the_shadow_of_a_merge_are_refused() {
             sql,
         );
     }
-    for sql in ["INSERT INTO users (id) VALUES (1)", "DELETE FROM public.users WHERE id = 1", "TRUNCATE users"] {
-        assert_refused(
-            &plan(MERGE, Phase::DualWrite, Side::Old, false, sql),
-            RejectReason::ShadowWrite,
-            "users_merge_tables",
-            sql,
-        );
+}
+
+/// What a merge's shadow write cannot be mirrored as: refused as `shadow_write`, naming the sources.
+const MERGE_SHADOW_REFUSED: [&str; 9] = [
+    "TRUNCATE users",
+    "TRUNCATE orders, public.users CASCADE",
+    "COPY users (id, email) FROM STDIN",
+    "MERGE INTO users t USING accounts s ON t.id = s.id WHEN NOT MATCHED THEN DO NOTHING",
+    "WITH gone AS (DELETE FROM users WHERE id = 1 RETURNING id) SELECT count(*) FROM gone",
+    "WITH n AS (INSERT INTO public.users (id) VALUES (1) RETURNING id) INSERT INTO orders (user_id) SELECT id FROM n",
+    "UPDATE users SET id = 2 WHERE id = 1",
+    "UPDATE users SET (email, id) = ('a', 2) WHERE id = 1",
+    "INSERT INTO users (id, email) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET id = 3",
+];
+
+#[test]
+fn the_write_forms_of_a_merges_shadow_that_cannot_be_mirrored_are_refused() {
+    for phase in [Phase::DualWrite, Phase::Cutover] {
+        for version in [Side::Old, Side::New] {
+            for sql in MERGE_SHADOW_REFUSED {
+                let plan = plan(MERGE, phase, version, false, sql);
+                assert_refused(&plan, RejectReason::ShadowWrite, "users_merge_tables", sql);
+                let Plan::Rejected(r) = plan else { unreachable!() };
+                assert!(r.message.contains("merged shadow"), "says why: {}", r.message);
+            }
+        }
+    }
+    let Plan::Rejected(r) = plan(MERGE, Phase::DualWrite, Side::Old, false, "TRUNCATE users") else { unreachable!() };
+    assert!(r.message.contains("public.accounts, public.profiles"), "names the sources: {}", r.message);
+}
+
+#[test]
+fn plain_writes_of_a_merges_shadow_are_rewritten_not_refused() {
+    for phase in [Phase::DualWrite, Phase::Cutover] {
+        for version in [Side::Old, Side::New] {
+            for sql in [
+                "INSERT INTO users (id) VALUES (1)",
+                "UPDATE users SET bio = 'b' WHERE id = 1",
+                "DELETE FROM public.users WHERE id = 1",
+            ] {
+                let got = plan(MERGE, phase, version, false, sql);
+                assert!(matches!(got, Plan::Rewritten { writes: true, .. }), "{phase} {version:?} {sql}: {got:?}");
+            }
+        }
     }
 }
 

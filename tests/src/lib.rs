@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod control;
 pub mod ledger;
 mod process;
 mod proxy;
 pub mod txn_ledger;
+pub use control::{control, db_error, value};
 pub use process::{dualwrite_binary, ProxyProcess};
 pub use proxy::TestProxy;
 

@@ -66,30 +66,6 @@ async fn contents(direct: &Client) -> Vec<String> {
     out
 }
 
-/// The one-row answer of a control command, as (column, value) pairs.
-async fn control(client: &Client, sql: &str) -> Vec<(String, Option<String>)> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .expect("a result set");
-    columns.into_iter().zip(simple_rows(&messages).remove(0)).collect()
-}
-
-fn value<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str> {
-    row.iter().find(|(c, _)| c == column).and_then(|(_, v)| v.as_deref())
-}
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
-    (db.code().code().to_string(), db.message().to_string())
-}
-
 async fn count(direct: &Client, sql: &str) -> i64 {
     direct.query_one(sql, &[]).await.unwrap().get(0)
 }

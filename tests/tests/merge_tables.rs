@@ -5,7 +5,7 @@
 //! while the other holds the key and deletes the row when neither does; reads of a source routed to v2 are
 //! served from the shadow; what a merge does not dual-write is refused; the backfill fills the shadow from
 //! the sources FULL JOINed on the key; VERIFY compares that join with the shadow in both directions and
-//! REPAIR fixes a planted divergence; `cutover` and `complete` are refused; rolling back to `off` leaves
+//! REPAIR fixes a planted divergence; `complete` is refused (cutover: merge_cutover.rs); rolling back to `off` leaves
 //! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
 //! says (the DELETE decides on the shadow row's latest version); `dualwrite check` checks every source; and
 //! a session in which one source's bare name means another table is refused bare source names.
@@ -57,30 +57,6 @@ async fn differences(direct: &Client) -> (i64, i64) {
         count(format!("SELECT count(*) FROM (({mapped}) EXCEPT ({shadow})) d")).await,
         count(format!("SELECT count(*) FROM (({shadow}) EXCEPT ({mapped})) d")).await,
     )
-}
-
-/// The one-row answer of a control command, as (column, value) pairs.
-async fn control(client: &Client, sql: &str) -> Vec<(String, Option<String>)> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .expect("a result set");
-    columns.into_iter().zip(simple_rows(&messages).remove(0)).collect()
-}
-
-fn value<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str> {
-    row.iter().find(|(c, _)| c == column).and_then(|(_, v)| v.as_deref())
-}
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
-    (db.code().code().to_string(), db.message().to_string())
 }
 
 async fn count(direct: &Client, sql: &str) -> i64 {
@@ -261,7 +237,7 @@ async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cutover_and_complete_are_refused_and_off_leaves_the_shadow_alone() {
+async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -269,17 +245,15 @@ async fn cutover_and_complete_are_refused_and_off_leaves_the_shadow_alone() {
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
 
-    for phase in ["cutover", "complete"] {
-        let e = admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} {phase}")).await.unwrap_err();
-        let (code, message) = db_error(&e);
-        assert_eq!(code, "55000");
-        assert!(
-            message.starts_with(&format!(
-                "cannot move to {phase} migration \"{MIGRATION}\": it merges several old tables"
-            )),
-            "{message}"
-        );
-    }
+    // (Cutover is allowed: tests/tests/merge_cutover.rs.)
+    let e = admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "55000");
+    assert!(
+        message
+            .starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
+        "{message}"
+    );
     let status = control(&admin, "DUALWRITE STATUS").await;
     assert_eq!(value(&status, "phase"), Some("dual_write"));
 

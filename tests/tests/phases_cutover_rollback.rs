@@ -35,25 +35,6 @@ async fn differences(direct: &Client) -> (i64, i64) {
     )
 }
 
-/// The one-row answer of a control command, as (column, value) pairs.
-async fn control(client: &Client, sql: &str) -> Vec<(String, Option<String>)> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .expect("a result set");
-    columns.into_iter().zip(simple_rows(&messages).remove(0)).collect()
-}
-
-fn value<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str> {
-    row.iter().find(|(c, _)| c == column).and_then(|(_, v)| v.as_deref())
-}
-
 /// (name, email) of an old row and (first_name, last_name, email) of its shadow row, read directly.
 type Both = (Option<(String, String)>, Option<(String, String, String)>);
 

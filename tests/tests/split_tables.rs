@@ -55,25 +55,6 @@ async fn differences(direct: &Client) -> (i64, i64) {
     )
 }
 
-/// The one-row answer of a control command, as (column, value) pairs.
-async fn control(client: &Client, sql: &str) -> Vec<(String, Option<String>)> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .expect("a result set");
-    columns.into_iter().zip(simple_rows(&messages).remove(0)).collect()
-}
-
-fn value<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str> {
-    row.iter().find(|(c, _)| c == column).and_then(|(_, v)| v.as_deref())
-}
-
 async fn backfill(admin: &Client) {
     control(admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
     eventually(Duration::from_secs(60), "backfill done", || async {
@@ -81,11 +62,6 @@ async fn backfill(admin: &Client) {
         value(&status, "backfill_state") == Some("done")
     })
     .await;
-}
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
-    (db.code().code().to_string(), db.message().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

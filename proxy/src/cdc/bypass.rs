@@ -19,7 +19,7 @@
 //! Repair reuses the verify's repair (same statement, same REPEATABLE READ retries and phase check, same
 //! `repair` mark): in `dual_write` the old table is the source of truth and the shadow is written through
 //! the forward mapping (for a merge: rebuilt from the sources joined); in `cutover` the shadow is, and the
-//! old table is written through the backward one (never for a merge, which stays in `dual_write`).
+//! old table is written through the backward one (never for a merge, which is watched in `dual_write` only).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! confirmed position. The leader confirms a transaction only once it is paired and its bypasses are
 //! recorded (and repaired), so a crash re-reads what was in flight; recording is idempotent.
 //!
-//! Watched: the migrations in dual_write or cutover, splits and merges included (a merge only ever reaches
-//! dual_write); the publication holds each one's old tables (every source of a merge) and shadow tables
+//! Watched: the migrations in dual_write or cutover, splits and merges included (a merge in dual_write
+//! only); the publication holds each one's old tables (every source of a merge) and shadow tables
 //! (every target of a split).
 //!
 //! Safety: the slot exists only while some migration is in dual_write or cutover (dropped at complete and
@@ -122,8 +122,8 @@ impl Watch {
     }
 
     /// The migrations to pair now: those in dual_write or cutover. A merge is watched in dual_write only:
-    /// its repair rebuilds the shadow from the sources and never the other way, and the state refuses it
-    /// cutover anyway.
+    /// its confirmation and repair take the sources as the source of truth, which from cutover on they are
+    /// not (README: Merging tables; VERIFY covers a merge in cutover).
     fn watched(&self) -> Vec<WatchedMigration> {
         let rules = self.state.rules();
         let snapshot = self.state.snapshot();

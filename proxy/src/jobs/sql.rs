@@ -359,7 +359,10 @@ impl CompiledMapping {
             return self.repair_split(behind);
         }
         if self.is_merge() {
-            return self.repair_merge();
+            return match behind {
+                Side::Shadow => self.repair_merge(),
+                Side::Old => self.repair_merge_sources(),
+            };
         }
         let (source, target, columns, exprs, alias) = match behind {
             Side::Shadow => (&self.old, &self.shadow, &self.shadow_columns, &self.forward, &self.old_alias),
@@ -509,11 +512,11 @@ impl CompiledMapping {
         ))
     }
 
-    /// `repair` of a merge, while its sources are the source of truth (a merge never reaches cutover): the
-    /// shadow rows of the keys in `$1` are upserted from the sources FULL JOINed on the key, or deleted where
+    /// `repair` of a merge while its sources are the source of truth (`dual_write`; in cutover see
+    /// `merge_repair`): the shadow rows of the keys in `$1` are upserted from the sources FULL JOINed on the key, or deleted where
     /// no source holds the key. Each source's rows are read `FOR SHARE` (a FULL JOIN cannot be locked as one;
     /// under REPEATABLE READ a concurrent write to any of them fails the repair, which is retried). Returns
-    /// (rows upserted, rows deleted). Only for the shadow behind: `verify::repair` refuses the other way.
+    /// (rows upserted, rows deleted).
     fn repair_merge(&self) -> String {
         let (keys_cte, src, up, del) = (ident("__dw_keys"), ident("__dw_src"), ident("__dw_up"), ident("__dw_del"));
         let (o, s) = (ident("__dw_o"), ident("__dw_s"));
@@ -563,6 +566,7 @@ impl CompiledMapping {
     }
 }
 
+mod merge_repair;
 mod merge_truncate;
 #[cfg(test)]
 mod tests;

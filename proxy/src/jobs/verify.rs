@@ -409,14 +409,6 @@ pub(crate) async fn repair(
         SourceOfTruth::Old => Side::Shadow,
         SourceOfTruth::Shadow => Side::Old,
     };
-    if compiled.is_merge() && behind == Side::Old {
-        // A merge never leaves dual_write (its old tables stay the source of truth); rebuilding several old
-        // tables from the shadow is not built, so it is refused rather than guessed.
-        return Err(JobError::Mapping {
-            migration: compiled.migration.clone(),
-            reason: "a merge's old tables are not repaired from the shadow".into(),
-        });
-    }
     let statement = client.prepare(&compiled.repair(behind)).await?;
     let name = compiled.migration.as_str();
     for batch in keys.chunks(REPAIR_BATCH) {

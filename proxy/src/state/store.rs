@@ -250,14 +250,16 @@ pub async fn change_phase(
                 .into(),
         ));
     }
-    if matches!(to, Phase::Cutover | Phase::Complete) && m.is_merge() {
-        // From cutover on the shadow is the source of truth and repairs rebuild the old tables from it, which
-        // is not built for several old tables; old-shaped writes of a merge are only dual-written in dual_write.
+    if to == Phase::Complete && m.is_merge() {
+        // After `complete` the sources are no longer written, and a source's old-shaped write would be
+        // retargeted at the merged shadow as if it were the shadow's shape, which it is not.
         return Err(refused(
             &m.name,
-            &format!("move to {to}"),
-            "it merges several old tables into one shadow, which the proxy keeps in sync in dual_write only; \
-             it stays in dual_write (or rolls back to off) until its writers move to the shadow"
+            "move to complete",
+            "it merges several old tables into one shadow; `complete` would retire the sources while their \
+             old-shaped writes have no form on the shadow alone. It stays in cutover (the sources and the shadow \
+             kept in step both ways) or rolls back, until its writers have moved to the shadow and the sources \
+             are dropped by hand"
                 .into(),
         ));
     }
@@ -404,10 +406,11 @@ pub async fn audit_entries(
 }
 
 /// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column (serial
-/// or identity, in either table) past the largest key of both tables, so new keys cannot collide with rows
-/// copied from the other table. Sequences only move forward.
+/// or identity, in any of the tables: the old table or every source of a merge, and every shadow) past the
+/// largest key of all of them, so new keys cannot collide with rows copied from another table. Sequences
+/// only move forward.
 async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
-    let tables: Vec<String> = std::iter::once(&m.table).chain(m.shadow_tables()).map(|t| t.to_string()).collect();
+    let tables: Vec<String> = m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.to_string()).collect();
     let mut moved = Vec::new();
     for column in &m.key {
         let mut sequences = Vec::new();
@@ -421,10 +424,8 @@ async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(Stri
         }
         // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.
         let col = quote_ident(column);
-        let max_sql = format!(
-            "SELECT greatest((SELECT max({col})::bigint FROM {}), (SELECT max({col})::bigint FROM {}))",
-            tables[0], tables[1]
-        );
+        let maxima: Vec<String> = tables.iter().map(|t| format!("(SELECT max({col})::bigint FROM {t})")).collect();
+        let max_sql = format!("SELECT greatest({})", maxima.join(", "));
         let max: Option<i64> = tx.query_one(&max_sql, &[]).await?.get(0);
         let Some(max) = max else { continue };
         for seq in sequences {

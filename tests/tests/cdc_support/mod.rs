@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dualwrite_proxy::cdc::CdcConfig;
 use dualwrite_proxy::config::Config;
-use dualwrite_tests::{eventually, simple_rows, ProxyProcess, TestCluster, TestDb, TestProxy};
+use dualwrite_tests::{control, eventually, ProxyProcess, TestCluster, TestDb, TestProxy};
 use tokio_postgres::Client;
 
 pub const MIGRATION: &str = "users_split_name";
@@ -195,18 +195,7 @@ pub async fn until_watching(client: &Client) {
 
 /// `DUALWRITE STATUS` through the proxy, as (column, value) pairs of the migration's row.
 pub async fn status(proxy_client: &Client) -> Vec<(String, Option<String>)> {
-    let messages = proxy_client.simple_query("DUALWRITE STATUS").await.expect("status");
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .expect("row description");
-    let row = simple_rows(&messages).into_iter().next().expect("one migration");
-    columns.into_iter().zip(row).collect()
+    control(proxy_client, "DUALWRITE STATUS").await
 }
 
 pub fn column(status: &[(String, Option<String>)], name: &str) -> Option<String> {

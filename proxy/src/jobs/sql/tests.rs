@@ -254,6 +254,35 @@ fn every_merge_variant_reads_the_sources_joined_and_writes_only_the_shadow() {
 }
 
 #[test]
+fn a_merge_repaired_in_cutover_rebuilds_each_source_from_the_shadow_and_never_writes_it() {
+    let m = merged();
+    let repair = m.repair(Side::Old);
+    parses(&repair);
+    assert!(repair.contains("FROM \"public\".\"users\" WHERE") && repair.contains("FOR SHARE"), "{repair}");
+    // Each source upserted through its backward where the shadow row holds its columns ...
+    assert!(
+        repair.contains(
+            "INSERT INTO \"public\".\"accounts\" (\"id\", \"email\") SELECT id, email FROM \"__dw_src\" AS \"users\" \
+              WHERE \"users\".\"email\" IS NOT NULL"
+        ),
+        "{repair}"
+    );
+    assert!(
+        repair.contains(
+            "INSERT INTO \"public\".\"profiles\" (\"id\", \"name\") SELECT id, display_name FROM \"__dw_src\" \
+             AS \"users\" WHERE \"users\".\"display_name\" IS NOT NULL"
+        ),
+        "{repair}"
+    );
+    // ... and its row deleted where the shadow row holds none of them, or is gone.
+    assert!(repair.contains("DELETE FROM \"public\".\"accounts\" AS \"__dw_s\""), "{repair}");
+    assert!(repair.contains("AND (\"__dw_o\".\"display_name\" IS NOT NULL)"), "{repair}");
+    assert!(
+        !repair.contains("INSERT INTO \"public\".\"users\"") && !repair.contains("DELETE FROM \"public\".\"users\"")
+    );
+}
+
+#[test]
 fn a_merge_source_left_behind_is_a_shadow_row_showing_its_columns_where_it_lacks_the_key() {
     let m = merged();
     let sql = m.merge_source_left_behind(1);

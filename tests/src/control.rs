@@ -1,0 +1,29 @@
+//! Control SQL answers as the integration tests read them: the one row of a `DUALWRITE ...` command by
+//! column name, and a server error's SQLSTATE and message.
+
+/// Runs `sql` (a control command answering one row) as a simple Query and returns the row as (column,
+/// value) pairs; panics naming the command on an error.
+pub async fn control(client: &tokio_postgres::Client, sql: &str) -> Vec<(String, Option<String>)> {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let columns: Vec<String> = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
+                Some(d.iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .expect("a result set");
+    columns.into_iter().zip(crate::simple_rows(&messages).remove(0)).collect()
+}
+
+/// The value of `column` in a row `control` returned, `None` when NULL or absent.
+pub fn value<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str> {
+    row.iter().find(|(c, _)| c == column).and_then(|(_, v)| v.as_deref())
+}
+
+/// (SQLSTATE, message) of a server error; panics if `e` is not one.
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
