@@ -223,6 +223,43 @@ fn compile_migration(m: &Migration) -> CompiledMigration {
     }
 }
 
+/// `Direction::syncs` of a merge source's mirror (`crate::mirror`): every written row's key (a DELETE), the
+/// rows holding any of its columns (upserted), the rows holding none (their keys deleted).
+pub(crate) const MIRROR_EVERY_ROW: usize = 0;
+pub(crate) const MIRROR_HOLDING: usize = 1;
+pub(crate) const MIRROR_NOT_HOLDING: usize = 2;
+
+/// Source `index` of merge `m` written from rows of `shadow` (a write naming the shadow, mirrored): its
+/// `backward` with the three syncs above.
+fn compile_mirror(m: &Migration, index: usize, shadow: &TableName) -> Result<Direction, String> {
+    let source = &m.merge[index];
+    let table = source.table.qualified();
+    let columns: Vec<String> = source.old_columns().map(str::to_string).collect();
+    let holds = source
+        .shadow_columns()
+        .filter(|c| !m.key.iter().any(|k| k == c))
+        .map(|c| format!("{} IS NOT NULL", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let cte = if index == 0 { "__dw_old".to_string() } else { format!("__dw_old_{}", index + 1) };
+    let target = |cte: String, filter: Option<String>| SyncTarget {
+        table: table.clone(),
+        columns: columns.clone(),
+        cte,
+        filter,
+    };
+    compile_direction(
+        m,
+        &source.backward,
+        &shadow.to_string(),
+        &[
+            target(cte.clone(), None),
+            target(cte.clone(), Some(holds.clone())),
+            target(format!("{cte}_gone"), Some(format!("NOT ({holds})"))),
+        ],
+    )
+}
+
 /// Compiles merge source `index` of `m` into the shadow `shadow` (README: Merging tables).
 ///
 /// A DELETE of source rows must null their columns in the shadow row, or delete the row when no other
@@ -350,7 +387,7 @@ fn compile_source(m: &Migration, index: usize, shadow: &TableName) -> Result<Com
         view,
         present: source.present.clone(),
         own,
-        mirror: crate::mirror::compile(m, index, shadow)?,
+        mirror: compile_mirror(m, index, shadow)?,
     })
 }
 

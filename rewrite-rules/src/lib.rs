@@ -19,6 +19,7 @@ mod compiled;
 mod copy;
 mod copy_block;
 pub mod corpus;
+mod dml;
 mod fallback;
 pub mod fuzz_checks;
 mod literals;

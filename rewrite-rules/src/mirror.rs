@@ -22,47 +22,9 @@ use std::collections::HashSet;
 
 use sqlparser::ast::{OnConflictAction, OnInsert, Statement};
 
-use crate::compiled::{compile_direction, CompiledMigration, Direction, SyncTarget};
-use crate::model::Migration;
-use crate::names::{quote_ident, TableName};
+use crate::compiled::{CompiledMigration, MIRROR_EVERY_ROW, MIRROR_HOLDING, MIRROR_NOT_HOLDING};
+use crate::dml::{assigned_columns, partial_upsert, Kind};
 use crate::plan::{RejectReason, Rejection};
-use crate::writes::{assigned_columns, partial_upsert, Kind};
-
-/// `Direction::syncs` of a source's mirror: every written row's key (a DELETE), the rows holding any of
-/// its columns (upserted), the rows holding none (their keys deleted).
-const EVERY_ROW: usize = 0;
-const HOLDING: usize = 1;
-const NOT_HOLDING: usize = 2;
-
-/// Source `index` of merge `m` written from rows of `shadow`: its `backward` with the three syncs above.
-pub(crate) fn compile(m: &Migration, index: usize, shadow: &TableName) -> Result<Direction, String> {
-    let source = &m.merge[index];
-    let table = source.table.qualified();
-    let columns: Vec<String> = source.old_columns().map(str::to_string).collect();
-    let holds = source
-        .shadow_columns()
-        .filter(|c| !m.key.iter().any(|k| k == c))
-        .map(|c| format!("{} IS NOT NULL", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let cte = if index == 0 { "__dw_old".to_string() } else { format!("__dw_old_{}", index + 1) };
-    let target = |cte: String, filter: Option<String>| SyncTarget {
-        table: table.clone(),
-        columns: columns.clone(),
-        cte,
-        filter,
-    };
-    compile_direction(
-        m,
-        &source.backward,
-        &shadow.to_string(),
-        &[
-            target(cte.clone(), None),
-            target(cte.clone(), Some(holds.clone())),
-            target(format!("{cte}_gone"), Some(format!("NOT ({holds})"))),
-        ],
-    )
-}
 
 /// The sync CTEs mirroring a write of merge `m`'s shadow (migration `index`) into its sources, or the
 /// refusal of a write that cannot be mirrored.
@@ -92,10 +54,10 @@ pub(crate) fn mirror_syncs(
     let mut syncs = Vec::new();
     for source in &m.sources {
         let mirror = &source.mirror;
-        let (holding, not_holding) = (&mirror.syncs[HOLDING], &mirror.syncs[NOT_HOLDING]);
+        let (holding, not_holding) = (&mirror.syncs[MIRROR_HOLDING], &mirror.syncs[MIRROR_NOT_HOLDING]);
         match (kind, dml) {
             (Kind::Delete, _) => {
-                let every = &mirror.syncs[EVERY_ROW];
+                let every = &mirror.syncs[MIRROR_EVERY_ROW];
                 syncs.push((every.cte_name.clone(), every.delete.clone()));
             }
             (Kind::Insert, Statement::Insert(insert)) => {

@@ -29,13 +29,14 @@ use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, OnConflictAction, OnInsert,
-    Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAliasWithoutColumns, TableFactor,
-    TableObject, TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
+    Expr, FromTable, Ident, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAliasWithoutColumns, TableFactor, TableObject,
+    TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
 };
 
-use crate::compiled::{template_query, Compiled, CompiledMigration, Direction, TableSync};
+use crate::compiled::{template_query, Compiled, CompiledMigration};
 use crate::copy_block::CopyBlock;
+use crate::dml::{assigned_columns, partial_upsert, Kind};
 use crate::merge_truncate::MergeTruncation;
 use crate::mirror::mirror_syncs;
 use crate::model::Phase;
@@ -87,13 +88,6 @@ impl Outcome {
             companions: None,
         }
     }
-}
-
-#[derive(Clone, Copy)]
-pub(crate) enum Kind {
-    Insert,
-    Update,
-    Delete,
 }
 
 /// Rewrites an INSERT, UPDATE or DELETE. `shell` is the query it was the body of when the client wrote
@@ -389,40 +383,6 @@ fn set_factor_name(factor: &mut TableFactor, shadow: ObjectName, exposed: &Ident
             *alias = Some(alias_of(exposed.clone()));
         }
     }
-}
-
-/// Columns an UPDATE assigns (the column of `SET col.field = ...` is `col`).
-pub(crate) fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
-    let first = |name: &ObjectName| match name.0.first() {
-        Some(ObjectNamePart::Identifier(id)) => Some(normalize_ident(id)),
-        _ => None,
-    };
-    assignments
-        .iter()
-        .flat_map(|a| match &a.target {
-            AssignmentTarget::ColumnName(n) => vec![first(n)],
-            AssignmentTarget::Tuple(ns) => ns.iter().map(first).collect(),
-        })
-        .flatten()
-        .collect()
-}
-
-/// The sync upsert of `table` re-deriving only the target columns whose mapping reads an assigned column.
-pub(crate) fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &HashSet<String>) -> Statement {
-    let affected = sync.affected_by(assigned);
-    let mut statement = table.upsert.clone();
-    if let Statement::Insert(insert) = &mut statement {
-        if let Some(OnInsert::OnConflict(on_conflict)) = &mut insert.on {
-            if let OnConflictAction::DoUpdate(update) = &mut on_conflict.action {
-                let mut columns = table.upsert_assigned.iter();
-                update.assignments.retain(|_| columns.next().is_some_and(|c| affected.contains(c.as_str())));
-                if update.assignments.is_empty() {
-                    on_conflict.action = OnConflictAction::DoNothing;
-                }
-            }
-        }
-    }
-    statement
 }
 
 fn take_returning(dml: &mut Statement) -> Option<Vec<SelectItem>> {
