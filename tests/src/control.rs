@@ -27,3 +27,13 @@ pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
     (db.code().code().to_string(), db.message().to_string())
 }
+
+/// Starts migration `migration`'s backfill through `admin` and waits (up to a minute, a bound against a hung
+/// test) until `DUALWRITE STATUS` reports it done.
+pub async fn backfill_until_done(admin: &tokio_postgres::Client, migration: &str) {
+    control(admin, &format!("DUALWRITE BACKFILL {migration} START")).await;
+    crate::eventually(std::time::Duration::from_secs(60), "backfill done", || async {
+        value(&control(admin, "DUALWRITE STATUS").await, "backfill_state") == Some("done")
+    })
+    .await;
+}

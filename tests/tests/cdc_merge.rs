@@ -273,16 +273,14 @@ async fn direct_writes_of_a_source_are_found_counted_and_repaired_into_the_merge
     f.proxy.stop().await.unwrap();
 }
 
+/// Written through the proxy: key 1 only in accounts, 2 in both sources, 3 only in profiles.
+const TWO_SOURCES: &str = "INSERT INTO accounts (id, email) VALUES (1, 'A1@X'), (2, 'A2@X');
+     INSERT INTO profiles (id, name, bio) VALUES (2, 'P2', 'b2'), (3, 'P3', 'b3')";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_writes_of_the_shadow_are_found_and_the_row_rebuilt_from_the_sources() {
     let f = fixture("cdc_merge_shadow_bypass", "repair", None, "").await;
-    f.app
-        .batch_execute(
-            "INSERT INTO accounts (id, email) VALUES (1, 'A1@X'), (2, 'A2@X');
-             INSERT INTO profiles (id, name, bio) VALUES (2, 'P2', 'b2'), (3, 'P3', 'b3')",
-        )
-        .await
-        .unwrap();
+    f.app.batch_execute(TWO_SOURCES).await.unwrap();
     assert_eq!(differences(&f.direct).await, 0);
     let merged_2 = Some((Some("a2@x".to_string()), Some("P2".to_string()), Some("b2".to_string())));
     let cases: Vec<(&str, &str, i32)> = vec![
@@ -312,13 +310,7 @@ async fn direct_writes_of_the_shadow_are_found_and_the_row_rebuilt_from_the_sour
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_truncate_of_a_source_is_recorded_where_the_proxys_is_not() {
     let f = fixture("cdc_merge_truncate", "repair", None, "").await;
-    f.app
-        .batch_execute(
-            "INSERT INTO accounts (id, email) VALUES (1, 'A1@X'), (2, 'A2@X');
-             INSERT INTO profiles (id, name, bio) VALUES (2, 'P2', 'b2'), (3, 'P3', 'b3')",
-        )
-        .await
-        .unwrap();
+    f.app.batch_execute(TWO_SOURCES).await.unwrap();
     f.app.batch_execute("TRUNCATE profiles").await.unwrap();
     assert_eq!(differences(&f.direct).await, 0);
     // Straight to the source: the shadow still holds the accounts' columns.

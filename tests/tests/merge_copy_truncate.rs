@@ -84,11 +84,7 @@ async fn backfilled() -> Fixture {
     direct.batch_execute(SCHEMA).await.unwrap();
     let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
     let admin = proxy.connect(&db).await.unwrap();
-    control(&admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        value(&control(&admin, "DUALWRITE STATUS").await, "backfill_state") == Some("done")
-    })
-    .await;
+    backfill_until_done(&admin, MIGRATION).await;
     assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 60);
     Fixture { db, direct, proxy, admin }
 }

@@ -8,7 +8,6 @@
 //! the shadow; `complete` is refused; ROLLBACK to dual_write keeps every row.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use dualwrite_tests::*;
 use tokio_postgres::Client;
@@ -73,11 +72,7 @@ async fn backfilled() -> Setup {
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
     let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
-    control(&admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        value(&control(&admin, "DUALWRITE STATUS").await, "backfill_state") == Some("done")
-    })
-    .await;
+    backfill_until_done(&admin, MIGRATION).await;
     Setup { direct, proxy, admin, v1, v2 }
 }
 

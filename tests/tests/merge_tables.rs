@@ -193,12 +193,7 @@ async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
     let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
     let admin = proxy.connect(&db).await.unwrap();
 
-    control(&admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        let status = control(&admin, "DUALWRITE STATUS").await;
-        value(&status, "backfill_state") == Some("done")
-    })
-    .await;
+    backfill_until_done(&admin, MIGRATION).await;
     assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 60);
     assert_eq!(shadow(&direct, 7).await, row(Some("user7@x.org"), None, None));
     assert_eq!(shadow(&direct, 30).await, row(Some("user30@x.org"), Some("Name 30"), None));

@@ -5,7 +5,6 @@
 //! under the mapping in both directions, and each session reads the other version's rows in its shape.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use dualwrite_tests::*;
 use tokio_postgres::Client;
@@ -67,12 +66,7 @@ async fn cutover_writes_by_both_versions_survive_rollback_and_verify_clean_both_
     let v1 = proxy.connect(&db).await.unwrap();
     let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
 
-    control(&admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        let status = control(&admin, "DUALWRITE STATUS").await;
-        value(&status, "backfill_state") == Some("done")
-    })
-    .await;
+    backfill_until_done(&admin, MIGRATION).await;
     let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     assert_eq!((value(&verify, "source"), value(&verify, "clean")), (Some("old"), Some("t")), "{verify:?}");
     let cut = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;

@@ -56,12 +56,7 @@ async fn differences(direct: &Client) -> (i64, i64) {
 }
 
 async fn backfill(admin: &Client) {
-    control(admin, &format!("DUALWRITE BACKFILL {MIGRATION} START")).await;
-    eventually(Duration::from_secs(60), "backfill done", || async {
-        let status = control(admin, "DUALWRITE STATUS").await;
-        value(&status, "backfill_state") == Some("done")
-    })
-    .await;
+    backfill_until_done(admin, MIGRATION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
