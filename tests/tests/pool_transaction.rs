@@ -206,6 +206,68 @@ async fn a_failed_or_skipped_parse_leaves_no_statement_behind_as_in_postgres() {
 }
 
 #[tokio::test]
+async fn a_prepare_outside_a_transaction_of_a_statement_the_server_accepted_needs_no_free_connection() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let mut config = pooled_config(&cluster, 1);
+    config.pool_wait_timeout_secs = 1;
+    let proxy = TestProxy::start(config).await.unwrap();
+    // Every client logs in while the one connection is free.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await);
+    }
+    let [alice, bob, carol, dave] = clients.as_mut_slice() else { unreachable!() };
+    // Alice's statements reach the server, which accepts the first and refuses the second.
+    let answers = batch(alice, &[parse("s", "SELECT 40 + 2"), bind("s"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ");
+    let answers = batch(alice, &[parse("bad", "SELEC 1"), sync()]).await;
+    assert_eq!(first_error(&answers).map(|e| e.0).as_deref(), Some("42601"));
+
+    // Carol holds the pool's only connection in her transaction.
+    assert_eq!(tags(&carol.query("BEGIN").await), "CZ");
+    // Bob prepares (Parse and Sync, as libpq's PQprepare) the statement the server accepted: answered
+    // without a connection, under his own name.
+    let answers = batch(bob, &[parse("q", "SELECT 40 + 2"), sync()]).await;
+    assert_eq!(tags(&answers), "1Z", "ParseComplete and ReadyForQuery while every connection is in use");
+    assert_eq!(answers[1].1, b"I", "outside a transaction");
+    // A statement the server refused is not answered so: Dave waits for a connection, and is refused
+    // after the wait timeout, as for any request.
+    dave.send(&[parse("x", "SELEC 1"), sync()].concat()).await;
+    assert_eq!(dave.error_then_close().await.as_deref(), Some("08P01"), "query_wait_timeout, no ParseComplete");
+    assert_eq!(tags(&carol.query("COMMIT").await), "CZ");
+
+    // Bob's statement is prepared on the connection at its first use, and runs.
+    let answers = batch(bob, &[bind("q"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "2DCZ");
+    let row = &answers.iter().find(|(t, _)| *t == b'D').unwrap().1;
+    assert_eq!(&row[row.len() - 2..], b"42");
+    // The name is Bob's as after any Parse: a second Parse of it is refused as in Postgres.
+    let answers = batch(bob, &[parse("q", "SELECT 40 + 2"), sync()]).await;
+    assert_eq!(first_error(&answers).map(|e| e.0).as_deref(), Some("42P05"));
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pgbench_prepared_with_one_thread_for_eight_clients_on_two_server_connections() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    let direct = connect_direct(&db).await;
+    let proxy = TestProxy::start(pooled_config(&cluster, 2)).await.unwrap();
+    pgbench(&db.url(), &["-i", "-s", "1", "-q"]).await.unwrap().assert_success();
+    // One pgbench thread serves all eight clients and prepares each statement with the blocking PQprepare
+    // at its first use: the BEGIN's prepare, outside a transaction, must not wait for a connection that
+    // the thread's other clients hold in their transactions.
+    let out = pgbench(&proxy.url(&db), &["-M", "prepared", "-c", "8", "-j", "1", "-t", "25"]).await.unwrap();
+    out.assert_success();
+    assert!(out.stdout.contains("number of transactions actually processed: 200/200"), "{}", out.stdout);
+    let history: i64 = direct.query_one("SELECT count(*) FROM pgbench_history", &[]).await.unwrap().get(0);
+    assert_eq!(history, 200, "every TPC-B transaction committed");
+    assert!(server_connections(&direct, &db.name).await <= 2);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn session_state_pins_its_client_and_is_reset_before_another_client_gets_the_connection() {
     let cluster = TestCluster::shared();
     let db = cluster.create_database().await.unwrap();

@@ -41,6 +41,10 @@ impl SessionInterceptor for ElsewhereSession {
         control::is_control_command(sql)
     }
 
+    fn forwards_parse(&mut self, sql: &str) -> bool {
+        !control::is_control_command(sql)
+    }
+
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
         if !control::is_control_command(request.sql) {
             return Verdict::Forward;

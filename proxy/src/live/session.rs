@@ -370,6 +370,14 @@ impl SessionInterceptor for LiveSession {
         control::is_control_command(sql)
     }
 
+    fn forwards_parse(&mut self, sql: &str) -> bool {
+        // What `on_sql` and `judge` forward before any probe, in their order.
+        !control::is_control_command(sql)
+            && self.version.is_ok()
+            && classify_statement(sql).is_ok_and(|kind| kind == SessionStatement::Other)
+            && !self.live.load().rewriter.mentions_migrated_table(sql)
+    }
+
     fn on_sql(&mut self, request: SqlRequest<'_>) -> Verdict {
         let sql = request.sql;
         if control::is_control_command(sql) {

@@ -7,25 +7,60 @@
 //! Close forgets the name on the client's side only, as the server's statement may serve others. A
 //! connection keeps at most `capacity` statements, closing the least recently used one to make room.
 //! Unnamed statements live inside one batch and are not translated. Pure: frames in, frames out.
+//!
+//! A pool remembers the statements its server accepted (a connection prepared them and went back to the
+//! pool holding them). A client's Parse of such a statement while it holds no connection is answered
+//! locally, without waiting for one (`ClientStatements::parse_detached`): libpq's synchronous `PQprepare`
+//! on a thread whose other clients hold every connection (pgbench `-M prepared` with fewer connections
+//! than clients) would otherwise wait for itself. The statement is prepared on a connection at its first
+//! use there, as any other. What that gives up: a statement that has stopped being valid since the server
+//! accepted it (its table dropped) fails at that use instead of at the Parse, as a statement prepared
+//! before the drop fails in Postgres.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::PoolKey;
 use crate::protocol::frame::BodyReader;
 use crate::protocol::messages::{self, tag, SqlError};
 
-/// The server-side names, one per distinct (SQL, parameter types): shared by every client of a server.
+/// The server-side names, one per distinct (SQL, parameter types): shared by every client of a server;
+/// and, per pool, the names its server accepted.
 #[derive(Debug, Default)]
 pub struct StatementNames {
     ids: HashMap<(String, Vec<u32>), u64>,
     next: u64,
+    accepted: HashMap<PoolKey, HashSet<Arc<str>>>,
 }
 
 impl StatementNames {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A connection of `pool` went back to it holding `names`, which its server therefore prepared.
+    pub fn accept(&mut self, pool: &PoolKey, names: Vec<Arc<str>>) {
+        if names.is_empty() {
+            return;
+        }
+        match self.accepted.get_mut(pool) {
+            Some(set) => set.extend(names),
+            None => {
+                self.accepted.insert(pool.clone(), names.into_iter().collect());
+            }
+        }
+    }
+
+    /// The statement of `sql` and `param_types` when `pool`'s server accepted it.
+    fn accepted_statement(&self, pool: &PoolKey, sql: &str, param_types: &[u32]) -> Option<ServerStatement> {
+        let accepted = self.accepted.get(pool)?;
+        let id = self.ids.get(&(sql.to_owned(), param_types.to_vec()))?;
+        let name = format!("dualwrite_s{id}");
+        let name = accepted.get(name.as_str())?;
+        let parse = messages::parse(Some(name.to_string()), sql, param_types.to_vec());
+        Some(ServerStatement { name: Arc::clone(name), parse })
     }
 
     fn server_statement(&mut self, sql: &str, param_types: Vec<u32>) -> ServerStatement {
@@ -54,11 +89,13 @@ pub struct ServerPrepared {
     last_use: HashMap<String, u64>,
     clock: u64,
     capacity: usize,
+    /// Statements added since the connection last went back to its pool.
+    fresh: Vec<Arc<str>>,
 }
 
 impl ServerPrepared {
     pub fn new(capacity: usize) -> Self {
-        ServerPrepared { last_use: HashMap::new(), clock: 0, capacity: capacity.max(1) }
+        ServerPrepared { last_use: HashMap::new(), clock: 0, capacity: capacity.max(1), fresh: Vec::new() }
     }
 
     fn holds(&mut self, name: &str) -> bool {
@@ -73,7 +110,7 @@ impl ServerPrepared {
     }
 
     /// Records `name` as prepared; the Close of the statement evicted to make room, if any.
-    fn add(&mut self, name: &str) -> Option<Bytes> {
+    fn add(&mut self, name: &Arc<str>) -> Option<Bytes> {
         let evicted = if self.last_use.len() >= self.capacity {
             let oldest = self.last_use.iter().min_by_key(|(_, used)| **used).map(|(n, _)| n.clone());
             oldest.inspect(|n| {
@@ -83,18 +120,29 @@ impl ServerPrepared {
             None
         };
         self.clock += 1;
-        self.last_use.insert(name.to_owned(), self.clock);
+        self.last_use.insert(name.to_string(), self.clock);
+        self.fresh.push(Arc::clone(name));
         evicted.map(|n| messages::close_statement(&n))
     }
 
     /// The server did not prepare `name` (its Parse failed, or was skipped after an earlier error).
     pub fn forget(&mut self, name: &str) {
         self.last_use.remove(name);
+        self.fresh.retain(|f| &**f != name);
+    }
+
+    /// The statements added since the last call that the connection still holds: with every answer of
+    /// the connection read (it is going back to its pool), the ones its server prepared.
+    pub fn take_fresh(&mut self) -> Vec<Arc<str>> {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.retain(|name| self.last_use.contains_key(&**name));
+        fresh
     }
 
     /// The connection was reset (`DISCARD ALL`): it holds nothing any more.
     pub fn clear(&mut self) {
         self.last_use.clear();
+        self.fresh.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -161,6 +209,37 @@ impl ClientStatements {
         }
         let evict = server.add(&statement.name);
         ParseAction::Send { evict, parse: statement.parse.clone(), name: Arc::clone(&statement.name) }
+    }
+
+    /// A Parse of `name` (not empty) while the client holds no connection of `pool`: answered locally (the
+    /// statement recorded as the client's) when the client's name is free and `pool`'s server accepted the
+    /// statement; `None` when it needs a connection.
+    pub fn parse_detached(
+        &mut self,
+        names: &StatementNames,
+        pool: &PoolKey,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+    ) -> Option<ParseAction> {
+        if self.statements.contains_key(name) {
+            return None;
+        }
+        let statement = names.accepted_statement(pool, sql, param_types)?;
+        self.statements.insert(name.to_vec(), Arc::new(statement));
+        Some(ParseAction::AnswerLocally)
+    }
+
+    /// Whether [`Self::parse_detached`] would answer this Parse locally.
+    pub fn answers_detached(
+        &self,
+        names: &StatementNames,
+        pool: &PoolKey,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+    ) -> bool {
+        !self.statements.contains_key(name) && names.accepted_statement(pool, sql, param_types).is_some()
     }
 
     /// A Bind or Describe (`frame`) of the client's statement `name` on `server`; `None` when the client has
@@ -309,6 +388,41 @@ mod tests {
         // A failure of an older statement under a name since reused does not free the new one.
         alice.forget_failed(b"s", &name);
         assert!(alice.use_statement(&mut server, b"s", &messages::bind("", "s")).is_some());
+    }
+
+    fn pool(database: &str) -> PoolKey {
+        PoolKey { database: database.into(), user: "app".into(), parameters: Vec::new() }
+    }
+
+    #[test]
+    fn a_parse_without_a_connection_is_answered_only_for_statements_the_pools_server_accepted() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(10);
+        let (mut alice, mut bob) = (ClientStatements::new(), ClientStatements::new());
+        let (shop, other) = (pool("shop"), pool("other"));
+        // Nothing accepted yet: Bob needs a connection.
+        assert!(!bob.answers_detached(&names, &shop, b"q", "SELECT $1", &[23]));
+        assert_eq!(bob.parse_detached(&names, &shop, b"q", "SELECT $1", &[23]), None);
+        sent(alice.parse(&mut names, &mut server, b"s", "SELECT $1", vec![23]));
+        sent(alice.parse(&mut names, &mut server, b"bad", "SELEC 1", vec![]));
+        // The server refused the second; the connection goes back holding the first only.
+        server.forget("dualwrite_s2");
+        let fresh = server.take_fresh();
+        assert_eq!(fresh, vec![Arc::<str>::from("dualwrite_s1")]);
+        assert!(server.take_fresh().is_empty(), "reported once");
+        names.accept(&shop, fresh);
+        assert!(bob.answers_detached(&names, &shop, b"q", "SELECT $1", &[23]));
+        assert!(!bob.answers_detached(&names, &shop, b"q", "SELECT $1", &[25]), "other parameter types");
+        assert!(!bob.answers_detached(&names, &other, b"q", "SELECT $1", &[23]), "another pool's server");
+        assert!(!bob.answers_detached(&names, &shop, b"r", "SELEC 1", &[]), "refused by the server");
+        assert_eq!(bob.parse_detached(&names, &shop, b"q", "SELECT $1", &[23]), Some(ParseAction::AnswerLocally));
+        // The name is now Bob's: a second Parse of it is not answered locally (it fails on the server).
+        assert!(!bob.answers_detached(&names, &shop, b"q", "SELECT $1", &[23]));
+        // At its first use on a connection that lacks it, the statement is prepared there.
+        let mut elsewhere = ServerPrepared::new(10);
+        let used = bob.use_statement(&mut elsewhere, b"q", &messages::bind("", "q")).unwrap();
+        assert_eq!(used.prepare, Some((None, messages::parse(Some("dualwrite_s1".into()), "SELECT $1", vec![23]))));
+        assert_eq!(used.frame, messages::bind("", "dualwrite_s1"));
     }
 
     #[test]

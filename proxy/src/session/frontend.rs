@@ -61,6 +61,9 @@ struct SessionHost<'s> {
     events: Vec<SessionEvent>,
     /// Transaction mode: the pooled server connection.
     link: Option<&'s PooledLink<'s>>,
+    /// Transaction mode: the frames being handled are a batch answered without a server connection
+    /// ([`Frontend::prepares_detached`]).
+    detached_batch: bool,
 }
 
 impl Host for SessionHost<'_> {
@@ -132,6 +135,10 @@ impl Host for SessionHost<'_> {
             link.judge_pinning(sql);
         }
     }
+
+    fn answers_sync(&mut self) -> bool {
+        self.detached_batch && self.link.is_some_and(|link| link.detached())
+    }
 }
 
 pub struct Frontend<'s> {
@@ -155,6 +162,7 @@ impl<'s> Frontend<'s> {
                 interceptor: InterceptorSlot::Pending,
                 events: Vec::new(),
                 link: None,
+                detached_batch: false,
             },
             machine: RequestMachine::new(ctx.config.limits.max_message_size),
         }
@@ -179,12 +187,16 @@ impl<'s> Frontend<'s> {
             loop {
                 if let Upstream::Pooled(link) = &upstream {
                     if !self.machine.is_streaming() && self.needs_server(&buf) {
-                        if let Err(end) = attach_watching(link, &mut client, &mut buf, self.host.metrics).await {
-                            return end;
+                        self.host.detached_batch = self.prepares_detached(link, &buf);
+                        if !self.host.detached_batch {
+                            if let Err(end) = attach_watching(link, &mut client, &mut buf, self.host.metrics).await {
+                                return end;
+                            }
                         }
                     }
                 }
                 let outcome = self.machine.process(&mut self.host, &mut buf, &mut out);
+                self.host.detached_batch = false;
                 self.publish_expects();
                 let written = match &mut upstream {
                     Upstream::Fixed(w) => write_chunks(w, &mut out).await.map_err(|_| WriteError::Broken),
@@ -247,6 +259,58 @@ impl<'s> Frontend<'s> {
             }
             rest = &rest[total..];
         }
+    }
+
+    /// Transaction mode, no connection held: whether the whole frames in `buf` are exactly a batch of
+    /// Parses of named statements and a Sync (libpq's `PQprepare`) that the proxy answers itself, outside a
+    /// transaction: each Parse would be forwarded unchanged (the interceptor says so, and it pins nothing),
+    /// its name is free and the pool's server accepted its statement (`pool::statements`). A client that
+    /// prepares synchronously while its other connections hold every pooled connection then does not wait
+    /// for itself.
+    fn prepares_detached(&mut self, link: &PooledLink<'_>, buf: &[u8]) -> bool {
+        let shared = self.host.shared;
+        if !shared.is_ready()
+            || shared.tx_status.load(Ordering::Relaxed) != b'I'
+            || self.machine.is_skipping_to_sync()
+            || !link.detached()
+        {
+            return false;
+        }
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut rest = buf;
+        loop {
+            let Ok(Some(header)) = peek_header(rest, usize::MAX) else { return false };
+            let total = header.total_len();
+            if rest.len() < total {
+                return false;
+            }
+            match header.tag {
+                tag::SYNC => return !names.is_empty() && rest.len() == total,
+                tag::PARSE => {
+                    let Some(view) = messages::parse_view(messages::body(&rest[..total])) else { return false };
+                    let Ok(sql) = std::str::from_utf8(view.sql) else { return false };
+                    if view.statement.is_empty()
+                        || names.contains(&view.statement)
+                        || crate::pool::pinning::pin_reason(view.sql).is_some()
+                        || !self.forwards_parse(sql)
+                        || !link.answers_parse_detached(view.statement, sql, &view.param_type_oids())
+                    {
+                        return false;
+                    }
+                    names.push(view.statement);
+                }
+                _ => return false,
+            }
+            rest = &rest[total..];
+        }
+    }
+
+    /// Whether the request machine would forward a Parse of `sql` unchanged, with no probe.
+    fn forwards_parse(&mut self, sql: &str) -> bool {
+        if !self.host.intercepting() {
+            return true;
+        }
+        self.host.interceptor().is_some_and(|i| i.forwards_parse(sql))
     }
 
     fn answered_itself(&mut self, query: &[u8]) -> bool {

@@ -188,6 +188,12 @@ impl<'s> PooledLink<'s> {
         lease.conn().read = read.take().or_else(|| state.read.take());
         self.point_cancel_at(&state, None);
         drop(state);
+        // Every answer of the connection is read: the statements it took on are the ones its server
+        // accepted.
+        let accepted = lease.conn().prepared.take_fresh();
+        if !accepted.is_empty() {
+            self.registry.names.lock().unwrap_or_else(|e| e.into_inner()).accept(self.pool.key(), accepted);
+        }
         tracing::trace!(pid = lease.conn().key.as_ref().map(|k| k.pid), "server connection given back");
         if let Some(surplus) = lease.release() {
             tracing::trace!("a connection beyond the pool's size closed");
@@ -213,7 +219,8 @@ impl<'s> PooledLink<'s> {
     pub(super) fn rename_statement(&self, frame: &[u8]) -> Option<Renamed> {
         let mut state = self.state();
         let LinkState { lease, statements, .. } = &mut *state;
-        let server = &mut lease.as_mut()?.conn().prepared;
+        let Some(lease) = lease.as_mut() else { return self.rename_detached(statements, frame) };
+        let server = &mut lease.conn().prepared;
         match frame[0] {
             tag::PARSE => {
                 let view = messages::parse_view(body(frame))?;
@@ -245,6 +252,47 @@ impl<'s> PooledLink<'s> {
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    /// Whether the session holds no connection now.
+    pub(super) fn detached(&self) -> bool {
+        self.state().lease.is_none()
+    }
+
+    /// Whether a Parse of `name` (not empty) could be answered without a connection now (see
+    /// [`crate::pool::statements`]): the session holds none, the name is free, and the pool's server
+    /// accepted the statement.
+    pub(super) fn answers_parse_detached(&self, name: &[u8], sql: &str, param_types: &[u32]) -> bool {
+        let state = self.state();
+        if state.lease.is_some() {
+            return false;
+        }
+        let names = self.registry.names.lock().unwrap_or_else(|e| e.into_inner());
+        state.statements.answers_detached(&names, self.pool.key(), name, sql, param_types)
+    }
+
+    /// A frame handled while the session holds no connection: only the Parses the client direction found
+    /// answerable so ([`Self::answers_parse_detached`]) are, and they are answered locally. Anything else
+    /// would need a connection's names, so it is refused rather than sent under the client's name.
+    fn rename_detached(&self, statements: &mut ClientStatements, frame: &[u8]) -> Option<Renamed> {
+        if frame[0] != tag::PARSE {
+            return None;
+        }
+        let view = messages::parse_view(body(frame))?;
+        if view.statement.is_empty() {
+            return None;
+        }
+        let sql = std::str::from_utf8(view.sql).ok()?;
+        let names = self.registry.names.lock().unwrap_or_else(|e| e.into_inner());
+        let types = view.param_type_oids();
+        match statements.parse_detached(&names, self.pool.key(), view.statement, sql, &types) {
+            Some(_) => Some(Renamed::Local(messages::parse_complete())),
+            None => {
+                debug_assert!(false, "a Parse reached the pooler without a connection it could answer");
+                let err = SqlError::new("XX000", "dualwrite: a prepare arrived without a server connection");
+                Some(Renamed::Refuse { raise_sql: err.raise_statement() })
+            }
         }
     }
 

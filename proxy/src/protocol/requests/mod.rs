@@ -81,6 +81,12 @@ pub trait Host {
     /// Transaction pooling: client SQL about to run on the server connection (what pins the client to it
     /// is judged there).
     fn upstream_sql(&mut self, _sql: &[u8]) {}
+    /// Transaction pooling: the session holds no server connection, so a Sync reaching the machine ends a
+    /// batch the proxy answered in full (Parses of statements the pool's server accepted): the proxy
+    /// answers it with ReadyForQuery too.
+    fn answers_sync(&mut self) -> bool {
+        false
+    }
 }
 
 /// A local answer computed asynchronously (a long control command).
@@ -182,6 +188,11 @@ impl RequestMachine {
     /// A large frame is being forwarded as it arrives (the rest of it goes where its start went).
     pub fn is_streaming(&self) -> bool {
         self.stream_left > 0
+    }
+
+    /// The rest of an extended batch is being skipped after an error the proxy answered.
+    pub fn is_skipping_to_sync(&self) -> bool {
+        self.discard_until_sync
     }
 
     /// True when requests were handled whose expectations were not taken yet.
@@ -347,6 +358,10 @@ impl RequestMachine {
             tag::SYNC => {
                 if let Some(interceptor) = host.interceptor() {
                     interceptor.on_sync();
+                }
+                if host.answers_sync() {
+                    self.answer(Bytes::new(), true, false);
+                    return Step::Drop;
                 }
                 self.expect(Expect::Sync { started: Instant::now() })
             }

@@ -52,6 +52,13 @@ pub trait SessionInterceptor: Send {
         false
     }
 
+    /// Whether a Parse of this SQL would be judged `Verdict::Forward` now, with no probe (it names no
+    /// migrated table and is no control command or session-version statement): transaction pooling may
+    /// then answer it without a server connection. Must be exact or err on `false`.
+    fn forwards_parse(&mut self, _sql: &str) -> bool {
+        false
+    }
+
     /// The server's answers since the last call.
     fn on_events(&mut self, _events: &[SessionEvent]) {}
 
