@@ -38,13 +38,14 @@ use sqlparser::ast::{
     TableObject,
 };
 
-use crate::compiled::{parse_statement, template_query, Compiled};
+use crate::compiled::Compiled;
 use crate::copy_block::{count_statement, CopyBlock};
 use crate::model::Phase;
 use crate::names::TableName;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{routed_read, ReadRouter};
 use crate::route::{Route, Side};
+use crate::template::{parse_statement, template_query};
 use crate::writes::{rewrite_dml, Companion, Companions, Outcome};
 
 /// The staging table of a COPY FROM STDIN, in the session's temporary schema.

@@ -37,8 +37,8 @@ use std::fmt;
 
 use sqlparser::ast::{Expr, Ident, OnInsert, SelectInto, SetExpr, Statement};
 
-use crate::compiled::{parse_statement, template_query};
 use crate::names::TableName;
+use crate::template::{parse_statement, template_query};
 
 /// The transaction-local setting the block leaves the row count in.
 pub(crate) const ROWS_SETTING: &str = "dualwrite.copy_rows";

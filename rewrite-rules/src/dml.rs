@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use sqlparser::ast::{Assignment, AssignmentTarget, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Statement};
 
-use crate::compiled::{Direction, TableSync};
+use crate::direction::{Direction, TableSync};
 use crate::names::normalize_ident;
 
 #[derive(Clone, Copy)]

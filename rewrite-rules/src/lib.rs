@@ -19,6 +19,7 @@ mod compiled;
 mod copy;
 mod copy_block;
 pub mod corpus;
+mod direction;
 mod dml;
 mod fallback;
 pub mod fuzz_checks;
@@ -37,6 +38,7 @@ mod rules_toml;
 mod shadow;
 pub mod split;
 mod statement;
+mod template;
 mod unseen_writers;
 mod writes;
 

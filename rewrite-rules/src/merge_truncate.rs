@@ -38,11 +38,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlparser::ast::{CascadeOption, Statement, TruncateTableTarget};
 
-use crate::compiled::{parse_statement, Compiled, CompiledMigration};
+use crate::compiled::{Compiled, CompiledMigration};
 use crate::model::Phase;
 use crate::names::{quote_ident, TableName};
 use crate::plan::{RejectReason, Rejection};
 use crate::route::{Route, Side};
+use crate::template::parse_statement;
 
 /// The merge sources one TRUNCATE names, per migration.
 #[derive(Default)]

@@ -15,11 +15,12 @@ use sqlparser::ast::{
     With,
 };
 
-use crate::compiled::{template_query, Compiled, CompiledMigration};
+use crate::compiled::{Compiled, CompiledMigration};
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection};
 use crate::route::{MigrationRoute, Route, Side};
+use crate::template::template_query;
 
 /// Rewrites read references in whatever node it is run over (never a DML target: callers run it on the
 /// parts of a write that read).

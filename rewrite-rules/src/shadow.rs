@@ -14,10 +14,11 @@ use sqlparser::ast::{Expr, ObjectNamePart, Query, SetExpr, Statement, TableFacto
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::compiled::{template_query, Compiled};
+use crate::compiled::Compiled;
 use crate::model::Phase;
 use crate::reads::{alias_of, ReadRouter};
 use crate::route::{Route, Side};
+use crate::template::template_query;
 
 /// The alias of the compared query inside the wrapper that turns each row into one text value.
 const ROW_ALIAS: &str = "__dw_row";

@@ -34,7 +34,7 @@ use sqlparser::ast::{
     TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
 };
 
-use crate::compiled::{template_query, Compiled, CompiledMigration};
+use crate::compiled::{Compiled, CompiledMigration};
 use crate::copy_block::CopyBlock;
 use crate::dml::{assigned_columns, partial_upsert, Kind};
 use crate::merge_truncate::MergeTruncation;
@@ -44,6 +44,7 @@ use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 use crate::reads::{alias_of, cte_names, exposed_name, unqualify_returning, ReadRouter};
 use crate::route::{Route, Side};
+use crate::template::template_query;
 
 /// What became of one statement.
 pub(crate) struct Outcome {

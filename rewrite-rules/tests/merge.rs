@@ -9,40 +9,23 @@ use dualwrite_rules::RowsDisposition::*;
 use dualwrite_rules::TagRewrite::*;
 use dualwrite_rules::{MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, StatementTransform};
 
+mod plan_support;
+use plan_support::DUAL_V1;
+
 const MERGE: &str = include_str!("../examples/users_merge_tables.toml");
 
 fn plan(r: MigrationRoute, sql: &str) -> Plan {
-    let rules = RuleSet::from_toml(MERGE, "merge").unwrap();
-    let route = Route::uniform(&rules, r);
-    let rewriter = Rewriter::new(Arc::new(rules), 16);
-    let plan = rewriter.rewrite(sql, &route);
-    (*plan).clone()
+    plan_support::plan(MERGE, "merge", r, sql)
 }
 
 fn rewritten(r: MigrationRoute, sql: &str, want: &str, transform: StatementTransform) {
-    match plan(r, sql) {
-        Plan::Rewritten { sql: got, statements, migrations, .. } => {
-            assert_eq!(got, want, "for {sql}");
-            assert_eq!(statements, vec![transform], "for {sql}");
-            assert_eq!(migrations, [0]);
-        }
-        other => panic!("unexpected plan for {sql}: {other:?}"),
-    }
+    plan_support::rewritten(plan(r, sql), sql, want, transform)
 }
 
 fn refused(r: MigrationRoute, sql: &str) -> String {
-    match plan(r, sql) {
-        Plan::Rejected(rejection) => {
-            assert_eq!(rejection.reason, RejectReason::MergedTablesWrite, "for {sql}: {}", rejection.message);
-            assert_eq!(rejection.sqlstate, "0A000");
-            assert_eq!(rejection.migration, "users_merge_tables");
-            rejection.message
-        }
-        other => panic!("unexpected plan for {sql}: {other:?}"),
-    }
+    plan_support::refused(plan(r, sql), sql, RejectReason::MergedTablesWrite, "users_merge_tables")
 }
 
-const DUAL_V1: MigrationRoute = MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old };
 const SUPPRESS: fn(dualwrite_rules::TagRewrite) -> StatementTransform =
     |tag| StatementTransform { command_tag: Some(tag), rows: Suppress };
 

@@ -3,25 +3,21 @@
 //! refused (CASCADE, v2 sessions, other phases, TRUNCATE through the extended protocol). Run on Postgres
 //! through the proxy in `tests/tests/merge_copy_truncate.rs`.
 
-use std::sync::Arc;
-
 use dualwrite_rules::{
-    MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RowsDisposition, RuleSet, Side, StatementTransform,
-    TagRewrite,
+    MigrationRoute, Phase, Plan, RejectReason, RowsDisposition, RuleSet, Side, StatementTransform, TagRewrite,
 };
 
-const MERGE: &str = include_str!("../examples/users_merge_tables.toml");
+mod plan_support;
+use plan_support::DUAL_V1;
 
-const DUAL_V1: MigrationRoute = MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old };
+const MERGE: &str = include_str!("../examples/users_merge_tables.toml");
 
 fn rules() -> RuleSet {
     RuleSet::from_toml(MERGE, "merge").unwrap()
 }
 
 fn plan(r: MigrationRoute, sql: &str) -> Plan {
-    let rules = rules();
-    let route = Route::uniform(&rules, r);
-    (*Rewriter::new(Arc::new(rules), 16).rewrite(sql, &route)).clone()
+    plan_support::plan(MERGE, "merge", r, sql)
 }
 
 /// The rewritten SQL and the statements' transforms, checking it is a write of migration 0.
@@ -37,15 +33,7 @@ fn rewritten(sql: &str) -> (String, Vec<StatementTransform>) {
 }
 
 fn refused(r: MigrationRoute, sql: &str) -> String {
-    match plan(r, sql) {
-        Plan::Rejected(rejection) => {
-            assert_eq!(rejection.reason, RejectReason::MergedTablesWrite, "for {sql}: {}", rejection.message);
-            assert_eq!(rejection.sqlstate, "0A000");
-            assert_eq!(rejection.migration, "users_merge_tables");
-            rejection.message
-        }
-        other => panic!("unexpected plan for {sql}: {other:?}"),
-    }
+    plan_support::refused(plan(r, sql), sql, RejectReason::MergedTablesWrite, "users_merge_tables")
 }
 
 const HIDDEN: StatementTransform = StatementTransform::HIDDEN;

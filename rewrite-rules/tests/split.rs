@@ -10,6 +10,9 @@ use dualwrite_rules::{
     MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, StatementTransform, TableName,
 };
 
+mod plan_support;
+use plan_support::DUAL_V1;
+
 const SPLIT: &str = include_str!("../examples/users_split_tables.toml");
 
 fn route(phase: Phase, version: Side, read_source: Side) -> MigrationRoute {
@@ -17,37 +20,17 @@ fn route(phase: Phase, version: Side, read_source: Side) -> MigrationRoute {
 }
 
 fn plan(r: MigrationRoute, sql: &str) -> Plan {
-    let rules = RuleSet::from_toml(SPLIT, "split").unwrap();
-    let route = Route::uniform(&rules, r);
-    let rewriter = Rewriter::new(Arc::new(rules), 16);
-    let plan = rewriter.rewrite(sql, &route);
-    (*plan).clone()
+    plan_support::plan(SPLIT, "split", r, sql)
 }
 
 fn rewritten(r: MigrationRoute, sql: &str, want: &str, transform: StatementTransform) {
-    match plan(r, sql) {
-        Plan::Rewritten { sql: got, statements, migrations, .. } => {
-            assert_eq!(got, want, "for {sql}");
-            assert_eq!(statements, vec![transform], "for {sql}");
-            assert_eq!(migrations, [0]);
-        }
-        other => panic!("unexpected plan for {sql}: {other:?}"),
-    }
+    plan_support::rewritten(plan(r, sql), sql, want, transform)
 }
 
 fn refused(r: MigrationRoute, sql: &str, reason: RejectReason) -> String {
-    match plan(r, sql) {
-        Plan::Rejected(rejection) => {
-            assert_eq!(rejection.reason, reason, "for {sql}: {}", rejection.message);
-            assert_eq!(rejection.sqlstate, "0A000");
-            assert_eq!(rejection.migration, "users_split_tables");
-            rejection.message
-        }
-        other => panic!("unexpected plan for {sql}: {other:?}"),
-    }
+    plan_support::refused(plan(r, sql), sql, reason, "users_split_tables")
 }
 
-const DUAL_V1: MigrationRoute = MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old };
 const SUPPRESS: fn(dualwrite_rules::TagRewrite) -> StatementTransform =
     |tag| StatementTransform { command_tag: Some(tag), rows: Suppress };
 

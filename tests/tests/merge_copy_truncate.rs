@@ -8,67 +8,11 @@
 //! columns, a new one the whole row, the other source's columns as its table holds them), VERIFY clean;
 //! and a COPY in a rolled-back transaction leaves nothing.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use dualwrite_tests::*;
 use tokio_postgres::Client;
 
-const MIGRATION: &str = "users_merge_tables";
-
-fn rules_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rewrite-rules/examples/users_merge_tables.toml")
-}
-
-/// Keys 1-20 only in accounts, 21-40 in both, 41-60 only in profiles (every third bio NULL).
-const SCHEMA: &str = "
-    CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
-    CREATE TABLE profiles (id int PRIMARY KEY, name text NOT NULL, bio text);
-    CREATE TABLE users (id int PRIMARY KEY, email text, display_name text, bio text);
-    INSERT INTO accounts SELECT g, 'User' || g || '@X.org' FROM generate_series(1, 40) g;
-    INSERT INTO profiles SELECT g, 'Name ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'bio ' || g END
-      FROM generate_series(21, 60) g;
-";
-
-/// The shadow row of one key, read directly: (email, display_name, bio).
-type Row = Option<(Option<String>, Option<String>, Option<String>)>;
-
-async fn shadow(direct: &Client, id: i32) -> Row {
-    direct
-        .query_opt("SELECT email, display_name, bio FROM users WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-fn row(email: Option<&str>, name: Option<&str>, bio: Option<&str>) -> Row {
-    Some((email.map(str::to_string), name.map(str::to_string), bio.map(str::to_string)))
-}
-
-/// Rows of the sources' join mapped forward that the shadow lacks or holds differently, and the other way.
-async fn differences(direct: &Client) -> (i64, i64) {
-    let mapped =
-        "SELECT id, lower(email) AS email, name AS display_name, bio FROM accounts FULL JOIN profiles USING (id)";
-    let shadow = "SELECT id, email, display_name, bio FROM users";
-    (
-        count(direct, &format!("SELECT count(*) FROM (({mapped}) EXCEPT ({shadow})) d")).await,
-        count(direct, &format!("SELECT count(*) FROM (({shadow}) EXCEPT ({mapped})) d")).await,
-    )
-}
-
-/// Every table's rows as text, to compare before and after.
-async fn contents(direct: &Client) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in ["accounts", "profiles", "users"] {
-        let sql = format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t.id), '') FROM {table} t");
-        out.push(direct.query_one(&sql, &[]).await.unwrap().get(0));
-    }
-    out
-}
-
-async fn count(direct: &Client, sql: &str) -> i64 {
-    direct.query_one(sql, &[]).await.unwrap().get(0)
-}
+mod merge_support;
+use merge_support::*;
 
 struct Fixture {
     db: TestDb,
@@ -79,10 +23,7 @@ struct Fixture {
 
 /// The schema, the proxy, and the shadow backfilled (the sources' join, 60 rows).
 async fn backfilled() -> Fixture {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     backfill_until_done(&admin, MIGRATION).await;
     assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 60);
@@ -168,15 +109,6 @@ async fn truncate_forms_the_proxy_cannot_mirror_are_refused_and_change_nothing()
     f.proxy.stop().await.unwrap();
 }
 
-/// Waits until some backend runs a statement containing `fragment` and waits on a lock.
-async fn until_blocked(direct: &Client, fragment: &str) {
-    eventually(Duration::from_secs(10), "the TRUNCATE waits on the DELETE", || async {
-        let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 in query) > 0";
-        direct.query_one(sql, &[&fragment]).await.unwrap().get::<_, i64>(0) > 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_racing_a_delete_of_the_other_source_decides_on_the_latest_shadow_row() {
     let f = backfilled().await;
@@ -188,7 +120,7 @@ async fn a_truncate_racing_a_delete_of_the_other_source_decides_on_the_latest_sh
     // empty row behind).
     deleter.batch_execute("BEGIN; DELETE FROM accounts WHERE id = 30").await.unwrap();
     let truncating = tokio::spawn(async move { truncater.simple_query("TRUNCATE profiles").await.map(|_| ()) });
-    until_blocked(&f.direct, "TRUNCATE profiles").await;
+    until_blocked(&f.direct, "TRUNCATE profiles", "the TRUNCATE waits on the DELETE").await;
     deleter.batch_execute("COMMIT").await.unwrap();
     truncating.await.unwrap().unwrap();
     assert_eq!(shadow(&f.direct, 30).await, None);

@@ -7,27 +7,11 @@
 //! every table, VERIFY counts against the shadow and finds no divergence, REPAIR rebuilds the sources from
 //! the shadow; `complete` is refused; ROLLBACK to dual_write keeps every row.
 
-use std::path::PathBuf;
-
 use dualwrite_tests::*;
 use tokio_postgres::Client;
 
-const MIGRATION: &str = "users_merge_tables";
-
-fn rules_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rewrite-rules/examples/users_merge_tables.toml")
-}
-
-/// Keys 1-20 only in accounts, 21-40 in both, 41-60 only in profiles (every third bio NULL). Every table's
-/// key has a sequence of its own, none of which has issued a value.
-const SCHEMA: &str = "
-    CREATE TABLE accounts (id serial PRIMARY KEY, email text NOT NULL);
-    CREATE TABLE profiles (id serial PRIMARY KEY, name text NOT NULL, bio text);
-    CREATE TABLE users (id serial PRIMARY KEY, email text, display_name text, bio text);
-    INSERT INTO accounts SELECT g, 'User' || g || '@X.org' FROM generate_series(1, 40) g;
-    INSERT INTO profiles SELECT g, 'Name ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'bio ' || g END
-      FROM generate_series(21, 60) g;
-";
+mod merge_support;
+use merge_support::*;
 
 /// One key in the three tables, read directly: `accounts' email | profiles' name, bio | the shadow's email,
 /// display_name, bio`, `-` for a missing row and `null` for a NULL.
@@ -39,23 +23,13 @@ async fn key(direct: &Client, id: i32) -> String {
     direct.query_one(sql, &[&id]).await.unwrap().get(0)
 }
 
-/// Every row of the three tables, as text in key order.
-async fn tables(direct: &Client) -> [String; 3] {
-    let mut out: [String; 3] = Default::default();
-    for (i, table) in ["accounts", "profiles", "users"].into_iter().enumerate() {
-        let sql = format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t.id), '') FROM {table} t");
-        out[i] = direct.query_one(&sql, &[]).await.unwrap().get(0);
-    }
-    out
-}
-
 /// VERIFY, asserting it counted against `source` and found no divergence.
 async fn verify_clean(admin: &Client, source: &str) {
     let verify = control(admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     assert_eq!((value(&verify, "source"), value(&verify, "clean")), (Some(source), Some("t")), "{verify:?}");
 }
 
-/// A database with `SCHEMA`, backfilled through a proxy, and its sessions: direct, admin, v1 and v2.
+/// A database with `serial_schema()`, backfilled through a proxy, and its sessions: direct, admin, v1 and v2.
 struct Setup {
     direct: Client,
     proxy: TestProxy,
@@ -65,13 +39,10 @@ struct Setup {
 }
 
 async fn backfilled() -> Setup {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(&serial_schema()).await;
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
-    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let v2 = v2_session(&proxy, &db).await;
     backfill_until_done(&admin, MIGRATION).await;
     Setup { direct, proxy, admin, v1, v2 }
 }
@@ -111,7 +82,7 @@ async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmi
     assert_eq!(key(&direct, 102).await, "- | - | -");
 
     // What has no mirror is refused, naming why, and changes nothing.
-    let before = tables(&direct).await;
+    let before = contents(&direct).await;
     for sql in [
         "UPDATE users SET id = 200 WHERE id = 30",
         "TRUNCATE users",
@@ -121,7 +92,7 @@ async fn shadow_writes_in_dual_write_are_mirrored_into_every_source_and_the_unmi
         assert_eq!(code, "0A000", "{sql}");
         assert!(message.contains("merged shadow"), "{sql}: {message}");
     }
-    assert_eq!(tables(&direct).await, before);
+    assert_eq!(contents(&direct).await, before);
 
     verify_clean(&admin, "old").await;
     proxy.stop().await.unwrap();
@@ -193,20 +164,13 @@ async fn cutover_moves_the_sequences_and_takes_writes_of_both_versions_into_ever
     verify_clean(&admin, "shadow").await;
 
     // `complete` would retire the sources: refused.
-    let (code, message) =
-        db_error(&admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err());
-    assert_eq!(code, "55000");
-    assert!(
-        message
-            .starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
-        "{message}"
-    );
+    complete_is_refused(&admin).await;
 
     // ROLLBACK keeps every row written in cutover, in every table; dual_write verifies clean from the sources.
-    let before = tables(&direct).await;
+    let before = contents(&direct).await;
     let rolled = control(&admin, &format!("DUALWRITE ROLLBACK {MIGRATION}")).await;
     assert_eq!((value(&rolled, "phase_before"), value(&rolled, "phase")), (Some("cutover"), Some("dual_write")));
-    assert_eq!(tables(&direct).await, before);
+    assert_eq!(contents(&direct).await, before);
     verify_clean(&admin, "old").await;
     // And both versions' writes go on landing everywhere.
     v1.simple_query("UPDATE accounts SET email = 'Back@X.org' WHERE id = 61").await.unwrap();

@@ -10,65 +10,16 @@
 //! says (the DELETE decides on the shadow row's latest version); `dualwrite check` checks every source; and
 //! a session in which one source's bare name means another table is refused bare source names.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dualwrite_tests::*;
-use tokio_postgres::Client;
 
-const MIGRATION: &str = "users_merge_tables";
-
-fn rules_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rewrite-rules/examples/users_merge_tables.toml")
-}
-
-/// Keys 1-20 only in accounts, 21-40 in both, 41-60 only in profiles (every third bio NULL).
-const SCHEMA: &str = "
-    CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
-    CREATE TABLE profiles (id int PRIMARY KEY, name text NOT NULL, bio text);
-    CREATE TABLE users (id int PRIMARY KEY, email text, display_name text, bio text);
-    INSERT INTO accounts SELECT g, 'User' || g || '@X.org' FROM generate_series(1, 40) g;
-    INSERT INTO profiles SELECT g, 'Name ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'bio ' || g END
-      FROM generate_series(21, 60) g;
-";
-
-/// The shadow row of one key, read directly: (email, display_name, bio).
-type Row = Option<(Option<String>, Option<String>, Option<String>)>;
-
-async fn shadow(direct: &Client, id: i32) -> Row {
-    direct
-        .query_opt("SELECT email, display_name, bio FROM users WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-fn row(email: Option<&str>, name: Option<&str>, bio: Option<&str>) -> Row {
-    Some((email.map(str::to_string), name.map(str::to_string), bio.map(str::to_string)))
-}
-
-/// Rows of the sources' join mapped forward that the shadow lacks or holds differently, and the other way.
-async fn differences(direct: &Client) -> (i64, i64) {
-    let mapped =
-        "SELECT id, lower(email) AS email, name AS display_name, bio FROM accounts FULL JOIN profiles USING (id)";
-    let shadow = "SELECT id, email, display_name, bio FROM users";
-    let count = |sql: String| async move { direct.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) };
-    (
-        count(format!("SELECT count(*) FROM (({mapped}) EXCEPT ({shadow})) d")).await,
-        count(format!("SELECT count(*) FROM (({shadow}) EXCEPT ({mapped})) d")).await,
-    )
-}
-
-async fn count(direct: &Client, sql: &str) -> i64 {
-    direct.query_one(sql, &[]).await.unwrap().get(0)
-}
+mod merge_support;
+use merge_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_either_source_keep_the_merged_row_and_deletes_null_or_drop_it() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let v1 = proxy.connect(&db).await.unwrap();
 
     // INSERT into one source (simple), then the other (extended, with parameters): one merged row.
@@ -138,7 +89,7 @@ async fn writes_of_either_source_keep_the_merged_row_and_deletes_null_or_drop_it
     );
     assert!(message.contains("(TRUNCATE ... CASCADE of a source"), "{message}");
     assert_eq!(count(&direct, "SELECT count(*) FROM profiles").await, 40);
-    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let v2 = v2_session(&proxy, &db).await;
     let e = v2.query("SELECT * FROM accounts", &[]).await.unwrap_err();
     assert_eq!(db_error(&e).0, "0A000");
     let e = v2.execute("INSERT INTO accounts VALUES (103, 'd@x.org')", &[]).await.unwrap_err();
@@ -149,10 +100,7 @@ async fn writes_of_either_source_keep_the_merged_row_and_deletes_null_or_drop_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_a_source_routed_to_v2_are_served_from_the_shadow() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
     v1.simple_query("INSERT INTO accounts VALUES (200, 'e@x.org'); INSERT INTO profiles VALUES (200, 'Eve', 'old')")
@@ -187,10 +135,7 @@ async fn reads_of_a_source_routed_to_v2_are_served_from_the_shadow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
 
     backfill_until_done(&admin, MIGRATION).await;
@@ -233,22 +178,12 @@ async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
 
     // (Cutover is allowed: tests/tests/merge_cutover.rs.)
-    let e = admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} complete")).await.unwrap_err();
-    let (code, message) = db_error(&e);
-    assert_eq!(code, "55000");
-    assert!(
-        message
-            .starts_with(&format!("cannot move to complete migration \"{MIGRATION}\": it merges several old tables")),
-        "{message}"
-    );
+    complete_is_refused(&admin).await;
     let status = control(&admin, "DUALWRITE STATUS").await;
     assert_eq!(value(&status, "phase"), Some("dual_write"));
 
@@ -278,28 +213,9 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     proxy.stop().await.unwrap();
 }
 
-/// Waits until some backend runs a statement containing `fragment` and waits on a lock.
-async fn until_blocked(direct: &Client, fragment: &str) {
-    eventually(Duration::from_secs(10), "the second writer waits on the first", || async {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
-                &[&fragment],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n > 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_of_the_two_sources_of_one_key_decide_on_the_latest_shadow_row() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let first = proxy.connect(&db).await.unwrap();
     let second = std::sync::Arc::new(proxy.connect(&db).await.unwrap());
 
@@ -312,7 +228,7 @@ async fn concurrent_writes_of_the_two_sources_of_one_key_decide_on_the_latest_sh
         let second = second.clone();
         tokio::spawn(async move { second.execute("DELETE FROM profiles WHERE id = 30", &[]).await })
     };
-    until_blocked(&direct, "DELETE FROM profiles WHERE id = 30").await;
+    until_blocked(&direct, "DELETE FROM profiles WHERE id = 30", "the second writer waits on the first").await;
     first.batch_execute("COMMIT").await.unwrap();
     assert_eq!(deleting.await.unwrap().unwrap(), 1);
     assert_eq!(shadow(&direct, 30).await, None);
@@ -326,7 +242,7 @@ async fn concurrent_writes_of_the_two_sources_of_one_key_decide_on_the_latest_sh
         let second = second.clone();
         tokio::spawn(async move { second.execute("DELETE FROM profiles WHERE id = 50", &[]).await })
     };
-    until_blocked(&direct, "DELETE FROM profiles WHERE id = 50").await;
+    until_blocked(&direct, "DELETE FROM profiles WHERE id = 50", "the second writer waits on the first").await;
     first.batch_execute("COMMIT").await.unwrap();
     assert_eq!(deleting.await.unwrap().unwrap(), 1);
     assert_eq!(shadow(&direct, 50).await, row(Some("late@x.org"), None, None));
@@ -373,14 +289,8 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_where_one_source_name_means_another_table_is_refused_unqualified_names() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute("CREATE SCHEMA tenant; CREATE TABLE tenant.profiles (id int PRIMARY KEY, name text)")
-        .await
-        .unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let tenant = "CREATE SCHEMA tenant; CREATE TABLE tenant.profiles (id int PRIMARY KEY, name text)";
+    let Merge { db, direct, proxy } = Merge::start(&format!("{SCHEMA}{tenant}")).await;
     let v1 = proxy.connect(&db).await.unwrap();
     v1.simple_query("SET search_path = tenant, public").await.unwrap();
 
