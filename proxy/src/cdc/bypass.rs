@@ -29,11 +29,11 @@ use tokio_postgres::Client;
 
 use crate::jobs::mapping::{CompiledMapping, QualifiedName};
 use crate::jobs::verify::repair;
-use crate::jobs::{JobResult, TableMapping};
-use crate::state::phase::SourceOfTruth;
+use crate::jobs::{source_of_truth_now, JobError, JobResult, TableMapping};
 
 use super::decoder::Lsn;
 use super::pairing::{Candidate, Side};
+use super::status;
 use super::transaction::Op;
 
 /// One migration the watch pairs.
@@ -196,6 +196,11 @@ pub async fn handle(
                 continue;
             }
             let id = record(client, migration, s, key.as_deref()).await?;
+            // Counted as it is recorded, once: a batch that fails after this (its repair) is read again by
+            // the next leader, which finds the bypass recorded already.
+            if id.is_some() {
+                status::count_bypass(&migration.name, s.candidate.op.as_str());
+            }
             let bypass = Bypass {
                 migration: migration.name.clone(),
                 kind: s.candidate.op.as_str(),
@@ -315,9 +320,12 @@ async fn repair_keys(
     migration: &WatchedMigration,
     keys: &[String],
 ) -> JobResult<()> {
-    let source = match migration.phase {
-        Phase::Cutover => SourceOfTruth::Shadow,
-        _ => SourceOfTruth::Old,
+    // The direction is the phase's as stored now rather than as the watch last read it: after a phase
+    // change the watch pairs on until it is settled, and a repair in the old direction would be refused
+    // (`repair` re-checks the phase under a lock), failing the batch.
+    let source = match source_of_truth_now(client, &migration.name, false).await? {
+        Ok(source) => source,
+        Err(reason) => return Err(JobError::Phase { migration: migration.name.clone(), reason }),
     };
     let compiled = cache.get(client, &migration.mapping).await?;
     let distinct: Vec<String> = keys.iter().cloned().collect::<HashSet<_>>().into_iter().collect();

@@ -293,13 +293,11 @@ impl Leader<'_> {
             let now = Instant::now();
             if let Some((batch, end)) = progress.take_batch(now) {
                 let handled = bypass::handle(client, migrations, &mut self.cache, &batch, true).await?;
-                count(&handled.found);
                 confirm = confirm.max(progress.checked(end, handled.deferred, 0, now));
             }
             if let Some(due) = progress.take_due(now) {
                 let defer = due.deferrals < MAX_DEFERRALS;
                 let handled = bypass::handle(client, migrations, &mut self.cache, &due.seen, defer).await?;
-                count(&handled.found);
                 confirm = confirm.max(progress.checked(None, handled.deferred, due.deferrals, now));
             }
             if let Some(lsn) = confirm {
@@ -369,12 +367,6 @@ async fn relation_oids(client: &Client, tables: Vec<&QualifiedName>) -> anyhow::
         oids.push(oid as u32);
     }
     Ok(oids)
-}
-
-fn count(found: &[bypass::Bypass]) {
-    for b in found.iter().filter(|b| b.new) {
-        status::count_bypass(&b.migration, b.kind);
-    }
 }
 
 fn unix_now() -> f64 {
