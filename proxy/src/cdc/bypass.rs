@@ -16,10 +16,18 @@
 //! shadow, is a bypass only when the shadow still shows that source's data for a key the source lacks: the
 //! sync did not run.
 //!
+//! The confirmation does not depend on the phase: it asks whether the tables differ at the key, which is
+//! the same question whichever side is the source of truth. In `cutover` a direct write of a merge's source
+//! leaves that source apart from the shadow, and a direct write of the shadow leaves it apart from the
+//! sources' join; the exceptions above hold there too (the proxy's own DELETE of a source finds no shadow
+//! row to change in either phase, and its TRUNCATE of a source is followed by the same sync).
+//!
 //! Repair reuses the verify's repair (same statement, same REPEATABLE READ retries and phase check, same
 //! `repair` mark): in `dual_write` the old table is the source of truth and the shadow is written through
 //! the forward mapping (for a merge: rebuilt from the sources joined); in `cutover` the shadow is, and the
-//! old table is written through the backward one (never for a merge, which is watched in `dual_write` only).
+//! old table is written through the backward one (for a merge: each source's rows of the key rebuilt from
+//! the shadow row, `jobs::sql::merge_repair`, as the proxy's mirrored writes do). So in `cutover` a bypass
+//! of the shadow stands and the sources follow it, and a bypass of a source is undone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -40,6 +48,8 @@ use super::transaction::Op;
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchedMigration {
     pub name: String,
+    /// The phase when the watch read it (a change of it restarts the stream; a repair reads the phase
+    /// stored at the time instead, see `repair_keys`).
     pub phase: Phase,
     pub on_bypass: OnBypass,
     pub key: Vec<String>,
@@ -274,7 +284,8 @@ async fn divergence(
 }
 
 /// Whether a keyed candidate whose key differs (as `kind`) is a bypass. A merge source's DELETE that left
-/// the shadow without the key is not: the proxy's own DELETE would not have written the shadow either.
+/// the shadow without the key is not: the proxy's own DELETE would not have written the shadow either, in
+/// `dual_write` (before the backfill copied the key) as in `cutover` (where the key differed already).
 fn confirms(compiled: &CompiledMapping, candidate: &Candidate, kind: &str) -> bool {
     !(compiled.is_merge() && candidate.side == Side::Old && candidate.op == Op::Delete && kind == "missing")
 }
