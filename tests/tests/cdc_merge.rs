@@ -12,108 +12,12 @@ mod cdc_support;
 
 use std::time::Duration;
 
-use cdc_support::{bypasses, column, status, until_watching, watch_on, Recorded};
-use dualwrite_tests::{eventually, TestCluster, TestProxy};
-use tokio_postgres::Client;
-
-const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
-
-/// The rules of rewrite-rules/examples/users_merge_tables.toml with `on_bypass`, under a migration name of
-/// the test's own (the metrics are process-global when the tests share a process).
-fn rules(name: &str, on_bypass: &str) -> String {
-    format!(
-        r#"
-[[migration]]
-name   = "{name}"
-shadow = "public.users"
-key    = ["id"]
-versions = {{ old = "v1", new = "v2" }}
-on_bypass = "{on_bypass}"
-
-[[migration.sources]]
-table   = "public.accounts"
-present = "email"
-forward  = {{ id = "id", email = "lower(email)" }}
-backward = {{ id = "id", email = "email" }}
-
-[[migration.sources]]
-table   = "public.profiles"
-present = "display_name"
-forward  = {{ id = "id", display_name = "name", bio = "bio" }}
-backward = {{ id = "id", name = "display_name", bio = "bio" }}
-"#
-    )
-}
-
-const SCHEMA: &str = "
-    CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);
-    CREATE TABLE profiles (id int PRIMARY KEY, name text NOT NULL, bio text);
-    CREATE TABLE users (id int PRIMARY KEY, email text, display_name text, bio text);
-";
-
-struct Fixture {
-    direct: Client,
-    proxy: TestProxy,
-    app: Client,
-}
-
-/// A database with `SCHEMA` and the rows of `seed` (written before the proxy starts, so neither dual-written
-/// nor watched: what a backfill would copy), and a proxy watching it.
-async fn fixture(name: &str, on_bypass: &str, metrics: Option<std::net::SocketAddr>, seed: &str) -> Fixture {
-    let db = TestCluster::shared().create_database().await.expect("database");
-    let direct = db.connect().await.expect("connect");
-    direct.batch_execute(SCHEMA).await.expect("schema");
-    direct.batch_execute(seed).await.expect("seed");
-    let proxy = TestProxy::with_rules_toml_and(&db, &rules(name, on_bypass), |config| {
-        watch_on(None)(config);
-        config.metrics_listen = metrics;
-    })
-    .await
-    .expect("proxy");
-    let app = proxy.connect(&db).await.expect("connect through the proxy");
-    until_watching(&direct).await;
-    Fixture { direct, proxy, app }
-}
-
-/// Rows of the sources' join mapped forward that the shadow lacks or holds differently, plus the other way.
-async fn differences(direct: &Client) -> i64 {
-    let mapped =
-        "SELECT id, lower(email) AS email, name AS display_name, bio FROM accounts FULL JOIN profiles USING (id)";
-    let shadow = "SELECT id, email, display_name, bio FROM users";
-    let sql = format!(
-        "SELECT (SELECT count(*) FROM (({mapped}) EXCEPT ({shadow})) a) \
-              + (SELECT count(*) FROM (({shadow}) EXCEPT ({mapped})) b)"
-    );
-    direct.query_one(&sql, &[]).await.expect("differences").get(0)
-}
-
-async fn shadow_row(direct: &Client, id: i32) -> Option<(Option<String>, Option<String>, Option<String>)> {
-    direct
-        .query_opt("SELECT email, display_name, bio FROM users WHERE id = $1", &[&id])
-        .await
-        .expect("shadow row")
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-fn recorded(kind: &str, side: &str, key: Option<&str>, repaired: bool) -> Recorded {
-    (kind.into(), side.into(), key.map(str::to_string), repaired)
-}
-
-/// The one metrics address of this test process: the Prometheus recorder is process-global, so tests that
-/// share a process (`cargo test`) share its exporter; each test's migration name keeps its series apart.
-fn metrics_addr() -> std::net::SocketAddr {
-    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
-    *ADDR.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
-}
-
-fn shadow_rows(migration: &str, source: &str) -> String {
-    format!("dualwrite_shadow_rows_written_total{{migration=\"{migration}\",source=\"{source}\"}}")
-}
-
-/// The value of the sample line starting with `prefix`, if any.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
-}
+use cdc_support::merge::{
+    bypass_repaired, bypassed, differences, fixture, metrics_addr, recorded, sample, shadow_row, shadow_rows,
+    REPAIRED_WITHIN, TWO_SOURCES,
+};
+use cdc_support::{bypasses, column, status};
+use dualwrite_tests::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_either_source_through_the_proxy_truncates_included_are_never_bypasses() {
@@ -237,21 +141,11 @@ async fn direct_writes_of_a_source_are_found_counted_and_repaired_into_the_merge
         ("DELETE FROM profiles WHERE id = 4", "delete", 4, None),
     ];
     for (sql, kind, id, expected) in cases {
-        let before = bypasses(&f.direct).await.len();
-        f.direct.batch_execute(sql).await.unwrap();
-        eventually(REPAIRED_WITHIN, sql, || async {
-            let found = bypasses(&f.direct).await;
-            found.len() > before
-                && found[before..].iter().all(|(_, _, _, repaired)| *repaired)
-                && differences(&f.direct).await == 0
-        })
-        .await;
-        let key = format!(r#"{{"id": {id}}}"#);
-        assert_eq!(bypasses(&f.direct).await[before..], [recorded(kind, "old", Some(&key), true)], "{sql}");
+        bypass_repaired(&f, sql, kind, "old", id).await;
         assert_eq!(shadow_row(&f.direct, id).await, expected, "{sql}");
     }
 
-    let counted = |kind: &str| format!("dualwrite_bypassed_writes_total{{migration=\"{M}\",kind=\"{kind}\"}}");
+    let counted = |kind: &str| bypassed(M, kind);
     eventually(Duration::from_secs(5), "the bypass counters", || async {
         let text = dualwrite_tests::scrape_metrics(metrics).await;
         sample(&text, &counted("insert")) == Some(2.0)
@@ -273,10 +167,6 @@ async fn direct_writes_of_a_source_are_found_counted_and_repaired_into_the_merge
     f.proxy.stop().await.unwrap();
 }
 
-/// Written through the proxy: key 1 only in accounts, 2 in both sources, 3 only in profiles.
-const TWO_SOURCES: &str = "INSERT INTO accounts (id, email) VALUES (1, 'A1@X'), (2, 'A2@X');
-     INSERT INTO profiles (id, name, bio) VALUES (2, 'P2', 'b2'), (3, 'P3', 'b3')";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_writes_of_the_shadow_are_found_and_the_row_rebuilt_from_the_sources() {
     let f = fixture("cdc_merge_shadow_bypass", "repair", None, "").await;
@@ -289,17 +179,7 @@ async fn direct_writes_of_the_shadow_are_found_and_the_row_rebuilt_from_the_sour
         ("INSERT INTO users (id, email) VALUES (50, 'nobody@x')", "insert", 50),
     ];
     for (sql, kind, id) in cases {
-        let before = bypasses(&f.direct).await.len();
-        f.direct.batch_execute(sql).await.unwrap();
-        eventually(REPAIRED_WITHIN, sql, || async {
-            let found = bypasses(&f.direct).await;
-            found.len() > before
-                && found[before..].iter().all(|(_, _, _, repaired)| *repaired)
-                && differences(&f.direct).await == 0
-        })
-        .await;
-        let key = format!(r#"{{"id": {id}}}"#);
-        assert_eq!(bypasses(&f.direct).await[before..], [recorded(kind, "shadow", Some(&key), true)], "{sql}");
+        bypass_repaired(&f, sql, kind, "shadow", id).await;
     }
     assert_eq!(shadow_row(&f.direct, 2).await, merged_2);
     assert_eq!(shadow_row(&f.direct, 3).await, Some((None, Some("P3".into()), Some("b3".into()))));

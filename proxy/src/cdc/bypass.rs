@@ -16,10 +16,18 @@
 //! shadow, is a bypass only when the shadow still shows that source's data for a key the source lacks: the
 //! sync did not run.
 //!
+//! The confirmation does not depend on the phase: it asks whether the tables differ at the key, which is
+//! the same question whichever side is the source of truth. In `cutover` a direct write of a merge's source
+//! leaves that source apart from the shadow, and a direct write of the shadow leaves it apart from the
+//! sources' join; the exceptions above hold there too (the proxy's own DELETE of a source finds no shadow
+//! row to change in either phase, and its TRUNCATE of a source is followed by the same sync).
+//!
 //! Repair reuses the verify's repair (same statement, same REPEATABLE READ retries and phase check, same
 //! `repair` mark): in `dual_write` the old table is the source of truth and the shadow is written through
 //! the forward mapping (for a merge: rebuilt from the sources joined); in `cutover` the shadow is, and the
-//! old table is written through the backward one (never for a merge, which is watched in `dual_write` only).
+//! old table is written through the backward one (for a merge: each source's rows of the key rebuilt from
+//! the shadow row, `jobs::sql::merge_repair`, as the proxy's mirrored writes do). So in `cutover` a bypass
+//! of the shadow stands and the sources follow it, and a bypass of a source is undone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,17 +37,19 @@ use tokio_postgres::Client;
 
 use crate::jobs::mapping::{CompiledMapping, QualifiedName};
 use crate::jobs::verify::repair;
-use crate::jobs::{JobResult, TableMapping};
-use crate::state::phase::SourceOfTruth;
+use crate::jobs::{source_of_truth_now, JobError, JobResult, TableMapping};
 
 use super::decoder::Lsn;
 use super::pairing::{Candidate, Side};
+use super::status;
 use super::transaction::Op;
 
 /// One migration the watch pairs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchedMigration {
     pub name: String,
+    /// The phase when the watch read it (a change of it restarts the stream; a repair reads the phase
+    /// stored at the time instead, see `repair_keys`).
     pub phase: Phase,
     pub on_bypass: OnBypass,
     pub key: Vec<String>,
@@ -196,6 +206,11 @@ pub async fn handle(
                 continue;
             }
             let id = record(client, migration, s, key.as_deref()).await?;
+            // Counted as it is recorded, once: a batch that fails after this (its repair) is read again by
+            // the next leader, which finds the bypass recorded already.
+            if id.is_some() {
+                status::count_bypass(&migration.name, s.candidate.op.as_str());
+            }
             let bypass = Bypass {
                 migration: migration.name.clone(),
                 kind: s.candidate.op.as_str(),
@@ -269,7 +284,8 @@ async fn divergence(
 }
 
 /// Whether a keyed candidate whose key differs (as `kind`) is a bypass. A merge source's DELETE that left
-/// the shadow without the key is not: the proxy's own DELETE would not have written the shadow either.
+/// the shadow without the key is not: the proxy's own DELETE would not have written the shadow either, in
+/// `dual_write` (before the backfill copied the key) as in `cutover` (where the key differed already).
 fn confirms(compiled: &CompiledMapping, candidate: &Candidate, kind: &str) -> bool {
     !(compiled.is_merge() && candidate.side == Side::Old && candidate.op == Op::Delete && kind == "missing")
 }
@@ -315,9 +331,12 @@ async fn repair_keys(
     migration: &WatchedMigration,
     keys: &[String],
 ) -> JobResult<()> {
-    let source = match migration.phase {
-        Phase::Cutover => SourceOfTruth::Shadow,
-        _ => SourceOfTruth::Old,
+    // The direction is the phase's as stored now rather than as the watch last read it: after a phase
+    // change the watch pairs on until it is settled, and a repair in the old direction would be refused
+    // (`repair` re-checks the phase under a lock), failing the batch.
+    let source = match source_of_truth_now(client, &migration.name, false).await? {
+        Ok(source) => source,
+        Err(reason) => return Err(JobError::Phase { migration: migration.name.clone(), reason }),
     };
     let compiled = cache.get(client, &migration.mapping).await?;
     let distinct: Vec<String> = keys.iter().cloned().collect::<HashSet<_>>().into_iter().collect();

@@ -6,9 +6,8 @@
 //! confirmed position. The leader confirms a transaction only once it is paired and its bypasses are
 //! recorded (and repaired), so a crash re-reads what was in flight; recording is idempotent.
 //!
-//! Watched: the migrations in dual_write or cutover, splits and merges included (a merge in dual_write
-//! only); the publication holds each one's old tables (every source of a merge) and shadow tables
-//! (every target of a split).
+//! Watched: the migrations in dual_write or cutover, splits and merges included; the publication holds
+//! each one's old tables (every source of a merge) and shadow tables (every target of a split).
 //!
 //! Safety: the slot exists only while some migration is in dual_write or cutover (dropped at complete and
 //! off); when it holds back more WAL than `max_retained_wal_mb` the leader drops it and stores `fallback`
@@ -121,9 +120,13 @@ impl Watch {
         }
     }
 
-    /// The migrations to pair now: those in dual_write or cutover. A merge is watched in dual_write only:
-    /// its confirmation and repair take the sources as the source of truth, which from cutover on they are
-    /// not (README: Merging tables; VERIFY covers a merge in cutover).
+    /// The migrations to pair now: those in dual_write or cutover, a merge in either. Neither the pairing
+    /// nor the confirmation depends on the phase: in cutover the proxy still writes every table of a key in
+    /// the client's statement (a source's write synced into the shadow, a shadow's mirrored into the
+    /// sources), so its writes pair as in dual_write, and the tables differ at a bypassed key whichever
+    /// side is the source of truth. The repair's direction does (in cutover a merge's sources are rebuilt
+    /// from the shadow); `bypass::repair_keys` reads it from the stored phase when it repairs. The phase is
+    /// kept with each migration so that a phase change restarts the stream.
     fn watched(&self) -> Vec<WatchedMigration> {
         let rules = self.state.rules();
         let snapshot = self.state.snapshot();
@@ -132,12 +135,7 @@ impl Watch {
             .iter()
             .filter_map(|m| {
                 let phase = snapshot.migration(&m.name)?.phase;
-                let watched = match phase {
-                    Phase::DualWrite => true,
-                    Phase::Cutover => !m.is_merge(),
-                    _ => false,
-                };
-                watched.then(|| WatchedMigration::new(m, phase))
+                matches!(phase, Phase::DualWrite | Phase::Cutover).then(|| WatchedMigration::new(m, phase))
             })
             .collect()
     }
@@ -293,13 +291,11 @@ impl Leader<'_> {
             let now = Instant::now();
             if let Some((batch, end)) = progress.take_batch(now) {
                 let handled = bypass::handle(client, migrations, &mut self.cache, &batch, true).await?;
-                count(&handled.found);
                 confirm = confirm.max(progress.checked(end, handled.deferred, 0, now));
             }
             if let Some(due) = progress.take_due(now) {
                 let defer = due.deferrals < MAX_DEFERRALS;
                 let handled = bypass::handle(client, migrations, &mut self.cache, &due.seen, defer).await?;
-                count(&handled.found);
                 confirm = confirm.max(progress.checked(None, handled.deferred, due.deferrals, now));
             }
             if let Some(lsn) = confirm {
@@ -369,12 +365,6 @@ async fn relation_oids(client: &Client, tables: Vec<&QualifiedName>) -> anyhow::
         oids.push(oid as u32);
     }
     Ok(oids)
-}
-
-fn count(found: &[bypass::Bypass]) {
-    for b in found.iter().filter(|b| b.new) {
-        status::count_bypass(&b.migration, b.kind);
-    }
 }
 
 fn unix_now() -> f64 {

@@ -1,9 +1,11 @@
 //! Shared setup of the cdc_* tests: a database with the `users` -> `users_v2` migration and the objects
 //! that write `users` behind the proxy's back (a cascading foreign key, a trigger on another table, a
 //! function, a writable view), a proxy with the change-data-capture watch on, and comparisons of the two
-//! tables and of what the watch recorded.
+//! tables and of what the watch recorded; `merge`, the same for the merge migration of the cdc_merge* tests.
 
 #![allow(dead_code)]
+
+pub mod merge;
 
 use std::time::Duration;
 
