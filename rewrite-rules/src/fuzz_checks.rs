@@ -25,7 +25,8 @@ fn migration_route(b: u8) -> MigrationRoute {
 }
 
 /// Input layout: byte 0 = how many migrations the route covers (mod 3; missing ones count as `off`; bit 7:
-/// the first migration's unqualified name reaches another relation in the session),
+/// the first migration's unqualified name reaches another relation in the session; bit 6: its shadow's;
+/// bit 5: its backfill has not finished),
 /// bytes 1 and 2 = each migration's route, the rest = SQL text (invalid UTF-8 replaced, as the proxy does).
 ///
 /// Invariants: the cached plan equals a fresh one; text the cheap check calls unrelated, or a route with
@@ -43,10 +44,12 @@ pub fn check_rewrite(data: &[u8]) {
     // session.
     let unqualified_elsewhere = if data[0] & 0x80 != 0 { vec![0] } else { Vec::new() };
     let shadow_unqualified_elsewhere = if data[0] & 0x40 != 0 { vec![0] } else { Vec::new() };
+    let backfill_pending = if data[0] & 0x20 != 0 { vec![0] } else { Vec::new() };
     let route = Route {
         per_migration: data[1..3].iter().take(covered).map(|&b| migration_route(b)).collect(),
         unqualified_elsewhere,
         shadow_unqualified_elsewhere,
+        backfill_pending,
     };
     let sql = String::from_utf8_lossy(&data[3..]);
 

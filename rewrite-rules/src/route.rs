@@ -54,6 +54,10 @@ pub struct Route {
     /// `reads::ReadRouter::refuse_shadow_write`), so this decides whether an unqualified `INSERT INTO
     /// users_v2` is that write or one to another relation of the name.
     pub shadow_unqualified_elsewhere: Vec<usize>,
+    /// Migrations (indexes, ascending) whose backfill has not finished: their shadow does not hold every
+    /// key yet. A write naming a merge's shadow is refused in `dual_write` until it has (see
+    /// `writes::rewrite_dml`).
+    pub backfill_pending: Vec<usize>,
 }
 
 impl Route {
@@ -79,6 +83,11 @@ impl Route {
     /// reaches that shadow.
     pub fn shadow_unqualified_reaches(&self, migration: usize) -> bool {
         !self.shadow_unqualified_elsewhere.contains(&migration)
+    }
+
+    /// True if migration `migration`'s backfill has not finished.
+    pub fn backfill_pending(&self, migration: usize) -> bool {
+        self.backfill_pending.contains(&migration)
     }
 
     pub(crate) fn get(&self, migration: usize) -> MigrationRoute {

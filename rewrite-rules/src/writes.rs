@@ -92,6 +92,24 @@ impl Outcome {
 }
 
 /// Rewrites an INSERT, UPDATE or DELETE. `shell` is the query it was the body of when the client wrote
+/// A write naming merge `index`'s shadow in `dual_write` before its backfill finished is refused: the
+/// shadow does not hold the keys not copied yet, so an UPDATE or DELETE would miss their rows, and an
+/// INSERT of such a key would succeed where the row exists and its mirror overwrite that key's source
+/// rows. (In `cutover` the backfill has finished, unless the operator forced the cutover.)
+fn refuse_unbackfilled_merge(compiled: &Compiled, route: &Route, index: usize) -> Result<(), Rejection> {
+    if route.get(index).phase != Phase::DualWrite || !route.backfill_pending(index) {
+        return Ok(());
+    }
+    let m = &compiled.migrations[index];
+    let detail = format!(
+        "the backfill of {} has not finished, so its merged shadow does not hold every key yet; write {} \
+         until it has",
+        m.name,
+        m.sources.iter().map(|s| s.table.to_string()).collect::<Vec<_>>().join(" or ")
+    );
+    Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
+}
+
 /// `WITH ... <dml>` (its body is ignored).
 pub(crate) fn rewrite_dml(
     compiled: &Compiled,
@@ -110,6 +128,9 @@ pub(crate) fn rewrite_dml(
     let mirrored = target.as_ref().and_then(|(object, _)| router.mirrored_shadow(object));
     if let (None, Some((object, _))) = (mirrored, &target) {
         router.refuse_shadow_write(object)?;
+    }
+    if let Some(index) = mirrored {
+        refuse_unbackfilled_merge(compiled, route, index)?;
     }
     let mut migrations = std::mem::take(&mut router.touched);
     let target_index = mirrored.or_else(|| target.as_ref().and_then(|(object, _)| router.active_migration(object)));

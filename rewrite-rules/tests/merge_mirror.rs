@@ -211,3 +211,44 @@ fn the_shadows_unqualified_name_reaching_another_relation_is_not_mirrored() {
     assert_eq!(*rewriter.rewrite("DELETE FROM users WHERE id = 1", &route), Plan::PassThrough);
     assert!(matches!(*rewriter.rewrite("DELETE FROM public.users WHERE id = 1", &route), Plan::Rewritten { .. }));
 }
+
+#[test]
+fn before_the_backfill_finished_a_write_of_the_shadow_is_refused_in_dual_write_and_the_sources_are_written() {
+    let rules = RuleSet::from_toml(MERGE, "merge").unwrap();
+    let rewriter = Rewriter::new(Arc::new(rules.clone()), 16);
+    for version in [Side::Old, Side::New] {
+        let mut route = Route::uniform(&rules, MigrationRoute::own(Phase::DualWrite, version));
+        route.backfill_pending = vec![0];
+        for sql in [
+            "INSERT INTO users (id, email) VALUES (1, 'a@b')",
+            "UPDATE users SET bio = 'x' WHERE id = 1",
+            "DELETE FROM public.users WHERE id = 1",
+        ] {
+            match &*rewriter.rewrite(sql, &route) {
+                Plan::Rejected(r) => {
+                    assert_eq!(
+                        (r.reason, r.sqlstate, &*r.migration),
+                        (RejectReason::ShadowWrite, "0A000", "users_merge_tables"),
+                        "{sql}"
+                    );
+                    assert!(r.message.contains("backfill"), "{sql}: {}", r.message);
+                }
+                other => panic!("{sql} must be refused before the backfill finished, got {other:?}"),
+            }
+        }
+        // The sources, which the backfill copies from, are written as always.
+        if version == Side::Old {
+            let plan = rewriter.rewrite("UPDATE accounts SET email = 'c@d' WHERE id = 1", &route);
+            assert!(matches!(*plan, Plan::Rewritten { .. }), "{plan:?}");
+        }
+        // Once it finished, the shadow's writes are mirrored.
+        route.backfill_pending.clear();
+        let plan = rewriter.rewrite("UPDATE users SET bio = 'x' WHERE id = 1", &route);
+        assert!(matches!(*plan, Plan::Rewritten { .. }), "{plan:?}");
+    }
+    // In cutover (reached after the backfill, unless forced) the shadow is the table of record: written.
+    let mut route = Route::uniform(&rules, MigrationRoute::own(Phase::Cutover, Side::New));
+    route.backfill_pending = vec![0];
+    let plan = rewriter.rewrite("UPDATE users SET bio = 'x' WHERE id = 1", &route);
+    assert!(matches!(*plan, Plan::Rewritten { .. }), "{plan:?}");
+}

@@ -7,7 +7,8 @@
 //! the sources FULL JOINed on the key; VERIFY compares that join with the shadow in both directions and
 //! REPAIR fixes a planted divergence; `complete` is refused (cutover: merge_cutover.rs); rolling back to `off` leaves
 //! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
-//! says (the DELETE decides on the shadow row's latest version); `dualwrite check` checks every source; and
+//! says (the DELETE decides on the shadow row's latest version); writes naming the shadow wait for the
+//! backfill to finish; `dualwrite check` checks every source; and
 //! a session in which one source's bare name means another table is refused bare source names.
 
 use std::time::Duration;
@@ -173,6 +174,36 @@ async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
     assert_eq!(differences(&direct).await, (0, 0));
     let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_is_written_by_name_only_once_the_backfill_has_finished() {
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
+    let admin = proxy.connect(&db).await.unwrap();
+    let v2 = v2_session(&proxy, &db).await;
+    let insert = "INSERT INTO users (id, email, display_name, bio) VALUES (30, 'new@x.org', 'New', NULL)";
+    // Key 30 is in both sources but not in the shadow yet: an INSERT of it would succeed there and its
+    // mirror overwrite both sources' rows; an UPDATE or DELETE would find no row. All refused.
+    for sql in [insert, "UPDATE users SET bio = 'x' WHERE id = 30", "DELETE FROM users WHERE id = 30"] {
+        let (code, message) = db_error(&v2.batch_execute(sql).await.unwrap_err());
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(message.contains(MIGRATION) && message.contains("backfill"), "{sql}: {message}");
+    }
+    let sources = "SELECT count(*) FROM accounts a JOIN profiles p USING (id) \
+                   WHERE id = 30 AND a.email = 'User30@X.org' AND p.name = 'Name 30'";
+    assert_eq!(count(&direct, sources).await, 1, "the sources' rows of key 30 are untouched");
+    assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 0);
+
+    backfill_until_done(&admin, MIGRATION).await;
+    // The shadow holds key 30 now: inserting it again is the duplicate it is, and the sources keep their
+    // rows; an UPDATE is mirrored into them.
+    assert_eq!(db_error(&v2.batch_execute(insert).await.unwrap_err()).0, "23505");
+    assert_eq!(count(&direct, sources).await, 1);
+    v2.batch_execute("UPDATE users SET bio = 'edited' WHERE id = 30").await.unwrap();
+    assert_eq!(shadow(&direct, 30).await, row(Some("user30@x.org"), Some("Name 30"), Some("edited")));
+    assert_eq!(count(&direct, "SELECT count(*) FROM profiles WHERE id = 30 AND bio = 'edited'").await, 1);
+    assert_eq!(differences(&direct).await, (0, 0));
     proxy.stop().await.unwrap();
 }
 

@@ -274,7 +274,17 @@ impl SessionVersion {
                 MigrationRoute { phase, version: shape, read_source }
             })
             .collect();
-        Route { per_migration, ..Route::default() }
+        let backfill_pending = rules
+            .migrations
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                let backfill = state.migration(&m.name).and_then(|r| r.backfill.as_ref());
+                backfill.is_none_or(|b| b.state != "done")
+            })
+            .map(|(index, _)| index)
+            .collect();
+        Route { per_migration, backfill_pending, ..Route::default() }
     }
 }
 
