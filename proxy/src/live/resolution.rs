@@ -10,7 +10,7 @@
 //! which any of those ran (COMMIT undoes SET LOCAL). Pure: the session feeds it statements and
 //! transaction states; the probe's SQL and the parsing of its answer live here too.
 
-use dualwrite_rules::{quote_ident, RuleSet};
+use dualwrite_rules::{quote_ident, Rewriter, Route, RuleSet};
 
 /// What one session knows of its name resolution.
 #[derive(Debug, Default)]
@@ -296,6 +296,48 @@ fn skip_block_comment(bytes: &[u8], start: usize) -> usize {
 
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// The answer to "which relation does this unqualified name mean here" matters for a statement and is
+/// not known.
+pub(super) struct Unresolved;
+
+/// `route` under the session's name resolution `resolution` for rules generation `generation`: the
+/// migrations whose (shadow) names reach other relations, when known; when not, `route` itself as long as
+/// `sql`'s plan does not depend on it (`Unresolved` otherwise, and for a merge some of whose bare source
+/// names reach their sources and some do not, when the plan depends on which).
+pub(super) fn resolve(
+    mut route: Route,
+    resolution: &NameResolution,
+    generation: u64,
+    rewriter: &Rewriter,
+    sql: &str,
+) -> Result<Route, Unresolved> {
+    if let Some(elsewhere) = resolution.elsewhere(generation) {
+        route.unqualified_elsewhere = elsewhere.to_vec();
+        route.shadow_unqualified_elsewhere = resolution.shadow_elsewhere(generation).unwrap_or_default().to_vec();
+        // A merge some of whose bare source names mean other relations: a statement whose plan depends on
+        // whether they reach it (it names a source unqualified) is refused, as neither plan is right for
+        // every source it names.
+        let mixed = resolution.mixed(generation).unwrap_or_default();
+        if !mixed.is_empty() {
+            let mut reaching = route.clone();
+            reaching.unqualified_elsewhere.retain(|i| !mixed.contains(i));
+            if *rewriter.rewrite(sql, &reaching) != *rewriter.rewrite(sql, &route) {
+                return Err(Unresolved);
+            }
+        }
+        return Ok(route);
+    }
+    let assumed = rewriter.rewrite(sql, &route);
+    let mut other = route.clone();
+    other.unqualified_elsewhere = (0..rewriter.rules().migrations.len()).collect();
+    other.shadow_unqualified_elsewhere = other.unqualified_elsewhere.clone();
+    if *rewriter.rewrite(sql, &other) == *assumed {
+        Ok(route)
+    } else {
+        Err(Unresolved)
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use dualwrite_rules::{Plan, Route};
 
-use super::resolution::{may_change_resolution, NameResolution};
+use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
 };
@@ -103,10 +103,6 @@ pub struct LiveSession {
     transaction_status: u8,
 }
 
-/// The answer to "which relation does this unqualified name mean here" matters for a statement and is
-/// not known.
-struct Unresolved;
-
 impl LiveSession {
     pub fn new(live: Arc<Live>, info: &SessionInfo, session_id: u64) -> LiveSession {
         let params = info.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -140,7 +136,7 @@ impl LiveSession {
     /// otherwise the answer matters and is missing.
     fn resolved_route(&mut self, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
         let route = self.current_route(current);
-        resolve(route, &self.resolution, current, sql)
+        resolve(route, &self.resolution, current.generation, &current.rewriter, sql)
     }
 
     /// The route the next statement is rewritten for, under the rules `current`.
@@ -492,7 +488,7 @@ impl SessionInterceptor for LiveSession {
         }
         let route = self.current_route(&current);
         let prepared = self.prepared.get(statement)?;
-        match resolve(route, &self.resolution, &current, &prepared.sql) {
+        match resolve(route, &self.resolution, current.generation, &current.rewriter, &prepared.sql) {
             Ok(_) => None,
             Err(Unresolved) if self.resolution.take_probe_failed() => None,
             Err(Unresolved) => Some(NameResolution::probe_sql(&current.rules)),
@@ -555,7 +551,7 @@ impl SessionInterceptor for LiveSession {
         }
         let route = self.current_route(&current);
         let prepared = self.prepared.get_mut(statement)?;
-        let route = match resolve(route, &self.resolution, &current, &prepared.sql) {
+        let route = match resolve(route, &self.resolution, current.generation, &current.rewriter, &prepared.sql) {
             Ok(route) => route,
             Err(Unresolved) if at == StatementUse::Describe => return None,
             Err(Unresolved) => {
@@ -603,35 +599,5 @@ impl SessionInterceptor for LiveSession {
             }
         };
         Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
-    }
-}
-
-/// `route` under the session's name resolution `resolution` (see `LiveSession::resolved_route`).
-fn resolve(mut route: Route, resolution: &NameResolution, current: &LiveRules, sql: &str) -> Result<Route, Unresolved> {
-    if let Some(elsewhere) = resolution.elsewhere(current.generation) {
-        route.unqualified_elsewhere = elsewhere.to_vec();
-        route.shadow_unqualified_elsewhere =
-            resolution.shadow_elsewhere(current.generation).unwrap_or_default().to_vec();
-        // A merge some of whose bare source names mean other relations: a statement whose plan depends on
-        // whether they reach it (it names a source unqualified) is refused, as neither plan is right for
-        // every source it names.
-        let mixed = resolution.mixed(current.generation).unwrap_or_default();
-        if !mixed.is_empty() {
-            let mut reaching = route.clone();
-            reaching.unqualified_elsewhere.retain(|i| !mixed.contains(i));
-            if *current.rewriter.rewrite(sql, &reaching) != *current.rewriter.rewrite(sql, &route) {
-                return Err(Unresolved);
-            }
-        }
-        return Ok(route);
-    }
-    let assumed = current.rewriter.rewrite(sql, &route);
-    let mut other = route.clone();
-    other.unqualified_elsewhere = (0..current.rules.migrations.len()).collect();
-    other.shadow_unqualified_elsewhere = other.unqualified_elsewhere.clone();
-    if *current.rewriter.rewrite(sql, &other) == *assumed {
-        Ok(route)
-    } else {
-        Err(Unresolved)
     }
 }
