@@ -53,14 +53,11 @@ impl StatementNames {
         }
     }
 
-    /// The statement of `sql` and `param_types` when `pool`'s server accepted it.
-    fn accepted_statement(&self, pool: &PoolKey, sql: &str, param_types: &[u32]) -> Option<ServerStatement> {
+    /// The server's name of the statement of `sql` and `param_types` when `pool`'s server accepted it.
+    fn accepted_name(&self, pool: &PoolKey, sql: &str, param_types: &[u32]) -> Option<&Arc<str>> {
         let accepted = self.accepted.get(pool)?;
         let id = self.ids.get(&(sql.to_owned(), param_types.to_vec()))?;
-        let name = format!("dualwrite_s{id}");
-        let name = accepted.get(name.as_str())?;
-        let parse = messages::parse(Some(name.to_string()), sql, param_types.to_vec());
-        Some(ServerStatement { name: Arc::clone(name), parse })
+        accepted.get(statement_name(*id).as_str())
     }
 
     fn server_statement(&mut self, sql: &str, param_types: Vec<u32>) -> ServerStatement {
@@ -69,10 +66,15 @@ impl StatementNames {
             *next += 1;
             *next
         });
-        let name = format!("dualwrite_s{id}");
+        let name = statement_name(id);
         let parse = messages::parse(Some(name.clone()), sql, param_types);
         ServerStatement { name: name.into(), parse }
     }
+}
+
+/// The name the server connections hold statement `id` under.
+fn statement_name(id: u64) -> String {
+    format!("dualwrite_s{id}")
 }
 
 /// A statement as the server connections hold it.
@@ -225,8 +227,9 @@ impl ClientStatements {
         if self.statements.contains_key(name) {
             return None;
         }
-        let statement = names.accepted_statement(pool, sql, param_types)?;
-        self.statements.insert(name.to_vec(), Arc::new(statement));
+        let server_name = Arc::clone(names.accepted_name(pool, sql, param_types)?);
+        let parse = messages::parse(Some(server_name.to_string()), sql, param_types.to_vec());
+        self.statements.insert(name.to_vec(), Arc::new(ServerStatement { name: server_name, parse }));
         Some(ParseAction::AnswerLocally)
     }
 
@@ -239,7 +242,7 @@ impl ClientStatements {
         sql: &str,
         param_types: &[u32],
     ) -> bool {
-        !self.statements.contains_key(name) && names.accepted_statement(pool, sql, param_types).is_some()
+        !self.statements.contains_key(name) && names.accepted_name(pool, sql, param_types).is_some()
     }
 
     /// A Bind or Describe (`frame`) of the client's statement `name` on `server`; `None` when the client has

@@ -269,10 +269,8 @@ impl<'s> Frontend<'s> {
     /// for itself.
     fn prepares_detached(&mut self, link: &PooledLink<'_>, buf: &[u8]) -> bool {
         let shared = self.host.shared;
-        if !shared.is_ready()
-            || shared.tx_status.load(Ordering::Relaxed) != b'I'
-            || self.machine.is_skipping_to_sync()
-            || !link.detached()
+        // (Whether the session holds a connection is asked per Parse, by `answers_parse_detached`.)
+        if !shared.is_ready() || shared.tx_status.load(Ordering::Relaxed) != b'I' || self.machine.is_skipping_to_sync()
         {
             return false;
         }
@@ -288,10 +286,12 @@ impl<'s> Frontend<'s> {
                 tag::SYNC => return !names.is_empty() && rest.len() == total,
                 tag::PARSE => {
                     let Some(view) = messages::parse_view(messages::body(&rest[..total])) else { return false };
+                    // Unnamed statements, the usual first frame of a transaction, leave at once.
+                    if view.statement.is_empty() || names.contains(&view.statement) {
+                        return false;
+                    }
                     let Ok(sql) = std::str::from_utf8(view.sql) else { return false };
-                    if view.statement.is_empty()
-                        || names.contains(&view.statement)
-                        || crate::pool::pinning::pin_reason(view.sql).is_some()
+                    if crate::pool::pinning::pin_reason(view.sql).is_some()
                         || !self.forwards_parse(sql)
                         || !link.answers_parse_detached(view.statement, sql, &view.param_type_oids())
                     {
