@@ -14,7 +14,7 @@ use sqlparser::ast::{Query, Statement};
 
 use crate::direction::{compile_direction, conflict_action, Direction, SyncTarget, PRIMARY_CTE};
 use crate::model::{parse_mapping_expr, Migration, Phase, RuleSet};
-use crate::names::{quote_ident, TableName};
+use crate::names::{quote_ident, quote_literal, TableName};
 use crate::route::{Route, Side};
 use crate::template::parse_statement;
 
@@ -198,18 +198,49 @@ pub(crate) const MIRROR_EVERY_ROW: usize = 0;
 pub(crate) const MIRROR_HOLDING: usize = 1;
 pub(crate) const MIRROR_NOT_HOLDING: usize = 2;
 
-/// Source `index` of merge `m` written from rows of `shadow` (a write naming the shadow, mirrored): its
-/// `backward` with the three syncs above.
-fn compile_mirror(m: &Migration, index: usize, shadow: &TableName) -> Result<Direction, String> {
-    let source = &m.merge[index];
-    let table = source.table.qualified();
-    let columns: Vec<String> = source.old_columns().map(str::to_string).collect();
-    let holds = source
+/// The server-side function (created with the proxy's `dualwrite` schema, version 4) that fails a mirrored
+/// write leaving a shadow row none of the sources can hold: `(held, migration, shadow, sources, key
+/// columns, key)` -> true, or 23514 naming the migration and the key.
+pub(crate) const MERGE_ROW_HELD_FUNCTION: &str = "dualwrite.merge_row_held";
+
+/// `col IS NOT NULL OR ...` over a merge source's non-key shadow columns: the shadow row holds some of the
+/// source's row, so the source must hold the key.
+fn holds_condition(m: &Migration, source: &crate::merge::MergeSource) -> String {
+    source
         .shadow_columns()
         .filter(|c| !m.key.iter().any(|k| k == c))
         .map(|c| format!("{} IS NOT NULL", quote_ident(c)))
         .collect::<Vec<_>>()
-        .join(" OR ");
+        .join(" OR ")
+}
+
+/// The check a mirrored write runs on each of its rows that a source stops holding: a shadow row with none
+/// of any source's columns has no image in the old tables (their FULL JOIN on the key cannot show it), so
+/// the write is refused in the statement, atomically, rather than leaving the shadow a row the sources
+/// lack (README: Merging tables).
+fn held_by_a_source_check(m: &Migration, shadow: &TableName) -> String {
+    let held = m.merge.iter().map(|s| format!("({})", holds_condition(m, s))).collect::<Vec<_>>().join(" OR ");
+    let sources = m.merge.iter().map(|s| s.table.qualified().to_string()).collect::<Vec<_>>().join(", ");
+    let key_columns = m.key.join(", ");
+    let key = m.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    format!(
+        "{MERGE_ROW_HELD_FUNCTION}({held}, {}, {}, {}, {}, ROW({key})::TEXT)",
+        quote_literal(&m.name),
+        quote_literal(&shadow.to_string()),
+        quote_literal(&sources),
+        quote_literal(&key_columns),
+    )
+}
+
+/// Source `index` of merge `m` written from rows of `shadow` (a write naming the shadow, mirrored): its
+/// `backward` with the three syncs above; the rows it stops holding are checked to be held by another
+/// source (`held_by_a_source_check`).
+fn compile_mirror(m: &Migration, index: usize, shadow: &TableName) -> Result<Direction, String> {
+    let source = &m.merge[index];
+    let table = source.table.qualified();
+    let columns: Vec<String> = source.old_columns().map(str::to_string).collect();
+    let holds = holds_condition(m, source);
+    let check = held_by_a_source_check(m, shadow);
     let cte = if index == 0 { "__dw_old".to_string() } else { format!("__dw_old_{}", index + 1) };
     let target = |cte: String, filter: Option<String>| SyncTarget {
         table: table.clone(),
@@ -224,7 +255,7 @@ fn compile_mirror(m: &Migration, index: usize, shadow: &TableName) -> Result<Dir
         &[
             target(cte.clone(), None),
             target(cte.clone(), Some(holds.clone())),
-            target(format!("{cte}_gone"), Some(format!("NOT ({holds})"))),
+            target(format!("{cte}_gone"), Some(format!("NOT ({holds}) AND {check}"))),
         ],
     )
 }

@@ -8,13 +8,18 @@
 //!      __dw_old_2 AS (INSERT INTO public.profiles (id, name, bio) SELECT id, display_name, bio FROM __dw_primary
 //!                     WHERE display_name IS NOT NULL OR bio IS NOT NULL ON CONFLICT (id) DO UPDATE SET bio = EXCLUDED.bio),
 //!      __dw_old_2_gone AS (DELETE FROM public.profiles AS __dw_t USING (SELECT id AS id FROM __dw_primary
-//!                          WHERE NOT (display_name IS NOT NULL OR bio IS NOT NULL)) AS __dw_k WHERE __dw_t.id = __dw_k.id)
+//!                          WHERE NOT (display_name IS NOT NULL OR bio IS NOT NULL)
+//!                            AND dualwrite.merge_row_held((email IS NOT NULL) OR (display_name IS NOT NULL OR
+//!                                bio IS NOT NULL), 'users_merge_tables', ..., ROW(id)::TEXT)) AS __dw_k
+//!                          WHERE __dw_t.id = __dw_k.id)
 //! SELECT FROM __dw_primary AS users
 //! ```
 //!
 //! It is the inverse of how the merge fills the shadow, where a source without the key leaves its columns
 //! NULL: a source's row is upserted where any of its non-key shadow columns is set and deleted where all
-//! are NULL; a DELETE of shadow rows deletes their keys from every source. An UPDATE mirrors only into the
+//! are NULL; a DELETE of shadow rows deletes their keys from every source. A row left with every source's
+//! columns NULL is the image of no source row, so the statement fails there (23514, raised by the proxy's
+//! `dualwrite.merge_row_held`) instead of leaving the shadow a row the sources cannot show. An UPDATE mirrors only into the
 //! sources whose columns it can change. What has no such inverse stays refused (`shadow_write`): an UPDATE
 //! changing the key, and TRUNCATE, COPY FROM, MERGE and data-modifying CTEs naming the shadow.
 

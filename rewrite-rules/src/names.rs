@@ -117,6 +117,18 @@ pub fn quote_ident(name: &str) -> String {
     ident(name).to_string()
 }
 
+/// A string literal of `text` for SQL the crate writes itself (a migration's or table's name in a message):
+/// quotes doubled, and written as `E'...'` with backslashes doubled when it holds one, so that it reads the
+/// same whatever the session's `standard_conforming_strings`.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
 fn needs_quotes(name: &str) -> bool {
     let mut chars = name.chars();
     let first_ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_');

@@ -42,17 +42,32 @@ const SUPPRESS: fn(dualwrite_rules::TagRewrite) -> StatementTransform =
 const KEEP: fn(dualwrite_rules::TagRewrite) -> StatementTransform =
     |tag| StatementTransform { command_tag: Some(tag), rows: Keep };
 
+/// The check each `_gone` CTE makes of the rows a source stops holding: some source must still hold them
+/// (else the statement fails with 23514, raised by the proxy's `dualwrite.merge_row_held`).
+macro_rules! held_by_a_source {
+    () => {
+        "dualwrite.merge_row_held((email IS NOT NULL) OR (display_name IS NOT NULL OR bio IS NOT NULL), \
+         'users_merge_tables', 'public.users', 'public.accounts, public.profiles', 'id', ROW(id)::TEXT)"
+    };
+}
+
 /// accounts' row upserted where the shadow row holds its column, deleted where it does not.
-const ACCOUNTS: &str = "__dw_old AS (INSERT INTO public.accounts (id, email) SELECT id, email FROM __dw_primary \
-     WHERE email IS NOT NULL ON CONFLICT(id) DO UPDATE SET email = EXCLUDED.email), __dw_old_gone AS (DELETE FROM \
-     public.accounts AS __dw_t USING (SELECT id AS id FROM __dw_primary WHERE NOT (email IS NOT NULL)) AS __dw_k \
-     WHERE __dw_t.id = __dw_k.id)";
+const ACCOUNTS: &str = concat!(
+    "__dw_old AS (INSERT INTO public.accounts (id, email) SELECT id, email FROM __dw_primary WHERE email IS NOT \
+     NULL ON CONFLICT(id) DO UPDATE SET email = EXCLUDED.email), __dw_old_gone AS (DELETE FROM public.accounts AS \
+     __dw_t USING (SELECT id AS id FROM __dw_primary WHERE NOT (email IS NOT NULL) AND ",
+    held_by_a_source!(),
+    ") AS __dw_k WHERE __dw_t.id = __dw_k.id)"
+);
 /// profiles' row, the same way: upserted where either of its columns is set.
-const PROFILES: &str = "__dw_old_2 AS (INSERT INTO public.profiles (id, name, bio) SELECT id, display_name, bio \
-     FROM __dw_primary WHERE display_name IS NOT NULL OR bio IS NOT NULL ON CONFLICT(id) DO UPDATE SET name = \
-     EXCLUDED.name, bio = EXCLUDED.bio), __dw_old_2_gone AS (DELETE FROM public.profiles AS __dw_t USING (SELECT \
-     id AS id FROM __dw_primary WHERE NOT (display_name IS NOT NULL OR bio IS NOT NULL)) AS __dw_k WHERE __dw_t.id \
-     = __dw_k.id)";
+const PROFILES: &str = concat!(
+    "__dw_old_2 AS (INSERT INTO public.profiles (id, name, bio) SELECT id, display_name, bio FROM __dw_primary \
+     WHERE display_name IS NOT NULL OR bio IS NOT NULL ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name, bio = \
+     EXCLUDED.bio), __dw_old_2_gone AS (DELETE FROM public.profiles AS __dw_t USING (SELECT id AS id FROM \
+     __dw_primary WHERE NOT (display_name IS NOT NULL OR bio IS NOT NULL) AND ",
+    held_by_a_source!(),
+    ") AS __dw_k WHERE __dw_t.id = __dw_k.id)"
+);
 /// A DELETE of shadow rows deletes their keys from every source.
 const DELETES: &str = "__dw_old AS (DELETE FROM public.accounts AS __dw_t USING (SELECT id AS id FROM __dw_primary) \
      AS __dw_k WHERE __dw_t.id = __dw_k.id), __dw_old_2 AS (DELETE FROM public.profiles AS __dw_t USING (SELECT id \
@@ -104,11 +119,15 @@ fn an_update_of_the_shadow_mirrors_only_into_the_sources_whose_columns_it_assign
     // bio is profiles': accounts is left alone, and profiles' upsert re-derives only bio.
     mirrored(
         "UPDATE users SET bio = 'b' WHERE id = 1",
-        "WITH __dw_primary AS (UPDATE users SET bio = 'b' WHERE id = 1 RETURNING users.*), __dw_old_2 AS (INSERT \
-         INTO public.profiles (id, name, bio) SELECT id, display_name, bio FROM __dw_primary WHERE display_name IS \
-         NOT NULL OR bio IS NOT NULL ON CONFLICT(id) DO UPDATE SET bio = EXCLUDED.bio), __dw_old_2_gone AS (DELETE \
-         FROM public.profiles AS __dw_t USING (SELECT id AS id FROM __dw_primary WHERE NOT (display_name IS NOT NULL \
-         OR bio IS NOT NULL)) AS __dw_k WHERE __dw_t.id = __dw_k.id) SELECT FROM __dw_primary AS users",
+        &format!(
+            "WITH __dw_primary AS (UPDATE users SET bio = 'b' WHERE id = 1 RETURNING users.*), __dw_old_2 AS \
+             (INSERT INTO public.profiles (id, name, bio) SELECT id, display_name, bio FROM __dw_primary WHERE \
+             display_name IS NOT NULL OR bio IS NOT NULL ON CONFLICT(id) DO UPDATE SET bio = EXCLUDED.bio), \
+             __dw_old_2_gone AS (DELETE FROM public.profiles AS __dw_t USING (SELECT id AS id FROM __dw_primary \
+             WHERE NOT (display_name IS NOT NULL OR bio IS NOT NULL) AND {}) AS __dw_k WHERE __dw_t.id = \
+             __dw_k.id) SELECT FROM __dw_primary AS users",
+            held_by_a_source!()
+        ),
         SUPPRESS(Update),
     );
     // Setting email to NULL takes the account away: its row is deleted by the `_gone` CTE.
@@ -129,7 +148,8 @@ fn an_update_of_the_shadow_mirrors_only_into_the_sources_whose_columns_it_assign
              bio) SELECT id, display_name, bio FROM __dw_primary WHERE display_name IS NOT NULL OR bio IS NOT NULL \
              ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name), __dw_old_2_gone AS (DELETE FROM public.profiles AS \
              __dw_t USING (SELECT id AS id FROM __dw_primary WHERE NOT (display_name IS NOT NULL OR bio IS NOT \
-             NULL)) AS __dw_k WHERE __dw_t.id = __dw_k.id) SELECT FROM __dw_primary AS u"
+             NULL) AND {}) AS __dw_k WHERE __dw_t.id = __dw_k.id) SELECT FROM __dw_primary AS u",
+            held_by_a_source!()
         ),
         SUPPRESS(Update),
     );

@@ -8,7 +8,9 @@
 //! REPAIR fixes a planted divergence; `complete` is refused (cutover: merge_cutover.rs); rolling back to `off` leaves
 //! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
 //! says (the DELETE decides on the shadow row's latest version); writes naming the shadow wait for the
-//! backfill to finish; `dualwrite check` checks every source; and
+//! backfill to finish, and fail (23514, changing nothing) where they would leave a row none of the sources
+//! can hold, also for a role without privileges on the proxy's schema; `dualwrite check` checks every
+//! source; and
 //! a session in which one source's bare name means another table is refused bare source names.
 
 use std::time::Duration;
@@ -203,6 +205,54 @@ async fn the_shadow_is_written_by_name_only_once_the_backfill_has_finished() {
     v2.batch_execute("UPDATE users SET bio = 'edited' WHERE id = 30").await.unwrap();
     assert_eq!(shadow(&direct, 30).await, row(Some("user30@x.org"), Some("Name 30"), Some("edited")));
     assert_eq!(count(&direct, "SELECT count(*) FROM profiles WHERE id = 30 AND bio = 'edited'").await, 1);
+    assert_eq!(differences(&direct).await, (0, 0));
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_naming_the_shadow_that_leaves_a_row_no_source_can_hold_fails_and_changes_nothing() {
+    let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
+    direct
+        .batch_execute("CREATE ROLE merge_app LOGIN; GRANT ALL ON accounts, profiles, users TO merge_app")
+        .await
+        .unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    // A role without privileges on the proxy's own schema, as applications run: the check runs for it too.
+    let v2_url = format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url_as(&db, "merge_app", None));
+    let v2 = connect(&v2_url).await.unwrap();
+    let before = contents(&direct).await;
+
+    // Key 100 with none of any source's columns (a row no FULL JOIN of the sources can show); key 5 is only
+    // in accounts and key 45 only in profiles, so emptying their one source's columns leaves such a row.
+    for sql in [
+        "INSERT INTO users (id) VALUES (100)",
+        "INSERT INTO users (id, email) VALUES (101, 'kept@x.org'), (102, NULL)",
+        "UPDATE users SET email = NULL WHERE id = 5",
+        "UPDATE users SET display_name = NULL, bio = NULL WHERE id = 45",
+        "INSERT INTO users (id, email) VALUES (5, 'x@x.org') ON CONFLICT (id) DO UPDATE SET email = NULL",
+    ] {
+        let error = v2.batch_execute(sql).await.unwrap_err();
+        let db_error = error.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {error}"));
+        assert_eq!(db_error.code().code(), "23514", "{sql}: {db_error:?}");
+        assert!(
+            db_error.message().contains(&format!("migration \"{MIGRATION}\""))
+                && db_error.message().contains("public.accounts, public.profiles"),
+            "{sql}: {}",
+            db_error.message()
+        );
+        let detail = db_error.detail().unwrap_or_default();
+        assert!(detail.starts_with("Key (id)=(") && detail.contains("held by none"), "{sql}: {detail}");
+        assert_eq!(contents(&direct).await, before, "{sql} changed nothing");
+    }
+
+    // The session goes on: a key another source still holds loses only the account, as mirrored.
+    v2.batch_execute("UPDATE users SET email = NULL WHERE id = 25").await.unwrap();
+    assert_eq!(count(&direct, "SELECT count(*) FROM accounts WHERE id = 25").await, 0);
+    assert_eq!(count(&direct, "SELECT count(*) FROM profiles WHERE id = 25").await, 1);
+    v2.batch_execute("INSERT INTO users (id, email) VALUES (101, 'kept@x.org')").await.unwrap();
+    assert_eq!(shadow(&direct, 101).await, row(Some("kept@x.org"), None, None));
+    assert_eq!(count(&direct, "SELECT count(*) FROM accounts WHERE id = 101").await, 1);
     assert_eq!(differences(&direct).await, (0, 0));
     proxy.stop().await.unwrap();
 }

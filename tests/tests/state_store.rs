@@ -347,12 +347,24 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
             "DELETE FROM dualwrite.{t}",
             "TRUNCATE dualwrite.{t}",
         ] {
-            let column = if table == "schema_version" { "version" } else { "migration" };
-            let column = if table == "migrations" { "read_percent" } else { column };
-            let column = if table == "cdc_watch" { "state" } else { column };
-            attempts.push(sql.replace("{t}", table).replace("{c}", column));
+            // Apps have USAGE on the schema (mirrored merge writes call `dualwrite.merge_row_held`), so a
+            // missing column would be reported before the privilege: name one the table has.
+            let column: String = superuser
+                .query_one(
+                    "SELECT attname::text FROM pg_attribute \
+                     WHERE attrelid = ('dualwrite.' || $1)::regclass AND attnum = 1",
+                    &[table],
+                )
+                .await?
+                .get(0);
+            attempts.push(sql.replace("{t}", table).replace("{c}", &column));
         }
     }
+    // What apps may do: call the mirror's check, which raises unless the row is held.
+    assert!(app
+        .query_one("SELECT dualwrite.merge_row_held(true, 'm', 't', 's', 'id', '(1)')", &[])
+        .await?
+        .get::<_, bool>(0));
     for sql in &attempts {
         let err = app.batch_execute(sql).await.unwrap_err();
         assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err}");

@@ -179,6 +179,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX cdc_bypasses_open_idx ON dualwrite.cdc_bypasses (migration, committed_at)
         WHERE resolved_at IS NULL;
     "#,
+    // 4: the check a write naming a merge's shadow runs in the client's statement (rewrite-rules'
+    // `compiled::held_by_a_source_check`): a row it leaves with none of any source's columns has no image
+    // in the old tables, so the statement fails with 23514. Client roles call it, hence USAGE on the
+    // schema for PUBLIC; the state tables keep their own privileges (none for PUBLIC).
+    r#"
+    CREATE FUNCTION dualwrite.merge_row_held(held boolean, migration text, shadow text, sources text,
+                                             key_columns text, key text) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF held THEN
+            RETURN true;
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = 'check_violation',
+            MESSAGE = format('dualwrite: migration "%s": a row of the merged table %s must hold a column of '
+                             'one of its old tables (%s)', migration, shadow, sources),
+            DETAIL = format('Key (%s)=%s would be held by none of them: the old tables cannot show it.',
+                            key_columns, key),
+            HINT = 'Set a column of one of the old tables in the row, or DELETE the row.';
+    END
+    $$;
+    GRANT USAGE ON SCHEMA dualwrite TO PUBLIC;
+    "#,
 ];
 
 /// The schema version this build writes.
