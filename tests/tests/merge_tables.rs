@@ -10,7 +10,7 @@
 //! says (the DELETE decides on the shadow row's latest version); writes naming the shadow wait for the
 //! backfill to finish, and fail (23514, changing nothing) where they would leave a row none of the sources
 //! can hold, also for a role without privileges on the proxy's schema; `dualwrite check` checks every
-//! source; and
+//! source, and a merge whose `present` column may be NULL is never registered; and
 //! a session in which one source's bare name means another table is refused bare source names.
 
 use std::time::Duration;
@@ -366,6 +366,26 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
     let (errors, report) = check(&SCHEMA.replace("display_name text, bio text", "display_name text")).await;
     assert!(errors >= 1, "{report}");
     assert!(report.contains("ERROR    forward.bio: column \"bio\" does not exist in public.users"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_present_column_may_be_null_is_not_registered_and_the_proxy_does_not_start() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(&SCHEMA.replace("name text NOT NULL, bio", "name text, bio")).await.unwrap();
+    let error = match TestProxy::with_rules_file(&db, rules_path()).await {
+        Ok(_) => panic!("a proxy started on a merge whose present column may be NULL"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains(&format!(
+            "migration `{MIGRATION}` cannot be registered: its present column display_name is name of \
+             public.profiles, which may be NULL"
+        )),
+        "{error}"
+    );
+    let registered = "SELECT count(*) FROM dualwrite.migrations WHERE name = 'users_merge_tables'";
+    assert_eq!(count(&direct, registered).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

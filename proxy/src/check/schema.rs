@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 
-use dualwrite_rules::{quote_ident, Migration, TableName};
+use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::Client;
 
 /// Problems and warnings found for one migration.
@@ -154,8 +154,7 @@ pub async fn check_migration(
 /// A merge source's `present` column must never be NULL while the source's row exists (a DELETE of
 /// another source drops the shadow row when it is): sure when it maps a NOT NULL column as it is.
 fn check_present(source: &dualwrite_rules::MergeSource, table: &Table, report: &mut Report<'_>) -> anyhow::Result<()> {
-    let expression = source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str());
-    let column = expression.map(|e| e.trim().trim_matches('"').to_string()).unwrap_or_default();
+    let (expression, column) = present_old_column(source);
     let present = format!("present = {} (from {} of {})", source.present, expression.unwrap_or("?"), table.display);
     let written = match table.columns.get(&column) {
         Some(c) if c.not_null => report.ok(&format!("{present}: NOT NULL")),
@@ -168,6 +167,46 @@ fn check_present(source: &dualwrite_rules::MergeSource, table: &Table, report: &
         )),
     };
     Ok(written?)
+}
+
+/// A merge source's `present` column as its forward mapping computes it (`None`: not mapped), and the old
+/// column that expression names when it is a plain column (else a name no column has).
+fn present_old_column(source: &dualwrite_rules::MergeSource) -> (Option<&str>, String) {
+    let expression = source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str());
+    (expression, expression.map(|e| e.trim().trim_matches('"').to_string()).unwrap_or_default())
+}
+
+/// The merge sources of `rules` whose `present` column is a plain old column that may be NULL, each as a
+/// sentence naming the migration, the source and what to do. Such a source's row can exist while the shadow
+/// shows it absent, so a DELETE of another source would drop a row this one still holds: the proxy refuses
+/// to register such rules (at start, on reload and in `dualwrite apply`), as `dualwrite check` reports them.
+pub(crate) async fn nullable_presents(client: &Client, rules: &RuleSet) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut found = Vec::new();
+    for migration in rules.migrations.iter().filter(|m| m.is_merge()) {
+        for source in &migration.merge {
+            let (expression, column) = present_old_column(source);
+            let table = source.table.to_string();
+            let nullable: Option<bool> = client
+                .query_opt(
+                    "SELECT NOT attnotnull FROM pg_attribute \
+                     WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                    &[&table, &column],
+                )
+                .await?
+                .map(|row| row.get(0));
+            if nullable == Some(true) {
+                found.push(format!(
+                    "migration `{}` cannot be registered: its present column {} is {} of {table}, which may be \
+                     NULL, so a DELETE of another source could drop a row {table} still holds; make {column} NOT \
+                     NULL or name another present column",
+                    migration.name,
+                    source.present,
+                    expression.unwrap_or("?"),
+                ));
+            }
+        }
+    }
+    Ok(found)
 }
 
 async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) -> anyhow::Result<Option<Table>> {

@@ -34,6 +34,9 @@ pub enum StateError {
     /// Migrations whose old table has writers the proxy cannot see and the rules do not accept.
     #[error(transparent)]
     UnseenWriters(#[from] crate::check::writers::Refusal),
+    /// Merge sources whose `present` column may be NULL (`check::schema::nullable_presents`), one line each.
+    #[error("{}", .0.join("\n"))]
+    NullablePresent(Vec<String>),
 }
 
 impl StateError {
@@ -50,7 +53,9 @@ impl StateError {
                 }
             },
             StateError::Corrupt(m) => SqlError::new(codes::INTERNAL_ERROR, format!("dualwrite control plane: {m}")),
-            StateError::UnseenWriters(r) => SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, r.to_string()),
+            StateError::UnseenWriters(_) | StateError::NullablePresent(_) => {
+                SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, self.to_string())
+            }
         }
     }
 }

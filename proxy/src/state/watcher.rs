@@ -80,15 +80,16 @@ struct Inner {
 
 impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, refuse rules whose
-    /// migrations have unaccepted writers the proxy cannot see (every migration, registered before or not:
-    /// a trigger or foreign key can appear at any time), register the rules' migrations, load the state,
+    /// migrations have unaccepted writers the proxy cannot see or a merge source's `present` column that may
+    /// be NULL (every migration, registered before or not: a trigger, foreign key or `DROP NOT NULL` can
+    /// appear at any time), register the rules' migrations, load the state,
     /// and start the watcher. Returns only after the first load.
     pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
         let actor = Actor { role: pg.config().get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
-        refuse_unseen_writers(&client, &rules).await?;
+        refuse_unsafe_rules(&client, &rules).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
         tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
@@ -139,12 +140,12 @@ impl StateHandle {
         self.inner.rules.load_full()
     }
 
-    /// Switch to reloaded rules: checks every migration for writers the proxy cannot see, registers the
+    /// Switch to reloaded rules: checks every migration as at start (`refuse_unsafe_rules`), registers the
     /// migrations they add (an audited change, as at start), then validates later changes against them. On
     /// error nothing changes.
     pub async fn set_rules(&self, rules: Arc<RuleSet>, actor: &Actor) -> Result<(), StateError> {
         let mut client = self.control().await?;
-        let result = match refuse_unseen_writers(&client, &rules).await {
+        let result = match refuse_unsafe_rules(&client, &rules).await {
             Ok(()) => store::register_migrations(&mut client, &rules, actor).await,
             Err(refused) => Err(refused),
         };
@@ -306,14 +307,19 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
     Ok(client)
 }
 
-/// Refuses `rules` when a migration's old table has writers the proxy cannot see that the migration does
-/// not accept (`accept_unseen_writers`); the error lists each with what to do.
-pub(crate) async fn refuse_unseen_writers(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
+/// Refuses `rules` that would let the proxy write the wrong rows: a migration's old table with writers the
+/// proxy cannot see that the migration does not accept (`accept_unseen_writers`), or a merge source whose
+/// `present` column may be NULL; the error lists each with what to do.
+pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
     let refused = crate::check::writers::unaccepted(client, rules).await?;
-    if refused.is_empty() {
-        return Ok(());
+    if !refused.is_empty() {
+        return Err(crate::check::writers::Refusal(refused).into());
     }
-    Err(crate::check::writers::Refusal(refused).into())
+    let nullable = crate::check::schema::nullable_presents(client, rules).await?;
+    if !nullable.is_empty() {
+        return Err(StateError::NullablePresent(nullable));
+    }
+    Ok(())
 }
 
 /// The messages of a connection; polling the stream drives the connection.
