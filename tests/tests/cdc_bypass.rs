@@ -1,13 +1,19 @@
 //! The change-data-capture watch finds every kind of write that bypasses the dual write, records it, and
 //! with `on_bypass = "repair"` makes both tables equal again within 5 s; with `alert` it records and leaves
-//! the tables as they are.
+//! the tables as they are; a repair goes the way of the phase stored when it runs, also when the watch
+//! still holds the phase it read before a change.
 
 mod cdc_support;
 
 use std::time::Duration;
 
-use cdc_support::{bypasses, column, difference, fixture, proxy, status, until_watching};
-use dualwrite_tests::eventually;
+use cdc_support::{bypasses, column, difference, fixture, proxy, rules, status, until_watching, MIGRATION};
+use dualwrite_proxy::cdc::bypass::{handle, MappingCache, Seen, WatchedMigration};
+use dualwrite_proxy::cdc::decoder::Lsn;
+use dualwrite_proxy::cdc::pairing::{Candidate, Side};
+use dualwrite_proxy::cdc::transaction::Op;
+use dualwrite_rules::{Phase, RuleSet};
+use dualwrite_tests::{control, eventually, TestProxy};
 
 const REPAIRED_WITHIN: Duration = Duration::from_secs(5);
 
@@ -132,5 +138,38 @@ async fn a_truncate_through_the_proxy_pairs_and_a_one_sided_truncate_is_a_bypass
     })
     .await;
     assert_eq!(bypasses(&f.direct).await, vec![("truncate".into(), "shadow".into(), None, false)]);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_right_after_a_phase_change_goes_the_way_of_the_stored_phase() {
+    let f = fixture().await;
+    // No watch of the proxy's own: the test hands the bypass to the watch's handling itself, with the
+    // phase the watch would still hold just after the change.
+    let proxy = TestProxy::with_rules_toml(&f.db, &rules("repair")).await.unwrap();
+    let app = proxy.connect(&f.db).await.unwrap();
+    app.batch_execute("INSERT INTO users (id, name, email, account) VALUES (1, 'Ada Lovelace', 'ada@x.org', 'a1')")
+        .await
+        .unwrap();
+    control(&app, &format!("DUALWRITE PHASE {MIGRATION} cutover FORCE")).await;
+    // In cutover the shadow is the source of truth: a direct write of the old table is undone from it.
+    f.direct.batch_execute("UPDATE users SET name = 'Direct Write' WHERE id = 1").await.unwrap();
+    assert_ne!(difference(&f.direct).await, 0);
+
+    let rules = RuleSet::from_toml(&rules("repair"), "rules").unwrap();
+    let stale = WatchedMigration::new(&rules.migrations[0], Phase::DualWrite);
+    let update = Seen {
+        candidate: Candidate { migration: 0, side: Side::Old, table: 0, op: Op::Update, key: Some(vec!["1".into()]) },
+        xid: 1,
+        commit_lsn: Lsn(1),
+        committed_at: 0.0,
+    };
+    let mut client = f.db.connect().await.unwrap();
+    let handled = handle(&mut client, &[stale], &mut MappingCache::default(), &[update], false).await.unwrap();
+    assert_eq!(handled.found.len(), 1, "{handled:?}");
+    let name: String = f.direct.query_one("SELECT name FROM users WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(name, "Ada Lovelace", "the old row is rebuilt from the shadow, as cutover says");
+    assert_eq!(difference(&f.direct).await, 0);
+    assert_eq!(bypasses(&f.direct).await, vec![("update".into(), "old".into(), Some(r#"{"id": 1}"#.into()), true)]);
     proxy.stop().await.unwrap();
 }
