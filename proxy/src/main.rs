@@ -41,9 +41,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.load()?;
+            // Handlers first: once the proxy says it is listening, a supervisor (or a test) may signal it,
+            // and a signal without a handler ends the process.
+            let (hangups, stop) = (reload::hangups(), shutdown::signal());
             let server = Server::bind(config).await?;
-            let reloads = tokio::spawn(reload::on_sighup(server.reloader(), move || args.load()));
-            server.run(shutdown::signal()).await?;
+            let reloads = tokio::spawn(reload::on_sighup(hangups, server.reloader(), move || args.load()));
+            server.run(stop).await?;
             reloads.abort();
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -110,27 +110,32 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
 }
 
-/// Reloads `reloader` on each SIGHUP with a fresh `load()`, until the process ends.
-pub async fn on_sighup(reloader: Reloader, load: impl Fn() -> anyhow::Result<Config> + Send + 'static) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload disabled");
-                return;
-            }
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received, reloading the configuration");
-            reloader.reload_with(&load).await;
+/// The process's SIGHUP handler, installed now. Call it before the proxy says it is listening: until a
+/// handler is installed, SIGHUP's default action ends the process, so a reload asked for right after the
+/// start (an operator, a supervisor, a test that waited for "proxy listening") would kill the proxy.
+/// `None` where no handler can be installed (logged; config reload is then disabled).
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload disabled");
+            None
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (reloader, load);
-        std::future::pending::<()>().await;
+}
+
+/// Reloads `reloader` on each SIGHUP of `hangups` ([`hangups`]) with a fresh `load()`, until the
+/// process ends.
+pub async fn on_sighup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    reloader: Reloader,
+    load: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) {
+    let Some(mut hangups) = hangups else { return };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received, reloading the configuration");
+        reloader.reload_with(&load).await;
     }
 }
 

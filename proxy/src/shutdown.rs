@@ -1,11 +1,16 @@
 //! Process signals: the future `main` hands to `Server::run` resolves on the first SIGTERM or SIGINT.
 
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+use std::future::Future;
+
+/// A future that resolves when the process receives SIGTERM or SIGINT (Ctrl-C). The handlers are
+/// installed by this call, not at the future's first poll: until a handler is installed, the signal's
+/// default action ends the process at once, without the graceful shutdown, so `main` calls this before
+/// the proxy says it is listening.
+pub fn signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
@@ -16,9 +21,5 @@ pub async fn signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
