@@ -47,7 +47,7 @@ fn assert_refused(plan: Plan, reason: RejectReason) {
         Plan::Rejected(r) => {
             assert_eq!(r.reason, reason, "{}", r.message);
             assert_eq!(r.sqlstate, "0A000");
-            assert!(r.message.contains("users_split_name"), "{}", r.message);
+            assert!(r.message.contains(&format!("migration \"{}\"", r.migration)), "{}", r.message);
         }
         other => panic!("expected a refusal ({reason:?}), got {other:?}"),
     }
@@ -263,4 +263,40 @@ fn a_reference_to_the_inner_migrated_table_binds_the_inner_level() {
     // The inner `public.users` is unaliased, so the reference binds it, not the outer tenant table.
     let sql = "SELECT (SELECT max(public.users.id) FROM public.users) FROM tenant.users";
     assert_sql(v2(sql), "SELECT (SELECT max(users.id) FROM public.users_v2 AS users) FROM tenant.users");
+}
+
+const MERGE: &str = include_str!("../examples/users_merge_tables.toml");
+
+fn merge_v1(read_source: Side, sql: &str) -> Plan {
+    let rules = RuleSet::from_toml(MERGE, "example").unwrap();
+    let route = Route::uniform(&rules, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source });
+    (*Rewriter::new(Arc::new(rules), 16).rewrite(sql, &route)).clone()
+}
+
+#[test]
+fn a_merges_mirrored_shadow_write_returns_its_qualified_columns_from_the_written_row() {
+    let sql = "UPDATE public.users SET email = 'x' WHERE id = 1 RETURNING public.users.id, public.users.*";
+    match merge_v1(Side::Old, sql) {
+        Plan::Rewritten { sql, .. } => {
+            assert!(sql.ends_with("SELECT users.id, users.* FROM __dw_primary AS users"), "{sql}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_merge_sources_qualified_references_follow_the_same_binding() {
+    let write = "UPDATE public.accounts SET email = 'x' WHERE id = 1 \
+                 RETURNING (SELECT public.accounts.email FROM tenant.accounts LIMIT 1)";
+    assert_refused(merge_v1(Side::Old, write), RejectReason::UnsupportedReturning);
+    let view = "(SELECT id, display_name AS name, bio FROM public.users WHERE display_name IS NOT NULL)";
+    let read =
+        "SELECT public.profiles.name, (SELECT max(public.profiles.id) FROM public.profiles) FROM public.profiles";
+    assert_eq!(merge_v1(Side::Old, read), Plan::PassThrough);
+    assert_sql(
+        merge_v1(Side::New, read),
+        &format!("SELECT profiles.name, (SELECT max(profiles.id) FROM {view} AS profiles) FROM {view} AS profiles"),
+    );
+    let rebound = "SELECT (SELECT public.profiles.name FROM tenant.profiles LIMIT 1) FROM public.profiles";
+    assert_refused(merge_v1(Side::New, rebound), RejectReason::UnresolvedName);
 }
