@@ -188,17 +188,19 @@ pub(crate) fn resolve(
             let here = level.entries.iter().filter(|e| e.refname == name.name).count();
             if nearer.is_some() || here > 1 {
                 let m = &compiled.migrations[b.index];
-                let detail = format!(
-                    "{schema}.{table} names the {} of an enclosing query level, but rewritten to {table} it would \
-                     name {}; qualify it with an alias of {} instead",
-                    if returning { "written row" } else { "row" },
-                    if here > 1 {
-                        "another table of that name at the same level"
-                    } else {
-                        "a nearer table of that name"
-                    },
-                    b.table,
-                );
+                let row = if returning { "the written row" } else { "a row" };
+                let detail = if nearer.is_some() {
+                    format!(
+                        "{schema}.{table} names {row} of an enclosing query level, but rewritten to {table} it would \
+                         name a nearer table of that name; qualify it with an alias of {} instead",
+                        b.table
+                    )
+                } else {
+                    format!(
+                        "{schema}.{table} names {row} of its query level, but rewritten to {table} it would be \
+                         ambiguous with another table of that name there; alias one of them instead"
+                    )
+                };
                 let (reason, what) = if returning {
                     (RejectReason::UnsupportedReturning, "a RETURNING list")
                 } else {

@@ -300,3 +300,20 @@ fn a_merge_sources_qualified_references_follow_the_same_binding() {
     let rebound = "SELECT (SELECT public.profiles.name FROM tenant.profiles LIMIT 1) FROM public.profiles";
     assert_refused(merge_v1(Side::New, rebound), RejectReason::UnresolvedName);
 }
+
+#[test]
+fn another_unaliased_users_at_the_same_level_is_refused_once_the_table_is_replaced() {
+    // Postgres tells `public.users` and `tenant.users` apart by schema; `users_v2 AS users` beside
+    // `tenant.users` would be the same name twice.
+    let read = "SELECT * FROM public.users, tenant.users WHERE public.users.id = tenant.users.id";
+    assert_eq!(v1(read), Plan::PassThrough);
+    assert_refused(v2(read), RejectReason::UnresolvedName);
+    let write = "UPDATE public.users SET email = 'x' FROM tenant.users WHERE public.users.id = tenant.users.id \
+                 RETURNING public.users.id";
+    // v1 writes the old table in place; only the RETURNING list moves, to a level of its own.
+    match v1(write) {
+        Plan::Rewritten { sql, .. } => assert!(sql.ends_with("SELECT users.id FROM __dw_primary AS users"), "{sql}"),
+        other => panic!("{other:?}"),
+    }
+    assert_refused(v2(write), RejectReason::UnresolvedName);
+}
