@@ -35,6 +35,7 @@ mod reads;
 mod rewriter;
 pub mod route;
 mod rules_toml;
+mod scopes;
 mod shadow;
 pub mod split;
 mod statement;

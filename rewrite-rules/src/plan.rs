@@ -160,6 +160,12 @@ impl Rejection {
         }
         Rejection { sqlstate: "0A000", migration: migration.to_string(), migration_index, reason, message }
     }
+
+    /// A refusal whose reason's general description does not fit: `description` says what is refused.
+    pub(crate) fn described(migration: &str, migration_index: usize, reason: RejectReason, description: &str) -> Self {
+        let message = format!("dualwrite: statement refused for migration \"{migration}\": {description}");
+        Rejection { sqlstate: "0A000", migration: migration.to_string(), migration_index, reason, message }
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -181,7 +187,8 @@ pub enum RejectReason {
     Unparseable,
     /// A data-modifying CTE (`WITH x AS (DELETE ...)`) on a migrated table.
     DataModifyingCte,
-    /// A RETURNING list that reads a FROM/USING table of an UPDATE/DELETE.
+    /// A RETURNING list that reads a FROM/USING table of an UPDATE/DELETE, or whose schema-qualified
+    /// reference to the written row would bind to another relation once rewritten (`scopes`).
     UnsupportedReturning,
     /// A write in the old shape after `complete`: the old table is retired and the shadow cannot take it.
     RetiredVersionWrite,
@@ -201,7 +208,8 @@ pub enum RejectReason {
     InvalidRules,
     /// The plan depends on which relation an unqualified name means in the session, and the proxy cannot
     /// ask the session's server at this point (after a statement of the same simple-Query string that may
-    /// change it; see the proxy's name resolution).
+    /// change it; see the proxy's name resolution); or a schema-qualified column reference outside a
+    /// RETURNING list would bind to another relation once rewritten (`scopes`, described in the message).
     UnresolvedName,
 }
 

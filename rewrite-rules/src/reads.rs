@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
-    With,
+    Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement, TableAlias, TableFactor,
+    VisitMut, VisitorMut, With,
 };
 
 use crate::compiled::{Compiled, CompiledMigration};
@@ -20,6 +20,7 @@ use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection};
 use crate::route::{MigrationRoute, Route, Side};
+use crate::scopes::{dml_levels, dml_target_name, qualify_wildcards, resolve, Bound, Level, LevelBuilder, Resolution};
 use crate::template::template_query;
 
 /// Rewrites read references in whatever node it is run over (never a DML target: callers run it on the
@@ -34,12 +35,91 @@ pub(crate) struct ReadRouter<'a> {
     /// WITH clauses taken out of the queries being visited (their CTE bodies are visited by hand, each in
     /// its own scope), put back when the query's visit ends.
     pending_with: Vec<Option<With>>,
+    /// Query levels (`crate::scopes`), innermost last: what a schema-qualified column reference binds to.
+    levels: Vec<Level>,
+    /// Per query being visited: the address of its body when that is a SELECT, whose level the query opens
+    /// (so that its ORDER BY and LIMIT resolve in it) and closes.
+    query_selects: Vec<Option<usize>>,
+    /// Per non-LATERAL derived table being visited: the level it hides, if any.
+    hidden: Vec<Option<usize>>,
+    /// Per nested statement being visited: whether it opened a level.
+    statement_levels: Vec<bool>,
+    /// Visiting a write's RETURNING list (a refusal there is `UnsupportedReturning`).
+    in_returning: bool,
 }
 
 impl<'a> ReadRouter<'a> {
     /// A router that already sees `outer_ctes` (the WITH clause of the statement it runs inside).
     pub fn new(compiled: &'a Compiled, route: &'a Route, outer_ctes: Vec<String>) -> Self {
-        ReadRouter { compiled, route, scopes: vec![outer_ctes], touched: BTreeSet::new(), pending_with: Vec::new() }
+        ReadRouter {
+            compiled,
+            route,
+            scopes: vec![outer_ctes],
+            touched: BTreeSet::new(),
+            pending_with: Vec::new(),
+            levels: Vec::new(),
+            query_selects: Vec::new(),
+            hidden: Vec::new(),
+            statement_levels: Vec::new(),
+            in_returning: false,
+        }
+    }
+
+    /// Builds query levels with the CTE names visible at this point.
+    pub fn levels(&self) -> LevelBuilder<'_> {
+        LevelBuilder { compiled: self.compiled, route: self.route, ctes: &self.scopes }
+    }
+
+    /// Opens a query level (a write's, a MERGE's) around the parts visited next.
+    pub fn push_level(&mut self, level: Level) {
+        self.levels.push(level);
+    }
+
+    pub fn pop_level(&mut self) {
+        self.levels.pop();
+    }
+
+    /// The query levels of a write's parts and of its RETURNING list (`scopes::dml_levels`), decided before
+    /// its reads are routed: the target's entry is the migrated relation when unaliased, replaced by one
+    /// aliased by its name in the statement's body when retargeted at the shadow, and in the RETURNING list
+    /// whenever that list moves to the SELECT over `__dw_primary` (in `dual_write` and `cutover`).
+    pub fn dml_levels(&self, dml: &Statement) -> (Level, Level) {
+        let builder = self.levels();
+        let Some((name, alias)) = dml_target_name(dml) else { return dml_levels(&builder, dml, None, false) };
+        let mut target = builder.target_entry(name, alias);
+        let mirrored = self.mirrored_shadow(name);
+        let mut wrapped = false;
+        if let Some(index) = mirrored.or_else(|| self.active_migration(name)) {
+            let mr = self.route.get(index);
+            wrapped = mr.phase != Phase::Complete;
+            if mirrored.is_some() && alias.is_none() {
+                let table = self.compiled.migrations[index].shadow.qualified();
+                target.bound = Some(Bound { index, table, renamed: false });
+            }
+            if let Some(bound) = target.bound.as_mut() {
+                bound.renamed = mr.version == Side::New && mirrored.is_none();
+            }
+        }
+        dml_levels(&builder, dml, Some(target), wrapped)
+    }
+
+    /// Routes a write's RETURNING list in `level` (`scopes::dml_levels`).
+    pub fn route_returning(&mut self, items: &mut Option<Vec<SelectItem>>, level: Level) -> Result<(), Rejection> {
+        self.levels.push(level);
+        self.in_returning = true;
+        let flow = match items.as_mut() {
+            Some(items) => match qualify_wildcards(self.compiled, &self.levels, items, true, &mut self.touched) {
+                ControlFlow::Continue(()) => VisitMut::visit(items, self),
+                refused => refused,
+            },
+            None => ControlFlow::Continue(()),
+        };
+        self.in_returning = false;
+        self.levels.pop();
+        match flow {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(r) => Err(r),
+        }
     }
 
     fn is_cte(&self, name: &TableName) -> bool {
@@ -211,45 +291,6 @@ pub(crate) fn routed_read(
     }
 }
 
-/// The active migration a `schema.table.column` reference names, if any.
-fn schema_qualified_migration(router: &ReadRouter, expr: &Expr) -> Option<usize> {
-    match expr {
-        Expr::CompoundIdentifier(parts) if parts.len() == 3 => {
-            router.active_migration(&ObjectName::from(vec![parts[0].clone(), parts[1].clone()]))
-        }
-        _ => None,
-    }
-}
-
-/// Drops the schema from `schema.table.column` and `schema.table.*` references to migration `index` in a
-/// RETURNING list that moves to a SELECT over the written rows, where only `table` (the alias) exists.
-pub(crate) fn unqualify_returning(router: &ReadRouter, index: usize, items: &mut [sqlparser::ast::SelectItem]) {
-    struct Strip<'r, 'a>(&'r ReadRouter<'a>, usize);
-    impl VisitorMut for Strip<'_, '_> {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if schema_qualified_migration(self.0, expr) == Some(self.1) {
-                if let Expr::CompoundIdentifier(parts) = expr {
-                    parts.remove(0);
-                }
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    for item in items.iter_mut() {
-        if let sqlparser::ast::SelectItem::QualifiedWildcard(
-            sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name),
-            _,
-        ) = item
-        {
-            if name.0.len() == 2 && router.active_migration(name) == Some(index) {
-                name.0.remove(0);
-            }
-        }
-        let _ = VisitMut::visit(item, &mut Strip(router, index));
-    }
-}
-
 impl VisitorMut for ReadRouter<'_> {
     type Break = Rejection;
 
@@ -274,10 +315,36 @@ impl VisitorMut for ReadRouter<'_> {
             self.pending_with.push(None);
         }
         self.scopes.push(names);
+        // A SELECT's ORDER BY, LIMIT and OFFSET belong to its level: open it with the query.
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            let level = self.levels().level(&select.from);
+            self.levels.push(level);
+            self.query_selects.push(Some(select.as_ref() as *const Select as usize));
+        } else {
+            self.query_selects.push(None);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<Rejection> {
+        if self.query_selects.last() != Some(&Some(select as *const Select as usize)) {
+            let level = self.levels().level(&select.from);
+            self.levels.push(level);
+        }
+        qualify_wildcards(self.compiled, &self.levels, &mut select.projection, self.in_returning, &mut self.touched)
+    }
+
+    fn post_visit_select(&mut self, select: &mut Select) -> ControlFlow<Rejection> {
+        if self.query_selects.last() != Some(&Some(select as *const Select as usize)) {
+            self.levels.pop();
+        }
         ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
+        if self.query_selects.pop().flatten().is_some() {
+            self.levels.pop();
+        }
         self.scopes.pop();
         query.with = self.pending_with.pop().flatten();
         // `TABLE users` is a read that is not a table factor: spell it `SELECT * FROM users` and route that.
@@ -305,6 +372,15 @@ impl VisitorMut for ReadRouter<'_> {
     }
 
     fn pre_visit_statement(&mut self, statement: &mut Statement) -> ControlFlow<Rejection> {
+        // A nested UPDATE or DELETE is a query level of its own (its target and the tables it reads).
+        let opens = matches!(statement, Statement::Update(_) | Statement::Delete(_));
+        if opens {
+            let builder = self.levels();
+            let target = dml_target_name(statement).map(|(name, alias)| builder.target_entry(name, alias));
+            let level = dml_levels(&builder, statement, target, false).0;
+            self.levels.push(level);
+        }
+        self.statement_levels.push(opens);
         // Only nested statements reach here (data-modifying CTEs): writing a migrated table from one has
         // no dual-write form.
         let target = match statement {
@@ -345,22 +421,47 @@ impl VisitorMut for ReadRouter<'_> {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_statement(&mut self, _statement: &mut Statement) -> ControlFlow<Rejection> {
+        if self.statement_levels.pop() == Some(true) {
+            self.levels.pop();
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Rejection> {
         // `public.users.id`: once `public.users` is replaced by something aliased `users`, only the
-        // two-part spelling still resolves.
-        if let Some(index) = schema_qualified_migration(self, expr) {
-            let r = self.route.get(index);
-            if !(r.version == Side::Old && r.read_source == Side::Old) {
-                if let Expr::CompoundIdentifier(parts) = expr {
+        // two-part spelling still resolves, and only where it binds to the same level (`crate::scopes`).
+        if let Expr::CompoundIdentifier(parts) = expr {
+            if let [schema, table, _] = parts.as_slice() {
+                if let Resolution::Unqualify(index) =
+                    resolve(self.compiled, &self.levels, schema, table, self.in_returning)?
+                {
                     parts.remove(0);
+                    self.touched.insert(index);
                 }
-                self.touched.insert(index);
             }
         }
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Rejection> {
+        // A non-LATERAL derived table does not see the level whose FROM it is in.
+        if let TableFactor::Derived { lateral: false, .. } = factor {
+            let hides = self.levels.len().checked_sub(1);
+            if let Some(i) = hides {
+                self.levels[i].hidden += 1;
+            }
+            self.hidden.push(hides);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Rejection> {
+        if let TableFactor::Derived { lateral: false, .. } = factor {
+            if let Some(Some(i)) = self.hidden.pop() {
+                self.levels[i].hidden -= 1;
+            }
+        }
         let TableFactor::Table { name, alias, args: None, .. } = factor else {
             return ControlFlow::Continue(());
         };

@@ -42,8 +42,9 @@ use crate::mirror::mirror_syncs;
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
-use crate::reads::{alias_of, cte_names, exposed_name, unqualify_returning, ReadRouter};
+use crate::reads::{alias_of, cte_names, exposed_name, ReadRouter};
 use crate::route::{Route, Side};
+use crate::scopes::Level;
 use crate::template::template_query;
 
 /// What became of one statement.
@@ -123,7 +124,8 @@ pub(crate) fn rewrite_dml(
     if let Some(with) = shell.as_mut().and_then(|q| q.with.as_mut()) {
         route_in(with, &mut router)?;
     }
-    let (kind, target) = route_read_parts(&mut dml, &mut router)?;
+    let (body_level, returning_level) = router.dml_levels(&dml);
+    let (kind, target) = route_read_parts(&mut dml, &mut router, body_level, returning_level)?;
     // A merge's shadow is mirrored into its sources (`mirror`); any other shadow is refused.
     let mirrored = target.as_ref().and_then(|(object, _)| router.mirrored_shadow(object));
     if let (None, Some((object, _))) = (mirrored, &target) {
@@ -221,10 +223,7 @@ pub(crate) fn rewrite_dml(
     if mr.version == Side::New && mirrored.is_none() {
         retarget(&mut dml, m, &exposed);
     }
-    let mut client_returning = take_returning(&mut dml);
-    if let Some(items) = client_returning.as_mut() {
-        unqualify_returning(&router, index, items);
-    }
+    let client_returning = take_returning(&mut dml);
     if let Some(items) = &client_returning {
         if has_other_tables(&dml) && !reads_only(items, &exposed) {
             return Err(Rejection::new(&m.name, index, RejectReason::UnsupportedReturning, ""));
@@ -320,18 +319,32 @@ fn route_in<T: VisitMut>(node: &mut T, router: &mut ReadRouter) -> Result<(), Re
     }
 }
 
+/// Routes `node` with `level` open.
+fn route_in_level<T: VisitMut>(node: &mut T, router: &mut ReadRouter, level: &Level) -> Result<(), Rejection> {
+    router.push_level(level.clone());
+    let routed = route_in(node, router);
+    router.pop_level();
+    routed
+}
+
 /// A DML statement's target table and its alias, when it has one.
 type DmlTarget = Option<(ObjectName, Option<Ident>)>;
 
 /// Routes the reads inside a DML statement (everything but its target) and returns its kind and target.
-fn route_read_parts(dml: &mut Statement, router: &mut ReadRouter) -> Result<(Kind, DmlTarget), Rejection> {
+/// `body` is the query level of its SET / WHERE / FROM / ON CONFLICT, `returning` that of its RETURNING.
+fn route_read_parts(
+    dml: &mut Statement,
+    router: &mut ReadRouter,
+    body: Level,
+    returning: Level,
+) -> Result<(Kind, DmlTarget), Rejection> {
     match dml {
         Statement::Insert(insert) => {
             route_in(&mut insert.source, router)?;
             if let Some(on) = insert.on.as_mut() {
-                route_in(on, router)?;
+                route_in_level(on, router, &body)?;
             }
-            route_in(&mut insert.returning, router)?;
+            router.route_returning(&mut insert.returning, returning)?;
             let target = match &insert.table {
                 TableObject::TableName(name) => {
                     Some((name.clone(), insert.table_alias.as_ref().map(|a| a.alias.clone())))
@@ -341,26 +354,26 @@ fn route_read_parts(dml: &mut Statement, router: &mut ReadRouter) -> Result<(Kin
             Ok((Kind::Insert, target))
         }
         Statement::Update(update) => {
-            route_in(&mut update.assignments, router)?;
-            route_in(&mut update.from, router)?;
-            route_in(&mut update.selection, router)?;
-            route_in(&mut update.returning, router)?;
-            route_in(&mut update.table.joins, router)?;
+            route_in_level(&mut update.assignments, router, &body)?;
+            route_in_level(&mut update.from, router, &body)?;
+            route_in_level(&mut update.selection, router, &body)?;
+            router.route_returning(&mut update.returning, returning)?;
+            route_in_level(&mut update.table.joins, router, &body)?;
             Ok((Kind::Update, factor_target(&update.table.relation)))
         }
         Statement::Delete(delete) => {
-            route_in(&mut delete.using, router)?;
-            route_in(&mut delete.selection, router)?;
-            route_in(&mut delete.returning, router)?;
+            route_in_level(&mut delete.using, router, &body)?;
+            route_in_level(&mut delete.selection, router, &body)?;
+            router.route_returning(&mut delete.returning, returning)?;
             let tables = match &mut delete.from {
                 FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
             };
             let target = tables.first().and_then(|t| factor_target(&t.relation));
             for t in tables.iter_mut().skip(1) {
-                route_in(t, router)?;
+                route_in_level(t, router, &body)?;
             }
             if let Some(first) = tables.first_mut() {
-                route_in(&mut first.joins, router)?;
+                route_in_level(&mut first.joins, router, &body)?;
             }
             Ok((Kind::Delete, target))
         }
@@ -556,7 +569,14 @@ pub(crate) fn route_reads(compiled: &Compiled, route: &Route, mut statement: Sta
     let mut router = ReadRouter::new(compiled, route, vec![]);
     let flow = match &mut statement {
         Statement::Query(q) => q.visit(&mut router),
-        Statement::Merge(m) => m.visit(&mut router),
+        Statement::Merge(m) => {
+            // MERGE's ON and clauses see its target and source.
+            let mut level = Level::default();
+            router.levels().add(&m.table, &mut level.entries);
+            router.levels().add(&m.source, &mut level.entries);
+            router.push_level(level);
+            m.visit(&mut router)
+        }
         other => other.visit(&mut router),
     };
     if let std::ops::ControlFlow::Break(rejection) = flow {
