@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::pg_client::PgTarget;
 use crate::state::phase::Phase;
 
-use super::mapping::TableMapping;
+use super::mapping::{QualifiedName, TableMapping};
 use super::{connect, JobResult};
 
 /// The figures of one migration at one refresh.
@@ -59,7 +59,10 @@ pub fn describe() {
     );
     describe_gauge!("dualwrite_seconds_since_clean_verify", "Seconds since the last verify that found no divergence");
     describe_gauge!("dualwrite_divergent_rows", "Divergent rows found by the last verify, by kind");
-    describe_gauge!("dualwrite_table_rows", "Rows in the old and shadow tables (exact after a verify, else estimated)");
+    describe_gauge!(
+        "dualwrite_table_rows",
+        "Rows of the old and new shapes (a split's targets or a merge's sources joined on the key; exact after a verify, else estimated)"
+    );
 }
 
 /// Sets the gauges of every migration in `figures` on the current recorder.
@@ -108,9 +111,25 @@ pub struct MetricsRefresher {
 }
 
 /// Row count of a table: catalog estimate and when the catalog last counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct TableStats {
     estimate: f64,
     counted_at: Option<f64>,
+}
+
+impl TableStats {
+    /// Several tables FULL JOINed on the key (a split's targets, a merge's sources): at least as many rows
+    /// as the largest holds, and as many when it holds every key, which the dual writes keep; counted by
+    /// the catalog only once every table was (as of the oldest count).
+    fn joined(tables: &[TableStats]) -> TableStats {
+        let estimate = tables.iter().map(|t| t.estimate).fold(0.0, f64::max);
+        let counted_at = tables
+            .iter()
+            .map(|t| t.counted_at)
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|counted| counted.into_iter().reduce(f64::min));
+        TableStats { estimate, counted_at }
+    }
 }
 
 impl MetricsRefresher {
@@ -130,8 +149,13 @@ impl MetricsRefresher {
     async fn gather_one(&mut self, client: &Client, mapping: &TableMapping) -> JobResult<MigrationFigures> {
         let name = mapping.migration.as_str();
         let now: f64 = client.query_one("SELECT extract(epoch FROM now())::float8", &[]).await?.get(0);
-        let old = table_stats(client, &mapping.old.object_name().to_string()).await?;
-        let shadow = table_stats(client, &mapping.shadow.object_name().to_string()).await?;
+        // Each side as a read of its shape sees it: a merge's sources, a split's targets, joined on the key.
+        let old_tables: Vec<&QualifiedName> = match mapping.sources.is_empty() {
+            true => vec![&mapping.old],
+            false => mapping.sources.iter().map(|(table, _, _)| table).collect(),
+        };
+        let old = joined_stats(client, old_tables).await?;
+        let shadow = joined_stats(client, mapping.targets.iter().map(|(table, _)| table).collect()).await?;
         let phase = client
             .query_opt("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&name])
             .await?
@@ -241,6 +265,15 @@ impl MetricsRefresher {
     }
 }
 
+/// `TableStats::joined` of `tables` (one table: its own figures).
+async fn joined_stats(client: &Client, tables: Vec<&QualifiedName>) -> JobResult<TableStats> {
+    let mut stats = Vec::with_capacity(tables.len());
+    for table in tables {
+        stats.push(table_stats(client, &table.object_name().to_string()).await?);
+    }
+    Ok(TableStats::joined(&stats))
+}
+
 async fn table_stats(client: &Client, table: &str) -> JobResult<TableStats> {
     let row = client
         .query_one(
@@ -302,4 +335,21 @@ async fn lag_seconds(client: &Client, migration: &str) -> Result<f64, tokio_post
         )
         .await?;
     Ok(row.map(|row| row.get(0)).unwrap_or(f64::NAN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableStats;
+
+    fn stats(estimate: f64, counted_at: Option<f64>) -> TableStats {
+        TableStats { estimate, counted_at }
+    }
+
+    #[test]
+    fn joined_tables_count_as_the_largest_and_as_counted_once_all_were() {
+        let one = stats(50.0, Some(10.0));
+        assert_eq!(TableStats::joined(&[one]), one);
+        assert_eq!(TableStats::joined(&[stats(50.0, Some(10.0)), stats(51.0, Some(20.0))]), stats(51.0, Some(10.0)));
+        assert_eq!(TableStats::joined(&[stats(50.0, Some(30.0)), stats(51.0, None)]), stats(51.0, None));
+    }
 }
