@@ -110,6 +110,17 @@ pub struct MetricsRefresher {
     samples: HashMap<String, RateSample>,
 }
 
+/// The (old, shadow) rows a finished verify counted: `checked` rows of its source of truth (`source`, the
+/// shadow from cutover on; runs before the column existed are the old table's), and on the other side those
+/// less the `missing` (keys only the source holds) plus the `extra` (keys only the other side holds).
+fn verified_rows(source: Option<&str>, checked: i64, missing: i64, extra: i64) -> (f64, f64) {
+    let other = (checked - missing + extra) as f64;
+    match source {
+        Some("shadow") => (other, checked as f64),
+        _ => (checked as f64, other),
+    }
+}
+
 /// Row count of a table: catalog estimate and when the catalog last counted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct TableStats {
@@ -169,7 +180,7 @@ impl MetricsRefresher {
             .await?;
         let last_verify = client
             .query_opt(
-                "SELECT rows_checked, missing, extra, different, extract(epoch FROM finished_at)::float8 \
+                "SELECT rows_checked, missing, extra, different, extract(epoch FROM finished_at)::float8, source \
                  FROM dualwrite.verify_runs WHERE migration = $1 AND finished_at IS NOT NULL \
                  ORDER BY finished_at DESC, id DESC LIMIT 1",
                 &[&name],
@@ -186,8 +197,8 @@ impl MetricsRefresher {
 
         // Inventory: exact from the last verify unless the catalog counted the table since.
         let exact = last_verify.as_ref().map(|row| {
-            let (checked, missing, extra): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            (checked as f64, (checked - missing + extra) as f64, row.get::<_, f64>(4))
+            let (old, shadow) = verified_rows(row.get(5), row.get(0), row.get(1), row.get(2));
+            (old, shadow, row.get::<_, f64>(4))
         });
         let pick = |stats: &TableStats, exact: Option<(f64, f64)>| match exact {
             Some((count, at)) if stats.counted_at.is_none_or(|counted| at >= counted) => count,
@@ -339,7 +350,15 @@ async fn lag_seconds(client: &Client, migration: &str) -> Result<f64, tokio_post
 
 #[cfg(test)]
 mod tests {
-    use super::TableStats;
+    use super::{verified_rows, TableStats};
+
+    #[test]
+    fn a_verify_counts_its_source_of_truth_and_derives_the_other_side() {
+        // 100 rows in the source; 3 keys only it holds, 1 only the other side holds.
+        assert_eq!(verified_rows(Some("old"), 100, 3, 1), (100.0, 98.0));
+        assert_eq!(verified_rows(None, 100, 3, 1), (100.0, 98.0));
+        assert_eq!(verified_rows(Some("shadow"), 100, 3, 1), (98.0, 100.0));
+    }
 
     fn stats(estimate: f64, counted_at: Option<f64>) -> TableStats {
         TableStats { estimate, counted_at }
