@@ -10,8 +10,8 @@
 //! restarted) and `[[peers]]` (cancel requests received afterwards). Needing a restart: `listen`,
 //! `upstream` (with the certificate files its URL names, which a reload does not re-read: the control
 //! plane's connections keep what was read at start, and the data plane keeps the same), `metrics_listen`,
-//! `session_threads`, `[control]`, `peer_id` (the cancel keys already issued carry it), and turning rules
-//! on or off;
+//! `session_threads`, `[control]`, `[cdc]`, `peer_id` (the cancel keys already issued carry it), and
+//! turning rules on or off (the list is `RESTART_ONLY`);
 //! a change to those is logged as a warning and ignored, the rest of the reload applies.
 
 use std::collections::BTreeMap;
@@ -25,8 +25,37 @@ use crate::config::Config;
 use crate::live::LiveDatabases;
 use crate::server_context::ServerContext;
 
-/// Settings a reload cannot change (the TOML keys, or their prefix for tables).
-const RESTART_ONLY: &[&str] = &["listen", "upstream", "metrics_listen", "session_threads", "control", "peer_id"];
+/// A setting a reload cannot change: its TOML key (a table's name for a table) and how a reload keeps
+/// it at its running value.
+struct RestartOnly {
+    /// The TOML key, which is the `Config` field's name (`stringify!` of it).
+    name: &'static str,
+    /// Puts `old`'s value into `new`; returns whether they differed.
+    keep: fn(old: &Config, new: &mut Config) -> bool,
+}
+
+/// One `RestartOnly` per `Config` field named, its key the field's name.
+macro_rules! restart_only {
+    ($($field:ident),* $(,)?) => {
+        &[$(RestartOnly {
+            name: stringify!($field),
+            keep: |old, new| {
+                let differs = old.$field != new.$field;
+                if differs {
+                    new.$field = old.$field.clone();
+                }
+                differs
+            },
+        }),*]
+    };
+}
+
+/// Settings a reload cannot change: the one list both `keep_restart_only` (which keeps them) and
+/// `setting_changes` (which never names them as changed) read. `peer_id`: the cancel keys already handed
+/// out name the id in force. Turning rules on or off also needs a restart, but another rules file does
+/// not, so `rules` is judged apart (`keep_restart_only`).
+const RESTART_ONLY: &[RestartOnly] =
+    restart_only![listen, upstream, metrics_listen, session_threads, control, peer_id, cdc];
 
 /// Applies configs to one running server. Cheap to clone; reloads run one at a time.
 #[derive(Clone)]
@@ -141,36 +170,13 @@ pub async fn on_sighup(
 
 /// `new` with the restart-only settings of `old`, and the names of those that differed.
 fn keep_restart_only(old: &Config, mut new: Config, has_rules: bool) -> (Config, Vec<String>) {
-    let mut ignored = Vec::new();
-    let mut keep = |name: &str, differs: bool| {
-        if differs {
-            ignored.push(name.to_owned());
-        }
-        differs
-    };
-    if keep("listen", old.listen != new.listen) {
-        new.listen = old.listen;
-    }
-    if keep("upstream", old.upstream != new.upstream) {
-        new.upstream = old.upstream.clone();
-    }
-    if keep("metrics_listen", old.metrics_listen != new.metrics_listen) {
-        new.metrics_listen = old.metrics_listen;
-    }
-    if keep("session_threads", old.session_threads != new.session_threads) {
-        new.session_threads = old.session_threads;
-    }
-    if keep("control", old.control != new.control) {
-        new.control = old.control.clone();
-    }
-    // The cancel keys already handed out name the id in force.
-    if keep("peer_id", old.peer_id != new.peer_id) {
-        new.peer_id = old.peer_id;
-    }
-    if keep("cdc", old.cdc != new.cdc) {
-        new.cdc = old.cdc.clone();
-    }
-    if keep("rules (turning rules on or off)", has_rules != new.rules.is_some()) {
+    let mut ignored: Vec<String> = RESTART_ONLY
+        .iter()
+        .filter(|setting| (setting.keep)(old, &mut new))
+        .map(|setting| setting.name.to_owned())
+        .collect();
+    if has_rules != new.rules.is_some() {
+        ignored.push("rules (turning rules on or off)".to_owned());
         new.rules = old.rules.clone();
     }
     (new, ignored)
@@ -182,7 +188,7 @@ fn setting_changes(old: &Config, new: &Config) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let show = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "(unset)".into());
     keys.into_iter()
-        .filter(|k| !RESTART_ONLY.iter().any(|r| *k == r || k.starts_with(&format!("{r}."))))
+        .filter(|k| !RESTART_ONLY.iter().any(|r| *k == r.name || k.starts_with(&format!("{}.", r.name))))
         .filter(|k| old.get(*k) != new.get(*k))
         .map(|k| format!("{k}: {} -> {}", show(old.get(k)), show(new.get(k))))
         .collect()
@@ -259,6 +265,42 @@ mod tests {
         assert_eq!(kept.peers[0].address, "h2b:6432");
         assert_eq!(setting_changes(&old, &kept).len(), 1, "{:?}", setting_changes(&old, &kept));
         assert!(setting_changes(&old, &kept)[0].starts_with("peers: "));
+    }
+
+    #[test]
+    fn a_cdc_change_is_named_restart_only_and_not_as_a_change() {
+        let old = config("upstream = \"postgres://a@h/d\"\n[cdc]\npoll_interval_ms = 200\n");
+        let new = config("upstream = \"postgres://a@h/d\"\n[cdc]\npoll_interval_ms = 50\nenabled = false\n");
+        // Even given the config before its restart-only settings are put back, the change lines leave
+        // `[cdc]` out.
+        assert_eq!(setting_changes(&old, &new), Vec::<String>::new());
+        let (kept, ignored) = keep_restart_only(&old, new, false);
+        assert_eq!(kept.cdc, old.cdc, "the watch keeps running with the settings it started with");
+        assert_eq!(ignored, vec!["cdc"]);
+        assert_eq!(setting_changes(&old, &kept), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_restart_only_name_is_a_config_key_and_is_left_out_of_the_change_lines() {
+        let keys = flatten(&Config::default());
+        for setting in RESTART_ONLY {
+            let prefix = format!("{}.", setting.name);
+            assert!(
+                keys.keys().any(|k| *k == setting.name || k.starts_with(&prefix)),
+                "{} is not a key of the config",
+                setting.name
+            );
+        }
+        // A config differing in every restart-only setting: each named, none a change line.
+        let old = config("upstream = \"postgres://a@h/d\"\n");
+        let new = config(
+            "listen = \"127.0.0.1:2\"\nupstream = \"postgres://b@h/d\"\nmetrics_listen = \"127.0.0.1:3\"\n\
+             session_threads = 3\npeer_id = 2\n[control]\npassword = \"x\"\n[cdc]\nenabled = false\n",
+        );
+        assert_eq!(setting_changes(&old, &new), Vec::<String>::new());
+        let (_, ignored) = keep_restart_only(&old, new, false);
+        let names: Vec<&str> = RESTART_ONLY.iter().map(|s| s.name).collect();
+        assert_eq!(ignored, names);
     }
 
     #[test]

@@ -123,3 +123,27 @@ async fn metrics_follow_backfill_and_verify() {
     assert!((0.0..120.0).contains(&age), "seconds since clean verify {age}");
     assert_eq!(get(&clean, &format!("dualwrite_table_rows{{{M},table=\"shadow\"}}")), ROWS as f64);
 }
+
+/// From cutover on a verify counts the shadow (its source of truth) and the divergence relative to it: the
+/// old table's rows are the shadow's less the keys only the shadow holds plus those only the old one holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_rows_after_a_verify_in_cutover_are_each_tables_own() {
+    const ROWS: i64 = 100;
+    let f = fixture(ROWS).await;
+    run_backfill(&f.config, &f.mapping, &BackfillOptions::default(), &|_| {}).await.unwrap();
+    f.client
+        .batch_execute(&format!(
+            "INSERT INTO dualwrite.migrations (name, phase) VALUES ('{MIGRATION}', 'cutover');
+             DELETE FROM users WHERE id IN (1, 2, 3);
+             INSERT INTO users (id, name) VALUES (-1, 'only old');
+             ANALYZE users, users_v2;"
+        ))
+        .await
+        .unwrap();
+    let report = run_verify(&f.config, &f.mapping, &VerifyOptions::default(), &|_, _| {}).await.unwrap();
+    assert_eq!(report.source.as_str(), "shadow");
+    assert_eq!((report.rows_checked, report.missing, report.extra), (ROWS, 3, 1));
+    let figures = scrape(&MetricsRefresher::new().gather(&f.client, std::slice::from_ref(&f.mapping)).await.unwrap());
+    assert_eq!(get(&figures, &format!("dualwrite_table_rows{{{M},table=\"old\"}}")), (ROWS - 3 + 1) as f64);
+    assert_eq!(get(&figures, &format!("dualwrite_table_rows{{{M},table=\"shadow\"}}")), ROWS as f64);
+}

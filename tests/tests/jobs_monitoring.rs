@@ -1,5 +1,5 @@
 //! The monitoring files: the Grafana dashboard parses and charts every per-migration metric of the
-//! contract and the change-data-capture watch's, and monitoring/check.sh (promtool check config / check
+//! contract, the change-data-capture watch's and the cancel requests', and monitoring/check.sh (promtool check config / check
 //! rules / test rules) passes.
 
 use std::collections::HashSet;
@@ -41,6 +41,7 @@ fn dashboard_parses_and_charts_every_migration_metric() {
         "dualwrite_dual_write_duration_seconds_bucket",
         "dualwrite_table_rows",
         "dualwrite_queries_total",
+        "dualwrite_cancel_requests_total",
     ] {
         assert!(exprs.iter().any(|e| e.contains(metric)), "no panel charts {metric}");
     }

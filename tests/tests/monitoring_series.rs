@@ -2,7 +2,8 @@
 //! the metric names are taken from the PromQL of `monitoring/grafana/dashboards/dualwrite.json` and
 //! `monitoring/alerts.yml` (parsed, not pattern-matched), then a proxy is driven through what each series
 //! reports (dual writes, a backfill, a verify, a bypass seen by the change-data-capture watch, a sampled
-//! shadow read, a refused statement, a failing one) and its /metrics is scraped until every name is there.
+//! shadow read, a refused statement, a failing one, a cancel request) and its /metrics is scraped until every
+//! name is there.
 //! Its own test binary: the Prometheus recorder is process-global.
 
 mod cdc_support;
@@ -122,6 +123,9 @@ async fn every_series_the_dashboard_and_alerts_use_is_emitted() {
     assert_eq!(failed.code().map(|c| c.code()), Some("42P01"), "{failed:?}");
     f.direct.batch_execute("UPDATE users SET name = 'direct y' WHERE id = 1").await.unwrap();
     app.simple_query("DUALWRITE VERIFY users_split_name").await.unwrap();
+    // A cancel request, from a session of its own that runs nothing (a late cancel could hit a statement).
+    let idle = proxy.connect(&f.db).await.unwrap();
+    idle.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
 
     // The migration gauges come from a refresher that runs every few seconds.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,8 +1,8 @@
 //! Transaction mode (`pool_mode = "transaction"`): many clients share a few server connections, one per
-//! transaction; prepared statements follow their clients across connections; session state pins; the
-//! proxy's own `dualwrite.version` survives the swaps, and a Parse the server failed or skipped leaves no
-//! statement behind; the wait timeout, cancel, a client killed mid-transaction, `DUALWRITE POOLS` and the
-//! pool metrics.
+//! transaction; prepared statements follow their clients across connections; session state pins (a COPY
+//! the parser cannot read does not); the proxy's own `dualwrite.version` survives the swaps, and a Parse the
+//! server failed or skipped leaves no statement behind; the wait timeout, cancel, a client killed
+//! mid-transaction, `DUALWRITE POOLS` and the pool metrics.
 
 mod pool_support;
 mod proxy_support;
@@ -515,6 +515,44 @@ async fn dualwrite_pools_and_the_pool_metrics_show_active_idle_waiting_and_pinne
     let err = unprivileged.simple_query("DUALWRITE POOLS").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "admin roles only");
     drop(pinned);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_the_parser_cannot_read_leaves_its_client_unpinned() {
+    use futures::TryStreamExt;
+    let (db, _rules) = split_database().await;
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE holdings (a int, b text); INSERT INTO holdings VALUES (1, 'x')")
+        .await
+        .unwrap();
+    let proxy = TestProxy::with_rules_toml_and(&db, SPLIT_RULES, |config| {
+        config.pool_mode = PoolMode::Transaction;
+        config.pool_size = 2;
+    })
+    .await
+    .unwrap();
+    let url = proxy.url(&db);
+    let (client, admin) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    let pinned = || async {
+        let rows = simple_rows(&admin.simple_query("DUALWRITE POOLS").await.unwrap());
+        assert_eq!(rows.len(), 1, "one pool: {rows:?}");
+        rows[0][7].clone()
+    };
+    // `FORCE_QUOTE *` is an option sqlparser does not read; `holdings` holds a word that sends it to the parser.
+    let copied: Vec<bytes::Bytes> = client
+        .copy_out("COPY holdings TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(copied.concat(), b"\"1\",\"x\"\n");
+    assert_eq!(pinned().await.as_deref(), Some("0"), "the COPY pinned nobody");
+    client.batch_execute("LISTEN events").await.unwrap();
+    assert_eq!(pinned().await.as_deref(), Some("1"), "while a LISTEN pins its client");
     proxy.stop().await.unwrap();
 }
 

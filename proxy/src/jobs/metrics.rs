@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::pg_client::PgTarget;
 use crate::state::phase::Phase;
 
-use super::mapping::TableMapping;
+use super::mapping::{QualifiedName, TableMapping};
 use super::{connect, JobResult};
 
 /// The figures of one migration at one refresh.
@@ -59,7 +59,10 @@ pub fn describe() {
     );
     describe_gauge!("dualwrite_seconds_since_clean_verify", "Seconds since the last verify that found no divergence");
     describe_gauge!("dualwrite_divergent_rows", "Divergent rows found by the last verify, by kind");
-    describe_gauge!("dualwrite_table_rows", "Rows in the old and shadow tables (exact after a verify, else estimated)");
+    describe_gauge!(
+        "dualwrite_table_rows",
+        "Rows of the old and new shapes (a split's targets or a merge's sources joined on the key; exact after a verify, else estimated)"
+    );
 }
 
 /// Sets the gauges of every migration in `figures` on the current recorder.
@@ -107,10 +110,37 @@ pub struct MetricsRefresher {
     samples: HashMap<String, RateSample>,
 }
 
+/// The (old, shadow) rows a finished verify counted: `checked` rows of its source of truth (`source`, the
+/// shadow from cutover on; runs before the column existed are the old table's), and on the other side those
+/// less the `missing` (keys only the source holds) plus the `extra` (keys only the other side holds).
+fn verified_rows(source: Option<&str>, checked: i64, missing: i64, extra: i64) -> (f64, f64) {
+    let other = (checked - missing + extra) as f64;
+    match source {
+        Some("shadow") => (other, checked as f64),
+        _ => (checked as f64, other),
+    }
+}
+
 /// Row count of a table: catalog estimate and when the catalog last counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct TableStats {
     estimate: f64,
     counted_at: Option<f64>,
+}
+
+impl TableStats {
+    /// Several tables FULL JOINed on the key (a split's targets, a merge's sources): at least as many rows
+    /// as the largest holds, and as many when it holds every key, which the dual writes keep; counted by
+    /// the catalog only once every table was (as of the oldest count).
+    fn joined(tables: &[TableStats]) -> TableStats {
+        let estimate = tables.iter().map(|t| t.estimate).fold(0.0, f64::max);
+        let counted_at = tables
+            .iter()
+            .map(|t| t.counted_at)
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|counted| counted.into_iter().reduce(f64::min));
+        TableStats { estimate, counted_at }
+    }
 }
 
 impl MetricsRefresher {
@@ -130,8 +160,13 @@ impl MetricsRefresher {
     async fn gather_one(&mut self, client: &Client, mapping: &TableMapping) -> JobResult<MigrationFigures> {
         let name = mapping.migration.as_str();
         let now: f64 = client.query_one("SELECT extract(epoch FROM now())::float8", &[]).await?.get(0);
-        let old = table_stats(client, &mapping.old.object_name().to_string()).await?;
-        let shadow = table_stats(client, &mapping.shadow.object_name().to_string()).await?;
+        // Each side as a read of its shape sees it: a merge's sources, a split's targets, joined on the key.
+        let old_tables: Vec<&QualifiedName> = match mapping.sources.is_empty() {
+            true => vec![&mapping.old],
+            false => mapping.sources.iter().map(|(table, _, _)| table).collect(),
+        };
+        let old = joined_stats(client, old_tables).await?;
+        let shadow = joined_stats(client, mapping.targets.iter().map(|(table, _)| table).collect()).await?;
         let phase = client
             .query_opt("SELECT phase FROM dualwrite.migrations WHERE name = $1", &[&name])
             .await?
@@ -145,7 +180,7 @@ impl MetricsRefresher {
             .await?;
         let last_verify = client
             .query_opt(
-                "SELECT rows_checked, missing, extra, different, extract(epoch FROM finished_at)::float8 \
+                "SELECT rows_checked, missing, extra, different, extract(epoch FROM finished_at)::float8, source \
                  FROM dualwrite.verify_runs WHERE migration = $1 AND finished_at IS NOT NULL \
                  ORDER BY finished_at DESC, id DESC LIMIT 1",
                 &[&name],
@@ -162,8 +197,8 @@ impl MetricsRefresher {
 
         // Inventory: exact from the last verify unless the catalog counted the table since.
         let exact = last_verify.as_ref().map(|row| {
-            let (checked, missing, extra): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            (checked as f64, (checked - missing + extra) as f64, row.get::<_, f64>(4))
+            let (old, shadow) = verified_rows(row.get(5), row.get(0), row.get(1), row.get(2));
+            (old, shadow, row.get::<_, f64>(4))
         });
         let pick = |stats: &TableStats, exact: Option<(f64, f64)>| match exact {
             Some((count, at)) if stats.counted_at.is_none_or(|counted| at >= counted) => count,
@@ -241,6 +276,15 @@ impl MetricsRefresher {
     }
 }
 
+/// `TableStats::joined` of `tables` (one table: its own figures).
+async fn joined_stats(client: &Client, tables: Vec<&QualifiedName>) -> JobResult<TableStats> {
+    let mut stats = Vec::with_capacity(tables.len());
+    for table in tables {
+        stats.push(table_stats(client, &table.object_name().to_string()).await?);
+    }
+    Ok(TableStats::joined(&stats))
+}
+
 async fn table_stats(client: &Client, table: &str) -> JobResult<TableStats> {
     let row = client
         .query_one(
@@ -302,4 +346,29 @@ async fn lag_seconds(client: &Client, migration: &str) -> Result<f64, tokio_post
         )
         .await?;
     Ok(row.map(|row| row.get(0)).unwrap_or(f64::NAN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{verified_rows, TableStats};
+
+    #[test]
+    fn a_verify_counts_its_source_of_truth_and_derives_the_other_side() {
+        // 100 rows in the source; 3 keys only it holds, 1 only the other side holds.
+        assert_eq!(verified_rows(Some("old"), 100, 3, 1), (100.0, 98.0));
+        assert_eq!(verified_rows(None, 100, 3, 1), (100.0, 98.0));
+        assert_eq!(verified_rows(Some("shadow"), 100, 3, 1), (98.0, 100.0));
+    }
+
+    fn stats(estimate: f64, counted_at: Option<f64>) -> TableStats {
+        TableStats { estimate, counted_at }
+    }
+
+    #[test]
+    fn joined_tables_count_as_the_largest_and_as_counted_once_all_were() {
+        let one = stats(50.0, Some(10.0));
+        assert_eq!(TableStats::joined(&[one]), one);
+        assert_eq!(TableStats::joined(&[stats(50.0, Some(10.0)), stats(51.0, Some(20.0))]), stats(51.0, Some(10.0)));
+        assert_eq!(TableStats::joined(&[stats(50.0, Some(30.0)), stats(51.0, None)]), stats(51.0, None));
+    }
 }

@@ -3,11 +3,13 @@
 //! transaction on the server connection (a LISTEN, a session advisory lock, a cursor WITH HOLD, a temporary
 //! object, a session setting, a statement prepared with SQL `PREPARE`) would leak to the next client of that
 //! connection or be missing at the client's next transaction. Such a statement pins the client to its
-//! connection for the rest of its session instead. Pure: judged on the sqlparser AST, never on text.
+//! connection for the rest of its session instead. Pure: judged on the sqlparser AST (a COPY the parser
+//! cannot read on its tokens).
 //!
 //! `SET LOCAL` and `set_config(.., true)` end with the transaction and pin nothing; the proxy's own setting
 //! (`dualwrite.version`) never reaches the server and pins nothing either. SQL the parser cannot read pins
-//! (the safe answer: the proxy cannot know what it leaves behind).
+//! (the safe answer: the proxy cannot know what it leaves behind), except a COPY: told by its first token,
+//! it leaves nothing behind unless it names a function that can ([`copy_pin`]).
 //!
 //! Parsing every statement a transaction-pooled client sends was most of the proxy's user-space time per
 //! statement (bench/REPORT.md, "Transaction pooling"), so a statement is parsed only when it could pin:
@@ -25,6 +27,9 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use crate::lexer::Lexeme;
 
 /// Why a client was pinned (a label for logs and the pool's figures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +73,62 @@ pub fn pin_reason(sql: impl AsRef<[u8]>) -> Option<PinReason> {
     parsed_pin_reason(&String::from_utf8_lossy(sql))
 }
 
-/// [`pin_reason`] judged by the parser alone.
+/// [`pin_reason`] judged by the parser, and by the tokens of a COPY it cannot read.
 fn parsed_pin_reason(sql: &str) -> Option<PinReason> {
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements,
-        Err(_) => return Some(PinReason::Unreadable),
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements.iter().find_map(statement_pin),
+        Err(_) => unreadable_pin_reason(sql),
+    }
+}
+
+/// SQL the parser cannot read as a whole, judged statement by statement (split at top-level semicolons by
+/// the tokenizer): a COPY by its tokens ([`copy_pin`]); any other statement by the parser, pinning as
+/// `Unreadable` when the parser cannot read it either (or the tokenizer cannot read the text).
+fn unreadable_pin_reason(sql: &str) -> Option<PinReason> {
+    let Ok(lexemes) = crate::lexer::lex(sql) else { return Some(PinReason::Unreadable) };
+    // Character positions (1-based) -> byte offsets, to cut each statement's own text out of `sql`.
+    let offsets: Vec<usize> = sql.char_indices().map(|(byte, _)| byte).chain([sql.len()]).collect();
+    let byte = |position: usize| offsets.get(position.saturating_sub(1)).copied().unwrap_or(sql.len());
+    let mut statement: Vec<Lexeme> = Vec::new();
+    let mut found = None;
+    let mut judge = |statement: &mut Vec<Lexeme>, end: usize| {
+        let Some(first) = statement.first() else { return };
+        let reason = if first.is_keyword("copy") {
+            copy_pin(statement)
+        } else {
+            match Parser::parse_sql(&PostgreSqlDialect {}, &sql[byte(first.position)..end]) {
+                Ok(parsed) => parsed.iter().find_map(statement_pin),
+                Err(_) => Some(PinReason::Unreadable),
+            }
+        };
+        found = found.or(reason);
+        statement.clear();
     };
-    statements.iter().find_map(statement_pin)
+    for lexeme in lexemes {
+        if lexeme.token == Token::SemiColon {
+            judge(&mut statement, byte(lexeme.position));
+        } else {
+            statement.push(lexeme);
+        }
+    }
+    judge(&mut statement, sql.len());
+    found
+}
+
+/// A COPY the parser cannot read (an option it does not know, such as `HEADER MATCH` or `FORCE_QUOTE *`,
+/// or a `WHERE` clause): copying rows between a table or query and the client leaves nothing on the server
+/// connection, so it pins only where a function that can (a session advisory lock, `set_config`) is named
+/// among its tokens, in its query or its `WHERE` clause; then as `Unreadable`, the call not being read.
+/// A COPY of a temporary table pins nothing of its own: creating the table pinned the client.
+fn copy_pin(statement: &[Lexeme]) -> Option<PinReason> {
+    let names_pinning_function = statement.iter().any(|lexeme| match &lexeme.token {
+        Token::Word(word) => {
+            let name = word.value.to_ascii_lowercase();
+            name == "set_config" || SESSION_ADVISORY_LOCKS.contains(&name.as_str())
+        }
+        _ => false,
+    });
+    names_pinning_function.then_some(PinReason::Unreadable)
 }
 
 /// Words one of which is in the text of every statement that pins (matched anywhere, ignoring ASCII case:
@@ -275,6 +329,41 @@ mod tests {
         ] {
             assert_eq!(pin_reason(sql), None, "{sql}");
         }
+    }
+
+    /// COPYs sqlparser cannot read (options it does not know, a WHERE clause), each holding a pin word so
+    /// that it reaches the parser: they leave nothing on the server connection.
+    #[test]
+    fn a_copy_the_parser_cannot_read_pins_nothing() {
+        for sql in [
+            "COPY holdings TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
+            "COPY assets (a, b) FROM STDIN WITH (FORMAT csv, HEADER match)",
+            "copy payloads from stdin where a > 1",
+            "/* load */ COPY (SELECT * FROM templates) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
+            "COPY pg_temp.notes TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)",
+            "COPY holdings TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *); SELECT 1;",
+        ] {
+            assert!(may_pin(sql), "{sql} reaches the parser");
+            assert!(Parser::parse_sql(&PostgreSqlDialect {}, sql).is_err(), "{sql} is unreadable to sqlparser");
+            assert_eq!(pin_reason(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_copy_naming_a_pinning_function_and_its_pinning_neighbours_pin() {
+        for (sql, reason) in [
+            ("COPY (SELECT pg_advisory_lock(1)) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)", PinReason::Unreadable),
+            ("COPY t FROM STDIN WHERE pg_catalog.pg_try_advisory_lock(a)", PinReason::Unreadable),
+            ("COPY (SELECT set_config('a.b', 'c', false)) TO STDOUT (FORCE_QUOTE *)", PinReason::Unreadable),
+            ("COPY holdings TO STDOUT WITH (FORCE_QUOTE *); SET search_path = app", PinReason::SessionSetting),
+            ("COPY holdings TO STDOUT WITH (FORCE_QUOTE *); LISTEN THIS IS NOT SQL", PinReason::Unreadable),
+            ("CREATE TEMP TABLE t (a int); COPY t FROM STDIN WHERE a > 1", PinReason::TemporaryObject),
+            ("COPY holdings TO STDOUT WITH (FORCE_QUOTE *); SELECT 'unterminated", PinReason::Unreadable),
+        ] {
+            assert_eq!(pin_reason(sql), Some(reason), "{sql}");
+        }
+        // A COPY the parser reads is judged on its AST as before.
+        assert_eq!(pin_reason("COPY (SELECT pg_advisory_lock(1)) TO STDOUT"), Some(PinReason::AdvisoryLock));
     }
 
     /// The text check never says "cannot pin" of a statement the parser judges pinning.
