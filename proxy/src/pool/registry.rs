@@ -16,8 +16,13 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 /// (pgbouncer's default `max_prepared_statements`).
 const SERVER_STATEMENTS: usize = 200;
 
-/// One authenticated server connection of a pool.
-pub struct ServerConn {
+/// One authenticated server connection of a pool. Boxed: it moves at every lease, hand-out and return
+/// (through the pool's line, a oneshot, the session's link), and a pointer moves in one register where
+/// the parts took a `memcpy` each time (callgrind: ~450 instructions per pooled statement).
+pub struct ServerConn(Box<ServerConnParts>);
+
+/// What a [`ServerConn`] holds.
+pub struct ServerConnParts {
     pub(crate) read: Option<ReadHalf>,
     pub(crate) write: Option<WriteHalf>,
     pub(crate) key: Option<CancelKey>,
@@ -25,6 +30,19 @@ pub struct ServerConn {
     /// The session thread the socket was opened on (its reactor reports the socket's readiness).
     home: usize,
     _gauge: GaugeGuard,
+}
+
+impl std::ops::Deref for ServerConn {
+    type Target = ServerConnParts;
+    fn deref(&self) -> &ServerConnParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerConn {
+    fn deref_mut(&mut self) -> &mut ServerConnParts {
+        &mut self.0
+    }
 }
 
 impl crate::pool::Homed for ServerConn {
@@ -36,14 +54,14 @@ impl crate::pool::Homed for ServerConn {
 impl ServerConn {
     pub(crate) fn new(stream: Stream) -> Self {
         let (read, write) = stream.split();
-        ServerConn {
+        ServerConn(Box::new(ServerConnParts {
             read: Some(read),
             write: Some(write),
             key: None,
             prepared: ServerPrepared::new(SERVER_STATEMENTS),
             home: crate::session_threads::current(),
             _gauge: GaugeGuard::upstream(),
-        }
+        }))
     }
 }
 

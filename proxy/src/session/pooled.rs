@@ -394,7 +394,8 @@ async fn reset_and_release(mut lease: Lease<ServerConn>) {
 /// Runs `DISCARD ALL` on `conn` and reads its answer up to an idle ReadyForQuery.
 async fn discard_all(conn: &mut ServerConn) -> std::io::Result<()> {
     let failed = || std::io::Error::other("DISCARD ALL failed");
-    let (Some(read), Some(write)) = (conn.read.as_mut(), conn.write.as_mut()) else { return Err(failed()) };
+    let parts = &mut **conn;
+    let (Some(read), Some(write)) = (parts.read.as_mut(), parts.write.as_mut()) else { return Err(failed()) };
     write.write_all(&messages::query("DISCARD ALL")).await?;
     write.flush().await?;
     let mut buf = BytesMut::with_capacity(256);
