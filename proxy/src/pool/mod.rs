@@ -16,6 +16,7 @@
 //! its server connections through it.
 
 pub mod metrics;
+mod pin_words;
 pub mod pinning;
 mod queue;
 pub mod registry;

@@ -19,8 +19,7 @@
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-
+use super::pin_words::WordSet;
 use sqlparser::ast::{
     visit_expressions, ContextModifier, Declare, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
     Query, Set, SetExpr, Statement, Value,
@@ -144,15 +143,7 @@ const SET: usize = PIN_WORDS.len() - 1;
 /// First words of a statement that cannot be a `SET` (nor run one, as a `DO` block could).
 const PLAIN_FIRST_WORDS: &[&str] = &["select", "insert", "update", "delete", "with", "values"];
 
-static PIN_WORD_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostLongest)
-        // The DFA: this runs over every statement, and nine short words make a small table.
-        .kind(Some(AhoCorasickKind::DFA))
-        .build(PIN_WORDS)
-        .expect("fixed patterns build")
-});
+static PIN_WORD_SET: LazyLock<WordSet> = LazyLock::new(|| WordSet::new(PIN_WORDS));
 
 /// Whether `sql` could pin, judged on its text alone without a false "no": it holds one of [`PIN_WORDS`],
 /// other than a `set` of one statement whose first word is a plain query or write (`UPDATE ... SET`,
@@ -160,14 +151,15 @@ static PIN_WORD_MATCHER: LazyLock<AhoCorasick> = LazyLock::new(|| {
 /// words apart needs the tokenizer, which is most of a parse).
 pub fn may_pin(sql: impl AsRef<[u8]>) -> bool {
     let sql = sql.as_ref();
-    let mut set_only = false;
-    for found in PIN_WORD_MATCHER.find_iter(sql) {
-        if found.pattern().as_usize() != SET {
-            return true;
-        }
-        set_only = true;
+    let mut found_set = false;
+    let other_word = PIN_WORD_SET.scan(sql, |word| {
+        found_set |= word == SET;
+        word != SET
+    });
+    if other_word {
+        return true;
     }
-    if !set_only {
+    if !found_set {
         return false;
     }
     let Ok(sql) = std::str::from_utf8(sql) else { return true };
