@@ -48,7 +48,7 @@ pub use copy_block::parse_rewritten;
 pub use merge::MergeSource;
 pub use model::TargetRef;
 pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};
-pub use names::{quote_ident, TableName};
+pub use names::{quote_ident, quote_literal, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 pub use rewriter::Rewriter;
 pub use route::{MigrationRoute, Route, Side};
