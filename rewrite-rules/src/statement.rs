@@ -1,13 +1,17 @@
 //! One parsed statement at a time: decides whether it is a read to route, a write to dual-write, a form
 //! to refuse, or something that does not concern any migration, and hands it to the module that owns it.
 
-use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ObjectType, SetExpr, Statement};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::Tokenizer;
 
 use crate::compiled::Compiled;
 use crate::copy::rewrite_copy;
 use crate::fallback::mentioned_migrations;
+use crate::model::Phase;
+use crate::names::TableName;
 use crate::plan::{RejectReason, Rejection, StatementTransform};
 use crate::reads::ReadRouter;
 use crate::route::Route;
@@ -18,6 +22,7 @@ pub(crate) fn rewrite_statement(
     route: &Route,
     statement: Statement,
 ) -> Result<Outcome, Rejection> {
+    refuse_database_qualified(compiled, route, &statement)?;
     match statement {
         Statement::Query(mut query) => match std::mem::replace(query.body.as_mut(), SetExpr::Values(empty_values())) {
             body @ (SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)) => {
@@ -208,4 +213,43 @@ fn refuse_if_text_mentions(compiled: &Compiled, route: &Route, text: &str) -> Re
 
 fn empty_values() -> sqlparser::ast::Values {
     sqlparser::ast::Values { explicit_row: false, value_keyword: false, rows: vec![] }
+}
+
+/// Refuses a statement naming a migrated table (or a kept shadow) as `database.schema.table`. Postgres
+/// accepts that spelling for the current database, but every other part of the engine knows a relation by
+/// `schema.table` or `table` alone: passed through, a write so spelled would change the old table and not
+/// the shadow, and a read would skip the session's routing. Refused, nothing changes and the error says
+/// how to write it.
+fn refuse_database_qualified(compiled: &Compiled, route: &Route, statement: &Statement) -> Result<(), Rejection> {
+    let found = sqlparser::ast::visit_relations(statement, |object| {
+        let parts: Vec<&sqlparser::ast::Ident> = object.0.iter().filter_map(|p| p.as_ident()).collect();
+        if parts.len() < 3 || parts.len() != object.0.len() {
+            return ControlFlow::Continue(());
+        }
+        let name = TableName::from_object_name(&ObjectName::from(
+            parts[parts.len() - 2..].iter().map(|&i| i.clone()).collect::<Vec<_>>(),
+        ));
+        let index = name.and_then(|name| {
+            compiled
+                .migration_of(&name, route)
+                .filter(|&i| route.get(i).phase != Phase::Off)
+                .or_else(|| compiled.kept_shadow_of(&name, route))
+        });
+        match index {
+            Some(index) => ControlFlow::Break((index, object.to_string())),
+            None => ControlFlow::Continue(()),
+        }
+    });
+    match found {
+        ControlFlow::Break((index, object)) => Err(Rejection::described(
+            &compiled.migrations[index].name,
+            index,
+            RejectReason::UnresolvedName,
+            &format!(
+                "{object} names a migrated table with its database; the proxy routes and dual-writes a table \
+                 named as schema.table or table only: write it without the database"
+            ),
+        )),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }

@@ -156,3 +156,31 @@ fn an_unqualified_rules_table_is_the_one_in_public() {
     let other = "UPDATE shop.orders SET meta = 'x' WHERE shop_id = 1 AND id = 2";
     assert_eq!(plan(ORDERS, Phase::DualWrite, Side::Old, false, other), Plan::PassThrough);
 }
+
+/// `database.schema.table` is a spelling Postgres accepts for the current database; a migrated table (or a
+/// kept shadow) so named is refused rather than passed through unrouted and written on one side only.
+#[test]
+fn database_qualified_names_of_a_migrated_table_are_refused_and_of_others_pass_through() {
+    for sql in [
+        "UPDATE app.public.users SET email = 'z' WHERE id = 1",
+        "DELETE FROM \"app\".\"public\".\"users\" WHERE id = 1",
+        "INSERT INTO app.public.users (id, name, email) VALUES (1, 'a b', 'x')",
+        "SELECT email FROM app.public.users WHERE id = 1",
+        "SELECT u.id FROM orders o JOIN app.public.users u ON u.id = o.user_id",
+        "UPDATE app.public.users_v2 SET email = 'z' WHERE id = 1",
+    ] {
+        for elsewhere in [false, true] {
+            assert_refused(&v1(elsewhere, sql), RejectReason::UnresolvedName, sql);
+            assert_refused(&v2(elsewhere, sql), RejectReason::UnresolvedName, sql);
+        }
+        if let Plan::Rejected(r) = v1(false, sql) {
+            assert!(r.message.contains("write it without the database"), "{}", r.message);
+        }
+    }
+    for sql in ["UPDATE app.tenant_a.users SET email = 'z'", "SELECT * FROM app.public.orders_archive"] {
+        assert_eq!(v1(false, sql), Plan::PassThrough, "{sql}");
+        assert_eq!(v2(false, sql), Plan::PassThrough, "{sql}");
+    }
+    let off = "UPDATE app.public.users SET email = 'z' WHERE id = 1";
+    assert_eq!(plan(USERS, Phase::Off, Side::Old, false, off), Plan::PassThrough, "nothing is routed in off");
+}

@@ -459,3 +459,41 @@ async fn a_batch_that_failed_before_the_probe_fails_once_and_the_session_goes_on
     assert!(errors.is_empty(), "{errors:?}");
     f.assert_landed_in(2, "tenant_a", "the next batch after the failed one").await;
 }
+
+/// Postgres accepts `database.schema.table` for the current database; through the proxy such a write of the
+/// migrated table is refused (0A000) and changes neither table, where passed through it would have changed
+/// `tenant_a.users` alone. Another tenant's table so named is written as Postgres writes it.
+#[tokio::test]
+async fn database_qualified_writes_of_the_migrated_table_are_refused_and_change_nothing() {
+    let f = fixture().await;
+    let client = f.session("public").await;
+    client.execute("INSERT INTO tenant_a.users (id, name) VALUES (1, 'Ada Lovelace')", &[]).await.unwrap();
+    let db = &f.db.name;
+    f.direct
+        .execute(&format!("UPDATE {db}.tenant_c.users SET name = 'Direct Write' WHERE id = 1"), &[])
+        .await
+        .expect("Postgres accepts the database-qualified name of the current database");
+    for sql in [
+        format!("UPDATE {db}.tenant_a.users SET name = 'Grace Hopper' WHERE id = 1"),
+        format!("DELETE FROM {db}.tenant_a.users WHERE id = 1"),
+        format!("INSERT INTO {db}.tenant_a.users (id, name) VALUES (2, 'Alan Turing')"),
+    ] {
+        let e = client.execute(&sql, &[]).await.expect_err(&sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e}");
+        let e = client.simple_query(&sql).await.expect_err(&sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e}");
+        let names: Vec<String> = f
+            .direct
+            .query("SELECT name FROM tenant_a.users ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(names, vec!["Ada Lovelace"], "after {sql}");
+        f.assert_in_sync(&sql).await;
+    }
+    client.execute("INSERT INTO tenant_b.users (id, name) VALUES (5, 'Five')", &[]).await.unwrap();
+    let updated = client.execute(&format!("UPDATE {db}.tenant_b.users SET name = 'Six' WHERE id = 5"), &[]).await;
+    assert_eq!(updated.unwrap(), 1, "another tenant's table is not the proxy's business");
+}
