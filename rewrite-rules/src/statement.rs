@@ -3,7 +3,9 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement};
+use sqlparser::ast::{
+    AlterColumnOperation, AlterTableOperation, CopySource, ObjectName, ObjectType, SetExpr, Statement,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::Tokenizer;
 
@@ -221,25 +223,16 @@ fn empty_values() -> sqlparser::ast::Values {
 /// the shadow, and a read would skip the session's routing. Refused, nothing changes and the error says
 /// how to write it.
 fn refuse_database_qualified(compiled: &Compiled, route: &Route, statement: &Statement) -> Result<(), Rejection> {
-    let found = sqlparser::ast::visit_relations(statement, |object| {
-        let parts: Vec<&sqlparser::ast::Ident> = object.0.iter().filter_map(|p| p.as_ident()).collect();
-        if parts.len() < 3 || parts.len() != object.0.len() {
-            return ControlFlow::Continue(());
-        }
-        let name = TableName::from_object_name(&ObjectName::from(
-            parts[parts.len() - 2..].iter().map(|&i| i.clone()).collect::<Vec<_>>(),
-        ));
-        let index = name.and_then(|name| {
-            compiled
-                .migration_of(&name, route)
-                .filter(|&i| route.get(i).phase != Phase::Off)
-                .or_else(|| compiled.kept_shadow_of(&name, route))
-        });
-        match index {
-            Some(index) => ControlFlow::Break((index, object.to_string())),
-            None => ControlFlow::Continue(()),
-        }
-    });
+    let judge = |object: &ObjectName| match database_qualified_migration(compiled, route, object) {
+        Some(index) => ControlFlow::Break((index, object.to_string())),
+        None => ControlFlow::Continue(()),
+    };
+    // sqlparser's relation visitor does not count COPY's table among the relations.
+    let found = match statement {
+        Statement::Copy { source: CopySource::Table { table_name, .. }, .. } => judge(table_name),
+        _ => ControlFlow::Continue(()),
+    };
+    let found = if found.is_break() { found } else { sqlparser::ast::visit_relations(statement, judge) };
     match found {
         ControlFlow::Break((index, object)) => Err(Rejection::described(
             &compiled.migrations[index].name,
@@ -252,4 +245,19 @@ fn refuse_database_qualified(compiled: &Compiled, route: &Route, statement: &Sta
         )),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// The migration whose table (or kept shadow) `object` names as `database.schema.table`, if any.
+fn database_qualified_migration(compiled: &Compiled, route: &Route, object: &ObjectName) -> Option<usize> {
+    let parts: Vec<&sqlparser::ast::Ident> = object.0.iter().filter_map(|p| p.as_ident()).collect();
+    if parts.len() < 3 || parts.len() != object.0.len() {
+        return None;
+    }
+    let name = TableName::from_object_name(&ObjectName::from(
+        parts[parts.len() - 2..].iter().map(|&i| i.clone()).collect::<Vec<_>>(),
+    ))?;
+    compiled
+        .migration_of(&name, route)
+        .filter(|&i| route.get(i).phase != Phase::Off)
+        .or_else(|| compiled.kept_shadow_of(&name, route))
 }

@@ -168,6 +168,11 @@ fn database_qualified_names_of_a_migrated_table_are_refused_and_of_others_pass_t
         "SELECT email FROM app.public.users WHERE id = 1",
         "SELECT u.id FROM orders o JOIN app.public.users u ON u.id = o.user_id",
         "UPDATE app.public.users_v2 SET email = 'z' WHERE id = 1",
+        "TRUNCATE app.public.users",
+        "COPY app.public.users FROM STDIN",
+        "COPY app.public.users TO STDOUT",
+        "MERGE INTO app.public.users u USING (SELECT 1 AS id) s ON u.id = s.id WHEN MATCHED THEN DELETE",
+        "ALTER TABLE app.public.users DROP COLUMN email",
     ] {
         for elsewhere in [false, true] {
             assert_refused(&v1(elsewhere, sql), RejectReason::UnresolvedName, sql);
@@ -181,6 +186,8 @@ fn database_qualified_names_of_a_migrated_table_are_refused_and_of_others_pass_t
         assert_eq!(v1(false, sql), Plan::PassThrough, "{sql}");
         assert_eq!(v2(false, sql), Plan::PassThrough, "{sql}");
     }
+    let drop = "DROP TABLE app.public.users";
+    assert_refused(&v1(false, drop), RejectReason::Ddl, drop);
     let off = "UPDATE app.public.users SET email = 'z' WHERE id = 1";
     assert_eq!(plan(USERS, Phase::Off, Side::Old, false, off), Plan::PassThrough, "nothing is routed in off");
 }
