@@ -92,14 +92,21 @@ pub(crate) struct CompiledSource {
     pub mirror: Direction,
 }
 
+/// How a Unicode-escaped identifier starts (`U&"`, any case).
+const UNICODE_IDENTIFIER: &str = "u&\"";
+
 impl Compiled {
     pub fn new(rules: &RuleSet) -> Compiled {
         let migrations: Vec<CompiledMigration> = rules.migrations.iter().map(compile_migration).collect();
-        let patterns: Vec<&str> = migrations
+        let mut patterns: Vec<&str> = migrations
             .iter()
             .flat_map(|m| std::iter::once(&m.table).chain(m.sources.iter().map(|s| &s.table)).chain(&m.shadows))
             .map(|t| t.name.as_str())
             .collect();
+        // A Unicode-escaped identifier (`U&"\0075sers"`) can spell any name without its letters.
+        if !patterns.is_empty() {
+            patterns.push(UNICODE_IDENTIFIER);
+        }
         let matcher = AhoCorasick::builder().ascii_case_insensitive(true).build(&patterns).ok();
         Compiled { migrations, matcher }
     }

@@ -41,7 +41,8 @@ fn mentioned_kept_shadow(compiled: &Compiled, route: &Route, tokens: &[Token]) -
 
 /// Every word of `tokens` as the table name it would be, with the schema written before it.
 fn table_references(tokens: &[Token]) -> Vec<TableName> {
-    let code: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    let code = with_unicode_identifiers_decoded(tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))));
+    let code: Vec<&Token> = code.iter().collect();
     let mut references = Vec::new();
     for (at, token) in code.iter().enumerate() {
         let Token::Word(word) = token else { continue };
@@ -54,6 +55,74 @@ fn table_references(tokens: &[Token]) -> Vec<TableName> {
         references.push(TableName { schema: qualifier, name });
     }
     references
+}
+
+/// `tokens` with each Unicode-escaped identifier (`U&"\0075sers"`, optionally `UESCAPE '!'`), which
+/// sqlparser reads as the word `U`, `&` and a quoted word, as the one quoted word Postgres reads (`users`).
+/// One whose escapes Postgres would refuse is left as it is: the server refuses the statement.
+fn with_unicode_identifiers_decoded<'a>(tokens: impl Iterator<Item = &'a Token>) -> Vec<Token> {
+    let tokens: Vec<&Token> = tokens.collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut at = 0;
+    while at < tokens.len() {
+        if let (Token::Word(u), Some(Token::Ampersand), Some(Token::Word(quoted))) =
+            (tokens[at], tokens.get(at + 1).copied(), tokens.get(at + 2).copied())
+        {
+            if u.quote_style.is_none() && u.value.eq_ignore_ascii_case("u") && quoted.quote_style == Some('"') {
+                let uescape = match (tokens.get(at + 3), tokens.get(at + 4)) {
+                    (Some(Token::Word(w)), Some(Token::SingleQuotedString(c)))
+                        if w.quote_style.is_none() && w.keyword == Keyword::UESCAPE =>
+                    {
+                        Some(c.as_str())
+                    }
+                    _ => None,
+                };
+                let escape = match uescape.map(|c| c.chars().collect::<Vec<_>>()) {
+                    None => Some('\\'),
+                    Some(c) if c.len() == 1 => Some(c[0]),
+                    Some(_) => None,
+                };
+                if let Some(value) = escape.and_then(|e| unescape_identifier(&quoted.value, e)) {
+                    out.push(Token::Word(sqlparser::tokenizer::Word { value, ..quoted.clone() }));
+                    at += if uescape.is_some() { 5 } else { 3 };
+                    continue;
+                }
+            }
+        }
+        out.push(tokens[at].clone());
+        at += 1;
+    }
+    out
+}
+
+/// The identifier a `U&"..."` body spells with `escape`: `<escape>XXXX`, `<escape>+XXXXXX` (hex code
+/// points) and `<escape><escape>`; `None` where Postgres reports an invalid escape.
+fn unescape_identifier(body: &str, escape: char) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != escape {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&escape) {
+            chars.next();
+            out.push(escape);
+            continue;
+        }
+        let digits = if chars.peek() == Some(&'+') {
+            chars.next();
+            6
+        } else {
+            4
+        };
+        let hex: String = chars.by_ref().take(digits).collect();
+        if hex.len() != digits {
+            return None;
+        }
+        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+    }
+    Some(out)
 }
 
 fn catalog_spelling(word: &sqlparser::tokenizer::Word) -> String {

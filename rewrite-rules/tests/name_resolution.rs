@@ -191,3 +191,29 @@ fn database_qualified_names_of_a_migrated_table_are_refused_and_of_others_pass_t
     let off = "UPDATE app.public.users SET email = 'z' WHERE id = 1";
     assert_eq!(plan(USERS, Phase::Off, Side::Old, false, off), Plan::PassThrough, "nothing is routed in off");
 }
+
+/// A Unicode-escaped identifier (`U&"\0075sers"` is `users`) names the table Postgres decodes it to; sqlparser
+/// cannot parse one, so a write spelled so is refused as unparseable (it passed through, unrouted, before),
+/// and one naming another relation passes through.
+#[test]
+fn unicode_escaped_identifiers_are_judged_by_the_name_they_spell() {
+    for sql in [
+        r#"UPDATE U&"\0075sers" SET email = 'z' WHERE id = 1"#,
+        r#"DELETE FROM public.u&"\0075\0073ers" WHERE id = 1"#,
+        r#"INSERT INTO U&"\+000075sers" (id, name, email) VALUES (1, 'a b', 'x')"#,
+        r#"UPDATE U&"!0075sers" UESCAPE '!' SET email = 'z' WHERE id = 1"#,
+        r#"UPDATE U&"public".U&"users_v2" SET email = 'z' WHERE id = 1"#,
+    ] {
+        assert_refused(&v1(false, sql), RejectReason::Unparseable, sql);
+        assert_refused(&v2(false, sql), RejectReason::Unparseable, sql);
+    }
+    for sql in [
+        r#"UPDATE U&"\0061ccounts" SET email = 'z' WHERE id = 1"#,
+        r#"UPDATE tenant_a.U&"\0075sers" SET email = 'z' WHERE id = 1"#,
+        r#"SELECT 1 FROM U&"\0075sers""#,
+    ] {
+        assert_eq!(v1(false, sql), Plan::PassThrough, "{sql}");
+    }
+    let read = r#"SELECT email FROM U&"\0075sers""#;
+    assert_refused(&v2(false, read), RejectReason::Unparseable, read);
+}

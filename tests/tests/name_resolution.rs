@@ -497,3 +497,35 @@ async fn database_qualified_writes_of_the_migrated_table_are_refused_and_change_
     let updated = client.execute(&format!("UPDATE {db}.tenant_b.users SET name = 'Six' WHERE id = 5"), &[]).await;
     assert_eq!(updated.unwrap(), 1, "another tenant's table is not the proxy's business");
 }
+
+/// `U&"\0075sers"` is `users` to Postgres. Through the proxy a write so spelled of the migrated table is
+/// refused and changes nothing (passed through, it changed `tenant_a.users` alone); another tenant's table
+/// so spelled is written.
+#[tokio::test]
+async fn unicode_escaped_writes_of_the_migrated_table_are_refused_and_change_nothing() {
+    let f = fixture().await;
+    let client = f.session("tenant_a").await;
+    insert(&client, 1).await;
+    f.direct
+        .execute(r#"UPDATE tenant_c.U&"\0075sers" SET name = 'Direct Write' WHERE id = 1"#, &[])
+        .await
+        .expect("Postgres reads the escaped name");
+    for sql in [
+        r#"UPDATE U&"\0075sers" SET name = 'Grace Hopper' WHERE id = 1"#,
+        r#"DELETE FROM tenant_a.U&"\0075sers" WHERE id = 1"#,
+    ] {
+        let e = client.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e}");
+        assert_eq!(f.ids("tenant_a").await, vec![1], "after {sql}");
+        let name: String =
+            f.direct.query_one("SELECT name FROM tenant_a.users WHERE id = 1", &[]).await.unwrap().get(0);
+        assert_eq!(name, "Ada Lovelace", "after {sql}");
+        f.assert_in_sync(sql).await;
+    }
+    let other = f.session("tenant_b").await;
+    insert(&other, 7).await;
+    let updated = other.simple_query(r#"UPDATE U&"\0075sers" SET name = 'Seven Up' WHERE id = 7"#).await;
+    assert!(updated.is_ok(), "tenant_b's table so spelled is written: {updated:?}");
+    let name: String = f.direct.query_one("SELECT name FROM tenant_b.users WHERE id = 7", &[]).await.unwrap().get(0);
+    assert_eq!(name, "Seven Up");
+}
