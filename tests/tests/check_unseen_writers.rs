@@ -1,6 +1,7 @@
 //! Writers of a migrated table that the proxy never sees as statement text, found in the catalog of a real
 //! PostgreSQL: one test per kind (foreign keys with ON DELETE CASCADE, ON UPDATE CASCADE and SET NULL,
-//! a trigger on another table, PL/pgSQL and SQL functions, a procedure, writable views, rules), look-alikes
+//! a trigger on another table, PL/pgSQL and SQL functions, a procedure, writable views, rules, tables
+//! related by inheritance or partitioning), look-alikes
 //! that are not writers, registration refused (proxy start, rules reload, restart after a trigger was
 //! added) and allowed by `accept_unseen_writers`, `dualwrite check` naming each finding, and the divergence
 //! an accepted writer really causes.
@@ -258,6 +259,64 @@ async fn rules_on_the_table_and_rules_writing_it_are_found() {
         "rule:public.orders.orders_rename_buyer",
         Kind::Rule,
         "(ON INSERT) runs UPDATE on public.users: a write to public.orders writes public.users",
+    );
+}
+
+#[tokio::test]
+async fn tables_the_table_inherits_from_and_tables_inheriting_from_it_are_found() {
+    let db = database(
+        "CREATE TABLE people (id int, name text);
+         CREATE TABLE beings (id int);
+         ALTER TABLE people INHERIT beings;
+         ALTER TABLE users INHERIT people;
+         CREATE TABLE archived_users (archived_at timestamptz) INHERITS (users);",
+    )
+    .await;
+    let found = findings(&db).await;
+    assert_eq!(
+        ids(&found),
+        ["inheritance:public.beings", "inheritance:public.people", "inheritance:public.archived_users"],
+        "ancestors (every level) first, then descendants"
+    );
+    the_finding(
+        &found,
+        "inheritance:public.people",
+        Kind::Inheritance,
+        "public.users inherits from public.people: an UPDATE or DELETE of public.people without ONLY writes the rows of public.users",
+    );
+    the_finding(
+        &found,
+        "inheritance:public.archived_users",
+        Kind::Inheritance,
+        "public.archived_users is a table inheriting from public.users: its rows are rows of public.users",
+    );
+}
+
+/// A partition of a partitioned table: the partitioned parent routes INSERTs into it, and its own partitions
+/// hold its rows.
+#[tokio::test]
+async fn a_partitioned_parent_and_the_partitions_of_the_table_are_found() {
+    let db = database(
+        "ALTER TABLE users RENAME TO users_flat;
+         CREATE TABLE all_users (id int, org_id int, name text) PARTITION BY RANGE (id);
+         CREATE TABLE users PARTITION OF all_users (PRIMARY KEY (id)) FOR VALUES FROM (0) TO (1000)
+             PARTITION BY RANGE (id);
+         CREATE TABLE users_low PARTITION OF users FOR VALUES FROM (0) TO (500);",
+    )
+    .await;
+    let found = findings(&db).await;
+    assert_eq!(ids(&found), ["inheritance:public.all_users", "inheritance:public.users_low"]);
+    the_finding(
+        &found,
+        "inheritance:public.all_users",
+        Kind::Inheritance,
+        "(and an INSERT into it routes rows into it)",
+    );
+    the_finding(
+        &found,
+        "inheritance:public.users_low",
+        Kind::Inheritance,
+        "public.users_low is a partition of public.users",
     );
 }
 

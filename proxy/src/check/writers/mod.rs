@@ -1,18 +1,19 @@
 //! Writers of a migrated (old) table that the proxy never sees as statement text, found in the catalog:
 //! foreign keys *from* the table whose ON DELETE / ON UPDATE action writes it, triggers whose function
-//! writes it, functions and procedures that write it, writable views over it, and rules on it or writing
-//! it. Each such write changes the old table without the shadow, and nothing says so until a verify runs.
+//! writes it, functions and procedures that write it, writable views over it, rules on it or writing
+//! it, and the tables it inherits from or that inherit from it (`inheritance`). Each such write changes the old table without the shadow, and nothing says so until a verify runs.
 //!
 //! Each finding has an identifier (the contract of `accept_unseen_writers` in the rules file):
 //! `fk:<constraint>`, `trigger:<schema>.<table>.<trigger>`, `function:<schema>.<name>(<argument types>)`,
 //! `procedure:<schema>.<name>(<argument types>)`, `view:<schema>.<view>`, `rule:<schema>.<table>.<rule>`,
-//! each part quoted as Postgres would need it. Registration refuses a migration with a finding its rules do
+//! `inheritance:<schema>.<table>`, each part quoted as Postgres would need it. Registration refuses a migration with a finding its rules do
 //! not accept ([`unaccepted`], called by the state at every start and rules reload); `dualwrite check`
 //! prints every finding with what to do ([`check_migration`]). The proxy's own `dualwrite` schema and
 //! objects of extensions are skipped. How a body is judged (writes vs reads, on word boundaries) is
 //! [`body`]'s.
 
 pub mod body;
+mod inheritance;
 
 use std::fmt;
 use std::io::Write;
@@ -31,6 +32,7 @@ pub enum Kind {
     Procedure,
     View,
     Rule,
+    Inheritance,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Procedure => "procedure",
             Kind::View => "view",
             Kind::Rule => "rule",
+            Kind::Inheritance => "inheritance",
         }
     }
 }
@@ -108,6 +111,7 @@ async fn find_of(client: &impl GenericClient, table: &TableName) -> Result<Vec<U
     found.extend(routines(client, &table).await?);
     found.extend(views);
     found.extend(rules(client, &table, &view_names).await?);
+    found.extend(inheritance::relatives(client, &table).await?);
     Ok(found)
 }
 
@@ -530,7 +534,15 @@ mod tests {
 
     #[test]
     fn every_kind_is_one_the_rules_accept() {
-        for kind in [Kind::ForeignKey, Kind::Trigger, Kind::Function, Kind::Procedure, Kind::View, Kind::Rule] {
+        for kind in [
+            Kind::ForeignKey,
+            Kind::Trigger,
+            Kind::Function,
+            Kind::Procedure,
+            Kind::View,
+            Kind::Rule,
+            Kind::Inheritance,
+        ] {
             assert!(dualwrite_rules::model::UNSEEN_WRITER_KINDS.contains(&kind.prefix()), "{kind:?}");
         }
     }
