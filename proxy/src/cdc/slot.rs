@@ -22,15 +22,20 @@ pub async fn slot_name(client: &Client) -> Result<String, tokio_postgres::Error>
     Ok(format!("dualwrite_cdc_{oid}"))
 }
 
-/// Makes the publication hold exactly `tables` (quoted, possibly schema-qualified names built from the
+/// Makes the publication hold exactly `tables`, partitioned ones by their own name (quoted, possibly schema-qualified names built from the
 /// rules' AST, never client text).
 pub async fn sync_publication(client: &Client, tables: &[String]) -> Result<(), tokio_postgres::Error> {
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&PUBLICATION]).await?.is_some();
     let list = tables.join(", ");
+    // A partitioned table's changes are published under its own name rather than its partitions': the
+    // watch knows the migrated table by that name, and a write naming a partition is one of its rows.
     let sql = if exists {
-        format!("ALTER PUBLICATION {PUBLICATION} SET TABLE {list}")
+        format!(
+            "ALTER PUBLICATION {PUBLICATION} SET TABLE {list}; \
+             ALTER PUBLICATION {PUBLICATION} SET (publish_via_partition_root = true)"
+        )
     } else {
-        format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {list}")
+        format!("CREATE PUBLICATION {PUBLICATION} FOR TABLE {list} WITH (publish_via_partition_root = true)")
     };
     client.batch_execute(&sql).await
 }
