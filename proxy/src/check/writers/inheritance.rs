@@ -50,11 +50,18 @@ pub(super) async fn relatives(
                 )
             } else {
                 let what = if is_partition { "a partition of" } else { "a table inheriting from" };
+                // The publication sends a partition's changes under the partitioned table's name; an
+                // inheriting table's go under its own, which the watch does not follow.
+                let live_with = if is_partition {
+                    OR_ACCEPT.to_owned()
+                } else {
+                    format!("or detach it (ALTER TABLE {other} NO INHERIT {t}); accepting it leaves its writes unwatched: the change-data-capture watch sees them under {other}'s name")
+                };
                 (
                     format!(
                         "{other} is {what} {t}: its rows are rows of {t} to every statement without ONLY (reads, dual writes, the backfill, the verify), and a write naming {other} changes them without the shadow"
                     ),
-                    format!("write those rows through {t} by its name, and keep tables that are not {t}'s own out of its inheritance tree, {OR_ACCEPT}"),
+                    format!("write those rows through {t} by its name, {live_with}"),
                 )
             };
             UnseenWriter { kind: Kind::Inheritance, id: format!("inheritance:{other}"), description, remedy }
