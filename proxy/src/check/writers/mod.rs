@@ -111,7 +111,13 @@ async fn find_of(client: &impl GenericClient, table: &TableName) -> Result<Vec<U
     found.extend(routines(client, &table).await?);
     found.extend(views);
     found.extend(rules(client, &table, &view_names).await?);
-    found.extend(inheritance::relatives(client, &table).await?);
+    let relatives = inheritance::relatives(client, table.oid, &table.display, OR_ACCEPT).await?;
+    found.extend(relatives.into_iter().map(|r| UnseenWriter {
+        kind: Kind::Inheritance,
+        id: format!("inheritance:{}", r.name),
+        description: r.description,
+        remedy: r.remedy,
+    }));
     Ok(found)
 }
 
