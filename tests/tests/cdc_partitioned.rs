@@ -6,7 +6,7 @@ mod cdc_support;
 
 use std::time::Duration;
 
-use cdc_support::{bypasses, difference, until_watching, watch_on};
+use cdc_support::{bypasses, difference, rules_accepting, until_watching, watch_on};
 use dualwrite_tests::{eventually, TestCluster, TestProxy};
 
 const SCHEMA: &str = "
@@ -17,36 +17,13 @@ CREATE TABLE users_high PARTITION OF users FOR VALUES FROM (100) TO (MAXVALUE);
 CREATE TABLE users_v2 (id bigint PRIMARY KEY, first_name text, last_name text, email text, account text);
 ";
 
-const RULES: &str = r#"
-[[migration]]
-name   = "users_split_name"
-table  = "public.users"
-shadow = "public.users_v2"
-key    = ["id"]
-versions = { old = "v1", new = "v2" }
-on_bypass = "alert"
-accept_unseen_writers = ["inheritance:public.users_low", "inheritance:public.users_high"]
-
-[migration.forward]
-id = "id"
-first_name = "split_part(name, ' ', 1)"
-last_name  = "split_part(name, ' ', 2)"
-email      = "lower(email)"
-account    = "account"
-
-[migration.backward]
-id      = "id"
-name    = "first_name || ' ' || last_name"
-email   = "email"
-account = "account"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_naming_a_partition_of_the_old_table_is_a_bypass_and_the_proxys_writes_are_not() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_toml_and(&db, RULES, watch_on(None)).await.unwrap();
+    let rules = rules_accepting("alert", r#""inheritance:public.users_low", "inheritance:public.users_high""#);
+    let proxy = TestProxy::with_rules_toml_and(&db, &rules, watch_on(None)).await.unwrap();
     let app = proxy.connect(&db).await.unwrap();
     until_watching(&direct).await;
     // Through the proxy, into both partitions: dual writes, never bypasses.

@@ -25,9 +25,7 @@ shadow = "public.users_v2"
 key    = ["id"]
 versions = { old = "v1", new = "v2" }
 on_bypass = "{on_bypass}"
-# The writers of SCHEMA that bypass the proxy on purpose: registration refuses them unless accepted.
-accept_unseen_writers = ["fk:users_account_fkey", "trigger:public.signups.signups_user",
-                         "function:public.rename_user(bigint, text)", "view:public.user_directory"]
+accept_unseen_writers = [{accept}]
 
 [migration.forward]
 id = "id"
@@ -43,8 +41,18 @@ email   = "email"
 account = "account"
 "#;
 
+/// The writers of SCHEMA that bypass the proxy on purpose: registration refuses them unless accepted.
+const SCHEMA_WRITERS: &str = r#""fk:users_account_fkey", "trigger:public.signups.signups_user",
+    "function:public.rename_user(bigint, text)", "view:public.user_directory""#;
+
 pub fn rules(on_bypass: &str) -> String {
-    RULES.replace("{on_bypass}", on_bypass)
+    rules_accepting(on_bypass, SCHEMA_WRITERS)
+}
+
+/// The rules accepting the unseen writers `accept` (quoted identifiers, comma-separated) instead of
+/// [`SCHEMA`]'s, for a test with a schema of its own.
+pub fn rules_accepting(on_bypass: &str, accept: &str) -> String {
+    RULES.replace("{on_bypass}", on_bypass).replace("{accept}", accept)
 }
 
 /// Tables, the objects that bypass the proxy, and `accounts` a1..a3.
