@@ -41,8 +41,8 @@ fn mentioned_kept_shadow(compiled: &Compiled, route: &Route, tokens: &[Token]) -
 
 /// Every word of `tokens` as the table name it would be, with the schema written before it.
 fn table_references(tokens: &[Token]) -> Vec<TableName> {
-    let code = with_unicode_identifiers_decoded(tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))));
-    let code: Vec<&Token> = code.iter().collect();
+    let decoded = with_unicode_identifiers_decoded(tokens);
+    let code: Vec<&Token> = decoded.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
     let mut references = Vec::new();
     for (at, token) in code.iter().enumerate() {
         let Token::Word(word) = token else { continue };
@@ -59,17 +59,20 @@ fn table_references(tokens: &[Token]) -> Vec<TableName> {
 
 /// `tokens` with each Unicode-escaped identifier (`U&"\0075sers"`, optionally `UESCAPE '!'`), which
 /// sqlparser reads as the word `U`, `&` and a quoted word, as the one quoted word Postgres reads (`users`).
-/// One whose escapes Postgres would refuse is left as it is: the server refuses the statement.
-fn with_unicode_identifiers_decoded<'a>(tokens: impl Iterator<Item = &'a Token>) -> Vec<Token> {
-    let tokens: Vec<&Token> = tokens.collect();
+/// Only `U&"` written together is one (`u & "x"` is an operator between two columns). One whose escapes
+/// Postgres would refuse is left as it is: the server refuses the statement.
+fn with_unicode_identifiers_decoded(tokens: &[Token]) -> Vec<Token> {
+    let code_after = |from: usize| (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)));
     let mut out = Vec::with_capacity(tokens.len());
     let mut at = 0;
     while at < tokens.len() {
         if let (Token::Word(u), Some(Token::Ampersand), Some(Token::Word(quoted))) =
-            (tokens[at], tokens.get(at + 1).copied(), tokens.get(at + 2).copied())
+            (&tokens[at], tokens.get(at + 1), tokens.get(at + 2))
         {
             if u.quote_style.is_none() && u.value.eq_ignore_ascii_case("u") && quoted.quote_style == Some('"') {
-                let uescape = match (tokens.get(at + 3), tokens.get(at + 4)) {
+                let keyword = code_after(at + 3);
+                let literal = keyword.and_then(|k| code_after(k + 1));
+                let uescape = match (keyword.map(|k| &tokens[k]), literal.map(|l| &tokens[l])) {
                     (Some(Token::Word(w)), Some(Token::SingleQuotedString(c)))
                         if w.quote_style.is_none() && w.keyword == Keyword::UESCAPE =>
                     {
@@ -84,7 +87,10 @@ fn with_unicode_identifiers_decoded<'a>(tokens: impl Iterator<Item = &'a Token>)
                 };
                 if let Some(value) = escape.and_then(|e| unescape_identifier(&quoted.value, e)) {
                     out.push(Token::Word(sqlparser::tokenizer::Word { value, ..quoted.clone() }));
-                    at += if uescape.is_some() { 5 } else { 3 };
+                    at = match (uescape, literal) {
+                        (Some(_), Some(l)) => l + 1,
+                        _ => at + 3,
+                    };
                     continue;
                 }
             }

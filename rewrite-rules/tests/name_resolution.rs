@@ -211,6 +211,9 @@ fn unicode_escaped_identifiers_are_judged_by_the_name_they_spell() {
         r#"UPDATE U&"\0061ccounts" SET email = 'z' WHERE id = 1"#,
         r#"UPDATE tenant_a.U&"\0075sers" SET email = 'z' WHERE id = 1"#,
         r#"SELECT 1 FROM U&"\0075sers""#,
+        // `u & "..."` apart is an operator between two columns, not an escaped name (the parser cannot
+        // read `WHERE CURRENT OF`, so the token-level judge decides).
+        r#"UPDATE accounts SET note = 'users', flags = u & "\0075sers" WHERE CURRENT OF c"#,
     ] {
         assert_eq!(v1(false, sql), Plan::PassThrough, "{sql}");
     }
