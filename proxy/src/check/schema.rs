@@ -7,8 +7,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 
-use dualwrite_rules::{quote_ident, quote_literal, Migration, RuleSet, TableName};
+use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::Client;
+
+use super::key_sequences::Finding;
 
 /// Problems and warnings found for one migration.
 #[derive(Debug, Default, Clone, Copy)]
@@ -125,8 +127,14 @@ pub async fn check_migration(
     for table in olds.iter().chain(&news) {
         check_key(client, table, &migration.key, &mut report).await?;
     }
-    let all: Vec<&Table> = olds.iter().chain(&news).collect();
-    check_key_sequences(client, &all, &migration.key, &mut report).await?;
+    for finding in super::key_sequences::findings(client, migration).await? {
+        match finding {
+            Finding::OneSequence { column, sequence } => {
+                report.ok(&format!("key column {column} draws from one sequence ({sequence})"))?
+            }
+            Finding::Separate(separate) => report.error(&separate.to_string())?,
+        }
+    }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
     let mut forward_ok = new_mapped_ok;
     for (target, new) in targets.iter().zip(&news) {
@@ -331,72 +339,6 @@ async fn check_key(client: &Client, table: &Table, key: &[String], report: &mut 
         report.error(&format!(
             "key ({key_list}) has no unique index or primary key in {} (dual writes upsert on it)",
             table.display
-        ))?;
-    }
-    Ok(())
-}
-
-/// Every table's key column draws its default from one sequence, if from any. Rows inserted in each version
-/// (or into each source of a merge) without a key take it from their own table's default; with two
-/// sequences both hand out the same values, and cutover moving each past the largest key does not change
-/// that: the second INSERT of a value fails on the key, and an upsert on the key merges two unrelated rows.
-/// A table whose key has no default (the application supplies keys) is no concern.
-async fn check_key_sequences(
-    client: &Client,
-    tables: &[&Table],
-    key: &[String],
-    report: &mut Report<'_>,
-) -> anyhow::Result<()> {
-    for column in key {
-        // The sequence a serial or identity column owns, and any a DEFAULT's nextval() depends on.
-        let mut drawn: Vec<(String, Vec<String>)> = Vec::new();
-        for table in tables.iter().filter(|t| t.columns.contains_key(column.as_str())) {
-            let sequences: Vec<String> = client
-                .query(
-                    "SELECT DISTINCT s.oid::regclass::text FROM pg_class s
-                      WHERE s.relkind = 'S'
-                        AND (s.oid = pg_get_serial_sequence($1::oid::regclass::text, $2)::regclass
-                             OR s.oid IN (SELECT d.refobjid
-                                            FROM pg_attrdef ad
-                                            JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
-                                            JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass
-                                                            AND d.objid = ad.oid
-                                                            AND d.refclassid = 'pg_class'::regclass
-                                           WHERE ad.adrelid = $1::oid AND a.attname = $2))
-                      ORDER BY 1",
-                    &[&table.oid, column],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if !sequences.is_empty() {
-                drawn.push((table.display.clone(), sequences));
-            }
-        }
-        let mut distinct: Vec<&String> = drawn.iter().flat_map(|(_, s)| s).collect();
-        distinct.sort();
-        distinct.dedup();
-        if distinct.len() <= 1 {
-            if let Some(sequence) = distinct.first() {
-                report.ok(&format!("key column {column} draws from one sequence ({sequence})"))?;
-            }
-            continue;
-        }
-        // The first table's (the old table's, or a merge's first source's) is the one to keep.
-        let keep = &drawn[0].1[0];
-        let other = drawn.iter().find(|(_, s)| s != std::slice::from_ref(keep)).map(|(t, _)| t.as_str());
-        let each: Vec<String> = drawn.iter().map(|(t, s)| format!("{t} from {}", s.join(" and "))).collect();
-        report.warning(&format!(
-            "key column {column} draws from {} sequences ({}): rows inserted through different tables \
-             without a key can take the same value, and the second fails on the key or, as an upsert, \
-             merges into the other's row; make every default draw from one, e.g. ALTER TABLE {} ALTER \
-             COLUMN {} SET DEFAULT nextval({})",
-            distinct.len(),
-            each.join("; "),
-            other.unwrap_or_default(),
-            quote_ident(column),
-            quote_literal(keep),
         ))?;
     }
     Ok(())

@@ -34,9 +34,11 @@ pub enum StateError {
     /// Migrations whose old table has writers the proxy cannot see and the rules do not accept.
     #[error(transparent)]
     UnseenWriters(#[from] crate::check::writers::Refusal),
-    /// Merge sources whose `present` column may be NULL (`check::schema::nullable_presents`), one line each.
+    /// Rules the schema makes unsafe, one line each with what to do: a merge source whose `present` column
+    /// may be NULL (`check::schema::nullable_presents`), a key drawing from more than one sequence
+    /// (`check::key_sequences`).
     #[error("{}", .0.join("\n"))]
-    NullablePresent(Vec<String>),
+    UnsafeSchema(Vec<String>),
 }
 
 impl StateError {
@@ -53,7 +55,7 @@ impl StateError {
                 }
             },
             StateError::Corrupt(m) => SqlError::new(codes::INTERNAL_ERROR, format!("dualwrite control plane: {m}")),
-            StateError::UnseenWriters(_) | StateError::NullablePresent(_) => {
+            StateError::UnseenWriters(_) | StateError::UnsafeSchema(_) => {
                 SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, self.to_string())
             }
         }

@@ -405,30 +405,22 @@ pub async fn audit_entries(
         .collect())
 }
 
-/// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column (serial
-/// or identity, in any of the tables: the old table or every source of a merge, and every shadow) past the
-/// largest key of all of them, so new keys cannot collide with rows copied from another table. Sequences
-/// only move forward.
+/// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column's
+/// default (serial, identity or a `DEFAULT nextval()`, in any of the tables: the old table or every source
+/// of a merge, and every shadow; registration refuses more than one per column, `check::key_sequences`)
+/// past the largest key of all of them, so new keys cannot collide with rows copied from another table.
+/// Sequences only move forward.
 async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
     let tables: Vec<String> = m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.to_string()).collect();
     let mut moved = Vec::new();
-    for column in &m.key {
-        let mut sequences = Vec::new();
-        for table in &tables {
-            let seq: Option<String> =
-                tx.query_one("SELECT pg_get_serial_sequence($1, $2)", &[table, column]).await?.get(0);
-            sequences.extend(seq);
-        }
-        if sequences.is_empty() {
-            continue;
-        }
+    for finding in crate::check::key_sequences::findings(tx, m).await? {
         // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.
-        let col = quote_ident(column);
+        let col = quote_ident(finding.column());
         let maxima: Vec<String> = tables.iter().map(|t| format!("(SELECT max({col})::bigint FROM {t})")).collect();
         let max_sql = format!("SELECT greatest({})", maxima.join(", "));
         let max: Option<i64> = tx.query_one(&max_sql, &[]).await?.get(0);
         let Some(max) = max else { continue };
-        for seq in sequences {
+        for seq in finding.sequences() {
             let value: i64 = tx
                 .query_one(
                     "SELECT setval($1::text::regclass,
@@ -438,7 +430,7 @@ async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(Stri
                 .await?
                 .get(0);
             tracing::info!(migration = %m.name, sequence = %seq, value, "sequence moved past the largest key");
-            moved.push((seq, value));
+            moved.push((seq.to_owned(), value));
         }
     }
     Ok(moved)

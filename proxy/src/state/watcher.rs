@@ -80,9 +80,9 @@ struct Inner {
 
 impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, refuse rules whose
-    /// migrations have unaccepted writers the proxy cannot see or a merge source's `present` column that may
-    /// be NULL (every migration, registered before or not: a trigger, foreign key or `DROP NOT NULL` can
-    /// appear at any time), register the rules' migrations, load the state,
+    /// migrations have unaccepted writers the proxy cannot see, a merge source's `present` column that may
+    /// be NULL or a key drawing from more than one sequence (every migration, registered before or not: a
+    /// trigger, foreign key, `DROP NOT NULL` or default can appear at any time), register the rules' migrations, load the state,
     /// and start the watcher. Returns only after the first load.
     pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
@@ -308,16 +308,19 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
 }
 
 /// Refuses `rules` that would let the proxy write the wrong rows: a migration's old table with writers the
-/// proxy cannot see that the migration does not accept (`accept_unseen_writers`), or a merge source whose
-/// `present` column may be NULL; the error lists each with what to do.
+/// proxy cannot see that the migration does not accept (`accept_unseen_writers`), a merge source whose
+/// `present` column may be NULL, or a key whose defaults draw from more than one sequence (inserts without
+/// a key through different tables would upsert over each other's rows); the error lists each with what to
+/// do.
 pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
     let refused = crate::check::writers::unaccepted(client, rules).await?;
     if !refused.is_empty() {
         return Err(crate::check::writers::Refusal(refused).into());
     }
-    let nullable = crate::check::schema::nullable_presents(client, rules).await?;
-    if !nullable.is_empty() {
-        return Err(StateError::NullablePresent(nullable));
+    let mut unsafe_schema = crate::check::schema::nullable_presents(client, rules).await?;
+    unsafe_schema.extend(crate::check::key_sequences::refusals(client, rules).await?);
+    if !unsafe_schema.is_empty() {
+        return Err(StateError::UnsafeSchema(unsafe_schema));
     }
     Ok(())
 }

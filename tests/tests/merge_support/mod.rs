@@ -26,9 +26,12 @@ pub const SCHEMA: &str = "
       FROM generate_series(21, 60) g;
 ";
 
-/// `SCHEMA` with every table's key a `serial`: a sequence of its own each, none of which has issued a value.
+/// `SCHEMA` with every table's key drawing from one sequence (accounts' serial), which has issued no value
+/// (registration refuses a key drawing from more than one).
 pub fn serial_schema() -> String {
-    SCHEMA.replace(" int PRIMARY KEY", " serial PRIMARY KEY")
+    SCHEMA
+        .replacen(" int PRIMARY KEY", " serial PRIMARY KEY", 1)
+        .replace(" int PRIMARY KEY", " int PRIMARY KEY DEFAULT nextval('accounts_id_seq')")
 }
 
 /// A fresh database holding a schema, and a proxy on the merge's rules.

@@ -1,0 +1,202 @@
+//! A migration whose key draws its default from more than one sequence (a shadow with a serial or identity
+//! key of its own) is not registered: rows inserted without a key by a v1 and a v2 session take the same
+//! value from the two sequences, and the dual write's upsert on the key then overwrites an unrelated row
+//! (the hazard is shown first, on the tables alone). The refusal names every sequence and the statements
+//! that make the defaults draw from one; after running exactly those statements the proxy registers the
+//! migration, and keyless inserts of both versions get distinct keys in both tables. A default that appears
+//! later is refused at the next rules reload, and the rules in force stay.
+
+use std::sync::Arc;
+
+use dualwrite_proxy::state::{Actor, StateError, StateHandle, StateOptions};
+use dualwrite_rules::RuleSet;
+use dualwrite_tests::*;
+use tokio_postgres::Client;
+
+const RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
+
+/// The example migration's tables, the shadow's key declared as `shadow_key`, and two old rows.
+fn schema(shadow_key: &str) -> String {
+    format!(
+        "CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);
+         CREATE TABLE public.users_v2 (id {shadow_key}, first_name text, last_name text, email text);
+         INSERT INTO public.users (name, email) VALUES ('Ada Lovelace', 'ada@example.org'),
+                                                       ('Alan Turing', 'alan@example.org');"
+    )
+}
+
+async fn database(schema: &str) -> (TestDb, Client) {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(schema).await.unwrap();
+    (db, direct)
+}
+
+/// The error of a proxy start that must fail.
+async fn start_refused(db: &TestDb) -> String {
+    match TestProxy::with_rules_toml(db, RULES).await {
+        Ok(_) => panic!("a proxy started on a migration whose key draws from two sequences"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// The statements the refusal gives to make every default draw from one sequence.
+fn remedy(error: &str) -> String {
+    let start =
+        error.find("make every default draw from one (").expect(error) + "make every default draw from one (".len();
+    let end = error[start..].find("), or drop the other defaults").expect(error);
+    error[start..start + end].to_owned()
+}
+
+async fn registered(direct: &Client) -> i64 {
+    direct
+        .query_one("SELECT count(*) FROM dualwrite.migrations WHERE name = 'users_split_name'", &[])
+        .await
+        .map_or(0, |r| r.get(0))
+}
+
+/// What the refusal prevents, on the tables alone: with two sequences a keyless v2 INSERT (the shadow's
+/// default) takes a key the old table already holds, and the old side's upsert, as the dual write sends it,
+/// rewrites that unrelated row.
+#[tokio::test]
+async fn two_sequences_hand_a_v2_insert_a_key_whose_old_row_the_dual_writes_upsert_overwrites() {
+    let (_db, direct) = database(&schema("serial PRIMARY KEY")).await;
+    // The dual write of a v2 INSERT (rewrite-rules forms v2_insert_cutover), by hand.
+    let taken: i32 = direct
+        .query_one(
+            "WITH p AS (INSERT INTO public.users_v2 (first_name, last_name, email)
+                        VALUES ('Grace', 'Hopper', 'grace@example.org') RETURNING *),
+                  o AS (INSERT INTO public.users (id, name, email)
+                        SELECT id, first_name || ' ' || last_name, email FROM p
+                        ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email)
+             SELECT id FROM p",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, 1, "the shadow's own sequence starts where the old table's did");
+    let ada: String = direct.query_one("SELECT name FROM public.users WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(ada, "Grace Hopper", "Ada's row in the old table was overwritten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_serial_of_its_own_is_refused_and_the_printed_remedy_makes_keyless_inserts_of_both_versions_distinct()
+{
+    let (db, direct) = database(&schema("serial PRIMARY KEY")).await;
+    let error = start_refused(&db).await;
+    assert!(
+        error.contains(
+            "migration `users_split_name` cannot be registered: key column id draws from 2 sequences \
+             (public.users from public.users_id_seq; public.users_v2 from public.users_v2_id_seq)"
+        ),
+        "{error}"
+    );
+    assert_eq!(registered(&direct).await, 0);
+    let remedy = remedy(&error);
+    assert_eq!(remedy, "ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')");
+
+    direct.batch_execute(&remedy).await.unwrap();
+    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, "users_split_name").await;
+    let v1 = proxy.connect(&db).await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let one: i32 = v1
+            .query_one("INSERT INTO users (name, email) VALUES ('Vee One', 'v1@example.org') RETURNING id", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let two: i32 = v2
+            .query_one(
+                "INSERT INTO users (first_name, last_name, email) VALUES ('Vee', 'Two', 'v2@example.org') RETURNING id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        keys.extend([one, two]);
+    }
+    assert_eq!(keys, [3, 4, 5, 6, 7, 8], "one sequence hands every version its own keys");
+    // Nothing was overwritten: the old rows and each version's rows are what each wrote, in both tables.
+    let old: Vec<String> = direct
+        .query("SELECT id || ' ' || name FROM public.users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        old,
+        [
+            "1 Ada Lovelace",
+            "2 Alan Turing",
+            "3 Vee One",
+            "4 Vee Two",
+            "5 Vee One",
+            "6 Vee Two",
+            "7 Vee One",
+            "8 Vee Two"
+        ]
+    );
+    let verify = control(&admin, "DUALWRITE VERIFY users_split_name").await;
+    assert_eq!((value(&verify, "clean"), value(&verify, "rows_checked")), (Some("t"), Some("8")), "{verify:?}");
+}
+
+/// An identity column's default cannot be replaced while it is one: the remedy drops the identity first.
+#[tokio::test]
+async fn a_shadow_identity_key_is_refused_and_the_printed_remedy_drops_the_identity_first() {
+    let (db, direct) = database(&schema("int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")).await;
+    let error = start_refused(&db).await;
+    let remedy = remedy(&error);
+    assert_eq!(
+        remedy,
+        "ALTER TABLE public.users_v2 ALTER COLUMN id DROP IDENTITY; \
+         ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')"
+    );
+    direct.batch_execute(&remedy).await.unwrap();
+    TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    assert_eq!(registered(&direct).await, 1);
+}
+
+/// Where the application always supplies keys, the shadow's default can go instead.
+#[tokio::test]
+async fn a_shadow_key_without_a_default_is_registered() {
+    let (db, direct) = database(&schema("serial PRIMARY KEY")).await;
+    start_refused(&db).await;
+    direct.batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id DROP DEFAULT").await.unwrap();
+    TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    assert_eq!(registered(&direct).await, 1);
+}
+
+/// A shadow default added after registration is found at the next rules reload: refused, rules unchanged.
+#[tokio::test]
+async fn a_rules_reload_after_the_shadow_got_a_sequence_of_its_own_is_refused_and_changes_nothing() {
+    let (db, direct) = database(&schema("int PRIMARY KEY")).await;
+    let rules = Arc::new(RuleSet::from_toml(RULES, "rules.toml").unwrap());
+    let state =
+        StateHandle::connect(db.url().parse().unwrap(), Arc::clone(&rules), StateOptions::default()).await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE SEQUENCE public.users_v2_id_seq;
+             ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_id_seq')",
+        )
+        .await
+        .unwrap();
+    let reloaded = Arc::new(
+        RuleSet::from_toml(&RULES.replace("[[migration]]", "[[migration]]\nshadow_read_sample = 0.5"), "rules.toml")
+            .unwrap(),
+    );
+    let actor = Actor { role: "test".into(), client_addr: None };
+    match state.set_rules(Arc::clone(&reloaded), &actor).await {
+        Err(StateError::UnsafeSchema(lines)) => {
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].contains("public.users_v2 from public.users_v2_id_seq"), "{lines:?}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(()) => panic!("reloaded with a shadow drawing keys from a sequence of its own"),
+    }
+    assert_eq!(*state.rules(), *rules, "the refused reload changed the rules in force");
+}
