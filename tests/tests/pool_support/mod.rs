@@ -1,7 +1,49 @@
-//! Helpers of the pool_* integration tests: protocol frames a driver sends only in its own order
-//! (extended-protocol messages without Sync), and one sample of a metrics scrape.
+//! Helpers of the pool_* integration tests: a relay config in transaction mode, the server connections the
+//! proxy holds, protocol frames a driver sends only in its own order (extended-protocol messages without
+//! Sync), and one sample of a metrics scrape.
 
 #![allow(dead_code)]
+
+use dualwrite_proxy::config::PoolMode;
+use dualwrite_proxy::Config;
+use dualwrite_tests::*;
+
+use super::proxy_support::config_for;
+
+/// A relay to `cluster` in transaction mode with `size` server connections per pool.
+pub fn pooled_config(cluster: &TestCluster, size: usize) -> Config {
+    let mut config = config_for(cluster);
+    config.pool_mode = PoolMode::Transaction;
+    config.pool_size = size;
+    config
+}
+
+/// Connections to `database` made by the proxy: client backends other than the test's direct ones (their
+/// application_name is `direct`, see [`connect_direct`]).
+pub async fn server_connections(direct: &tokio_postgres::Client, database: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' \
+             AND application_name IS DISTINCT FROM 'direct'",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A connection to `db` that bypasses the proxy, named `direct` in pg_stat_activity.
+pub async fn connect_direct(db: &TestDb) -> tokio_postgres::Client {
+    connect(&format!("{}?application_name=direct", db.url())).await.unwrap()
+}
+
+pub async fn connect_all(url: &str, n: usize) -> Vec<tokio_postgres::Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(connect(url).await.unwrap());
+    }
+    clients
+}
 
 /// A Parse, Bind, Describe (statement), Close (statement), Execute or Sync frame.
 pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
