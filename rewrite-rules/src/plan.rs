@@ -202,6 +202,10 @@ pub enum RejectReason {
     /// A write naming a shadow table itself while the migration keeps both tables in step (`dual_write`,
     /// `cutover`): it would change the shadow alone, a divergence that VERIFY reports and REPAIR undoes.
     ShadowWrite,
+    /// A write in the new version's shape (the shadow its primary) in `dual_write` before the backfill has
+    /// finished: the shadow does not hold the rows not copied yet, so the write would miss them (an UPDATE
+    /// or DELETE) or overwrite one (an INSERT of such a key upserts over the old table's row).
+    BackfillPending,
     /// Another write form the rewriter cannot make safe (described in the message).
     UnsupportedWrite,
     /// The migration's rules could not be compiled (a rule set built in code without validation).
@@ -227,6 +231,7 @@ impl RejectReason {
             RejectReason::SplitNewShapeWrite => "split_new_shape_write",
             RejectReason::MergedTablesWrite => "merged_tables_unsupported",
             RejectReason::ShadowWrite => "shadow_write",
+            RejectReason::BackfillPending => "backfill_pending",
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
             RejectReason::UnresolvedName => "unresolved_name",
@@ -266,6 +271,12 @@ impl RejectReason {
                  shape: SET dualwrite.version to the new version first; a merge's shadow takes plain INSERT, \
                  UPDATE and DELETE, mirrored into its sources), or set the migration off to work on the shadow \
                  by hand"
+            }
+            RejectReason::BackfillPending => {
+                "the migration's backfill has not finished, so its shadow does not hold every row yet: a write in \
+                 the new version's shape would miss the rows not copied (an UPDATE or DELETE finds none of them) \
+                 or overwrite one (an INSERT of such a key replaces the old table's row); write in the old \
+                 version's shape until DUALWRITE STATUS shows the backfill done"
             }
             RejectReason::UnsupportedWrite => "this write form is not supported",
             RejectReason::InvalidRules => "its rules are invalid",

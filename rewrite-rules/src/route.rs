@@ -55,8 +55,8 @@ pub struct Route {
     /// users_v2` is that write or one to another relation of the name.
     pub shadow_unqualified_elsewhere: Vec<usize>,
     /// Migrations (indexes, ascending) whose backfill has not finished: their shadow does not hold every
-    /// key yet. A write naming a merge's shadow is refused in `dual_write` until it has (see
-    /// `writes::rewrite_dml`).
+    /// key yet. A write naming a merge's shadow, and any write in a migration's new shape, is refused in
+    /// `dual_write` until it has (see `writes::rewrite_dml`, `copy`).
     pub backfill_pending: Vec<usize>,
 }
 

@@ -111,6 +111,18 @@ fn refuse_unbackfilled_merge(compiled: &Compiled, route: &Route, index: usize) -
     Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
 }
 
+/// A write in the new version's shape of migration `index` in `dual_write` before its backfill finished is
+/// refused, for the reasons a merge's shadow write is ([`refuse_unbackfilled_merge`]): its primary is the
+/// shadow, which does not hold the rows not copied yet. (A cutover forced before the backfill finished
+/// writes as forced.)
+pub(crate) fn refuse_unbackfilled_new_version(route: &Route, index: usize, name: &str) -> Result<(), Rejection> {
+    let mr = route.get(index);
+    if mr.phase != Phase::DualWrite || mr.version != Side::New || !route.backfill_pending(index) {
+        return Ok(());
+    }
+    Err(Rejection::new(name, index, RejectReason::BackfillPending, ""))
+}
+
 /// `WITH ... <dml>` (its body is ignored).
 pub(crate) fn rewrite_dml(
     compiled: &Compiled,
@@ -181,6 +193,9 @@ pub(crate) fn rewrite_dml(
     let source = TableName::from_object_name(&object).and_then(|n| m.source_of(&n, route.unqualified_reaches(index)));
     if source.is_some() && mr.version == Side::New {
         return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "a new-version session"));
+    }
+    if mirrored.is_none() {
+        refuse_unbackfilled_new_version(route, index, &m.name)?;
     }
     // dual_write or cutover: write the session's shape, then sync the other table.
     let sync = match source {

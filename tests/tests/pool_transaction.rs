@@ -232,6 +232,8 @@ async fn each_clients_dualwrite_version_routes_its_statements_across_one_shared_
     let new = connect(&url).await.unwrap();
     new.batch_execute("SET dualwrite.version = 'v2'").await.unwrap();
     let by_option = connect(&format!("{url}?options=-c%20dualwrite.version%3Dv2")).await.unwrap();
+    // v2 writes wait for the backfill (README: v2 writes wait for the backfill).
+    backfill_until_done(&old, "users_split_name").await;
     for round in 0..5 {
         let id = round * 3;
         old.execute("INSERT INTO users (id, name) VALUES ($1, 'old')", &[&id]).await.unwrap();

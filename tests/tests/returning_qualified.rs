@@ -4,7 +4,7 @@
 //! a statement whose rewritten reference would bind another `users` (here `tenant.users`, whose `name`
 //! differs, so such a re-binding would show) is refused with 0A000 and changes nothing.
 
-use dualwrite_tests::{connect, db_error, simple_rows, TestCluster, TestDb, TestProxy};
+use dualwrite_tests::{backfill_until_done, connect, db_error, simple_rows, TestCluster, TestDb, TestProxy};
 use tokio_postgres::Client;
 
 const RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
@@ -38,6 +38,8 @@ async fn fixture() -> Fixture {
     v1.batch_execute("INSERT INTO public.users VALUES (1, 'Ada Lovelace', 'ada@x'), (2, 'Alan Turing', 'alan@x')")
         .await
         .unwrap();
+    // v2 writes wait for the backfill (README: v2 writes wait for the backfill).
+    backfill_until_done(&v1, "users_split_name").await;
     Fixture { db, direct, proxy }
 }
 

@@ -366,13 +366,17 @@ async fn read_settled(url: &str, lock_key: i64, keys: &[i64]) -> anyhow::Result<
     Ok(rows.iter().map(|r| (r.get(0), Row { owner: r.get(1), balance: r.get(2), txn: r.get(3) })).collect())
 }
 
-/// A statement before COMMIT failed: connection faults and the server's own rollbacks (deadlock with the
-/// backfill, serialization) end the attempt; anything else is a violation.
+/// A statement before COMMIT failed: connection faults, the server's own rollbacks (deadlock with the
+/// backfill, serialization) and the proxy's refusal of a v2 write before the backfill has finished end the
+/// attempt; anything else is a violation.
 async fn failed(c: &Client, e: &tokio_postgres::Error) -> Ended {
     if c.is_closed() || is_connection_fault(e) {
         return Ended::Broken { commit_sent: false };
     }
-    let benign = matches!(e.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE);
+    let backfill_pending = e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+        && e.as_db_error().is_some_and(|db| db.message().contains("backfill has not finished"));
+    let benign = backfill_pending
+        || matches!(e.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE);
     let _ = c.batch_execute("ROLLBACK").await;
     if benign {
         Ended::RolledBack

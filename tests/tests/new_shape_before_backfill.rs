@@ -1,0 +1,72 @@
+//! Writes in the new version's shape before the backfill has finished, on a real proxy. Their primary is the
+//! shadow, which does not yet hold the rows the backfill has not copied: without the refusal a v2 INSERT of
+//! such a key replaced the old table's row (the old side upserts on the key), and a v2 UPDATE or DELETE of
+//! such a row answered 0 rows and changed nothing. In `dual_write` they are refused (0A000,
+//! `backfill_pending`) and change nothing; old-shaped writes go on; once the backfill is done the same
+//! statements run as Postgres would run them on one table.
+
+use dualwrite_tests::*;
+use tokio_postgres::Client;
+
+const RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
+
+const SCHEMA: &str = "
+    CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);
+    CREATE TABLE public.users_v2 (id int PRIMARY KEY DEFAULT nextval('public.users_id_seq'), first_name text,
+                                  last_name text, email text);
+    INSERT INTO public.users (name, email) VALUES ('Ada Lovelace', 'ada@example.org'),
+                                                  ('Alan Turing', 'alan@example.org');
+";
+
+async fn old_rows(direct: &Client) -> Vec<String> {
+    let rows =
+        direct.query("SELECT id || ' ' || name || ' ' || email FROM public.users ORDER BY id", &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_shape_writes_are_refused_until_the_backfill_is_done_and_then_behave_as_on_one_table() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    let v1 = proxy.connect(&db).await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let before = old_rows(&direct).await;
+
+    // Rows 1 and 2 are not in the shadow yet: each of these would have lost or overwritten one.
+    for sql in [
+        "INSERT INTO users (id, first_name, last_name, email) VALUES (1, 'Grace', 'Hopper', 'grace@example.org')",
+        "UPDATE users SET last_name = 'Byron' WHERE id = 1",
+        "DELETE FROM users WHERE id = 2",
+    ] {
+        let error = v2.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&error);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(message.contains("users_split_name") && message.contains("backfill has not finished"), "{message}");
+    }
+    // The extended protocol is refused the same way.
+    let error = v2.execute("UPDATE users SET email = $1 WHERE id = $2", &[&"x@example.org", &2i32]).await.unwrap_err();
+    assert_eq!(db_error(&error).0, "0A000");
+    assert_eq!(old_rows(&direct).await, before, "a refused write changed the old table");
+    let shadow: i64 = direct.query_one("SELECT count(*) FROM public.users_v2", &[]).await.unwrap().get(0);
+    assert_eq!(shadow, 0, "a refused write changed the shadow");
+
+    // Old-shaped writes go on while the backfill is pending.
+    v1.execute("UPDATE users SET email = $1 WHERE id = $2", &[&"ada@lovelace.org", &1i32]).await.unwrap();
+
+    backfill_until_done(&admin, "users_split_name").await;
+    // Now the shadow holds every row: an INSERT of an existing key fails as on one table, and the UPDATE
+    // and DELETE find their rows in both tables.
+    let error = v2
+        .simple_query("INSERT INTO users (id, first_name, last_name, email) VALUES (1, 'Grace', 'Hopper', 'g@x.org')")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&error).0, "23505");
+    assert_eq!(v2.execute("UPDATE users SET last_name = 'Byron' WHERE id = $1", &[&1i32]).await.unwrap(), 1);
+    assert_eq!(v2.execute("DELETE FROM users WHERE id = $1", &[&2i32]).await.unwrap(), 1);
+    assert_eq!(old_rows(&direct).await, ["1 Ada Byron ada@lovelace.org"]);
+    let verify = control(&admin, "DUALWRITE VERIFY users_split_name").await;
+    assert_eq!((value(&verify, "clean"), value(&verify, "rows_checked")), (Some("t"), Some("1")), "{verify:?}");
+}
