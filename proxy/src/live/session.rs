@@ -33,6 +33,7 @@ use dualwrite_rules::{Plan, Route};
 use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
+    unknown_state_refusal,
 };
 use super::{Live, LiveRules};
 use crate::control::{self, SqlError as ControlError};
@@ -210,7 +211,7 @@ impl LiveSession {
             }
             return Verdict::Forward;
         }
-        if let Some(refusal) = self.unknown_state_refusal(&current, sql) {
+        if let Some(refusal) = unknown_state_refusal(&self.live.state, &current.rules, sql) {
             // A refused Parse leaves no statement behind (on_sql forgets it), as a failed Parse would.
             return raise(&refusal, false);
         }
@@ -287,38 +288,6 @@ impl LiveSession {
                 self.prepared.insert(name.to_vec(), p);
             }
         }
-    }
-
-    /// The 57P03 refusal, while the shared state is unknown, of SQL that names a migrated table (the
-    /// rewriter's cheap check: a false positive only refuses during the outage, never single-writes).
-    fn unknown_state_refusal(&self, current: &LiveRules, sql: &str) -> Option<ControlError> {
-        let state = &self.live.state;
-        let age = state.unknown_for()?;
-        let lower = sql.to_ascii_lowercase();
-        let mut names: Vec<&str> = current
-            .rules
-            .migrations
-            .iter()
-            .filter(|m| m.old_tables().iter().any(|t| lower.contains(&t.name.to_ascii_lowercase())))
-            .map(|m| m.name.as_str())
-            .collect();
-        if names.is_empty() {
-            names = current.rules.migrations.iter().map(|m| m.name.as_str()).collect();
-        }
-        metrics::counter!("dualwrite_state_unknown_refusals_total").increment(1);
-        Some(
-            ControlError::new(
-                crate::sql_error::codes::CANNOT_CONNECT_NOW,
-                format!(
-                    "dualwrite: state unknown for migration {}: the state database has not answered for {}s \
-                     (limit {}s), so statements on its tables are refused rather than routed by stale state",
-                    names.join(", "),
-                    age.as_secs(),
-                    state.max_age().as_secs()
-                ),
-            )
-            .with_hint("Retry when the state database is reachable again; other tables are unaffected."),
-        )
     }
 
     /// Shadow reads, on the client's path: one cheap random draw, nothing more when it loses.
@@ -522,7 +491,7 @@ impl SessionInterceptor for LiveSession {
         let current = self.live.load();
         let prepared = self.prepared.get(statement)?;
         if prepared.route.is_some() {
-            if let Some(refusal) = self.unknown_state_refusal(&current, &prepared.sql) {
+            if let Some(refusal) = unknown_state_refusal(&self.live.state, &current.rules, &prepared.sql) {
                 if at == StatementUse::Describe {
                     // Described as prepared; the refusal takes its place at the Bind (see StatementUse).
                     return None;

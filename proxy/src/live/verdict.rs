@@ -1,6 +1,6 @@
 //! How the rewriter's answers become what the relay does: a plan's transforms in the relay's terms, a
 //! refusal raised by the server (counted, with its hint), and the parameter types that let a refusal be
-//! prepared in a statement's place.
+//! prepared in a statement's place, and the 57P03 refusal while the shared state is unknown.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use dualwrite_rules::{Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
 use crate::control::SqlError as ControlError;
 use crate::interceptor::{CommandTag, Raise, ResponseTransform, Verdict};
 use crate::protocol::responses::LatencySink;
+use crate::state::StateHandle;
 
 /// Neither a write nor refused: a candidate for shadow reads.
 pub(super) fn is_read(plan: &Plan) -> bool {
@@ -105,4 +106,34 @@ pub(super) fn count_rejection(rejection: &Rejection) {
 
 pub(super) fn raise(error: &ControlError, control: bool) -> Verdict {
     Verdict::Raise(Raise { sql: error.raise_statement(), control })
+}
+
+/// The 57P03 refusal, while the shared state is unknown, of SQL that names a migrated table (the
+/// rewriter's cheap check: a false positive only refuses during the outage, never single-writes).
+pub(super) fn unknown_state_refusal(state: &StateHandle, rules: &RuleSet, sql: &str) -> Option<ControlError> {
+    let age = state.unknown_for()?;
+    let lower = sql.to_ascii_lowercase();
+    let mut names: Vec<&str> = rules
+        .migrations
+        .iter()
+        .filter(|m| m.old_tables().iter().any(|t| lower.contains(&t.name.to_ascii_lowercase())))
+        .map(|m| m.name.as_str())
+        .collect();
+    if names.is_empty() {
+        names = rules.migrations.iter().map(|m| m.name.as_str()).collect();
+    }
+    metrics::counter!("dualwrite_state_unknown_refusals_total").increment(1);
+    Some(
+        ControlError::new(
+            crate::sql_error::codes::CANNOT_CONNECT_NOW,
+            format!(
+                "dualwrite: state unknown for migration {}: the state database has not answered for {}s \
+                 (limit {}s), so statements on its tables are refused rather than routed by stale state",
+                names.join(", "),
+                age.as_secs(),
+                state.max_age().as_secs()
+            ),
+        )
+        .with_hint("Retry when the state database is reachable again; other tables are unaffected."),
+    )
 }
