@@ -1,9 +1,10 @@
-//! Writes in the new version's shape before the backfill has finished, on a real proxy. Their primary is the
+//! Writes and reads in the new version's shape before the backfill has finished, on a real proxy. Their primary is the
 //! shadow, which does not yet hold the rows the backfill has not copied: without the refusal a v2 INSERT of
 //! such a key replaced the old table's row (the old side upserts on the key), and a v2 UPDATE or DELETE of
 //! such a row answered 0 rows and changed nothing. In `dual_write` they are refused (0A000,
-//! `backfill_pending`) and change nothing; old-shaped writes go on; once the backfill is done the same
-//! statements run as Postgres would run them on one table.
+//! `backfill_pending`) and change nothing; old-shaped writes go on; reads in the new shape are served by the
+//! old table through the forward mapping (the shadow would answer with the rows copied so far); once the
+//! backfill is done the same statements run as Postgres would run them on one table.
 
 use dualwrite_tests::*;
 use tokio_postgres::Client;
@@ -25,7 +26,7 @@ async fn old_rows(direct: &Client) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_shape_writes_are_refused_until_the_backfill_is_done_and_then_behave_as_on_one_table() {
+async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_by_the_old_table_meanwhile() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -55,6 +56,16 @@ async fn new_shape_writes_are_refused_until_the_backfill_is_done_and_then_behave
 
     // Old-shaped writes go on while the backfill is pending.
     v1.execute("UPDATE users SET email = $1 WHERE id = $2", &[&"ada@lovelace.org", &1i32]).await.unwrap();
+    // Reads in the new shape are served by the old table meanwhile: the shadow holds only row 1, which the
+    // UPDATE above wrote, and would have answered with it alone.
+    let names: Vec<String> = v2
+        .query("SELECT first_name || ' ' || last_name FROM users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Ada Lovelace", "Alan Turing"]);
 
     backfill_until_done(&admin, "users_split_name").await;
     // Now the shadow holds every row: an INSERT of an existing key fails as on one table, and the UPDATE

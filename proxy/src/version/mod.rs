@@ -267,8 +267,11 @@ impl SessionVersion {
                     .filter(|r| u32::from(bucket) < u32::from(r.read_percent))
                     .and_then(|r| r.read_source.as_deref())
                     .and_then(side_of);
+                // Until the backfill has finished the shadow lacks the rows not copied yet: every read is
+                // served by the old table, in the session's shape, whatever the routing says.
                 let read_source = match phase {
                     Phase::Complete => Side::New,
+                    Phase::DualWrite if !backfill_done(state, &m.name) => Side::Old,
                     _ => routed.unwrap_or(shape),
                 };
                 MigrationRoute { phase, version: shape, read_source }
@@ -278,14 +281,16 @@ impl SessionVersion {
             .migrations
             .iter()
             .enumerate()
-            .filter(|(_, m)| {
-                let backfill = state.migration(&m.name).and_then(|r| r.backfill.as_ref());
-                backfill.is_none_or(|b| b.state != "done")
-            })
+            .filter(|(_, m)| !backfill_done(state, &m.name))
             .map(|(index, _)| index)
             .collect();
         Route { per_migration, backfill_pending, ..Route::default() }
     }
+}
+
+/// Whether migration `name`'s backfill has copied every row (state `done`).
+fn backfill_done(state: &StateSnapshot, name: &str) -> bool {
+    state.migration(name).and_then(|r| r.backfill.as_ref()).is_some_and(|b| b.state == "done")
 }
 
 /// A session's fixed bucket in 0..100 for percentage routing (FNV-1a then a splitmix64 finalizer, so

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::state::MigrationState;
+use crate::state::{BackfillProgress, MigrationState};
 use SessionStatement::*;
 
 const RULES: &str = r#"
@@ -230,9 +230,16 @@ fn users_route(s: &SessionVersion, state: &StateSnapshot, id: u64) -> MigrationR
     s.route(catalog(), state, id).per_migration[0]
 }
 
+/// A migration in `phase` whose backfill has copied every row.
+fn backfilled(phase: Phase) -> MigrationState {
+    let mut row = MigrationState::new("users", phase);
+    row.backfill = Some(BackfillProgress { state: "done".into(), rows_done: 0, rows_total: Some(0) });
+    row
+}
+
 #[test]
 fn route_follows_version_by_default() {
-    let state = snapshot(&[MigrationState::new("users", Phase::DualWrite)]);
+    let state = snapshot(&[backfilled(Phase::DualWrite)]);
     let mut s = session(&[]);
     let r = users_route(&s, &state, 1);
     assert_eq!(r, MigrationRoute { phase: Phase::DualWrite, version: Side::Old, read_source: Side::Old });
@@ -246,12 +253,35 @@ fn route_follows_version_by_default() {
 
 #[test]
 fn admin_read_source_overrides_reads_not_shape() {
-    let mut row = MigrationState::new("users", Phase::DualWrite);
+    let mut row = backfilled(Phase::DualWrite);
     row.read_source = Some("v2".into());
     let state = snapshot(&[row]);
     let s = session(&[]);
     let r = users_route(&s, &state, 7);
     assert_eq!((r.version, r.read_source), (Side::Old, Side::New));
+}
+
+/// Until the backfill is done the shadow lacks rows: in `dual_write` every read is served by the old table,
+/// a v2 session's and a routed one's alike, while shapes and the pending flag stay as they are.
+#[test]
+fn reads_stay_on_the_old_table_in_dual_write_until_the_backfill_is_done() {
+    let mut s = session(&[]);
+    run_ok(&mut s, &[set("v2")], b'I');
+    for backfill in [None, Some("running"), Some("paused"), Some("idle")] {
+        let mut row = MigrationState::new("users", Phase::DualWrite);
+        row.read_source = Some("v2".into());
+        row.backfill = backfill.map(|state| BackfillProgress { state: state.into(), rows_done: 0, rows_total: None });
+        let state = snapshot(&[row]);
+        let r = users_route(&s, &state, 7);
+        assert_eq!((r.version, r.read_source), (Side::New, Side::Old), "backfill {backfill:?}");
+        assert!(s.route(catalog(), &state, 7).backfill_pending(0));
+    }
+    // Once done, the routing and the session's own version decide again; in cutover they always do.
+    let mut row = backfilled(Phase::DualWrite);
+    row.read_source = Some("v2".into());
+    assert_eq!(users_route(&s, &snapshot(&[row]), 7).read_source, Side::New);
+    let cutover = MigrationState::new("users", Phase::Cutover);
+    assert_eq!(users_route(&s, &snapshot(&[cutover]), 7).read_source, Side::New);
 }
 
 #[test]
