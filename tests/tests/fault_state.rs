@@ -54,12 +54,23 @@ async fn lock_out_control_role(direct: &Client) {
     // Two statements, not one multi-statement string: that would run as one implicit transaction, and the
     // watcher could log in again between the terminate and the commit of NOLOGIN.
     direct.batch_execute(&format!("ALTER ROLE {CLEARTEXT_USER} NOLOGIN")).await.unwrap();
-    direct
-        .batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{CLEARTEXT_USER}'"
-        ))
-        .await
-        .unwrap();
+    // A connection of the role that was authenticating when NOLOGIN committed (a watcher reconnecting)
+    // shows in pg_stat_activity only once it is in: terminate until none is left.
+    let start = Instant::now();
+    loop {
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+                &[&CLEARTEXT_USER],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(start.elapsed() < NOTICE_LIMIT, "connections of {CLEARTEXT_USER} still there after {NOTICE_LIMIT:?}");
+    }
 }
 
 async fn proxy_with_control_role(db: &TestDb) -> TestProxy {
