@@ -139,7 +139,7 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         }
         _ => {}
     }
-    crate::writes::refuse_unbackfilled_new_version(route, index, &m.name)?;
+    crate::backfill_gate::refuse_unbackfilled_new_version(route, index, &m.name)?;
     let refuse = |detail: &str| Err(Rejection::new(&m.name, index, RejectReason::CopyFrom, detail));
     match target {
         CopyTarget::Stdin => {}

@@ -14,6 +14,7 @@
 //! assert!(matches!(*rewriter.rewrite("DELETE FROM users WHERE id = $1", &v1), Plan::Rewritten { .. }));
 //! ```
 
+mod backfill_gate;
 mod cache;
 mod compiled;
 mod copy;

@@ -34,6 +34,7 @@ use sqlparser::ast::{
     TruncateTableTarget, Visit, VisitMut, Visitor, WildcardAdditionalOptions,
 };
 
+use crate::backfill_gate;
 use crate::compiled::{Compiled, CompiledMigration};
 use crate::copy_block::CopyBlock;
 use crate::dml::{assigned_columns, partial_upsert, Kind};
@@ -93,36 +94,6 @@ impl Outcome {
 }
 
 /// Rewrites an INSERT, UPDATE or DELETE. `shell` is the query it was the body of when the client wrote
-/// A write naming merge `index`'s shadow in `dual_write` before its backfill finished is refused: the
-/// shadow does not hold the keys not copied yet, so an UPDATE or DELETE would miss their rows, and an
-/// INSERT of such a key would succeed where the row exists and its mirror overwrite that key's source
-/// rows. (In `cutover` the backfill has finished, unless the operator forced the cutover.)
-fn refuse_unbackfilled_merge(compiled: &Compiled, route: &Route, index: usize) -> Result<(), Rejection> {
-    if route.get(index).phase != Phase::DualWrite || !route.backfill_pending(index) {
-        return Ok(());
-    }
-    let m = &compiled.migrations[index];
-    let detail = format!(
-        "the backfill of {} has not finished, so its merged shadow does not hold every key yet; write {} \
-         until it has",
-        m.name,
-        m.sources.iter().map(|s| s.table.to_string()).collect::<Vec<_>>().join(" or ")
-    );
-    Err(Rejection::new(&m.name, index, RejectReason::ShadowWrite, &detail))
-}
-
-/// A write in the new version's shape of migration `index` in `dual_write` before its backfill finished is
-/// refused, for the reasons a merge's shadow write is ([`refuse_unbackfilled_merge`]): its primary is the
-/// shadow, which does not hold the rows not copied yet. (A cutover forced before the backfill finished
-/// writes as forced.)
-pub(crate) fn refuse_unbackfilled_new_version(route: &Route, index: usize, name: &str) -> Result<(), Rejection> {
-    let mr = route.get(index);
-    if mr.phase != Phase::DualWrite || mr.version != Side::New || !route.backfill_pending(index) {
-        return Ok(());
-    }
-    Err(Rejection::new(name, index, RejectReason::BackfillPending, ""))
-}
-
 /// `WITH ... <dml>` (its body is ignored).
 pub(crate) fn rewrite_dml(
     compiled: &Compiled,
@@ -144,7 +115,7 @@ pub(crate) fn rewrite_dml(
         router.refuse_shadow_write(object)?;
     }
     if let Some(index) = mirrored {
-        refuse_unbackfilled_merge(compiled, route, index)?;
+        backfill_gate::refuse_unbackfilled_merge(compiled, route, index)?;
     }
     let mut migrations = std::mem::take(&mut router.touched);
     let target_index = mirrored.or_else(|| target.as_ref().and_then(|(object, _)| router.active_migration(object)));
@@ -195,7 +166,7 @@ pub(crate) fn rewrite_dml(
         return Err(Rejection::new(&m.name, index, RejectReason::MergedTablesWrite, "a new-version session"));
     }
     if mirrored.is_none() {
-        refuse_unbackfilled_new_version(route, index, &m.name)?;
+        backfill_gate::refuse_unbackfilled_new_version(route, index, &m.name)?;
     }
     // dual_write or cutover: write the session's shape, then sync the other table.
     let sync = match source {
