@@ -44,7 +44,7 @@ impl SeparateSequences {
 
     /// How many distinct sequences the key draws from.
     fn count(&self) -> usize {
-        Finding::Separate(self.clone()).sequences().len()
+        distinct(&self.drawn).len()
     }
 
     /// The statements that make every other table's default draw from [`Self::keep`].
@@ -111,14 +111,17 @@ impl Finding {
     pub fn sequences(&self) -> Vec<&str> {
         match self {
             Finding::OneSequence { sequence, .. } => vec![sequence.as_str()],
-            Finding::Separate(separate) => {
-                let mut all: Vec<&str> = separate.drawn.iter().flat_map(|d| &d.sequences).map(String::as_str).collect();
-                all.sort();
-                all.dedup();
-                all
-            }
+            Finding::Separate(separate) => distinct(&separate.drawn),
         }
     }
+}
+
+/// Every sequence of `drawn`, once each, sorted.
+fn distinct(drawn: &[Drawn]) -> Vec<&str> {
+    let mut all: Vec<&str> = drawn.iter().flat_map(|d| &d.sequences).map(String::as_str).collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// What each key column of `migration` draws from (nothing for a column no table's default draws a sequence
@@ -166,12 +169,10 @@ pub async fn findings(
                 drawn.push(Drawn { table: table.clone(), sequences, identity: row.get(0) });
             }
         }
-        let Some(first) = drawn.first() else { continue };
-        let separate = SeparateSequences { column: column.clone(), drawn: drawn.clone() };
-        found.push(if separate.count() == 1 {
-            Finding::OneSequence { column: column.clone(), sequence: first.sequences[0].clone() }
-        } else {
-            Finding::Separate(separate)
+        found.push(match distinct(&drawn)[..] {
+            [] => continue,
+            [sequence] => Finding::OneSequence { column: column.clone(), sequence: sequence.to_owned() },
+            _ => Finding::Separate(SeparateSequences { column: column.clone(), drawn }),
         });
     }
     Ok(found)

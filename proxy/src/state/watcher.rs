@@ -82,8 +82,8 @@ impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, refuse rules whose
     /// migrations have unaccepted writers the proxy cannot see, a merge source's `present` column that may
     /// be NULL or a key drawing from more than one sequence (every migration, registered before or not: a
-    /// trigger, foreign key, `DROP NOT NULL` or default can appear at any time), register the rules' migrations, load the state,
-    /// and start the watcher. Returns only after the first load.
+    /// trigger, foreign key, `DROP NOT NULL` or default can appear at any time), register the rules'
+    /// migrations, load the state, and start the watcher. Returns only after the first load.
     pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;

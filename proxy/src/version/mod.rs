@@ -247,10 +247,18 @@ impl SessionVersion {
     pub fn route(&self, rules: &RuleSet, state: &StateSnapshot, session_id: u64) -> Route {
         let version = self.version();
         let bucket = session_bucket(session_id);
+        let backfill_pending: Vec<usize> = rules
+            .migrations
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !backfill_done(state, &m.name))
+            .map(|(index, _)| index)
+            .collect();
         let per_migration = rules
             .migrations
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(index, m)| {
                 let side_of = |v: &str| {
                     if v == m.versions.new {
                         Some(Side::New)
@@ -271,18 +279,11 @@ impl SessionVersion {
                 // served by the old table, in the session's shape, whatever the routing says.
                 let read_source = match phase {
                     Phase::Complete => Side::New,
-                    Phase::DualWrite if !backfill_done(state, &m.name) => Side::Old,
+                    Phase::DualWrite if backfill_pending.contains(&index) => Side::Old,
                     _ => routed.unwrap_or(shape),
                 };
                 MigrationRoute { phase, version: shape, read_source }
             })
-            .collect();
-        let backfill_pending = rules
-            .migrations
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !backfill_done(state, &m.name))
-            .map(|(index, _)| index)
             .collect();
         Route { per_migration, backfill_pending, ..Route::default() }
     }
