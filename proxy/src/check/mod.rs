@@ -9,7 +9,7 @@
 //! a rejected statement (also a lossy round trip with `--strict`); 2 = the check could not run (unreadable
 //! file, database unreachable).
 
-pub(crate) mod key_sequences;
+pub(crate) mod key_defaults;
 mod replay;
 pub(crate) mod schema;
 pub mod writers;

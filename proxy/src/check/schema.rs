@@ -10,7 +10,7 @@ use std::io::Write;
 use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::Client;
 
-use super::key_sequences::Finding;
+use super::key_defaults::Finding;
 
 /// Problems and warnings found for one migration.
 #[derive(Debug, Default, Clone, Copy)]
@@ -127,10 +127,10 @@ pub async fn check_migration(
     for table in olds.iter().chain(&news) {
         check_key(client, table, &migration.key, &mut report).await?;
     }
-    for finding in super::key_sequences::findings(client, migration).await? {
+    for finding in super::key_defaults::findings(client, migration).await? {
         match finding {
-            Finding::OneSequence { column, sequence } => {
-                report.ok(&format!("key column {column} draws from one sequence ({sequence})"))?
+            Finding::OneSource { column, described, .. } => {
+                report.ok(&format!("key column {column} takes its default from {described}"))?
             }
             Finding::Separate(separate) => report.error(&separate.to_string())?,
         }

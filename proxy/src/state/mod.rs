@@ -35,8 +35,8 @@ pub enum StateError {
     #[error(transparent)]
     UnseenWriters(#[from] crate::check::writers::Refusal),
     /// Rules the schema makes unsafe, one line each with what to do: a merge source whose `present` column
-    /// may be NULL (`check::schema::nullable_presents`), a key drawing from more than one sequence
-    /// (`check::key_sequences`).
+    /// may be NULL (`check::schema::nullable_presents`), a key whose defaults can repeat each other's
+    /// values (`check::key_defaults`).
     #[error("{}", .0.join("\n"))]
     UnsafeSchema(Vec<String>),
 }

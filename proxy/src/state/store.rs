@@ -407,13 +407,13 @@ pub async fn audit_entries(
 
 /// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column's
 /// default (serial, identity or a `DEFAULT nextval()`, in any of the tables: the old table or every source
-/// of a merge, and every shadow; registration refuses more than one per column, `check::key_sequences`)
+/// of a merge, and every shadow; registration refuses more than one per column, `check::key_defaults`)
 /// past the largest key of all of them, so new keys cannot collide with rows copied from another table.
 /// Sequences only move forward.
 async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
     let tables: Vec<String> = m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.to_string()).collect();
     let mut moved = Vec::new();
-    for finding in crate::check::key_sequences::findings(tx, m).await? {
+    for finding in crate::check::key_defaults::findings(tx, m).await? {
         // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.
         let col = quote_ident(finding.column());
         let maxima: Vec<String> = tables.iter().map(|t| format!("(SELECT max({col})::bigint FROM {t})")).collect();

@@ -318,7 +318,7 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
         return Err(crate::check::writers::Refusal(refused).into());
     }
     let mut unsafe_schema = crate::check::schema::nullable_presents(client, rules).await?;
-    unsafe_schema.extend(crate::check::key_sequences::refusals(client, rules).await?);
+    unsafe_schema.extend(crate::check::key_defaults::refusals(client, rules).await?);
     if !unsafe_schema.is_empty() {
         return Err(StateError::UnsafeSchema(unsafe_schema));
     }

@@ -1,5 +1,5 @@
-//! A migration whose key draws its default from more than one sequence (a shadow with a serial or identity
-//! key of its own) is not registered: rows inserted without a key by a v1 and a v2 session take the same
+//! A migration whose key defaults can repeat each other's values (a shadow with a serial or identity key of
+//! its own, a function default beside the old table's sequence) is not registered: rows inserted without a key by a v1 and a v2 session take the same
 //! value from the two sequences, and the dual write's upsert on the key then overwrites an unrelated row
 //! (the hazard is shown first, on the tables alone). The refusal names every sequence and the statements
 //! that make the defaults draw from one; after running exactly those statements the proxy registers the
@@ -35,7 +35,7 @@ async fn database(schema: &str) -> (TestDb, Client) {
 /// The error of a proxy start that must fail.
 async fn start_refused(db: &TestDb) -> String {
     match TestProxy::with_rules_toml(db, RULES).await {
-        Ok(_) => panic!("a proxy started on a migration whose key draws from two sequences"),
+        Ok(_) => panic!("a proxy started on a migration whose key defaults are separate sources"),
         Err(e) => format!("{e:#}"),
     }
 }
@@ -199,4 +199,72 @@ async fn a_rules_reload_after_the_shadow_got_a_sequence_of_its_own_is_refused_an
         Ok(()) => panic!("reloaded with a shadow drawing keys from a sequence of its own"),
     }
     assert_eq!(*state.rules(), *rules, "the refused reload changed the rules in force");
+}
+
+/// A key default calling a function of the database's own hides which sequence it draws from: beside the old
+/// table's sequence it is refused (its body might draw from another), and the printed remedy gives the shadow
+/// the old table's default.
+#[tokio::test]
+async fn a_shadow_function_default_beside_the_old_sequence_is_refused_and_the_printed_remedy_registers_it() {
+    let (db, direct) = database(&format!(
+        "CREATE SEQUENCE public.other_ids;
+         CREATE FUNCTION public.next_id() RETURNS int LANGUAGE sql AS $$ SELECT nextval('public.other_ids')::int $$;
+         {}",
+        schema("int PRIMARY KEY DEFAULT public.next_id()")
+    ))
+    .await;
+    let error = start_refused(&db).await;
+    assert!(
+        error.contains(
+            "migration `users_split_name` cannot be registered: key column id takes its default from 2 separate \
+             sources (public.users from public.users_id_seq; public.users_v2 from next_id())"
+        ),
+        "{error}"
+    );
+    assert_eq!(registered(&direct).await, 0);
+    let remedy = remedy(&error);
+    assert_eq!(remedy, "ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')");
+    direct.batch_execute(&remedy).await.unwrap();
+    TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    assert_eq!(registered(&direct).await, 1);
+}
+
+/// The same call of one function in every table is one source, as are random UUIDs from different
+/// generators: both are registered.
+#[tokio::test]
+async fn the_same_function_in_both_tables_and_random_uuids_are_registered() {
+    let (db, direct) = database(
+        "CREATE SEQUENCE public.ids;
+         CREATE FUNCTION public.next_id() RETURNS int LANGUAGE sql AS $$ SELECT nextval('public.ids')::int $$;
+         CREATE TABLE public.users (id int PRIMARY KEY DEFAULT public.next_id(), name text, email text);
+         CREATE TABLE public.users_v2 (id int PRIMARY KEY DEFAULT public.next_id(), first_name text,
+                                       last_name text, email text);",
+    )
+    .await;
+    TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    assert_eq!(registered(&direct).await, 1);
+
+    let (db, direct) = database(
+        "CREATE EXTENSION \"uuid-ossp\";
+         CREATE TABLE public.users (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text, email text);
+         CREATE TABLE public.users_v2 (id uuid PRIMARY KEY DEFAULT uuid_generate_v4(), first_name text,
+                                       last_name text, email text);",
+    )
+    .await;
+    TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    assert_eq!(registered(&direct).await, 1);
+}
+
+/// Two draws of `random()` read alike but are two sources: refused.
+#[tokio::test]
+async fn the_same_random_expression_in_both_tables_is_refused() {
+    let (db, direct) = database(
+        "CREATE TABLE public.users (id int PRIMARY KEY DEFAULT (random() * 1000000)::int, name text, email text);
+         CREATE TABLE public.users_v2 (id int PRIMARY KEY DEFAULT (random() * 1000000)::int, first_name text,
+                                       last_name text, email text);",
+    )
+    .await;
+    let error = start_refused(&db).await;
+    assert!(error.contains("key column id takes its default from 2 separate sources"), "{error}");
+    assert_eq!(registered(&direct).await, 0);
 }
