@@ -78,7 +78,9 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         CopySource::Query(_) => return route_copy_query(compiled, route, statement),
         CopySource::Table { table_name, columns } => (table_name, columns),
     };
-    if !*to {
+    if *to {
+        router.refuse_unbackfilled_merge_read(table_name)?;
+    } else {
         router.refuse_shadow_write(table_name)?;
     }
     let Some(index) = router.active_migration(table_name) else { return Ok(Outcome::unchanged()) };

@@ -15,6 +15,7 @@ use sqlparser::ast::{
     VisitMut, VisitorMut, With,
 };
 
+use crate::backfill_gate;
 use crate::compiled::{Compiled, CompiledMigration};
 use crate::model::Phase;
 use crate::names::{normalize_ident, TableName};
@@ -189,6 +190,15 @@ impl<'a> ReadRouter<'a> {
         }
         let index = self.compiled.kept_shadow_of(&name, self.route)?;
         (self.compiled.migrations[index].is_merge()).then_some(index)
+    }
+
+    /// Refuses a read of a merge's shadow `object` that the backfill has not filled yet
+    /// (`backfill_gate::refuse_unbackfilled_merge_read`).
+    pub fn refuse_unbackfilled_merge_read(&self, object: &ObjectName) -> Result<(), Rejection> {
+        match self.mirrored_shadow(object) {
+            Some(index) => backfill_gate::refuse_unbackfilled_merge_read(self.compiled, self.route, index, object),
+            None => Ok(()),
+        }
     }
 
     /// Refuses a reference to migration `index` that cannot be routed: its rules are broken, or it merges
@@ -465,6 +475,9 @@ impl VisitorMut for ReadRouter<'_> {
         let TableFactor::Table { name, alias, args: None, .. } = factor else {
             return ControlFlow::Continue(());
         };
+        if let Err(refusal) = self.refuse_unbackfilled_merge_read(name) {
+            return ControlFlow::Break(refusal);
+        }
         let Some(index) = self.active_migration(name) else {
             return ControlFlow::Continue(());
         };

@@ -7,7 +7,7 @@
 //! the sources FULL JOINed on the key; VERIFY compares that join with the shadow in both directions and
 //! REPAIR fixes a planted divergence; `complete` is refused (cutover: merge_cutover.rs); rolling back to `off` leaves
 //! the shadow alone; and two sessions writing the two sources of one key at once leave the row the join
-//! says (the DELETE decides on the shadow row's latest version); writes naming the shadow wait for the
+//! says (the DELETE decides on the shadow row's latest version); writes and reads naming the shadow wait for the
 //! backfill to finish, and fail (23514, changing nothing) where they would leave a row none of the sources
 //! can hold, also for a role without privileges on the proxy's schema; `dualwrite check` checks every
 //! source, and a merge whose `present` column may be NULL is never registered; and
@@ -182,7 +182,7 @@ async fn backfill_fills_the_join_and_verify_repairs_a_planted_divergence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shadow_is_written_by_name_only_once_the_backfill_has_finished() {
+async fn the_shadow_is_written_and_read_by_name_only_once_the_backfill_has_finished() {
     let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     let v2 = v2_session(&proxy, &db).await;
@@ -198,8 +198,19 @@ async fn the_shadow_is_written_by_name_only_once_the_backfill_has_finished() {
                    WHERE id = 30 AND a.email = 'User30@X.org' AND p.name = 'Name 30'";
     assert_eq!(count(&direct, sources).await, 1, "the sources' rows of key 30 are untouched");
     assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 0);
+    // A read of the shadow, the new shape's only name, would answer with the rows copied so far (none):
+    // refused too, and the sources answer as always.
+    for session in [&v2, &admin] {
+        let (code, message) = db_error(&session.query_one("SELECT count(*) FROM users", &[]).await.unwrap_err());
+        assert_eq!(code, "0A000", "{message}");
+        assert!(message.contains("would see only the rows copied so far"), "{message}");
+    }
+    let accounts: i64 = admin.query_one("SELECT count(*) FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(accounts, 40);
 
     backfill_until_done(&admin, MIGRATION).await;
+    let merged: i64 = v2.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    assert_eq!(merged, 60, "every key of either source");
     // The shadow holds key 30 now: inserting it again is the duplicate it is, and the sources keep their
     // rows; an UPDATE is mirrored into them.
     assert_eq!(db_error(&v2.batch_execute(insert).await.unwrap_err()).0, "23505");
