@@ -4,7 +4,8 @@
 //! such a row answered 0 rows and changed nothing. In `dual_write` they are refused (0A000,
 //! `backfill_pending`) and change nothing; old-shaped writes go on; reads in the new shape are served by the
 //! old table through the forward mapping (the shadow would answer with the rows copied so far); once the
-//! backfill is done the same statements run as Postgres would run them on one table.
+//! backfill is done the same statements run as Postgres would run them on one table. `DUALWRITE STATUS`
+//! shows the wait (`reads_wait_for_backfill`) and a `ROUTE` made meanwhile says when it takes effect.
 
 use dualwrite_tests::*;
 use tokio_postgres::Client;
@@ -67,7 +68,17 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
         .collect();
     assert_eq!(names, ["Ada Lovelace", "Alan Turing"]);
 
+    // Operators see the wait: STATUS says so, and a ROUTE made meanwhile says when it takes effect.
+    let status = control(&admin, "DUALWRITE STATUS").await;
+    assert_eq!(value(&status, "reads_wait_for_backfill"), Some("t"), "{status:?}");
+    let route = control(&admin, "DUALWRITE ROUTE users_split_name READS TO v1").await;
+    assert_eq!(value(&route, "takes_effect"), Some("when the backfill is done"), "{route:?}");
+
     backfill_until_done(&admin, "users_split_name").await;
+    let status = control(&admin, "DUALWRITE STATUS").await;
+    assert_eq!(value(&status, "reads_wait_for_backfill"), Some("f"), "{status:?}");
+    let route = control(&admin, "DUALWRITE ROUTE users_split_name READS TO DEFAULT").await;
+    assert_eq!(value(&route, "takes_effect"), Some("now"), "{route:?}");
     // Now the shadow holds every row: an INSERT of an existing key fails as on one table, and the UPDATE
     // and DELETE find their rows in both tables.
     let error = v2

@@ -84,12 +84,14 @@ pub async fn execute(
                 ReadTarget::SessionVersion => None,
             };
             let change = ctx.state.route_reads(migration, version, *percent, actor).await.map_err(state_err)?;
+            let waits = ctx.state.snapshot().migration(&change.migration).is_some_and(|m| m.reads_wait_for_backfill());
             Ok(result_set(
-                &["migration", "read_source", "read_percent"],
+                &["migration", "read_source", "read_percent", "takes_effect"],
                 vec![vec![
                     Some(change.migration),
                     Some(change.read_source.unwrap_or_else(|| "session version".to_string())),
                     Some(change.read_percent.to_string()),
+                    Some(if waits { "when the backfill is done" } else { "now" }.to_string()),
                 ]],
             ))
         }
@@ -204,6 +206,7 @@ pub const STATUS_COLUMNS: &[&str] = &[
     "shadow_reads_mismatched",
     "shadow_reads_errors",
     "shadow_reads_skipped",
+    "reads_wait_for_backfill",
 ];
 
 /// One row per migration. Shadow-read figures are this instance's since it started (NULL when no
@@ -249,6 +252,7 @@ pub fn status_response<'a>(
                 figure(|f| f.mismatched),
                 figure(|f| f.errors),
                 figure(|f| f.skipped),
+                Some(if m.reads_wait_for_backfill() { "t" } else { "f" }.to_string()),
             ]
         })
         .collect();
@@ -351,7 +355,8 @@ mod tests {
                 None,
                 None,
                 None,
-                None
+                None,
+                s("t")
             ]
         );
         assert_eq!(
@@ -371,7 +376,8 @@ mod tests {
                 None,
                 None,
                 None,
-                None
+                None,
+                s("f")
             ]
         );
     }

@@ -43,6 +43,17 @@ impl MigrationState {
             last_verify: None,
         }
     }
+
+    /// The backfill has copied every row (state `done`).
+    pub fn backfill_done(&self) -> bool {
+        self.backfill.as_ref().is_some_and(|b| b.state == "done")
+    }
+
+    /// Every read is served by the old tables, whatever the session's version and the routing say: in
+    /// `dual_write` until the backfill is done, the shadow lacks the rows not copied yet.
+    pub fn reads_wait_for_backfill(&self) -> bool {
+        self.phase == Phase::DualWrite && !self.backfill_done()
+    }
 }
 
 /// A `dualwrite.backfill` row.

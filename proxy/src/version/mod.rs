@@ -26,7 +26,7 @@ use crate::result_set::ControlResponse;
 use crate::sql_error::{codes, SqlError};
 use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side};
 
-use crate::state::StateSnapshot;
+use crate::state::{MigrationState, StateSnapshot};
 pub use startup::{startup_version, VERSION_GUC};
 pub use statement::{classify_query, classify_statement, SessionStatement, Setting};
 use txstack::TxStack;
@@ -291,7 +291,7 @@ impl SessionVersion {
 
 /// Whether migration `name`'s backfill has copied every row (state `done`).
 fn backfill_done(state: &StateSnapshot, name: &str) -> bool {
-    state.migration(name).and_then(|r| r.backfill.as_ref()).is_some_and(|b| b.state == "done")
+    state.migration(name).is_some_and(MigrationState::backfill_done)
 }
 
 /// A session's fixed bucket in 0..100 for percentage routing (FNV-1a then a splitmix64 finalizer, so
