@@ -19,7 +19,13 @@ const NEW_SHAPE_WRITES: [&str; 6] = [
 ];
 
 fn plan(version: Side, phase: Phase, pending: bool, sql: &str) -> Plan {
-    let rules = RuleSet::from_toml(USERS, "example").unwrap();
+    plan_of(USERS, version, phase, pending, sql)
+}
+
+/// The plan of `sql` under the rules `toml`, every migration in `phase` and `version`, the first one's
+/// backfill pending or not.
+fn plan_of(toml: &str, version: Side, phase: Phase, pending: bool, sql: &str) -> Plan {
+    let rules = RuleSet::from_toml(toml, "example").unwrap();
     let mut route = Route::uniform(&rules, MigrationRoute { phase, version, read_source: version });
     if pending {
         route.backfill_pending = vec![0];
@@ -85,13 +91,7 @@ fn old_shape_writes_and_reads_of_either_shape_are_unaffected_by_a_pending_backfi
 const MERGE: &str = include_str!("../examples/users_merge_tables.toml");
 
 fn merge_plan(version: Side, phase: Phase, pending: bool, sql: &str) -> Plan {
-    let rules = RuleSet::from_toml(MERGE, "merge").unwrap();
-    let mut route = Route::uniform(&rules, MigrationRoute { phase, version, read_source: version });
-    if pending {
-        route.backfill_pending = vec![0];
-    }
-    let plan = Rewriter::new(Arc::new(rules), 16).rewrite(sql, &route);
-    (*plan).clone()
+    plan_of(MERGE, version, phase, pending, sql)
 }
 
 /// Reads naming a merge's shadow: the new shape's only name, which would answer with the rows copied so far.
