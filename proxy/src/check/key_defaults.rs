@@ -221,7 +221,8 @@ pub async fn findings(
         for table in &tables {
             // An identity column's sequence, and any a DEFAULT's nextval() depends on (a serial's too). A
             // sequence the column merely owns (a serial whose default was dropped) hands out nothing. The
-            // functions a DEFAULT calls, with the extension each belongs to.
+            // functions a DEFAULT calls, with the extension each belongs to. A generated column's expression
+            // (also in pg_attrdef) is no default: an INSERT cannot supply the key, nor leave it to chance.
             let row = client
                 .query_opt(
                     "SELECT a.attidentity <> '',
@@ -258,6 +259,7 @@ pub async fn findings(
                             pg_get_expr(ad.adbin, ad.adrelid)
                        FROM pg_attribute a
                        LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+                                              AND a.attgenerated = ''
                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
                     &[table, column],
                 )
@@ -274,8 +276,10 @@ pub async fn findings(
                 .collect();
             let expression = match row.get::<_, Option<String>>(4) {
                 Some(expression) => expression,
-                None if identity => format!("nextval({})", quote_literal(&sequences[0])),
-                None => continue,
+                None => match sequences.first() {
+                    Some(sequence) if identity => format!("nextval({})", quote_literal(sequence)),
+                    _ => continue,
+                },
             };
             let source = source(sequences, &functions, &expression);
             defaults.push(Default { table: table.clone(), source, expression, identity });
