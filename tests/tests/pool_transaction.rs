@@ -29,7 +29,8 @@ async fn forty_clients_run_their_transactions_over_four_server_connections() {
     let proxy = TestProxy::start(pooled_config(&cluster, 4)).await.unwrap();
     let url = proxy.url(&db);
     let clients = connect_all(&url, 40).await;
-    assert!(server_connections(&direct, &db.name).await <= 4, "authentication stayed within the pool");
+    let after_logins = settled_server_connections(&direct, &db.name, 4, LIMIT).await;
+    assert!(after_logins <= 4, "authentication stayed within the pool: {after_logins} server connections");
 
     let most = Arc::new(AtomicI64::new(0));
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -383,7 +384,8 @@ async fn pgbench_in_every_query_mode_with_four_times_more_clients_than_server_co
         let history: i64 = direct.query_one("SELECT count(*) FROM pgbench_history", &[]).await.unwrap().get(0);
         assert_eq!(history, 600, "every TPC-B transaction of mode {mode} committed");
     }
-    assert!(server_connections(&direct, &db.name).await <= 3);
+    let held = settled_server_connections(&direct, &db.name, 3, LIMIT).await;
+    assert!(held <= 3, "{held} server connections");
     proxy.stop().await.unwrap();
 }
 
