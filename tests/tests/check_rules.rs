@@ -370,3 +370,43 @@ fn the_cli_has_the_check_subcommand() {
     assert_eq!(args.phase, Some(dualwrite_rules::Phase::Cutover));
     assert_eq!((args.sample, args.strict), (5, true));
 }
+
+/// A BEFORE row trigger on the shadow runs on the row the mapping wrote: a warning naming it, its function
+/// and what it can break. A disabled one, an AFTER one and one on another table are not reported.
+#[tokio::test]
+async fn before_row_triggers_on_the_tables_of_a_migration_are_warnings_naming_each() {
+    let db = database(&format!(
+        "CREATE TABLE public.users (id int PRIMARY KEY, name text, email text);
+         CREATE TABLE public.users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text);
+         CREATE TABLE public.elsewhere (id int);
+         CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER shadow_stamp BEFORE INSERT OR UPDATE ON public.users_v2
+             FOR EACH ROW EXECUTE FUNCTION public.stamp();
+         CREATE TRIGGER old_stamp BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.stamp();
+         CREATE TRIGGER after_stamp AFTER INSERT ON public.users_v2 FOR EACH ROW EXECUTE FUNCTION public.stamp();
+         CREATE TRIGGER off_stamp BEFORE INSERT ON public.users_v2 FOR EACH ROW EXECUTE FUNCTION public.stamp();
+         ALTER TABLE public.users_v2 DISABLE TRIGGER off_stamp;
+         CREATE TRIGGER other_stamp BEFORE INSERT ON public.elsewhere FOR EACH ROW EXECUTE FUNCTION public.stamp();
+         {ONE_ROW}"
+    ))
+    .await;
+    let (findings, report) = check(&db, &example_rules(), None).await;
+    assert_eq!((findings.errors, findings.warnings), (0, 2), "{report}");
+    assert!(
+        report.contains(
+            "warning  BEFORE INSERT or UPDATE row trigger shadow_stamp on public.users_v2 (a shadow, function stamp) \
+             runs on the row the mapping wrote for a v1 write's shadow side"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "warning  BEFORE UPDATE row trigger old_stamp on public.users (the old table, function stamp) runs on \
+             the row the mapping wrote for a v2 write's old side"
+        ),
+        "{report}"
+    );
+    for absent in ["after_stamp", "off_stamp", "other_stamp"] {
+        assert!(!report.contains(absent), "{absent}: {report}");
+    }
+}

@@ -11,6 +11,7 @@
 
 pub(crate) mod key_defaults;
 mod replay;
+mod row_triggers;
 pub(crate) mod schema;
 pub mod writers;
 

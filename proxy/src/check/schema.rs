@@ -57,7 +57,7 @@ impl<'a> Report<'a> {
         self.tally.errors += 1;
         writeln!(self.out, "  ERROR    {}", one_line(what))
     }
-    fn warning(&mut self, what: &str) -> std::io::Result<()> {
+    pub(super) fn warning(&mut self, what: &str) -> std::io::Result<()> {
         self.tally.warnings += 1;
         writeln!(self.out, "  warning  {}", one_line(what))
     }
@@ -134,6 +134,9 @@ pub async fn check_migration(
             }
             Finding::Separate(separate) => report.error(&separate.to_string())?,
         }
+    }
+    for warning in super::row_triggers::warnings(client, migration).await? {
+        report.warning(&warning)?;
     }
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
     let mut forward_ok = new_mapped_ok;
