@@ -33,7 +33,12 @@ pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
 pub async fn backfill_until_done(admin: &tokio_postgres::Client, migration: &str) {
     control(admin, &format!("DUALWRITE BACKFILL {migration} START")).await;
     crate::eventually(std::time::Duration::from_secs(60), "backfill done", || async {
-        value(&control(admin, "DUALWRITE STATUS").await, "backfill_state") == Some("done")
+        // STATUS has a row per migration: this one's.
+        let messages = admin.simple_query("DUALWRITE STATUS").await.unwrap_or_else(|e| panic!("STATUS: {e}"));
+        messages.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.get("migration") == Some(migration) && r.get("backfill_state") == Some("done"))
+        })
     })
     .await;
 }

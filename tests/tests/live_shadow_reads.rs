@@ -1,12 +1,14 @@
 //! Shadow reads through a real proxy on a real PostgreSQL: sampled reads are run again in both shapes on
 //! the proxy's own connection and counted (DUALWRITE STATUS shows the figures); a shadow row changed behind
 //! the proxy's back is a mismatch; ORDER BY compares sequences, other reads multisets; a migration sampled
-//! at 0 counts nothing; a full queue drops samples as `skipped` while the client gets its answers.
+//! at 0 counts nothing; a full queue drops samples as `skipped` while the client gets its answers; nothing is
+//! sampled before the backfill is done.
 
 use std::time::{Duration, Instant};
 
 use dualwrite_proxy::config::Config;
-use dualwrite_tests::{pgbench, TestCluster, TestDb, TestProxy};
+use dualwrite_rules::RuleSet;
+use dualwrite_tests::{backfill_until_done, pgbench, TestCluster, TestDb, TestProxy};
 use tokio_postgres::SimpleQueryMessage;
 
 const ORDERS: &str = r#"
@@ -68,6 +70,10 @@ async fn setup(
         )
         .await
         .unwrap();
+    // Nothing is sampled in dual_write before the backfill is done.
+    for migration in RuleSet::from_toml(rules, "rules.toml").unwrap().migrations {
+        backfill_until_done(&client, &migration.name).await;
+    }
     (db, proxy, file, direct)
 }
 
@@ -249,6 +255,7 @@ async fn sampled_reads_run_under_the_sessions_search_path_and_only_where_it_reac
         .unwrap();
     let rules = ORDERS.replace("public.orders", "tenant_a.orders");
     let (proxy, _file) = start_proxy(&db, &rules, |_| {}).await;
+    backfill_until_done(&proxy.connect(&db).await.unwrap(), "orders_rename").await;
     let on = |tenant: &str| format!("{}?options=-c%20search_path%3D{tenant}", proxy.url(&db));
     let tenant_b = dualwrite_tests::connect(&on("tenant_b")).await.unwrap();
     for _ in 0..3 {
@@ -264,4 +271,28 @@ async fn sampled_reads_run_under_the_sessions_search_path_and_only_where_it_reac
     let [compared, mismatched, errors, skipped] = wait_for(&admin, "orders_rename", |f| f[0] + f[2] + f[3] >= 3).await;
     assert_eq!((mismatched, errors), (0, 0), "tenant_a's reads compared under its search_path");
     assert_eq!(compared + skipped, 3, "only tenant_a's three reads were sampled, none of tenant_b's");
+}
+
+/// Before the backfill is done the shadow lacks the rows not copied yet, so no read is sampled: after it, the
+/// first sampled read is the first one compared (the reads before it, queued first, would have been counted
+/// first).
+#[tokio::test]
+async fn nothing_is_sampled_before_the_backfill_is_done() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO users VALUES (1, 'Ada Lovelace', 'a@x'), (2, 'Alan Turing', 'b@x')")
+        .await
+        .unwrap();
+    let (proxy, _file) = start_proxy(&db, &users_rules("1.0"), |_| {}).await;
+    let client = proxy.connect(&db).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.query("SELECT * FROM users", &[]).await.unwrap().len(), 2, "the old table answers");
+    }
+    assert_eq!(figures(&client, "users_split_name").await, Some([0, 0, 0, 0]));
+    backfill_until_done(&client, "users_split_name").await;
+    client.query("SELECT * FROM users", &[]).await.unwrap();
+    let f = wait_for(&client, "users_split_name", |f| f[0] >= 1).await;
+    assert_eq!(f, [1, 0, 0, 0], "only the read after the backfill was compared, and it matched");
 }
