@@ -221,7 +221,7 @@ pub async fn findings(
         for table in &tables {
             // An identity column's sequence, and any a DEFAULT's nextval() depends on (a serial's too). A
             // sequence the column merely owns (a serial whose default was dropped) hands out nothing. The
-            // functions a DEFAULT calls, with the extension each belongs to. A generated column's expression
+            // functions a DEFAULT calls, with the extension each belongs to (two arrays in one order). A generated column's expression
             // (also in pg_attrdef) is no default: an INSERT cannot supply the key, nor leave it to chance.
             let row = client
                 .query_opt(
@@ -246,7 +246,7 @@ pub async fn findings(
                                     FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid
                                    WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
                                      AND d.refclassid = 'pg_proc'::regclass
-                                   ORDER BY 1),
+                                   ORDER BY p.oid),
                             ARRAY(SELECT coalesce(x.extname::text, '')
                                     FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid
                                     LEFT JOIN pg_depend e ON e.classid = 'pg_proc'::regclass AND e.objid = p.oid
@@ -255,7 +255,7 @@ pub async fn findings(
                                     LEFT JOIN pg_extension x ON x.oid = e.refobjid
                                    WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
                                      AND d.refclassid = 'pg_proc'::regclass
-                                   ORDER BY p.proname),
+                                   ORDER BY p.oid),
                             pg_get_expr(ad.adbin, ad.adrelid)
                        FROM pg_attribute a
                        LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
