@@ -29,8 +29,8 @@ async fn forty_clients_run_their_transactions_over_four_server_connections() {
     let proxy = TestProxy::start(pooled_config(&cluster, 4)).await.unwrap();
     let url = proxy.url(&db);
     let clients = connect_all(&url, 40).await;
-    let after_logins = settled_server_connections(&direct, &db.name, 4, LIMIT).await;
-    assert!(after_logins <= 4, "authentication stayed within the pool: {after_logins} server connections");
+    // Authentication stayed within the pool.
+    settle_server_connections(&direct, &db.name, 4, LIMIT).await;
 
     let most = Arc::new(AtomicI64::new(0));
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -384,8 +384,7 @@ async fn pgbench_in_every_query_mode_with_four_times_more_clients_than_server_co
         let history: i64 = direct.query_one("SELECT count(*) FROM pgbench_history", &[]).await.unwrap().get(0);
         assert_eq!(history, 600, "every TPC-B transaction of mode {mode} committed");
     }
-    let held = settled_server_connections(&direct, &db.name, 3, LIMIT).await;
-    assert!(held <= 3, "{held} server connections");
+    settle_server_connections(&direct, &db.name, 3, LIMIT).await;
     proxy.stop().await.unwrap();
 }
 

@@ -32,24 +32,18 @@ pub async fn server_connections(direct: &tokio_postgres::Client, database: &str)
         .get(0)
 }
 
-/// [`server_connections`] once it is at most `at_most`, or when `limit` has passed. The pool closes an idle
-/// connection to make room for a client's authentication, and the backend of a closed connection stays in
-/// pg_stat_activity until it has exited, a moment later: counted at once, a burst of logins can show one
-/// backend too many that the proxy no longer holds.
-pub async fn settled_server_connections(
+/// Waits until at most `at_most` server connections to `database` are left (panics after `limit`). The pool
+/// closes an idle connection to make room for a client's authentication, and the backend of a closed
+/// connection stays in pg_stat_activity until it has exited, a moment later: counted at once, a burst of
+/// logins can show one backend too many that the proxy no longer holds.
+pub async fn settle_server_connections(
     direct: &tokio_postgres::Client,
     database: &str,
     at_most: i64,
     limit: std::time::Duration,
-) -> i64 {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let n = server_connections(direct, database).await;
-        if n <= at_most || std::time::Instant::now() >= deadline {
-            return n;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+) {
+    let what = format!("at most {at_most} server connections");
+    eventually(limit, &what, || async { server_connections(direct, database).await <= at_most }).await;
 }
 
 /// A connection to `db` that bypasses the proxy, named `direct` in pg_stat_activity.
