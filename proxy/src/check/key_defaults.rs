@@ -42,7 +42,7 @@ enum Source {
 
 /// One table's key column with a default.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Default {
+struct KeyDefault {
     /// The table as the rules spell it.
     table: String,
     source: Source,
@@ -52,7 +52,7 @@ struct Default {
     identity: bool,
 }
 
-impl Default {
+impl KeyDefault {
     /// The default another table must have to draw from the same source.
     fn shared(&self) -> String {
         match &self.source {
@@ -74,7 +74,7 @@ impl Default {
 pub struct SeparateSources {
     pub column: String,
     /// Every table of the migration whose key column has a default, the old table's first.
-    defaults: Vec<Default>,
+    defaults: Vec<KeyDefault>,
 }
 
 impl SeparateSources {
@@ -149,7 +149,7 @@ impl Finding {
 }
 
 /// Every sequence of `defaults`, once each, sorted.
-fn distinct_sequences(defaults: &[Default]) -> Vec<&str> {
+fn distinct_sequences(defaults: &[KeyDefault]) -> Vec<&str> {
     let mut all: Vec<&str> = defaults
         .iter()
         .flat_map(|d| match &d.source {
@@ -164,7 +164,7 @@ fn distinct_sequences(defaults: &[Default]) -> Vec<&str> {
 }
 
 /// Whether `defaults` (one key column's, in every table that has one) can repeat each other's values.
-fn judge(column: &str, defaults: Vec<Default>) -> Option<Finding> {
+fn judge(column: &str, defaults: Vec<KeyDefault>) -> Option<Finding> {
     let first = defaults.first()?;
     let sequences: Vec<String> = distinct_sequences(&defaults).into_iter().map(str::to_owned).collect();
     let one_source = |described: String| {
@@ -282,7 +282,7 @@ pub async fn findings(
                 },
             };
             let source = source(sequences, &functions, &expression);
-            defaults.push(Default { table: table.clone(), source, expression, identity });
+            defaults.push(KeyDefault { table: table.clone(), source, expression, identity });
         }
         found.extend(judge(column, defaults));
     }
@@ -307,11 +307,11 @@ pub async fn refusals(client: &impl GenericClient, rules: &RuleSet) -> Result<Ve
 mod tests {
     use super::*;
 
-    fn default(table: &str, source: Source, expression: &str) -> Default {
-        Default { table: table.into(), source, expression: expression.into(), identity: false }
+    fn default(table: &str, source: Source, expression: &str) -> KeyDefault {
+        KeyDefault { table: table.into(), source, expression: expression.into(), identity: false }
     }
 
-    fn sequence(table: &str, sequence: &str) -> Default {
+    fn sequence(table: &str, sequence: &str) -> KeyDefault {
         default(table, Source::Sequences(vec![sequence.into()]), &format!("nextval('{sequence}'::regclass)"))
     }
 
