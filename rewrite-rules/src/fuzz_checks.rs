@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side};
+use crate::{MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, UnsafeSchema};
 
 /// Both example migrations (`users` split by name, `orders` with a composite key) in one rule set.
 fn rewriter() -> &'static Rewriter {
@@ -32,7 +32,8 @@ fn migration_route(b: u8) -> MigrationRoute {
 /// Invariants: the cached plan equals a fresh one; text the cheap check calls unrelated, or a route with
 /// every migration off, passes through; a rewritten statement parses again as PostgreSQL, has one answer
 /// transform per statement and names valid migrations in ascending order; a rejection names a migration
-/// and a reason.
+/// and a reason. The same route with the first migration's schema found unsafe plans the same, except that a
+/// write of that migration alone is refused (55000) and nothing else is refused for that reason.
 pub fn check_rewrite(data: &[u8]) {
     if data.len() < 3 {
         return;
@@ -50,10 +51,12 @@ pub fn check_rewrite(data: &[u8]) {
         unqualified_elsewhere,
         shadow_unqualified_elsewhere,
         backfill_pending,
+        unsafe_schema: Vec::new(),
     };
     let sql = String::from_utf8_lossy(&data[3..]);
 
     let plan = rewriter.plan(&sql, &route);
+    check_unsafe_schema(rewriter, &sql, &route, &plan);
     assert_eq!(*rewriter.rewrite(&sql, &route), plan, "the plan cache must not change the decision");
     assert_eq!(*rewriter.rewrite(&sql, &route), plan, "a cached plan must equal the first");
     if !rewriter.mentions_migrated_table(&sql) || route.per_migration.iter().all(|r| r.phase == Phase::Off) {
@@ -73,7 +76,32 @@ pub fn check_rewrite(data: &[u8]) {
             assert!(rejection.migration_index < count, "rejection names a migration");
             assert_eq!(rejection.migration, rewriter.rules().migrations[rejection.migration_index].name);
             assert_eq!(rejection.sqlstate, "0A000", "refusals are feature_not_supported");
+            assert_ne!(rejection.reason, RejectReason::UnsafeSchema, "no schema finding in this route");
             assert!(!rejection.message.is_empty(), "rejection says why");
+        }
+    }
+}
+
+/// `plan` is `sql`'s plan under `route`; under the same route with migration 0's schema unsafe, the plan is
+/// the same or that refusal, and the refusal where `plan` writes migration 0 and no other.
+fn check_unsafe_schema(rewriter: &Rewriter, sql: &str, route: &Route, plan: &Plan) {
+    let finding = UnsafeSchema { migration: 0, finding: "a finding".into() };
+    let unsafe_route = Route { unsafe_schema: vec![finding], ..route.clone() };
+    let guarded = rewriter.plan(sql, &unsafe_route);
+    let refused = match &guarded {
+        Plan::Rejected(r) if r.reason == RejectReason::UnsafeSchema => {
+            assert_eq!((r.migration_index, r.sqlstate), (0, "55000"), "{r:?}");
+            assert!(r.message.contains("a finding"), "the refusal names the finding: {}", r.message);
+            true
+        }
+        other => {
+            assert_eq!(other, plan, "only a write of the unsafe migration changes its plan");
+            false
+        }
+    };
+    if let Plan::Rewritten { writes: true, migrations, .. } = plan {
+        if migrations == &[0] {
+            assert!(refused, "a write of the unsafe migration alone is refused: {sql}");
         }
     }
 }

@@ -52,6 +52,6 @@ pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Ver
 pub use names::{quote_ident, quote_literal, TableName};
 pub use plan::{Plan, RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
 pub use rewriter::Rewriter;
-pub use route::{MigrationRoute, Route, Side};
+pub use route::{MigrationRoute, Route, Side, UnsafeSchema};
 pub use shadow::ShadowRead;
 pub use split::SplitTarget;

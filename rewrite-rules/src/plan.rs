@@ -137,7 +137,8 @@ pub enum RowsDisposition {
     CountRow,
 }
 
-/// A statement the proxy must refuse (SQLSTATE 0A000, feature_not_supported) rather than let through.
+/// A statement the proxy must refuse rather than let through (SQLSTATE 0A000, feature_not_supported; 55000,
+/// object_not_in_prerequisite_state, while the migration's schema is unsafe).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub sqlstate: &'static str,
@@ -158,13 +159,13 @@ impl Rejection {
             message.push_str(detail);
             message.push(')');
         }
-        Rejection { sqlstate: "0A000", migration: migration.to_string(), migration_index, reason, message }
+        Rejection { sqlstate: reason.sqlstate(), migration: migration.to_string(), migration_index, reason, message }
     }
 
     /// A refusal whose reason's general description does not fit: `description` says what is refused.
     pub(crate) fn described(migration: &str, migration_index: usize, reason: RejectReason, description: &str) -> Self {
         let message = format!("dualwrite: statement refused for migration \"{migration}\": {description}");
-        Rejection { sqlstate: "0A000", migration: migration.to_string(), migration_index, reason, message }
+        Rejection { sqlstate: reason.sqlstate(), migration: migration.to_string(), migration_index, reason, message }
     }
 }
 
@@ -215,6 +216,9 @@ pub enum RejectReason {
     /// change it; see the proxy's name resolution); or a schema-qualified column reference outside a
     /// RETURNING list would bind to another relation once rewritten (`scopes`, described in the message).
     UnresolvedName,
+    /// A write while the schema of the migration's tables is unsafe for dual writes (`Route::unsafe_schema`):
+    /// not a form the proxy lacks but a state of the database the operator must fix (SQLSTATE 55000).
+    UnsafeSchema,
 }
 
 impl RejectReason {
@@ -235,6 +239,15 @@ impl RejectReason {
             RejectReason::UnsupportedWrite => "unsupported_write",
             RejectReason::InvalidRules => "invalid_rules",
             RejectReason::UnresolvedName => "unresolved_name",
+            RejectReason::UnsafeSchema => "unsafe_schema",
+        }
+    }
+
+    /// The SQLSTATE of a refusal for this reason.
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            RejectReason::UnsafeSchema => "55000",
+            _ => "0A000",
         }
     }
 
@@ -284,6 +297,11 @@ impl RejectReason {
                 "the proxy cannot tell which relation the table's unqualified name means in this session here: \
                  the statement follows, in the same Query string, one that may change the search_path or \
                  create or drop a table of that name; send it on its own, or qualify the name"
+            }
+            RejectReason::UnsafeSchema => {
+                "the schema of the migration's tables changed since it was registered in a way that lets a dual \
+                 write change the wrong rows, so its writes are refused until the schema is fixed (reads are \
+                 served as before)"
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::plan::{Plan, RejectReason, Rejection, StatementTransform};
 use crate::route::Route;
 use crate::shadow::ShadowRead;
 use crate::statement::rewrite_statement;
+use crate::writes::Outcome;
 
 /// Rewrites SQL for sessions of one rule set. Shared by all sessions (`Send + Sync`); plans are cached by
 /// (statement shape, route) and, for statements without literals or whose shape cannot be templated, by
@@ -166,6 +167,9 @@ impl Rewriter {
             match rewrite_statement(&self.compiled, route, statement) {
                 Err(rejection) => return Ok(Plan::Rejected(rejection)),
                 Ok(outcome) => {
+                    if let Some(rejection) = refuse_unsafe_schema_write(&self.compiled, route, &outcome) {
+                        return Ok(Plan::Rejected(rejection));
+                    }
                     migrations.extend(outcome.migrations);
                     writes |= outcome.write;
                     let (before, after) = match outcome.companions {
@@ -234,4 +238,21 @@ impl StatementTransform {
     pub fn is_unchanged(&self) -> bool {
         *self == StatementTransform::UNCHANGED
     }
+}
+
+/// A statement that writes a migration whose schema the proxy found unsafe (`Route::unsafe_schema`) is
+/// refused, naming the finding: the dual write would run on a schema that lets it change the wrong rows.
+/// Judged per statement of the string, so a read beside it in the same Query is not what refuses it.
+fn refuse_unsafe_schema_write(compiled: &Compiled, route: &Route, outcome: &Outcome) -> Option<Rejection> {
+    if !outcome.write || route.unsafe_schema.is_empty() {
+        return None;
+    }
+    let (index, finding) = outcome.migrations.iter().find_map(|&i| route.unsafe_schema(i).map(|f| (i, f)))?;
+    let name = &compiled.migrations[index].name;
+    let description = format!(
+        "its writes are refused until the schema of its tables is fixed: {finding} (this changed after the \
+         migration was registered; DUALWRITE STATUS shows it in schema_findings, and writes resume by themselves \
+         once the schema is safe again; reads are served as before)"
+    );
+    Some(Rejection::described(name, index, RejectReason::UnsafeSchema, &description))
 }

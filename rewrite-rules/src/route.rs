@@ -58,6 +58,19 @@ pub struct Route {
     /// key yet. A write naming a merge's shadow, and any write in a migration's new shape, is refused in
     /// `dual_write` until it has (see `writes::rewrite_dml`, `copy`).
     pub backfill_pending: Vec<usize>,
+    /// Migrations (ascending by index) whose tables' schema changed, after the migration was registered, in
+    /// a way that lets a dual write change the wrong rows (the proxy's schema watch found it: a key whose
+    /// defaults became separate sources, a merge's `present` column that may now be NULL), each with the
+    /// finding. Their writes are refused (55000) until the schema is fixed; reads are served as before.
+    pub unsafe_schema: Vec<UnsafeSchema>,
+}
+
+/// A migration whose writes wait for its schema to be fixed (see [`Route::unsafe_schema`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnsafeSchema {
+    pub migration: usize,
+    /// What the schema watch found, as a sentence (for the refusal).
+    pub finding: String,
 }
 
 impl Route {
@@ -88,6 +101,11 @@ impl Route {
     /// True if migration `migration`'s backfill has not finished.
     pub fn backfill_pending(&self, migration: usize) -> bool {
         self.backfill_pending.contains(&migration)
+    }
+
+    /// What makes migration `migration`'s schema unsafe for its writes, if anything.
+    pub fn unsafe_schema(&self, migration: usize) -> Option<&str> {
+        self.unsafe_schema.iter().find(|u| u.migration == migration).map(|u| u.finding.as_str())
     }
 
     pub(crate) fn get(&self, migration: usize) -> MigrationRoute {

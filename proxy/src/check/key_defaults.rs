@@ -294,13 +294,27 @@ pub async fn findings(
 pub async fn refusals(client: &impl GenericClient, rules: &RuleSet) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut refused = Vec::new();
     for migration in &rules.migrations {
-        for finding in findings(client, migration).await? {
-            if let Finding::Separate(separate) = finding {
-                refused.push(format!("migration `{}` cannot be registered: {separate}", migration.name));
-            }
+        for separate in separate_sources(client, migration).await? {
+            refused.push(format!("migration `{}` cannot be registered: {separate}", migration.name));
         }
     }
     Ok(refused)
+}
+
+/// The key columns of `migration` whose defaults can repeat each other's values (what the schema watch
+/// reports while the proxy runs).
+pub async fn separate_sources(
+    client: &impl GenericClient,
+    migration: &Migration,
+) -> Result<Vec<SeparateSources>, tokio_postgres::Error> {
+    let found = findings(client, migration).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|finding| match finding {
+            Finding::Separate(separate) => Some(separate),
+            Finding::OneSource { .. } => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]

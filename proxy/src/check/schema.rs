@@ -195,28 +195,39 @@ fn present_old_column(source: &dualwrite_rules::MergeSource) -> (Option<&str>, S
 /// to register such rules (at start, on reload and in `dualwrite apply`), as `dualwrite check` reports them.
 pub(crate) async fn nullable_presents(client: &Client, rules: &RuleSet) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut found = Vec::new();
-    for migration in rules.migrations.iter().filter(|m| m.is_merge()) {
-        for source in &migration.merge {
-            let (expression, column) = present_old_column(source);
-            let table = source.table.to_string();
-            let nullable: Option<bool> = client
-                .query_opt(
-                    "SELECT NOT attnotnull FROM pg_attribute \
-                     WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                    &[&table, &column],
-                )
-                .await?
-                .map(|row| row.get(0));
-            if nullable == Some(true) {
-                found.push(format!(
-                    "migration `{}` cannot be registered: its present column {} is {} of {table}, which may be \
-                     NULL, so a DELETE of another source could drop a row {table} still holds; make {column} NOT \
-                     NULL or name another present column",
-                    migration.name,
-                    source.present,
-                    expression.unwrap_or("?"),
-                ));
-            }
+    for migration in &rules.migrations {
+        for finding in nullable_presents_of(client, migration).await? {
+            found.push(format!("migration `{}` cannot be registered: {finding}", migration.name));
+        }
+    }
+    Ok(found)
+}
+
+/// [`nullable_presents`] of one migration (none unless it is a merge), each sentence without the migration's
+/// name: what the schema watch reports while the proxy runs.
+pub(crate) async fn nullable_presents_of(
+    client: &Client,
+    migration: &dualwrite_rules::Migration,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut found = Vec::new();
+    for source in &migration.merge {
+        let (expression, column) = present_old_column(source);
+        let table = source.table.to_string();
+        let nullable: Option<bool> = client
+            .query_opt(
+                "SELECT NOT attnotnull FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                &[&table, &column],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if nullable == Some(true) {
+            found.push(format!(
+                "its present column {} is {} of {table}, which may be NULL, so a DELETE of another source could \
+                 drop a row {table} still holds; make {column} NOT NULL or name another present column",
+                source.present,
+                expression.unwrap_or("?"),
+            ));
         }
     }
     Ok(found)

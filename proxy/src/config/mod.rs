@@ -244,6 +244,13 @@ pub struct Limits {
     /// Seconds the migration state may go unconfirmed (state database unreachable) before statements
     /// on tables under migration are refused with 57P03; other statements are unaffected.
     pub state_max_age_secs: u64,
+    /// Seconds between two checks of the key defaults and `present` columns of the migrations' tables
+    /// (`state::schema_watch`): a schema that became unsafe for dual writes refuses the migration's writes
+    /// from the first check that sees it.
+    pub schema_check_interval_secs: u64,
+    /// Seconds between two searches for writers of the old tables the proxy cannot see (each reads every
+    /// function body of the database); what is found is reported.
+    pub unseen_writers_check_interval_secs: u64,
     /// Seconds an upstream connection may be idle before TCP keepalive probes start (then every quarter
     /// of that, four probes): a dead upstream host or a broken network path ends the session with 08006
     /// instead of leaving it hanging. 0 turns keepalive off.
@@ -262,6 +269,8 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             shutdown_grace_secs: 30,
             state_max_age_secs: 10,
+            schema_check_interval_secs: 1,
+            unseen_writers_check_interval_secs: 30,
             upstream_keepalive_secs: 60,
             upstream_tcp_user_timeout_secs: 0,
         }
@@ -294,6 +303,16 @@ impl Limits {
     /// At least a second: the state is polled twice a second.
     pub fn state_max_age(&self) -> Duration {
         Duration::from_secs(self.state_max_age_secs.max(1))
+    }
+
+    /// At least a second apart.
+    pub fn schema_check_interval(&self) -> Duration {
+        Duration::from_secs(self.schema_check_interval_secs.max(1))
+    }
+
+    /// At least a second apart.
+    pub fn unseen_writers_check_interval(&self) -> Duration {
+        Duration::from_secs(self.unseen_writers_check_interval_secs.max(1))
     }
 }
 

@@ -207,6 +207,8 @@ pub const STATUS_COLUMNS: &[&str] = &[
     "shadow_reads_errors",
     "shadow_reads_skipped",
     "reads_wait_for_backfill",
+    "writes_refused",
+    "schema_findings",
 ];
 
 /// One row per migration. Shadow-read figures are this instance's since it started (NULL when no
@@ -253,6 +255,9 @@ pub fn status_response<'a>(
                 figure(|f| f.errors),
                 figure(|f| f.skipped),
                 Some(if m.reads_wait_for_backfill() { "t" } else { "f" }.to_string()),
+                Some(if m.unsafe_for_writes().is_some() { "t" } else { "f" }.to_string()),
+                (!m.schema_findings.is_empty())
+                    .then(|| m.schema_findings.iter().map(|f| f.description.as_str()).collect::<Vec<_>>().join("; ")),
             ]
         })
         .collect();
@@ -315,7 +320,7 @@ fn audit_verify_response(check: ChainCheck) -> ControlResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::snapshot::{BackfillProgress, VerifySummary};
+    use crate::state::snapshot::{BackfillProgress, SchemaFinding, SchemaFindingKind, VerifySummary};
     use dualwrite_rules::Phase;
 
     #[test]
@@ -334,6 +339,10 @@ mod tests {
         let mut b = MigrationState::new("b", Phase::Cutover);
         b.read_source = Some("v2".into());
         b.read_percent = 40;
+        b.schema_findings = vec![
+            SchemaFinding { kind: SchemaFindingKind::KeyDefaults, description: "keys".into() },
+            SchemaFinding { kind: SchemaFindingKind::UnseenWriters, description: "a trigger".into() },
+        ];
         let r = status_response([a, b].iter(), None);
         assert_eq!(r.columns.len(), STATUS_COLUMNS.len());
         assert_eq!(r.tag, "SELECT 2");
@@ -356,7 +365,9 @@ mod tests {
                 None,
                 None,
                 None,
-                s("t")
+                s("t"),
+                s("f"),
+                None
             ]
         );
         assert_eq!(
@@ -377,7 +388,9 @@ mod tests {
                 None,
                 None,
                 None,
-                s("f")
+                s("f"),
+                s("t"),
+                s("keys; a trigger")
             ]
         );
     }

@@ -105,7 +105,12 @@ impl Live {
     /// upgrading its `dualwrite` schema, registering the migrations, reading the state) and starts its
     /// jobs and figures.
     async fn start(config: &Config, pg: PgTarget, rules: Arc<RuleSet>) -> anyhow::Result<Live> {
-        let options = StateOptions { max_age: config.limits.state_max_age(), ..StateOptions::default() };
+        let options = StateOptions {
+            max_age: config.limits.state_max_age(),
+            schema_check_interval: config.limits.schema_check_interval(),
+            writers_check_interval: config.limits.unseen_writers_check_interval(),
+            ..StateOptions::default()
+        };
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), options)
             .await
             .context("cannot register the rules' migrations and load their state from the upstream database")?;

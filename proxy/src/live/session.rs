@@ -549,24 +549,35 @@ impl SessionInterceptor for LiveSession {
         prepared.generation = current.generation;
         prepared.route = Some(route.clone());
         prepared.read = is_read(&plan);
-        let (sql, transform) = match (&*plan, refusal) {
-            (_, Some(refusal)) => {
-                // COPY FROM STDIN into a migrated table needs a simple Query: refused as at its Parse.
-                count_rejection(&refusal);
-                (rejection_error(&refusal).raise_statement(), ResponseTransform::default())
-            }
-            (Plan::PassThrough, None) => (prepared.sql.clone(), ResponseTransform::default()),
-            (Plan::Rewritten { sql, statements, migrations, writes }, None) => {
-                let sink = plan_sink(&current.dual_write, *writes, migrations);
-                (sql.clone(), statements.first().map(|t| relay_transform(t, sink.as_ref())).unwrap_or_default())
-            }
-            (Plan::Rejected(rejection), None) => {
-                // The statement cannot run under the new route: prepare the refusal in its place, so that
-                // running it fails with the reason (a Bind with parameters fails before that, also safely).
-                count_rejection(rejection);
-                (rejection_error(rejection).raise_statement(), ResponseTransform::default())
+        let refused = |rejection: &dualwrite_rules::Rejection| {
+            count_rejection(rejection);
+            Reprepare {
+                sql: rejection_error(rejection).raise_statement(),
+                // As many parameters as the client's Bind supplies (its Parse may have declared none).
+                param_types: refusal_param_types(&prepared.sql, &prepared.param_types),
+                transform: ResponseTransform::default(),
             }
         };
-        Some(Reprepare { sql, param_types: prepared.param_types.clone(), transform })
+        let reprepare = match (&*plan, refusal) {
+            // COPY FROM STDIN into a migrated table needs a simple Query: refused as at its Parse.
+            (_, Some(refusal)) => refused(&refusal),
+            (Plan::PassThrough, None) => Reprepare {
+                sql: prepared.sql.clone(),
+                param_types: prepared.param_types.clone(),
+                transform: ResponseTransform::default(),
+            },
+            (Plan::Rewritten { sql, statements, migrations, writes }, None) => {
+                let sink = plan_sink(&current.dual_write, *writes, migrations);
+                Reprepare {
+                    sql: sql.clone(),
+                    param_types: prepared.param_types.clone(),
+                    transform: statements.first().map(|t| relay_transform(t, sink.as_ref())).unwrap_or_default(),
+                }
+            }
+            // The statement cannot run under the new route: the refusal is prepared in its place, so that
+            // running it fails with the reason.
+            (Plan::Rejected(rejection), None) => refused(rejection),
+        };
+        Some(reprepare)
     }
 }

@@ -1,18 +1,20 @@
 //! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL (`schema`),
 //! loading and changing it with an audit row per change (`store`), the audit log's hash chain
 //! (`audit_chain`), phase rules (`phase`), the immutable
-//! snapshot sessions read (`snapshot`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
+//! snapshot sessions read (`snapshot`), the schema of the migrations' tables watched while the proxy runs
+//! (`schema_watch`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
 //! polling fallback (`watcher`).
 
 pub mod audit_chain;
 pub mod phase;
 pub mod schema;
+pub mod schema_watch;
 pub mod snapshot;
 pub mod store;
 pub mod watcher;
 
 pub use phase::Phase;
-pub use snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummary};
+pub use snapshot::{BackfillProgress, MigrationState, SchemaFinding, SchemaFindingKind, StateSnapshot, VerifySummary};
 pub use store::Actor;
 pub use watcher::{StateHandle, StateOptions};
 

@@ -1,6 +1,6 @@
 //! The immutable picture of the shared state that sessions read on the query path: one `MigrationState` per
-//! migration (phase, read routing, backfill progress, last verify). Built by `state::store`, published by
-//! `state::watcher`, never mutated once published.
+//! migration (phase, read routing, backfill progress, last verify, what the schema watch found). Built by
+//! `state::store` and `state::schema_watch`, published by `state::watcher`, never mutated once published.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +30,10 @@ pub struct MigrationState {
     pub read_percent: u8,
     pub backfill: Option<BackfillProgress>,
     pub last_verify: Option<VerifySummary>,
+    /// What the schema watch (`state::schema_watch`) last found wrong with the migration's tables, in
+    /// this instance; empty when the schema is safe. Not stored in the database: every instance reads the
+    /// catalog itself.
+    pub schema_findings: Vec<SchemaFinding>,
 }
 
 impl MigrationState {
@@ -41,7 +45,19 @@ impl MigrationState {
             read_percent: 100,
             backfill: None,
             last_verify: None,
+            schema_findings: Vec::new(),
         }
+    }
+
+    /// The findings that refuse the migration's writes, as one sentence, while it keeps both tables in step
+    /// (`dual_write`, `cutover`); `None` when its writes may run.
+    pub fn unsafe_for_writes(&self) -> Option<String> {
+        if !matches!(self.phase, Phase::DualWrite | Phase::Cutover) {
+            return None;
+        }
+        let refusing: Vec<&str> =
+            self.schema_findings.iter().filter(|f| f.kind.refuses_writes()).map(|f| f.description.as_str()).collect();
+        (!refusing.is_empty()).then(|| refusing.join("; "))
     }
 
     /// The backfill has copied every row (state `done`).
@@ -75,4 +91,45 @@ pub struct VerifySummary {
     pub missing: Option<i64>,
     pub extra: Option<i64>,
     pub different: Option<i64>,
+}
+
+/// What the schema watch can find wrong with a migration's tables after the migration was registered (the
+/// same things registration refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SchemaFindingKind {
+    /// The key's defaults in the migration's tables became separate sources (`check::key_defaults`).
+    KeyDefaults,
+    /// A merge source's `present` column maps an old column that may now be NULL (`check::schema`).
+    NullablePresent,
+    /// The old table has writers the proxy cannot see that the rules do not accept (`check::writers`).
+    UnseenWriters,
+}
+
+impl SchemaFindingKind {
+    pub const ALL: [SchemaFindingKind; 3] =
+        [SchemaFindingKind::KeyDefaults, SchemaFindingKind::NullablePresent, SchemaFindingKind::UnseenWriters];
+
+    /// The `kind` label of `dualwrite_schema_findings`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaFindingKind::KeyDefaults => "key_defaults",
+            SchemaFindingKind::NullablePresent => "nullable_present",
+            SchemaFindingKind::UnseenWriters => "unseen_writers",
+        }
+    }
+
+    /// Whether the migration's writes are refused while such a finding stands. The first two make the
+    /// proxy's own dual write change the wrong rows, so its writes stop. Unseen writers write behind the
+    /// proxy's back whatever it does (refusing the application's writes would not stop them): they are
+    /// reported, and the change-data-capture watch catches what they write.
+    pub fn refuses_writes(self) -> bool {
+        !matches!(self, SchemaFindingKind::UnseenWriters)
+    }
+}
+
+/// One thing the schema watch found, as a sentence that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFinding {
+    pub kind: SchemaFindingKind,
+    pub description: String,
 }

@@ -93,6 +93,7 @@ pub async fn load(client: &impl GenericClient) -> Result<StateSnapshot, StateErr
             read_percent: percent.clamp(0, 100) as u8,
             backfill,
             last_verify,
+            schema_findings: Vec::new(),
         };
         snapshot.migrations.insert(name, state);
     }

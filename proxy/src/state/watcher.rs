@@ -10,20 +10,24 @@
 //! database is unreachable, so the snapshot may be stale): a stale phase or route could single-write or
 //! read a table another instance has already moved away from. A read that hangs (stalled network) is
 //! abandoned after `max_age` and the connection reopened.
+//!
+//! A second task watches the schema of the migrations' tables (`schema_watch`) on the control connection
+//! and publishes its findings with the snapshot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dualwrite_rules::{Phase, RuleSet};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::pg_client::PgTarget;
 
 use super::audit_chain::{self, ChainCheck};
+use super::schema_watch::{self, SchemaFindings};
 use super::snapshot::StateSnapshot;
 use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
 use super::{schema, StateError, NOTIFY_CHANNEL};
@@ -42,6 +46,10 @@ pub struct StateOptions {
     /// How long the state may go unconfirmed before statements on migrated tables are refused; also
     /// the bound on one read of the state and on connecting to the state database.
     pub max_age: Duration,
+    /// How often the key defaults and `present` columns of the migrations' tables are checked again.
+    pub schema_check_interval: Duration,
+    /// How often the old tables' unseen writers are looked for again (every function body is read).
+    pub writers_check_interval: Duration,
 }
 
 impl Default for StateOptions {
@@ -51,6 +59,8 @@ impl Default for StateOptions {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             max_age: Duration::from_secs(10),
+            schema_check_interval: Duration::from_secs(1),
+            writers_check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -76,6 +86,12 @@ struct Inner {
     confirmed_ms: AtomicU64,
     epoch: Instant,
     max_age: Duration,
+    /// What the schema watch last found, put on every snapshot published.
+    schema_findings: ArcSwap<SchemaFindings>,
+    /// Serializes publishing (a state load and the schema watch both publish).
+    publishing: StdMutex<()>,
+    /// Wakes the schema watch for a full check now (after a rules reload).
+    check_schema_now: Arc<Notify>,
 }
 
 impl StateHandle {
@@ -104,7 +120,14 @@ impl StateHandle {
             confirmed_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             max_age: options.max_age,
+            schema_findings: ArcSwap::from_pointee(SchemaFindings::new()),
+            publishing: StdMutex::new(()),
+            check_schema_now: Arc::new(Notify::new()),
         });
+        // Registration just found nothing: every gauge starts at 0.
+        schema_watch::report(&inner.rules.load(), &SchemaFindings::new(), &SchemaFindings::new());
+        let wake = Arc::clone(&inner.check_schema_now);
+        tokio::spawn(schema_watch_loop(Arc::downgrade(&inner), wake, options.clone()));
         tokio::spawn(watch_loop(Arc::downgrade(&inner), pg, options));
         Ok(StateHandle { inner })
     }
@@ -152,6 +175,8 @@ impl StateHandle {
         drop(client);
         self.fail_closed(result)?;
         self.inner.rules.store(rules);
+        // Findings of the rules replaced (a writer now accepted, a migration removed) go at the next check.
+        self.inner.check_schema_now.notify_one();
         self.refresh().await?;
         Ok(())
     }
@@ -271,12 +296,33 @@ impl StateHandle {
 }
 
 impl Inner {
-    /// Publishes a snapshot just read from the database (which confirms the state).
-    fn publish(&self, fresh: StateSnapshot) {
+    /// Publishes a snapshot just read from the database (which confirms the state), with the schema
+    /// watch's findings on it.
+    fn publish(&self, mut fresh: StateSnapshot) {
+        let _publishing = self.publishing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = self.epoch.elapsed().as_millis() as u64;
         self.confirmed_ms.fetch_max(now, Ordering::Relaxed);
-        if **self.snapshot.load() != fresh {
-            self.snapshot.store(Arc::new(fresh));
+        schema_watch::apply(&mut fresh, &self.schema_findings.load());
+        self.store_if_changed(fresh);
+    }
+
+    /// Publishes the schema watch's findings on the current snapshot (reports them if they changed).
+    fn publish_findings(&self, findings: SchemaFindings) {
+        let _publishing = self.publishing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = self.schema_findings.load_full();
+        schema_watch::report(&self.rules.load(), &before, &findings);
+        if *before == findings {
+            return;
+        }
+        let mut snapshot = StateSnapshot::clone(&self.snapshot.load());
+        schema_watch::apply(&mut snapshot, &findings);
+        self.schema_findings.store(Arc::new(findings));
+        self.store_if_changed(snapshot);
+    }
+
+    fn store_if_changed(&self, snapshot: StateSnapshot) {
+        if **self.snapshot.load() != snapshot {
+            self.snapshot.store(Arc::new(snapshot));
             self.generation.send_modify(|g| *g += 1);
         }
     }
@@ -323,6 +369,56 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
         return Err(StateError::UnsafeSchema(unsafe_schema));
     }
     Ok(())
+}
+
+/// Runs the schema watch's checks (`schema_watch`) until the handle is gone: the cheap ones every
+/// `schema_check_interval`, the unseen writers every `writers_check_interval`, both at once after a rules
+/// reload. A check that fails or times out keeps the findings in force (the state watcher's own failures
+/// decide whether statements are served at all).
+async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: StateOptions) {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + options.schema_check_interval, options.schema_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writers_due = start + options.writers_check_interval;
+    let mut writers = SchemaFindings::new();
+    loop {
+        // Not holding the handle while waiting: the task stops at its next wake-up once the last handle
+        // is dropped.
+        let woken = tokio::select! {
+            _ = wake.notified() => true,
+            _ = tick.tick() => false,
+        };
+        let Some(strong) = inner.upgrade() else { return };
+        let handle = StateHandle { inner: strong };
+        let rules = handle.rules();
+        let check_writers = woken || tokio::time::Instant::now() >= writers_due;
+        let checked = tokio::time::timeout(options.max_age, async {
+            let client = handle.control().await?;
+            let safety = schema_watch::safety(&client, &rules).await?;
+            let writers = match check_writers {
+                true => Some(schema_watch::writers(&client, &rules).await?),
+                false => None,
+            };
+            Ok::<_, StateError>((safety, writers))
+        })
+        .await;
+        match checked {
+            Ok(Ok((safety, found))) => {
+                if let Some(found) = found {
+                    writers = found;
+                    writers_due = tokio::time::Instant::now() + options.writers_check_interval;
+                }
+                handle.inner.publish_findings(schema_watch::combine(safety, &writers));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checking the schema of the migrations' tables failed; findings kept");
+                let _ = handle.fail_closed(Err::<(), _>(e));
+            }
+            Err(_) => {
+                tracing::warn!(limit = ?options.max_age, "checking the schema of the migrations' tables timed out")
+            }
+        }
+    }
 }
 
 /// The messages of a connection; polling the stream drives the connection.

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 pub use crate::config::VersionDefaults;
 use crate::result_set::ControlResponse;
 use crate::sql_error::{codes, SqlError};
-use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side};
+use dualwrite_rules::{MigrationRoute, Phase, Route, RuleSet, Side, UnsafeSchema};
 
 use crate::state::{MigrationState, StateSnapshot};
 pub use startup::{startup_version, VERSION_GUC};
@@ -285,7 +285,17 @@ impl SessionVersion {
                 MigrationRoute { phase, version: shape, read_source }
             })
             .collect();
-        Route { per_migration, backfill_pending, ..Route::default() }
+        // A schema the schema watch found unsafe for dual writes refuses the migration's writes.
+        let unsafe_schema = rules
+            .migrations
+            .iter()
+            .enumerate()
+            .filter_map(|(migration, m)| {
+                let finding = state.migration(&m.name)?.unsafe_for_writes()?;
+                Some(UnsafeSchema { migration, finding })
+            })
+            .collect();
+        Route { per_migration, backfill_pending, unsafe_schema, ..Route::default() }
     }
 }
 

@@ -1,0 +1,178 @@
+//! The schema of the migrations' tables, watched while the proxy runs. Registration (at start, at every
+//! rules reload and in `dualwrite apply`) refuses a schema that lets the dual write change the wrong rows or
+//! that hides writers (`watcher::refuse_unsafe_rules`), but the schema can change after that: a default set
+//! on a shadow's key, a `present` column's NOT NULL dropped, a trigger created, directly on the database or
+//! through DDL the proxy lets pass (it refuses only DDL that breaks the sync statements). The watcher re-runs
+//! the same checks (this module's [`safety`] and [`writers`]) on its control connection and publishes what
+//! they find in the snapshot, per migration (`MigrationState::schema_findings`): DUALWRITE STATUS shows it
+//! (`schema_findings`), `dualwrite_schema_findings{migration,kind}` counts it, and it is logged when it
+//! appears and when it clears.
+//!
+//! A finding that makes the proxy's own dual write change the wrong rows (key defaults that became separate
+//! sources, a `present` column that may be NULL) refuses the migration's writes while it keeps both tables
+//! in step: the sessions' routes carry it (`Route::unsafe_schema`, 55000), prepared statements are prepared
+//! again as the refusal, and writes resume by themselves once a check finds the schema safe again. Unseen
+//! writers write behind the proxy whatever it does, so they are reported, not refused: the change-data-capture
+//! watch catches what they write. A change is acted on at the first check after it: writes that ran in
+//! between are not undone (VERIFY finds what they did), which is why the cheap checks run every second.
+
+use std::collections::BTreeMap;
+
+use dualwrite_rules::RuleSet;
+use tokio_postgres::Client;
+
+use super::snapshot::{SchemaFinding, SchemaFindingKind, StateSnapshot};
+
+/// Per migration name, what was found wrong (migrations with nothing found are absent).
+pub type SchemaFindings = BTreeMap<String, Vec<SchemaFinding>>;
+
+/// The gauge of findings per migration and kind.
+pub const SCHEMA_FINDINGS: &str = "dualwrite_schema_findings";
+
+/// The checks that decide whether the migrations' writes may run: each key's defaults and each merge
+/// source's `present` column (a few catalog lookups per migration).
+pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
+    let mut found = SchemaFindings::new();
+    for migration in &rules.migrations {
+        let mut findings: Vec<SchemaFinding> = crate::check::key_defaults::separate_sources(client, migration)
+            .await?
+            .into_iter()
+            .map(|separate| SchemaFinding { kind: SchemaFindingKind::KeyDefaults, description: separate.to_string() })
+            .collect();
+        findings.extend(
+            crate::check::schema::nullable_presents_of(client, migration)
+                .await?
+                .into_iter()
+                .map(|description| SchemaFinding { kind: SchemaFindingKind::NullablePresent, description }),
+        );
+        if !findings.is_empty() {
+            found.insert(migration.name.clone(), findings);
+        }
+    }
+    Ok(found)
+}
+
+/// Writers of each migration's old tables that the proxy cannot see and its `accept_unseen_writers` does
+/// not list (every function body of the database is read: the slower check).
+pub(crate) async fn writers(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
+    let mut found = SchemaFindings::new();
+    for migration in &rules.migrations {
+        let open: Vec<String> = crate::check::writers::find(client, migration)
+            .await?
+            .into_iter()
+            .filter(|w| !migration.accept_unseen_writers.contains(&w.id))
+            .map(|w| w.id)
+            .collect();
+        if !open.is_empty() {
+            let description = format!(
+                "writers the proxy cannot see write {} and the rules do not accept them: {} (the change-data-capture \
+                 watch catches their writes; remove them, or list them in accept_unseen_writers and reload; \
+                 `dualwrite check` says what each is)",
+                migration.old_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+                open.join(", ")
+            );
+            found.insert(
+                migration.name.clone(),
+                vec![SchemaFinding { kind: SchemaFindingKind::UnseenWriters, description }],
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The findings of both checks, per migration in the order safety then writers.
+pub(crate) fn combine(mut safety: SchemaFindings, writers: &SchemaFindings) -> SchemaFindings {
+    for (migration, findings) in writers {
+        safety.entry(migration.clone()).or_default().extend(findings.iter().cloned());
+    }
+    safety
+}
+
+/// `snapshot` with `findings` put on its migrations (a fresh load from the state tables has none).
+pub(crate) fn apply(snapshot: &mut StateSnapshot, findings: &SchemaFindings) {
+    for (name, state) in &mut snapshot.migrations {
+        state.schema_findings = findings.get(name).cloned().unwrap_or_default();
+    }
+}
+
+/// Sets the gauge of every migration of `rules` and kind (0 where nothing is found), and logs each finding
+/// that appeared or cleared since `before`.
+pub(crate) fn report(rules: &RuleSet, before: &SchemaFindings, after: &SchemaFindings) {
+    for migration in &rules.migrations {
+        let now = after.get(&migration.name).map(Vec::as_slice).unwrap_or_default();
+        let then = before.get(&migration.name).map(Vec::as_slice).unwrap_or_default();
+        for kind in SchemaFindingKind::ALL {
+            let count = now.iter().filter(|f| f.kind == kind).count();
+            metrics::gauge!(SCHEMA_FINDINGS, "migration" => migration.name.clone(), "kind" => kind.as_str())
+                .set(count as f64);
+        }
+        for finding in now.iter().filter(|f| !then.contains(f)) {
+            if finding.kind.refuses_writes() {
+                tracing::error!(
+                    migration = %migration.name,
+                    kind = finding.kind.as_str(),
+                    "the schema of the migration's tables became unsafe for dual writes; its writes are refused \
+                     while it keeps both tables in step, until the schema is fixed: {}",
+                    finding.description
+                );
+            } else {
+                tracing::warn!(migration = %migration.name, kind = finding.kind.as_str(), "{}", finding.description);
+            }
+        }
+        for finding in then.iter().filter(|f| !now.contains(f)) {
+            tracing::info!(
+                migration = %migration.name,
+                kind = finding.kind.as_str(),
+                "schema finding cleared: {}",
+                finding.description
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{MigrationState, Phase};
+
+    fn finding(kind: SchemaFindingKind, description: &str) -> SchemaFinding {
+        SchemaFinding { kind, description: description.into() }
+    }
+
+    #[test]
+    fn findings_of_both_checks_are_combined_per_migration_and_put_on_the_snapshot() {
+        let safety = SchemaFindings::from([("a".into(), vec![finding(SchemaFindingKind::KeyDefaults, "keys")])]);
+        let writers = SchemaFindings::from([
+            ("a".into(), vec![finding(SchemaFindingKind::UnseenWriters, "a trigger")]),
+            ("b".into(), vec![finding(SchemaFindingKind::UnseenWriters, "a rule")]),
+        ]);
+        let all = combine(safety, &writers);
+        assert_eq!(all["a"].iter().map(|f| f.description.as_str()).collect::<Vec<_>>(), ["keys", "a trigger"]);
+        assert_eq!(all["b"].len(), 1);
+
+        let mut snapshot = StateSnapshot::default();
+        for (name, phase) in [("a", Phase::DualWrite), ("b", Phase::DualWrite), ("c", Phase::DualWrite)] {
+            snapshot.migrations.insert(name.into(), MigrationState::new(name, phase));
+        }
+        apply(&mut snapshot, &all);
+        assert_eq!(snapshot.migrations["a"].unsafe_for_writes().as_deref(), Some("keys"));
+        assert_eq!(snapshot.migrations["b"].unsafe_for_writes(), None, "unseen writers are reported only");
+        assert_eq!(snapshot.migrations["b"].schema_findings.len(), 1);
+        assert!(snapshot.migrations["c"].schema_findings.is_empty());
+    }
+
+    #[test]
+    fn writes_are_refused_only_while_both_tables_are_kept_in_step() {
+        for (phase, refused) in
+            [(Phase::Off, false), (Phase::DualWrite, true), (Phase::Cutover, true), (Phase::Complete, false)]
+        {
+            let mut state = MigrationState::new("a", phase);
+            state.schema_findings = vec![
+                finding(SchemaFindingKind::KeyDefaults, "keys"),
+                finding(SchemaFindingKind::NullablePresent, "present"),
+            ];
+            let expected = refused.then(|| "keys; present".to_string());
+            assert_eq!(state.unsafe_for_writes(), expected, "{phase:?}");
+        }
+    }
+}

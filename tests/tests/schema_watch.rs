@@ -1,0 +1,236 @@
+//! The schema of a running migration's tables changes after registration (directly on the database, as
+//! an operator or a deploy would): the proxy's schema watch notices at its next check. A key default that
+//! makes the shadow draw keys from a sequence of its own (the hazard `key_defaults` shows on the tables
+//! alone: a keyless v2 INSERT takes an old row's key, and the dual write's upsert overwrites that row) and a
+//! merge's `present` column that may become NULL refuse the migration's writes with 55000 naming the
+//! finding, prepared ones included, while reads go on; once the schema is fixed, writes resume by
+//! themselves. A writer the proxy cannot see that appears is reported but does not stop writes. STATUS
+//! (`writes_refused`, `schema_findings`) and `dualwrite_schema_findings` show each on a running proxy.
+//! (Its own test binary: the Prometheus recorder is process-global.)
+
+#[path = "merge_support/mod.rs"]
+mod merge_support;
+
+use std::time::Duration;
+
+use dualwrite_tests::*;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+const RULES: &str = include_str!("../../rewrite-rules/examples/users_split_name.toml");
+const MIGRATION: &str = "users_split_name";
+
+const SCHEMA: &str = "
+    CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);
+    CREATE TABLE public.users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text);
+    INSERT INTO public.users (name, email) VALUES ('Ada Lovelace', 'ada@example.org'),
+                                                  ('Alan Turing', 'alan@example.org');
+";
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Migration `migration`'s row of `DUALWRITE STATUS`.
+async fn status(admin: &Client, migration: &str) -> Vec<(String, Option<String>)> {
+    let messages = admin.simple_query("DUALWRITE STATUS").await.unwrap();
+    let columns: Vec<String> = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
+                Some(d.iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let row = simple_rows(&messages)
+        .into_iter()
+        .find(|r| r[0].as_deref() == Some(migration))
+        .unwrap_or_else(|| panic!("no STATUS row for {migration}"));
+    columns.into_iter().zip(row).collect()
+}
+
+/// Waits until STATUS says whether `migration`'s writes are refused.
+async fn until_writes_refused(admin: &Client, migration: &str, refused: bool) {
+    let want = if refused { "t" } else { "f" };
+    let what = format!("{migration}: writes_refused = {want}");
+    eventually(LIMIT, &what, || async { value(&status(admin, migration).await, "writes_refused") == Some(want) }).await;
+}
+
+fn is_unsafe_schema_refusal(e: &tokio_postgres::Error, finding: &str) -> bool {
+    let (code, message) = db_error(e);
+    code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code()
+        && message.contains(&format!("migration \"{MIGRATION}\""))
+        && message.contains(finding)
+}
+
+/// The value of the sample line starting with `prefix`, if any.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+fn findings_gauge(migration: &str, kind: &str) -> String {
+    format!("dualwrite_schema_findings{{migration=\"{migration}\",kind=\"{kind}\"}} ")
+}
+
+async fn names(direct: &Client, table: &str) -> Vec<(i32, String)> {
+    let sql = match table {
+        "users" => "SELECT id, name FROM public.users ORDER BY id",
+        _ => "SELECT id, first_name || ' ' || last_name FROM public.users_v2 ORDER BY id",
+    };
+    direct.query(sql, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_draws_from_the_old_sequence() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let proxy =
+        TestProxy::with_rules_toml_and(&db, RULES, |config| config.metrics_listen = Some(metrics)).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    let v1 = proxy.connect(&db).await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let prepared = v1.prepare("UPDATE users SET email = $1 WHERE id = $2").await.unwrap();
+    v1.execute(&prepared, &[&"ada@lovelace.org", &1i32]).await.unwrap();
+    let gauge = findings_gauge(MIGRATION, "key_defaults");
+    eventually(LIMIT, "the gauge at 0 before any finding", || async {
+        sample(&scrape_metrics(metrics).await, &gauge) == Some(0.0)
+    })
+    .await;
+
+    // The shadow gets a sequence of its own, past the proxy.
+    direct
+        .batch_execute(
+            "CREATE SEQUENCE public.users_v2_own_seq;
+             ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')",
+        )
+        .await
+        .unwrap();
+    until_writes_refused(&admin, MIGRATION, true).await;
+    let row = status(&admin, MIGRATION).await;
+    let findings = value(&row, "schema_findings").expect("the finding in STATUS").to_owned();
+    assert!(
+        findings.contains("key column id draws from 2 sequences")
+            && findings.contains("public.users_v2 from public.users_v2_own_seq"),
+        "{findings}"
+    );
+    assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(1.0), "the gauge counts the finding");
+
+    let finding = "key column id draws from 2 sequences";
+    let keyless_v2 = "INSERT INTO users (first_name, last_name, email) VALUES ('Grace', 'Hopper', 'g@example.org')";
+    let e = v2.batch_execute(keyless_v2).await.expect_err("a keyless v2 INSERT is refused");
+    assert!(is_unsafe_schema_refusal(&e, finding), "{:?}", db_error(&e));
+    let e = v1
+        .batch_execute("INSERT INTO users (name, email) VALUES ('Vee One', 'v1@example.org')")
+        .await
+        .expect_err("a v1 INSERT is refused");
+    assert!(is_unsafe_schema_refusal(&e, finding), "{:?}", db_error(&e));
+    let e = v1.execute(&prepared, &[&"ada@example.org", &1i32]).await.expect_err("the prepared UPDATE is refused");
+    assert!(is_unsafe_schema_refusal(&e, finding), "{:?}", db_error(&e));
+    let read: i64 = v1.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    assert_eq!(read, 2, "reads are served meanwhile");
+    let expected = vec![(1, "Ada Lovelace".to_owned()), (2, "Alan Turing".to_owned())];
+    assert_eq!(names(&direct, "users").await, expected, "no old row was overwritten");
+    assert_eq!(names(&direct, "users_v2").await, expected);
+
+    // The remedy: the shadow's default draws from the old table's sequence.
+    direct
+        .batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')")
+        .await
+        .unwrap();
+    until_writes_refused(&admin, MIGRATION, false).await;
+    assert_eq!(value(&status(&admin, MIGRATION).await, "schema_findings"), None);
+    assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(0.0), "the gauge is back at 0");
+    v1.execute(&prepared, &[&"ada@example.org", &1i32]).await.expect("the prepared UPDATE runs again");
+    let one: i32 = v1
+        .query_one("INSERT INTO users (name, email) VALUES ('Vee One', 'v1@example.org') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let two: i32 =
+        v2.query_one(&format!("{keyless_v2} RETURNING id"), &[]).await.expect("a keyless v2 INSERT runs again").get(0);
+    assert_eq!((one, two), (3, 4), "both versions take keys from the old table's sequence");
+    let expected: Vec<(i32, String)> = ["Ada Lovelace", "Alan Turing", "Vee One", "Grace Hopper"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as i32 + 1, n.to_string()))
+        .collect();
+    assert_eq!(names(&direct, "users").await, expected);
+    assert_eq!(names(&direct, "users_v2").await.len(), 4);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_present_column_that_may_become_null_refuses_the_merges_writes_until_it_is_not_null_again() {
+    use merge_support::{rules_path, MIGRATION as MERGE, SCHEMA as MERGE_SCHEMA};
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(MERGE_SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, MERGE).await;
+    let client = proxy.connect(&db).await.unwrap();
+
+    direct.batch_execute("ALTER TABLE profiles ALTER COLUMN name DROP NOT NULL").await.unwrap();
+    until_writes_refused(&admin, MERGE, true).await;
+    let findings = value(&status(&admin, MERGE).await, "schema_findings").unwrap().to_owned();
+    assert!(findings.contains("its present column display_name is name of public.profiles"), "{findings}");
+    let e = client.batch_execute("DELETE FROM accounts WHERE id = 25").await.expect_err("refused");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code(), "{message}");
+    assert!(message.contains(&format!("migration \"{MERGE}\"")) && message.contains("present column"), "{message}");
+    let kept: i64 = direct.query_one("SELECT count(*) FROM accounts WHERE id = 25", &[]).await.unwrap().get(0);
+    assert_eq!(kept, 1, "nothing was deleted");
+    let read: i64 = client.query_one("SELECT count(*) FROM profiles", &[]).await.unwrap().get(0);
+    assert_eq!(read, 40, "reads are served meanwhile");
+
+    direct.batch_execute("ALTER TABLE profiles ALTER COLUMN name SET NOT NULL").await.unwrap();
+    until_writes_refused(&admin, MERGE, false).await;
+    client.batch_execute("DELETE FROM accounts WHERE id = 25").await.expect("the DELETE runs again");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_toml_and(&db, RULES, |config| {
+        config.limits.unseen_writers_check_interval_secs = 1;
+    })
+    .await
+    .unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    let client = proxy.connect(&db).await.unwrap();
+
+    direct
+        .batch_execute(
+            "CREATE TABLE public.signups (id serial PRIMARY KEY, name text);
+             CREATE FUNCTION public.signup_user() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.users (name) VALUES (NEW.name); RETURN NEW; END $$;
+             CREATE TRIGGER signup_user AFTER INSERT ON public.signups
+                FOR EACH ROW EXECUTE FUNCTION public.signup_user();",
+        )
+        .await
+        .unwrap();
+    let what = "the trigger reported in STATUS";
+    eventually(LIMIT, what, || async {
+        value(&status(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
+    })
+    .await;
+    let row = status(&admin, MIGRATION).await;
+    assert_eq!(value(&row, "writes_refused"), Some("f"), "{row:?}");
+    client
+        .batch_execute("UPDATE users SET email = 'ada@lovelace.org' WHERE id = 1")
+        .await
+        .expect("writes go on while an unseen writer is reported");
+
+    direct.batch_execute("DROP TRIGGER signup_user ON public.signups").await.unwrap();
+    eventually(LIMIT, "the finding cleared", || async {
+        value(&status(&admin, MIGRATION).await, "schema_findings").is_none()
+    })
+    .await;
+    proxy.stop().await.unwrap();
+}
