@@ -4,6 +4,11 @@
 /// Runs `sql` (a control command answering one row) as a simple Query and returns the row as (column,
 /// value) pairs; panics naming the command on an error.
 pub async fn control(client: &tokio_postgres::Client, sql: &str) -> Vec<(String, Option<String>)> {
+    control_rows(client, sql).await.into_iter().next().unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Every row of a control command's answer as (column, value) pairs; panics naming the command on an error.
+pub async fn control_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<(String, Option<String>)>> {
     let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let columns: Vec<String> = messages
         .iter()
@@ -14,7 +19,16 @@ pub async fn control(client: &tokio_postgres::Client, sql: &str) -> Vec<(String,
             _ => None,
         })
         .expect("a result set");
-    columns.into_iter().zip(crate::simple_rows(&messages).remove(0)).collect()
+    crate::simple_rows(&messages).into_iter().map(|row| columns.iter().cloned().zip(row).collect()).collect()
+}
+
+/// Migration `migration`'s row of `DUALWRITE STATUS`; panics if there is none.
+pub async fn status_of(admin: &tokio_postgres::Client, migration: &str) -> Vec<(String, Option<String>)> {
+    control_rows(admin, "DUALWRITE STATUS")
+        .await
+        .into_iter()
+        .find(|row| value(row, "migration") == Some(migration))
+        .unwrap_or_else(|| panic!("no STATUS row for {migration}"))
 }
 
 /// The value of `column` in a row `control` returned, `None` when NULL or absent.
@@ -33,12 +47,7 @@ pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
 pub async fn backfill_until_done(admin: &tokio_postgres::Client, migration: &str) {
     control(admin, &format!("DUALWRITE BACKFILL {migration} START")).await;
     crate::eventually(std::time::Duration::from_secs(60), "backfill done", || async {
-        // STATUS has a row per migration: this one's.
-        let messages = admin.simple_query("DUALWRITE STATUS").await.unwrap_or_else(|e| panic!("STATUS: {e}"));
-        messages.iter().any(|m| {
-            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
-                if r.get("migration") == Some(migration) && r.get("backfill_state") == Some("done"))
-        })
+        value(&status_of(admin, migration).await, "backfill_state") == Some("done")
     })
     .await;
 }

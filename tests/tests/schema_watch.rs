@@ -29,30 +29,12 @@ const SCHEMA: &str = "
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Migration `migration`'s row of `DUALWRITE STATUS`.
-async fn status(admin: &Client, migration: &str) -> Vec<(String, Option<String>)> {
-    let messages = admin.simple_query("DUALWRITE STATUS").await.unwrap();
-    let columns: Vec<String> = messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::RowDescription(d) => {
-                Some(d.iter().map(|c| c.name().to_string()).collect())
-            }
-            _ => None,
-        })
-        .unwrap();
-    let row = simple_rows(&messages)
-        .into_iter()
-        .find(|r| r[0].as_deref() == Some(migration))
-        .unwrap_or_else(|| panic!("no STATUS row for {migration}"));
-    columns.into_iter().zip(row).collect()
-}
-
 /// Waits until STATUS says whether `migration`'s writes are refused.
 async fn until_writes_refused(admin: &Client, migration: &str, refused: bool) {
     let want = if refused { "t" } else { "f" };
     let what = format!("{migration}: writes_refused = {want}");
-    eventually(LIMIT, &what, || async { value(&status(admin, migration).await, "writes_refused") == Some(want) }).await;
+    eventually(LIMIT, &what, || async { value(&status_of(admin, migration).await, "writes_refused") == Some(want) })
+        .await;
 }
 
 fn is_unsafe_schema_refusal(e: &tokio_postgres::Error, finding: &str) -> bool {
@@ -108,7 +90,7 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
         .await
         .unwrap();
     until_writes_refused(&admin, MIGRATION, true).await;
-    let row = status(&admin, MIGRATION).await;
+    let row = status_of(&admin, MIGRATION).await;
     let findings = value(&row, "schema_findings").expect("the finding in STATUS").to_owned();
     assert!(
         findings.contains("key column id draws from 2 sequences")
@@ -140,7 +122,7 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
         .await
         .unwrap();
     until_writes_refused(&admin, MIGRATION, false).await;
-    assert_eq!(value(&status(&admin, MIGRATION).await, "schema_findings"), None);
+    assert_eq!(value(&status_of(&admin, MIGRATION).await, "schema_findings"), None);
     assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(0.0), "the gauge is back at 0");
     v1.execute(&prepared, &[&"ada@example.org", &1i32]).await.expect("the prepared UPDATE runs again");
     let one: i32 = v1
@@ -174,7 +156,7 @@ async fn a_merge_present_column_that_may_become_null_refuses_the_merges_writes_u
 
     direct.batch_execute("ALTER TABLE profiles ALTER COLUMN name DROP NOT NULL").await.unwrap();
     until_writes_refused(&admin, MERGE, true).await;
-    let findings = value(&status(&admin, MERGE).await, "schema_findings").unwrap().to_owned();
+    let findings = value(&status_of(&admin, MERGE).await, "schema_findings").unwrap().to_owned();
     assert!(findings.contains("its present column display_name is name of public.profiles"), "{findings}");
     let e = client.batch_execute("DELETE FROM accounts WHERE id = 25").await.expect_err("refused");
     let (code, message) = db_error(&e);
@@ -217,10 +199,10 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
         .unwrap();
     let what = "the trigger reported in STATUS";
     eventually(LIMIT, what, || async {
-        value(&status(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
+        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
     })
     .await;
-    let row = status(&admin, MIGRATION).await;
+    let row = status_of(&admin, MIGRATION).await;
     assert_eq!(value(&row, "writes_refused"), Some("f"), "{row:?}");
     client
         .batch_execute("UPDATE users SET email = 'ada@lovelace.org' WHERE id = 1")
@@ -229,7 +211,7 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
 
     direct.batch_execute("DROP TRIGGER signup_user ON public.signups").await.unwrap();
     eventually(LIMIT, "the finding cleared", || async {
-        value(&status(&admin, MIGRATION).await, "schema_findings").is_none()
+        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
     })
     .await;
     proxy.stop().await.unwrap();
