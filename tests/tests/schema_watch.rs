@@ -216,3 +216,53 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
     .await;
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_whose_schema_is_unsafe_can_leave_the_dual_writing_phases_but_not_enter_them() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE SEQUENCE public.users_v2_own_seq;
+             ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')",
+        )
+        .await
+        .unwrap();
+    until_writes_refused(&admin, MIGRATION, true).await;
+
+    let off = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
+    assert_eq!(value(&off, "phase"), Some("off"), "{off:?}");
+    let row = status_of(&admin, MIGRATION).await;
+    assert_eq!(value(&row, "writes_refused"), Some("f"), "nothing is dual-written in off: {row:?}");
+    assert!(value(&row, "schema_findings").is_some_and(|f| f.contains("draws from 2 sequences")), "{row:?}");
+    let v1 = proxy.connect(&db).await.unwrap();
+    v1.batch_execute("UPDATE users SET email = 'ada@lovelace.org' WHERE id = 1").await.expect("off passes writes");
+
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} dual_write"))
+        .await
+        .expect_err("entering dual_write is refused");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code(), "{message}");
+    assert!(
+        message.contains(&format!("migration {MIGRATION} cannot enter dual_write"))
+            && message.contains("draws from 2 sequences"),
+        "{message}"
+    );
+    assert_eq!(value(&status_of(&admin, MIGRATION).await, "phase"), Some("off"), "the phase did not change");
+
+    direct
+        .batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')")
+        .await
+        .unwrap();
+    eventually(LIMIT, "the finding cleared", || async {
+        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
+    })
+    .await;
+    let entered = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
+    assert_eq!(value(&entered, "phase"), Some("dual_write"), "{entered:?}");
+    proxy.stop().await.unwrap();
+}

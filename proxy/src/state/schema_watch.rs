@@ -11,7 +11,8 @@
 //! A finding that makes the proxy's own dual write change the wrong rows (key defaults that became separate
 //! sources, a `present` column that may be NULL) refuses the migration's writes while it keeps both tables
 //! in step: the sessions' routes carry it (`Route::unsafe_schema`, 55000), prepared statements are prepared
-//! again as the refusal, and writes resume by themselves once a check finds the schema safe again. Unseen
+//! again as the refusal, and writes resume by themselves once a check finds the schema safe again; entering
+//! `dual_write` or `cutover` without FORCE is refused meanwhile (`StateHandle::change_phase`). Unseen
 //! writers write behind the proxy whatever it does, so they are reported, not refused: the change-data-capture
 //! watch catches what they write. A change is acted on at the first check after it: writes that ran in
 //! between are not undone (VERIFY finds what they did), which is why the cheap checks run every second.

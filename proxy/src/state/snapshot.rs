@@ -52,9 +52,14 @@ impl MigrationState {
     /// The findings that refuse the migration's writes, as one sentence, while it keeps both tables in step
     /// (`dual_write`, `cutover`); `None` when its writes may run.
     pub fn unsafe_for_writes(&self) -> Option<String> {
-        if !matches!(self.phase, Phase::DualWrite | Phase::Cutover) {
-            return None;
+        match self.phase {
+            Phase::DualWrite | Phase::Cutover => self.refusing_findings(),
+            Phase::Off | Phase::Complete => None,
         }
+    }
+
+    /// The findings that refuse writes in a phase that dual-writes, as one sentence, whatever the phase.
+    pub fn refusing_findings(&self) -> Option<String> {
         let refusing: Vec<&str> =
             self.schema_findings.iter().filter(|f| f.kind.refuses_writes()).map(|f| f.description.as_str()).collect();
         (!refusing.is_empty()).then(|| refusing.join("; "))

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::pg_client::PgTarget;
+use crate::sql_error::{codes, SqlError};
 
 use super::audit_chain::{self, ChainCheck};
 use super::schema_watch::{self, SchemaFindings};
@@ -209,6 +210,7 @@ impl StateHandle {
         force: bool,
         actor: &Actor,
     ) -> Result<PhaseChange, StateError> {
+        self.refuse_entering_with_unsafe_schema(migration, phase, force)?;
         let mut client = self.control().await?;
         let result = store::change_phase(&mut client, &self.inner.rules.load(), migration, phase, force, actor).await;
         drop(client);
@@ -270,6 +272,28 @@ impl StateHandle {
         let result = audit_chain::verify(&*client).await;
         drop(client);
         self.fail_closed(result)
+    }
+
+    /// Moving a migration into `dual_write` or `cutover` (without FORCE) is refused while the schema watch
+    /// finds its schema unsafe for dual writes: every write would be refused from then on. (ROLLBACK, `off`
+    /// and `complete` stay open: they are the ways out; FORCE enters anyway, with writes refused.)
+    fn refuse_entering_with_unsafe_schema(&self, migration: &str, phase: Phase, force: bool) -> Result<(), StateError> {
+        if force || !matches!(phase, Phase::DualWrite | Phase::Cutover) {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        let Some(state) = snapshot.migration(migration).filter(|s| s.phase != phase) else { return Ok(()) };
+        let Some(findings) = state.refusing_findings() else { return Ok(()) };
+        Err(StateError::Refused(
+            SqlError::new(
+                codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "migration {migration} cannot enter {phase}: the schema of its tables is unsafe for dual writes: \
+                     {findings}"
+                ),
+            )
+            .with_hint("Fix the schema first (DUALWRITE STATUS shows it in schema_findings); FORCE enters anyway, with every write of the migration refused."),
+        ))
     }
 
     /// The control connection, reopened if it was lost.
