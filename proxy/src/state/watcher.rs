@@ -405,6 +405,7 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writers_due = start + options.writers_check_interval;
     let mut writers = SchemaFindings::new();
+    let mut failing = false;
     loop {
         // Not holding the handle while waiting: the task stops at its next wake-up once the last handle
         // is dropped.
@@ -426,22 +427,31 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
             Ok::<_, StateError>((safety, writers))
         })
         .await;
-        match checked {
+        let failure = match checked {
             Ok(Ok((safety, found))) => {
                 if let Some(found) = found {
                     writers = found;
                     writers_due = tokio::time::Instant::now() + options.writers_check_interval;
                 }
                 handle.inner.publish_findings(schema_watch::combine(safety, &writers));
+                None
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "checking the schema of the migrations' tables failed; findings kept");
+                let failure = e.to_string();
                 let _ = handle.fail_closed(Err::<(), _>(e));
+                Some(failure)
             }
-            Err(_) => {
-                tracing::warn!(limit = ?options.max_age, "checking the schema of the migrations' tables timed out")
+            Err(_) => Some(format!("no answer within {:?}", options.max_age)),
+        };
+        // Logged once per run of failures (an unreachable database fails every check).
+        match (&failure, failing) {
+            (Some(error), false) => {
+                tracing::warn!(%error, "checking the schema of the migrations' tables failed; findings kept")
             }
+            (None, true) => tracing::info!("checking the schema of the migrations' tables works again"),
+            _ => {}
         }
+        failing = failure.is_some();
     }
 }
 
