@@ -5,7 +5,8 @@
 //! merge's `present` column that may become NULL refuse the migration's writes with 55000 naming the
 //! finding, prepared ones included, while reads go on; once the schema is fixed, writes resume by
 //! themselves. A writer the proxy cannot see that appears is reported but does not stop writes. STATUS
-//! (`writes_refused`, `schema_findings`) and `dualwrite_schema_findings` show each on a running proxy.
+//! (`writes_refused`, `schema_findings`) and `dualwrite_schema_findings` show each on a running proxy, and
+//! the audit log records each change once, whatever the number of instances.
 //! (Its own test binary: the Prometheus recorder is process-global.)
 
 #[path = "merge_support/mod.rs"]
@@ -53,6 +54,16 @@ fn findings_gauge(migration: &str, kind: &str) -> String {
     format!("dualwrite_schema_findings{{migration=\"{migration}\",kind=\"{kind}\"}} ")
 }
 
+/// The `after` of each `schema_findings` row of the migration's audit log, oldest first.
+async fn schema_audit(admin: &Client) -> Vec<String> {
+    control_rows(admin, &format!("DUALWRITE AUDIT {MIGRATION}"))
+        .await
+        .iter()
+        .filter(|row| value(row, "action") == Some("schema_findings"))
+        .map(|row| value(row, "after").unwrap_or_default().to_owned())
+        .collect()
+}
+
 async fn names(direct: &Client, table: &str) -> Vec<(i32, String)> {
     let sql = match table {
         "users" => "SELECT id, name FROM public.users ORDER BY id",
@@ -69,6 +80,8 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let proxy =
         TestProxy::with_rules_toml_and(&db, RULES, |config| config.metrics_listen = Some(metrics)).await.unwrap();
+    // A second instance sees the same schema: the audit log still records each change once.
+    let second = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
     let admin = proxy.connect(&db).await.unwrap();
     backfill_until_done(&admin, MIGRATION).await;
     let v1 = proxy.connect(&db).await.unwrap();
@@ -98,6 +111,11 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
         "{findings}"
     );
     assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(1.0), "the gauge counts the finding");
+    let second_admin = second.connect(&db).await.unwrap();
+    until_writes_refused(&second_admin, MIGRATION, true).await;
+    let audited = schema_audit(&admin).await;
+    assert_eq!(audited.len(), 1, "one audit row for the finding, though two instances saw it: {audited:?}");
+    assert!(audited[0].contains("\"kind\": \"key_defaults\"") && audited[0].contains("draws from 2 sequences"));
 
     let finding = "key column id draws from 2 sequences";
     let keyless_v2 = "INSERT INTO users (first_name, last_name, email) VALUES ('Grace', 'Hopper', 'g@example.org')";
@@ -124,6 +142,10 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
     until_writes_refused(&admin, MIGRATION, false).await;
     assert_eq!(value(&status_of(&admin, MIGRATION).await, "schema_findings"), None);
     assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(0.0), "the gauge is back at 0");
+    until_writes_refused(&second_admin, MIGRATION, false).await;
+    let audited = schema_audit(&admin).await;
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert_eq!(audited[1], r#"{"findings": []}"#, "the fix is recorded too");
     v1.execute(&prepared, &[&"ada@example.org", &1i32]).await.expect("the prepared UPDATE runs again");
     let one: i32 = v1
         .query_one("INSERT INTO users (name, email) VALUES ('Vee One', 'v1@example.org') RETURNING id", &[])
@@ -140,6 +162,7 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
         .collect();
     assert_eq!(names(&direct, "users").await, expected);
     assert_eq!(names(&direct, "users_v2").await.len(), 4);
+    second.stop().await.unwrap();
     proxy.stop().await.unwrap();
 }
 

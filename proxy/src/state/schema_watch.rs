@@ -5,30 +5,79 @@
 //! through DDL the proxy lets pass (it refuses only DDL that breaks the sync statements). The watcher re-runs
 //! the same checks (this module's [`safety`] and [`writers`]) on its control connection and publishes what
 //! they find in the snapshot, per migration (`MigrationState::schema_findings`): DUALWRITE STATUS shows it
-//! (`schema_findings`), `dualwrite_schema_findings{migration,kind}` counts it, and it is logged when it
-//! appears and when it clears.
+//! (`schema_findings`), `dualwrite_schema_findings{migration,kind}` counts it, it is logged when it
+//! appears and when it clears, and the audit log records each change (action `schema_findings`, once
+//! whatever the number of instances that see it).
 //!
 //! A finding that makes the proxy's own dual write change the wrong rows (key defaults that became separate
 //! sources, a `present` column that may be NULL) refuses the migration's writes while it keeps both tables
 //! in step: the sessions' routes carry it (`Route::unsafe_schema`, 55000), prepared statements are prepared
 //! again as the refusal, and writes resume by themselves once a check finds the schema safe again; entering
-//! `dual_write` or `cutover` without FORCE is refused meanwhile (`StateHandle::change_phase`). Unseen
+//! `dual_write` or `cutover` without FORCE is refused meanwhile ([`refuse_entering`]). Unseen
 //! writers write behind the proxy whatever it does, so they are reported, not refused: the change-data-capture
 //! watch catches what they write. A change is acted on at the first check after it: writes that ran in
 //! between are not undone (VERIFY finds what they did), which is why the cheap checks run every second.
 
 use std::collections::BTreeMap;
 
-use dualwrite_rules::RuleSet;
+use dualwrite_rules::{Phase, RuleSet};
 use tokio_postgres::Client;
 
 use super::snapshot::{SchemaFinding, SchemaFindingKind, StateSnapshot};
+use super::store::{self, Actor};
+use super::StateError;
+use crate::sql_error::{codes, SqlError};
 
 /// Per migration name, what was found wrong (migrations with nothing found are absent).
 pub type SchemaFindings = BTreeMap<String, Vec<SchemaFinding>>;
 
 /// The gauge of findings per migration and kind.
 pub const SCHEMA_FINDINGS: &str = "dualwrite_schema_findings";
+
+/// Records in the audit log each migration whose findings changed, as `actor` (a failure is logged: the
+/// findings are in force whether recorded or not). Stops at the first error, which it returns (the
+/// connection may be gone).
+pub(crate) async fn audit(
+    client: &mut Client,
+    actor: &Actor,
+    rules: &RuleSet,
+    before: &SchemaFindings,
+    after: &SchemaFindings,
+) -> Result<(), StateError> {
+    for (migration, findings) in audit_changes(rules, before, after) {
+        store::record_schema_findings(client, &migration, actor, &findings).await?;
+    }
+    Ok(())
+}
+
+/// Moving a migration into `dual_write` or `cutover` (without FORCE) is refused while the schema watch
+/// finds its schema unsafe for dual writes: every write would be refused from then on. (ROLLBACK, `off` and
+/// `complete` stay open: they are the ways out; FORCE enters anyway, with writes refused.)
+pub(crate) fn refuse_entering(
+    snapshot: &StateSnapshot,
+    migration: &str,
+    phase: Phase,
+    force: bool,
+) -> Result<(), StateError> {
+    if force || !matches!(phase, Phase::DualWrite | Phase::Cutover) {
+        return Ok(());
+    }
+    let Some(state) = snapshot.migration(migration).filter(|s| s.phase != phase) else { return Ok(()) };
+    let Some(findings) = state.refusing_findings() else { return Ok(()) };
+    Err(StateError::Refused(
+        SqlError::new(
+            codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "migration {migration} cannot enter {phase}: the schema of its tables is unsafe for dual writes: \
+                 {findings}"
+            ),
+        )
+        .with_hint(
+            "Fix the schema first (DUALWRITE STATUS shows it in schema_findings); FORCE enters anyway, with every \
+             write of the migration refused.",
+        ),
+    ))
+}
 
 /// The checks that decide whether the migrations' writes may run: each key's defaults and each merge
 /// source's `present` column (a few catalog lookups per migration).
@@ -94,6 +143,25 @@ pub(crate) fn apply(snapshot: &mut StateSnapshot, findings: &SchemaFindings) {
     for (name, state) in &mut snapshot.migrations {
         state.schema_findings = findings.get(name).cloned().unwrap_or_default();
     }
+}
+
+/// The migrations of `rules` whose findings differ between `before` and `after`, each with what the audit
+/// log records of its findings now (`{"findings": [{"kind", "description"}]}`, empty when they cleared).
+pub(crate) fn audit_changes(rules: &RuleSet, before: &SchemaFindings, after: &SchemaFindings) -> Vec<(String, String)> {
+    rules
+        .migrations
+        .iter()
+        .filter(|m| before.get(&m.name) != after.get(&m.name))
+        .map(|m| {
+            let findings: Vec<serde_json::Value> = after
+                .get(&m.name)
+                .into_iter()
+                .flatten()
+                .map(|f| serde_json::json!({ "kind": f.kind.as_str(), "description": f.description }))
+                .collect();
+            (m.name.clone(), serde_json::json!({ "findings": findings }).to_string())
+        })
+        .collect()
 }
 
 /// Sets the gauge of every migration of `rules` and kind (0 where nothing is found), and logs each finding

@@ -375,6 +375,39 @@ pub async fn record_action(
     Ok(())
 }
 
+/// Appends a `schema_findings` audit row for `migration` (`after`: what the schema watch finds now, as
+/// `{"findings": [...]}`) unless its last such row says the same; no row while nothing was ever found.
+/// Every instance watches the same catalog: under the migration's row lock the first to see a change
+/// records it and the others find it recorded. Returns whether a row was appended.
+pub async fn record_schema_findings(
+    client: &mut Client,
+    migration: &str,
+    actor: &Actor,
+    after: &str,
+) -> Result<bool, StateError> {
+    let tx = client.transaction().await?;
+    let locked = tx.query_opt("SELECT 1 FROM dualwrite.migrations WHERE name = $1 FOR UPDATE", &[&migration]).await?;
+    if locked.is_none() {
+        return Ok(false);
+    }
+    let recorded: bool = tx
+        .query_one(
+            "SELECT coalesce((SELECT after FROM dualwrite.audit_log
+                               WHERE migration = $1 AND action = 'schema_findings'
+                               ORDER BY id DESC LIMIT 1),
+                             '{\"findings\": []}'::jsonb) = $2::text::jsonb",
+            &[&migration, &after],
+        )
+        .await?
+        .get(0);
+    if recorded {
+        return Ok(false);
+    }
+    audit(&tx, migration, "schema_findings", actor, None, Some(after)).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Audit rows, oldest first: the last `limit` (all when `None`), of one migration or all.
 pub async fn audit_entries(
     client: &impl GenericClient,

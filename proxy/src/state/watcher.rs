@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, watch, MappedMutexGuard, Mutex, MutexGuard, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::pg_client::PgTarget;
-use crate::sql_error::{codes, SqlError};
 
 use super::audit_chain::{self, ChainCheck};
 use super::schema_watch::{self, SchemaFindings};
@@ -105,7 +104,7 @@ impl StateHandle {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
-        let actor = Actor { role: pg.config().get_user().unwrap_or("dualwrite").to_string(), client_addr: None };
+        let actor = own_actor(&pg);
         refuse_unsafe_rules(&client, &rules).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
@@ -210,7 +209,7 @@ impl StateHandle {
         force: bool,
         actor: &Actor,
     ) -> Result<PhaseChange, StateError> {
-        self.refuse_entering_with_unsafe_schema(migration, phase, force)?;
+        schema_watch::refuse_entering(&self.snapshot(), migration, phase, force)?;
         let mut client = self.control().await?;
         let result = store::change_phase(&mut client, &self.inner.rules.load(), migration, phase, force, actor).await;
         drop(client);
@@ -274,28 +273,6 @@ impl StateHandle {
         self.fail_closed(result)
     }
 
-    /// Moving a migration into `dual_write` or `cutover` (without FORCE) is refused while the schema watch
-    /// finds its schema unsafe for dual writes: every write would be refused from then on. (ROLLBACK, `off`
-    /// and `complete` stay open: they are the ways out; FORCE enters anyway, with writes refused.)
-    fn refuse_entering_with_unsafe_schema(&self, migration: &str, phase: Phase, force: bool) -> Result<(), StateError> {
-        if force || !matches!(phase, Phase::DualWrite | Phase::Cutover) {
-            return Ok(());
-        }
-        let snapshot = self.snapshot();
-        let Some(state) = snapshot.migration(migration).filter(|s| s.phase != phase) else { return Ok(()) };
-        let Some(findings) = state.refusing_findings() else { return Ok(()) };
-        Err(StateError::Refused(
-            SqlError::new(
-                codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!(
-                    "migration {migration} cannot enter {phase}: the schema of its tables is unsafe for dual writes: \
-                     {findings}"
-                ),
-            )
-            .with_hint("Fix the schema first (DUALWRITE STATUS shows it in schema_findings); FORCE enters anyway, with every write of the migration refused."),
-        ))
-    }
-
     /// The control connection, reopened if it was lost.
     async fn control(&self) -> Result<MappedMutexGuard<'_, Client>, StateError> {
         let mut guard = self.inner.control.lock().await;
@@ -330,18 +307,20 @@ impl Inner {
         self.store_if_changed(fresh);
     }
 
-    /// Publishes the schema watch's findings on the current snapshot (reports them if they changed).
-    fn publish_findings(&self, findings: SchemaFindings) {
+    /// Publishes the schema watch's findings on the current snapshot (reports them if they changed);
+    /// returns the findings they replace when they changed.
+    fn publish_findings(&self, findings: SchemaFindings) -> Option<Arc<SchemaFindings>> {
         let _publishing = self.publishing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = self.schema_findings.load_full();
         schema_watch::report(&self.rules.load(), &before, &findings);
         if *before == findings {
-            return;
+            return None;
         }
         let mut snapshot = StateSnapshot::clone(&self.snapshot.load());
         schema_watch::apply(&mut snapshot, &findings);
         self.schema_findings.store(Arc::new(findings));
         self.store_if_changed(snapshot);
+        Some(before)
     }
 
     fn store_if_changed(&self, snapshot: StateSnapshot) {
@@ -350,6 +329,10 @@ impl Inner {
             self.generation.send_modify(|g| *g += 1);
         }
     }
+}
+
+fn own_actor(pg: &PgTarget) -> Actor {
+    Actor { role: pg.config().get_user().unwrap_or("dualwrite").to_string(), client_addr: None }
 }
 
 /// A connect timeout of `limit` unless the URL sets one: a stalled connect must not hold the watcher.
@@ -433,7 +416,21 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
                     writers = found;
                     writers_due = tokio::time::Instant::now() + options.writers_check_interval;
                 }
-                handle.inner.publish_findings(schema_watch::combine(safety, &writers));
+                let findings = schema_watch::combine(safety, &writers);
+                if let Some(before) = handle.inner.publish_findings(findings.clone()) {
+                    let audited = async {
+                        let mut client = handle.control().await?;
+                        let actor = own_actor(&handle.inner.pg);
+                        schema_watch::audit(&mut client, &actor, &rules, &before, &findings).await
+                    };
+                    let audited = match tokio::time::timeout(options.max_age, audited).await {
+                        Ok(result) => handle.fail_closed(result).map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {:?}", options.max_age)),
+                    };
+                    if let Err(error) = audited {
+                        tracing::warn!(%error, "recording the schema findings in the audit log failed");
+                    }
+                }
                 None
             }
             Ok(Err(e)) => {
