@@ -277,14 +277,21 @@ async fn a_migration_whose_schema_is_unsafe_can_leave_the_dual_writing_phases_bu
     );
     assert_eq!(value(&status_of(&admin, MIGRATION).await, "phase"), Some("off"), "the phase did not change");
 
+    assert_eq!(schema_audit(&admin).await.len(), 1, "the finding is in the audit log");
+
+    // Fixed while no instance runs: the next instance's first check records that the findings cleared.
+    proxy.stop().await.unwrap();
     direct
         .batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')")
         .await
         .unwrap();
-    eventually(LIMIT, "the finding cleared", || async {
-        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
+    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    eventually(LIMIT, "the cleared findings recorded", || async {
+        schema_audit(&admin).await.last().map(String::as_str) == Some(r#"{"findings": []}"#)
     })
     .await;
+    assert_eq!(schema_audit(&admin).await.len(), 2);
     let entered = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
     assert_eq!(value(&entered, "phase"), Some("dual_write"), "{entered:?}");
     proxy.stop().await.unwrap();

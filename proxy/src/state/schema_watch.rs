@@ -34,17 +34,16 @@ pub type SchemaFindings = BTreeMap<String, Vec<SchemaFinding>>;
 /// The gauge of findings per migration and kind.
 pub const SCHEMA_FINDINGS: &str = "dualwrite_schema_findings";
 
-/// Records in the audit log each migration whose findings changed, as `actor` (a failure is logged: the
-/// findings are in force whether recorded or not). Stops at the first error, which it returns (the
-/// connection may be gone).
+/// Records in the audit log, as `actor`, the findings of each migration whose last recorded findings
+/// differ (`store::record_schema_findings` compares, so every migration can be passed: after a restart the
+/// log may still hold findings fixed while no instance ran). Stops at the first error, which it returns.
 pub(crate) async fn audit(
     client: &mut Client,
     actor: &Actor,
     rules: &RuleSet,
-    before: &SchemaFindings,
-    after: &SchemaFindings,
+    findings: &SchemaFindings,
 ) -> Result<(), StateError> {
-    for (migration, findings) in audit_changes(rules, before, after) {
+    for (migration, findings) in audit_entries(rules, findings) {
         store::record_schema_findings(client, &migration, actor, &findings).await?;
     }
     Ok(())
@@ -145,13 +144,12 @@ pub(crate) fn apply(snapshot: &mut StateSnapshot, findings: &SchemaFindings) {
     }
 }
 
-/// The migrations of `rules` whose findings differ between `before` and `after`, each with what the audit
-/// log records of its findings now (`{"findings": [{"kind", "description"}]}`, empty when they cleared).
-pub(crate) fn audit_changes(rules: &RuleSet, before: &SchemaFindings, after: &SchemaFindings) -> Vec<(String, String)> {
+/// Every migration of `rules` with what the audit log records of its findings now (`{"findings": [{"kind",
+/// "description"}]}`, empty when none).
+pub(crate) fn audit_entries(rules: &RuleSet, after: &SchemaFindings) -> Vec<(String, String)> {
     rules
         .migrations
         .iter()
-        .filter(|m| before.get(&m.name) != after.get(&m.name))
         .map(|m| {
             let findings: Vec<serde_json::Value> = after
                 .get(&m.name)
@@ -167,6 +165,12 @@ pub(crate) fn audit_changes(rules: &RuleSet, before: &SchemaFindings, after: &Sc
 /// Sets the gauge of every migration of `rules` and kind (0 where nothing is found), and logs each finding
 /// that appeared or cleared since `before`.
 pub(crate) fn report(rules: &RuleSet, before: &SchemaFindings, after: &SchemaFindings) {
+    // A migration a reload removed: its gauges go back to 0, or an alert would fire for it forever.
+    for gone in before.keys().filter(|name| !rules.migrations.iter().any(|m| &m.name == *name)) {
+        for kind in SchemaFindingKind::ALL {
+            metrics::gauge!(SCHEMA_FINDINGS, "migration" => gone.clone(), "kind" => kind.as_str()).set(0.0);
+        }
+    }
     for migration in &rules.migrations {
         let now = after.get(&migration.name).map(Vec::as_slice).unwrap_or_default();
         let then = before.get(&migration.name).map(Vec::as_slice).unwrap_or_default();

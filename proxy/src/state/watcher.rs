@@ -308,19 +308,19 @@ impl Inner {
     }
 
     /// Publishes the schema watch's findings on the current snapshot (reports them if they changed);
-    /// returns the findings they replace when they changed.
-    fn publish_findings(&self, findings: SchemaFindings) -> Option<Arc<SchemaFindings>> {
+    /// returns whether they changed.
+    fn publish_findings(&self, findings: SchemaFindings) -> bool {
         let _publishing = self.publishing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = self.schema_findings.load_full();
         schema_watch::report(&self.rules.load(), &before, &findings);
         if *before == findings {
-            return None;
+            return false;
         }
         let mut snapshot = StateSnapshot::clone(&self.snapshot.load());
         schema_watch::apply(&mut snapshot, &findings);
         self.schema_findings.store(Arc::new(findings));
         self.store_if_changed(snapshot);
-        Some(before)
+        true
     }
 
     fn store_if_changed(&self, snapshot: StateSnapshot) {
@@ -389,6 +389,9 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
     let mut writers_due = start + options.writers_check_interval;
     let mut writers = SchemaFindings::new();
     let mut failing = false;
+    // The first check records what the log may lack (findings fixed while no instance ran); a failed
+    // recording is tried again.
+    let mut audit_due = true;
     loop {
         // Not holding the handle while waiting: the task stops at its next wake-up once the last handle
         // is dropped.
@@ -417,18 +420,21 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
                     writers_due = tokio::time::Instant::now() + options.writers_check_interval;
                 }
                 let findings = schema_watch::combine(safety, &writers);
-                if let Some(before) = handle.inner.publish_findings(findings.clone()) {
+                audit_due |= handle.inner.publish_findings(findings.clone());
+                if audit_due {
                     let audited = async {
                         let mut client = handle.control().await?;
-                        let actor = own_actor(&handle.inner.pg);
-                        schema_watch::audit(&mut client, &actor, &rules, &before, &findings).await
+                        schema_watch::audit(&mut client, &own_actor(&handle.inner.pg), &rules, &findings).await
                     };
                     let audited = match tokio::time::timeout(options.max_age, audited).await {
                         Ok(result) => handle.fail_closed(result).map_err(|e| e.to_string()),
                         Err(_) => Err(format!("no answer within {:?}", options.max_age)),
                     };
-                    if let Err(error) = audited {
-                        tracing::warn!(%error, "recording the schema findings in the audit log failed");
+                    match audited {
+                        Ok(()) => audit_due = false,
+                        Err(error) => {
+                            tracing::warn!(%error, "recording the schema findings in the audit log failed; retried at the next check")
+                        }
                     }
                 }
                 None
