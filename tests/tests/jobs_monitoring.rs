@@ -57,6 +57,6 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("SUCCESS: 10 rules found"), "{stdout}");
+    assert!(stdout.contains("SUCCESS: 11 rules found"), "{stdout}");
     assert!(stdout.contains("monitoring: ok"), "{stdout}");
 }
