@@ -366,7 +366,7 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
         "ok       backward.name = display_name (text -> text)",
         "ok       no writers of public.accounts, public.profiles that the proxy cannot see",
         "ok       present = display_name (from name of public.profiles): NOT NULL",
-        "warning  present = email (from lower(email) of public.accounts): not a plain column",
+        "ok       present = email (from lower(email) of public.accounts): NULL only when email is, and NOT NULL",
     ] {
         assert!(report.contains(line), "missing `{line}` in:\n{report}");
     }
@@ -374,6 +374,15 @@ async fn check_validates_every_source_and_the_mappings_over_their_join() {
     assert_eq!(errors, 1, "{report}");
     assert!(
         report.contains("ERROR    present = display_name (from name of public.profiles): name may be NULL"),
+        "{report}"
+    );
+    // lower() is NULL exactly when its argument is: a nullable email makes the present column nullable.
+    let (errors, report) = check(&SCHEMA.replace("email text NOT NULL", "email text")).await;
+    assert_eq!(errors, 1, "{report}");
+    assert!(
+        report.contains(
+            "ERROR    present = email (from lower(email) of public.accounts): NULL when email is, which may be NULL"
+        ),
         "{report}"
     );
     let (errors, report) = check(&SCHEMA.replace("display_name text, bio text", "display_name text")).await;
@@ -398,6 +407,24 @@ async fn a_merge_whose_present_column_may_be_null_is_not_registered_and_the_prox
         "{error}"
     );
     let registered = "SELECT count(*) FROM dualwrite.migrations WHERE name = 'users_merge_tables'";
+    assert_eq!(count(&direct, registered).await, 0);
+
+    // The same through an expression: accounts' present column is lower(email).
+    direct
+        .batch_execute("ALTER TABLE profiles ALTER COLUMN name SET NOT NULL; ALTER TABLE accounts ALTER COLUMN email DROP NOT NULL")
+        .await
+        .unwrap();
+    let error = match TestProxy::with_rules_file(&db, rules_path()).await {
+        Ok(_) => panic!("a proxy started on a merge whose present column may be NULL"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains(&format!(
+            "migration `{MIGRATION}` cannot be registered: its present column email is lower(email) of \
+             public.accounts, NULL when email is, which may be NULL"
+        )),
+        "{error}"
+    );
     assert_eq!(count(&direct, registered).await, 0);
 }
 

@@ -10,6 +10,7 @@
 //! file, database unreachable).
 
 pub(crate) mod key_defaults;
+mod present;
 mod replay;
 mod row_triggers;
 pub(crate) mod schema;

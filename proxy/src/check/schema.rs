@@ -11,6 +11,7 @@ use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::Client;
 
 use super::key_defaults::Finding;
+use super::present::{present_inputs, PresentInputs};
 
 /// Problems and warnings found for one migration.
 #[derive(Debug, Default, Clone, Copy)]
@@ -165,28 +166,42 @@ pub async fn check_migration(
 }
 
 /// A merge source's `present` column must never be NULL while the source's row exists (a DELETE of
-/// another source drops the shadow row when it is): sure when it maps a NOT NULL column as it is.
+/// another source drops the shadow row when it is): sure when it maps NOT NULL columns through an expression
+/// that is NULL only when they are (`check::present`).
 fn check_present(source: &dualwrite_rules::MergeSource, table: &Table, report: &mut Report<'_>) -> anyhow::Result<()> {
-    let (expression, column) = present_old_column(source);
+    let expression = present_expression(source);
     let present = format!("present = {} (from {} of {})", source.present, expression.unwrap_or("?"), table.display);
-    let written = match table.columns.get(&column) {
-        Some(c) if c.not_null => report.ok(&format!("{present}: NOT NULL")),
-        Some(_) => report.error(&format!(
+    let columns = match expression.map(present_inputs) {
+        Some(PresentInputs::Strict(columns)) => columns,
+        Some(PresentInputs::Unknown) | None => {
+            report.warning(&format!(
+                "{present}: neither a column nor a strict expression of columns (casts, operators, built-in \
+                 functions such as lower), so the proxy cannot tell whether it is ever NULL; make sure it is not"
+            ))?;
+            return Ok(());
+        }
+    };
+    let nullable: Vec<&String> =
+        columns.iter().filter(|c| table.columns.get(*c).is_some_and(|column| !column.not_null)).collect();
+    let plain = matches!(&columns[..], [only] if expression.map(str::trim) == Some(only.as_str()));
+    let written = match (nullable.first(), plain) {
+        (None, true) => report.ok(&format!("{present}: NOT NULL")),
+        (None, false) => report.ok(&format!("{present}: NULL only when {} is, and NOT NULL", columns.join(" or "))),
+        (Some(column), true) => report.error(&format!(
             "{present}: {column} may be NULL, so a DELETE of another source could drop a row this one still \
              holds; make it NOT NULL or name another column"
         )),
-        None => report.warning(&format!(
-            "{present}: not a plain column, so the proxy cannot tell whether it is ever NULL; make sure it is not"
+        (Some(column), false) => report.error(&format!(
+            "{present}: NULL when {column} is, which may be NULL, so a DELETE of another source could drop a row \
+             this one still holds; make {column} NOT NULL or name another column"
         )),
     };
     Ok(written?)
 }
 
-/// A merge source's `present` column as its forward mapping computes it (`None`: not mapped), and the old
-/// column that expression names when it is a plain column (else a name no column has).
-fn present_old_column(source: &dualwrite_rules::MergeSource) -> (Option<&str>, String) {
-    let expression = source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str());
-    (expression, expression.map(|e| e.trim().trim_matches('"').to_string()).unwrap_or_default())
+/// A merge source's `present` column as its forward mapping computes it (`None`: not mapped).
+fn present_expression(source: &dualwrite_rules::MergeSource) -> Option<&str> {
+    source.forward.iter().find(|(c, _)| *c == source.present).map(|(_, e)| e.as_str())
 }
 
 /// The merge sources of `rules` whose `present` column is a plain old column that may be NULL, each as a
@@ -211,22 +226,27 @@ pub(crate) async fn nullable_presents_of(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut found = Vec::new();
     for source in &migration.merge {
-        let (expression, column) = present_old_column(source);
+        let Some(expression) = present_expression(source) else { continue };
+        // An expression the proxy cannot judge is `dualwrite check`'s warning, not a refusal.
+        let PresentInputs::Strict(columns) = present_inputs(expression) else { continue };
         let table = source.table.to_string();
-        let nullable: Option<bool> = client
+        let nullable: Option<String> = client
             .query_opt(
-                "SELECT NOT attnotnull FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-                &[&table, &column],
+                "SELECT attname::text FROM pg_attribute
+                  WHERE attrelid = to_regclass($1) AND attname = ANY($2) AND attnum > 0 AND NOT attisdropped
+                    AND NOT attnotnull
+                  ORDER BY array_position($2, attname::text) LIMIT 1",
+                &[&table, &columns],
             )
             .await?
             .map(|row| row.get(0));
-        if nullable == Some(true) {
+        if let Some(column) = nullable {
+            let reads = if expression.trim() == column { String::new() } else { format!(", NULL when {column} is") };
             found.push(format!(
-                "its present column {} is {} of {table}, which may be NULL, so a DELETE of another source could \
-                 drop a row {table} still holds; make {column} NOT NULL or name another present column",
+                "its present column {} is {expression} of {table}{reads}, which may be NULL, so a DELETE of \
+                 another source could drop a row {table} still holds; make {column} NOT NULL or name another \
+                 present column",
                 source.present,
-                expression.unwrap_or("?"),
             ));
         }
     }
