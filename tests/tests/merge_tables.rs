@@ -281,7 +281,7 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     let status = control(&admin, "DUALWRITE STATUS").await;
     assert_eq!(value(&status, "phase"), Some("dual_write"));
 
-    // Back to `off`: the old tables only, the shadow as it was; then dual writes again.
+    // Back to `off`: the old tables only, the shadow as it was; then dual writes again (with FORCE).
     v1.simple_query("INSERT INTO accounts VALUES (300, 'f@x.org')").await.unwrap();
     control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
     // Each try writes a new key: the first one the shadow does not get shows the session on `off`.
@@ -296,7 +296,14 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     assert_eq!(count(&direct, "SELECT count(*) FROM accounts WHERE id = 300").await, 0);
     assert_eq!(shadow(&direct, 300).await, row(Some("f@x.org"), None, None));
 
-    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
+    // The shadow still holds key 300, which the old tables no longer do: it is not put back in service
+    // as it is without FORCE, and with FORCE the backfill starts over.
+    let e = admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} dual_write")).await.unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("its shadow public.users holds rows"), "{message}");
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write FORCE")).await;
+    assert_eq!(value(&control(&admin, "DUALWRITE STATUS").await, "backfill_state"), Some("idle"));
     let key = std::sync::atomic::AtomicI32::new(500);
     eventually(Duration::from_secs(10), "writes dual-written again", || async {
         let id = key.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;

@@ -123,3 +123,73 @@ async fn cutover_writes_by_both_versions_survive_rollback_and_verify_clean_both_
     assert_eq!(differences(&direct).await, (0, 0));
     proxy.stop().await.unwrap();
 }
+
+/// A migration turned `off` and back to `dual_write`: writes made while it was off reached the old table
+/// alone (Ada renamed, a row deleted), so the shadow's rows from before are stale, and a backfill copies
+/// only the keys the shadow lacks. Entering `dual_write` again is refused while the shadow holds rows
+/// (55000, naming it and the remedy), and after `TRUNCATE` the backfill starts over: new-shape writes wait
+/// for it, the shadow is rebuilt from the old table, and a verify from before no longer counts for cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_turned_off_and_on_again_rebuilds_its_shadow_before_the_new_version_uses_it() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
+    assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
+
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
+    let v1 = proxy.connect(&db).await.unwrap();
+    v1.batch_execute("UPDATE users SET name = 'Ada King' WHERE id = 1; DELETE FROM users WHERE id = 2").await.unwrap();
+    assert_eq!(both(&direct, 1).await.1, Some(("Old".into(), "User1".into(), "old1@example.org".into())));
+
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} dual_write"))
+        .await
+        .expect_err("a stale shadow is not put back in service");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "55000", "{message}");
+    assert!(
+        message.contains("its shadow public.users_v2 holds rows") && message.contains("TRUNCATE public.users_v2"),
+        "{message}"
+    );
+    assert_eq!(value(&status_of(&admin, MIGRATION).await, "phase"), Some("off"));
+
+    direct.batch_execute("TRUNCATE users_v2").await.unwrap();
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
+    let status = status_of(&admin, MIGRATION).await;
+    assert_eq!(
+        (
+            value(&status, "backfill_state"),
+            value(&status, "backfill_rows_done"),
+            value(&status, "reads_wait_for_backfill")
+        ),
+        (Some("idle"), Some("0"), Some("t")),
+        "the backfill starts over: {status:?}"
+    );
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} cutover"))
+        .await
+        .expect_err("the verify from before does not count");
+    assert!(db_error(&e).1.contains("the backfill is not done"), "{:?}", db_error(&e));
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let e = v2.batch_execute("UPDATE users SET email = 'ada@king.org' WHERE id = 1").await.expect_err("waits");
+    assert_eq!(db_error(&e).0, "0A000", "{:?}", db_error(&e));
+
+    backfill_until_done(&admin, MIGRATION).await;
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} cutover"))
+        .await
+        .expect_err("a verify after the backfill is needed");
+    assert!(db_error(&e).1.contains("no verify since the backfill finished"), "{:?}", db_error(&e));
+    v2.batch_execute("UPDATE users SET email = 'ada@king.org' WHERE id = 1").await.unwrap();
+    assert_eq!(both(&direct, 1).await, row("Ada King", "ada@king.org", "Ada", "King", "ada@king.org"));
+    assert_eq!(differences(&direct).await, (0, 0), "the shadow is the old table mapped forward");
+    let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
+    assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
+    let cut = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} cutover")).await;
+    assert_eq!(value(&cut, "phase"), Some("cutover"), "{cut:?}");
+    proxy.stop().await.unwrap();
+}

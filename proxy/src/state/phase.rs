@@ -59,7 +59,7 @@ pub fn check_transition(from: Phase, to: Phase, force: bool, readiness: Readines
                     missing.push("the backfill is not done");
                 }
                 if !readiness.last_verify_clean {
-                    missing.push("the last verify did not find the tables equal");
+                    missing.push("no verify since the backfill finished found the tables equal");
                 }
                 Transition::Refused(format!(
                     "cutover needs a finished backfill and a clean verify: {}; add FORCE to cut over anyway",

@@ -215,13 +215,62 @@ async fn notify(tx: &Transaction<'_>, migration: &str) -> Result<(), StateError>
 async fn readiness(tx: &Transaction<'_>, migration: &str) -> Result<Readiness, StateError> {
     let row = tx
         .query_one(
+            // Only a verify that started after the backfill finished counts: one from before a migration
+            // was turned off and on again compared tables that have drifted since.
             "SELECT coalesce((SELECT state = 'done' FROM dualwrite.backfill WHERE migration = $1), false),
                     coalesce((SELECT finished_at IS NOT NULL AND clean FROM dualwrite.verify_runs
-                              WHERE migration = $1 ORDER BY id DESC LIMIT 1), false)",
+                              WHERE migration = $1
+                                AND started_at >= coalesce((SELECT finished_at FROM dualwrite.backfill
+                                                             WHERE migration = $1), '-infinity')
+                              ORDER BY id DESC LIMIT 1), false)",
             &[&migration],
         )
         .await?;
     Ok(Readiness { backfill_done: row.get(0), last_verify_clean: row.get(1) })
+}
+
+/// A migration entering `dual_write` from `off`: writes made while it was off reached the old table alone,
+/// so rows the shadow holds (copied before it was turned off, or by a backfill run while off) may be stale,
+/// and a backfill copies only the keys the shadow lacks. Without FORCE a shadow holding rows is refused
+/// (empty it, then backfill); with FORCE its rows are kept (VERIFY REPAIR makes them equal). Either way
+/// the backfill starts over: until it has finished, v2 writes and reads of the shadow wait, and no verify
+/// from before counts for cutover (`readiness`).
+async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(), StateError> {
+    if !force {
+        for shadow in m.shadow_tables() {
+            let table = shadow.to_string();
+            let exists: Option<bool> = tx
+                .query_one(
+                    &format!(
+                        "SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE EXISTS (SELECT 1 FROM {table}) END"
+                    ),
+                    &[&table],
+                )
+                .await?
+                .get(0);
+            if exists == Some(true) {
+                return Err(refused(
+                    &m.name,
+                    "move to dual_write",
+                    format!(
+                        "its shadow {table} holds rows, and writes made while the migration was off reached the old \
+                         table alone, so they may be stale (a backfill copies only the keys the shadow lacks); empty \
+                         it (TRUNCATE {table}) and backfill after entering dual_write, or add FORCE to keep them and \
+                         run DUALWRITE VERIFY {} REPAIR before the new version's sessions use the shadow",
+                        m.name
+                    ),
+                ));
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE dualwrite.backfill SET state = 'idle', last_key = NULL, rows_done = 0, rows_total = NULL,
+                finished_at = NULL, updated_at = now()
+          WHERE migration = $1",
+        &[&m.name],
+    )
+    .await?;
+    Ok(())
 }
 
 fn refused(migration: &str, what: &str, reason: String) -> StateError {
@@ -285,6 +334,9 @@ pub async fn change_phase(
     };
     if to == Phase::Cutover {
         change.sequences = bump_sequences(&tx, m).await?;
+    }
+    if row.phase == Phase::Off {
+        leave_off(&tx, m, force).await?;
     }
     let after = write_row(&tx, &m.name, to, read_source.as_deref(), read_percent).await?;
     let action = if force { "phase force" } else { "phase" };
