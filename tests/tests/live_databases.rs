@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use dualwrite_proxy::{Config, Server};
-use dualwrite_tests::{connect, eventually, simple_rows, TestCluster, TestDb, TestProxy};
+use dualwrite_tests::{connect, control, eventually, simple_rows, TestCluster, TestDb, TestProxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 mod proxy_support;
@@ -223,6 +223,7 @@ async fn a_reload_changes_each_databases_migrations_but_not_which_databases_hold
     std::fs::write(file.path(), &two).unwrap();
     let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), app.url());
     config.rules = Some(file.path().to_owned());
+    config.admin_roles = vec![app.cluster.superuser().to_owned()];
     let server = Server::bind(config.clone()).await.unwrap();
     let (addr, reloader) = (server.local_addr(), server.reloader());
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -239,13 +240,19 @@ async fn a_reload_changes_each_databases_migrations_but_not_which_databases_hold
     via_third.batch_execute("INSERT INTO users VALUES (3, 'Grace')").await.unwrap();
     assert_eq!(ids(&third.connect().await.unwrap(), "users_v2").await, Vec::<i32>::new(), "third stays untouched");
 
-    // crm's migration now writes users_v3: crm's sessions follow at their next statement, app's do not move.
+    // crm's migration now writes users_v3. While it dual-writes users_v2 that is refused (its shadow holds
+    // rows the recorded definition made) ...
     let crm_users = rules("crm_users", Some(&crm.name));
     let to_v3 = two.replace(&crm_users, &crm_users.replace("users_v2", "users_v3"));
     assert_ne!(to_v3, two);
     std::fs::write(file.path(), to_v3).unwrap();
+    let error = format!("{:#}", reloader.reload(config.clone()).await.unwrap_err());
+    assert!(error.contains("migration `crm_users` is in dual_write") && error.contains("(shadows changed)"), "{error}");
+    // ... once it is off, the reload applies: crm's sessions follow at their next statement, app's do not move.
+    control(&via_crm, "DUALWRITE PHASE crm_users off FORCE").await;
     let report = reloader.reload(config).await.unwrap();
     assert_eq!(report.changed, ["migration crm_users changed"]);
+    control(&via_crm, "DUALWRITE PHASE crm_users dual_write").await;
     via_crm.batch_execute("INSERT INTO users VALUES (2, 'Alan')").await.unwrap();
     via_app.batch_execute("INSERT INTO users VALUES (1, 'Ada')").await.unwrap();
     let direct_crm = crm.connect().await.unwrap();

@@ -129,8 +129,8 @@ async fn schema_is_created_once_even_concurrently() -> anyhow::Result<()> {
     assert_eq!(versions, (1..=schema::SCHEMA_VERSION).collect::<Vec<_>>());
     let tables: i64 = a.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualwrite'", &[]).await?.get(0);
     // schema_version, migrations, audit_log, audit_chain_head, backfill, verify_runs, divergent_keys,
-    // cdc_watch, cdc_bypasses
-    assert_eq!(tables, 9);
+    // cdc_watch, cdc_bypasses, migration_definitions
+    assert_eq!(tables, 10);
     Ok(())
 }
 
@@ -375,5 +375,41 @@ async fn schema_belongs_to_a_non_superuser_control_role_and_apps_cannot_touch_it
         let n: i64 = superuser.query_one(&sql, &[]).await?.get(0);
         assert_eq!(n, 0, "{table}");
     }
+    Ok(())
+}
+
+/// A running migration's definition (its tables, key and mappings) is what its shadow's rows were made
+/// by, and what other instances run: rules that define it differently are refused at a reload and at an
+/// instance's start while it is outside `off`, naming what changed; other settings change freely; once it
+/// is off, the new definition replaces the recorded one, audited as `redefine`.
+#[tokio::test]
+async fn rules_that_redefine_a_running_migration_are_refused_until_it_is_off() -> anyhow::Result<()> {
+    let db = database().await?;
+    let h = handle(&db, Duration::from_secs(60)).await?;
+    let sampled = RULES.replacen("[[migration]]", "[[migration]]\nshadow_read_sample = 0.5", 1);
+    h.set_rules(Arc::new(RuleSet::from_toml(&sampled, "rules")?), &admin()).await?;
+
+    let remapped = RULES.replace("split_part(name, ' ', 2)", "split_part(name, ' ', 3)");
+    let remapped = Arc::new(RuleSet::from_toml(&remapped, "rules")?);
+    let refused = h.set_rules(Arc::clone(&remapped), &admin()).await.expect_err("a reload redefining it").to_string();
+    assert!(
+        refused.contains("migration `users_split_name` is in dual_write")
+            && refused.contains("(forward changed)")
+            && refused.contains("DUALWRITE PHASE users_split_name off FORCE"),
+        "{refused}"
+    );
+    let options = StateOptions::default();
+    let second = StateHandle::connect(db.url().parse()?, Arc::clone(&remapped), options).await;
+    let refused = second.err().expect("an instance starting on rules that redefine it").to_string();
+    assert!(refused.contains("(forward changed)"), "{refused}");
+
+    h.change_phase("users_split_name", Phase::Off, true, &admin()).await?;
+    h.set_rules(Arc::clone(&remapped), &admin()).await?;
+    let actions: Vec<String> =
+        h.audit(Some("users_split_name"), None).await?.into_iter().map(|entry| entry.action).collect();
+    assert_eq!(actions.last().map(String::as_str), Some("redefine"), "{actions:?}");
+    // The recorded definition is the new one: the same rules load again, here and in a new instance.
+    h.set_rules(Arc::clone(&remapped), &admin()).await?;
+    StateHandle::connect(db.url().parse()?, remapped, StateOptions::default()).await?;
     Ok(())
 }

@@ -202,6 +202,16 @@ const MIGRATIONS: &[&str] = &[
     $$;
     GRANT USAGE ON SCHEMA dualwrite TO PUBLIC;
     "#,
+    // 5: what each migration was registered as (`state::definition`): its tables, key and mappings. Rules
+    // that define a migration differently are refused outside `off` (the shadow holds rows the recorded
+    // mappings made). Rows registered before this version adopt the definition of the next rules loaded.
+    r#"
+    CREATE TABLE dualwrite.migration_definitions (
+        migration   text PRIMARY KEY REFERENCES dualwrite.migrations (name),
+        definition  jsonb NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

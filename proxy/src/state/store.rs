@@ -105,11 +105,21 @@ pub async fn load(client: &impl GenericClient) -> Result<StateSnapshot, StateErr
 pub async fn register_migrations(client: &mut Client, rules: &RuleSet, actor: &Actor) -> Result<(), StateError> {
     let tx = client.transaction().await?;
     let mut registered = Vec::new();
+    let mut redefined = Vec::new();
+    let mut refused = Vec::new();
     for m in &rules.migrations {
         if let Some(after) = insert_if_absent(&tx, &m.name, m.initial_phase).await? {
             tracing::info!(migration = %m.name, phase = %m.initial_phase, "registered migration");
             registered.push((m, after));
         }
+        match record_definition(&tx, m).await? {
+            Definition::Same => {}
+            Definition::Replaced { before, after } => redefined.push((m, before, after)),
+            Definition::Refused(reason) => refused.push(reason),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(StateError::Refused(SqlError::new(codes::OBJECT_NOT_IN_PREREQUISITE_STATE, refused.join("\n"))));
     }
     // Audit rows last: an append holds the chain head's row lock to the commit, so taking it before
     // another row lock could deadlock with a change that holds that row and waits for the head.
@@ -117,8 +127,70 @@ pub async fn register_migrations(client: &mut Client, rules: &RuleSet, actor: &A
         audit(&tx, &m.name, "register", actor, None, Some(&after)).await?;
         notify(&tx, &m.name).await?;
     }
+    for (m, before, after) in redefined {
+        tracing::info!(migration = %m.name, "the migration's definition changed while it was off");
+        audit(&tx, &m.name, "redefine", actor, Some(&before), Some(&after)).await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// How the rules' definition of a migration compares with the recorded one.
+enum Definition {
+    /// The same, or recorded now for the first time.
+    Same,
+    /// Different while the migration is off: the rules' replaced it (both as jsonb text, for the audit).
+    Replaced { before: String, after: String },
+    /// Different outside `off`: the reason, with what to do.
+    Refused(String),
+}
+
+/// Records `m`'s definition (`state::definition`) unless one is recorded, and compares it with the
+/// recorded one under the migration's row lock.
+async fn record_definition(tx: &Transaction<'_>, m: &Migration) -> Result<Definition, StateError> {
+    let now = super::definition::definition(m);
+    let row = tx
+        .query_one(
+            "SELECT m.phase, d.definition::text FROM dualwrite.migrations m
+               LEFT JOIN dualwrite.migration_definitions d ON d.migration = m.name
+              WHERE m.name = $1 FOR UPDATE OF m",
+            &[&m.name],
+        )
+        .await?;
+    let phase: Phase = row.get::<_, String>(0).parse().map_err(StateError::Corrupt)?;
+    let text = now.to_string();
+    let Some(recorded) = row.get::<_, Option<String>>(1) else {
+        tx.execute(
+            "INSERT INTO dualwrite.migration_definitions (migration, definition) VALUES ($1, $2::text::jsonb)",
+            &[&m.name, &text],
+        )
+        .await?;
+        return Ok(Definition::Same);
+    };
+    let recorded_value: serde_json::Value =
+        serde_json::from_str(&recorded).map_err(|e| StateError::Corrupt(format!("recorded definition: {e}")))?;
+    let changed = super::definition::changed_parts(&recorded_value, &now);
+    if changed.is_empty() {
+        return Ok(Definition::Same);
+    }
+    if phase != Phase::Off {
+        return Ok(Definition::Refused(format!(
+            "migration `{}` is in {phase}, and the rules define it differently from when it was registered ({} \
+             changed): its shadow holds rows the recorded definition made, and other instances may still run \
+             it. To change it, set it off with the rules in force (DUALWRITE PHASE {} off FORCE), load the new \
+             rules, then empty the shadow and enter dual_write again (the backfill rebuilds it)",
+            m.name,
+            changed.join(", "),
+            m.name
+        )));
+    }
+    tx.execute(
+        "UPDATE dualwrite.migration_definitions SET definition = $2::text::jsonb, recorded_at = now()
+          WHERE migration = $1",
+        &[&m.name, &text],
+    )
+    .await?;
+    Ok(Definition::Replaced { before: recorded, after: text })
 }
 
 /// The inserted row as jsonb text, or `None` when it was already there.
