@@ -149,17 +149,17 @@ enum Definition {
 /// recorded one under the migration's row lock.
 async fn record_definition(tx: &Transaction<'_>, m: &Migration) -> Result<Definition, StateError> {
     let now = super::definition::definition(m);
-    let row = tx
-        .query_one(
-            "SELECT m.phase, d.definition::text FROM dualwrite.migrations m
-               LEFT JOIN dualwrite.migration_definitions d ON d.migration = m.name
-              WHERE m.name = $1 FOR UPDATE OF m",
-            &[&m.name],
-        )
-        .await?;
-    let phase: Phase = row.get::<_, String>(0).parse().map_err(StateError::Corrupt)?;
+    let phase: String =
+        tx.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1 FOR UPDATE", &[&m.name]).await?.get(0);
+    let phase: Phase = phase.parse().map_err(StateError::Corrupt)?;
+    // A statement of its own, after the lock: its snapshot sees what an instance registering at the same
+    // moment recorded before it let go of the row.
+    let recorded: Option<String> = tx
+        .query_opt("SELECT definition::text FROM dualwrite.migration_definitions WHERE migration = $1", &[&m.name])
+        .await?
+        .map(|row| row.get(0));
     let text = now.to_string();
-    let Some(recorded) = row.get::<_, Option<String>>(1) else {
+    let Some(recorded) = recorded else {
         tx.execute(
             "INSERT INTO dualwrite.migration_definitions (migration, definition) VALUES ($1, $2::text::jsonb)",
             &[&m.name, &text],
