@@ -14,6 +14,7 @@ mod merge_support;
 
 use std::time::Duration;
 
+use dualwrite_proxy::Config;
 use dualwrite_tests::*;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -29,6 +30,28 @@ const SCHEMA: &str = "
 ";
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// The shadow's key default drawing from a sequence of its own, run directly on the database.
+const OWN_SEQUENCE: &str = "CREATE SEQUENCE public.users_v2_own_seq;
+     ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')";
+
+/// The remedy: the shadow's key default draws from the old table's sequence.
+const OLD_SEQUENCE: &str = "ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')";
+
+/// A fresh database holding `SCHEMA`, and a direct session to it.
+async fn database() -> (TestDb, Client) {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    (db, direct)
+}
+
+/// A proxy on the example rules, its config adjusted by `tweak`, and an admin session through it.
+async fn proxy_on(db: &TestDb, tweak: impl FnOnce(&mut Config)) -> (TestProxy, Client) {
+    let proxy = TestProxy::with_rules_toml_and(db, RULES, tweak).await.unwrap();
+    let admin = proxy.connect(db).await.unwrap();
+    (proxy, admin)
+}
 
 /// Waits until STATUS says whether `migration`'s writes are refused.
 async fn until_writes_refused(admin: &Client, migration: &str, refused: bool) {
@@ -74,15 +97,11 @@ async fn names(direct: &Client, table: &str) -> Vec<(i32, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_draws_from_the_old_sequence() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
+    let (db, direct) = database().await;
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let proxy =
-        TestProxy::with_rules_toml_and(&db, RULES, |config| config.metrics_listen = Some(metrics)).await.unwrap();
+    let (proxy, admin) = proxy_on(&db, |config| config.metrics_listen = Some(metrics)).await;
     // A second instance sees the same schema: the audit log still records each change once.
     let second = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
     backfill_until_done(&admin, MIGRATION).await;
     let v1 = proxy.connect(&db).await.unwrap();
     let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
@@ -95,13 +114,7 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
     .await;
 
     // The shadow gets a sequence of its own, past the proxy.
-    direct
-        .batch_execute(
-            "CREATE SEQUENCE public.users_v2_own_seq;
-             ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(OWN_SEQUENCE).await.unwrap();
     until_writes_refused(&admin, MIGRATION, true).await;
     let row = status_of(&admin, MIGRATION).await;
     let findings = value(&row, "schema_findings").expect("the finding in STATUS").to_owned();
@@ -135,10 +148,7 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
     assert_eq!(names(&direct, "users_v2").await, expected);
 
     // The remedy: the shadow's default draws from the old table's sequence.
-    direct
-        .batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')")
-        .await
-        .unwrap();
+    direct.batch_execute(OLD_SEQUENCE).await.unwrap();
     until_writes_refused(&admin, MIGRATION, false).await;
     assert_eq!(value(&status_of(&admin, MIGRATION).await, "schema_findings"), None);
     assert!(sample(&scrape_metrics(metrics).await, &gauge) == Some(0.0), "the gauge is back at 0");
@@ -168,11 +178,8 @@ async fn a_shadow_key_default_of_its_own_refuses_the_migrations_writes_until_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_present_column_that_may_become_null_refuses_the_merges_writes_until_it_is_not_null_again() {
-    use merge_support::{rules_path, MIGRATION as MERGE, SCHEMA as MERGE_SCHEMA};
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(MERGE_SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
+    use merge_support::{Merge, MIGRATION as MERGE, SCHEMA as MERGE_SCHEMA};
+    let Merge { db, direct, proxy } = Merge::start(MERGE_SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     backfill_until_done(&admin, MERGE).await;
     let client = proxy.connect(&db).await.unwrap();
@@ -198,15 +205,8 @@ async fn a_merge_present_column_that_may_become_null_refuses_the_merges_writes_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_toml_and(&db, RULES, |config| {
-        config.limits.unseen_writers_check_interval_secs = 1;
-    })
-    .await
-    .unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
+    let (db, direct) = database().await;
+    let (proxy, admin) = proxy_on(&db, |config| config.limits.unseen_writers_check_interval_secs = 1).await;
     backfill_until_done(&admin, MIGRATION).await;
     let client = proxy.connect(&db).await.unwrap();
 
@@ -242,18 +242,9 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_whose_schema_is_unsafe_can_leave_the_dual_writing_phases_but_not_enter_them() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
-    direct
-        .batch_execute(
-            "CREATE SEQUENCE public.users_v2_own_seq;
-             ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')",
-        )
-        .await
-        .unwrap();
+    let (db, direct) = database().await;
+    let (proxy, admin) = proxy_on(&db, |_| {}).await;
+    direct.batch_execute(OWN_SEQUENCE).await.unwrap();
     until_writes_refused(&admin, MIGRATION, true).await;
 
     let off = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
@@ -281,12 +272,8 @@ async fn a_migration_whose_schema_is_unsafe_can_leave_the_dual_writing_phases_bu
 
     // Fixed while no instance runs: the next instance's first check records that the findings cleared.
     proxy.stop().await.unwrap();
-    direct
-        .batch_execute("ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')")
-        .await
-        .unwrap();
-    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
+    direct.batch_execute(OLD_SEQUENCE).await.unwrap();
+    let (proxy, admin) = proxy_on(&db, |_| {}).await;
     eventually(LIMIT, "the cleared findings recorded", || async {
         schema_audit(&admin).await.last().map(String::as_str) == Some(r#"{"findings": []}"#)
     })
