@@ -283,6 +283,19 @@ impl StateHandle {
             .map_err(|_| StateError::Corrupt("control connection missing after reconnect".into()))
     }
 
+    /// `work` on the control connection, abandoned after `limit`; its error as text, the connection
+    /// forgotten if the error says it is gone.
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, StateError>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => self.fail_closed(result).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
     /// Pass a result through, forgetting the control connection if the error says it is gone.
     fn fail_closed<T>(&self, result: Result<T, StateError>) -> Result<T, StateError> {
         if let Err(StateError::Db(e)) = &result {
@@ -381,16 +394,16 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
 /// Runs the schema watch's checks (`schema_watch`) until the handle is gone: the cheap ones every
 /// `schema_check_interval`, the unseen writers every `writers_check_interval`, both at once after a rules
 /// reload. A check that fails or times out keeps the findings in force (the state watcher's own failures
-/// decide whether statements are served at all).
+/// decide whether statements are served at all); failures are logged once per run of them.
 async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: StateOptions) {
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(start + options.schema_check_interval, options.schema_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writers_due = start + options.writers_check_interval;
     let mut writers = SchemaFindings::new();
-    let mut failing = false;
+    let (mut check_failing, mut audit_failing) = (false, false);
     // The first check records what the log may lack (findings fixed while no instance ran); a failed
-    // recording is tried again.
+    // recording is tried again at the next check.
     let mut audit_due = true;
     loop {
         // Not holding the handle while waiting: the task stops at its next wake-up once the last handle
@@ -403,59 +416,44 @@ async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: State
         let handle = StateHandle { inner: strong };
         let rules = handle.rules();
         let check_writers = woken || tokio::time::Instant::now() >= writers_due;
-        let checked = tokio::time::timeout(options.max_age, async {
+        let checked = handle.bounded(options.max_age, async {
             let client = handle.control().await?;
             let safety = schema_watch::safety(&client, &rules).await?;
-            let writers = match check_writers {
+            let found = match check_writers {
                 true => Some(schema_watch::writers(&client, &rules).await?),
                 false => None,
             };
-            Ok::<_, StateError>((safety, writers))
-        })
-        .await;
-        let failure = match checked {
-            Ok(Ok((safety, found))) => {
-                if let Some(found) = found {
-                    writers = found;
-                    writers_due = tokio::time::Instant::now() + options.writers_check_interval;
-                }
-                let findings = schema_watch::combine(safety, &writers);
-                audit_due |= handle.inner.publish_findings(findings.clone());
-                if audit_due {
-                    let audited = async {
-                        let mut client = handle.control().await?;
-                        schema_watch::audit(&mut client, &own_actor(&handle.inner.pg), &rules, &findings).await
-                    };
-                    let audited = match tokio::time::timeout(options.max_age, audited).await {
-                        Ok(result) => handle.fail_closed(result).map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("no answer within {:?}", options.max_age)),
-                    };
-                    match audited {
-                        Ok(()) => audit_due = false,
-                        Err(error) => {
-                            tracing::warn!(%error, "recording the schema findings in the audit log failed; retried at the next check")
-                        }
-                    }
-                }
-                None
-            }
-            Ok(Err(e)) => {
-                let failure = e.to_string();
-                let _ = handle.fail_closed(Err::<(), _>(e));
-                Some(failure)
-            }
-            Err(_) => Some(format!("no answer within {:?}", options.max_age)),
-        };
-        // Logged once per run of failures (an unreachable database fails every check).
-        match (&failure, failing) {
-            (Some(error), false) => {
-                tracing::warn!(%error, "checking the schema of the migrations' tables failed; findings kept")
-            }
-            (None, true) => tracing::info!("checking the schema of the migrations' tables works again"),
-            _ => {}
+            Ok((safety, found))
+        });
+        let checked = checked.await;
+        log_failure_run(&checked, &mut check_failing, "checking the schema of the migrations' tables");
+        let Ok((safety, found)) = checked else { continue };
+        if let Some(found) = found {
+            writers = found;
+            writers_due = tokio::time::Instant::now() + options.writers_check_interval;
         }
-        failing = failure.is_some();
+        let findings = schema_watch::combine(safety, &writers);
+        audit_due |= handle.inner.publish_findings(findings.clone());
+        if audit_due {
+            let audited = handle.bounded(options.max_age, async {
+                let mut client = handle.control().await?;
+                schema_watch::audit(&mut client, &own_actor(&handle.inner.pg), &rules, &findings).await
+            });
+            let audited = audited.await;
+            log_failure_run(&audited, &mut audit_failing, "recording the schema findings in the audit log");
+            audit_due = audited.is_err();
+        }
     }
+}
+
+/// Logs the first failure of a run of them (WARN) and the first success after one (INFO).
+fn log_failure_run<T>(result: &Result<T, String>, failing: &mut bool, what: &str) {
+    match (result, *failing) {
+        (Err(error), false) => tracing::warn!(%error, "{what} failed; retried at the next check"),
+        (Ok(_), true) => tracing::info!("{what} works again"),
+        _ => {}
+    }
+    *failing = result.is_err();
 }
 
 /// The messages of a connection; polling the stream drives the connection.
