@@ -311,16 +311,13 @@ async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(
     if !force {
         for shadow in m.shadow_tables() {
             let table = shadow.to_string();
-            let exists: Option<bool> = tx
-                .query_one(
-                    &format!(
-                        "SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE EXISTS (SELECT 1 FROM {table}) END"
-                    ),
-                    &[&table],
-                )
-                .await?
-                .get(0);
-            if exists == Some(true) {
+            // (A shadow that does not exist holds nothing; the dual write reports it.)
+            let found: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&table]).await?.get(0);
+            let holds_rows = match found {
+                Some(_) => tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[]).await?.get(0),
+                None => false,
+            };
+            if holds_rows {
                 return Err(refused(
                     &m.name,
                     "move to dual_write",
