@@ -410,3 +410,36 @@ async fn before_row_triggers_on_the_tables_of_a_migration_are_warnings_naming_ea
         assert!(!report.contains(absent), "{absent}: {report}");
     }
 }
+
+/// What a proxy would do with rules that redefine a registered migration, said before loading them: the
+/// recorded definition matches (ok), differs while the migration dual-writes (ERROR: a proxy refuses
+/// them), or differs while it is off (a warning: loading them records the new definition).
+#[tokio::test]
+async fn rules_that_redefine_a_registered_migration_are_reported_as_a_proxy_would_treat_them() {
+    use dualwrite_proxy::state::{Actor, StateHandle, StateOptions};
+    use dualwrite_rules::{Phase, RuleSet};
+    let db = database(SCHEMA).await;
+    let registered = std::sync::Arc::new(RuleSet::from_toml(&example_rules(), "rules").unwrap());
+    let state = StateHandle::connect(db.url().parse().unwrap(), registered, StateOptions::default()).await.unwrap();
+
+    let (findings, report) = check(&db, &example_rules(), None).await;
+    assert!(report.contains("ok       definition (tables, key, mappings) as registered"), "{report}");
+    assert_eq!(findings.errors, 0, "{report}");
+
+    let remapped = rules(&FORWARD.replace("lower(email)", "email"), BACKWARD);
+    let (findings, report) = check(&db, &remapped, None).await;
+    assert!(
+        report.contains(
+            "ERROR    the rules define it differently from when it was registered (forward changed), and it is in \
+             dual_write: a proxy refuses them"
+        ),
+        "{report}"
+    );
+    assert_eq!(findings.errors, 1, "{report}");
+
+    let actor = Actor { role: "ops".into(), client_addr: None };
+    state.change_phase("users_split_name", Phase::Off, true, &actor).await.unwrap();
+    let (findings, report) = check(&db, &remapped, None).await;
+    assert!(report.contains("warning  the rules redefine it (forward changed)"), "{report}");
+    assert_eq!((findings.errors, findings.warnings), (0, 1), "{report}");
+}

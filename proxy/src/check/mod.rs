@@ -9,6 +9,7 @@
 //! a rejected statement (also a lossy round trip with `--strict`); 2 = the check could not run (unreadable
 //! file, database unreachable).
 
+pub(crate) mod definition;
 pub(crate) mod key_defaults;
 mod present;
 mod replay;

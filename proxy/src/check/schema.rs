@@ -10,6 +10,7 @@ use std::io::Write;
 use dualwrite_rules::{quote_ident, Migration, RuleSet, TableName};
 use tokio_postgres::Client;
 
+use super::definition::{changed_parts, definition};
 use super::key_defaults::Finding;
 use super::present::{present_inputs, PresentInputs};
 
@@ -139,6 +140,7 @@ pub async fn check_migration(
     for warning in super::row_triggers::warnings(client, migration).await? {
         report.warning(&warning)?;
     }
+    check_definition(client, migration, &mut report).await?;
     // Expressions are prepared only against columns that exist, or every error would repeat the above.
     let mut forward_ok = new_mapped_ok;
     for (target, new) in targets.iter().zip(&news) {
@@ -163,6 +165,44 @@ pub async fn check_migration(
         writeln!(report.out, "  skipped  round trip (the mappings have errors)")?;
     }
     Ok(report.tally)
+}
+
+/// The rules' definition of `migration` against the one recorded when it was registered
+/// (`check::definition`); nothing before a proxy has registered it, or on a state schema without the record.
+async fn check_definition(client: &Client, migration: &Migration, report: &mut Report<'_>) -> anyhow::Result<()> {
+    let recorded_here: bool =
+        client.query_one("SELECT to_regclass('dualwrite.migration_definitions') IS NOT NULL", &[]).await?.get(0);
+    if !recorded_here {
+        return Ok(());
+    }
+    let row = client
+        .query_opt(
+            "SELECT m.phase, d.definition::text FROM dualwrite.migrations m
+               JOIN dualwrite.migration_definitions d ON d.migration = m.name
+              WHERE m.name = $1",
+            &[&migration.name],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let (phase, recorded): (String, String) = (row.get(0), row.get(1));
+    let changed = changed_parts(&serde_json::from_str(&recorded)?, &definition(migration));
+    let line = if changed.is_empty() {
+        report.ok("definition (tables, key, mappings) as registered")
+    } else if phase == "off" {
+        report.warning(&format!(
+            "the rules redefine it ({} changed): a proxy loading them records the new definition (the migration \
+             is off); empty the shadow before entering dual_write again",
+            changed.join(", ")
+        ))
+    } else {
+        report.error(&format!(
+            "the rules define it differently from when it was registered ({} changed), and it is in {phase}: a \
+             proxy refuses them; set it off first (DUALWRITE PHASE {} off FORCE), or keep the recorded definition",
+            changed.join(", "),
+            migration.name
+        ))
+    };
+    Ok(line?)
 }
 
 /// A merge source's `present` column must never be NULL while the source's row exists (a DELETE of

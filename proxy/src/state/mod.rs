@@ -1,5 +1,4 @@
 //! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL (`schema`),
-//! what each migration was registered as (`definition`),
 //! loading and changing it with an audit row per change (`store`), the audit log's hash chain
 //! (`audit_chain`), phase rules (`phase`), the immutable
 //! snapshot sessions read (`snapshot`), the schema of the migrations' tables watched while the proxy runs
@@ -7,7 +6,6 @@
 //! polling fallback (`watcher`).
 
 pub mod audit_chain;
-mod definition;
 pub mod phase;
 pub mod schema;
 pub mod schema_watch;

@@ -145,10 +145,10 @@ enum Definition {
     Refused(String),
 }
 
-/// Records `m`'s definition (`state::definition`) unless one is recorded, and compares it with the
+/// Records `m`'s definition (`check::definition`) unless one is recorded, and compares it with the
 /// recorded one under the migration's row lock.
 async fn record_definition(tx: &Transaction<'_>, m: &Migration) -> Result<Definition, StateError> {
-    let now = super::definition::definition(m);
+    let now = crate::check::definition::definition(m);
     let phase: String =
         tx.query_one("SELECT phase FROM dualwrite.migrations WHERE name = $1 FOR UPDATE", &[&m.name]).await?.get(0);
     let phase: Phase = phase.parse().map_err(StateError::Corrupt)?;
@@ -169,7 +169,7 @@ async fn record_definition(tx: &Transaction<'_>, m: &Migration) -> Result<Defini
     };
     let recorded_value: serde_json::Value =
         serde_json::from_str(&recorded).map_err(|e| StateError::Corrupt(format!("recorded definition: {e}")))?;
-    let changed = super::definition::changed_parts(&recorded_value, &now);
+    let changed = crate::check::definition::changed_parts(&recorded_value, &now);
     if changed.is_empty() {
         return Ok(Definition::Same);
     }

@@ -1,10 +1,10 @@
 //! What a migration is, as far as the rows of its tables go: its old and shadow tables, its key and its
-//! mappings (not its sampling, bypass handling, accepted writers or version names). `store` records it in
-//! `dualwrite.migration_definitions` when the migration is registered. Outside `off` the shadow holds rows
-//! made by the recorded mappings, and other instances may still run them, so rules that define a migration
-//! differently are refused at start and at every reload until it is set `off`; in `off` the new
+//! mappings (not its sampling, bypass handling, accepted writers or version names). `state::store` records
+//! it in `dualwrite.migration_definitions` when the migration is registered. Outside `off` the shadow holds
+//! rows made by the recorded mappings, and other instances may still run them, so rules that define a
+//! migration differently are refused at start and at every reload until it is set `off`; in `off` the new
 //! definition replaces the recorded one (and entering `dual_write` again rebuilds the shadow,
-//! `store::leave_off`).
+//! `state::store::leave_off`). `dualwrite check` reports the same comparison (`check::schema`).
 
 use dualwrite_rules::Migration;
 use serde_json::{json, Value};
