@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-/// The definition of `m` as recorded (a JSON object; expressions as sqlparser prints them, so that
-/// spacing and keyword case are not changes).
+/// The definition of `m` as recorded (a JSON object, each mapping a list of `[column, expression]` with the
+/// expression as the rules spell it).
 pub(crate) fn definition(m: &Migration) -> Value {
     let mapping = |pairs: &[(String, String)]| -> Vec<Value> {
-        pairs.iter().map(|(column, expression)| json!([column, normalized(expression)])).collect()
+        pairs.iter().map(|(column, expression)| json!([column, expression.trim()])).collect()
     };
     json!({
         "tables": m.old_tables().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
@@ -36,8 +36,11 @@ pub(crate) fn definition(m: &Migration) -> Value {
     })
 }
 
-/// The parts of a definition (`forward`, `shadows`, ...) that differ between `recorded` and `now`.
+/// The parts of a definition (`forward`, `shadows`, ...) that differ between `recorded` and `now`. The
+/// expressions of both are compared as this build's sqlparser prints them, so that spacing is not a change,
+/// and neither is a new sqlparser printing them otherwise than the one that recorded them.
 pub(crate) fn changed_parts(recorded: &Value, now: &Value) -> Vec<String> {
+    let (recorded, now) = (comparable(recorded), comparable(now));
     let (Some(recorded), Some(now)) = (recorded.as_object(), now.as_object()) else {
         return vec!["the whole definition".to_string()];
     };
@@ -46,6 +49,35 @@ pub(crate) fn changed_parts(recorded: &Value, now: &Value) -> Vec<String> {
     parts.sort();
     parts.dedup();
     parts
+}
+
+/// `value` with every mapping's expressions normalized (`[column, expression]` pairs under a `forward` or
+/// `backward` key, at any depth).
+fn comparable(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, v)| {
+                    let v = match (key.as_str(), v) {
+                        ("forward" | "backward", Value::Array(pairs)) => {
+                            Value::Array(pairs.iter().map(normalized_pair).collect())
+                        }
+                        _ => comparable(v),
+                    };
+                    (key.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(comparable).collect()),
+        other => other.clone(),
+    }
+}
+
+fn normalized_pair(pair: &Value) -> Value {
+    match pair.as_array().map(Vec::as_slice) {
+        Some([column, Value::String(expression)]) => json!([column, normalized(expression)]),
+        _ => pair.clone(),
+    }
 }
 
 fn normalized(expression: &str) -> String {
