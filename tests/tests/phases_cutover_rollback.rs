@@ -56,13 +56,20 @@ fn row(name: &str, email: &str, first: &str, last: &str, lower: &str) -> Both {
     (Some((s(name), s(email))), Some((s(first), s(last), s(lower))))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cutover_writes_by_both_versions_survive_rollback_and_verify_clean_both_ways() {
+/// A fresh database holding `SCHEMA`, a direct session to it, a proxy on the example rules and an admin
+/// session through the proxy.
+async fn started() -> (TestDb, Client, TestProxy, Client) {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
     let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
     let admin = proxy.connect(&db).await.unwrap();
+    (db, direct, proxy, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_writes_by_both_versions_survive_rollback_and_verify_clean_both_ways() {
+    let (db, direct, proxy, admin) = started().await;
     let v1 = proxy.connect(&db).await.unwrap();
     let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
 
@@ -131,11 +138,7 @@ async fn cutover_writes_by_both_versions_survive_rollback_and_verify_clean_both_
 /// for it, the shadow is rebuilt from the old table, and a verify from before no longer counts for cutover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_turned_off_and_on_again_rebuilds_its_shadow_before_the_new_version_uses_it() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_file(&db, rules_path()).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
+    let (db, direct, proxy, admin) = started().await;
     backfill_until_done(&admin, MIGRATION).await;
     let verify = control(&admin, &format!("DUALWRITE VERIFY {MIGRATION}")).await;
     assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
