@@ -6,7 +6,8 @@
 //! finding, prepared ones included, while reads go on; once the schema is fixed, writes resume by
 //! themselves. A writer the proxy cannot see that appears is reported but does not stop writes. STATUS
 //! (`writes_refused`, `schema_findings`) and `dualwrite_schema_findings` show each on a running proxy, and
-//! the audit log records each change once, whatever the number of instances.
+//! the audit log records each change once, whatever the number of instances. Committed DDL is checked at
+//! once, without waiting for the next periodic check (the event triggers of `ddl_watch`).
 //! (Its own test binary: the Prometheus recorder is process-global.)
 
 #[path = "merge_support/mod.rs"]
@@ -281,5 +282,44 @@ async fn a_migration_whose_schema_is_unsafe_can_leave_the_dual_writing_phases_bu
     assert_eq!(schema_audit(&admin).await.len(), 2);
     let entered = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
     assert_eq!(value(&entered, "phase"), Some("dual_write"), "{entered:?}");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_ddl_is_checked_at_once_without_waiting_for_the_periodic_checks() {
+    let (db, direct) = database().await;
+    // Both periodic checks an hour apart: within the test's limit, only the event triggers' notification
+    // at each DDL's commit can have the proxy act on it.
+    let (proxy, admin) = proxy_on(&db, |config| {
+        config.limits.schema_check_interval_secs = 3600;
+        config.limits.unseen_writers_check_interval_secs = 3600;
+    })
+    .await;
+    backfill_until_done(&admin, MIGRATION).await;
+
+    direct.batch_execute(OWN_SEQUENCE).await.unwrap();
+    until_writes_refused(&admin, MIGRATION, true).await;
+    direct.batch_execute(OLD_SEQUENCE).await.unwrap();
+    until_writes_refused(&admin, MIGRATION, false).await;
+
+    // The hourly search for unseen writers runs too: at a trigger's creation and at its drop.
+    direct
+        .batch_execute(
+            "CREATE FUNCTION public.audit_users() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN UPDATE public.users SET email = lower(email) WHERE id = NEW.id; RETURN NEW; END $$;
+             CREATE TABLE public.logins (id int);
+             CREATE TRIGGER audit_users AFTER INSERT ON public.logins FOR EACH ROW EXECUTE FUNCTION public.audit_users();",
+        )
+        .await
+        .unwrap();
+    eventually(LIMIT, "the new writer reported", || async {
+        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
+    })
+    .await;
+    direct.batch_execute("DROP TRIGGER audit_users ON public.logins").await.unwrap();
+    eventually(LIMIT, "the finding cleared at the drop", || async {
+        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
+    })
+    .await;
     proxy.stop().await.unwrap();
 }

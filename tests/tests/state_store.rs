@@ -1,7 +1,7 @@
 //! The `dualwrite` state schema and `StateHandle` against real Postgres: schema creation (twice, and two
 //! instances at once), registration of the rules' migrations, changes seen by a second instance within a
 //! second (NOTIFY, the polling fallback, and after the listener's connection is killed), the phase rules,
-//! the audit log, and sequences moved at cutover.
+//! the audit log, sequences moved at cutover, and the event triggers that announce committed DDL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -411,5 +411,88 @@ async fn rules_that_redefine_a_running_migration_are_refused_until_it_is_off() -
     // The recorded definition is the new one: the same rules load again, here and in a new instance.
     h.set_rules(Arc::clone(&remapped), &admin()).await?;
     StateHandle::connect(db.url().parse()?, remapped, StateOptions::default()).await?;
+    Ok(())
+}
+
+/// The names of the database's enabled event triggers of the schema watch (`ddl_watch`).
+async fn ddl_watch_triggers(db: &TestDb) -> anyhow::Result<Vec<String>> {
+    let rows = db
+        .connect()
+        .await?
+        .query(
+            "SELECT evtname::text FROM pg_event_trigger WHERE evtname LIKE 'dualwrite%' AND evtenabled <> 'D' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The next notification (channel, payload) within 30 s.
+async fn next(announced: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(30), announced.recv()).await.expect("a notification").unwrap()
+}
+
+#[tokio::test]
+async fn committed_ddl_outside_temporary_schemas_is_announced_to_the_schema_watch_and_never_fails() -> anyhow::Result<()>
+{
+    use futures::StreamExt;
+    let db = database().await?;
+    let _first = handle(&db, Duration::from_secs(60)).await?;
+    // A second instance finds the triggers in place.
+    let _second = handle(&db, Duration::from_secs(60)).await?;
+    assert_eq!(ddl_watch_triggers(&db).await?, ["dualwrite_schema_changed", "dualwrite_schema_dropped"]);
+
+    // An application role with no privilege on the dualwrite schema: its DDL runs the trigger and succeeds.
+    let app_role = format!("{}_ddl_app", db.name);
+    db.connect()
+        .await?
+        .batch_execute(&format!("CREATE ROLE \"{app_role}\" LOGIN; GRANT CREATE ON SCHEMA public TO \"{app_role}\""))
+        .await?;
+    let app = dualwrite_tests::connect(&db.url_as(&app_role, None)).await?;
+
+    let (listener, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
+    let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = std::pin::pin!(futures::stream::poll_fn(move |cx| connection.poll_message(cx)));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN dualwrite_schema").await?;
+
+    // A session's temporary objects and DDL rolled back announce nothing: the first notification is the
+    // sequence's.
+    app.batch_execute("CREATE TEMPORARY TABLE scratch (id serial PRIMARY KEY); DROP TABLE scratch").await?;
+    app.batch_execute("BEGIN; CREATE TABLE public.rolled_back (id int); ROLLBACK").await?;
+    app.batch_execute("CREATE SEQUENCE public.marker_seq").await?;
+    assert_eq!(next(&mut announced).await, ("dualwrite_schema".to_owned(), "CREATE SEQUENCE".to_owned()));
+    // Drops are announced by the sql_drop trigger.
+    app.batch_execute("DROP SEQUENCE public.marker_seq").await?;
+    assert_eq!(next(&mut announced).await.1, "DROP SEQUENCE");
+    db.connect().await?.batch_execute("ALTER TABLE users_v2 ALTER COLUMN first_name SET DEFAULT 'x'").await?;
+    assert_eq!(next(&mut announced).await.1, "ALTER TABLE");
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_event_triggers_without_a_superuser_control_role_or_when_turned_off() -> anyhow::Result<()> {
+    let db = database().await?;
+    let control_role = format!("{}_control", db.name);
+    db.connect()
+        .await?
+        .batch_execute(&format!(
+            "CREATE ROLE \"{control_role}\" LOGIN; GRANT CREATE ON DATABASE \"{}\" TO \"{control_role}\";",
+            db.name
+        ))
+        .await?;
+    let mut pg: PgTarget = db.url().parse()?;
+    pg.config_mut().user(&control_role);
+    let _not_permitted = StateHandle::connect(pg, rules(), StateOptions::default()).await?;
+    assert!(ddl_watch_triggers(&db).await?.is_empty(), "event triggers need a superuser; the instance runs without");
+    let off = StateOptions { check_schema_on_ddl: false, ..StateOptions::default() };
+    let _turned_off = StateHandle::connect(db.url().parse()?, rules(), off).await?;
+    assert!(ddl_watch_triggers(&db).await?.is_empty(), "schema_check_on_ddl = false creates none");
     Ok(())
 }

@@ -248,6 +248,9 @@ pub struct Limits {
     /// (`state::schema_watch`): a schema that became unsafe for dual writes refuses the migration's writes
     /// from the first check that sees it.
     pub schema_check_interval_secs: u64,
+    /// Whether DDL wakes those checks (and the next one) at its commit, through event triggers the instance
+    /// creates in the state database when its control role is a superuser (`state::ddl_watch`).
+    pub schema_check_on_ddl: bool,
     /// Seconds between two searches for writers of the old tables the proxy cannot see (each reads every
     /// function body of the database); what is found is reported.
     pub unseen_writers_check_interval_secs: u64,
@@ -270,6 +273,7 @@ impl Default for Limits {
             shutdown_grace_secs: 30,
             state_max_age_secs: 10,
             schema_check_interval_secs: 1,
+            schema_check_on_ddl: true,
             unseen_writers_check_interval_secs: 30,
             upstream_keepalive_secs: 60,
             upstream_tcp_user_timeout_secs: 0,

@@ -109,6 +109,7 @@ impl Live {
             max_age: config.limits.state_max_age(),
             schema_check_interval: config.limits.schema_check_interval(),
             writers_check_interval: config.limits.unseen_writers_check_interval(),
+            check_schema_on_ddl: config.limits.schema_check_on_ddl,
             ..StateOptions::default()
         };
         let state = StateHandle::connect(pg.clone(), Arc::clone(&rules), options)

@@ -27,6 +27,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use crate::pg_client::PgTarget;
 
 use super::audit_chain::{self, ChainCheck};
+use super::ddl_watch::{self, SCHEMA_CHANNEL};
 use super::schema_watch::{self, SchemaFindings};
 use super::snapshot::StateSnapshot;
 use super::store::{self, Actor, AuditEntry, PhaseChange, RouteChange};
@@ -50,6 +51,9 @@ pub struct StateOptions {
     pub schema_check_interval: Duration,
     /// How often the old tables' unseen writers are looked for again (every function body is read).
     pub writers_check_interval: Duration,
+    /// Whether committed DDL wakes the schema watch at once (`ddl_watch`: event triggers, created when the
+    /// control role may).
+    pub check_schema_on_ddl: bool,
 }
 
 impl Default for StateOptions {
@@ -61,6 +65,7 @@ impl Default for StateOptions {
             max_age: Duration::from_secs(10),
             schema_check_interval: Duration::from_secs(1),
             writers_check_interval: Duration::from_secs(30),
+            check_schema_on_ddl: true,
         }
     }
 }
@@ -104,6 +109,9 @@ impl StateHandle {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
         let version = schema::ensure_schema(&mut client).await?;
+        if options.check_schema_on_ddl {
+            ddl_watch::set_up(&mut client, options.schema_check_interval).await;
+        }
         let actor = own_actor(&pg);
         refuse_unsafe_rules(&client, &rules).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
@@ -465,8 +473,12 @@ async fn connect(pg: &PgTarget) -> Result<(Client, Messages), StateError> {
     Ok((client, futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()))
 }
 
-/// A connection that LISTENs, and the channel its notifications arrive on (closed when it drops).
-async fn open_listener(pg: &PgTarget) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
+/// A connection that LISTENs, and the channel the names of its notifications' channels arrive on (closed
+/// when it drops).
+async fn open_listener(
+    pg: &PgTarget,
+    options: &StateOptions,
+) -> Result<(Client, mpsc::UnboundedReceiver<String>), StateError> {
     let mut pg = pg.clone();
     pg.config_mut().application_name(LISTENER_APPLICATION_NAME);
     let (client, mut messages) = connect(&pg).await?;
@@ -475,7 +487,7 @@ async fn open_listener(pg: &PgTarget) -> Result<(Client, mpsc::UnboundedReceiver
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
+                    if tx.send(n.channel().to_string()).is_err() {
                         break;
                     }
                 }
@@ -488,6 +500,9 @@ async fn open_listener(pg: &PgTarget) -> Result<(Client, mpsc::UnboundedReceiver
         }
     });
     client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
+    if options.check_schema_on_ddl {
+        client.batch_execute(&format!("LISTEN {SCHEMA_CHANNEL}")).await?;
+    }
     Ok((client, rx))
 }
 
@@ -499,7 +514,7 @@ async fn watch_loop(inner: Weak<Inner>, pg: PgTarget, options: StateOptions) {
         if inner.strong_count() == 0 {
             return;
         }
-        let opened = tokio::time::timeout(options.max_age, open_listener(&pg))
+        let opened = tokio::time::timeout(options.max_age, open_listener(&pg, &options))
             .await
             .unwrap_or_else(|_| Err(StateError::Corrupt(format!("no answer within {:?}", options.max_age))));
         match opened {
@@ -540,8 +555,8 @@ fn set_current(inner: &Weak<Inner>, current: bool) {
     }
 }
 
-/// Reload on each notification and each poll tick until the connection fails (returns true: reconnect)
-/// or the handle is gone (returns false: stop).
+/// Reload on each state notification and each poll tick, and wake the schema watch on each schema one,
+/// until the connection fails (returns true: reconnect) or the handle is gone (returns false: stop).
 async fn listen(
     inner: &Weak<Inner>,
     client: &Client,
@@ -552,16 +567,24 @@ async fn listen(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The first tick fires at once: reload right after (re)connecting, catching up on what was missed.
+        let (mut reload, mut check_schema) = (true, false);
         tokio::select! {
             n = notifications.recv() => {
-                if n.is_none() {
-                    return true;
-                }
-                while notifications.try_recv().is_ok() {}
+                let Some(first) = n else { return true };
+                let more = std::iter::from_fn(|| notifications.try_recv().ok());
+                let channels: Vec<String> = std::iter::once(first).chain(more).collect();
+                reload = channels.iter().any(|c| c != SCHEMA_CHANNEL);
+                check_schema = channels.iter().any(|c| c == SCHEMA_CHANNEL);
             }
             _ = tick.tick() => {}
         }
         let Some(strong) = inner.upgrade() else { return false };
+        if check_schema {
+            strong.check_schema_now.notify_one();
+        }
+        if !reload {
+            continue;
+        }
         match tokio::time::timeout(options.max_age, store::load(client)).await {
             Ok(Ok(fresh)) => {
                 strong.publish(fresh);
