@@ -462,8 +462,9 @@ async fn committed_ddl_outside_temporary_schemas_is_announced_to_the_schema_watc
     });
     listener.batch_execute("LISTEN dualwrite_schema").await?;
 
-    // A session's temporary objects and DDL rolled back announce nothing: the first notification is the
-    // sequence's.
+    // An instance's start (the function is current: not replaced), a session's temporary objects and DDL
+    // rolled back announce nothing: the first notification is the sequence's.
+    let _third = handle(&db, Duration::from_secs(60)).await?;
     app.batch_execute("CREATE TEMPORARY TABLE scratch (id serial PRIMARY KEY); DROP TABLE scratch").await?;
     app.batch_execute("BEGIN; CREATE TABLE public.rolled_back (id int); ROLLBACK").await?;
     app.batch_execute("CREATE SEQUENCE public.marker_seq").await?;

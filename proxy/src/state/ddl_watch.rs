@@ -74,7 +74,15 @@ pub async fn ensure(client: &mut Client) -> Result<DdlWatch, StateError> {
     }
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&LOCK]).await?;
-    tx.batch_execute(&function_ddl()).await?;
+    // Replaced only when this build's body differs: every replacement is DDL the triggers announce.
+    let body = function_body();
+    let current: Option<String> = tx
+        .query_one("SELECT (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1))", &[&format!("{FUNCTION}()")])
+        .await?
+        .get(0);
+    if current.as_deref() != Some(body.as_str()) {
+        tx.batch_execute(&function_ddl(&body)).await?;
+    }
     for (name, event) in TRIGGERS {
         let exists: bool =
             tx.query_one("SELECT EXISTS (SELECT FROM pg_event_trigger WHERE evtname = $1)", &[&name]).await?.get(0);
@@ -103,13 +111,12 @@ async fn active(client: &Client) -> Result<bool, StateError> {
     Ok(enabled == TRIGGERS.len() as i64)
 }
 
-/// The function: a NOTIFY for DDL on anything but a session's temporary objects (an application creating
-/// temporary tables must not set every instance checking; Postgres reports their schema as `pg_temp`), never
-/// an error.
-fn function_ddl() -> String {
+/// The function's body: a NOTIFY for DDL on anything but a session's temporary objects (an application
+/// creating temporary tables must not set every instance checking; Postgres reports their schema as
+/// `pg_temp`), never an error.
+fn function_body() -> String {
     format!(
-        r#"CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $dualwrite$
+        r#"
 BEGIN
     IF TG_EVENT = 'sql_drop' THEN
         IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary) THEN
@@ -123,6 +130,14 @@ EXCEPTION WHEN OTHERS THEN
     -- Never fail the DDL: the schema watch's periodic check still sees the change.
     NULL;
 END
-$dualwrite$"#
+"#
+    )
+}
+
+/// The function's DDL, its body as [`function_body`].
+fn function_ddl(body: &str) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS event_trigger \
+         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $dualwrite${body}$dualwrite$"
     )
 }
