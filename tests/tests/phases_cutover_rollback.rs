@@ -196,3 +196,49 @@ async fn a_migration_turned_off_and_on_again_rebuilds_its_shadow_before_the_new_
     assert_eq!(value(&cut, "phase"), Some("cutover"), "{cut:?}");
     proxy.stop().await.unwrap();
 }
+
+/// The same return with FORCE: the shadow's rows are kept, and the backfill repairs the stale ones (as
+/// VERIFY REPAIR does) before it counts as done, so the new version never uses them. Until then its writes
+/// wait, as for any backfill; after it, the shadow is the old table mapped forward, with the row renamed
+/// while off renamed and the row deleted meanwhile gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_return_from_off_keeps_the_shadow_and_its_backfill_repairs_the_stale_rows_before_it_is_done() {
+    let (db, direct, proxy, admin) = started().await;
+    backfill_until_done(&admin, MIGRATION).await;
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
+    let v1 = proxy.connect(&db).await.unwrap();
+    v1.batch_execute("UPDATE users SET name = 'Ada King' WHERE id = 1; DELETE FROM users WHERE id = 2").await.unwrap();
+    assert_eq!(differences(&direct).await, (1, 2), "row 1 stale and row 2 left behind in the shadow");
+
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write FORCE")).await;
+    let status = status_of(&admin, MIGRATION).await;
+    assert_eq!(value(&status, "backfill_state"), Some("idle"), "the backfill starts over: {status:?}");
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let e = v2.batch_execute("UPDATE users SET email = 'ada@king.org' WHERE id = 1").await.expect_err("waits");
+    assert_eq!(db_error(&e).0, "0A000", "{:?}", db_error(&e));
+    assert_eq!(differences(&direct).await, (1, 2), "nothing repaired before the backfill runs");
+
+    backfill_until_done(&admin, MIGRATION).await;
+    assert_eq!(differences(&direct).await, (0, 0), "the kept rows are repaired by the time the backfill is done");
+    assert_eq!(both(&direct, 2).await, (None, None));
+    v2.batch_execute("UPDATE users SET email = 'ada@king.org' WHERE id = 1").await.unwrap();
+    assert_eq!(both(&direct, 1).await, row("Ada King", "ada@king.org", "Ada", "King", "ada@king.org"));
+    // The repair's verify ran before the backfill finished: cutover still asks for one after it.
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} cutover"))
+        .await
+        .expect_err("a verify after the backfill is needed");
+    assert!(db_error(&e).1.contains("no verify since the backfill finished"), "{:?}", db_error(&e));
+
+    // A later return without rows kept (the shadow emptied) does not repair again.
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
+    direct.batch_execute("TRUNCATE users_v2").await.unwrap();
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write")).await;
+    let runs = "SELECT count(*) FROM dualwrite.verify_runs WHERE migration = $1";
+    let before: i64 = direct.query_one(runs, &[&MIGRATION]).await.unwrap().get(0);
+    backfill_until_done(&admin, MIGRATION).await;
+    assert_eq!(differences(&direct).await, (0, 0));
+    let after: i64 = direct.query_one(runs, &[&MIGRATION]).await.unwrap().get(0);
+    assert_eq!(after, before, "no repair ran");
+    proxy.stop().await.unwrap();
+}

@@ -121,6 +121,15 @@ async fn repair_rewrites_the_table_behind_the_source_of_truth_of_each_phase() {
     assert_eq!(recorded, ("shadow".to_string(), 1, 2), "the run says what its counts are relative to");
 
     let shadow_before = rows(&f.client, "users_v2").await;
+    // A repair that may only rewrite the shadow (the backfill's, of rows a forced return from off kept) is
+    // refused here, before it reads anything.
+    let shadow_only = VerifyOptions { required_source: Some(SourceOfTruth::Old), ..repair.clone() };
+    let runs = verify_runs(&f.client).await;
+    match run_verify(&f.config, &f.mapping, &shadow_only, &|_, _| {}).await {
+        Err(JobError::Phase { reason, .. }) => assert!(reason.contains("shadow table is now the source"), "{reason}"),
+        other => panic!("a repair requiring the old table as the source in cutover: {other:?}"),
+    }
+    assert_eq!(verify_runs(&f.client).await, runs, "no run recorded");
     let repaired = run_verify(&f.config, &f.mapping, &repair, &|_, _| {}).await.expect("repair in cutover");
     assert_eq!(repaired.repaired, 5);
     assert_eq!(rows(&f.client, "users_v2").await, shadow_before, "a repair in cutover never writes the shadow");

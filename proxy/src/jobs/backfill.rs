@@ -40,6 +40,7 @@ use super::mapping::{CompiledMapping, TableMapping};
 use super::sql::{Bounds, Side};
 use super::sweep::{open_transactions, sees_all_transactions, Sweep, Sweeps};
 use super::throttle::{self, Hold, Limits};
+use super::verify::{run_verify, VerifyOptions};
 use super::{connect, is_retryable, notify_state, source_of_truth_now, try_lock, unlock, JobError, JobKind, JobResult};
 
 /// How a backfill runs.
@@ -70,6 +71,8 @@ pub enum Activity {
     Copying,
     Paused,
     Holding(Hold),
+    /// Every row copied; repairing the rows a forced re-entry from `off` kept (see [`repair_kept_rows`]).
+    Repairing,
     Done,
 }
 
@@ -104,18 +107,20 @@ pub async fn run_backfill(
     progress: ProgressFn<'_>,
 ) -> JobResult<BackfillOutcome> {
     let client = lock_backfill(config, &mapping.migration).await?;
-    run_backfill_locked(client, mapping, options, progress).await
+    run_backfill_locked(config, client, mapping, options, progress).await
 }
 
 /// Runs the backfill on `client`, which must already hold the migration's backfill lock (see
-/// `lock_backfill`); the lock goes with the connection when the run ends.
+/// `lock_backfill`); the lock goes with the connection when the run ends. `config` opens the connections
+/// of the repair a forced re-entry asks for.
 pub async fn run_backfill_locked(
+    config: &PgTarget,
     mut client: Client,
     mapping: &TableMapping,
     options: &BackfillOptions,
     progress: ProgressFn<'_>,
 ) -> JobResult<BackfillOutcome> {
-    let outcome = copy_all(&mut client, mapping, options, progress).await;
+    let outcome = copy_all(config, &mut client, mapping, options, progress).await;
     // Released on failure too (a refusal in the wrong phase, a lost race): left to the connection's close,
     // the lock outlives this call until the server notices, and a start right after would find it busy.
     let unlocked = unlock(&client, JobKind::Backfill, &mapping.migration).await;
@@ -125,6 +130,7 @@ pub async fn run_backfill_locked(
 }
 
 async fn copy_all(
+    config: &PgTarget,
     client: &mut Client,
     mapping: &TableMapping,
     options: &BackfillOptions,
@@ -216,6 +222,7 @@ async fn copy_all(
                     sweeps.push(swept);
                 }
                 sweeps.run_ready(client, &compiled, true).await?;
+                repair_kept_rows(config, client, mapping, rows_done, progress).await?;
                 if !finish(client, name, rows_done).await? {
                     continue;
                 }
@@ -232,6 +239,44 @@ async fn copy_all(
             }
         }
     }
+}
+
+/// After a forced re-entry from `off` (`state::store::leave_off`), the rows the shadow kept may be stale:
+/// writes made while off reached the old table alone, and a batch copies only the keys the shadow lacks.
+/// So once every key is copied, the backfill repairs the shadow from the old table as `VERIFY ... REPAIR`
+/// does (waiting for a verify running meanwhile, refusing if the shadow became the source of truth), and
+/// only then counts as done: until then the new version's writes and its reads of the shadow wait, as for
+/// any backfill. A repair that fails fails the backfill, which repairs again when resumed.
+async fn repair_kept_rows(
+    config: &PgTarget,
+    client: &Client,
+    mapping: &TableMapping,
+    rows_done: i64,
+    progress: ProgressFn<'_>,
+) -> JobResult<()> {
+    let name = mapping.migration.as_str();
+    let sql = "SELECT repair_kept_rows FROM dualwrite.backfill WHERE migration = $1";
+    let pending: bool = client.query_one(sql, &[&name]).await?.get(0);
+    if !pending {
+        return Ok(());
+    }
+    tracing::info!(migration = name, "backfill repairing the shadow rows kept when the migration left off with FORCE");
+    progress(&BackfillProgress { rows_done, rows_total: Some(rows_done), activity: Activity::Repairing });
+    let options = VerifyOptions { repair: true, required_source: Some(SourceOfTruth::Old), ..VerifyOptions::default() };
+    let report = loop {
+        match run_verify(config, mapping, &options, &|_, _| {}).await {
+            Err(JobError::Busy { .. }) => tokio::time::sleep(POLL_PAUSE).await,
+            outcome => break outcome?,
+        }
+    };
+    tracing::info!(
+        migration = name,
+        divergent = report.divergent_rows(),
+        repaired = report.repaired,
+        "kept rows repaired"
+    );
+    client.execute("UPDATE dualwrite.backfill SET repair_kept_rows = false WHERE migration = $1", &[&name]).await?;
+    Ok(())
 }
 
 /// Marks the backfill done unless its state changed meanwhile (e.g. paused during the last sweeps).

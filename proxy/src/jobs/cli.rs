@@ -128,6 +128,7 @@ async fn backfill_inner(args: BackfillArgs) -> anyhow::Result<()> {
             Activity::Copying => "copying".to_string(),
             Activity::Paused => "paused".to_string(),
             Activity::Holding(hold) => format!("holding: {hold:?}"),
+            Activity::Repairing => "repairing the rows kept by a forced re-entry".to_string(),
             Activity::Done => "done".to_string(),
         });
     })

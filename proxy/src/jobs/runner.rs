@@ -60,6 +60,7 @@ impl JobRunner {
         let mapping = mapping.clone();
         let name = mapping.migration.clone();
         let holding = Arc::clone(&self.holding);
+        let config = self.config.clone();
         let task = tokio::spawn(async move {
             let migration = mapping.migration.clone();
             let gauge = metrics::gauge!("dualwrite_backfill_holding", "migration" => migration.clone());
@@ -71,7 +72,7 @@ impl JobRunner {
                 };
                 gauge.set(if holding.contains_key(&migration) { 1.0 } else { 0.0 });
             };
-            let result = run_backfill_locked(client, &mapping, &options, &record).await;
+            let result = run_backfill_locked(&config, client, &mapping, &options, &record).await;
             record(&BackfillProgress { rows_done: 0, rows_total: None, activity: Activity::Done });
             if let Err(error) = &result {
                 tracing::error!(migration = %mapping.migration, %error, "backfill failed");

@@ -36,11 +36,20 @@ pub struct VerifyOptions {
     pub leaf_rows: i64,
     /// At most this many divergent keys are stored with samples (all are counted and repaired).
     pub max_recorded: usize,
+    /// Refuse to run (`JobError::Phase`) unless the phase makes this table the source of truth: a repair
+    /// that must rewrite only the other one (the backfill's of the rows a forced re-entry kept) says so.
+    pub required_source: Option<SourceOfTruth>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { repair: false, chunk_rows: 100_000, leaf_rows: 512, max_recorded: 10_000 }
+        VerifyOptions {
+            repair: false,
+            chunk_rows: 100_000,
+            leaf_rows: 512,
+            max_recorded: 10_000,
+            required_source: None,
+        }
     }
 }
 
@@ -146,6 +155,10 @@ async fn verify_locked(
     client.batch_execute("SET application_name = 'dualwrite verify'").await?;
     let name = mapping.migration.as_str();
     let source = source_in(&*client, name, false).await?;
+    if options.required_source.is_some_and(|required| required != source) {
+        let reason = format!("the {} table is now the source of truth: nothing was verified", source.as_str());
+        return Err(JobError::Phase { migration: name.to_string(), reason });
+    }
     let compiled = CompiledMapping::load(&*client, mapping).await?;
     let run_id: i64 = client
         .query_one(

@@ -212,6 +212,11 @@ const MIGRATIONS: &[&str] = &[
         recorded_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 6: a migration that left `off` with FORCE keeps the rows its shadow held, which may be stale (writes
+    // made while off reached the old table alone); its next backfill repairs them before it is done.
+    r#"
+    ALTER TABLE dualwrite.backfill ADD COLUMN repair_kept_rows boolean NOT NULL DEFAULT false;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -304,42 +304,58 @@ async fn readiness(tx: &Transaction<'_>, migration: &str) -> Result<Readiness, S
 /// A migration entering `dual_write` from `off`: writes made while it was off reached the old table alone,
 /// so rows the shadow holds (copied before it was turned off, or by a backfill run while off) may be stale,
 /// and a backfill copies only the keys the shadow lacks. Without FORCE a shadow holding rows is refused
-/// (empty it, then backfill); with FORCE its rows are kept (VERIFY REPAIR makes them equal). Either way
-/// the backfill starts over: until it has finished, v2 writes and reads of the shadow wait, and no verify
-/// from before counts for cutover (`readiness`).
+/// (empty it, then backfill); with FORCE its rows are kept, and the backfill repairs them (as VERIFY
+/// REPAIR does) before it counts as done (`repair_kept_rows`). Either way the backfill starts over: until
+/// it has finished, v2 writes and reads of the shadow wait, and no verify from before counts for cutover
+/// (`readiness`).
 async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(), StateError> {
-    if !force {
-        for shadow in m.shadow_tables() {
-            let table = shadow.to_string();
-            // (A shadow that does not exist holds nothing; the dual write reports it.)
-            let found: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&table]).await?.get(0);
-            let holds_rows = match found {
-                Some(_) => tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[]).await?.get(0),
-                None => false,
-            };
-            if holds_rows {
-                return Err(refused(
-                    &m.name,
-                    "move to dual_write",
-                    format!(
-                        "its shadow {table} holds rows, and writes made while the migration was off reached the old \
-                         table alone, so they may be stale (a backfill copies only the keys the shadow lacks); empty \
-                         it (TRUNCATE {table}) and backfill after entering dual_write, or add FORCE to keep them and \
-                         run DUALWRITE VERIFY {} REPAIR before the new version's sessions use the shadow",
-                        m.name
-                    ),
-                ));
-            }
+    let mut kept = None;
+    for shadow in m.shadow_tables() {
+        let table = shadow.to_string();
+        // (A shadow that does not exist holds nothing; the dual write reports it.)
+        let found: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&table]).await?.get(0);
+        let holds_rows = match found {
+            Some(_) => tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[]).await?.get(0),
+            None => false,
+        };
+        if holds_rows {
+            kept = Some(table);
+            break;
         }
     }
-    tx.execute(
-        "UPDATE dualwrite.backfill SET state = 'idle', last_key = NULL, rows_done = 0, rows_total = NULL,
-                finished_at = NULL, updated_at = now()
-          WHERE migration = $1",
-        &[&m.name],
-    )
-    .await?;
-    Ok(())
+    match kept {
+        Some(table) if !force => Err(refused(
+            &m.name,
+            "move to dual_write",
+            format!(
+                "its shadow {table} holds rows, and writes made while the migration was off reached the old table \
+                 alone, so they may be stale (a backfill copies only the keys the shadow lacks); empty it (TRUNCATE \
+                 {table}) and backfill after entering dual_write, or add FORCE to keep them: the backfill then \
+                 repairs them before it is done"
+            ),
+        )),
+        Some(_) => {
+            tx.execute(
+                "INSERT INTO dualwrite.backfill AS b (migration, state, updated_at, repair_kept_rows)
+                 VALUES ($1, 'idle', now(), true)
+                 ON CONFLICT (migration) DO UPDATE SET state = 'idle', last_key = NULL, rows_done = 0,
+                        rows_total = NULL, finished_at = NULL, updated_at = now(), repair_kept_rows = true",
+                &[&m.name],
+            )
+            .await?;
+            Ok(())
+        }
+        None => {
+            tx.execute(
+                "UPDATE dualwrite.backfill SET state = 'idle', last_key = NULL, rows_done = 0, rows_total = NULL,
+                        finished_at = NULL, updated_at = now(), repair_kept_rows = false
+                  WHERE migration = $1",
+                &[&m.name],
+            )
+            .await?;
+            Ok(())
+        }
+    }
 }
 
 fn refused(migration: &str, what: &str, reason: String) -> StateError {
