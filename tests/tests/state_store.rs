@@ -449,6 +449,7 @@ async fn committed_ddl_outside_temporary_schemas_is_announced_to_the_schema_watc
         .batch_execute(&format!("CREATE ROLE \"{app_role}\" LOGIN; GRANT CREATE ON SCHEMA public TO \"{app_role}\""))
         .await?;
     let app = dualwrite_tests::connect(&db.url_as(&app_role, None)).await?;
+    app.batch_execute("CREATE MATERIALIZED VIEW public.app_totals AS SELECT count(*) FROM pg_class").await?;
 
     let (listener, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
     let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
@@ -462,11 +463,17 @@ async fn committed_ddl_outside_temporary_schemas_is_announced_to_the_schema_watc
     });
     listener.batch_execute("LISTEN dualwrite_schema").await?;
 
-    // An instance's start (the function is current: not replaced), a session's temporary objects and DDL
-    // rolled back announce nothing: the first notification is the sequence's.
+    // An instance's start (the function is current: not replaced), a session's temporary objects, DDL
+    // rolled back and a materialized view's refresh announce nothing: the first notification is the
+    // sequence's.
     let _third = handle(&db, Duration::from_secs(60)).await?;
     app.batch_execute("CREATE TEMPORARY TABLE scratch (id serial PRIMARY KEY); DROP TABLE scratch").await?;
     app.batch_execute("BEGIN; CREATE TABLE public.rolled_back (id int); ROLLBACK").await?;
+    // (A refresh and a comment change no definition the schema watch reads.)
+    app.batch_execute(
+        "REFRESH MATERIALIZED VIEW public.app_totals; COMMENT ON MATERIALIZED VIEW public.app_totals IS 'x'",
+    )
+    .await?;
     app.batch_execute("CREATE SEQUENCE public.marker_seq").await?;
     assert_eq!(next(&mut announced).await, ("dualwrite_schema".to_owned(), "CREATE SEQUENCE".to_owned()));
     // Drops are announced by the sql_drop trigger.

@@ -113,11 +113,15 @@ async fn active(client: &Client) -> Result<bool, StateError> {
 
 /// The function's body: a NOTIFY for DDL on anything but a session's temporary objects (an application
 /// creating temporary tables must not set every instance checking; Postgres reports their schema as
-/// `pg_temp`), never an error.
+/// `pg_temp`), and for no command that cannot change what the checks read (a materialized view's refresh,
+/// which applications run often; privileges, comments, labels); never an error.
 fn function_body() -> String {
     format!(
         r#"
 BEGIN
+    IF TG_TAG IN ('REFRESH MATERIALIZED VIEW', 'GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL') THEN
+        RETURN;
+    END IF;
     IF TG_EVENT = 'sql_drop' THEN
         IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary) THEN
             PERFORM pg_notify('{SCHEMA_CHANNEL}', TG_TAG);
