@@ -271,7 +271,7 @@ async fn a_write_naming_the_shadow_that_leaves_a_row_no_source_can_hold_fails_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
+async fn complete_is_refused_off_leaves_the_shadow_alone_and_a_forced_return_repairs_it() {
     let Merge { db, direct, proxy } = Merge::start(SCHEMA).await;
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
@@ -293,6 +293,7 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
     })
     .await;
     v1.simple_query("DELETE FROM accounts WHERE id = 300").await.unwrap();
+    v1.simple_query("UPDATE accounts SET email = 'changed@x.org' WHERE id = 30").await.unwrap();
     assert_eq!(count(&direct, "SELECT count(*) FROM accounts WHERE id = 300").await, 0);
     assert_eq!(shadow(&direct, 300).await, row(Some("f@x.org"), None, None));
 
@@ -311,6 +312,12 @@ async fn complete_is_refused_and_off_leaves_the_shadow_alone() {
         shadow(&direct, id).await == row(Some("h@x.org"), None, None)
     })
     .await;
+    // No row kept by FORCE is stale once the backfill counts as done (a merge's batches update rows the
+    // shadow holds, and its repair runs after them): key 300 left the old tables while the migration was
+    // off, so its shadow row goes, and key 30's email changed meanwhile.
+    backfill_until_done(&admin, MIGRATION).await;
+    assert_eq!(shadow(&direct, 300).await, None);
+    assert_eq!(shadow(&direct, 30).await.and_then(|r| r.0), Some("changed@x.org".to_owned()), "stale no more");
     proxy.stop().await.unwrap();
 }
 
