@@ -1,9 +1,9 @@
 //! The shared migration state in the upstream database's `dualwrite` schema: versioned DDL (`schema`),
 //! loading and changing it with an audit row per change (`store`), the audit log's hash chain
-//! (`audit_chain`), phase rules (`phase`), the immutable
-//! snapshot sessions read (`snapshot`), the schema of the migrations' tables watched while the proxy runs
-//! (`schema_watch`) and woken by committed DDL (`ddl_watch`), and the handle that keeps it fresh through LISTEN/NOTIFY with a
-//! polling fallback (`watcher`).
+//! (`audit_chain`), phase rules (`phase`), the immutable snapshot sessions read (`snapshot`), the schema of
+//! the migrations' tables watched while the proxy runs (`schema_watch`) and woken by committed DDL
+//! (`ddl_watch`), and the handle that keeps it fresh through LISTEN/NOTIFY with a polling fallback
+//! (`watcher`).
 
 pub mod audit_chain;
 pub mod ddl_watch;
