@@ -24,6 +24,7 @@ mod direction;
 mod dml;
 mod fallback;
 pub mod fuzz_checks;
+mod key_default_ddl;
 mod literals;
 pub mod merge;
 mod merge_truncate;

@@ -1,6 +1,7 @@
 //! The entry point the proxy calls: a cheap text check, then the plan caches (by statement shape, with the
 //! statement's own literals spliced into the cached template, else by exact text), then parse + rewrite.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -10,11 +11,12 @@ use sqlparser::parser::Parser;
 use crate::cache::{CacheStats, PlanCache};
 use crate::compiled::Compiled;
 use crate::fallback::{decide_unparsed, edge_comments};
+use crate::key_default_ddl::key_default_change;
 use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
 use crate::names::TableName;
 use crate::plan::{Plan, RejectReason, Rejection, StatementTransform};
-use crate::route::Route;
+use crate::route::{Route, UnsafeSchema};
 use crate::shadow::ShadowRead;
 use crate::statement::rewrite_statement;
 use crate::writes::Outcome;
@@ -80,6 +82,18 @@ impl Rewriter {
     /// any route. (A true answer may be a false positive; `rewrite` sorts it out.)
     pub fn mentions_migrated_table(&self, sql: &str) -> bool {
         self.compiled.may_mention(sql)
+    }
+
+    /// What the statements of `sql` change of the migrations' key defaults (see `key_default_ddl`): the
+    /// refusals the writes after them in their transaction get. Parses only a string that may hold an
+    /// `ALTER` and names a migrated table or shadow.
+    pub fn key_default_changes(&self, sql: &str, route: &Route) -> Vec<UnsafeSchema> {
+        let may_alter = sql.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"alter"));
+        if !may_alter || !self.compiled.may_mention(sql) || route_is_off(route) {
+            return Vec::new();
+        }
+        let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else { return Vec::new() };
+        statements.iter().filter_map(|s| key_default_change(&self.compiled, route, s)).collect()
     }
 
     /// The plan for `sql` under `route`, from the cache when possible.
@@ -161,14 +175,20 @@ impl Rewriter {
         let mut writes = false;
         let mut changed = false;
         let several = statements.len() > 1;
+        // A statement's own DDL can refuse the writes after it in the string (`key_default_ddl`).
+        let mut route = Cow::Borrowed(route);
         for statement in statements {
             // Only a multi-statement string needs the text of a statement left as it was.
             let original = several.then(|| statement.to_string());
-            match rewrite_statement(&self.compiled, route, statement) {
+            let key_default_change = several.then(|| key_default_change(&self.compiled, &route, &statement)).flatten();
+            match rewrite_statement(&self.compiled, &route, statement) {
                 Err(rejection) => return Ok(Plan::Rejected(rejection)),
                 Ok(outcome) => {
-                    if let Some(rejection) = refuse_unsafe_schema_write(&self.compiled, route, &outcome) {
+                    if let Some(rejection) = refuse_unsafe_schema_write(&self.compiled, &route, &outcome) {
                         return Ok(Plan::Rejected(rejection));
+                    }
+                    if let Some(entry) = key_default_change {
+                        route.to_mut().add_unsafe_schema(entry);
                     }
                     migrations.extend(outcome.migrations);
                     writes |= outcome.write;

@@ -323,3 +323,43 @@ async fn committed_ddl_is_checked_at_once_without_waiting_for_the_periodic_check
     .await;
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_a_shadow_key_default_change_in_its_own_transaction_are_refused_until_it_ends() {
+    let (db, direct) = database().await;
+    let (proxy, admin) = proxy_on(&db, |_| {}).await;
+    backfill_until_done(&admin, MIGRATION).await;
+    direct.batch_execute("CREATE SEQUENCE public.users_v2_own_seq").await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let alter = "ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')";
+    let write = "UPDATE users SET email = 'grace@example.org' WHERE id = 2";
+    let refused = |e: &tokio_postgres::Error| {
+        is_unsafe_schema_refusal(e, "ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT earlier in this transaction")
+    };
+    let prepared = v2.prepare(write).await.unwrap();
+
+    // The simple protocol, one request at a time: the DDL passes, the migration's writes after it do not.
+    v2.batch_execute("BEGIN").await.unwrap();
+    v2.batch_execute(alter).await.expect("the DDL passes");
+    let e = v2.batch_execute(write).await.expect_err("a write after it is refused");
+    assert!(refused(&e), "{:?}", db_error(&e));
+    v2.batch_execute("ROLLBACK").await.unwrap();
+    v2.batch_execute(write).await.expect("the transaction over, writes run");
+
+    // The extended protocol: the DDL run as an unnamed prepared statement, then a write prepared before.
+    v2.batch_execute("BEGIN").await.unwrap();
+    v2.execute(alter, &[]).await.expect("the DDL passes");
+    let e = v2.execute(&prepared, &[]).await.expect_err("the prepared write is refused");
+    assert!(refused(&e), "{:?}", db_error(&e));
+    v2.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(v2.execute(&prepared, &[]).await.expect("and runs again after it"), 1);
+
+    // Committed on its own, the change is the schema watch's to judge (it refuses while it stands).
+    v2.batch_execute(alter).await.unwrap();
+    until_writes_refused(&admin, MIGRATION, true).await;
+    direct.batch_execute(OLD_SEQUENCE).await.unwrap();
+    until_writes_refused(&admin, MIGRATION, false).await;
+    let expected = vec![(1, "Ada Lovelace".to_owned()), (2, "Alan Turing".to_owned())];
+    assert_eq!(names(&direct, "users").await, expected, "no old row was overwritten");
+    proxy.stop().await.unwrap();
+}

@@ -10,6 +10,7 @@
 mod databases;
 mod elsewhere;
 mod interceptor;
+mod key_ddl;
 mod resolution;
 mod session;
 mod verdict;

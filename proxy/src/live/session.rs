@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use dualwrite_rules::{Plan, Route};
 
+use super::key_ddl::KeyDefaultDdl;
 use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
@@ -102,6 +103,11 @@ pub struct LiveSession {
     resolution_changing_portals: HashSet<Vec<u8>>,
     /// Transaction status of the last ReadyForQuery.
     transaction_status: u8,
+    /// DDL of this transaction that changed a dual-written shadow's key default: its migration's writes
+    /// wait for the commit.
+    key_ddl: KeyDefaultDdl,
+    /// What the SQL string `judge` last planned changes of key defaults (taken by `on_sql`).
+    judged_key_ddl: Vec<dualwrite_rules::UnsafeSchema>,
 }
 
 impl LiveSession {
@@ -128,6 +134,8 @@ impl LiveSession {
             resolution_changing: HashSet::new(),
             resolution_changing_portals: HashSet::new(),
             transaction_status: b'I',
+            key_ddl: KeyDefaultDdl::default(),
+            judged_key_ddl: Vec::new(),
         }
     }
 
@@ -157,7 +165,9 @@ impl LiveSession {
             let version = version.version().map(str::to_owned);
             self.route = Some(RouteCache { generation: current.generation, snapshot, version, route });
         }
-        self.route.as_ref().map(|c| c.route.clone()).unwrap_or_default()
+        let mut route = self.route.as_ref().map(|c| c.route.clone()).unwrap_or_default();
+        self.key_ddl.apply(&mut route);
+        route
     }
 
     fn control_command(&self, sql: &str) -> Verdict {
@@ -233,6 +243,7 @@ impl LiveSession {
             }
         };
         let plan = current.rewriter.rewrite(sql, &route);
+        self.judged_key_ddl = current.rewriter.key_default_changes(sql, &route);
         if prepared_as.is_some() {
             if let Some(refusal) = plan.extended_protocol_refusal(&current.rules) {
                 count_rejection(&refusal);
@@ -356,6 +367,10 @@ impl SessionInterceptor for LiveSession {
                 // statements change (`CREATE TEMP TABLE users ...; INSERT INTO users ...`).
                 let can_probe = request.can_probe && (kinds.len() <= 1 || !may_change_resolution(sql));
                 let verdict = self.judge(sql, &kinds, None, can_probe);
+                let changes = std::mem::take(&mut self.judged_key_ddl);
+                if matches!(verdict, Verdict::Forward | Verdict::Rewrite(_)) {
+                    self.key_ddl.sent(changes);
+                }
                 match &verdict {
                     Verdict::Forward | Verdict::Rewrite(_) => self.sent(&kinds, true),
                     Verdict::Raise(_) => self.sent(&[SessionStatement::Other], true),
@@ -381,6 +396,8 @@ impl SessionInterceptor for LiveSession {
                     self.resolution_changing.remove(name);
                 }
                 let keeps = matches!(verdict, Verdict::Forward | Verdict::Rewrite(_));
+                let changes = std::mem::take(&mut self.judged_key_ddl);
+                self.key_ddl.prepared(name, if keeps { changes } else { Vec::new() });
                 if keeps && kind != SessionStatement::Other {
                     self.statement_kinds.insert(name.to_vec(), kind);
                 } else {
@@ -415,6 +432,7 @@ impl SessionInterceptor for LiveSession {
                 self.portal_kinds.remove(portal);
             }
         }
+        self.key_ddl.bound(portal, statement);
         if !self.resolution_changing.is_empty() && self.resolution_changing.contains(statement) {
             self.resolution_changing_portals.insert(portal.to_vec());
         } else if !self.resolution_changing_portals.is_empty() {
@@ -426,11 +444,13 @@ impl SessionInterceptor for LiveSession {
         self.prepared.remove(statement);
         self.statement_kinds.remove(statement);
         self.resolution_changing.remove(statement);
+        self.key_ddl.closed(statement);
     }
 
     fn on_execute(&mut self, portal: &[u8]) {
         let kind = self.portal_kinds.get(portal).cloned().unwrap_or(SessionStatement::Other);
         self.sent(std::slice::from_ref(&kind), false);
+        self.key_ddl.executed(portal);
         if !self.resolution_changing_portals.is_empty() && self.resolution_changing_portals.contains(portal) {
             self.resolution.changed();
         }
@@ -475,6 +495,7 @@ impl SessionInterceptor for LiveSession {
             if let SessionEvent::Ready(status) = *event {
                 self.transaction_status = status;
                 self.resolution.ready(status);
+                self.key_ddl.ready(status);
             }
         }
         let Ok(version) = &mut self.version else { return };
