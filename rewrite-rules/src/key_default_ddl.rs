@@ -9,11 +9,25 @@
 //! ([`crate::Rewriter`]'s plan), and later requests of the session through its route (the proxy keeps
 //! what [`crate::Rewriter::key_default_changes`] reports until the session is idle again).
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, Statement};
 
 use crate::compiled::Compiled;
 use crate::names::TableName;
 use crate::route::{Route, UnsafeSchema};
+
+/// Whether `sql` may hold an `ALTER` (a substring test, any case, so a false positive only costs a parse):
+/// checked on every statement that names a migrated table, so a searcher rather than a scan.
+pub(crate) fn may_alter(sql: &str) -> bool {
+    static ALTER: LazyLock<Option<AhoCorasick>> =
+        LazyLock::new(|| AhoCorasick::builder().ascii_case_insensitive(true).build(["alter"]).ok());
+    match &*ALTER {
+        Some(searcher) => searcher.is_match(sql),
+        None => true,
+    }
+}
 
 /// The refusal statement `statement` asks for, of the writes that follow it in its transaction: `Some` when
 /// it changes the default of a key column of a shadow its migration dual-writes.

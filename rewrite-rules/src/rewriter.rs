@@ -11,7 +11,7 @@ use sqlparser::parser::Parser;
 use crate::cache::{CacheStats, PlanCache};
 use crate::compiled::Compiled;
 use crate::fallback::{decide_unparsed, edge_comments};
-use crate::key_default_ddl::key_default_change;
+use crate::key_default_ddl::{key_default_change, may_alter};
 use crate::literals::{self, Masked, Template};
 use crate::model::{Phase, RuleSet};
 use crate::names::TableName;
@@ -88,8 +88,7 @@ impl Rewriter {
     /// refusals the writes after them in their transaction get. Parses only a string that may hold an
     /// `ALTER` and names a migrated table or shadow.
     pub fn key_default_changes(&self, sql: &str, route: &Route) -> Vec<UnsafeSchema> {
-        let may_alter = sql.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"alter"));
-        if !may_alter || !self.compiled.may_mention(sql) || route_is_off(route) {
+        if !may_alter(sql) || !self.compiled.may_mention(sql) || route_is_off(route) {
             return Vec::new();
         }
         let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else { return Vec::new() };
