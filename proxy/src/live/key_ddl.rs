@@ -21,7 +21,9 @@ pub(super) struct KeyDefaultDdl {
 impl KeyDefaultDdl {
     /// A simple Query holding such DDL was sent.
     pub fn sent(&mut self, changes: Vec<UnsafeSchema>) {
-        self.pending.extend(changes);
+        if !changes.is_empty() {
+            self.pending.extend(changes);
+        }
     }
 
     /// Statement `name` was prepared as `changes` (none: an ordinary statement).
