@@ -62,6 +62,11 @@ async fn until_writes_refused(admin: &Client, migration: &str, refused: bool) {
         .await;
 }
 
+/// Waits until the migration's `schema_findings` in STATUS satisfy `ok` (`None`: no finding).
+async fn until_findings(admin: &Client, what: &str, ok: impl Fn(Option<&str>) -> bool) {
+    eventually(LIMIT, what, || async { ok(value(&status_of(admin, MIGRATION).await, "schema_findings")) }).await;
+}
+
 fn is_unsafe_schema_refusal(e: &tokio_postgres::Error, finding: &str) -> bool {
     let (code, message) = db_error(e);
     code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code()
@@ -221,11 +226,7 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
         )
         .await
         .unwrap();
-    let what = "the trigger reported in STATUS";
-    eventually(LIMIT, what, || async {
-        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
-    })
-    .await;
+    until_findings(&admin, "the trigger reported in STATUS", |f| f.is_some_and(|f| f.contains("trigger:"))).await;
     let row = status_of(&admin, MIGRATION).await;
     assert_eq!(value(&row, "writes_refused"), Some("f"), "{row:?}");
     client
@@ -234,10 +235,7 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
         .expect("writes go on while an unseen writer is reported");
 
     direct.batch_execute("DROP TRIGGER signup_user ON public.signups").await.unwrap();
-    eventually(LIMIT, "the finding cleared", || async {
-        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
-    })
-    .await;
+    until_findings(&admin, "the finding cleared", |f| f.is_none()).await;
     proxy.stop().await.unwrap();
 }
 
@@ -312,15 +310,9 @@ async fn committed_ddl_is_checked_at_once_without_waiting_for_the_periodic_check
         )
         .await
         .unwrap();
-    eventually(LIMIT, "the new writer reported", || async {
-        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_some_and(|f| f.contains("trigger:"))
-    })
-    .await;
+    until_findings(&admin, "the new writer reported", |f| f.is_some_and(|f| f.contains("trigger:"))).await;
     direct.batch_execute("DROP TRIGGER audit_users ON public.logins").await.unwrap();
-    eventually(LIMIT, "the finding cleared at the drop", || async {
-        value(&status_of(&admin, MIGRATION).await, "schema_findings").is_none()
-    })
-    .await;
+    until_findings(&admin, "the finding cleared at the drop", |f| f.is_none()).await;
     proxy.stop().await.unwrap();
 }
 

@@ -323,8 +323,8 @@ async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(
             break;
         }
     }
-    match kept {
-        Some(table) if !force => Err(refused(
+    if let (Some(table), false) = (&kept, force) {
+        return Err(refused(
             &m.name,
             "move to dual_write",
             format!(
@@ -333,29 +333,24 @@ async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(
                  {table}) and backfill after entering dual_write, or add FORCE to keep them: the backfill then \
                  repairs them before it is done"
             ),
-        )),
+        ));
+    }
+    let reset = match kept {
+        // (A backfill row is made if none was: the flag must be there for the backfill to see.)
         Some(_) => {
-            tx.execute(
-                "INSERT INTO dualwrite.backfill AS b (migration, state, updated_at, repair_kept_rows)
-                 VALUES ($1, 'idle', now(), true)
-                 ON CONFLICT (migration) DO UPDATE SET state = 'idle', last_key = NULL, rows_done = 0,
-                        rows_total = NULL, finished_at = NULL, updated_at = now(), repair_kept_rows = true",
-                &[&m.name],
-            )
-            .await?;
-            Ok(())
+            "INSERT INTO dualwrite.backfill AS b (migration, state, updated_at, repair_kept_rows)
+             VALUES ($1, 'idle', now(), true)
+             ON CONFLICT (migration) DO UPDATE SET state = 'idle', last_key = NULL, rows_done = 0,
+                    rows_total = NULL, finished_at = NULL, updated_at = now(), repair_kept_rows = true"
         }
         None => {
-            tx.execute(
-                "UPDATE dualwrite.backfill SET state = 'idle', last_key = NULL, rows_done = 0, rows_total = NULL,
-                        finished_at = NULL, updated_at = now(), repair_kept_rows = false
-                  WHERE migration = $1",
-                &[&m.name],
-            )
-            .await?;
-            Ok(())
+            "UPDATE dualwrite.backfill SET state = 'idle', last_key = NULL, rows_done = 0, rows_total = NULL,
+                    finished_at = NULL, updated_at = now(), repair_kept_rows = false
+              WHERE migration = $1"
         }
-    }
+    };
+    tx.execute(reset, &[&m.name]).await?;
+    Ok(())
 }
 
 fn refused(migration: &str, what: &str, reason: String) -> StateError {
