@@ -355,3 +355,83 @@ async fn writes_after_a_shadow_key_default_change_in_its_own_transaction_are_ref
     assert_eq!(names(&direct, "users").await, expected, "no old row was overwritten");
     proxy.stop().await.unwrap();
 }
+
+/// A second migration, for the rules that list it before or after the example's.
+const ORDERS_RULES: &str = r#"
+[[migration]]
+name   = "orders_widen_total"
+table  = "public.orders"
+shadow = "public.orders_v2"
+key    = ["id"]
+versions = { old = "v1", new = "v2" }
+
+[migration.forward]
+id    = "id"
+total = "total::bigint"
+
+[migration.backward]
+id    = "id"
+total = "total::int"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_default_change_in_a_transaction_stays_on_its_migration_when_a_reload_reorders_the_rules() {
+    let (db, direct) = database().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE public.orders (id int PRIMARY KEY, total int);
+             CREATE TABLE public.orders_v2 (id int PRIMARY KEY, total bigint);
+             INSERT INTO public.orders VALUES (1, 10);
+             CREATE SEQUENCE public.users_v2_own_seq",
+        )
+        .await
+        .unwrap();
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), format!("{RULES}{ORDERS_RULES}")).unwrap();
+    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), db.url());
+    config.rules = Some(file.path().to_owned());
+    config.admin_roles = vec![db.cluster.superuser().to_owned()];
+    let server = dualwrite_proxy::server::Server::bind(config.clone()).await.unwrap();
+    let (addr, reloader) = (server.local_addr(), server.reloader());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let admin = connect(&db.url_via(addr)).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    backfill_until_done(&admin, "orders_widen_total").await;
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", db.url_via(addr))).await.unwrap();
+
+    v2.batch_execute("BEGIN").await.unwrap();
+    v2.batch_execute("ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')")
+        .await
+        .expect("the DDL passes");
+    // The same migrations, listed the other way round: the example's is no longer the first.
+    std::fs::write(file.path(), format!("{ORDERS_RULES}{RULES}")).unwrap();
+    reloader.reload(config).await.expect("a reordering reload applies");
+
+    let e = v2
+        .batch_execute("UPDATE users SET email = 'grace@example.org' WHERE id = 2")
+        .await
+        .expect_err("the changed migration's writes stay refused after the reload");
+    assert!(
+        is_unsafe_schema_refusal(&e, "ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT earlier in this transaction"),
+        "{:?}",
+        db_error(&e)
+    );
+    v2.batch_execute("ROLLBACK").await.unwrap();
+    v2.batch_execute("BEGIN").await.unwrap();
+    v2.batch_execute("ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')")
+        .await
+        .unwrap();
+    v2.batch_execute("UPDATE orders SET total = 20 WHERE id = 1").await.expect("the other migration's writes run");
+    v2.batch_execute("COMMIT").await.unwrap();
+    let totals: Vec<(i32, i64)> = direct
+        .query("SELECT o.total, s.total FROM orders o JOIN orders_v2 s USING (id)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(totals, [(20, 20)], "the other migration's write reached both tables");
+}

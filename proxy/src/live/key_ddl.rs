@@ -4,30 +4,54 @@
 //! sends counts at once; a prepared statement's counts when a portal bound from it is executed, as it is
 //! then that it runs. The refusals ride on the session's route (`Route::unsafe_schema`), so prepared
 //! writes are prepared again as the refusal and back, as for a finding of the schema watch.
+//!
+//! A change is kept by its migration's name, not by the index the rules gave it when it was judged: a
+//! rules reload inside the transaction may reorder the migrations, and the refusal must stay on the
+//! migration whose shadow the DDL changed.
 
 use std::collections::HashMap;
 
-use dualwrite_rules::{Route, UnsafeSchema};
+use dualwrite_rules::{Route, RuleSet, UnsafeSchema};
+
+/// One change of a migration's key default, by the migration's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KeyDefaultChange {
+    migration: String,
+    finding: String,
+}
+
+impl KeyDefaultChange {
+    /// The changes the rewriter found under `rules` (whose indexes its refusals use), by name.
+    pub fn named(rules: &RuleSet, changes: Vec<UnsafeSchema>) -> Vec<KeyDefaultChange> {
+        changes
+            .into_iter()
+            .filter_map(|c| {
+                let migration = rules.migrations.get(c.migration)?.name.clone();
+                Some(KeyDefaultChange { migration, finding: c.finding })
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, Default)]
 pub(super) struct KeyDefaultDdl {
     /// The refusals in force until the session is idle (outside a transaction) again.
-    pending: Vec<UnsafeSchema>,
+    pending: Vec<KeyDefaultChange>,
     /// Prepared statements holding such DDL, and portals bound from them.
-    statements: HashMap<Vec<u8>, Vec<UnsafeSchema>>,
-    portals: HashMap<Vec<u8>, Vec<UnsafeSchema>>,
+    statements: HashMap<Vec<u8>, Vec<KeyDefaultChange>>,
+    portals: HashMap<Vec<u8>, Vec<KeyDefaultChange>>,
 }
 
 impl KeyDefaultDdl {
     /// A simple Query holding such DDL was sent.
-    pub fn sent(&mut self, changes: Vec<UnsafeSchema>) {
+    pub fn sent(&mut self, changes: Vec<KeyDefaultChange>) {
         if !changes.is_empty() {
             self.pending.extend(changes);
         }
     }
 
     /// Statement `name` was prepared as `changes` (none: an ordinary statement).
-    pub fn prepared(&mut self, name: &[u8], changes: Vec<UnsafeSchema>) {
+    pub fn prepared(&mut self, name: &[u8], changes: Vec<KeyDefaultChange>) {
         match changes.is_empty() {
             true if !self.statements.is_empty() => {
                 self.statements.remove(name);
@@ -68,10 +92,13 @@ impl KeyDefaultDdl {
         }
     }
 
-    /// The session's route with the refusals in force.
-    pub fn apply(&self, route: &mut Route) {
+    /// The session's route under `rules` (the generation in force) with the refusals in force. A change of
+    /// a migration these rules no longer hold refuses nothing: its tables are not migrated any more.
+    pub fn apply(&self, rules: &RuleSet, route: &mut Route) {
         for change in &self.pending {
-            route.add_unsafe_schema(change.clone());
+            if let Some(migration) = rules.migrations.iter().position(|m| m.name == change.migration) {
+                route.add_unsafe_schema(UnsafeSchema { migration, finding: change.finding.clone() });
+            }
         }
     }
 }

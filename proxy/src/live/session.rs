@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use dualwrite_rules::{Plan, Route};
 
-use super::key_ddl::KeyDefaultDdl;
+use super::key_ddl::{KeyDefaultChange, KeyDefaultDdl};
 use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
@@ -107,7 +107,7 @@ pub struct LiveSession {
     /// wait for the commit.
     key_ddl: KeyDefaultDdl,
     /// What the SQL string `judge` last planned changes of key defaults (taken by `on_sql`).
-    judged_key_ddl: Vec<dualwrite_rules::UnsafeSchema>,
+    judged_key_ddl: Vec<KeyDefaultChange>,
 }
 
 impl LiveSession {
@@ -166,7 +166,7 @@ impl LiveSession {
             self.route = Some(RouteCache { generation: current.generation, snapshot, version, route });
         }
         let mut route = self.route.as_ref().map(|c| c.route.clone()).unwrap_or_default();
-        self.key_ddl.apply(&mut route);
+        self.key_ddl.apply(&current.rules, &mut route);
         route
     }
 
@@ -243,7 +243,8 @@ impl LiveSession {
             }
         };
         let plan = current.rewriter.rewrite(sql, &route);
-        self.judged_key_ddl = current.rewriter.key_default_changes(sql, &route);
+        self.judged_key_ddl =
+            KeyDefaultChange::named(&current.rules, current.rewriter.key_default_changes(sql, &route));
         if prepared_as.is_some() {
             if let Some(refusal) = plan.extended_protocol_refusal(&current.rules) {
                 count_rejection(&refusal);
