@@ -40,6 +40,7 @@ use sqlparser::ast::{
 
 use crate::compiled::Compiled;
 use crate::copy_block::{count_statement, CopyBlock};
+use crate::dml::syncs_into_truth;
 use crate::model::Phase;
 use crate::names::TableName;
 use crate::plan::{RejectReason, Rejection, RowsDisposition, StatementTransform, TagRewrite};
@@ -171,10 +172,13 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
         Some(source) => &source.forward,
         None => m.producing(mr.version.other()),
     };
-    let sync_ctes: Vec<&str> = sync.syncs.iter().map(|s| s.cte_name.as_str()).collect();
-    let synced = match mr.version {
-        Side::Old => m.shadows.clone(),
-        Side::New => vec![m.table.clone()],
+    // A sync into the source of truth is a plain INSERT already (`dml::insert_sync`): a row there
+    // fails the COPY, with no upsert to fall back to.
+    let into_truth = merge_source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
+    let (sync_ctes, synced): (Vec<&str>, _) = match mr.version {
+        _ if into_truth => (Vec::new(), Vec::new()),
+        Side::Old => (sync.syncs.iter().map(|s| s.cte_name.as_str()).collect(), m.shadows.clone()),
+        Side::New => (sync.syncs.iter().map(|s| s.cte_name.as_str()).collect(), vec![m.table.clone()]),
     };
     let block = CopyBlock::new(dual_write, &sync_ctes, synced).map_err(invalid)?;
     let count = count_statement().map_err(invalid)?;

@@ -32,6 +32,11 @@
 //!
 //! `#variable_conflict use_column` makes a column that shares a name with the block's variables (or
 //! PL/pgSQL's own `found`) mean the column, as it would outside the block.
+//!
+//! A sync into the phase's source of truth (the old table for a v2 COPY in `dual_write`, the shadow for a
+//! v1 COPY in `cutover`) is a plain INSERT in both statements (`dml::insert_sync`: a row already there
+//! is a key the logical table holds, which must fail the COPY rather than be replaced). Such a block has
+//! nothing to fall back to and runs the one statement without a subtransaction.
 
 use std::fmt;
 
@@ -118,18 +123,28 @@ impl fmt::Display for CopyBlock {
             .map(|t| format!("({}, {})", literal(t.schema.as_deref().unwrap_or("public")), literal(&t.name)))
             .collect::<Vec<_>>()
             .join(", ");
-        let body = format!(
-            "#variable_conflict use_column\nDECLARE {ROWS_VARIABLE} bigint; __dw_schema text; __dw_table text;\n\
-             BEGIN\nBEGIN\n{plain};\n\
-             EXCEPTION WHEN unique_violation THEN\n\
-             GET STACKED DIAGNOSTICS __dw_schema = SCHEMA_NAME, __dw_table = TABLE_NAME;\n\
-             IF (__dw_schema, __dw_table) NOT IN ({synced}) THEN RAISE; END IF;\n\
-             {upsert};\nEND;\n\
-             PERFORM set_config({setting}, {ROWS_VARIABLE}::text, true);\nEND\n",
-            plain = self.plain,
-            upsert = self.upsert,
-            setting = literal(ROWS_SETTING),
-        );
+        let body = match synced.is_empty() {
+            // Syncs into the source of truth only: no upsert to fall back to, no subtransaction.
+            true => format!(
+                "#variable_conflict use_column\nDECLARE {ROWS_VARIABLE} bigint;\n\
+                 BEGIN\n{plain};\n\
+                 PERFORM set_config({setting}, {ROWS_VARIABLE}::text, true);\nEND\n",
+                plain = self.plain,
+                setting = literal(ROWS_SETTING),
+            ),
+            false => format!(
+                "#variable_conflict use_column\nDECLARE {ROWS_VARIABLE} bigint; __dw_schema text; __dw_table text;\n\
+                 BEGIN\nBEGIN\n{plain};\n\
+                 EXCEPTION WHEN unique_violation THEN\n\
+                 GET STACKED DIAGNOSTICS __dw_schema = SCHEMA_NAME, __dw_table = TABLE_NAME;\n\
+                 IF (__dw_schema, __dw_table) NOT IN ({synced}) THEN RAISE; END IF;\n\
+                 {upsert};\nEND;\n\
+                 PERFORM set_config({setting}, {ROWS_VARIABLE}::text, true);\nEND\n",
+                plain = self.plain,
+                upsert = self.upsert,
+                setting = literal(ROWS_SETTING),
+            ),
+        };
         // A dollar-quote tag the body does not contain (its SQL could hold one in a string or a name).
         let mut tag = "dualwrite".to_string();
         while body.contains(&format!("${tag}$")) {

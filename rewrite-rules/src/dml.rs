@@ -1,13 +1,18 @@
 //! The parts of a dual write's sync that depend on the client's DML statement alone, shared by the dual
 //! writes of `writes` and the mirrored writes of `mirror`: which kind of statement it is, the columns an
-//! UPDATE (or an upsert's DO UPDATE) assigns, and the sync upsert narrowed to the columns they feed.
+//! UPDATE (or an upsert's DO UPDATE) assigns, the sync upsert narrowed to the columns they feed, and an
+//! INSERT's sync into the phase's source of truth, which never replaces a row there.
 
 use std::collections::HashSet;
 
-use sqlparser::ast::{Assignment, AssignmentTarget, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Statement};
+use sqlparser::ast::{
+    Assignment, AssignmentTarget, ObjectName, ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Statement,
+};
 
 use crate::direction::{Direction, TableSync};
+use crate::model::Phase;
 use crate::names::normalize_ident;
+use crate::route::Side;
 
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
@@ -48,4 +53,37 @@ pub(crate) fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &Has
         }
     }
     statement
+}
+
+/// Whether a write of the session's `version` syncs the phase's source of truth: the old table in
+/// `dual_write` (a new-version write's sync), the shadow from `cutover` on (an old-version write's).
+pub(crate) fn syncs_into_truth(phase: Phase, version: Side) -> bool {
+    matches!((phase, version), (Phase::DualWrite, Side::New) | (Phase::Cutover, Side::Old))
+}
+
+/// The sync of an INSERT's rows into another table (`upsert`: as the mapping compiled it, `ON CONFLICT (key)
+/// DO UPDATE`). Into the table that is not the source of truth the upsert stands: a row may be there
+/// already that the truth does not hold (a backfill batch racing a delete leaves one), and it is replaced.
+/// Into the source of truth it must not replace a row the INSERT did not find: the key of the client's new
+/// row is already taken in the logical table, so the sync fails on it as an INSERT into that table would
+/// (23505), or skips it when the client asked `ON CONFLICT DO NOTHING`; the table the client's statement
+/// wrote lacked the row, a divergence a verify reports. A client's own `DO UPDATE` keeps the upsert.
+pub(crate) fn insert_sync(upsert: &Statement, into_truth: bool, client_on: Option<&OnInsert>) -> Statement {
+    let mut sync = upsert.clone();
+    if !into_truth {
+        return sync;
+    }
+    if let Statement::Insert(insert) = &mut sync {
+        match client_on {
+            None => insert.on = None,
+            Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoNothing) => {
+                insert.on = Some(OnInsert::OnConflict(OnConflict {
+                    conflict_target: None,
+                    action: OnConflictAction::DoNothing,
+                }));
+            }
+            Some(_) => {}
+        }
+    }
+    sync
 }

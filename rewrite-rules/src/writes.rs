@@ -37,7 +37,7 @@ use sqlparser::ast::{
 use crate::backfill_gate;
 use crate::compiled::{Compiled, CompiledMigration};
 use crate::copy_block::CopyBlock;
-use crate::dml::{assigned_columns, partial_upsert, Kind};
+use crate::dml::{assigned_columns, insert_sync, partial_upsert, syncs_into_truth, Kind};
 use crate::merge_truncate::MergeTruncation;
 use crate::mirror::mirror_syncs;
 use crate::model::Phase;
@@ -193,7 +193,12 @@ pub(crate) fn rewrite_dml(
                     }
                 }
             }
-            sync.syncs.iter().map(|s| (s.cte_name.clone(), s.upsert.clone())).collect()
+            let client_on = match &dml {
+                Statement::Insert(insert) => insert.on.as_ref(),
+                _ => None,
+            };
+            let into_truth = source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
+            sync.syncs.iter().map(|s| (s.cte_name.clone(), insert_sync(&s.upsert, into_truth, client_on))).collect()
         }
         Kind::Delete => match source {
             Some(source) => source.delete.clone(),

@@ -43,9 +43,10 @@ struct Expansion {
     copy: String,
     /// The `DO` block, whole.
     block: String,
-    /// The dual write inside the block: first with plain INSERTs as syncs, then with the upserts.
+    /// The dual write inside the block: first with plain INSERTs as syncs, then with the upserts (none when
+    /// the syncs write the phase's source of truth, which is never upserted).
     plain: String,
-    upsert: String,
+    upsert: Option<String>,
 }
 
 /// The rewritten SQL of an expansion, split back into its statements, after checking the transforms (the
@@ -69,18 +70,25 @@ fn expansion(phase: Phase, version: Side, sql: &str) -> Expansion {
     assert_eq!((count, drop), (COUNT, DROP));
     let mut dual_writes = block.lines().filter(|l| l.starts_with("WITH "));
     let plain = dual_writes.next().expect("the first attempt").to_string();
-    let upsert = dual_writes.next().expect("the upsert").to_string();
+    let upsert = dual_writes.next().map(str::to_string);
     Expansion { create: create.into(), copy: copy.into(), block: block.into(), plain, upsert }
 }
 
 /// The first attempt and the upsert of a dual write whose primary CTE is `primary`, sync CTE `sync_plain`
 /// (without its closing parenthesis) and upsert clause `upsert`, as the block runs them.
-fn dual_writes(primary: &str, sync_plain: &str, upsert: &str, exposed: &str) -> (String, String) {
+fn dual_writes(primary: &str, sync_plain: &str, upsert: &str, exposed: &str) -> (String, Option<String>) {
     let tail = format!(" SELECT count(*) INTO __dw_rows FROM __dw_primary AS {exposed};");
     (
         format!("WITH __dw_primary AS ({primary}), {sync_plain}){tail}"),
-        format!("WITH __dw_primary AS ({primary}), {sync_plain}{upsert}){tail}"),
+        Some(format!("WITH __dw_primary AS ({primary}), {sync_plain}{upsert}){tail}")),
     )
+}
+
+/// The one dual write of a block whose syncs write the phase's source of truth: plain INSERTs, no
+/// fallback, no subtransaction.
+fn truth_dual_write(primary: &str, sync_plain: &str, exposed: &str) -> (String, Option<String>) {
+    let tail = format!(" SELECT count(*) INTO __dw_rows FROM __dw_primary AS {exposed};");
+    (format!("WITH __dw_primary AS ({primary}), {sync_plain}){tail}"), None)
 }
 
 fn rejection(phase: Phase, version: Side, sql: &str) -> (RejectReason, String) {
@@ -110,8 +118,9 @@ fn copy_without_columns_stages_every_column_then_dual_writes_through_the_insert(
             "DO $dualwrite$\n#variable_conflict use_column\nDECLARE __dw_rows bigint; __dw_schema text; __dw_table \
              text;\nBEGIN\nBEGIN\n{plain}\nEXCEPTION WHEN unique_violation THEN\nGET STACKED DIAGNOSTICS \
              __dw_schema = SCHEMA_NAME, __dw_table = TABLE_NAME;\nIF (__dw_schema, __dw_table) NOT IN (('public', \
-             'users_v2')) THEN RAISE; END IF;\n{upsert}\nEND;\nPERFORM set_config('dualwrite.copy_rows', \
-             __dw_rows::text, true);\nEND\n$dualwrite$"
+             'users_v2')) THEN RAISE; END IF;\n{}\nEND;\nPERFORM set_config('dualwrite.copy_rows', \
+             __dw_rows::text, true);\nEND\n$dualwrite$",
+            upsert.expect("a sync into the shadow in dual_write falls back to the upsert")
         )
     );
 }
@@ -147,17 +156,18 @@ fn legacy_options_are_kept() {
 }
 
 #[test]
-fn old_version_in_cutover_writes_the_old_table_first() {
+fn old_version_in_cutover_writes_the_old_table_first_and_never_upserts_the_shadow() {
     let got = expansion(Phase::Cutover, Side::Old, "COPY users (id, name) FROM STDIN");
-    let expected = dual_writes(
+    // The shadow is the source of truth in cutover: a key it holds fails the COPY (23505), as a COPY into
+    // the logical table would, instead of having its row replaced.
+    let expected = truth_dual_write(
         "INSERT INTO users (id, name) OVERRIDING SYSTEM VALUE SELECT id, name FROM pg_temp.__dw_copy RETURNING \
          users.*",
         FORWARD_PLAIN,
-        UPSERT_FORWARD,
         "users",
     );
     assert_eq!((got.plain, got.upsert), expected);
-    assert!(got.block.contains("NOT IN (('public', 'users_v2'))"), "{}", got.block);
+    assert!(!got.block.contains("EXCEPTION") && !got.block.contains("NOT IN"), "{}", got.block);
 }
 
 #[test]
@@ -169,13 +179,15 @@ fn new_version_stages_the_shadow_shape_and_writes_the_shadow_first() {
             "CREATE TEMPORARY TABLE pg_temp.__dw_copy ON COMMIT DROP AS SELECT id, first_name, last_name, email \
              FROM public.users_v2 LIMIT 0"
         );
-        let expected = dual_writes(
-            "INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) OVERRIDING SYSTEM VALUE SELECT \
-             id, first_name, last_name, email FROM pg_temp.__dw_copy RETURNING users.*",
-            BACKWARD_PLAIN,
-            UPSERT_BACKWARD,
-            "users",
-        );
+        let primary = "INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) OVERRIDING SYSTEM \
+                       VALUE SELECT id, first_name, last_name, email FROM pg_temp.__dw_copy RETURNING users.*";
+        if phase == Phase::DualWrite {
+            // The old table is the source of truth in dual_write: never upserted.
+            assert_eq!((got.plain, got.upsert), truth_dual_write(primary, BACKWARD_PLAIN, "users"));
+            assert!(!got.block.contains("EXCEPTION"), "{}", got.block);
+            continue;
+        }
+        let expected = dual_writes(primary, BACKWARD_PLAIN, UPSERT_BACKWARD, "users");
         assert_eq!((got.plain, got.upsert), expected);
         // A unique violation on the old table (the one synced) sends the block to the upsert.
         assert!(got.block.contains("NOT IN (('public', 'users'))"), "{}", got.block);

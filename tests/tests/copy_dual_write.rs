@@ -315,6 +315,37 @@ async fn a_copied_key_the_shadow_already_holds_is_updated_there_as_an_insert_wou
     f.proxy.stop().await.unwrap();
 }
 
+/// A COPY's sync into the phase's source of truth (the old table for a v2 COPY in `dual_write`, the shadow
+/// for a v1 COPY in `cutover`) is never an upsert: a key the truth holds and the table copied into lacks
+/// (written behind the proxy's back) fails the COPY as a COPY into one table would, and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_key_the_source_of_truth_already_holds_fails_the_copy_and_its_row_is_kept() {
+    let f = fixture().await;
+    let admin = f.proxy.connect(&f.db).await.unwrap();
+    backfill_until_done(&admin, MIGRATION).await;
+    f.direct.batch_execute("INSERT INTO users VALUES (7, 'Truth Row', 'truth@x')").await.unwrap();
+    let rows: String = (5..=9).map(|i| format!("{i},First{i},Last{i},e{i}@x\n")).collect();
+    let copy = "\\copy users (id, first_name, last_name, email) from pstdin csv";
+    let out = psql(&f.v2_url(), &["-c", copy], Some(&rows)).await.unwrap();
+    assert!(out.stderr.contains("duplicate key value violates unique constraint \"users_pkey\""), "{}", out.stderr);
+    assert_eq!(f.counts().await, (1, 0), "the failed COPY kept nothing");
+    let kept: String = f.direct.query_one("SELECT name FROM users WHERE id = 7", &[]).await.unwrap().get(0);
+    assert_eq!(kept, "Truth Row");
+
+    f.direct.batch_execute("INSERT INTO users_v2 VALUES (7, 'Truth', 'Row', 'truth@x')").await.unwrap();
+    f.phase("cutover").await;
+    f.direct.batch_execute("INSERT INTO users_v2 VALUES (17, 'Shadow', 'Row', 'shadow@x')").await.unwrap();
+    let rows: String = (15..=19).map(|i| format!("{i},Name {i},E{i}@X\n")).collect();
+    let out = psql(&f.proxy.url(&f.db), &["-c", "\\copy users (id, name, email) from pstdin csv"], Some(&rows))
+        .await
+        .unwrap();
+    assert!(out.stderr.contains("duplicate key value violates unique constraint \"users_v2_pkey\""), "{}", out.stderr);
+    assert_eq!(f.counts().await, (1, 2), "the failed COPY kept nothing");
+    let kept: String = f.direct.query_one("SELECT first_name FROM users_v2 WHERE id = 17", &[]).await.unwrap().get(0);
+    assert_eq!(kept, "Shadow");
+    f.proxy.stop().await.unwrap();
+}
+
 /// `COPY n` counts the rows written, as a plain COPY does: not the rows a BEFORE trigger skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_counts_the_rows_written_less_those_a_before_trigger_skipped_as_a_plain_copy_does() {

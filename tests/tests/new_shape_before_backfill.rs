@@ -92,3 +92,59 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
     let verify = control(&admin, "DUALWRITE VERIFY users_split_name").await;
     assert_eq!((value(&verify, "clean"), value(&verify, "rows_checked")), (Some("t"), Some("1")), "{verify:?}");
 }
+
+/// The sync of an INSERT into the phase's source of truth (the old table in `dual_write`, the shadow from
+/// `cutover` on) never replaces a row there: a key the truth holds that the table written first lacks (a
+/// write the proxy did not see) fails the INSERT as on one table, and `ON CONFLICT DO NOTHING` leaves the
+/// truth's row alone. Before, the sync upserted on the key and overwrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_never_replaces_a_row_the_source_of_truth_holds_and_the_first_table_lacks() {
+    let db = TestCluster::shared().create_database().await.unwrap();
+    let direct = db.connect().await.unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    let v1 = proxy.connect(&db).await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    backfill_until_done(&admin, "users_split_name").await;
+    let shadow_row = |id: i32| {
+        let direct = &direct;
+        async move {
+            let sql = "SELECT first_name || ' ' || last_name FROM public.users_v2 WHERE id = $1";
+            direct.query_opt(sql, &[&id]).await.unwrap().map(|r| r.get::<_, String>(0))
+        }
+    };
+
+    // dual_write: row 50 written to the old table behind the proxy's back.
+    direct.batch_execute("INSERT INTO public.users VALUES (50, 'Direct Row', 'direct@example.org')").await.unwrap();
+    let insert = "INSERT INTO users (id, first_name, last_name, email) VALUES (50, 'Grace', 'Hopper', 'g@x.org')";
+    let error = v2.simple_query(insert).await.unwrap_err();
+    let (code, message) = db_error(&error);
+    assert_eq!(code, "23505", "{message}");
+    assert!(message.contains("\"users_pkey\""), "{message}");
+    assert_eq!(shadow_row(50).await, None, "the failed INSERT left nothing in the shadow");
+    v2.simple_query(&format!("{insert} ON CONFLICT (id) DO NOTHING")).await.unwrap();
+    let expected_old =
+        ["1 Ada Lovelace ada@example.org", "2 Alan Turing alan@example.org", "50 Direct Row direct@example.org"];
+    assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 50 is kept");
+    // The shadow took the row the old table skipped: a divergence VERIFY reports, repaired from the truth.
+    let verify = control(&admin, "DUALWRITE VERIFY users_split_name REPAIR").await;
+    assert_eq!(value(&verify, "clean"), Some("f"), "{verify:?}");
+    assert_eq!(shadow_row(50).await.as_deref(), Some("Direct Row"));
+
+    let verify = control(&admin, "DUALWRITE VERIFY users_split_name").await;
+    assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
+
+    // cutover: row 60 written to the shadow, now the source of truth, behind the proxy's back.
+    control(&admin, "DUALWRITE PHASE users_split_name cutover").await;
+    direct
+        .batch_execute("INSERT INTO public.users_v2 VALUES (60, 'Shadow', 'Row', 'shadow@example.org')")
+        .await
+        .unwrap();
+    let error = v1.simple_query("INSERT INTO users VALUES (60, 'Vee One', 'v1@example.org')").await.unwrap_err();
+    let (code, message) = db_error(&error);
+    assert_eq!(code, "23505", "{message}");
+    assert!(message.contains("\"users_v2_pkey\""), "{message}");
+    assert_eq!(shadow_row(60).await.as_deref(), Some("Shadow Row"), "the shadow's row 60 is kept");
+    assert_eq!(old_rows(&direct).await, expected_old, "the failed INSERT left nothing in the old table");
+}
