@@ -40,6 +40,10 @@ pub(crate) struct TableSync {
     pub upsert_assigned: Vec<String>,
     /// `DELETE FROM target AS __dw_t USING (SELECT key exprs FROM __dw_primary) AS __dw_k WHERE ...`.
     pub delete: Statement,
+    /// `UPDATE target AS __dw_t SET <each of upsert_assigned> = __dw_u.<it> FROM (SELECT exprs FROM
+    /// __dw_primary) AS __dw_u (cols) WHERE <key match>`: the sync of an UPDATE into the phase's source of
+    /// truth, which changes only rows that are there. `None` when the table holds no column beside the key.
+    pub update: Option<Statement>,
 }
 
 /// One table a direction writes: the columns of the mapping it holds, its sync CTE's name, and which of
@@ -149,7 +153,20 @@ fn compile_sync(
         key_exprs.join(", "),
         key_match.join(" AND "),
     ))?;
-    Ok(TableSync { cte_name: cte_name.to_string(), upsert, upsert_assigned, delete })
+    let update = match upsert_assigned.is_empty() {
+        true => None,
+        false => {
+            let sets = upsert_assigned.iter().map(|c| format!("{0} = __dw_u.{0}", quote_ident(c))).collect::<Vec<_>>();
+            let key_match = key_cols.iter().map(|k| format!("__dw_t.{k} = __dw_u.{k}")).collect::<Vec<_>>();
+            Some(parse_statement(&format!(
+                "UPDATE {target} AS __dw_t SET {} FROM (SELECT {expr_list} FROM {rows}) AS __dw_u ({}) WHERE {}",
+                sets.join(", "),
+                quoted_cols.join(", "),
+                key_match.join(" AND "),
+            ))?)
+        }
+    };
+    Ok(TableSync { cte_name: cte_name.to_string(), upsert, upsert_assigned, delete, update })
 }
 
 /// A sync upsert's `ON CONFLICT` action: set each of `assigned` from the proposed row, or nothing to set.

@@ -1,7 +1,7 @@
 //! The parts of a dual write's sync that depend on the client's DML statement alone, shared by the dual
 //! writes of `writes` and the mirrored writes of `mirror`: which kind of statement it is, the columns an
-//! UPDATE (or an upsert's DO UPDATE) assigns, the sync upsert narrowed to the columns they feed, and an
-//! INSERT's sync into the phase's source of truth, which never replaces a row there.
+//! UPDATE (or an upsert's DO UPDATE) assigns, the sync upsert narrowed to the columns they feed, and the
+//! syncs into the phase's source of truth, which never replace a row there nor bring one back.
 
 use std::collections::HashSet;
 
@@ -35,6 +35,23 @@ pub(crate) fn assigned_columns(assignments: &[Assignment]) -> HashSet<String> {
         })
         .flatten()
         .collect()
+}
+
+/// The sync of an UPDATE into `table` when it is the phase's source of truth: the rows there get the
+/// target columns whose mapping reads an assigned column, and a row missing there is not put back (the
+/// upsert would insert it: a row deleted from the truth behind the proxy's back would return). `None`
+/// when no column of `table` changes.
+pub(crate) fn partial_update(sync: &Direction, table: &TableSync, assigned: &HashSet<String>) -> Option<Statement> {
+    let affected = sync.affected_by(assigned);
+    let mut statement = table.update.clone()?;
+    if let Statement::Update(update) = &mut statement {
+        let mut columns = table.upsert_assigned.iter();
+        update.assignments.retain(|_| columns.next().is_some_and(|c| affected.contains(c.as_str())));
+        if update.assignments.is_empty() {
+            return None;
+        }
+    }
+    Some(statement)
 }
 
 /// The sync upsert of `table` re-deriving only the target columns whose mapping reads an assigned column.

@@ -37,7 +37,7 @@ use sqlparser::ast::{
 use crate::backfill_gate;
 use crate::compiled::{Compiled, CompiledMigration};
 use crate::copy_block::CopyBlock;
-use crate::dml::{assigned_columns, insert_sync, partial_upsert, syncs_into_truth, Kind};
+use crate::dml::{assigned_columns, insert_sync, partial_update, partial_upsert, syncs_into_truth, Kind};
 use crate::merge_truncate::MergeTruncation;
 use crate::mirror::mirror_syncs;
 use crate::model::Phase;
@@ -182,6 +182,8 @@ pub(crate) fn rewrite_dml(
         )),
         None => Ok(()),
     };
+    // A merge's syncs combine its sources' columns in one shadow row: upserts in every phase.
+    let into_truth = source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
     let sync_statements: Vec<(String, Statement)> = match kind {
         _ if mirrored.is_some() => mirror_syncs(m, index, kind, &dml)?,
         Kind::Insert => {
@@ -197,7 +199,6 @@ pub(crate) fn rewrite_dml(
                 Statement::Insert(insert) => insert.on.as_ref(),
                 _ => None,
             };
-            let into_truth = source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
             sync.syncs.iter().map(|s| (s.cte_name.clone(), insert_sync(&s.upsert, into_truth, client_on))).collect()
         }
         Kind::Delete => match source {
@@ -208,7 +209,14 @@ pub(crate) fn rewrite_dml(
             let Statement::Update(update) = &dml else { unreachable!("kind follows the statement") };
             let assigned = assigned_columns(&update.assignments);
             key_change(&assigned)?;
-            sync.syncs.iter().map(|s| (s.cte_name.clone(), partial_upsert(sync, s, &assigned))).collect()
+            match into_truth {
+                true => sync
+                    .syncs
+                    .iter()
+                    .filter_map(|s| Some((s.cte_name.clone(), partial_update(sync, s, &assigned)?)))
+                    .collect(),
+                false => sync.syncs.iter().map(|s| (s.cte_name.clone(), partial_upsert(sync, s, &assigned))).collect(),
+            }
         }
     };
     if mr.version == Side::New && mirrored.is_none() {

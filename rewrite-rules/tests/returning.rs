@@ -65,13 +65,14 @@ fn v1_update(select: &str) -> String {
     )
 }
 
-/// The same in a v2 session.
+/// The same in a v2 session (its sync into the old table, the source of truth in dual_write, updates only
+/// the rows there).
 fn v2_update(select: &str) -> String {
     format!(
         "WITH __dw_primary AS (UPDATE public.users_v2 AS users SET email = 'x' WHERE id = 1 RETURNING users.*), \
-         __dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || last_name, email \
-         FROM __dw_primary ON CONFLICT(id) DO UPDATE SET email = EXCLUDED.email) SELECT {select} FROM __dw_primary \
-         AS users"
+         __dw_old AS (UPDATE public.users AS __dw_t SET email = __dw_u.email FROM (SELECT id, first_name || ' ' || \
+         last_name, email FROM __dw_primary) AS __dw_u (id, name, email) WHERE __dw_t.id = __dw_u.id) SELECT \
+         {select} FROM __dw_primary AS users"
     )
 }
 

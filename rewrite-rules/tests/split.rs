@@ -114,6 +114,30 @@ fn an_update_re_derives_only_the_affected_columns_of_each_target() {
 }
 
 #[test]
+fn in_cutover_the_targets_are_the_source_of_truth_and_never_get_a_row_back_or_replaced() {
+    let cutover = route(Phase::Cutover, Side::Old, Side::New);
+    // An UPDATE changes only the targets' rows that are there, and a target it does not feed is not written.
+    rewritten(
+        cutover,
+        "UPDATE users SET email = $1 WHERE id = $2",
+        "WITH __dw_primary AS (UPDATE users SET email = $1 WHERE id = $2 RETURNING users.*), \
+         __dw_shadow AS (UPDATE public.accounts AS __dw_t SET email = __dw_u.email FROM (SELECT id, lower(email) \
+         FROM __dw_primary) AS __dw_u (id, email) WHERE __dw_t.id = __dw_u.id) SELECT FROM __dw_primary AS users",
+        SUPPRESS(Update),
+    );
+    // An INSERT fails on a key a target holds instead of replacing its row.
+    rewritten(
+        cutover,
+        "INSERT INTO users (id, name, email) VALUES ($1, $2, $3)",
+        "WITH __dw_primary AS (INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING users.*), \
+         __dw_shadow AS (INSERT INTO public.accounts (id, email) SELECT id, lower(email) FROM __dw_primary), \
+         __dw_shadow_2 AS (INSERT INTO public.profiles (id, first_name, last_name) SELECT id, split_part(name, ' ', \
+         1), split_part(name, ' ', 2) FROM __dw_primary) SELECT FROM __dw_primary AS users",
+        SUPPRESS(Insert),
+    );
+}
+
+#[test]
 fn a_delete_deletes_from_every_target() {
     rewritten(
         DUAL_V1,

@@ -93,12 +93,13 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
     assert_eq!((value(&verify, "clean"), value(&verify, "rows_checked")), (Some("t"), Some("1")), "{verify:?}");
 }
 
-/// The sync of an INSERT into the phase's source of truth (the old table in `dual_write`, the shadow from
-/// `cutover` on) never replaces a row there: a key the truth holds that the table written first lacks (a
-/// write the proxy did not see) fails the INSERT as on one table, and `ON CONFLICT DO NOTHING` leaves the
-/// truth's row alone. Before, the sync upserted on the key and overwrote it.
+/// The sync of a write into the phase's source of truth (the old table in `dual_write`, the shadow from
+/// `cutover` on) never replaces a row there nor brings one back: a key the truth holds that the table
+/// written first lacks (a write the proxy did not see) fails an INSERT as on one table, `ON CONFLICT DO
+/// NOTHING` leaves the truth's row alone, and an UPDATE of a row the truth lost changes nothing there.
+/// Before, the syncs upserted on the key: the INSERT overwrote the truth's row, the UPDATE re-inserted it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_insert_never_replaces_a_row_the_source_of_truth_holds_and_the_first_table_lacks() {
+async fn a_write_never_replaces_or_brings_back_a_row_of_the_source_of_truth() {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -127,10 +128,16 @@ async fn an_insert_never_replaces_a_row_the_source_of_truth_holds_and_the_first_
     let expected_old =
         ["1 Ada Lovelace ada@example.org", "2 Alan Turing alan@example.org", "50 Direct Row direct@example.org"];
     assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 50 is kept");
-    // The shadow took the row the old table skipped: a divergence VERIFY reports, repaired from the truth.
+    // Row 2 deleted from the old table behind the proxy's back: a v2 UPDATE finds it in the shadow only.
+    direct.batch_execute("DELETE FROM public.users WHERE id = 2").await.unwrap();
+    assert_eq!(v2.execute("UPDATE users SET last_name = 'Byron' WHERE id = $1", &[&2i32]).await.unwrap(), 1);
+    let expected_old = ["1 Ada Lovelace ada@example.org", "50 Direct Row direct@example.org"];
+    assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 2 stays deleted");
+    // The shadow holds rows the old table does not (50 as the client gave it, 2): divergences VERIFY
+    // reports, repaired from the truth.
     let verify = control(&admin, "DUALWRITE VERIFY users_split_name REPAIR").await;
     assert_eq!(value(&verify, "clean"), Some("f"), "{verify:?}");
-    assert_eq!(shadow_row(50).await.as_deref(), Some("Direct Row"));
+    assert_eq!((shadow_row(50).await.as_deref(), shadow_row(2).await), (Some("Direct Row"), None));
 
     let verify = control(&admin, "DUALWRITE VERIFY users_split_name").await;
     assert_eq!(value(&verify, "clean"), Some("t"), "{verify:?}");
@@ -147,4 +154,8 @@ async fn an_insert_never_replaces_a_row_the_source_of_truth_holds_and_the_first_
     assert!(message.contains("\"users_v2_pkey\""), "{message}");
     assert_eq!(shadow_row(60).await.as_deref(), Some("Shadow Row"), "the shadow's row 60 is kept");
     assert_eq!(old_rows(&direct).await, expected_old, "the failed INSERT left nothing in the old table");
+    // Row 1 deleted from the shadow behind the proxy's back: a v1 UPDATE finds it in the old table only.
+    direct.batch_execute("DELETE FROM public.users_v2 WHERE id = 1").await.unwrap();
+    assert_eq!(v1.execute("UPDATE users SET name = 'Ada Byron' WHERE id = $1", &[&1i32]).await.unwrap(), 1);
+    assert_eq!(shadow_row(1).await, None, "the shadow's row 1 stays deleted");
 }
