@@ -246,51 +246,6 @@ fn v2_insert_cutover() {
     );
 }
 #[test]
-fn v2_insert_dual_write_never_upserts_the_old_table() {
-    // In dual_write the old table is the source of truth: a key it holds fails the INSERT (23505), as an
-    // INSERT into the logical table would, instead of its row being replaced.
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "INSERT INTO users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) RETURNING id",
-        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) RETURNING users.*), __dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || last_name, email FROM __dw_primary) SELECT id FROM __dw_primary AS users", vec![StatementTransform { command_tag: Some(Insert), rows: Keep }]),
-    );
-    // The client's ON CONFLICT DO NOTHING skips a key the truth holds; its DO UPDATE keeps the upsert.
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "INSERT INTO users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) ON CONFLICT(id) DO NOTHING RETURNING users.*), __dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || last_name, email FROM __dw_primary ON CONFLICT DO NOTHING) SELECT FROM __dw_primary AS users", vec![StatementTransform { command_tag: Some(Insert), rows: Suppress }]),
-    );
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "INSERT INTO users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email",
-        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO public.users_v2 AS users (id, first_name, last_name, email) VALUES ($1, $2, $3, $4) ON CONFLICT(id) DO UPDATE SET email = EXCLUDED.email RETURNING users.*), __dw_old AS (INSERT INTO public.users (id, name, email) SELECT id, first_name || ' ' || last_name, email FROM __dw_primary ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email) SELECT FROM __dw_primary AS users", vec![StatementTransform { command_tag: Some(Insert), rows: Suppress }]),
-    );
-}
-#[test]
-fn v2_update_dual_write_updates_only_the_rows_the_old_table_holds() {
-    // The old table is the source of truth in dual_write: a row it lacks (deleted behind the proxy's back)
-    // is not put back by the sync, as the upsert would.
-    check(
-        USERS,
-        route(Phase::DualWrite, Side::New, Side::New),
-        "UPDATE users SET last_name = $1 WHERE email = $2",
-        Expect::Rewrite("WITH __dw_primary AS (UPDATE public.users_v2 AS users SET last_name = $1 WHERE email = $2 RETURNING users.*), __dw_old AS (UPDATE public.users AS __dw_t SET name = __dw_u.name FROM (SELECT id, first_name || ' ' || last_name, email FROM __dw_primary) AS __dw_u (id, name, email) WHERE __dw_t.id = __dw_u.id) SELECT FROM __dw_primary AS users", vec![StatementTransform { command_tag: Some(Update), rows: Suppress }]),
-    );
-}
-#[test]
-fn v1_insert_cutover_never_upserts_the_shadow() {
-    // From cutover on the shadow is the source of truth.
-    check(
-        USERS,
-        route(Phase::Cutover, Side::Old, Side::New),
-        "INSERT INTO users (id, name, email) VALUES ($1, $2, $3)",
-        Expect::Rewrite("WITH __dw_primary AS (INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING users.*), __dw_shadow AS (INSERT INTO public.users_v2 (id, first_name, last_name, email) SELECT id, split_part(name, ' ', 1), split_part(name, ' ', 2), lower(email) FROM __dw_primary) SELECT FROM __dw_primary AS users", vec![StatementTransform { command_tag: Some(Insert), rows: Suppress }]),
-    );
-}
-#[test]
 fn v2_update_cutover() {
     check(
         USERS,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use dualwrite_proxy::config::Config;
+use dualwrite_proxy::reload::Reloader;
 use dualwrite_proxy::server::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,6 +18,7 @@ use crate::TestDb;
 pub struct TestProxy {
     addr: SocketAddr,
     config: Config,
+    reloader: Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     // Keeps a rules file written by `with_rules_toml` alive as long as the proxy.
@@ -29,13 +31,13 @@ impl TestProxy {
         crate::init_tracing();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = Server::bind(config.clone()).await.context("binding the proxy")?;
-        let addr = server.local_addr();
+        let (addr, reloader) = (server.local_addr(), server.reloader());
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             // A dropped sender (test ended without stop) shuts down too.
             let _ = shutdown_rx.await;
         }));
-        Ok(TestProxy { addr, config, shutdown: Some(shutdown), task: Some(task), _rules_file: None })
+        Ok(TestProxy { addr, config, reloader, shutdown: Some(shutdown), task: Some(task), _rules_file: None })
     }
 
     /// A plain relay to the cluster of `db` (no rules, metrics off); the control plane uses `db`.
@@ -80,6 +82,11 @@ impl TestProxy {
     /// The config the proxy runs with (listen shows port 0; use [`addr`](Self::addr)).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What applies a new config to the running proxy, as SIGHUP does (`reload(config)`).
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// URL of `db` through the proxy as the superuser.

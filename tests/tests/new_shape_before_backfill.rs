@@ -26,8 +26,17 @@ async fn old_rows(direct: &Client) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_by_the_old_table_meanwhile() {
+/// A fresh database holding `SCHEMA`, a proxy on the example rules, and sessions: direct, admin, v1, v2.
+struct Sessions {
+    _db: TestDb,
+    direct: Client,
+    proxy: TestProxy,
+    admin: Client,
+    v1: Client,
+    v2: Client,
+}
+
+async fn sessions() -> Sessions {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -35,6 +44,12 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
     let admin = proxy.connect(&db).await.unwrap();
     let v1 = proxy.connect(&db).await.unwrap();
     let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    Sessions { _db: db, direct, proxy, admin, v1, v2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_by_the_old_table_meanwhile() {
+    let Sessions { _db, direct, proxy: _proxy, admin, v1, v2 } = sessions().await;
     let before = old_rows(&direct).await;
 
     // Rows 1 and 2 are not in the shadow yet: each of these would have lost or overwritten one.
@@ -100,13 +115,7 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
 /// Before, the syncs upserted on the key: the INSERT overwrote the truth's row, the UPDATE re-inserted it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_never_replaces_or_brings_back_a_row_of_the_source_of_truth() {
-    let db = TestCluster::shared().create_database().await.unwrap();
-    let direct = db.connect().await.unwrap();
-    direct.batch_execute(SCHEMA).await.unwrap();
-    let proxy = TestProxy::with_rules_toml(&db, RULES).await.unwrap();
-    let admin = proxy.connect(&db).await.unwrap();
-    let v1 = proxy.connect(&db).await.unwrap();
-    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
+    let Sessions { _db, direct, proxy: _proxy, admin, v1, v2 } = sessions().await;
     backfill_until_done(&admin, "users_split_name").await;
     let shadow_row = |id: i32| {
         let direct = &direct;

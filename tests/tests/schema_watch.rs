@@ -388,19 +388,11 @@ async fn a_key_default_change_in_a_transaction_stays_on_its_migration_when_a_rel
         .unwrap();
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(file.path(), format!("{RULES}{ORDERS_RULES}")).unwrap();
-    let mut config = Config::relay("127.0.0.1:0".parse().unwrap(), db.url());
-    config.rules = Some(file.path().to_owned());
-    config.admin_roles = vec![db.cluster.superuser().to_owned()];
-    let server = dualwrite_proxy::server::Server::bind(config.clone()).await.unwrap();
-    let (addr, reloader) = (server.local_addr(), server.reloader());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let admin = connect(&db.url_via(addr)).await.unwrap();
+    let proxy = TestProxy::with_rules_file(&db, file.path()).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
     backfill_until_done(&admin, MIGRATION).await;
     backfill_until_done(&admin, "orders_widen_total").await;
-    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", db.url_via(addr))).await.unwrap();
+    let v2 = connect(&format!("{}?options=-c%20dualwrite.version%3Dv2", proxy.url(&db))).await.unwrap();
 
     v2.batch_execute("BEGIN").await.unwrap();
     v2.batch_execute("ALTER TABLE users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')")
@@ -408,7 +400,7 @@ async fn a_key_default_change_in_a_transaction_stays_on_its_migration_when_a_rel
         .expect("the DDL passes");
     // The same migrations, listed the other way round: the example's is no longer the first.
     std::fs::write(file.path(), format!("{ORDERS_RULES}{RULES}")).unwrap();
-    reloader.reload(config).await.expect("a reordering reload applies");
+    proxy.reloader().reload(proxy.config().clone()).await.expect("a reordering reload applies");
 
     let e = v2
         .batch_execute("UPDATE users SET email = 'grace@example.org' WHERE id = 2")

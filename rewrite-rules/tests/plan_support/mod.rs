@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests that check the plans of one rules file (split.rs, merge.rs,
-//! merge_copy_truncate.rs): a statement planned for a session on one route, and the checks that it was
-//! rewritten to exact SQL or refused.
+//! merge_copy_truncate.rs, source_of_truth.rs): a statement planned for a session on one route, and the
+//! checks that it was rewritten to exact SQL or refused.
 
 #![allow(dead_code)]
 
