@@ -78,29 +78,39 @@ pub(crate) fn syncs_into_truth(phase: Phase, version: Side) -> bool {
     matches!((phase, version), (Phase::DualWrite, Side::New) | (Phase::Cutover, Side::Old))
 }
 
-/// The sync of an INSERT's rows into another table (`upsert`: as the mapping compiled it, `ON CONFLICT (key)
-/// DO UPDATE`). Into the table that is not the source of truth the upsert stands: a row may be there
-/// already that the truth does not hold (a backfill batch racing a delete leaves one), and it is replaced.
-/// Into the source of truth it must not replace a row the INSERT did not find: the key of the client's new
-/// row is already taken in the logical table, so the sync fails on it as an INSERT into that table would
-/// (23505), or skips it when the client asked `ON CONFLICT DO NOTHING`; the table the client's statement
-/// wrote lacked the row, a divergence a verify reports. A client's own `DO UPDATE` keeps the upsert.
-pub(crate) fn insert_sync(upsert: &Statement, into_truth: bool, client_on: Option<&OnInsert>) -> Statement {
-    let mut sync = upsert.clone();
+/// The sync of an INSERT's rows into `table` (its upsert as the mapping compiled it, `ON CONFLICT (key) DO
+/// UPDATE` of every column). Into the table that is not the source of truth the upsert stands: a row may
+/// be there already that the truth does not hold (a backfill batch racing a delete leaves one), and it is
+/// replaced. Into the source of truth it must not replace a row the INSERT did not find: the key of the
+/// client's new row is already taken in the logical table, so the sync fails on it as an INSERT into that
+/// table would (23505), or skips it when the client asked `ON CONFLICT DO NOTHING`; the table the client's
+/// statement wrote lacked the row, a divergence a verify reports. After a client's own `DO UPDATE` the
+/// truth's row gets only the columns its assignments feed, as an UPDATE's sync, not every column of the
+/// row the other table returned (which may hold what the truth does not).
+pub(crate) fn insert_sync(
+    sync: &Direction,
+    table: &TableSync,
+    into_truth: bool,
+    client_on: Option<&OnInsert>,
+) -> Statement {
     if !into_truth {
-        return sync;
+        return table.upsert.clone();
     }
-    if let Statement::Insert(insert) = &mut sync {
-        match client_on {
-            None => insert.on = None,
-            Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoNothing) => {
-                insert.on = Some(OnInsert::OnConflict(OnConflict {
-                    conflict_target: None,
-                    action: OnConflictAction::DoNothing,
-                }));
+    let conflict = match client_on {
+        None => None,
+        Some(OnInsert::OnConflict(c)) => match &c.action {
+            OnConflictAction::DoNothing => {
+                Some(OnInsert::OnConflict(OnConflict { conflict_target: None, action: OnConflictAction::DoNothing }))
             }
-            Some(_) => {}
-        }
+            OnConflictAction::DoUpdate(update) => {
+                return partial_upsert(sync, table, &assigned_columns(&update.assignments));
+            }
+        },
+        Some(_) => return table.upsert.clone(),
+    };
+    let mut statement = table.upsert.clone();
+    if let Statement::Insert(insert) = &mut statement {
+        insert.on = conflict;
     }
-    sync
+    statement
 }

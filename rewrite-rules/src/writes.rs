@@ -199,7 +199,7 @@ pub(crate) fn rewrite_dml(
                 Statement::Insert(insert) => insert.on.as_ref(),
                 _ => None,
             };
-            sync.syncs.iter().map(|s| (s.cte_name.clone(), insert_sync(&s.upsert, into_truth, client_on))).collect()
+            sync.syncs.iter().map(|s| (s.cte_name.clone(), insert_sync(sync, s, into_truth, client_on))).collect()
         }
         Kind::Delete => match source {
             Some(source) => source.delete.clone(),

@@ -75,12 +75,15 @@ fn an_insert_writes_the_old_table_then_every_target() {
 
 #[test]
 fn an_upsert_and_returning_keep_their_forms() {
+    // In cutover the targets are the source of truth: the client's DO UPDATE sets there only the columns
+    // its assignments feed (`name`: profiles), and a target they do not feed is left alone on a conflict.
     rewritten(
         route(Phase::Cutover, Side::Old, Side::Old),
         "INSERT INTO users AS u (id, name, email) VALUES (1, 'a b', 'X') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name RETURNING u.id",
         &format!(
             "WITH __dw_primary AS (INSERT INTO users AS u (id, name, email) VALUES (1, 'a b', 'X') ON CONFLICT(id) \
-             DO UPDATE SET name = EXCLUDED.name RETURNING u.*), __dw_shadow AS ({ACCOUNTS_UPSERT}), \
+             DO UPDATE SET name = EXCLUDED.name RETURNING u.*), __dw_shadow AS (INSERT INTO public.accounts (id, email) \
+             SELECT id, lower(email) FROM __dw_primary ON CONFLICT(id) DO NOTHING), \
              __dw_shadow_2 AS ({PROFILES_UPSERT}) SELECT u.id FROM __dw_primary AS u"
         ),
         StatementTransform { command_tag: Some(Insert), rows: Keep },

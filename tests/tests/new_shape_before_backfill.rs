@@ -111,8 +111,9 @@ async fn new_shape_writes_wait_for_the_backfill_and_new_shape_reads_are_served_b
 /// The sync of a write into the phase's source of truth (the old table in `dual_write`, the shadow from
 /// `cutover` on) never replaces a row there nor brings one back: a key the truth holds that the table
 /// written first lacks (a write the proxy did not see) fails an INSERT as on one table, `ON CONFLICT DO
-/// NOTHING` leaves the truth's row alone, and an UPDATE of a row the truth lost changes nothing there.
-/// Before, the syncs upserted on the key: the INSERT overwrote the truth's row, the UPDATE re-inserted it.
+/// NOTHING` leaves the truth's row alone, `DO UPDATE` sets there only the columns its assignments feed, and
+/// an UPDATE of a row the truth lost changes nothing there. Before, the syncs upserted the whole row on the
+/// key: the INSERT overwrote the truth's row, the upsert its other columns, the UPDATE re-inserted it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_never_replaces_or_brings_back_a_row_of_the_source_of_truth() {
     let Sessions { _db, direct, proxy: _proxy, admin, v1, v2 } = sessions().await;
@@ -137,10 +138,17 @@ async fn a_write_never_replaces_or_brings_back_a_row_of_the_source_of_truth() {
     let expected_old =
         ["1 Ada Lovelace ada@example.org", "2 Alan Turing alan@example.org", "50 Direct Row direct@example.org"];
     assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 50 is kept");
+    // The client's own upsert: the shadow's row 50 (the client's, from the DO NOTHING above) is updated,
+    // and the old table's row gets only the column the assignment feeds, not the shadow's whole row.
+    let upsert = "INSERT INTO users (id, first_name, last_name, email) VALUES (50, 'Grace', 'Hopper', 'new@x.org') \
+                  ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email";
+    v2.simple_query(upsert).await.unwrap();
+    let expected_old = ["1 Ada Lovelace ada@example.org", "2 Alan Turing alan@example.org", "50 Direct Row new@x.org"];
+    assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 50 keeps its name");
     // Row 2 deleted from the old table behind the proxy's back: a v2 UPDATE finds it in the shadow only.
     direct.batch_execute("DELETE FROM public.users WHERE id = 2").await.unwrap();
     assert_eq!(v2.execute("UPDATE users SET last_name = 'Byron' WHERE id = $1", &[&2i32]).await.unwrap(), 1);
-    let expected_old = ["1 Ada Lovelace ada@example.org", "50 Direct Row direct@example.org"];
+    let expected_old = ["1 Ada Lovelace ada@example.org", "50 Direct Row new@x.org"];
     assert_eq!(old_rows(&direct).await, expected_old, "the old table's row 2 stays deleted");
     // The shadow holds rows the old table does not (50 as the client gave it, 2): divergences VERIFY
     // reports, repaired from the truth.
