@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::{write_file, DDL_FILE, RULES_FILE};
 use crate::pg_client::PgTarget;
-use crate::state::{schema, store, watcher, Actor};
+use crate::state::{schema, schema_watch, store, Actor};
 
 /// The command line of `dualwrite apply`.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,7 +97,7 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
         crate::databases::target_for(&PgTarget::from_str(&args.upstream).context("parsing --upstream")?, migration);
     let mut client = pg.connect_client().await.context("connecting to --upstream")?;
     schema::ensure_schema(&mut client).await?;
-    watcher::refuse_unsafe_rules(&client, &planned).await?;
+    schema_watch::refuse_unsafe_rules(&client, &planned).await?;
 
     writeln!(out, "apply: migration {} ({} -> {})", migration.name, migration.table, migration.shadow)?;
     let bar = ProgressBar::new(steps.len() as u64 + 2);

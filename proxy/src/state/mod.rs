@@ -10,6 +10,7 @@ pub mod ddl_watch;
 pub mod phase;
 pub mod schema;
 pub mod schema_watch;
+mod sequences;
 pub mod snapshot;
 pub mod store;
 pub mod watcher;

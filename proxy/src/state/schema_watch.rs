@@ -1,6 +1,6 @@
 //! The schema of the migrations' tables, watched while the proxy runs. Registration (at start, at every
 //! rules reload and in `dualwrite apply`) refuses a schema that lets the dual write change the wrong rows or
-//! that hides writers (`watcher::refuse_unsafe_rules`), but the schema can change after that: a default set
+//! that hides writers ([`refuse_unsafe_rules`]), but the schema can change after that: a default set
 //! on a shadow's key, a `present` column's NOT NULL dropped, a trigger created, directly on the database or
 //! through DDL the proxy lets pass (it refuses only DDL that breaks the sync statements). The watcher re-runs
 //! the same checks (this module's [`safety`] and [`writers`]) on its control connection and publishes what
@@ -76,6 +76,24 @@ pub(crate) fn refuse_entering(
              write of the migration refused.",
         ),
     ))
+}
+
+/// Refuses `rules` that would let the proxy write the wrong rows: a migration's old table with writers the
+/// proxy cannot see that the migration does not accept (`accept_unseen_writers`), a merge source whose
+/// `present` column may be NULL, or a key whose defaults draw from more than one sequence (inserts without
+/// a key through different tables would upsert over each other's rows); the error lists each with what to
+/// do.
+pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
+    let refused = crate::check::writers::unaccepted(client, rules).await?;
+    if !refused.is_empty() {
+        return Err(crate::check::writers::Refusal(refused).into());
+    }
+    let mut unsafe_schema = crate::check::schema::nullable_presents(client, rules).await?;
+    unsafe_schema.extend(crate::check::key_defaults::refusals(client, rules).await?);
+    if !unsafe_schema.is_empty() {
+        return Err(StateError::UnsafeSchema(unsafe_schema));
+    }
+    Ok(())
 }
 
 /// The checks that decide whether the migrations' writes may run: each key's defaults and each merge

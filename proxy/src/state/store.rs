@@ -3,12 +3,12 @@
 //! before and after as jsonb; hash-chained by the schema's trigger, see `audit_chain`) and sends
 //! `NOTIFY dualwrite_state, '<migration>'`, delivered at commit.
 
-use dualwrite_rules::{quote_ident, Migration, Phase, RuleSet};
+use dualwrite_rules::{Migration, Phase, RuleSet};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::phase::{check_rollback, check_route, check_transition, Readiness, Transition};
 use super::snapshot::{BackfillProgress, MigrationState, StateSnapshot, VerifySummary};
-use super::{StateError, NOTIFY_CHANNEL};
+use super::{sequences, StateError, NOTIFY_CHANNEL};
 use crate::sql_error::{codes, SqlError};
 
 /// Who asked for a change, as recorded in the audit log.
@@ -413,7 +413,7 @@ pub async fn change_phase(
         Phase::DualWrite | Phase::Off => (None, 100),
     };
     if to == Phase::Cutover {
-        change.sequences = bump_sequences(&tx, m).await?;
+        change.sequences = sequences::bump_past_largest_key(&tx, m).await?;
     }
     if row.phase == Phase::Off {
         leave_off(&tx, m, force).await?;
@@ -569,35 +569,4 @@ pub async fn audit_entries(
             after: r.get(7),
         })
         .collect())
-}
-
-/// At cutover the shadow becomes the primary for inserts: move every sequence behind a key column's
-/// default (serial, identity or a `DEFAULT nextval()`, in any of the tables: the old table or every source
-/// of a merge, and every shadow; registration refuses more than one per column, `check::key_defaults`)
-/// past the largest key of all of them, so new keys cannot collide with rows copied from another table.
-/// Sequences only move forward.
-async fn bump_sequences(tx: &Transaction<'_>, m: &Migration) -> Result<Vec<(String, i64)>, StateError> {
-    let tables: Vec<String> = m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.to_string()).collect();
-    let mut moved = Vec::new();
-    for finding in crate::check::key_defaults::findings(tx, m).await? {
-        // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.
-        let col = quote_ident(finding.column());
-        let maxima: Vec<String> = tables.iter().map(|t| format!("(SELECT max({col})::bigint FROM {t})")).collect();
-        let max_sql = format!("SELECT greatest({})", maxima.join(", "));
-        let max: Option<i64> = tx.query_one(&max_sql, &[]).await?.get(0);
-        let Some(max) = max else { continue };
-        for seq in finding.sequences() {
-            let value: i64 = tx
-                .query_one(
-                    "SELECT setval($1::text::regclass,
-                            greatest($2::bigint, coalesce(pg_sequence_last_value($1::text::regclass), 0), 1))",
-                    &[&seq, &max],
-                )
-                .await?
-                .get(0);
-            tracing::info!(migration = %m.name, sequence = %seq, value, "sequence moved past the largest key");
-            moved.push((seq.to_owned(), value));
-        }
-    }
-    Ok(moved)
 }

@@ -113,7 +113,7 @@ impl StateHandle {
             ddl_watch::set_up(&mut client, options.schema_check_interval).await;
         }
         let actor = own_actor(&pg);
-        refuse_unsafe_rules(&client, &rules).await?;
+        schema_watch::refuse_unsafe_rules(&client, &rules).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
         tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
@@ -171,12 +171,12 @@ impl StateHandle {
         self.inner.rules.load_full()
     }
 
-    /// Switch to reloaded rules: checks every migration as at start (`refuse_unsafe_rules`), registers the
+    /// Switch to reloaded rules: checks every migration as at start (`schema_watch::refuse_unsafe_rules`), registers the
     /// migrations they add (an audited change, as at start), then validates later changes against them. On
     /// error nothing changes.
     pub async fn set_rules(&self, rules: Arc<RuleSet>, actor: &Actor) -> Result<(), StateError> {
         let mut client = self.control().await?;
-        let result = match refuse_unsafe_rules(&client, &rules).await {
+        let result = match schema_watch::refuse_unsafe_rules(&client, &rules).await {
             Ok(()) => store::register_migrations(&mut client, &rules, actor).await,
             Err(refused) => Err(refused),
         };
@@ -379,24 +379,6 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
         }
     });
     Ok(client)
-}
-
-/// Refuses `rules` that would let the proxy write the wrong rows: a migration's old table with writers the
-/// proxy cannot see that the migration does not accept (`accept_unseen_writers`), a merge source whose
-/// `present` column may be NULL, or a key whose defaults draw from more than one sequence (inserts without
-/// a key through different tables would upsert over each other's rows); the error lists each with what to
-/// do.
-pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
-    let refused = crate::check::writers::unaccepted(client, rules).await?;
-    if !refused.is_empty() {
-        return Err(crate::check::writers::Refusal(refused).into());
-    }
-    let mut unsafe_schema = crate::check::schema::nullable_presents(client, rules).await?;
-    unsafe_schema.extend(crate::check::key_defaults::refusals(client, rules).await?);
-    if !unsafe_schema.is_empty() {
-        return Err(StateError::UnsafeSchema(unsafe_schema));
-    }
-    Ok(())
 }
 
 /// Runs the schema watch's checks (`schema_watch`) until the handle is gone: the cheap ones every
