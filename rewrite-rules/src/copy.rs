@@ -174,7 +174,7 @@ pub(crate) fn rewrite_copy(compiled: &Compiled, route: &Route, mut statement: St
     };
     // A sync into the source of truth is a plain INSERT already (`dml::insert_sync`): a row there
     // fails the COPY, with no upsert to fall back to.
-    let into_truth = merge_source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
+    let into_truth = syncs_into_truth(m, mr);
     let (sync_ctes, synced): (Vec<&str>, _) = match mr.version {
         _ if into_truth => (Vec::new(), Vec::new()),
         Side::Old => (sync.syncs.iter().map(|s| s.cte_name.as_str()).collect(), m.shadows.clone()),

@@ -9,10 +9,11 @@ use sqlparser::ast::{
     Assignment, AssignmentTarget, ObjectName, ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Statement,
 };
 
+use crate::compiled::CompiledMigration;
 use crate::direction::{Direction, TableSync};
 use crate::model::Phase;
 use crate::names::normalize_ident;
-use crate::route::Side;
+use crate::route::{MigrationRoute, Side};
 
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
@@ -72,10 +73,11 @@ pub(crate) fn partial_upsert(sync: &Direction, table: &TableSync, assigned: &Has
     statement
 }
 
-/// Whether a write of the session's `version` syncs the phase's source of truth: the old table in
-/// `dual_write` (a new-version write's sync), the shadow from `cutover` on (an old-version write's).
-pub(crate) fn syncs_into_truth(phase: Phase, version: Side) -> bool {
-    matches!((phase, version), (Phase::DualWrite, Side::New) | (Phase::Cutover, Side::Old))
+/// Whether a write of migration `m` on route `mr` syncs the phase's source of truth: the old table in
+/// `dual_write` (a new-version write's sync), the shadow from `cutover` on (an old-version write's). Never
+/// for a merge, whose syncs combine its sources' columns in one shadow row: upserts in every phase.
+pub(crate) fn syncs_into_truth(m: &CompiledMigration, mr: MigrationRoute) -> bool {
+    !m.is_merge() && matches!((mr.phase, mr.version), (Phase::DualWrite, Side::New) | (Phase::Cutover, Side::Old))
 }
 
 /// The sync of an INSERT's rows into `table` (its upsert as the mapping compiled it, `ON CONFLICT (key) DO

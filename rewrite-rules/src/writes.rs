@@ -182,23 +182,20 @@ pub(crate) fn rewrite_dml(
         )),
         None => Ok(()),
     };
-    // A merge's syncs combine its sources' columns in one shadow row: upserts in every phase.
-    let into_truth = source.is_none() && !m.is_merge() && syncs_into_truth(mr.phase, mr.version);
+    let into_truth = syncs_into_truth(m, mr);
     let sync_statements: Vec<(String, Statement)> = match kind {
         _ if mirrored.is_some() => mirror_syncs(m, index, kind, &dml)?,
         Kind::Insert => {
-            // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
-            if let Statement::Insert(insert) = &dml {
-                if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
-                    if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
-                        key_change(&assigned_columns(&update.assignments))?;
-                    }
-                }
-            }
             let client_on = match &dml {
                 Statement::Insert(insert) => insert.on.as_ref(),
                 _ => None,
             };
+            // An upsert's DO UPDATE may move a row to another key, which the sync would not follow.
+            if let Some(OnInsert::OnConflict(on_conflict)) = client_on {
+                if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
+                    key_change(&assigned_columns(&update.assignments))?;
+                }
+            }
             sync.syncs.iter().map(|s| (s.cte_name.clone(), insert_sync(sync, s, into_truth, client_on))).collect()
         }
         Kind::Delete => match source {
