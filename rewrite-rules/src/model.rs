@@ -60,6 +60,10 @@ pub struct Migration {
     /// rules) that this migration accepts, by identifier (`fk:orders_user_id_fkey`; see
     /// [`UNSEEN_WRITER_KINDS`]). Registration refuses a migration with any other.
     pub accept_unseen_writers: Vec<String>,
+    /// BEFORE row triggers of the migration's tables whose body may assign the key that this migration
+    /// accepts, as `<schema>.<table>.<trigger>` (the check cannot tell a harmless assignment from one that
+    /// sends the dual write's upsert to another row). Registration refuses a migration with any other.
+    pub accept_key_triggers: Vec<String>,
     /// What the change-data-capture watch does with a write that reached one table without its twin.
     pub on_bypass: OnBypass,
 }
@@ -328,6 +332,19 @@ impl Migration {
             check_unseen_writer_id(id).map_err(|m| err("accept_unseen_writers", m))?;
             if !accepted.insert(id) {
                 return Err(err("accept_unseen_writers", format!("`{id}` is listed twice")));
+            }
+        }
+        let mut accepted = HashSet::new();
+        for id in &self.accept_key_triggers {
+            let parts = id.split('.').count();
+            if parts < 3 || id.trim() != id || id.starts_with('.') || id.ends_with('.') || id.contains("..") {
+                return Err(err(
+                    "accept_key_triggers",
+                    format!("`{id}` is not a trigger: expected `<schema>.<table>.<trigger>`"),
+                ));
+            }
+            if !accepted.insert(id) {
+                return Err(err("accept_key_triggers", format!("`{id}` is listed twice")));
             }
         }
         let old_cols: HashSet<&str> = self.old_columns().collect();

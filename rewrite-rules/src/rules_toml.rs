@@ -73,6 +73,8 @@ struct RawMigration {
     #[serde(default)]
     accept_unseen_writers: Vec<String>,
     #[serde(default)]
+    accept_key_triggers: Vec<String>,
+    #[serde(default)]
     on_bypass: OnBypass,
 }
 
@@ -175,6 +177,7 @@ impl RawMigration {
             initial_phase,
             shadow_read_sample,
             accept_unseen_writers: self.accept_unseen_writers,
+            accept_key_triggers: self.accept_key_triggers,
             on_bypass: self.on_bypass,
         })
     }

@@ -135,6 +135,25 @@ fn accept_unseen_writers_defaults_to_none_and_each_identifier_is_checked() {
 }
 
 #[test]
+fn accept_key_triggers_defaults_to_none_and_each_names_a_trigger_of_a_table() {
+    assert!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].accept_key_triggers.is_empty());
+    let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\naccept_key_triggers = {v}"));
+    let rules = RuleSet::from_toml(&with(r#"["public.users_v2.assign_id", "app.\"Users\".t"]"#), "r").unwrap();
+    assert_eq!(rules.migrations[0].accept_key_triggers, ["public.users_v2.assign_id", "app.\"Users\".t"]);
+    for (bad, complaint) in [
+        (r#"["assign_id"]"#, "expected `<schema>.<table>.<trigger>`"),
+        (r#"["users_v2.assign_id"]"#, "expected `<schema>.<table>.<trigger>`"),
+        (r#"["public..assign_id"]"#, "expected `<schema>.<table>.<trigger>`"),
+        (r#"[" public.users_v2.t"]"#, "expected `<schema>.<table>.<trigger>`"),
+        (r#"["public.u.t", "public.u.t"]"#, "`public.u.t` is listed twice"),
+    ] {
+        let e = error_of(&with(bad));
+        assert!(e.contains("migration `m1`: field `accept_key_triggers`: "), "{bad}: {e}");
+        assert!(e.contains(complaint), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn database_is_optional_and_tables_clash_only_within_one_database() {
     assert_eq!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].database, None);
     let in_db =

@@ -51,3 +51,12 @@ pub async fn backfill_until_done(admin: &tokio_postgres::Client, migration: &str
     })
     .await;
 }
+
+/// Whether a proxy has registered migration `migration` in the database `direct` is connected to (the state
+/// schema may not exist yet: then it has not).
+pub async fn registered(direct: &tokio_postgres::Client, migration: &str) -> bool {
+    direct
+        .query_one("SELECT count(*) FROM dualwrite.migrations WHERE name = $1", &[&migration])
+        .await
+        .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+}

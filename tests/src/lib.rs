@@ -20,7 +20,7 @@ pub mod ledger;
 mod process;
 mod proxy;
 pub mod txn_ledger;
-pub use control::{backfill_until_done, control, control_rows, db_error, status_of, value};
+pub use control::{backfill_until_done, control, control_rows, db_error, registered, status_of, value};
 pub use process::{dualwrite_binary, ProxyProcess};
 pub use proxy::TestProxy;
 

@@ -411,6 +411,51 @@ async fn before_row_triggers_on_the_tables_of_a_migration_are_warnings_naming_ea
     }
 }
 
+/// A BEFORE row trigger whose body may assign the key (here a shadow's own sequence, unguarded) is an error
+/// of `check` naming it, the assignment and the `accept_key_triggers` entry; the same assignment under
+/// `IF NEW.id IS NULL` is a warning, and so is the unguarded one once the rules accept it.
+#[tokio::test]
+async fn a_before_row_trigger_that_may_assign_the_key_is_an_error_unless_guarded_or_accepted() {
+    let db = database(&format!(
+        "CREATE TABLE public.users (id int PRIMARY KEY, name text, email text);
+         CREATE TABLE public.users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text);
+         CREATE SEQUENCE public.own_ids;
+         CREATE FUNCTION public.own_id() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN NEW.id := nextval('public.own_ids'); RETURN NEW; END $$;
+         CREATE TRIGGER own_id BEFORE INSERT ON public.users_v2 FOR EACH ROW EXECUTE FUNCTION public.own_id();
+         {ONE_ROW}"
+    ))
+    .await;
+    let (findings, report) = check(&db, &example_rules(), None).await;
+    assert_eq!((findings.errors, findings.warnings), (1, 0), "{report}");
+    assert!(
+        report.contains(
+            "ERROR    BEFORE INSERT row trigger own_id on public.users_v2 (a shadow, function own_id) assigns a key \
+             column outside an IS NULL guard (`NEW.id :=`)"
+        ) && report.contains("list \"public.users_v2.own_id\" in accept_key_triggers"),
+        "{report}"
+    );
+
+    let accepted =
+        example_rules().replace("[[migration]]", "[[migration]]\naccept_key_triggers = [\"public.users_v2.own_id\"]");
+    let (findings, report) = check(&db, &accepted, None).await;
+    assert_eq!((findings.errors, findings.warnings), (0, 1), "{report}");
+    assert!(report.contains("it is listed in accept_key_triggers"), "{report}");
+
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION public.own_id() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN IF NEW.id IS NULL THEN NEW.id := nextval('public.own_ids'); END IF; RETURN NEW; END $$",
+        )
+        .await
+        .unwrap();
+    let (findings, report) = check(&db, &example_rules(), None).await;
+    assert_eq!((findings.errors, findings.warnings), (0, 1), "{report}");
+    assert!(report.contains("its body leaves the key alone as far as the check reads it"), "{report}");
+}
+
 /// What a proxy would do with rules that redefine a registered migration, said before loading them: the
 /// recorded definition matches (ok), differs while the migration dual-writes (ERROR: a proxy refuses
 /// them), or differs while it is off (a warning: loading them records the new definition).

@@ -1,8 +1,9 @@
 //! The schema of a running migration's tables changes after registration (directly on the database, as
 //! an operator or a deploy would): the proxy's schema watch notices at its next check. A key default that
 //! makes the shadow draw keys from a sequence of its own (the hazard `key_defaults` shows on the tables
-//! alone: a keyless v2 INSERT takes an old row's key, and the dual write's upsert overwrites that row) and a
-//! merge's `present` column that may become NULL refuse the migration's writes with 55000 naming the
+//! alone: a keyless v2 INSERT takes an old row's key, and the dual write's upsert overwrites that row), a
+//! merge's `present` column that may become NULL and a BEFORE row trigger that assigns the shadow's key (the
+//! sync's upsert then lands on an unrelated row) refuse the migration's writes with 55000 naming the
 //! finding, prepared ones included, while reads go on; once the schema is fixed, writes resume by
 //! themselves. A writer the proxy cannot see that appears is reported but does not stop writes. STATUS
 //! (`writes_refused`, `schema_findings`) and `dualwrite_schema_findings` show each on a running proxy, and
@@ -206,6 +207,44 @@ async fn a_merge_present_column_that_may_become_null_refuses_the_merges_writes_u
     direct.batch_execute("ALTER TABLE profiles ALTER COLUMN name SET NOT NULL").await.unwrap();
     until_writes_refused(&admin, MERGE, false).await;
     client.batch_execute("DELETE FROM accounts WHERE id = 25").await.expect("the DELETE runs again");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_trigger_that_assigns_the_key_refuses_the_migrations_writes_until_it_is_dropped() {
+    let (db, direct) = database().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (proxy, admin) = proxy_on(&db, |config| config.metrics_listen = Some(metrics)).await;
+    let gauge = findings_gauge(MIGRATION, "key_trigger");
+    backfill_until_done(&admin, MIGRATION).await;
+    let client = proxy.connect(&db).await.unwrap();
+
+    direct
+        .batch_execute(
+            "CREATE SEQUENCE public.shadow_ids;
+             CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN NEW.id := nextval('public.shadow_ids'); RETURN NEW; END $$;
+             CREATE TRIGGER shadow_id BEFORE INSERT OR UPDATE ON public.users_v2
+                 FOR EACH ROW EXECUTE FUNCTION public.shadow_id();",
+        )
+        .await
+        .unwrap();
+    until_writes_refused(&admin, MIGRATION, true).await;
+    let findings = value(&status_of(&admin, MIGRATION).await, "schema_findings").unwrap().to_owned();
+    assert!(findings.contains("row trigger shadow_id on public.users_v2"), "{findings}");
+    assert_eq!(sample(&scrape_metrics(metrics).await, &gauge), Some(1.0), "the gauge counts the finding");
+    let insert = "INSERT INTO users (name, email) VALUES ('Grace Hopper', 'grace@example.org')";
+    let e = client.batch_execute(insert).await.expect_err("a v1 INSERT is refused");
+    assert!(is_unsafe_schema_refusal(&e, "assigns a key column outside an IS NULL guard"), "{:?}", db_error(&e));
+    let expected = vec![(1, "Ada Lovelace".to_owned()), (2, "Alan Turing".to_owned())];
+    assert_eq!(names(&direct, "users").await, expected, "nothing was written");
+    assert_eq!(names(&direct, "users_v2").await, expected, "no shadow row was overwritten");
+
+    direct.batch_execute("DROP TRIGGER shadow_id ON public.users_v2").await.unwrap();
+    until_writes_refused(&admin, MIGRATION, false).await;
+    assert_eq!(sample(&scrape_metrics(metrics).await, &gauge), Some(0.0), "the gauge is back at 0");
+    client.batch_execute(insert).await.expect("the INSERT runs again");
+    assert_eq!(names(&direct, "users_v2").await.last(), Some(&(3, "Grace Hopper".to_owned())));
     proxy.stop().await.unwrap();
 }
 

@@ -13,7 +13,7 @@ pub(crate) mod definition;
 pub(crate) mod key_defaults;
 mod present;
 mod replay;
-mod row_triggers;
+pub(crate) mod row_triggers;
 pub(crate) mod schema;
 pub mod writers;
 

@@ -137,8 +137,12 @@ pub async fn check_migration(
             Finding::Separate(separate) => report.error(&separate.to_string())?,
         }
     }
-    for warning in super::row_triggers::warnings(client, migration).await? {
-        report.warning(&warning)?;
+    for trigger in super::row_triggers::inspect(client, migration).await? {
+        if trigger.refused() {
+            report.error(&trigger.refusal())?;
+        } else {
+            report.warning(&trigger.warning())?;
+        }
     }
     check_definition(client, migration, &mut report).await?;
     // Expressions are prepared only against columns that exist, or every error would repeat the above.

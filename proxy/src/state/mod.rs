@@ -40,7 +40,8 @@ pub enum StateError {
     UnseenWriters(#[from] crate::check::writers::Refusal),
     /// Rules the schema makes unsafe, one line each with what to do: a merge source whose `present` column
     /// may be NULL (`check::schema::nullable_presents`), a key whose defaults can repeat each other's
-    /// values (`check::key_defaults`).
+    /// values (`check::key_defaults`), a BEFORE row trigger that may assign the key
+    /// (`check::row_triggers`).
     #[error("{}", .0.join("\n"))]
     UnsafeSchema(Vec<String>),
 }

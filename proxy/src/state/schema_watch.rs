@@ -80,9 +80,10 @@ pub(crate) fn refuse_entering(
 
 /// Refuses `rules` that would let the proxy write the wrong rows: a migration's old table with writers the
 /// proxy cannot see that the migration does not accept (`accept_unseen_writers`), a merge source whose
-/// `present` column may be NULL, or a key whose defaults draw from more than one sequence (inserts without
-/// a key through different tables would upsert over each other's rows); the error lists each with what to
-/// do.
+/// `present` column may be NULL, a key whose defaults draw from more than one sequence (inserts without
+/// a key through different tables would upsert over each other's rows), or a BEFORE row trigger that may
+/// assign the key (the sync's upsert would land on another row) and that the rules do not accept; the error
+/// lists each with what to do.
 pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Result<(), StateError> {
     let refused = crate::check::writers::unaccepted(client, rules).await?;
     if !refused.is_empty() {
@@ -90,14 +91,19 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
     }
     let mut unsafe_schema = crate::check::schema::nullable_presents(client, rules).await?;
     unsafe_schema.extend(crate::check::key_defaults::refusals(client, rules).await?);
+    for migration in &rules.migrations {
+        let triggers = crate::check::row_triggers::refusals(client, migration).await?;
+        unsafe_schema.extend(triggers.into_iter().map(|t| format!("migration {}: {t}", migration.name)));
+    }
     if !unsafe_schema.is_empty() {
         return Err(StateError::UnsafeSchema(unsafe_schema));
     }
     Ok(())
 }
 
-/// The checks that decide whether the migrations' writes may run: each key's defaults and each merge
-/// source's `present` column (a few catalog lookups per migration).
+/// The checks that decide whether the migrations' writes may run: each key's defaults, each merge
+/// source's `present` column and the BEFORE row triggers of its tables (a few catalog lookups per
+/// migration).
 pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
     let mut found = SchemaFindings::new();
     for migration in &rules.migrations {
@@ -111,6 +117,12 @@ pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFin
                 .await?
                 .into_iter()
                 .map(|description| SchemaFinding { kind: SchemaFindingKind::NullablePresent, description }),
+        );
+        findings.extend(
+            crate::check::row_triggers::refusals(client, migration)
+                .await?
+                .into_iter()
+                .map(|description| SchemaFinding { kind: SchemaFindingKind::KeyTrigger, description }),
         );
         if !findings.is_empty() {
             found.insert(migration.name.clone(), findings);

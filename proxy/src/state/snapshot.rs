@@ -108,11 +108,18 @@ pub enum SchemaFindingKind {
     NullablePresent,
     /// The old table has writers the proxy cannot see that the rules do not accept (`check::writers`).
     UnseenWriters,
+    /// A BEFORE row trigger of a table of the migration may assign the key and the rules do not accept it
+    /// (`check::row_triggers`).
+    KeyTrigger,
 }
 
 impl SchemaFindingKind {
-    pub const ALL: [SchemaFindingKind; 3] =
-        [SchemaFindingKind::KeyDefaults, SchemaFindingKind::NullablePresent, SchemaFindingKind::UnseenWriters];
+    pub const ALL: [SchemaFindingKind; 4] = [
+        SchemaFindingKind::KeyDefaults,
+        SchemaFindingKind::NullablePresent,
+        SchemaFindingKind::UnseenWriters,
+        SchemaFindingKind::KeyTrigger,
+    ];
 
     /// The `kind` label of `dualwrite_schema_findings`.
     pub fn as_str(self) -> &'static str {
@@ -120,11 +127,12 @@ impl SchemaFindingKind {
             SchemaFindingKind::KeyDefaults => "key_defaults",
             SchemaFindingKind::NullablePresent => "nullable_present",
             SchemaFindingKind::UnseenWriters => "unseen_writers",
+            SchemaFindingKind::KeyTrigger => "key_trigger",
         }
     }
 
-    /// Whether the migration's writes are refused while such a finding stands. The first two make the
-    /// proxy's own dual write change the wrong rows, so its writes stop. Unseen writers write behind the
+    /// Whether the migration's writes are refused while such a finding stands. All but unseen writers make
+    /// the proxy's own dual write change the wrong rows, so its writes stop. Unseen writers write behind the
     /// proxy's back whatever it does (refusing the application's writes would not stop them): they are
     /// reported, and the change-data-capture watch catches what they write.
     pub fn refuses_writes(self) -> bool {

@@ -140,6 +140,7 @@ pub fn plan(current: &CurrentTable, target: &Target, options: &PlanOptions) -> R
         initial_phase: Phase::DualWrite,
         shadow_read_sample: SampleRate::ZERO,
         accept_unseen_writers: Vec::new(),
+        accept_key_triggers: Vec::new(),
         on_bypass: OnBypass::Alert,
     };
     migration.check("plan").map_err(|e| PlanError {

@@ -87,7 +87,7 @@ fn string_text(token: &Token) -> Option<&str> {
 }
 
 /// An identifier as the catalog spells it (unquoted words fold to lower case).
-fn ident(token: &Token) -> Option<String> {
+pub(crate) fn ident(token: &Token) -> Option<String> {
     match token {
         Token::Word(w) => Some(match w.quote_style {
             Some(_) => w.value.clone(),
