@@ -365,10 +365,45 @@ impl Migration {
                         return Err(err(&field, format!("refers to `{used}`, which is not one of the {from_what}")));
                     }
                 }
+                if self.key.contains(column) && !carries_key(&expr, column) {
+                    return Err(err(&field, key_not_carried(column, text)));
+                }
+            }
+        }
+        for (i, source) in self.merge.iter().enumerate() {
+            for (side, map) in [("forward", &source.forward), ("backward", &source.backward)] {
+                for (column, text) in map.iter().filter(|(c, _)| self.key.contains(c)) {
+                    let field = format!("sources[{}].{side}.{column}", i + 1);
+                    let expr = parse_mapping_expr(text).map_err(|m| err(&field, m))?;
+                    if !carries_key(&expr, column) {
+                        return Err(err(&field, key_not_carried(column, text)));
+                    }
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Whether a key column's mapping carries the key over as it is: the column of the same name, or a cast of
+/// it (`id::bigint`, for a key whose type changes). The key is shared by both tables: every dual write, the
+/// backfill, VERIFY and the change-data-capture watch match rows by its value, so a mapping that could give
+/// two rows one key (`lower(email)`) would send one row's upsert onto the other's.
+fn carries_key(expr: &Expr, column: &str) -> bool {
+    match expr {
+        Expr::Identifier(id) => normalize_ident(id) == column,
+        Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => carries_key(inner, column),
+        _ => false,
+    }
+}
+
+fn key_not_carried(column: &str, text: &str) -> String {
+    format!(
+        "`{text}` maps key column `{column}` through an expression: the key is shared by both tables, and dual \
+         writes, backfill and VERIFY match rows by its value, so it must be the column `{column}` itself (a cast \
+         of it, such as `{column}::bigint`, is allowed); an expression could give two rows one key, and one \
+         row's upsert would overwrite the other"
+    )
 }
 
 /// Parses one mapping expression, requiring that nothing follows it.

@@ -135,6 +135,21 @@ fn accept_unseen_writers_defaults_to_none_and_each_identifier_is_checked() {
 }
 
 #[test]
+fn a_key_is_carried_over_as_its_own_column_or_a_cast_of_it_never_through_an_expression() {
+    for carried in ["(id)", "id::bigint", "CAST(id AS text)", "\\\"id\\\""] {
+        let text = BASE.replace(r#"forward = { id = "id""#, &format!(r#"forward = {{ id = "{carried}""#));
+        assert_ne!(text, BASE);
+        RuleSet::from_toml(&text, "rules.toml").unwrap_or_else(|e| panic!("{carried}: {e}"));
+    }
+    for (side, expression) in [("forward", "lower(id)"), ("forward", "id + 1"), ("backward", "coalesce(id, 0)")] {
+        let text = BASE.replace(&format!(r#"{side} = {{ id = "id""#), &format!(r#"{side} = {{ id = "{expression}""#));
+        let e = error_of(&text);
+        assert!(e.contains(&format!("migration `m1`: field `{side}.id`: `{expression}` maps key column `id`")), "{e}");
+        assert!(e.contains("one row's upsert would overwrite the other"), "{e}");
+    }
+}
+
+#[test]
 fn accept_key_triggers_defaults_to_none_and_each_names_a_trigger_of_a_table() {
     assert!(RuleSet::from_toml(BASE, "rules.toml").unwrap().migrations[0].accept_key_triggers.is_empty());
     let with = |v: &str| BASE.replace("key = [\"id\"]", &format!("key = [\"id\"]\naccept_key_triggers = {v}"));

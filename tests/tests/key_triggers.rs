@@ -74,7 +74,7 @@ async fn a_migration_whose_shadow_trigger_may_assign_the_key_is_not_registered_a
         Err(e) => format!("{e:#}"),
     };
     for part in [
-        "migration users_split_name: BEFORE INSERT row trigger shadow_id on public.users_v2 (a shadow, function \
+        "migration `users_split_name` cannot be registered: BEFORE INSERT row trigger shadow_id on public.users_v2 (a shadow, function \
          shadow_id) assigns a key column outside an IS NULL guard (`NEW.id :=`)",
         "sends the dual write's upsert to an unrelated row",
         "list \"public.users_v2.shadow_id\" in accept_key_triggers",
@@ -108,4 +108,27 @@ async fn a_guarded_assignment_and_an_accepted_trigger_are_registered_and_dual_wr
         assert_eq!(shadow_names(&direct).await, expected, "{body}");
         proxy.stop().await.unwrap();
     }
+}
+
+/// A partition's own trigger fires on the rows the sync routes to it: one on a partition of a partitioned
+/// shadow is found as one on the shadow is.
+#[tokio::test]
+async fn a_trigger_on_a_partition_of_the_shadow_that_may_assign_the_key_is_refused_too() {
+    let (db, direct) = database(&format!(
+        "CREATE TABLE public.users (id serial PRIMARY KEY, name text, email text);
+         CREATE TABLE public.users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text)
+             PARTITION BY RANGE (id);
+         CREATE TABLE public.users_v2_low PARTITION OF public.users_v2 FOR VALUES FROM (0) TO (1000000);
+         CREATE SEQUENCE public.shadow_ids;
+         CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS $$ {UNGUARDED} $$;
+         CREATE TRIGGER shadow_id BEFORE INSERT ON public.users_v2_low
+             FOR EACH ROW EXECUTE FUNCTION public.shadow_id();"
+    ))
+    .await;
+    let error = match TestProxy::with_rules_toml(&db, RULES).await {
+        Ok(_) => panic!("a proxy started on a migration whose shadow partition's trigger assigns the key"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("list \"public.users_v2_low.shadow_id\" in accept_key_triggers"), "{error}");
+    assert!(!registered(&direct, "users_split_name").await, "nothing was registered");
 }

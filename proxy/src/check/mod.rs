@@ -13,6 +13,7 @@ pub(crate) mod definition;
 pub(crate) mod key_defaults;
 mod present;
 mod replay;
+pub(crate) mod row_security;
 pub(crate) mod row_triggers;
 pub(crate) mod schema;
 pub mod writers;

@@ -137,6 +137,9 @@ pub async fn check_migration(
             Finding::Separate(separate) => report.error(&separate.to_string())?,
         }
     }
+    for finding in super::row_security::findings(client, migration).await? {
+        report.error(&finding)?;
+    }
     for trigger in super::row_triggers::inspect(client, migration).await? {
         if trigger.refused() {
             report.error(&trigger.refusal())?;

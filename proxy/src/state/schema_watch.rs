@@ -93,7 +93,13 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
     unsafe_schema.extend(crate::check::key_defaults::refusals(client, rules).await?);
     for migration in &rules.migrations {
         let triggers = crate::check::row_triggers::refusals(client, migration).await?;
-        unsafe_schema.extend(triggers.into_iter().map(|t| format!("migration {}: {t}", migration.name)));
+        let security = crate::check::row_security::findings(client, migration).await?;
+        unsafe_schema.extend(
+            triggers
+                .into_iter()
+                .chain(security)
+                .map(|t| format!("migration `{}` cannot be registered: {t}", migration.name)),
+        );
     }
     if !unsafe_schema.is_empty() {
         return Err(StateError::UnsafeSchema(unsafe_schema));
@@ -102,8 +108,8 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
 }
 
 /// The checks that decide whether the migrations' writes may run: each key's defaults, each merge
-/// source's `present` column and the BEFORE row triggers of its tables (a few catalog lookups per
-/// migration).
+/// source's `present` column, the BEFORE row triggers of its tables and their row-level security (a few
+/// catalog lookups per migration).
 pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
     let mut found = SchemaFindings::new();
     for migration in &rules.migrations {
@@ -123,6 +129,12 @@ pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFin
                 .await?
                 .into_iter()
                 .map(|description| SchemaFinding { kind: SchemaFindingKind::KeyTrigger, description }),
+        );
+        findings.extend(
+            crate::check::row_security::findings(client, migration)
+                .await?
+                .into_iter()
+                .map(|description| SchemaFinding { kind: SchemaFindingKind::RowSecurity, description }),
         );
         if !findings.is_empty() {
             found.insert(migration.name.clone(), findings);

@@ -111,14 +111,17 @@ pub enum SchemaFindingKind {
     /// A BEFORE row trigger of a table of the migration may assign the key and the rules do not accept it
     /// (`check::row_triggers`).
     KeyTrigger,
+    /// A shadow is more open than its old tables under row-level security (`check::row_security`).
+    RowSecurity,
 }
 
 impl SchemaFindingKind {
-    pub const ALL: [SchemaFindingKind; 4] = [
+    pub const ALL: [SchemaFindingKind; 5] = [
         SchemaFindingKind::KeyDefaults,
         SchemaFindingKind::NullablePresent,
         SchemaFindingKind::UnseenWriters,
         SchemaFindingKind::KeyTrigger,
+        SchemaFindingKind::RowSecurity,
     ];
 
     /// The `kind` label of `dualwrite_schema_findings`.
@@ -128,6 +131,7 @@ impl SchemaFindingKind {
             SchemaFindingKind::NullablePresent => "nullable_present",
             SchemaFindingKind::UnseenWriters => "unseen_writers",
             SchemaFindingKind::KeyTrigger => "key_trigger",
+            SchemaFindingKind::RowSecurity => "row_security",
         }
     }
 

@@ -80,8 +80,8 @@ impl RowTrigger {
     }
 }
 
-/// Every enabled `BEFORE INSERT`/`BEFORE UPDATE` row trigger on a table of `migration` (tables that do not
-/// exist are skipped), old tables first, each judged for assigning the key.
+/// Every enabled `BEFORE INSERT`/`BEFORE UPDATE` row trigger on a table of `migration` or on one of its
+/// partitions (tables that do not exist are skipped), old tables first, each judged for assigning the key.
 pub async fn inspect(
     client: &impl GenericClient,
     migration: &Migration,
@@ -90,9 +90,10 @@ pub async fn inspect(
     let shadows = migration.shadow_tables().into_iter().map(|t| (t.to_string(), false));
     let mut found = Vec::new();
     for (table, old) in olds.chain(shadows) {
-        // tgtype bits (pg_trigger.h): 1 row, 2 before, 4 insert, 16 update; tgenabled 'D' is disabled. The
-        // arguments (tgargs) are NUL-terminated strings; the body is the function's source (a C function's
-        // is its symbol).
+        // tgtype bits (pg_trigger.h): 1 row, 2 before, 4 insert, 16 update; tgenabled 'D' is disabled. A
+        // partition's own triggers fire on the rows routed to it; the clones of the parent's (tgparentid) are
+        // the parent's, listed once. The arguments (tgargs) are NUL-terminated strings; the body is the
+        // function's source (a C function's is its symbol).
         let rows = client
             .query(
                 "SELECT t.tgname::text, t.tgfoid::regproc::text,
@@ -102,7 +103,9 @@ pub async fn inspect(
                    FROM pg_trigger t
                    JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang
-                  WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                  WHERE (t.tgrelid = to_regclass($1)
+                         OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(to_regclass($1))))
+                    AND t.tgparentid = 0 AND NOT t.tgisinternal AND t.tgenabled <> 'D'
                     AND t.tgtype & 1 <> 0 AND t.tgtype & 2 <> 0 AND t.tgtype & (4 | 16) <> 0
                   ORDER BY 1",
                 &[&table],
