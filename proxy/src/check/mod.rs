@@ -11,6 +11,7 @@
 
 pub(crate) mod definition;
 pub(crate) mod key_defaults;
+pub(crate) mod key_equality;
 mod present;
 mod replay;
 pub(crate) mod row_security;

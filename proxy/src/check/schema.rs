@@ -137,6 +137,9 @@ pub async fn check_migration(
             Finding::Separate(separate) => report.error(&separate.to_string())?,
         }
     }
+    for finding in super::key_equality::findings(client, migration).await? {
+        report.error(&finding)?;
+    }
     for finding in super::row_security::findings(client, migration).await? {
         report.error(&finding)?;
     }

@@ -41,7 +41,8 @@ pub enum StateError {
     /// Rules the schema makes unsafe, one line each with what to do: a merge source whose `present` column
     /// may be NULL (`check::schema::nullable_presents`), a key whose defaults can repeat each other's
     /// values (`check::key_defaults`), a BEFORE row trigger that may assign the key
-    /// (`check::row_triggers`), a shadow more open than its old table (`check::row_security`).
+    /// (`check::row_triggers`), a shadow more open than its old table (`check::row_security`), key columns
+    /// whose tables disagree on equality (`check::key_equality`).
     #[error("{}", .0.join("\n"))]
     UnsafeSchema(Vec<String>),
 }

@@ -94,10 +94,12 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
     for migration in &rules.migrations {
         let triggers = crate::check::row_triggers::refusals(client, migration).await?;
         let security = crate::check::row_security::findings(client, migration).await?;
+        let equality = crate::check::key_equality::findings(client, migration).await?;
         unsafe_schema.extend(
             triggers
                 .into_iter()
                 .chain(security)
+                .chain(equality)
                 .map(|t| format!("migration `{}` cannot be registered: {t}", migration.name)),
         );
     }
@@ -107,9 +109,9 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
     Ok(())
 }
 
-/// The checks that decide whether the migrations' writes may run: each key's defaults, each merge
-/// source's `present` column, the BEFORE row triggers of its tables and their row-level security (a few
-/// catalog lookups per migration).
+/// The checks that decide whether the migrations' writes may run: each key's defaults and equality, each
+/// merge source's `present` column, the BEFORE row triggers of its tables and their row-level security (a
+/// few catalog lookups per migration).
 pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
     let mut found = SchemaFindings::new();
     for migration in &rules.migrations {
@@ -135,6 +137,12 @@ pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFin
                 .await?
                 .into_iter()
                 .map(|description| SchemaFinding { kind: SchemaFindingKind::RowSecurity, description }),
+        );
+        findings.extend(
+            crate::check::key_equality::findings(client, migration)
+                .await?
+                .into_iter()
+                .map(|description| SchemaFinding { kind: SchemaFindingKind::KeyEquality, description }),
         );
         if !findings.is_empty() {
             found.insert(migration.name.clone(), findings);

@@ -113,15 +113,18 @@ pub enum SchemaFindingKind {
     KeyTrigger,
     /// A shadow is more open than its old tables under row-level security (`check::row_security`).
     RowSecurity,
+    /// A key column's tables disagree on when two keys are equal (`check::key_equality`).
+    KeyEquality,
 }
 
 impl SchemaFindingKind {
-    pub const ALL: [SchemaFindingKind; 5] = [
+    pub const ALL: [SchemaFindingKind; 6] = [
         SchemaFindingKind::KeyDefaults,
         SchemaFindingKind::NullablePresent,
         SchemaFindingKind::UnseenWriters,
         SchemaFindingKind::KeyTrigger,
         SchemaFindingKind::RowSecurity,
+        SchemaFindingKind::KeyEquality,
     ];
 
     /// The `kind` label of `dualwrite_schema_findings`.
@@ -132,6 +135,7 @@ impl SchemaFindingKind {
             SchemaFindingKind::UnseenWriters => "unseen_writers",
             SchemaFindingKind::KeyTrigger => "key_trigger",
             SchemaFindingKind::RowSecurity => "row_security",
+            SchemaFindingKind::KeyEquality => "key_equality",
         }
     }
 
