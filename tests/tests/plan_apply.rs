@@ -393,3 +393,60 @@ async fn the_binary_exits_1_on_a_refused_plan_then_0_on_plan_and_apply() {
     assert_eq!(applied.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&applied.stderr));
     assert!(stdout.contains("applied: 1 step(s) run, 0 already done"), "{stdout}");
 }
+
+/// The old table's row-level security and policies are carried onto the shadow, re-expressed over its
+/// columns (a policy on the split `name` reads the shadow's two parts), so the proxy registers the applied
+/// migration, and a role the policies restrict sees the same rows in a v2 session as in a v1 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_and_policies_are_carried_onto_the_shadow_and_restrict_v2_sessions_alike() {
+    let db = database().await;
+    let role = format!("{}_reader", db.name);
+    let direct = db.connect().await.unwrap();
+    direct
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\";
+             GRANT SELECT ON public.users TO \"{role}\";
+             CREATE POLICY not_alan ON public.users FOR SELECT TO \"{role}\" USING (name <> 'Alan Turing');
+             ALTER TABLE public.users ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = write(dir.path(), "ops.toml", SPLIT_NAME);
+    let out = dir.path().join("plan");
+    let (outcome, report) = plan(&db, "public.users", "public.users_v2", &target, &out).await;
+    assert!(matches!(outcome, PlanOutcome::Written { .. }), "{report}");
+    let rules = dir.path().join("migrations.toml");
+    let applied = apply(&db, &out, &rules).await;
+    assert!(applied.registered, "{applied:?}");
+
+    let security: (bool, bool) = direct
+        .query_one(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.users_v2'::regclass",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(security, (true, true), "enabled and forced, as on the old table");
+    let policy = rows(
+        &direct,
+        "SELECT polname || ': ' || pg_get_expr(polqual, polrelid) FROM pg_policy
+          WHERE polrelid = 'public.users_v2'::regclass",
+    )
+    .await;
+    assert_eq!(policy, ["not_alan: (((first_name || ' '::text) || last_name) <> 'Alan Turing'::text)"]);
+    direct.batch_execute(&format!("GRANT SELECT ON public.users_v2 TO \"{role}\"")).await.unwrap();
+
+    let proxy = TestProxy::with_rules_file(&db, &rules).await.unwrap();
+    let admin = proxy.connect(&db).await.unwrap();
+    dualwrite_tests::backfill_until_done(&admin, "users_v2").await;
+    for version in ["v1", "v2"] {
+        let url = format!("{}?options=-c%20dualwrite.version%3D{version}", proxy.url(&db));
+        let session = dualwrite_tests::connect(&url).await.unwrap();
+        session.batch_execute(&format!("SET ROLE \"{role}\"")).await.unwrap();
+        let seen: i64 = session.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+        assert_eq!(seen, 1, "{version}: Ada only");
+    }
+    proxy.stop().await.unwrap();
+}

@@ -209,6 +209,33 @@ async fn run_step(client: &Client, m: &Migration, step: &DdlStep) -> anyhow::Res
             }
             client.batch_execute(sql).await?;
         }
+        DdlStep::CreatePolicy { name, sql } => {
+            let exists: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = to_regclass($1)::oid AND polname = $2)",
+                    &[&shadow, name],
+                )
+                .await?
+                .get(0);
+            if exists {
+                return Ok(false);
+            }
+            client.batch_execute(sql).await?;
+        }
+        DdlStep::RowSecurity { force, sql } => {
+            let done: bool = client
+                .query_one(
+                    "SELECT CASE WHEN $2 THEN relforcerowsecurity ELSE relrowsecurity END
+                       FROM pg_class WHERE oid = to_regclass($1)::oid",
+                    &[&shadow, force],
+                )
+                .await?
+                .get(0);
+            if done {
+                return Ok(false);
+            }
+            client.batch_execute(sql).await?;
+        }
     }
     Ok(true)
 }

@@ -1,9 +1,10 @@
 //! The table to migrate as the catalog describes it ([`CurrentTable`]): columns (type, NOT NULL, default;
 //! an identity column's sequence as a `nextval` default), primary key, the other indexes' and the CHECK /
-//! FOREIGN KEY constraints' definitions, as Postgres prints them.
+//! FOREIGN KEY constraints' definitions, as Postgres prints them; row-level security and each policy as the
+//! `CREATE POLICY` that makes it.
 
 use anyhow::Context;
-use dualwrite_rules::migration_plan::{CurrentColumn, CurrentTable};
+use dualwrite_rules::migration_plan::{CurrentColumn, CurrentTable, RowSecurity};
 use dualwrite_rules::TableName;
 use sqlparser::ast::Value;
 use tokio_postgres::GenericClient;
@@ -73,5 +74,27 @@ pub async fn read_table(client: &impl GenericClient, name: &TableName) -> anyhow
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    Ok(CurrentTable { name: name.clone(), columns, primary_key, indexes, constraints })
+    let security =
+        client.query_one("SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid]).await?;
+    // Each policy as the CREATE POLICY that makes it (on a placeholder table: the plan names the shadow).
+    let policies = client
+        .query(
+            "SELECT format('CREATE POLICY %I ON __dw_table AS %s FOR %s TO %s', p.polname,
+                           CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                           CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                                         WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                           CASE WHEN p.polroles = '{0}' THEN 'PUBLIC'
+                                ELSE (SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY r.rolname)
+                                        FROM pg_roles r WHERE r.oid = ANY (p.polroles)) END)
+                    || coalesce(' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')', '')
+                    || coalesce(' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')', '')
+               FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let row_security = RowSecurity { enabled: security.get(0), forced: security.get(1), policies };
+    Ok(CurrentTable { name: name.clone(), columns, primary_key, indexes, constraints, row_security })
 }

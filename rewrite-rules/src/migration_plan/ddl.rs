@@ -1,7 +1,8 @@
 //! The shadow's DDL as steps: `CREATE TABLE` (columns, NOT NULL, defaults, primary key), then every index
 //! as `CREATE [UNIQUE] INDEX CONCURRENTLY` (UNIQUE constraints become unique indexes), then every CHECK and
 //! FOREIGN KEY constraint as `ALTER TABLE ... ADD CONSTRAINT ... NOT VALID` followed by `ALTER TABLE ...
-//! VALIDATE CONSTRAINT`. Each step is a statement rendered from its AST, named, so that `dualwrite apply`
+//! VALIDATE CONSTRAINT`, then the old table's policies and row-level security (`policies`). Each step is a
+//! statement rendered from its AST, named, so that `dualwrite apply`
 //! can tell from the catalog whether it is done; [`parse_script`] reads the steps back from the script.
 
 use std::collections::HashSet;
@@ -30,6 +31,10 @@ pub enum DdlStep {
     AddConstraint { name: String, sql: String, foreign_key: bool },
     /// `ALTER TABLE ... VALIDATE CONSTRAINT <name>`.
     ValidateConstraint { name: String, sql: String },
+    /// `CREATE POLICY <name> ON <shadow> ...` (`policies`).
+    CreatePolicy { name: String, sql: String },
+    /// `ALTER TABLE ... ENABLE ROW LEVEL SECURITY`, or `FORCE ROW LEVEL SECURITY` when `force`.
+    RowSecurity { force: bool, sql: String },
 }
 
 impl DdlStep {
@@ -38,7 +43,9 @@ impl DdlStep {
             DdlStep::CreateTable { sql, .. }
             | DdlStep::CreateIndex { sql, .. }
             | DdlStep::AddConstraint { sql, .. }
-            | DdlStep::ValidateConstraint { sql, .. } => sql,
+            | DdlStep::ValidateConstraint { sql, .. }
+            | DdlStep::CreatePolicy { sql, .. }
+            | DdlStep::RowSecurity { sql, .. } => sql,
         }
     }
 
@@ -57,6 +64,8 @@ impl DdlStep {
             },
             DdlStep::AddConstraint { sql, foreign_key: false, .. } => Some(sql.clone()),
             DdlStep::AddConstraint { foreign_key: true, .. } | DdlStep::ValidateConstraint { .. } => None,
+            // The trial writes sampled rows as the control role; policies would only get in its way.
+            DdlStep::CreatePolicy { .. } | DdlStep::RowSecurity { .. } => None,
         }
     }
 
@@ -67,6 +76,9 @@ impl DdlStep {
             DdlStep::CreateIndex { name, .. } => format!("index {name}"),
             DdlStep::AddConstraint { name, .. } => format!("constraint {name} (not valid)"),
             DdlStep::ValidateConstraint { name, .. } => format!("validate {name}"),
+            DdlStep::CreatePolicy { name, .. } => format!("policy {name}"),
+            DdlStep::RowSecurity { force: false, .. } => "enable row level security".to_string(),
+            DdlStep::RowSecurity { force: true, .. } => "force row level security".to_string(),
         }
     }
 }
@@ -82,7 +94,8 @@ pub fn parse_script(text: &str) -> Result<Vec<DdlStep>, String> {
             step_of(&statement).ok_or_else(|| {
                 format!(
                     "statement {} is not one `dualwrite plan` writes (CREATE TABLE, CREATE INDEX CONCURRENTLY with a \
-                     name, ADD CONSTRAINT ... NOT VALID, VALIDATE CONSTRAINT): {statement}",
+                     name, ADD CONSTRAINT ... NOT VALID, VALIDATE CONSTRAINT, CREATE POLICY, ENABLE or FORCE ROW \
+                     LEVEL SECURITY): {statement}",
                     i + 1
                 )
             })
@@ -110,8 +123,11 @@ fn step_of(statement: &Statement) -> Option<DdlStep> {
             [AlterTableOperation::ValidateConstraint { name }] => {
                 Some(DdlStep::ValidateConstraint { name: normalize_ident(name), sql })
             }
+            [AlterTableOperation::EnableRowLevelSecurity] => Some(DdlStep::RowSecurity { force: false, sql }),
+            [AlterTableOperation::ForceRowLevelSecurity] => Some(DdlStep::RowSecurity { force: true, sql }),
             _ => None,
         },
+        Statement::CreatePolicy(policy) => Some(DdlStep::CreatePolicy { name: normalize_ident(&policy.name), sql }),
         _ => None,
     }
 }
@@ -214,7 +230,7 @@ fn create_table(shadow: &TableName, shape: &Shape) -> Result<DdlStep, PlanError>
     Ok(DdlStep::CreateTable { columns, sql: Statement::CreateTable(table).to_string() })
 }
 
-fn alter(shadow: &TableName, operation: &str) -> Result<Statement, PlanError> {
+pub(crate) fn alter(shadow: &TableName, operation: &str) -> Result<Statement, PlanError> {
     single_statement(&format!("ALTER TABLE {shadow} {operation}"))
         .ok_or_else(|| PlanError::general(format!("cannot build ALTER TABLE {shadow} {operation}")))
 }

@@ -8,6 +8,7 @@
 
 mod ddl;
 mod operations;
+mod policies;
 mod render;
 mod shape;
 mod target_table;
@@ -20,6 +21,7 @@ use sqlparser::ast::Expr;
 
 pub use ddl::{parse_script, DdlStep};
 pub use operations::Operations;
+pub use policies::RowSecurity;
 pub use render::{ddl_script, rules_toml};
 
 use crate::model::{Migration, OnBypass, Phase, SampleRate, Versions};
@@ -38,6 +40,8 @@ pub struct CurrentTable {
     pub indexes: Vec<String>,
     /// Name and `pg_get_constraintdef` of every CHECK and FOREIGN KEY constraint.
     pub constraints: Vec<(String, String)>,
+    /// Row-level security and its policies, carried onto the shadow.
+    pub row_security: RowSecurity,
 }
 
 /// One column of [`CurrentTable`].
@@ -147,7 +151,8 @@ pub fn plan(current: &CurrentTable, target: &Target, options: &PlanOptions) -> R
         column: e.field.as_deref().and_then(|f| f.split_once('.')).map(|(_, c)| c.to_string()),
         message: e.message,
     })?;
-    let ddl = ddl::steps(&options.shadow, &current.name, &shape)?;
+    let mut ddl = ddl::steps(&options.shadow, &current.name, &shape)?;
+    ddl.extend(policies::steps(current, &shape, &options.shadow)?);
     Ok(MigrationPlan { migration, ddl, notes: shape.notes })
 }
 

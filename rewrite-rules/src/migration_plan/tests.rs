@@ -30,6 +30,7 @@ fn users() -> CurrentTable {
             "CREATE INDEX by_city ON public.users USING btree (city) WHERE (city IS NOT NULL)".into(),
         ],
         constraints: vec![("users_amount_check".into(), "CHECK ((amount >= (0)::numeric))".into())],
+        row_security: RowSecurity::default(),
     }
 }
 
@@ -370,4 +371,71 @@ fn scripts_with_other_statements_are_refused() {
         parse_script("-- a comment\nALTER TABLE t VALIDATE CONSTRAINT \"C\";").unwrap(),
         vec![DdlStep::ValidateConstraint { name: "C".into(), sql: "ALTER TABLE t VALIDATE CONSTRAINT \"C\"".into() }]
     );
+}
+
+/// `users` under forced row-level security: an owner policy on `email`, a restrictive one with a subquery
+/// over another table, and one on `name`.
+fn secured() -> CurrentTable {
+    let mut users = users();
+    users.row_security = RowSecurity {
+        enabled: true,
+        forced: true,
+        policies: vec![
+            "CREATE POLICY own_rows ON __dw_table AS PERMISSIVE FOR ALL TO app \
+             USING (((email)::text = CURRENT_USER)) WITH CHECK (((email)::text = CURRENT_USER))"
+                .into(),
+            "CREATE POLICY known_city ON __dw_table AS RESTRICTIVE FOR SELECT TO PUBLIC \
+             USING ((city IN ( SELECT cities.name FROM cities)))"
+                .into(),
+            "CREATE POLICY named ON __dw_table AS PERMISSIVE FOR SELECT TO PUBLIC USING ((name <> ''::text))".into(),
+        ],
+    };
+    users
+}
+
+#[test]
+fn policies_are_re_expressed_over_the_shadows_columns_before_row_security_is_enabled_and_forced() {
+    let plan = plan(
+        &secured(),
+        &ops("[[rename]]\ncolumn = \"email\"\nto = \"email_address\"\n\n[[split]]\ncolumn = \"name\"\n\
+              back = \"first_name || ' ' || last_name\"\n\
+              into = [{ column = \"first_name\", expr = \"split_part(name, ' ', 1)\" },\n\
+              { column = \"last_name\", expr = \"split_part(name, ' ', 2)\" }]\n"),
+        &options(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sql: Vec<&str> = plan.ddl.iter().map(DdlStep::sql).collect();
+    assert_eq!(
+        sql[sql.len() - 5..],
+        [
+            "CREATE POLICY own_rows ON public.users_v2 AS PERMISSIVE FOR ALL TO app USING (((email_address)::TEXT = \
+             CURRENT_USER)) WITH CHECK (((email_address)::TEXT = CURRENT_USER))",
+            "CREATE POLICY known_city ON public.users_v2 AS RESTRICTIVE FOR SELECT TO PUBLIC USING ((city IN \
+             (SELECT cities.name FROM cities)))",
+            "CREATE POLICY named ON public.users_v2 AS PERMISSIVE FOR SELECT TO PUBLIC USING (((first_name || ' ' || \
+             last_name) <> ''::TEXT))",
+            "ALTER TABLE public.users_v2 ENABLE ROW LEVEL SECURITY",
+            "ALTER TABLE public.users_v2 FORCE ROW LEVEL SECURITY",
+        ]
+    );
+    assert!(plan.ddl.iter().rev().take(5).all(|step| step.in_transaction().is_none()), "not in the trial run");
+    assert_script_reads_back(&plan);
+    // Without row-level security on the old table, none of it.
+    let open = plan_ok(&ops("[[rename]]\ncolumn = \"email\"\nto = \"email_address\"\n"));
+    assert!(!open.ddl.iter().any(|s| matches!(s, DdlStep::CreatePolicy { .. } | DdlStep::RowSecurity { .. })));
+}
+
+#[test]
+fn a_policy_naming_the_old_table_inside_a_subquery_is_not_carried_and_the_plan_says_so() {
+    let mut users = secured();
+    users.row_security.policies = vec!["CREATE POLICY member ON __dw_table AS PERMISSIVE FOR ALL TO PUBLIC \
+         USING ((EXISTS ( SELECT 1 FROM memberships m WHERE (m.user_id = users.id))))"
+        .into()];
+    let refused = plan(&users, &ops("[[rename]]\ncolumn = \"email\"\nto = \"email_address\"\n"), &options())
+        .expect_err("a correlated policy is not guessed at");
+    assert!(
+        refused.message.starts_with("policy member of public.users names public.users inside a subquery"),
+        "{refused}"
+    );
+    assert!(refused.message.contains("create the shadow's policies by hand"), "{refused}");
 }
