@@ -84,6 +84,17 @@ async fn apply(db: &TestDb, plan_dir: &Path, rules: &Path) -> dualwrite_proxy::p
     applied.unwrap_or_else(|e| panic!("apply failed: {e:#}\n{}", String::from_utf8_lossy(&report)))
 }
 
+/// `public.users` planned into `public.users_v2` with `SPLIT_NAME`: the temporary directory and the plan's
+/// folder in it.
+async fn split_name_planned(db: &TestDb) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = write(dir.path(), "ops.toml", SPLIT_NAME);
+    let out = dir.path().join("plan");
+    let (outcome, report) = plan(db, "public.users", "public.users_v2", &target, &out).await;
+    assert!(matches!(outcome, PlanOutcome::Written { .. }), "{report}");
+    (dir, out)
+}
+
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
     client.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
 }
@@ -205,11 +216,7 @@ async fn the_round_trip_check_refuses_lossy_plans_naming_the_column_and_leaves_n
 #[tokio::test]
 async fn apply_creates_the_shadow_and_registers_it_then_a_proxy_dual_writes_and_a_rerun_changes_nothing() {
     let db = database().await;
-    let dir = tempfile::tempdir().unwrap();
-    let target = write(dir.path(), "ops.toml", SPLIT_NAME);
-    let out = dir.path().join("plan");
-    let (outcome, report) = plan(&db, "public.users", "public.users_v2", &target, &out).await;
-    assert!(matches!(outcome, PlanOutcome::Written { .. }), "{report}");
+    let (dir, out) = split_name_planned(&db).await;
     let rules = dir.path().join("migrations.toml");
 
     let first = apply(&db, &out, &rules).await;
@@ -411,11 +418,7 @@ async fn row_level_security_and_policies_are_carried_onto_the_shadow_and_restric
         ))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let target = write(dir.path(), "ops.toml", SPLIT_NAME);
-    let out = dir.path().join("plan");
-    let (outcome, report) = plan(&db, "public.users", "public.users_v2", &target, &out).await;
-    assert!(matches!(outcome, PlanOutcome::Written { .. }), "{report}");
+    let (dir, out) = split_name_planned(&db).await;
     let rules = dir.path().join("migrations.toml");
     let applied = apply(&db, &out, &rules).await;
     assert!(applied.registered, "{applied:?}");

@@ -113,37 +113,23 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
 /// merge source's `present` column, the BEFORE row triggers of its tables and their row-level security (a
 /// few catalog lookups per migration).
 pub(crate) async fn safety(client: &Client, rules: &RuleSet) -> Result<SchemaFindings, tokio_postgres::Error> {
+    use crate::check::{key_defaults, key_equality, row_security, row_triggers, schema};
     let mut found = SchemaFindings::new();
     for migration in &rules.migrations {
-        let mut findings: Vec<SchemaFinding> = crate::check::key_defaults::separate_sources(client, migration)
-            .await?
+        let separate = key_defaults::separate_sources(client, migration).await?;
+        let by_kind = [
+            (SchemaFindingKind::KeyDefaults, separate.iter().map(ToString::to_string).collect()),
+            (SchemaFindingKind::KeyEquality, key_equality::findings(client, migration).await?),
+            (SchemaFindingKind::NullablePresent, schema::nullable_presents_of(client, migration).await?),
+            (SchemaFindingKind::KeyTrigger, row_triggers::refusals(client, migration).await?),
+            (SchemaFindingKind::RowSecurity, row_security::findings(client, migration).await?),
+        ];
+        let findings: Vec<SchemaFinding> = by_kind
             .into_iter()
-            .map(|separate| SchemaFinding { kind: SchemaFindingKind::KeyDefaults, description: separate.to_string() })
+            .flat_map(|(kind, descriptions): (SchemaFindingKind, Vec<String>)| {
+                descriptions.into_iter().map(move |description| SchemaFinding { kind, description })
+            })
             .collect();
-        findings.extend(
-            crate::check::schema::nullable_presents_of(client, migration)
-                .await?
-                .into_iter()
-                .map(|description| SchemaFinding { kind: SchemaFindingKind::NullablePresent, description }),
-        );
-        findings.extend(
-            crate::check::row_triggers::refusals(client, migration)
-                .await?
-                .into_iter()
-                .map(|description| SchemaFinding { kind: SchemaFindingKind::KeyTrigger, description }),
-        );
-        findings.extend(
-            crate::check::row_security::findings(client, migration)
-                .await?
-                .into_iter()
-                .map(|description| SchemaFinding { kind: SchemaFindingKind::RowSecurity, description }),
-        );
-        findings.extend(
-            crate::check::key_equality::findings(client, migration)
-                .await?
-                .into_iter()
-                .map(|description| SchemaFinding { kind: SchemaFindingKind::KeyEquality, description }),
-        );
         if !findings.is_empty() {
             found.insert(migration.name.clone(), findings);
         }
