@@ -132,3 +132,27 @@ async fn a_trigger_on_a_partition_of_the_shadow_that_may_assign_the_key_is_refus
     assert!(error.contains("list \"public.users_v2_low.shadow_id\" in accept_key_triggers"), "{error}");
     assert!(!registered(&direct, "users_split_name").await, "nothing was registered");
 }
+
+/// A rules-file name without a schema means `public`, whatever the control connection's `search_path`
+/// finds first: with a clean `users_v2` in the control role's own schema (`"$user"`, first on the default
+/// path), the trigger of `public.users_v2` is still the one judged.
+#[tokio::test]
+async fn an_unqualified_rules_name_is_judged_in_public_whatever_the_control_roles_search_path_finds_first() {
+    let (db, direct) = database(&schema(UNGUARDED)).await;
+    let own = db.cluster.superuser();
+    direct
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{own}\";
+             CREATE TABLE \"{own}\".users_v2 (id int PRIMARY KEY, first_name text, last_name text, email text);"
+        ))
+        .await
+        .unwrap();
+    let unqualified = RULES.replace("\"public.users_v2\"", "\"users_v2\"").replace("\"public.users\"", "\"users\"");
+    assert!(!unqualified.contains("public."), "{unqualified}");
+    let error = match TestProxy::with_rules_toml(&db, &unqualified).await {
+        Ok(_) => panic!("the trigger of public.users_v2 was judged on another users_v2"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("row trigger shadow_id on users_v2 (a shadow"), "{error}");
+    assert!(error.contains("list \"public.users_v2.shadow_id\" in accept_key_triggers"), "{error}");
+}

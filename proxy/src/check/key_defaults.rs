@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use dualwrite_rules::{quote_ident, quote_literal, Migration, RuleSet};
+use dualwrite_rules::{quote_ident, quote_literal, Migration, RuleSet, TableName};
 use tokio_postgres::GenericClient;
 
 /// Where one table's key column takes its value from.
@@ -213,12 +213,12 @@ pub async fn findings(
     client: &impl GenericClient,
     migration: &Migration,
 ) -> Result<Vec<Finding>, tokio_postgres::Error> {
-    let tables: Vec<String> =
-        migration.old_tables().into_iter().chain(migration.shadow_tables()).map(|t| t.to_string()).collect();
+    let tables: Vec<&TableName> = migration.old_tables().into_iter().chain(migration.shadow_tables()).collect();
     let mut found = Vec::new();
     for column in &migration.key {
         let mut defaults = Vec::new();
         for table in &tables {
+            let (display, qualified) = (table.to_string(), table.qualified().to_string());
             // An identity column's sequence, and any a DEFAULT's nextval() depends on (a serial's too). A
             // sequence the column merely owns (a serial whose default was dropped) hands out nothing. The
             // functions a DEFAULT calls, with the extension each belongs to (two arrays in one order). A generated column's expression
@@ -261,7 +261,7 @@ pub async fn findings(
                        LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
                                               AND a.attgenerated = ''
                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                    &[table, column],
+                    &[&qualified, column],
                 )
                 .await?;
             let Some(row) = row else { continue };
@@ -282,7 +282,7 @@ pub async fn findings(
                 },
             };
             let source = source(sequences, &functions, &expression);
-            defaults.push(KeyDefault { table: table.clone(), source, expression, identity });
+            defaults.push(KeyDefault { table: display, source, expression, identity });
         }
         found.extend(judge(column, defaults));
     }

@@ -10,7 +10,7 @@
 //! folded), or `text` and `character varying`; for a collatable type, the same collation as well.
 //! Registration refuses a migration whose key columns disagree, and so does `dualwrite check`.
 
-use dualwrite_rules::Migration;
+use dualwrite_rules::{Migration, TableName};
 use tokio_postgres::GenericClient;
 
 /// One table's key column, as the catalog has it.
@@ -29,8 +29,7 @@ pub async fn findings(
     client: &impl GenericClient,
     migration: &Migration,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let tables: Vec<String> =
-        migration.old_tables().into_iter().chain(migration.shadow_tables()).map(|t| t.to_string()).collect();
+    let tables: Vec<&TableName> = migration.old_tables().into_iter().chain(migration.shadow_tables()).collect();
     let mut found = Vec::new();
     for column in &migration.key {
         let mut columns = Vec::new();
@@ -43,11 +42,11 @@ pub async fn findings(
                                        WHERE c.oid = a.attcollation), '')
                        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                    &[table, column],
+                    &[&table.qualified().to_string(), column],
                 )
                 .await?;
             if let Some(row) = row {
-                columns.push(KeyColumn { table: table.clone(), data_type: row.get(0), collation: row.get(1) });
+                columns.push(KeyColumn { table: table.to_string(), data_type: row.get(0), collation: row.get(1) });
             }
         }
         found.extend(judge(column, &columns));

@@ -12,7 +12,7 @@
 //! this, and the schema watch refuses its writes when it appears later (kind `row_security`); reads are not
 //! refused by the watch, so the finding's alert is critical.
 
-use dualwrite_rules::Migration;
+use dualwrite_rules::{Migration, TableName};
 use tokio_postgres::GenericClient;
 
 /// What the catalog says of one table's row-level security.
@@ -32,25 +32,28 @@ pub async fn findings(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut olds = Vec::new();
     for table in migration.old_tables() {
-        olds.extend(row_security(client, &table.to_string()).await?);
+        olds.extend(row_security(client, table).await?);
     }
     let mut shadows = Vec::new();
     for table in migration.shadow_tables() {
-        shadows.extend(row_security(client, &table.to_string()).await?);
+        shadows.extend(row_security(client, table).await?);
     }
     Ok(judge(&olds, &shadows))
 }
 
-async fn row_security(client: &impl GenericClient, table: &str) -> Result<Option<RowSecurity>, tokio_postgres::Error> {
+async fn row_security(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Option<RowSecurity>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT c.relrowsecurity, c.relforcerowsecurity,
                     (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
                FROM pg_class c WHERE c.oid = to_regclass($1)",
-            &[&table],
+            &[&table.qualified().to_string()],
         )
         .await?;
-    Ok(row.map(|r| RowSecurity { table: table.to_owned(), enabled: r.get(0), forced: r.get(1), policies: r.get(2) }))
+    Ok(row.map(|r| RowSecurity { table: table.to_string(), enabled: r.get(0), forced: r.get(1), policies: r.get(2) }))
 }
 
 fn judge(olds: &[RowSecurity], shadows: &[RowSecurity]) -> Vec<String> {

@@ -36,6 +36,9 @@ struct Column {
 struct Table {
     /// The name as the rules spell it (quoted where needed).
     display: String,
+    /// The name as SQL the check runs names it: schema-qualified (an unqualified rules-file name is in
+    /// `public`), so the control connection's `search_path` never picks another relation.
+    sql: String,
     oid: u32,
     columns: HashMap<String, Column>,
     /// Column names in table order.
@@ -286,7 +289,7 @@ pub(crate) async fn nullable_presents_of(
                   WHERE attrelid = to_regclass($1) AND attname = ANY($2) AND attnum > 0 AND NOT attisdropped
                     AND NOT attnotnull
                   ORDER BY array_position($2, attname::text) LIMIT 1",
-                &[&table, &columns],
+                &[&source.table.qualified().to_string(), &columns],
             )
             .await?
             .map(|row| row.get(0));
@@ -304,8 +307,8 @@ pub(crate) async fn nullable_presents_of(
 }
 
 async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) -> anyhow::Result<Option<Table>> {
-    let display = name.to_string();
-    let oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&display]).await?.get(0);
+    let (display, sql) = (name.to_string(), name.qualified().to_string());
+    let oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&sql]).await?.get(0);
     let Some(oid) = oid else {
         report.error(&format!("table {display} does not exist"))?;
         return Ok(None);
@@ -328,7 +331,7 @@ async fn find_table(client: &Client, name: &TableName, report: &mut Report<'_>) 
         columns.insert(name, Column { sql_type: row.get(1), required: row.get(2), not_null: row.get(3) });
     }
     report.ok(&format!("table {display} exists ({} columns)", order.len()))?;
-    Ok(Some(Table { display, oid, columns, order }))
+    Ok(Some(Table { display, sql, oid, columns, order }))
 }
 
 /// Tables as one table to read from: the shadow (or old table), or a split's targets (a merge's sources)
@@ -337,12 +340,14 @@ fn joined(tables: &[Table], key: &[String]) -> Table {
     let keys = key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
     let mut all = Table {
         display: tables[0].display.clone(),
+        sql: tables[0].sql.clone(),
         oid: tables[0].oid,
         columns: tables[0].columns.clone(),
         order: tables[0].order.clone(),
     };
     for t in &tables[1..] {
         all.display = format!("{} JOIN {} USING ({keys})", all.display, t.display);
+        all.sql = format!("{} JOIN {} USING ({keys})", all.sql, t.sql);
         for column in &t.order {
             if !all.columns.contains_key(column) {
                 all.columns.insert(column.clone(), t.columns[column].clone());
@@ -352,6 +357,7 @@ fn joined(tables: &[Table], key: &[String]) -> Table {
     }
     if tables.len() > 1 {
         all.display = format!("({})", all.display);
+        all.sql = format!("({})", all.sql);
     }
     all
 }
@@ -441,7 +447,7 @@ async fn check_mappings(
     let mut all_ok = true;
     for (column, expression) in mapping {
         let label = format!("{side}.{column} = {expression}");
-        let select = format!("SELECT ({expression}) FROM {}", from.display);
+        let select = format!("SELECT ({expression}) FROM {}", from.sql);
         let statement = match client.prepare(&select).await {
             Ok(statement) => statement,
             Err(error) => {
@@ -453,7 +459,7 @@ async fn check_mappings(
         let produced = statement.columns()[0].type_().name().to_owned();
         let target = &to.columns[column.as_str()].sql_type;
         // Preparing (not executing) the INSERT lets Postgres itself decide whether the value is assignable.
-        let insert = format!("INSERT INTO {} ({}) {select}", to.display, quote_ident(column));
+        let insert = format!("INSERT INTO {} ({}) {select}", to.sql, quote_ident(column));
         match client.prepare(&insert).await {
             Ok(_) => report.ok(&format!("{label} ({produced} -> {target})"))?,
             Err(error) => {
@@ -498,14 +504,14 @@ async fn check_round_trip(
           WHERE ({orig}) IS DISTINCT FROM ({back})",
         orig_text = as_text(&originals),
         back_text = as_text(&returned),
-        table = old.display,
+        table = old.sql,
         backward = backward.join(", "),
         forward = forward.join(", "),
         orig = originals.join(", "),
         back = returned.join(", "),
     );
     let sampled: i64 = client
-        .query_one(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS s", old.display), &[&sample])
+        .query_one(&format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT $1) AS s", old.sql), &[&sample])
         .await?
         .get(0);
     if sampled == 0 {

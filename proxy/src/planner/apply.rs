@@ -146,7 +146,7 @@ pub async fn run_apply(args: &ApplyArgs, out: &mut dyn Write) -> anyhow::Result<
 
 /// Runs one step unless the catalog shows it done; returns whether it ran.
 async fn run_step(client: &Client, m: &Migration, step: &DdlStep) -> anyhow::Result<bool> {
-    let shadow = m.shadow.to_string();
+    let shadow = m.shadow.qualified().to_string();
     match step {
         DdlStep::CreateTable { columns, sql } => {
             let existing: Vec<String> = client

@@ -15,7 +15,8 @@ pub(super) async fn bump_past_largest_key(
     tx: &Transaction<'_>,
     m: &Migration,
 ) -> Result<Vec<(String, i64)>, StateError> {
-    let tables: Vec<String> = m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.to_string()).collect();
+    let tables: Vec<String> =
+        m.old_tables().into_iter().chain(m.shadow_tables()).map(|t| t.qualified().to_string()).collect();
     let mut moved = Vec::new();
     for finding in crate::check::key_defaults::findings(tx, m).await? {
         // Identifiers come from the validated rules and are quoted; this builds a query, it rewrites none.

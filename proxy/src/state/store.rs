@@ -311,7 +311,7 @@ async fn readiness(tx: &Transaction<'_>, migration: &str) -> Result<Readiness, S
 async fn leave_off(tx: &Transaction<'_>, m: &Migration, force: bool) -> Result<(), StateError> {
     let mut kept = None;
     for shadow in m.shadow_tables() {
-        let table = shadow.to_string();
+        let table = shadow.qualified().to_string();
         // (A shadow that does not exist holds nothing; the dual write reports it.)
         let found: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&table]).await?.get(0);
         let holds_rows = match found {

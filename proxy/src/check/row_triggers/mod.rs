@@ -86,8 +86,8 @@ pub async fn inspect(
     client: &impl GenericClient,
     migration: &Migration,
 ) -> Result<Vec<RowTrigger>, tokio_postgres::Error> {
-    let olds = migration.old_tables().into_iter().map(|t| (t.to_string(), true));
-    let shadows = migration.shadow_tables().into_iter().map(|t| (t.to_string(), false));
+    let olds = migration.old_tables().into_iter().map(|t| (t, true));
+    let shadows = migration.shadow_tables().into_iter().map(|t| (t, false));
     let mut found = Vec::new();
     for (table, old) in olds.chain(shadows) {
         // tgtype bits (pg_trigger.h): 1 row, 2 before, 4 insert, 16 update; tgenabled 'D' is disabled. A
@@ -108,7 +108,7 @@ pub async fn inspect(
                     AND t.tgparentid = 0 AND NOT t.tgisinternal AND t.tgenabled <> 'D'
                     AND t.tgtype & 1 <> 0 AND t.tgtype & 2 <> 0 AND t.tgtype & (4 | 16) <> 0
                   ORDER BY 1",
-                &[&table],
+                &[&table.qualified().to_string()],
             )
             .await?;
         for row in rows {
@@ -127,7 +127,7 @@ pub async fn inspect(
                 assigns_key: key_assignment::judge(&language, &body, &arguments, &migration.key),
                 id,
                 name,
-                table: table.clone(),
+                table: table.to_string(),
                 old,
                 function: row.get(1),
                 events: row.get(2),

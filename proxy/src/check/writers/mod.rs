@@ -94,7 +94,7 @@ async fn find_of(client: &impl GenericClient, table: &TableName) -> Result<Vec<U
             "SELECT c.oid, n.nspname::text, c.relname::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = to_regclass($1)",
-            &[&table.to_string()],
+            &[&table.qualified().to_string()],
         )
         .await?;
     let Some(row) = row else { return Ok(Vec::new()) };
@@ -512,7 +512,7 @@ async fn inbound_foreign_keys(
                FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
               WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) AND c.conrelid <> c.confrelid
               ORDER BY 2, 3, 1",
-            &[&migration.table.to_string()],
+            &[&migration.table.qualified().to_string()],
         )
         .await?;
     // A split's targets each hold the key: any of them can take the reference.
