@@ -31,7 +31,7 @@ pub const RULES_FILE: &str = "rules.toml";
 /// The command line of `dualwrite plan`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {
-    /// The table to migrate, e.g. `public.users`.
+    /// The table to migrate, e.g. `public.users` (without a schema: in `public`, as in a rules file).
     #[arg(long)]
     pub table: String,
     /// The target shape as SQL: one CREATE TABLE of the new shape (columns matched by name), then any
@@ -89,9 +89,11 @@ pub async fn plan_main(args: PlanArgs) -> ExitCode {
 
 /// Plans, checks and writes; the report goes to `out`. An `Err` means the plan could not be attempted.
 pub async fn run_plan(args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<PlanOutcome> {
-    let table = TableName::parse(&args.table).map_err(|e| anyhow::anyhow!("--table: {e}"))?;
+    // An unqualified name means `public`, as in a rules file: the catalog read, the DDL and the rules all
+    // name the same tables whatever the connection's search_path finds first.
+    let table = TableName::parse(&args.table).map_err(|e| anyhow::anyhow!("--table: {e}"))?.qualified();
     let shadow = match &args.shadow {
-        Some(text) => TableName::parse(text).map_err(|e| anyhow::anyhow!("--shadow: {e}"))?,
+        Some(text) => TableName::parse(text).map_err(|e| anyhow::anyhow!("--shadow: {e}"))?.qualified(),
         None => TableName { schema: table.schema.clone(), name: format!("{}_{}", table.name, args.new_version) },
     };
     let target = read_target(args)?;
