@@ -11,6 +11,7 @@ mod databases;
 mod elsewhere;
 mod interceptor;
 mod key_ddl;
+mod prepared;
 mod resolution;
 mod session;
 mod verdict;

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use dualwrite_rules::{Plan, Route};
 
 use super::key_ddl::{KeyDefaultChange, KeyDefaultDdl};
+use super::prepared::{PreparedSql, REFUSED};
 use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
@@ -46,31 +47,6 @@ use crate::protocol::messages::bind_params;
 use crate::shadow::Sample;
 use crate::state::{Actor, StateSnapshot};
 use crate::version::{classify_query, classify_statement, SessionStatement, SessionVersion};
-
-/// `PreparedSql::generation` of a statement prepared upstream as the unknown-state refusal: no rules
-/// generation has it, so the statement is judged again once the state is confirmed.
-const REFUSED: u64 = u64::MAX;
-
-/// A prepared statement, as the client sent it.
-struct PreparedSql {
-    sql: String,
-    param_types: Vec<u32>,
-    /// The route it was last prepared upstream for; `None`: it named no migrated table (sent untouched).
-    route: Option<Route>,
-    /// The rules generation it was judged under.
-    generation: u64,
-    /// Names a migrated table, neither a write nor refused: a candidate for shadow reads.
-    read: bool,
-}
-
-impl PreparedSql {
-    /// Whether it may name a migrated table under the rules `current`: if judged under them, whether it
-    /// did; if judged under earlier rules, whether it did then or names one of these now.
-    fn may_name_migrated(&self, current: &LiveRules) -> bool {
-        self.route.is_some()
-            || (self.generation != current.generation && current.rewriter.mentions_migrated_table(&self.sql))
-    }
-}
 
 /// The route of the session, recomputed when the shared state, the rules or the session's version change.
 struct RouteCache {
