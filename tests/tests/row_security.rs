@@ -48,7 +48,8 @@ async fn rows(direct: &Client, sql: &str) -> Vec<(i32, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shadow_without_the_old_tables_row_security_is_refused_and_with_it_each_role_sees_and_changes_its_rows() {
+async fn a_shadow_without_the_old_tables_row_security_is_refused_and_with_it_a_restricted_role_sees_and_changes_only_its_rows(
+) {
     let (db, direct, role) = database().await;
     let error = match TestProxy::with_rules_toml(&db, RULES).await {
         Ok(_) => panic!("a proxy started on a shadow without the old table's row-level security"),
