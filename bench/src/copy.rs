@@ -3,7 +3,8 @@
 //! them into pgbench_accounts and pgbench_accounts_v2 with one INSERT, run in a `DO` block that syncs the
 //! shadow with a plain INSERT and falls back to the upsert on a conflict (README: COPY). A third arm is
 //! the ceiling of any dual write: two plain COPYs of the same rows, one into each table, in one
-//! transaction, straight to Postgres (no mapping evaluated, no staging). Every arm is psql's `\copy` (a
+//! transaction, straight to Postgres (no mapping evaluated, no staging); a fourth, the same two COPYs through
+//! the proxy without rules. Every arm is psql's `\copy` (a
 //! simple Query, which the proxy needs) of batches of new accounts read from the same file; each arm
 //! copies for at least `seconds` after one discarded warm-up batch, the arms rotate their order every
 //! repetition, and between runs the copied rows are deleted from both tables and both are vacuumed
@@ -33,6 +34,11 @@ pub struct CopyRecord {
     /// Two plain COPYs (old table, then shadow) in one transaction, straight to Postgres: the ceiling.
     #[serde(default)]
     pub two_copies_rows_per_s: Vec<f64>,
+    /// The same two COPYs through the proxy without rules (a pure relay): the ceiling of a dual write the
+    /// proxy would make with COPYs alone, the client's rows relayed into the old table and sent again into
+    /// the shadow.
+    #[serde(default)]
+    pub two_copies_relayed_rows_per_s: Vec<f64>,
     pub error: Option<String>,
 }
 
@@ -42,6 +48,8 @@ pub struct CopyPlan<'a> {
     pub direct_port: u16,
     /// The dual-writing proxy; `None` when it did not start in this build.
     pub proxy_port: Option<u16>,
+    /// The proxy without rules; `None` when it did not start.
+    pub relay_port: Option<u16>,
     pub reps: u32,
     pub seconds: f64,
     pub batch_rows: u64,
@@ -49,7 +57,7 @@ pub struct CopyPlan<'a> {
     pub work_dir: &'a Path,
 }
 
-/// The three arms of the section.
+/// The arms of the section.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum CopyArm {
     /// One plain COPY into pgbench_accounts, straight to Postgres.
@@ -58,10 +66,12 @@ enum CopyArm {
     Proxy,
     /// The same rows copied into pgbench_accounts and into pgbench_accounts_v2, one transaction, direct.
     TwoCopies,
+    /// The same two COPYs through the proxy without rules.
+    TwoCopiesRelayed,
 }
 
 impl CopyArm {
-    const ALL: [CopyArm; 3] = [CopyArm::Direct, CopyArm::Proxy, CopyArm::TwoCopies];
+    const ALL: [CopyArm; 4] = [CopyArm::Direct, CopyArm::Proxy, CopyArm::TwoCopies, CopyArm::TwoCopiesRelayed];
 
     /// psql's commands for a batch in `file`.
     fn commands(self, file: &Path) -> Vec<String> {
@@ -69,7 +79,7 @@ impl CopyArm {
         let copy = |table: &str, columns: &str| format!("\\copy {table} ({columns}) from '{file}' csv");
         match self {
             CopyArm::Direct | CopyArm::Proxy => vec![copy("pgbench_accounts", "aid, bid, abalance")],
-            CopyArm::TwoCopies => vec![
+            CopyArm::TwoCopies | CopyArm::TwoCopiesRelayed => vec![
                 "BEGIN".into(),
                 copy("pgbench_accounts", "aid, bid, abalance"),
                 copy("pgbench_accounts_v2", "aid, bid, balance"),
@@ -92,23 +102,31 @@ fn run_inner(rt: &Runtime, admin: &Sql, plan: &CopyPlan, record: &mut CopyRecord
     let Some(proxy_port) = plan.proxy_port else {
         bail!("COPY through the proxy: not available in this build (the dual-writing proxy did not start)");
     };
+    let Some(relay_port) = plan.relay_port else {
+        bail!("the proxy without rules did not start");
+    };
     let base = admin.scalar_i64(rt, "SELECT max(aid)::bigint FROM pgbench_accounts")?;
     let file = plan.work_dir.join("copy-batch.csv");
     for rep in 0..plan.reps {
         eprintln!(
-            "[copy] repetition {}/{}: plain COPY, COPY through the dual-writing proxy, two plain COPYs",
+            "[copy] repetition {}/{}: plain COPY, COPY through the dual-writing proxy, two plain COPYs direct and relayed",
             rep + 1,
             plan.reps
         );
         let mut arms = CopyArm::ALL;
         arms.rotate_left(rep as usize % CopyArm::ALL.len());
         for copy_arm in arms {
-            let port = if copy_arm == CopyArm::Proxy { proxy_port } else { plan.direct_port };
+            let port = match copy_arm {
+                CopyArm::Proxy => proxy_port,
+                CopyArm::TwoCopiesRelayed => relay_port,
+                CopyArm::Direct | CopyArm::TwoCopies => plan.direct_port,
+            };
             let rows_per_s = arm(plan, copy_arm, port, base, &file)?;
             match copy_arm {
                 CopyArm::Direct => record.direct_rows_per_s.push(rows_per_s),
                 CopyArm::Proxy => record.proxy_rows_per_s.push(rows_per_s),
                 CopyArm::TwoCopies => record.two_copies_rows_per_s.push(rows_per_s),
+                CopyArm::TwoCopiesRelayed => record.two_copies_relayed_rows_per_s.push(rows_per_s),
             }
             clean(rt, admin, base)?;
         }
@@ -195,7 +213,9 @@ pub fn section(out: &mut String, record: Option<&CopyRecord>) {
          pgbench_accounts and pgbench_accounts_v2 through the mapping, in a DO block that syncs the shadow with \
          a plain INSERT and falls back to the upsert on a conflict); and, as the ceiling of any dual write, two \
          plain COPYs of the batch, into pgbench_accounts and into pgbench_accounts_v2, in one transaction, \
-         straight to Postgres (no mapping evaluated, no staging). Each arm copies for at least {:.0} s after a \
+         straight to Postgres (no mapping evaluated, no staging); the same two COPYs through the proxy without \
+         rules, the ceiling of a dual write made of COPYs alone (the client's rows relayed into the old table \
+         and sent again into the shadow). Each arm copies for at least {:.0} s after a \
          discarded warm-up batch; the arms rotate their order every repetition; the copied rows are deleted \
          from both tables and both vacuumed between runs. Rows per second, median (range) over {} \
          repetitions. The psql process start (a few ms per batch) is inside every arm's times.\n",
@@ -219,6 +239,13 @@ pub fn section(out: &mut String, record: Option<&CopyRecord>) {
         let _ =
             writeln!(out, "| two plain COPYs in one transaction, direct (both tables; the ceiling) | {} |", rate(&two));
     }
+    if let Some(relayed) = Stat::of(&r.two_copies_relayed_rows_per_s) {
+        let _ = writeln!(
+            out,
+            "| two plain COPYs in one transaction, through the proxy without rules (the ceiling of COPYs alone) | {} |",
+            rate(&relayed)
+        );
+    }
     let _ = writeln!(out, "| COPY through the proxy, dual-writing (both tables) | {} |\n", rate(&proxy));
     let verdict = if ratio.median >= 0.5 { "met" } else { "missed" };
     let _ = writeln!(
@@ -235,6 +262,15 @@ pub fn section(out: &mut String, record: Option<&CopyRecord>) {
             ceiling.median,
             ceiling.min,
             ceiling.max
+        );
+    }
+    let relayed = r.two_copies_relayed_rows_per_s.iter().zip(&r.direct_rows_per_s).map(|(t, d)| t / d);
+    if let Some(relayed) = Stat::of(&relayed.collect::<Vec<_>>()) {
+        let _ = writeln!(
+            out,
+            "Ratio two COPYs through the proxy without rules / plain COPY per repetition: median {:.2} (range \
+             {:.2}–{:.2}): what a dual write made of COPYs alone could reach at best.\n",
+            relayed.median, relayed.min, relayed.max
         );
     }
 }

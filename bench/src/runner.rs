@@ -136,6 +136,7 @@ pub fn run(args: &Args) -> Result<Results> {
         psql: &cluster.bin_dir().join("psql"),
         direct_port: cluster.port(),
         proxy_port: proxies.get(&ProxyKind::DualWrite).map(|p| p.port),
+        relay_port: proxies.get(&ProxyKind::NoRules).map(|p| p.port),
         reps: plan.bulk_reps + 1,
         seconds: args.copy_seconds,
         batch_rows: if plan.quick { 20_000 } else { 100_000 },

@@ -8,7 +8,8 @@ mod cdc_support;
 use std::time::Duration;
 
 use cdc_support::{
-    bypasses, column, difference, fixture, fixture_on, proxy, slot_exists, status, until_watching, watch_state,
+    bypasses, column, difference, fixture, fixture_on, proxy, slot_exists, status, until_the_leader_has_looped,
+    until_watching, watch_state,
 };
 use dualwrite_tests::{default_options, eventually, TestCluster};
 
@@ -94,8 +95,9 @@ async fn a_slot_over_its_wal_limit_is_dropped_verify_only_until_re_armed_and_an_
     assert!(detail.as_deref().is_some_and(|d| d.contains("max_retained_wal_mb")), "{detail:?}");
     let shown = column(&status(&admin).await, "cdc_watch").unwrap_or_default();
     assert!(shown.starts_with("fallback: "), "{shown}");
-    // It stays off (no slot filling the disk) until an operator re-arms it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It stays off (no slot filling the disk) until an operator re-arms it: the leader goes round its
+    // loop, re-reading the state, and creates no slot.
+    until_the_leader_has_looped(&f.direct, 2).await;
     assert!(!slot_exists(&f.direct).await);
     f.direct.batch_execute("UPDATE dualwrite.cdc_watch SET state = 'idle'").await.unwrap();
     until_watching(&f.direct).await;
@@ -103,8 +105,9 @@ async fn a_slot_over_its_wal_limit_is_dropped_verify_only_until_re_armed_and_an_
     // Paused by an operator while it streams: the slot goes, and the leader does not overwrite the state.
     f.direct.batch_execute("UPDATE dualwrite.cdc_watch SET state = 'fallback'").await.unwrap();
     eventually(WAIT, "a paused watch drops its slot", || async { !slot_exists(&f.direct).await }).await;
-    // That it stays paused for a while is the thing tested (the leader's loop runs every second).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It stays paused while the leader goes round its loop.
+    until_the_leader_has_looped(&f.direct, 2).await;
+    assert!(!slot_exists(&f.direct).await);
     assert_eq!(watch_state(&f.direct).await.map(|(state, _)| state).as_deref(), Some("fallback"));
     proxy.stop().await.unwrap();
 }

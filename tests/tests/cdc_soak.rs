@@ -149,7 +149,12 @@ async fn no_false_bypass_across_dual_writes_backfill_flips_cutover_rollback_fail
     })
     .await;
     cluster.restart(StopMode::Fast).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The writers reconnect and go on after the restart before they stop.
+    let before_restart = done.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(60), "the writers write again after the upstream restart", || async {
+        done.load(Ordering::Relaxed) >= before_restart + 100
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

@@ -203,6 +203,23 @@ pub async fn until_watching(client: &Client) {
     .await;
 }
 
+/// Waits until the watch's leader (the backend named `dualwrite cdc watch` that holds an advisory lock)
+/// has started a query `passes` seconds or more after now, by the server's clock. Its loop sleeps a second
+/// between passes, each of which queries the state row first, so at least `passes - 1` whole passes began
+/// and ended meanwhile: what a test asserts afterwards held through them.
+pub async fn until_the_leader_has_looped(client: &Client, passes: u32) {
+    let since: String = client.query_one("SELECT clock_timestamp()::text", &[]).await.expect("clock").get(0);
+    let later = "SELECT EXISTS (SELECT FROM pg_stat_activity
+                                WHERE application_name = 'dualwrite cdc watch'
+                                  AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)
+                                  AND query_start >= $1::text::timestamptz + make_interval(secs => $2::int4))";
+    let passes = passes as i32;
+    eventually(Duration::from_secs(30), "the watch's leader goes round its loop", || async {
+        client.query_one(later, &[&since, &passes]).await.expect("pg_stat_activity").get::<_, bool>(0)
+    })
+    .await;
+}
+
 /// `DUALWRITE STATUS` through the proxy, as (column, value) pairs of the migration's row.
 pub async fn status(proxy_client: &Client) -> Vec<(String, Option<String>)> {
     control(proxy_client, "DUALWRITE STATUS").await

@@ -17,7 +17,8 @@
 //! The reading errs towards "may assign": an `ELSE` anywhere in a guarded branch (a `CASE` expression's
 //! too) ends the guard, and a guard must be exactly `<row>.<key> IS NULL`. A C function (a built-in or an extension's) may
 //! assign the key when a trigger argument names a key column (`autoinc(id, seq)`, `moddatetime(id)`: the
-//! column such functions set is an argument); a body in any other language is not read, so it may.
+//! column such functions set is an argument; the built-in text-search triggers set only their first); a body
+//! in any other language is not read, so it may.
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -59,6 +60,11 @@ impl KeyAssignment {
 pub fn judge(language: &str, body: &str, arguments: &[String], key: &[String]) -> Option<KeyAssignment> {
     match language {
         "plpgsql" => plpgsql(body, key),
+        // The built-in text-search triggers set only their first argument's column; the others name the
+        // configuration and the columns they read (`tsvector_update_trigger(tsv, 'english', title, id)`).
+        "internal" if matches!(body, "tsvector_update_trigger_byid" | "tsvector_update_trigger_bycolumn") => {
+            arguments.first().filter(|a| key.contains(a)).map(|column| KeyAssignment::ArgumentNamesKey(column.clone()))
+        }
         "c" | "internal" => {
             arguments.iter().find(|a| key.contains(a)).map(|column| KeyAssignment::ArgumentNamesKey(column.clone()))
         }
@@ -341,13 +347,19 @@ mod tests {
     }
 
     #[test]
-    fn c_functions_are_judged_by_their_arguments_and_other_languages_are_not_read() {
+    fn c_functions_are_judged_by_the_arguments_they_set_and_other_languages_are_not_read() {
         let key = ["id".to_owned()];
         assert_eq!(judge("c", "autoinc", &["id".into(), "s".into()], &key), {
             Some(KeyAssignment::ArgumentNamesKey("id".into()))
         });
         assert_eq!(judge("c", "moddatetime", &["updated_at".into()], &key), None);
         assert_eq!(judge("internal", "suppress_redundant_updates_trigger", &[], &key), None);
+        let reads_key = ["tsv".to_owned(), "pg_catalog.english".to_owned(), "title".to_owned(), "id".to_owned()];
+        assert_eq!(judge("internal", "tsvector_update_trigger_byid", &reads_key, &key), None);
+        let sets_key = ["id".to_owned(), "pg_catalog.english".to_owned(), "title".to_owned()];
+        assert_eq!(judge("internal", "tsvector_update_trigger_byid", &sets_key, &key), {
+            Some(KeyAssignment::ArgumentNamesKey("id".into()))
+        });
         assert_eq!(judge("plpython3u", "TD['new']['id'] = 1", &[], &key), {
             Some(KeyAssignment::Unread("plpython3u".into()))
         });
