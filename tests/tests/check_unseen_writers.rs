@@ -2,8 +2,9 @@
 //! PostgreSQL: one test per kind (foreign keys with ON DELETE CASCADE, ON UPDATE CASCADE and SET NULL,
 //! a trigger on another table, PL/pgSQL and SQL functions, a procedure, writable views, rules, tables
 //! related by inheritance or partitioning), look-alikes
-//! that are not writers, registration refused (proxy start, rules reload, restart after a trigger was
-//! added) and allowed by `accept_unseen_writers`, `dualwrite check` naming each finding, and the divergence
+//! that are not writers, registration refused (proxy start, a rules reload bringing a migration) and allowed
+//! by `accept_unseen_writers`, a writer added to a registered migration found by the next start without
+//! stopping it, `dualwrite check` naming each finding, and the divergence
 //! an accepted writer really causes.
 
 use std::io::Write as _;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use dualwrite_proxy::check::writers::{self, Kind, UnseenWriter};
 use dualwrite_proxy::check::{run, CheckArgs};
-use dualwrite_proxy::state::{Actor, StateError, StateHandle, StateOptions};
+use dualwrite_proxy::state::{Actor, SchemaFindingKind, StateError, StateHandle, StateOptions};
 use dualwrite_rules::RuleSet;
 use dualwrite_tests::{TestCluster, TestDb, TestProxy};
 
@@ -482,9 +483,11 @@ async fn registration_refuses_only_the_writers_the_rules_do_not_accept() {
     assert_eq!(refusal.0[0].accept_all, ALL_IDS);
 }
 
-/// A registered migration is checked again at every start: a trigger added since is caught.
+/// A registered migration is checked again at every start: a foreign key added since is found by the
+/// schema watch's first check, in force before the handle serves, and does not stop the start (refusing it
+/// would stop every session of the instance over one migration's table).
 #[tokio::test]
-async fn a_writer_added_after_registration_stops_the_next_start() {
+async fn a_writer_added_after_registration_is_found_before_the_next_start_serves_and_does_not_stop_it() {
     let db = database("").await;
     let first = StateHandle::connect(db.url().parse().unwrap(), rules(""), StateOptions::default()).await.unwrap();
     assert!(first.snapshot().migrations.contains_key("users_rename"));
@@ -495,35 +498,73 @@ async fn a_writer_added_after_registration_stops_the_next_start() {
         .batch_execute("ALTER TABLE users ADD FOREIGN KEY (org_id) REFERENCES orgs ON UPDATE CASCADE;")
         .await
         .unwrap();
-    match StateHandle::connect(db.url().parse().unwrap(), rules(""), StateOptions::default()).await {
-        Err(StateError::UnseenWriters(refusal)) => assert_eq!(ids(&refusal.0[0].writers), ["fk:users_org_id_fkey"]),
-        Err(other) => panic!("refused for another reason: {other}"),
-        Ok(_) => panic!("started with an unaccepted foreign key added after registration"),
-    }
+    let next = StateHandle::connect(db.url().parse().unwrap(), rules(""), StateOptions::default())
+        .await
+        .expect("a registered migration's new writer does not stop the start");
+    let snapshot = next.snapshot();
+    let findings = &snapshot.migration("users_rename").expect("registered").schema_findings;
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.kind == SchemaFindingKind::UnseenWriters && f.description.contains("fk:users_org_id_fkey")),
+        "{findings:?}"
+    );
 }
 
-/// A rules reload that meets an unaccepted writer is refused and changes nothing.
+/// A second migration, of `public.orders` into `orders_v2`, after the `users` one of `users_extra`.
+fn with_orders(users_extra: &str, orders_extra: &str) -> Arc<RuleSet> {
+    let orders = format!(
+        "[[migration]]
+name = \"orders_copy\"
+table = \"public.orders\"
+shadow = \"public.orders_v2\"
+key = [\"id\"]
+versions = {{ old = \"v1\", new = \"v2\" }}
+{orders_extra}
+[migration.forward]
+id = \"id\"
+user_id = \"user_id\"
+total = \"total\"
+[migration.backward]
+id = \"id\"
+user_id = \"user_id\"
+total = \"total\"
+"
+    );
+    let text = format!("{}\n{orders}", rules_text(users_extra));
+    Arc::new(RuleSet::from_toml(&text, "rules.toml").unwrap())
+}
+
+/// A rules reload that brings a migration whose old table has an unaccepted writer is refused and changes
+/// nothing; a writer of a migration registered before (a view over `users` created since) refuses no
+/// reload: the schema watch reports it.
 #[tokio::test]
-async fn a_rules_reload_with_unaccepted_unseen_writers_is_refused_and_changes_nothing() {
-    let db = database("").await;
+async fn a_rules_reload_bringing_a_migration_with_unaccepted_unseen_writers_is_refused_and_changes_nothing() {
+    let db = database("CREATE TABLE orders_v2 (id int PRIMARY KEY, user_id int, total int);").await;
     let state = StateHandle::connect(db.url().parse().unwrap(), rules(""), StateOptions::default()).await.unwrap();
     db.connect()
         .await
         .unwrap()
-        .batch_execute("CREATE VIEW acme_users AS SELECT * FROM users WHERE org_id = 1;")
+        .batch_execute(
+            "CREATE VIEW acme_users AS SELECT * FROM users WHERE org_id = 1;
+             CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;",
+        )
         .await
         .unwrap();
     let actor = Actor { role: "test".into(), client_addr: None };
-    let reloaded = rules("shadow_read_sample = 0.5");
-    match state.set_rules(Arc::clone(&reloaded), &actor).await {
-        Err(StateError::UnseenWriters(refusal)) => assert_eq!(ids(&refusal.0[0].writers), ["view:public.acme_users"]),
+    match state.set_rules(with_orders("", ""), &actor).await {
+        Err(StateError::UnseenWriters(refusal)) => {
+            assert_eq!(refusal.0.len(), 1, "only the migration the reload brings is refused");
+            assert_eq!(ids(&refusal.0[0].writers), ["view:public.big_orders"]);
+        }
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(()) => panic!("reloaded with an unaccepted writable view"),
     }
     assert_eq!(*state.rules(), *rules(""), "the refused reload changed the rules in force");
-    let accepting = rules("shadow_read_sample = 0.5\naccept_unseen_writers = [\"view:public.acme_users\"]");
-    state.set_rules(Arc::clone(&accepting), &actor).await.unwrap();
+    let accepting = with_orders("", "accept_unseen_writers = [\"view:public.big_orders\"]");
+    state.set_rules(Arc::clone(&accepting), &actor).await.expect("the registered migration's new view refuses nothing");
     assert_eq!(*state.rules(), *accepting);
+    assert!(state.snapshot().migrations.contains_key("orders_copy"));
 }
 
 /// What an accepted writer means: a cascade the proxy does not see leaves the shadow behind (until the

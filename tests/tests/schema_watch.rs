@@ -466,3 +466,86 @@ async fn a_key_default_change_in_a_transaction_stays_on_its_migration_when_a_rel
         .collect();
     assert_eq!(totals, [(20, 20)], "the other migration's write reached both tables");
 }
+
+/// A migration registered and dual-writing, whose shadow gains a key-assigning trigger while no instance
+/// runs: an instance started then is not refused (it would stop every session of the instance over one
+/// migration's table); the finding is in force from its first statement, refusing that migration's writes
+/// only, while its reads and every other table are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_onto_a_registered_migration_with_an_unsafe_schema_serves_and_refuses_only_its_writes() {
+    let (db, direct) = database().await;
+    let (proxy, admin) = proxy_on(&db, |_| {}).await;
+    backfill_until_done(&admin, MIGRATION).await;
+    proxy.stop().await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE public.notes (id int PRIMARY KEY, body text);
+             CREATE SEQUENCE public.shadow_ids;
+             CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN NEW.id := nextval('public.shadow_ids'); RETURN NEW; END $$;
+             CREATE TRIGGER shadow_id BEFORE INSERT OR UPDATE ON public.users_v2
+                 FOR EACH ROW EXECUTE FUNCTION public.shadow_id();",
+        )
+        .await
+        .unwrap();
+
+    let (proxy, admin) = proxy_on(&db, |_| {}).await;
+    let client = proxy.connect(&db).await.unwrap();
+    let e = client
+        .batch_execute("UPDATE users SET email = 'ada@lovelace.org' WHERE id = 1")
+        .await
+        .expect_err("the first write of the migration is refused");
+    assert!(is_unsafe_schema_refusal(&e, "assigns a key column outside an IS NULL guard"), "{:?}", db_error(&e));
+    let expected = vec![(1, "Ada Lovelace".to_owned()), (2, "Alan Turing".to_owned())];
+    assert_eq!(names(&direct, "users").await, expected, "nothing was written");
+    assert_eq!(names(&direct, "users_v2").await, expected);
+    let email: String = client.query_one("SELECT email FROM users WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(email, "ada@example.org", "reads are served");
+    client.batch_execute("INSERT INTO notes VALUES (1, 'other tables are served')").await.unwrap();
+    let row = status_of(&admin, MIGRATION).await;
+    assert_eq!(value(&row, "writes_refused"), Some("t"), "{row:?}");
+    assert!(value(&row, "schema_findings").is_some_and(|f| f.contains("row trigger shadow_id")), "{row:?}");
+
+    direct.batch_execute("DROP TRIGGER shadow_id ON public.users_v2").await.unwrap();
+    until_writes_refused(&admin, MIGRATION, false).await;
+    client.batch_execute("UPDATE users SET email = 'ada@lovelace.org' WHERE id = 1").await.unwrap();
+    proxy.stop().await.unwrap();
+}
+
+/// As registration refuses a migration whose old table has writers the proxy cannot see that the rules do
+/// not accept, a registered migration in `off` cannot enter `dual_write` while the schema watch reports
+/// such a writer; FORCE enters anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unaccepted_writer_the_proxy_cannot_see_keeps_a_migration_from_entering_dual_write_unless_forced() {
+    let (db, direct) = database().await;
+    let (proxy, admin) = proxy_on(&db, |config| config.limits.unseen_writers_check_interval_secs = 1).await;
+    control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE public.signups (id serial PRIMARY KEY, name text);
+             CREATE FUNCTION public.signup_user() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.users (name) VALUES (NEW.name); RETURN NEW; END $$;
+             CREATE TRIGGER signup_user AFTER INSERT ON public.signups
+                FOR EACH ROW EXECUTE FUNCTION public.signup_user();",
+        )
+        .await
+        .unwrap();
+    until_findings(&admin, "the trigger reported in STATUS", |f| f.is_some_and(|f| f.contains("trigger:"))).await;
+
+    let e = admin
+        .simple_query(&format!("DUALWRITE PHASE {MIGRATION} dual_write"))
+        .await
+        .expect_err("entering dual_write is refused");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code(), "{message}");
+    assert!(
+        message.contains(&format!("migration {MIGRATION} cannot enter dual_write"))
+            && message.contains("writers the proxy cannot see")
+            && message.contains("trigger:public.signups.signup_user"),
+        "{message}"
+    );
+    assert_eq!(value(&status_of(&admin, MIGRATION).await, "phase"), Some("off"), "the phase did not change");
+    let forced = control(&admin, &format!("DUALWRITE PHASE {MIGRATION} dual_write FORCE")).await;
+    assert_eq!(value(&forced, "phase"), Some("dual_write"), "{forced:?}");
+    proxy.stop().await.unwrap();
+}

@@ -50,7 +50,8 @@ pub(crate) async fn audit(
 }
 
 /// Moving a migration into `dual_write` or `cutover` (without FORCE) is refused while the schema watch
-/// finds its schema unsafe for dual writes: every write would be refused from then on. (ROLLBACK, `off` and
+/// finds its schema unsafe for dual writes (every write would be refused from then on), or writers of its
+/// old tables the proxy cannot see that its rules do not accept (as registration refuses them). (ROLLBACK, `off` and
 /// `complete` stay open: they are the ways out; FORCE enters anyway, with writes refused.)
 pub(crate) fn refuse_entering(
     snapshot: &StateSnapshot,
@@ -62,18 +63,39 @@ pub(crate) fn refuse_entering(
         return Ok(());
     }
     let Some(state) = snapshot.migration(migration).filter(|s| s.phase != phase) else { return Ok(()) };
-    let Some(findings) = state.refusing_findings() else { return Ok(()) };
+    if let Some(findings) = state.refusing_findings() {
+        return Err(StateError::Refused(
+            SqlError::new(
+                codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "migration {migration} cannot enter {phase}: the schema of its tables is unsafe for dual writes: \
+                     {findings}"
+                ),
+            )
+            .with_hint(
+                "Fix the schema first (DUALWRITE STATUS shows it in schema_findings); FORCE enters anyway, with every \
+                 write of the migration refused.",
+            ),
+        ));
+    }
+    // As registration refuses them: a writer the proxy cannot see is listed before dual writes start.
+    let unseen: Vec<&str> = state
+        .schema_findings
+        .iter()
+        .filter(|f| f.kind == SchemaFindingKind::UnseenWriters)
+        .map(|f| f.description.as_str())
+        .collect();
+    if unseen.is_empty() {
+        return Ok(());
+    }
     Err(StateError::Refused(
         SqlError::new(
             codes::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "migration {migration} cannot enter {phase}: the schema of its tables is unsafe for dual writes: \
-                 {findings}"
-            ),
+            format!("migration {migration} cannot enter {phase}: {}", unseen.join("; ")),
         )
         .with_hint(
-            "Fix the schema first (DUALWRITE STATUS shows it in schema_findings); FORCE enters anyway, with every \
-             write of the migration refused.",
+            "Remove the writers, or list them in accept_unseen_writers and reload; FORCE enters anyway, with their \
+             writes caught only by the change-data-capture watch and VERIFY.",
         ),
     ))
 }
@@ -107,6 +129,21 @@ pub(crate) async fn refuse_unsafe_rules(client: &Client, rules: &RuleSet) -> Res
         return Err(StateError::UnsafeSchema(unsafe_schema));
     }
     Ok(())
+}
+
+/// [`refuse_unsafe_rules`] for the migrations of `rules` that `registered` (the state as loaded before
+/// registering) does not hold yet. A registered migration is not refused at an instance's start or at a
+/// reload: what is unsafe in its schema is a finding of the schema watch, in force before the first session
+/// (`StateHandle::connect`), which refuses that migration's writes and its entering a dual-writing phase
+/// while the instance serves everything else; refusing the rules would stop every session of the instance,
+/// or block every reload, over one migration's table.
+pub(crate) async fn refuse_unsafe_new_migrations(
+    client: &Client,
+    rules: &RuleSet,
+    registered: &StateSnapshot,
+) -> Result<(), StateError> {
+    let new = rules.migrations.iter().filter(|m| registered.migration(&m.name).is_none()).cloned().collect();
+    refuse_unsafe_rules(client, &RuleSet { migrations: new }).await
 }
 
 /// The checks that decide whether the migrations' writes may run: each key's defaults and equality, each

@@ -101,10 +101,11 @@ struct Inner {
 
 impl StateHandle {
     /// Connect with the control plane's own credentials, bring the schema up to date, refuse rules whose
-    /// migrations have unaccepted writers the proxy cannot see, a merge source's `present` column that may
-    /// be NULL or a key drawing from more than one sequence (every migration, registered before or not: a
-    /// trigger, foreign key, `DROP NOT NULL` or default can appear at any time), register the rules'
-    /// migrations, load the state, and start the watcher. Returns only after the first load.
+    /// new migrations have unaccepted writers the proxy cannot see or a schema unsafe for dual writes
+    /// (`schema_watch::refuse_unsafe_new_migrations`), register them, load the state, run the schema
+    /// watch's first check (a registered migration's findings are in force before the first session:
+    /// its writes refused where its schema is unsafe), and start the watchers. Returns only after the
+    /// first load.
     pub async fn connect(pg: PgTarget, rules: Arc<RuleSet>, options: StateOptions) -> Result<StateHandle, StateError> {
         let pg = with_connect_timeout(pg, options.max_age);
         let mut client = open(&pg).await?;
@@ -113,9 +114,14 @@ impl StateHandle {
             ddl_watch::set_up(&mut client, options.schema_check_interval).await;
         }
         let actor = own_actor(&pg);
-        schema_watch::refuse_unsafe_rules(&client, &rules).await?;
+        let registered = store::load(&client).await?;
+        schema_watch::refuse_unsafe_new_migrations(&client, &rules, &registered).await?;
         store::register_migrations(&mut client, &rules, &actor).await?;
         let first = store::load(&client).await?;
+        // The schema watch's first check, in force before the first session: a registered migration whose
+        // schema is unsafe starts with its writes refused.
+        let safety = schema_watch::safety(&client, &rules).await?;
+        let writers = schema_watch::writers(&client, &rules).await?;
         tracing::info!(schema_version = version, migrations = first.migrations.len(), "dualwrite state loaded");
         let (generation, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -132,10 +138,9 @@ impl StateHandle {
             publishing: StdMutex::new(()),
             check_schema_now: Arc::new(Notify::new()),
         });
-        // Registration just found nothing: every gauge starts at 0.
-        schema_watch::report(&inner.rules.load(), &SchemaFindings::new(), &SchemaFindings::new());
+        inner.publish_findings(schema_watch::combine(safety, &writers));
         let wake = Arc::clone(&inner.check_schema_now);
-        tokio::spawn(schema_watch_loop(Arc::downgrade(&inner), wake, options.clone()));
+        tokio::spawn(schema_watch_loop(Arc::downgrade(&inner), wake, writers, options.clone()));
         tokio::spawn(watch_loop(Arc::downgrade(&inner), pg, options));
         Ok(StateHandle { inner })
     }
@@ -171,12 +176,12 @@ impl StateHandle {
         self.inner.rules.load_full()
     }
 
-    /// Switch to reloaded rules: checks every migration as at start (`schema_watch::refuse_unsafe_rules`), registers the
-    /// migrations they add (an audited change, as at start), then validates later changes against them. On
+    /// Switch to reloaded rules: checks the migrations they add as at start
+    /// (`schema_watch::refuse_unsafe_new_migrations`), registers them (an audited change, as at start), then validates later changes against them. On
     /// error nothing changes.
     pub async fn set_rules(&self, rules: Arc<RuleSet>, actor: &Actor) -> Result<(), StateError> {
         let mut client = self.control().await?;
-        let result = match schema_watch::refuse_unsafe_rules(&client, &rules).await {
+        let result = match schema_watch::refuse_unsafe_new_migrations(&client, &rules, &self.snapshot()).await {
             Ok(()) => store::register_migrations(&mut client, &rules, actor).await,
             Err(refused) => Err(refused),
         };
@@ -384,13 +389,13 @@ async fn open(pg: &PgTarget) -> Result<Client, StateError> {
 /// Runs the schema watch's checks (`schema_watch`) until the handle is gone: the cheap ones every
 /// `schema_check_interval`, the unseen writers every `writers_check_interval`, both at once after a rules
 /// reload. A check that fails or times out keeps the findings in force (the state watcher's own failures
-/// decide whether statements are served at all); failures are logged once per run of them.
-async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, options: StateOptions) {
+/// decide whether statements are served at all); failures are logged once per run of them. `writers` is
+/// what the unseen-writers search found at the start.
+async fn schema_watch_loop(inner: Weak<Inner>, wake: Arc<Notify>, mut writers: SchemaFindings, options: StateOptions) {
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(start + options.schema_check_interval, options.schema_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writers_due = start + options.writers_check_interval;
-    let mut writers = SchemaFindings::new();
     let (mut check_failing, mut audit_failing) = (false, false);
     // The first check records what the log may lack (findings fixed while no instance ran); a failed
     // recording is tried again at the next check.
