@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use crate::protocol::requests::{
     LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, StatementUse,
-    Verdict,
+    TeeRewrite, Verdict,
 };
 pub use crate::protocol::responses::{CommandTag, ResponseTransform, SessionEvent};
 pub use crate::sql_error::SqlError;

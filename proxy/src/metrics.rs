@@ -20,6 +20,10 @@ pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
 /// (another instance's key, sent to that peer), `unknown` (dropped), `failed` (the upstream or the peer
 /// could not be reached).
 pub const CANCEL_REQUESTS_TOTAL: &str = "dualwrite_cancel_requests_total";
+/// COPY FROM STDIN dual writes that qualified for COPYs alone, by the `path` that wrote them: `copy` (the
+/// rows sent twice, as COPYs) or `staging` (the staging table after all: the catalog check or the second
+/// COPY failed, the data passed `limits.copy_buffer_mb`, or the client gave up).
+pub const COPY_TEE_TOTAL: &str = "dualwrite_copy_tee_total";
 /// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";
 
@@ -28,6 +32,11 @@ pub use crate::protocol::requests::Route;
 /// Counts a proxy- or server-reported error by SQLSTATE.
 pub fn count_error(sqlstate: &str) {
     counter!(ERRORS_TOTAL, "sqlstate" => sqlstate.to_owned()).increment(1);
+}
+
+/// Counts a COPY that qualified for a dual write of COPYs alone by the path that wrote it.
+pub fn count_copy_tee(staged: bool) {
+    counter!(COPY_TEE_TOTAL, "path" => if staged { "staging" } else { "copy" }).increment(1);
 }
 
 /// Counts a connection closed before its session started (`reason`: `too_many_clients`, `startup_timeout`).

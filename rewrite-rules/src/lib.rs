@@ -19,6 +19,7 @@ mod cache;
 mod compiled;
 mod copy;
 mod copy_block;
+mod copy_tee;
 pub mod corpus;
 mod direction;
 mod dml;
@@ -47,6 +48,7 @@ mod writes;
 
 pub use cache::CacheStats;
 pub use copy_block::parse_rewritten;
+pub use copy_tee::CopyTee;
 pub use merge::MergeSource;
 pub use model::TargetRef;
 pub use model::{Migration, OnBypass, Phase, RuleSet, RulesError, SampleRate, Versions};

@@ -120,6 +120,17 @@ impl Rewriter {
         }
     }
 
+    /// The COPY of `sql` dual-written with COPY alone, where it can be (`copy_tee`); the proxy asks only for
+    /// a simple-Query COPY FROM STDIN that [`rewrite`](Self::rewrite) dual-writes through staging, and
+    /// falls back to that plan whenever the tee's statements fail. Not cached: a COPY is one statement
+    /// among its many rows.
+    pub fn copy_tee(&self, sql: &str, route: &Route) -> Option<crate::CopyTee> {
+        if route_is_off(route) {
+            return None;
+        }
+        crate::copy_tee::copy_tee(&self.rules, &self.compiled, sql, route)
+    }
+
     /// The plan for `sql` under `route`, always computed (no cache, no counters).
     pub fn plan(&self, sql: &str, route: &Route) -> Plan {
         self.parsed_plan(sql, route).unwrap_or_else(|unparsed| unparsed)

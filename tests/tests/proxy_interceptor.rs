@@ -42,11 +42,10 @@ impl SessionInterceptor for StandInSession {
                     command_tag: Some(CommandTag::Update),
                     suppress_rows: true,
                     describe_no_data: true,
-                    hidden: false,
-                    count_from_row: false,
-                    dual_write: None,
+                    ..ResponseTransform::default()
                 }],
                 control: false,
+                tee: None,
             }),
             INSERT_SQL => Verdict::Rewrite(Rewrite {
                 sql: format!("WITH p AS ({INSERT_SQL} RETURNING *) SELECT FROM p"),
@@ -54,11 +53,10 @@ impl SessionInterceptor for StandInSession {
                     command_tag: Some(CommandTag::Insert),
                     suppress_rows: true,
                     describe_no_data: true,
-                    hidden: false,
-                    count_from_row: false,
-                    dual_write: None,
+                    ..ResponseTransform::default()
                 }],
                 control: false,
+                tee: None,
             }),
             "SHOW dualwrite.test" => {
                 Verdict::Respond(LocalReply::rows(vec!["dualwrite.test".into()], vec![vec![Some("v1".into())]], "SHOW"))

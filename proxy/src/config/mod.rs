@@ -261,6 +261,9 @@ pub struct Limits {
     /// TCP_USER_TIMEOUT of upstream connections: seconds sent data may stay unacknowledged before the
     /// connection is dropped. 0 keeps the system's default.
     pub upstream_tcp_user_timeout_secs: u64,
+    /// MiB of one COPY FROM STDIN's data a session keeps to dual-write it with COPYs alone (README: COPY);
+    /// a larger COPY goes through the staging table. 0 turns dual writes of COPYs alone off.
+    pub copy_buffer_mb: u64,
 }
 
 impl Default for Limits {
@@ -277,6 +280,7 @@ impl Default for Limits {
             unseen_writers_check_interval_secs: 30,
             upstream_keepalive_secs: 60,
             upstream_tcp_user_timeout_secs: 0,
+            copy_buffer_mb: 64,
         }
     }
 }
@@ -292,6 +296,11 @@ impl Limits {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// [`copy_buffer_mb`](Self::copy_buffer_mb) in bytes.
+    pub fn copy_tee_buffer_bytes(&self) -> usize {
+        usize::try_from(self.copy_buffer_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 
     /// `None` when off (0).

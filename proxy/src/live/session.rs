@@ -28,13 +28,13 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use dualwrite_rules::{Plan, Route};
+use dualwrite_rules::{Plan, Route, TagRewrite};
 
 use super::key_ddl::{KeyDefaultChange, KeyDefaultDdl};
 use super::prepared::{PreparedSql, REFUSED};
 use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
 use super::verdict::{
-    count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform,
+    count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform, tee_rewrite,
     unknown_state_refusal,
 };
 use super::{Live, LiveRules};
@@ -227,6 +227,15 @@ impl LiveSession {
                 return raise(&rejection_error(&refusal), false);
             }
         }
+        // A simple-Query COPY FROM STDIN, staged: perhaps COPYs alone can dual-write it.
+        let tee = match &*plan {
+            Plan::Rewritten { statements, .. }
+                if prepared_as.is_none() && statements.iter().any(|t| t.command_tag == Some(TagRewrite::Copy)) =>
+            {
+                current.rewriter.copy_tee(sql, &route)
+            }
+            _ => None,
+        };
         let read = is_read(&plan);
         match prepared_as {
             Some((name, param_types)) => self.remember(name, sql, param_types, Some(route), current.generation, read),
@@ -243,12 +252,13 @@ impl LiveSession {
         }
         match &*plan {
             Plan::PassThrough => Verdict::Forward,
-            Plan::Rewritten { sql, statements, migrations, writes } => {
+            Plan::Rewritten { sql: rewritten, statements, migrations, writes } => {
                 let sink = plan_sink(&current.dual_write, *writes, migrations);
                 Verdict::Rewrite(Rewrite {
-                    sql: sql.clone(),
+                    sql: rewritten.clone(),
                     statements: statements.iter().map(|t| relay_transform(t, sink.as_ref())).collect(),
                     control: false,
+                    tee: tee.map(|tee| tee_rewrite(tee, sink.as_ref())),
                 })
             }
             Plan::Rejected(rejection) => {

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use dualwrite_rules::{Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
+use dualwrite_rules::{CopyTee, Plan, Rejection, RowsDisposition, RuleSet, TagRewrite};
 
 use crate::control::SqlError as ControlError;
-use crate::interceptor::{CommandTag, Raise, ResponseTransform, Verdict};
+use crate::interceptor::{CommandTag, Raise, ResponseTransform, TeeRewrite, Verdict};
 use crate::protocol::responses::LatencySink;
 use crate::state::StateHandle;
 
@@ -59,7 +59,28 @@ pub(super) fn relay_transform(
         hidden,
         count_from_row,
         dual_write: dual_write.cloned(),
+        ..ResponseTransform::default()
     }
+}
+
+/// The relay's statements for a COPY the rewriter can dual-write with COPYs alone (see
+/// `protocol::requests::tee`): the check and the client's COPY hidden, the client COPY's row count kept
+/// for the second COPY's tag; an error of the check or of the second COPY falls back to staging.
+pub(super) fn tee_rewrite(tee: CopyTee, dual_write: Option<&LatencySink>) -> TeeRewrite {
+    let hidden = ResponseTransform { hidden: true, suppress_rows: true, describe_no_data: true, ..Default::default() };
+    let mut statements = vec![ResponseTransform::default(); 3];
+    statements[CopyTee::CHECK] = ResponseTransform { falls_back: true, ..hidden.clone() };
+    statements[CopyTee::CLIENT_COPY] =
+        ResponseTransform { keeps_count: true, copy_response_hidden: true, dual_write: dual_write.cloned(), ..hidden };
+    statements[CopyTee::OTHER_COPY] = ResponseTransform {
+        command_tag: Some(CommandTag::Copy),
+        count_from_row: true,
+        copy_response_hidden: true,
+        falls_back: true,
+        dual_write: dual_write.cloned(),
+        ..Default::default()
+    };
+    TeeRewrite { sql: tee.sql, statements, columns: tee.columns }
 }
 
 /// Per migration (by index), where the latency of requests that dual-write it is recorded

@@ -294,6 +294,9 @@ impl<'s> Backend<'s> {
         if queue.has_probe_answer() {
             shared.probe_ready.notify_one();
         }
+        if queue.has_fallback_outcome() {
+            shared.fallback_ready.notify_one();
+        }
         // Before the connection can go back to the pool (`rest`, after this), it must forget what it does
         // not hold. The link's lock is taken after the queue's is released, as everywhere else.
         let failed = queue.has_failed_prepares().then(|| queue.take_failed_prepares());
@@ -348,6 +351,10 @@ impl<'s> Backend<'s> {
             Action::NoDataInstead => Step::Replace(messages::no_data()),
             Action::ProbeRow => {
                 queue.probe_row(messages::data_row_texts(body(frame)));
+                Step::Drop
+            }
+            Action::KeepCount => {
+                queue.keep_count(messages::decode_command_tag(frame));
                 Step::Drop
             }
         }

@@ -17,8 +17,10 @@ use crate::metrics::SessionMetrics;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{self, tag, SqlError};
 use crate::protocol::requests::{Host, Outcome, Renamed, RequestMachine, Route, STREAM_THRESHOLD};
+use crate::protocol::responses::{FallbackOutcome, ResponseQueue};
 use crate::server_context::ServerContext;
 use crate::stream::{ReadHalf, WriteHalf};
+use tokio::sync::Notify;
 
 /// Why the client direction stopped.
 #[derive(Debug)]
@@ -122,6 +124,10 @@ impl Host for SessionHost<'_> {
         crate::metrics::count_error(code);
     }
 
+    fn count_copy_tee(&mut self, staged: bool) {
+        crate::metrics::count_copy_tee(staged);
+    }
+
     fn pooled(&self) -> bool {
         self.link.is_some()
     }
@@ -164,7 +170,8 @@ impl<'s> Frontend<'s> {
                 link: None,
                 detached_batch: false,
             },
-            machine: RequestMachine::new(ctx.config.limits.max_message_size),
+            machine: RequestMachine::new(ctx.config.limits.max_message_size)
+                .with_copy_tee_limit(ctx.config.limits.copy_tee_buffer_bytes()),
         }
     }
 
@@ -235,6 +242,11 @@ impl<'s> Frontend<'s> {
                         if let Some(interceptor) = self.host.interceptor() {
                             interceptor.on_probe(answer);
                         }
+                    }
+                    Outcome::AwaitTee => {
+                        // The fallback (if any) goes out with what the next `process` adds.
+                        let outcome = fallback_outcome(shared).await;
+                        self.machine.finish_tee(&mut self.host, outcome, &mut out);
                     }
                 }
             }
@@ -373,11 +385,21 @@ async fn attach_watching(
 
 /// The answer of the probe just sent (the upstream direction notifies when it is on the queue).
 async fn probe_answer(shared: &SessionShared) -> Option<Vec<Option<String>>> {
+    from_queue(&shared.probe_ready, shared, ResponseQueue::take_probe_answer).await
+}
+
+/// How the request that may fall back, just sent, ended (the upstream direction notifies when it has).
+async fn fallback_outcome(shared: &SessionShared) -> FallbackOutcome {
+    from_queue(&shared.fallback_ready, shared, ResponseQueue::take_fallback_outcome).await
+}
+
+/// Waits until `take` finds what the upstream direction puts on the response queue, signalled by `ready`.
+async fn from_queue<T>(ready: &Notify, shared: &SessionShared, take: fn(&mut ResponseQueue) -> Option<T>) -> T {
     loop {
-        let ready = shared.probe_ready.notified();
-        if let Some(answer) = shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take_probe_answer() {
-            return answer;
+        let notified = ready.notified();
+        if let Some(found) = take(&mut shared.queue.lock().unwrap_or_else(|e| e.into_inner())) {
+            return found;
         }
-        ready.await;
+        notified.await;
     }
 }

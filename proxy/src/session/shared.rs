@@ -27,6 +27,9 @@ pub(crate) struct SessionShared {
     pub local_ready: Notify,
     /// Signals the client direction that the answer of its probe is on the queue.
     pub probe_ready: Notify,
+    /// Signals the client direction that a request that may fall back has ended (its outcome is on the
+    /// queue).
+    pub fallback_ready: Notify,
     /// The queue holds session events for the interceptor (set by the upstream direction under the queue
     /// lock), so the client direction locks the queue for them only when there are some.
     pub events_ready: AtomicBool,
@@ -48,6 +51,7 @@ impl SessionShared {
             queue: Mutex::new(ResponseQueue::new()),
             local_ready: Notify::new(),
             probe_ready: Notify::new(),
+            fallback_ready: Notify::new(),
             events_ready: AtomicBool::new(false),
             tx_status: AtomicU8::new(0),
             startup_done: Notify::new(),

@@ -16,6 +16,7 @@
 mod extended;
 mod local;
 mod pooled;
+mod tee;
 mod verdict;
 
 #[cfg(test)]
@@ -33,11 +34,11 @@ pub use self::local::LocalStatement;
 pub use self::pooled::Renamed;
 pub use self::verdict::{
     LocalReply, LocalResult, Raise, Reprepare, Rewrite, SessionInterceptor, SqlOrigin, SqlRequest, StatementUse,
-    Verdict,
+    TeeRewrite, Verdict,
 };
 use super::frame::{peek_header, FrameError};
 use super::messages::{self, tag, SqlError};
-use super::responses::{Expect, LocalAnswer, ResponseTransform};
+use super::responses::{Expect, FallbackOutcome, LocalAnswer, ResponseTransform};
 
 /// Frames larger than this that pass unchanged are streamed instead of buffered whole.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -81,6 +82,9 @@ pub trait Host {
     /// Transaction pooling: client SQL about to run on the server connection (what pins the client to it
     /// is judged there).
     fn upstream_sql(&mut self, _sql: &[u8]) {}
+    /// A COPY that qualified for a dual write of COPYs alone ran as one (`staged` false) or through the
+    /// staging path after all.
+    fn count_copy_tee(&mut self, _staged: bool) {}
     /// Transaction pooling: the session holds no server connection, so a Sync reaching the machine ends a
     /// batch the proxy answered in full (Parses of statements the pool's server accepted): the proxy
     /// answers it with ReadyForQuery too.
@@ -110,6 +114,9 @@ pub enum Outcome {
     /// ([`SessionInterceptor::on_probe`]), then call `process` again: the frame that asked for it is still
     /// at the head of the buffer.
     Probe,
+    /// A COPY dual-written with COPYs alone went upstream (`tee`): wait for its outcome on the response
+    /// queue, hand it to [`RequestMachine::finish_tee`], then call `process` again.
+    AwaitTee,
 }
 
 /// Where a deferred local reply goes once it is ready.
@@ -154,6 +161,10 @@ pub struct RequestMachine {
     expects: Vec<Expect>,
     /// `expects` holds a local answer: the upstream direction must be woken once they are queued.
     local_queued: bool,
+    /// A COPY being dual-written with COPYs alone.
+    tee: Option<tee::Tee>,
+    /// Bytes of COPY data a tee keeps at most (0: no tee).
+    tee_limit: usize,
 }
 
 impl RequestMachine {
@@ -169,6 +180,37 @@ impl RequestMachine {
             stream_left: 0,
             expects: Vec::with_capacity(8),
             local_queued: false,
+            tee: None,
+            tee_limit: 0,
+        }
+    }
+
+    /// Lets a COPY FROM STDIN be dual-written with COPYs alone, keeping up to `limit` bytes of its data
+    /// (past them, the staging path takes over).
+    pub fn with_copy_tee_limit(mut self, limit: usize) -> Self {
+        self.tee_limit = limit;
+        self
+    }
+
+    /// The outcome of the tee the machine sent ([`Outcome::AwaitTee`]): where it must fall back, the
+    /// staging path goes to `out` now.
+    pub fn finish_tee<H: Host>(&mut self, host: &mut H, outcome: FallbackOutcome, out: &mut Vec<Bytes>) {
+        let Some(tee) = self.tee.take() else { return };
+        host.count_copy_tee(outcome == FallbackOutcome::FallBack);
+        if outcome == FallbackOutcome::FallBack {
+            let (frames, expect) = tee.fall_back();
+            self.expect(expect);
+            out.extend(frames);
+        }
+    }
+
+    /// The tee gives way to the staging path before anything of it went upstream.
+    fn tee_to_staging<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>) {
+        if let Some(tee) = self.tee.take() {
+            host.count_copy_tee(true);
+            let (frames, expect) = tee.staging_now();
+            self.expect(expect);
+            out.extend(frames);
         }
     }
 
@@ -231,6 +273,34 @@ impl RequestMachine {
             }
             let total = header.total_len();
             let available = buf.len() - run;
+            if self.tee.as_ref().is_some_and(|t| t.collecting()) {
+                flush_run(buf, &mut run, out);
+                match header.tag {
+                    tag::COPY_DATA if !self.tee.as_ref().is_some_and(|t| t.would_exceed(total)) => {
+                        if available < total {
+                            break Outcome::NeedInput;
+                        }
+                        if let Some(tee) = self.tee.as_mut() {
+                            tee.keep(&buf[..total]);
+                        }
+                        buf.advance(total);
+                    }
+                    tag::COPY_DONE if available >= total => {
+                        buf.advance(total);
+                        if let Some(tee) = self.tee.as_mut() {
+                            let (frames, expect) = tee.send();
+                            self.expect(expect);
+                            out.extend(frames);
+                        }
+                        break Outcome::AwaitTee;
+                    }
+                    tag::COPY_DONE => break Outcome::NeedInput,
+                    // Rows past the limit, a CopyFail or any other message: the staging path takes over
+                    // and the frame goes on as the relay would send it.
+                    _ => self.tee_to_staging(host, out),
+                }
+                continue;
+            }
             if !ready && header.tag == tag::PASSWORD && available >= total {
                 self.auth_answers += 1;
             }
@@ -398,15 +468,27 @@ impl RequestMachine {
                 self.expect(Expect::SimpleQuery { transforms: None, started: Instant::now() });
                 Step::Replace(messages::query(&raise.sql))
             }
-            Verdict::Rewrite(rewrite) => {
-                if !rewrite.control {
-                    host.upstream_sql(sql);
+            Verdict::Rewrite(mut rewrite) if rewrite.tee.is_some() && self.tee_limit > 0 && !host.pooled() => {
+                let in_block = match host.transaction_status() {
+                    b'I' => false,
+                    b'T' => true,
+                    // A failed transaction: the staging path's first statement reports it, as Postgres would.
+                    _ => {
+                        rewrite.tee = None;
+                        return self.on_query_rewrite(host, sql, rewrite);
+                    }
+                };
+                match tee::Tee::start(rewrite, in_block, self.tee_limit) {
+                    Ok((tee, answer)) => {
+                        host.count_query(Route::Rewritten);
+                        self.tee = Some(tee);
+                        self.answer(answer, false, false);
+                        Step::Drop
+                    }
+                    Err(rewrite) => self.on_query_rewrite(host, sql, rewrite),
                 }
-                host.count_query(if rewrite.control { Route::Control } else { Route::Rewritten });
-                let transforms = (!rewrite.statements.is_empty()).then(|| Arc::from(rewrite.statements));
-                self.expect(Expect::SimpleQuery { transforms, started: Instant::now() });
-                Step::Replace(messages::query(&rewrite.sql))
             }
+            Verdict::Rewrite(rewrite) => self.on_query_rewrite(host, sql, rewrite),
             Verdict::Respond(reply) => {
                 self.answer_simple(host, reply);
                 Step::Drop
@@ -414,6 +496,16 @@ impl RequestMachine {
             Verdict::Defer(reply) => Step::Defer(reply, Pending::Simple),
             Verdict::Probe(sql) => Step::Probe(sql),
         }
+    }
+
+    fn on_query_rewrite<H: Host>(&mut self, host: &mut H, sql: &[u8], rewrite: Rewrite) -> Step {
+        if !rewrite.control {
+            host.upstream_sql(sql);
+        }
+        host.count_query(if rewrite.control { Route::Control } else { Route::Rewritten });
+        let transforms = (!rewrite.statements.is_empty()).then(|| Arc::from(rewrite.statements));
+        self.expect(Expect::SimpleQuery { transforms, started: Instant::now() });
+        Step::Replace(messages::query(&rewrite.sql))
     }
 
     /// The interceptor's verdict on `sql`; `name_utf8` says whether the statement name (if any) is UTF-8.

@@ -209,7 +209,7 @@ fn update_transform() -> ResponseTransform {
 }
 
 fn rewrite(sql: &str) -> Verdict {
-    Verdict::Rewrite(Rewrite { sql: sql.into(), statements: vec![update_transform()], control: false })
+    Verdict::Rewrite(Rewrite { sql: sql.into(), statements: vec![update_transform()], control: false, tee: None })
 }
 
 #[test]
@@ -564,6 +564,7 @@ fn a_row_limit_is_kept_for_a_rewritten_statement_that_returns_rows() {
         sql: "SELECT a FROM t_new".into(),
         statements: vec![ResponseTransform { command_tag: Some(CommandTag::Select), ..Default::default() }],
         control: false,
+        tee: None,
     }));
     let (mut m, mut host) = (machine(), FakeHost::judged(script));
     let input = [messages::bind("p", "s"), execute_limited("p", 10), sync()];

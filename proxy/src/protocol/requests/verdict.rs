@@ -144,6 +144,20 @@ pub struct Rewrite {
     pub statements: Vec<ResponseTransform>,
     /// True for control-plane statements, so metrics count them as such.
     pub control: bool,
+    /// A simple-Query COPY FROM STDIN that COPYs alone may dual-write: tried first, with `sql` (the
+    /// staging path) as its fallback (`requests::tee`).
+    pub tee: Option<TeeRewrite>,
+}
+
+/// The statements of a COPY dual-written with COPYs alone (`dualwrite_rules::CopyTee`): a check, the
+/// client's COPY and the COPY into the other table, each with its transform (the check and the second COPY
+/// fall back to the staging path on an error; the second COPY answers with the client COPY's count).
+#[derive(Debug, Clone)]
+pub struct TeeRewrite {
+    pub sql: String,
+    pub statements: Vec<ResponseTransform>,
+    /// Columns of each row the client sends, for the CopyInResponse the proxy answers with.
+    pub columns: usize,
 }
 
 /// A statement refused by having the server raise an error.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::messages::btag;
 
+mod probe;
 mod transform;
 
 #[cfg(test)]
@@ -129,6 +130,19 @@ pub enum Action {
     NoDataInstead,
     /// A DataRow of a probe: not relayed; the relay hands its values to [`ResponseQueue::probe_row`].
     ProbeRow,
+    /// The CommandComplete of a hidden statement that keeps its row count for a later tag: not relayed;
+    /// the relay hands its tag to [`ResponseQueue::keep_count`].
+    KeepCount,
+}
+
+/// How a request that may fall back ended ([`ResponseTransform::falls_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackOutcome {
+    /// It ran to its end (or failed with the client's own error, which the client got): nothing to do.
+    Done,
+    /// A statement that falls back failed: its error and the ReadyForQuery were dropped, and the fallback
+    /// must run now.
+    FallBack,
 }
 
 /// What a probe found: its first row's text values, or `None` when it failed (an aborted transaction) or
@@ -174,6 +188,10 @@ pub struct ResponseQueue {
     counted: Option<u64>,
     /// Pooled Parses the server failed or skipped, until the pooler takes them.
     failed_prepares: Vec<PrepareTicket>,
+    /// A statement that falls back failed in the head simple Query.
+    falling_back: bool,
+    /// How the last request that may fall back ended, until the client direction takes it.
+    fallback: Option<FallbackOutcome>,
 }
 
 impl ResponseQueue {
@@ -232,12 +250,6 @@ impl ResponseQueue {
     /// The pooled Parses the server failed or skipped since the last call.
     pub fn take_failed_prepares(&mut self) -> Vec<PrepareTicket> {
         std::mem::take(&mut self.failed_prepares)
-    }
-
-    fn finish_probe(&mut self) {
-        let row = self.probe_row.take();
-        self.probe_closes = 0;
-        self.probe_answer = Some(if std::mem::take(&mut self.probe_failed) { None } else { row });
     }
 
     /// True if any session event waits for [`take_events`](Self::take_events).
@@ -332,62 +344,25 @@ impl ResponseQueue {
         }
     }
 
-    /// The values of a DataRow that [`on_message`](Self::on_message) answered with [`Action::ProbeRow`].
-    pub fn probe_row(&mut self, values: Option<Vec<Option<String>>>) {
-        match values {
-            Some(values) if self.probe_row.is_none() => self.probe_row = Some(values),
-            Some(_) => {}
-            None => self.probe_failed = true,
-        }
+    /// The tag of a CommandComplete that [`on_message`](Self::on_message) answered with
+    /// [`Action::KeepCount`].
+    pub fn keep_count(&mut self, tag: Option<String>) {
+        self.counted = tag.and_then(|t| t.rsplit(' ').next().and_then(|n| n.parse().ok()));
+    }
+
+    /// True once a request that may fall back has ended (the relay then wakes the client direction).
+    pub fn has_fallback_outcome(&self) -> bool {
+        self.fallback.is_some()
+    }
+
+    /// How the last request that may fall back ended, once it has.
+    pub fn take_fallback_outcome(&mut self) -> Option<FallbackOutcome> {
+        self.fallback.take()
     }
 
     /// The values of a DataRow that [`on_message`](Self::on_message) answered with [`Action::CountRow`].
     pub fn count_row(&mut self, values: Option<Vec<Option<String>>>) {
         self.counted = values.and_then(|v| v.into_iter().next().flatten()).and_then(|n| n.trim().parse().ok());
-    }
-
-    /// True once a probe's answer is in (the relay then wakes the client direction).
-    pub fn has_probe_answer(&self) -> bool {
-        self.probe_answer.is_some()
-    }
-
-    /// The answer of the last probe, once it is in.
-    pub fn take_probe_answer(&mut self) -> Option<ProbeAnswer> {
-        self.probe_answer.take()
-    }
-
-    /// Messages answering a probe at the head of the queue: CloseComplete, ParseComplete, BindComplete,
-    /// DataRows, CommandComplete, two CloseCompletes, and ReadyForQuery when it brought its own Sync.
-    fn on_probe_message(&mut self, tag: u8, at_sync: bool) -> Action {
-        match tag {
-            btag::DATA_ROW => Action::ProbeRow,
-            btag::ERROR_RESPONSE if at_sync => {
-                // The probe's own Sync ends what it started; the ReadyForQuery follows.
-                self.probe_failed = true;
-                Action::Drop
-            }
-            btag::ERROR_RESPONSE => {
-                // Inside the client's batch the server now skips everything up to the client's Sync: the
-                // client gets the error as its batch's.
-                self.probe_failed = true;
-                self.pop();
-                self.skipping_to_sync = true;
-                self.event(SessionEvent::Failed);
-                Action::Forward
-            }
-            btag::READY_FOR_QUERY if at_sync => {
-                self.pop();
-                Action::Drop
-            }
-            btag::CLOSE_COMPLETE => {
-                self.probe_closes += 1;
-                if !at_sync && self.probe_closes == 3 {
-                    self.pop();
-                }
-                Action::Drop
-            }
-            _ => Action::Drop,
-        }
     }
 
     /// Decides what to do with one backend message, by its tag, and advances the queue.
@@ -400,6 +375,11 @@ impl ResponseQueue {
                 self.on_probe_message(tag, at_sync)
             }
             btag::READY_FOR_QUERY => self.on_ready(),
+            btag::ERROR_RESPONSE if self.head_transform().is_some_and(|t| t.falls_back) => {
+                // The proxy's own attempt failed: the fallback answers the client instead.
+                self.falling_back = true;
+                Action::Drop
+            }
             btag::ERROR_RESPONSE => {
                 self.event(SessionEvent::Failed);
                 // In an extended batch the server skips everything up to Sync; inside a simple Query the
@@ -433,32 +413,26 @@ impl ResponseQueue {
         }
     }
 
-    /// Probes queued in a batch the server now skips get no answer from it: answer them `None` at once,
-    /// since the client direction waits for them before it forwards the batch's Sync.
-    fn skip_batch_probes(&mut self) {
-        if self.probes == 0 {
-            return;
-        }
-        let end = self.entries.iter().position(|e| !is_skippable(e)).unwrap_or(self.entries.len());
-        if self.entries.iter().take(end).any(|e| matches!(e, Expect::Probe { .. })) {
-            let before = self.entries.len();
-            self.entries.retain(|e| !matches!(e, Expect::Probe { at_sync: false }));
-            self.probes -= before - self.entries.len();
-            self.finish_probe_skipped();
-        }
-    }
-
-    fn finish_probe_skipped(&mut self) {
-        self.probe_failed = true;
-        self.finish_probe();
-    }
-
     fn on_ready(&mut self) -> Action {
         self.skipping_to_sync = false;
         // Pop through the first request that ends with ReadyForQuery; anything before it was skipped by the
         // server (after an error) or never answered.
         while let Some(entry) = self.pop_front() {
             match entry {
+                Expect::SimpleQuery { transforms: Some(transforms), started }
+                    if transforms.iter().any(|t| t.falls_back) =>
+                {
+                    self.statement = 0;
+                    self.counted = None;
+                    if std::mem::take(&mut self.falling_back) {
+                        // Not the client's ReadyForQuery: the fallback's answer ends the request.
+                        self.dual_write = None;
+                        self.fallback = Some(FallbackOutcome::FallBack);
+                        return Action::Drop;
+                    }
+                    self.fallback = Some(FallbackOutcome::Done);
+                    return Action::Ready { started: Some(started), dual_write: self.dual_write.take() };
+                }
                 Expect::SimpleQuery { started, .. } | Expect::Sync { started } | Expect::FunctionCall { started } => {
                     self.statement = 0;
                     return Action::Ready { started: Some(started), dual_write: self.dual_write.take() };
@@ -481,10 +455,18 @@ impl ResponseQueue {
         let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
         let hidden = self.head_transform().is_some_and(|t| t.hidden);
         let counting = self.head_transform().is_some_and(|t| t.count_from_row);
+        let keeping = self.head_transform().is_some_and(|t| t.keeps_count);
+        let copy_hidden = self.head_transform().is_some_and(|t| t.copy_response_hidden);
         let Some(head) = self.entries.front() else { return Action::Forward };
         match head {
             Expect::SimpleQuery { .. } => match tag {
                 btag::DATA_ROW if counting => Action::CountRow,
+                btag::COPY_IN_RESPONSE if copy_hidden => Action::Drop,
+                btag::COMMAND_COMPLETE if hidden && keeping => {
+                    self.note_dual_write();
+                    self.statement += 1;
+                    Action::KeepCount
+                }
                 btag::ROW_DESCRIPTION | btag::DATA_ROW if suppress || hidden => Action::Drop,
                 btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE if hidden => {
                     // A hidden statement that dual-writes still makes the request's latency a dual write's.

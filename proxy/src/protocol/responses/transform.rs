@@ -62,9 +62,19 @@ pub struct ResponseTransform {
     /// A statement the proxy added to a simple Query (COPY FROM STDIN's staging): its whole answer,
     /// command tag included, is dropped and it is no statement of the client's (no session event).
     pub hidden: bool,
-    /// The statement answers one row whose one value is the row count for `command_tag` (a COPY FROM
-    /// STDIN's, read back after its dual-write block): the count is taken from the row, which is dropped.
+    /// The row count for `command_tag` is one counted before: from the statement's one row, whose one
+    /// value it is (a COPY FROM STDIN's, read back after its dual-write block; the row is dropped), or from
+    /// an earlier statement that `keeps_count`.
     pub count_from_row: bool,
+    /// A hidden statement whose row count a later statement's tag takes (the client's COPY among the
+    /// statements of a dual write made of COPYs: the client sees its count, once every COPY is done).
+    pub keeps_count: bool,
+    /// Drop the statement's CopyInResponse: the proxy answered the client's COPY with one already.
+    pub copy_response_hidden: bool,
+    /// An error of this statement is the proxy's, not the client's: it and the ReadyForQuery after it are
+    /// dropped, and the request machine runs the statement's fallback instead (a COPY dual-written with
+    /// COPYs falls back to staging, `protocol::requests::tee`).
+    pub falls_back: bool,
     /// The statement dual-writes: the latency of the request it completes in (up to ReadyForQuery) is
     /// also recorded here.
     pub dual_write: Option<LatencySink>,
