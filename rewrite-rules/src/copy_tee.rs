@@ -13,7 +13,9 @@
 //! - it locks both tables `ROW EXCLUSIVE` (the lock both COPYs take anyway): a trigger created or a type
 //!   changed after the check waits for the transaction, so the check holds for both COPYs;
 //! - no enabled BEFORE INSERT row trigger on the session's table or its partitions (it could change a
-//!   row the second COPY sends unchanged, or skip it);
+//!   row the second COPY sends unchanged, or skip it), no rule on it (an INSERT obeys rules, COPY does not),
+//!   and row-level security on neither table (Postgres refuses COPY FROM under it, where the staging
+//!   path's INSERTs obey the policies);
 //! - each column pair of the same type and type modifier, or two integer types (`int2`, `int4`, `int8`:
 //!   a text either type reads, both read as the same number, and one that only the wider reads fails the
 //!   narrower COPY, which falls back to the staging path and its cast), and a cast's type the other
@@ -204,7 +206,10 @@ fn check_block(session: &TableName, other: &TableName, listed: &[Feed], unlisted
          LOCK TABLE {session}, {other} IN ROW EXCLUSIVE MODE; \
          IF EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE (tgrelid = {s} OR tgrelid IN \
          (SELECT relid FROM pg_catalog.pg_partition_tree({s}))) \
-         AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 7 = 7) OR NOT ({conditions}) THEN \
+         AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 7 = 7) \
+         OR EXISTS (SELECT FROM pg_catalog.pg_rewrite WHERE ev_class = {s}) \
+         OR EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid IN ({s}, {o}) AND relrowsecurity) \
+         OR NOT ({conditions}) THEN \
          RAISE EXCEPTION 'dualwrite: this COPY is dual-written through a staging table' USING ERRCODE = '55000'; \
          END IF; END $dualwrite$",
     )

@@ -67,6 +67,8 @@ fn an_old_version_copy_is_sent_into_the_old_table_and_again_into_the_shadow_unde
         assert!(check.contains("t.atttypid = 'BIGINT'::pg_catalog.regtype"), "{check}");
         assert!(check.contains("s.attname = 'filler'") && check.contains("NOT s.atthasdef"), "{check}");
         assert!(check.contains("tgtype & 7 = 7"), "BEFORE INSERT row triggers: {check}");
+        assert!(check.contains("pg_catalog.pg_rewrite WHERE ev_class"), "rules: {check}");
+        assert!(check.contains("relrowsecurity"), "row-level security: {check}");
         assert!(check.contains("USING ERRCODE = '55000'"), "{check}");
         assert_eq!(CopyTee::CHECK, 0);
         assert_eq!(CopyTee::CLIENT_COPY, 1);

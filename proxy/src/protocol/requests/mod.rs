@@ -204,12 +204,14 @@ impl RequestMachine {
         }
     }
 
-    /// The tee gives way to the staging path before anything of it went upstream.
-    fn tee_to_staging<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>) {
+    /// Rows past the limit: the tee gives way to the staging path (`tee::Tee::abandon`).
+    fn abandon_tee<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>) {
         if let Some(tee) = self.tee.take() {
             host.count_copy_tee(true);
-            let (frames, expect) = tee.staging_now();
-            self.expect(expect);
+            let (frames, expects) = tee.abandon();
+            for expect in expects {
+                self.expect(expect);
+            }
             out.extend(frames);
         }
     }
@@ -273,31 +275,30 @@ impl RequestMachine {
             }
             let total = header.total_len();
             let available = buf.len() - run;
-            if self.tee.as_ref().is_some_and(|t| t.collecting()) {
-                flush_run(buf, &mut run, out);
+            if let Some(tee) = self.tee.as_mut().filter(|t| t.collecting()) {
                 match header.tag {
-                    tag::COPY_DATA if !self.tee.as_ref().is_some_and(|t| t.would_exceed(total)) => {
-                        if available < total {
-                            break Outcome::NeedInput;
-                        }
-                        if let Some(tee) = self.tee.as_mut() {
-                            tee.keep(&buf[..total]);
-                        }
+                    tag::COPY_DATA if tee.would_exceed(total) => {
+                        // The staging path takes over; the frame then goes on as the relay sends it.
+                        flush_run(buf, &mut run, out);
+                        self.abandon_tee(host, out);
+                        continue;
+                    }
+                    _ if available < total => break Outcome::NeedInput,
+                    tag::COPY_DATA => {
+                        tee.keep(&buf[run..run + total]);
+                        run += total;
+                    }
+                    // Ignored by a server in COPY, answered by one whose check failed: never relayed.
+                    tag::FLUSH | tag::SYNC => {
+                        flush_run(buf, &mut run, out);
                         buf.advance(total);
                     }
-                    tag::COPY_DONE if available >= total => {
+                    _ => {
+                        flush_run(buf, &mut run, out);
+                        out.extend(tee.end(&buf[..total]));
                         buf.advance(total);
-                        if let Some(tee) = self.tee.as_mut() {
-                            let (frames, expect) = tee.send();
-                            self.expect(expect);
-                            out.extend(frames);
-                        }
                         break Outcome::AwaitTee;
                     }
-                    tag::COPY_DONE => break Outcome::NeedInput,
-                    // Rows past the limit, a CopyFail or any other message: the staging path takes over
-                    // and the frame goes on as the relay would send it.
-                    _ => self.tee_to_staging(host, out),
                 }
                 continue;
             }
@@ -479,11 +480,14 @@ impl RequestMachine {
                     }
                 };
                 match tee::Tee::start(rewrite, in_block, self.tee_limit) {
-                    Ok((tee, answer)) => {
+                    Ok(started) => {
                         host.count_query(Route::Rewritten);
-                        self.tee = Some(tee);
-                        self.answer(answer, false, false);
-                        Step::Drop
+                        self.tee = Some(started.tee);
+                        for expect in started.expects {
+                            self.expect(expect);
+                        }
+                        self.local_queued = true;
+                        Step::Replace(started.query)
                     }
                     Err(rewrite) => self.on_query_rewrite(host, sql, rewrite),
                 }

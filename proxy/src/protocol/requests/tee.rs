@@ -1,15 +1,18 @@
 //! A COPY FROM STDIN dual-written with COPYs alone (`dualwrite_rules::CopyTee`): the request side.
 //!
-//! The proxy answers the client's COPY with a CopyInResponse of its own and keeps the CopyData the client
-//! sends instead of relaying it. At CopyDone it sends the tee's statements (a catalog check, the client's
-//! COPY, the COPY into the other table) with the rows twice, each time followed by CopyDone; in a
-//! transaction block they run behind a savepoint of their own. Nothing went upstream before, so a client
-//! that gives up (CopyFail, any other message) or rows past the size limit simply get the staging path
-//! instead: its statements go up with the rows kept so far, and the rest of the COPY follows as the relay
-//! forwards it. After the tee was sent, the session waits for its outcome (`Outcome::AwaitTee`): where the
-//! check or the second COPY failed (the response side dropped that error and its ReadyForQuery,
-//! `ResponseTransform::falls_back`), the attempt is undone (the savepoint rolled back; outside a block
-//! the failed statement list rolled back by itself) and the staging path runs with the rows kept.
+//! At the client's Query the proxy sends the tee's statements (a catalog check, the client's COPY, the COPY
+//! into the other table; in a transaction block behind a savepoint of their own) and answers the client's
+//! COPY with a CopyInResponse of its own, queued before them, so the client starts sending at once. The
+//! client's CopyData is relayed into the client's COPY as it comes, and a copy is kept. At the client's
+//! CopyDone the proxy relays it, then sends the kept rows again, with a CopyDone, for the second COPY, and
+//! the session waits for the outcome (`Outcome::AwaitTee`). Where the check or the second COPY failed (the
+//! response side dropped that error and its ReadyForQuery, `ResponseTransform::falls_back`; a server whose
+//! check failed ignored the CopyData and CopyDone that followed, as the protocol has it), the attempt is
+//! undone (the savepoint rolled back; outside a block the failed statement list rolled back by itself) and
+//! the staging path runs with the kept rows, ended as the client ended its COPY (CopyDone, or its CopyFail,
+//! so that the server reports that as it would). Rows past the size limit abandon the tee at once: a CopyFail
+//! of the proxy's ends its COPY (the response side drops what that answers, `Expect::Abandoned`), and the
+//! staging path takes over with the rows kept, the rest of the COPY following as the relay forwards it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,49 +21,63 @@ use bytes::{Bytes, BytesMut};
 
 use super::verdict::{Rewrite, TeeRewrite};
 use crate::protocol::messages;
-use crate::protocol::responses::{Expect, ResponseTransform};
+use crate::protocol::responses::{Expect, LocalAnswer, ResponseTransform};
 
 /// The savepoint the tee's statements run behind inside the client's transaction block.
 const SAVEPOINT: &str = "__dw_tee";
 
 /// One COPY being dual-written with COPYs alone.
 pub(super) struct Tee {
-    tee: TeeRewrite,
     /// The staging path: its SQL and transforms, its COPY's CopyInResponse hidden (the client has one).
     staging_sql: String,
     staging: Vec<ResponseTransform>,
     /// The client is in a transaction block: the tee runs behind [`SAVEPOINT`].
     in_block: bool,
-    /// The CopyData frames kept, whole.
+    /// The CopyData frames relayed, kept whole.
     rows: BytesMut,
     /// Past this many bytes kept, the staging path takes over.
     limit: usize,
-    /// The rows sent with the tee, kept for its fallback.
-    sent: Option<Bytes>,
+    /// The frame that ended the client's COPY (CopyDone, CopyFail, or another message), once it came.
+    ended_by: Option<Bytes>,
+}
+
+/// What starts a tee: the Query that goes upstream, and the client's answer and the server's, in this order.
+pub(super) struct Started {
+    pub tee: Tee,
+    pub query: Bytes,
+    pub expects: [Expect; 2],
 }
 
 impl Tee {
-    /// The tee of `rewrite`, whose own SQL is the staging path, for a client in a transaction block or
-    /// not; and the CopyInResponse that answers the client's COPY. `Err`: `rewrite` has no tee.
-    pub fn start(mut rewrite: Rewrite, in_block: bool, limit: usize) -> Result<(Tee, Bytes), Rewrite> {
-        let Some(tee) = rewrite.tee.take() else { return Err(rewrite) };
-        let answer = messages::copy_in_response(tee.columns);
+    /// The tee of `rewrite`, whose own SQL is the staging path, for a client in a transaction block or not.
+    /// `Err`: `rewrite` has no tee.
+    pub fn start(mut rewrite: Rewrite, in_block: bool, limit: usize) -> Result<Started, Rewrite> {
+        let Some(TeeRewrite { sql, mut statements, columns }) = rewrite.tee.take() else { return Err(rewrite) };
+        let sql = if in_block {
+            statements.insert(0, hidden());
+            statements.push(hidden());
+            format!("SAVEPOINT {SAVEPOINT}; {sql}; RELEASE SAVEPOINT {SAVEPOINT}")
+        } else {
+            sql
+        };
+        // The client's CopyInResponse first: the tee's answer comes only once the client has sent its rows.
+        let answer =
+            LocalAnswer { bytes: messages::copy_in_response(columns), ready_for_query: false, extended: false };
         let staging = rewrite.statements.into_iter().map(|t| ResponseTransform { copy_response_hidden: true, ..t });
         let tee = Tee {
-            tee,
             staging_sql: rewrite.sql,
             staging: staging.collect(),
             in_block,
             rows: BytesMut::new(),
             limit,
-            sent: None,
+            ended_by: None,
         };
-        Ok((tee, answer))
+        Ok(Started { tee, query: messages::query(&sql), expects: [Expect::Local(answer), simple_query(statements)] })
     }
 
-    /// True until the client's CopyDone was handled: its CopyData is kept, not relayed.
+    /// True until the client ended its COPY: its CopyData is kept as it is relayed.
     pub fn collecting(&self) -> bool {
-        self.sent.is_none()
+        self.ended_by.is_none()
     }
 
     /// Whether keeping `more` bytes would pass the limit.
@@ -68,38 +85,42 @@ impl Tee {
         self.rows.len() + more > self.limit
     }
 
-    /// Keeps one whole CopyData frame.
+    /// Keeps one whole CopyData frame (relayed by the caller).
     pub fn keep(&mut self, frame: &[u8]) {
         self.rows.extend_from_slice(frame);
     }
 
-    /// At the client's CopyDone: the frames that run the tee, and what they expect back.
-    pub fn send(&mut self) -> (Vec<Bytes>, Expect) {
-        let rows = std::mem::take(&mut self.rows).freeze();
-        self.sent = Some(rows.clone());
-        let mut statements = self.tee.statements.clone();
-        let sql = if self.in_block {
-            statements.insert(0, hidden());
-            statements.push(hidden());
-            format!("SAVEPOINT {SAVEPOINT}; {}; RELEASE SAVEPOINT {SAVEPOINT}", self.tee.sql)
-        } else {
-            self.tee.sql.clone()
+    /// The client ended its COPY with `frame`: what goes upstream in its place, the frame itself for a
+    /// CopyDone or CopyFail, and after a CopyDone the kept rows and a CopyDone again for the second COPY.
+    /// Any other message ends it as Postgres would, with an error (a CopyFail of the proxy's saying so, where
+    /// Postgres says 08P01): relayed, it would run as a statement on a server whose check failed.
+    pub fn end(&mut self, frame: &[u8]) -> Vec<Bytes> {
+        let end = match frame.first() {
+            Some(&messages::tag::COPY_DONE | &messages::tag::COPY_FAIL) => Bytes::copy_from_slice(frame),
+            Some(other) => {
+                messages::copy_fail(&format!("unexpected message type 0x{other:02X} during COPY from stdin"))
+            }
+            None => messages::copy_done(),
         };
-        let frames = vec![messages::query(&sql), rows.clone(), messages::copy_done(), rows, messages::copy_done()];
-        (frames, simple_query(statements))
+        self.ended_by = Some(end.clone());
+        if frame.first() != Some(&messages::tag::COPY_DONE) {
+            return vec![end];
+        }
+        vec![end, self.rows.clone().freeze(), messages::copy_done()]
     }
 
-    /// The staging path instead, before anything of the tee went upstream: its statements and the rows
-    /// kept so far (the rest of the client's COPY follows as it comes).
-    pub fn staging_now(self) -> (Vec<Bytes>, Expect) {
-        let frames = vec![messages::query(&self.staging_sql), self.rows.freeze()];
-        (frames, simple_query(self.staging))
+    /// Rows past the limit: the tee's COPY ended by a CopyFail of the proxy's (what it answers dropped), then
+    /// the staging statements with the rows kept; the rest of the client's COPY follows as relayed.
+    pub fn abandon(self) -> (Vec<Bytes>, [Expect; 2]) {
+        let fail = messages::copy_fail("dualwrite: the COPY passed limits.copy_buffer_mb; written through staging");
+        let frames = vec![fail, messages::query(&self.staging_sql), self.rows.freeze()];
+        (frames, [Expect::Abandoned, simple_query(self.staging)])
     }
 
     /// The staging path after the tee failed: the attempt undone, then the staging statements with every
-    /// row and the CopyDone.
+    /// row kept, ended as the client ended its COPY.
     pub fn fall_back(self) -> (Vec<Bytes>, Expect) {
-        let rows = self.sent.unwrap_or_default();
+        let end = self.ended_by.unwrap_or_else(messages::copy_done);
         let mut statements = self.staging;
         let sql = if self.in_block {
             statements.splice(0..0, [hidden(), hidden()]);
@@ -107,7 +128,7 @@ impl Tee {
         } else {
             self.staging_sql
         };
-        (vec![messages::query(&sql), rows, messages::copy_done()], simple_query(statements))
+        (vec![messages::query(&sql), self.rows.freeze(), end], simple_query(statements))
     }
 }
 

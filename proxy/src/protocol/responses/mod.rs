@@ -60,6 +60,10 @@ pub enum Expect {
     Prepare(PrepareTicket),
     /// An answer the proxy made itself, emitted once it reaches the head of the queue.
     Local(LocalAnswer),
+    /// The simple Query before it was abandoned by the proxy (a COPY dual-written with COPYs alone, ended
+    /// by a CopyFail of the proxy's once it passed the size limit): whatever error it answers and its
+    /// ReadyForQuery are dropped, and nothing waits for its outcome (`requests::tee`).
+    Abandoned,
     /// A probe the proxy sent on the session's connection to learn something of the session (how its
     /// `search_path` resolves a name; frames: `messages::probe`): its first row is kept for
     /// [`ResponseQueue::take_probe_answer`] and nothing of its answer reaches the client or the session
@@ -375,7 +379,10 @@ impl ResponseQueue {
                 self.on_probe_message(tag, at_sync)
             }
             btag::READY_FOR_QUERY => self.on_ready(),
-            btag::ERROR_RESPONSE if self.head_transform().is_some_and(|t| t.falls_back) => {
+            btag::ERROR_RESPONSE
+                if self.head_transform().is_some_and(|t| t.falls_back)
+                    || matches!(self.entries.get(1), Some(Expect::Abandoned)) =>
+            {
                 // The proxy's own attempt failed: the fallback answers the client instead.
                 self.falling_back = true;
                 Action::Drop
@@ -424,6 +431,13 @@ impl ResponseQueue {
                 {
                     self.statement = 0;
                     self.counted = None;
+                    if matches!(self.entries.front(), Some(Expect::Abandoned)) {
+                        // The staging path that took over answers the client.
+                        self.entries.pop_front();
+                        self.falling_back = false;
+                        self.dual_write = None;
+                        return Action::Drop;
+                    }
                     if std::mem::take(&mut self.falling_back) {
                         // Not the client's ReadyForQuery: the fallback's answer ends the request.
                         self.dual_write = None;

@@ -385,3 +385,73 @@ fn pooled_parses_the_server_failed_or_skipped_are_reported_and_the_prepared_ones
     assert_eq!(q.take_failed_prepares(), vec![ticket("dualwrite_s5", Some("s5"), false)]);
     assert!(q.is_empty());
 }
+
+/// The statements of a COPY dual-written with COPYs alone: the check and the client's COPY hidden (its
+/// count kept), the second COPY answering with that count; the check and the second COPY fall back.
+fn tee() -> Expect {
+    let hidden = ResponseTransform { hidden: true, suppress_rows: true, ..ResponseTransform::default() };
+    let transforms = vec![
+        ResponseTransform { falls_back: true, ..hidden.clone() },
+        ResponseTransform { keeps_count: true, copy_response_hidden: true, ..hidden },
+        ResponseTransform {
+            command_tag: Some(CommandTag::Copy),
+            count_from_row: true,
+            copy_response_hidden: true,
+            falls_back: true,
+            ..ResponseTransform::default()
+        },
+    ];
+    Expect::SimpleQuery { transforms: Some(Arc::from(transforms)), started: now() }
+}
+
+#[test]
+fn a_tee_that_runs_to_its_end_answers_with_the_client_copys_count_and_says_done() {
+    let mut q = ResponseQueue::new();
+    q.push(tee());
+    // DO; the client's COPY (CopyInResponse, CommandComplete); the second COPY; ReadyForQuery.
+    assert_eq!(feed(&mut q, b"CGC"), vec![Action::Drop, Action::Drop, Action::KeepCount]);
+    q.keep_count(Some("COPY 7".into()));
+    assert_eq!(feed(&mut q, b"GC"), vec![Action::Drop, Action::TagWithRows(CommandTag::Copy, 7)]);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert_eq!(q.take_fallback_outcome(), Some(FallbackOutcome::Done));
+    assert_eq!(q.take_fallback_outcome(), None);
+}
+
+#[test]
+fn a_failing_check_or_second_copy_is_dropped_with_its_ready_for_query_and_falls_back() {
+    for failing_at in [0, 2] {
+        let mut q = ResponseQueue::new();
+        q.push(tee());
+        if failing_at == 2 {
+            feed(&mut q, b"CGCG");
+        }
+        assert_eq!(q.on_message(b'E'), Action::Drop, "the proxy's error, at statement {failing_at}");
+        assert_eq!(q.on_message(b'Z'), Action::Drop, "not the client's ReadyForQuery");
+        assert_eq!(q.take_fallback_outcome(), Some(FallbackOutcome::FallBack));
+        assert!(!q.is_busy());
+    }
+}
+
+#[test]
+fn an_error_of_the_clients_own_copy_reaches_it_and_nothing_falls_back() {
+    let mut q = ResponseQueue::new();
+    q.push(tee());
+    assert_eq!(feed(&mut q, b"CG"), vec![Action::Drop, Action::Drop]);
+    assert_eq!(q.on_message(b'E'), Action::Forward);
+    assert!(is_ready(&q.on_message(b'Z')));
+    assert_eq!(q.take_fallback_outcome(), Some(FallbackOutcome::Done));
+}
+
+#[test]
+fn an_abandoned_tee_answers_nothing_and_the_staging_path_after_it_answers_the_client() {
+    let mut q = ResponseQueue::new();
+    q.push(tee());
+    q.push(Expect::Abandoned);
+    q.push(Expect::SimpleQuery { transforms: None, started: now() });
+    // The proxy's CopyFail fails the client's COPY: dropped, with its ReadyForQuery.
+    assert_eq!(feed(&mut q, b"CGE"), vec![Action::Drop, Action::Drop, Action::Drop]);
+    assert_eq!(q.on_message(b'Z'), Action::Drop);
+    assert_eq!(q.take_fallback_outcome(), None, "nothing waits for an abandoned tee");
+    assert_eq!(feed(&mut q, b"GC"), vec![Action::Forward, Action::Forward]);
+    assert!(is_ready(&q.on_message(b'Z')));
+}
