@@ -6,12 +6,15 @@
 //! catalog check fails (a shadow row in the way, a BEFORE trigger on the old table, data past
 //! `limits.copy_buffer_mb`) the proxy falls back to the staging path with the rows it kept, which writes
 //! what every dual write writes; the client's own errors (a bad row, CopyFail, a key the source of truth
-//! holds) change neither table. `dualwrite_copy_tee_total{path}` says which path wrote each COPY.
+//! holds) change neither table. `dualwrite_copy_tee_total{path}` says which path wrote each COPY. The
+//! change-data-capture watch pairs the two COPYs and records no bypass for them.
 //! (Its own test binary: the Prometheus recorder is process-global.)
 
+mod cdc_support;
 mod proxy_support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use dualwrite_tests::*;
 use proxy_support::{command_tags, first_error, RawClient};
@@ -50,7 +53,9 @@ struct Fixture {
     metrics: SocketAddr,
 }
 
-async fn fixture_with(copy_buffer_mb: u64) -> Fixture {
+/// A database with [`SCHEMA`] and a proxy on [`RULES`] keeping up to `copy_buffer_mb` of a COPY, with the
+/// change-data-capture watch on if `watch`.
+async fn fixture_with(copy_buffer_mb: u64, watch: bool) -> Fixture {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -58,6 +63,9 @@ async fn fixture_with(copy_buffer_mb: u64) -> Fixture {
     let proxy = TestProxy::with_rules_toml_and(&db, RULES, |config| {
         config.metrics_listen = Some(metrics);
         config.limits.copy_buffer_mb = copy_buffer_mb;
+        if watch {
+            cdc_support::watch_on(None)(config);
+        }
     })
     .await
     .unwrap();
@@ -65,7 +73,7 @@ async fn fixture_with(copy_buffer_mb: u64) -> Fixture {
 }
 
 async fn fixture() -> Fixture {
-    fixture_with(64).await
+    fixture_with(64, false).await
 }
 
 impl Fixture {
@@ -102,7 +110,7 @@ impl Fixture {
     /// once the outcome reached it, which may be just after the client's answer).
     async fn until_copies(&self, copy: f64, staging: f64) {
         let what = format!("copy_tee_total: copy {copy}, staging {staging}");
-        eventually(std::time::Duration::from_secs(10), &what, || async {
+        eventually(Duration::from_secs(10), &what, || async {
             (self.copies("copy").await, self.copies("staging").await) == (copy, staging)
         })
         .await;
@@ -292,7 +300,7 @@ async fn the_clients_own_errors_change_neither_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_larger_than_the_buffer_goes_through_the_staging_path_as_it_streams() {
-    let f = fixture_with(1).await;
+    let f = fixture_with(1, false).await;
     let data: String = (1..=100_000).map(|aid| format!("{aid}\t{}\t{}\n", aid % 10, aid * 3)).collect();
     assert!(data.len() > 1024 * 1024);
     let mut raw = f.raw("v1").await;
@@ -302,4 +310,26 @@ async fn a_copy_larger_than_the_buffer_goes_through_the_staging_path_as_it_strea
     assert_eq!((old.len(), old == shadow), (100_000, true));
     assert_eq!(old[99_999], row(100_000, 0, 300_000));
     f.until_copies(0.0, 1.0).await;
+}
+
+/// The watch pairs the two COPYs of a tee (one transaction, both tables by key) and records no bypass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_data_capture_watch_pairs_the_two_copies_and_records_no_bypass() {
+    let f = fixture_with(64, true).await;
+    cdc_support::until_watching(&f.direct).await;
+    let data: String = (1..=300).map(|aid| format!("{aid}\t{}\t{aid}\n", aid % 10)).collect();
+    let answer = copy(&mut f.raw("v1").await, COPY_OLD, data.as_bytes(), None).await;
+    assert_eq!(command_tags(&answer), ["COPY 300"]);
+    f.until_copies(1.0, 0.0).await;
+    // A one-sided write after it, committed later: once the watch recorded it, it has read the COPY's
+    // transaction too, and that one gave no bypass.
+    f.direct.batch_execute("UPDATE accounts SET bid = 99 WHERE aid = 7").await.unwrap();
+    eventually(Duration::from_secs(30), "the marker bypass is recorded", || async {
+        !cdc_support::bypasses(&f.direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        cdc_support::bypasses(&f.direct).await,
+        vec![("update".into(), "old".into(), Some(r#"{"aid": 7}"#.into()), false)]
+    );
 }
