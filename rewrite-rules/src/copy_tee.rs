@@ -84,7 +84,9 @@ pub(crate) fn copy_tee(rules: &RuleSet, compiled: &Compiled, sql: &str, route: &
     if columns.is_empty() || !options.iter().all(text_option) || !legacy_options.iter().all(text_legacy_option) {
         return None;
     }
-    let index = ReadRouter::new(compiled, route, vec![]).active_migration(table_name)?;
+    let router = ReadRouter::new(compiled, route, vec![]);
+    router.refuse_shadow_write(table_name).ok()?;
+    let index = router.active_migration(table_name)?;
     let m = &compiled.migrations[index];
     let mr = route.get(index);
     if m.is_split() || m.is_merge() || m.broken.is_some() || !matches!(mr.phase, Phase::DualWrite | Phase::Cutover) {

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, UnsafeSchema};
+use crate::{MigrationRoute, Phase, Plan, RejectReason, Rewriter, Route, RuleSet, Side, TagRewrite, UnsafeSchema};
 
 /// Both example migrations (`users` split by name, `orders` with a composite key) in one rule set.
 fn rewriter() -> &'static Rewriter {
@@ -34,7 +34,8 @@ fn migration_route(b: u8) -> MigrationRoute {
 /// transform per statement and names valid migrations in ascending order; a rejection names a migration
 /// and a reason (55000 for an unsafe schema, which without a finding only a key default changed earlier in the
 /// string causes). The same route with the first migration's schema found unsafe plans the same, except
-/// that a write of that migration alone is refused (55000) and nothing else is refused for that reason.
+/// that a write of that migration alone is refused (55000) and nothing else is refused for that reason. A
+/// COPY written with COPYs alone is offered only where the plan stages it, and reads back as PostgreSQL.
 pub fn check_rewrite(data: &[u8]) {
     if data.len() < 3 {
         return;
@@ -58,6 +59,7 @@ pub fn check_rewrite(data: &[u8]) {
 
     let plan = rewriter.plan(&sql, &route);
     check_unsafe_schema(rewriter, &sql, &route, &plan);
+    check_copy_tee(rewriter, &sql, &route, &plan);
     assert_eq!(*rewriter.rewrite(&sql, &route), plan, "the plan cache must not change the decision");
     assert_eq!(*rewriter.rewrite(&sql, &route), plan, "a cached plan must equal the first");
     if !rewriter.mentions_migrated_table(&sql) || route.per_migration.iter().all(|r| r.phase == Phase::Off) {
@@ -91,6 +93,20 @@ pub fn check_rewrite(data: &[u8]) {
             }
         }
     }
+}
+
+/// A COPY written with COPYs alone is offered only where `plan` stages a COPY (the proxy's fallback), and
+/// its statements read back as PostgreSQL: the check, then two COPYs.
+fn check_copy_tee(rewriter: &Rewriter, sql: &str, route: &Route, plan: &Plan) {
+    let Some(tee) = rewriter.copy_tee(sql, route) else { return };
+    let staged = match plan {
+        Plan::Rewritten { statements, .. } => statements.iter().any(|t| t.command_tag == Some(TagRewrite::Copy)),
+        _ => false,
+    };
+    assert!(staged, "a tee for a COPY the plan does not stage: {sql} -> {plan:?}");
+    let statements =
+        crate::parse_rewritten(&tee.sql).unwrap_or_else(|e| panic!("the tee does not parse ({e}): {}", tee.sql));
+    assert_eq!(statements, 3, "the check and two COPYs: {}", tee.sql);
 }
 
 /// `plan` is `sql`'s plan under `route`; under the same route with migration 0's schema unsafe, the plan is

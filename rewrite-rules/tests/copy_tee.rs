@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use dualwrite_rules::{CopyTee, MigrationRoute, Phase, Rewriter, Route, RuleSet, Side};
+use dualwrite_rules::{CopyTee, MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side, TagRewrite};
 
 /// pgbench's accounts with `abalance` renamed to `balance` and widened to bigint, as the bench migrates them.
 const ACCOUNTS: &str = r#"
@@ -127,4 +127,41 @@ fn a_column_sent_that_feeds_two_columns_or_a_mapped_constant_keeps_the_staging_p
     let constant =
         ACCOUNTS.replace("filler  = \"filler\"\n\n[migration.backward]", "filler  = \"'x'\"\n\n[migration.backward]");
     assert_eq!(tee_with(&constant, Phase::DualWrite, Side::Old, false, sql), None);
+}
+
+#[test]
+fn a_tee_is_offered_only_where_the_plan_stages_the_copy() {
+    let rules = RuleSet::from_toml(ACCOUNTS, "rules.toml").unwrap();
+    let rewriter = Rewriter::new(Arc::new(rules.clone()), 16);
+    let copies = [
+        "COPY pgbench_accounts (aid, bid, abalance) FROM STDIN",
+        "COPY public.pgbench_accounts (aid, bid, abalance) FROM STDIN (FORMAT csv)",
+        "COPY pgbench_accounts (aid, bid, balance) FROM STDIN",
+        // The shadow named directly: refused while both tables are kept, never teed.
+        "COPY pgbench_accounts_v2 (aid, bid, balance) FROM STDIN",
+        "COPY pgbench_accounts (aid, bid, abalance) FROM STDIN BINARY",
+    ];
+    let mut teed = 0;
+    for phase in Phase::ALL {
+        for version in [Side::Old, Side::New] {
+            for (pending, elsewhere) in [(false, false), (true, false), (false, true)] {
+                let mut route = Route::uniform(&rules, MigrationRoute::own(phase, version));
+                route.backfill_pending = if pending { vec![0] } else { vec![] };
+                route.unqualified_elsewhere = if elsewhere { vec![0] } else { vec![] };
+                for sql in copies {
+                    let Some(tee) = rewriter.copy_tee(sql, &route) else { continue };
+                    teed += 1;
+                    let staged = match &*rewriter.rewrite(sql, &route) {
+                        Plan::Rewritten { statements, .. } => {
+                            statements.iter().any(|t| t.command_tag == Some(TagRewrite::Copy))
+                        }
+                        _ => false,
+                    };
+                    assert!(staged, "{sql} teed but not staged in {phase} {version:?}: {}", tee.sql);
+                    assert!(!sql.contains("_v2"), "the shadow named directly: {sql}");
+                }
+            }
+        }
+    }
+    assert!(teed > 0);
 }
