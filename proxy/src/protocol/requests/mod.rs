@@ -293,6 +293,12 @@ impl RequestMachine {
                         flush_run(buf, &mut run, out);
                         buf.advance(total);
                     }
+                    // The client leaves mid-COPY: its COPY fails first, then the Terminate goes on as usual.
+                    tag::TERMINATE => {
+                        flush_run(buf, &mut run, out);
+                        out.extend(tee.end(&[]));
+                        break Outcome::AwaitTee;
+                    }
                     _ => {
                         flush_run(buf, &mut run, out);
                         out.extend(tee.end(&buf[..total]));

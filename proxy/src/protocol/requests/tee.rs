@@ -93,14 +93,15 @@ impl Tee {
     /// The client ended its COPY with `frame`: what goes upstream in its place, the frame itself for a
     /// CopyDone or CopyFail, and after a CopyDone the kept rows and a CopyDone again for the second COPY.
     /// Any other message ends it as Postgres would, with an error (a CopyFail of the proxy's saying so, where
-    /// Postgres says 08P01): relayed, it would run as a statement on a server whose check failed.
+    /// Postgres says 08P01): relayed, it would run as a statement on a server whose check failed. An empty
+    /// `frame` (the client leaves) fails it too.
     pub fn end(&mut self, frame: &[u8]) -> Vec<Bytes> {
         let end = match frame.first() {
             Some(&messages::tag::COPY_DONE | &messages::tag::COPY_FAIL) => Bytes::copy_from_slice(frame),
             Some(other) => {
                 messages::copy_fail(&format!("unexpected message type 0x{other:02X} during COPY from stdin"))
             }
-            None => messages::copy_done(),
+            None => messages::copy_fail("the client ended its session during COPY from stdin"),
         };
         self.ended_by = Some(end.clone());
         if frame.first() != Some(&messages::tag::COPY_DONE) {
@@ -120,7 +121,7 @@ impl Tee {
     /// The staging path after the tee failed: the attempt undone, then the staging statements with every
     /// row kept, ended as the client ended its COPY.
     pub fn fall_back(self) -> (Vec<Bytes>, Expect) {
-        let end = self.ended_by.unwrap_or_else(messages::copy_done);
+        let end = self.ended_by.unwrap_or_else(|| messages::copy_fail("dualwrite: the COPY did not end"));
         let mut statements = self.staging;
         let sql = if self.in_block {
             statements.splice(0..0, [hidden(), hidden()]);

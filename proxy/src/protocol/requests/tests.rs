@@ -645,3 +645,19 @@ fn a_tee_past_its_limit_gives_way_to_the_staging_path_which_the_rest_of_the_copy
     assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
     assert!(matches!(t.outcome, Outcome::NeedInput), "nothing to wait for");
 }
+
+#[test]
+fn a_client_leaving_in_the_middle_of_a_tee_fails_its_copy_before_its_terminate_goes_on() {
+    let mut script = Script::default();
+    script.verdicts.push_back(tee_verdict());
+    let (mut m, mut host) = (machine().with_copy_tee_limit(1 << 20), FakeHost::judged(script));
+    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    let mut buf = BytesMut::from(&cat(&[copy_data("1\t2\t3\n"), frame(b'X', b"")])[..]);
+    let t = turn(&mut m, &mut host, &mut buf);
+    assert!(matches!(t.outcome, Outcome::AwaitTee));
+    let fail = messages::copy_fail("the client ended its session during COPY from stdin");
+    assert_eq!(t.sent, cat(&[copy_data("1\t2\t3\n"), fail]), "never a CopyDone: nothing of it commits");
+    m.finish_tee(&mut host, FallbackOutcome::Done, &mut Vec::new());
+    let t = turn(&mut m, &mut host, &mut buf);
+    assert!(matches!(t.outcome, Outcome::Terminate));
+}
