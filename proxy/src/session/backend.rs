@@ -353,6 +353,10 @@ impl<'s> Backend<'s> {
                 queue.probe_row(messages::data_row_texts(body(frame)));
                 Step::Drop
             }
+            Action::FallingBack => match messages::field(body(frame), b'S') {
+                Some(b"FATAL" | b"PANIC") => Step::Forward,
+                _ => Step::Drop,
+            },
             Action::KeepCount => {
                 queue.keep_count(messages::decode_command_tag(frame));
                 Step::Drop

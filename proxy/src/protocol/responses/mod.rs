@@ -137,6 +137,9 @@ pub enum Action {
     /// The CommandComplete of a hidden statement that keeps its row count for a later tag: not relayed;
     /// the relay hands its tag to [`ResponseQueue::keep_count`].
     KeepCount,
+    /// An ErrorResponse of a statement that falls back: not relayed, unless the server ends the session
+    /// with it (FATAL, PANIC), which the client must see as it would.
+    FallingBack,
 }
 
 /// How a request that may fall back ended ([`ResponseTransform::falls_back`]).
@@ -385,7 +388,7 @@ impl ResponseQueue {
             {
                 // The proxy's own attempt failed: the fallback answers the client instead.
                 self.falling_back = true;
-                Action::Drop
+                Action::FallingBack
             }
             btag::ERROR_RESPONSE => {
                 self.event(SessionEvent::Failed);

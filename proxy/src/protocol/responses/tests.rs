@@ -425,7 +425,7 @@ fn a_failing_check_or_second_copy_is_dropped_with_its_ready_for_query_and_falls_
         if failing_at == 2 {
             feed(&mut q, b"CGCG");
         }
-        assert_eq!(q.on_message(b'E'), Action::Drop, "the proxy's error, at statement {failing_at}");
+        assert_eq!(q.on_message(b'E'), Action::FallingBack, "the proxy's error, at statement {failing_at}");
         assert_eq!(q.on_message(b'Z'), Action::Drop, "not the client's ReadyForQuery");
         assert_eq!(q.take_fallback_outcome(), Some(FallbackOutcome::FallBack));
         assert!(!q.is_busy());
@@ -449,7 +449,7 @@ fn an_abandoned_tee_answers_nothing_and_the_staging_path_after_it_answers_the_cl
     q.push(Expect::Abandoned);
     q.push(Expect::SimpleQuery { transforms: None, started: now() });
     // The proxy's CopyFail fails the client's COPY: dropped, with its ReadyForQuery.
-    assert_eq!(feed(&mut q, b"CGE"), vec![Action::Drop, Action::Drop, Action::Drop]);
+    assert_eq!(feed(&mut q, b"CGE"), vec![Action::Drop, Action::Drop, Action::FallingBack]);
     assert_eq!(q.on_message(b'Z'), Action::Drop);
     assert_eq!(q.take_fallback_outcome(), None, "nothing waits for an abandoned tee");
     assert_eq!(feed(&mut q, b"GC"), vec![Action::Forward, Action::Forward]);
