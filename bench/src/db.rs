@@ -144,26 +144,7 @@ pub fn set_trigger(sql: &Sql, rt: &Runtime, enabled: bool) -> Result<()> {
 }
 
 /// The rules of the dual-write arm: the same mapping as the trigger.
-pub const DUAL_WRITE_RULES: &str = r#"# written by dualwrite-bench: pgbench_accounts dual-written into pgbench_accounts_v2
-[[migration]]
-name   = "accounts_balance_bigint"
-table  = "public.pgbench_accounts"
-shadow = "public.pgbench_accounts_v2"
-key    = ["aid"]
-versions = { old = "v1", new = "v2" }
-
-[migration.forward]
-aid     = "aid"
-bid     = "bid"
-balance = "abalance::bigint"
-filler  = "filler"
-
-[migration.backward]
-aid      = "aid"
-bid      = "bid"
-abalance = "balance::int"
-filler   = "filler"
-"#;
+pub const DUAL_WRITE_RULES: &str = include_str!("../../rewrite-rules/examples/pgbench_accounts_balance.toml");
 
 /// The rules of the "migration elsewhere" arm: active, but on a table pgbench never names.
 pub const ELSEWHERE_RULES: &str = r#"# written by dualwrite-bench: a migration on a table the workload does not touch

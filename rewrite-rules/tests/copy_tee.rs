@@ -9,26 +9,7 @@ use std::sync::Arc;
 use dualwrite_rules::{CopyTee, MigrationRoute, Phase, Plan, Rewriter, Route, RuleSet, Side, TagRewrite};
 
 /// pgbench's accounts with `abalance` renamed to `balance` and widened to bigint, as the bench migrates them.
-const ACCOUNTS: &str = r#"
-[[migration]]
-name = "accounts"
-table = "public.pgbench_accounts"
-shadow = "public.pgbench_accounts_v2"
-key = ["aid"]
-versions = { old = "v1", new = "v2" }
-
-[migration.forward]
-aid     = "aid"
-bid     = "bid"
-balance = "abalance::bigint"
-filler  = "filler"
-
-[migration.backward]
-aid      = "aid"
-bid      = "bid"
-abalance = "balance::int"
-filler   = "filler"
-"#;
+const ACCOUNTS: &str = include_str!("../examples/pgbench_accounts_balance.toml");
 
 const USERS: &str = include_str!("../examples/users_split_name.toml");
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dualwrite_tests::*;
-use proxy_support::{command_tags, error_field, first_error, RawClient};
+use proxy_support::{command_tags, copy, error_field, first_error, RawClient};
 use tokio_postgres::Client;
 
 const MIGRATION: &str = "users_split_name";
@@ -78,45 +78,6 @@ impl Fixture {
         let admin = self.proxy.connect(&self.db).await.unwrap();
         admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} {phase} FORCE")).await.unwrap();
     }
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut msg = vec![tag];
-    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(body);
-    msg
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut out = s.as_bytes().to_vec();
-    out.push(0);
-    out
-}
-
-/// A simple-Query string ending in a COPY: the answers up to its CopyInResponse (up to ReadyForQuery when
-/// it is refused), then `data` in CopyData messages of at most 4 KiB and CopyDone (or CopyFail with
-/// `fail`), then the answers up to ReadyForQuery.
-async fn copy(raw: &mut RawClient, sql: &str, data: &[u8], fail: Option<&str>) -> Vec<(u8, Vec<u8>)> {
-    raw.send(&frame(b'Q', &cstr(sql))).await;
-    let mut out = Vec::new();
-    loop {
-        let (tag, body) = raw.read_message().await.expect("an answer to the COPY");
-        out.push((tag, body));
-        match tag {
-            b'Z' => return out,
-            b'G' => break,
-            _ => {}
-        }
-    }
-    for chunk in data.chunks(4096) {
-        raw.send(&frame(b'd', chunk)).await;
-    }
-    match fail {
-        Some(reason) => raw.send(&frame(b'f', &cstr(reason))).await,
-        None => raw.send(&frame(b'c', &[])).await,
-    }
-    out.extend(raw.read_until_ready().await);
-    out
 }
 
 /// Binary COPY data of (id int4, name text) rows.

@@ -17,33 +17,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dualwrite_tests::*;
-use proxy_support::{command_tags, first_error, RawClient};
+use proxy_support::{command_tags, copy, first_error, RawClient};
 use tokio_postgres::Client;
 
-const RULES: &str = r#"
-[[migration]]
-name = "accounts"
-table = "public.accounts"
-shadow = "public.accounts_v2"
-key = ["aid"]
-versions = { old = "v1", new = "v2" }
-
-[migration.forward]
-aid     = "aid"
-bid     = "bid"
-balance = "abalance::bigint"
-filler  = "filler"
-
-[migration.backward]
-aid      = "aid"
-bid      = "bid"
-abalance = "balance::int"
-filler   = "filler"
-"#;
+const RULES: &str = include_str!("../../rewrite-rules/examples/pgbench_accounts_balance.toml");
+const MIGRATION: &str = "accounts_balance_bigint";
 
 const SCHEMA: &str = "
-    CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(20));
-    CREATE TABLE accounts_v2 (aid int PRIMARY KEY, bid int, balance bigint, filler char(20));
+    CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(20));
+    CREATE TABLE pgbench_accounts_v2 (aid int PRIMARY KEY, bid int, balance bigint, filler char(20));
 ";
 
 struct Fixture {
@@ -94,8 +76,8 @@ impl Fixture {
             rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect::<Vec<Row>>()
         };
         (
-            read("SELECT aid, bid, abalance::bigint, filler::text FROM accounts ORDER BY aid").await,
-            read("SELECT aid, bid, balance, filler::text FROM accounts_v2 ORDER BY aid").await,
+            read("SELECT aid, bid, abalance::bigint, filler::text FROM pgbench_accounts ORDER BY aid").await,
+            read("SELECT aid, bid, balance, filler::text FROM pgbench_accounts_v2 ORDER BY aid").await,
         )
     }
 
@@ -119,44 +101,6 @@ impl Fixture {
 
 type Row = (i32, Option<i32>, Option<i64>, Option<String>);
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut msg = vec![tag];
-    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(body);
-    msg
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut out = s.as_bytes().to_vec();
-    out.push(0);
-    out
-}
-
-/// A simple-Query COPY: the answers up to its CopyInResponse (or ReadyForQuery), then `data` in CopyData
-/// messages of at most 4 KiB and CopyDone (or CopyFail with `fail`), then the answers up to ReadyForQuery.
-async fn copy(raw: &mut RawClient, sql: &str, data: &[u8], fail: Option<&str>) -> Vec<(u8, Vec<u8>)> {
-    raw.send(&frame(b'Q', &cstr(sql))).await;
-    let mut out = Vec::new();
-    loop {
-        let (tag, body) = raw.read_message().await.expect("an answer to the COPY");
-        out.push((tag, body));
-        match tag {
-            b'Z' => return out,
-            b'G' => break,
-            _ => {}
-        }
-    }
-    for chunk in data.chunks(4096) {
-        raw.send(&frame(b'd', chunk)).await;
-    }
-    match fail {
-        Some(reason) => raw.send(&frame(b'f', &cstr(reason))).await,
-        None => raw.send(&frame(b'c', &[])).await,
-    }
-    out.extend(raw.read_until_ready().await);
-    out
-}
-
 /// The transaction status of the answer's ReadyForQuery.
 fn status(answer: &[(u8, Vec<u8>)]) -> u8 {
     answer.iter().rev().find(|(tag, _)| *tag == b'Z').map(|(_, body)| body[0]).expect("ReadyForQuery")
@@ -167,7 +111,7 @@ fn tags(answer: &[(u8, Vec<u8>)]) -> String {
     answer.iter().map(|(tag, _)| *tag as char).collect()
 }
 
-const COPY_OLD: &str = "COPY accounts (aid, bid, abalance) FROM STDIN";
+const COPY_OLD: &str = "COPY pgbench_accounts (aid, bid, abalance) FROM STDIN";
 
 fn row(aid: i32, bid: i32, balance: i64) -> Row {
     (aid, Some(bid), Some(balance), None)
@@ -193,7 +137,7 @@ async fn a_copy_the_mapping_carries_column_for_column_is_written_by_two_copies_i
     assert_eq!(f.rows().await.1.len(), 2, "and the shadow's");
     raw.query("BEGIN").await;
     copy(&mut raw, &format!("{COPY_OLD} (FORMAT csv)"), b"3,30,300\n", None).await;
-    let answer = raw.query("SELECT count(*) FROM accounts").await;
+    let answer = raw.query("SELECT count(*) FROM pgbench_accounts").await;
     assert!(first_error(&answer).is_none(), "the transaction goes on: {answer:?}");
     raw.query("COMMIT").await;
     let three = vec![row(1, 10, 100), row(2, 20, -200), row(3, 30, 300)];
@@ -201,9 +145,9 @@ async fn a_copy_the_mapping_carries_column_for_column_is_written_by_two_copies_i
 
     // A new-version session copies the shadow's shape into the shadow and the old table (once the
     // backfill is done, as every new-shaped write).
-    backfill_until_done(&f.proxy.connect(&f.db).await.unwrap(), "accounts").await;
+    backfill_until_done(&f.proxy.connect(&f.db).await.unwrap(), MIGRATION).await;
     let mut v2 = f.raw("v2").await;
-    let answer = copy(&mut v2, "COPY accounts (aid, balance, bid) FROM STDIN", b"4\t4000\t40\n", None).await;
+    let answer = copy(&mut v2, "COPY pgbench_accounts (aid, balance, bid) FROM STDIN", b"4\t4000\t40\n", None).await;
     assert_eq!(command_tags(&answer), ["COPY 1"]);
     assert_eq!(f.rows().await.0.last(), Some(&row(4, 40, 4000)));
     assert_eq!(f.rows().await.1.last(), Some(&row(4, 40, 4000)));
@@ -214,7 +158,7 @@ async fn a_copy_the_mapping_carries_column_for_column_is_written_by_two_copies_i
 async fn a_shadow_row_in_the_way_falls_back_to_the_staging_path_which_upserts_it() {
     let f = fixture().await;
     // A row only the shadow holds (a delete the proxy did not see, say): the second COPY meets it.
-    f.direct.batch_execute("INSERT INTO accounts_v2 VALUES (2, 0, 999, 'stale')").await.unwrap();
+    f.direct.batch_execute("INSERT INTO pgbench_accounts_v2 VALUES (2, 0, 999, 'stale')").await.unwrap();
     let mut raw = f.raw("v1").await;
     let answer = copy(&mut raw, COPY_OLD, b"1\t10\t100\n2\t20\t200\n", None).await;
     assert_eq!((tags(&answer), command_tags(&answer)), ("GCZ".to_owned(), vec!["COPY 2".to_owned()]));
@@ -222,7 +166,7 @@ async fn a_shadow_row_in_the_way_falls_back_to_the_staging_path_which_upserts_it
     assert_eq!(f.rows().await, (both.clone(), both), "the stale shadow row is overwritten, as any dual write does");
 
     // Inside a transaction the attempt is undone behind its savepoint; the transaction goes on.
-    f.direct.batch_execute("INSERT INTO accounts_v2 VALUES (4, 0, 999, 'stale')").await.unwrap();
+    f.direct.batch_execute("INSERT INTO pgbench_accounts_v2 VALUES (4, 0, 999, 'stale')").await.unwrap();
     raw.query("BEGIN").await;
     let answer = copy(&mut raw, COPY_OLD, b"3\t30\t300\n4\t40\t400\n", None).await;
     assert_eq!((command_tags(&answer), status(&answer)), (vec!["COPY 2".to_owned()], b'T'));
@@ -239,7 +183,7 @@ async fn a_before_insert_trigger_on_the_old_table_keeps_the_copy_on_the_staging_
         .batch_execute(
             "CREATE FUNCTION public.tag_filler() RETURNS trigger LANGUAGE plpgsql AS
                  $$ BEGIN NEW.filler := 'tagged'; RETURN NEW; END $$;
-             CREATE TRIGGER tag_filler BEFORE INSERT ON public.accounts
+             CREATE TRIGGER tag_filler BEFORE INSERT ON public.pgbench_accounts
                  FOR EACH ROW EXECUTE FUNCTION public.tag_filler();",
         )
         .await
@@ -291,8 +235,8 @@ async fn the_clients_own_errors_change_neither_table() {
     // In cutover the shadow is the source of truth: a key it holds fails the COPY as a plain COPY into
     // it would, through the staging path's plain INSERT.
     let admin = f.proxy.connect(&f.db).await.unwrap();
-    admin.simple_query("DUALWRITE PHASE accounts cutover FORCE").await.unwrap();
-    f.direct.batch_execute("INSERT INTO accounts_v2 VALUES (7, 0, 999, NULL)").await.unwrap();
+    admin.simple_query(&format!("DUALWRITE PHASE {MIGRATION} cutover FORCE")).await.unwrap();
+    f.direct.batch_execute("INSERT INTO pgbench_accounts_v2 VALUES (7, 0, 999, NULL)").await.unwrap();
     let answer = copy(&mut raw, COPY_OLD, b"7\t70\t700\n", None).await;
     assert_eq!(first_error(&answer).map(|e| e.0).as_deref(), Some("23505"), "{answer:?}");
     assert_eq!(f.rows().await, (vec![], vec![(7, Some(0), Some(999), None)]));
@@ -323,7 +267,7 @@ async fn the_change_data_capture_watch_pairs_the_two_copies_and_records_no_bypas
     f.until_copies(1.0, 0.0).await;
     // A one-sided write after it, committed later: once the watch recorded it, it has read the COPY's
     // transaction too, and that one gave no bypass.
-    f.direct.batch_execute("UPDATE accounts SET bid = 99 WHERE aid = 7").await.unwrap();
+    f.direct.batch_execute("UPDATE pgbench_accounts SET bid = 99 WHERE aid = 7").await.unwrap();
     eventually(Duration::from_secs(30), "the marker bypass is recorded", || async {
         !cdc_support::bypasses(&f.direct).await.is_empty()
     })

@@ -231,3 +231,43 @@ pub fn run_server(server: Server) -> RunningProxy {
     }));
     RunningProxy { addr, stop: Some(stop), task }
 }
+
+/// One frontend message: `tag`, length, `body`.
+pub fn wire_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut msg = vec![tag];
+    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut out = s.as_bytes().to_vec();
+    out.push(0);
+    out
+}
+
+/// A simple-Query string ending in a COPY: the answers up to its CopyInResponse (up to ReadyForQuery when
+/// it is refused), then `data` in CopyData messages of at most 4 KiB and CopyDone (or CopyFail with
+/// `fail`), then the answers up to ReadyForQuery.
+pub async fn copy(raw: &mut RawClient, sql: &str, data: &[u8], fail: Option<&str>) -> Vec<(u8, Vec<u8>)> {
+    raw.send(&wire_message(b'Q', &cstr(sql))).await;
+    let mut out = Vec::new();
+    loop {
+        let (tag, body) = raw.read_message().await.expect("an answer to the COPY");
+        out.push((tag, body));
+        match tag {
+            b'Z' => return out,
+            b'G' => break,
+            _ => {}
+        }
+    }
+    for chunk in data.chunks(4096) {
+        raw.send(&wire_message(b'd', chunk)).await;
+    }
+    match fail {
+        Some(reason) => raw.send(&wire_message(b'f', &cstr(reason))).await,
+        None => raw.send(&wire_message(b'c', &[])).await,
+    }
+    out.extend(raw.read_until_ready().await);
+    out
+}

@@ -17,6 +17,7 @@ mod extended;
 mod local;
 mod pooled;
 mod tee;
+mod teeing;
 mod verdict;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,7 +40,7 @@ pub use self::verdict::{
 };
 use super::frame::{peek_header, FrameError};
 use super::messages::{self, tag, SqlError};
-use super::responses::{Expect, FallbackOutcome, LocalAnswer, ResponseTransform};
+use super::responses::{Expect, LocalAnswer, ResponseTransform};
 
 /// Frames larger than this that pass unchanged are streamed instead of buffered whole.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -192,30 +194,6 @@ impl RequestMachine {
         self
     }
 
-    /// The outcome of the tee the machine sent ([`Outcome::AwaitTee`]): where it must fall back, the
-    /// staging path goes to `out` now.
-    pub fn finish_tee<H: Host>(&mut self, host: &mut H, outcome: FallbackOutcome, out: &mut Vec<Bytes>) {
-        let Some(tee) = self.tee.take() else { return };
-        host.count_copy_tee(outcome == FallbackOutcome::FallBack);
-        if outcome == FallbackOutcome::FallBack {
-            let (frames, expect) = tee.fall_back();
-            self.expect(expect);
-            out.extend(frames);
-        }
-    }
-
-    /// Rows past the limit: the tee gives way to the staging path (`tee::Tee::abandon`).
-    fn abandon_tee<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>) {
-        if let Some(tee) = self.tee.take() {
-            host.count_copy_tee(true);
-            let (frames, expects) = tee.abandon();
-            for expect in expects {
-                self.expect(expect);
-            }
-            out.extend(frames);
-        }
-    }
-
     /// Authentication answers the client sent so far (while it owes one, a statement goes on at once).
     pub fn auth_answers(&self) -> u32 {
         self.auth_answers
@@ -275,38 +253,10 @@ impl RequestMachine {
             }
             let total = header.total_len();
             let available = buf.len() - run;
-            if let Some(tee) = self.tee.as_mut().filter(|t| t.collecting()) {
-                match header.tag {
-                    tag::COPY_DATA if tee.would_exceed(total) => {
-                        // The staging path takes over; the frame then goes on as the relay sends it.
-                        flush_run(buf, &mut run, out);
-                        self.abandon_tee(host, out);
-                        continue;
-                    }
-                    _ if available < total => break Outcome::NeedInput,
-                    tag::COPY_DATA => {
-                        tee.keep(&buf[run..run + total]);
-                        run += total;
-                    }
-                    // Ignored by a server in COPY, answered by one whose check failed: never relayed.
-                    tag::FLUSH | tag::SYNC => {
-                        flush_run(buf, &mut run, out);
-                        buf.advance(total);
-                    }
-                    // The client leaves mid-COPY: its COPY fails first, then the Terminate goes on as usual.
-                    tag::TERMINATE => {
-                        flush_run(buf, &mut run, out);
-                        out.extend(tee.end(&[]));
-                        break Outcome::AwaitTee;
-                    }
-                    _ => {
-                        flush_run(buf, &mut run, out);
-                        out.extend(tee.end(&buf[..total]));
-                        buf.advance(total);
-                        break Outcome::AwaitTee;
-                    }
-                }
-                continue;
+            match self.on_tee_frame(host, header.tag, total, buf, &mut run, out) {
+                None => {}
+                Some(ControlFlow::Continue(())) => continue,
+                Some(ControlFlow::Break(outcome)) => break outcome,
             }
             if !ready && header.tag == tag::PASSWORD && available >= total {
                 self.auth_answers += 1;
