@@ -37,6 +37,18 @@ const LIMIT: Duration = Duration::from_secs(30);
 const OWN_SEQUENCE: &str = "CREATE SEQUENCE public.users_v2_own_seq;
      ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_v2_own_seq')";
 
+/// A BEFORE row trigger that gives every shadow row a key of its own sequence's.
+const SHADOW_KEY_TRIGGER: &str = "CREATE SEQUENCE public.shadow_ids;
+     CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN NEW.id := nextval('public.shadow_ids'); RETURN NEW; END $$;
+     CREATE TRIGGER shadow_id BEFORE INSERT OR UPDATE ON public.users_v2 FOR EACH ROW EXECUTE FUNCTION public.shadow_id();";
+
+/// A writer of `users` the proxy cannot see: a trigger on another table that inserts into it.
+const SIGNUP_WRITER: &str = "CREATE TABLE public.signups (id serial PRIMARY KEY, name text);
+     CREATE FUNCTION public.signup_user() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN INSERT INTO public.users (name) VALUES (NEW.name); RETURN NEW; END $$;
+     CREATE TRIGGER signup_user AFTER INSERT ON public.signups FOR EACH ROW EXECUTE FUNCTION public.signup_user();";
+
 /// The remedy: the shadow's key default draws from the old table's sequence.
 const OLD_SEQUENCE: &str = "ALTER TABLE public.users_v2 ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq')";
 
@@ -219,16 +231,7 @@ async fn a_shadow_trigger_that_assigns_the_key_refuses_the_migrations_writes_unt
     backfill_until_done(&admin, MIGRATION).await;
     let client = proxy.connect(&db).await.unwrap();
 
-    direct
-        .batch_execute(
-            "CREATE SEQUENCE public.shadow_ids;
-             CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN NEW.id := nextval('public.shadow_ids'); RETURN NEW; END $$;
-             CREATE TRIGGER shadow_id BEFORE INSERT OR UPDATE ON public.users_v2
-                 FOR EACH ROW EXECUTE FUNCTION public.shadow_id();",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(SHADOW_KEY_TRIGGER).await.unwrap();
     until_writes_refused(&admin, MIGRATION, true).await;
     let findings = value(&status_of(&admin, MIGRATION).await, "schema_findings").unwrap().to_owned();
     assert!(findings.contains("row trigger shadow_id on public.users_v2"), "{findings}");
@@ -255,16 +258,7 @@ async fn a_writer_the_proxy_cannot_see_that_appears_is_reported_and_writes_go_on
     backfill_until_done(&admin, MIGRATION).await;
     let client = proxy.connect(&db).await.unwrap();
 
-    direct
-        .batch_execute(
-            "CREATE TABLE public.signups (id serial PRIMARY KEY, name text);
-             CREATE FUNCTION public.signup_user() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN INSERT INTO public.users (name) VALUES (NEW.name); RETURN NEW; END $$;
-             CREATE TRIGGER signup_user AFTER INSERT ON public.signups
-                FOR EACH ROW EXECUTE FUNCTION public.signup_user();",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(SIGNUP_WRITER).await.unwrap();
     until_findings(&admin, "the trigger reported in STATUS", |f| f.is_some_and(|f| f.contains("trigger:"))).await;
     let row = status_of(&admin, MIGRATION).await;
     assert_eq!(value(&row, "writes_refused"), Some("f"), "{row:?}");
@@ -477,17 +471,8 @@ async fn an_instance_started_onto_a_registered_migration_with_an_unsafe_schema_s
     let (proxy, admin) = proxy_on(&db, |_| {}).await;
     backfill_until_done(&admin, MIGRATION).await;
     proxy.stop().await.unwrap();
-    direct
-        .batch_execute(
-            "CREATE TABLE public.notes (id int PRIMARY KEY, body text);
-             CREATE SEQUENCE public.shadow_ids;
-             CREATE FUNCTION public.shadow_id() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN NEW.id := nextval('public.shadow_ids'); RETURN NEW; END $$;
-             CREATE TRIGGER shadow_id BEFORE INSERT OR UPDATE ON public.users_v2
-                 FOR EACH ROW EXECUTE FUNCTION public.shadow_id();",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)").await.unwrap();
+    direct.batch_execute(SHADOW_KEY_TRIGGER).await.unwrap();
 
     let (proxy, admin) = proxy_on(&db, |_| {}).await;
     let client = proxy.connect(&db).await.unwrap();
@@ -520,16 +505,7 @@ async fn an_unaccepted_writer_the_proxy_cannot_see_keeps_a_migration_from_enteri
     let (db, direct) = database().await;
     let (proxy, admin) = proxy_on(&db, |config| config.limits.unseen_writers_check_interval_secs = 1).await;
     control(&admin, &format!("DUALWRITE PHASE {MIGRATION} off FORCE")).await;
-    direct
-        .batch_execute(
-            "CREATE TABLE public.signups (id serial PRIMARY KEY, name text);
-             CREATE FUNCTION public.signup_user() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN INSERT INTO public.users (name) VALUES (NEW.name); RETURN NEW; END $$;
-             CREATE TRIGGER signup_user AFTER INSERT ON public.signups
-                FOR EACH ROW EXECUTE FUNCTION public.signup_user();",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(SIGNUP_WRITER).await.unwrap();
     until_findings(&admin, "the trigger reported in STATUS", |f| f.is_some_and(|f| f.contains("trigger:"))).await;
 
     let e = admin

@@ -23,8 +23,8 @@ impl RequestMachine {
         run: &mut usize,
         out: &mut Vec<Bytes>,
     ) -> Option<ControlFlow<Outcome>> {
-        let available = buf.len() - *run;
         let tee = self.tee.as_mut().filter(|t| t.collecting())?;
+        let available = buf.len() - *run;
         match t {
             tag::COPY_DATA if tee.would_exceed(total) => {
                 // The staging path takes over; the frame then goes on as the relay sends it.

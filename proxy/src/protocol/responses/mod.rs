@@ -469,11 +469,11 @@ impl ResponseQueue {
     }
 
     fn on_result_message(&mut self, tag: u8) -> Action {
-        let suppress = self.head_transform().is_some_and(|t| t.suppress_rows);
-        let hidden = self.head_transform().is_some_and(|t| t.hidden);
-        let counting = self.head_transform().is_some_and(|t| t.count_from_row);
-        let keeping = self.head_transform().is_some_and(|t| t.keeps_count);
-        let copy_hidden = self.head_transform().is_some_and(|t| t.copy_response_hidden);
+        // One lookup of the head statement's transform per message (the relay's hot path).
+        let (suppress, hidden, counting, keeping, copy_hidden) = self
+            .head_transform()
+            .map(|t| (t.suppress_rows, t.hidden, t.count_from_row, t.keeps_count, t.copy_response_hidden))
+            .unwrap_or_default();
         let Some(head) = self.entries.front() else { return Action::Forward };
         match head {
             Expect::SimpleQuery { .. } => match tag {
