@@ -22,6 +22,52 @@ pub enum Arm {
     /// Reference, not a contender: the CTE the proxy's rewrite produces, written by hand into the pgbench
     /// script and sent directly. It is the floor the proxy's dual write can reach on the database side.
     CteDirect,
+    /// Reference, not a contender: `floor-relay --engine tokio --timers`, bytes copied between each client
+    /// and its own server connection on per-CPU current-thread runtimes with the time driver, as
+    /// dualwrite's session threads run, and no protocol work. The floor of a tokio relay.
+    FloorTokio,
+    /// Reference: the same without the time driver (`floor-relay --engine tokio`).
+    FloorTokioIo,
+    /// Reference: `floor-relay --engine mio`, one readiness loop per CPU serving every ready socket before
+    /// it blocks again (pgbouncer's model), and no protocol work.
+    FloorMio,
+    /// dualwrite without rules on one session thread, against `dw-norules`' one per CPU.
+    DwNoRules1,
+    /// Reference: `floor-tokio` on one session thread (`--threads 1`).
+    FloorTokio1,
+    /// Reference: `floor-mio` on one thread, pgbouncer's model exactly: one loop for every socket.
+    FloorMio1,
+}
+
+/// The engines of `floor-relay` (bench/src/bin/floor-relay.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloorEngine {
+    TokioTimers,
+    TokioIo,
+    Mio,
+    TokioTimersOneThread,
+    MioOneThread,
+}
+
+impl FloorEngine {
+    pub const ALL: [FloorEngine; 5] = [
+        FloorEngine::TokioTimers,
+        FloorEngine::TokioIo,
+        FloorEngine::Mio,
+        FloorEngine::TokioTimersOneThread,
+        FloorEngine::MioOneThread,
+    ];
+
+    /// The arguments of `floor-relay` that choose this engine (threads: one per CPU unless given).
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            FloorEngine::TokioTimers => &["--engine", "tokio", "--timers"],
+            FloorEngine::TokioIo => &["--engine", "tokio"],
+            FloorEngine::Mio => &["--engine", "mio"],
+            FloorEngine::TokioTimersOneThread => &["--engine", "tokio", "--timers", "--threads", "1"],
+            FloorEngine::MioOneThread => &["--engine", "mio", "--threads", "1"],
+        }
+    }
 }
 
 /// Where an arm's clients connect.
@@ -31,6 +77,7 @@ pub enum Endpoint {
     Pgbouncer,
     PgbouncerTx,
     Proxy(ProxyKind),
+    Floor(FloorEngine),
 }
 
 /// The proxy instances the run starts, one per rules set.
@@ -42,15 +89,18 @@ pub enum ProxyKind {
     DualWriteWatch,
     /// No rules, `pool_mode = "transaction"` with a pool of [`POOL_SIZE`].
     NoRulesTx,
+    /// No rules, one session thread (`--session-threads 1`).
+    NoRulesOneThread,
 }
 
 impl ProxyKind {
-    pub const ALL: [ProxyKind; 5] = [
+    pub const ALL: [ProxyKind; 6] = [
         ProxyKind::NoRules,
         ProxyKind::Elsewhere,
         ProxyKind::DualWrite,
         ProxyKind::DualWriteWatch,
         ProxyKind::NoRulesTx,
+        ProxyKind::NoRulesOneThread,
     ];
 }
 
@@ -59,7 +109,7 @@ impl ProxyKind {
 pub const POOL_SIZE: u32 = 16;
 
 impl Arm {
-    pub const ALL: [Arm; 11] = [
+    pub const ALL: [Arm; 17] = [
         Arm::Direct,
         Arm::Pgbouncer,
         Arm::DwNoRules,
@@ -71,6 +121,12 @@ impl Arm {
         Arm::CteDirect,
         Arm::PgbouncerTx,
         Arm::DwTx,
+        Arm::FloorTokio,
+        Arm::FloorTokioIo,
+        Arm::FloorMio,
+        Arm::FloorTokio1,
+        Arm::FloorMio1,
+        Arm::DwNoRules1,
     ];
 
     pub fn key(self) -> &'static str {
@@ -86,6 +142,12 @@ impl Arm {
             Arm::CteDirect => "cte-direct",
             Arm::PgbouncerTx => "pgbouncer-tx",
             Arm::DwTx => "dw-tx",
+            Arm::FloorTokio => "floor-tokio",
+            Arm::FloorTokioIo => "floor-tokio-io",
+            Arm::FloorMio => "floor-mio",
+            Arm::DwNoRules1 => "dw-norules-1",
+            Arm::FloorTokio1 => "floor-tokio-1",
+            Arm::FloorMio1 => "floor-mio-1",
         }
     }
 
@@ -112,6 +174,16 @@ impl Arm {
             }
             Arm::PgbouncerTx => "through pgbouncer, transaction mode, 16 server connections (-M simple and extended: pgbouncer before 1.21 cannot pool prepared statements)",
             Arm::DwTx => "through dualwrite, no rules, transaction mode, 16 server connections",
+            Arm::FloorTokio => {
+                "reference: a bare tokio relay (bytes copied, no protocol work), per-CPU current-thread runtimes with the time driver, as dualwrite's"
+            }
+            Arm::FloorTokioIo => "reference: the same bare tokio relay without the time driver",
+            Arm::FloorMio => {
+                "reference: a bare relay on one mio readiness loop per CPU (every ready socket served per wake-up, pgbouncer's model)"
+            }
+            Arm::DwNoRules1 => "through dualwrite, no rules file, one session thread (`--session-threads 1`)",
+            Arm::FloorTokio1 => "reference: floor-tokio on one session thread",
+            Arm::FloorMio1 => "reference: floor-mio on one thread (one loop for every socket, as pgbouncer)",
         }
     }
 
@@ -125,6 +197,12 @@ impl Arm {
             Arm::DwElsewhere => Endpoint::Proxy(ProxyKind::Elsewhere),
             Arm::DwDualWrite => Endpoint::Proxy(ProxyKind::DualWrite),
             Arm::DwDualWriteWatch => Endpoint::Proxy(ProxyKind::DualWriteWatch),
+            Arm::FloorTokio => Endpoint::Floor(FloorEngine::TokioTimers),
+            Arm::FloorTokioIo => Endpoint::Floor(FloorEngine::TokioIo),
+            Arm::FloorMio => Endpoint::Floor(FloorEngine::Mio),
+            Arm::DwNoRules1 => Endpoint::Proxy(ProxyKind::NoRulesOneThread),
+            Arm::FloorTokio1 => Endpoint::Floor(FloorEngine::TokioTimersOneThread),
+            Arm::FloorMio1 => Endpoint::Floor(FloorEngine::MioOneThread),
         }
     }
 
@@ -147,6 +225,11 @@ impl Arm {
     /// pgbench runs would fail on the second transaction, so the arm skips `-M prepared`.
     pub fn runs_mode(self, mode: Mode) -> bool {
         !(self == Arm::PgbouncerTx && mode == Mode::Prepared)
+    }
+
+    /// Reference arms that run only when `--arms` names them.
+    pub fn only_when_chosen(self) -> bool {
+        matches!(self.endpoint(), Endpoint::Floor(_) | Endpoint::Proxy(ProxyKind::NoRulesOneThread))
     }
 
     /// Arms also run at the extra client counts of the select-only table (issue 2: 8 and 32 clients).

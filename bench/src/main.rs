@@ -6,6 +6,7 @@ mod arms;
 mod bulk;
 mod copy;
 mod db;
+mod floor;
 mod idle;
 mod jobs;
 mod pgbench;
@@ -76,8 +77,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<u32>,
     /// Run only the TPC-B-like workload of the pgbench matrix (the dual-write and watch comparisons).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "select_only")]
     pub tpcb_only: bool,
+    /// Run only the select-only workload of the pgbench matrix (the relay and pooling comparisons).
+    #[arg(long)]
+    pub select_only: bool,
+    /// pgbench query modes of the matrix instead of all three (simple, extended, prepared).
+    #[arg(long, value_delimiter = ',', value_parser = ["simple", "extended", "prepared"])]
+    pub modes: Vec<String>,
     /// Run only the COPY section (plain COPY vs COPY through the dual-writing proxy).
     #[arg(long)]
     pub copy_only: bool,

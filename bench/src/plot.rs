@@ -33,6 +33,12 @@ fn colour(arm: Arm) -> RGBColor {
         Arm::CteDirect => RGBColor(148, 103, 189),
         Arm::PgbouncerTx => RGBColor(60, 60, 60),
         Arm::DwTx => RGBColor(44, 160, 44),
+        Arm::FloorTokio => RGBColor(31, 60, 120),
+        Arm::FloorTokioIo => RGBColor(90, 130, 200),
+        Arm::FloorMio => RGBColor(227, 119, 194),
+        Arm::DwNoRules1 => RGBColor(100, 180, 240),
+        Arm::FloorTokio1 => RGBColor(20, 40, 80),
+        Arm::FloorMio1 => RGBColor(160, 60, 130),
     }
 }
 

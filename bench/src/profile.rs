@@ -32,7 +32,8 @@ pub fn run(proxy_bin: &Path, out: &Path, work_dir: &Path) -> Result<()> {
     let work = tempfile::Builder::new().prefix("dualwrite-profile-").tempdir_in(work_dir)?;
 
     // perf, attached to a normally running proxy; then strace counting its system calls.
-    let proxy = ProxyInstance::start(proxy_bin, &upstream, None, false, None, work.path().join("proxy-perf.log"))?;
+    let proxy =
+        ProxyInstance::start(proxy_bin, &upstream, None, false, None, None, work.path().join("proxy-perf.log"))?;
     for mode in ["simple", "prepared"] {
         let data = work.path().join(format!("perf-{mode}.data"));
         let mut perf = Command::new("perf")

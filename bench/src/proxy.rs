@@ -21,13 +21,15 @@ impl ProxyInstance {
     /// Starts `dualwrite serve` and waits until it accepts TCP connections. A failure (binary missing, an
     /// option it does not know yet, an exit) is returned with the proxy's own words, for the report.
     /// `watch`: whether the change-data-capture watch runs (`--cdc`); `pool_size`: transaction pooling with
-    /// that many server connections (`--pool-mode transaction`), else session mode.
+    /// that many server connections (`--pool-mode transaction`), else session mode; `session_threads`:
+    /// `--session-threads` (default one per CPU).
     pub fn start(
         binary: &Path,
         upstream_url: &str,
         rules: Option<&Path>,
         watch: bool,
         pool_size: Option<u32>,
+        session_threads: Option<u32>,
         log_path: PathBuf,
     ) -> Result<ProxyInstance> {
         if !binary.is_file() {
@@ -48,6 +50,9 @@ impl ProxyInstance {
         }
         if let Some(size) = pool_size {
             command.args(["--pool-mode", "transaction", "--pool-size", &size.to_string()]);
+        }
+        if let Some(threads) = session_threads {
+            command.args(["--session-threads", &threads.to_string()]);
         }
         command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;

@@ -37,6 +37,9 @@ pub struct Plan {
     /// Only the TPC-B-like workload ran (`--tpcb-only`).
     #[serde(default)]
     pub tpcb_only: bool,
+    /// Only the select-only workload ran (`--select-only`).
+    #[serde(default)]
+    pub select_only: bool,
     /// Only the COPY section ran (`--copy-only`).
     #[serde(default)]
     pub copy_only: bool,
@@ -62,7 +65,11 @@ impl Plan {
 
     /// The workloads of the pgbench matrix.
     pub fn workloads(&self) -> Vec<Workload> {
-        Workload::ALL.into_iter().filter(|&w| !self.tpcb_only || w == Workload::TpcB).collect()
+        Workload::ALL
+            .into_iter()
+            .filter(|&w| !self.tpcb_only || w == Workload::TpcB)
+            .filter(|&w| !self.select_only || w == Workload::SelectOnly)
+            .collect()
     }
 
     pub fn arm_runs_at(&self, arm: Arm, workload: Workload, mode: Mode, clients: u32) -> bool {

@@ -8,10 +8,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 
-use crate::arms::{Arm, Endpoint, ProxyKind, POOL_SIZE};
+use crate::arms::{Arm, Endpoint, FloorEngine, ProxyKind, POOL_SIZE};
 use crate::bulk::{self, BulkArm};
 use crate::copy::{self, CopyPlan};
 use crate::db::{self, Sql, DATABASE, USER};
+use crate::floor::{self, FloorRelay};
 use crate::idle;
 use crate::jobs;
 use crate::pgbench::{self, Mode, RunSpec, Script};
@@ -31,7 +32,10 @@ fn plan(args: &Args) -> Plan {
         reps: args.reps.unwrap_or(if quick { 1 } else { 3 }),
         warmup_s: args.warmup.unwrap_or(if quick { 1 } else { 2 }),
         measure_s: args.duration.unwrap_or(if quick { 2 } else { 5 }),
-        modes: Mode::ALL.to_vec(),
+        modes: match &args.modes[..] {
+            [] => Mode::ALL.to_vec(),
+            chosen => Mode::ALL.into_iter().filter(|m| chosen.iter().any(|c| c == m.arg())).collect(),
+        },
         clients: match (&args.clients[..], quick) {
             ([], true) => vec![1, 4],
             ([], false) => vec![1, 4, 16],
@@ -45,6 +49,7 @@ fn plan(args: &Args) -> Plan {
         slice_us: None,
         arms: args.arms.clone(),
         tpcb_only: args.tpcb_only,
+        select_only: args.select_only,
         copy_only: args.copy_only,
     }
 }
@@ -99,14 +104,32 @@ pub fn run(args: &Args) -> Result<Results> {
             }
         }
     }
+    let chosen = |arm: Arm| args.arms.iter().any(|a| a == arm.key());
+    let mut floors: HashMap<FloorEngine, FloorRelay> = HashMap::new();
+    let mut floor_missing: HashMap<FloorEngine, String> = HashMap::new();
+    for engine in FloorEngine::ALL {
+        if !Arm::ALL.iter().any(|&arm| chosen(arm) && arm.endpoint() == Endpoint::Floor(engine)) {
+            continue;
+        }
+        match FloorRelay::start(&floor::binary(), engine, cluster.port()) {
+            Ok(relay) => {
+                floors.insert(engine, relay);
+            }
+            Err(err) => {
+                floor_missing.insert(engine, format!("{err:#}"));
+            }
+        }
+    }
     let availability: Vec<(Arm, Option<String>)> = Arm::ALL
         .iter()
         .map(|&arm| {
             let reason = match arm.endpoint() {
-                _ if !args.arms.is_empty() && !args.arms.iter().any(|a| a == arm.key()) => {
-                    Some("not selected for this run (--arms)".to_string())
+                _ if !args.arms.is_empty() && !chosen(arm) => Some("not selected for this run (--arms)".to_string()),
+                _ if args.arms.is_empty() && arm.only_when_chosen() => {
+                    Some("a reference arm, run only when --arms names it".to_string())
                 }
                 Endpoint::Proxy(kind) => proxy_missing.get(&kind).cloned(),
+                Endpoint::Floor(engine) => floor_missing.get(&engine).cloned(),
                 _ => None,
             };
             (arm, reason)
@@ -164,6 +187,7 @@ pub fn run(args: &Args) -> Result<Results> {
         cluster.port(),
         &bouncer,
         &bouncer_tx,
+        &floors,
         &mut proxies,
         &cte_script,
         work.path(),
@@ -213,7 +237,7 @@ fn start_proxy(
     work: &Path,
 ) -> Result<ProxyInstance> {
     let rules = match kind {
-        ProxyKind::NoRules | ProxyKind::NoRulesTx => None,
+        ProxyKind::NoRules | ProxyKind::NoRulesTx | ProxyKind::NoRulesOneThread => None,
         ProxyKind::Elsewhere => Some(("rules-elsewhere.toml", db::ELSEWHERE_RULES)),
         ProxyKind::DualWrite => Some(("rules-dualwrite.toml", db::DUAL_WRITE_RULES)),
         ProxyKind::DualWriteWatch => Some(("rules-dualwrite-watch.toml", db::DUAL_WRITE_RULES)),
@@ -229,11 +253,12 @@ fn start_proxy(
     let log = work.join(format!("proxy-{kind:?}.log"));
     let watch = kind == ProxyKind::DualWriteWatch;
     let pool_size = (kind == ProxyKind::NoRulesTx).then_some(POOL_SIZE);
-    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), watch, pool_size, log)?;
+    let session_threads = (kind == ProxyKind::NoRulesOneThread).then_some(1);
+    let proxy = ProxyInstance::start(binary, upstream, rules_path.as_deref(), watch, pool_size, session_threads, log)?;
     let client = Sql::connect(rt, proxy.port, DATABASE).context("connecting through the proxy")?;
     client.scalar_i64(rt, "SELECT 1::bigint").context("a query through the proxy")?;
     match kind {
-        ProxyKind::NoRules => {}
+        ProxyKind::NoRules | ProxyKind::NoRulesOneThread => {}
         ProxyKind::NoRulesTx => {
             // Every client authenticates on a server connection of its own (closing an idle one when the
             // pool is full), so pids do not show the pooling; the pool's own gauge does: with more clients
@@ -328,6 +353,7 @@ fn run_matrix(
     pg_port: u16,
     bouncer: &Pgbouncer,
     bouncer_tx: &Pgbouncer,
+    floors: &HashMap<FloorEngine, FloorRelay>,
     proxies: &mut HashMap<ProxyKind, ProxyInstance>,
     cte_script: &Path,
     work: &Path,
@@ -371,6 +397,10 @@ fn run_matrix(
                             Endpoint::Proxy(kind) => {
                                 let proxy = proxies.get(&kind).expect("available arms have a proxy");
                                 (proxy.port, Some(proxy.pid()))
+                            }
+                            Endpoint::Floor(engine) => {
+                                let relay = floors.get(&engine).expect("available arms have a relay");
+                                (relay.port, Some(relay.pid()))
                             }
                         };
                         let script = match arm {

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::table::{arms_for, cells, one_line, ratio_str, stat_cell, table_head, NA};
-use crate::arms::{Arm, ProxyKind};
+use super::table::{arms_for, cells, in_run, one_line, ratio_str, stat_cell, table_head, NA};
+use crate::arms::{Arm, Endpoint, ProxyKind};
 use crate::bulk::BulkArm;
 use crate::pgbench::Workload;
 use crate::results::Results;
@@ -12,8 +12,8 @@ use crate::stats::Stat;
 
 pub(crate) fn tps_tables(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Throughput (TPS): median (min–max) over repetitions\n");
-    for workload in Workload::ALL {
-        let arms = arms_for(workload);
+    for workload in r.plan.workloads() {
+        let arms = arms_for(r, workload);
         let _ = writeln!(out, "### {}\n", workload.label());
         table_head(out, "mode, clients", &arms.iter().map(|a| a.key().to_owned()).collect::<Vec<_>>());
         for (mode, clients) in cells(r, workload) {
@@ -33,7 +33,7 @@ pub(crate) fn tps_tables(out: &mut String, r: &Results) {
 
 pub(crate) fn ratio_tables(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Ratios of median TPS\n");
-    let pairs: [(&str, Arm, Arm, bool); 10] = [
+    let pairs: [(&str, Arm, Arm, bool); 15] = [
         ("dw-norules / direct", Arm::DwNoRules, Arm::Direct, false),
         ("dw-norules / pgbouncer", Arm::DwNoRules, Arm::Pgbouncer, false),
         ("pgbouncer / direct", Arm::Pgbouncer, Arm::Direct, false),
@@ -44,9 +44,18 @@ pub(crate) fn ratio_tables(out: &mut String, r: &Results) {
         ("dw-dualwrite-watch / dw-dualwrite", Arm::DwDualWriteWatch, Arm::DwDualWrite, true),
         ("trigger-pgbouncer / trigger-direct", Arm::TriggerPgbouncer, Arm::TriggerDirect, true),
         ("dw-tx / pgbouncer-tx", Arm::DwTx, Arm::PgbouncerTx, false),
+        ("dw-norules-1 / pgbouncer", Arm::DwNoRules1, Arm::Pgbouncer, false),
+        ("floor-tokio / pgbouncer", Arm::FloorTokio, Arm::Pgbouncer, false),
+        ("floor-mio / floor-tokio", Arm::FloorMio, Arm::FloorTokio, false),
+        ("floor-tokio-1 / pgbouncer", Arm::FloorTokio1, Arm::Pgbouncer, false),
+        ("dw-norules / floor-tokio", Arm::DwNoRules, Arm::FloorTokio, false),
     ];
-    for workload in Workload::ALL {
-        let columns: Vec<_> = pairs.iter().filter(|p| !p.3 || workload == Workload::TpcB).collect();
+    for workload in r.plan.workloads() {
+        let columns: Vec<_> =
+            pairs.iter().filter(|p| (!p.3 || workload == Workload::TpcB) && in_run(r, p.1) && in_run(r, p.2)).collect();
+        if columns.is_empty() {
+            continue;
+        }
         let _ = writeln!(out, "### {}\n", workload.label());
         table_head(out, "mode, clients", &columns.iter().map(|p| p.0.to_owned()).collect::<Vec<_>>());
         for (mode, clients) in cells(r, workload) {
@@ -64,8 +73,8 @@ pub(crate) fn latency_tables(out: &mut String, r: &Results) {
         "## Latency per transaction (µs): p50 / p99 from pgbench's per-transaction log, median over repetitions\n\n\
          The last columns are the latency each hop adds to a transaction over direct (p50 / p99).\n"
     );
-    for workload in Workload::ALL {
-        let arms = arms_for(workload);
+    for workload in r.plan.workloads() {
+        let arms = arms_for(r, workload);
         let mut columns: Vec<String> = arms.iter().map(|a| a.key().to_owned()).collect();
         columns.push("added by pgbouncer".into());
         columns.push("added by dw-norules".into());
@@ -97,17 +106,14 @@ pub(crate) fn latency_tables(out: &mut String, r: &Results) {
 
 pub(crate) fn cpu_table(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## CPU of the hop per statement (µs, median over repetitions)\n");
-    let hops = [
-        Arm::Pgbouncer,
-        Arm::DwNoRules,
-        Arm::DwElsewhere,
-        Arm::DwDualWrite,
-        Arm::TriggerPgbouncer,
-        Arm::PgbouncerTx,
-        Arm::DwTx,
-    ];
+    // Every arm with a hop, but the dual-write arms that differ from theirs only by the watch.
+    let hops: Vec<Arm> = Arm::ALL
+        .iter()
+        .copied()
+        .filter(|&a| a.endpoint() != Endpoint::Postgres && a != Arm::DwDualWriteWatch && in_run(r, a))
+        .collect();
     table_head(out, "workload, mode, clients", &hops.iter().map(|a| a.key().to_owned()).collect::<Vec<_>>());
-    for workload in Workload::ALL {
+    for workload in r.plan.workloads() {
         for (mode, clients) in cells(r, workload) {
             let row: Vec<String> = hops
                 .iter()

@@ -31,8 +31,19 @@ pub(crate) fn stat_cell(stat: Stat) -> String {
     format!("{:.0} ({:.0}–{:.0})", stat.median, stat.min, stat.max)
 }
 
-pub(crate) fn arms_for(workload: Workload) -> Vec<Arm> {
-    Arm::ALL.iter().copied().filter(|a| a.runs(workload)).collect()
+/// The arms a table of `workload` has columns for: those of the run (a partial run's selection, or every
+/// arm but the reference ones that run only when chosen), measured or not.
+pub(crate) fn arms_for(r: &Results, workload: Workload) -> Vec<Arm> {
+    Arm::ALL.iter().copied().filter(|&a| a.runs(workload) && in_run(r, a)).collect()
+}
+
+/// Whether `arm` was part of the run's plan.
+pub(crate) fn in_run(r: &Results, arm: Arm) -> bool {
+    if r.plan.arms.is_empty() {
+        !arm.only_when_chosen()
+    } else {
+        r.plan.arms.iter().any(|key| key == arm.key())
+    }
 }
 
 pub(crate) fn table_head(out: &mut String, first: &str, columns: &[String]) {
