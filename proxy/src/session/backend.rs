@@ -203,6 +203,9 @@ impl<'s> Backend<'s> {
     }
 
     fn take_locals(&self, queue: &mut ResponseQueue, out: &mut Vec<Bytes>) {
+        if !queue.has_locals() {
+            return;
+        }
         while let Some(local) = queue.take_local() {
             out.push(local.bytes);
             if local.ready_for_query {
@@ -309,6 +312,9 @@ impl<'s> Backend<'s> {
 
     /// Local answers due before the next upstream message go out first.
     fn flush_locals(&self, queue: &mut ResponseQueue, buf: &mut BytesMut, run: &mut usize, out: &mut Vec<Bytes>) {
+        if !queue.has_locals() {
+            return;
+        }
         let before = out.len();
         let mut pending = Vec::new();
         self.take_locals(queue, &mut pending);

@@ -259,6 +259,13 @@ impl ResponseQueue {
         std::mem::take(&mut self.failed_prepares)
     }
 
+    /// Whether a local answer is queued (none, for almost every response: the relay asks before each
+    /// message, so this stays one comparison).
+    #[inline]
+    pub fn has_locals(&self) -> bool {
+        self.locals != 0
+    }
+
     /// True if any session event waits for [`take_events`](Self::take_events).
     pub fn has_events(&self) -> bool {
         self.events.as_ref().is_some_and(|e| !e.is_empty())
