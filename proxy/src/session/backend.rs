@@ -121,12 +121,10 @@ impl<'s> Backend<'s> {
     pub async fn run(mut self, upstream: &mut Option<ReadHalf>, client: &mut WriteHalf) -> BackendEnd {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
-        // Both wake-up futures live across iterations: re-creating them per loop registered and removed a
-        // waiter (a mutex and a list walk each) for every relayed response. `local_ready` is re-armed only
-        // after it fired; the shutdown future completes once and is not polled again.
+        // The shutdown future lives across iterations: re-creating it per loop registered and removed a
+        // waiter (a mutex and a list walk) for every relayed response; it completes once and is not polled
+        // again. The wait for local answers is a flag and an atomic waker (`LocalReady`).
         let shared = self.shared;
-        let local_ready = shared.local_ready.notified();
-        tokio::pin!(local_ready);
         let mut shutdown_rx = self.shutdown.clone();
         let shutdown = async move {
             let _ = shutdown_rx.changed().await;
@@ -161,8 +159,7 @@ impl<'s> Backend<'s> {
                         }
                     }
                 },
-                _ = &mut local_ready => {
-                    local_ready.set(shared.local_ready.notified());
+                () = std::future::poll_fn(|cx| shared.local_ready.poll_take(cx)) => {
                     let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     self.take_locals(&mut queue, &mut out);
                 }

@@ -350,7 +350,7 @@ impl<'s> Frontend<'s> {
             }
         }
         if local_queued {
-            shared.local_ready.notify_one();
+            shared.local_ready.signal();
         }
     }
 }
