@@ -2,14 +2,14 @@
 //! per engine, in front of the benchmark's Postgres. They measure what a one-hop relay costs on this
 //! machine before any protocol work, with tokio's runtime and with a readiness loop of one's own.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::arms::FloorEngine;
+use crate::proxy::{wait_for_port, Listening};
 
 pub struct FloorRelay {
     child: Child,
@@ -30,17 +30,11 @@ impl FloorRelay {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut relay = FloorRelay { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = relay.child.try_wait()? {
-                bail!("floor-relay exited ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!("floor-relay did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match wait_for_port(&mut relay.child, port, Duration::from_secs(10))? {
+            Listening::Yes => Ok(relay),
+            Listening::Exited(status) => bail!("floor-relay exited ({status})"),
+            Listening::TimedOut => bail!("floor-relay did not listen within 10 s"),
         }
-        Ok(relay)
     }
 
     pub fn pid(&self) -> u32 {

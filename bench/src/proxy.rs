@@ -70,22 +70,16 @@ impl ProxyInstance {
     }
 
     fn wait_listening(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
+        match wait_for_port(&mut self.child, self.port, Duration::from_secs(20))? {
+            Listening::Yes => Ok(()),
+            Listening::Exited(status) => {
                 let said = self.log_tail(8);
                 if said.is_empty() {
                     bail!("`dualwrite serve` exited at once ({status}) without a word: no proxy in this build yet");
                 }
-                bail!("`dualwrite serve` exited ({status}): {said}");
+                bail!("`dualwrite serve` exited ({status}): {said}")
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("dualwrite did not listen within 20 s: {}", self.log_tail(8));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Listening::TimedOut => bail!("dualwrite did not listen within 20 s: {}", self.log_tail(8)),
         }
     }
 
@@ -111,6 +105,30 @@ impl Drop for ProxyInstance {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How waiting for a child process to listen ended.
+pub enum Listening {
+    Yes,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Polls until `port` on 127.0.0.1 accepts a connection, the child exits, or `within` has passed.
+pub fn wait_for_port(child: &mut Child, port: u16, within: Duration) -> Result<Listening> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Listening::Exited(status));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Listening::Yes);
+        }
+        if Instant::now() > deadline {
+            return Ok(Listening::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
