@@ -167,3 +167,79 @@ async fn pgbench_prepared_with_one_thread_for_eight_clients_on_two_server_connec
     settle_server_connections(&direct, &db.name, 2, std::time::Duration::from_secs(60)).await;
     proxy.stop().await.unwrap();
 }
+
+fn query(sql: &str) -> Vec<u8> {
+    frame(b'Q', &[sql.as_bytes(), &[0]].concat())
+}
+
+/// `DEALLOCATE ALL` and `DISCARD ALL` drop every statement of the server connection they run on, other
+/// clients' too (pgbouncer 1.21 broke its other clients so; 1.22 follows the command tag): the pooler
+/// forgets what the connection held and prepares the others' statements there again, while the client
+/// who sent it loses its own statements as in Postgres, except one prepared behind it in the same
+/// pipeline (pgbouncer issue 1535). `DEALLOCATE name` frees the client's name (PDO sends it).
+#[tokio::test]
+async fn deallocate_and_discard_all_drop_only_their_clients_statements_and_deallocate_frees_a_name() {
+    let cluster = TestCluster::shared();
+    let db = cluster.create_database().await.unwrap();
+    // One server connection: both clients' statements meet on it, as one statement of the proxy's.
+    let proxy = TestProxy::start(pooled_config(&cluster, 1)).await.unwrap();
+    let mut alice = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let mut bob = RawClient::connect(proxy.addr(), cluster.superuser(), &db.name).await;
+    let gone = |name: &str| Some(("26000".to_owned(), format!("prepared statement \"{name}\" does not exist")));
+
+    for reset in ["DISCARD ALL", "DEALLOCATE ALL"] {
+        let answers = batch(&mut alice, &[parse("s", "SELECT 42"), bind("s"), execute(), sync()]).await;
+        assert_eq!(tags(&answers), "12DCZ", "{reset}");
+        let answers = batch(&mut bob, &[parse("q", "SELECT 42"), bind("q"), execute(), sync()]).await;
+        assert_eq!(tags(&answers), "12DCZ", "{reset}");
+        let answers = batch(&mut alice, &[query(reset)]).await;
+        assert_eq!(command_tags(&answers), [reset]);
+        let answers = batch(&mut bob, &[bind("q"), execute(), sync()]).await;
+        assert_eq!(tags(&answers), "2DCZ", "{reset} of another client leaves Bob's statement usable");
+        let answers = batch(&mut alice, &[bind("s"), execute(), sync()]).await;
+        assert_eq!(first_error(&answers), gone("s"), "{reset} dropped Alice's own statement");
+        let answers = batch(&mut bob, &[close("q"), sync()]).await;
+        assert_eq!(tags(&answers), "3Z");
+    }
+
+    // A statement prepared behind the reset in the same pipeline survives it, on both sides.
+    alice.send(&[query("DEALLOCATE ALL"), parse("t", "SELECT 5"), bind("t"), execute(), sync()].concat()).await;
+    assert_eq!(command_tags(&alice.read_until_ready().await), ["DEALLOCATE ALL"]);
+    assert_eq!(tags(&alice.read_until_ready().await), "12DCZ");
+    let answers = batch(&mut alice, &[bind("t"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "2DCZ", "t is still Alice's");
+    // The connection holds "SELECT 5" now though the pooler could not know it: Bob's Parse of the same
+    // text is prepared again behind a Close, not refused as a duplicate by the server.
+    let answers = batch(&mut bob, &[parse("p", "SELECT 5"), bind("p"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ");
+
+    // A failed reset (DISCARD ALL inside a transaction block) drops nothing.
+    let answers = batch(&mut alice, &[query("BEGIN; DISCARD ALL")]).await;
+    assert_eq!(first_error(&answers).map(|e| e.0).as_deref(), Some("25001"));
+    batch(&mut alice, &[query("ROLLBACK")]).await;
+    let answers = batch(&mut alice, &[bind("t"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "2DCZ", "t survives a reset that failed");
+
+    // DEALLOCATE of a statement prepared with a Parse frees the client's name; Bob's statement stays.
+    let answers = batch(&mut alice, &[query("DEALLOCATE t")]).await;
+    assert_eq!(command_tags(&answers), ["DEALLOCATE"]);
+    let answers = batch(&mut alice, &[bind("t"), execute(), sync()]).await;
+    assert_eq!(first_error(&answers), gone("t"));
+    let answers = batch(&mut alice, &[parse("t", "SELECT 6"), bind("t"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "the name is free again");
+    let answers = batch(&mut bob, &[bind("p"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "2DCZ");
+    // A name the client never prepared is the server's to refuse, with the client's name.
+    let answers = batch(&mut alice, &[query("DEALLOCATE nothing")]).await;
+    assert_eq!(first_error(&answers), gone("nothing"));
+
+    // Pinned to its connection (a session setting), a client's reset is followed the same way: its name
+    // is free again and the statement is prepared on the connection anew.
+    batch(&mut alice, &[query("SET application_name = 'pinned'")]).await;
+    let answers = batch(&mut alice, &[parse("u", "SELECT 8"), bind("u"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ");
+    assert_eq!(command_tags(&batch(&mut alice, &[query("DEALLOCATE ALL")]).await), ["DEALLOCATE ALL"]);
+    let answers = batch(&mut alice, &[parse("u", "SELECT 8"), bind("u"), execute(), sync()]).await;
+    assert_eq!(tags(&answers), "12DCZ", "a pinned client's name is free after its reset");
+    proxy.stop().await.unwrap();
+}

@@ -15,6 +15,7 @@
 //! Generic over the connection type so that its rules are tested without sockets; the session layer lends
 //! its server connections through it.
 
+pub mod deallocate;
 pub mod metrics;
 mod pin_words;
 pub mod pinning;

@@ -8,6 +8,11 @@
 //! connection keeps at most `capacity` statements, closing the least recently used one to make room.
 //! Unnamed statements live inside one batch and are not translated. Pure: frames in, frames out.
 //!
+//! A `DEALLOCATE ALL` or `DISCARD ALL` that ran on a connection ([`super::deallocate`]) dropped what it
+//! held, but a statement prepared behind it in the same pipeline may be there still: the connection's
+//! statements become uncertain ([`ServerPrepared::server_reset`]), and the next prepare of one of them is
+//! preceded by a Close of its name, which Postgres accepts whether or not the statement exists.
+//!
 //! A pool remembers the statements its server accepted (a connection prepared them and went back to the
 //! pool holding them). A client's Parse of such a statement while it holds no connection is answered
 //! locally, without waiting for one (`ClientStatements::parse_detached`): libpq's synchronous `PQprepare`
@@ -93,11 +98,19 @@ pub struct ServerPrepared {
     capacity: usize,
     /// Statements added since the connection last went back to its pool.
     fresh: Vec<Arc<str>>,
+    /// Statements the connection may or may not hold since a reset it ran (see the module docs).
+    uncertain: HashSet<String>,
 }
 
 impl ServerPrepared {
     pub fn new(capacity: usize) -> Self {
-        ServerPrepared { last_use: HashMap::new(), clock: 0, capacity: capacity.max(1), fresh: Vec::new() }
+        ServerPrepared {
+            last_use: HashMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+            fresh: Vec::new(),
+            uncertain: HashSet::new(),
+        }
     }
 
     fn holds(&mut self, name: &str) -> bool {
@@ -111,20 +124,32 @@ impl ServerPrepared {
         }
     }
 
-    /// Records `name` as prepared; the Close of the statement evicted to make room, if any.
-    fn add(&mut self, name: &Arc<str>) -> Option<Bytes> {
-        let evicted = if self.last_use.len() >= self.capacity {
+    /// Records `name` as prepared; the Closes to send before its Parse: of the statement evicted to make
+    /// room, and of `name` itself when the connection may hold it still.
+    fn add(&mut self, name: &Arc<str>) -> Vec<Bytes> {
+        let mut closes = Vec::new();
+        if self.last_use.len() >= self.capacity {
             let oldest = self.last_use.iter().min_by_key(|(_, used)| **used).map(|(n, _)| n.clone());
-            oldest.inspect(|n| {
-                self.last_use.remove(n);
-            })
-        } else {
-            None
-        };
+            if let Some(oldest) = oldest {
+                self.last_use.remove(&oldest);
+                closes.push(messages::close_statement(&oldest));
+            }
+        }
+        if self.uncertain.remove(&**name) {
+            closes.push(messages::close_statement(name));
+        }
         self.clock += 1;
         self.last_use.insert(name.to_string(), self.clock);
         self.fresh.push(Arc::clone(name));
-        evicted.map(|n| messages::close_statement(&n))
+        closes
+    }
+
+    /// The connection ran a `DEALLOCATE ALL` or `DISCARD ALL`: each statement it held is gone, unless it
+    /// was prepared behind that statement in the same pipeline; which, is not known here, so each is
+    /// uncertain.
+    pub fn server_reset(&mut self) {
+        self.uncertain.extend(self.last_use.drain().map(|(name, _)| name));
+        self.fresh.clear();
     }
 
     /// The server did not prepare `name` (its Parse failed, or was skipped after an earlier error).
@@ -141,10 +166,11 @@ impl ServerPrepared {
         fresh
     }
 
-    /// The connection was reset (`DISCARD ALL`): it holds nothing any more.
+    /// The connection was reset by the pooler (`DISCARD ALL`, nothing behind it): it holds nothing any more.
     pub fn clear(&mut self) {
         self.last_use.clear();
         self.fresh.clear();
+        self.uncertain.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -161,9 +187,9 @@ impl ServerPrepared {
 pub enum ParseAction {
     /// The connection holds it already: answer ParseComplete locally.
     AnswerLocally,
-    /// Send these frames (a Close of an evicted statement, then the Parse under the server's name `name`);
-    /// the ParseComplete is the client's.
-    Send { evict: Option<Bytes>, parse: Bytes, name: Arc<str> },
+    /// Send these frames (the Closes of [`ServerPrepared::add`], then the Parse under the server's name
+    /// `name`); the ParseComplete is the client's.
+    Send { closes: Vec<Bytes>, parse: Bytes, name: Arc<str> },
     /// The client already has a statement of that name: Postgres's error, raised in its place.
     Refuse(SqlError),
 }
@@ -171,24 +197,42 @@ pub enum ParseAction {
 /// A use (Bind, Describe) of a client's statement on a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Use {
-    /// Frames to send first, their answers hidden from the client: a Close of an evicted statement and
-    /// the Parse preparing this one, when the connection lacks it.
-    pub prepare: Option<(Option<Bytes>, Bytes)>,
+    /// Frames to send first, their answers hidden from the client, when the connection lacks the
+    /// statement: the Closes of [`ServerPrepared::add`] and the Parse preparing it.
+    pub prepare: Option<(Vec<Bytes>, Bytes)>,
     /// The client's frame with the server's statement name.
     pub frame: Bytes,
     /// That name.
     pub name: Arc<str>,
 }
 
-/// The named statements of one client.
+/// The named statements of one client, each with the order of its Parse.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    statements: HashMap<Vec<u8>, Arc<ServerStatement>>,
+    statements: HashMap<Vec<u8>, (u64, Arc<ServerStatement>)>,
+    next: u64,
 }
 
 impl ClientStatements {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn insert(&mut self, name: &[u8], statement: Arc<ServerStatement>) {
+        self.statements.insert(name.to_vec(), (self.next, statement));
+        self.next += 1;
+    }
+
+    /// Where the client's statements stand now: [`Self::deallocate_before`] this mark drops the ones
+    /// parsed so far and no later one.
+    pub fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// A `DEALLOCATE ALL` or `DISCARD ALL` sent at `mark` ran: the client's statements parsed before it
+    /// are gone, as in Postgres.
+    pub fn deallocate_before(&mut self, mark: u64) {
+        self.statements.retain(|_, (order, _)| *order >= mark);
     }
 
     /// A Parse of `name` (not empty) with `sql` on the connection `server`.
@@ -205,12 +249,12 @@ impl ClientStatements {
             return ParseAction::Refuse(SqlError::new("42P05", message));
         }
         let statement = Arc::new(names.server_statement(sql, param_types));
-        self.statements.insert(name.to_vec(), Arc::clone(&statement));
+        self.insert(name, Arc::clone(&statement));
         if server.holds(&statement.name) {
             return ParseAction::AnswerLocally;
         }
-        let evict = server.add(&statement.name);
-        ParseAction::Send { evict, parse: statement.parse.clone(), name: Arc::clone(&statement.name) }
+        let closes = server.add(&statement.name);
+        ParseAction::Send { closes, parse: statement.parse.clone(), name: Arc::clone(&statement.name) }
     }
 
     /// A Parse of `name` (not empty) while the client holds no connection of `pool`: answered locally (the
@@ -229,7 +273,7 @@ impl ClientStatements {
         }
         let server_name = Arc::clone(names.accepted_name(pool, sql, param_types)?);
         let parse = messages::parse(Some(server_name.to_string()), sql, param_types.to_vec());
-        self.statements.insert(name.to_vec(), Arc::new(ServerStatement { name: server_name, parse }));
+        self.insert(name, Arc::new(ServerStatement { name: server_name, parse }));
         Some(ParseAction::AnswerLocally)
     }
 
@@ -248,7 +292,7 @@ impl ClientStatements {
     /// A Bind or Describe (`frame`) of the client's statement `name` on `server`; `None` when the client has
     /// no statement of that name (the frame goes as it is, and the server says so).
     pub fn use_statement(&self, server: &mut ServerPrepared, name: &[u8], frame: &[u8]) -> Option<Use> {
-        let statement = self.statements.get(name)?;
+        let (_, statement) = self.statements.get(name)?;
         let frame = rename_statement(frame, &statement.name)?;
         let prepare = (!server.holds(&statement.name)).then(|| (server.add(&statement.name), statement.parse.clone()));
         Some(Use { prepare, frame, name: Arc::clone(&statement.name) })
@@ -258,7 +302,7 @@ impl ClientStatements {
     /// error): the name is free again, as in Postgres, unless the client has since named another statement
     /// so.
     pub fn forget_failed(&mut self, name: &[u8], server_name: &str) {
-        if self.statements.get(name).is_some_and(|s| &*s.name == server_name) {
+        if self.statements.get(name).is_some_and(|(_, s)| &*s.name == server_name) {
             self.statements.remove(name);
         }
     }
@@ -314,7 +358,7 @@ mod tests {
 
     fn sent(action: ParseAction) -> Bytes {
         match action {
-            ParseAction::Send { evict: None, parse, .. } => parse,
+            ParseAction::Send { closes, parse, .. } if closes.is_empty() => parse,
             other => panic!("expected a Parse to send, got {other:?}"),
         }
     }
@@ -347,7 +391,7 @@ mod tests {
         let used = client.use_statement(&mut second, b"s", &describe_statement("s")).unwrap();
         let parse = messages::parse(Some("dualwrite_s1".into()), "SELECT 1", Vec::new());
         let name = "dualwrite_s1".into();
-        assert_eq!(used, Use { prepare: Some((None, parse)), frame: describe_statement("dualwrite_s1"), name });
+        assert_eq!(used, Use { prepare: Some((vec![], parse)), frame: describe_statement("dualwrite_s1"), name });
         let again = client.use_statement(&mut second, b"s", &messages::bind("", "s")).unwrap();
         assert_eq!(again.prepare, None, "prepared once per connection");
         assert_eq!(again.frame, messages::bind("", "dualwrite_s1"));
@@ -424,7 +468,7 @@ mod tests {
         // At its first use on a connection that lacks it, the statement is prepared there.
         let mut elsewhere = ServerPrepared::new(10);
         let used = bob.use_statement(&mut elsewhere, b"q", &messages::bind("", "q")).unwrap();
-        assert_eq!(used.prepare, Some((None, messages::parse(Some("dualwrite_s1".into()), "SELECT $1", vec![23]))));
+        assert_eq!(used.prepare, Some((vec![], messages::parse(Some("dualwrite_s1".into()), "SELECT $1", vec![23]))));
         assert_eq!(used.frame, messages::bind("", "dualwrite_s1"));
     }
 
@@ -436,16 +480,49 @@ mod tests {
         sent(client.parse(&mut names, &mut server, b"a", "SELECT 'a'", Vec::new()));
         sent(client.parse(&mut names, &mut server, b"b", "SELECT 'b'", Vec::new()));
         client.use_statement(&mut server, b"a", &messages::bind("", "a")).unwrap();
-        let ParseAction::Send { evict, .. } = client.parse(&mut names, &mut server, b"c", "SELECT 'c'", Vec::new())
+        let ParseAction::Send { closes, .. } = client.parse(&mut names, &mut server, b"c", "SELECT 'c'", Vec::new())
         else {
             panic!("expected a Parse")
         };
-        assert_eq!(evict, Some(messages::close_statement("dualwrite_s2")), "b was used least recently");
+        assert_eq!(closes, [messages::close_statement("dualwrite_s2")], "b was used least recently");
         let used = client.use_statement(&mut server, b"b", &messages::bind("", "b")).unwrap();
-        let (evict, parse) = used.prepare.unwrap();
-        assert_eq!(evict, Some(messages::close_statement("dualwrite_s1")));
+        let (closes, parse) = used.prepare.unwrap();
+        assert_eq!(closes, [messages::close_statement("dualwrite_s1")]);
         assert_eq!(parse, messages::parse(Some("dualwrite_s2".into()), "SELECT 'b'", Vec::new()));
         server.clear();
         assert!(server.is_empty(), "a reset connection holds nothing");
+    }
+
+    #[test]
+    fn after_a_reset_statements_are_prepared_again_behind_a_close_and_the_clients_older_names_are_gone() {
+        let mut names = StatementNames::new();
+        let mut server = ServerPrepared::new(10);
+        let (mut alice, mut bob) = (ClientStatements::new(), ClientStatements::new());
+        sent(alice.parse(&mut names, &mut server, b"s", "SELECT 1", Vec::new()));
+        assert_eq!(bob.parse(&mut names, &mut server, b"q", "SELECT 1", Vec::new()), ParseAction::AnswerLocally);
+        // Alice sends DEALLOCATE ALL, then (pipelined behind it) prepares another statement.
+        let mark = alice.mark();
+        sent(alice.parse(&mut names, &mut server, b"t", "SELECT 2", Vec::new()));
+        // The server ran the DEALLOCATE ALL.
+        server.server_reset();
+        alice.deallocate_before(mark);
+        assert!(server.is_empty());
+        assert!(alice.use_statement(&mut server, b"s", &messages::bind("", "s")).is_none(), "Alice's s is gone");
+        // Bob's statement is prepared on the connection again; a Close first, since which of the
+        // connection's statements survived is not known.
+        let used = bob.use_statement(&mut server, b"q", &messages::bind("", "q")).unwrap();
+        let (closes, parse) = used.prepare.unwrap();
+        assert_eq!(closes, [messages::close_statement("dualwrite_s1")]);
+        assert_eq!(parse, messages::parse(Some("dualwrite_s1".into()), "SELECT 1", Vec::new()));
+        // Alice's t, prepared behind the reset, is still hers.
+        let used = alice.use_statement(&mut server, b"t", &messages::bind("", "t")).unwrap();
+        assert_eq!(used.prepare.unwrap().0, [messages::close_statement("dualwrite_s2")]);
+        let again = alice.use_statement(&mut server, b"t", &messages::bind("", "t")).unwrap();
+        assert_eq!(again.prepare, None, "prepared again once");
+        // A reset of the pooler's own (nothing behind it) leaves nothing uncertain.
+        server.server_reset();
+        server.clear();
+        let used = bob.use_statement(&mut server, b"q", &messages::bind("", "q")).unwrap();
+        assert_eq!(used.prepare.unwrap().0, Vec::<Bytes>::new());
     }
 }

@@ -29,6 +29,7 @@ use super::pooled::PooledLink;
 use super::{write_chunks, SessionShared, READ_CHUNK, STREAM_THRESHOLD};
 use crate::cancel::CancelRegistration;
 use crate::metrics::{self, SessionMetrics};
+use crate::pool::deallocate;
 use crate::protocol::frame::{peek_header, BodyReader};
 use crate::protocol::messages::{self, body, btag, SqlError};
 use crate::protocol::responses::{rewrite_command_complete, Action, ResponseQueue};
@@ -226,6 +227,8 @@ impl<'s> Backend<'s> {
         let shared = self.shared;
         let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut run = 0;
+        // Transaction mode: `DEALLOCATE ALL` / `DISCARD ALL` tags, for the pooler after the queue's lock.
+        let mut resets = 0;
         loop {
             let header = match peek_header(&buf[run..], MAX_UPSTREAM_FRAME) {
                 Ok(Some(h)) => h,
@@ -256,6 +259,9 @@ impl<'s> Backend<'s> {
             let frame = &buf[run..run + total];
             self.server_idle = header.tag == btag::READY_FOR_QUERY && frame.get(5) == Some(&b'I');
             self.last_was_error = header.tag == btag::ERROR_RESPONSE;
+            if header.tag == btag::COMMAND_COMPLETE && self.link.is_some() && deallocate::is_reset_tag(frame) {
+                resets += 1;
+            }
             if self.last_was_error {
                 let code = messages::sqlstate(body(frame)).map(String::from_utf8_lossy);
                 metrics::count_error(code.as_deref().unwrap_or(""));
@@ -303,6 +309,9 @@ impl<'s> Backend<'s> {
         drop(queue);
         if let (Some(failed), Some(link)) = (failed, self.link) {
             link.forget_failed_prepares(failed);
+        }
+        if let (true, Some(link)) = (resets > 0, self.link) {
+            link.server_reset(resets);
         }
         Ok(())
     }

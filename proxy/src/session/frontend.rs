@@ -139,7 +139,12 @@ impl Host for SessionHost<'_> {
     fn upstream_sql(&mut self, sql: &[u8]) {
         if let Some(link) = self.link {
             link.judge_pinning(sql);
+            link.expect_resets(sql);
         }
+    }
+
+    fn deallocates_locally(&mut self, sql: &[u8]) -> bool {
+        self.link.is_some_and(|link| link.deallocates_locally(sql))
     }
 
     fn answers_sync(&mut self) -> bool {

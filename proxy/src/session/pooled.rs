@@ -7,11 +7,13 @@
 //!
 //! What the client set at startup holds on every connection it gets: the pool key includes the startup
 //! parameters, which are the connection's session defaults. Named prepared statements are translated to
-//! the connection's own names ([`crate::pool::statements`]); statements that leave state on the
+//! the connection's own names ([`crate::pool::statements`]), and the SQL that drops prepared statements is
+//! followed ([`crate::pool::deallocate`]); statements that leave state on the
 //! connection pin the client to it ([`crate::pool::pinning`]); a pinned connection is reset with
 //! `DISCARD ALL` before another client gets it. A connection that broke, or that a client left in the
 //! middle of a transaction, is closed, never given back.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::{replacement, write_chunks, SessionShared};
 use crate::cancel::CancelRegistration;
+use crate::pool::deallocate;
 use crate::pool::pinning::{self, PinReason};
 use crate::pool::registry::{PoolRegistry, ServerConn};
 use crate::pool::statements::{ClientStatements, ParseAction, Use};
@@ -57,6 +60,9 @@ struct LinkState {
     at_rest: bool,
     pinned: Option<PinReason>,
     statements: ClientStatements,
+    /// Per `DEALLOCATE ALL` or `DISCARD ALL` sent and not answered yet, in order: the client's statements'
+    /// mark when it was sent ([`ClientStatements::mark`]).
+    resets_sent: VecDeque<u64>,
 }
 
 /// A transaction-mode session's hold on its pool: the connection it holds now (if any), its cancel key's
@@ -89,6 +95,7 @@ impl<'s> PooledLink<'s> {
             at_rest: false,
             pinned: None,
             statements: ClientStatements::new(),
+            resets_sent: VecDeque::new(),
         };
         let pool = Arc::clone(lease_pool(&state));
         let registry = &ctx.pools;
@@ -177,6 +184,10 @@ impl<'s> PooledLink<'s> {
     pub(super) fn rest(&self, at_rest: bool, read: &mut Option<ReadHalf>) {
         let mut state = self.state();
         state.at_rest = at_rest;
+        if at_rest && !state.resets_sent.is_empty() && !self.shared.is_busy() {
+            // Every answer is in: the ones whose tag never came failed, and dropped nothing.
+            state.resets_sent.clear();
+        }
         if !at_rest || state.pinned.is_some() || self.shared.tx_status.load(Ordering::Relaxed) != b'I' {
             return;
         }
@@ -215,6 +226,47 @@ impl<'s> PooledLink<'s> {
         }
     }
 
+    /// Client SQL about to run on the server connection: notes each `DEALLOCATE ALL` and `DISCARD ALL`
+    /// in it with the client's statements' mark at this point, for [`Self::server_reset`].
+    pub(super) fn expect_resets(&self, sql: &[u8]) {
+        let resets = deallocate::resets_in(sql);
+        if resets == 0 {
+            return;
+        }
+        let mut state = self.state();
+        let mark = state.statements.mark();
+        state.resets_sent.extend(std::iter::repeat_n(mark, resets));
+    }
+
+    /// The server connection answered `count` `DEALLOCATE ALL` or `DISCARD ALL` tags: it dropped every
+    /// statement it held (other clients' too), and the client's own statements parsed before each are
+    /// gone. One answered without a mark (a statement prepared once and executed again) drops all the
+    /// client's statements so far.
+    pub(super) fn server_reset(&self, count: usize) {
+        let mut state = self.state();
+        let LinkState { lease, statements, resets_sent, .. } = &mut *state;
+        if let Some(lease) = lease.as_mut() {
+            lease.conn().prepared.server_reset();
+        }
+        for _ in 0..count {
+            let mark = resets_sent.pop_front().unwrap_or_else(|| statements.mark());
+            statements.deallocate_before(mark);
+        }
+        tracing::debug!(count, "server connection dropped its prepared statements");
+    }
+
+    /// `DEALLOCATE [PREPARE] name` of a statement the client prepared with a Parse: the client's name is
+    /// freed and the command answered by the proxy (the server knows the statement by another name, and
+    /// keeps it for its other clients). False for anything else, which goes to the server; so does any
+    /// statement of a failed transaction, which the server refuses.
+    pub(super) fn deallocates_locally(&self, sql: &[u8]) -> bool {
+        if self.shared.tx_status.load(Ordering::Relaxed) == b'E' {
+            return false;
+        }
+        let Some(name) = deallocate::deallocated_name(sql) else { return false };
+        self.state().statements.close(&name)
+    }
+
     /// A Parse, Bind, Describe or Close naming one of the client's statements, for the connection held.
     pub(super) fn rename_statement(&self, frame: &[u8]) -> Option<Renamed> {
         let mut state = self.state();
@@ -231,10 +283,10 @@ impl<'s> PooledLink<'s> {
                 let mut names = self.registry.names.lock().unwrap_or_else(|e| e.into_inner());
                 Some(match statements.parse(&mut names, server, view.statement, sql, view.param_type_oids()) {
                     ParseAction::AnswerLocally => Renamed::Local(messages::parse_complete()),
-                    ParseAction::Send { evict, parse, name } => {
+                    ParseAction::Send { closes, parse, name } => {
                         let client_name = Some(Bytes::copy_from_slice(view.statement));
                         let own = PrepareTicket { server_name: name, client_name, hidden: false };
-                        sent(evict, None, parse, Some(own))
+                        sent(closes, None, parse, Some(own))
                     }
                     ParseAction::Refuse(err) => Renamed::Refuse { raise_sql: err.raise_statement() },
                 })
@@ -346,18 +398,18 @@ fn nonempty(name: &[u8]) -> Option<&[u8]> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Frames to send, all but the last with answers hidden from the client.
-/// The frames of a translated request: a Close of an evicted statement, a Parse preparing the statement
-/// (hidden, with its ticket), then the client's own frame (with its ticket when it is a Parse).
+/// The frames of a translated request, all but the last with answers hidden from the client: Closes (of
+/// an evicted statement, of one the connection may hold still), a Parse preparing the statement (with its
+/// ticket), then the client's own frame (with its ticket when it is a Parse).
 fn sent(
-    evict: Option<Bytes>,
+    closes: Vec<Bytes>,
     prepare: Option<(Bytes, PrepareTicket)>,
     frame: Bytes,
     own: Option<PrepareTicket>,
 ) -> Renamed {
     let mut frames = BytesMut::new();
-    let mut hidden = Vec::with_capacity(2);
-    if let Some(close) = evict {
+    let mut hidden = Vec::with_capacity(closes.len() + 1);
+    for close in closes {
         frames.extend_from_slice(&close);
         hidden.push(None);
     }
@@ -371,9 +423,9 @@ fn sent(
 
 fn used(used: Use) -> Option<Renamed> {
     let Use { prepare, frame, name } = used;
-    let Some((evict, parse)) = prepare else { return Some(sent(None, None, frame, None)) };
+    let Some((closes, parse)) = prepare else { return Some(sent(Vec::new(), None, frame, None)) };
     let ticket = PrepareTicket { server_name: name, client_name: None, hidden: true };
-    Some(sent(evict, Some((parse, ticket)), frame, None))
+    Some(sent(closes, Some((parse, ticket)), frame, None))
 }
 
 /// A pinned connection is reset before another client gets it; closed if that fails.

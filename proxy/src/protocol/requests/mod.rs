@@ -84,6 +84,12 @@ pub trait Host {
     /// Transaction pooling: client SQL about to run on the server connection (what pins the client to it
     /// is judged there).
     fn upstream_sql(&mut self, _sql: &[u8]) {}
+    /// Transaction pooling: whether the pooler answers this simple Query itself (a `DEALLOCATE` of a
+    /// statement the client prepared with a Parse, which the server knows by another name) with
+    /// CommandComplete `DEALLOCATE`.
+    fn deallocates_locally(&mut self, _sql: &[u8]) -> bool {
+        false
+    }
     /// A COPY that qualified for a dual write of COPYs alone ran as one (`staged` false) or through the
     /// staging path after all.
     fn count_copy_tee(&mut self, _staged: bool) {}
@@ -416,6 +422,11 @@ impl RequestMachine {
     fn on_query<H: Host>(&mut self, host: &mut H, b: &[u8]) -> Step {
         let Some(sql) = messages::query_sql(b) else { return self.unreadable(host, tag::QUERY) };
         match self.verdict(host, sql, SqlOrigin::SimpleQuery, &[], true) {
+            Verdict::Forward if host.deallocates_locally(sql) => {
+                host.count_query(Route::Passthrough);
+                self.answer(messages::command_complete("DEALLOCATE"), true, false);
+                Step::Drop
+            }
             Verdict::Forward => {
                 host.upstream_sql(sql);
                 self.on_tag(host, tag::QUERY)
