@@ -1,7 +1,8 @@
 //! Transaction mode (`pool_mode = "transaction"`): many clients share a few server connections, one per
 //! transaction; session state pins (a COPY the parser cannot read does not); the proxy's own
 //! `dualwrite.version` survives the swaps; the wait timeout, cancel, a client killed mid-transaction,
-//! `DUALWRITE POOLS` and the pool metrics. Prepared statements across connections: pool_prepared.rs.
+//! `DUALWRITE POOLS` and the pool metrics; the per-database and per-user pool mode. Prepared statements across
+//! connections: pool_prepared.rs.
 
 mod pool_support;
 mod proxy_support;
@@ -434,4 +435,52 @@ async fn authentication_stays_relayed_a_wrong_password_gets_the_servers_error_an
     assert_eq!(user, SCRAM_USER);
     client.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
     proxy.stop().await.unwrap();
+}
+
+/// `[databases.<name>]` and `[users.<name>]` set the pool mode of their sessions in a running proxy, a
+/// user's over its database's over the top level's: in transaction mode two clients take turns on the one
+/// server connection of their pool; in session mode each holds its own, so both keep a transaction open at
+/// once (a pool of one, in transaction mode, would make the second wait out its one-second timeout).
+#[tokio::test]
+async fn pool_mode_overrides_of_a_database_and_of_a_user_take_effect_a_users_over_its_databases() {
+    let cluster = TestCluster::shared();
+    let (pooled_db, session_db) = (cluster.create_database().await.unwrap(), cluster.create_database().await.unwrap());
+    let mut config = pooled_config(&cluster, 1);
+    config.pool_wait_timeout_secs = 1;
+    let mode = |mode| dualwrite_proxy::config::PoolOverride { pool_mode: Some(mode), ..Default::default() };
+    config.databases.insert(session_db.name.clone(), mode(PoolMode::Session));
+    config.users.insert(SCRAM_USER.to_owned(), mode(PoolMode::Transaction));
+    config.users.insert(MD5_USER.to_owned(), mode(PoolMode::Session));
+    let proxy = TestProxy::start(config).await.unwrap();
+
+    let superuser = (cluster.superuser(), None);
+    let (scram, md5) = ((SCRAM_USER, Some(SCRAM_PASSWORD)), (MD5_USER, Some(MD5_PASSWORD)));
+    for (db, (user, password), pooled) in [
+        (&pooled_db, superuser, true),
+        (&session_db, superuser, false),
+        (&session_db, scram, true),
+        (&pooled_db, md5, false),
+    ] {
+        let what = format!("{user} on the {} database", if db.name == pooled_db.name { "pooled" } else { "session" });
+        let url = proxy.url_as(db, user, password);
+        let (first, second) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+        if pooled {
+            assert_eq!(
+                backend_pid(&first).await,
+                backend_pid(&second).await,
+                "{what}: one server connection, in turns"
+            );
+        } else {
+            first.batch_execute("BEGIN").await.unwrap();
+            second.batch_execute("BEGIN").await.unwrap();
+            assert_ne!(backend_pid(&first).await, backend_pid(&second).await, "{what}: a connection each");
+            first.batch_execute("COMMIT").await.unwrap();
+            second.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    proxy.stop().await.unwrap();
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
 }
