@@ -67,7 +67,13 @@ pub fn split_statements(lexemes: Vec<Lexeme>) -> Vec<Vec<Lexeme>> {
 /// The first keyword of `sql` after whitespace and comments (`--` lines and nested `/* */` blocks), without
 /// tokenizing the rest: the cheap check the session runs on every statement.
 pub fn first_word(sql: &str) -> Option<&str> {
-    let bytes = sql.as_bytes();
+    // The word is ASCII letters, digits and underscores: its bytes are the string's own.
+    first_word_bytes(sql.as_bytes()).and_then(|word| std::str::from_utf8(word).ok())
+}
+
+/// [`first_word`] of text not known to be UTF-8 (a statement as the client sent it), without checking the
+/// rest of it.
+pub fn first_word_bytes(bytes: &[u8]) -> Option<&[u8]> {
     let mut i = 0;
     loop {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
@@ -104,7 +110,7 @@ pub fn first_word(sql: &str) -> Option<&str> {
     while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
         i += 1;
     }
-    (i > start).then(|| &sql[start..i])
+    (i > start).then(|| &bytes[start..i])
 }
 
 /// Byte offsets of each line start, to turn the tokenizer's (line, column) into a character position.

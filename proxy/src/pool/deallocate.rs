@@ -22,7 +22,8 @@ use sqlparser::tokenizer::Token;
 use super::pin_words::WordSet;
 use crate::lexer::{self, Lexeme};
 
-/// The words every statement this module looks for holds; SQL without them is not tokenized.
+/// The words every statement this module looks for holds: text after a `;` is tokenized only when it holds
+/// one.
 static WORDS: LazyLock<WordSet> = LazyLock::new(|| WordSet::new(&["deallocate", "discard"]));
 
 /// How many statements of `sql` (one Query string, or one Parse) drop every prepared statement of the
@@ -34,7 +35,10 @@ pub fn resets_in(sql: &[u8]) -> usize {
 /// The statement name of `sql` when it is one `DEALLOCATE [PREPARE] name` and nothing else, as the server
 /// would read the name: an unquoted name folded to lower case, a quoted one as written.
 pub fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
-    let statements = statements(sql);
+    if !starts_with_one_of(sql, &["deallocate"]) {
+        return None;
+    }
+    let statements = tokenized(sql);
     let [statement] = statements.as_slice() else { return None };
     let rest = deallocate_target(statement)?;
     let [name] = rest else { return None };
@@ -53,12 +57,31 @@ pub fn is_reset_tag(frame: &[u8]) -> bool {
     matches!(frame.get(5..), Some(b"DEALLOCATE ALL\0" | b"DISCARD ALL\0"))
 }
 
-/// The statements of `sql`, tokenized only when it holds one of the [`WORDS`]; none when it cannot be
-/// tokenized (the server refuses it, and it runs nothing).
+/// The statements of `sql` when one of them may be a `DEALLOCATE` or a `DISCARD`: the first one starts with
+/// either word, or a `;` is followed by one of them somewhere. This runs on every statement a
+/// transaction-pooled client sends, so the common case (a statement starting otherwise, with no `;` inside)
+/// costs a look at its first word (not even a UTF-8 check of the rest) and a `memchr`. None when the text cannot be tokenized (the server refuses
+/// it, and it runs nothing).
 fn statements(sql: &[u8]) -> Vec<Vec<Lexeme>> {
-    if !WORDS.scan(sql, |_| true) {
+    let later = memchr::memchr(b';', sql).is_some_and(|semicolon| WORDS.scan(&sql[semicolon..], |_| true));
+    if !later && !starts_with_one_of(sql, &["deallocate", "discard"]) {
         return Vec::new();
     }
+    tokenized(sql)
+}
+
+/// Whether the first word of `sql` is one of `words` (lower case).
+fn starts_with_one_of(sql: &[u8], words: &[&str]) -> bool {
+    // Nearly every statement starts right away with its first word, whose first letter settles it.
+    if let Some(first) = sql.first().filter(|b| b.is_ascii_alphabetic()) {
+        if !words.iter().any(|w| w.as_bytes()[0].eq_ignore_ascii_case(first)) {
+            return false;
+        }
+    }
+    lexer::first_word_bytes(sql).is_some_and(|first| words.iter().any(|w| first.eq_ignore_ascii_case(w.as_bytes())))
+}
+
+fn tokenized(sql: &[u8]) -> Vec<Vec<Lexeme>> {
     let Ok(text) = std::str::from_utf8(sql) else { return Vec::new() };
     match lexer::lex(text) {
         Ok(lexemes) => lexer::split_statements(lexemes),
@@ -96,6 +119,8 @@ mod tests {
         assert_eq!(resets_in(b"deallocate prepare all;"), 1);
         assert_eq!(resets_in(b"/* reset */ Discard All"), 1);
         assert_eq!(resets_in(b"DEALLOCATE ALL; SELECT 1; DISCARD ALL"), 2);
+        assert_eq!(resets_in(b"SELECT ';'; DISCARD ALL"), 1, "after a semicolon in a string too");
+        assert_eq!(resets_in(b"-- first\n/* a /* nested */ comment */ DEALLOCATE ALL"), 1);
         assert_eq!(resets_in(b"SELECT 1"), 0);
         for other in [
             "DISCARD PLANS",

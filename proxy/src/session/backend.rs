@@ -124,7 +124,7 @@ impl<'s> Backend<'s> {
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         // The shutdown future lives across iterations: re-creating it per loop registered and removed a
         // waiter (a mutex and a list walk) for every relayed response; it completes once and is not polled
-        // again. The wait for local answers is a flag and an atomic waker (`LocalReady`).
+        // again. The wait for local answers, and for the pool's events, is a flag and an atomic waker (`Signal`).
         let shared = self.shared;
         let mut shutdown_rx = self.shutdown.clone();
         let shutdown = async move {
@@ -449,7 +449,7 @@ async fn read_upstream(upstream: &mut Option<ReadHalf>, buf: &mut BytesMut) -> s
 /// the one held can go back to the pool. Never, in session mode.
 async fn pool_event(link: Option<&PooledLink<'_>>, detached: bool) {
     match link {
-        Some(link) => link.event(detached).await,
+        Some(link) => std::future::poll_fn(|cx| link.poll_event(detached, cx)).await,
         None => std::future::pending().await,
     }
 }

@@ -16,12 +16,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 
+use super::shared::Signal;
 use super::{replacement, write_chunks, SessionShared};
 use crate::cancel::CancelRegistration;
 use crate::pool::deallocate;
@@ -76,7 +77,7 @@ pub struct PooledLink<'s> {
     pool: Arc<Pool<ServerConn>>,
     state: Mutex<LinkState>,
     /// Wakes the upstream direction: a connection was attached, or one may go back to the pool.
-    event: Notify,
+    event: Signal,
 }
 
 impl<'s> PooledLink<'s> {
@@ -99,7 +100,7 @@ impl<'s> PooledLink<'s> {
         };
         let pool = Arc::clone(lease_pool(&state));
         let registry = &ctx.pools;
-        PooledLink { shared, ctx, startup, registry, pool, state: Mutex::new(state), event: Notify::new() }
+        PooledLink { shared, ctx, startup, registry, pool, state: Mutex::new(state), event: Signal::default() }
     }
 
     fn state(&self) -> MutexGuard<'_, LinkState> {
@@ -131,7 +132,7 @@ impl<'s> PooledLink<'s> {
         state.lease = Some(lease);
         self.point_cancel_at(&state, key);
         drop(state);
-        self.event.notify_one();
+        self.event.signal();
         Ok(())
     }
 
@@ -161,16 +162,16 @@ impl<'s> PooledLink<'s> {
     /// The client direction handled everything it read: the connection may go back to the pool.
     pub(super) fn check_release(&self) {
         if self.state().lease.is_some() {
-            self.event.notify_one();
+            self.event.signal();
         }
     }
 
     /// Waits for a pool event for the upstream direction (`detached`: it holds no connection).
-    pub(super) async fn event(&self, detached: bool) {
+    pub(super) fn poll_event(&self, detached: bool, cx: &mut Context<'_>) -> Poll<()> {
         if detached && self.state().read.is_some() {
-            return;
+            return Poll::Ready(());
         }
-        self.event.notified().await;
+        self.event.poll_take(cx)
     }
 
     /// The read half of a connection just attached.
