@@ -124,13 +124,10 @@ impl<'s> Backend<'s> {
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         // The shutdown future lives across iterations: re-creating it per loop registered and removed a
         // waiter (a mutex and a list walk) for every relayed response; it completes once and is not polled
-        // again. The wait for local answers, and for the pool's events, is a flag and an atomic waker (`Signal`).
+        // again. Like the waits for local answers and the pool's events (`Signal`), polling it costs next to
+        // nothing while nothing happened (`shutdown_signal`).
         let shared = self.shared;
-        let mut shutdown_rx = self.shutdown.clone();
-        let shutdown = async move {
-            let _ = shutdown_rx.changed().await;
-        };
-        tokio::pin!(shutdown);
+        let mut shutdown = super::shared::shutdown_signal(&self.shutdown);
         let link = self.link;
         loop {
             super::prepare_read_buffer(&mut buf);

@@ -2,15 +2,16 @@
 //! transaction status, authentication progress, upstream key) and the buffer and write helpers of the relay
 //! loops.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::metrics;
 use crate::protocol::messages::{self, SqlError};
@@ -106,6 +107,28 @@ impl Signal {
     }
 }
 
+/// Resolves once the server starts shutting down (its watch changes, or the sender is gone). The upstream
+/// direction polls it at every wake-up of the session, and a tokio `Notified` takes its waiter list's mutex at
+/// each poll (about 200 instructions per relayed statement): once registered with the task's waker, it is
+/// polled again only when the watch's version says there is something to see.
+pub(crate) fn shutdown_signal(shutdown: &watch::Receiver<bool>) -> impl Future<Output = ()> + Unpin {
+    let probe = shutdown.clone();
+    let mut receiver = shutdown.clone();
+    let mut changed = Box::pin(async move {
+        let _ = receiver.changed().await;
+    });
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(move |cx| {
+        let same_task = registered.as_ref().is_some_and(|waker| waker.will_wake(cx.waker()));
+        // A change after this check wakes the task through the registered `Notified`.
+        if same_task && matches!(probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        registered = Some(cx.waker().clone());
+        changed.as_mut().poll(cx)
+    })
+}
+
 /// Makes room for the next read. Space is reclaimed in place once the frames split off the buffer have
 /// been written and dropped; a buffer that grew for one large message is given back when empty, so an
 /// idle session keeps only a small buffer per direction.
@@ -170,6 +193,31 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_signal_waits_for_the_watch_to_change_or_its_sender_to_go() {
+        let (sender, receiver) = watch::channel(false);
+        let mut signal = shutdown_signal(&receiver);
+        assert!(futures::poll!(&mut signal).is_pending());
+        assert!(futures::poll!(&mut signal).is_pending(), "polled again by the same task");
+        sender.send(true).unwrap();
+        assert!(futures::poll!(&mut signal).is_ready());
+
+        let (sender, receiver) = watch::channel(false);
+        let mut signal = shutdown_signal(&receiver);
+        assert!(futures::poll!(&mut signal).is_pending());
+        drop(sender);
+        assert!(futures::poll!(&mut signal).is_ready(), "a server gone is a shutdown too");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_while_the_session_waits_wakes_it() {
+        let (sender, receiver) = watch::channel(false);
+        let waiting = tokio::spawn(shutdown_signal(&receiver));
+        tokio::task::yield_now().await;
+        sender.send(true).unwrap();
+        waiting.await.unwrap();
     }
 
     #[test]
