@@ -60,8 +60,8 @@ pub fn is_reset_tag(frame: &[u8]) -> bool {
 /// The statements of `sql` when one of them may be a `DEALLOCATE` or a `DISCARD`: the first one starts with
 /// either word, or a `;` is followed by one of them somewhere. This runs on every statement a
 /// transaction-pooled client sends, so the common case (a statement starting otherwise, with no `;` inside)
-/// costs a look at its first word (not even a UTF-8 check of the rest) and a `memchr`. None when the text cannot be tokenized (the server refuses
-/// it, and it runs nothing).
+/// costs a look at its first letter and a `memchr`, not even a UTF-8 check of the rest. None when the text
+/// cannot be tokenized (the server refuses it, and it runs nothing).
 fn statements(sql: &[u8]) -> Vec<Vec<Lexeme>> {
     let later = memchr::memchr(b';', sql).is_some_and(|semicolon| WORDS.scan(&sql[semicolon..], |_| true));
     if !later && !starts_with_one_of(sql, &["deallocate", "discard"]) {
