@@ -29,16 +29,18 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     /// Client key -> the upstream key its cancel reaches now. The target has a lock of its own so that a
-    /// transaction-pooled session, which retargets at every lease and return, never hashes its key into
+    /// transaction-pooled session, which points it anew at every lease and return, never hashes its key into
     /// the shared map (that was ~1,000 instructions per statement).
-    keys: Mutex<HashMap<CancelKey, Target>>,
+    keys: Mutex<HashMap<CancelKey, CancelTarget>>,
     /// This instance's peer id, written into every key it issues (`None`: peering off). Fixed for the
     /// registry's life: keys already handed out carry it, which is why `peer_id` needs a restart.
     own_peer: Option<u8>,
 }
 
 /// The upstream key a client's cancel reaches (none while a transaction-pooled client holds no connection).
-type Target = Arc<Mutex<Option<CancelKey>>>;
+/// The session owns it too ([`crate::session`]'s shared state) and writes the key of each connection it
+/// holds there, so that pointing the cancel at a new lease is one lock and no copy of the key.
+pub type CancelTarget = Arc<Mutex<Option<CancelKey>>>;
 
 /// Where a CancelRequest goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +71,17 @@ impl CancelRegistry {
         Arc::new(CancelRegistry { keys: Mutex::default(), own_peer })
     }
 
-    /// Issues the client's key for a session whose upstream key is `upstream`; the mapping lives as long
-    /// as the returned registration.
+    /// Issues the client's key for a session whose upstream key is `upstream` and stays so; the mapping
+    /// lives as long as the returned registration.
+    #[cfg(test)]
     pub fn register(self: &Arc<Self>, upstream: CancelKey) -> CancelRegistration {
+        let template = upstream.clone();
+        self.register_target(&template, Arc::new(Mutex::new(Some(upstream))))
+    }
+
+    /// Issues a client key shaped like `upstream` (its pid, its secret's length) whose cancel reaches
+    /// whatever key `target` holds at the time; the mapping lives as long as the returned registration.
+    pub fn register_target(self: &Arc<Self>, upstream: &CancelKey, target: CancelTarget) -> CancelRegistration {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let client = loop {
             let candidate = CancelKey { pid: upstream.pid, secret: self.random_secret(upstream.secret.len()) };
@@ -79,9 +89,8 @@ impl CancelRegistry {
                 break candidate;
             }
         };
-        let target = Arc::new(Mutex::new(Some(upstream)));
         keys.insert(client.clone(), Arc::clone(&target));
-        CancelRegistration { registry: Arc::clone(self), client, target }
+        CancelRegistration { registry: Arc::clone(self), client }
     }
 
     /// The upstream key behind a client's key.
@@ -139,19 +148,12 @@ impl CancelRegistry {
 pub struct CancelRegistration {
     registry: Arc<CancelRegistry>,
     client: CancelKey,
-    target: Target,
 }
 
 impl CancelRegistration {
     /// The key handed to the client in BackendKeyData.
     pub fn client_key(&self) -> &CancelKey {
         &self.client
-    }
-
-    /// The server connection the client's cancel now reaches (transaction pooling: the one it holds, if
-    /// any).
-    pub fn retarget(&self, upstream: Option<CancelKey>) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = upstream;
     }
 }
 

@@ -63,20 +63,24 @@ pub fn is_reset_tag(frame: &[u8]) -> bool {
 /// costs a look at its first letter and a `memchr`, not even a UTF-8 check of the rest. None when the text
 /// cannot be tokenized (the server refuses it, and it runs nothing).
 fn statements(sql: &[u8]) -> Vec<Vec<Lexeme>> {
-    let later = memchr::memchr(b';', sql).is_some_and(|semicolon| WORDS.scan(&sql[semicolon..], |_| true));
+    let later = memchr::memchr(b';', sql).is_some_and(|semicolon| WORDS.found(&sql[semicolon..], u32::MAX) != 0);
     if !later && !starts_with_one_of(sql, &["deallocate", "discard"]) {
         return Vec::new();
     }
     tokenized(sql)
 }
 
-/// Whether the first word of `sql` is one of `words` (lower case).
+/// The first letter of every word this module looks for (`DEALLOCATE`, `DISCARD`).
+const FIRST_LETTER: u8 = b'd';
+
+/// Whether the first word of `sql` is one of `words` (lower case, each starting with [`FIRST_LETTER`]).
+#[inline]
 fn starts_with_one_of(sql: &[u8], words: &[&str]) -> bool {
-    // Nearly every statement starts right away with its first word, whose first letter settles it.
-    if let Some(first) = sql.first().filter(|b| b.is_ascii_alphabetic()) {
-        if !words.iter().any(|w| w.as_bytes()[0].eq_ignore_ascii_case(first)) {
-            return false;
-        }
+    debug_assert!(words.iter().all(|w| w.as_bytes()[0] == FIRST_LETTER));
+    // Nearly every statement starts right away with its first word, whose first letter settles it: one
+    // comparison, where looking through `words` was about 45 instructions, twice per statement.
+    if sql.first().is_some_and(|b| b.is_ascii_alphabetic() && b.to_ascii_lowercase() != FIRST_LETTER) {
+        return false;
     }
     lexer::first_word_bytes(sql).is_some_and(|first| words.iter().any(|w| first.eq_ignore_ascii_case(w.as_bytes())))
 }

@@ -41,24 +41,37 @@ impl WordSet {
         set
     }
 
-    /// Calls `found` with the index of each word as it ends in `text` (in order of its last byte), until
-    /// `found` says stop; whether it did.
-    pub(super) fn scan(&self, text: &[u8], mut found: impl FnMut(usize) -> bool) -> bool {
+    /// The words that occur in `text`, as bits by index (bit `i`: word `i`). The scan stops at the end of
+    /// the 64-byte block in which it first sees a word of `enough` (bits by index), so a caller that only
+    /// needs one of those does not read a long text to its end.
+    pub(super) fn found(&self, text: &[u8], enough: u32) -> u32 {
         let mut state = 0u64;
-        for &byte in text {
-            // A bit shifted out of one word's last position into the next word's first position is
-            // harmless: `starts` sets that bit anyway.
-            state = ((state << 1) | self.starts) & self.masks[byte as usize];
-            let mut ended = state & self.ends;
-            while ended != 0 {
-                let at = ended.trailing_zeros() as usize;
-                if found(self.word_at[at] as usize) {
-                    return true;
-                }
-                ended &= ended - 1;
+        // Every position any word reached: a word's last position set means the word ended there. One OR
+        // per byte instead of a test and a branch, which was about a fifth of the scan's instructions.
+        let mut reached = 0u64;
+        for block in text.chunks(64) {
+            for &byte in block {
+                // A bit shifted out of one word's last position into the next word's first position is
+                // harmless: `starts` sets that bit anyway.
+                state = ((state << 1) | self.starts) & self.masks[byte as usize];
+                reached |= state;
+            }
+            if self.words_ending(reached) & enough != 0 {
+                break;
             }
         }
-        false
+        self.words_ending(reached)
+    }
+
+    /// The words whose last position is among `positions`, as bits by index.
+    fn words_ending(&self, positions: u64) -> u32 {
+        let mut ends = positions & self.ends;
+        let mut words = 0;
+        while ends != 0 {
+            words |= 1 << self.word_at[ends.trailing_zeros() as usize];
+            ends &= ends - 1;
+        }
+        words
     }
 }
 
@@ -66,26 +79,23 @@ impl WordSet {
 mod tests {
     use super::WordSet;
 
+    /// The indexes of the words found in `text`, in order.
     fn words_in(set: &WordSet, text: &str) -> Vec<usize> {
-        let mut seen = Vec::new();
-        set.scan(text.as_bytes(), |w| {
-            seen.push(w);
-            false
-        });
-        seen
+        let found = set.found(text.as_bytes(), 0);
+        (0..32).filter(|&w| found & (1 << w) != 0).collect()
     }
 
     #[test]
-    fn every_occurrence_is_found_in_any_case_overlapping_and_inside_longer_words() {
+    fn every_word_is_found_in_any_case_overlapping_and_inside_longer_words() {
         let set = WordSet::new(&["temp", "set", "reset", "set_config"]);
         assert_eq!(words_in(&set, "SELECT 1"), Vec::<usize>::new());
         assert_eq!(words_in(&set, "CREATE TEMPORARY TABLE t ()"), vec![0]);
         assert_eq!(words_in(&set, "RESET all"), vec![1, 2], "set ends with reset");
         assert_eq!(words_in(&set, "select Set_Config('a', 'b', false)"), vec![1, 3]);
         // "temp" starts inside "set": a leftmost-longest search would report only "set".
-        assert_eq!(words_in(&set, "setemp"), vec![1, 0]);
+        assert_eq!(words_in(&set, "setemp"), vec![0, 1]);
         assert_eq!(words_in(&set, "tem"), Vec::<usize>::new(), "a word cut short is no match");
-        assert_eq!(words_in(&set, "pg_temp.t, pg_TEMP.u"), vec![0, 0]);
+        assert_eq!(words_in(&set, "pg_temp.t, pg_TEMP.u"), vec![0]);
     }
 
     #[test]
@@ -94,33 +104,38 @@ mod tests {
         let set = WordSet::new(&["ab", "cd"]);
         assert_eq!(words_in(&set, "abd"), vec![0]);
         assert_eq!(words_in(&set, "acd"), vec![1]);
-        assert_eq!(words_in(&set, "bcd ab"), vec![1, 0]);
+        assert_eq!(words_in(&set, "bcd ab"), vec![0, 1]);
     }
 
     #[test]
-    fn the_scan_stops_when_asked() {
-        let set = WordSet::new(&["a"]);
-        let mut calls = 0;
-        assert!(set.scan(b"aaa", |_| {
-            calls += 1;
-            calls == 2
-        }));
-        assert_eq!(calls, 2);
-        assert!(!set.scan(b"bbb", |_| true));
+    fn a_word_is_found_across_the_blocks_of_the_scan() {
+        let set = WordSet::new(&["listen"]);
+        let text = format!("{}listen", "x".repeat(61));
+        assert_eq!(set.found(text.as_bytes(), 0), 1, "the word starts in the first block and ends in the second");
+    }
+
+    #[test]
+    fn the_scan_stops_at_the_end_of_the_block_that_holds_a_word_it_was_told_is_enough() {
+        let set = WordSet::new(&["a", "b"]);
+        let mut text = vec![b'x'; 200];
+        text[10] = b'a';
+        text[150] = b'b';
+        assert_eq!(set.found(&text, 0b01), 0b01, "b lies two blocks after the block of a");
+        assert_eq!(set.found(&text, 0b10), 0b11, "a alone does not stop the scan");
+        text[63] = b'b';
+        assert_eq!(set.found(&text, 0b01), 0b11, "b in the block of a is seen");
+        assert_eq!(set.found(b"yyy", u32::MAX), 0);
     }
 
     proptest::proptest! {
         /// Against a plain substring search, over texts made of the words' letters and a few others.
         #[test]
-        fn it_agrees_with_a_substring_search(text in "[setmpRdlorahvy_ciSE .]{0,24}") {
+        fn it_agrees_with_a_substring_search(text in "[setmpRdlorahvy_ciSE .]{0,150}") {
             let words = ["listen", "prepare", "load", "hold", "temp", "advisory", "set_config", "reset", "set"];
             let set = WordSet::new(&words);
             let lower = text.to_ascii_lowercase();
             let expected: Vec<usize> = (0..words.len()).filter(|&w| lower.contains(words[w])).collect();
-            let mut got = words_in(&set, &text);
-            got.sort_unstable();
-            got.dedup();
-            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(words_in(&set, &text), expected);
         }
     }
 }

@@ -151,15 +151,12 @@ static PIN_WORD_SET: LazyLock<WordSet> = LazyLock::new(|| WordSet::new(PIN_WORDS
 /// words apart needs the tokenizer, which is most of a parse).
 pub fn may_pin(sql: impl AsRef<[u8]>) -> bool {
     let sql = sql.as_ref();
-    let mut found_set = false;
-    let other_word = PIN_WORD_SET.scan(sql, |word| {
-        found_set |= word == SET;
-        word != SET
-    });
-    if other_word {
+    let other_words = !(1 << SET);
+    let found = PIN_WORD_SET.found(sql, other_words);
+    if found & other_words != 0 {
         return true;
     }
-    if !found_set {
+    if found == 0 {
         return false;
     }
     let Ok(sql) = std::str::from_utf8(sql) else { return true };

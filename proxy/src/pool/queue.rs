@@ -136,16 +136,21 @@ impl<C: Homed> PoolState<C> {
         Some(evicted)
     }
 
-    /// An idle connection (the most recently used of the client's thread `home`, else of another), lent
-    /// at once, else a place at the end of the line.
-    pub(super) fn lend(&mut self, since: Instant, home: usize) -> Result<C, Place<C>> {
+    /// An idle connection, of the thread `home` when there is one (without queueing).
+    pub(super) fn lend_idle(&mut self, home: usize) -> Option<C> {
         let own = self.idle.iter().rposition(|c| c.home() == home);
         let conn = match own {
             Some(at) => Some(self.idle.remove(at)),
             None => self.idle.pop(),
-        };
-        if let Some(conn) = conn {
-            self.active += 1;
+        }?;
+        self.active += 1;
+        Some(conn)
+    }
+
+    /// An idle connection (the most recently used of the client's thread `home`, else of another), lent
+    /// at once, else a place at the end of the line.
+    pub(super) fn lend(&mut self, since: Instant, home: usize) -> Result<C, Place<C>> {
+        if let Some(conn) = self.lend_idle(home) {
             return Ok(conn);
         }
         let place = self.queue(since, home, false);

@@ -77,6 +77,16 @@ impl<'a> BodyReader<'a> {
         Some(s)
     }
 
+    /// [`Self::cstr`] for a string that is usually long (SQL text): `memchr` finds its end in a few
+    /// instructions per 32 bytes, where the byte loop costs several per byte; for the short names of a
+    /// Bind or Execute its setup costs more than the loop (bench/REPORT.md, "three waits").
+    pub fn long_cstr(&mut self) -> Option<&'a [u8]> {
+        let end = memchr::memchr(0, self.rest)?;
+        let (s, tail) = self.rest.split_at(end);
+        self.rest = &tail[1..];
+        Some(s)
+    }
+
     pub fn u8(&mut self) -> Option<u8> {
         let (&b, tail) = self.rest.split_first()?;
         self.rest = tail;

@@ -19,6 +19,7 @@
 //! at the end of each transaction (a ReadyForQuery with status idle, nothing else expected of it).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use pgwire::messages::startup::Authentication;
@@ -396,10 +397,11 @@ impl<'s> Backend<'s> {
             btag::BACKEND_KEY_DATA => {
                 let Some((pid, secret)) = messages::decode_backend_key(frame) else { return Step::Forward };
                 let upstream_key = CancelKey { pid, secret };
-                let registration = self.ctx.cancel.register(upstream_key.clone());
+                *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream_key.clone());
+                let target = Arc::clone(&self.shared.upstream_key);
+                let registration = self.ctx.cancel.register_target(&upstream_key, target);
                 let client_secret = registration.client_key().secret.clone();
                 self.shared.backend_pid.store(pid, Ordering::Relaxed);
-                *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream_key.clone());
                 match self.link {
                     Some(link) => link.authenticated(upstream_key, registration),
                     None => self.registration = Some(registration),

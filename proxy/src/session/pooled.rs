@@ -130,16 +130,14 @@ impl<'s> PooledLink<'s> {
         state.read = read;
         state.at_rest = false;
         state.lease = Some(lease);
-        self.point_cancel_at(&state, key);
+        self.point_cancel_at(key);
         drop(state);
         self.event.signal();
         Ok(())
     }
 
-    fn point_cancel_at(&self, state: &LinkState, key: Option<CancelKey>) {
-        if let Some(registration) = &state.registration {
-            registration.retarget(key.clone());
-        }
+    /// The client's cancel reaches `key` from now on (the registration shares the session's slot).
+    fn point_cancel_at(&self, key: Option<CancelKey>) {
         *self.shared.upstream_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
@@ -198,7 +196,7 @@ impl<'s> PooledLink<'s> {
         }
         let Some(mut lease) = state.lease.take() else { return };
         lease.conn().read = read.take().or_else(|| state.read.take());
-        self.point_cancel_at(&state, None);
+        self.point_cancel_at(None);
         drop(state);
         // Every answer of the connection is read: the statements it took on are the ones its server
         // accepted.
@@ -372,7 +370,7 @@ impl<'s> PooledLink<'s> {
     pub(super) fn finish(&self, clean: bool, read: Option<ReadHalf>) {
         let mut state = self.state();
         let Some(mut lease) = state.lease.take() else { return };
-        self.point_cancel_at(&state, None);
+        self.point_cancel_at(None);
         let idle = self.shared.tx_status.load(Ordering::Relaxed) == b'I' && !self.shared.is_busy();
         let conn = lease.conn();
         conn.read = read.or_else(|| state.read.take());

@@ -13,10 +13,10 @@ use futures::task::AtomicWaker;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify};
 
+use crate::cancel::CancelTarget;
 use crate::metrics;
 use crate::protocol::messages::{self, SqlError};
 use crate::protocol::responses::ResponseQueue;
-use crate::protocol::startup::CancelKey;
 use crate::stream::WriteHalf;
 
 /// Read buffer growth step; also the initial capacity (an idle session holds two of these).
@@ -45,7 +45,9 @@ pub(crate) struct SessionShared {
     /// GSS): while the client owes one, the upstream refuses anything else.
     pub auth_requests: AtomicU32,
     pub backend_pid: AtomicI32,
-    pub upstream_key: Mutex<Option<CancelKey>>,
+    /// The key of the server connection the session holds, which the client's cancel reaches (the cancel
+    /// registry shares the slot: [`crate::cancel::CancelTarget`]).
+    pub upstream_key: CancelTarget,
 }
 
 impl SessionShared {
@@ -60,7 +62,7 @@ impl SessionShared {
             startup_done: Notify::new(),
             auth_requests: AtomicU32::new(0),
             backend_pid: AtomicI32::new(0),
-            upstream_key: Mutex::new(None),
+            upstream_key: CancelTarget::default(),
         }
     }
 
