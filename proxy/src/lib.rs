@@ -27,6 +27,7 @@ pub mod version;
 
 // Internal modules.
 pub(crate) mod cancel;
+pub(crate) mod copy_budget;
 pub(crate) mod databases;
 pub(crate) mod exporter;
 pub(crate) mod health;
@@ -35,8 +36,6 @@ pub(crate) mod libpq_tls;
 pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod overload;
-// Building blocks of transaction pooling, not wired into sessions yet (ARCHITECTURE.md).
-#[allow(dead_code)]
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod result_set;

@@ -22,7 +22,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "dualwrite_config_reloads_total";
 pub const CANCEL_REQUESTS_TOTAL: &str = "dualwrite_cancel_requests_total";
 /// COPY FROM STDIN dual writes that qualified for COPYs alone, by the `path` that wrote them: `copy` (the
 /// rows sent twice, as COPYs) or `staging` (the staging table after all: the catalog check or the second
-/// COPY failed, the data passed `limits.copy_buffer_mb`, or the client gave up).
+/// COPY failed, the data passed `limits.copy_buffer_mb` or `limits.copy_buffer_total_mb`, or the client gave up).
 pub const COPY_TEE_TOTAL: &str = "dualwrite_copy_tee_total";
 /// Per migration: sampled reads compared in both shapes, by `result` (match, mismatch, error, skipped).
 pub const SHADOW_READS_TOTAL: &str = "dualwrite_shadow_reads_total";

@@ -86,6 +86,8 @@ impl Reloader {
         let cancel = Some(Arc::clone(&old.cancel));
         let mut next = ServerContext::build(config, cancel, Arc::clone(&old.interceptor), kept_tls)?;
         next.pools = Arc::clone(&old.pools);
+        next.copy_budget = Arc::clone(&old.copy_budget);
+        next.copy_budget.set_limit(next.config.limits.copy_tee_total_bytes());
         if let Some(live) = &self.live {
             changed.extend(live.reload(&next.config).await?);
         }

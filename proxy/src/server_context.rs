@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, Peering};
+use crate::copy_budget::CopyBudget;
 use crate::interceptor::SharedInterceptor;
 use crate::libpq_tls::UpstreamTls;
 use crate::tls::{self, TlsAcceptor};
@@ -23,6 +24,8 @@ pub struct ServerContext {
     pub interceptor: SharedInterceptor,
     /// Transaction mode's server-connection pools (kept across reloads).
     pub pools: Arc<crate::pool::registry::PoolRegistry>,
+    /// What all sessions' COPYs may keep together (kept across reloads, which set its limit).
+    pub copy_budget: Arc<CopyBudget>,
 }
 
 impl ServerContext {
@@ -53,6 +56,7 @@ impl ServerContext {
         let peering = Arc::new(config.peering()?);
         let cancel = cancel.unwrap_or_else(|| CancelRegistry::new(peering.own_id()));
         let pools = Arc::new(crate::pool::registry::PoolRegistry::new());
-        Ok(ServerContext { config, upstream, client_tls, cancel, peering, interceptor, pools })
+        let copy_budget = CopyBudget::new(config.limits.copy_tee_total_bytes());
+        Ok(ServerContext { config, upstream, client_tls, cancel, peering, interceptor, pools, copy_budget })
     }
 }

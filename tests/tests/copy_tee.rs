@@ -38,6 +38,11 @@ struct Fixture {
 /// A database with [`SCHEMA`] and a proxy on [`RULES`] keeping up to `copy_buffer_mb` of a COPY, with the
 /// change-data-capture watch on if `watch`.
 async fn fixture_with(copy_buffer_mb: u64, watch: bool) -> Fixture {
+    fixture_limited(copy_buffer_mb, 512, watch).await
+}
+
+/// [`fixture_with`], all sessions' COPYs keeping up to `copy_buffer_total_mb` together.
+async fn fixture_limited(copy_buffer_mb: u64, copy_buffer_total_mb: u64, watch: bool) -> Fixture {
     let db = TestCluster::shared().create_database().await.unwrap();
     let direct = db.connect().await.unwrap();
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -45,6 +50,7 @@ async fn fixture_with(copy_buffer_mb: u64, watch: bool) -> Fixture {
     let proxy = TestProxy::with_rules_toml_and(&db, RULES, |config| {
         config.metrics_listen = Some(metrics);
         config.limits.copy_buffer_mb = copy_buffer_mb;
+        config.limits.copy_buffer_total_mb = copy_buffer_total_mb;
         if watch {
             cdc_support::watch_on(None)(config);
         }
@@ -254,6 +260,53 @@ async fn a_copy_larger_than_the_buffer_goes_through_the_staging_path_as_it_strea
     assert_eq!((old.len(), old == shadow), (100_000, true));
     assert_eq!(old[99_999], row(100_000, 0, 300_000));
     f.until_copies(0.0, 1.0).await;
+}
+
+/// `dualwrite_copy_buffer_bytes` as scraped now.
+async fn buffered(metrics: SocketAddr) -> f64 {
+    let text = scrape_metrics(metrics).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("dualwrite_copy_buffer_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn rows_text(aids: std::ops::RangeInclusive<i32>) -> String {
+    aids.map(|aid| format!("{aid}\t{}\t{}\n", aid % 10, aid * 3)).collect()
+}
+
+/// Two COPYs at once, each within `copy_buffer_mb`, together past `copy_buffer_total_mb`: the first keeps
+/// its rows (the gauge shows them) and is written by two COPYs; the second, whose rows no longer fit, goes
+/// through the staging path; both tables end with every row, and the gauge comes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_that_together_pass_the_total_buffer_go_through_the_staging_path_and_the_gauge_shows_what_is_kept() {
+    let f = fixture_limited(64, 1, false).await;
+    let first = rows_text(1..=55_000);
+    let second = rows_text(55_001..=85_000);
+    assert!(first.len() > 700 * 1024 && first.len() + second.len() > 1024 * 1024 && first.len() < 1024 * 1024);
+    let mut holder = f.raw("v1").await;
+    holder.send(&proxy_support::wire_message(b'Q', &proxy_support::cstr(COPY_OLD))).await;
+    while holder.read_message().await.expect("the CopyInResponse").0 != b'G' {}
+    for chunk in first.as_bytes().chunks(4096) {
+        holder.send(&proxy_support::wire_message(b'd', chunk)).await;
+    }
+    let kept = first.len() as f64;
+    eventually(Duration::from_secs(10), "the first COPY's rows are kept", || async {
+        buffered(f.metrics).await >= kept
+    })
+    .await;
+    let mut other = f.raw("v1").await;
+    let answer = copy(&mut other, COPY_OLD, second.as_bytes(), None).await;
+    assert_eq!(command_tags(&answer), ["COPY 30000"]);
+    f.until_copies(0.0, 1.0).await;
+    holder.send(&proxy_support::wire_message(b'c', &[])).await;
+    assert_eq!(command_tags(&holder.read_until_ready().await), ["COPY 55000"]);
+    f.until_copies(1.0, 1.0).await;
+    eventually(Duration::from_secs(10), "every kept byte is given back", || async { buffered(f.metrics).await == 0.0 })
+        .await;
+    let (old, shadow) = f.rows().await;
+    assert_eq!((old.len(), old == shadow), (85_000, true));
+    assert_eq!((&old[0], &old[84_999]), (&row(1, 1, 3), &row(85_000, 0, 255_000)));
 }
 
 /// The watch pairs the two COPYs of a tee (one transaction, both tables by key) and records no bypass.

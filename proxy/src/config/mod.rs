@@ -264,6 +264,10 @@ pub struct Limits {
     /// MiB of one COPY FROM STDIN's data a session keeps to dual-write it with COPYs alone (README: COPY);
     /// a larger COPY goes through the staging table. 0 turns dual writes of COPYs alone off.
     pub copy_buffer_mb: u64,
+    /// MiB of COPY data all sessions together keep for such dual writes: a COPY whose next rows do not
+    /// fit goes on through the staging table, so many large COPYs at once cannot exhaust the proxy's
+    /// memory. 0 turns dual writes of COPYs alone off.
+    pub copy_buffer_total_mb: u64,
 }
 
 impl Default for Limits {
@@ -281,6 +285,7 @@ impl Default for Limits {
             upstream_keepalive_secs: 60,
             upstream_tcp_user_timeout_secs: 0,
             copy_buffer_mb: 64,
+            copy_buffer_total_mb: 512,
         }
     }
 }
@@ -298,9 +303,17 @@ impl Limits {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
-    /// [`copy_buffer_mb`](Self::copy_buffer_mb) in bytes.
+    /// [`copy_buffer_mb`](Self::copy_buffer_mb) in bytes; 0 when either COPY setting turns the path off.
     pub fn copy_tee_buffer_bytes(&self) -> usize {
-        usize::try_from(self.copy_buffer_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+        if self.copy_buffer_total_mb == 0 {
+            return 0;
+        }
+        mib_in_bytes(self.copy_buffer_mb)
+    }
+
+    /// [`copy_buffer_total_mb`](Self::copy_buffer_total_mb) in bytes.
+    pub fn copy_tee_total_bytes(&self) -> usize {
+        mib_in_bytes(self.copy_buffer_total_mb)
     }
 
     /// `None` when off (0).
@@ -327,6 +340,10 @@ impl Limits {
     pub fn unseen_writers_check_interval(&self) -> Duration {
         Duration::from_secs(self.unseen_writers_check_interval_secs.max(1))
     }
+}
+
+fn mib_in_bytes(mib: u64) -> usize {
+    usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
 }
 
 /// Credentials of the control plane's own connections (state schema, jobs), defaulting to the upstream

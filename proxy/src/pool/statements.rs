@@ -173,12 +173,9 @@ impl ServerPrepared {
         self.uncertain.clear();
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.last_use.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.last_use.is_empty()
     }
 }
 
@@ -426,7 +423,7 @@ mod tests {
         // The server answered with a syntax error: the pooler forgets both sides.
         server.forget(&name);
         alice.forget_failed(b"s", &name);
-        assert!(server.is_empty());
+        assert_eq!(server.len(), 0);
         // Bob's Parse of the same text goes to the server again (and fails there, as it should), rather
         // than being answered ParseComplete for a statement the connection does not hold.
         assert!(matches!(bob.parse(&mut names, &mut server, b"q", "SELEC 1", Vec::new()), ParseAction::Send { .. }));
@@ -490,7 +487,7 @@ mod tests {
         assert_eq!(closes, [messages::close_statement("dualwrite_s1")]);
         assert_eq!(parse, messages::parse(Some("dualwrite_s2".into()), "SELECT 'b'", Vec::new()));
         server.clear();
-        assert!(server.is_empty(), "a reset connection holds nothing");
+        assert!(server.len() == 0, "a reset connection holds nothing");
     }
 
     #[test]
@@ -506,7 +503,7 @@ mod tests {
         // The server ran the DEALLOCATE ALL.
         server.server_reset();
         alice.deallocate_before(mark);
-        assert!(server.is_empty());
+        assert!(server.len() == 0);
         assert!(alice.use_statement(&mut server, b"s", &messages::bind("", "s")).is_none(), "Alice's s is gone");
         // Bob's statement is prepared on the connection again; a Close first, since which of the
         // connection's statements survived is not known.

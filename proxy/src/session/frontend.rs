@@ -6,6 +6,7 @@
 //! connection comes from the pool ([`PooledLink`]) before the frames that need one are handled.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -176,7 +177,8 @@ impl<'s> Frontend<'s> {
                 detached_batch: false,
             },
             machine: RequestMachine::new(ctx.config.limits.max_message_size)
-                .with_copy_tee_limit(ctx.config.limits.copy_tee_buffer_bytes()),
+                .with_copy_tee_limit(ctx.config.limits.copy_tee_buffer_bytes())
+                .with_copy_budget(Arc::clone(&ctx.copy_budget)),
         }
     }
 

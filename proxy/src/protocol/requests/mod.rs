@@ -41,6 +41,7 @@ pub use self::verdict::{
 use super::frame::{peek_header, FrameError};
 use super::messages::{self, tag, SqlError};
 use super::responses::{Expect, LocalAnswer, ResponseTransform};
+use crate::copy_budget::CopyBudget;
 
 /// Frames larger than this that pass unchanged are streamed instead of buffered whole.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -173,6 +174,8 @@ pub struct RequestMachine {
     tee: Option<tee::Tee>,
     /// Bytes of COPY data a tee keeps at most (0: no tee).
     tee_limit: usize,
+    /// What all sessions' tees may keep together (`None`: no bound over them).
+    tee_budget: Option<Arc<CopyBudget>>,
 }
 
 impl RequestMachine {
@@ -190,6 +193,7 @@ impl RequestMachine {
             local_queued: false,
             tee: None,
             tee_limit: 0,
+            tee_budget: None,
         }
     }
 
@@ -197,6 +201,13 @@ impl RequestMachine {
     /// (past them, the staging path takes over).
     pub fn with_copy_tee_limit(mut self, limit: usize) -> Self {
         self.tee_limit = limit;
+        self
+    }
+
+    /// Bounds what this session's tees keep together with every other session's of `budget` (past it,
+    /// the staging path takes over).
+    pub fn with_copy_budget(mut self, budget: Arc<CopyBudget>) -> Self {
+        self.tee_budget = Some(budget);
         self
     }
 
@@ -446,7 +457,8 @@ impl RequestMachine {
                         return self.on_query_rewrite(host, sql, rewrite);
                     }
                 };
-                match tee::Tee::start(rewrite, in_block, self.tee_limit) {
+                let reservation = self.tee_budget.as_ref().map(|budget| budget.reservation());
+                match tee::Tee::start(rewrite, in_block, self.tee_limit, reservation) {
                     Ok(started) => {
                         host.count_query(Route::Rewritten);
                         self.tee = Some(started.tee);

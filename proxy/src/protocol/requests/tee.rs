@@ -20,6 +20,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::verdict::{Rewrite, TeeRewrite};
+use crate::copy_budget::Reservation;
 use crate::protocol::messages;
 use crate::protocol::responses::{Expect, LocalAnswer, ResponseTransform};
 
@@ -37,6 +38,9 @@ pub(super) struct Tee {
     rows: BytesMut,
     /// Past this many bytes kept, the staging path takes over.
     limit: usize,
+    /// The rows' share of what all sessions may keep (`limits.copy_buffer_total_mb`); when the next rows do
+    /// not fit, the staging path takes over too. `None`: no bound over all sessions.
+    reservation: Option<Reservation>,
     /// The frame that ended the client's COPY (CopyDone, CopyFail, or another message), once it came.
     ended_by: Option<Bytes>,
 }
@@ -51,7 +55,12 @@ pub(super) struct Started {
 impl Tee {
     /// The tee of `rewrite`, whose own SQL is the staging path, for a client in a transaction block or not.
     /// `Err`: `rewrite` has no tee.
-    pub fn start(mut rewrite: Rewrite, in_block: bool, limit: usize) -> Result<Started, Rewrite> {
+    pub fn start(
+        mut rewrite: Rewrite,
+        in_block: bool,
+        limit: usize,
+        reservation: Option<Reservation>,
+    ) -> Result<Started, Rewrite> {
         let Some(TeeRewrite { sql, mut statements, columns }) = rewrite.tee.take() else { return Err(rewrite) };
         let sql = if in_block {
             statements.insert(0, hidden());
@@ -70,6 +79,7 @@ impl Tee {
             in_block,
             rows: BytesMut::new(),
             limit,
+            reservation,
             ended_by: None,
         };
         Ok(Started { tee, query: messages::query(&sql), expects: [Expect::Local(answer), simple_query(statements)] })
@@ -80,14 +90,21 @@ impl Tee {
         self.ended_by.is_none()
     }
 
-    /// Whether keeping `more` bytes would pass the limit.
+    /// Whether keeping `more` bytes would pass the limit of one COPY.
     pub fn would_exceed(&self, more: usize) -> bool {
         self.rows.len() + more > self.limit
     }
 
-    /// Keeps one whole CopyData frame (relayed by the caller).
-    pub fn keep(&mut self, frame: &[u8]) {
+    /// Keeps one whole CopyData frame (relayed by the caller); false, keeping nothing, when it does not fit
+    /// in what all sessions together may keep.
+    pub fn keep(&mut self, frame: &[u8]) -> bool {
+        if let Some(reservation) = &mut self.reservation {
+            if !reservation.grow(frame.len()) {
+                return false;
+            }
+        }
         self.rows.extend_from_slice(frame);
+        true
     }
 
     /// The client ended its COPY with `frame`: what goes upstream in its place, the frame itself for a
@@ -110,10 +127,12 @@ impl Tee {
         vec![end, self.rows.clone().freeze(), messages::copy_done()]
     }
 
-    /// Rows past the limit: the tee's COPY ended by a CopyFail of the proxy's (what it answers dropped), then
-    /// the staging statements with the rows kept; the rest of the client's COPY follows as relayed.
-    pub fn abandon(self) -> (Vec<Bytes>, [Expect; 2]) {
-        let fail = messages::copy_fail("dualwrite: the COPY passed limits.copy_buffer_mb; written through staging");
+    /// Rows past a limit (`setting`, for the CopyFail's reason): the tee's COPY ended by a CopyFail of the
+    /// proxy's (what it answers dropped), then the staging statements with the rows kept; the rest of the
+    /// client's COPY follows as relayed. The rows' reservation goes with the tee.
+    pub fn abandon(self, setting: &str) -> (Vec<Bytes>, [Expect; 2]) {
+        let fail =
+            messages::copy_fail(&format!("dualwrite: the COPY passed limits.{setting}; written through staging"));
         let frames = vec![fail, messages::query(&self.staging_sql), self.rows.freeze()];
         (frames, [Expect::Abandoned, simple_query(self.staging)])
     }

@@ -1,5 +1,6 @@
 //! The request machine while a COPY is dual-written with COPYs alone (`tee`): the client's frames during its
-//! COPY, the outcome of the tee once it ran, and the staging path taking over past the size limit.
+//! COPY, the outcome of the tee once it ran, and the staging path taking over past a size limit (of the COPY,
+//! or of all sessions' COPYs together).
 
 use std::ops::ControlFlow;
 
@@ -26,16 +27,17 @@ impl RequestMachine {
         let tee = self.tee.as_mut().filter(|t| t.collecting())?;
         let available = buf.len() - *run;
         match t {
+            // The staging path takes over; the frame then goes on as the relay sends it.
             tag::COPY_DATA if tee.would_exceed(total) => {
-                // The staging path takes over; the frame then goes on as the relay sends it.
                 flush_run(buf, run, out);
-                self.abandon_tee(host, out);
+                self.abandon_tee(host, out, "copy_buffer_mb");
             }
             _ if available < total => return Some(ControlFlow::Break(Outcome::NeedInput)),
-            tag::COPY_DATA => {
-                tee.keep(&buf[*run..*run + total]);
-                *run += total;
+            tag::COPY_DATA if !tee.keep(&buf[*run..*run + total]) => {
+                flush_run(buf, run, out);
+                self.abandon_tee(host, out, "copy_buffer_total_mb");
             }
+            tag::COPY_DATA => *run += total,
             // Ignored by a server in COPY, answered by one whose check failed: never relayed.
             tag::FLUSH | tag::SYNC => {
                 flush_run(buf, run, out);
@@ -69,11 +71,11 @@ impl RequestMachine {
         }
     }
 
-    /// Rows past the limit: the tee gives way to the staging path (`tee::Tee::abandon`).
-    fn abandon_tee<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>) {
+    /// Rows past the limit `setting`: the tee gives way to the staging path (`tee::Tee::abandon`).
+    fn abandon_tee<H: Host>(&mut self, host: &mut H, out: &mut Vec<Bytes>, setting: &str) {
         if let Some(tee) = self.tee.take() {
             host.count_copy_tee(true);
-            let (frames, expects) = tee.abandon();
+            let (frames, expects) = tee.abandon(setting);
             for expect in expects {
                 self.expect(expect);
             }

@@ -2,7 +2,10 @@
 //! at the client's Query, the rows relayed and kept, the second send at CopyDone, the fallback, the staging
 //! path past the limit, a client that leaves mid-COPY.
 
+use std::sync::Arc;
+
 use super::*;
+use crate::copy_budget::CopyBudget;
 use crate::protocol::responses::FallbackOutcome;
 
 /// A COPY whose staging path is `STAGING` and whose tee is `TEE` (one check, two COPYs).
@@ -64,6 +67,55 @@ fn a_tee_past_its_limit_gives_way_to_the_staging_path_which_the_rest_of_the_copy
     let expected = cat(&[fail, messages::query("STAGING"), first, second, messages::copy_done()]);
     assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
     assert!(matches!(t.outcome, Outcome::NeedInput), "nothing to wait for");
+}
+
+#[test]
+fn a_tee_whose_rows_do_not_fit_in_what_all_sessions_may_keep_gives_way_to_the_staging_path() {
+    let budget = CopyBudget::new(40);
+    let mut other_session = budget.reservation();
+    assert!(other_session.grow(20));
+    let mut script = Script::default();
+    script.verdicts.push_back(tee_verdict());
+    let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
+    let mut host = FakeHost::judged(script);
+    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    let first = copy_data("1\t2\t3\n");
+    let t = run(&mut m, &mut host, std::slice::from_ref(&first));
+    assert_eq!(t.sent, first.to_vec(), "12 bytes fit beside the other session's 20");
+    assert_eq!(budget.used(), 20 + first.len());
+    let second = copy_data("4\t5\t6\n");
+    let t = run(&mut m, &mut host, &[second.clone(), messages::copy_done()]);
+    assert_eq!(t.expects, ["Abandoned", "Query+t"]);
+    let fail = messages::copy_fail("dualwrite: the COPY passed limits.copy_buffer_total_mb; written through staging");
+    let expected = cat(&[fail, messages::query("STAGING"), first, second, messages::copy_done()]);
+    assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
+    assert_eq!(budget.used(), 20, "the abandoned tee gave its bytes back");
+    drop(other_session);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn a_tee_gives_its_bytes_back_when_it_ends_and_when_its_session_does() {
+    let budget = CopyBudget::new(1 << 20);
+    for ended in [FallbackOutcome::Done, FallbackOutcome::FallBack] {
+        let mut script = Script::default();
+        script.verdicts.push_back(tee_verdict());
+        let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
+        let mut host = FakeHost::judged(script);
+        run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+        run(&mut m, &mut host, &[copy_data("1\t2\t3\n"), messages::copy_done()]);
+        assert!(budget.used() > 0, "kept until the tee's outcome");
+        m.finish_tee(&mut host, ended, &mut Vec::new());
+        assert_eq!(budget.used(), 0, "given back at {ended:?}");
+    }
+    let mut script = Script::default();
+    script.verdicts.push_back(tee_verdict());
+    let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
+    let mut host = FakeHost::judged(script);
+    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN"), copy_data("1\t2\t3\n")]);
+    assert!(budget.used() > 0);
+    drop(m);
+    assert_eq!(budget.used(), 0, "a session that ends mid-COPY gives its bytes back");
 }
 
 #[test]
