@@ -38,7 +38,7 @@ impl CopyBudget {
 
     /// An empty reservation against this budget.
     pub fn reservation(self: &Arc<Self>) -> Reservation {
-        Reservation { budget: Arc::clone(self), bytes: 0 }
+        Reservation { budget: Arc::clone(self), bytes: 0, gauge: None }
     }
 }
 
@@ -48,6 +48,9 @@ impl CopyBudget {
 pub struct Reservation {
     budget: Arc<CopyBudget>,
     bytes: usize,
+    /// The gauge's handle, looked up at the first growth: a COPY grows its reservation per CopyData
+    /// message, which psql sends per row, and the macro's lookup hashes the name each time.
+    gauge: Option<metrics::Gauge>,
 }
 
 impl Reservation {
@@ -59,7 +62,7 @@ impl Reservation {
             return false;
         }
         self.bytes += more;
-        metrics::gauge!(COPY_BUFFER_BYTES).increment(more as f64);
+        self.gauge.get_or_insert_with(|| metrics::gauge!(COPY_BUFFER_BYTES)).increment(more as f64);
         true
     }
 
@@ -74,7 +77,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
             self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-            metrics::gauge!(COPY_BUFFER_BYTES).decrement(self.bytes as f64);
+            if let Some(gauge) = &self.gauge {
+                gauge.decrement(self.bytes as f64);
+            }
         }
     }
 }
