@@ -74,6 +74,9 @@ pub fn classify_query(sql: &str) -> Result<Cow<'static, [SessionStatement]>, Sql
             }
             _ => {}
         }
+        if let Some(word) = lone_word(sql) {
+            return Ok(Cow::Owned(vec![classify_word(word)]));
+        }
     }
     Ok(Cow::Owned(split_statements(lex(sql)?).iter().map(|s| classify_tokens(s)).collect()))
 }
@@ -82,8 +85,30 @@ pub fn classify_query(sql: &str) -> Result<Cow<'static, [SessionStatement]>, Sql
 pub fn classify_statement(sql: &str) -> Result<SessionStatement, SqlError> {
     match first_word(sql) {
         Some(w) if !SESSION_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)) => Ok(SessionStatement::Other),
-        _ => Ok(split_statements(lex(sql)?).first().map(|s| classify_tokens(s)).unwrap_or(SessionStatement::Other)),
+        _ => match lone_word(sql) {
+            Some(word) => Ok(classify_word(word)),
+            None => {
+                Ok(split_statements(lex(sql)?).first().map(|s| classify_tokens(s)).unwrap_or(SessionStatement::Other))
+            }
+        },
     }
+}
+
+/// The word of a statement that is one bare word and nothing else (`BEGIN`, `END;`, `commit`): only ASCII
+/// letters, between the whitespace sqlparser's tokenizer skips and one optional `;`. The tokenizer reads
+/// such a text as one unquoted word token, so [`classify_word`] gives what the tokens would; it costs
+/// about 3,000 instructions even for one word, and clients that send `BEGIN` and `COMMIT` as statements of
+/// their own pay it twice per transaction (bench/REPORT.md, the dual-write arm's instructions).
+fn lone_word(sql: &str) -> Option<&str> {
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let text = sql.trim_matches(space);
+    let word = text.strip_suffix(';').unwrap_or(text).trim_end_matches(space);
+    (!word.is_empty() && word.bytes().all(|b| b.is_ascii_alphabetic())).then_some(word)
+}
+
+/// A statement of one unquoted word `word`, classified as its one token.
+fn classify_word(word: &str) -> SessionStatement {
+    classify_tokens(&[Lexeme { token: Token::make_word(word, None), position: 1 }])
 }
 
 fn classify_tokens(tokens: &[Lexeme]) -> SessionStatement {
@@ -336,6 +361,49 @@ mod tests {
         assert_eq!(one("RELEASE sp"), Release("sp".into()));
         assert_eq!(one("PREPARE TRANSACTION 'gid'"), PrepareTransaction);
         assert_eq!(one("PREPARE q AS SELECT 1"), Other);
+    }
+
+    #[test]
+    fn a_statement_of_one_bare_word_is_classified_as_its_tokens_are() {
+        let texts = [
+            "BEGIN",
+            "begin;",
+            "  End ; ",
+            "\tCOMMIT\r\n",
+            "ROLLBACK",
+            "abort;",
+            "START",
+            "SAVEPOINT",
+            "release",
+            "SET",
+            "reset",
+            "DISCARD",
+            "show",
+            "PREPARE",
+            "WORK",
+        ];
+        for text in texts {
+            assert!(lone_word(text).is_some(), "{text:?} is one word");
+            let tokens = split_statements(lex(text).unwrap());
+            let expected: Vec<SessionStatement> = tokens.iter().map(|s| classify_tokens(s)).collect();
+            assert_eq!(*classify_query(text).unwrap(), expected[..], "{text:?}");
+            assert_eq!(classify_statement(text).unwrap(), expected[0], "{text:?}");
+        }
+        for text in ["BEGIN;;", "BEGIN WORK", "\"BEGIN\"", "BEGIN -- c", "BEGIN/**/", "BEGIN1", "x_y", ";", ""] {
+            assert_eq!(lone_word(text), None, "{text:?} is not one bare word");
+        }
+        assert_eq!(*classify_query("begin;").unwrap(), [Begin]);
+        assert_eq!(*classify_query("END").unwrap(), [Commit { chain: false }]);
+    }
+
+    proptest::proptest! {
+        /// Whatever passes for one bare word classifies as the tokenizer's reading does.
+        #[test]
+        fn one_bare_word_agrees_with_the_tokenizer(text in "[ \t\r\n]{0,2}[a-zA-Z]{1,9}[ \t\r\n]{0,2};?[ \t\r\n]{0,2}") {
+            proptest::prop_assume!(lone_word(&text).is_some());
+            let expected = split_statements(lex(&text).unwrap()).iter().map(|s| classify_tokens(s)).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(&*classify_query(&text).unwrap(), &expected[..]);
+        }
     }
 
     #[test]
