@@ -27,6 +27,24 @@ fn copy_data(rows: &str) -> Bytes {
     frame(b'd', rows.as_bytes())
 }
 
+/// `m` with a tee started: the client's COPY sent and judged [`tee_verdict`].
+fn teeing(mut m: RequestMachine) -> (RequestMachine, FakeHost) {
+    let mut script = Script::default();
+    script.verdicts.push_back(tee_verdict());
+    let mut host = FakeHost::judged(script);
+    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    (m, host)
+}
+
+/// `t` is the tee giving way to staging at `second` for `setting`: the tee's COPY failed by the proxy, then
+/// the staging statements with the rows kept (`first`) and the rest of the COPY.
+fn assert_gave_way(t: &Turn, setting: &str, first: Bytes, second: Bytes) {
+    assert_eq!(t.expects, ["Abandoned", "Query+t"]);
+    let fail = messages::copy_fail(&format!("dualwrite: the COPY passed limits.{setting}; written through staging"));
+    let expected = cat(&[fail, messages::query("STAGING"), first, second, messages::copy_done()]);
+    assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
+}
+
 #[test]
 fn a_tee_relays_the_copy_as_it_comes_sends_the_rows_again_at_copy_done_and_falls_back_with_them() {
     let mut script = Script::default();
@@ -54,18 +72,12 @@ fn a_tee_relays_the_copy_as_it_comes_sends_the_rows_again_at_copy_done_and_falls
 
 #[test]
 fn a_tee_past_its_limit_gives_way_to_the_staging_path_which_the_rest_of_the_copy_streams_into() {
-    let mut script = Script::default();
-    script.verdicts.push_back(tee_verdict());
-    let (mut m, mut host) = (machine().with_copy_tee_limit(20), FakeHost::judged(script));
-    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    let (mut m, mut host) = teeing(machine().with_copy_tee_limit(20));
     let first = copy_data("1\t2\t3\n");
     run(&mut m, &mut host, std::slice::from_ref(&first));
     let second = copy_data("4\t5\t6\n");
     let t = run(&mut m, &mut host, &[second.clone(), messages::copy_done()]);
-    assert_eq!(t.expects, ["Abandoned", "Query+t"]);
-    let fail = messages::copy_fail("dualwrite: the COPY passed limits.copy_buffer_mb; written through staging");
-    let expected = cat(&[fail, messages::query("STAGING"), first, second, messages::copy_done()]);
-    assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
+    assert_gave_way(&t, "copy_buffer_mb", first, second);
     assert!(matches!(t.outcome, Outcome::NeedInput), "nothing to wait for");
 }
 
@@ -74,21 +86,14 @@ fn a_tee_whose_rows_do_not_fit_in_what_all_sessions_may_keep_gives_way_to_the_st
     let budget = CopyBudget::new(40);
     let mut other_session = budget.reservation();
     assert!(other_session.grow(20));
-    let mut script = Script::default();
-    script.verdicts.push_back(tee_verdict());
-    let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
-    let mut host = FakeHost::judged(script);
-    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    let (mut m, mut host) = teeing(machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget)));
     let first = copy_data("1\t2\t3\n");
     let t = run(&mut m, &mut host, std::slice::from_ref(&first));
     assert_eq!(t.sent, first.to_vec(), "12 bytes fit beside the other session's 20");
     assert_eq!(budget.used(), 20 + first.len());
     let second = copy_data("4\t5\t6\n");
     let t = run(&mut m, &mut host, &[second.clone(), messages::copy_done()]);
-    assert_eq!(t.expects, ["Abandoned", "Query+t"]);
-    let fail = messages::copy_fail("dualwrite: the COPY passed limits.copy_buffer_total_mb; written through staging");
-    let expected = cat(&[fail, messages::query("STAGING"), first, second, messages::copy_done()]);
-    assert_eq!(t.sent, expected, "the tee's COPY failed, then staging with the rows kept and the rest");
+    assert_gave_way(&t, "copy_buffer_total_mb", first, second);
     assert_eq!(budget.used(), 20, "the abandoned tee gave its bytes back");
     drop(other_session);
     assert_eq!(budget.used(), 0);
@@ -98,21 +103,14 @@ fn a_tee_whose_rows_do_not_fit_in_what_all_sessions_may_keep_gives_way_to_the_st
 fn a_tee_gives_its_bytes_back_when_it_ends_and_when_its_session_does() {
     let budget = CopyBudget::new(1 << 20);
     for ended in [FallbackOutcome::Done, FallbackOutcome::FallBack] {
-        let mut script = Script::default();
-        script.verdicts.push_back(tee_verdict());
-        let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
-        let mut host = FakeHost::judged(script);
-        run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+        let (mut m, mut host) = teeing(machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget)));
         run(&mut m, &mut host, &[copy_data("1\t2\t3\n"), messages::copy_done()]);
         assert!(budget.used() > 0, "kept until the tee's outcome");
         m.finish_tee(&mut host, ended, &mut Vec::new());
         assert_eq!(budget.used(), 0, "given back at {ended:?}");
     }
-    let mut script = Script::default();
-    script.verdicts.push_back(tee_verdict());
-    let mut m = machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget));
-    let mut host = FakeHost::judged(script);
-    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN"), copy_data("1\t2\t3\n")]);
+    let (mut m, mut host) = teeing(machine().with_copy_tee_limit(1 << 20).with_copy_budget(Arc::clone(&budget)));
+    run(&mut m, &mut host, &[copy_data("1\t2\t3\n")]);
     assert!(budget.used() > 0);
     drop(m);
     assert_eq!(budget.used(), 0, "a session that ends mid-COPY gives its bytes back");
@@ -120,10 +118,7 @@ fn a_tee_gives_its_bytes_back_when_it_ends_and_when_its_session_does() {
 
 #[test]
 fn a_client_leaving_in_the_middle_of_a_tee_fails_its_copy_before_its_terminate_goes_on() {
-    let mut script = Script::default();
-    script.verdicts.push_back(tee_verdict());
-    let (mut m, mut host) = (machine().with_copy_tee_limit(1 << 20), FakeHost::judged(script));
-    run(&mut m, &mut host, &[messages::query("COPY t (a, b, c) FROM STDIN")]);
+    let (mut m, mut host) = teeing(machine().with_copy_tee_limit(1 << 20));
     let mut buf = BytesMut::from(&cat(&[copy_data("1\t2\t3\n"), frame(b'X', b"")])[..]);
     let t = turn(&mut m, &mut host, &mut buf);
     assert!(matches!(t.outcome, Outcome::AwaitTee));
