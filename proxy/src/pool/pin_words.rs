@@ -22,10 +22,12 @@ pub(super) struct WordSet {
 }
 
 impl WordSet {
-    /// The set of `words`: ASCII, none empty, 64 bytes at most together.
+    /// The set of `words`: ASCII, none empty, 64 bytes at most together, 32 words at most (one bit each
+    /// in [`Self::found`]'s answer).
     pub(super) fn new(words: &[&str]) -> WordSet {
         let total: usize = words.iter().map(|w| w.len()).sum();
         assert!(total <= 64 && words.iter().all(|w| !w.is_empty() && w.is_ascii()), "words must fit in 64 bits");
+        assert!(words.len() <= 32, "at most 32 words");
         let mut set = WordSet { masks: [0; 256], starts: 0, ends: 0, word_at: [0; 64] };
         let mut at = 0;
         for (index, word) in words.iter().enumerate() {

@@ -33,11 +33,14 @@ impl RequestMachine {
                 self.abandon_tee(host, out, "copy_buffer_mb");
             }
             _ if available < total => return Some(ControlFlow::Break(Outcome::NeedInput)),
-            tag::COPY_DATA if !tee.keep(&buf[*run..*run + total]) => {
-                flush_run(buf, run, out);
-                self.abandon_tee(host, out, "copy_buffer_total_mb");
+            tag::COPY_DATA => {
+                if tee.keep(&buf[*run..*run + total]) {
+                    *run += total;
+                } else {
+                    flush_run(buf, run, out);
+                    self.abandon_tee(host, out, "copy_buffer_total_mb");
+                }
             }
-            tag::COPY_DATA => *run += total,
             // Ignored by a server in COPY, answered by one whose check failed: never relayed.
             tag::FLUSH | tag::SYNC => {
                 flush_run(buf, run, out);
