@@ -14,6 +14,7 @@ mod key_ddl;
 mod prepared;
 mod resolution;
 mod session;
+mod statement_effect;
 mod verdict;
 
 pub use databases::LiveDatabases;

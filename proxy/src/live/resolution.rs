@@ -12,6 +12,8 @@
 
 use dualwrite_rules::{quote_ident, Rewriter, Route, RuleSet};
 
+use super::statement_effect::{effect, Effect};
+
 /// What one session knows of its name resolution.
 #[derive(Debug, Default)]
 pub struct NameResolution {
@@ -190,114 +192,6 @@ fn sql_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Statements (by their first word) that can change how a name resolves: settings reset wholesale, DDL
-/// (a temporary or tenant table created or dropped), and code that can do either (DO, CALL).
-const CHANGING_STATEMENTS: &[&str] = &["reset", "discard", "create", "drop", "alter", "import", "do", "call"];
-
-/// What a SET must name to change the resolution: the path itself, or the role behind `"$user"`.
-const CHANGING_SETTINGS: &[&str] = &["search_path", "role", "authorization"];
-
-/// Statements that undo what their transaction (or savepoint) changed.
-const UNDOING_STATEMENTS: &[&str] = &["rollback", "abort"];
-
-/// What a SQL string may do to the session's name resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    None,
-    /// Undoes the changes of its transaction or savepoint, if there were any.
-    Undoes,
-    MayChange,
-}
-
-/// True if `sql` may change which relation an unqualified name resolves to (see [`effect`]).
-pub fn may_change_resolution(sql: &str) -> bool {
-    effect(sql) != Effect::None
-}
-
-/// Conservative (a false positive costs one probe): a statement starting with a word of
-/// [`CHANGING_STATEMENTS`], a SET naming one of [`CHANGING_SETTINGS`], a call of `set_config` anywhere,
-/// `SELECT ... INTO` (which creates a table); a rollback undoes. Words are compared whole and without
-/// case, comments skipped; statements are split at every `;`, quoted text included.
-fn effect(sql: &str) -> Effect {
-    let mut statement_start = true;
-    let mut first_is_select = false;
-    let mut first_is_set = false;
-    let mut undoes = false;
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b';' {
-            statement_start = true;
-            i += 1;
-            continue;
-        }
-        if c == b'-' && bytes.get(i + 1) == Some(&b'-') {
-            i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| i + n);
-            continue;
-        }
-        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(bytes, i);
-            continue;
-        }
-        if !is_word_byte(c) || c.is_ascii_digit() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && is_word_byte(bytes[i]) {
-            i += 1;
-        }
-        let word = &sql[start..i];
-        let is = |w: &&str| word.eq_ignore_ascii_case(w);
-        if statement_start {
-            statement_start = false;
-            if CHANGING_STATEMENTS.iter().any(is) {
-                return Effect::MayChange;
-            }
-            undoes |= UNDOING_STATEMENTS.iter().any(is);
-            first_is_select = is(&"select") || is(&"with");
-            first_is_set = is(&"set");
-        } else if is(&"set_config")
-            || (first_is_select && is(&"into"))
-            || (first_is_set && CHANGING_SETTINGS.iter().any(is))
-        {
-            return Effect::MayChange;
-        }
-    }
-    if undoes {
-        Effect::Undoes
-    } else {
-        Effect::None
-    }
-}
-
-/// The index after the block comment starting at `start` (Postgres nests them).
-fn skip_block_comment(bytes: &[u8], start: usize) -> usize {
-    let (mut depth, mut i) = (0usize, start);
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return i;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    bytes.len()
-}
-
-fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
 /// The answer to "which relation does this unqualified name mean here" matters for a statement and is
 /// not known.
 pub(super) struct Unresolved;
@@ -463,51 +357,5 @@ mod tests {
         r.ready(b'T');
         r.ready(b'I');
         assert!(r.elsewhere(1).is_none());
-    }
-
-    #[test]
-    fn statements_that_may_change_the_resolution() {
-        for sql in [
-            "SET search_path = tenant_a, public",
-            "set local search_path to tenant_b",
-            "RESET search_path",
-            "RESET ALL",
-            "SET ROLE app_tenant",
-            "SET SESSION AUTHORIZATION alice",
-            "DISCARD ALL",
-            "DISCARD TEMP",
-            "CREATE TEMP TABLE users (id int)",
-            "create schema tenant_c",
-            "DROP TABLE pg_temp.users",
-            "ALTER TABLE tenant_a.users RENAME TO people",
-            "DO $$ BEGIN PERFORM 1; END $$",
-            "CALL refresh_everything()",
-            "SELECT pg_catalog.set_config('search_path', 'tenant_a', false)",
-            "SELECT * INTO TEMP users FROM accounts",
-            "BEGIN; SET search_path = tenant_a",
-            "  /* c /* nested */ */ SET search_path = x",
-            "-- leading comment\nDROP TABLE t",
-        ] {
-            assert!(may_change_resolution(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn statements_that_cannot_change_the_resolution() {
-        for sql in [
-            "SELECT * FROM users WHERE created_at > now()",
-            "INSERT INTO users (id, name) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = 'b'",
-            "UPDATE users SET role = 'admin', dropped = true WHERE id = 1",
-            "DELETE FROM users WHERE id = 1",
-            "BEGIN",
-            "COMMIT",
-            "SET statement_timeout = 5000",
-            "SET LOCAL lock_timeout TO '1s'",
-            "SET dualwrite.version = 'v2'",
-            "SELECT set_configuration FROM settings",
-            "WITH x AS (SELECT 1) SELECT * FROM x",
-        ] {
-            assert!(!may_change_resolution(sql), "{sql}");
-        }
     }
 }

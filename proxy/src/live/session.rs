@@ -32,7 +32,8 @@ use dualwrite_rules::{Plan, Route, TagRewrite};
 
 use super::key_ddl::{KeyDefaultChange, KeyDefaultDdl};
 use super::prepared::{PreparedSql, REFUSED};
-use super::resolution::{may_change_resolution, resolve, NameResolution, Unresolved};
+use super::resolution::{resolve, NameResolution, Unresolved};
+use super::statement_effect::may_change_resolution;
 use super::verdict::{
     count_rejection, is_read, plan_sink, raise, refusal_param_types, rejection_error, relay_transform, tee_rewrite,
     unknown_state_refusal,
